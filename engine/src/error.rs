@@ -1,0 +1,65 @@
+//! The engine's one error type.
+
+use std::path::PathBuf;
+
+use crate::encoding::DecodeError;
+
+/// Everything an engine operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another process holds the store.
+    #[error("the store at {path} is in use by another process (is a hyperfs node already running on it?)")]
+    Locked { path: PathBuf },
+    /// The store's bytes are not what hyperfs wrote.
+    #[error("the store at {path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    /// The store was written by a different, unknown version of hyperfs.
+    #[error(
+        "the store at {path} has format version {found}; this hyperfs reads version {expected}"
+    )]
+    UnknownFormat {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    /// The storage engine failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt {what} record in the store: {source}")]
+    CorruptRecord {
+        what: &'static str,
+        #[source]
+        source: DecodeError,
+    },
+    /// Bytes received or given could not be decoded.
+    #[error("malformed {what}: {source}")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: DecodeError,
+    },
+    /// A proof, signature or block did not verify.
+    #[error("verification failed: {0}")]
+    Verification(String),
+    /// The core has no secret key on this node.
+    #[error("this core is not writable here (no secret key)")]
+    NotWritable,
+    /// A block, node or length beyond what the core has.
+    #[error("out of bounds: {0}")]
+    OutOfBounds(String),
+    /// The block is not stored locally (a sparse replica must fetch it from a peer).
+    #[error("block {index} is not stored locally")]
+    MissingBlock { index: u64 },
+    /// A tree node needed for the operation is not stored locally.
+    #[error("tree node {index} is not stored locally")]
+    MissingNode { index: u64 },
+    /// A snapshot whose blocks were truncated away.
+    #[error("snapshot is stale: the core was truncated below block {index}")]
+    StaleSnapshot { index: u64 },
+    /// A request that does not make sense.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,997 @@
+//! A Hypercore 11 log: an append-only, signed merkle log whose bytes match the JavaScript
+//! implementation (reference §2–3).
+//!
+//! A [`Hypercore`] is either writable (it holds the secret key) or a replica that holds only the
+//! key and accepts what [`Hypercore::apply_proof`] verifies. Every change — an append batch, a
+//! truncation, an applied proof — is one atomic store batch holding the blocks, tree nodes,
+//! bitfield pages and the new signed head, so a crash leaves the last committed state.
+//!
+//! Invariants: the stored head's signature always verifies over the stored roots; a block is
+//! stored only after its leaf is part of a verified tree; blocks live in the store keyed by their
+//! leaf hash, so the same bytes in two cores or two versions are stored once.
+
+pub mod bitfield;
+pub mod flat;
+pub mod manifest;
+pub mod proof;
+pub mod tree;
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use rayon::prelude::*;
+
+use crate::crypto::{self, Hash, KeyPair};
+use crate::encoding::{Decoder, Encoder};
+use crate::store::{Batch, Store, Table};
+use crate::{Error, Result};
+use bitfield::Bitfield;
+pub use manifest::{Auth, Manifest};
+pub use proof::{Proof, Request};
+pub use tree::Node;
+use tree::TreeBatch;
+
+/// Below this many bytes a batch's leaves are hashed on the calling thread.
+const PARALLEL_HASH_BYTES: usize = 1 << 20;
+
+/// The signed state of a core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub fork: u64,
+    pub length: u64,
+    pub byte_length: u64,
+    pub tree_hash: Hash,
+    pub signature: Vec<u8>,
+    pub roots: Vec<Node>,
+}
+
+impl Head {
+    fn empty() -> Self {
+        Head {
+            fork: 0,
+            length: 0,
+            byte_length: 0,
+            tree_hash: tree::tree_hash(&[]),
+            signature: Vec::new(),
+            roots: vec![],
+        }
+    }
+}
+
+/// What [`Hypercore::apply_proof`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The core's length grew (or changed fork) to this.
+    pub upgraded_to: Option<u64>,
+    /// A block that was stored.
+    pub block: Option<u64>,
+    /// The core moved to a new fork; blocks at and after this index were dropped.
+    pub truncated_to: Option<u64>,
+}
+
+/// A Hypercore log in a [`Store`].
+#[derive(Debug)]
+pub struct Hypercore {
+    store: Arc<dyn Store>,
+    id: u64,
+    key: Hash,
+    discovery_key: Hash,
+    auth: Option<Auth>,
+    key_pair: Option<KeyPair>,
+    head: Head,
+    bitfield: Bitfield,
+    /// (fork, length) of every truncation, shared with snapshots so they notice.
+    truncations: Arc<RwLock<Vec<(u64, u64)>>>,
+    durable: bool,
+}
+
+static ALLOC: Mutex<()> = Mutex::new(());
+
+fn node_key(id: u64, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn record_err(what: &'static str) -> impl Fn(crate::encoding::DecodeError) -> Error {
+    move |source| Error::CorruptRecord { what, source }
+}
+
+impl Hypercore {
+    /// Opens the writable core of `key_pair`, creating it if this store has none. `compat`
+    /// makes key = public key (Hypercore 10 style); otherwise key = manifest hash.
+    pub fn create(store: Arc<dyn Store>, key_pair: KeyPair, compat: bool) -> Result<Self> {
+        let auth = if compat {
+            Auth::Compat {
+                public_key: key_pair.public_key(),
+            }
+        } else {
+            Auth::Manifest(Manifest::single(key_pair.public_key()))
+        };
+        let key = auth.key();
+        if let Some(mut core) = Self::open(store.clone(), &key)? {
+            if core.key_pair.is_none() {
+                core.key_pair = Some(key_pair);
+                core.write_record()?;
+            }
+            return Ok(core);
+        }
+        Self::init(store, key, Some(auth), Some(key_pair))
+    }
+
+    /// Opens a replica of `key`, creating an empty one if the store has none. The manifest, if
+    /// known, must hash to the key (or be the compat manifest of it).
+    pub fn open_replica(
+        store: Arc<dyn Store>,
+        key: Hash,
+        manifest: Option<Manifest>,
+    ) -> Result<Self> {
+        if let Some(core) = Self::open(store.clone(), &key)? {
+            return Ok(core);
+        }
+        let auth = match manifest {
+            Some(m) => Some(auth_for(&key, m)?),
+            None => None,
+        };
+        Self::init(store, key, auth, None)
+    }
+
+    fn init(
+        store: Arc<dyn Store>,
+        key: Hash,
+        auth: Option<Auth>,
+        key_pair: Option<KeyPair>,
+    ) -> Result<Self> {
+        let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match store.get(Table::Meta, b"next_core_id")? {
+            Some(v) => {
+                u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::CorruptRecord {
+                    what: "core counter",
+                    source: crate::encoding::DecodeError::Invalid("length"),
+                })?)
+            }
+            None => 0,
+        };
+        let core = Hypercore {
+            store,
+            id,
+            key,
+            discovery_key: crypto::discovery_key(&key),
+            auth,
+            key_pair,
+            head: Head::empty(),
+            bitfield: Bitfield::new(),
+            truncations: Arc::default(),
+            durable: false,
+        };
+        let mut b = Batch {
+            sync: true,
+            ..Batch::default()
+        };
+        b.put(
+            Table::Meta,
+            b"next_core_id".to_vec(),
+            (id + 1).to_le_bytes().to_vec(),
+        );
+        b.put(Table::Cores, key.to_vec(), core.encode_record());
+        b.put(
+            Table::Heads,
+            id.to_be_bytes().to_vec(),
+            encode_head(&core.head),
+        );
+        core.store.write(b)?;
+        Ok(core)
+    }
+
+    /// Opens the core of `key` if this store has it.
+    pub fn open(store: Arc<dyn Store>, key: &Hash) -> Result<Option<Self>> {
+        let Some(rec) = store.get(Table::Cores, key)? else {
+            return Ok(None);
+        };
+        let mut d = Decoder::new(&rec);
+        let e = record_err("core");
+        let version = d.uint("version").map_err(&e)?;
+        if version != 1 {
+            return Err(Error::CorruptRecord {
+                what: "core",
+                source: crate::encoding::DecodeError::Invalid("version"),
+            });
+        }
+        let id = d.uint("id").map_err(&e)?;
+        let flags = d.uint("flags").map_err(&e)?;
+        let mut auth = None;
+        if flags & 1 != 0 {
+            auth = Some(Auth::Compat { public_key: *key });
+        }
+        if flags & 2 != 0 {
+            auth = Some(Auth::Manifest(
+                Manifest::decode(d.buffer("manifest").map_err(&e)?).map_err(&e)?,
+            ));
+        }
+        let key_pair = if flags & 4 != 0 {
+            let sk = d.take(64, "secret key").map_err(&e)?;
+            Some(KeyPair::from_secret_key(sk).ok_or(Error::CorruptRecord {
+                what: "core",
+                source: crate::encoding::DecodeError::Invalid("secret key"),
+            })?)
+        } else {
+            None
+        };
+        let head_bytes =
+            store
+                .get(Table::Heads, &id.to_be_bytes())?
+                .ok_or(Error::CorruptRecord {
+                    what: "head",
+                    source: crate::encoding::DecodeError::Truncated("missing"),
+                })?;
+        let (fork, length, tree_hash, signature) = decode_head(&head_bytes)?;
+        let mut roots = Vec::new();
+        for index in flat::full_roots(2 * length) {
+            let raw = store
+                .get(Table::Nodes, &node_key(id, index))?
+                .ok_or(Error::MissingNode { index })?;
+            roots.push(Node::decode(index, &raw).ok_or(Error::CorruptRecord {
+                what: "node",
+                source: crate::encoding::DecodeError::Invalid("size"),
+            })?);
+        }
+        if tree::tree_hash(&roots) != tree_hash {
+            return Err(Error::Verification(format!(
+                "stored roots of core {} do not match its head",
+                hex::encode(key)
+            )));
+        }
+        let mut bitfield = Bitfield::new();
+        let start = node_key(id, 0);
+        let end = node_key(id, u64::MAX);
+        for (k, v) in store.scan(Table::Bitfield, &start, &end)? {
+            let page =
+                u64::from_be_bytes(k[8..16].try_into().map_err(|_| Error::CorruptRecord {
+                    what: "bitfield",
+                    source: crate::encoding::DecodeError::Invalid("key"),
+                })?);
+            if !bitfield.load_page(page, &v) {
+                return Err(Error::CorruptRecord {
+                    what: "bitfield",
+                    source: crate::encoding::DecodeError::Invalid("page"),
+                });
+            }
+        }
+        let byte_length = roots.iter().map(|r| r.size).sum();
+        Ok(Some(Hypercore {
+            store,
+            id,
+            key: *key,
+            discovery_key: crypto::discovery_key(key),
+            auth,
+            key_pair,
+            head: Head {
+                fork,
+                length,
+                byte_length,
+                tree_hash,
+                signature,
+                roots,
+            },
+            bitfield,
+            truncations: Arc::default(),
+            durable: false,
+        }))
+    }
+
+    fn encode_record(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        let mut flags = 0u64;
+        if matches!(self.auth, Some(Auth::Compat { .. })) {
+            flags |= 1;
+        }
+        if matches!(self.auth, Some(Auth::Manifest(_))) {
+            flags |= 2;
+        }
+        if self.key_pair.is_some() {
+            flags |= 4;
+        }
+        e.uint(1).uint(self.id).uint(flags);
+        if let Some(Auth::Manifest(m)) = &self.auth {
+            e.buffer(&m.encode());
+        }
+        if let Some(kp) = &self.key_pair {
+            e.fixed(&kp.secret_key());
+        }
+        e.finish()
+    }
+
+    fn write_record(&self) -> Result<()> {
+        let mut b = Batch {
+            sync: true,
+            ..Batch::default()
+        };
+        b.put(Table::Cores, self.key.to_vec(), self.encode_record());
+        self.store.write(b)
+    }
+
+    /// Make every later change durable (synced) before the call that made it returns.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+    }
+
+    pub fn key(&self) -> &Hash {
+        &self.key
+    }
+    pub fn discovery_key(&self) -> &Hash {
+        &self.discovery_key
+    }
+    pub fn length(&self) -> u64 {
+        self.head.length
+    }
+    pub fn byte_length(&self) -> u64 {
+        self.head.byte_length
+    }
+    pub fn fork(&self) -> u64 {
+        self.head.fork
+    }
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+    pub fn tree_hash(&self) -> Hash {
+        self.head.tree_hash
+    }
+    pub fn signature(&self) -> &[u8] {
+        &self.head.signature
+    }
+    pub fn roots(&self) -> &[Node] {
+        &self.head.roots
+    }
+    pub fn auth(&self) -> Option<&Auth> {
+        self.auth.as_ref()
+    }
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.auth.as_ref().and_then(Auth::manifest)
+    }
+    pub fn is_compat(&self) -> bool {
+        matches!(self.auth, Some(Auth::Compat { .. }))
+    }
+    pub fn key_pair(&self) -> Option<&KeyPair> {
+        self.key_pair.as_ref()
+    }
+    pub fn writable(&self) -> bool {
+        self.key_pair.is_some() && self.auth.is_some()
+    }
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Whether block `index` is stored locally.
+    pub fn has(&self, index: u64) -> bool {
+        index < self.head.length && self.bitfield.get(index)
+    }
+
+    /// Number of blocks stored locally.
+    pub fn local_blocks(&self) -> u64 {
+        self.bitfield.count(self.head.length)
+    }
+
+    /// A tree node, if stored locally.
+    pub fn node(&self, index: u64) -> Result<Option<Node>> {
+        match self.store.get(Table::Nodes, &node_key(self.id, index))? {
+            None => Ok(None),
+            Some(raw) => Node::decode(index, &raw)
+                .map(Some)
+                .ok_or(Error::CorruptRecord {
+                    what: "node",
+                    source: crate::encoding::DecodeError::Invalid("size"),
+                }),
+        }
+    }
+
+    /// Block `index`. A block of this core's length that is not local is
+    /// [`Error::MissingBlock`]; the caller fetches it from a peer.
+    pub fn get(&self, index: u64) -> Result<Vec<u8>> {
+        if index >= self.head.length {
+            return Err(Error::OutOfBounds(format!(
+                "block {index} of a core of length {}",
+                self.head.length
+            )));
+        }
+        if !self.bitfield.get(index) {
+            return Err(Error::MissingBlock { index });
+        }
+        read_block(&*self.store, self.id, index)
+    }
+
+    /// Appends one block; returns the new length.
+    pub fn append(&mut self, block: &[u8]) -> Result<u64> {
+        self.append_batch(&[block])
+    }
+
+    /// Appends blocks with one signature over the new tree; returns the new length.
+    pub fn append_batch<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
+        let (Some(kp), Some(auth)) = (&self.key_pair, &self.auth) else {
+            return Err(Error::NotWritable);
+        };
+        if blocks.is_empty() {
+            return Ok(self.head.length);
+        }
+        let start = self.head.length;
+        let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
+        let leaves: Vec<Node> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+            blocks
+                .par_iter()
+                .enumerate()
+                .map(|(i, b)| Node::leaf(start + i as u64, b.as_ref()))
+                .collect()
+        } else {
+            blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Node::leaf(start + i as u64, b.as_ref()))
+                .collect()
+        };
+        let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);
+        for leaf in &leaves {
+            tb.append_leaf(*leaf);
+        }
+        let tree_hash = tb.hash();
+        let signature = auth.sign(kp, &tree_hash, tb.length, tb.fork);
+
+        let mut b = Batch {
+            sync: self.durable,
+            ..Batch::default()
+        };
+        let mut seen = std::collections::HashSet::with_capacity(blocks.len());
+        for (leaf, block) in leaves.iter().zip(blocks) {
+            if seen.insert(leaf.hash) && !self.store.contains(Table::Blocks, &leaf.hash)? {
+                b.put(Table::Blocks, leaf.hash.to_vec(), block.as_ref().to_vec());
+            }
+        }
+        let new_head = Head {
+            fork: tb.fork,
+            length: tb.length,
+            byte_length: tb.byte_length,
+            tree_hash,
+            signature,
+            roots: tb.roots.clone(),
+        };
+        self.commit(b, &tb.nodes, new_head, Some((start, tb.length)), None)?;
+        Ok(self.head.length)
+    }
+
+    /// Writes nodes, bitfield changes and the head in `b`, then adopts the new head.
+    fn commit(
+        &mut self,
+        mut b: Batch,
+        nodes: &[Node],
+        head: Head,
+        present: Option<(u64, u64)>,
+        truncate_from: Option<u64>,
+    ) -> Result<()> {
+        let mut bitfield = self.bitfield.clone();
+        if let Some(from) = truncate_from {
+            self.delete_tree_from(&mut b, from);
+            bitfield.set_range(from, self.head.length.max(from), false);
+        }
+        for n in nodes {
+            b.put(
+                Table::Nodes,
+                node_key(self.id, n.index).to_vec(),
+                n.encode().to_vec(),
+            );
+        }
+        if let Some((s, e)) = present {
+            bitfield.set_range(s, e, true);
+        }
+        for (page, bytes) in bitfield.take_dirty() {
+            b.put(Table::Bitfield, node_key(self.id, page).to_vec(), bytes);
+        }
+        b.put(
+            Table::Heads,
+            self.id.to_be_bytes().to_vec(),
+            encode_head(&head),
+        );
+        self.store.write(b)?;
+        self.bitfield = bitfield;
+        self.head = head;
+        Ok(())
+    }
+
+    /// Deletes every stored node of the tree at or after block `from` (and the parents that
+    /// span it).
+    fn delete_tree_from(&self, b: &mut Batch, from: u64) {
+        let head = 2 * from;
+        b.delete_range(
+            Table::Nodes,
+            node_key(self.id, head).to_vec(),
+            node_key(self.id, u64::MAX).to_vec(),
+        );
+        if from > 0 {
+            let mut it = flat::Iter::new(head - 2);
+            loop {
+                if it.contains(head) && it.index < head {
+                    b.delete(Table::Nodes, node_key(self.id, it.index).to_vec());
+                }
+                if it.offset == 0 {
+                    break;
+                }
+                it.parent();
+            }
+        }
+    }
+
+    /// Truncates to `length` blocks on a new fork (fork + 1) and signs the result.
+    pub fn truncate(&mut self, length: u64) -> Result<()> {
+        self.truncate_to_fork(length, self.head.fork + 1)
+    }
+
+    /// Truncates to `length` blocks on `fork`, which must be greater than the current fork.
+    pub fn truncate_to_fork(&mut self, length: u64, fork: u64) -> Result<()> {
+        let (Some(kp), Some(auth)) = (&self.key_pair, &self.auth) else {
+            return Err(Error::NotWritable);
+        };
+        if length > self.head.length {
+            return Err(Error::OutOfBounds(format!(
+                "truncate to {length} beyond length {}",
+                self.head.length
+            )));
+        }
+        if fork <= self.head.fork {
+            return Err(Error::InvalidRequest(format!(
+                "fork {fork} is not after {}",
+                self.head.fork
+            )));
+        }
+        let mut roots = Vec::new();
+        for index in flat::full_roots(2 * length) {
+            roots.push(self.node(index)?.ok_or(Error::MissingNode { index })?);
+        }
+        let tree_hash = tree::tree_hash(&roots);
+        let signature = auth.sign(kp, &tree_hash, length, fork);
+        let head = Head {
+            fork,
+            length,
+            byte_length: roots.iter().map(|r| r.size).sum(),
+            tree_hash,
+            signature,
+            roots: roots.clone(),
+        };
+        // The new roots are re-written because deleting the spanning parents may remove none
+        // of them, but must never remove one.
+        self.commit(
+            Batch {
+                sync: self.durable,
+                ..Batch::default()
+            },
+            &roots,
+            head,
+            None,
+            Some(length),
+        )?;
+        self.truncations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((fork, length));
+        Ok(())
+    }
+
+    /// A read-only view of the core as it is now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            store: self.store.clone(),
+            id: self.id,
+            length: self.head.length,
+            byte_length: self.head.byte_length,
+            fork: self.head.fork,
+            bitfield: self.bitfield.clone(),
+            truncations: self.truncations.clone(),
+        }
+    }
+
+    /// A read-only view of the first `length` blocks.
+    pub fn checkout(&self, length: u64) -> Result<Snapshot> {
+        if length > self.head.length {
+            return Err(Error::OutOfBounds(format!(
+                "checkout {length} beyond length {}",
+                self.head.length
+            )));
+        }
+        let mut s = self.snapshot();
+        s.length = length;
+        s.byte_length = if length == 0 {
+            0
+        } else {
+            self.byte_offset(length - 1)?
+                + self
+                    .node(2 * (length - 1))?
+                    .map(|n| n.size)
+                    .ok_or(Error::MissingNode {
+                        index: 2 * (length - 1),
+                    })?
+        };
+        Ok(s)
+    }
+
+    /// Byte offset of block `index`.
+    pub fn byte_offset(&self, index: u64) -> Result<u64> {
+        proof::byte_offset(self, &self.head.roots, 2 * index)
+    }
+
+    /// The block holding byte `bytes` and the offset inside it.
+    pub fn seek(&self, bytes: u64) -> Result<(u64, u64)> {
+        if bytes >= self.head.byte_length {
+            return Err(Error::OutOfBounds(format!(
+                "byte {bytes} of {}",
+                self.head.byte_length
+            )));
+        }
+        let mut rel = bytes;
+        for root in &self.head.roots {
+            if rel >= root.size {
+                rel -= root.size;
+                continue;
+            }
+            let mut it = flat::Iter::new(root.index);
+            while it.index & 1 == 1 {
+                let left = it.left_child();
+                let l = self.node(left)?.ok_or(Error::MissingNode { index: left })?;
+                if rel >= l.size {
+                    rel -= l.size;
+                    it.sibling();
+                }
+            }
+            return Ok((it.index / 2, rel));
+        }
+        Err(Error::OutOfBounds(format!("byte {bytes}")))
+    }
+
+    /// How many ancestors of tree index `index`, starting with itself, are not stored here: the
+    /// `nodes` a replica puts in a request.
+    pub fn missing_nodes(&self, index: u64) -> Result<u64> {
+        let head = 2 * self.head.length;
+        let mut it = flat::Iter::new(index);
+        let mut n = 0;
+        while !it.contains(head) && self.node(it.index)?.is_none() {
+            n += 1;
+            it.parent();
+        }
+        Ok(n)
+    }
+
+    /// Answers a request from the local tree, with the block's bytes when one is asked for.
+    pub fn proof(&self, req: &Request) -> Result<Proof> {
+        let mut p = proof::generate(
+            self,
+            &self.head.roots,
+            self.head.length,
+            self.head.fork,
+            &self.head.signature,
+            req,
+        )?;
+        if let Some(b) = &mut p.block {
+            b.value = self.get(b.index)?;
+        }
+        if req.manifest {
+            p.manifest = self.manifest().map(Manifest::encode);
+        }
+        Ok(p)
+    }
+
+    /// Verifies a proof received from a peer and stores what it proves: new signed length,
+    /// nodes and the block. Nothing is stored from a proof that does not verify.
+    pub fn apply_proof(&mut self, p: &Proof) -> Result<Applied> {
+        let mut applied = Applied::default();
+        if p.fork < self.head.fork {
+            return Err(Error::Verification(format!(
+                "proof for old fork {} (we are on {})",
+                p.fork, self.head.fork
+            )));
+        }
+        let reorg = p.fork != self.head.fork;
+        if reorg && p.upgrade.as_ref().is_none_or(|u| u.start != 0) {
+            return Err(Error::Verification(
+                "a proof for a new fork must upgrade from length 0".into(),
+            ));
+        }
+        let mut auth = self.auth.clone();
+        if let Some(m) = &p.manifest {
+            let m = Manifest::decode(m).map_err(|source| Error::Decode {
+                what: "manifest",
+                source,
+            })?;
+            let a = auth_for(&self.key, m)?;
+            if auth.is_none() {
+                auth = Some(a);
+            }
+        }
+
+        let mut nodes = Vec::new();
+        let mut unverified = proof::verify_tree(p, &mut nodes)?;
+        let mut new_head = None;
+        if let Some(up) = &p.upgrade {
+            let start_roots = if reorg {
+                Vec::new()
+            } else {
+                let mut r = Vec::new();
+                for index in flat::full_roots(2 * up.start) {
+                    r.push(self.node(index)?.ok_or(Error::MissingNode { index })?);
+                }
+                r
+            };
+            let mut tb = TreeBatch::new(start_roots, p.fork);
+            if proof::verify_upgrade(p, unverified, &mut tb)? {
+                unverified = None;
+            }
+            let th = tb.hash();
+            let auth_ref = match &auth {
+                Some(a) => a,
+                None => {
+                    // A core without a known manifest may be a compat core: key = public key.
+                    let compat = Auth::Compat {
+                        public_key: self.key,
+                    };
+                    if !compat.verify(&up.signature, &th, tb.length, tb.fork) {
+                        return Err(Error::Verification(
+                            "no manifest to verify the upgrade with".into(),
+                        ));
+                    }
+                    auth = Some(compat);
+                    auth.as_ref().expect("just set")
+                }
+            };
+            if !auth_ref.verify(&up.signature, &th, tb.length, tb.fork) {
+                return Err(Error::Verification(format!(
+                    "bad signature for length {} fork {}",
+                    tb.length, tb.fork
+                )));
+            }
+            nodes.extend(tb.nodes.iter().copied());
+            if reorg || tb.length > self.head.length {
+                new_head = Some(Head {
+                    fork: tb.fork,
+                    length: tb.length,
+                    byte_length: tb.byte_length,
+                    tree_hash: th,
+                    signature: up.signature.clone(),
+                    roots: tb.roots.clone(),
+                });
+            }
+        }
+        if let Some(u) = unverified {
+            let trusted = self.node(u.index)?;
+            if trusted.is_none_or(|t| t.hash != u.hash || t.size != u.size) {
+                return Err(Error::Verification(format!(
+                    "node {} does not match the signed tree",
+                    u.index
+                )));
+            }
+        }
+
+        let auth_changed = auth != self.auth;
+        self.auth = auth;
+        if auth_changed {
+            self.write_record()?;
+        }
+
+        let mut b = Batch {
+            sync: self.durable,
+            ..Batch::default()
+        };
+        let mut truncate_from = None;
+        if reorg {
+            let ancestors =
+                self.common_ancestors(&new_head.as_ref().expect("reorg has upgrade").roots)?;
+            truncate_from = Some(ancestors);
+            applied.truncated_to = Some(ancestors);
+        }
+        let mut present = None;
+        if let Some(bp) = &p.block {
+            let leaf = crypto::leaf_hash(&bp.value);
+            if !self.store.contains(Table::Blocks, &leaf)? {
+                b.put(Table::Blocks, leaf.to_vec(), bp.value.clone());
+            }
+            present = Some((bp.index, bp.index + 1));
+            applied.block = Some(bp.index);
+        }
+        let head = match new_head {
+            Some(h) => {
+                applied.upgraded_to = Some(h.length);
+                h
+            }
+            None => self.head.clone(),
+        };
+        if let Some(bp) = &p.block {
+            if bp.index >= head.length {
+                return Err(Error::Verification(format!(
+                    "block {} beyond signed length {}",
+                    bp.index, head.length
+                )));
+            }
+        }
+        self.commit(b, &nodes, head, present, truncate_from)?;
+        if let Some(t) = applied.truncated_to {
+            self.truncations
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((self.head.fork, t));
+        }
+        Ok(applied)
+    }
+
+    /// Blocks shared with a new fork's roots: whole roots whose node equals ours.
+    fn common_ancestors(&self, roots: &[Node]) -> Result<u64> {
+        let mut len = 0;
+        for r in roots {
+            match self.node(r.index)? {
+                Some(n)
+                    if n.hash == r.hash && (flat::right_span(r.index) / 2) < self.head.length =>
+                {
+                    len = flat::right_span(r.index) / 2 + 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(len.min(self.head.length))
+    }
+
+    /// Re-hashes every local block against its leaf and checks the head's signature. Returns
+    /// the indexes of bad blocks; a bad signature or tree is an error.
+    pub fn verify_local(&self) -> Result<Vec<u64>> {
+        let auth = self
+            .auth
+            .as_ref()
+            .ok_or_else(|| Error::Verification("the core's manifest is unknown".into()))?;
+        if tree::tree_hash(&self.head.roots) != self.head.tree_hash {
+            return Err(Error::Verification(
+                "roots do not match the tree hash".into(),
+            ));
+        }
+        if self.head.length > 0
+            && !auth.verify(
+                &self.head.signature,
+                &self.head.tree_hash,
+                self.head.length,
+                self.head.fork,
+            )
+        {
+            return Err(Error::Verification(
+                "the head's signature does not verify".into(),
+            ));
+        }
+        let mut bad = Vec::new();
+        for i in 0..self.head.length {
+            if !self.bitfield.get(i) {
+                continue;
+            }
+            let leaf = self
+                .node(2 * i)?
+                .ok_or(Error::MissingNode { index: 2 * i })?;
+            match self.store.get(Table::Blocks, &leaf.hash)? {
+                Some(v) if v.len() as u64 == leaf.size && crypto::leaf_hash(&v) == leaf.hash => {}
+                _ => bad.push(i),
+            }
+        }
+        // Every parent on the way to the roots must hash from its children where both are local.
+        for r in &self.head.roots {
+            self.verify_subtree(r)?;
+        }
+        Ok(bad)
+    }
+
+    fn verify_subtree(&self, n: &Node) -> Result<()> {
+        if n.index & 1 == 0 {
+            return Ok(());
+        }
+        let mut it = flat::Iter::new(n.index);
+        let l = it.left_child();
+        let r = flat::sibling(l);
+        let (Some(ln), Some(rn)) = (self.node(l)?, self.node(r)?) else {
+            return Ok(());
+        };
+        if Node::parent(n.index, &ln, &rn) != *n {
+            return Err(Error::Verification(format!(
+                "tree node {} does not hash from its children",
+                n.index
+            )));
+        }
+        self.verify_subtree(&ln)?;
+        self.verify_subtree(&rn)
+    }
+}
+
+impl proof::NodeSource for Hypercore {
+    fn node(&self, index: u64) -> Result<Option<Node>> {
+        Hypercore::node(self, index)
+    }
+}
+
+fn auth_for(key: &Hash, m: Manifest) -> Result<Auth> {
+    if m.hash() == *key {
+        Ok(Auth::Manifest(m))
+    } else if m.is_compat_for(key) {
+        Ok(Auth::Compat { public_key: *key })
+    } else {
+        Err(Error::Verification(
+            "manifest does not match the core key".into(),
+        ))
+    }
+}
+
+fn read_block(store: &dyn Store, id: u64, index: u64) -> Result<Vec<u8>> {
+    let raw = store
+        .get(Table::Nodes, &node_key(id, 2 * index))?
+        .ok_or(Error::MissingNode { index: 2 * index })?;
+    let leaf = Node::decode(2 * index, &raw).ok_or(Error::CorruptRecord {
+        what: "node",
+        source: crate::encoding::DecodeError::Invalid("size"),
+    })?;
+    store
+        .get(Table::Blocks, &leaf.hash)?
+        .ok_or(Error::MissingBlock { index })
+}
+
+fn encode_head(h: &Head) -> Vec<u8> {
+    let mut e = Encoder::with_capacity(48 + h.signature.len());
+    e.uint(h.fork)
+        .uint(h.length)
+        .fixed(&h.tree_hash)
+        .buffer(&h.signature);
+    e.finish()
+}
+
+fn decode_head(bytes: &[u8]) -> Result<(u64, u64, Hash, Vec<u8>)> {
+    let e = record_err("head");
+    let mut d = Decoder::new(bytes);
+    let fork = d.uint("fork").map_err(&e)?;
+    let length = d.uint("length").map_err(&e)?;
+    let th = d.array::<32>("tree hash").map_err(&e)?;
+    let sig = d.buffer("signature").map_err(&e)?.to_vec();
+    d.finish().map_err(&e)?;
+    Ok((fork, length, th, sig))
+}
+
+/// A read-only view of a core at a length.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    store: Arc<dyn Store>,
+    id: u64,
+    length: u64,
+    byte_length: u64,
+    fork: u64,
+    bitfield: Bitfield,
+    truncations: Arc<RwLock<Vec<(u64, u64)>>>,
+}
+
+impl Snapshot {
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+    pub fn byte_length(&self) -> u64 {
+        self.byte_length
+    }
+    pub fn fork(&self) -> u64 {
+        self.fork
+    }
+
+    pub fn get(&self, index: u64) -> Result<Vec<u8>> {
+        if index >= self.length {
+            return Err(Error::OutOfBounds(format!(
+                "block {index} of a snapshot of length {}",
+                self.length
+            )));
+        }
+        let stale = self
+            .truncations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|&(fork, len)| fork > self.fork && len <= index);
+        if stale {
+            return Err(Error::StaleSnapshot { index });
+        }
+        if !self.bitfield.get(index) {
+            return Err(Error::MissingBlock { index });
+        }
+        read_block(&*self.store, self.id, index)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! Storage behind a narrow trait: named tables (RocksDB column families), point reads, range
+//! scans and atomic write batches.
+//!
+//! Invariants: `store::rocks` is the only module that imports `rocksdb`; every change to a core is
+//! one [`Batch`] written atomically; nothing above this module knows how tables are laid out on
+//! disk.
+
+mod memory;
+mod rocks;
+
+pub use memory::MemStore;
+pub use rocks::RocksStore;
+
+use crate::Result;
+
+/// The format version this build writes and reads. A store with another version is refused.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// A table of the store (one RocksDB column family each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Store-wide records: the format version, id counters.
+    Meta,
+    /// Core key → core record (id, manifest, keys).
+    Cores,
+    /// Core id → signed head (fork, length, tree hash, signature).
+    Heads,
+    /// Core id ‖ tree index → merkle node.
+    Nodes,
+    /// Merkle leaf hash → block bytes: each distinct block is stored once.
+    Blocks,
+    /// Core id ‖ page → 4096-byte presence bitfield page.
+    Bitfield,
+}
+
+impl Table {
+    pub const ALL: [Table; 6] = [
+        Table::Meta,
+        Table::Cores,
+        Table::Heads,
+        Table::Nodes,
+        Table::Blocks,
+        Table::Bitfield,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Cores => "cores",
+            Table::Heads => "heads",
+            Table::Nodes => "nodes",
+            Table::Blocks => "blocks",
+            Table::Bitfield => "bitfield",
+        }
+    }
+}
+
+/// One change inside a batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Table, Vec<u8>, Vec<u8>),
+    Delete(Table, Vec<u8>),
+    /// Deletes keys in `[start, end)`.
+    DeleteRange(Table, Vec<u8>, Vec<u8>),
+}
+
+/// Changes applied all together or not at all.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+    /// Make the batch durable (synced write-ahead log) before `write` returns.
+    pub sync: bool,
+}
+
+impl Batch {
+    pub fn put(&mut self, t: Table, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(t, k.into(), v.into()));
+    }
+    pub fn delete(&mut self, t: Table, k: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(t, k.into()));
+    }
+    pub fn delete_range(&mut self, t: Table, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+        self.ops.push(Op::DeleteRange(t, start.into(), end.into()));
+    }
+}
+
+/// What the engine needs from storage.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Whether `key` is present, cheaper than `get` where the backend allows.
+    fn contains(&self, table: Table, key: &[u8]) -> Result<bool> {
+        Ok(self.get(table, key)?.is_some())
+    }
+    /// Every pair with `start <= key < end`, in key order.
+    fn scan(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies `batch` atomically.
+    fn write(&self, batch: Batch) -> Result<()>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<()>;
+}
+
+/// Checks or records the format version of a store.
+pub(crate) fn check_format(store: &dyn Store, path: &std::path::Path, fresh: bool) -> Result<()> {
+    match store.get(Table::Meta, b"format")? {
+        Some(v) => {
+            let found = <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_le_bytes)
+                .map_err(|_| crate::Error::Damaged {
+                    path: path.into(),
+                    reason: "format record has the wrong size".into(),
+                })?;
+            if found != FORMAT_VERSION {
+                return Err(crate::Error::UnknownFormat {
+                    path: path.into(),
+                    found,
+                    expected: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        None if fresh => {
+            let mut b = Batch {
+                sync: true,
+                ..Batch::default()
+            };
+            b.put(
+                Table::Meta,
+                b"format".to_vec(),
+                FORMAT_VERSION.to_le_bytes().to_vec(),
+            );
+            store.write(b)
+        }
+        None => Err(crate::Error::Damaged {
+            path: path.into(),
+            reason: "the format record is missing".into(),
+        }),
+    }
+}
