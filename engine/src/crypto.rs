@@ -9,7 +9,6 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 /// A 32-byte BLAKE2b-256 digest.
 pub type Hash = [u8; 32];
 
-const LEAF_TYPE: u8 = 0;
 const PARENT_TYPE: u8 = 1;
 const ROOT_TYPE: u8 = 2;
 
@@ -39,14 +38,9 @@ pub fn keyed_hash(key: &[u8], msg: &[u8]) -> Hash {
     out
 }
 
-/// The merkle leaf hash of a block: BLAKE2b-256(00 ‖ u64le(len) ‖ data).
-pub fn leaf_hash(data: &[u8]) -> Hash {
-    let mut s = state();
-    s.update(&[LEAF_TYPE]);
-    s.update(&(data.len() as u64).to_le_bytes());
-    s.update(data);
-    finish(&s)
-}
+/// The merkle leaf hash of a block: BLAKE2b-256(00 ‖ u64le(len) ‖ data). The chunker owns it
+/// because a chunk's id is its leaf.
+pub use hyperfs_chunker::leaf_hash;
 
 /// The hash of a parent node over two children given lower tree index first.
 pub fn parent_hash(left_hash: &Hash, right_hash: &Hash, size: u64) -> Hash {

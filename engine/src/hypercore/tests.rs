@@ -149,3 +149,187 @@ fn replica_is_not_writable_and_rejects_foreign_manifest() {
     let other = Manifest::single([9; 32]);
     assert!(Hypercore::open_replica(mem(), *c.key(), Some(other)).is_err());
 }
+
+mod props {
+    use super::*;
+    use crate::hypercore::proof::RequestSeek;
+    use proptest::prelude::*;
+
+    fn upgrade_req(r: &Hypercore, w: &Hypercore) -> Option<RequestUpgrade> {
+        (w.length() > r.length()).then(|| RequestUpgrade {
+            start: r.length(),
+            length: w.length() - r.length(),
+        })
+    }
+
+    /// Asks `w` for block `i` the way a replica does (with an upgrade when it lags) and applies it.
+    fn fetch(r: &mut Hypercore, w: &Hypercore, i: u64) -> Proof {
+        let upgrade = upgrade_req(r, w);
+        let nodes = if i < r.length() {
+            r.missing_nodes(2 * i).expect("nodes")
+        } else {
+            0
+        };
+        let req = Request {
+            fork: r.fork(),
+            block: Some(RequestIndexed { index: i, nodes }),
+            upgrade,
+            manifest: r.auth().is_none(),
+            ..Request::default()
+        };
+        let p = w.proof(&req).expect("writer answers every valid request");
+        r.apply_proof(&p)
+            .unwrap_or_else(|e| panic!("proof for block {i} must verify: {e}"));
+        p
+    }
+
+    fn blocks_strategy() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
+        prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..9),
+            1..8,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn replica_built_from_proofs_matches_the_writer(
+            batches in blocks_strategy(),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 1..12),
+            compat in any::<bool>(),
+        ) {
+            let mut w = Hypercore::create(mem(), KeyPair::from_seed(&[7; 32]), compat).expect("create");
+            let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
+            for batch in &batches {
+                w.append_batch(batch).expect("append");
+                // Sparse reads at random places, some before and some inside the upgrade.
+                for pick in &picks {
+                    let i = pick.index(w.length() as usize) as u64;
+                    fetch(&mut r, &w, i);
+                    prop_assert_eq!(r.get(i).expect("fetched"), w.get(i).expect("local"));
+                }
+            }
+            prop_assert_eq!(r.length(), w.length());
+            prop_assert_eq!(r.tree_hash(), w.tree_hash());
+            for i in 0..w.length() {
+                if !r.has(i) {
+                    fetch(&mut r, &w, i);
+                }
+                prop_assert_eq!(r.get(i).expect("block"), w.get(i).expect("block"));
+            }
+            prop_assert_eq!(r.local_blocks(), w.length());
+            prop_assert!(r.verify_local().expect("verifies").is_empty());
+        }
+
+        #[test]
+        fn hash_and_seek_proofs_verify(
+            sizes in prop::collection::vec(1usize..50, 2..60),
+            pick in any::<prop::sample::Index>(),
+            byte in any::<prop::sample::Index>(),
+        ) {
+            let mut w = Hypercore::create(mem(), KeyPair::from_seed(&[3; 32]), false).expect("create");
+            let blocks: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+            w.append_batch(&blocks).expect("append");
+            let mut r = Hypercore::open_replica(mem(), *w.key(), Some(w.manifest().expect("m").clone())).expect("r");
+            // Seek with an upgrade from nothing.
+            let bytes = byte.index(w.byte_length() as usize) as u64;
+            let req = Request {
+                seek: Some(RequestSeek { bytes, padding: 0 }),
+                upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
+                ..Request::default()
+            };
+            let p = w.proof(&req).expect("seek proof");
+            r.apply_proof(&p).expect("seek proof verifies");
+            prop_assert_eq!(r.length(), w.length());
+            // A hash proof of any node within the tree.
+            let leaf = pick.index(w.length() as usize) as u64;
+            let index = flat::parent(2 * leaf).min(2 * leaf);
+            let nodes = r.missing_nodes(index).expect("nodes");
+            let req = Request { hash: Some(RequestIndexed { index, nodes }), ..Request::default() };
+            if nodes > 0 {
+                let p = w.proof(&req).expect("hash proof");
+                r.apply_proof(&p).expect("hash proof verifies");
+            }
+            prop_assert_eq!(r.node(index).expect("node"), w.node(index).expect("node"));
+        }
+
+        #[test]
+        fn any_flipped_byte_fails_verification(
+            sizes in prop::collection::vec(1usize..30, 3..40),
+            pick in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut w = Hypercore::create(mem(), KeyPair::from_seed(&[5; 32]), false).expect("create");
+            let blocks: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8 ^ 0x5a; n]).collect();
+            w.append_batch(&blocks).expect("append");
+            let i = pick.index(w.length() as usize) as u64;
+            let req = Request {
+                block: Some(RequestIndexed { index: i, nodes: 0 }),
+                upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
+                manifest: true,
+                ..Request::default()
+            };
+            let good = w.proof(&req).expect("proof");
+            // Every byte a verifier depends on, as (part, offset) pairs.
+            let mut places = Vec::new();
+            let b = good.block.as_ref().expect("block");
+            let up = good.upgrade.as_ref().expect("upgrade");
+            places.extend((0..b.value.len()).map(|o| (0usize, o, 0usize)));
+            for (k, _) in b.nodes.iter().enumerate() { places.extend((0..32).map(|o| (1, o, k))); places.push((2, 0, k)); }
+            for (k, _) in up.nodes.iter().enumerate() { places.extend((0..32).map(|o| (3, o, k))); places.push((4, 0, k)); }
+            places.extend((0..up.signature.len()).map(|o| (5, o, 0)));
+            places.extend((0..good.manifest.as_ref().expect("m").len()).map(|o| (6, o, 0)));
+            let (part, off, k) = places[flip.index(places.len())];
+            let mut bad = good.clone();
+            let mask = 1u8 << bit;
+            {
+                let bb = bad.block.as_mut().expect("block");
+                let bu = bad.upgrade.as_mut().expect("upgrade");
+                match part {
+                    0 => bb.value[off] ^= mask,
+                    1 => bb.nodes[k].hash[off] ^= mask,
+                    2 => bb.nodes[k].size ^= 1 << bit,
+                    3 => bu.nodes[k].hash[off] ^= mask,
+                    4 => bu.nodes[k].size ^= 1 << bit,
+                    5 => bu.signature[off] ^= mask,
+                    _ => bad.manifest.as_mut().expect("m")[off] ^= mask,
+                }
+            }
+            let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
+            prop_assert!(r.apply_proof(&bad).is_err(), "tampered part {} offset {} node {} was accepted", part, off, k);
+            prop_assert_eq!(r.length(), 0, "nothing stored from a bad proof");
+            r.apply_proof(&good).expect("the untampered proof verifies");
+        }
+
+        #[test]
+        fn replica_follows_a_truncation_to_a_new_fork(
+            first in 2usize..40,
+            keep in any::<prop::sample::Index>(),
+            more in 1usize..20,
+        ) {
+            let mut w = Hypercore::create(mem(), KeyPair::from_seed(&[8; 32]), false).expect("create");
+            let blocks: Vec<Vec<u8>> = (0..first).map(|i| vec![i as u8; 3]).collect();
+            w.append_batch(&blocks).expect("append");
+            let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
+            for i in 0..w.length() { fetch(&mut r, &w, i); }
+            let keep = keep.index(first) as u64;
+            w.truncate(keep).expect("truncate");
+            let extra: Vec<Vec<u8>> = (0..more).map(|i| vec![0xee, i as u8]).collect();
+            w.append_batch(&extra).expect("append");
+            let req = Request {
+                fork: r.fork(),
+                upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
+                ..Request::default()
+            };
+            let applied = r.apply_proof(&w.proof(&req).expect("proof")).expect("reorg verifies");
+            prop_assert!(applied.truncated_to.expect("truncated") <= keep);
+            prop_assert_eq!((r.fork(), r.length(), r.tree_hash()), (w.fork(), w.length(), w.tree_hash()));
+            for i in 0..w.length() {
+                if !r.has(i) { fetch(&mut r, &w, i); }
+                prop_assert_eq!(r.get(i).expect("block"), w.get(i).expect("block"));
+            }
+        }
+    }
+}
