@@ -1,1 +1,102 @@
-//! t
+//! hyperfs-tests: the shared harness of the integration tests — where the built `hyperfs` binary
+//! and the pinned JavaScript packages are, temporary data directories, running commands.
+//!
+//! The tests themselves live in `tests/it/` (one test binary); helper programs the tests drive
+//! live in `src/bin/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `hyperfs` binary built from this workspace. The README's test command builds it before
+/// running the tests.
+pub fn hyperfs_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/it-<hash> → target/<profile>/hyperfs
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("hyperfs");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `hyperfs` with `args`; the output whatever the exit status.
+pub fn hyperfs(args: &[&str]) -> Output {
+    Command::new(hyperfs_bin())
+        .args(args)
+        .output()
+        .expect("spawn hyperfs")
+}
+
+/// Runs `hyperfs` and returns its standard output, failing the test on a non-zero exit.
+pub fn hyperfs_ok(args: &[&str]) -> String {
+    let out = hyperfs(args);
+    assert!(
+        out.status.success(),
+        "hyperfs {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The directory of the pinned npm packages (`scripts/js`), installed by the README's commands.
+pub fn js_dir() -> PathBuf {
+    let dir = repo_root().join("scripts/js");
+    assert!(
+        dir.join("node_modules/hypercore").exists(),
+        "the JS oracle is not installed in {}: run scripts/setup (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `node scripts/js/<script> args…` and returns its standard output.
+pub fn node(script: &str, args: &[&Path]) -> String {
+    let dir = js_dir();
+    let out = Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("spawn node");
+    assert!(
+        out.status.success(),
+        "node {script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The content the crash-test writer gives block `i`: reproducible from the index alone.
+pub fn crash_block(i: u64) -> Vec<u8> {
+    let len = (i.wrapping_mul(7919) % (64 * 1024)) as usize;
+    pseudo_random(len, i + 1)
+}
