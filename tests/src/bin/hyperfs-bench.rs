@@ -1,0 +1,150 @@
+//! The benchmark driver behind `scripts/bench`: every hyperfs figure beside a peer's, measured in
+//! the same run.
+//!
+//!   hyperfs-bench chunk FILE          chunking and chunk+hash vs the fastcdc crate (v2020)
+//!   hyperfs-bench append DIR          Hypercore append throughput into RocksDB (JSON)
+//!   hyperfs-bench dedup OLD NEW       bytes a second version stores: CDC vs fixed 64 KiB blocks
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyperfs_chunker::{chunks, leaf_hash, Chunker, HYPERFS_CDC_V1};
+use hyperfs_engine::crypto::KeyPair;
+use hyperfs_engine::store::RocksStore;
+use hyperfs_engine::Hypercore;
+use rayon::prelude::*;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("chunk") => chunk(&args[2]),
+        Some("append") => append(&args[2]),
+        Some("dedup") => dedup(&args[2], &args[3]),
+        _ => {
+            eprintln!("usage: hyperfs-bench chunk FILE | append DIR | dedup OLD NEW");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::MAX;
+    let mut out = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = f();
+        best = best.min(t.elapsed().as_secs_f64());
+        out = Some(r);
+    }
+    (best, out.expect("at least one run"))
+}
+
+fn chunk(path: &str) {
+    let data = std::fs::read(path).expect("read input");
+    let gb = data.len() as f64 / 1e9;
+    let p = HYPERFS_CDC_V1;
+    let (ours, n_ours) = best_of(3, || chunks(p, &data).len());
+    let (theirs, n_theirs) = best_of(3, || {
+        fastcdc::v2020::FastCDC::new(&data, p.min_size as u32, p.avg_size as u32, p.max_size as u32).count()
+    });
+    // Chunk + leaf hash: ours streams cut points to a pool that hashes on every core.
+    let (ours_h, _) = best_of(3, || {
+        let mut cuts = Vec::with_capacity(data.len() / p.avg_size + 1);
+        let mut c = Chunker::new(p);
+        let mut hashed: Vec<[u8; 32]> = Vec::new();
+        // Chunk in 64 MiB windows and hash each window's chunks in parallel while chunking on.
+        let window = 64 << 20;
+        let mut at = 0;
+        rayon::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<hyperfs_chunker::Chunk>>();
+            let data = &data;
+            let hashed = &mut hashed;
+            s.spawn(move |_| {
+                for batch in rx {
+                    hashed.par_extend(
+                        batch.par_iter().map(|ch| leaf_hash(&data[ch.offset as usize..ch.offset as usize + ch.len])),
+                    );
+                }
+            });
+            while at < data.len() {
+                let end = (at + window).min(data.len());
+                let start = cuts.len();
+                c.push(&data[at..end], |ch| cuts.push(ch));
+                tx.send(cuts[start..].to_vec()).expect("hasher alive");
+                at = end;
+            }
+            if let Some(last) = c.finish() {
+                tx.send(vec![last]).expect("hasher alive");
+            }
+        });
+        hashed.len()
+    });
+    let (theirs_h, _) = best_of(3, || {
+        fastcdc::v2020::FastCDC::new(&data, p.min_size as u32, p.avg_size as u32, p.max_size as u32)
+            .map(|ch| leaf_hash(&data[ch.offset..ch.offset + ch.length]))
+            .count()
+    });
+    println!(
+        "{{\"bytes\":{},\"chunks\":{},\"fastcdcChunks\":{},\"chunkGBps\":{:.3},\"fastcdcGBps\":{:.3},\"chunkHashGBps\":{:.3},\"fastcdcHashGBps\":{:.3}}}",
+        data.len(),
+        n_ours,
+        n_theirs,
+        gb / ours,
+        gb / theirs,
+        gb / ours_h,
+        gb / theirs_h
+    );
+}
+
+fn append(dir: &str) {
+    let mut out = Vec::new();
+    for (label, size, count, batch) in [("64k", 64 * 1024, 8192usize, 64usize), ("4k", 4096, 50_000, 500)] {
+        let path = std::path::Path::new(dir).join(label);
+        let _ = std::fs::remove_dir_all(&path);
+        let store = Arc::new(RocksStore::open(&path).expect("open store"));
+        let mut core = Hypercore::create(store.clone(), KeyPair::generate(), false).expect("core");
+        let blocks: Vec<Vec<u8>> =
+            (0..batch).map(|i| hyperfs_tests::pseudo_random(size, i as u64 + size as u64)).collect();
+        let t = Instant::now();
+        let mut n = 0;
+        let mut round = 0u64;
+        while n < count {
+            // Distinct content every batch, so dedup does not flatter the figure.
+            let mut bs = blocks.clone();
+            for (i, b) in bs.iter_mut().enumerate() {
+                b[..8].copy_from_slice(&(round * batch as u64 + i as u64).to_le_bytes());
+            }
+            core.append_batch(&bs).expect("append");
+            n += batch;
+            round += 1;
+        }
+        hyperfs_engine::store::Store::flush(&*store).expect("flush");
+        let secs = t.elapsed().as_secs_f64();
+        out.push(format!(
+            "\"{label}\":{{\"mibps\":{:.1},\"blocksPerSec\":{:.0}}}",
+            (n * size) as f64 / secs / (1 << 20) as f64,
+            n as f64 / secs
+        ));
+    }
+    println!("{{{}}}", out.join(","));
+}
+
+fn dedup(old: &str, new: &str) {
+    let a = std::fs::read(old).expect("read old");
+    let b = std::fs::read(new).expect("read new");
+    let cdc = |d: &[u8]| -> Vec<([u8; 32], usize)> {
+        chunks(HYPERFS_CDC_V1, d)
+            .par_iter()
+            .map(|c| (leaf_hash(&d[c.offset as usize..c.offset as usize + c.len]), c.len))
+            .collect()
+    };
+    let fixed = |d: &[u8]| -> Vec<([u8; 32], usize)> { d.par_chunks(64 * 1024).map(|c| (leaf_hash(c), c.len())).collect() };
+    let new_bytes = |old: Vec<([u8; 32], usize)>, new: Vec<([u8; 32], usize)>| -> u64 {
+        let seen: std::collections::HashSet<[u8; 32]> = old.into_iter().map(|x| x.0).collect();
+        let mut added = std::collections::HashSet::new();
+        new.into_iter().filter(|(h, _)| !seen.contains(h) && added.insert(*h)).map(|(_, l)| l as u64).sum()
+    };
+    let c = new_bytes(cdc(&a), cdc(&b));
+    let f = new_bytes(fixed(&a), fixed(&b));
+    println!("{{\"newVersionBytes\":{},\"cdcStored\":{c},\"fixed64kStored\":{f}}}", b.len());
+}
