@@ -111,12 +111,7 @@ pub struct Chunker {
 
 impl Chunker {
     pub fn new(preset: Preset) -> Self {
-        Chunker {
-            preset,
-            pos: 0,
-            hash: 0,
-            start: 0,
-        }
+        Chunker { preset, pos: 0, hash: 0, start: 0 }
     }
 
     /// Consumes `data`, calling `on_chunk` for every chunk that ends inside it.
@@ -125,10 +120,7 @@ impl Chunker {
             match self.scan(data) {
                 Some(n) => {
                     let len = self.pos + n;
-                    on_chunk(Chunk {
-                        offset: self.start,
-                        len,
-                    });
+                    on_chunk(Chunk { offset: self.start, len });
                     self.start += len as u64;
                     self.pos = 0;
                     self.hash = 0;
@@ -147,10 +139,7 @@ impl Chunker {
         if self.pos == 0 {
             return None;
         }
-        let c = Chunk {
-            offset: self.start,
-            len: self.pos,
-        };
+        let c = Chunk { offset: self.start, len: self.pos };
         self.start += self.pos as u64;
         self.pos = 0;
         self.hash = 0;

@@ -19,30 +19,20 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 fn pinned_cut_points_of_hyperfs_cdc_v1() {
     // If this fails the preset changed: that is a new preset name, never an edit of v1.
     let data = pseudo_random(2 << 20, 42);
-    let lens: Vec<usize> = chunks(HYPERFS_CDC_V1, &data)
-        .iter()
-        .map(|c| c.len)
-        .collect();
+    let lens: Vec<usize> = chunks(HYPERFS_CDC_V1, &data).iter().map(|c| c.len).collect();
     let expected: &[usize] = &PINNED_V1;
     assert_eq!(lens, expected);
     let ids: Vec<String> = chunks(HYPERFS_CDC_V1, &data)
         .iter()
         .take(2)
-        .map(|c| {
-            hex::encode(leaf_hash(
-                &data[c.offset as usize..c.offset as usize + c.len],
-            ))
-        })
+        .map(|c| hex::encode(leaf_hash(&data[c.offset as usize..c.offset as usize + c.len])))
         .collect();
     assert_eq!(ids, PINNED_V1_FIRST_IDS);
 }
 
 #[test]
 fn leaf_hash_is_the_hypercore_leaf() {
-    assert_eq!(
-        hex::encode(leaf_hash(b"hello")),
-        "f2391083cfaa8043205fed76cdff843902146ca92aebcd7a196814ec45d8c8f8"
-    );
+    assert_eq!(hex::encode(leaf_hash(b"hello")), "f2391083cfaa8043205fed76cdff843902146ca92aebcd7a196814ec45d8c8f8");
 }
 
 #[test]
@@ -60,18 +50,10 @@ fn size_bounds_and_average_on_random_data() {
 fn edits_change_only_nearby_chunks_on_64_mib() {
     let old = pseudo_random(64 << 20, 99);
     let ids = |d: &[u8]| -> std::collections::HashSet<[u8; 32]> {
-        chunks(HYPERFS_CDC_V1, d)
-            .iter()
-            .map(|c| leaf_hash(&d[c.offset as usize..c.offset as usize + c.len]))
-            .collect()
+        chunks(HYPERFS_CDC_V1, d).iter().map(|c| leaf_hash(&d[c.offset as usize..c.offset as usize + c.len])).collect()
     };
     let old_ids = ids(&old);
-    for (at, insert, delete) in [
-        (0usize, 1usize, 0usize),
-        (10 << 20, 5, 0),
-        (33 << 20, 0, 7),
-        (50 << 20, 3, 3),
-    ] {
+    for (at, insert, delete) in [(0usize, 1usize, 0usize), (10 << 20, 5, 0), (33 << 20, 0, 7), (50 << 20, 3, 3)] {
         let mut new = old[..at].to_vec();
         new.extend(std::iter::repeat_n(0xabu8, insert));
         new.extend_from_slice(&old[at + delete..]);
@@ -79,12 +61,7 @@ fn edits_change_only_nearby_chunks_on_64_mib() {
         let new_ids = ids(&new);
         let kept = new_ids.iter().filter(|id| old_ids.contains(*id)).count();
         let ratio = kept as f64 / new_ids.len() as f64;
-        assert!(
-            ratio >= 0.98,
-            "edit at {at}: only {:.2}% of {} chunks reused",
-            ratio * 100.0,
-            new_chunks.len()
-        );
+        assert!(ratio >= 0.98, "edit at {at}: only {:.2}% of {} chunks reused", ratio * 100.0, new_chunks.len());
     }
 }
 
@@ -129,8 +106,8 @@ proptest! {
 }
 
 const PINNED_V1: [usize; 26] = [
-    80748, 33655, 88625, 174653, 84752, 78118, 45427, 76971, 42629, 90505, 140906, 62493, 79111,
-    25163, 104794, 78908, 61077, 69864, 105255, 83390, 65796, 74460, 87624, 24999, 178795, 58434,
+    80748, 33655, 88625, 174653, 84752, 78118, 45427, 76971, 42629, 90505, 140906, 62493, 79111, 25163, 104794, 78908,
+    61077, 69864, 105255, 83390, 65796, 74460, 87624, 24999, 178795, 58434,
 ];
 const PINNED_V1_FIRST_IDS: [&str; 2] = [
     "e9e06f165aa3e0a22966c027e795f63a3e3b37e4ecb55db567bc74fc9ec9baa8",

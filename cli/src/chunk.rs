@@ -19,10 +19,7 @@ pub fn run(files: &[std::path::PathBuf], stats: bool) -> Result<()> {
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let started = Instant::now();
-    let mut st = Stats {
-        min: usize::MAX,
-        ..Stats::default()
-    };
+    let mut st = Stats { min: usize::MAX, ..Stats::default() };
     for f in files {
         let reader: Box<dyn Read> = if f.as_os_str() == "-" {
             Box::new(std::io::stdin())
@@ -37,13 +34,7 @@ pub fn run(files: &[std::path::PathBuf], stats: bool) -> Result<()> {
             if stats {
                 return Ok(());
             }
-            writeln!(
-                out,
-                "{offset} {} {}",
-                bytes.len(),
-                hex::encode(leaf_hash(bytes))
-            )
-            .context("writing output")
+            writeln!(out, "{offset} {} {}", bytes.len(), hex::encode(leaf_hash(bytes))).context("writing output")
         })?;
     }
     if stats {
@@ -55,21 +46,13 @@ pub fn run(files: &[std::path::PathBuf], stats: bool) -> Result<()> {
         writeln!(out, "mean size   {mean}")?;
         writeln!(out, "min size    {}", if st.count > 0 { st.min } else { 0 })?;
         writeln!(out, "max size    {}", st.max)?;
-        writeln!(
-            out,
-            "throughput  {:.1} MiB/s",
-            st.bytes as f64 / secs / (1 << 20) as f64
-        )?;
+        writeln!(out, "throughput  {:.1} MiB/s", st.bytes as f64 / secs / (1 << 20) as f64)?;
     }
     out.flush().context("writing output")
 }
 
 /// Reads `r` in pieces and calls `on_chunk(offset, bytes)` for every chunk in order.
-fn chunk_stream(
-    mut r: impl Read,
-    name: &Path,
-    mut on_chunk: impl FnMut(u64, &[u8]) -> Result<()>,
-) -> Result<()> {
+fn chunk_stream(mut r: impl Read, name: &Path, mut on_chunk: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
     let mut chunker = Chunker::new(HYPERFS_CDC_V1);
     // `buf` holds the unfinished chunk followed by the newest read; `base` is its file offset.
     let mut buf: Vec<u8> = Vec::with_capacity(HYPERFS_CDC_V1.max_size + (1 << 20));

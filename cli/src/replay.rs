@@ -39,9 +39,8 @@ fn key_pair(s: &Script) -> Result<KeyPair> {
         }
         (None, Some(sk)) => {
             let bytes = hex::decode(sk).context("secretKey is not hex")?;
-            KeyPair::from_secret_key(&bytes).ok_or_else(|| {
-                anyhow::anyhow!("secretKey must be 64 bytes: seed followed by its public key")
-            })
+            KeyPair::from_secret_key(&bytes)
+                .ok_or_else(|| anyhow::anyhow!("secretKey must be 64 bytes: seed followed by its public key"))
         }
         _ => bail!("the script needs exactly one of \"seed\" and \"secretKey\""),
     }
@@ -49,8 +48,7 @@ fn key_pair(s: &Script) -> Result<KeyPair> {
 
 pub fn run(path: &Path) -> Result<()> {
     let text = super::read_input(path)?;
-    let script: Script =
-        serde_json::from_slice(&text).context("the script is not valid replay JSON")?;
+    let script: Script = serde_json::from_slice(&text).context("the script is not valid replay JSON")?;
     let kp = key_pair(&script)?;
     let dir = tempfile::tempdir().context("creating a temporary store directory")?;
     let store = Arc::new(RocksStore::open(dir.path())?);
@@ -63,19 +61,13 @@ pub fn run(path: &Path) -> Result<()> {
                     .map(hex::decode)
                     .collect::<Result<Vec<_>, _>>()
                     .with_context(|| format!("op {n}: a block is not hex"))?;
-                core.append_batch(&blocks)
-                    .with_context(|| format!("op {n}: append"))?;
+                core.append_batch(&blocks).with_context(|| format!("op {n}: append"))?;
             }
-            Op::Truncate(len) => core
-                .truncate(*len)
-                .with_context(|| format!("op {n}: truncate"))?,
+            Op::Truncate(len) => core.truncate(*len).with_context(|| format!("op {n}: truncate"))?,
         }
     }
-    let roots: Vec<_> = core
-        .roots()
-        .iter()
-        .map(|r| json!({"index": r.index, "size": r.size, "hash": hex::encode(r.hash)}))
-        .collect();
+    let roots: Vec<_> =
+        core.roots().iter().map(|r| json!({"index": r.index, "size": r.size, "hash": hex::encode(r.hash)})).collect();
     let out = json!({
         "key": hex::encode(core.key()),
         "discoveryKey": hex::encode(core.discovery_key()),

@@ -117,24 +117,18 @@ impl std::fmt::Debug for KeyPair {
 impl KeyPair {
     /// A fresh random key pair from the operating system's generator.
     pub fn generate() -> Self {
-        Self {
-            signing: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
+        Self { signing: SigningKey::generate(&mut rand::rngs::OsRng) }
     }
 
     /// `crypto_sign_seed_keypair`.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self {
-            signing: SigningKey::from_bytes(seed),
-        }
+        Self { signing: SigningKey::from_bytes(seed) }
     }
 
     /// From a 64-byte libsodium secret key; its public half must match its seed.
     pub fn from_secret_key(secret: &[u8]) -> Option<Self> {
         let bytes: &[u8; 64] = secret.try_into().ok()?;
-        SigningKey::from_keypair_bytes(bytes)
-            .ok()
-            .map(|signing| Self { signing })
+        SigningKey::from_keypair_bytes(bytes).ok().map(|signing| Self { signing })
     }
 
     pub fn public_key(&self) -> Hash {
@@ -159,8 +153,7 @@ pub fn verify(public_key: &Hash, msg: &[u8], signature: &[u8]) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(public_key) else {
         return false;
     };
-    vk.verify(msg, &ed25519_dalek::Signature::from_bytes(sig))
-        .is_ok()
+    vk.verify(msg, &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
 }
 
 const Z32_ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
@@ -211,18 +204,9 @@ mod tests {
 
     #[test]
     fn namespaces_match_reference() {
-        assert_eq!(
-            hx(caps::tree()),
-            "9fac70b50ca14efc4e91c833b204e75b8b5aad8b5881bfc0adb5ef38a3275b9c"
-        );
-        assert_eq!(
-            hx(caps::manifest()),
-            "e64b7108eacce47cfc61ac850568f55f8b15b82ec5ed78c4ec597b036e2a1498"
-        );
-        assert_eq!(
-            hx(caps::default_namespace()),
-            "4144eea531e483d54e0c14f4ca68e0644f355343ff6fcb0f005200e12cd747cb"
-        );
+        assert_eq!(hx(caps::tree()), "9fac70b50ca14efc4e91c833b204e75b8b5aad8b5881bfc0adb5ef38a3275b9c");
+        assert_eq!(hx(caps::manifest()), "e64b7108eacce47cfc61ac850568f55f8b15b82ec5ed78c4ec597b036e2a1498");
+        assert_eq!(hx(caps::default_namespace()), "4144eea531e483d54e0c14f4ca68e0644f355343ff6fcb0f005200e12cd747cb");
         assert_eq!(
             hx(&namespace("hyperdrive", 1)[0]),
             "f217b747161784b495ceee3c42163b07dd62cb06df26e20e95ba4d438123aeeb"
@@ -235,8 +219,7 @@ mod tests {
 
     #[test]
     fn z32_matches_reference_id() {
-        let key = hex::decode("8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c")
-            .expect("hex");
+        let key = hex::decode("8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c").expect("hex");
         let id = z32_encode(&key);
         assert_eq!(id, "tkrq8zmwb8a3m9k15csu3q17qmfgqnp9dskbrg9uq1rydpyxp7qy");
         assert_eq!(z32_decode(&id).expect("decodes"), key);
@@ -244,18 +227,11 @@ mod tests {
 
     #[test]
     fn leaf_and_discovery_vectors() {
-        assert_eq!(
-            hx(&leaf_hash(b"hello")),
-            "f2391083cfaa8043205fed76cdff843902146ca92aebcd7a196814ec45d8c8f8"
-        );
-        let key: Hash =
-            hex::decode("d8c3a0597903b28d751c6e0b7107775e388ec5a3cf669bdd1e7ec41b8b8f6e72")
-                .expect("hex")
-                .try_into()
-                .expect("32");
-        assert_eq!(
-            hx(&discovery_key(&key)),
-            "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a"
-        );
+        assert_eq!(hx(&leaf_hash(b"hello")), "f2391083cfaa8043205fed76cdff843902146ca92aebcd7a196814ec45d8c8f8");
+        let key: Hash = hex::decode("d8c3a0597903b28d751c6e0b7107775e388ec5a3cf669bdd1e7ec41b8b8f6e72")
+            .expect("hex")
+            .try_into()
+            .expect("32");
+        assert_eq!(hx(&discovery_key(&key)), "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a");
     }
 }

@@ -33,9 +33,7 @@ impl Encoder {
     }
 
     pub fn with_capacity(cap: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(cap),
-        }
+        Self { buf: Vec::with_capacity(cap) }
     }
 
     pub fn finish(self) -> Vec<u8> {
@@ -192,17 +190,7 @@ mod tests {
 
     #[test]
     fn uint_boundaries_round_trip() {
-        for n in [
-            0u64,
-            1,
-            0xfc,
-            0xfd,
-            0xffff,
-            0x1_0000,
-            0xffff_ffff,
-            0x1_0000_0000,
-            u64::MAX,
-        ] {
+        for n in [0u64, 1, 0xfc, 0xfd, 0xffff, 0x1_0000, 0xffff_ffff, 0x1_0000_0000, u64::MAX] {
             let mut e = Encoder::new();
             e.uint(n);
             let bytes = e.finish();

@@ -14,14 +14,8 @@ pub enum Error {
     #[error("the store at {path} is damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
     /// The store was written by a different, unknown version of hyperfs.
-    #[error(
-        "the store at {path} has format version {found}; this hyperfs reads version {expected}"
-    )]
-    UnknownFormat {
-        path: PathBuf,
-        found: u64,
-        expected: u64,
-    },
+    #[error("the store at {path} has format version {found}; this hyperfs reads version {expected}")]
+    UnknownFormat { path: PathBuf, found: u64, expected: u64 },
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Storage(String),

@@ -9,10 +9,7 @@ use std::process::{Command, Output};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The `hyperfs` binary built from this workspace. The README's test command builds it before
@@ -20,36 +17,20 @@ pub fn repo_root() -> PathBuf {
 pub fn hyperfs_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/it-<hash> → target/<profile>/hyperfs
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("hyperfs");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace first (scripts/test does)",
-        bin.display()
-    );
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hyperfs");
+    assert!(bin.exists(), "{} is missing: build the workspace first (scripts/test does)", bin.display());
     bin
 }
 
 /// Runs `hyperfs` with `args`; the output whatever the exit status.
 pub fn hyperfs(args: &[&str]) -> Output {
-    Command::new(hyperfs_bin())
-        .args(args)
-        .output()
-        .expect("spawn hyperfs")
+    Command::new(hyperfs_bin()).args(args).output().expect("spawn hyperfs")
 }
 
 /// Runs `hyperfs` and returns its standard output, failing the test on a non-zero exit.
 pub fn hyperfs_ok(args: &[&str]) -> String {
     let out = hyperfs(args);
-    assert!(
-        out.status.success(),
-        "hyperfs {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "hyperfs {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -67,17 +48,8 @@ pub fn js_dir() -> PathBuf {
 /// Runs `node scripts/js/<script> args…` and returns its standard output.
 pub fn node(script: &str, args: &[&Path]) -> String {
     let dir = js_dir();
-    let out = Command::new("node")
-        .arg(dir.join(script))
-        .args(args)
-        .current_dir(&dir)
-        .output()
-        .expect("spawn node");
-    assert!(
-        out.status.success(),
-        "node {script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("node").arg(dir.join(script)).args(args).current_dir(&dir).output().expect("spawn node");
+    assert!(out.status.success(), "node {script} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 

@@ -28,9 +28,7 @@ impl Bitfield {
 
     pub fn get(&self, index: u64) -> bool {
         let (page, bit) = (index / PAGE_BITS, index % PAGE_BITS);
-        self.pages
-            .get(&page)
-            .is_some_and(|p| p[(bit >> 3) as usize] & (1 << (bit & 7)) != 0)
+        self.pages.get(&page).is_some_and(|p| p[(bit >> 3) as usize] & (1 << (bit & 7)) != 0)
     }
 
     pub fn set(&mut self, index: u64, value: bool) {
@@ -38,10 +36,7 @@ impl Bitfield {
         if !value && !self.pages.contains_key(&page) {
             return;
         }
-        let p = self
-            .pages
-            .entry(page)
-            .or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
+        let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
         let byte = &mut p[(bit >> 3) as usize];
         if value {
             *byte |= 1 << (bit & 7);
@@ -57,10 +52,7 @@ impl Bitfield {
         while i < end {
             if i % 8 == 0 && end - i >= 8 && (value || self.pages.contains_key(&(i / PAGE_BITS))) {
                 let (page, bit) = (i / PAGE_BITS, i % PAGE_BITS);
-                let p = self
-                    .pages
-                    .entry(page)
-                    .or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
+                let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
                 p[(bit >> 3) as usize] = if value { 0xff } else { 0 };
                 self.dirty.insert(page);
                 i += 8;
@@ -81,10 +73,7 @@ impl Bitfield {
             }
             let limit = (end - base).min(PAGE_BITS);
             let full = (limit / 8) as usize;
-            n += bytes[..full]
-                .iter()
-                .map(|b| b.count_ones() as u64)
-                .sum::<u64>();
+            n += bytes[..full].iter().map(|b| b.count_ones() as u64).sum::<u64>();
             for bit in (full as u64 * 8)..limit {
                 if bytes[(bit >> 3) as usize] & (1 << (bit & 7)) != 0 {
                     n += 1;
@@ -97,10 +86,7 @@ impl Bitfield {
     /// Pages changed since the last call, with their bytes.
     pub fn take_dirty(&mut self) -> Vec<(u64, Vec<u8>)> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .filter_map(|p| self.pages.get(&p).map(|b| (p, b.to_vec())))
-            .collect()
+        dirty.into_iter().filter_map(|p| self.pages.get(&p).map(|b| (p, b.to_vec()))).collect()
     }
 }
 

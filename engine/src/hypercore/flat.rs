@@ -76,11 +76,7 @@ pub struct Iter {
 
 impl Iter {
     pub fn new(index: u64) -> Self {
-        let mut it = Iter {
-            index: 0,
-            offset: 0,
-            factor: 2,
-        };
+        let mut it = Iter { index: 0, offset: 0, factor: 2 };
         it.seek(index);
         it
     }

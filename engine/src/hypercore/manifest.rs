@@ -42,10 +42,7 @@ impl Manifest {
             version: 1,
             allow_patch: false,
             quorum: 1,
-            signers: vec![Signer {
-                namespace: *caps::default_namespace(),
-                public_key,
-            }],
+            signers: vec![Signer { namespace: *caps::default_namespace(), public_key }],
             prologue: None,
             linked: None,
             user_data: None,
@@ -72,10 +69,7 @@ impl Manifest {
         if self.user_data.is_some() {
             flags |= 8;
         }
-        e.uint(flags)
-            .uint(0)
-            .uint(self.quorum)
-            .uint(self.signers.len() as u64);
+        e.uint(flags).uint(0).uint(self.quorum).uint(self.signers.len() as u64);
         for s in &self.signers {
             e.uint(0).fixed(&s.namespace).fixed(&s.public_key);
         }
@@ -97,18 +91,11 @@ impl Manifest {
     fn encode_v0(&self, e: &mut Encoder) {
         e.uint(0).uint(0);
         if self.signers.is_empty() {
-            e.uint(0)
-                .fixed(&self.prologue.as_ref().map(|p| p.hash).unwrap_or([0; 32]));
+            e.uint(0).fixed(&self.prologue.as_ref().map(|p| p.hash).unwrap_or([0; 32]));
         } else if self.signers.len() == 1 && !self.allow_patch && self.quorum == 1 {
-            e.uint(1)
-                .uint(0)
-                .fixed(&self.signers[0].namespace)
-                .fixed(&self.signers[0].public_key);
+            e.uint(1).uint(0).fixed(&self.signers[0].namespace).fixed(&self.signers[0].public_key);
         } else {
-            e.uint(2)
-                .uint(u64::from(self.allow_patch))
-                .uint(self.quorum)
-                .uint(self.signers.len() as u64);
+            e.uint(2).uint(u64::from(self.allow_patch)).uint(self.quorum).uint(self.signers.len() as u64);
             for s in &self.signers {
                 e.uint(0).fixed(&s.namespace).fixed(&s.public_key);
             }
@@ -137,37 +124,18 @@ impl Manifest {
         let quorum = d.uint("manifest quorum")?;
         let signers = decode_signers(d)?;
         let prologue = if flags & 2 != 0 {
-            Some(Prologue {
-                hash: d.array("prologue hash")?,
-                length: d.uint("prologue length")?,
-            })
+            Some(Prologue { hash: d.array("prologue hash")?, length: d.uint("prologue length")? })
         } else {
             None
         };
         let linked = if flags & 4 != 0 {
             let n = d.count("linked", 32)?;
-            Some(
-                (0..n)
-                    .map(|_| d.array::<32>("linked key"))
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
+            Some((0..n).map(|_| d.array::<32>("linked key")).collect::<Result<Vec<_>, _>>()?)
         } else {
             None
         };
-        let user_data = if flags & 8 != 0 {
-            Some(d.buffer("user data")?.to_vec())
-        } else {
-            None
-        };
-        Ok(Manifest {
-            version,
-            allow_patch: flags & 1 != 0,
-            quorum,
-            signers,
-            prologue,
-            linked,
-            user_data,
-        })
+        let user_data = if flags & 8 != 0 { Some(d.buffer("user data")?.to_vec()) } else { None };
+        Ok(Manifest { version, allow_patch: flags & 1 != 0, quorum, signers, prologue, linked, user_data })
     }
 
     fn decode_v0(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
@@ -187,19 +155,13 @@ impl Manifest {
         match kind {
             0 => {
                 m.quorum = 0;
-                m.prologue = Some(Prologue {
-                    hash: d.array("prologue hash")?,
-                    length: 0,
-                });
+                m.prologue = Some(Prologue { hash: d.array("prologue hash")?, length: 0 });
             }
             1 => {
                 if d.uint("signature type")? != 0 {
                     return Err(DecodeError::Invalid("signature type"));
                 }
-                m.signers.push(Signer {
-                    namespace: d.array("namespace")?,
-                    public_key: d.array("public key")?,
-                });
+                m.signers.push(Signer { namespace: d.array("namespace")?, public_key: d.array("public key")? });
             }
             2 => {
                 m.allow_patch = d.uint("manifest flags")? & 1 != 0;
@@ -229,10 +191,7 @@ fn decode_signers(d: &mut Decoder<'_>) -> Result<Vec<Signer>, DecodeError> {
         if d.uint("signature type")? != 0 {
             return Err(DecodeError::Invalid("signature type"));
         }
-        out.push(Signer {
-            namespace: d.array("namespace")?,
-            public_key: d.array("public key")?,
-        });
+        out.push(Signer { namespace: d.array("namespace")?, public_key: d.array("public key")? });
     }
     Ok(out)
 }
@@ -259,11 +218,7 @@ impl Auth {
         match self {
             Auth::Compat { .. } => compat_signable(tree_hash, length, fork),
             Auth::Manifest(m) if m.version == 0 => {
-                let ns = m
-                    .signers
-                    .get(signer)
-                    .map(|s| s.namespace)
-                    .unwrap_or([0; 32]);
+                let ns = m.signers.get(signer).map(|s| s.namespace).unwrap_or([0; 32]);
                 manifest_signable(&ns, tree_hash, length, fork)
             }
             Auth::Manifest(m) => manifest_signable(&m.hash(), tree_hash, length, fork),
@@ -276,22 +231,16 @@ impl Auth {
         match self {
             Auth::Compat { .. } => sig.to_vec(),
             Auth::Manifest(m) if m.version == 0 => sig.to_vec(),
-            Auth::Manifest(_) => Multisig {
-                proofs: vec![(0, sig, 0)],
-                nodes: vec![],
-            }
-            .encode(),
+            Auth::Manifest(_) => Multisig { proofs: vec![(0, sig, 0)], nodes: vec![] }.encode(),
         }
     }
 
     /// Whether `signature` is a valid signature of this tree.
     pub fn verify(&self, signature: &[u8], tree_hash: &Hash, length: u64, fork: u64) -> bool {
         match self {
-            Auth::Compat { public_key } => crypto::verify(
-                public_key,
-                &compat_signable(tree_hash, length, fork),
-                signature,
-            ),
+            Auth::Compat { public_key } => {
+                crypto::verify(public_key, &compat_signable(tree_hash, length, fork), signature)
+            }
             Auth::Manifest(m) => {
                 if let Some(p) = &m.prologue {
                     if length <= p.length {
@@ -386,20 +335,12 @@ impl Multisig {
         let n = d.count("multisig proofs", 66)?;
         let mut proofs = Vec::with_capacity(n);
         for _ in 0..n {
-            proofs.push((
-                d.uint("signer")?,
-                d.array::<64>("signature")?,
-                d.uint("patch")?,
-            ));
+            proofs.push((d.uint("signer")?, d.array::<64>("signature")?, d.uint("patch")?));
         }
         let n = d.count("multisig nodes", 34)?;
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
-            nodes.push((
-                d.uint("node index")?,
-                d.uint("node size")?,
-                d.array::<32>("node hash")?,
-            ));
+            nodes.push((d.uint("node index")?, d.uint("node size")?, d.array::<32>("node hash")?));
         }
         d.finish()?;
         Ok(Multisig { proofs, nodes })
@@ -419,10 +360,7 @@ mod tests {
             "0100000101004144eea531e483d54e0c14f4ca68e0644f355343ff6fcb0f005200e12cd747cb\
              8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
         );
-        assert_eq!(
-            hex::encode(m.hash()),
-            "d8c3a0597903b28d751c6e0b7107775e388ec5a3cf669bdd1e7ec41b8b8f6e72"
-        );
+        assert_eq!(hex::encode(m.hash()), "d8c3a0597903b28d751c6e0b7107775e388ec5a3cf669bdd1e7ec41b8b8f6e72");
         assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);
     }
 
@@ -431,10 +369,7 @@ mod tests {
         let mut m = Manifest::single([7; 32]);
         m.version = 2;
         m.allow_patch = true;
-        m.prologue = Some(Prologue {
-            hash: [3; 32],
-            length: 9,
-        });
+        m.prologue = Some(Prologue { hash: [3; 32], length: 9 });
         m.linked = Some(vec![[4; 32], [5; 32]]);
         m.user_data = Some(b"hi".to_vec());
         assert_eq!(Manifest::decode(&m.encode()).expect("decodes"), m);

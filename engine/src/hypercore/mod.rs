@@ -14,6 +14,7 @@ pub mod bitfield;
 pub mod flat;
 pub mod manifest;
 pub mod proof;
+mod stored;
 pub mod tree;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -102,9 +103,7 @@ impl Hypercore {
     /// makes key = public key (Hypercore 10 style); otherwise key = manifest hash.
     pub fn create(store: Arc<dyn Store>, key_pair: KeyPair, compat: bool) -> Result<Self> {
         let auth = if compat {
-            Auth::Compat {
-                public_key: key_pair.public_key(),
-            }
+            Auth::Compat { public_key: key_pair.public_key() }
         } else {
             Auth::Manifest(Manifest::single(key_pair.public_key()))
         };
@@ -121,11 +120,7 @@ impl Hypercore {
 
     /// Opens a replica of `key`, creating an empty one if the store has none. The manifest, if
     /// known, must hash to the key (or be the compat manifest of it).
-    pub fn open_replica(
-        store: Arc<dyn Store>,
-        key: Hash,
-        manifest: Option<Manifest>,
-    ) -> Result<Self> {
+    pub fn open_replica(store: Arc<dyn Store>, key: Hash, manifest: Option<Manifest>) -> Result<Self> {
         if let Some(core) = Self::open(store.clone(), &key)? {
             return Ok(core);
         }
@@ -136,20 +131,13 @@ impl Hypercore {
         Self::init(store, key, auth, None)
     }
 
-    fn init(
-        store: Arc<dyn Store>,
-        key: Hash,
-        auth: Option<Auth>,
-        key_pair: Option<KeyPair>,
-    ) -> Result<Self> {
+    fn init(store: Arc<dyn Store>, key: Hash, auth: Option<Auth>, key_pair: Option<KeyPair>) -> Result<Self> {
         let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
         let id = match store.get(Table::Meta, b"next_core_id")? {
-            Some(v) => {
-                u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::CorruptRecord {
-                    what: "core counter",
-                    source: crate::encoding::DecodeError::Invalid("length"),
-                })?)
-            }
+            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::CorruptRecord {
+                what: "core counter",
+                source: crate::encoding::DecodeError::Invalid("length"),
+            })?),
             None => 0,
         };
         let core = Hypercore {
@@ -164,21 +152,10 @@ impl Hypercore {
             truncations: Arc::default(),
             durable: false,
         };
-        let mut b = Batch {
-            sync: true,
-            ..Batch::default()
-        };
-        b.put(
-            Table::Meta,
-            b"next_core_id".to_vec(),
-            (id + 1).to_le_bytes().to_vec(),
-        );
+        let mut b = Batch { sync: true, ..Batch::default() };
+        b.put(Table::Meta, b"next_core_id".to_vec(), (id + 1).to_le_bytes().to_vec());
         b.put(Table::Cores, key.to_vec(), core.encode_record());
-        b.put(
-            Table::Heads,
-            id.to_be_bytes().to_vec(),
-            encode_head(&core.head),
-        );
+        b.put(Table::Heads, id.to_be_bytes().to_vec(), encode_head(&core.head));
         core.store.write(b)?;
         Ok(core)
     }
@@ -204,9 +181,7 @@ impl Hypercore {
             auth = Some(Auth::Compat { public_key: *key });
         }
         if flags & 2 != 0 {
-            auth = Some(Auth::Manifest(
-                Manifest::decode(d.buffer("manifest").map_err(&e)?).map_err(&e)?,
-            ));
+            auth = Some(Auth::Manifest(Manifest::decode(d.buffer("manifest").map_err(&e)?).map_err(&e)?));
         }
         let key_pair = if flags & 4 != 0 {
             let sk = d.take(64, "secret key").map_err(&e)?;
@@ -217,23 +192,19 @@ impl Hypercore {
         } else {
             None
         };
-        let head_bytes =
-            store
-                .get(Table::Heads, &id.to_be_bytes())?
-                .ok_or(Error::CorruptRecord {
-                    what: "head",
-                    source: crate::encoding::DecodeError::Truncated("missing"),
-                })?;
+        let head_bytes = store
+            .get(Table::Heads, &id.to_be_bytes())?
+            .ok_or(Error::CorruptRecord { what: "head", source: crate::encoding::DecodeError::Truncated("missing") })?;
         let (fork, length, tree_hash, signature) = decode_head(&head_bytes)?;
         let mut roots = Vec::new();
         for index in flat::full_roots(2 * length) {
-            let raw = store
-                .get(Table::Nodes, &node_key(id, index))?
-                .ok_or(Error::MissingNode { index })?;
-            roots.push(Node::decode(index, &raw).ok_or(Error::CorruptRecord {
-                what: "node",
-                source: crate::encoding::DecodeError::Invalid("size"),
-            })?);
+            let raw = store.get(Table::Nodes, &node_key(id, index))?.ok_or(Error::MissingNode { index })?;
+            roots.push(
+                Node::decode(index, &raw).ok_or(Error::CorruptRecord {
+                    what: "node",
+                    source: crate::encoding::DecodeError::Invalid("size"),
+                })?,
+            );
         }
         if tree::tree_hash(&roots) != tree_hash {
             return Err(Error::Verification(format!(
@@ -245,11 +216,10 @@ impl Hypercore {
         let start = node_key(id, 0);
         let end = node_key(id, u64::MAX);
         for (k, v) in store.scan(Table::Bitfield, &start, &end)? {
-            let page =
-                u64::from_be_bytes(k[8..16].try_into().map_err(|_| Error::CorruptRecord {
-                    what: "bitfield",
-                    source: crate::encoding::DecodeError::Invalid("key"),
-                })?);
+            let page = u64::from_be_bytes(k[8..16].try_into().map_err(|_| Error::CorruptRecord {
+                what: "bitfield",
+                source: crate::encoding::DecodeError::Invalid("key"),
+            })?);
             if !bitfield.load_page(page, &v) {
                 return Err(Error::CorruptRecord {
                     what: "bitfield",
@@ -265,14 +235,7 @@ impl Hypercore {
             discovery_key: crypto::discovery_key(key),
             auth,
             key_pair,
-            head: Head {
-                fork,
-                length,
-                byte_length,
-                tree_hash,
-                signature,
-                roots,
-            },
+            head: Head { fork, length, byte_length, tree_hash, signature, roots },
             bitfield,
             truncations: Arc::default(),
             durable: false,
@@ -302,10 +265,7 @@ impl Hypercore {
     }
 
     fn write_record(&self) -> Result<()> {
-        let mut b = Batch {
-            sync: true,
-            ..Batch::default()
-        };
+        let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Cores, self.key.to_vec(), self.encode_record());
         self.store.write(b)
     }
@@ -377,10 +337,7 @@ impl Hypercore {
             None => Ok(None),
             Some(raw) => Node::decode(index, &raw)
                 .map(Some)
-                .ok_or(Error::CorruptRecord {
-                    what: "node",
-                    source: crate::encoding::DecodeError::Invalid("size"),
-                }),
+                .ok_or(Error::CorruptRecord { what: "node", source: crate::encoding::DecodeError::Invalid("size") }),
         }
     }
 
@@ -388,10 +345,7 @@ impl Hypercore {
     /// [`Error::MissingBlock`]; the caller fetches it from a peer.
     pub fn get(&self, index: u64) -> Result<Vec<u8>> {
         if index >= self.head.length {
-            return Err(Error::OutOfBounds(format!(
-                "block {index} of a core of length {}",
-                self.head.length
-            )));
+            return Err(Error::OutOfBounds(format!("block {index} of a core of length {}", self.head.length)));
         }
         if !self.bitfield.get(index) {
             return Err(Error::MissingBlock { index });
@@ -414,34 +368,24 @@ impl Hypercore {
         }
         let start = self.head.length;
         let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
-        let leaves: Vec<Node> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
-            blocks
-                .par_iter()
-                .enumerate()
-                .map(|(i, b)| Node::leaf(start + i as u64, b.as_ref()))
-                .collect()
+        let prepare = |(i, b): (usize, &B)| (Node::leaf(start + i as u64, b.as_ref()), stored::encode(b.as_ref()));
+        let prepared: Vec<(Node, Vec<u8>)> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+            blocks.par_iter().enumerate().map(prepare).collect()
         } else {
-            blocks
-                .iter()
-                .enumerate()
-                .map(|(i, b)| Node::leaf(start + i as u64, b.as_ref()))
-                .collect()
+            blocks.iter().enumerate().map(prepare).collect()
         };
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);
-        for leaf in &leaves {
+        for (leaf, _) in &prepared {
             tb.append_leaf(*leaf);
         }
         let tree_hash = tb.hash();
         let signature = auth.sign(kp, &tree_hash, tb.length, tb.fork);
 
-        let mut b = Batch {
-            sync: self.durable,
-            ..Batch::default()
-        };
+        let mut b = Batch { sync: self.durable, ..Batch::default() };
         let mut seen = std::collections::HashSet::with_capacity(blocks.len());
-        for (leaf, block) in leaves.iter().zip(blocks) {
+        for (leaf, bytes) in prepared {
             if seen.insert(leaf.hash) && !self.store.contains(Table::Blocks, &leaf.hash)? {
-                b.put(Table::Blocks, leaf.hash.to_vec(), block.as_ref().to_vec());
+                b.put(Table::Blocks, leaf.hash.to_vec(), bytes);
             }
         }
         let new_head = Head {
@@ -471,11 +415,7 @@ impl Hypercore {
             bitfield.set_range(from, self.head.length.max(from), false);
         }
         for n in nodes {
-            b.put(
-                Table::Nodes,
-                node_key(self.id, n.index).to_vec(),
-                n.encode().to_vec(),
-            );
+            b.put(Table::Nodes, node_key(self.id, n.index).to_vec(), n.encode().to_vec());
         }
         if let Some((s, e)) = present {
             bitfield.set_range(s, e, true);
@@ -483,11 +423,7 @@ impl Hypercore {
         for (page, bytes) in bitfield.take_dirty() {
             b.put(Table::Bitfield, node_key(self.id, page).to_vec(), bytes);
         }
-        b.put(
-            Table::Heads,
-            self.id.to_be_bytes().to_vec(),
-            encode_head(&head),
-        );
+        b.put(Table::Heads, self.id.to_be_bytes().to_vec(), encode_head(&head));
         self.store.write(b)?;
         self.bitfield = bitfield;
         self.head = head;
@@ -498,11 +434,7 @@ impl Hypercore {
     /// span it).
     fn delete_tree_from(&self, b: &mut Batch, from: u64) {
         let head = 2 * from;
-        b.delete_range(
-            Table::Nodes,
-            node_key(self.id, head).to_vec(),
-            node_key(self.id, u64::MAX).to_vec(),
-        );
+        b.delete_range(Table::Nodes, node_key(self.id, head).to_vec(), node_key(self.id, u64::MAX).to_vec());
         if from > 0 {
             let mut it = flat::Iter::new(head - 2);
             loop {
@@ -528,16 +460,10 @@ impl Hypercore {
             return Err(Error::NotWritable);
         };
         if length > self.head.length {
-            return Err(Error::OutOfBounds(format!(
-                "truncate to {length} beyond length {}",
-                self.head.length
-            )));
+            return Err(Error::OutOfBounds(format!("truncate to {length} beyond length {}", self.head.length)));
         }
         if fork <= self.head.fork {
-            return Err(Error::InvalidRequest(format!(
-                "fork {fork} is not after {}",
-                self.head.fork
-            )));
+            return Err(Error::InvalidRequest(format!("fork {fork} is not after {}", self.head.fork)));
         }
         let mut roots = Vec::new();
         for index in flat::full_roots(2 * length) {
@@ -555,20 +481,8 @@ impl Hypercore {
         };
         // The new roots are re-written because deleting the spanning parents may remove none
         // of them, but must never remove one.
-        self.commit(
-            Batch {
-                sync: self.durable,
-                ..Batch::default()
-            },
-            &roots,
-            head,
-            None,
-            Some(length),
-        )?;
-        self.truncations
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((fork, length));
+        self.commit(Batch { sync: self.durable, ..Batch::default() }, &roots, head, None, Some(length))?;
+        self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((fork, length));
         Ok(())
     }
 
@@ -588,10 +502,7 @@ impl Hypercore {
     /// A read-only view of the first `length` blocks.
     pub fn checkout(&self, length: u64) -> Result<Snapshot> {
         if length > self.head.length {
-            return Err(Error::OutOfBounds(format!(
-                "checkout {length} beyond length {}",
-                self.head.length
-            )));
+            return Err(Error::OutOfBounds(format!("checkout {length} beyond length {}", self.head.length)));
         }
         let mut s = self.snapshot();
         s.length = length;
@@ -599,12 +510,7 @@ impl Hypercore {
             0
         } else {
             self.byte_offset(length - 1)?
-                + self
-                    .node(2 * (length - 1))?
-                    .map(|n| n.size)
-                    .ok_or(Error::MissingNode {
-                        index: 2 * (length - 1),
-                    })?
+                + self.node(2 * (length - 1))?.map(|n| n.size).ok_or(Error::MissingNode { index: 2 * (length - 1) })?
         };
         Ok(s)
     }
@@ -617,10 +523,7 @@ impl Hypercore {
     /// The block holding byte `bytes` and the offset inside it.
     pub fn seek(&self, bytes: u64) -> Result<(u64, u64)> {
         if bytes >= self.head.byte_length {
-            return Err(Error::OutOfBounds(format!(
-                "byte {bytes} of {}",
-                self.head.byte_length
-            )));
+            return Err(Error::OutOfBounds(format!("byte {bytes} of {}", self.head.byte_length)));
         }
         let mut rel = bytes;
         for root in &self.head.roots {
@@ -657,14 +560,8 @@ impl Hypercore {
 
     /// Answers a request from the local tree, with the block's bytes when one is asked for.
     pub fn proof(&self, req: &Request) -> Result<Proof> {
-        let mut p = proof::generate(
-            self,
-            &self.head.roots,
-            self.head.length,
-            self.head.fork,
-            &self.head.signature,
-            req,
-        )?;
+        let mut p =
+            proof::generate(self, &self.head.roots, self.head.length, self.head.fork, &self.head.signature, req)?;
         if let Some(b) = &mut p.block {
             b.value = self.get(b.index)?;
         }
@@ -679,23 +576,15 @@ impl Hypercore {
     pub fn apply_proof(&mut self, p: &Proof) -> Result<Applied> {
         let mut applied = Applied::default();
         if p.fork < self.head.fork {
-            return Err(Error::Verification(format!(
-                "proof for old fork {} (we are on {})",
-                p.fork, self.head.fork
-            )));
+            return Err(Error::Verification(format!("proof for old fork {} (we are on {})", p.fork, self.head.fork)));
         }
         let reorg = p.fork != self.head.fork;
         if reorg && p.upgrade.as_ref().is_none_or(|u| u.start != 0) {
-            return Err(Error::Verification(
-                "a proof for a new fork must upgrade from length 0".into(),
-            ));
+            return Err(Error::Verification("a proof for a new fork must upgrade from length 0".into()));
         }
         let mut auth = self.auth.clone();
         if let Some(m) = &p.manifest {
-            let m = Manifest::decode(m).map_err(|source| Error::Decode {
-                what: "manifest",
-                source,
-            })?;
+            let m = Manifest::decode(m).map_err(|source| Error::Decode { what: "manifest", source })?;
             let a = auth_for(&self.key, m)?;
             if auth.is_none() {
                 auth = Some(a);
@@ -724,23 +613,16 @@ impl Hypercore {
                 Some(a) => a,
                 None => {
                     // A core without a known manifest may be a compat core: key = public key.
-                    let compat = Auth::Compat {
-                        public_key: self.key,
-                    };
+                    let compat = Auth::Compat { public_key: self.key };
                     if !compat.verify(&up.signature, &th, tb.length, tb.fork) {
-                        return Err(Error::Verification(
-                            "no manifest to verify the upgrade with".into(),
-                        ));
+                        return Err(Error::Verification("no manifest to verify the upgrade with".into()));
                     }
                     auth = Some(compat);
                     auth.as_ref().expect("just set")
                 }
             };
             if !auth_ref.verify(&up.signature, &th, tb.length, tb.fork) {
-                return Err(Error::Verification(format!(
-                    "bad signature for length {} fork {}",
-                    tb.length, tb.fork
-                )));
+                return Err(Error::Verification(format!("bad signature for length {} fork {}", tb.length, tb.fork)));
             }
             nodes.extend(tb.nodes.iter().copied());
             if reorg || tb.length > self.head.length {
@@ -757,10 +639,7 @@ impl Hypercore {
         if let Some(u) = unverified {
             let trusted = self.node(u.index)?;
             if trusted.is_none_or(|t| t.hash != u.hash || t.size != u.size) {
-                return Err(Error::Verification(format!(
-                    "node {} does not match the signed tree",
-                    u.index
-                )));
+                return Err(Error::Verification(format!("node {} does not match the signed tree", u.index)));
             }
         }
 
@@ -770,14 +649,10 @@ impl Hypercore {
             self.write_record()?;
         }
 
-        let mut b = Batch {
-            sync: self.durable,
-            ..Batch::default()
-        };
+        let mut b = Batch { sync: self.durable, ..Batch::default() };
         let mut truncate_from = None;
         if reorg {
-            let ancestors =
-                self.common_ancestors(&new_head.as_ref().expect("reorg has upgrade").roots)?;
+            let ancestors = self.common_ancestors(&new_head.as_ref().expect("reorg has upgrade").roots)?;
             truncate_from = Some(ancestors);
             applied.truncated_to = Some(ancestors);
         }
@@ -785,7 +660,7 @@ impl Hypercore {
         if let Some(bp) = &p.block {
             let leaf = crypto::leaf_hash(&bp.value);
             if !self.store.contains(Table::Blocks, &leaf)? {
-                b.put(Table::Blocks, leaf.to_vec(), bp.value.clone());
+                b.put(Table::Blocks, leaf.to_vec(), stored::encode(&bp.value));
             }
             present = Some((bp.index, bp.index + 1));
             applied.block = Some(bp.index);
@@ -799,18 +674,12 @@ impl Hypercore {
         };
         if let Some(bp) = &p.block {
             if bp.index >= head.length {
-                return Err(Error::Verification(format!(
-                    "block {} beyond signed length {}",
-                    bp.index, head.length
-                )));
+                return Err(Error::Verification(format!("block {} beyond signed length {}", bp.index, head.length)));
             }
         }
         self.commit(b, &nodes, head, present, truncate_from)?;
         if let Some(t) = applied.truncated_to {
-            self.truncations
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((self.head.fork, t));
+            self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((self.head.fork, t));
         }
         Ok(applied)
     }
@@ -820,9 +689,7 @@ impl Hypercore {
         let mut len = 0;
         for r in roots {
             match self.node(r.index)? {
-                Some(n)
-                    if n.hash == r.hash && (flat::right_span(r.index) / 2) < self.head.length =>
-                {
+                Some(n) if n.hash == r.hash && (flat::right_span(r.index) / 2) < self.head.length => {
                     len = flat::right_span(r.index) / 2 + 1;
                 }
                 _ => break,
@@ -834,38 +701,27 @@ impl Hypercore {
     /// Re-hashes every local block against its leaf and checks the head's signature. Returns
     /// the indexes of bad blocks; a bad signature or tree is an error.
     pub fn verify_local(&self) -> Result<Vec<u64>> {
-        let auth = self
-            .auth
-            .as_ref()
-            .ok_or_else(|| Error::Verification("the core's manifest is unknown".into()))?;
+        let auth = self.auth.as_ref().ok_or_else(|| Error::Verification("the core's manifest is unknown".into()))?;
         if tree::tree_hash(&self.head.roots) != self.head.tree_hash {
-            return Err(Error::Verification(
-                "roots do not match the tree hash".into(),
-            ));
+            return Err(Error::Verification("roots do not match the tree hash".into()));
         }
         if self.head.length > 0
-            && !auth.verify(
-                &self.head.signature,
-                &self.head.tree_hash,
-                self.head.length,
-                self.head.fork,
-            )
+            && !auth.verify(&self.head.signature, &self.head.tree_hash, self.head.length, self.head.fork)
         {
-            return Err(Error::Verification(
-                "the head's signature does not verify".into(),
-            ));
+            return Err(Error::Verification("the head's signature does not verify".into()));
         }
         let mut bad = Vec::new();
         for i in 0..self.head.length {
             if !self.bitfield.get(i) {
                 continue;
             }
-            let leaf = self
-                .node(2 * i)?
-                .ok_or(Error::MissingNode { index: 2 * i })?;
-            match self.store.get(Table::Blocks, &leaf.hash)? {
-                Some(v) if v.len() as u64 == leaf.size && crypto::leaf_hash(&v) == leaf.hash => {}
-                _ => bad.push(i),
+            let leaf = self.node(2 * i)?.ok_or(Error::MissingNode { index: 2 * i })?;
+            let ok = match self.store.get(Table::Blocks, &leaf.hash)? {
+                Some(v) => stored::decode(&v, leaf.size, i).is_ok_and(|v| crypto::leaf_hash(&v) == leaf.hash),
+                None => false,
+            };
+            if !ok {
+                bad.push(i);
             }
         }
         // Every parent on the way to the roots must hash from its children where both are local.
@@ -886,10 +742,7 @@ impl Hypercore {
             return Ok(());
         };
         if Node::parent(n.index, &ln, &rn) != *n {
-            return Err(Error::Verification(format!(
-                "tree node {} does not hash from its children",
-                n.index
-            )));
+            return Err(Error::Verification(format!("tree node {} does not hash from its children", n.index)));
         }
         self.verify_subtree(&ln)?;
         self.verify_subtree(&rn)
@@ -908,31 +761,21 @@ fn auth_for(key: &Hash, m: Manifest) -> Result<Auth> {
     } else if m.is_compat_for(key) {
         Ok(Auth::Compat { public_key: *key })
     } else {
-        Err(Error::Verification(
-            "manifest does not match the core key".into(),
-        ))
+        Err(Error::Verification("manifest does not match the core key".into()))
     }
 }
 
 fn read_block(store: &dyn Store, id: u64, index: u64) -> Result<Vec<u8>> {
-    let raw = store
-        .get(Table::Nodes, &node_key(id, 2 * index))?
-        .ok_or(Error::MissingNode { index: 2 * index })?;
-    let leaf = Node::decode(2 * index, &raw).ok_or(Error::CorruptRecord {
-        what: "node",
-        source: crate::encoding::DecodeError::Invalid("size"),
-    })?;
-    store
-        .get(Table::Blocks, &leaf.hash)?
-        .ok_or(Error::MissingBlock { index })
+    let raw = store.get(Table::Nodes, &node_key(id, 2 * index))?.ok_or(Error::MissingNode { index: 2 * index })?;
+    let leaf = Node::decode(2 * index, &raw)
+        .ok_or(Error::CorruptRecord { what: "node", source: crate::encoding::DecodeError::Invalid("size") })?;
+    let raw = store.get(Table::Blocks, &leaf.hash)?.ok_or(Error::MissingBlock { index })?;
+    stored::decode(&raw, leaf.size, index)
 }
 
 fn encode_head(h: &Head) -> Vec<u8> {
     let mut e = Encoder::with_capacity(48 + h.signature.len());
-    e.uint(h.fork)
-        .uint(h.length)
-        .fixed(&h.tree_hash)
-        .buffer(&h.signature);
+    e.uint(h.fork).uint(h.length).fixed(&h.tree_hash).buffer(&h.signature);
     e.finish()
 }
 
@@ -972,10 +815,7 @@ impl Snapshot {
 
     pub fn get(&self, index: u64) -> Result<Vec<u8>> {
         if index >= self.length {
-            return Err(Error::OutOfBounds(format!(
-                "block {index} of a snapshot of length {}",
-                self.length
-            )));
+            return Err(Error::OutOfBounds(format!("block {index} of a snapshot of length {}", self.length)));
         }
         let stale = self
             .truncations

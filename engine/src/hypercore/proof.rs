@@ -119,58 +119,35 @@ pub(crate) fn generate(
     let head = 2 * length;
     let (from, to) = match req.upgrade {
         Some(u) => {
-            let from = u
-                .start
-                .checked_mul(2)
-                .ok_or_else(|| Error::InvalidRequest("upgrade start".into()))?;
+            let from = u.start.checked_mul(2).ok_or_else(|| Error::InvalidRequest("upgrade start".into()))?;
             let to = u.length.checked_mul(2).and_then(|l| l.checked_add(from));
-            (
-                from,
-                to.ok_or_else(|| Error::InvalidRequest("upgrade length".into()))?,
-            )
+            (from, to.ok_or_else(|| Error::InvalidRequest("upgrade length".into()))?)
         }
         None => (0, head),
     };
     if from >= to || to > head {
-        return Err(Error::InvalidRequest(format!(
-            "upgrade {from}..{to} outside the tree (head {head})"
-        )));
+        return Err(Error::InvalidRequest(format!("upgrade {from}..{to} outside the tree (head {head})")));
     }
     if req.seek.is_some_and(|s| s.padding != 0) {
-        return Err(Error::InvalidRequest(
-            "seek padding (encrypted cores) is not supported".into(),
-        ));
+        return Err(Error::InvalidRequest("seek padding (encrypted cores) is not supported".into()));
+    }
+    if req.block.is_some_and(|b| b.index >= length) || req.hash.is_some_and(|h| h.index >= head) {
+        return Err(Error::OutOfBounds(format!("request beyond length {length}")));
     }
     let indexed = match (req.block, req.hash) {
-        (Some(b), _) => Some(Indexed {
-            index: 2 * b.index,
-            value: true,
-            nodes: b.nodes,
-            last_block: b.index,
-        }),
-        (None, Some(h)) => Some(Indexed {
-            index: h.index,
-            value: false,
-            nodes: h.nodes,
-            last_block: flat::right_span(h.index) / 2,
-        }),
+        (Some(b), _) => Some(Indexed { index: 2 * b.index, value: true, nodes: b.nodes, last_block: b.index }),
+        (None, Some(h)) => {
+            Some(Indexed { index: h.index, value: false, nodes: h.nodes, last_block: flat::right_span(h.index) / 2 })
+        }
         (None, None) => None,
     };
     if let Some(ix) = &indexed {
         if flat::right_span(ix.index) >= head {
-            return Err(Error::OutOfBounds(format!(
-                "node {} beyond length {length}",
-                ix.index
-            )));
+            return Err(Error::OutOfBounds(format!("node {} beyond length {length}", ix.index)));
         }
     }
-    if req.seek.is_some()
-        && req.upgrade.is_some()
-        && indexed.as_ref().is_some_and(|ix| ix.index >= from)
-    {
-        return Err(Error::InvalidRequest(
-            "cannot both seek and ask for a block when upgrading".into(),
-        ));
+    if req.seek.is_some() && req.upgrade.is_some() && indexed.as_ref().is_some_and(|ix| ix.index >= from) {
+        return Err(Error::InvalidRequest("cannot both seek and ask for a block when upgrading".into()));
     }
 
     let mut p = Pending::default();
@@ -197,47 +174,23 @@ pub(crate) fn generate(
     }
 
     if req.upgrade.is_some() {
-        upgrade_proof(
-            indexed.as_ref(),
-            seek_bytes.is_some(),
-            from,
-            to,
-            sub_tree,
-            &mut p,
-        );
+        upgrade_proof(indexed.as_ref(), seek_bytes.is_some(), from, to, sub_tree, &mut p);
         if head > to {
             additional_upgrade_proof(to, head, &mut p);
         }
     }
 
     let fetch = |ids: &Option<Vec<u64>>| -> Result<Vec<Node>> {
-        ids.as_deref()
-            .unwrap_or(&[])
-            .iter()
-            .map(|&i| need(src, i))
-            .collect()
+        ids.as_deref().unwrap_or(&[]).iter().map(|&i| need(src, i)).collect()
     };
-    let mut proof = Proof {
-        fork,
-        ..Proof::default()
-    };
+    let mut proof = Proof { fork, ..Proof::default() };
     if let Some(b) = req.block {
-        proof.block = Some(BlockProof {
-            index: b.index,
-            value: Vec::new(),
-            nodes: fetch(&p.block)?,
-        });
+        proof.block = Some(BlockProof { index: b.index, value: Vec::new(), nodes: fetch(&p.block)? });
     } else if let Some(h) = req.hash {
-        proof.hash = Some(HashProof {
-            index: h.index,
-            nodes: fetch(&p.block)?,
-        });
+        proof.hash = Some(HashProof { index: h.index, nodes: fetch(&p.block)? });
     }
     if let (Some(s), Some(_)) = (req.seek, &p.seek) {
-        proof.seek = Some(SeekProof {
-            bytes: s.bytes,
-            nodes: fetch(&p.seek)?,
-        });
+        proof.seek = Some(SeekProof { bytes: s.bytes, nodes: fetch(&p.seek)? });
     }
     if let Some(u) = req.upgrade {
         proof.upgrade = Some(UpgradeProof {
@@ -264,11 +217,7 @@ fn nodes_to_root(index: u64, nodes: u64, head: u64) -> Result<u64> {
 
 /// Byte offset of the first byte under tree index `index`, using the tree's roots.
 pub(crate) fn byte_offset(src: &dyn NodeSource, roots: &[Node], index: u64) -> Result<u64> {
-    let index = if index & 1 == 1 {
-        flat::left_span(index)
-    } else {
-        index
-    };
+    let index = if index & 1 == 1 { flat::left_span(index) } else { index };
     let mut head = 0u64;
     let mut offset = 0u64;
     for root in roots {
@@ -358,13 +307,7 @@ fn seek_proof(seek_root: u64, root: u64, p: &mut Pending) {
     p.seek = Some(out);
 }
 
-fn block_and_seek_proof(
-    ix: Option<&Indexed>,
-    seek: bool,
-    seek_root: u64,
-    root: u64,
-    p: &mut Pending,
-) {
+fn block_and_seek_proof(ix: Option<&Indexed>, seek: bool, seek_root: u64, root: u64, p: &mut Pending) {
     let Some(ix) = ix else {
         seek_proof(seek_root, root, p);
         return;
@@ -386,14 +329,7 @@ fn block_and_seek_proof(
     p.block = Some(out);
 }
 
-fn upgrade_proof(
-    ix: Option<&Indexed>,
-    seek: bool,
-    from: u64,
-    to: u64,
-    sub_tree: u64,
-    p: &mut Pending,
-) {
+fn upgrade_proof(ix: Option<&Indexed>, seek: bool, from: u64, to: u64, sub_tree: u64, p: &mut Pending) {
     let mut out: Option<Vec<u64>> = if from == 0 { Some(Vec::new()) } else { None };
     let mut it = Iter::new(0);
     while it.full_root(to) {
@@ -487,15 +423,10 @@ impl<'a> NodeQueue<'a> {
             }
         }
         let Some(node) = self.nodes.get(self.i) else {
-            return Err(Error::Verification(format!(
-                "expected node {index}, got none"
-            )));
+            return Err(Error::Verification(format!("expected node {index}, got none")));
         };
         if node.index != index {
-            return Err(Error::Verification(format!(
-                "expected node {index}, got node {}",
-                node.index
-            )));
+            return Err(Error::Verification(format!("expected node {index}, got node {}", node.index)));
         }
         self.i += 1;
         Ok(*node)
@@ -505,22 +436,17 @@ impl<'a> NodeQueue<'a> {
 /// Folds the block/hash and seek parts of a proof into the top node they prove, remembering
 /// every node met. `None` when the proof carries neither.
 pub(crate) fn verify_tree(proof: &Proof, nodes: &mut Vec<Node>) -> Result<Option<Node>> {
+    check_indexes(proof)?;
     let untrusted: Option<(u64, Option<&[u8]>, &[Node])> = match (&proof.block, &proof.hash) {
         (Some(b), _) => Some((
-            b.index
-                .checked_mul(2)
-                .ok_or_else(|| Error::Verification("block index".into()))?,
+            b.index.checked_mul(2).ok_or_else(|| Error::Verification("block index".into()))?,
             Some(&b.value),
             &b.nodes,
         )),
         (None, Some(h)) => Some((h.index, None, &h.nodes)),
         (None, None) => None,
     };
-    let seek_nodes = proof
-        .seek
-        .as_ref()
-        .map(|s| s.nodes.as_slice())
-        .unwrap_or(&[]);
+    let seek_nodes = proof.seek.as_ref().map(|s| s.nodes.as_slice()).unwrap_or(&[]);
     if untrusted.is_none() && seek_nodes.is_empty() {
         return Ok(None);
     }
@@ -544,11 +470,7 @@ pub(crate) fn verify_tree(proof: &Proof, nodes: &mut Vec<Node>) -> Result<Option
     let mut it = Iter::new(index);
     let mut q = NodeQueue::new(proof_nodes, root);
     let mut r = match value {
-        Some(v) => Node {
-            index,
-            size: v.len() as u64,
-            hash: crate::crypto::leaf_hash(v),
-        },
+        Some(v) => Node { index, size: v.len() as u64, hash: crate::crypto::leaf_hash(v) },
         None => q.shift(it.index)?,
     };
     nodes.push(r);
@@ -563,11 +485,7 @@ pub(crate) fn verify_tree(proof: &Proof, nodes: &mut Vec<Node>) -> Result<Option
 
 /// Grows `batch` (holding the roots of the requester's signed tree at `upgrade.start`) by the
 /// upgrade nodes. Returns whether `block_root` was consumed as one of them.
-pub(crate) fn verify_upgrade(
-    proof: &Proof,
-    block_root: Option<Node>,
-    batch: &mut TreeBatch,
-) -> Result<bool> {
+pub(crate) fn verify_upgrade(proof: &Proof, block_root: Option<Node>, batch: &mut TreeBatch) -> Result<bool> {
     let Some(up) = &proof.upgrade else {
         return Ok(false);
     };
@@ -643,4 +561,28 @@ pub(crate) fn verify_upgrade(
     }
     batch.fork = proof.fork;
     Ok(q.extra.is_none() && block_root.is_some())
+}
+
+/// Tree indexes at or above this are refused before any tree math touches them: no real core
+/// comes near, and the iterator's arithmetic must not overflow on a hostile proof.
+const MAX_INDEX: u64 = 1 << 56;
+
+fn check_indexes(proof: &Proof) -> Result<()> {
+    let all = proof
+        .block
+        .iter()
+        .flat_map(|b| b.nodes.iter())
+        .chain(proof.hash.iter().flat_map(|h| h.nodes.iter()))
+        .chain(proof.seek.iter().flat_map(|s| s.nodes.iter()))
+        .chain(proof.upgrade.iter().flat_map(|u| u.nodes.iter().chain(u.additional_nodes.iter())))
+        .map(|n| n.index)
+        .chain(proof.block.iter().map(|b| b.index.saturating_mul(2)))
+        .chain(proof.hash.iter().map(|h| h.index))
+        .chain(proof.upgrade.iter().map(|u| u.start.saturating_add(u.length).saturating_mul(2)));
+    for i in all {
+        if i >= MAX_INDEX {
+            return Err(Error::Verification(format!("tree index {i} is out of range")));
+        }
+    }
+    Ok(())
 }

@@ -15,20 +15,10 @@ fn writer(compat: bool) -> Hypercore {
 #[test]
 fn reference_vector_non_compat() {
     let mut c = writer(false);
-    c.append_batch(&[&b"hello"[..], b"world", b"!"])
-        .expect("append");
-    assert_eq!(
-        hex::encode(c.key()),
-        "d8c3a0597903b28d751c6e0b7107775e388ec5a3cf669bdd1e7ec41b8b8f6e72"
-    );
-    assert_eq!(
-        hex::encode(c.discovery_key()),
-        "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a"
-    );
-    assert_eq!(
-        hex::encode(c.tree_hash()),
-        "8b512f5301c09f0e0e21a0c71c98fce14ddcc51125f4dfd8303fa22c75858aff"
-    );
+    c.append_batch(&[&b"hello"[..], b"world", b"!"]).expect("append");
+    assert_eq!(hex::encode(c.key()), "d8c3a0597903b28d751c6e0b7107775e388ec5a3cf669bdd1e7ec41b8b8f6e72");
+    assert_eq!(hex::encode(c.discovery_key()), "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a");
+    assert_eq!(hex::encode(c.tree_hash()), "8b512f5301c09f0e0e21a0c71c98fce14ddcc51125f4dfd8303fa22c75858aff");
     assert_eq!(
         hex::encode(c.signature()),
         "0100ef90c38a7498eba2369e467f926fe785e962d8c781703766863ac4703d8a403c\
@@ -38,10 +28,7 @@ fn reference_vector_non_compat() {
     c.truncate(2).expect("truncate");
     c.append(b"!!").expect("append");
     assert_eq!((c.length(), c.byte_length(), c.fork()), (3, 12, 1));
-    assert_eq!(
-        hex::encode(c.tree_hash()),
-        "06bedb5030b90e1508d8ed3b628106f6ec6e29de21c89eafdc0f3d8cfd3c26dc"
-    );
+    assert_eq!(hex::encode(c.tree_hash()), "06bedb5030b90e1508d8ed3b628106f6ec6e29de21c89eafdc0f3d8cfd3c26dc");
     assert_eq!(
         hex::encode(c.signature()),
         "0100e453e4ab112941886083399a0ec8dae933607634395a2e424f8268dc198ecb88\
@@ -53,16 +40,9 @@ fn reference_vector_non_compat() {
 #[test]
 fn reference_vector_compat() {
     let mut c = writer(true);
-    c.append_batch(&[&b"hello"[..], b"world", b"!"])
-        .expect("append");
-    assert_eq!(
-        hex::encode(c.key()),
-        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
-    );
-    assert_eq!(
-        hex::encode(c.discovery_key()),
-        "c1feb82a2b3ba065ffed9f6addcf19ac250793bcab748986a1b4272c62da20e6"
-    );
+    c.append_batch(&[&b"hello"[..], b"world", b"!"]).expect("append");
+    assert_eq!(hex::encode(c.key()), "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c");
+    assert_eq!(hex::encode(c.discovery_key()), "c1feb82a2b3ba065ffed9f6addcf19ac250793bcab748986a1b4272c62da20e6");
     assert_eq!(
         hex::encode(c.signature()),
         "69007adaf256c3f0b5ac955e73dd8e8a40cb05f29b92efc354adda01047f896d\
@@ -80,14 +60,10 @@ fn reference_vector_compat() {
 #[test]
 fn worked_example_proof_shape() {
     let mut c = writer(false);
-    c.append_batch(&[&b"hello"[..], b"world", b"!"])
-        .expect("append");
+    c.append_batch(&[&b"hello"[..], b"world", b"!"]).expect("append");
     let req = Request {
         block: Some(RequestIndexed { index: 0, nodes: 0 }),
-        upgrade: Some(RequestUpgrade {
-            start: 0,
-            length: 3,
-        }),
+        upgrade: Some(RequestUpgrade { start: 0, length: 3 }),
         manifest: true,
         ..Request::default()
     };
@@ -95,10 +71,7 @@ fn worked_example_proof_shape() {
     let b = p.block.as_ref().expect("block");
     assert_eq!(b.nodes.iter().map(|n| n.index).collect::<Vec<_>>(), vec![2]);
     let up = p.upgrade.as_ref().expect("upgrade");
-    assert_eq!(
-        up.nodes.iter().map(|n| n.index).collect::<Vec<_>>(),
-        vec![4]
-    );
+    assert_eq!(up.nodes.iter().map(|n| n.index).collect::<Vec<_>>(), vec![4]);
     assert!(up.additional_nodes.is_empty());
 
     let mut r = Hypercore::open_replica(mem(), *c.key(), None).expect("replica");
@@ -132,10 +105,7 @@ fn seek_and_byte_offset() {
     for (i, b) in blocks.iter().enumerate() {
         assert_eq!(c.byte_offset(i as u64).expect("offset"), offset);
         assert_eq!(c.seek(offset).expect("seek"), (i as u64, 0));
-        assert_eq!(
-            c.seek(offset + b.len() as u64 - 1).expect("seek"),
-            (i as u64, b.len() as u64 - 1)
-        );
+        assert_eq!(c.seek(offset + b.len() as u64 - 1).expect("seek"), (i as u64, b.len() as u64 - 1));
         offset += b.len() as u64;
     }
     assert!(c.seek(offset).is_err());
@@ -150,26 +120,46 @@ fn replica_is_not_writable_and_rejects_foreign_manifest() {
     assert!(Hypercore::open_replica(mem(), *c.key(), Some(other)).is_err());
 }
 
+#[test]
+fn hostile_indexes_are_refused_without_panicking() {
+    let mut c = writer(false);
+    c.append_batch(&[&b"a"[..], b"b", b"c"]).expect("append");
+    let mut r = Hypercore::open_replica(mem(), *c.key(), None).expect("replica");
+    for index in [u64::MAX, u64::MAX - 1, 1 << 62, (1 << 56) + 1] {
+        let p = Proof {
+            hash: Some(super::proof::HashProof { index, nodes: vec![Node { index, size: 1, hash: [0; 32] }] }),
+            ..Proof::default()
+        };
+        assert!(r.apply_proof(&p).is_err());
+        let p = Proof {
+            upgrade: Some(super::proof::UpgradeProof {
+                start: 0,
+                length: index / 2,
+                nodes: vec![],
+                additional_nodes: vec![],
+                signature: vec![],
+            }),
+            ..Proof::default()
+        };
+        assert!(r.apply_proof(&p).is_err());
+        let req = Request { block: Some(RequestIndexed { index, nodes: index }), ..Request::default() };
+        assert!(c.proof(&req).is_err());
+    }
+}
+
 mod props {
     use super::*;
     use crate::hypercore::proof::RequestSeek;
     use proptest::prelude::*;
 
     fn upgrade_req(r: &Hypercore, w: &Hypercore) -> Option<RequestUpgrade> {
-        (w.length() > r.length()).then(|| RequestUpgrade {
-            start: r.length(),
-            length: w.length() - r.length(),
-        })
+        (w.length() > r.length()).then(|| RequestUpgrade { start: r.length(), length: w.length() - r.length() })
     }
 
     /// Asks `w` for block `i` the way a replica does (with an upgrade when it lags) and applies it.
     fn fetch(r: &mut Hypercore, w: &Hypercore, i: u64) -> Proof {
         let upgrade = upgrade_req(r, w);
-        let nodes = if i < r.length() {
-            r.missing_nodes(2 * i).expect("nodes")
-        } else {
-            0
-        };
+        let nodes = if i < r.length() { r.missing_nodes(2 * i).expect("nodes") } else { 0 };
         let req = Request {
             fork: r.fork(),
             block: Some(RequestIndexed { index: i, nodes }),
@@ -178,16 +168,12 @@ mod props {
             ..Request::default()
         };
         let p = w.proof(&req).expect("writer answers every valid request");
-        r.apply_proof(&p)
-            .unwrap_or_else(|e| panic!("proof for block {i} must verify: {e}"));
+        r.apply_proof(&p).unwrap_or_else(|e| panic!("proof for block {i} must verify: {e}"));
         p
     }
 
     fn blocks_strategy() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
-        prop::collection::vec(
-            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..9),
-            1..8,
-        )
+        prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..9), 1..8)
     }
 
     proptest! {

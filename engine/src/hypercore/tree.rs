@@ -15,22 +15,14 @@ pub struct Node {
 
 impl Node {
     pub fn leaf(block: u64, data: &[u8]) -> Node {
-        Node {
-            index: 2 * block,
-            size: data.len() as u64,
-            hash: crypto::leaf_hash(data),
-        }
+        Node { index: 2 * block, size: data.len() as u64, hash: crypto::leaf_hash(data) }
     }
 
     /// The parent of two siblings, in either order.
     pub fn parent(index: u64, a: &Node, b: &Node) -> Node {
         let (l, r) = if a.index < b.index { (a, b) } else { (b, a) };
         let size = a.size + b.size;
-        Node {
-            index,
-            size,
-            hash: crypto::parent_hash(&l.hash, &r.hash, size),
-        }
+        Node { index, size, hash: crypto::parent_hash(&l.hash, &r.hash, size) }
     }
 
     pub(crate) fn encode(&self) -> [u8; 40] {
@@ -57,10 +49,7 @@ pub fn tree_hash(roots: &[Node]) -> Hash {
 
 /// The length (in blocks) that a root list describes.
 pub fn roots_length(roots: &[Node]) -> u64 {
-    roots
-        .last()
-        .map(|r| (flat::right_span(r.index) + 2) / 2)
-        .unwrap_or(0)
+    roots.last().map(|r| (flat::right_span(r.index) + 2) / 2).unwrap_or(0)
 }
 
 /// A tree being grown from a starting root list: new leaves or roots are appended and every
@@ -79,13 +68,7 @@ impl TreeBatch {
     pub fn new(roots: Vec<Node>, fork: u64) -> Self {
         let length = roots_length(&roots);
         let byte_length = roots.iter().map(|r| r.size).sum();
-        TreeBatch {
-            roots,
-            length,
-            byte_length,
-            fork,
-            nodes: Vec::new(),
-        }
+        TreeBatch { roots, length, byte_length, fork, nodes: Vec::new() }
     }
 
     pub fn hash(&self) -> Hash {
@@ -129,19 +112,10 @@ mod tests {
         for (i, d) in [&b"hello"[..], b"world", b"!"].iter().enumerate() {
             b.append_leaf(Node::leaf(i as u64, d));
         }
-        assert_eq!(
-            b.roots.iter().map(|r| r.index).collect::<Vec<_>>(),
-            vec![1, 4]
-        );
+        assert_eq!(b.roots.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 4]);
         assert_eq!(b.length, 3);
         assert_eq!(b.byte_length, 11);
-        assert_eq!(
-            hex::encode(b.roots[0].hash),
-            "56826d33f98cbe1757d804b3ad818a97b61d7ae83d505ba5ca4fb619646355f9"
-        );
-        assert_eq!(
-            hex::encode(b.hash()),
-            "8b512f5301c09f0e0e21a0c71c98fce14ddcc51125f4dfd8303fa22c75858aff"
-        );
+        assert_eq!(hex::encode(b.roots[0].hash), "56826d33f98cbe1757d804b3ad818a97b61d7ae83d505ba5ca4fb619646355f9");
+        assert_eq!(hex::encode(b.hash()), "8b512f5301c09f0e0e21a0c71c98fce14ddcc51125f4dfd8303fa22c75858aff");
     }
 }

@@ -25,9 +25,7 @@ impl Store for MemStore {
 
     fn scan(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(t.range((table, start.to_vec())..(table, end.to_vec()))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(t.range((table, start.to_vec())..(table, end.to_vec())).map(|((_, k), v)| (k.clone(), v.clone())).collect())
     }
 
     fn write(&self, batch: Batch) -> Result<()> {
@@ -41,10 +39,7 @@ impl Store for MemStore {
                     t.remove(&(table, k));
                 }
                 Op::DeleteRange(table, s, e) => {
-                    let keys: Vec<_> = t
-                        .range((table, s)..(table, e))
-                        .map(|(k, _)| k.clone())
-                        .collect();
+                    let keys: Vec<_> = t.range((table, s)..(table, e)).map(|(k, _)| k.clone()).collect();
                     for k in keys {
                         t.remove(&k);
                     }

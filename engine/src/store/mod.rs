@@ -34,14 +34,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
-        Table::Meta,
-        Table::Cores,
-        Table::Heads,
-        Table::Nodes,
-        Table::Blocks,
-        Table::Bitfield,
-    ];
+    pub const ALL: [Table; 6] = [Table::Meta, Table::Cores, Table::Heads, Table::Nodes, Table::Blocks, Table::Bitfield];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -103,36 +96,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 pub(crate) fn check_format(store: &dyn Store, path: &std::path::Path, fresh: bool) -> Result<()> {
     match store.get(Table::Meta, b"format")? {
         Some(v) => {
-            let found = <[u8; 8]>::try_from(v.as_slice())
-                .map(u64::from_le_bytes)
-                .map_err(|_| crate::Error::Damaged {
-                    path: path.into(),
-                    reason: "format record has the wrong size".into(),
-                })?;
+            let found = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_le_bytes).map_err(|_| {
+                crate::Error::Damaged { path: path.into(), reason: "format record has the wrong size".into() }
+            })?;
             if found != FORMAT_VERSION {
-                return Err(crate::Error::UnknownFormat {
-                    path: path.into(),
-                    found,
-                    expected: FORMAT_VERSION,
-                });
+                return Err(crate::Error::UnknownFormat { path: path.into(), found, expected: FORMAT_VERSION });
             }
             Ok(())
         }
         None if fresh => {
-            let mut b = Batch {
-                sync: true,
-                ..Batch::default()
-            };
-            b.put(
-                Table::Meta,
-                b"format".to_vec(),
-                FORMAT_VERSION.to_le_bytes().to_vec(),
-            );
+            let mut b = Batch { sync: true, ..Batch::default() };
+            b.put(Table::Meta, b"format".to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
             store.write(b)
         }
-        None => Err(crate::Error::Damaged {
-            path: path.into(),
-            reason: "the format record is missing".into(),
-        }),
+        None => Err(crate::Error::Damaged { path: path.into(), reason: "the format record is missing".into() }),
     }
 }

@@ -13,8 +13,7 @@ use hyperfs_tests::crash_block;
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: append-loop DIR");
     let store = Arc::new(RocksStore::open(std::path::Path::new(&dir)).expect("open store"));
-    let mut core =
-        Hypercore::create(store, KeyPair::from_seed(&[42; 32]), false).expect("open core");
+    let mut core = Hypercore::create(store, KeyPair::from_seed(&[42; 32]), false).expect("open core");
     let mut out = std::io::stdout();
     let mut step = 0u64;
     loop {
@@ -22,20 +21,14 @@ fn main() {
         let len = core.length();
         if step % 11 == 0 && len > 3 {
             let target = len - 3;
-            writeln!(out, "begin {target}")
-                .and_then(|_| out.flush())
-                .expect("stdout");
+            writeln!(out, "begin {target}").and_then(|_| out.flush()).expect("stdout");
             core.truncate(target).expect("truncate");
         } else {
             let n = 1 + step % 5;
             let blocks: Vec<Vec<u8>> = (len..len + n).map(crash_block).collect();
-            writeln!(out, "begin {}", len + n)
-                .and_then(|_| out.flush())
-                .expect("stdout");
+            writeln!(out, "begin {}", len + n).and_then(|_| out.flush()).expect("stdout");
             core.append_batch(&blocks).expect("append");
         }
-        writeln!(out, "done {} {}", core.length(), core.fork())
-            .and_then(|_| out.flush())
-            .expect("stdout");
+        writeln!(out, "done {} {}", core.length(), core.fork()).and_then(|_| out.flush()).expect("stdout");
     }
 }

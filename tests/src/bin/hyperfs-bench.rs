@@ -138,7 +138,8 @@ fn dedup(old: &str, new: &str) {
             .map(|c| (leaf_hash(&d[c.offset as usize..c.offset as usize + c.len]), c.len))
             .collect()
     };
-    let fixed = |d: &[u8]| -> Vec<([u8; 32], usize)> { d.par_chunks(64 * 1024).map(|c| (leaf_hash(c), c.len())).collect() };
+    let fixed =
+        |d: &[u8]| -> Vec<([u8; 32], usize)> { d.par_chunks(64 * 1024).map(|c| (leaf_hash(c), c.len())).collect() };
     let new_bytes = |old: Vec<([u8; 32], usize)>, new: Vec<([u8; 32], usize)>| -> u64 {
         let seen: std::collections::HashSet<[u8; 32]> = old.into_iter().map(|x| x.0).collect();
         let mut added = std::collections::HashSet::new();

@@ -43,28 +43,20 @@ fn random_script(rng: &mut StdRng) -> Value {
 
 #[test]
 fn two_hundred_random_scripts_match_js_hypercore() {
-    let seed: u64 = std::env::var("HYPERFS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("HYPERFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("HYPERFS_TEST_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let scripts: Vec<Value> = (0..200).map(|_| random_script(&mut rng)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let all = dir.path().join("scripts.json");
     std::fs::write(&all, serde_json::to_vec(&scripts).expect("json")).expect("write");
-    let js: Vec<Value> =
-        serde_json::from_str(&node("core-replay.js", &[&all])).expect("js output is json");
+    let js: Vec<Value> = serde_json::from_str(&node("core-replay.js", &[&all])).expect("js output is json");
     assert_eq!(js.len(), scripts.len());
     for (i, (script, expected)) in scripts.iter().zip(&js).enumerate() {
         let path = dir.path().join(format!("{i}.json"));
         std::fs::write(&path, serde_json::to_vec(script).expect("json")).expect("write");
-        let ours: Value = serde_json::from_str(&hyperfs_ok(&[
-            "core",
-            "replay",
-            path.to_str().expect("utf-8"),
-        ]))
-        .expect("replay prints json");
+        let ours: Value = serde_json::from_str(&hyperfs_ok(&["core", "replay", path.to_str().expect("utf-8")]))
+            .expect("replay prints json");
         assert_eq!(&ours, expected, "script {i} differs from JS (seed {seed})");
     }
 }
@@ -76,31 +68,17 @@ fn reference_vector_through_the_cli() {
     let script = json!({"seed": "01".repeat(32), "compat": true,
         "ops": [{"append": ["68656c6c6f", "776f726c64", "21"]}, {"truncate": 2}, {"append": ["2121"]}]});
     std::fs::write(&path, script.to_string()).expect("write");
-    let out: Value = serde_json::from_str(&hyperfs_ok(&[
-        "core",
-        "replay",
-        path.to_str().expect("utf-8"),
-    ]))
-    .expect("json");
-    assert_eq!(
-        out["key"],
-        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
-    );
+    let out: Value =
+        serde_json::from_str(&hyperfs_ok(&["core", "replay", path.to_str().expect("utf-8")])).expect("json");
+    assert_eq!(out["key"], "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c");
     assert_eq!(out["manifest"], Value::Null);
-    assert_eq!(
-        out["treeHash"],
-        "06bedb5030b90e1508d8ed3b628106f6ec6e29de21c89eafdc0f3d8cfd3c26dc"
-    );
+    assert_eq!(out["treeHash"], "06bedb5030b90e1508d8ed3b628106f6ec6e29de21c89eafdc0f3d8cfd3c26dc");
     assert_eq!(
         out["signature"],
         "d27449e2ffc2f6dafc34950331439f7dbbafb39821f7e359e264a912c46e3382600527a69e6bd636590b220dda30a0902a4e08216fba841d6c0efa3e5b5ed001"
     );
     assert_eq!(
-        (
-            out["length"].as_u64(),
-            out["fork"].as_u64(),
-            out["byteLength"].as_u64()
-        ),
+        (out["length"].as_u64(), out["fork"].as_u64(), out["byteLength"].as_u64()),
         (Some(3), Some(1), Some(12))
     );
 }
@@ -115,12 +93,12 @@ fn bad_scripts_get_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("seed is not hex"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line, no backtrace: {err}");
-    std::fs::write(&path, r#"{"seed": "00000000000000000000000000000000000000000000000000000000000000aa", "ops": [{"truncate": 5}]}"#).expect("write");
+    std::fs::write(
+        &path,
+        r#"{"seed": "00000000000000000000000000000000000000000000000000000000000000aa", "ops": [{"truncate": 5}]}"#,
+    )
+    .expect("write");
     let out = hyperfs_tests::hyperfs(&["core", "replay", path.to_str().expect("utf-8")]);
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("truncate"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncate"), "{}", String::from_utf8_lossy(&out.stderr));
 }

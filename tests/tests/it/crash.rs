@@ -16,10 +16,7 @@ use rand::Rng;
 fn sigkill_at_random_moments_never_loses_a_commit_or_corrupts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = rand::thread_rng();
-    let kills = std::env::var("HYPERFS_CRASH_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    let kills = std::env::var("HYPERFS_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     for round in 0..kills {
         let mut child = Command::new(env!("CARGO_BIN_EXE_append-loop"))
             .arg(dir.path())
@@ -73,11 +70,7 @@ fn sigkill_at_random_moments_never_loses_a_commit_or_corrupts() {
         let bad = core.verify_local().expect("head signature and tree verify");
         assert!(bad.is_empty(), "round {round}: bad blocks {bad:?}");
         for i in 0..len {
-            assert_eq!(
-                core.get(i).expect("block"),
-                crash_block(i),
-                "round {round}: block {i}"
-            );
+            assert_eq!(core.get(i).expect("block"), crash_block(i), "round {round}: block {i}");
         }
     }
 }

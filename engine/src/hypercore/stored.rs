@@ -1,0 +1,95 @@
+//! How block bytes are kept in the `blocks` table: one tag byte, then the bytes raw (`0`) or
+//! zstd-compressed (`1`). Compression happens here rather than inside RocksDB so it runs on every
+//! core beside the leaf hashing, with a reused context per thread, and is skipped for blocks it
+//! does not shrink.
+
+use std::cell::RefCell;
+
+use crate::{Error, Result};
+
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+/// Blocks smaller than this are not worth a compression attempt.
+const MIN_COMPRESS: usize = 256;
+const LEVEL: i32 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// The stored form of `data`.
+pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
+    if data.len() >= MIN_COMPRESS {
+        // Keep the compressed form only when it saves at least 1/16.
+        let limit = data.len() - data.len() / 16;
+        let mut out = Vec::with_capacity(limit + 1);
+        out.push(ZSTD);
+        let done = COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = zstd::bulk::Compressor::new(LEVEL).ok();
+            }
+            let comp = c.as_mut()?;
+            let mut buf = vec![0u8; limit];
+            let n = comp.compress_to_buffer(data, &mut buf[..]).ok()?;
+            out.extend_from_slice(&buf[..n]);
+            Some(())
+        });
+        if done.is_some() {
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+/// The block bytes of a stored form whose leaf says it holds `size` bytes.
+pub(crate) fn decode(stored: &[u8], size: u64, index: u64) -> Result<Vec<u8>> {
+    let corrupt = |why: &str| Error::Verification(format!("stored block {index} is damaged: {why}"));
+    let (&tag, body) = stored.split_first().ok_or_else(|| corrupt("empty record"))?;
+    let out = match tag {
+        RAW => body.to_vec(),
+        ZSTD => {
+            let cap = usize::try_from(size).map_err(|_| corrupt("size"))?;
+            zstd::bulk::decompress(body, cap).map_err(|e| corrupt(&e.to_string()))?
+        }
+        _ => return Err(corrupt("unknown encoding")),
+    };
+    if out.len() as u64 != size {
+        return Err(corrupt("wrong length"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_blocks_shrink_and_round_trip() {
+        let text = b"hyperfs ".repeat(1000);
+        let s = encode(&text);
+        assert_eq!(s[0], ZSTD);
+        assert!(s.len() < text.len() / 4);
+        assert_eq!(decode(&s, text.len() as u64, 0).expect("decodes"), text);
+    }
+
+    #[test]
+    fn incompressible_and_small_blocks_stay_raw() {
+        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let s = encode(&random);
+        assert_eq!(decode(&s, 4096, 0).expect("decodes"), random);
+        let s = encode(b"tiny");
+        assert_eq!(s, b"\0tiny");
+    }
+
+    #[test]
+    fn damaged_records_are_errors() {
+        assert!(decode(&[], 0, 0).is_err());
+        assert!(decode(&[7, 1, 2], 2, 0).is_err());
+        assert!(decode(&[1, 1, 2, 3], 3, 0).is_err());
+        assert!(decode(&[0, 1, 2, 3], 2, 0).is_err());
+    }
+}
