@@ -368,12 +368,21 @@ impl Hypercore {
         }
         let start = self.head.length;
         let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
-        let prepare = |(i, b): (usize, &B)| (Node::leaf(start + i as u64, b.as_ref()), stored::encode(b.as_ref()));
-        let prepared: Vec<(Node, Vec<u8>)> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+        // Hashing, the dedup lookup and compression of each block run on every core; only the
+        // write itself is sequential.
+        let store = &self.store;
+        let prepare = |(i, b): (usize, &B)| -> Result<(Node, Option<Vec<u8>>)> {
+            let leaf = Node::leaf(start + i as u64, b.as_ref());
+            let bytes =
+                if store.contains(Table::Blocks, &leaf.hash)? { None } else { Some(stored::encode(b.as_ref())) };
+            Ok((leaf, bytes))
+        };
+        let prepared: Result<Vec<(Node, Option<Vec<u8>>)>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
             blocks.par_iter().enumerate().map(prepare).collect()
         } else {
             blocks.iter().enumerate().map(prepare).collect()
         };
+        let prepared = prepared?;
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);
         for (leaf, _) in &prepared {
             tb.append_leaf(*leaf);
@@ -384,7 +393,7 @@ impl Hypercore {
         let mut b = Batch { sync: self.durable, ..Batch::default() };
         let mut seen = std::collections::HashSet::with_capacity(blocks.len());
         for (leaf, bytes) in prepared {
-            if seen.insert(leaf.hash) && !self.store.contains(Table::Blocks, &leaf.hash)? {
+            if let Some(bytes) = bytes.filter(|_| seen.insert(leaf.hash)) {
                 b.put(Table::Blocks, leaf.hash.to_vec(), bytes);
             }
         }

@@ -27,8 +27,12 @@ fn chunk_lines_cover_the_file_and_name_each_chunk_by_its_leaf_hash() {
     assert_eq!(at, data.len());
 
     // The same bytes through standard input give the same chunks.
-    let mut child =
-        Command::new(hyperfs_bin()).args(["chunk", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut child = Command::new(hyperfs_bin())
+        .args(["chunk", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let mut stdin = child.stdin.take().expect("stdin");
     let feed = data.clone();
     let writer = std::thread::spawn(move || {

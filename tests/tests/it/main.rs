@@ -1,5 +1,5 @@
 //! The integration tests of hyperfs: real binaries, real RocksDB, the JS packages as the oracle.
 
-mod core_interop;
 mod chunk_cli;
+mod core_interop;
 mod crash;
