@@ -17,9 +17,13 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
+/// A block whose first this-many bytes do not compress is stored raw without compressing the
+/// rest: random and already-compressed data (most large files) then cost almost nothing.
+const PROBE: usize = 4096;
+
 /// The stored form of `data`.
 pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
-    if data.len() >= MIN_COMPRESS {
+    if data.len() >= MIN_COMPRESS && (data.len() <= PROBE || shrinks(&data[..PROBE])) {
         // Keep the compressed form only when it saves at least 1/16.
         let limit = data.len() - data.len() / 16;
         let mut out = Vec::with_capacity(limit + 1);
@@ -45,6 +49,11 @@ pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
     out
 }
 
+fn shrinks(sample: &[u8]) -> bool {
+    let encoded = encode(sample);
+    encoded[0] == ZSTD
+}
+
 /// The block bytes of a stored form whose leaf says it holds `size` bytes.
 pub(crate) fn decode(stored: &[u8], size: u64, index: u64) -> Result<Vec<u8>> {
     let corrupt = |why: &str| Error::Verification(format!("stored block {index} is damaged: {why}"));
@@ -67,6 +76,18 @@ pub(crate) fn decode(stored: &[u8], size: u64, index: u64) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn compressible_blocks_shrink_and_round_trip() {
         let text = b"hyperfs ".repeat(1000);
@@ -77,8 +98,17 @@ mod tests {
     }
 
     #[test]
+    fn a_block_that_starts_incompressible_is_stored_raw() {
+        let mut data = noise(8192);
+        data.extend(std::iter::repeat_n(b'a', 60_000));
+        let s = encode(&data);
+        assert_eq!(s[0], RAW);
+        assert_eq!(decode(&s, data.len() as u64, 0).expect("decodes"), data);
+    }
+
+    #[test]
     fn incompressible_and_small_blocks_stay_raw() {
-        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let random = noise(4096);
         let s = encode(&random);
         assert_eq!(decode(&s, 4096, 0).expect("decodes"), random);
         let s = encode(b"tiny");

@@ -1,9 +1,24 @@
 //! The RocksDB [`Store`]: one database per data directory, a column family per [`Table`].
 //!
-//! Blocks are keyed by their merkle leaf hash and kept in blob files (large values bypass LSM
-//! compaction); every other table is small records.
+//! Block bytes are written once, to an append-only block log beside the database
+//! (`blocks.log`); the `blocks` table maps each leaf hash to its place in the log. Writing block
+//! bytes through RocksDB wrote them twice (write-ahead log, then table files) and made append
+//! throughput disk-bound.
+//!
+//! The write order of a batch, which is what makes it atomic:
+//! 1. append the batch's new block bytes at the log's committed tail;
+//! 2. if the batch is durable, fdatasync the log;
+//! 3. write the RocksDB batch — index entries, every other record and the new committed tail —
+//!    atomically through RocksDB's write-ahead log (synced if durable).
+//!
+//! A crash before step 3 leaves bytes past the committed tail that nothing references; opening
+//! cuts them off. A log shorter than the committed tail (bytes lost that RocksDB says were
+//! written) is reported as damage, never silently accepted.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
@@ -17,7 +32,14 @@ use crate::{Error, Result};
 pub struct RocksStore {
     db: DB,
     path: PathBuf,
+    log: File,
+    /// The committed end of the block log; held while a batch is written so batches append in
+    /// order.
+    tail: Mutex<u64>,
 }
+
+const LOG_NAME: &str = "blocks.log";
+const TAIL_KEY: &[u8] = b"blocks_tail";
 
 impl RocksStore {
     /// Opens (or creates) the store at `path`. A store held by another process, a damaged one
@@ -35,8 +57,35 @@ impl RocksStore {
         opts.set_paranoid_checks(true);
         let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(*t)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| classify(path, e))?;
-        let store = RocksStore { db, path: path.to_path_buf() };
+        let log_path = path.join(LOG_NAME);
+        let log = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&log_path)
+            .map_err(|e| Error::Storage(format!("opening {}: {e}", log_path.display())))?;
+        let store = RocksStore { db, path: path.to_path_buf(), log, tail: Mutex::new(0) };
         super::check_format(&store, path, fresh)?;
+        let tail = match store.db.get_cf(store.cf(Table::Meta)?, TAIL_KEY).map_err(|e| store.err(e))? {
+            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Damaged {
+                path: path.into(),
+                reason: "the block log tail record has the wrong size".into(),
+            })?),
+            None => 0,
+        };
+        let len = store.log.metadata().map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?.len();
+        if len < tail {
+            return Err(Error::Damaged {
+                path: path.into(),
+                reason: format!("{LOG_NAME} holds {len} bytes but {tail} were committed"),
+            });
+        }
+        if len > tail {
+            // Bytes of a batch that never committed.
+            store.log.set_len(tail).map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?;
+        }
+        *store.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
         Ok(store)
     }
 
@@ -61,16 +110,6 @@ fn table_options(t: Table) -> Options {
     bb.set_bloom_filter(10.0, false);
     o.set_block_based_table_factory(&bb);
     match t {
-        Table::Blocks => {
-            // Block bytes arrive already zstd-compressed where that helps (hypercore::stored).
-            o.set_compression_type(DBCompressionType::None);
-            o.set_enable_blob_files(true);
-            o.set_min_blob_size(1024);
-            o.set_blob_compression_type(DBCompressionType::None);
-            o.set_blob_file_size(256 << 20);
-            o.set_write_buffer_size(128 << 20);
-            o.set_max_write_buffer_number(4);
-        }
         _ => {
             o.set_compression_type(DBCompressionType::None);
             o.set_write_buffer_size(32 << 20);
@@ -95,7 +134,11 @@ fn classify(path: &Path, e: rocksdb::Error) -> Error {
 
 impl Store for RocksStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))
+        let v = self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))?;
+        match (table, v) {
+            (Table::Blocks, Some(place)) => self.read_log(&place).map(Some),
+            (_, v) => Ok(v),
+        }
     }
 
     fn contains(&self, table: Table, key: &[u8]) -> Result<bool> {
@@ -119,21 +162,58 @@ impl Store for RocksStore {
     }
 
     fn write(&self, batch: Batch) -> Result<()> {
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let mut end = *tail;
         let mut wb = WriteBatch::default();
         for op in &batch.ops {
             match op {
+                Op::Put(Table::Blocks, k, v) => {
+                    self.log.write_all_at(v, end).map_err(|e| Error::Storage(format!("writing {LOG_NAME}: {e}")))?;
+                    let mut place = [0u8; 12];
+                    place[..8].copy_from_slice(&end.to_le_bytes());
+                    place[8..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+                    wb.put_cf(self.cf(Table::Blocks)?, k, place);
+                    end += v.len() as u64;
+                }
                 Op::Put(t, k, v) => wb.put_cf(self.cf(*t)?, k, v),
                 Op::Delete(t, k) => wb.delete_cf(self.cf(*t)?, k),
                 Op::DeleteRange(t, s, e) => wb.delete_range_cf(self.cf(*t)?, s, e),
             }
         }
+        if end != *tail {
+            if batch.sync {
+                self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+            }
+            wb.put_cf(self.cf(Table::Meta)?, TAIL_KEY, end.to_le_bytes());
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(batch.sync);
-        self.db.write_opt(wb, &wo).map_err(|e| self.err(e))
+        self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+        *tail = end;
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
+        let _tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
         self.db.flush_wal(true).map_err(|e| self.err(e))
+    }
+}
+
+impl RocksStore {
+    /// Reads the block bytes an index entry points at.
+    fn read_log(&self, place: &[u8]) -> Result<Vec<u8>> {
+        let damaged = |reason: String| Error::Damaged { path: self.path.clone(), reason };
+        if place.len() != 12 {
+            return Err(damaged("a block index entry has the wrong size".into()));
+        }
+        let offset = u64::from_le_bytes(place[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(place[8..].try_into().expect("4 bytes")) as usize;
+        let mut buf = vec![0u8; len];
+        self.log
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| damaged(format!("reading {len} bytes at {offset} of {LOG_NAME}: {e}")))?;
+        Ok(buf)
     }
 }
 
@@ -168,6 +248,35 @@ mod tests {
         let db = DB::open_cf(&opts, dir.path(), Table::ALL.map(|t| t.name())).expect("raw open");
         let cf = db.cf_handle("meta").expect("meta cf");
         assert_eq!(db.get_cf(cf, b"keep").expect("get").as_deref(), Some(&b"me"[..]));
+    }
+
+    #[test]
+    fn block_log_cuts_uncommitted_bytes_and_reports_lost_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = RocksStore::open(dir.path()).expect("open");
+            let mut b = Batch::default();
+            b.put(Table::Blocks, b"k1".to_vec(), b"first block".to_vec());
+            b.put(Table::Blocks, b"k2".to_vec(), b"second".to_vec());
+            s.write(b).expect("write");
+        }
+        let log = dir.path().join(LOG_NAME);
+        // A batch that crashed before committing left bytes past the tail.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"orphan"))
+            .expect("append");
+        {
+            let s = RocksStore::open(dir.path()).expect("reopen");
+            assert_eq!(std::fs::metadata(&log).expect("stat").len(), 17);
+            assert_eq!(s.get(Table::Blocks, b"k2").expect("get").as_deref(), Some(&b"second"[..]));
+            assert!(s.contains(Table::Blocks, b"k1").expect("contains"));
+        }
+        // Committed bytes that vanished are damage, not a silent reset.
+        std::fs::OpenOptions::new().write(true).open(&log).and_then(|f| f.set_len(5)).expect("truncate");
+        let err = RocksStore::open(dir.path()).expect_err("must refuse");
+        assert!(matches!(err, Error::Damaged { .. }), "{err}");
     }
 
     #[test]
