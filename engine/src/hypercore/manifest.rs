@@ -118,6 +118,9 @@ impl Manifest {
             return Self::decode_v0(d);
         }
         let flags = d.uint("manifest flags")?;
+        if flags & !0xf != 0 {
+            return Err(DecodeError::Invalid("manifest flags"));
+        }
         if d.uint("manifest hash")? != 0 {
             return Err(DecodeError::Invalid("manifest hash type"));
         }
@@ -385,5 +388,8 @@ mod tests {
         let mut bytes = Manifest::single([1; 32]).encode();
         bytes.push(0);
         assert!(Manifest::decode(&bytes).is_err());
+        let mut bytes = Manifest::single([1; 32]).encode();
+        bytes[1] = 0x80;
+        assert!(Manifest::decode(&bytes).is_err(), "unknown flag bits are refused");
     }
 }

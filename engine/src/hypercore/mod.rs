@@ -593,7 +593,12 @@ impl Hypercore {
         }
         let mut auth = self.auth.clone();
         if let Some(m) = &p.manifest {
+            let raw_hash = crypto::hash(&[crypto::caps::manifest(), m]);
             let m = Manifest::decode(m).map_err(|source| Error::Decode { what: "manifest", source })?;
+            // The key commits to the bytes received, not to what a lenient decoder made of them.
+            if raw_hash != self.key && !m.is_compat_for(&self.key) {
+                return Err(Error::Verification("manifest does not match the core key".into()));
+            }
             let a = auth_for(&self.key, m)?;
             if auth.is_none() {
                 auth = Some(a);

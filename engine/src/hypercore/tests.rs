@@ -177,7 +177,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(128))]
 
         #[test]
         fn replica_built_from_proofs_matches_the_writer(
