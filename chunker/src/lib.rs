@@ -192,22 +192,27 @@ impl Chunker {
 
 /// Rolls the gear hash over `data`; the number of bytes up to and including the first byte at
 /// which `hash & mask == 0`.
+///
+/// Two bytes per step with one branch for both checks: cuts are rare, so the common path is
+/// straight-line code. (Measured here: this beats one byte per step, four bytes per step, and
+/// computing the second hash off the dependency chain.)
 #[inline(always)]
 fn gear_scan(gear: &[u64; 256], data: &[u8], h: &mut u64, mask: u64) -> Option<usize> {
     let mut hash = *h;
     let mut pairs = data.chunks_exact(2);
     let mut i = 0;
     for pair in &mut pairs {
-        hash = (hash << 1).wrapping_add(gear[pair[0] as usize]);
-        if hash & mask == 0 {
-            *h = hash;
-            return Some(i + 1);
-        }
-        hash = (hash << 1).wrapping_add(gear[pair[1] as usize]);
-        if hash & mask == 0 {
-            *h = hash;
+        let first = (hash << 1).wrapping_add(gear[pair[0] as usize]);
+        let second = (first << 1).wrapping_add(gear[pair[1] as usize]);
+        if (first & mask == 0) | (second & mask == 0) {
+            if first & mask == 0 {
+                *h = first;
+                return Some(i + 1);
+            }
+            *h = second;
             return Some(i + 2);
         }
+        hash = second;
         i += 2;
     }
     if let [b] = pairs.remainder() {
