@@ -74,3 +74,27 @@ fn sigkill_at_random_moments_never_loses_a_commit_or_corrupts() {
         }
     }
 }
+
+#[test]
+fn a_store_held_by_another_process_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_append-loop"))
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn writer");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // Wait until the writer has the store open and has committed once.
+    let first = lines.next().expect("writer output").expect("line");
+    assert!(first.starts_with("begin"), "{first}");
+    let err = RocksStore::open(dir.path()).expect_err("a second opener must be refused");
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let msg = err.to_string();
+    assert!(msg.contains("in use by another process"), "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    // Once the holder is gone the store opens and verifies.
+    let store = Arc::new(RocksStore::open(dir.path()).expect("reopen"));
+    let core = Hypercore::create(store, KeyPair::from_seed(&[42; 32]), false).expect("core");
+    assert!(core.verify_local().expect("verifies").is_empty());
+}
