@@ -330,72 +330,55 @@ fn block_and_seek_proof(ix: Option<&Indexed>, seek: bool, seek_root: u64, root: 
 }
 
 fn upgrade_proof(ix: Option<&Indexed>, seek: bool, from: u64, to: u64, sub_tree: u64, p: &mut Pending) {
-    let mut out: Option<Vec<u64>> = if from == 0 { Some(Vec::new()) } else { None };
-    let mut it = Iter::new(0);
-    while it.full_root(to) {
-        if it.index + it.factor / 2 < from {
-            it.next_tree();
-            continue;
+    let nodes = grow_nodes(from, to, |index| {
+        // The block's own proof up to this node replaces the node itself.
+        if p.block.is_none() && p.seek.is_none() && Iter::new(index).contains(sub_tree) {
+            block_and_seek_proof(ix, seek, sub_tree, index, p);
+            return true;
         }
-        if out.is_none() && it.contains(from - 2) {
-            let mut v = Vec::new();
-            let root = it.index;
-            let target = from - 2;
-            it.seek(target);
-            while it.index != root {
-                it.sibling();
-                if it.index > target {
-                    if p.block.is_none() && p.seek.is_none() && it.contains(sub_tree) {
-                        block_and_seek_proof(ix, seek, sub_tree, it.index, p);
-                    } else {
-                        v.push(it.index);
-                    }
-                }
-                it.parent();
-            }
-            out = Some(v);
-            it.next_tree();
-            continue;
-        }
-        let v = out.get_or_insert_with(Vec::new);
-        if p.block.is_none() && p.seek.is_none() && it.contains(sub_tree) {
-            block_and_seek_proof(ix, seek, sub_tree, it.index, p);
-        } else {
-            v.push(it.index);
-        }
-        it.next_tree();
-    }
-    p.upgrade = out;
+        false
+    });
+    p.upgrade = Some(nodes);
 }
 
 fn additional_upgrade_proof(from: u64, to: u64, p: &mut Pending) {
-    let mut out: Option<Vec<u64>> = if from == 0 { Some(Vec::new()) } else { None };
+    p.additional = Some(grow_nodes(from, to, |_| false));
+}
+
+/// The nodes that grow a tree of head `from` to head `to`: for the root holding the last old
+/// leaf, the right-hand siblings on its path up; then every further root. `replaced(index)`
+/// may emit something else for a node instead (and return true).
+fn grow_nodes(from: u64, to: u64, mut replaced: impl FnMut(u64) -> bool) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut connected = from == 0;
     let mut it = Iter::new(0);
     while it.full_root(to) {
         if it.index + it.factor / 2 < from {
             it.next_tree();
             continue;
         }
-        if out.is_none() && it.contains(from - 2) {
-            let mut v = Vec::new();
+        if !connected && it.contains(from - 2) {
+            connected = true;
             let root = it.index;
             let target = from - 2;
             it.seek(target);
             while it.index != root {
                 it.sibling();
-                if it.index > target {
-                    v.push(it.index);
+                if it.index > target && !replaced(it.index) {
+                    out.push(it.index);
                 }
                 it.parent();
             }
-            out = Some(v);
             it.next_tree();
             continue;
         }
-        out.get_or_insert_with(Vec::new).push(it.index);
+        connected = true;
+        if !replaced(it.index) {
+            out.push(it.index);
+        }
         it.next_tree();
     }
-    p.additional = out;
+    out
 }
 
 /// Hands out proof nodes in order, with one optional extra node (a folded seek root) that may be
