@@ -183,6 +183,10 @@ pub(crate) fn generate(
     let fetch = |ids: &Option<Vec<u64>>| -> Result<Vec<Node>> {
         ids.as_deref().unwrap_or(&[]).iter().map(|&i| need(src, i)).collect()
     };
+    if indexed.is_some() && p.block.is_none() {
+        // The block lies beyond the upgrade it was asked with.
+        return Err(Error::InvalidRequest("the requested block is not inside the proven tree".into()));
+    }
     let mut proof = Proof { fork, ..Proof::default() };
     if let Some(b) = req.block {
         proof.block = Some(BlockProof { index: b.index, value: Vec::new(), nodes: fetch(&p.block)? });

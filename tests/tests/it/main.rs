@@ -3,3 +3,4 @@
 mod chunk_cli;
 mod core_interop;
 mod crash;
+mod proof_interop;
