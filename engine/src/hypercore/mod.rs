@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::crypto::{self, Hash, KeyPair};
 use crate::encoding::{Decoder, Encoder};
-use crate::store::{Batch, Store, Table};
+use crate::store::{Batch, Staged, Store, Table};
 use crate::{Error, Result};
 use bitfield::Bitfield;
 pub use manifest::{Auth, Manifest};
@@ -368,16 +368,19 @@ impl Hypercore {
         }
         let start = self.head.length;
         let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
-        // Hashing, the dedup lookup and compression of each block run on every core; only the
-        // write itself is sequential.
+        // Hashing, the dedup lookup, compression and writing the bytes to the block log run on
+        // every core; only the commit itself is sequential.
         let store = &self.store;
-        let prepare = |(i, b): (usize, &B)| -> Result<(Node, Option<Vec<u8>>)> {
+        let prepare = |(i, b): (usize, &B)| -> Result<(Node, Option<Staged>)> {
             let leaf = Node::leaf(start + i as u64, b.as_ref());
-            let bytes =
-                if store.contains(Table::Blocks, &leaf.hash)? { None } else { Some(stored::encode(b.as_ref())) };
-            Ok((leaf, bytes))
+            let staged = if store.contains(Table::Blocks, &leaf.hash)? {
+                None
+            } else {
+                Some(store.stage_block(stored::encode(b.as_ref()))?)
+            };
+            Ok((leaf, staged))
         };
-        let prepared: Result<Vec<(Node, Option<Vec<u8>>)>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+        let prepared: Result<Vec<(Node, Option<Staged>)>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
             blocks.par_iter().enumerate().map(prepare).collect()
         } else {
             blocks.iter().enumerate().map(prepare).collect()
@@ -392,9 +395,9 @@ impl Hypercore {
 
         let mut b = Batch { sync: self.durable, ..Batch::default() };
         let mut seen = std::collections::HashSet::with_capacity(blocks.len());
-        for (leaf, bytes) in prepared {
-            if let Some(bytes) = bytes.filter(|_| seen.insert(leaf.hash)) {
-                b.put(Table::Blocks, leaf.hash.to_vec(), bytes);
+        for (leaf, staged) in prepared {
+            if let Some(staged) = staged.filter(|_| seen.insert(leaf.hash)) {
+                b.put_staged(leaf.hash.to_vec(), staged);
             }
         }
         let new_head = Head {

@@ -55,6 +55,17 @@ pub enum Op {
     Delete(Table, Vec<u8>),
     /// Deletes keys in `[start, end)`.
     DeleteRange(Table, Vec<u8>, Vec<u8>),
+    /// Commits block bytes staged earlier under `key` in [`Table::Blocks`].
+    PutStaged(Vec<u8>, Staged),
+}
+
+/// Block bytes already written by [`Store::stage_block`] but not yet part of any committed
+/// state: a batch holding a [`Op::PutStaged`] for it commits them; otherwise they are garbage that
+/// the next open (or garbage collection) drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staged {
+    pub(crate) id: u64,
+    pub(crate) len: u32,
 }
 
 /// Changes applied all together or not at all.
@@ -75,6 +86,9 @@ impl Batch {
     pub fn delete_range(&mut self, t: Table, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
         self.ops.push(Op::DeleteRange(t, start.into(), end.into()));
     }
+    pub fn put_staged(&mut self, k: impl Into<Vec<u8>>, staged: Staged) {
+        self.ops.push(Op::PutStaged(k.into(), staged));
+    }
 }
 
 /// What the engine needs from storage.
@@ -86,6 +100,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Every pair with `start <= key < end`, in key order.
     fn scan(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Writes block bytes ahead of the batch that will commit them, so writers can do it on
+    /// every core while they hash. Safe to call from many threads at once.
+    fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged>;
     /// Applies `batch` atomically.
     fn write(&self, batch: Batch) -> Result<()>;
     /// Makes every earlier write durable.

@@ -6,18 +6,21 @@
 //! throughput disk-bound.
 //!
 //! The write order of a batch, which is what makes it atomic:
-//! 1. append the batch's new block bytes at the log's committed tail;
+//! 1. block bytes are written into space reserved past everything written so far — staged
+//!    ahead by writers on every core ([`Store::stage_block`]) or by the batch itself;
 //! 2. if the batch is durable, fdatasync the log;
-//! 3. write the RocksDB batch — index entries, every other record and the new committed tail —
-//!    atomically through RocksDB's write-ahead log (synced if durable).
+//! 3. write the RocksDB batch — index entries, every other record and the committed tail (the
+//!    end of the furthest block it commits) — atomically through RocksDB's write-ahead log.
 //!
-//! A crash before step 3 leaves bytes past the committed tail that nothing references; opening
-//! cuts them off. A log shorter than the committed tail (bytes lost that RocksDB says were
+//! A crash before step 3 leaves bytes that nothing references: past the committed tail, opening
+//! cuts them off; below it (staged by a writer that lost the race to commit) they wait for
+//! garbage collection. A log shorter than the committed tail (bytes lost that RocksDB says were
 //! written) is reported as damage, never silently accepted.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rocksdb::{
@@ -25,7 +28,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
-use super::{Batch, Op, Store, Table};
+use super::{Batch, Op, Staged, Store, Table};
 use crate::{Error, Result};
 
 #[derive(Debug)]
@@ -33,9 +36,11 @@ pub struct RocksStore {
     db: DB,
     path: PathBuf,
     log: File,
-    /// The committed end of the block log; held while a batch is written so batches append in
-    /// order.
+    /// The committed end of the block log; held while a batch is written.
     tail: Mutex<u64>,
+    /// The end of everything written to the log, committed or staged. Space is reserved here
+    /// with one atomic add, so writers on every core write block bytes at once.
+    reserved: AtomicU64,
 }
 
 const LOG_NAME: &str = "blocks.log";
@@ -65,7 +70,7 @@ impl RocksStore {
             .truncate(false)
             .open(&log_path)
             .map_err(|e| Error::Storage(format!("opening {}: {e}", log_path.display())))?;
-        let store = RocksStore { db, path: path.to_path_buf(), log, tail: Mutex::new(0) };
+        let store = RocksStore { db, path: path.to_path_buf(), log, tail: Mutex::new(0), reserved: AtomicU64::new(0) };
         super::check_format(&store, path, fresh)?;
         let tail = match store.db.get_cf(store.cf(Table::Meta)?, TAIL_KEY).map_err(|e| store.err(e))? {
             Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Damaged {
@@ -86,6 +91,7 @@ impl RocksStore {
             store.log.set_len(tail).map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?;
         }
         *store.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
+        store.reserved.store(tail, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -161,23 +167,35 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged> {
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
+        let offset = self.reserved.fetch_add(len as u64, Ordering::SeqCst);
+        self.log.write_all_at(&bytes, offset).map_err(|e| Error::Storage(format!("writing {LOG_NAME}: {e}")))?;
+        Ok(Staged { id: offset, len })
+    }
+
     fn write(&self, batch: Batch) -> Result<()> {
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut end = *tail;
         let mut wb = WriteBatch::default();
-        for op in &batch.ops {
+        let mut index = |wb: &mut WriteBatch, k: &[u8], s: Staged| -> Result<()> {
+            let mut place = [0u8; 12];
+            place[..8].copy_from_slice(&s.id.to_le_bytes());
+            place[8..].copy_from_slice(&s.len.to_le_bytes());
+            wb.put_cf(self.cf(Table::Blocks)?, k, place);
+            end = end.max(s.id + s.len as u64);
+            Ok(())
+        };
+        for op in batch.ops {
             match op {
                 Op::Put(Table::Blocks, k, v) => {
-                    self.log.write_all_at(v, end).map_err(|e| Error::Storage(format!("writing {LOG_NAME}: {e}")))?;
-                    let mut place = [0u8; 12];
-                    place[..8].copy_from_slice(&end.to_le_bytes());
-                    place[8..].copy_from_slice(&(v.len() as u32).to_le_bytes());
-                    wb.put_cf(self.cf(Table::Blocks)?, k, place);
-                    end += v.len() as u64;
+                    let s = self.stage_block(v)?;
+                    index(&mut wb, &k, s)?;
                 }
-                Op::Put(t, k, v) => wb.put_cf(self.cf(*t)?, k, v),
-                Op::Delete(t, k) => wb.delete_cf(self.cf(*t)?, k),
-                Op::DeleteRange(t, s, e) => wb.delete_range_cf(self.cf(*t)?, s, e),
+                Op::PutStaged(k, s) => index(&mut wb, &k, s)?,
+                Op::Put(t, k, v) => wb.put_cf(self.cf(t)?, k, v),
+                Op::Delete(t, k) => wb.delete_cf(self.cf(t)?, k),
+                Op::DeleteRange(t, s, e) => wb.delete_range_cf(self.cf(t)?, s, e),
             }
         }
         if end != *tail {
@@ -277,6 +295,30 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&log).and_then(|f| f.set_len(5)).expect("truncate");
         let err = RocksStore::open(dir.path()).expect_err("must refuse");
         assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    }
+
+    #[test]
+    fn staged_blocks_commit_in_any_order_and_uncommitted_ones_vanish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = RocksStore::open(dir.path()).expect("open");
+            let a = s.stage_block(b"aaaa".to_vec()).expect("stage");
+            let b = s.stage_block(b"bbbbbb".to_vec()).expect("stage");
+            let _never = s.stage_block(b"cc".to_vec()).expect("stage");
+            let mut batch = Batch::default();
+            batch.put_staged(b"b".to_vec(), b);
+            s.write(batch).expect("commit b");
+            let mut batch = Batch::default();
+            batch.put_staged(b"a".to_vec(), a);
+            s.write(batch).expect("commit a after b");
+        }
+        let s = RocksStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.get(Table::Blocks, b"a").expect("get").as_deref(), Some(&b"aaaa"[..]));
+        assert_eq!(s.get(Table::Blocks, b"b").expect("get").as_deref(), Some(&b"bbbbbb"[..]));
+        // The block staged last was never committed: it is cut off, and new bytes go after b.
+        assert_eq!(std::fs::metadata(dir.path().join(LOG_NAME)).expect("stat").len(), 10);
+        let c = s.stage_block(b"dd".to_vec()).expect("stage");
+        assert_eq!(c.id, 10);
     }
 
     #[test]
