@@ -19,7 +19,7 @@ thread_local! {
 
 /// A block whose first this-many bytes do not compress is stored raw without compressing the
 /// rest: random and already-compressed data (most large files) then cost almost nothing.
-const PROBE: usize = 4096;
+const PROBE: usize = 1024;
 
 /// The stored form of `data`.
 pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
