@@ -8,6 +8,8 @@ const Hypercore = require('hypercore')
 
 async function run (dir, size, count, batch) {
   fs.rmSync(dir, { recursive: true, force: true })
+  // Start without the previous run's dirty pages being written back under this one.
+  require('child_process').execSync('sync')
   const core = new Hypercore(dir)
   await core.ready()
   const blocks = []

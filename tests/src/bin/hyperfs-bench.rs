@@ -101,6 +101,8 @@ fn append(dir: &str) {
     for (label, size, count, batch) in [("64k", 64 * 1024, 8192usize, 64usize), ("4k", 4096, 50_000, 500)] {
         let path = std::path::Path::new(dir).join(label);
         let _ = std::fs::remove_dir_all(&path);
+        // Start without the previous run's dirty pages being written back under this one.
+        let _ = std::process::Command::new("sync").status();
         let store = Arc::new(RocksStore::open(&path).expect("open store"));
         let mut core = Hypercore::create(store.clone(), KeyPair::generate(), false).expect("core");
         let blocks: Vec<Vec<u8>> =
