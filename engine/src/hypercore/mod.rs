@@ -33,6 +33,9 @@ use tree::TreeBatch;
 
 /// Below this many bytes a batch's leaves are hashed on the calling thread.
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
+/// About how many bytes of blocks one thread hashes, compresses and writes to the block log as
+/// one group.
+const STAGE_GROUP_BYTES: usize = 256 << 10;
 
 /// The signed state of a core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,21 +374,29 @@ impl Hypercore {
         // Hashing, the dedup lookup, compression and writing the bytes to the block log run on
         // every core; only the commit itself is sequential.
         let store = &self.store;
-        let prepare = |(i, b): (usize, &B)| -> Result<(Node, Option<Staged>)> {
-            let leaf = Node::leaf(start + i as u64, b.as_ref());
-            let staged = if store.contains(Table::Blocks, &leaf.hash)? {
-                None
-            } else {
-                Some(store.stage_block(stored::encode(b.as_ref()))?)
-            };
-            Ok((leaf, staged))
+        // Blocks are handled in groups of about STAGE_GROUP_BYTES so each group's new bytes reach
+        // the block log in one write.
+        let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
+        let prepare = |(g, chunk): (usize, &[B])| -> Result<Vec<(Node, Option<Staged>)>> {
+            let mut leaves = Vec::with_capacity(chunk.len());
+            let mut fresh = Vec::new();
+            for (k, b) in chunk.iter().enumerate() {
+                let leaf = Node::leaf(start + (g * group + k) as u64, b.as_ref());
+                let new = !store.contains(Table::Blocks, &leaf.hash)?;
+                if new {
+                    fresh.push(stored::encode(b.as_ref()));
+                }
+                leaves.push((leaf, new));
+            }
+            let mut staged = store.stage_blocks(fresh)?.into_iter();
+            Ok(leaves.into_iter().map(|(leaf, new)| (leaf, if new { staged.next() } else { None })).collect())
         };
-        let prepared: Result<Vec<(Node, Option<Staged>)>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
-            blocks.par_iter().enumerate().map(prepare).collect()
+        let groups: Result<Vec<Vec<(Node, Option<Staged>)>>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+            blocks.par_chunks(group).enumerate().map(prepare).collect()
         } else {
-            blocks.iter().enumerate().map(prepare).collect()
+            blocks.chunks(group).enumerate().map(prepare).collect()
         };
-        let prepared = prepared?;
+        let prepared: Vec<(Node, Option<Staged>)> = groups?.into_iter().flatten().collect();
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);
         for (leaf, _) in &prepared {
             tb.append_leaf(*leaf);

@@ -103,6 +103,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes block bytes ahead of the batch that will commit them, so writers can do it on
     /// every core while they hash. Safe to call from many threads at once.
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged>;
+    /// Stages several blocks at once (one write where the backend allows).
+    fn stage_blocks(&self, blocks: Vec<Vec<u8>>) -> Result<Vec<Staged>> {
+        blocks.into_iter().map(|b| self.stage_block(b)).collect()
+    }
     /// Applies `batch` atomically.
     fn write(&self, batch: Batch) -> Result<()>;
     /// Makes every earlier write durable.

@@ -174,6 +174,23 @@ impl Store for RocksStore {
         Ok(Staged { id: offset, len })
     }
 
+    fn stage_blocks(&self, blocks: Vec<Vec<u8>>) -> Result<Vec<Staged>> {
+        let total: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+        if blocks.len() < 2 {
+            return blocks.into_iter().map(|b| self.stage_block(b)).collect();
+        }
+        let mut out = Vec::with_capacity(blocks.len());
+        let mut joined = Vec::with_capacity(total as usize);
+        let start = self.reserved.fetch_add(total, Ordering::SeqCst);
+        for b in &blocks {
+            let len = u32::try_from(b.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
+            out.push(Staged { id: start + joined.len() as u64, len });
+            joined.extend_from_slice(b);
+        }
+        self.log.write_all_at(&joined, start).map_err(|e| Error::Storage(format!("writing {LOG_NAME}: {e}")))?;
+        Ok(out)
+    }
+
     fn write(&self, batch: Batch) -> Result<()> {
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut end = *tail;
