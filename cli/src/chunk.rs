@@ -39,7 +39,7 @@ pub fn run(files: &[std::path::PathBuf], stats: bool) -> Result<()> {
     }
     if stats {
         let secs = started.elapsed().as_secs_f64().max(1e-9);
-        let mean = if st.count > 0 { st.bytes / st.count } else { 0 };
+        let mean = st.bytes.checked_div(st.count).unwrap_or(0);
         writeln!(out, "preset      {}", HYPERFS_CDC_V1.name)?;
         writeln!(out, "chunks      {}", st.count)?;
         writeln!(out, "bytes       {}", st.bytes)?;

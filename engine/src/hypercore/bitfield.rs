@@ -50,7 +50,7 @@ impl Bitfield {
     pub fn set_range(&mut self, start: u64, end: u64, value: bool) {
         let mut i = start;
         while i < end {
-            if i % 8 == 0 && end - i >= 8 && (value || self.pages.contains_key(&(i / PAGE_BITS))) {
+            if i.is_multiple_of(8) && end - i >= 8 && (value || self.pages.contains_key(&(i / PAGE_BITS))) {
                 let (page, bit) = (i / PAGE_BITS, i % PAGE_BITS);
                 let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
                 p[(bit >> 3) as usize] = if value { 0xff } else { 0 };

@@ -33,6 +33,9 @@ use tree::TreeBatch;
 
 /// Below this many bytes a batch's leaves are hashed on the calling thread.
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
+/// Leaves of a group of appended blocks, with where their bytes were staged if they are new.
+type Prepared = Vec<(Node, Option<Staged>)>;
+
 /// About how many bytes of blocks one thread hashes, compresses and writes to the block log as
 /// one group.
 const STAGE_GROUP_BYTES: usize = 256 << 10;
@@ -377,7 +380,7 @@ impl Hypercore {
         // Blocks are handled in groups of about STAGE_GROUP_BYTES so each group's new bytes reach
         // the block log in one write.
         let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
-        let prepare = |(g, chunk): (usize, &[B])| -> Result<Vec<(Node, Option<Staged>)>> {
+        let prepare = |(g, chunk): (usize, &[B])| -> Result<Prepared> {
             let mut leaves = Vec::with_capacity(chunk.len());
             let mut fresh = Vec::new();
             for (k, b) in chunk.iter().enumerate() {
@@ -391,7 +394,7 @@ impl Hypercore {
             let mut staged = store.stage_blocks(fresh)?.into_iter();
             Ok(leaves.into_iter().map(|(leaf, new)| (leaf, if new { staged.next() } else { None })).collect())
         };
-        let groups: Result<Vec<Vec<(Node, Option<Staged>)>>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+        let groups: Result<Vec<Prepared>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
             blocks.par_chunks(group).enumerate().map(prepare).collect()
         } else {
             blocks.chunks(group).enumerate().map(prepare).collect()

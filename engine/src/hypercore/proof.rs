@@ -424,7 +424,9 @@ impl<'a> NodeQueue<'a> {
 /// every node met. `None` when the proof carries neither.
 pub(crate) fn verify_tree(proof: &Proof, nodes: &mut Vec<Node>) -> Result<Option<Node>> {
     check_indexes(proof)?;
-    let untrusted: Option<(u64, Option<&[u8]>, &[Node])> = match (&proof.block, &proof.hash) {
+    // (tree index, block bytes if a block, proof nodes)
+    type Untrusted<'a> = (u64, Option<&'a [u8]>, &'a [Node]);
+    let untrusted: Option<Untrusted> = match (&proof.block, &proof.hash) {
         (Some(b), _) => Some((
             b.index.checked_mul(2).ok_or_else(|| Error::Verification("block index".into()))?,
             Some(&b.value),

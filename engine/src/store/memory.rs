@@ -7,9 +7,11 @@ use std::sync::Mutex;
 use super::{Batch, Op, Staged, Store, Table};
 use crate::Result;
 
+type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 #[derive(Debug, Default)]
 pub struct MemStore {
-    tables: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    tables: Mutex<Tables>,
     staged: Mutex<HashMap<u64, Vec<u8>>>,
     next_staged: AtomicU64,
 }

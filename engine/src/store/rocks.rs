@@ -60,7 +60,7 @@ impl RocksStore {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_paranoid_checks(true);
-        let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(*t)));
+        let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), table_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| classify(path, e))?;
         let log_path = path.join(LOG_NAME);
         let log = std::fs::OpenOptions::new()
@@ -110,17 +110,14 @@ impl RocksStore {
     }
 }
 
-fn table_options(t: Table) -> Options {
+fn table_options() -> Options {
     let mut o = Options::default();
     let mut bb = BlockBasedOptions::default();
     bb.set_bloom_filter(10.0, false);
     o.set_block_based_table_factory(&bb);
-    match t {
-        _ => {
-            o.set_compression_type(DBCompressionType::None);
-            o.set_write_buffer_size(32 << 20);
-        }
-    }
+    // Every table holds small records; block bytes live in the block log.
+    o.set_compression_type(DBCompressionType::None);
+    o.set_write_buffer_size(32 << 20);
     o
 }
 

@@ -19,7 +19,7 @@ fn main() {
     loop {
         step += 1;
         let len = core.length();
-        if step % 11 == 0 && len > 3 {
+        if step.is_multiple_of(11) && len > 3 {
             let target = len - 3;
             writeln!(out, "begin {target}").and_then(|_| out.flush()).expect("stdout");
             core.truncate(target).expect("truncate");

@@ -81,8 +81,8 @@ fn chunk(path: &str) {
     });
     let (theirs_h, _) = best_of(3, || {
         fastcdc::v2020::FastCDC::new(&data, p.min_size as u32, p.avg_size as u32, p.max_size as u32)
-            .map(|ch| leaf_hash(&data[ch.offset..ch.offset + ch.length]))
-            .count()
+            .map(|ch| std::hint::black_box(leaf_hash(&data[ch.offset..ch.offset + ch.length])))
+            .fold(0usize, |n, h| n + usize::from(h[0] & 1))
     });
     println!(
         "{{\"bytes\":{},\"chunks\":{},\"fastcdcChunks\":{},\"chunkGBps\":{:.3},\"fastcdcGBps\":{:.3},\"chunkHashGBps\":{:.3},\"fastcdcHashGBps\":{:.3}}}",
