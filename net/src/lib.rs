@@ -1,1 +1,10 @@
-//! n
+//! hyperfs-net: sharing drives — Hypercore's replication messages in compact-encoding, a sans-IO
+//! replication session (messages and `now` in; messages, timers and events out), the QUIC
+//! endpoint (quinn + rustls with the ring provider), the swarm keyed by discovery keys, and
+//! discovery (static peers, LAN, Mainline DHT).
+//!
+//! Knows nothing of: FUSE, inodes or the filesystem layer (`hyperfs-fs`); it reaches the data
+//! only through `hyperfs-engine`. Every block and upgrade it receives is verified by the engine
+//! before it is stored or handed to a reader.
+//!
+//! Not built yet: this crate is the place for issue 8 (replication) and issue 9 (discovery).
