@@ -83,6 +83,25 @@ impl Bitfield {
         n
     }
 
+    /// A copy of just the pages that hold bits `[start, end)`, to change and write before the
+    /// change is adopted with [`Bitfield::merge`] (copying every page per commit would cost a
+    /// large core more than the commit itself).
+    pub fn subset(&self, start: u64, end: u64) -> Bitfield {
+        let mut out = Bitfield::new();
+        if start < end {
+            let (first, last) = (start / PAGE_BITS, (end - 1) / PAGE_BITS);
+            for (&p, bytes) in self.pages.range(first..=last) {
+                out.pages.insert(p, bytes.clone());
+            }
+        }
+        out
+    }
+
+    /// Adopts the pages of `other` (a changed [`Bitfield::subset`]).
+    pub fn merge(&mut self, other: Bitfield) {
+        self.pages.extend(other.pages);
+    }
+
     /// Pages changed since the last call, with their bytes.
     pub fn take_dirty(&mut self) -> Vec<(u64, Vec<u8>)> {
         let dirty = std::mem::take(&mut self.dirty);
@@ -108,5 +127,18 @@ mod tests {
         let dirty = b.take_dirty();
         assert_eq!(dirty.iter().map(|d| d.0).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(dirty[0].1[0], 0b1111_1000);
+    }
+
+    #[test]
+    fn a_changed_subset_merges_back() {
+        let mut b = Bitfield::new();
+        b.set_range(0, 3 * PAGE_BITS, true);
+        let mut sub = b.subset(PAGE_BITS + 5, PAGE_BITS + 9);
+        sub.set_range(PAGE_BITS + 5, PAGE_BITS + 9, false);
+        assert_eq!(sub.take_dirty().len(), 1);
+        assert_eq!(b.count(3 * PAGE_BITS), 3 * PAGE_BITS, "the original is untouched until merged");
+        b.merge(sub);
+        assert_eq!(b.count(3 * PAGE_BITS), 3 * PAGE_BITS - 4);
+        assert!(!b.get(PAGE_BITS + 5) && b.get(PAGE_BITS + 9));
     }
 }

@@ -435,7 +435,9 @@ impl Hypercore {
         present: Option<(u64, u64)>,
         truncate_from: Option<u64>,
     ) -> Result<()> {
-        let mut bitfield = self.bitfield.clone();
+        let touched_start = truncate_from.into_iter().chain(present.map(|p| p.0)).min().unwrap_or(0);
+        let touched_end = truncate_from.map(|f| self.head.length.max(f)).into_iter().chain(present.map(|p| p.1)).max();
+        let mut bitfield = self.bitfield.subset(touched_start, touched_end.unwrap_or(0));
         if let Some(from) = truncate_from {
             self.delete_tree_from(&mut b, from);
             bitfield.set_range(from, self.head.length.max(from), false);
@@ -451,7 +453,7 @@ impl Hypercore {
         }
         b.put(Table::Heads, self.id.to_be_bytes().to_vec(), encode_head(&head));
         self.store.write(b)?;
-        self.bitfield = bitfield;
+        self.bitfield.merge(bitfield);
         self.head = head;
         Ok(())
     }
