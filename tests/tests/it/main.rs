@@ -4,3 +4,4 @@ mod chunk_cli;
 mod core_interop;
 mod crash;
 mod proof_interop;
+mod replica_store;
