@@ -534,12 +534,11 @@ impl Hypercore {
         }
         let mut s = self.snapshot();
         s.length = length;
-        s.byte_length = if length == 0 {
-            0
-        } else {
-            self.byte_offset(length - 1)?
-                + self.node(2 * (length - 1))?.map(|n| n.size).ok_or(Error::MissingNode { index: 2 * (length - 1) })?
-        };
+        // The byte length at `length` is the size of that tree's roots.
+        s.byte_length = 0;
+        for index in flat::full_roots(2 * length) {
+            s.byte_length += self.node(index)?.ok_or(Error::MissingNode { index })?.size;
+        }
         Ok(s)
     }
 
@@ -584,6 +583,22 @@ impl Hypercore {
             it.parent();
         }
         Ok(n)
+    }
+
+    /// The request a replica sends for block `index` to a peer whose signed length is
+    /// `remote_length`: the proof levels it lacks, an upgrade when the peer is ahead, and the
+    /// manifest while it has none.
+    pub fn block_request(&self, index: u64, remote_length: u64) -> Result<Request> {
+        let nodes = if index < self.head.length { self.missing_nodes(2 * index)? } else { 0 };
+        let upgrade = (remote_length > self.head.length)
+            .then(|| proof::RequestUpgrade { start: self.head.length, length: remote_length - self.head.length });
+        Ok(Request {
+            fork: self.head.fork,
+            block: Some(proof::RequestIndexed { index, nodes }),
+            upgrade,
+            manifest: self.auth.is_none(),
+            ..Request::default()
+        })
     }
 
     /// Answers a request from the local tree, with the block's bytes when one is asked for.

@@ -97,6 +97,23 @@ fn snapshot_keeps_its_length_and_notices_truncation() {
 }
 
 #[test]
+fn checkout_reads_the_core_as_it_was_at_a_length() {
+    let mut c = writer(false);
+    let blocks: Vec<Vec<u8>> = (0..11u8).map(|i| vec![i; i as usize + 1]).collect();
+    c.append_batch(&blocks).expect("append");
+    for len in 0..=11u64 {
+        let s = c.checkout(len).expect("checkout");
+        assert_eq!(s.length(), len);
+        assert_eq!(s.byte_length(), (1..=len).sum::<u64>(), "length {len}");
+        for i in 0..len {
+            assert_eq!(s.get(i).expect("block"), blocks[i as usize]);
+        }
+        assert!(matches!(s.get(len), Err(Error::OutOfBounds(_))));
+    }
+    assert!(c.checkout(12).is_err());
+}
+
+#[test]
 fn seek_and_byte_offset() {
     let mut c = writer(false);
     let blocks: Vec<Vec<u8>> = (0..37u8).map(|i| vec![i; i as usize + 1]).collect();
@@ -152,21 +169,9 @@ mod props {
     use crate::hypercore::proof::RequestSeek;
     use proptest::prelude::*;
 
-    fn upgrade_req(r: &Hypercore, w: &Hypercore) -> Option<RequestUpgrade> {
-        (w.length() > r.length()).then(|| RequestUpgrade { start: r.length(), length: w.length() - r.length() })
-    }
-
     /// Asks `w` for block `i` the way a replica does (with an upgrade when it lags) and applies it.
     fn fetch(r: &mut Hypercore, w: &Hypercore, i: u64) -> Proof {
-        let upgrade = upgrade_req(r, w);
-        let nodes = if i < r.length() { r.missing_nodes(2 * i).expect("nodes") } else { 0 };
-        let req = Request {
-            fork: r.fork(),
-            block: Some(RequestIndexed { index: i, nodes }),
-            upgrade,
-            manifest: r.auth().is_none(),
-            ..Request::default()
-        };
+        let req = r.block_request(i, w.length()).expect("request");
         let p = w.proof(&req).expect("writer answers every valid request");
         r.apply_proof(&p).unwrap_or_else(|e| panic!("proof for block {i} must verify: {e}"));
         p

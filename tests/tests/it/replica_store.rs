@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use hyperfs_engine::crypto::KeyPair;
-use hyperfs_engine::hypercore::proof::{Request, RequestIndexed, RequestUpgrade};
 use hyperfs_engine::store::RocksStore;
 use hyperfs_engine::{Error, Hypercore};
 use hyperfs_tests::pseudo_random;
@@ -27,16 +26,7 @@ fn sparse_replica_on_rocksdb_reopens_exactly() {
         let mut r = Hypercore::open_replica(Arc::new(RocksStore::open(rdir.path()).expect("store")), key, None)
             .expect("replica");
         for i in (0..w.length()).step_by(3) {
-            let upgrade = (w.length() > r.length())
-                .then(|| RequestUpgrade { start: r.length(), length: w.length() - r.length() });
-            let nodes = if i < r.length() { r.missing_nodes(2 * i).expect("nodes") } else { 0 };
-            let req = Request {
-                fork: r.fork(),
-                block: Some(RequestIndexed { index: i, nodes }),
-                upgrade,
-                manifest: r.auth().is_none(),
-                ..Request::default()
-            };
+            let req = r.block_request(i, w.length()).expect("request");
             r.apply_proof(&w.proof(&req).expect("proof")).expect("verifies");
         }
         (length, tree_hash, signature, fork) = (w.length(), w.tree_hash(), w.signature().to_vec(), w.fork());
