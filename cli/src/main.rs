@@ -4,6 +4,7 @@
 //! line, no backtrace). Knows nothing of the internals of the other crates beyond their public
 //! APIs.
 
+mod bee;
 mod chunk;
 mod replay;
 
@@ -25,6 +26,9 @@ enum Command {
     /// Low-level Hypercore tools.
     #[command(subcommand)]
     Core(CoreCommand),
+    /// Low-level Hyperbee tools.
+    #[command(subcommand)]
+    Bee(BeeCommand),
     /// Print the content-defined chunks of files.
     ///
     /// One line per chunk: OFFSET LENGTH LEAF-HASH-HEX. Needs no node and no data directory.
@@ -62,6 +66,30 @@ enum CoreCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BeeCommand {
+    /// Run a JSON script of puts, deletes and batches on a fresh bee and print its blocks.
+    ///
+    /// The script: {"seed": "<hex 32>", "ops": [{"put": ["<hex key>", "<hex value>"]} |
+    /// {"del": "<hex key>"} | {"batch": [put and del ops]}], "queries": [...]}.
+    /// It runs on a non-compat core made from the seed, on the real RocksDB store in a temporary
+    /// directory, and prints {"key": "<hex>", "blocks": ["<hex of block 0>", ...]}.
+    ///
+    /// Optional queries, answered on the finished bee into "answers":
+    ///   {"get": "<hex key>"}, {"range": {"gt"|"gte"|"lt"|"lte": "<hex>", "reverse": bool,
+    ///   "limit": N}}, {"history": {"gt"|"gte"|"lt"|"lte": N, "reverse": bool, "limit": N}},
+    ///   {"diff": {"left": V, "right": V, range bounds}}; each may add "version": V and
+    ///   "sub": "<hex prefix>".
+    ///
+    /// Example:
+    ///   hyperfs bee replay script.json
+    #[command(verbatim_doc_comment)]
+    Replay {
+        /// The script file; `-` reads standard input.
+        script: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -70,6 +98,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Core(CoreCommand::Replay { script }) => replay::run(&script),
+        Command::Bee(BeeCommand::Replay { script }) => bee::run(&script),
         Command::Chunk { files, stats } => chunk::run(&files, stats),
     };
     match result {

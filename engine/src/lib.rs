@@ -2,8 +2,9 @@
 //! over a storage trait, with RocksDB as the store.
 //!
 //! Owns: `encoding` (compact-encoding), `crypto` (BLAKE2b/Ed25519 as Hypercore uses them),
-//! `hypercore` (merkle log, signatures, proofs, bitfield), `store` (the only RocksDB user, plus an
-//! in-memory store for unit tests).
+//! `hypercore` (merkle log, signatures, proofs, bitfield), `hyperbee` (the B-tree index over a
+//! log), `fetch` (the seam through which a block that is not local is asked for), `store` (the
+//! only RocksDB user, plus an in-memory store for unit tests).
 //!
 //! Knows nothing of: FUSE, QUIC, tokio or peers. A block that is not local is reported as
 //! [`Error::MissingBlock`]; fetching it is the business of whoever holds the network.
@@ -13,8 +14,11 @@
 pub mod crypto;
 pub mod encoding;
 mod error;
+pub mod fetch;
+pub mod hyperbee;
 pub mod hypercore;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use hyperbee::Hyperbee;
 pub use hypercore::Hypercore;

@@ -519,6 +519,7 @@ impl Hypercore {
         Snapshot {
             store: self.store.clone(),
             id: self.id,
+            key: self.key,
             length: self.head.length,
             byte_length: self.head.byte_length,
             fork: self.head.fork,
@@ -843,6 +844,7 @@ fn decode_head(bytes: &[u8]) -> Result<(u64, u64, Hash, Vec<u8>)> {
 pub struct Snapshot {
     store: Arc<dyn Store>,
     id: u64,
+    key: Hash,
     length: u64,
     byte_length: u64,
     fork: u64,
@@ -851,6 +853,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub fn key(&self) -> &Hash {
+        &self.key
+    }
     pub fn length(&self) -> u64 {
         self.length
     }
@@ -878,6 +883,36 @@ impl Snapshot {
             return Err(Error::MissingBlock { index });
         }
         read_block(&*self.store, self.id, index)
+    }
+}
+
+impl crate::fetch::Blocks for Hypercore {
+    fn core_key(&self) -> &Hash {
+        self.key()
+    }
+    fn length(&self) -> u64 {
+        self.length()
+    }
+    fn fork(&self) -> u64 {
+        self.fork()
+    }
+    fn block(&self, index: u64) -> Result<Vec<u8>> {
+        self.get(index)
+    }
+}
+
+impl crate::fetch::Blocks for Snapshot {
+    fn core_key(&self) -> &Hash {
+        self.key()
+    }
+    fn length(&self) -> u64 {
+        self.length()
+    }
+    fn fork(&self) -> u64 {
+        self.fork()
+    }
+    fn block(&self, index: u64) -> Result<Vec<u8>> {
+        self.get(index)
     }
 }
 

@@ -4,6 +4,7 @@
 //!   hyperfs-bench chunk FILE          chunking and chunk+hash vs the fastcdc crate (v2020)
 //!   hyperfs-bench append DIR          Hypercore append throughput into RocksDB (JSON)
 //!   hyperfs-bench dedup OLD NEW       bytes a second version stores: CDC vs fixed 64 KiB blocks
+//!   hyperfs-bench bee DIR [KEYS]      Hyperbee puts (single and batched) and gets per second (JSON)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +21,9 @@ fn main() {
         Some("chunk") => chunk(&args[2]),
         Some("append") => append(&args[2]),
         Some("dedup") => dedup(&args[2], &args[3]),
+        Some("bee") => bee(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         _ => {
-            eprintln!("usage: hyperfs-bench chunk FILE | append DIR | dedup OLD NEW");
+            eprintln!("usage: hyperfs-bench chunk FILE | append DIR | dedup OLD NEW | bee DIR [KEYS]");
             std::process::exit(2);
         }
     }
@@ -129,6 +131,48 @@ fn append(dir: &str) {
         ));
     }
     println!("{{{}}}", out.join(","));
+}
+
+/// The same keys and values as `scripts/js/bench-bee.js`: 16-byte keys, 64-byte values.
+fn bee(dir: &str, n: usize) {
+    use hyperfs_engine::Hyperbee;
+    let keys: Vec<Vec<u8>> = (0..n).map(|i| hyperfs_tests::pseudo_random(16, i as u64 + 1)).collect();
+    let values: Vec<Vec<u8>> = (0..n).map(|i| hyperfs_tests::pseudo_random(64, (i + n) as u64 + 1)).collect();
+    let open = |name: &str| {
+        let path = std::path::Path::new(dir).join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        let _ = std::process::Command::new("sync").status();
+        let store = Arc::new(RocksStore::open(&path).expect("open store"));
+        Hyperbee::new(Hypercore::create(store, KeyPair::generate(), false).expect("core"))
+    };
+
+    let mut db = open("single");
+    let t = Instant::now();
+    for (k, v) in keys.iter().zip(&values) {
+        db.put(k, v).expect("put");
+    }
+    let puts = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        let e = db.get(&keys[(i * 7919) % n]).expect("get");
+        assert!(e.is_some(), "missing key");
+    }
+    let gets = n as f64 / t.elapsed().as_secs_f64();
+    drop(db);
+
+    let mut db = open("batch");
+    let t = Instant::now();
+    for (ks, vs) in keys.chunks(1000).zip(values.chunks(1000)) {
+        let mut b = db.batch();
+        for (k, v) in ks.iter().zip(vs) {
+            b.put(k, v).expect("put");
+        }
+        b.flush().expect("flush");
+    }
+    let batch_puts = n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{{\"puts\":{{\"perSec\":{puts:.0}}},\"gets\":{{\"perSec\":{gets:.0}}},\"batchPuts\":{{\"perSec\":{batch_puts:.0}}}}}"
+    );
 }
 
 fn dedup(old: &str, new: &str) {

@@ -1,0 +1,55 @@
+//! The fetch seam: how a reader above the log (the bee, the drive, the mount) gets a block that
+//! is not stored locally, without knowing about peers or networks.
+//!
+//! Readers go through [`read_block`]: the local copy if there is one; otherwise, if a [`Fetch`]
+//! was given, that fetcher is asked (the network layer implements it: it requests the block,
+//! verifies it against the signed tree, stores it and returns it); otherwise the answer is
+//! [`Error::MissingBlock`]. A reader never guesses and never panics on a block it lacks.
+
+use crate::crypto::Hash;
+use crate::{Error, Result};
+
+/// Anything blocks are read from by index: a live core or a snapshot of one.
+pub trait Blocks: Send + Sync {
+    /// The key of the core the blocks belong to.
+    fn core_key(&self) -> &Hash;
+    /// How many blocks this view has.
+    fn length(&self) -> u64;
+    /// The fork the view is on; cached decodings are keyed by it.
+    fn fork(&self) -> u64;
+    /// Block `index`, or [`Error::MissingBlock`] if it is not local.
+    fn block(&self, index: u64) -> Result<Vec<u8>>;
+}
+
+impl<B: Blocks + ?Sized> Blocks for &B {
+    fn core_key(&self) -> &Hash {
+        (**self).core_key()
+    }
+    fn length(&self) -> u64 {
+        (**self).length()
+    }
+    fn fork(&self) -> u64 {
+        (**self).fork()
+    }
+    fn block(&self, index: u64) -> Result<Vec<u8>> {
+        (**self).block(index)
+    }
+}
+
+/// Makes a missing block available: implemented by whoever holds the network.
+pub trait Fetch: Send + Sync {
+    /// Block `index` of core `core`, verified against that core's signed tree, or an error
+    /// saying why it could not be had ([`Error::MissingBlock`] when no peer supplied it in time).
+    fn fetch(&self, core: &Hash, index: u64) -> Result<Vec<u8>>;
+}
+
+/// Block `index` of `blocks`: local, else fetched, else [`Error::MissingBlock`].
+pub fn read_block(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64) -> Result<Vec<u8>> {
+    match blocks.block(index) {
+        Err(Error::MissingBlock { .. }) if fetch.is_some() => match fetch {
+            Some(f) => f.fetch(blocks.core_key(), index),
+            None => Err(Error::MissingBlock { index }),
+        },
+        other => other,
+    }
+}
