@@ -3,7 +3,8 @@
 //!
 //! Owns: `encoding` (compact-encoding), `crypto` (BLAKE2b/Ed25519 as Hypercore uses them),
 //! `hypercore` (merkle log, signatures, proofs, bitfield), `hyperbee` (the B-tree index over a
-//! log), `fetch` (the seam through which a block that is not local is asked for), `store` (the
+//! log), `drive` (Hyperdrive-13 file trees over a bee and a deduplicated blobs core), `fetch`
+//! (the seam through which a block that is not local is asked for), `store` (the
 //! only RocksDB user, plus an in-memory store for unit tests).
 //!
 //! Knows nothing of: FUSE, QUIC, tokio or peers. A block that is not local is reported as
@@ -12,6 +13,7 @@
 //! Invariant: only `store::rocks` imports `rocksdb`; every mutation of a core is one atomic batch.
 
 pub mod crypto;
+pub mod drive;
 pub mod encoding;
 mod error;
 pub mod fetch;
@@ -19,6 +21,7 @@ pub mod hyperbee;
 pub mod hypercore;
 pub mod store;
 
+pub use drive::Drive;
 pub use error::{Error, Result};
 pub use hyperbee::Hyperbee;
 pub use hypercore::Hypercore;

@@ -89,6 +89,8 @@ pub struct Hypercore {
     /// (fork, length) of every truncation, shared with snapshots so they notice.
     truncations: Arc<RwLock<Vec<(u64, u64)>>>,
     durable: bool,
+    /// Record a content → index hint for every appended block (see [`Hypercore::find_block`]).
+    index_blocks: bool,
 }
 
 static ALLOC: Mutex<()> = Mutex::new(());
@@ -97,6 +99,13 @@ fn node_key(id: u64, index: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&id.to_be_bytes());
     k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn chunk_key(id: u64, leaf: &Hash) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(leaf);
     k
 }
 
@@ -113,6 +122,19 @@ impl Hypercore {
         } else {
             Auth::Manifest(Manifest::single(key_pair.public_key()))
         };
+        Self::create_with_auth(store, key_pair, auth)
+    }
+
+    /// Opens the writable core signed by `key_pair` under `manifest` (one signer, that key
+    /// pair), creating it if this store has none. Hyperdrive's blobs core is made this way.
+    pub fn create_with_manifest(store: Arc<dyn Store>, key_pair: KeyPair, manifest: Manifest) -> Result<Self> {
+        if manifest.signers.len() != 1 || manifest.signers[0].public_key != key_pair.public_key() {
+            return Err(Error::InvalidRequest("the manifest's one signer must be the key pair".into()));
+        }
+        Self::create_with_auth(store, key_pair, Auth::Manifest(manifest))
+    }
+
+    fn create_with_auth(store: Arc<dyn Store>, key_pair: KeyPair, auth: Auth) -> Result<Self> {
         let key = auth.key();
         if let Some(mut core) = Self::open(store.clone(), &key)? {
             if core.key_pair.is_none() {
@@ -157,6 +179,7 @@ impl Hypercore {
             bitfield: Bitfield::new(),
             truncations: Arc::default(),
             durable: false,
+            index_blocks: false,
         };
         let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Meta, b"next_core_id".to_vec(), (id + 1).to_le_bytes().to_vec());
@@ -245,6 +268,7 @@ impl Hypercore {
             bitfield,
             truncations: Arc::default(),
             durable: false,
+            index_blocks: false,
         }))
     }
 
@@ -279,6 +303,25 @@ impl Hypercore {
     /// Make every later change durable (synced) before the call that made it returns.
     pub fn set_durable(&mut self, durable: bool) {
         self.durable = durable;
+    }
+
+    /// Keep, with every later append, a hint from each block's content (its merkle leaf hash) to
+    /// its index, so [`Hypercore::find_block`] can find it. Hints are verified when used, so a
+    /// truncation or a crash can only make one useless, never wrong.
+    pub fn set_index_blocks(&mut self, on: bool) {
+        self.index_blocks = on;
+    }
+
+    /// The index of a local block of this core whose merkle leaf hash is `leaf`, if an indexed
+    /// append recorded one and it is still part of the core.
+    pub fn find_block(&self, leaf: &Hash) -> Result<Option<u64>> {
+        let Some(raw) = self.store.get(Table::Chunks, &chunk_key(self.id, leaf))? else { return Ok(None) };
+        let Ok(bytes) = <[u8; 8]>::try_from(raw.as_slice()) else { return Ok(None) };
+        let index = u64::from_be_bytes(bytes);
+        if index >= self.head.length || !self.bitfield.get(index) {
+            return Ok(None);
+        }
+        Ok(self.node(2 * index)?.filter(|n| n.hash == *leaf).map(|_| index))
     }
 
     pub fn key(&self) -> &Hash {
@@ -408,6 +451,11 @@ impl Hypercore {
         let signature = auth.sign(kp, &tree_hash, tb.length, tb.fork);
 
         let mut b = Batch { sync: self.durable, ..Batch::default() };
+        if self.index_blocks {
+            for (leaf, _) in &prepared {
+                b.put(Table::Chunks, chunk_key(self.id, &leaf.hash).to_vec(), (leaf.index / 2).to_be_bytes().to_vec());
+            }
+        }
         let mut seen = std::collections::HashSet::with_capacity(blocks.len());
         for (leaf, staged) in prepared {
             if let Some(staged) = staged.filter(|_| seen.insert(leaf.hash)) {

@@ -31,10 +31,14 @@ pub enum Table {
     Blocks,
     /// Core id ‖ page → 4096-byte presence bitfield page.
     Bitfield,
+    /// Core id ‖ merkle leaf hash → index of a block of that core with that content. Hints for
+    /// deduplication, kept only for cores that ask for them and verified against the tree on use.
+    Chunks,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [Table::Meta, Table::Cores, Table::Heads, Table::Nodes, Table::Blocks, Table::Bitfield];
+    pub const ALL: [Table; 7] =
+        [Table::Meta, Table::Cores, Table::Heads, Table::Nodes, Table::Blocks, Table::Bitfield, Table::Chunks];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +48,7 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Blocks => "blocks",
             Table::Bitfield => "bitfield",
+            Table::Chunks => "chunks",
         }
     }
 }

@@ -1,0 +1,135 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::store::MemStore;
+
+fn drive(seed: u8) -> Drive {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    Drive::create(store, keys::drive_key_pair(&[seed; 32], None)).expect("create drive")
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Reference §8.6, written by JS Hyperdrive 13 on Corestore primary key 0x03×32.
+#[test]
+fn small_drive_matches_the_js_vector() {
+    let mut d = drive(3);
+    assert_eq!(hex::encode(d.key()), "c68c0d53be32c1b0960212809902fbd5668e8b16ab23fa5931be1dc470fae907");
+    assert_eq!(hex::encode(d.blobs().key()), "798656ae8fa377647ee6e17ee1a2a98c57fbd8a248747ca34fc2f288e8a3e5c0");
+    d.put("/hello.txt", b"hi there", &PutOptions::default()).expect("put");
+    let opts = PutOptions { executable: true, metadata: Some(serde_json::json!({"m": 1})) };
+    d.put("dir/a.txt", b"A", &opts).expect("put");
+    d.symlink("/link", "/hello.txt", None).expect("symlink");
+    assert!(d.del("/link").expect("del"));
+    let core = d.db().core();
+    assert_eq!(hex::encode(core.get(0).expect("header")), "0a0868797065726265651200");
+    let value = |seq| crate::hyperbee::NodeBlock::decode(&core.get(seq).expect("block")).expect("node");
+    assert_eq!(value(1).key, b"files\0/hello.txt");
+    assert_eq!(
+        String::from_utf8(value(1).value.expect("put")).expect("utf-8"),
+        r#"{"executable":false,"linkname":null,"blob":{"blockOffset":0,"byteOffset":0,"blockLength":1,"byteLength":8},"metadata":null}"#
+    );
+    assert_eq!(
+        String::from_utf8(value(2).value.expect("put")).expect("utf-8"),
+        r#"{"executable":true,"linkname":null,"blob":{"blockOffset":1,"byteOffset":8,"blockLength":1,"byteLength":1},"metadata":{"m":1}}"#
+    );
+    assert_eq!(value(2).levels[0].keys, [2, 1]);
+    assert_eq!(
+        String::from_utf8(value(3).value.expect("put")).expect("utf-8"),
+        r#"{"executable":false,"linkname":"/hello.txt","blob":null,"metadata":null}"#
+    );
+    assert_eq!(value(4).value, None);
+    assert_eq!(d.blobs().get(0).expect("blob"), b"hi there");
+    assert_eq!(d.get("/hello.txt").expect("get"), Some(b"hi there".to_vec()));
+    assert_eq!(d.readdir("/").expect("readdir"), ["dir", "hello.txt"]);
+    let listed: Vec<_> = d.list("/").expect("list").into_iter().map(|(p, _)| p).collect();
+    assert_eq!(listed, ["/dir/a.txt", "/hello.txt"]);
+    assert!(!d.exists("/link").expect("exists"));
+}
+
+#[test]
+fn identical_files_and_new_versions_store_only_new_chunks() {
+    let mut d = drive(5);
+    let v1 = random(6 << 20, 1);
+    d.put("/big.bin", &v1, &PutOptions::default()).expect("put");
+    let after_first = d.blobs().byte_length();
+    assert!(after_first >= v1.len() as u64);
+    assert!(!d.entry("/big.bin").expect("entry").expect("exists").1.blob.expect("blob").block_map);
+
+    // The same bytes under a second path: only a block map is appended.
+    d.put("/copy.bin", &v1, &PutOptions::default()).expect("put");
+    let map_bytes = d.blobs().byte_length() - after_first;
+    assert!(map_bytes < 4096, "a copy cost {map_bytes} bytes");
+    assert_eq!(d.get("/copy.bin").expect("get").expect("file"), v1);
+
+    // One byte inserted at the front: a chunk or two change.
+    let mut v2 = vec![b'x'];
+    v2.extend_from_slice(&v1);
+    let before = d.blobs().byte_length();
+    d.put("/big.bin", &v2, &PutOptions::default()).expect("put");
+    let grew = d.blobs().byte_length() - before;
+    assert!(grew < (v2.len() / 100) as u64 + 600 * 1024, "the new version cost {grew} bytes");
+    assert_eq!(d.get("/big.bin").expect("get").expect("file"), v2);
+    assert_eq!(d.stat("/big.bin").expect("stat").expect("exists").size, v2.len() as u64);
+
+    // Random access reads only what they ask for, in plain and mapped files alike.
+    for (path, data) in [("/copy.bin", &v1), ("/big.bin", &v2)] {
+        for (off, len) in [(0u64, 10u64), (65_000, 200_000), (data.len() as u64 - 5, 100), (3 << 20, 1)] {
+            let end = (off + len).min(data.len() as u64) as usize;
+            assert_eq!(d.read(path, off, len).expect("read"), data[off as usize..end], "{path} {off}+{len}");
+        }
+    }
+}
+
+#[test]
+fn a_file_repeating_a_chunk_stores_it_once() {
+    let mut d = drive(6);
+    let part = random(300 * 1024, 7);
+    let data = [part.clone(), part.clone(), part].concat();
+    d.put("/rep.bin", &data, &PutOptions::default()).expect("put");
+    assert!(d.blobs().byte_length() < 700 * 1024, "stored {}", d.blobs().byte_length());
+    assert_eq!(d.get("/rep.bin").expect("get").expect("file"), data);
+}
+
+#[test]
+fn empty_files_symlinks_and_bad_paths() {
+    let mut d = drive(7);
+    d.put("/empty", b"", &PutOptions::default()).expect("put");
+    assert_eq!(d.get("/empty").expect("get"), Some(Vec::new()));
+    assert_eq!(d.stat("/empty").expect("stat").expect("exists").size, 0);
+    d.symlink("/l", "../x", None).expect("symlink");
+    assert_eq!(d.entry("/l").expect("entry").expect("exists").1.linkname.as_deref(), Some("../x"));
+    assert!(d.put("/", b"x", &PutOptions::default()).is_err());
+    assert!(d.put("/../x", b"x", &PutOptions::default()).is_err());
+    assert!(d.get("/nope").expect("get").is_none());
+    assert!(!d.del("/nope").expect("del"));
+}
+
+#[test]
+fn a_drive_reopens_from_its_store() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let kp = keys::drive_key_pair(&[8; 32], Some("photos"));
+    let key = {
+        let mut d = Drive::create(store.clone(), kp).expect("create");
+        d.put("/a/b.txt", b"hello", &PutOptions::default()).expect("put");
+        *d.key()
+    };
+    let mut d = Drive::open(store.clone(), &key).expect("open").expect("exists");
+    assert!(d.writable());
+    assert_eq!(d.get("/a/b.txt").expect("get"), Some(b"hello".to_vec()));
+    // Dedup hints survive the reopen.
+    let before = d.blobs().byte_length();
+    d.put("/c.txt", b"hello", &PutOptions::default()).expect("put");
+    assert!(d.blobs().byte_length() - before < 16);
+    assert!(Drive::open(store, &[9; 32]).expect("open").is_none());
+}
