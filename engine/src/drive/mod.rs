@@ -28,15 +28,18 @@ use std::sync::{Arc, Mutex};
 use hyperfs_chunker::{Chunker, Preset, HYPERFS_CDC_V1};
 
 use crate::crypto::{Hash, KeyPair};
-use crate::fetch::{self, Fetch};
-use crate::hyperbee::{Hyperbee, Metadata, Range};
-use crate::hypercore::Hypercore;
+use crate::fetch::{self, Blocks, Fetch};
+use crate::hyperbee::{Hyperbee, Metadata, Range, View};
+use crate::hypercore::{Hypercore, Snapshot};
 use crate::store::Store;
 use crate::{Error, Result};
 pub use entry::{Blob, Entry, MapBlock};
 
 /// The sub-database of file entries, as Hyperdrive's SubEncoder writes it: `files` ‖ 00.
 const FILES: &[u8] = b"files\0";
+
+/// Empty directories live outside `files`, so JS drives neither list nor mind them.
+const DIRS: &[u8] = b"dirs\0";
 
 /// New chunks are appended to the blobs core in batches of about this many bytes, so a large
 /// file is never held whole in memory.
@@ -57,6 +60,58 @@ pub struct Stat {
     pub seq: u64,
     pub entry: Entry,
     pub size: u64,
+}
+
+/// POSIX attributes hyperfs keeps in an entry's `metadata`: `{"mode", "mtime", "ctime"}`
+/// (times in milliseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub mode: u32,
+    pub mtime_ms: u64,
+    pub ctime_ms: u64,
+}
+
+impl FileMeta {
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({"mode": self.mode, "mtime": self.mtime_ms, "ctime": self.ctime_ms})
+    }
+
+    /// The attributes in an entry's metadata, if it holds them (JS-written entries do not).
+    pub fn of(entry: &Entry) -> Option<FileMeta> {
+        let m = entry.metadata.as_ref()?;
+        Some(FileMeta {
+            mode: u32::try_from(m.get("mode")?.as_u64()?).ok()?,
+            mtime_ms: m.get("mtime").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            ctime_ms: m.get("ctime").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        })
+    }
+}
+
+/// One operation of a drive's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The db block (version − 1) that made it.
+    pub seq: u64,
+    pub path: String,
+    /// The entry written, or `None` for a deletion.
+    pub entry: Option<Entry>,
+}
+
+/// How a path differs between two versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffKind {
+    Added,
+    Changed,
+    Removed,
+}
+
+/// One path that differs between two versions: its entry in the older and the newer one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    pub path: String,
+    pub kind: DiffKind,
+    pub old: Option<Entry>,
+    pub new: Option<Entry>,
 }
 
 /// One chunk of a file: blobs block `index` holds the file's bytes `start..start + len`.
@@ -194,46 +249,175 @@ impl Drive {
         self.db.del(&file_key(&path))
     }
 
+    /// Reads of the current version.
+    pub fn view(&self) -> DriveView<'_, &Hypercore> {
+        DriveView { db: self.db.view(), drive: self }
+    }
+
+    /// Reads of the drive as it was at `version`.
+    pub fn checkout(&self, version: u64) -> Result<DriveView<'_, Snapshot>> {
+        Ok(DriveView { db: self.db.checkout(version)?, drive: self })
+    }
+
+    /// Records an empty directory at `path` (with its attributes), kept where JS does not look.
+    pub fn mkdir(&mut self, path: &str, metadata: Option<serde_json::Value>) -> Result<()> {
+        let path = path::file(path)?;
+        let entry = Entry { executable: false, linkname: None, blob: None, metadata };
+        self.db.put(&dir_key(&path), &entry.encode())
+    }
+
+    /// Forgets the empty-directory record at `path`; returns whether there was one.
+    pub fn rmdir(&mut self, path: &str) -> Result<bool> {
+        let path = path::file(path)?;
+        self.db.del(&dir_key(&path))
+    }
+
+    /// Moves a file, symlink or directory (with everything under it) in one version. A file at
+    /// `to` is replaced.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (path::file(from)?, path::file(to)?);
+        if from == to {
+            return Ok(());
+        }
+        let view = self.db.view();
+        let mut moves: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
+        if let Some(e) = view.get(&file_key(&from))? {
+            moves.push((file_key(&from), file_key(&to), e.value));
+        } else {
+            if to.starts_with(&format!("{from}/")) {
+                return Err(Error::InvalidRequest(format!("cannot move {from} into itself ({to})")));
+            }
+            for prefix in [FILES, DIRS] {
+                let key = |p: &str| [prefix, p.as_bytes()].concat();
+                if let Some(e) = view.get(&key(&from))? {
+                    moves.push((key(&from), key(&to), e.value));
+                }
+                let range = Range {
+                    lower: Bound::Excluded(key(&format!("{from}/"))),
+                    upper: Bound::Excluded(key(&format!("{from}0"))),
+                    ..Range::default()
+                };
+                for e in view.range(&range) {
+                    let e = e?;
+                    let mut new_key = key(&to);
+                    new_key.extend_from_slice(&e.key[prefix.len() + from.len()..]);
+                    moves.push((e.key, new_key, e.value));
+                }
+            }
+            if moves.is_empty() {
+                return Err(Error::InvalidRequest(format!("nothing at {from} to move")));
+            }
+        }
+        drop(view);
+        let mut b = self.db.batch();
+        for (old, new, value) in &moves {
+            b.put(new, value)?;
+            b.del(old)?;
+        }
+        b.flush()
+    }
+
+    /// The operations on files, oldest first, from version `since` (0: all).
+    pub fn history(&self, since: u64) -> Result<Vec<Change>> {
+        let h = crate::hyperbee::HistoryRange { gte: Some(since.max(1) as i64), ..Default::default() };
+        let mut out = Vec::new();
+        for e in self.db.view().history(&h) {
+            let e = e?;
+            let Some(p) = e.entry.key.strip_prefix(FILES) else { continue };
+            let path = String::from_utf8_lossy(p).into_owned();
+            let entry = if e.deletion { None } else { Some(Entry::decode(&e.entry.value)?) };
+            out.push(Change { seq: e.entry.seq, path, entry });
+        }
+        Ok(out)
+    }
+
+    /// The files added, changed and removed from version `old` to version `new`, in path order.
+    pub fn diff(&self, old: u64, new: u64) -> Result<Vec<Difference>> {
+        let range =
+            Range { lower: Bound::Excluded(file_key("/")), upper: Bound::Excluded(file_key("0")), ..Range::default() };
+        let (new_view, old_view) = (self.db.checkout(new)?, self.db.checkout(old)?);
+        let mut out = Vec::new();
+        for d in new_view.diff(&old_view, &range)? {
+            let key = d.left.as_ref().or(d.right.as_ref()).map(|e| e.key.clone()).unwrap_or_default();
+            let entry = |e: Option<crate::hyperbee::Entry>| e.map(|e| Entry::decode(&e.value)).transpose();
+            let (new_entry, old_entry) = (entry(d.left)?, entry(d.right)?);
+            let kind = match (&old_entry, &new_entry) {
+                (None, _) => DiffKind::Added,
+                (_, None) => DiffKind::Removed,
+                _ => DiffKind::Changed,
+            };
+            out.push(Difference { path: path_of(&key)?, kind, old: old_entry, new: new_entry });
+        }
+        Ok(out)
+    }
+
+    /// Truncates the drive back to `version`: the db to that length, then the blobs core to the
+    /// chunks that version references (db first, so no entry ever points past the blobs).
+    pub fn truncate(&mut self, version: u64) -> Result<()> {
+        if version > self.version() {
+            return Err(Error::OutOfBounds(format!("version {version} of a drive at version {}", self.version())));
+        }
+        if version >= self.db.core().length() {
+            return Ok(());
+        }
+        let mut needed = 0u64;
+        {
+            let view = self.checkout(version)?;
+            for (_, e) in view.list("/")? {
+                let Some(b) = e.blob else { continue };
+                needed = needed.max(b.block_offset + b.block_length);
+                if b.block_map {
+                    for p in self.pieces(&b)?.iter() {
+                        needed = needed.max(p.index + 1);
+                    }
+                }
+            }
+        }
+        self.db.truncate(version)?;
+        if needed < self.blobs.length() {
+            self.blobs.truncate(needed)?;
+        }
+        self.pieces.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+
     /// The entry at `path` and the db block that wrote it.
     pub fn entry(&self, path: &str) -> Result<Option<(u64, Entry)>> {
-        let path = path::file(path)?;
-        match self.db.get(&file_key(&path))? {
-            Some(e) => Ok(Some((e.seq, Entry::decode(&e.value)?))),
-            None => Ok(None),
-        }
+        self.view().entry(path)
     }
 
     pub fn exists(&self, path: &str) -> Result<bool> {
-        Ok(self.entry(path)?.is_some())
+        self.view().exists(path)
     }
 
     /// The entry at `path` with the size of its file.
     pub fn stat(&self, path: &str) -> Result<Option<Stat>> {
-        let Some((seq, entry)) = self.entry(path)? else { return Ok(None) };
-        let size = match &entry.blob {
-            None => 0,
-            Some(b) if !b.block_map => b.byte_length,
-            Some(b) => self.pieces(b)?.last().map_or(0, |p| p.start + p.len),
-        };
-        Ok(Some(Stat { seq, entry, size }))
+        self.view().stat(path)
     }
 
     /// The whole content of the file at `path`.
     pub fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(stat) = self.stat(path)? else { return Ok(None) };
-        match &stat.entry.blob {
-            None => Ok(Some(Vec::new())),
-            Some(b) => self.read_blob(b, 0, stat.size).map(Some),
-        }
+        self.view().get(path)
     }
 
     /// Up to `len` bytes of the file at `path` from byte `offset` (fewer at its end).
     pub fn read(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let stat = self.stat(path)?.ok_or_else(|| Error::InvalidRequest(format!("no file at {path}")))?;
-        match &stat.entry.blob {
-            None => Ok(Vec::new()),
-            Some(b) => self.read_blob(b, offset, len),
-        }
+        self.view().read(path, offset, len)
+    }
+
+    /// Every file and symlink under `folder`, recursively, in path order.
+    pub fn list(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
+        self.view().list(folder)
+    }
+
+    /// The names directly inside `folder` (files, folders, empty folders).
+    pub fn readdir(&self, folder: &str) -> Result<Vec<String>> {
+        self.view().readdir(folder)
+    }
+
+    /// Whether `path` is a directory of the current version.
+    pub fn is_dir(&self, path: &str) -> Result<bool> {
+        self.view().is_dir(path)
     }
 
     /// Up to `len` bytes of a blob from `offset`, reading only the chunks that hold them.
@@ -261,51 +445,6 @@ impl Drive {
             out.extend_from_slice(&block[from..to]);
         }
         Ok(out)
-    }
-
-    /// Every file and symlink under `folder`, recursively, in path order.
-    pub fn list(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
-        let folder = path::folder(folder)?;
-        let range = Range {
-            lower: Bound::Excluded(file_key(&format!("{folder}/"))),
-            upper: Bound::Excluded(file_key(&format!("{folder}0"))),
-            ..Range::default()
-        };
-        let view = self.db.view();
-        let mut out = Vec::new();
-        for e in view.range(&range) {
-            let e = e?;
-            out.push((path_of(&e.key)?, Entry::decode(&e.value)?));
-        }
-        Ok(out)
-    }
-
-    /// The names directly inside `folder` (files and sub-folders), in order.
-    pub fn readdir(&self, folder: &str) -> Result<Vec<String>> {
-        let folder = path::folder(folder)?;
-        let view = self.db.view();
-        let mut names = Vec::new();
-        let mut prev = String::from("/");
-        loop {
-            let range = Range {
-                lower: Bound::Excluded(file_key(&format!("{folder}{prev}"))),
-                upper: Bound::Excluded(file_key(&format!("{folder}0"))),
-                limit: Some(1),
-                ..Range::default()
-            };
-            let Some(e) = view.range(&range).next().transpose()? else { break };
-            let path = path_of(&e.key)?;
-            let suffix = path.get(folder.len() + 1..).unwrap_or_default();
-            let (name, is_dir) = match suffix.find('/') {
-                Some(i) => (&suffix[..i], true),
-                None => (suffix, false),
-            };
-            prev = format!("/{name}{}", if is_dir { "0" } else { "" });
-            if names.last().map(String::as_str) != Some(name) {
-                names.push(name.to_owned());
-            }
-        }
-        Ok(names)
     }
 
     /// Chunks `reader`, appends the chunks this drive does not have yet, and returns the blob.
@@ -422,6 +561,146 @@ impl Drive {
     }
 }
 
+/// Reads of one version of a drive: the current one ([`Drive::view`]) or a past one
+/// ([`Drive::checkout`]). Contents are read from the drive's blobs core, which only grows.
+pub struct DriveView<'a, B: Blocks> {
+    db: View<B>,
+    drive: &'a Drive,
+}
+
+impl<B: Blocks> DriveView<'_, B> {
+    /// The version this view reads.
+    pub fn version(&self) -> u64 {
+        self.db.version()
+    }
+
+    /// The entry at `path` and the db block that wrote it.
+    pub fn entry(&self, path: &str) -> Result<Option<(u64, Entry)>> {
+        let path = path::file(path)?;
+        match self.db.get(&file_key(&path))? {
+            Some(e) => Ok(Some((e.seq, Entry::decode(&e.value)?))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self.entry(path)?.is_some())
+    }
+
+    /// The entry at `path` with the size of its file.
+    pub fn stat(&self, path: &str) -> Result<Option<Stat>> {
+        let Some((seq, entry)) = self.entry(path)? else { return Ok(None) };
+        let size = match &entry.blob {
+            None => 0,
+            Some(b) if !b.block_map => b.byte_length,
+            Some(b) => self.drive.pieces(b)?.last().map_or(0, |p| p.start + p.len),
+        };
+        Ok(Some(Stat { seq, entry, size }))
+    }
+
+    /// The whole content of the file at `path`.
+    pub fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(stat) = self.stat(path)? else { return Ok(None) };
+        match &stat.entry.blob {
+            None => Ok(Some(Vec::new())),
+            Some(b) => self.drive.read_blob(b, 0, stat.size).map(Some),
+        }
+    }
+
+    /// Up to `len` bytes of the file at `path` from byte `offset` (fewer at its end).
+    pub fn read(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let stat = self.stat(path)?.ok_or_else(|| Error::InvalidRequest(format!("no file at {path}")))?;
+        match &stat.entry.blob {
+            None => Ok(Vec::new()),
+            Some(b) => self.drive.read_blob(b, offset, len),
+        }
+    }
+
+    /// Every file and symlink under `folder`, recursively, in path order.
+    pub fn list(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
+        let folder = path::folder(folder)?;
+        let range = Range {
+            lower: Bound::Excluded(file_key(&format!("{folder}/"))),
+            upper: Bound::Excluded(file_key(&format!("{folder}0"))),
+            ..Range::default()
+        };
+        let view = &self.db;
+        let mut out = Vec::new();
+        for e in view.range(&range) {
+            let e = e?;
+            out.push((path_of(&e.key)?, Entry::decode(&e.value)?));
+        }
+        Ok(out)
+    }
+
+    /// The names directly inside `folder` (files, folders, empty folders). Without empty
+    /// folders the order is JS's (key order); with them, names are sorted.
+    pub fn readdir(&self, folder: &str) -> Result<Vec<String>> {
+        let folder = path::folder(folder)?;
+        let mut names = self.children(FILES, &folder)?;
+        let dirs = self.children(DIRS, &folder)?;
+        if !dirs.is_empty() {
+            names.extend(dirs);
+            names.sort();
+            names.dedup();
+        }
+        Ok(names)
+    }
+
+    /// Whether `path` is a directory: it holds entries or is a recorded empty directory.
+    pub fn is_dir(&self, path: &str) -> Result<bool> {
+        let folder = path::folder(path)?;
+        if folder.is_empty() {
+            return Ok(true);
+        }
+        if self.db.get(&dir_key(&folder))?.is_some() {
+            return Ok(true);
+        }
+        for prefix in [FILES, DIRS] {
+            let range = Range {
+                lower: Bound::Excluded([prefix, format!("{folder}/").as_bytes()].concat()),
+                upper: Bound::Excluded([prefix, format!("{folder}0").as_bytes()].concat()),
+                limit: Some(1),
+                ..Range::default()
+            };
+            if self.db.range(&range).next().transpose()?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Hyperdrive's shallow listing: repeated one-key range reads, skipping each sub-folder.
+    fn children(&self, prefix: &[u8], folder: &str) -> Result<Vec<String>> {
+        let key = |p: &str| [prefix, p.as_bytes()].concat();
+        let mut names = Vec::new();
+        let mut prev = String::from("/");
+        loop {
+            let range = Range {
+                lower: Bound::Excluded(key(&format!("{folder}{prev}"))),
+                upper: Bound::Excluded(key(&format!("{folder}0"))),
+                limit: Some(1),
+                ..Range::default()
+            };
+            let Some(e) = self.db.range(&range).next().transpose()? else { break };
+            let path = String::from_utf8(e.key[prefix.len()..].to_vec()).map_err(|_| Error::Decode {
+                what: "drive path",
+                source: crate::encoding::DecodeError::Invalid("UTF-8"),
+            })?;
+            let suffix = path.get(folder.len() + 1..).unwrap_or_default();
+            let (name, is_dir) = match suffix.find('/') {
+                Some(i) => (&suffix[..i], true),
+                None => (suffix, false),
+            };
+            prev = format!("/{name}{}", if is_dir { "0" } else { "" });
+            if names.last().map(String::as_str) != Some(name) {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+}
+
 /// The chunks of one file being written: which blocks it is made of, and the new chunks not yet
 /// appended.
 struct ChunkWriter {
@@ -473,6 +752,13 @@ impl ChunkWriter {
 /// The db key of a normalised path.
 fn file_key(path: &str) -> Vec<u8> {
     let mut k = FILES.to_vec();
+    k.extend_from_slice(path.as_bytes());
+    k
+}
+
+/// The db key of an empty directory's record.
+fn dir_key(path: &str) -> Vec<u8> {
+    let mut k = DIRS.to_vec();
     k.extend_from_slice(path.as_bytes());
     k
 }

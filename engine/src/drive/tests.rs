@@ -133,3 +133,157 @@ fn a_drive_reopens_from_its_store() {
     assert!(d.blobs().byte_length() - before < 16);
     assert!(Drive::open(store, &[9; 32]).expect("open").is_none());
 }
+
+mod model {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        Put(usize, usize, u8),
+        Del(usize),
+        Rename(usize, usize),
+        Mkdir(usize),
+        Truncate(usize),
+    }
+
+    const PATHS: [&str; 8] = ["/a", "/b", "/d/x", "/d/y", "/d/e/z", "/e", "/ü/名", "/d/e"];
+
+    fn content(base: usize, edit: u8) -> Vec<u8> {
+        // Few bases, so files share chunks; an edit changes one byte somewhere.
+        let mut data = super::random([1000, 90_000, 200_000][base % 3], base as u64 + 1);
+        if edit > 0 && !data.is_empty() {
+            let i = (edit as usize * 7919) % data.len();
+            data[i] ^= edit;
+        }
+        data
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..PATHS.len(), 0..3usize, 0..3u8).prop_map(|(p, b, e)| Op::Put(p, b, e)),
+            2 => (0..PATHS.len()).prop_map(Op::Del),
+            2 => (0..PATHS.len(), 0..PATHS.len()).prop_map(|(a, b)| Op::Rename(a, b)),
+            1 => (0..PATHS.len()).prop_map(Op::Mkdir),
+            1 => any::<usize>().prop_map(Op::Truncate),
+        ]
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct Tree {
+        files: BTreeMap<String, Vec<u8>>,
+        dirs: BTreeSet<String>,
+    }
+
+    fn check(view: &DriveView<'_, impl Blocks>, t: &Tree) -> Result<(), TestCaseError> {
+        let listed: Vec<_> = view.list("/").expect("list").into_iter().map(|(p, _)| p).collect();
+        prop_assert_eq!(&listed, &t.files.keys().cloned().collect::<Vec<_>>());
+        for (p, data) in &t.files {
+            let got = view.get(p).expect("get");
+            prop_assert_eq!(got.as_ref(), Some(data), "{}", p);
+        }
+        let mut top: BTreeSet<String> =
+            t.files.keys().chain(&t.dirs).map(|p| p[1..].split('/').next().unwrap_or("").to_owned()).collect();
+        top.remove("");
+        let mut names = view.readdir("/").expect("readdir");
+        names.sort();
+        prop_assert_eq!(names, top.into_iter().collect::<Vec<_>>());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Random operations against a model tree; every past version reads as the model did.
+        #[test]
+        fn drive_agrees_with_a_model_tree(ops in prop::collection::vec(op(), 1..30)) {
+            let mut d = drive(40);
+            let mut t = Tree::default();
+            let mut versions: Vec<(u64, Tree)> = vec![(d.version(), t.clone())];
+            for op in ops {
+                match op {
+                    Op::Put(p, b, e) => {
+                        let path = PATHS[p];
+                        // A file cannot also be a folder of other files in the model.
+                        if t.files.keys().any(|f| f.starts_with(&format!("{path}/"))) || t.files.keys().any(|f| path.starts_with(&format!("{f}/"))) {
+                            continue;
+                        }
+                        let data = content(b, e);
+                        d.put(path, &data, &PutOptions::default()).expect("put");
+                        t.files.insert(path.to_owned(), data);
+                    }
+                    Op::Del(p) => {
+                        prop_assert_eq!(d.del(PATHS[p]).expect("del"), t.files.remove(PATHS[p]).is_some());
+                    }
+                    Op::Rename(a, b) => {
+                        let (from, to) = (PATHS[a], PATHS[b]);
+                        // Files only, onto a free path or another file.
+                        if from == to || !t.files.contains_key(from) || t.files.keys().any(|f| f.starts_with(&format!("{to}/")) || to.starts_with(&format!("{f}/"))) {
+                            continue;
+                        }
+                        d.rename(from, to).expect("rename");
+                        let data = t.files.remove(from).expect("present");
+                        t.files.insert(to.to_owned(), data);
+                    }
+                    Op::Mkdir(p) => {
+                        d.mkdir(PATHS[p], None).expect("mkdir");
+                        t.dirs.insert(PATHS[p].to_owned());
+                    }
+                    Op::Truncate(i) => {
+                        let (v, old) = versions[i % versions.len()].clone();
+                        d.truncate(v).expect("truncate");
+                        versions.retain(|(w, _)| *w <= v);
+                        t = old;
+                    }
+                }
+                let v = d.version();
+                versions.retain(|(w, _)| *w < v);
+                versions.push((v, t.clone()));
+            }
+            check(&d.view(), &t)?;
+            for (v, tree) in &versions {
+                check(&d.checkout(*v).expect("checkout"), tree)?;
+            }
+            prop_assert!(d.blobs().verify_local().expect("verify").is_empty());
+        }
+    }
+}
+
+#[test]
+fn rename_moves_directories_in_one_version_and_history_and_diff_follow() {
+    let mut d = drive(41);
+    d.put("/dir/a", b"1", &PutOptions::default()).expect("put");
+    d.put("/dir/sub/b", b"2", &PutOptions::default()).expect("put");
+    d.mkdir("/dir/empty", None).expect("mkdir");
+    let v1 = d.version();
+    d.rename("/dir", "/moved").expect("rename");
+    let v2 = d.version();
+    assert_eq!(d.readdir("/").expect("readdir"), ["moved"]);
+    assert_eq!(d.readdir("/moved").expect("readdir"), ["a", "empty", "sub"]);
+    assert_eq!(d.get("/moved/sub/b").expect("get"), Some(b"2".to_vec()));
+    assert!(d.is_dir("/moved/empty").expect("is_dir") && !d.is_dir("/dir").expect("is_dir"));
+    assert!(d.rename("/moved", "/moved/inside").is_err());
+    assert!(d.rename("/nothing", "/x").is_err());
+
+    let diff = d.diff(v1, v2).expect("diff");
+    let kinds: Vec<_> = diff.iter().map(|x| (x.path.as_str(), x.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("/dir/a", DiffKind::Removed),
+            ("/dir/sub/b", DiffKind::Removed),
+            ("/moved/a", DiffKind::Added),
+            ("/moved/sub/b", DiffKind::Added)
+        ]
+    );
+    let h = d.history(0).expect("history");
+    assert_eq!(h.first().map(|c| c.path.as_str()), Some("/dir/a"));
+    assert!(h.iter().any(|c| c.path == "/dir/a" && c.entry.is_none()));
+
+    d.truncate(v1).expect("truncate");
+    assert_eq!(d.readdir("/").expect("readdir"), ["dir"]);
+    assert_eq!(d.get("/dir/a").expect("get"), Some(b"1".to_vec()));
+}
