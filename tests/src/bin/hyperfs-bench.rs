@@ -5,6 +5,7 @@
 //!   hyperfs-bench append DIR          Hypercore append throughput into RocksDB (JSON)
 //!   hyperfs-bench dedup OLD NEW       bytes a second version stores: CDC vs fixed 64 KiB blocks
 //!   hyperfs-bench bee DIR [KEYS]      Hyperbee puts (single and batched) and gets per second (JSON)
+//!   hyperfs-bench drive DIR           drive large-file and 4 KiB-file write and read rates (JSON)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +22,10 @@ fn main() {
         Some("chunk") => chunk(&args[2]),
         Some("append") => append(&args[2]),
         Some("dedup") => dedup(&args[2], &args[3]),
+        Some("drive") => drive(&args[2]),
         Some("bee") => bee(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         _ => {
-            eprintln!("usage: hyperfs-bench chunk FILE | append DIR | dedup OLD NEW | bee DIR [KEYS]");
+            eprintln!("usage: hyperfs-bench chunk FILE | append DIR | dedup OLD NEW | bee DIR [KEYS] | drive DIR");
             std::process::exit(2);
         }
     }
@@ -172,6 +174,47 @@ fn bee(dir: &str, n: usize) {
     let batch_puts = n as f64 / t.elapsed().as_secs_f64();
     println!(
         "{{\"puts\":{{\"perSec\":{puts:.0}}},\"gets\":{{\"perSec\":{gets:.0}}},\"batchPuts\":{{\"perSec\":{batch_puts:.0}}}}}"
+    );
+}
+
+/// The same workload as `scripts/js/bench-drive.js`.
+fn drive(dir: &str) {
+    use hyperfs_engine::drive::{keys, Drive, PutOptions};
+    let open = |name: &str| {
+        let path = std::path::Path::new(dir).join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        let _ = std::process::Command::new("sync").status();
+        let store = Arc::new(RocksStore::open(&path).expect("open store"));
+        Drive::create(store, keys::drive_key_pair(&rand::random(), None)).expect("drive")
+    };
+    let opts = PutOptions::default();
+    let big = hyperfs_tests::pseudo_random(256 << 20, rand::random());
+    let mut d = open("large");
+    let t = Instant::now();
+    d.put("/big.bin", &big, &opts).expect("put");
+    let large_write = 256.0 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let back = d.get("/big.bin").expect("get").expect("file");
+    let large_read = 256.0 / t.elapsed().as_secs_f64();
+    assert_eq!(back.len(), big.len());
+    drop((d, back, big));
+
+    let mut d = open("small");
+    let n = 10_000;
+    let files: Vec<Vec<u8>> = (0..n).map(|i| hyperfs_tests::pseudo_random(4096, rand::random::<u64>() ^ i)).collect();
+    let t = Instant::now();
+    for (i, f) in files.iter().enumerate() {
+        d.put(&format!("/d{}/f{i}", i % 100), f, &opts).expect("put");
+    }
+    let small_put = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        let b = d.get(&format!("/d{}/f{i}", i % 100)).expect("get").expect("file");
+        assert_eq!(b.len(), 4096);
+    }
+    let small_get = n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{{\"largeWrite\":{{\"mibps\":{large_write:.1}}},\"largeRead\":{{\"mibps\":{large_read:.1}}},\"smallPut\":{{\"perSec\":{small_put:.0}}},\"smallGet\":{{\"perSec\":{small_get:.0}}}}}"
     );
 }
 

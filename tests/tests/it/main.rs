@@ -4,6 +4,7 @@ mod bee_interop;
 mod chunk_cli;
 mod core_interop;
 mod crash;
+mod drive_dedup;
 mod drive_interop;
 mod proof_interop;
 mod replica_store;
