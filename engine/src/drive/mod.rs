@@ -26,6 +26,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use hyperfs_chunker::{Chunker, Preset, HYPERFS_CDC_V1};
+use rayon::prelude::*;
 
 use crate::crypto::{Hash, KeyPair};
 use crate::fetch::{self, Blocks, Fetch};
@@ -44,6 +45,9 @@ const DIRS: &[u8] = b"dirs\0";
 /// New chunks are appended to the blobs core in batches of about this many bytes, so a large
 /// file is never held whole in memory.
 const APPEND_BATCH_BYTES: usize = 8 << 20;
+
+/// Large reads fetch this many chunks at a time, in parallel.
+const READ_WINDOW_BLOCKS: usize = 64;
 
 /// How a file is written.
 #[derive(Debug, Clone, Default)]
@@ -425,26 +429,39 @@ impl Drive {
         let pieces = self.pieces(blob)?;
         let end = pieces.last().map_or(0, |p| p.start + p.len);
         let (offset, stop) = (offset.min(end), offset.saturating_add(len).min(end));
-        let mut out = Vec::with_capacity((stop - offset) as usize);
         let first = pieces.partition_point(|p| p.start + p.len <= offset);
-        for p in &pieces[first..] {
-            if p.start >= stop {
-                break;
+        let last = pieces.partition_point(|p| p.start < stop);
+        let wanted = &pieces[first..last.max(first)];
+        let mut out = Vec::with_capacity((stop - offset) as usize);
+        // Blocks are read on every core, a window at a time so memory stays bounded.
+        for window in wanted.chunks(READ_WINDOW_BLOCKS) {
+            let blocks: Vec<Result<Vec<u8>>> = if window.len() > 1 {
+                window.par_iter().map(|p| self.read_piece(p)).collect()
+            } else {
+                window.iter().map(|p| self.read_piece(p)).collect()
+            };
+            for (p, block) in window.iter().zip(blocks) {
+                let block = block?;
+                let from = offset.saturating_sub(p.start) as usize;
+                let to = ((stop - p.start).min(p.len)) as usize;
+                out.extend_from_slice(&block[from..to]);
             }
-            let block = fetch::read_block(&self.blobs, self.fetch.as_deref(), p.index)?;
-            if block.len() as u64 != p.len {
-                return Err(Error::Verification(format!(
-                    "blobs block {} has {} bytes where the file's map says {}",
-                    p.index,
-                    block.len(),
-                    p.len
-                )));
-            }
-            let from = offset.saturating_sub(p.start) as usize;
-            let to = ((stop - p.start).min(p.len)) as usize;
-            out.extend_from_slice(&block[from..to]);
         }
         Ok(out)
+    }
+
+    /// One chunk of a file, checked against the length the file's map gives it.
+    fn read_piece(&self, p: &Piece) -> Result<Vec<u8>> {
+        let block = fetch::read_block(&self.blobs, self.fetch.as_deref(), p.index)?;
+        if block.len() as u64 != p.len {
+            return Err(Error::Verification(format!(
+                "blobs block {} has {} bytes where the file's map says {}",
+                p.index,
+                block.len(),
+                p.len
+            )));
+        }
+        Ok(block)
     }
 
     /// Chunks `reader`, appends the chunks this drive does not have yet, and returns the blob.
@@ -456,8 +473,8 @@ impl Drive {
             map: Vec::new(),
             reused: false,
             fresh: HashMap::new(),
-            pending: Vec::new(),
-            pending_bytes: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
         };
         let mut buf: Vec<u8> = Vec::with_capacity(APPEND_BATCH_BYTES);
         let mut buf_start = 0u64;
@@ -701,49 +718,58 @@ impl<B: Blocks> DriveView<'_, B> {
     }
 }
 
-/// The chunks of one file being written: which blocks it is made of, and the new chunks not yet
-/// appended.
+/// The chunks of one file being written: which blocks it is made of, and the chunks read but
+/// not yet looked up and appended.
 struct ChunkWriter {
     map: Vec<MapBlock>,
     reused: bool,
     /// New chunks of this file: content → the index they got.
     fresh: HashMap<Hash, u64>,
-    pending: Vec<Vec<u8>>,
-    pending_bytes: usize,
+    batch: Vec<Vec<u8>>,
+    batch_bytes: usize,
 }
 
 impl ChunkWriter {
     fn add(&mut self, blobs: &mut Hypercore, chunk: &[u8]) -> Result<()> {
-        let leaf = crate::crypto::leaf_hash(chunk);
-        let known = match self.fresh.get(&leaf) {
-            Some(&i) => Some(i),
-            None => blobs.find_block(&leaf)?,
-        };
-        let index = match known {
-            Some(i) => {
-                self.reused = true;
-                i
-            }
-            None => {
-                let i = blobs.length() + self.pending.len() as u64;
-                self.fresh.insert(leaf, i);
-                self.pending.push(chunk.to_vec());
-                self.pending_bytes += chunk.len();
-                if self.pending_bytes >= APPEND_BATCH_BYTES {
-                    self.flush(blobs)?;
-                }
-                i
-            }
-        };
-        self.map.push(MapBlock { index, byte_length: chunk.len() as u64 });
+        self.batch.push(chunk.to_vec());
+        self.batch_bytes += chunk.len();
+        if self.batch_bytes >= APPEND_BATCH_BYTES {
+            self.flush(blobs)?;
+        }
         Ok(())
     }
 
+    /// Hashes the batch on every core, keeps the chunks the drive already has out, and appends
+    /// the rest in one append (with their hashes, so the log does not hash them again).
     fn flush(&mut self, blobs: &mut Hypercore) -> Result<()> {
-        if !self.pending.is_empty() {
-            blobs.append_batch(&self.pending)?;
-            self.pending.clear();
-            self.pending_bytes = 0;
+        let chunks = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let leaves: Vec<Hash> = chunks.par_iter().map(|c| crate::crypto::leaf_hash(c)).collect();
+        let mut new_chunks = Vec::new();
+        let mut new_leaves = Vec::new();
+        for (chunk, leaf) in chunks.into_iter().zip(leaves) {
+            let len = chunk.len() as u64;
+            let known = match self.fresh.get(&leaf) {
+                Some(&i) => Some(i),
+                None => blobs.find_block(&leaf)?,
+            };
+            let index = match known {
+                Some(i) => {
+                    self.reused = true;
+                    i
+                }
+                None => {
+                    let i = blobs.length() + new_chunks.len() as u64;
+                    self.fresh.insert(leaf, i);
+                    new_chunks.push(chunk);
+                    new_leaves.push(leaf);
+                    i
+                }
+            };
+            self.map.push(MapBlock { index, byte_length: len });
+        }
+        if !new_chunks.is_empty() {
+            blobs.append_batch_hashed(&new_chunks, &new_leaves)?;
         }
         Ok(())
     }

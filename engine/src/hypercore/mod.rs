@@ -409,6 +409,19 @@ impl Hypercore {
 
     /// Appends blocks with one signature over the new tree; returns the new length.
     pub fn append_batch<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
+        self.append_inner(blocks, None)
+    }
+
+    /// [`Hypercore::append_batch`] for blocks whose merkle leaf hashes the caller already
+    /// computed (`leaves[i]` = `crypto::leaf_hash(blocks[i])`), so they are not hashed twice.
+    pub(crate) fn append_batch_hashed<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B], leaves: &[Hash]) -> Result<u64> {
+        if leaves.len() != blocks.len() {
+            return Err(Error::InvalidRequest("one leaf hash per block".into()));
+        }
+        self.append_inner(blocks, Some(leaves))
+    }
+
+    fn append_inner<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B], hashes: Option<&[Hash]>) -> Result<u64> {
         let (Some(kp), Some(auth)) = (&self.key_pair, &self.auth) else {
             return Err(Error::NotWritable);
         };
@@ -427,7 +440,11 @@ impl Hypercore {
             let mut leaves = Vec::with_capacity(chunk.len());
             let mut fresh = Vec::new();
             for (k, b) in chunk.iter().enumerate() {
-                let leaf = Node::leaf(start + (g * group + k) as u64, b.as_ref());
+                let i = g * group + k;
+                let leaf = match hashes {
+                    Some(l) => Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash: l[i] },
+                    None => Node::leaf(start + i as u64, b.as_ref()),
+                };
                 let new = !store.contains(Table::Blocks, &leaf.hash)?;
                 if new {
                     fresh.push(stored::encode(b.as_ref()));
