@@ -6,6 +6,7 @@
 
 mod bee;
 mod chunk;
+mod local;
 mod replay;
 
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "hyperfs", version, about, long_about = None)]
 struct Cli {
+    /// The data directory (default: $XDG_DATA_HOME/hyperfs, else ~/.local/share/hyperfs).
+    #[arg(long, global = true, env = "HYPERFS_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +33,9 @@ enum Command {
     /// Low-level Hyperbee tools.
     #[command(subcommand)]
     Bee(BeeCommand),
+    /// Back up or restore a drive's writer key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the content-defined chunks of files.
     ///
     /// One line per chunk: OFFSET LENGTH LEAF-HASH-HEX. Needs no node and no data directory.
@@ -64,6 +71,44 @@ enum CoreCommand {
         /// The script file; `-` reads standard input.
         script: PathBuf,
     },
+    /// Print a core of this node's store: manifest, length, fork, signature and every block.
+    ///
+    /// Blocks not stored locally print as null.
+    ///
+    /// Example:
+    ///   hyperfs core dump <core-key> --json
+    #[command(verbatim_doc_comment)]
+    Dump {
+        /// The core's key: hex, z-base-32 or a hyper:// link.
+        key: String,
+        /// Print JSON (the only format so far).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a drive's secret key to a new file (mode 0600).
+    ///
+    /// Example:
+    ///   hyperfs keys export hyper://<key> drive.key
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// The drive: its key as hex, z-base-32 or a hyper:// link.
+        drive: String,
+        /// The file to create; an existing file is never overwritten.
+        file: PathBuf,
+    },
+    /// Make a drive writable on this node from a file written by `keys export`.
+    ///
+    /// Example:
+    ///   hyperfs keys import drive.key
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The key file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,10 +141,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let dir = || local::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
-        Command::Core(CoreCommand::Replay { script }) => replay::run(&script),
-        Command::Bee(BeeCommand::Replay { script }) => bee::run(&script),
-        Command::Chunk { files, stats } => chunk::run(&files, stats),
+        Command::Core(CoreCommand::Dump { ref key, .. }) => dir().and_then(|d| local::core_dump(&d, key)),
+        Command::Keys(KeysCommand::Export { ref drive, ref file }) => {
+            dir().and_then(|d| local::keys_export(&d, drive, file))
+        }
+        Command::Keys(KeysCommand::Import { ref file }) => dir().and_then(|d| local::keys_import(&d, file)),
+        Command::Core(CoreCommand::Replay { ref script }) => replay::run(script),
+        Command::Bee(BeeCommand::Replay { ref script }) => bee::run(script),
+        Command::Chunk { ref files, stats } => chunk::run(files, stats),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -469,13 +469,8 @@ impl Drive {
         let start_length = self.blobs.length();
         let start_bytes = self.blobs.byte_length();
         let mut chunker = Chunker::new(self.preset);
-        let mut w = ChunkWriter {
-            map: Vec::new(),
-            reused: false,
-            fresh: HashMap::new(),
-            batch: Vec::new(),
-            batch_bytes: 0,
-        };
+        let mut w =
+            ChunkWriter { map: Vec::new(), reused: false, fresh: HashMap::new(), batch: Vec::new(), batch_bytes: 0 };
         let mut buf: Vec<u8> = Vec::with_capacity(APPEND_BATCH_BYTES);
         let mut buf_start = 0u64;
         let mut read_buf = vec![0u8; 1 << 20];

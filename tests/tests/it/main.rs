@@ -6,5 +6,6 @@ mod core_interop;
 mod crash;
 mod drive_dedup;
 mod drive_interop;
+mod keys_cli;
 mod proof_interop;
 mod replica_store;
