@@ -41,6 +41,13 @@ pub trait Fetch: Send + Sync {
     /// Block `index` of core `core`, verified against that core's signed tree, or an error
     /// saying why it could not be had ([`Error::MissingBlock`] when no peer supplied it in time).
     fn fetch(&self, core: &Hash, index: u64) -> Result<Vec<u8>>;
+
+    /// The block of core `core` holding byte `bytes` and the offset inside it, located from a
+    /// verified seek proof, for readers whose local tree lacks the nodes to find it.
+    fn seek(&self, core: &Hash, bytes: u64) -> Result<(u64, u64)> {
+        let _ = (core, bytes);
+        Err(Error::InvalidRequest("this fetcher cannot seek".into()))
+    }
 }
 
 /// Block `index` of `blocks`: local, else fetched, else [`Error::MissingBlock`].

@@ -157,9 +157,23 @@ impl Drive {
 
     /// Opens a drive this store holds (writable if it holds the secret key), or `None`.
     pub fn open(store: Arc<dyn Store>, key: &Hash) -> Result<Option<Drive>> {
+        Drive::open_with(store, key, None)
+    }
+
+    /// [`Drive::open`] for a replica whose blocks not stored locally come through `fetch`.
+    pub fn open_with(store: Arc<dyn Store>, key: &Hash, fetch: Option<Arc<dyn Fetch>>) -> Result<Option<Drive>> {
         let Some(db) = Hypercore::open(store.clone(), key)? else { return Ok(None) };
-        let db = Hyperbee::new(db).with_metadata(Metadata::default());
-        let blobs_key = match db.header()?.and_then(|h| h.metadata).and_then(|m| m.content_feed) {
+        let mut db = Hyperbee::new(db).with_metadata(Metadata::default());
+        if let Some(f) = &fetch {
+            db = db.with_fetch(f.clone());
+        }
+        // A header naming a content feed wins (older and compat drives); Hyperdrive 13 writes
+        // none, so a replica that has not got the header yet derives the key the same way.
+        let header = match db.header() {
+            Err(Error::MissingBlock { .. }) => None,
+            other => other?,
+        };
+        let blobs_key = match header.and_then(|h| h.metadata).and_then(|m| m.content_feed) {
             Some(feed) => feed
                 .get(..32)
                 .and_then(|k| <Hash>::try_from(k).ok())
@@ -179,7 +193,9 @@ impl Drive {
             }
         };
         blobs.set_index_blocks(blobs.writable());
-        Ok(Some(Drive::assemble(db, blobs)))
+        let mut drive = Drive::assemble(db, blobs);
+        drive.fetch = fetch;
+        Ok(Some(drive))
     }
 
     fn assemble(db: Hyperbee, blobs: Hypercore) -> Drive {
@@ -426,7 +442,13 @@ impl Drive {
 
     /// Up to `len` bytes of a blob from `offset`, reading only the chunks that hold them.
     pub fn read_blob(&self, blob: &Blob, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let pieces = self.pieces(blob)?;
+        let pieces = match self.pieces(blob) {
+            // A sparse replica without the chunk sizes of a plain blob finds its start by seeking.
+            Err(Error::MissingNode { .. }) if !blob.block_map && self.fetch.is_some() => {
+                return self.read_plain_by_seek(blob, offset, len)
+            }
+            other => other?,
+        };
         let end = pieces.last().map_or(0, |p| p.start + p.len);
         let (offset, stop) = (offset.min(end), offset.saturating_add(len).min(end));
         let first = pieces.partition_point(|p| p.start + p.len <= offset);
@@ -446,6 +468,35 @@ impl Drive {
                 let to = ((stop - p.start).min(p.len)) as usize;
                 out.extend_from_slice(&block[from..to]);
             }
+        }
+        Ok(out)
+    }
+
+    /// Reads a plain blob from the block holding `offset`, located through the fetcher's seek.
+    fn read_plain_by_seek(&self, blob: &Blob, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let offset = offset.min(blob.byte_length);
+        let mut remaining = len.min(blob.byte_length - offset) as usize;
+        let mut out = Vec::with_capacity(remaining);
+        if remaining == 0 {
+            return Ok(out);
+        }
+        let at = blob.byte_offset + offset;
+        let (mut index, skip) = match self.blobs.seek(at) {
+            Err(Error::MissingNode { .. }) => match &self.fetch {
+                Some(f) => f.seek(self.blobs.key(), at)?,
+                None => return Err(Error::MissingNode { index: 0 }),
+            },
+            other => other?,
+        };
+        let mut skip = skip as usize;
+        let end = blob.block_offset + blob.block_length;
+        while remaining > 0 && index < end {
+            let block = fetch::read_block(&self.blobs, self.fetch.as_deref(), index)?;
+            let take = block.len().saturating_sub(skip).min(remaining);
+            out.extend_from_slice(&block[skip.min(block.len())..skip.min(block.len()) + take]);
+            remaining -= take;
+            skip = 0;
+            index += 1;
         }
         Ok(out)
     }

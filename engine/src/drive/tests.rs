@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::store::MemStore;
+use crate::Error;
 
 fn drive(seed: u8) -> Drive {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
@@ -286,4 +287,88 @@ fn rename_moves_directories_in_one_version_and_history_and_diff_follow() {
     d.truncate(v1).expect("truncate");
     assert_eq!(d.readdir("/").expect("readdir"), ["dir"]);
     assert_eq!(d.get("/dir/a").expect("get"), Some(b"1".to_vec()));
+}
+
+/// Serves blocks of the writer's cores to a sparse replica, verified from proofs.
+struct FromWriter {
+    cores: Vec<Hypercore>,
+    replicas: std::sync::Mutex<Vec<Hypercore>>,
+    fetched: std::sync::atomic::AtomicUsize,
+}
+
+impl Fetch for FromWriter {
+    fn fetch(&self, core: &Hash, index: u64) -> crate::Result<Vec<u8>> {
+        let i = self.cores.iter().position(|c| c.key() == core).expect("a known core");
+        let mut replicas = self.replicas.lock().expect("lock");
+        let r = &mut replicas[i];
+        let req = r.block_request(index, self.cores[i].length())?;
+        r.apply_proof(&self.cores[i].proof(&req)?)?;
+        self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        r.get(index)
+    }
+
+    /// The writer names the block; its proof and the byte offset it proves must agree.
+    fn seek(&self, core: &Hash, bytes: u64) -> crate::Result<(u64, u64)> {
+        let i = self.cores.iter().position(|c| c.key() == core).expect("a known core");
+        let (index, _) = self.cores[i].seek(bytes)?;
+        let mut replicas = self.replicas.lock().expect("lock");
+        let r = &mut replicas[i];
+        let req = r.block_request(index, self.cores[i].length())?;
+        r.apply_proof(&self.cores[i].proof(&req)?)?;
+        let start = r.byte_offset(index)?;
+        let size = r.get(index)?.len() as u64;
+        if !(start..start + size).contains(&bytes) {
+            return Err(Error::Verification("the peer's seek names the wrong block".into()));
+        }
+        Ok((index, bytes - start))
+    }
+}
+
+/// An empty replica of `w` that knows its signed length (an upgrade proof, no blocks).
+fn sparse(store: Arc<dyn Store>, w: &Hypercore) -> Hypercore {
+    use crate::hypercore::proof::{Request, RequestUpgrade};
+    let mut r = Hypercore::open_replica(store, *w.key(), w.manifest().cloned()).expect("replica");
+    let req = Request {
+        upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
+        manifest: true,
+        ..Request::default()
+    };
+    r.apply_proof(&w.proof(&req).expect("proof")).expect("upgrade");
+    r
+}
+
+#[test]
+fn a_sparse_replica_reads_a_byte_range_by_fetching_only_its_chunks() {
+    let mut w = drive(42);
+    let big = random(8 << 20, 9);
+    w.put("/big.bin", &big, &PutOptions::default()).expect("put");
+    for i in 0..50 {
+        w.put(&format!("/small/{i}"), format!("file {i}").as_bytes(), &PutOptions::default()).expect("put");
+    }
+    let key = *w.key();
+    let cores = vec![w.db().core(), w.blobs()];
+
+    // Without a fetcher, a replica says which block it lacks instead of answering wrongly.
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    sparse(store.clone(), cores[0]);
+    sparse(store.clone(), cores[1]);
+    let plain = Drive::open(store.clone(), &key).expect("open").expect("replica");
+    assert!(matches!(plain.read("/big.bin", 100, 10), Err(Error::MissingBlock { .. })));
+    drop(plain);
+
+    let fetcher = Arc::new(FromWriter {
+        replicas: std::sync::Mutex::new(cores.iter().map(|c| sparse(Arc::new(MemStore::new()), c)).collect()),
+        cores: cores
+            .into_iter()
+            .map(|c| Hypercore::open(c.store().clone(), c.key()).expect("open").expect("core"))
+            .collect(),
+        fetched: 0.into(),
+    });
+    let r = Drive::open_with(store, &key, Some(fetcher.clone())).expect("open").expect("replica");
+    let off = 5_000_000u64;
+    assert_eq!(r.read("/big.bin", off, 4096).expect("read"), big[off as usize..off as usize + 4096]);
+    let fetched = fetcher.fetched.load(std::sync::atomic::Ordering::Relaxed);
+    // The db path to the entry plus one or two chunks: not the 8 MiB file.
+    assert!(fetched <= 12, "a 4 KiB read fetched {fetched} blocks");
+    assert_eq!(r.get("/small/7").expect("get"), Some(b"file 7".to_vec()));
 }
