@@ -27,6 +27,7 @@ mod write;
 mod tests;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
@@ -236,8 +237,9 @@ impl<B: Blocks> View<B> {
     }
 }
 
-/// How many decoded blocks a bee keeps by default.
-const DEFAULT_CACHE_BLOCKS: usize = 64 * 1024;
+/// How many decoded blocks a bee keeps by default (a few hundred bytes each: tens of MiB at
+/// most). Enough for every block of a 256k-key bee, so random gets there never decode twice.
+const DEFAULT_CACHE_BLOCKS: usize = 256 * 1024;
 
 /// The deepest descent a real tree can need (a B-tree of order 5 over 2^64 blocks is ~28 deep);
 /// anything deeper is a malformed or cyclic tree.
@@ -253,12 +255,31 @@ pub struct NodeCache {
 const SHARDS: usize = 16;
 
 /// (core key tag, fork, seq) → decoded block.
-type Shard = HashMap<(u64, u64, u64), Arc<NodeBlock>>;
+type Shard = HashMap<(u64, u64, u64), Arc<NodeBlock>, BuildHasherDefault<IdHasher>>;
+
+/// A multiply-rotate hasher for the cache's integer keys: every get and put of a large bee makes
+/// dozens of lookups, and SipHash's flood resistance buys nothing for seqs the bee itself chose.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
 
 impl NodeCache {
     pub fn new(capacity: usize) -> Self {
         NodeCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
