@@ -46,6 +46,9 @@ const DIRS: &[u8] = b"dirs\0";
 /// file is never held whole in memory.
 const APPEND_BATCH_BYTES: usize = 8 << 20;
 
+/// A put reads its input this many bytes at a time.
+const READ_BYTES: u64 = 1 << 20;
+
 /// Large reads fetch this many chunks at a time, in parallel.
 const READ_WINDOW_BLOCKS: usize = 64;
 
@@ -522,21 +525,21 @@ impl Drive {
         let mut chunker = Chunker::new(self.preset);
         let mut w =
             ChunkWriter { map: Vec::new(), reused: false, fresh: HashMap::new(), batch: Vec::new(), batch_bytes: 0 };
-        let mut buf: Vec<u8> = Vec::with_capacity(APPEND_BATCH_BYTES);
+        // Bytes read but not yet cut into chunks; read straight into its tail (no zeroed
+        // scratch buffer: small files are the common case and must not pay for a large one).
+        let mut buf: Vec<u8> = Vec::new();
         let mut buf_start = 0u64;
-        let mut read_buf = vec![0u8; 1 << 20];
         loop {
-            let n = match reader.read(&mut read_buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::Storage(format!("reading the file to store: {e}"))),
-            };
+            let before = buf.len();
+            let n = (&mut reader)
+                .take(READ_BYTES)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::Storage(format!("reading the file to store: {e}")))?;
             let mut cuts = Vec::new();
             if n == 0 {
                 cuts.extend(chunker.finish());
             } else {
-                buf.extend_from_slice(&read_buf[..n]);
-                chunker.push(&read_buf[..n], |c| cuts.push(c));
+                chunker.push(&buf[before..], |c| cuts.push(c));
             }
             let mut consumed = 0usize;
             for c in cuts {
