@@ -23,7 +23,8 @@ const PROBE: usize = 1024;
 
 /// The stored form of `data`.
 pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
-    if data.len() >= MIN_COMPRESS && (data.len() <= PROBE || shrinks(&data[..PROBE])) {
+    let sample = &data[..data.len().min(PROBE)];
+    if data.len() >= MIN_COMPRESS && !looks_random(sample) && (data.len() <= PROBE || shrinks(sample)) {
         // Keep the compressed form only when it saves at least 1/16.
         let limit = data.len() - data.len() / 16;
         let mut out = Vec::with_capacity(limit + 1);
@@ -52,6 +53,24 @@ pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
 fn shrinks(sample: &[u8]) -> bool {
     let encoded = encode(sample);
     encoded[0] == ZSTD
+}
+
+/// Whether the bytes look uniformly random, so compressing is pointless: random and
+/// already-compressed data, the bulk of large files. A chi-square test of the byte histogram
+/// against the uniform one costs a fraction of the zstd attempt it saves.
+fn looks_random(sample: &[u8]) -> bool {
+    if sample.len() < 256 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in sample {
+        counts[b as usize] += 1;
+    }
+    // Σ (count − n/256)² / (n/256), in integers scaled by 256: uniform bytes give about 255
+    // (255 degrees of freedom); text and structured data give thousands.
+    let n = sample.len() as u64;
+    let chi_scaled: u64 = counts.iter().map(|&c| (u64::from(c) * 256).abs_diff(n).pow(2)).sum::<u64>() / 256;
+    chi_scaled < 400 * n
 }
 
 /// The block bytes of a stored form whose leaf says it holds `size` bytes.
@@ -113,6 +132,14 @@ mod tests {
         assert_eq!(decode(&s, 4096, 0).expect("decodes"), random);
         let s = encode(b"tiny");
         assert_eq!(s, b"\0tiny");
+    }
+
+    #[test]
+    fn the_entropy_check_tells_noise_from_text() {
+        assert!(looks_random(&noise(1024)));
+        assert!(!looks_random(&b"hyperfs stores text ".repeat(60)));
+        assert!(!looks_random(&[0u8; 1024]));
+        assert!(!looks_random(&noise(100)), "too short to judge");
     }
 
     #[test]
