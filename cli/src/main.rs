@@ -6,7 +6,9 @@
 
 mod bee;
 mod chunk;
+mod client;
 mod local;
+mod node;
 mod replay;
 
 use std::path::PathBuf;
@@ -27,6 +29,63 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run this data directory's node in the foreground (other commands start one when needed).
+    ///
+    /// Example:
+    ///   hyperfs daemon --data-dir /srv/hyperfs
+    #[command(verbatim_doc_comment)]
+    Daemon,
+    /// Stop this data directory's node (it closes its socket and flushes its store).
+    Stop,
+    /// Create a drive and print its key and hyper:// link.
+    ///
+    /// Examples:
+    ///   hyperfs create
+    ///   hyperfs create --name photos --json
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// A local name for the drive (default: drive-N).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON: name, key (hex) and link.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List this node's drives.
+    Drives {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a local file in a drive.
+    ///
+    /// Example:
+    ///   hyperfs put report.pdf photos:/docs/report.pdf
+    #[command(verbatim_doc_comment)]
+    Put {
+        /// The local file.
+        file: PathBuf,
+        /// DRIVE:/path (DRIVE is a local name, a key or a hyper:// link).
+        target: String,
+    },
+    /// Print a file of a drive.
+    ///
+    /// Example:
+    ///   hyperfs cat photos:/docs/report.txt
+    #[command(verbatim_doc_comment)]
+    Cat {
+        /// DRIVE:/path.
+        target: String,
+    },
+    /// List a folder of a drive.
+    ///
+    /// Example:
+    ///   hyperfs ls photos:/docs
+    #[command(verbatim_doc_comment)]
+    Ls {
+        /// DRIVE[:/folder].
+        target: String,
+    },
     /// Low-level Hypercore tools.
     #[command(subcommand)]
     Core(CoreCommand),
@@ -143,6 +202,54 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = || local::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
+        Command::Daemon => dir().and_then(|d| node::run(&d)),
+        Command::Stop => dir().and_then(|d| client::request(&d, &serde_json::json!({"cmd": "stop"}), false).map(drop)),
+        Command::Create { ref name, json } => dir().and_then(|d| {
+            let r = client::request(&d, &serde_json::json!({"cmd": "create", "name": name}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "{}\t{}\t{}",
+                    r["name"].as_str().unwrap_or_default(),
+                    r["key"].as_str().unwrap_or_default(),
+                    r["link"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }),
+        Command::Drives { json } => dir().and_then(|d| {
+            let r = client::request(&d, &serde_json::json!({"cmd": "drives"}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                for e in r.as_array().into_iter().flatten() {
+                    println!("{}\t{}", e["name"].as_str().unwrap_or_default(), e["key"].as_str().unwrap_or_default());
+                }
+            }
+            Ok(())
+        }),
+        Command::Put { ref file, ref target } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(target);
+            let file = std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let req = serde_json::json!({"cmd": "put", "drive": drive, "path": path, "file": file});
+            client::request(&d, &req, true).map(drop)
+        }),
+        Command::Cat { ref target } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(target);
+            let r = client::request(&d, &serde_json::json!({"cmd": "cat", "drive": drive, "path": path}), true)?;
+            let bytes = hex::decode(r["hex"].as_str().unwrap_or_default())?;
+            std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
+            Ok(())
+        }),
+        Command::Ls { ref target } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(target);
+            let r = client::request(&d, &serde_json::json!({"cmd": "ls", "drive": drive, "path": path}), true)?;
+            for name in r.as_array().into_iter().flatten() {
+                println!("{}", name.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }),
         Command::Core(CoreCommand::Dump { ref key, .. }) => dir().and_then(|d| local::core_dump(&d, key)),
         Command::Keys(KeysCommand::Export { ref drive, ref file }) => {
             dir().and_then(|d| local::keys_export(&d, drive, file))

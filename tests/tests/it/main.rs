@@ -7,5 +7,6 @@ mod crash;
 mod drive_dedup;
 mod drive_interop;
 mod keys_cli;
+mod node_cli;
 mod proof_interop;
 mod replica_store;

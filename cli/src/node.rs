@@ -1,0 +1,273 @@
+//! The node: one process per data directory that owns the store and the drives, serving the
+//! other commands over a control socket (`node.sock` in the data directory, mode 0600).
+//!
+//! The protocol is one JSON request per line and one JSON reply per line:
+//! `{"cmd": "create", ...}` → `{"ok": {...}}` or `{"error": "one explaining line"}`.
+//!
+//! Layout of a data directory: `hyperfs.dir` (the marker that says it is ours), `primary.key`
+//! (32 random bytes, mode 0600, from which drive keys derive), `drives.json` (local names →
+//! keys), `store/` (RocksDB), and while a node runs `node.sock`, `node.pid`; `node.log`.
+//!
+//! Invariant: only the node opens the store while it runs (RocksDB's lock makes a second node
+//! fail with a clear error); SIGINT and SIGTERM close the socket and flush the store before exit.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hyperfs_engine::crypto::{z32_encode, Hash};
+use hyperfs_engine::drive::{keys, Drive, PutOptions};
+use hyperfs_engine::store::{RocksStore, Store};
+use serde_json::{json, Value};
+
+const MARKER: &str = "hyperfs.dir";
+const MARKER_TEXT: &str = "hyperfs data directory, layout 1\n";
+
+/// The control socket of the data directory `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("node.sock")
+}
+
+/// Makes `dir` a hyperfs data directory, or checks that it is one. A non-empty directory
+/// without the marker belongs to something else and is refused.
+pub fn claim_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        let text = std::fs::read_to_string(&marker).with_context(|| format!("reading {}", marker.display()))?;
+        if text != MARKER_TEXT {
+            bail!("{} was written by another version of hyperfs ({:?})", marker.display(), text.trim());
+        }
+        return Ok(());
+    }
+    let foreign = std::fs::read_dir(dir)?.next().is_some();
+    if foreign {
+        bail!("{} is not empty and is not a hyperfs data directory; choose another --data-dir", dir.display());
+    }
+    std::fs::write(&marker, MARKER_TEXT).with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
+}
+
+struct State {
+    dir: PathBuf,
+    store: Arc<RocksStore>,
+    primary: [u8; 32],
+    names: Mutex<BTreeMap<String, String>>,
+    drives: Mutex<BTreeMap<Hash, Arc<Mutex<Drive>>>>,
+    stopping: AtomicBool,
+}
+
+/// Runs the node in the foreground until `stop`, SIGINT or SIGTERM.
+pub fn run(dir: &Path) -> Result<()> {
+    claim_dir(dir)?;
+    // Signals go to one waiting thread, so every other thread runs undisturbed.
+    let signals = block_stop_signals();
+    let store = Arc::new(RocksStore::open(&dir.join("store"))?);
+    let sock = socket_path(dir);
+    if sock.exists() {
+        if UnixStream::connect(&sock).is_ok() {
+            bail!("a node already serves {}", dir.display());
+        }
+        std::fs::remove_file(&sock).with_context(|| format!("removing the stale socket {}", sock.display()))?;
+    }
+    let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    let state = Arc::new(State {
+        dir: dir.to_path_buf(),
+        store,
+        primary: primary_key(dir)?,
+        names: Mutex::new(read_names(dir)?),
+        drives: Mutex::new(BTreeMap::new()),
+        stopping: AtomicBool::new(false),
+    });
+    std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
+    tracing::info!(dir = %dir.display(), "node started");
+    {
+        let sock = sock.clone();
+        let state = state.clone();
+        std::thread::spawn(move || {
+            if let Some(set) = signals {
+                let mut sig = 0;
+                // SAFETY: `set` is an initialised signal set; sigwait only writes `sig`.
+                unsafe { libc::sigwait(&set, &mut sig) };
+                tracing::info!(signal = sig, "stopping");
+            }
+            state.stopping.store(true, Ordering::SeqCst);
+            let _ = UnixStream::connect(&sock);
+        });
+    }
+    for conn in listener.incoming() {
+        if state.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(conn) = conn else { continue };
+        let state = state.clone();
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            if serve(&state, conn) {
+                state.stopping.store(true, Ordering::SeqCst);
+                let _ = UnixStream::connect(&sock);
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(dir.join("node.pid"));
+    state.store.flush()?;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and the threads it starts; the returned set is
+/// waited on by the signal thread.
+fn block_stop_signals() -> Option<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; pthread_sigmask
+    // only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        (libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0).then_some(set)
+    }
+}
+
+/// Serves one connection; returns whether it asked the node to stop.
+fn serve(state: &State, conn: UnixStream) -> bool {
+    let Ok(mut writer) = conn.try_clone() else { return false };
+    let reader = BufReader::new(conn);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let request: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => json!({"cmd": "", "malformed": e.to_string()}),
+        };
+        let stop = request["cmd"] == "stop";
+        let reply = match handle(state, &request) {
+            Ok(v) => json!({"ok": v}),
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        if writeln!(writer, "{reply}").is_err() {
+            break;
+        }
+        if stop {
+            return true;
+        }
+    }
+    false
+}
+
+fn handle(state: &State, r: &Value) -> Result<Value> {
+    let s = |k: &str| r[k].as_str().ok_or_else(|| anyhow!("the request lacks {k:?}"));
+    match r["cmd"].as_str().unwrap_or_default() {
+        "ping" => Ok(json!({"dir": state.dir})),
+        "stop" => Ok(json!({})),
+        "create" => create(state, r["name"].as_str()),
+        "drives" => {
+            let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Ok(names.into_iter().map(|(name, key)| json!({"name": name, "key": key})).collect())
+        }
+        "put" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let file = s("file")?;
+            let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+            let opts = PutOptions { executable: r["executable"].as_bool().unwrap_or(false), metadata: None };
+            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            d.put_reader(s("path")?, std::io::BufReader::new(f), &opts)?;
+            Ok(json!({"version": d.version()}))
+        }
+        "cat" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let path = s("path")?;
+            let data = d.get(path)?.ok_or_else(|| anyhow!("no file at {path}"))?;
+            Ok(json!({"hex": hex::encode(data)}))
+        }
+        "ls" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(d.readdir(s("path")?)?.into())
+        }
+        "" if r.get("malformed").is_some() => bail!("malformed request: {}", r["malformed"]),
+        other => bail!("unknown request {other:?}"),
+    }
+}
+
+fn create(state: &State, name: Option<&str>) -> Result<Value> {
+    let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
+    let name = match name {
+        Some(n) => {
+            if names.contains_key(n) {
+                bail!("a drive named {n:?} exists already");
+            }
+            n.to_owned()
+        }
+        None => (1..).map(|i| format!("drive-{i}")).find(|n| !names.contains_key(n)).expect("an unused name"),
+    };
+    let kp = keys::drive_key_pair(&state.primary, Some(&name));
+    let drive = Drive::create(state.store.clone(), kp)?;
+    let key = *drive.key();
+    names.insert(name.clone(), hex::encode(key));
+    write_names(&state.dir, &names)?;
+    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(Mutex::new(drive)));
+    Ok(json!({"name": name, "key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key))}))
+}
+
+/// A drive by local name or key, opened once and kept.
+fn open_drive(state: &State, which: &str) -> Result<Arc<Mutex<Drive>>> {
+    let named = state.names.lock().unwrap_or_else(|e| e.into_inner()).get(which).cloned();
+    let key = match named {
+        Some(k) => crate::local::parse_key(&k)?,
+        None => crate::local::parse_key(which).map_err(|_| anyhow!("no drive named {which:?} and not a key"))?,
+    };
+    let mut drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = drives.get(&key) {
+        return Ok(d.clone());
+    }
+    let store: Arc<dyn Store> = state.store.clone();
+    let drive = Drive::open(store, &key)?.ok_or_else(|| anyhow!("no drive {} on this node", hex::encode(key)))?;
+    let d = Arc::new(Mutex::new(drive));
+    drives.insert(key, d.clone());
+    Ok(d)
+}
+
+fn primary_key(dir: &Path) -> Result<[u8; 32]> {
+    let path = dir.join("primary.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| anyhow!("{} is damaged: it must hold 32 bytes", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&key).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn read_names(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let path = dir.join("drives.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Replaces `drives.json` atomically (write a temporary file, sync, rename).
+fn write_names(dir: &Path, names: &BTreeMap<String, String>) -> Result<()> {
+    let tmp = dir.join("drives.json.tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(serde_json::to_string_pretty(names)?.as_bytes()).and_then(|_| f.sync_all())?;
+    std::fs::rename(&tmp, dir.join("drives.json")).context("replacing drives.json")?;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! The node and the commands that talk to it, through the real binary: a node starts on demand,
+//! serves create/drives/put/cat/ls, refuses a second node, survives SIGKILL (the next command
+//! replaces the stale socket), stops cleanly on `stop` and SIGTERM, and refuses a data
+//! directory that is not its own.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyperfs_tests::{hyperfs, hyperfs_ok, pseudo_random};
+use serde_json::Value;
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--data-dir", dir.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    hyperfs(&all)
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--data-dir", dir.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    hyperfs_ok(&all)
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim().lines().count(), 1, "one explaining line: {err}");
+    err
+}
+
+fn node_pid(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("node.pid")).expect("node.pid").trim().parse().expect("a pid")
+}
+
+fn wait_gone(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{} still exists", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_starts_on_demand_and_serves_drives() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let created: Value = serde_json::from_str(&ok(&dir, &["create", "--name", "photos", "--json"])).expect("json");
+    let key = created["key"].as_str().expect("key").to_owned();
+    assert_eq!(key.len(), 64);
+    assert!(created["link"].as_str().expect("link").starts_with("hyper://"));
+    let drives: Value = serde_json::from_str(&ok(&dir, &["drives", "--json"])).expect("json");
+    assert_eq!(drives[0]["name"], "photos");
+    assert_eq!(drives[0]["key"], key.as_str());
+    let sock = dir.join("node.sock");
+    assert_eq!(
+        std::fs::metadata(&sock)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .expect("socket"),
+        0o600
+    );
+
+    let data = pseudo_random(300_000, 3);
+    let file = tmp.path().join("blob.bin");
+    std::fs::write(&file, &data).expect("write");
+    ok(&dir, &["put", file.to_str().expect("utf-8"), "photos:/a/b/blob.bin"]);
+    let out = run(&dir, &["cat", &format!("{key}:/a/b/blob.bin")]);
+    assert!(out.status.success());
+    assert!(out.stdout == data, "cat by key returns the bytes put by name");
+    assert_eq!(ok(&dir, &["ls", "photos:/a"]).trim(), "b");
+
+    // A second node on the same directory is refused.
+    let err = one_line_error(&run(&dir, &["daemon"]));
+    assert!(err.contains("in use") || err.contains("already"), "{err}");
+
+    // Bad input: each one line, and nothing is lost.
+    assert!(one_line_error(&run(&dir, &["cat", "nosuch:/x"])).contains("no drive named"));
+    assert!(one_line_error(&run(&dir, &["cat", "photos:/missing"])).contains("no file"));
+    assert!(one_line_error(&run(&dir, &["cat", "photos:/../../etc/passwd"])).contains("climbs above"));
+    assert!(one_line_error(&run(&dir, &["put", "/nonexistent/file", "photos:/x"])).contains("nonexistent"));
+
+    // SIGKILL leaves a stale socket; the next command replaces it and the data is all there.
+    let pid = node_pid(&dir);
+    // SAFETY: plain kill(2) of the node process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(sock.exists(), "a killed node leaves its socket behind");
+    let out = run(&dir, &["cat", "photos:/a/b/blob.bin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == data);
+    assert_ne!(node_pid(&dir), pid, "a new node serves");
+
+    // SIGTERM: the node removes its socket and exits.
+    // SAFETY: as above.
+    unsafe { libc::kill(node_pid(&dir), libc::SIGTERM) };
+    wait_gone(&sock);
+
+    // `stop` as well.
+    ok(&dir, &["drives"]);
+    ok(&dir, &["stop"]);
+    wait_gone(&sock);
+    assert!(one_line_error(&run(&dir, &["stop"])).contains("no node runs"));
+}
+
+#[test]
+fn a_directory_that_is_not_ours_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("thesis.tex"), "mine").expect("write");
+    let err = one_line_error(&run(tmp.path(), &["create"]));
+    assert!(err.contains("not a hyperfs data directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("thesis.tex")).expect("kept"), "mine");
+}
