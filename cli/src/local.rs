@@ -1,7 +1,5 @@
-//! Commands that work on the data directory's store: `core dump`, `keys export|import`.
-//!
-//! They open the store themselves; once the node exists they will ask it instead, and until
-//! then a running node holding the store makes them fail with the store's "in use" error.
+//! The data directory's location, key parsing, and the store-level commands the node runs for
+//! its clients: `core dump`, `keys export|import`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::crypto::{self, Hash, KeyPair};
 use hyperfs_engine::store::RocksStore;
 use hyperfs_engine::{Drive, Hypercore};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The data directory: `--data-dir`/`HYPERFS_DIR`, else `$XDG_DATA_HOME/hyperfs`, else
 /// `~/.local/share/hyperfs`.
@@ -25,11 +23,6 @@ pub fn data_dir(given: Option<&Path>) -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither --data-dir, XDG_DATA_HOME nor HOME is set"))?;
     Ok(PathBuf::from(home).join(".local/share/hyperfs"))
-}
-
-fn open_store(dir: &Path) -> Result<Arc<RocksStore>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
-    Ok(Arc::new(RocksStore::open(&dir.join("store"))?))
 }
 
 /// A core or drive key given as 64 hex digits, 52 z-base-32 characters or a `hyper://` link.
@@ -47,20 +40,18 @@ pub fn parse_key(s: &str) -> Result<Hash> {
         .ok_or_else(|| anyhow!("{s:?} is not a key: give 64 hex digits, 52 z-base-32 characters or a hyper:// link"))
 }
 
-/// `hyperfs core dump KEY --json`.
-pub fn core_dump(dir: &Path, key: &str) -> Result<()> {
+/// `hyperfs core dump KEY --json`: a stored core with every block (null where not local).
+pub fn core_dump(store: Arc<RocksStore>, key: &str) -> Result<Value> {
     let key = parse_key(key)?;
-    let store = open_store(dir)?;
-    let core =
-        Hypercore::open(store, &key)?.ok_or_else(|| anyhow!("no core {} in {}", hex::encode(key), dir.display()))?;
-    let blocks: Vec<serde_json::Value> = (0..core.length())
+    let core = Hypercore::open(store, &key)?.ok_or_else(|| anyhow!("no core {} on this node", hex::encode(key)))?;
+    let blocks: Vec<Value> = (0..core.length())
         .map(|i| match core.get(i) {
             Ok(b) => Ok(hex::encode(b).into()),
-            Err(hyperfs_engine::Error::MissingBlock { .. }) => Ok(serde_json::Value::Null),
+            Err(hyperfs_engine::Error::MissingBlock { .. }) => Ok(Value::Null),
             Err(e) => Err(e),
         })
         .collect::<Result<_, _>>()?;
-    let out = json!({
+    Ok(json!({
         "key": hex::encode(core.key()),
         "manifest": if core.is_compat() { None } else { core.manifest().map(|m| hex::encode(m.encode())) },
         "length": core.length(),
@@ -68,17 +59,12 @@ pub fn core_dump(dir: &Path, key: &str) -> Result<()> {
         "fork": core.fork(),
         "signature": hex::encode(core.signature()),
         "blocks": blocks,
-    });
-    println!("{out}");
-    Ok(())
+    }))
 }
 
 /// `hyperfs keys export DRIVE FILE`: the drive's writer secret, in a new file of mode 0600.
-pub fn keys_export(dir: &Path, drive: &str, file: &Path) -> Result<()> {
-    let key = parse_key(drive)?;
-    let store = open_store(dir)?;
-    let core =
-        Hypercore::open(store, &key)?.ok_or_else(|| anyhow!("no drive {} in {}", hex::encode(key), dir.display()))?;
+pub fn keys_export(store: Arc<RocksStore>, key: &Hash, file: &Path) -> Result<Value> {
+    let core = Hypercore::open(store, key)?.ok_or_else(|| anyhow!("no drive {} on this node", hex::encode(key)))?;
     let kp = core
         .key_pair()
         .ok_or_else(|| anyhow!("drive {} is a replica here: this node has no secret key for it", hex::encode(key)))?;
@@ -90,27 +76,24 @@ pub fn keys_export(dir: &Path, drive: &str, file: &Path) -> Result<()> {
         .open(file)
         .with_context(|| format!("creating {} (an existing file is never overwritten)", file.display()))?;
     f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", file.display()))?;
-    eprintln!("wrote the secret key of drive {} to {}; keep it private", hex::encode(key), file.display());
-    Ok(())
+    Ok(json!({"drive": hex::encode(key), "file": file}))
 }
 
-/// `hyperfs keys import FILE`: makes the drive writable on this node.
-pub fn keys_import(dir: &Path, file: &Path) -> Result<()> {
+/// `hyperfs keys import FILE`: makes the drive writable on this node; returns the drive.
+pub fn keys_import(store: Arc<RocksStore>, file: &Path) -> Result<Drive> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text)
+    let v: Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a key file written by `hyperfs keys export`", file.display()))?;
     let secret = v["secretKey"].as_str().and_then(|s| hex::decode(s).ok());
     let kp = secret
         .as_deref()
         .and_then(KeyPair::from_secret_key)
         .ok_or_else(|| anyhow!("{} has no valid \"secretKey\" (64 bytes as hex)", file.display()))?;
-    let store = open_store(dir)?;
     let drive = Drive::create(store, kp)?;
     if let Some(named) = v["drive"].as_str() {
         if parse_key(named)? != *drive.key() {
             bail!("{}: the secret key does not belong to drive {named}", file.display());
         }
     }
-    println!("{}", hex::encode(drive.key()));
-    Ok(())
+    Ok(drive)
 }

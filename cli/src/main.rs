@@ -250,11 +250,23 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Core(CoreCommand::Dump { ref key, .. }) => dir().and_then(|d| local::core_dump(&d, key)),
-        Command::Keys(KeysCommand::Export { ref drive, ref file }) => {
-            dir().and_then(|d| local::keys_export(&d, drive, file))
-        }
-        Command::Keys(KeysCommand::Import { ref file }) => dir().and_then(|d| local::keys_import(&d, file)),
+        Command::Core(CoreCommand::Dump { ref key, .. }) => dir().and_then(|d| {
+            println!("{}", client::request(&d, &serde_json::json!({"cmd": "dump", "key": key}), true)?);
+            Ok(())
+        }),
+        Command::Keys(KeysCommand::Export { ref drive, ref file }) => dir().and_then(|d| {
+            let file = absolute(file)?;
+            let req = serde_json::json!({"cmd": "keys-export", "drive": drive, "file": file});
+            client::request(&d, &req, true)?;
+            eprintln!("wrote the secret key of drive {drive} to {}; keep it private", file.display());
+            Ok(())
+        }),
+        Command::Keys(KeysCommand::Import { ref file }) => dir().and_then(|d| {
+            let req = serde_json::json!({"cmd": "keys-import", "file": absolute(file)?});
+            let r = client::request(&d, &req, true)?;
+            println!("{}", r["key"].as_str().unwrap_or_default());
+            Ok(())
+        }),
         Command::Core(CoreCommand::Replay { ref script }) => replay::run(script),
         Command::Bee(BeeCommand::Replay { ref script }) => bee::run(script),
         Command::Chunk { ref files, stats } => chunk::run(files, stats),
@@ -266,6 +278,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `path` made absolute against the current directory (the node has its own).
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
 }
 
 /// Reads a file, or standard input for `-`.

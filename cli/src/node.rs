@@ -192,6 +192,28 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let d = drive.lock().unwrap_or_else(|e| e.into_inner());
             Ok(d.readdir(s("path")?)?.into())
         }
+        "dump" => crate::local::core_dump(state.store.clone(), s("key")?),
+        "keys-export" => {
+            let key = drive_key(state, s("drive")?)?;
+            crate::local::keys_export(state.store.clone(), &key, Path::new(s("file")?))
+        }
+        "keys-import" => {
+            let drive = crate::local::keys_import(state.store.clone(), Path::new(s("file")?))?;
+            let key = *drive.key();
+            let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
+            let hexkey = hex::encode(key);
+            let name = match names.iter().find(|(_, k)| **k == hexkey) {
+                Some((n, _)) => n.clone(),
+                None => {
+                    let n = format!("imported-{}", &hexkey[..8]);
+                    names.insert(n.clone(), hexkey.clone());
+                    write_names(&state.dir, &names)?;
+                    n
+                }
+            };
+            state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(Mutex::new(drive)));
+            Ok(json!({"name": name, "key": hexkey}))
+        }
         "" if r.get("malformed").is_some() => bail!("malformed request: {}", r["malformed"]),
         other => bail!("unknown request {other:?}"),
     }
@@ -217,13 +239,18 @@ fn create(state: &State, name: Option<&str>) -> Result<Value> {
     Ok(json!({"name": name, "key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key))}))
 }
 
+/// The key of a drive given by local name or key.
+fn drive_key(state: &State, which: &str) -> Result<Hash> {
+    let named = state.names.lock().unwrap_or_else(|e| e.into_inner()).get(which).cloned();
+    match named {
+        Some(k) => crate::local::parse_key(&k),
+        None => crate::local::parse_key(which).map_err(|_| anyhow!("no drive named {which:?} and not a key")),
+    }
+}
+
 /// A drive by local name or key, opened once and kept.
 fn open_drive(state: &State, which: &str) -> Result<Arc<Mutex<Drive>>> {
-    let named = state.names.lock().unwrap_or_else(|e| e.into_inner()).get(which).cloned();
-    let key = match named {
-        Some(k) => crate::local::parse_key(&k)?,
-        None => crate::local::parse_key(which).map_err(|_| anyhow!("no drive named {which:?} and not a key"))?,
-    };
+    let key = drive_key(state, which)?;
     let mut drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = drives.get(&key) {
         return Ok(d.clone());
