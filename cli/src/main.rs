@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
 
 /// A FUSE-mountable distributed filesystem on Hypercore logs.
 #[derive(Debug, Parser)]
@@ -85,6 +86,70 @@ enum Command {
     Ls {
         /// DRIVE[:/folder].
         target: String,
+    },
+    /// Remove a file, symlink or empty directory from a drive (older versions keep it).
+    ///
+    /// Example:
+    ///   hyperfs rm photos:/old.jpg
+    #[command(verbatim_doc_comment)]
+    Rm {
+        /// DRIVE:/path.
+        target: String,
+    },
+    /// Move a file or directory inside a drive, in one version.
+    ///
+    /// Example:
+    ///   hyperfs mv photos:/2023 /archive/2023
+    #[command(verbatim_doc_comment)]
+    Mv {
+        /// DRIVE:/from.
+        from: String,
+        /// The new path in the same drive.
+        to: String,
+    },
+    /// Make an (empty) directory in a drive.
+    Mkdir {
+        /// DRIVE:/path.
+        target: String,
+    },
+    /// Show a file's entry: type, size, executable bit, link target, metadata.
+    Stat {
+        /// DRIVE:/path.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions of a drive (or of one path in it): version, op, path, size.
+    Log {
+        /// DRIVE[:/path].
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The paths added, changed and removed between two versions (V2 defaults to the latest).
+    Diff {
+        /// The drive.
+        drive: String,
+        v1: u64,
+        v2: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A drive's keys, version, cores and chunker.
+    Info {
+        /// The drive.
+        drive: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every local block of a drive and check its signatures; exit 1 if anything is bad.
+    Verify {
+        /// The drive.
+        drive: String,
     },
     /// Low-level Hypercore tools.
     #[command(subcommand)]
@@ -242,6 +307,64 @@ fn main() -> ExitCode {
             std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
             Ok(())
         }),
+        Command::Rm { ref target } => dir().and_then(|d| target_request(&d, "rm", target, json!({})).map(drop)),
+        Command::Mv { ref from, ref to } => dir().and_then(|d| target_request(&d, "mv", from, json!({"to": to})).map(drop)),
+        Command::Mkdir { ref target } => dir().and_then(|d| target_request(&d, "mkdir", target, json!({})).map(drop)),
+        Command::Stat { ref target, json } => dir().and_then(|d| {
+            let r = target_request(&d, "stat", target, json!({}))?;
+            if json {
+                println!("{r}");
+            } else {
+                for (k, v) in r.as_object().into_iter().flatten() {
+                    println!("{k}: {v}");
+                }
+            }
+            Ok(())
+        }),
+        Command::Log { ref target, json } => dir().and_then(|d| {
+            let r = target_request(&d, "log", target, json!({}))?;
+            if json {
+                println!("{r}");
+            } else {
+                for e in r.as_array().into_iter().flatten() {
+                    println!("{}\t{}\t{}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), e["path"].as_str().unwrap_or_default(), e["size"]);
+                }
+            }
+            Ok(())
+        }),
+        Command::Diff { ref drive, v1, v2, json } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "diff", "drive": drive, "v1": v1, "v2": v2}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                for e in r.as_array().into_iter().flatten() {
+                    let sign = match e["change"].as_str() { Some("added") => "+", Some("removed") => "-", _ => "~" };
+                    println!("{sign} {}", e["path"].as_str().unwrap_or_default());
+                }
+            }
+            Ok(())
+        }),
+        Command::Info { ref drive, json } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "info", "drive": drive}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                println!("key: {}\nlink: {}\nversion: {}\nwritable: {}\ndb: {} blocks, {} bytes\nblobs: {} blocks, {} bytes\nchunker: {}",
+                    r["key"].as_str().unwrap_or_default(), r["link"].as_str().unwrap_or_default(), r["version"], r["writable"],
+                    r["db"]["length"], r["db"]["byteLength"], r["blobs"]["length"], r["blobs"]["byteLength"], r["chunker"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }),
+        Command::Verify { ref drive } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "verify", "drive": drive}), true)?;
+            let bad: Vec<&str> = r["bad"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if bad.is_empty() {
+                println!("every local block and signature verifies");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{}", bad.join("; ")))
+            }
+        }),
         Command::Ls { ref target } => dir().and_then(|d| {
             let (drive, path) = client::split_target(target);
             let r = client::request(&d, &serde_json::json!({"cmd": "ls", "drive": drive, "path": path}), true)?;
@@ -278,6 +401,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sends `cmd` for the drive and path of `target` (DRIVE:/path), with `extra` fields.
+fn target_request(dir: &std::path::Path, cmd: &str, target: &str, mut extra: Value) -> anyhow::Result<Value> {
+    let (drive, path) = client::split_target(target);
+    extra["cmd"] = cmd.into();
+    extra["drive"] = drive.into();
+    extra["path"] = path.into();
+    client::request(dir, &extra, true)
 }
 
 /// `path` made absolute against the current directory (the node has its own).

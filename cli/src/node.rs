@@ -192,6 +192,103 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let d = drive.lock().unwrap_or_else(|e| e.into_inner());
             Ok(d.readdir(s("path")?)?.into())
         }
+        "rm" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let path = s("path")?;
+            if !d.del(path)? && !d.rmdir(path)? {
+                bail!("no file at {path}");
+            }
+            Ok(json!({"version": d.version()}))
+        }
+        "mv" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            d.rename(s("path")?, s("to")?)?;
+            Ok(json!({"version": d.version()}))
+        }
+        "mkdir" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            d.mkdir(s("path")?, None)?;
+            Ok(json!({"version": d.version()}))
+        }
+        "stat" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let path = s("path")?;
+            match d.stat(path)? {
+                Some(st) => Ok(json!({
+                    "path": path, "type": if st.entry.linkname.is_some() { "symlink" } else { "file" },
+                    "size": st.size, "executable": st.entry.executable, "linkname": st.entry.linkname,
+                    "metadata": st.entry.metadata, "seq": st.seq,
+                    "blockMap": st.entry.blob.is_some_and(|b| b.block_map),
+                })),
+                None if d.is_dir(path)? => Ok(json!({"path": path, "type": "directory"})),
+                None => bail!("no file or directory at {path}"),
+            }
+        }
+        "log" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let filter = r["path"].as_str().filter(|p| *p != "/");
+            let mut out = Vec::new();
+            for c in d.history(0)? {
+                if filter.is_some_and(|f| c.path != f && !c.path.starts_with(&format!("{f}/"))) {
+                    continue;
+                }
+                let size = match c.entry.as_ref().and_then(|e| e.blob) {
+                    Some(b) => Some(d.blob_size(&b)?),
+                    None => None,
+                };
+                out.push(json!({"version": c.seq + 1, "op": if c.entry.is_some() { "put" } else { "del" }, "path": c.path, "size": size}));
+            }
+            Ok(out.into())
+        }
+        "diff" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let v1 = r["v1"].as_u64().ok_or_else(|| anyhow!("the request lacks \"v1\""))?;
+            let v2 = r["v2"].as_u64().unwrap_or(d.version());
+            let out: Vec<Value> = d
+                .diff(v1, v2)?
+                .into_iter()
+                .map(|x| json!({"path": x.path, "change": format!("{:?}", x.kind).to_lowercase()}))
+                .collect();
+            Ok(out.into())
+        }
+        "info" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let core = |c: &hyperfs_engine::Hypercore| {
+                json!({"key": hex::encode(c.key()), "length": c.length(), "byteLength": c.byte_length(),
+                    "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork()})
+            };
+            Ok(json!({
+                "key": hex::encode(d.key()),
+                "discoveryKey": hex::encode(d.db().core().discovery_key()),
+                "link": format!("hyper://{}", z32_encode(d.key())),
+                "version": d.version(),
+                "writable": d.writable(),
+                "db": core(d.db().core()),
+                "blobs": core(d.blobs()),
+                "chunker": d.preset().name,
+            }))
+        }
+        "verify" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let mut bad = Vec::new();
+            for (name, c) in [("db", d.db().core()), ("blobs", d.blobs())] {
+                match c.verify_local() {
+                    Ok(blocks) => {
+                        bad.extend(blocks.into_iter().map(|i| format!("{name} block {i} does not match its tree")))
+                    }
+                    Err(e) => bad.push(format!("{name}: {e}")),
+                }
+            }
+            Ok(json!({"bad": bad}))
+        }
         "dump" => crate::local::core_dump(state.store.clone(), s("key")?),
         "keys-export" => {
             let key = drive_key(state, s("drive")?)?;

@@ -443,6 +443,14 @@ impl Drive {
         self.view().is_dir(path)
     }
 
+    /// The size of the file a blob holds (for a block map, the sum of its chunks).
+    pub fn blob_size(&self, blob: &Blob) -> Result<u64> {
+        if !blob.block_map {
+            return Ok(blob.byte_length);
+        }
+        Ok(self.pieces(blob)?.last().map_or(0, |p| p.start + p.len))
+    }
+
     /// Up to `len` bytes of a blob from `offset`, reading only the chunks that hold them.
     pub fn read_blob(&self, blob: &Blob, offset: u64, len: u64) -> Result<Vec<u8>> {
         let pieces = match self.pieces(blob) {

@@ -109,3 +109,47 @@ fn a_directory_that_is_not_ours_is_refused() {
     assert!(err.contains("not a hyperfs data directory"), "{err}");
     assert_eq!(std::fs::read_to_string(tmp.path().join("thesis.tex")).expect("kept"), "mine");
 }
+
+#[test]
+fn file_commands_change_the_drive_and_show_its_history() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(&dir, &["create", "--name", "p"]);
+    let file = tmp.path().join("hi.txt");
+    std::fs::write(&file, "hi\n").expect("write");
+    let f = file.to_str().expect("utf-8");
+    ok(&dir, &["put", f, "p:/a/hi.txt"]);
+    ok(&dir, &["put", f, "p:/a/copy.txt"]);
+    let v_before_move: u64 = {
+        let info: Value = serde_json::from_str(&ok(&dir, &["info", "p", "--json"])).expect("json");
+        assert_eq!(info["chunker"], "hyperfs-cdc-v1");
+        assert_eq!(info["blobs"]["length"], 2, "the copy stored only a block map");
+        info["version"].as_u64().expect("version")
+    };
+    ok(&dir, &["mkdir", "p:/empty"]);
+    ok(&dir, &["mv", "p:/a", "/b"]);
+    ok(&dir, &["rm", "p:/b/copy.txt"]);
+    assert_eq!(ok(&dir, &["ls", "p:/"]).lines().collect::<Vec<_>>(), ["b", "empty"]);
+    let st: Value = serde_json::from_str(&ok(&dir, &["stat", "p:/b/hi.txt", "--json"])).expect("json");
+    assert_eq!((st["type"].as_str(), st["size"].as_u64()), (Some("file"), Some(3)));
+    let st: Value = serde_json::from_str(&ok(&dir, &["stat", "p:/empty", "--json"])).expect("json");
+    assert_eq!(st["type"], "directory");
+
+    let log: Value = serde_json::from_str(&ok(&dir, &["log", "p:/a/copy.txt", "--json"])).expect("json");
+    let ops: Vec<_> =
+        log.as_array().expect("log").iter().map(|e| (e["op"].as_str().unwrap_or(""), e["size"].clone())).collect();
+    assert_eq!(ops, [("put", Value::from(3)), ("del", Value::Null)], "a deduplicated copy still reports its file size");
+
+    let diff: Value =
+        serde_json::from_str(&ok(&dir, &["diff", "p", &v_before_move.to_string(), "--json"])).expect("json");
+    let changes: Vec<_> = diff
+        .as_array()
+        .expect("diff")
+        .iter()
+        .map(|e| format!("{} {}", e["change"].as_str().unwrap_or(""), e["path"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(changes, ["removed /a/copy.txt", "removed /a/hi.txt", "added /b/hi.txt"]);
+    assert!(ok(&dir, &["verify", "p"]).contains("verifies"));
+    assert!(one_line_error(&run(&dir, &["rm", "p:/nope"])).contains("no file"));
+    ok(&dir, &["stop"]);
+}
