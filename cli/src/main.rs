@@ -77,6 +77,9 @@ enum Command {
     Cat {
         /// DRIVE:/path.
         target: String,
+        /// Read the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// List a folder of a drive.
     ///
@@ -86,6 +89,9 @@ enum Command {
     Ls {
         /// DRIVE[:/folder].
         target: String,
+        /// Read the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// Remove a file, symlink or empty directory from a drive (older versions keep it).
     ///
@@ -300,9 +306,8 @@ fn main() -> ExitCode {
             let req = serde_json::json!({"cmd": "put", "drive": drive, "path": path, "file": file});
             client::request(&d, &req, true).map(drop)
         }),
-        Command::Cat { ref target } => dir().and_then(|d| {
-            let (drive, path) = client::split_target(target);
-            let r = client::request(&d, &serde_json::json!({"cmd": "cat", "drive": drive, "path": path}), true)?;
+        Command::Cat { ref target, version } => dir().and_then(|d| {
+            let r = target_request(&d, "cat", target, json!({"version": version}))?;
             let bytes = hex::decode(r["hex"].as_str().unwrap_or_default())?;
             std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
             Ok(())
@@ -365,9 +370,8 @@ fn main() -> ExitCode {
                 Err(anyhow::anyhow!("{}", bad.join("; ")))
             }
         }),
-        Command::Ls { ref target } => dir().and_then(|d| {
-            let (drive, path) = client::split_target(target);
-            let r = client::request(&d, &serde_json::json!({"cmd": "ls", "drive": drive, "path": path}), true)?;
+        Command::Ls { ref target, version } => dir().and_then(|d| {
+            let r = target_request(&d, "ls", target, json!({"version": version}))?;
             for name in r.as_array().into_iter().flatten() {
                 println!("{}", name.as_str().unwrap_or_default());
             }

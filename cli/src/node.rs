@@ -184,13 +184,20 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.lock().unwrap_or_else(|e| e.into_inner());
             let path = s("path")?;
-            let data = d.get(path)?.ok_or_else(|| anyhow!("no file at {path}"))?;
-            Ok(json!({"hex": hex::encode(data)}))
+            let data = match r["version"].as_u64() {
+                Some(v) => d.checkout(v)?.get(path)?,
+                None => d.get(path)?,
+            };
+            Ok(json!({"hex": hex::encode(data.ok_or_else(|| anyhow!("no file at {path}"))?)}))
         }
         "ls" => {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(d.readdir(s("path")?)?.into())
+            Ok(match r["version"].as_u64() {
+                Some(v) => d.checkout(v)?.readdir(s("path")?)?,
+                None => d.readdir(s("path")?)?,
+            }
+            .into())
         }
         "rm" => {
             let drive = open_drive(state, s("drive")?)?;

@@ -375,7 +375,7 @@ impl Drive {
     }
 
     /// Truncates the drive back to `version`: the db to that length, then the blobs core to the
-    /// chunks that version references (db first, so no entry ever points past the blobs).
+    /// chunks versions up to it reference (db first, so no entry ever points past the blobs).
     pub fn truncate(&mut self, version: u64) -> Result<()> {
         if version > self.version() {
             return Err(Error::OutOfBounds(format!("version {version} of a drive at version {}", self.version())));
@@ -383,17 +383,18 @@ impl Drive {
         if version >= self.db.core().length() {
             return Ok(());
         }
+        // Every version up to `version` stays readable, so the blobs keep every chunk any entry
+        // written before it references. A block map is always appended after the chunks it
+        // lists (by hyperfs and by hyperblobs), so the end of the map covers them.
         let mut needed = 0u64;
-        {
-            let view = self.checkout(version)?;
-            for (_, e) in view.list("/")? {
-                let Some(b) = e.blob else { continue };
+        let h = crate::hyperbee::HistoryRange { lt: Some(version as i64), ..Default::default() };
+        for e in self.db.view().history(&h) {
+            let e = e?;
+            if e.deletion || !e.entry.key.starts_with(FILES) {
+                continue;
+            }
+            if let Some(b) = Entry::decode(&e.entry.value)?.blob {
                 needed = needed.max(b.block_offset + b.block_length);
-                if b.block_map {
-                    for p in self.pieces(&b)?.iter() {
-                        needed = needed.max(p.index + 1);
-                    }
-                }
             }
         }
         self.db.truncate(version)?;

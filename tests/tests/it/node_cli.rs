@@ -150,6 +150,10 @@ fn file_commands_change_the_drive_and_show_its_history() {
         .collect();
     assert_eq!(changes, ["removed /a/copy.txt", "removed /a/hi.txt", "added /b/hi.txt"]);
     assert!(ok(&dir, &["verify", "p"]).contains("verifies"));
+    // Read commands look at older versions.
+    let v = v_before_move.to_string();
+    assert_eq!(ok(&dir, &["ls", "p:/", "--version", &v]).trim(), "a");
+    assert_eq!(ok(&dir, &["cat", "p:/a/copy.txt", "--version", &v]), "hi\n");
     assert!(one_line_error(&run(&dir, &["rm", "p:/nope"])).contains("no file"));
     ok(&dir, &["stop"]);
 }
