@@ -34,6 +34,53 @@ pub fn hyperfs_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// Runs `hyperfs --data-dir DIR args…`; the output whatever the exit status.
+pub fn hyperfs_in(dir: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--data-dir", dir.to_str().expect("a UTF-8 data directory")];
+    all.extend_from_slice(args);
+    hyperfs(&all)
+}
+
+/// Runs `hyperfs --data-dir DIR args…` and returns its standard output, failing the test on a
+/// non-zero exit.
+pub fn hyperfs_in_ok(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--data-dir", dir.to_str().expect("a UTF-8 data directory")];
+    all.extend_from_slice(args);
+    hyperfs_ok(&all)
+}
+
+/// The seed of a randomised test: `HYPERFS_TEST_SEED` if set, else a random one, printed so a
+/// failure can be run again.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("HYPERFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("HYPERFS_TEST_SEED={seed}");
+    seed
+}
+
+/// Runs every script through the JS oracle `js` (all in one `node` run) and through
+/// `hyperfs <replay…> SCRIPT` (one process each), and hands each pair of JSON outputs to `check`
+/// with the index and the path of the script file.
+pub fn replay_both(
+    js: &str,
+    replay: &[&str],
+    scripts: &[serde_json::Value],
+    mut check: impl FnMut(usize, &Path, &serde_json::Value, &serde_json::Value),
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = dir.path().join("scripts.json");
+    std::fs::write(&all, serde_json::to_vec(scripts).expect("json")).expect("write scripts");
+    let theirs: Vec<serde_json::Value> = serde_json::from_str(&node(js, &[&all])).expect("the oracle prints JSON");
+    assert_eq!(theirs.len(), scripts.len(), "the oracle answers every script");
+    for (i, (script, expected)) in scripts.iter().zip(&theirs).enumerate() {
+        let path = dir.path().join(format!("{i}.json"));
+        std::fs::write(&path, serde_json::to_vec(script).expect("json")).expect("write script");
+        let mut args = replay.to_vec();
+        args.push(path.to_str().expect("utf-8"));
+        let ours: serde_json::Value = serde_json::from_str(&hyperfs_ok(&args)).expect("replay prints JSON");
+        check(i, &path, &ours, expected);
+    }
+}
+
 /// The directory of the pinned npm packages (`scripts/js`), installed by the README's commands.
 pub fn js_dir() -> PathBuf {
     let dir = repo_root().join("scripts/js");

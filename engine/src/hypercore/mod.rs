@@ -951,35 +951,27 @@ impl Snapshot {
     }
 }
 
-impl crate::fetch::Blocks for Hypercore {
-    fn core_key(&self) -> &Hash {
-        self.key()
-    }
-    fn length(&self) -> u64 {
-        self.length()
-    }
-    fn fork(&self) -> u64 {
-        self.fork()
-    }
-    fn block(&self, index: u64) -> Result<Vec<u8>> {
-        self.get(index)
-    }
+/// A live core and a snapshot read blocks the same way.
+macro_rules! impl_blocks {
+    ($($t:ty),*) => {$(
+        impl crate::fetch::Blocks for $t {
+            fn core_key(&self) -> &Hash {
+                self.key()
+            }
+            fn length(&self) -> u64 {
+                self.length()
+            }
+            fn fork(&self) -> u64 {
+                self.fork()
+            }
+            fn block(&self, index: u64) -> Result<Vec<u8>> {
+                self.get(index)
+            }
+        }
+    )*};
 }
 
-impl crate::fetch::Blocks for Snapshot {
-    fn core_key(&self) -> &Hash {
-        self.key()
-    }
-    fn length(&self) -> u64 {
-        self.length()
-    }
-    fn fork(&self) -> u64 {
-        self.fork()
-    }
-    fn block(&self, index: u64) -> Result<Vec<u8>> {
-        self.get(index)
-    }
-}
+impl_blocks!(Hypercore, Snapshot);
 
 #[cfg(test)]
 mod tests;

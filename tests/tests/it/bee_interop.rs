@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use hyperfs_tests::{hyperfs_ok, node};
+use hyperfs_tests::{replay_both, test_seed};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -179,27 +179,17 @@ fn first_difference(ours: &Value, js: &Value) -> String {
 
 #[test]
 fn two_hundred_random_scripts_match_js_hyperbee() {
-    let seed: u64 = std::env::var("HYPERFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("HYPERFS_TEST_SEED={seed}");
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let scripts: Vec<Value> = (0..200).map(|_| random_script(&mut rng)).collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let all = dir.path().join("scripts.json");
-    std::fs::write(&all, serde_json::to_vec(&scripts).expect("json")).expect("write");
-    let js: Vec<Value> = serde_json::from_str(&node("bee-replay.js", &[&all])).expect("js output is json");
-    assert_eq!(js.len(), scripts.len());
-    for (i, (script, expected)) in scripts.iter().zip(&js).enumerate() {
-        let path = dir.path().join(format!("{i}.json"));
-        std::fs::write(&path, serde_json::to_vec(script).expect("json")).expect("write");
-        let ours: Value = serde_json::from_str(&hyperfs_ok(&["bee", "replay", path.to_str().expect("utf-8")]))
-            .expect("replay prints json");
+    replay_both("bee-replay.js", &["bee", "replay"], &scripts, |i, path, ours, expected| {
         assert!(
-            &ours == expected,
+            ours == expected,
             "script {i} differs from JS (HYPERFS_TEST_SEED={seed}, script {}): {}",
             path.display(),
-            first_difference(&ours, expected)
+            first_difference(ours, expected)
         );
-    }
+    });
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `hyperfs core replay` against JS hypercore@11 on random scripts: same key, discovery key,
 //! manifest bytes, tree hash, roots and signature.
 
-use hyperfs_tests::{hyperfs_ok, node};
+use hyperfs_tests::{hyperfs_ok, replay_both, test_seed};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -43,22 +43,12 @@ fn random_script(rng: &mut StdRng) -> Value {
 
 #[test]
 fn two_hundred_random_scripts_match_js_hypercore() {
-    let seed: u64 = std::env::var("HYPERFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("HYPERFS_TEST_SEED={seed}");
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let scripts: Vec<Value> = (0..200).map(|_| random_script(&mut rng)).collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let all = dir.path().join("scripts.json");
-    std::fs::write(&all, serde_json::to_vec(&scripts).expect("json")).expect("write");
-    let js: Vec<Value> = serde_json::from_str(&node("core-replay.js", &[&all])).expect("js output is json");
-    assert_eq!(js.len(), scripts.len());
-    for (i, (script, expected)) in scripts.iter().zip(&js).enumerate() {
-        let path = dir.path().join(format!("{i}.json"));
-        std::fs::write(&path, serde_json::to_vec(script).expect("json")).expect("write");
-        let ours: Value = serde_json::from_str(&hyperfs_ok(&["core", "replay", path.to_str().expect("utf-8")]))
-            .expect("replay prints json");
-        assert_eq!(&ours, expected, "script {i} differs from JS (seed {seed})");
-    }
+    replay_both("core-replay.js", &["core", "replay"], &scripts, |i, _, ours, expected| {
+        assert_eq!(ours, expected, "script {i} differs from JS (HYPERFS_TEST_SEED={seed})");
+    });
 }
 
 #[test]

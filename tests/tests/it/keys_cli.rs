@@ -5,19 +5,15 @@ use std::path::Path;
 
 use hyperfs_engine::crypto::z32_encode;
 use hyperfs_engine::hyperbee::NodeBlock;
-use hyperfs_tests::{hyperfs, hyperfs_ok};
+use hyperfs_tests::{hyperfs, hyperfs_in, hyperfs_in_ok};
 use serde_json::Value;
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--data-dir", dir.to_str().expect("utf-8")];
-    all.extend_from_slice(args);
-    hyperfs_ok(&all)
+    hyperfs_in_ok(dir, args)
 }
 
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--data-dir", dir.to_str().expect("utf-8")];
-    all.extend_from_slice(args);
-    let out = hyperfs(&all);
+    let out = hyperfs_in(dir, args);
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

@@ -6,19 +6,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyperfs_tests::{hyperfs, hyperfs_ok, pseudo_random};
+use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, pseudo_random};
 use serde_json::Value;
 
 fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["--data-dir", dir.to_str().expect("utf-8")];
-    all.extend_from_slice(args);
-    hyperfs(&all)
+    hyperfs_in(dir, args)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--data-dir", dir.to_str().expect("utf-8")];
-    all.extend_from_slice(args);
-    hyperfs_ok(&all)
+    hyperfs_in_ok(dir, args)
 }
 
 fn one_line_error(out: &std::process::Output) -> String {
