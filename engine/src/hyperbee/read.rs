@@ -37,11 +37,6 @@ impl TreeNode {
     fn is_leaf(&self) -> bool {
         self.children().is_empty()
     }
-
-    /// Whether this node's block is an operation on `key`.
-    fn is_target(&self, key: &[u8]) -> bool {
-        self.block.key == key
-    }
 }
 
 /// Whether block `seq` is a deletion: no value, and its index does not hold its own seq.
@@ -94,18 +89,14 @@ impl Loader<'_> {
 }
 
 impl<B: Blocks> View<B> {
-    /// The value of `key` in this version.
+    /// The value of `key` in this version. Unlike JS, this does not stop at a node whose block
+    /// wrote `key`: after a batch deletes a key, a rebalance can move such a node onto the key's
+    /// path without rewriting it, and JS then returns the deleted value.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let key = self.stored_key(key);
         let l = self.loader();
         let Some(mut node) = l.root(self.version)? else { return Ok(None) };
         for _ in 0..MAX_DEPTH {
-            if node.is_target(&key) {
-                if is_deletion(&node.block, node.seq) {
-                    return Ok(None);
-                }
-                return Ok(Some(self.unprefixed(node.seq, &node.block)));
-            }
             match l.search(&node, &key)? {
                 Ok(i) => {
                     let seq = node.keys()[i];
