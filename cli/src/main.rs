@@ -152,6 +152,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script.
+    ///
+    /// Example:
+    ///   hyperfs completions bash > /etc/bash_completion.d/hyperfs
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    ///
+    /// Example:
+    ///   hyperfs man > /usr/local/share/man/man1/hyperfs.1
+    #[command(verbatim_doc_comment)]
+    Man,
     /// Re-hash every local block of a drive and check its signatures; exit 1 if anything is bad.
     Verify {
         /// The drive.
@@ -274,6 +289,13 @@ fn main() -> ExitCode {
     let dir = || local::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Daemon => dir().and_then(|d| node::run(&d)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "hyperfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
         Command::Stop => dir().and_then(|d| client::request(&d, &serde_json::json!({"cmd": "stop"}), false).map(drop)),
         Command::Create { ref name, json } => dir().and_then(|d| {
             let r = client::request(&d, &serde_json::json!({"cmd": "create", "name": name}), true)?;

@@ -88,7 +88,6 @@ pub fn run(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
     tracing::info!(dir = %dir.display(), "node started");
     {
-        let sock = sock.clone();
         let state = state.clone();
         std::thread::spawn(move || {
             if let Some(set) = signals {
@@ -98,20 +97,29 @@ pub fn run(dir: &Path) -> Result<()> {
                 tracing::info!(signal = sig, "stopping");
             }
             state.stopping.store(true, Ordering::SeqCst);
-            let _ = UnixStream::connect(&sock);
         });
     }
-    for conn in listener.incoming() {
-        if state.stopping.load(Ordering::SeqCst) {
+    // The accept loop wakes at least once a second to notice a stop request, and a data
+    // directory that was removed (a deleted test directory, a wiped disk): a node then stops
+    // instead of serving a store nobody can reach.
+    let marker = dir.join(MARKER);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    while !state.stopping.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the listener, which lives across the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        if !marker.exists() {
+            tracing::warn!("the data directory is gone; stopping");
             break;
         }
-        let Ok(conn) = conn else { continue };
+        if ready <= 0 {
+            continue;
+        }
+        let Ok((conn, _)) = listener.accept() else { continue };
         let state = state.clone();
-        let sock = sock.clone();
         std::thread::spawn(move || {
             if serve(&state, conn) {
                 state.stopping.store(true, Ordering::SeqCst);
-                let _ = UnixStream::connect(&sock);
             }
         });
     }

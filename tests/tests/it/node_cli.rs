@@ -153,3 +153,30 @@ fn file_commands_change_the_drive_and_show_its_history() {
     assert!(one_line_error(&run(&dir, &["rm", "p:/nope"])).contains("no file"));
     ok(&dir, &["stop"]);
 }
+
+#[test]
+fn a_node_stops_when_its_data_directory_is_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(&dir, &["drives"]);
+    let pid = node_pid(&dir);
+    std::fs::remove_dir_all(&dir).expect("remove");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie waiting for whoever inherited it to reap it.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+    };
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the node outlived its data directory");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_definitions() {
+    let bash = hyperfs_tests::hyperfs_ok(&["completions", "bash"]);
+    assert!(bash.contains("_hyperfs") && bash.contains("create") && bash.contains("keys"));
+    let man = hyperfs_tests::hyperfs_ok(&["man"]);
+    assert!(man.contains(".TH hyperfs") && man.contains("daemon"));
+}
