@@ -52,11 +52,8 @@ pub trait Fetch: Send + Sync {
 
 /// Block `index` of `blocks`: local, else fetched, else [`Error::MissingBlock`].
 pub fn read_block(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64) -> Result<Vec<u8>> {
-    match blocks.block(index) {
-        Err(Error::MissingBlock { .. }) if fetch.is_some() => match fetch {
-            Some(f) => f.fetch(blocks.core_key(), index),
-            None => Err(Error::MissingBlock { index }),
-        },
-        other => other,
+    match (blocks.block(index), fetch) {
+        (Err(Error::MissingBlock { .. }), Some(f)) => f.fetch(blocks.core_key(), index),
+        (local, _) => local,
     }
 }

@@ -69,31 +69,6 @@ pub struct Stat {
     pub size: u64,
 }
 
-/// POSIX attributes hyperfs keeps in an entry's `metadata`: `{"mode", "mtime", "ctime"}`
-/// (times in milliseconds since the epoch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileMeta {
-    pub mode: u32,
-    pub mtime_ms: u64,
-    pub ctime_ms: u64,
-}
-
-impl FileMeta {
-    pub fn to_json(self) -> serde_json::Value {
-        serde_json::json!({"mode": self.mode, "mtime": self.mtime_ms, "ctime": self.ctime_ms})
-    }
-
-    /// The attributes in an entry's metadata, if it holds them (JS-written entries do not).
-    pub fn of(entry: &Entry) -> Option<FileMeta> {
-        let m = entry.metadata.as_ref()?;
-        Some(FileMeta {
-            mode: u32::try_from(m.get("mode")?.as_u64()?).ok()?,
-            mtime_ms: m.get("mtime").and_then(serde_json::Value::as_u64).unwrap_or(0),
-            ctime_ms: m.get("ctime").and_then(serde_json::Value::as_u64).unwrap_or(0),
-        })
-    }
-}
-
 /// One operation of a drive's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -149,11 +124,7 @@ impl Drive {
     /// Opens the writable drive of `key_pair`, creating its cores if this store has none.
     pub fn create(store: Arc<dyn Store>, key_pair: KeyPair) -> Result<Drive> {
         let db = Hypercore::create(store.clone(), key_pair.clone(), false)?;
-        let manifest =
-            db.manifest().cloned().ok_or_else(|| Error::InvalidRequest("a drive needs a manifest".into()))?;
-        let blobs_manifest = keys::blobs_manifest(&manifest, db.key())
-            .ok_or_else(|| Error::InvalidRequest("a drive's db core needs a v1 manifest".into()))?;
-        let mut blobs = Hypercore::create_with_manifest(store, key_pair, blobs_manifest)?;
+        let mut blobs = Hypercore::create_with_manifest(store, key_pair, blobs_manifest_for(&db)?)?;
         blobs.set_index_blocks(true);
         Ok(Drive::assemble(Hyperbee::new(db).with_metadata(Metadata::default()), blobs))
     }
@@ -181,17 +152,13 @@ impl Drive {
                 .get(..32)
                 .and_then(|k| <Hash>::try_from(k).ok())
                 .ok_or_else(|| Error::Verification("the drive header's content feed is not a key".into()))?,
-            None => {
-                let m = db.core().manifest().ok_or_else(|| Error::InvalidRequest("a drive needs a manifest".into()))?;
-                keys::blobs_manifest(m, key)
-                    .ok_or_else(|| Error::InvalidRequest("a drive's db core needs a v1 manifest".into()))?
-                    .hash()
-            }
+            None => blobs_manifest_for(db.core())?.hash(),
         };
         let mut blobs = match Hypercore::open(store.clone(), &blobs_key)? {
             Some(b) => b,
             None => {
-                let m = db.core().manifest().and_then(|m| keys::blobs_manifest(m, key));
+                // The derived manifest proves the blobs key only when the key was derived.
+                let m = blobs_manifest_for(db.core()).ok().filter(|m| m.hash() == blobs_key);
                 Hypercore::open_replica(store, blobs_key, m)?
             }
         };
@@ -249,27 +216,27 @@ impl Drive {
         let blob = self.write_chunks(reader)?;
         let entry =
             Entry { executable: opts.executable, linkname: None, blob: Some(blob), metadata: opts.metadata.clone() };
-        self.db.put(&file_key(&path), &entry.encode())
+        self.db.put(&key_in(FILES, &path), &entry.encode())
     }
 
     /// Makes `path` a symbolic link to `target`.
     pub fn symlink(&mut self, path: &str, target: &str, metadata: Option<serde_json::Value>) -> Result<()> {
         let path = path::file(path)?;
         let entry = Entry { executable: false, linkname: Some(target.to_owned()), blob: None, metadata };
-        self.db.put(&file_key(&path), &entry.encode())
+        self.db.put(&key_in(FILES, &path), &entry.encode())
     }
 
     /// Writes an entry as given (a metadata-only change keeps the blob it names).
     pub fn put_entry(&mut self, path: &str, entry: &Entry) -> Result<()> {
         let path = path::file(path)?;
-        self.db.put(&file_key(&path), &entry.encode())
+        self.db.put(&key_in(FILES, &path), &entry.encode())
     }
 
     /// Removes `path`; returns whether it existed. Its chunks stay in the blobs core (older
     /// versions still read them).
     pub fn del(&mut self, path: &str) -> Result<bool> {
         let path = path::file(path)?;
-        self.db.del(&file_key(&path))
+        self.db.del(&key_in(FILES, &path))
     }
 
     /// Reads of the current version.
@@ -286,13 +253,13 @@ impl Drive {
     pub fn mkdir(&mut self, path: &str, metadata: Option<serde_json::Value>) -> Result<()> {
         let path = path::file(path)?;
         let entry = Entry { executable: false, linkname: None, blob: None, metadata };
-        self.db.put(&dir_key(&path), &entry.encode())
+        self.db.put(&key_in(DIRS, &path), &entry.encode())
     }
 
     /// Forgets the empty-directory record at `path`; returns whether there was one.
     pub fn rmdir(&mut self, path: &str) -> Result<bool> {
         let path = path::file(path)?;
-        self.db.del(&dir_key(&path))
+        self.db.del(&key_in(DIRS, &path))
     }
 
     /// Moves a file, symlink or directory (with everything under it) in one version. A file at
@@ -304,25 +271,19 @@ impl Drive {
         }
         let view = self.db.view();
         let mut moves: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
-        if let Some(e) = view.get(&file_key(&from))? {
-            moves.push((file_key(&from), file_key(&to), e.value));
+        if let Some(e) = view.get(&key_in(FILES, &from))? {
+            moves.push((key_in(FILES, &from), key_in(FILES, &to), e.value));
         } else {
             if to.starts_with(&format!("{from}/")) {
                 return Err(Error::InvalidRequest(format!("cannot move {from} into itself ({to})")));
             }
             for prefix in [FILES, DIRS] {
-                let key = |p: &str| [prefix, p.as_bytes()].concat();
-                if let Some(e) = view.get(&key(&from))? {
-                    moves.push((key(&from), key(&to), e.value));
+                if let Some(e) = view.get(&key_in(prefix, &from))? {
+                    moves.push((key_in(prefix, &from), key_in(prefix, &to), e.value));
                 }
-                let range = Range {
-                    lower: Bound::Excluded(key(&format!("{from}/"))),
-                    upper: Bound::Excluded(key(&format!("{from}0"))),
-                    ..Range::default()
-                };
-                for e in view.range(&range) {
+                for e in view.range(&under(prefix, &from, "/")) {
                     let e = e?;
-                    let mut new_key = key(&to);
+                    let mut new_key = key_in(prefix, &to);
                     new_key.extend_from_slice(&e.key[prefix.len() + from.len()..]);
                     moves.push((e.key, new_key, e.value));
                 }
@@ -356,8 +317,7 @@ impl Drive {
 
     /// The files added, changed and removed from version `old` to version `new`, in path order.
     pub fn diff(&self, old: u64, new: u64) -> Result<Vec<Difference>> {
-        let range =
-            Range { lower: Bound::Excluded(file_key("/")), upper: Bound::Excluded(file_key("0")), ..Range::default() };
+        let range = under(FILES, "", "/");
         let (new_view, old_view) = (self.db.checkout(new)?, self.db.checkout(old)?);
         let mut out = Vec::new();
         for d in new_view.diff(&old_view, &range)? {
@@ -369,7 +329,7 @@ impl Drive {
                 (_, None) => DiffKind::Removed,
                 _ => DiffKind::Changed,
             };
-            out.push(Difference { path: path_of(&key)?, kind, old: old_entry, new: new_entry });
+            out.push(Difference { path: path_of(FILES, &key)?, kind, old: old_entry, new: new_entry });
         }
         Ok(out)
     }
@@ -652,7 +612,7 @@ impl<B: Blocks> DriveView<'_, B> {
     /// The entry at `path` and the db block that wrote it.
     pub fn entry(&self, path: &str) -> Result<Option<(u64, Entry)>> {
         let path = path::file(path)?;
-        match self.db.get(&file_key(&path))? {
+        match self.db.get(&key_in(FILES, &path))? {
             Some(e) => Ok(Some((e.seq, Entry::decode(&e.value)?))),
             None => Ok(None),
         }
@@ -667,8 +627,7 @@ impl<B: Blocks> DriveView<'_, B> {
         let Some((seq, entry)) = self.entry(path)? else { return Ok(None) };
         let size = match &entry.blob {
             None => 0,
-            Some(b) if !b.block_map => b.byte_length,
-            Some(b) => self.drive.pieces(b)?.last().map_or(0, |p| p.start + p.len),
+            Some(b) => self.drive.blob_size(b)?,
         };
         Ok(Some(Stat { seq, entry, size }))
     }
@@ -694,16 +653,10 @@ impl<B: Blocks> DriveView<'_, B> {
     /// Every file and symlink under `folder`, recursively, in path order.
     pub fn list(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
         let folder = path::folder(folder)?;
-        let range = Range {
-            lower: Bound::Excluded(file_key(&format!("{folder}/"))),
-            upper: Bound::Excluded(file_key(&format!("{folder}0"))),
-            ..Range::default()
-        };
-        let view = &self.db;
         let mut out = Vec::new();
-        for e in view.range(&range) {
+        for e in self.db.range(&under(FILES, &folder, "/")) {
             let e = e?;
-            out.push((path_of(&e.key)?, Entry::decode(&e.value)?));
+            out.push((path_of(FILES, &e.key)?, Entry::decode(&e.value)?));
         }
         Ok(out)
     }
@@ -728,16 +681,11 @@ impl<B: Blocks> DriveView<'_, B> {
         if folder.is_empty() {
             return Ok(true);
         }
-        if self.db.get(&dir_key(&folder))?.is_some() {
+        if self.db.get(&key_in(DIRS, &folder))?.is_some() {
             return Ok(true);
         }
         for prefix in [FILES, DIRS] {
-            let range = Range {
-                lower: Bound::Excluded([prefix, format!("{folder}/").as_bytes()].concat()),
-                upper: Bound::Excluded([prefix, format!("{folder}0").as_bytes()].concat()),
-                limit: Some(1),
-                ..Range::default()
-            };
+            let range = Range { limit: Some(1), ..under(prefix, &folder, "/") };
             if self.db.range(&range).next().transpose()?.is_some() {
                 return Ok(true);
             }
@@ -747,21 +695,12 @@ impl<B: Blocks> DriveView<'_, B> {
 
     /// Hyperdrive's shallow listing: repeated one-key range reads, skipping each sub-folder.
     fn children(&self, prefix: &[u8], folder: &str) -> Result<Vec<String>> {
-        let key = |p: &str| [prefix, p.as_bytes()].concat();
         let mut names = Vec::new();
         let mut prev = String::from("/");
         loop {
-            let range = Range {
-                lower: Bound::Excluded(key(&format!("{folder}{prev}"))),
-                upper: Bound::Excluded(key(&format!("{folder}0"))),
-                limit: Some(1),
-                ..Range::default()
-            };
+            let range = Range { limit: Some(1), ..under(prefix, folder, &prev) };
             let Some(e) = self.db.range(&range).next().transpose()? else { break };
-            let path = String::from_utf8(e.key[prefix.len()..].to_vec()).map_err(|_| Error::Decode {
-                what: "drive path",
-                source: crate::encoding::DecodeError::Invalid("UTF-8"),
-            })?;
+            let path = path_of(prefix, &e.key)?;
             let suffix = path.get(folder.len() + 1..).unwrap_or_default();
             let (name, is_dir) = match suffix.find('/') {
                 Some(i) => (&suffix[..i], true),
@@ -833,23 +772,31 @@ impl ChunkWriter {
     }
 }
 
-/// The db key of a normalised path.
-fn file_key(path: &str) -> Vec<u8> {
-    let mut k = FILES.to_vec();
-    k.extend_from_slice(path.as_bytes());
-    k
+/// The db key of a normalised path in a sub-database (`FILES` or `DIRS`).
+fn key_in(prefix: &[u8], path: &str) -> Vec<u8> {
+    [prefix, path.as_bytes()].concat()
 }
 
-/// The db key of an empty directory's record.
-fn dir_key(path: &str) -> Vec<u8> {
-    let mut k = DIRS.to_vec();
-    k.extend_from_slice(path.as_bytes());
-    k
+/// The keys of a sub-database under `folder` that sort after `folder ‖ after` (Hyperdrive's
+/// prefix range: `'0'` is the byte after `'/'`).
+fn under(prefix: &[u8], folder: &str, after: &str) -> Range {
+    Range {
+        lower: Bound::Excluded(key_in(prefix, &format!("{folder}{after}"))),
+        upper: Bound::Excluded(key_in(prefix, &format!("{folder}0"))),
+        ..Range::default()
+    }
 }
 
-/// The path of a db key inside the files sub-database.
-fn path_of(key: &[u8]) -> Result<String> {
-    let p = key.strip_prefix(FILES).unwrap_or(key);
+/// The path of a db key inside a sub-database.
+fn path_of(prefix: &[u8], key: &[u8]) -> Result<String> {
+    let p = key.strip_prefix(prefix).unwrap_or(key);
     String::from_utf8(p.to_vec())
         .map_err(|_| Error::Decode { what: "drive path", source: crate::encoding::DecodeError::Invalid("UTF-8") })
+}
+
+/// Hyperdrive 13's blobs manifest for a drive's db core.
+fn blobs_manifest_for(db: &Hypercore) -> Result<crate::hypercore::Manifest> {
+    let m = db.manifest().ok_or_else(|| Error::InvalidRequest("a drive needs a manifest".into()))?;
+    keys::blobs_manifest(m, db.key())
+        .ok_or_else(|| Error::InvalidRequest("a drive's db core needs a v1 manifest".into()))
 }

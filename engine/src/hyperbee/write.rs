@@ -349,8 +349,7 @@ impl<'a> Batch<'a> {
                 right = self.child(right, 0)?;
                 stack.push(right);
             }
-            let keys = &mut self.nodes[right].keys;
-            if keys.is_empty() {
+            if self.nodes[right].keys.is_empty() {
                 return Err(malformed("an empty leaf"));
             }
             self.nodes[node].keys[index] = self.nodes[right].keys.remove(0);
