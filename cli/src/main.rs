@@ -152,6 +152,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount a drive as a folder: read-write if this node holds its key, else read-only.
+    ///
+    /// Every close of a changed file makes one new drive version (see `hyperfs log`). The mount
+    /// lives in the node; it goes away when the node stops, even if it is killed.
+    ///
+    /// Examples:
+    ///   hyperfs mount photos ~/photos
+    ///   hyperfs mount photos ~/photos-then --version 42
+    #[command(verbatim_doc_comment)]
+    Mount {
+        /// The drive: a local name, a key or a hyper:// link.
+        drive: String,
+        /// An existing, empty directory.
+        dir: PathBuf,
+        /// Show the drive as it was at this version (read-only).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Refuse every change (EROFS).
+        #[arg(long)]
+        read_only: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount a mounted drive (also clears a mount left behind by a killed node).
+    ///
+    /// Example:
+    ///   hyperfs unmount ~/photos
+    #[command(verbatim_doc_comment)]
+    Unmount {
+        /// The mount point.
+        dir: PathBuf,
+        /// Detach it even while files in it are open.
+        #[arg(long)]
+        lazy: bool,
+    },
     /// Print a shell completion script.
     ///
     /// Example:
@@ -317,7 +353,14 @@ fn main() -> ExitCode {
                 println!("{r}");
             } else {
                 for e in r.as_array().into_iter().flatten() {
-                    println!("{}\t{}", e["name"].as_str().unwrap_or_default(), e["key"].as_str().unwrap_or_default());
+                    let mounts: Vec<&str> =
+                        e["mounts"].as_array().into_iter().flatten().filter_map(|m| m["dir"].as_str()).collect();
+                    println!(
+                        "{}\t{}\t{}",
+                        e["name"].as_str().unwrap_or_default(),
+                        e["key"].as_str().unwrap_or_default(),
+                        mounts.join(",")
+                    );
                 }
             }
             Ok(())
@@ -391,6 +434,24 @@ fn main() -> ExitCode {
             } else {
                 Err(anyhow::anyhow!("{}", bad.join("; ")))
             }
+        }),
+        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, json } => dir().and_then(|d| {
+            // SAFETY: getuid and getgid cannot fail and touch no memory.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let req = json!({"cmd": "mount", "drive": drive, "dir": absolute(mount_dir)?, "version": version,
+                "readOnly": read_only, "uid": uid, "gid": gid});
+            let r = client::request(&d, &req, true)?;
+            if json {
+                println!("{r}");
+            } else {
+                let how = if r["readOnly"].as_bool().unwrap_or(false) { "read-only" } else { "read-write" };
+                println!("mounted {drive} on {} ({how})", r["dir"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }),
+        Command::Unmount { dir: ref mount_dir, lazy } => dir().and_then(|d| {
+            let req = json!({"cmd": "unmount", "dir": absolute(mount_dir)?, "lazy": lazy});
+            client::request(&d, &req, true).map(drop)
         }),
         Command::Ls { ref target, version } => dir().and_then(|d| {
             let r = target_request(&d, "ls", target, json!({"version": version}))?;

@@ -17,7 +17,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::crypto::{z32_encode, Hash};
@@ -58,8 +58,16 @@ struct State {
     store: Arc<RocksStore>,
     primary: [u8; 32],
     names: Mutex<BTreeMap<String, String>>,
-    drives: Mutex<BTreeMap<Hash, Arc<Mutex<Drive>>>>,
+    drives: Mutex<BTreeMap<Hash, Arc<RwLock<Drive>>>>,
+    /// Mounted drives by mount point.
+    mounts: Mutex<BTreeMap<PathBuf, Mount>>,
     stopping: AtomicBool,
+}
+
+struct Mount {
+    mounted: hyperfs_fs::Mounted,
+    key: Hash,
+    version: Option<u64>,
 }
 
 /// Runs the node in the foreground until `stop`, SIGINT or SIGTERM.
@@ -83,6 +91,7 @@ pub fn run(dir: &Path) -> Result<()> {
         primary: primary_key(dir)?,
         names: Mutex::new(read_names(dir)?),
         drives: Mutex::new(BTreeMap::new()),
+        mounts: Mutex::new(BTreeMap::new()),
         stopping: AtomicBool::new(false),
     });
     std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
@@ -125,6 +134,14 @@ pub fn run(dir: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(dir.join("node.pid"));
+    // Open files are written as their handles close; a mount still busy is detached.
+    let mounts = std::mem::take(&mut *state.mounts.lock().unwrap_or_else(|e| e.into_inner()));
+    for (dir, mut m) in mounts {
+        let _ = m.mounted.fs().sync();
+        if let Err(e) = m.mounted.unmount(true) {
+            tracing::warn!(dir = %dir.display(), error = %e, "unmounting");
+        }
+    }
     state.store.flush()?;
     tracing::info!("node stopped");
     Ok(())
@@ -177,20 +194,26 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         "create" => create(state, r["name"].as_str()),
         "drives" => {
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            Ok(names.into_iter().map(|(name, key)| json!({"name": name, "key": key})).collect())
+            Ok(names
+                .into_iter()
+                .map(|(name, key)| {
+                    let mounts = crate::local::parse_key(&key).map(|k| mounts_of(state, &k)).unwrap_or_default();
+                    json!({"name": name, "key": key, "mounts": mounts})
+                })
+                .collect())
         }
         "put" => {
             let drive = open_drive(state, s("drive")?)?;
             let file = s("file")?;
             let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
             let opts = PutOptions { executable: r["executable"].as_bool().unwrap_or(false), metadata: None };
-            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
             d.put_reader(s("path")?, std::io::BufReader::new(f), &opts)?;
             Ok(json!({"version": d.version()}))
         }
         "cat" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let path = s("path")?;
             let data = match r["version"].as_u64() {
                 Some(v) => d.checkout(v)?.get(path)?,
@@ -200,7 +223,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         }
         "ls" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             Ok(match r["version"].as_u64() {
                 Some(v) => d.checkout(v)?.readdir(s("path")?)?,
                 None => d.readdir(s("path")?)?,
@@ -209,7 +232,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         }
         "rm" => {
             let drive = open_drive(state, s("drive")?)?;
-            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
             let path = s("path")?;
             if !d.del(path)? && !d.rmdir(path)? {
                 bail!("no file at {path}");
@@ -218,19 +241,19 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         }
         "mv" => {
             let drive = open_drive(state, s("drive")?)?;
-            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
             d.rename(s("path")?, s("to")?)?;
             Ok(json!({"version": d.version()}))
         }
         "mkdir" => {
             let drive = open_drive(state, s("drive")?)?;
-            let mut d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
             d.mkdir(s("path")?, None)?;
             Ok(json!({"version": d.version()}))
         }
         "stat" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let path = s("path")?;
             match d.stat(path)? {
                 Some(st) => Ok(json!({
@@ -245,7 +268,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         }
         "log" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let filter = r["path"].as_str().filter(|p| *p != "/");
             let mut out = Vec::new();
             for c in d.history(0)? {
@@ -262,7 +285,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         }
         "diff" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let v1 = r["v1"].as_u64().ok_or_else(|| anyhow!("the request lacks \"v1\""))?;
             let v2 = r["v2"].as_u64().unwrap_or(d.version());
             let out: Vec<Value> = d
@@ -274,7 +297,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
         }
         "info" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let core = |c: &hyperfs_engine::Hypercore| {
                 json!({"key": hex::encode(c.key()), "length": c.length(), "byteLength": c.byte_length(),
                     "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork()})
@@ -288,11 +311,12 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
                 "db": core(d.db().core()),
                 "blobs": core(d.blobs()),
                 "chunker": d.preset().name,
+                "mounts": mounts_of(state, d.key()),
             }))
         }
         "verify" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.lock().unwrap_or_else(|e| e.into_inner());
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let mut bad = Vec::new();
             for (name, c) in [("db", d.db().core()), ("blobs", d.blobs())] {
                 match c.verify_local() {
@@ -304,6 +328,8 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             }
             Ok(json!({"bad": bad}))
         }
+        "mount" => mount(state, s("drive")?, Path::new(s("dir")?), r),
+        "unmount" => unmount(state, Path::new(s("dir")?), r["lazy"].as_bool().unwrap_or(false)),
         "dump" => crate::local::core_dump(state.store.clone(), s("key")?),
         "keys-export" => {
             let key = drive_key(state, s("drive")?)?;
@@ -323,12 +349,124 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
                     n
                 }
             };
-            state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(Mutex::new(drive)));
+            state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(RwLock::new(drive)));
             Ok(json!({"name": name, "key": hexkey}))
         }
         "" if r.get("malformed").is_some() => bail!("malformed request: {}", r["malformed"]),
         other => bail!("unknown request {other:?}"),
     }
+}
+
+/// Mounts a drive on `dir`: read-write if this node can write it, else (or with a version or
+/// `readOnly`) read-only.
+fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
+    let dir = prepare_mount_point(dir)?;
+    if state.mounts.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&dir) {
+        bail!("a drive is already mounted on {}", dir.display());
+    }
+    let drive = open_drive(state, which)?;
+    let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
+    let version = r["version"].as_u64();
+    let staging = state.dir.join("staging");
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let cfg = hyperfs_fs::Config {
+        version,
+        read_only: r["readOnly"].as_bool().unwrap_or(false),
+        staging,
+        uid: r["uid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+        gid: r["gid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+    };
+    let fs = hyperfs_fs::Fs::new(drive, cfg).map_err(|e| match version {
+        Some(v) => anyhow!("drive {which} has no version {v}"),
+        None => anyhow!("{e}"),
+    })?;
+    let read_only = fs.read_only();
+    let name = state
+        .names
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(_, k)| **k == hex::encode(key))
+        .map_or_else(|| hex::encode(key), |(n, _)| n.clone());
+    let opts = hyperfs_fs::MountOptions { fsname: format!("hyperfs:{name}"), ..Default::default() };
+    let mounted =
+        hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), drive = %name, ?version, read_only, "mounted");
+    state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version });
+    Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
+}
+
+/// Checks that `dir` can be mounted on: an existing, empty directory (a dead hyperfs mount
+/// left there is cleared first).
+fn prepare_mount_point(dir: &Path) -> Result<PathBuf> {
+    if let Err(e) = std::fs::metadata(dir) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::info!(dir = %dir.display(), "clearing a dead mount");
+            hyperfs_fs::unmount(dir, true).with_context(|| format!("clearing the dead mount on {}", dir.display()))?;
+        }
+    }
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("mount point {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{} is not empty; mount on an empty directory", dir.display());
+    }
+    Ok(dir)
+}
+
+fn unmount(state: &State, dir: &Path, lazy: bool) -> Result<Value> {
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut mounts = state.mounts.lock().unwrap_or_else(|e| e.into_inner());
+    match mounts.get_mut(&canonical) {
+        Some(m) => {
+            let _ = m.mounted.fs().sync();
+            if let Err(e) = m.mounted.unmount(lazy) {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    bail!("{} is busy; close what uses it, or pass --lazy", canonical.display());
+                }
+                bail!("unmounting {}: {e}", canonical.display());
+            }
+            mounts.remove(&canonical);
+            Ok(json!({"dir": canonical}))
+        }
+        None => {
+            // A mount this node does not serve: one left behind by a node that was killed
+            // (its connection is gone) is cleared; a live one belongs to another node.
+            let dead = std::fs::metadata(dir).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
+            if dead {
+                hyperfs_fs::unmount(dir, true).with_context(|| format!("unmounting {}", dir.display()))?;
+                Ok(json!({"dir": dir, "stale": true}))
+            } else if is_fuse_mount(&canonical) {
+                bail!("{} is served by another node; unmount it with that node's --data-dir", dir.display())
+            } else {
+                bail!("nothing is mounted on {}", dir.display())
+            }
+        }
+    }
+}
+
+/// Whether `dir` is a FUSE mount point (live or dead), from /proc/self/mountinfo.
+fn is_fuse_mount(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1)).copied().unwrap_or_default();
+        f.get(4) == Some(&want.as_str()) && fstype.starts_with("fuse")
+    })
+}
+
+/// The mounts of drive `key` on this node.
+fn mounts_of(state: &State, key: &Hash) -> Vec<Value> {
+    state
+        .mounts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, m)| m.key == *key)
+        .map(|(dir, m)| json!({"dir": dir, "version": m.version, "readOnly": m.mounted.fs().read_only()}))
+        .collect()
 }
 
 fn create(state: &State, name: Option<&str>) -> Result<Value> {
@@ -347,7 +485,7 @@ fn create(state: &State, name: Option<&str>) -> Result<Value> {
     let key = *drive.key();
     names.insert(name.clone(), hex::encode(key));
     write_names(&state.dir, &names)?;
-    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(Mutex::new(drive)));
+    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(RwLock::new(drive)));
     Ok(json!({"name": name, "key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key))}))
 }
 
@@ -361,7 +499,7 @@ fn drive_key(state: &State, which: &str) -> Result<Hash> {
 }
 
 /// A drive by local name or key, opened once and kept.
-fn open_drive(state: &State, which: &str) -> Result<Arc<Mutex<Drive>>> {
+fn open_drive(state: &State, which: &str) -> Result<Arc<RwLock<Drive>>> {
     let key = drive_key(state, which)?;
     let mut drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = drives.get(&key) {
@@ -369,7 +507,7 @@ fn open_drive(state: &State, which: &str) -> Result<Arc<Mutex<Drive>>> {
     }
     let store: Arc<dyn Store> = state.store.clone();
     let drive = Drive::open(store, &key)?.ok_or_else(|| anyhow!("no drive {} on this node", hex::encode(key)))?;
-    let d = Arc::new(Mutex::new(drive));
+    let d = Arc::new(RwLock::new(drive));
     drives.insert(key, d.clone());
     Ok(d)
 }

@@ -1,9 +1,57 @@
 //! hyperfs-fs: filesystem semantics over a drive — inodes, handles, staging of writes, POSIX
-//! rules and the one errno mapping — as a FUSE-free layer tested directly, plus a thin `fuser`
-//! adapter that mounts it.
+//! rules and the one errno mapping — as a FUSE-free layer tested directly ([`Fs`]), plus a thin
+//! `fuser` adapter that mounts it ([`mount`]).
 //!
 //! Knows nothing of: QUIC, peers or the swarm (`hyperfs-net`). A read of a block that is not
-//! local goes through the engine's fetch seam and waits with a timeout on a worker thread, never
-//! on the FUSE session thread.
+//! local goes through the engine's fetch seam and waits on a worker thread, never on the FUSE
+//! session thread.
 //!
-//! Not built yet: this crate is the place for issue 7 (mount a drive as a folder).
+//! Invariants: every FUSE request is answered from the worker pool (the session thread only
+//! reads requests); a change to the tree is one drive version, written before the reply; a
+//! read-only mount (a checkout, a drive without its secret key, `--read-only`) refuses every
+//! change with `EROFS`.
+
+mod filesystem;
+mod fuse;
+pub mod meta;
+
+pub use filesystem::{flags, Attr, Config, DirEntry, Fs, Ino, Kind, SetAttr, Statfs, ROOT};
+pub use fuse::{mount, unmount, MountOptions, Mounted};
+pub use meta::Meta;
+
+/// An error number as the kernel gets it; the one place engine errors become errnos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl From<hyperfs_engine::Error> for Errno {
+    fn from(e: hyperfs_engine::Error) -> Errno {
+        use hyperfs_engine::Error as E;
+        let errno = match &e {
+            E::NotWritable => libc::EROFS,
+            E::InvalidRequest(_) | E::OutOfBounds(_) => libc::EINVAL,
+            E::Storage(msg) if msg.contains("No space left") || msg.contains("os error 28") => libc::ENOSPC,
+            _ => libc::EIO,
+        };
+        if errno == libc::EIO || errno == libc::ENOSPC {
+            tracing::warn!(error = %e, "filesystem operation failed");
+        }
+        Errno(errno)
+    }
+}
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -119,3 +119,95 @@ pub fn crash_block(i: u64) -> Vec<u8> {
     let len = (i.wrapping_mul(7919) % (64 * 1024)) as usize;
     pseudo_random(len, i + 1)
 }
+
+/// A drive of a fresh node mounted on a temporary directory through the real kernel; the node
+/// stops (and unmounts) when it is dropped.
+pub struct MountedDrive {
+    pub tmp: tempfile::TempDir,
+    /// The node's data directory.
+    pub data: PathBuf,
+    /// The mount point.
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+impl MountedDrive {
+    /// Creates drive `t` on a new node and mounts it read-write.
+    pub fn new() -> MountedDrive {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).expect("mount point");
+        hyperfs_in_ok(&data, &["create", "--name", "t"]);
+        let m = MountedDrive { tmp, data, dir, name: "t".into() };
+        m.ok(&["mount", "t", m.dir.to_str().expect("utf-8")]);
+        m
+    }
+
+    /// Runs `hyperfs` against this node.
+    pub fn run(&self, args: &[&str]) -> Output {
+        hyperfs_in(&self.data, args)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        hyperfs_in_ok(&self.data, args)
+    }
+
+    /// The drive's current version.
+    pub fn version(&self) -> u64 {
+        let info: serde_json::Value = serde_json::from_str(&self.ok(&["info", &self.name, "--json"])).expect("json");
+        info["version"].as_u64().expect("version")
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+impl Default for MountedDrive {
+    fn default() -> Self {
+        MountedDrive::new()
+    }
+}
+
+impl Drop for MountedDrive {
+    fn drop(&mut self) {
+        let _ = hyperfs_in(&self.data, &["stop"]);
+        // Never let the temporary directory's removal reach into a mount that is still up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while is_mounted(&self.dir) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Whether `dir` is a mount point (from /proc/self/mountinfo).
+pub fn is_mounted(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Runs a bash script (`set -euo pipefail`) in `cwd`; fails the test if it fails. Returns its
+/// standard output.
+pub fn sh(cwd: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .current_dir(cwd)
+        .output()
+        .expect("spawn bash");
+    assert!(
+        out.status.success(),
+        "script failed in {}: {}\n{script}\nstdout: {}\nstderr: {}",
+        cwd.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

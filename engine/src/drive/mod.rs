@@ -52,6 +52,29 @@ const READ_BYTES: u64 = 1 << 20;
 /// Large reads fetch this many chunks at a time, in parallel.
 const READ_WINDOW_BLOCKS: usize = 64;
 
+/// One change of an atomic [`Drive::apply`].
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// Writes a file or symlink entry.
+    Put(&'a str, &'a Entry),
+    /// Removes a file or symlink entry.
+    Del(&'a str),
+    /// Records a directory (with its attributes in the entry's metadata).
+    Mkdir(&'a str, &'a Entry),
+    /// Forgets a directory record.
+    Rmdir(&'a str),
+    /// Moves a file, symlink or directory with everything under it (see [`Drive::rename`]).
+    Rename(&'a str, &'a str),
+}
+
+/// One name inside a folder.
+#[derive(Debug, Clone)]
+pub struct Child {
+    pub name: String,
+    /// The file or symlink entry; `None` for a folder.
+    pub entry: Option<Entry>,
+}
+
 /// How a file is written.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
@@ -103,6 +126,9 @@ struct Piece {
     start: u64,
     len: u64,
 }
+
+/// One db record a move rewrites: old key, new key, value.
+type Move = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// A drive: its db bee and blobs core.
 pub struct Drive {
@@ -226,6 +252,50 @@ impl Drive {
         self.db.put(&key_in(FILES, &path), &entry.encode())
     }
 
+    /// Applies several changes as one new version (one db batch): all of them or none.
+    pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<()> {
+        // Moves read the tree as it is before the batch.
+        let mut moves = Vec::new();
+        for op in ops {
+            if let Op::Rename(from, to) = *op {
+                let (from, to) = (path::file(from)?, path::file(to)?);
+                moves.push(if from == to { Vec::new() } else { self.moves(&from, &to)? });
+            }
+        }
+        let mut moves = moves.into_iter();
+        let mut b = self.db.batch();
+        for op in ops {
+            match *op {
+                Op::Put(p, e) => b.put(&key_in(FILES, &path::file(p)?), &e.encode())?,
+                Op::Del(p) => {
+                    b.del(&key_in(FILES, &path::file(p)?))?;
+                }
+                Op::Mkdir(p, e) => b.put(&key_in(DIRS, &path::file(p)?), &e.encode())?,
+                Op::Rmdir(p) => {
+                    b.del(&key_in(DIRS, &path::file(p)?))?;
+                }
+                Op::Rename(..) => {
+                    for (old, new, value) in moves.next().unwrap_or_default() {
+                        b.put(&new, &value)?;
+                        b.del(&old)?;
+                    }
+                }
+            }
+        }
+        b.flush()
+    }
+
+    /// Makes everything written so far durable (the store's log is synced).
+    pub fn flush(&self) -> Result<()> {
+        self.db.core().store().flush()
+    }
+
+    /// Chunks what `reader` yields into the blobs core (only chunks this drive lacks are
+    /// appended) and returns the blob, for an entry written later by [`Drive::apply`].
+    pub fn write_blob(&mut self, reader: impl Read) -> Result<Blob> {
+        self.write_chunks(reader)
+    }
+
     /// Writes an entry as given (a metadata-only change keeps the blob it names).
     pub fn put_entry(&mut self, path: &str, entry: &Entry) -> Result<()> {
         let path = path::file(path)?;
@@ -265,40 +335,35 @@ impl Drive {
     /// Moves a file, symlink or directory (with everything under it) in one version. A file at
     /// `to` is replaced.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let (from, to) = (path::file(from)?, path::file(to)?);
-        if from == to {
-            return Ok(());
-        }
+        self.apply(&[Op::Rename(from, to)])
+    }
+
+    /// The db records a move of `from` to `to` rewrites: (old key, new key, value).
+    fn moves(&self, from: &str, to: &str) -> Result<Vec<Move>> {
         let view = self.db.view();
-        let mut moves: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
-        if let Some(e) = view.get(&key_in(FILES, &from))? {
-            moves.push((key_in(FILES, &from), key_in(FILES, &to), e.value));
-        } else {
-            if to.starts_with(&format!("{from}/")) {
-                return Err(Error::InvalidRequest(format!("cannot move {from} into itself ({to})")));
+        let mut moves = Vec::new();
+        if let Some(e) = view.get(&key_in(FILES, from))? {
+            moves.push((key_in(FILES, from), key_in(FILES, to), e.value));
+            return Ok(moves);
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(Error::InvalidRequest(format!("cannot move {from} into itself ({to})")));
+        }
+        for prefix in [FILES, DIRS] {
+            if let Some(e) = view.get(&key_in(prefix, from))? {
+                moves.push((key_in(prefix, from), key_in(prefix, to), e.value));
             }
-            for prefix in [FILES, DIRS] {
-                if let Some(e) = view.get(&key_in(prefix, &from))? {
-                    moves.push((key_in(prefix, &from), key_in(prefix, &to), e.value));
-                }
-                for e in view.range(&under(prefix, &from, "/")) {
-                    let e = e?;
-                    let mut new_key = key_in(prefix, &to);
-                    new_key.extend_from_slice(&e.key[prefix.len() + from.len()..]);
-                    moves.push((e.key, new_key, e.value));
-                }
-            }
-            if moves.is_empty() {
-                return Err(Error::InvalidRequest(format!("nothing at {from} to move")));
+            for e in view.range(&under(prefix, from, "/")) {
+                let e = e?;
+                let mut new_key = key_in(prefix, to);
+                new_key.extend_from_slice(&e.key[prefix.len() + from.len()..]);
+                moves.push((e.key, new_key, e.value));
             }
         }
-        drop(view);
-        let mut b = self.db.batch();
-        for (old, new, value) in &moves {
-            b.put(new, value)?;
-            b.del(old)?;
+        if moves.is_empty() {
+            return Err(Error::InvalidRequest(format!("nothing at {from} to move")));
         }
-        b.flush()
+        Ok(moves)
     }
 
     /// The operations on files, oldest first, from version `since` (0: all).
@@ -665,14 +730,41 @@ impl<B: Blocks> DriveView<'_, B> {
     /// folders the order is JS's (key order); with them, names are sorted.
     pub fn readdir(&self, folder: &str) -> Result<Vec<String>> {
         let folder = path::folder(folder)?;
-        let mut names = self.children(FILES, &folder)?;
-        let dirs = self.children(DIRS, &folder)?;
+        let mut names = self.children_names(FILES, &folder)?;
+        let dirs = self.children_names(DIRS, &folder)?;
         if !dirs.is_empty() {
             names.extend(dirs);
             names.sort();
             names.dedup();
         }
         Ok(names)
+    }
+
+    /// The directory record at `path` (its attributes), if one was written.
+    pub fn dir_entry(&self, path: &str) -> Result<Option<Entry>> {
+        let path = path::file(path)?;
+        match self.db.get(&key_in(DIRS, &path))? {
+            Some(e) => Ok(Some(Entry::decode(&e.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The names directly inside `folder` with their entries (`None` for folders), sorted.
+    pub fn children(&self, folder: &str) -> Result<Vec<Child>> {
+        let folder = path::folder(folder)?;
+        let mut out: Vec<Child> = self
+            .shallow(FILES, &folder)?
+            .into_iter()
+            .map(|(name, value)| Ok(Child { name, entry: value.map(|v| Entry::decode(&v)).transpose()? }))
+            .collect::<Result<_>>()?;
+        let dirs = self.shallow(DIRS, &folder)?;
+        if !dirs.is_empty() {
+            out.extend(dirs.into_iter().map(|(name, _)| Child { name, entry: None }));
+            // A name that is both a file and a recorded folder shows as the file.
+            out.sort_by(|a, b| a.name.cmp(&b.name).then(b.entry.is_some().cmp(&a.entry.is_some())));
+            out.dedup_by(|b, a| a.name == b.name);
+        }
+        Ok(out)
     }
 
     /// Whether `path` is a directory: it holds entries or is a recorded empty directory.
@@ -693,9 +785,15 @@ impl<B: Blocks> DriveView<'_, B> {
         Ok(false)
     }
 
+    /// The names directly inside `folder`.
+    fn children_names(&self, prefix: &[u8], folder: &str) -> Result<Vec<String>> {
+        Ok(self.shallow(prefix, folder)?.into_iter().map(|(n, _)| n).collect())
+    }
+
     /// Hyperdrive's shallow listing: repeated one-key range reads, skipping each sub-folder.
-    fn children(&self, prefix: &[u8], folder: &str) -> Result<Vec<String>> {
-        let mut names = Vec::new();
+    /// Each name comes with the value stored at `folder/name`, or `None` for a sub-folder.
+    fn shallow(&self, prefix: &[u8], folder: &str) -> Result<Vec<(String, Option<Vec<u8>>)>> {
+        let mut names: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut prev = String::from("/");
         loop {
             let range = Range { limit: Some(1), ..under(prefix, folder, &prev) };
@@ -707,8 +805,8 @@ impl<B: Blocks> DriveView<'_, B> {
                 None => (suffix, false),
             };
             prev = format!("/{name}{}", if is_dir { "0" } else { "" });
-            if names.last().map(String::as_str) != Some(name) {
-                names.push(name.to_owned());
+            if names.last().map(|(n, _)| n.as_str()) != Some(name) {
+                names.push((name.to_owned(), (!is_dir).then_some(e.value)));
             }
         }
         Ok(names)

@@ -7,6 +7,8 @@ mod crash;
 mod drive_dedup;
 mod drive_interop;
 mod keys_cli;
+mod mount_tools;
 mod node_cli;
+mod posix;
 mod proof_interop;
 mod replica_store;

@@ -1,0 +1,1243 @@
+//! The filesystem over one drive, without FUSE: inodes, open files, staging of writes, POSIX
+//! rules. Every operation takes `&self` and may run on any thread; the FUSE adapter calls these
+//! from its worker pool, tests call them directly.
+//!
+//! Inodes are numbered as paths are first seen and follow their path through renames; an
+//! unlinked inode keeps its last entry (and its staged bytes), so an open file stays readable.
+//!
+//! Writes go to a staging file (an unlinked temporary file in the node's data directory), copied
+//! from the drive on the first write. `flush`, `fsync` and `release` of a changed file chunk it
+//! into the blobs core and write one entry: one new drive version per close of a changed file.
+//! A file created here exists only in the inode table until then.
+//!
+//! Lock order, never reversed: an open file's lock, then the drive, then the inode table.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use hyperfs_engine::drive::{Blob, Entry, Op};
+use hyperfs_engine::Drive;
+
+use crate::meta::Meta;
+use crate::Errno;
+
+pub type Ino = u64;
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// The root directory's inode.
+pub const ROOT: Ino = 1;
+
+/// Longest name in a directory, as on ext4.
+const NAME_MAX: usize = 255;
+
+/// Staged files are filled from the drive this many bytes at a time.
+const COPY_BYTES: u64 = 8 << 20;
+
+/// Sequential reads fetch ahead up to this many bytes.
+const MAX_READ_AHEAD: u64 = 8 << 20;
+
+const S_ISGID: u32 = 0o2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub meta: Meta,
+    pub nlink: u32,
+}
+
+/// The changes of one `setattr`; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// One name of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What `statfs` shows: the space of the disk the node stores on.
+#[derive(Debug, Clone, Copy)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// How a drive is mounted.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A past version to show (read-only); `None` follows the drive.
+    pub version: Option<u64>,
+    pub read_only: bool,
+    /// Where staging files are made; on the node's disk, not in memory.
+    pub staging: PathBuf,
+    /// The owner of entries that do not record one (the user who mounted).
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Open flags the filesystem cares about (Linux values).
+pub mod flags {
+    pub const ACCMODE: i32 = libc::O_ACCMODE;
+    pub const WRONLY: i32 = libc::O_WRONLY;
+    pub const RDWR: i32 = libc::O_RDWR;
+    pub const TRUNC: i32 = libc::O_TRUNC;
+    pub const APPEND: i32 = libc::O_APPEND;
+    pub const EXCL: i32 = libc::O_EXCL;
+    /// `renameat2` flags.
+    pub const RENAME_NOREPLACE: u32 = 1;
+    pub const RENAME_EXCHANGE: u32 = 2;
+}
+
+/// A filesystem over one drive.
+pub struct Fs {
+    drive: Arc<RwLock<Drive>>,
+    cfg: Config,
+    read_only: bool,
+    /// The time shown for entries that record none (JS-written files, implied directories).
+    born: SystemTime,
+    nodes: Mutex<Nodes>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs").field("cfg", &self.cfg).field("read_only", &self.read_only).finish_non_exhaustive()
+    }
+}
+
+struct Nodes {
+    map: HashMap<Ino, Node>,
+    by_path: HashMap<String, Ino>,
+    /// Files created here and not yet written to the drive.
+    pending: BTreeSet<String>,
+    next: Ino,
+}
+
+struct Node {
+    kind: Kind,
+    /// `None` once unlinked.
+    path: Option<String>,
+    lookups: u64,
+    opens: u32,
+    /// Files and symlinks: the entry last read or written.
+    entry: Option<Entry>,
+    /// Created here and not yet in the drive.
+    pending: bool,
+    /// A file open for writing (or being changed by `setattr`).
+    file: Option<Arc<Mutex<OpenFile>>>,
+}
+
+/// The content of a file while it is open for writing.
+struct OpenFile {
+    /// The bytes, once the first write or truncation copied them out of the drive.
+    staged: Option<File>,
+    size: u64,
+    meta: Meta,
+    /// Changed since the drive last recorded it.
+    dirty: bool,
+    writers: u32,
+}
+
+struct Handle {
+    ino: Ino,
+    write: bool,
+    append: bool,
+    ahead: Mutex<ReadAhead>,
+}
+
+/// The bytes fetched past the last read of a handle.
+#[derive(Default)]
+struct ReadAhead {
+    blob: Option<Blob>,
+    start: u64,
+    data: Vec<u8>,
+    /// Where a sequential reader reads next.
+    next: u64,
+    window: u64,
+}
+
+/// What a path names in the drive.
+enum Found {
+    File(Entry, u64),
+    Symlink(Entry),
+    Dir(Option<Entry>),
+    Nothing,
+}
+
+/// Reads of the mounted version: the current one, or the checkout a read-only mount shows.
+macro_rules! view {
+    ($fs:expr, $d:expr, |$v:ident| $body:expr) => {{
+        match $fs.cfg.version {
+            Some(version) => {
+                let $v = $d.checkout(version)?;
+                $body
+            }
+            None => {
+                let $v = $d.view();
+                $body
+            }
+        }
+    }};
+}
+
+impl Fs {
+    pub fn new(drive: Arc<RwLock<Drive>>, cfg: Config) -> Result<Fs> {
+        let (writable, version) = {
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            (d.writable(), d.version())
+        };
+        if cfg.version.is_some_and(|v| v > version) {
+            return Err(Errno(libc::EINVAL));
+        }
+        let read_only = cfg.read_only || cfg.version.is_some() || !writable;
+        let root = Node {
+            kind: Kind::Dir,
+            path: Some(String::new()),
+            lookups: 1,
+            opens: 0,
+            entry: None,
+            pending: false,
+            file: None,
+        };
+        let nodes = Nodes {
+            map: HashMap::from([(ROOT, root)]),
+            by_path: HashMap::from([(String::new(), ROOT)]),
+            pending: BTreeSet::new(),
+            next: ROOT + 1,
+        };
+        Ok(Fs {
+            drive,
+            cfg,
+            read_only,
+            born: SystemTime::now(),
+            nodes: Mutex::new(nodes),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// Whether changes are refused with `EROFS`.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether this mount shows a fixed past version (its contents never change).
+    pub fn is_checkout(&self) -> bool {
+        self.cfg.version.is_some()
+    }
+
+    /// Makes every recorded change durable.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.drive().flush()?)
+    }
+
+    // ---- names and attributes
+
+    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr> {
+        let path = self.child_path(parent, name)?;
+        let attr = self.attr_at(&path)?;
+        self.note_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// Counts a lookup the kernel made through `readdirplus`.
+    pub fn note_lookup(&self, ino: Ino) {
+        if let Some(n) = self.nodes().map.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let mut nodes = self.nodes();
+        let Some(node) = nodes.map.get_mut(&ino) else { return };
+        node.lookups = node.lookups.saturating_sub(n);
+        if ino != ROOT && node.lookups == 0 && node.opens == 0 && node.file.is_none() && !node.pending {
+            let path = node.path.clone();
+            nodes.map.remove(&ino);
+            if let Some(p) = path {
+                if nodes.by_path.get(&p) == Some(&ino) {
+                    nodes.by_path.remove(&p);
+                }
+            }
+        }
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let (path, file) = {
+            let nodes = self.nodes();
+            let node = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
+            (node.path.clone(), node.file.clone())
+        };
+        if let Some(file) = file {
+            let f = lock(&file);
+            let nlink = u32::from(path.is_some());
+            return Ok(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink });
+        }
+        match path {
+            Some(p) => {
+                let attr = self.attr_at(&p)?;
+                if attr.ino != ino {
+                    // The name now holds something else (changed outside this mount).
+                    return Err(Errno(libc::ESTALE));
+                }
+                Ok(attr)
+            }
+            None => {
+                // Unlinked but still open: its last entry.
+                let entry = self.nodes().map.get(&ino).and_then(|n| n.entry.clone()).ok_or(Errno(libc::ENOENT))?;
+                let size = self.entry_size(&entry)?;
+                let kind = if entry.linkname.is_some() { Kind::Symlink } else { Kind::File };
+                Ok(Attr { ino, kind, size, meta: self.entry_meta(&entry, kind), nlink: 0 })
+            }
+        }
+    }
+
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let now = SystemTime::now();
+        let change_meta = |m: &mut Meta| {
+            if let Some(mode) = set.mode {
+                m.mode = mode & 0o7777;
+            }
+            if let Some(uid) = set.uid {
+                m.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                m.gid = gid;
+            }
+            if let Some(t) = set.mtime {
+                m.mtime = t;
+            }
+            m.ctime = now;
+        };
+        let (kind, path) = {
+            let nodes = self.nodes();
+            let n = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
+            (n.kind, n.path.clone())
+        };
+        match kind {
+            Kind::File => {
+                let (file, temporary) = self.open_file(ino)?;
+                let result = (|| {
+                    let mut f = lock(&file);
+                    if let Some(size) = set.size {
+                        self.resize(ino, &mut f, size)?;
+                        f.meta.mtime = now;
+                    }
+                    change_meta(&mut f.meta);
+                    f.dirty = true;
+                    Ok::<_, Errno>(())
+                })();
+                // A change outside an open file is recorded now; an open one at its close.
+                let committed = match result {
+                    Ok(()) if temporary => self.commit(ino),
+                    other => other,
+                };
+                if temporary {
+                    self.close_file(ino);
+                }
+                committed?;
+                self.getattr(ino)
+            }
+            Kind::Dir | Kind::Symlink => {
+                if set.size.is_some() {
+                    return Err(Errno(if kind == Kind::Dir { libc::EISDIR } else { libc::EINVAL }));
+                }
+                let path = path.ok_or(Errno(libc::ENOENT))?;
+                if path.is_empty() {
+                    // The root's attributes are the mount's.
+                    return Err(Errno(libc::EPERM));
+                }
+                let mut d = self.drive_mut();
+                let mut attr = self.attr_in(&d, &path)?;
+                change_meta(&mut attr.meta);
+                let entry = match kind {
+                    Kind::Dir => {
+                        let old = view!(self, d, |v| v.dir_entry(&path)?);
+                        let metadata = Some(attr.meta.to_json(old.as_ref().and_then(|e| e.metadata.as_ref())));
+                        let e = Entry { executable: false, linkname: None, blob: None, metadata };
+                        d.apply(&[Op::Mkdir(&path, &e)])?;
+                        e
+                    }
+                    _ => {
+                        let mut e =
+                            self.nodes().map.get(&ino).and_then(|n| n.entry.clone()).ok_or(Errno(libc::ENOENT))?;
+                        e.metadata = Some(attr.meta.to_json(e.metadata.as_ref()));
+                        d.apply(&[Op::Put(&path, &e)])?;
+                        e
+                    }
+                };
+                if let Some(n) = self.nodes().map.get_mut(&ino) {
+                    n.entry = (kind == Kind::Symlink).then_some(entry);
+                }
+                Ok(attr)
+            }
+        }
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let attr = self.getattr(ino)?;
+        if attr.kind != Kind::Symlink {
+            return Err(Errno(libc::EINVAL));
+        }
+        let entry = self.nodes().map.get(&ino).and_then(|n| n.entry.clone());
+        entry.and_then(|e| e.linkname).map(String::into_bytes).ok_or(Errno(libc::EINVAL))
+    }
+
+    // ---- changing the tree
+
+    pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        self.writable()?;
+        let path = self.child_path(parent, name)?;
+        let (gid, setgid) = self.inherit_gid(parent, gid)?;
+        let now = SystemTime::now();
+        let meta = Meta { mode: (mode & 0o7777) | setgid, uid, gid, mtime: now, ctime: now };
+        {
+            let mut d = self.drive_mut();
+            if !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path) {
+                return Err(Errno(libc::EEXIST));
+            }
+            let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(None)) };
+            d.apply(&[Op::Mkdir(&path, &e)])?;
+        }
+        self.lookup(parent, name)
+    }
+
+    pub fn symlink(&self, parent: Ino, name: &str, target: &str, uid: u32, gid: u32) -> Result<Attr> {
+        self.writable()?;
+        let path = self.child_path(parent, name)?;
+        let (gid, _) = self.inherit_gid(parent, gid)?;
+        let now = SystemTime::now();
+        let meta = Meta { mode: 0o777, uid, gid, mtime: now, ctime: now };
+        {
+            let mut d = self.drive_mut();
+            if !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path) {
+                return Err(Errno(libc::EEXIST));
+            }
+            let e = Entry {
+                executable: false,
+                linkname: Some(target.to_owned()),
+                blob: None,
+                metadata: Some(meta.to_json(None)),
+            };
+            d.apply(&[Op::Put(&path, &e)])?;
+        }
+        self.lookup(parent, name)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &str) -> Result<()> {
+        self.writable()?;
+        let path = self.child_path(parent, name)?;
+        let mut d = self.drive_mut();
+        let pending = self.nodes().pending.contains(&path);
+        match self.find(&d, &path)? {
+            Found::Dir(_) => return Err(Errno(libc::EISDIR)),
+            Found::Nothing if !pending => return Err(Errno(libc::ENOENT)),
+            Found::Nothing => {}
+            Found::File(..) | Found::Symlink(_) => {
+                let keep = self.keep_parent(&d, &path, None)?;
+                let mut ops = vec![Op::Del(&path)];
+                if let Some((p, e)) = &keep {
+                    ops.push(Op::Mkdir(p, e));
+                }
+                d.apply(&ops)?;
+            }
+        }
+        self.detach(&path);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
+        self.writable()?;
+        let path = self.child_path(parent, name)?;
+        let mut d = self.drive_mut();
+        match self.find(&d, &path)? {
+            Found::Dir(_) => {}
+            Found::Nothing => return Err(Errno(libc::ENOENT)),
+            _ => return Err(Errno(libc::ENOTDIR)),
+        }
+        if !self.is_empty_dir(&d, &path)? {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
+        let keep = self.keep_parent(&d, &path, None)?;
+        let mut ops = vec![Op::Rmdir(&path)];
+        if let Some((p, e)) = &keep {
+            ops.push(Op::Mkdir(p, e));
+        }
+        d.apply(&ops)?;
+        drop(d);
+        self.detach(&path);
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, flags: u32) -> Result<()> {
+        self.writable()?;
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        if flags & !(flags::RENAME_NOREPLACE | flags::RENAME_EXCHANGE) != 0
+            || flags == flags::RENAME_NOREPLACE | flags::RENAME_EXCHANGE
+        {
+            return Err(Errno(libc::EINVAL));
+        }
+        let mut d = self.drive_mut();
+        let (src_pending, dst_pending) = {
+            let nodes = self.nodes();
+            (nodes.pending.contains(&from), nodes.pending.contains(&to))
+        };
+        let src = self.find(&d, &from)?;
+        let dst = self.find(&d, &to)?;
+        let src_exists = src_pending || !matches!(src, Found::Nothing);
+        let dst_exists = dst_pending || !matches!(dst, Found::Nothing);
+        if !src_exists {
+            return Err(Errno(libc::ENOENT));
+        }
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(Errno(libc::EINVAL));
+        }
+        if flags & flags::RENAME_NOREPLACE != 0 && dst_exists {
+            return Err(Errno(libc::EEXIST));
+        }
+        if flags & flags::RENAME_EXCHANGE != 0 {
+            return self.exchange(&mut d, &from, src, &to, dst, src_pending || dst_pending);
+        }
+        let src_dir = matches!(src, Found::Dir(_));
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        match (&dst, src_dir) {
+            (Found::Dir(_), false) => return Err(Errno(libc::EISDIR)),
+            (Found::File(..) | Found::Symlink(_), true) => return Err(Errno(libc::ENOTDIR)),
+            (Found::Dir(_), true) => {
+                if !self.is_empty_dir(&d, &to)? {
+                    return Err(Errno(libc::ENOTEMPTY));
+                }
+                ops.push(Op::Rmdir(&to));
+            }
+            (Found::File(..) | Found::Symlink(_), false) if src_pending => ops.push(Op::Del(&to)),
+            _ => {}
+        }
+        if !src_pending {
+            ops.push(Op::Rename(&from, &to));
+        }
+        let keep = if parent_of(&from) != parent_of(&to) { self.keep_parent(&d, &from, Some(&to))? } else { None };
+        if let Some((p, e)) = &keep {
+            ops.push(Op::Mkdir(p, e));
+        }
+        if !ops.is_empty() {
+            d.apply(&ops)?;
+        }
+        self.move_nodes(&from, &to);
+        Ok(())
+    }
+
+    /// `RENAME_EXCHANGE` of two files or symlinks (directories: `EINVAL`).
+    fn exchange(&self, d: &mut Drive, from: &str, src: Found, to: &str, dst: Found, pending: bool) -> Result<()> {
+        let entry = |f: Found| match f {
+            Found::File(e, _) | Found::Symlink(e) => Ok(e),
+            Found::Nothing => Err(Errno(libc::ENOENT)),
+            Found::Dir(_) => Err(Errno(libc::EINVAL)),
+        };
+        if pending {
+            // A file not yet written has no entry to swap; it is written first by its close.
+            return Err(Errno(libc::EBUSY));
+        }
+        let (a, b) = (entry(src)?, entry(dst)?);
+        d.apply(&[Op::Put(to, &a), Op::Put(from, &b)])?;
+        let mut nodes = self.nodes();
+        let ia = nodes.by_path.remove(from);
+        let ib = nodes.by_path.remove(to);
+        for (ino, path) in [(ia, to), (ib, from)] {
+            if let Some(ino) = ino {
+                nodes.by_path.insert(path.to_owned(), ino);
+                if let Some(n) = nodes.map.get_mut(&ino) {
+                    n.path = Some(path.to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- files
+
+    /// Opens a file; returns the handle.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+        let write = flags & flags::ACCMODE != libc::O_RDONLY;
+        let kind = self.nodes().map.get(&ino).map(|n| n.kind).ok_or(Errno(libc::ENOENT))?;
+        if kind == Kind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        if write {
+            self.writable()?;
+            let (file, _) = self.open_file(ino)?;
+            lock(&file).writers += 1;
+            if flags & flags::TRUNC != 0 {
+                let mut f = lock(&file);
+                if f.size != 0 || f.staged.is_none() {
+                    self.resize(ino, &mut f, 0)?;
+                    let now = SystemTime::now();
+                    (f.meta.mtime, f.meta.ctime, f.dirty) = (now, now, true);
+                }
+            }
+        } else {
+            // Readers see the file as it is now.
+            self.getattr(ino)?;
+        }
+        Ok(self.new_handle(ino, write, flags & flags::APPEND != 0))
+    }
+
+    /// Creates and opens a file; returns its attributes and the handle.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(&self, parent: Ino, name: &str, mode: u32, flags: i32, uid: u32, gid: u32) -> Result<(Attr, u64)> {
+        self.writable()?;
+        let path = self.child_path(parent, name)?;
+        let (gid, _) = self.inherit_gid(parent, gid)?;
+        let exists = {
+            let d = self.drive();
+            !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path)
+        };
+        if exists {
+            if flags & flags::EXCL != 0 {
+                return Err(Errno(libc::EEXIST));
+            }
+            let attr = self.lookup(parent, name)?;
+            let fh = self.open(attr.ino, flags)?;
+            return Ok((self.getattr(attr.ino)?, fh));
+        }
+        let now = SystemTime::now();
+        let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now };
+        let file = OpenFile { staged: None, size: 0, meta, dirty: true, writers: 1 };
+        let ino = {
+            let mut nodes = self.nodes();
+            let ino = nodes.next;
+            nodes.next += 1;
+            let node = Node {
+                kind: Kind::File,
+                path: Some(path.clone()),
+                lookups: 1,
+                opens: 0,
+                entry: None,
+                pending: true,
+                file: Some(Arc::new(Mutex::new(file))),
+            };
+            if let Some(old) = nodes.by_path.insert(path.clone(), ino) {
+                if let Some(n) = nodes.map.get_mut(&old) {
+                    n.path = None;
+                }
+            }
+            nodes.map.insert(ino, node);
+            nodes.pending.insert(path);
+            ino
+        };
+        let fh = self.new_handle(ino, true, flags & flags::APPEND != 0);
+        Ok((Attr { ino, kind: Kind::File, size: 0, meta, nlink: 1 }, fh))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let (file, entry) = {
+            let nodes = self.nodes();
+            let n = nodes.map.get(&h.ino).ok_or(Errno(libc::ENOENT))?;
+            (n.file.clone(), n.entry.clone())
+        };
+        if let Some(file) = file {
+            let f = lock(&file);
+            if let Some(staged) = &f.staged {
+                let end = f.size.min(offset.saturating_add(u64::from(len)));
+                let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+                read_exact_at(staged, &mut buf, offset)?;
+                return Ok(buf);
+            }
+        }
+        let Some(blob) = entry.and_then(|e| e.blob) else { return Ok(Vec::new()) };
+        let mut ra = lock(&h.ahead);
+        let len = u64::from(len);
+        if ra.blob != Some(blob) {
+            *ra = ReadAhead { blob: Some(blob), ..ReadAhead::default() };
+        }
+        let held = ra.start..ra.start + ra.data.len() as u64;
+        if offset >= held.start && offset + len <= held.end {
+            let from = (offset - held.start) as usize;
+            let out = ra.data[from..from + len as usize].to_vec();
+            ra.next = offset + len;
+            return Ok(out);
+        }
+        let sequential = offset != 0 && (offset == ra.next || offset == held.end);
+        ra.window = if sequential { (ra.window * 2).clamp(256 << 10, MAX_READ_AHEAD) } else { 0 };
+        let want = len.max(ra.window);
+        let data = self.drive().read_blob(&blob, offset, want)?;
+        let out = data[..data.len().min(len as usize)].to_vec();
+        ra.next = offset + out.len() as u64;
+        if data.len() as u64 > len {
+            ra.start = offset;
+            ra.data = data;
+        }
+        Ok(out)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let h = self.handle(fh)?;
+        if !h.write {
+            return Err(Errno(libc::EBADF));
+        }
+        let file = self.nodes().map.get(&h.ino).and_then(|n| n.file.clone()).ok_or(Errno(libc::EBADF))?;
+        let mut f = lock(&file);
+        self.stage(h.ino, &mut f)?;
+        let offset = if h.append { f.size } else { offset };
+        let staged = f.staged.as_ref().ok_or(Errno(libc::EIO))?;
+        staged.write_all_at(data, offset).map_err(Errno::from)?;
+        f.size = f.size.max(offset + data.len() as u64);
+        let now = SystemTime::now();
+        (f.meta.mtime, f.meta.ctime, f.dirty) = (now, now, true);
+        Ok(data.len())
+    }
+
+    /// A `close` of one descriptor: records the file if it changed.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        if h.write {
+            self.commit(h.ino)?;
+        }
+        Ok(())
+    }
+
+    /// Records the file if it changed and makes the drive durable.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        if h.write {
+            self.commit(h.ino)?;
+        }
+        self.drive().flush()?;
+        Ok(())
+    }
+
+    /// The last close of a handle.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let Some(h) = lock(&self.handles).remove(&fh) else { return Err(Errno(libc::EBADF)) };
+        let result = if h.write { self.commit(h.ino) } else { Ok(()) };
+        if h.write {
+            self.close_file(h.ino);
+        }
+        let mut nodes = self.nodes();
+        if let Some(n) = nodes.map.get_mut(&h.ino) {
+            n.opens = n.opens.saturating_sub(1);
+        }
+        result
+    }
+
+    // ---- directories
+
+    /// Opens a directory: its listing is taken now and read through the handle.
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        let path = {
+            let nodes = self.nodes();
+            let n = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
+            if n.kind != Kind::Dir {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            n.path.clone().ok_or(Errno(libc::ENOENT))?
+        };
+        let children = {
+            let d = self.drive();
+            view!(self, d, |v| v.children(&path)?)
+        };
+        let parent_ino = {
+            let nodes = self.nodes();
+            nodes.by_path.get(parent_of(&path)).copied().unwrap_or(ROOT)
+        };
+        let mut list = vec![
+            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
+            DirEntry { ino: parent_ino, kind: Kind::Dir, name: "..".into() },
+        ];
+        let mut nodes = self.nodes();
+        let prefix = format!("{path}/");
+        let pending: Vec<String> = nodes
+            .pending
+            .range(prefix.clone()..)
+            .take_while(|p| p.starts_with(&prefix))
+            .filter(|p| !p[prefix.len()..].contains('/'))
+            .cloned()
+            .collect();
+        for c in children {
+            let kind = match &c.entry {
+                None => Kind::Dir,
+                Some(e) if e.linkname.is_some() => Kind::Symlink,
+                Some(_) => Kind::File,
+            };
+            let ino = nodes.ino_for(&format!("{prefix}{}", c.name), kind);
+            list.push(DirEntry { ino, kind, name: c.name });
+        }
+        for p in pending {
+            if let Some(&ino) = nodes.by_path.get(&p) {
+                if !list.iter().any(|e| e.ino == ino) {
+                    list.push(DirEntry { ino, kind: Kind::File, name: p[prefix.len()..].to_owned() });
+                }
+            }
+        }
+        drop(nodes);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(list));
+        Ok(fh)
+    }
+
+    /// The listing of an open directory from position `offset`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let list = lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
+        Ok(list.iter().skip(offset as usize).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<Statfs> {
+        let path =
+            std::ffi::CString::new(self.cfg.staging.as_os_str().as_encoded_bytes()).map_err(|_| Errno(libc::EIO))?;
+        // SAFETY: statvfs is plain data; the call only writes into it.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a NUL-terminated string and `st` a valid statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(Errno::from(std::io::Error::last_os_error()));
+        }
+        Ok(Statfs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: NAME_MAX as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    // ---- internals
+
+    fn nodes(&self) -> MutexGuard<'_, Nodes> {
+        lock(&self.nodes)
+    }
+
+    fn drive(&self) -> RwLockReadGuard<'_, Drive> {
+        self.drive.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drive_mut(&self) -> RwLockWriteGuard<'_, Drive> {
+        self.drive.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        lock(&self.handles).get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    }
+
+    fn new_handle(&self, ino: Ino, write: bool, append: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.nodes().map.get_mut(&ino) {
+            n.opens += 1;
+        }
+        let h = Handle { ino, write, append, ahead: Mutex::new(ReadAhead::default()) };
+        lock(&self.handles).insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// The path of `name` in directory `parent`.
+    fn child_path(&self, parent: Ino, name: &str) -> Result<String> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+            return Err(Errno(libc::EINVAL));
+        }
+        if name.len() > NAME_MAX {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        let nodes = self.nodes();
+        let node = nodes.map.get(&parent).ok_or(Errno(libc::ENOENT))?;
+        if node.kind != Kind::Dir {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let path = node.path.as_ref().ok_or(Errno(libc::ENOENT))?;
+        Ok(format!("{path}/{name}"))
+    }
+
+    /// The gid a new entry in `parent` gets, and the set-group-ID bit a new directory inherits.
+    fn inherit_gid(&self, parent: Ino, gid: u32) -> Result<(u32, u32)> {
+        let p = self.getattr(parent)?;
+        Ok(if p.meta.mode & S_ISGID != 0 { (p.meta.gid, S_ISGID) } else { (gid, 0) })
+    }
+
+    /// What `path` names in the mounted version.
+    fn find(&self, d: &Drive, path: &str) -> Result<Found> {
+        if path.is_empty() {
+            return Ok(Found::Dir(None));
+        }
+        view!(self, d, |v| {
+            match v.entry(path)? {
+                Some((_, e)) if e.linkname.is_some() => Ok(Found::Symlink(e)),
+                Some((_, e)) => {
+                    let size = match &e.blob {
+                        Some(b) => d.blob_size(b)?,
+                        None => 0,
+                    };
+                    Ok(Found::File(e, size))
+                }
+                None if v.is_dir(path)? => Ok(Found::Dir(v.dir_entry(path)?)),
+                None => Ok(Found::Nothing),
+            }
+        })
+    }
+
+    fn is_empty_dir(&self, d: &Drive, path: &str) -> Result<bool> {
+        let prefix = format!("{path}/");
+        if self.nodes().pending.range(prefix.clone()..).next().is_some_and(|p| p.starts_with(&prefix)) {
+            return Ok(false);
+        }
+        Ok(view!(self, d, |v| v.children(path)?).is_empty())
+    }
+
+    /// When removing `path` (or moving it to `moved_to`) would leave its parent directory
+    /// empty and that directory exists only through its contents, the record that keeps it.
+    fn keep_parent(&self, d: &Drive, path: &str, moved_to: Option<&str>) -> Result<Option<(String, Entry)>> {
+        let parent = parent_of(path);
+        if parent.is_empty() || moved_to.is_some_and(|t| t.starts_with(&format!("{parent}/"))) {
+            return Ok(None);
+        }
+        let (record, children) = view!(self, d, |v| (v.dir_entry(parent)?, v.children(parent)?));
+        if record.is_some() || children.len() > 1 {
+            return Ok(None);
+        }
+        let meta = self.default_meta(Kind::Dir);
+        Ok(Some((
+            parent.to_owned(),
+            Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(None)) },
+        )))
+    }
+
+    fn default_meta(&self, kind: Kind) -> Meta {
+        let mode = match kind {
+            Kind::Dir => 0o755,
+            Kind::Symlink => 0o777,
+            Kind::File => 0o644,
+        };
+        Meta { mode, uid: self.cfg.uid, gid: self.cfg.gid, mtime: self.born, ctime: self.born }
+    }
+
+    fn entry_meta(&self, e: &Entry, kind: Kind) -> Meta {
+        let mut default = self.default_meta(kind);
+        if e.executable {
+            default.mode = 0o755;
+        }
+        Meta::from_json(e.metadata.as_ref(), default)
+    }
+
+    fn entry_size(&self, e: &Entry) -> Result<u64> {
+        if let Some(l) = &e.linkname {
+            return Ok(l.len() as u64);
+        }
+        match &e.blob {
+            Some(b) => Ok(self.drive().blob_size(b)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The attributes at `path`, registering its inode.
+    fn attr_at(&self, path: &str) -> Result<Attr> {
+        if let Some(attr) = self.open_attr(path) {
+            return Ok(attr);
+        }
+        let d = self.drive();
+        self.attr_in(&d, path)
+    }
+
+    /// The attributes of a file at `path` that is open for writing here.
+    fn open_attr(&self, path: &str) -> Option<Attr> {
+        let (ino, file) = {
+            let nodes = self.nodes();
+            let ino = *nodes.by_path.get(path)?;
+            (ino, nodes.map.get(&ino)?.file.clone()?)
+        };
+        let f = lock(&file);
+        Some(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 })
+    }
+
+    fn attr_in(&self, d: &Drive, path: &str) -> Result<Attr> {
+        let found = self.find(d, path)?;
+        let (kind, size, meta, entry) = match found {
+            Found::Nothing => return Err(Errno(libc::ENOENT)),
+            Found::Dir(record) => {
+                let meta = match record {
+                    Some(e) => Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir)),
+                    None => self.default_meta(Kind::Dir),
+                };
+                (Kind::Dir, 4096, meta, None)
+            }
+            Found::Symlink(e) => {
+                let size = e.linkname.as_ref().map_or(0, |l| l.len() as u64);
+                (Kind::Symlink, size, self.entry_meta(&e, Kind::Symlink), Some(e))
+            }
+            Found::File(e, size) => (Kind::File, size, self.entry_meta(&e, Kind::File), Some(e)),
+        };
+        let mut nodes = self.nodes();
+        let ino = nodes.ino_for(path, kind);
+        if let Some(n) = nodes.map.get_mut(&ino) {
+            if n.file.is_none() {
+                n.entry = entry;
+            }
+        }
+        let nlink = if kind == Kind::Dir { 2 } else { 1 };
+        Ok(Attr { ino, kind, size, meta, nlink })
+    }
+
+    /// The open state of file `ino`, made if the file is not open for writing; the flag says
+    /// it was made for this call (and is to be closed after it).
+    fn open_file(&self, ino: Ino) -> Result<(Arc<Mutex<OpenFile>>, bool)> {
+        if let Some(f) = self.nodes().map.get(&ino).and_then(|n| n.file.clone()) {
+            return Ok((f, false));
+        }
+        let attr = self.getattr(ino)?;
+        let mut nodes = self.nodes();
+        let node = nodes.map.get_mut(&ino).ok_or(Errno(libc::ENOENT))?;
+        if let Some(f) = &node.file {
+            return Ok((f.clone(), false));
+        }
+        let f =
+            Arc::new(Mutex::new(OpenFile { staged: None, size: attr.size, meta: attr.meta, dirty: false, writers: 0 }));
+        node.file = Some(f.clone());
+        Ok((f, true))
+    }
+
+    /// Forgets the open state of a file nobody writes any more.
+    fn close_file(&self, ino: Ino) {
+        let file = self.nodes().map.get(&ino).and_then(|n| n.file.clone());
+        let Some(file) = file else { return };
+        let mut f = lock(&file);
+        f.writers = f.writers.saturating_sub(1);
+        if f.writers > 0 {
+            return;
+        }
+        let keep = f.dirty;
+        drop(f);
+        let mut nodes = self.nodes();
+        if let Some(n) = nodes.map.get_mut(&ino) {
+            // A file whose last write could not be recorded keeps its bytes until it can be.
+            if !keep || n.path.is_none() {
+                n.file = None;
+            }
+        }
+    }
+
+    /// Copies the file's bytes out of the drive into a staging file, once.
+    fn stage(&self, ino: Ino, f: &mut OpenFile) -> Result<()> {
+        if f.staged.is_some() {
+            return Ok(());
+        }
+        let staged = tempfile::tempfile_in(&self.cfg.staging).map_err(Errno::from)?;
+        let blob = self.nodes().map.get(&ino).and_then(|n| n.entry.as_ref().and_then(|e| e.blob));
+        if let Some(blob) = blob {
+            let mut at = 0u64;
+            while at < f.size {
+                let data = self.drive().read_blob(&blob, at, COPY_BYTES.min(f.size - at))?;
+                if data.is_empty() {
+                    break;
+                }
+                staged.write_all_at(&data, at).map_err(Errno::from)?;
+                at += data.len() as u64;
+            }
+        }
+        f.staged = Some(staged);
+        Ok(())
+    }
+
+    fn resize(&self, ino: Ino, f: &mut OpenFile, size: u64) -> Result<()> {
+        if size == 0 && f.staged.is_none() {
+            f.staged = Some(tempfile::tempfile_in(&self.cfg.staging).map_err(Errno::from)?);
+        } else {
+            if size < f.size && f.staged.is_none() {
+                // Only the bytes that stay need copying.
+                f.size = size;
+            }
+            self.stage(ino, f)?;
+        }
+        if let Some(s) = &f.staged {
+            s.set_len(size).map_err(Errno::from)?;
+        }
+        f.size = size;
+        Ok(())
+    }
+
+    /// Writes a changed file to the drive as one new version.
+    fn commit(&self, ino: Ino) -> Result<()> {
+        let Some(file) = self.nodes().map.get(&ino).and_then(|n| n.file.clone()) else { return Ok(()) };
+        let mut f = lock(&file);
+        if !f.dirty {
+            return Ok(());
+        }
+        let mut d = self.drive_mut();
+        let (path, old, pending) = {
+            let nodes = self.nodes();
+            let n = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
+            (n.path.clone(), n.entry.clone(), n.pending)
+        };
+        let Some(path) = path else {
+            // Unlinked: nothing to keep.
+            f.dirty = false;
+            return Ok(());
+        };
+        let blob = match (&f.staged, old.as_ref().and_then(|e| e.blob)) {
+            (Some(staged), _) => d.write_blob(ReadAt { file: staged, at: 0, end: f.size })?,
+            (None, Some(b)) if !pending => b,
+            (None, _) => d.write_blob(std::io::empty())?,
+        };
+        let metadata = Some(f.meta.to_json(old.as_ref().and_then(|e| e.metadata.as_ref())));
+        let entry = Entry { executable: f.meta.mode & 0o111 != 0, linkname: None, blob: Some(blob), metadata };
+        d.apply(&[Op::Put(&path, &entry)])?;
+        drop(d);
+        f.dirty = false;
+        let mut nodes = self.nodes();
+        nodes.pending.remove(&path);
+        if let Some(n) = nodes.map.get_mut(&ino) {
+            n.entry = Some(entry);
+            n.pending = false;
+        }
+        Ok(())
+    }
+
+    /// Forgets the name `path` after an unlink or rmdir; its inode lives on while open.
+    fn detach(&self, path: &str) {
+        let mut nodes = self.nodes();
+        nodes.pending.remove(path);
+        if let Some(ino) = nodes.by_path.remove(path) {
+            if let Some(n) = nodes.map.get_mut(&ino) {
+                n.path = None;
+                n.pending = false;
+            }
+        }
+    }
+
+    /// Moves the inodes at `from` (and under it) to `to`; whatever was at `to` is unlinked.
+    fn move_nodes(&self, from: &str, to: &str) {
+        let mut nodes = self.nodes();
+        let nodes = &mut *nodes;
+        if let Some(old) = nodes.by_path.remove(to) {
+            if let Some(n) = nodes.map.get_mut(&old) {
+                n.path = None;
+                n.pending = false;
+            }
+        }
+        nodes.pending.remove(to);
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, Ino)> = nodes
+            .by_path
+            .iter()
+            .filter(|(p, _)| *p == from || p.starts_with(&prefix))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        for (old_path, ino) in moved {
+            let new_path = format!("{to}{}", &old_path[from.len()..]);
+            nodes.by_path.remove(&old_path);
+            if nodes.pending.remove(&old_path) {
+                nodes.pending.insert(new_path.clone());
+            }
+            if let Some(n) = nodes.map.get_mut(&ino) {
+                n.path = Some(new_path.clone());
+            }
+            nodes.by_path.insert(new_path, ino);
+        }
+    }
+}
+
+impl Nodes {
+    /// The inode of `path`, made if new; a name whose kind changed gets a new inode.
+    fn ino_for(&mut self, path: &str, kind: Kind) -> Ino {
+        if let Some(&ino) = self.by_path.get(path) {
+            if self.map.get(&ino).is_some_and(|n| n.kind == kind) {
+                return ino;
+            }
+            if let Some(n) = self.map.get_mut(&ino) {
+                n.path = None;
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        let node =
+            Node { kind, path: Some(path.to_owned()), lookups: 0, opens: 0, entry: None, pending: false, file: None };
+        self.map.insert(ino, node);
+        self.by_path.insert(path.to_owned(), ino);
+        ino
+    }
+}
+
+/// The directory part of a path (`""` for the root).
+fn parent_of(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> Result<()> {
+    f.read_exact_at(buf, offset).map_err(Errno::from)
+}
+
+/// A staged file as a reader of its first `end` bytes.
+struct ReadAt<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.end - self.at).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            // The staged file is shorter than its size: the rest reads as zeros (a hole).
+            buf[..want].fill(0);
+            self.at += want as u64;
+            return Ok(want);
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,518 @@
+//! The thin `fuser` adapter: turns kernel requests into [`Fs`] calls on a worker pool and the
+//! answers into replies. The session thread only reads requests and hands them on, so a slow
+//! commit or a read that waits on a peer never stalls the mount.
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+};
+
+use crate::{Attr, Errno, Fs, Kind, SetAttr};
+
+/// How a mount is made.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// What `mount` and `df` show as the source, e.g. `hyperfs:drive-1`.
+    pub fsname: String,
+    /// Let other users in (their access is still checked against the modes).
+    pub allow_other: bool,
+    /// Worker threads answering requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { fsname: "hyperfs".into(), allow_other: true, threads: 8 }
+    }
+}
+
+/// A mounted drive; [`Mounted::unmount`] (or the end of the process) takes it down.
+pub struct Mounted {
+    dir: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+    fs: Arc<Fs>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Mounted {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn fs(&self) -> &Arc<Fs> {
+        &self.fs
+    }
+
+    /// Unmounts; fails (and stays mounted) while the mount is busy, unless `lazy`.
+    pub fn unmount(&mut self, lazy: bool) -> std::io::Result<()> {
+        if self.session.is_some() {
+            unmount(&self.dir, lazy)?;
+            self.session.take();
+        }
+        Ok(())
+    }
+}
+
+/// Mounts `fs` on `dir`. The mount goes away with the process even if it is killed
+/// (`fusermount3`'s auto-unmount watches it).
+pub fn mount(fs: Arc<Fs>, dir: &Path, opts: &MountOptions) -> std::io::Result<Mounted> {
+    let mut options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("hyperfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::AutoUnmount,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+    ];
+    if opts.allow_other {
+        options.push(MountOption::AllowOther);
+    }
+    if fs.read_only() {
+        options.push(MountOption::RO);
+    }
+    let ttl = if fs.is_checkout() { Duration::from_secs(30) } else { Duration::from_secs(1) };
+    let adapter = Adapter { fs: fs.clone(), pool: Pool::new(opts.threads.max(1)), ttl };
+    let session = fuser::spawn_mount2(adapter, dir, &options)?;
+    Ok(Mounted { dir: dir.to_path_buf(), session: Some(session), fs })
+}
+
+/// Unmounts whatever FUSE mount is at `dir`, also one whose node is gone (`lazy` detaches a
+/// busy one).
+pub fn unmount(dir: &Path, lazy: bool) -> std::io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_bytes())?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    // Not root: the setuid helper may unmount what this user mounted.
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u").arg("-q");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg("--").arg(dir).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads taking jobs from one queue; they end when the pool is dropped.
+struct Pool {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("hyperfs-fuse-{i}")).spawn(move || loop {
+                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(job) = job else { break };
+                // A panic answers the request with EIO (the reply's drop) and keeps the worker.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("a filesystem request panicked");
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting a filesystem worker");
+            }
+        }
+        Pool { tx }
+    }
+
+    fn run(&self, job: impl FnOnce() + Send + 'static) {
+        if let Err(mpsc::SendError(job)) = self.tx.send(Box::new(job)) {
+            job();
+        }
+    }
+}
+
+struct Adapter {
+    fs: Arc<Fs>,
+    pool: Pool,
+    ttl: Duration,
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.meta.mtime,
+        mtime: a.meta.mtime,
+        ctime: a.meta.ctime,
+        crtime: a.meta.ctime,
+        kind,
+        perm: (a.meta.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.meta.uid,
+        gid: a.meta.gid,
+        rdev: 0,
+        blksize: 128 << 10,
+        flags: 0,
+    }
+}
+
+/// A name as the drive keeps it (UTF-8), or `EILSEQ`.
+fn name_of(name: &OsStr) -> Result<String, Errno> {
+    name.to_str().map(str::to_owned).ok_or(Errno(libc::EILSEQ))
+}
+
+fn time_of(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+macro_rules! answer {
+    ($reply:ident, $result:expr, |$v:pat_param| $ok:expr) => {
+        match $result {
+            Ok($v) => $ok,
+            Err(Errno(e)) => $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        use fuser::consts::*;
+        let _ = config
+            .add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_ATOMIC_O_TRUNC | FUSE_PARALLEL_DIROPS);
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name_of(name));
+        self.pool.run(move || match name.and_then(|n| fs.lookup(parent, &n)) {
+            Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+            Err(Errno(e)) => reply.error(e),
+        });
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        self.fs.forget(ino, nlookup);
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.pool.run(move || answer!(reply, fs.getattr(ino), |a| reply.attr(&ttl, &file_attr(&a))));
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let set = SetAttr { mode, uid, gid, size, mtime: mtime.map(time_of) };
+        self.pool.run(move || answer!(reply, fs.setattr(ino, set), |a| reply.attr(&ttl, &file_attr(&a))));
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.readlink(ino), |t| reply.data(&t)));
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Devices, pipes and sockets have no place in a drive.
+            return reply.error(libc::EPERM);
+        }
+        let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
+        self.pool.run(move || {
+            let made = name.and_then(|n| fs.create(parent, &n, mode, libc::O_EXCL | libc::O_WRONLY, uid, gid));
+            let made = made.and_then(|(a, fh)| fs.release(fh).map(|()| a));
+            answer!(reply, made, |a| reply.entry(&ttl, &file_attr(&a), 0))
+        });
+    }
+
+    fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
+        self.pool.run(move || {
+            answer!(reply, name.and_then(|n| fs.mkdir(parent, &n, mode, uid, gid)), |a| reply.entry(
+                &ttl,
+                &file_attr(&a),
+                0
+            ))
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name_of(name));
+        self.pool.run(move || answer!(reply, name.and_then(|n| fs.unlink(parent, &n)), |()| reply.ok()));
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name_of(name));
+        self.pool.run(move || answer!(reply, name.and_then(|n| fs.rmdir(parent, &n)), |()| reply.ok()));
+    }
+
+    fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(link_name), req.uid(), req.gid());
+        let target = name_of(target.as_os_str());
+        self.pool.run(move || {
+            let made = name.and_then(|n| fs.symlink(parent, &n, &target?, uid, gid));
+            answer!(reply, made, |a| reply.entry(&ttl, &file_attr(&a), 0))
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, name, newname) = (self.fs.clone(), name_of(name), name_of(newname));
+        self.pool.run(move || {
+            let done = name.and_then(|n| fs.rename(parent, &n, newparent, &newname?, flags));
+            answer!(reply, done, |()| reply.ok())
+        });
+    }
+
+    fn link(&mut self, _req: &Request<'_>, _ino: u64, _newparent: u64, _newname: &OsStr, reply: ReplyEntry) {
+        // A drive has no hard links.
+        reply.error(libc::EPERM);
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        let keep = if fs.is_checkout() { fuser::consts::FOPEN_KEEP_CACHE } else { 0 };
+        self.pool.run(move || answer!(reply, fs.open(ino, flags), |fh| reply.opened(fh, keep)));
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.read(fh, offset.max(0) as u64, size), |d| reply.data(&d)));
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let (fs, data) = (self.fs.clone(), data.to_vec());
+        self.pool.run(move || answer!(reply, fs.write(fh, offset.max(0) as u64, &data), |n| reply.written(n as u32)));
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.flush(fh), |()| reply.ok()));
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.release(fh), |()| reply.ok()));
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.fsync(fh), |()| reply.ok()));
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        let keep = if fs.is_checkout() { fuser::consts::FOPEN_KEEP_CACHE } else { 0 };
+        self.pool.run(move || answer!(reply, fs.opendir(ino), |fh| reply.opened(fh, keep)));
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let fs = self.fs.clone();
+        self.pool.run(move || {
+            let offset = offset.max(0) as u64;
+            answer!(reply, fs.readdir(fh, offset), |list| {
+                for (i, e) in list.iter().enumerate() {
+                    let kind = match e.kind {
+                        Kind::File => FileType::RegularFile,
+                        Kind::Dir => FileType::Directory,
+                        Kind::Symlink => FileType::Symlink,
+                    };
+                    if reply.add(e.ino, (offset + i as u64 + 1) as i64, kind, &e.name) {
+                        break;
+                    }
+                }
+                reply.ok()
+            })
+        });
+    }
+
+    fn readdirplus(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.pool.run(move || {
+            let offset = offset.max(0) as u64;
+            answer!(reply, fs.readdir(fh, offset), |list| {
+                for (i, e) in list.iter().enumerate() {
+                    // A name removed since the listing was taken is skipped.
+                    let Ok(a) = fs.getattr(e.ino) else { continue };
+                    let dots = e.name == "." || e.name == "..";
+                    if reply.add(e.ino, (offset + i as u64 + 1) as i64, &e.name, &ttl, &file_attr(&a), 0) {
+                        break;
+                    }
+                    // The kernel takes a reference on every entry it was given but the dots.
+                    if !dots {
+                        fs.note_lookup(e.ino);
+                    }
+                }
+                reply.ok()
+            })
+        });
+    }
+
+    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.fs.releasedir(fh);
+        reply.ok();
+    }
+
+    fn fsyncdir(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.sync(), |()| reply.ok()));
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let fs = self.fs.clone();
+        self.pool.run(move || {
+            answer!(reply, fs.statfs(), |s| reply
+                .statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize))
+        });
+    }
+
+    fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // The kernel checks modes itself (default_permissions); this only says it exists.
+        let fs = self.fs.clone();
+        self.pool.run(move || answer!(reply, fs.getattr(ino), |_| reply.ok()));
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
+        self.pool.run(move || {
+            answer!(reply, name.and_then(|n| fs.create(parent, &n, mode, flags, uid, gid)), |(a, fh)| reply.created(
+                &ttl,
+                &file_attr(&a),
+                0,
+                fh,
+                0
+            ))
+        });
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(libc::ENODATA);
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(libc::ENOTSUP);
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(libc::ENODATA);
+    }
+}

@@ -1,0 +1,248 @@
+//! The filesystem without the kernel: each test drives [`Fs`] as FUSE would and checks what a
+//! program would see, and what the drive recorded.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use hyperfs_engine::drive::keys;
+use hyperfs_engine::store::{MemStore, Store};
+use hyperfs_engine::Drive;
+
+use crate::{flags, Config, Errno, Fs, Kind, SetAttr, ROOT};
+
+struct T {
+    fs: Fs,
+    drive: Arc<RwLock<Drive>>,
+    _staging: tempfile::TempDir,
+}
+
+fn setup() -> T {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let drive = Arc::new(RwLock::new(Drive::create(store, keys::drive_key_pair(&[7; 32], None)).expect("drive")));
+    mount(&drive, None)
+}
+
+fn mount(drive: &Arc<RwLock<Drive>>, version: Option<u64>) -> T {
+    let staging = tempfile::tempdir().expect("staging");
+    let cfg = Config { version, read_only: false, staging: staging.path().to_path_buf(), uid: 1000, gid: 100 };
+    T { fs: Fs::new(drive.clone(), cfg).expect("fs"), drive: drive.clone(), _staging: staging }
+}
+
+impl T {
+    fn version(&self) -> u64 {
+        self.drive.read().expect("drive").version()
+    }
+
+    fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> u64 {
+        let (attr, fh) = self.fs.create(parent, name, 0o644, flags::WRONLY, 1000, 100).expect("create");
+        assert_eq!(self.fs.write(fh, 0, data).expect("write"), data.len());
+        self.fs.flush(fh).expect("flush");
+        self.fs.release(fh).expect("release");
+        attr.ino
+    }
+
+    fn read_all(&self, ino: u64) -> Vec<u8> {
+        let fh = self.fs.open(ino, libc::O_RDONLY).expect("open");
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.fs.read(fh, out.len() as u64, 65536).expect("read");
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend(chunk);
+        }
+        self.fs.release(fh).expect("release");
+        out
+    }
+
+    fn drive_bytes(&self, path: &str) -> Option<Vec<u8>> {
+        self.drive.read().expect("drive").get(path).expect("get")
+    }
+
+    fn names(&self, ino: u64) -> Vec<String> {
+        let fh = self.fs.opendir(ino).expect("opendir");
+        let names = self.fs.readdir(fh, 0).expect("readdir").into_iter().map(|e| e.name).collect();
+        self.fs.releasedir(fh);
+        names
+    }
+}
+
+#[test]
+fn each_close_of_a_changed_file_is_one_version() {
+    let t = setup();
+    let v0 = t.version();
+    let ino = t.write_file(ROOT, "a.txt", b"hello");
+    assert_eq!(t.version(), v0 + 1, "create + write + close is one version");
+    assert_eq!(t.drive_bytes("/a.txt").as_deref(), Some(&b"hello"[..]));
+    // Opening for writing and closing without a change records nothing.
+    let fh = t.fs.open(ino, flags::RDWR).expect("open");
+    t.fs.flush(fh).expect("flush");
+    t.fs.release(fh).expect("release");
+    assert_eq!(t.version(), v0 + 1);
+    // Two writes then one close: one version.
+    let fh = t.fs.open(ino, flags::WRONLY).expect("open");
+    t.fs.write(fh, 5, b" world").expect("write");
+    t.fs.write(fh, 0, b"H").expect("write");
+    t.fs.release(fh).expect("release");
+    assert_eq!(t.version(), v0 + 2);
+    assert_eq!(t.read_all(ino), b"Hello world");
+    let attr = t.fs.getattr(ino).expect("getattr");
+    assert_eq!((attr.size, attr.meta.mode, attr.meta.uid, attr.meta.gid), (11, 0o644, 1000, 100));
+}
+
+#[test]
+fn writes_past_the_end_leave_holes_of_zeros_and_truncate_extends_and_cuts() {
+    let t = setup();
+    let (attr, fh) = t.fs.create(ROOT, "sparse", 0o600, flags::RDWR, 0, 0).expect("create");
+    t.fs.write(fh, 1 << 20, b"end").expect("write");
+    assert_eq!(t.fs.getattr(attr.ino).expect("attr").size, (1 << 20) + 3);
+    assert_eq!(t.fs.read(fh, 1000, 4).expect("read"), vec![0; 4]);
+    t.fs.release(fh).expect("release");
+    let data = t.drive_bytes("/sparse").expect("file");
+    assert_eq!(data.len(), (1 << 20) + 3);
+    assert!(data[..1 << 20].iter().all(|&b| b == 0));
+
+    t.fs.setattr(attr.ino, SetAttr { size: Some(10), ..Default::default() }).expect("truncate");
+    assert_eq!(t.drive_bytes("/sparse").expect("file"), vec![0; 10]);
+    t.fs.setattr(attr.ino, SetAttr { size: Some(20), ..Default::default() }).expect("extend");
+    assert_eq!(t.read_all(attr.ino), vec![0; 20]);
+}
+
+#[test]
+fn append_writes_at_the_end_whatever_the_offset() {
+    let t = setup();
+    let ino = t.write_file(ROOT, "log", b"one\n");
+    let a = t.fs.open(ino, flags::WRONLY | flags::APPEND).expect("open");
+    let b = t.fs.open(ino, flags::WRONLY | flags::APPEND).expect("open");
+    t.fs.write(a, 0, b"two\n").expect("write");
+    t.fs.write(b, 0, b"three\n").expect("write");
+    t.fs.release(a).expect("release");
+    t.fs.release(b).expect("release");
+    assert_eq!(t.read_all(ino), b"one\ntwo\nthree\n");
+}
+
+#[test]
+fn an_unlinked_open_file_stays_readable_and_leaves_no_entry() {
+    let t = setup();
+    let ino = t.write_file(ROOT, "gone", b"still here");
+    let fh = t.fs.open(ino, libc::O_RDONLY).expect("open");
+    t.fs.unlink(ROOT, "gone").expect("unlink");
+    assert_eq!(t.fs.lookup(ROOT, "gone"), Err(Errno(libc::ENOENT)));
+    assert_eq!(t.fs.read(fh, 0, 100).expect("read"), b"still here");
+    assert_eq!(t.fs.getattr(ino).expect("attr").nlink, 0);
+    t.fs.release(fh).expect("release");
+    assert_eq!(t.drive_bytes("/gone"), None);
+}
+
+#[test]
+fn rename_follows_posix() {
+    let t = setup();
+    let a = t.write_file(ROOT, "a", b"new");
+    t.write_file(ROOT, "b", b"old");
+    // Over an existing file: atomic replace, one db batch (a put and a delete).
+    let v = t.version();
+    t.fs.rename(ROOT, "a", ROOT, "b", 0).expect("rename");
+    assert_eq!(t.version(), v + 2);
+    assert_eq!(t.drive_bytes("/b").as_deref(), Some(&b"new"[..]));
+    assert_eq!(t.drive_bytes("/a"), None);
+    assert_eq!(t.fs.lookup(ROOT, "b").expect("b").ino, a, "the inode moved with its name");
+
+    let d = t.fs.mkdir(ROOT, "d", 0o755, 0, 0).expect("mkdir").ino;
+    t.write_file(d, "x", b"x");
+    let e = t.fs.mkdir(ROOT, "e", 0o755, 0, 0).expect("mkdir").ino;
+    t.write_file(e, "y", b"y");
+    assert_eq!(t.fs.rename(ROOT, "b", ROOT, "d", 0), Err(Errno(libc::EISDIR)));
+    assert_eq!(t.fs.rename(ROOT, "d", ROOT, "b", 0), Err(Errno(libc::ENOTDIR)));
+    assert_eq!(t.fs.rename(ROOT, "d", ROOT, "e", 0), Err(Errno(libc::ENOTEMPTY)));
+    assert_eq!(t.fs.rename(ROOT, "d", d, "inside", 0), Err(Errno(libc::EINVAL)));
+    assert_eq!(t.fs.rename(ROOT, "b", ROOT, "d", flags::RENAME_NOREPLACE), Err(Errno(libc::EEXIST)));
+    assert_eq!(t.fs.rename(ROOT, "nothing", ROOT, "z", 0), Err(Errno(libc::ENOENT)));
+
+    // A directory with its contents, over an empty directory.
+    t.fs.mkdir(ROOT, "empty", 0o755, 0, 0).expect("mkdir");
+    t.fs.rename(ROOT, "d", ROOT, "empty", 0).expect("rename dir");
+    assert_eq!(t.drive_bytes("/empty/x").as_deref(), Some(&b"x"[..]));
+    assert_eq!(t.fs.lookup(ROOT, "d"), Err(Errno(libc::ENOENT)));
+    assert_eq!(t.fs.lookup(d, "x").map(|_| ()), Ok(()), "the moved directory's inode still resolves");
+
+    // Exchange swaps two files in one batch.
+    t.write_file(ROOT, "p", b"P");
+    t.write_file(ROOT, "q", b"Q");
+    let v = t.version();
+    t.fs.rename(ROOT, "p", ROOT, "q", flags::RENAME_EXCHANGE).expect("exchange");
+    assert_eq!(t.version(), v + 2);
+    assert_eq!(t.drive_bytes("/p").as_deref(), Some(&b"Q"[..]));
+    assert_eq!(t.drive_bytes("/q").as_deref(), Some(&b"P"[..]));
+}
+
+#[test]
+fn directories_are_kept_until_removed_and_rmdir_wants_them_empty() {
+    let t = setup();
+    let d = t.fs.mkdir(ROOT, "d", 0o750, 0, 0).expect("mkdir").ino;
+    assert_eq!(t.fs.getattr(d).expect("attr").meta.mode, 0o750);
+    assert_eq!(t.fs.mkdir(ROOT, "d", 0o755, 0, 0), Err(Errno(libc::EEXIST)));
+    let sub = t.fs.mkdir(d, "sub", 0o755, 0, 0).expect("mkdir").ino;
+    t.write_file(sub, "f", b"f");
+    assert_eq!(t.fs.rmdir(ROOT, "d"), Err(Errno(libc::ENOTEMPTY)));
+    assert_eq!(t.fs.unlink(ROOT, "d"), Err(Errno(libc::EISDIR)));
+    assert_eq!(t.fs.rmdir(d, "sub"), Err(Errno(libc::ENOTEMPTY)));
+    t.fs.unlink(sub, "f").expect("unlink");
+    assert_eq!(t.names(sub), [".", ".."], "the emptied directory is still there");
+    t.fs.rmdir(d, "sub").expect("rmdir");
+    t.fs.rmdir(ROOT, "d").expect("rmdir");
+    assert_eq!(t.names(ROOT), [".", ".."]);
+
+    // A directory that exists only through a file (as JS writes them) survives losing it.
+    t.drive.write().expect("drive").put("/js/only.txt", b"js", &Default::default()).expect("put");
+    let js = t.fs.lookup(ROOT, "js").expect("js").ino;
+    t.fs.unlink(js, "only.txt").expect("unlink");
+    assert_eq!(t.fs.lookup(ROOT, "js").expect("js").kind, Kind::Dir);
+}
+
+#[test]
+fn attributes_and_symlinks_are_recorded_in_the_entry() {
+    let t = setup();
+    let ino = t.write_file(ROOT, "script.sh", b"#!/bin/sh\n");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    let set = SetAttr { mode: Some(0o755), mtime: Some(when), uid: Some(5), gid: Some(6), size: None };
+    t.fs.setattr(ino, set).expect("setattr");
+    let (_, e) = t.drive.read().expect("drive").entry("/script.sh").expect("entry").expect("some");
+    assert!(e.executable, "JS sees the executable bit");
+    let again = mount(&t.drive, None);
+    let attr = again.fs.lookup(ROOT, "script.sh").expect("lookup");
+    assert_eq!((attr.meta.mode, attr.meta.uid, attr.meta.gid, attr.meta.mtime), (0o755, 5, 6, when));
+
+    let l = t.fs.symlink(ROOT, "link", "script.sh", 0, 0).expect("symlink");
+    assert_eq!(l.kind, Kind::Symlink);
+    assert_eq!(t.fs.readlink(l.ino).expect("readlink"), b"script.sh");
+    assert_eq!(t.fs.symlink(ROOT, "link", "x", 0, 0), Err(Errno(libc::EEXIST)));
+}
+
+#[test]
+fn a_checkout_shows_the_past_and_refuses_changes() {
+    let t = setup();
+    t.write_file(ROOT, "f", b"first");
+    let v = t.version();
+    let ino = t.fs.lookup(ROOT, "f").expect("f").ino;
+    let fh = t.fs.open(ino, flags::WRONLY | flags::TRUNC).expect("open");
+    t.fs.write(fh, 0, b"second").expect("write");
+    t.fs.release(fh).expect("release");
+
+    let old = mount(&t.drive, Some(v));
+    assert!(old.fs.read_only());
+    let f = old.fs.lookup(ROOT, "f").expect("lookup").ino;
+    assert_eq!(old.read_all(f), b"first");
+    assert_eq!(old.fs.open(f, flags::WRONLY).err(), Some(Errno(libc::EROFS)));
+    assert_eq!(old.fs.create(ROOT, "new", 0o644, flags::WRONLY, 0, 0).err(), Some(Errno(libc::EROFS)));
+    assert_eq!(old.fs.unlink(ROOT, "f"), Err(Errno(libc::EROFS)));
+    assert_eq!(old.fs.mkdir(ROOT, "x", 0o755, 0, 0).err(), Some(Errno(libc::EROFS)));
+}
+
+#[test]
+fn bad_names_get_clear_errnos() {
+    let t = setup();
+    assert_eq!(t.fs.lookup(ROOT, &"x".repeat(256)), Err(Errno(libc::ENAMETOOLONG)));
+    let f = t.write_file(ROOT, "file", b"");
+    assert_eq!(t.fs.lookup(f, "x"), Err(Errno(libc::ENOTDIR)));
+    assert_eq!(t.fs.create(ROOT, "file", 0o644, flags::WRONLY | flags::EXCL, 0, 0).err(), Some(Errno(libc::EEXIST)));
+}

@@ -1,0 +1,251 @@
+//! The project's POSIX behaviour suite, through a real kernel mount: permissions and ownership
+//! (checked by the kernel against the modes, for a caller that is not root), rename cases,
+//! unlink while open, truncate and extend, O_APPEND, sparse files, timestamps, symlinks, statfs,
+//! and the errno of every refused operation.
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use hyperfs_tests::MountedDrive;
+
+fn c(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("no NUL")
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
+    let (a, b) = (c(from), c(to));
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// Runs a shell command as user `nobody` (uid/gid 65534); returns its exit status and stderr.
+fn as_nobody(cmd: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c", cmd])
+        .output()
+        .expect("setpriv");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn permissions_and_ownership_are_checked_like_a_local_disk() {
+    let m = MountedDrive::new();
+    fs::set_permissions(&m.dir, fs::Permissions::from_mode(0o755)).expect("chmod root");
+    fs::write(m.path("secret"), b"s").expect("write");
+    fs::set_permissions(m.path("secret"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::write(m.path("public"), b"p").expect("write");
+    fs::set_permissions(m.path("public"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    let secret = m.path("secret");
+    let public = m.path("public");
+
+    let (ok, err) = as_nobody(&format!("cat {}", secret.display()));
+    assert!(!ok && err.contains("Permission denied"), "nobody read a 0600 root file: {err}");
+    let (ok, err) = as_nobody(&format!("cat {}", public.display()));
+    assert!(ok, "nobody cannot read a 0644 file: {err}");
+    let (ok, err) = as_nobody(&format!("echo x >> {}", public.display()));
+    assert!(!ok && err.contains("Permission denied"), "nobody wrote a 0644 root file: {err}");
+    let (ok, _) = as_nobody(&format!("touch {}", m.path("new-by-nobody").display()));
+    assert!(!ok, "nobody created a file in a 0755 root directory");
+
+    // A directory given to nobody: they create there, own what they create, and cannot chown.
+    fs::create_dir(m.path("shared")).expect("mkdir");
+    std::os::unix::fs::chown(m.path("shared"), Some(65534), Some(65534)).expect("chown");
+    let mine = m.path("shared/mine");
+    let (ok, err) = as_nobody(&format!("echo hi > {} && chmod 640 {}", mine.display(), mine.display()));
+    assert!(ok, "{err}");
+    let md = fs::metadata(&mine).expect("stat");
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (65534, 65534, 0o640));
+    let (ok, _) = as_nobody(&format!("chown 0 {}", mine.display()));
+    assert!(!ok, "nobody gave a file to root");
+
+    // Root may chown; the owner survives a remount.
+    std::os::unix::fs::chown(&public, Some(1234), Some(5678)).expect("chown");
+    m.ok(&["unmount", m.dir.to_str().expect("utf-8")]);
+    m.ok(&["mount", "t", m.dir.to_str().expect("utf-8")]);
+    let md = fs::metadata(&public).expect("stat");
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (1234, 5678, 0o644));
+    assert_eq!(fs::metadata(&secret).expect("stat").mode() & 0o777, 0o600);
+}
+
+#[test]
+fn rename_cases() {
+    let m = MountedDrive::new();
+    let p = |s: &str| m.path(s);
+    fs::write(p("a"), b"A").expect("write");
+    fs::write(p("b"), b"B").expect("write");
+    // Replacing: a reader of the old file keeps reading it.
+    let mut old = fs::File::open(p("b")).expect("open");
+    fs::rename(p("a"), p("b")).expect("rename over");
+    assert_eq!(fs::read(p("b")).expect("read"), b"A");
+    assert!(!p("a").exists());
+    let mut s = String::new();
+    old.read_to_string(&mut s).expect("read old");
+    assert_eq!(s, "B");
+
+    fs::create_dir_all(p("d/sub")).expect("mkdir");
+    fs::write(p("d/sub/f"), b"f").expect("write");
+    fs::create_dir(p("e")).expect("mkdir");
+    fs::write(p("e/g"), b"g").expect("write");
+    fs::create_dir(p("empty")).expect("mkdir");
+    assert_eq!(errno_of(fs::rename(p("b"), p("d"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::rename(p("d"), p("b"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::rename(p("d"), p("e"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::rename(p("d"), p("d/sub/inside"))), libc::EINVAL);
+    assert_eq!(errno_of(fs::rename(p("missing"), p("x"))), libc::ENOENT);
+    assert_eq!(renameat2(&p("b"), &p("e/g"), libc::RENAME_NOREPLACE), libc::EEXIST);
+    assert_eq!(renameat2(&p("b"), &p("e/g"), libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(p("b")).expect("read"), b"g");
+    assert_eq!(fs::read(p("e/g")).expect("read"), b"A");
+
+    // A directory with everything in it, over an empty one; an open file inside moves along.
+    let mut inside = OpenOptions::new().append(true).open(p("d/sub/f")).expect("open");
+    fs::rename(p("d"), p("empty")).expect("rename dir");
+    inside.write_all(b"+").expect("write");
+    drop(inside);
+    assert_eq!(fs::read(p("empty/sub/f")).expect("read"), b"f+");
+    assert!(!p("d").exists());
+    let mut names: Vec<String> = fs::read_dir(&m.dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b", "e", "empty"]);
+}
+
+#[test]
+fn unlink_while_open_truncate_append_and_sparse_files() {
+    let m = MountedDrive::new();
+    let f = m.path("f");
+    fs::write(&f, b"0123456789").expect("write");
+    let mut reader = fs::File::open(&f).expect("open");
+    fs::remove_file(&f).expect("unlink");
+    assert!(!f.exists());
+    let mut s = String::new();
+    reader.read_to_string(&mut s).expect("read unlinked");
+    assert_eq!(s, "0123456789");
+    assert_eq!(reader.metadata().expect("fstat").nlink(), 0);
+
+    // Truncate down, extend with zeros, write past the end.
+    fs::write(&f, b"0123456789").expect("write");
+    let file = OpenOptions::new().read(true).write(true).open(&f).expect("open");
+    file.set_len(4).expect("truncate");
+    file.set_len(8).expect("extend");
+    drop(file);
+    assert_eq!(fs::read(&f).expect("read"), b"0123\0\0\0\0");
+    let mut file = OpenOptions::new().write(true).open(&f).expect("open");
+    file.seek(SeekFrom::Start(3 << 20)).expect("seek");
+    file.write_all(b"tail").expect("write past end");
+    drop(file);
+    let data = fs::read(&f).expect("read");
+    assert_eq!(data.len(), (3 << 20) + 4);
+    assert!(data[8..3 << 20].iter().all(|&b| b == 0), "a hole reads as zeros");
+    assert_eq!(&data[3 << 20..], b"tail");
+
+    // O_TRUNC and O_APPEND from two descriptors.
+    fs::write(&f, b"x").expect("truncating write");
+    let mut a = OpenOptions::new().append(true).open(&f).expect("open");
+    let mut b = OpenOptions::new().append(true).open(&f).expect("open");
+    a.write_all(b"a").expect("write");
+    b.write_all(b"b").expect("write");
+    a.write_all(b"a").expect("write");
+    drop((a, b));
+    assert_eq!(fs::read(&f).expect("read"), b"xaba");
+    // O_EXCL on an existing file.
+    let e = OpenOptions::new().write(true).create_new(true).open(&f);
+    assert_eq!(errno_of(e), libc::EEXIST);
+}
+
+#[test]
+fn timestamps_are_kept_to_the_nanosecond_and_writes_move_them() {
+    let m = MountedDrive::new();
+    let f = m.path("t");
+    fs::write(&f, b"x").expect("write");
+    let cf = c(&f);
+    let times = [
+        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 0 },
+        libc::timespec { tv_sec: 1_234_567_890, tv_nsec: 987_654_321 },
+    ];
+    // SAFETY: a NUL-terminated path and two timespecs that live across the call.
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, cf.as_ptr(), times.as_ptr(), 0) }, 0);
+    let md = fs::metadata(&f).expect("stat");
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_234_567_890, 987_654_321));
+    let before = md.ctime();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(&f, b"y").expect("write");
+    let md = fs::metadata(&f).expect("stat");
+    assert!(md.mtime() > 1_234_567_890 && md.ctime() > before, "a write moves mtime and ctime");
+    // Directories keep the times they are given.
+    fs::create_dir(m.path("d")).expect("mkdir");
+    let cd = c(&m.path("d"));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, cd.as_ptr(), times.as_ptr(), 0) }, 0);
+    assert_eq!(fs::metadata(m.path("d")).expect("stat").mtime(), 1_234_567_890);
+}
+
+#[test]
+fn symlinks_and_statfs() {
+    let m = MountedDrive::new();
+    fs::write(m.path("target"), b"T").expect("write");
+    std::os::unix::fs::symlink("target", m.path("link")).expect("symlink");
+    std::os::unix::fs::symlink("/nowhere/at/all", m.path("dangling")).expect("symlink");
+    assert_eq!(fs::read_link(m.path("link")).expect("readlink"), Path::new("target"));
+    assert_eq!(fs::read(m.path("link")).expect("read through"), b"T");
+    assert!(fs::symlink_metadata(m.path("link")).expect("lstat").file_type().is_symlink());
+    assert_eq!(fs::symlink_metadata(m.path("link")).expect("lstat").len(), 6);
+    assert_eq!(errno_of(fs::read(m.path("dangling"))), libc::ENOENT);
+    assert_eq!(errno_of(std::os::unix::fs::symlink("x", m.path("link"))), libc::EEXIST);
+
+    let cm = c(&m.dir);
+    // SAFETY: statvfs is plain data; the call writes into it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid statvfs.
+    assert_eq!(unsafe { libc::statvfs(cm.as_ptr(), &mut st) }, 0);
+    assert_eq!(st.f_namemax, 255);
+    assert!(st.f_blocks > 0 && st.f_bavail > 0, "statfs shows the node's disk");
+}
+
+#[test]
+fn refused_operations_give_their_errno() {
+    let m = MountedDrive::new();
+    let p = |s: &str| m.path(s);
+    fs::write(p("f"), b"f").expect("write");
+    fs::create_dir(p("d")).expect("mkdir");
+    fs::write(p("d/x"), b"x").expect("write");
+    assert_eq!(errno_of(fs::hard_link(p("f"), p("hard"))), libc::EPERM, "link");
+    let fifo = c(&p("fifo"));
+    // SAFETY: a NUL-terminated path.
+    let r = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+    assert_eq!((r, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EPERM)), "mknod");
+    assert_eq!(errno_of(fs::create_dir(p("d"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_dir(p("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::remove_dir(p("f"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::remove_file(p("d"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::read(p("missing"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::write(p(&"n".repeat(256)), b"")), libc::ENAMETOOLONG);
+    assert_eq!(errno_of(fs::write(p("f/under-a-file"), b"")), libc::ENOTDIR);
+    assert_eq!(errno_of(OpenOptions::new().write(true).custom_flags(libc::O_DIRECTORY).open(p("d"))), libc::EISDIR);
+    // Nothing refused left a trace.
+    let mut names: Vec<String> = fs::read_dir(&m.dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d", "f"]);
+}
