@@ -89,3 +89,23 @@ pub fn split_target(target: &str) -> (String, String) {
         None => (target.to_owned(), "/".into()),
     }
 }
+
+/// Waits until the node process `pid` has exited (its mounts are down and its store closed).
+pub fn wait_exit(pid: i32, dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    loop {
+        // Gone, or a zombie nobody has reaped yet: either way it holds nothing any more.
+        let alive = std::fs::read_to_string(&proc)
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim_start().chars().next() != Some('Z')))
+            .unwrap_or(false);
+        if pid <= 0 || !alive {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the node (pid {pid}) did not stop within 60 s; see {}", dir.join("node.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -332,7 +332,10 @@ fn main() -> ExitCode {
         Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut std::io::stdout())
             .map_err(anyhow::Error::from),
-        Command::Stop => dir().and_then(|d| client::request(&d, &serde_json::json!({"cmd": "stop"}), false).map(drop)),
+        Command::Stop => dir().and_then(|d| {
+            let r = client::request(&d, &serde_json::json!({"cmd": "stop"}), false)?;
+            client::wait_exit(r["pid"].as_u64().unwrap_or(0) as i32, &d)
+        }),
         Command::Create { ref name, json } => dir().and_then(|d| {
             let r = client::request(&d, &serde_json::json!({"cmd": "create", "name": name}), true)?;
             if json {

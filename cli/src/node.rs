@@ -133,16 +133,17 @@ pub fn run(dir: &Path) -> Result<()> {
         });
     }
     let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(dir.join("node.pid"));
     // Open files are written as their handles close; a mount still busy is detached.
     let mounts = std::mem::take(&mut *state.mounts.lock().unwrap_or_else(|e| e.into_inner()));
     for (dir, mut m) in mounts {
         let _ = m.mounted.fs().sync();
-        if let Err(e) = m.mounted.unmount(true) {
+        if let Err(e) = m.mounted.unmount(false).or_else(|_| m.mounted.unmount(true)) {
             tracing::warn!(dir = %dir.display(), error = %e, "unmounting");
         }
     }
     state.store.flush()?;
+    // Last: `hyperfs stop` waits for this file to go.
+    let _ = std::fs::remove_file(dir.join("node.pid"));
     tracing::info!("node stopped");
     Ok(())
 }
@@ -190,7 +191,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
     let s = |k: &str| r[k].as_str().ok_or_else(|| anyhow!("the request lacks {k:?}"));
     match r["cmd"].as_str().unwrap_or_default() {
         "ping" => Ok(json!({"dir": state.dir})),
-        "stop" => Ok(json!({})),
+        "stop" => Ok(json!({"pid": std::process::id()})),
         "create" => create(state, r["name"].as_str()),
         "drives" => {
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -326,6 +326,7 @@ impl Fs {
     }
 
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        tracing::debug!(ino, ?set, "setattr");
         self.writable()?;
         let now = SystemTime::now();
         let change_meta = |m: &mut Meta| {
@@ -377,10 +378,6 @@ impl Fs {
                     return Err(Errno(if kind == Kind::Dir { libc::EISDIR } else { libc::EINVAL }));
                 }
                 let path = path.ok_or(Errno(libc::ENOENT))?;
-                if path.is_empty() {
-                    // The root's attributes are the mount's.
-                    return Err(Errno(libc::EPERM));
-                }
                 let mut d = self.drive_mut();
                 let mut attr = self.attr_in(&d, &path)?;
                 change_meta(&mut attr.meta);
@@ -905,10 +902,10 @@ impl Fs {
 
     /// What `path` names in the mounted version.
     fn find(&self, d: &Drive, path: &str) -> Result<Found> {
-        if path.is_empty() {
-            return Ok(Found::Dir(None));
-        }
         view!(self, d, |v| {
+            if path.is_empty() {
+                return Ok(Found::Dir(v.dir_entry("")?));
+            }
             match v.entry(path)? {
                 Some((_, e)) if e.linkname.is_some() => Ok(Found::Symlink(e)),
                 Some((_, e)) => {

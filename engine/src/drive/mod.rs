@@ -270,9 +270,9 @@ impl Drive {
                 Op::Del(p) => {
                     b.del(&key_in(FILES, &path::file(p)?))?;
                 }
-                Op::Mkdir(p, e) => b.put(&key_in(DIRS, &path::file(p)?), &e.encode())?,
+                Op::Mkdir(p, e) => b.put(&dir_key(p)?, &e.encode())?,
                 Op::Rmdir(p) => {
-                    b.del(&key_in(DIRS, &path::file(p)?))?;
+                    b.del(&dir_key(p)?)?;
                 }
                 Op::Rename(..) => {
                     for (old, new, value) in moves.next().unwrap_or_default() {
@@ -740,10 +740,9 @@ impl<B: Blocks> DriveView<'_, B> {
         Ok(names)
     }
 
-    /// The directory record at `path` (its attributes), if one was written.
+    /// The directory record at `path` (its attributes; the root's too), if one was written.
     pub fn dir_entry(&self, path: &str) -> Result<Option<Entry>> {
-        let path = path::file(path)?;
-        match self.db.get(&key_in(DIRS, &path))? {
+        match self.db.get(&dir_key(path)?)? {
             Some(e) => Ok(Some(Entry::decode(&e.value)?)),
             None => Ok(None),
         }
@@ -883,6 +882,12 @@ fn under(prefix: &[u8], folder: &str, after: &str) -> Range {
         upper: Bound::Excluded(key_in(prefix, &format!("{folder}0"))),
         ..Range::default()
     }
+}
+
+/// The key of a directory record; the root's is `dirs\0/`, which no folder listing reaches.
+fn dir_key(path: &str) -> Result<Vec<u8>> {
+    let folder = path::folder(path)?;
+    Ok(key_in(DIRS, if folder.is_empty() { "/" } else { &folder }))
 }
 
 /// The path of a db key inside a sub-database.
