@@ -98,7 +98,7 @@ pub fn wait_exit(pid: i32, dir: &Path) -> Result<()> {
         // Gone, or a zombie nobody has reaped yet: either way it holds nothing any more.
         let alive = std::fs::read_to_string(&proc)
             .ok()
-            .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim_start().chars().next() != Some('Z')))
+            .and_then(|s| s.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
             .unwrap_or(false);
         if pid <= 0 || !alive {
             return Ok(());
