@@ -378,7 +378,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         gid: r["gid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
     };
     let fs = hyperfs_fs::Fs::new(drive, cfg).map_err(|e| match version {
-        Some(v) => anyhow!("drive {which} has no version {v}"),
+        Some(v) => anyhow!("drive {which} has no version {v} (or it falls inside an atomic change; see hyperfs log)"),
         None => anyhow!("{e}"),
     })?;
     let read_only = fs.read_only();

@@ -218,8 +218,14 @@ impl Fs {
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
             (d.writable(), d.version())
         };
-        if cfg.version.is_some_and(|v| v > version) {
-            return Err(Errno(libc::EINVAL));
+        if let Some(v) = cfg.version {
+            // A version inside an atomic batch (a rename's put before its delete) has no tree
+            // of its own; it is refused here rather than failing every read.
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let readable = |view: hyperfs_engine::drive::DriveView<'_, _>| view.dir_entry("/").and(view.children("/"));
+            if v > version || d.checkout(v).and_then(readable).is_err() {
+                return Err(Errno(libc::EINVAL));
+            }
         }
         let read_only = cfg.read_only || cfg.version.is_some() || !writable;
         let root = Node {
@@ -326,7 +332,6 @@ impl Fs {
     }
 
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
-        tracing::debug!(ino, ?set, "setattr");
         self.writable()?;
         let now = SystemTime::now();
         let change_meta = |m: &mut Meta| {
@@ -810,6 +815,21 @@ impl Fs {
         Ok(fh)
     }
 
+    /// The attributes of a listed entry, if its name still holds the inode the listing saw:
+    /// the listing was taken at `opendir`, and a rename since must not give the kernel a name
+    /// for another file's inode.
+    pub fn listed_attr(&self, dir: Ino, e: &DirEntry) -> Option<Attr> {
+        if e.name == "." || e.name == ".." {
+            return self.getattr(e.ino).ok();
+        }
+        let path = self.child_path(dir, &e.name).ok()?;
+        let current = self.nodes().by_path.get(&path).copied();
+        if current != Some(e.ino) {
+            return None;
+        }
+        self.getattr(e.ino).ok()
+    }
+
     /// The listing of an open directory from position `offset`.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let list = lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
@@ -1136,7 +1156,8 @@ impl Fs {
         Ok(())
     }
 
-    /// Forgets the name `path` after an unlink or rmdir; its inode lives on while open.
+    /// Forgets the name `path` after an unlink or rmdir; its inode lives on while open (and
+    /// its staged bytes with it; a closed one's go now).
     fn detach(&self, path: &str) {
         let mut nodes = self.nodes();
         nodes.pending.remove(path);
@@ -1144,6 +1165,9 @@ impl Fs {
             if let Some(n) = nodes.map.get_mut(&ino) {
                 n.path = None;
                 n.pending = false;
+                if n.opens == 0 {
+                    n.file = None;
+                }
             }
         }
     }
@@ -1156,6 +1180,9 @@ impl Fs {
             if let Some(n) = nodes.map.get_mut(&old) {
                 n.path = None;
                 n.pending = false;
+                if n.opens == 0 {
+                    n.file = None;
+                }
             }
         }
         nodes.pending.remove(to);

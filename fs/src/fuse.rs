@@ -419,14 +419,14 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn readdirplus(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.pool.run(move || {
             let offset = offset.max(0) as u64;
             answer!(reply, fs.readdir(fh, offset), |list| {
                 for (i, e) in list.iter().enumerate() {
-                    // A name removed since the listing was taken is skipped.
-                    let Ok(a) = fs.getattr(e.ino) else { continue };
+                    // A name removed or renamed since the listing was taken is skipped.
+                    let Some(a) = fs.listed_attr(ino, e) else { continue };
                     let dots = e.name == "." || e.name == "..";
                     if reply.add(e.ino, (offset + i as u64 + 1) as i64, &e.name, &ttl, &file_attr(&a), 0) {
                         break;

@@ -47,6 +47,22 @@ const LOG_NAME: &str = "blocks.log";
 const TAIL_KEY: &[u8] = b"blocks_tail";
 
 impl RocksStore {
+    /// A block write that failed (a full disk, typically): the space it took is given back
+    /// (the range is never committed, so nothing reads it), and the error says what happened.
+    fn failed_stage(&self, offset: u64, len: u64, e: std::io::Error) -> Error {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.log);
+        // SAFETY: fallocate on our own open file descriptor; it only frees the given range.
+        unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            );
+        }
+        Error::Storage(format!("writing {LOG_NAME}: {e}"))
+    }
+
     /// Opens (or creates) the store at `path`. A store held by another process, a damaged one
     /// or one of an unknown format version is an error; nothing is reset.
     pub fn open(path: &Path) -> Result<Self> {
@@ -167,7 +183,7 @@ impl Store for RocksStore {
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged> {
         let len = u32::try_from(bytes.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
         let offset = self.reserved.fetch_add(len as u64, Ordering::SeqCst);
-        self.log.write_all_at(&bytes, offset).map_err(|e| Error::Storage(format!("writing {LOG_NAME}: {e}")))?;
+        self.log.write_all_at(&bytes, offset).map_err(|e| self.failed_stage(offset, len as u64, e))?;
         Ok(Staged { id: offset, len })
     }
 
@@ -184,7 +200,7 @@ impl Store for RocksStore {
             out.push(Staged { id: start + joined.len() as u64, len });
             joined.extend_from_slice(b);
         }
-        self.log.write_all_at(&joined, start).map_err(|e| Error::Storage(format!("writing {LOG_NAME}: {e}")))?;
+        self.log.write_all_at(&joined, start).map_err(|e| self.failed_stage(start, total, e))?;
         Ok(out)
     }
 
