@@ -750,12 +750,13 @@ impl Fs {
     pub fn release(&self, fh: u64) -> Result<()> {
         let Some(h) = lock(&self.handles).remove(&fh) else { return Err(Errno(libc::EBADF)) };
         let result = if h.write { self.commit(h.ino) } else { Ok(()) };
+        // The open count drops before the file state is looked at, so an unlink racing this
+        // release (the kernel sends releases asynchronously) sees a closed file and frees it.
+        if let Some(n) = self.nodes().map.get_mut(&h.ino) {
+            n.opens = n.opens.saturating_sub(1);
+        }
         if h.write {
             self.close_file(h.ino);
-        }
-        let mut nodes = self.nodes();
-        if let Some(n) = nodes.map.get_mut(&h.ino) {
-            n.opens = n.opens.saturating_sub(1);
         }
         result
     }
