@@ -1160,33 +1160,14 @@ impl Fs {
     /// Forgets the name `path` after an unlink or rmdir; its inode lives on while open (and
     /// its staged bytes with it; a closed one's go now).
     fn detach(&self, path: &str) {
-        let mut nodes = self.nodes();
-        nodes.pending.remove(path);
-        if let Some(ino) = nodes.by_path.remove(path) {
-            if let Some(n) = nodes.map.get_mut(&ino) {
-                n.path = None;
-                n.pending = false;
-                if n.opens == 0 {
-                    n.file = None;
-                }
-            }
-        }
+        self.nodes().unlink(path);
     }
 
     /// Moves the inodes at `from` (and under it) to `to`; whatever was at `to` is unlinked.
     fn move_nodes(&self, from: &str, to: &str) {
         let mut nodes = self.nodes();
         let nodes = &mut *nodes;
-        if let Some(old) = nodes.by_path.remove(to) {
-            if let Some(n) = nodes.map.get_mut(&old) {
-                n.path = None;
-                n.pending = false;
-                if n.opens == 0 {
-                    n.file = None;
-                }
-            }
-        }
-        nodes.pending.remove(to);
+        nodes.unlink(to);
         let prefix = format!("{from}/");
         let moved: Vec<(String, Ino)> = nodes
             .by_path
@@ -1209,6 +1190,21 @@ impl Fs {
 }
 
 impl Nodes {
+    /// Takes the name `path` from its inode (an unlink, or a rename over it). The inode lives
+    /// on while open; a closed one's staged bytes go now.
+    fn unlink(&mut self, path: &str) {
+        self.pending.remove(path);
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.map.get_mut(&ino) {
+                n.path = None;
+                n.pending = false;
+                if n.opens == 0 {
+                    n.file = None;
+                }
+            }
+        }
+    }
+
     /// The inode of `path`, made if new; a name whose kind changed gets a new inode.
     fn ino_for(&mut self, path: &str, kind: Kind) -> Ino {
         if let Some(&ino) = self.by_path.get(path) {
