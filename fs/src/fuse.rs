@@ -181,6 +181,20 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// What `lookup` answers for a name that does not exist: inode 0, which the kernel caches as
+/// "no such entry".
+fn negative() -> FileAttr {
+    let mut a = file_attr(&Attr {
+        ino: 0,
+        kind: Kind::File,
+        size: 0,
+        meta: crate::Meta { mode: 0, uid: 0, gid: 0, mtime: SystemTime::UNIX_EPOCH, ctime: SystemTime::UNIX_EPOCH },
+        nlink: 0,
+    });
+    a.ino = 0;
+    a
+}
+
 /// A name as the drive keeps it (UTF-8), or `EILSEQ`.
 fn name_of(name: &OsStr) -> Result<String, Errno> {
     name.to_str().map(str::to_owned).ok_or(Errno(libc::EILSEQ))
@@ -217,6 +231,8 @@ impl Filesystem for Adapter {
         let (fs, ttl, name) = (self.fs.clone(), self.ttl, name_of(name));
         self.pool.run(move || match name.and_then(|n| fs.lookup(parent, &n)) {
             Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+            // A negative entry the kernel may keep for the TTL (a create here replaces it).
+            Err(Errno(libc::ENOENT)) => reply.entry(&ttl, &negative(), 0),
             Err(Errno(e)) => reply.error(e),
         });
     }
