@@ -162,12 +162,96 @@ struct Node {
 /// The content of a file while it is open for writing.
 struct OpenFile {
     /// The bytes, once the first write or truncation copied them out of the drive.
-    staged: Option<File>,
+    staged: Option<Staged>,
     size: u64,
     meta: Meta,
     /// Changed since the drive last recorded it.
     dirty: bool,
     writers: u32,
+}
+
+/// A file's bytes while it is written: in memory while small, in an unlinked temporary file in
+/// the staging directory once larger.
+enum Staged {
+    Mem(Vec<u8>),
+    File(File),
+}
+
+/// Files up to this size are staged in memory.
+const MEM_STAGE_MAX: u64 = 1 << 20;
+
+impl Staged {
+    fn new(dir: &std::path::Path, size: u64) -> Result<Staged> {
+        Ok(if size <= MEM_STAGE_MAX {
+            Staged::Mem(Vec::new())
+        } else {
+            Staged::File(tempfile::tempfile_in(dir).map_err(Errno::from)?)
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; bytes past what was written read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self {
+            Staged::Mem(v) => {
+                let start = (offset as usize).min(v.len());
+                let end = (start + buf.len()).min(v.len());
+                buf[..end - start].copy_from_slice(&v[start..end]);
+                buf[end - start..].fill(0);
+                Ok(())
+            }
+            Staged::File(f) => {
+                let mut r = ReadAt { file: f, at: offset, end: offset + buf.len() as u64 };
+                r.read_exact(buf).map_err(Errno::from)
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`, moving to a temporary file in `dir` when it grows large.
+    fn write_at(&mut self, data: &[u8], offset: u64, dir: &std::path::Path) -> Result<()> {
+        let end = offset + data.len() as u64;
+        if let Staged::Mem(v) = self {
+            if end <= MEM_STAGE_MAX {
+                if v.len() < end as usize {
+                    v.resize(end as usize, 0);
+                }
+                v[offset as usize..end as usize].copy_from_slice(data);
+                return Ok(());
+            }
+            let f = tempfile::tempfile_in(dir).map_err(Errno::from)?;
+            f.write_all_at(v, 0).map_err(Errno::from)?;
+            *self = Staged::File(f);
+        }
+        match self {
+            Staged::File(f) => f.write_all_at(data, offset).map_err(Errno::from),
+            Staged::Mem(_) => Err(Errno(libc::EIO)),
+        }
+    }
+
+    fn set_len(&mut self, len: u64, dir: &std::path::Path) -> Result<()> {
+        match self {
+            Staged::Mem(v) if len <= MEM_STAGE_MAX => {
+                v.resize(len as usize, 0);
+                Ok(())
+            }
+            Staged::Mem(_) => {
+                // Grow through a write of nothing at the new end: the file takes over.
+                self.write_at(&[], len, dir)?;
+                self.set_len(len, dir)
+            }
+            Staged::File(f) => f.set_len(len).map_err(Errno::from),
+        }
+    }
+
+    /// The first `size` bytes as a reader.
+    fn reader(&self, size: u64) -> Box<dyn Read + '_> {
+        match self {
+            Staged::Mem(v) => Box::new(
+                std::io::Cursor::new(&v[..v.len().min(size as usize)])
+                    .chain(std::io::repeat(0).take(size.saturating_sub(v.len() as u64))),
+            ),
+            Staged::File(f) => Box::new(ReadAt { file: f, at: 0, end: size }),
+        }
+    }
 }
 
 struct Handle {
@@ -680,7 +764,7 @@ impl Fs {
             if let Some(staged) = &f.staged {
                 let end = f.size.min(offset.saturating_add(u64::from(len)));
                 let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
-                read_exact_at(staged, &mut buf, offset)?;
+                staged.read_at(&mut buf, offset)?;
                 return Ok(buf);
             }
         }
@@ -719,8 +803,8 @@ impl Fs {
         let mut f = lock(&file);
         self.stage(h.ino, &mut f)?;
         let offset = if h.append { f.size } else { offset };
-        let staged = f.staged.as_ref().ok_or(Errno(libc::EIO))?;
-        staged.write_all_at(data, offset).map_err(Errno::from)?;
+        let staged = f.staged.as_mut().ok_or(Errno(libc::EIO))?;
+        staged.write_at(data, offset, &self.cfg.staging)?;
         f.size = f.size.max(offset + data.len() as u64);
         let now = SystemTime::now();
         (f.meta.mtime, f.meta.ctime, f.dirty) = (now, now, true);
@@ -1086,7 +1170,7 @@ impl Fs {
         if f.staged.is_some() {
             return Ok(());
         }
-        let staged = tempfile::tempfile_in(&self.cfg.staging).map_err(Errno::from)?;
+        let mut staged = Staged::new(&self.cfg.staging, f.size)?;
         let blob = self.nodes().map.get(&ino).and_then(|n| n.entry.as_ref().and_then(|e| e.blob));
         if let Some(blob) = blob {
             let mut at = 0u64;
@@ -1095,7 +1179,7 @@ impl Fs {
                 if data.is_empty() {
                     break;
                 }
-                staged.write_all_at(&data, at).map_err(Errno::from)?;
+                staged.write_at(&data, at, &self.cfg.staging)?;
                 at += data.len() as u64;
             }
         }
@@ -1105,7 +1189,7 @@ impl Fs {
 
     fn resize(&self, ino: Ino, f: &mut OpenFile, size: u64) -> Result<()> {
         if size == 0 && f.staged.is_none() {
-            f.staged = Some(tempfile::tempfile_in(&self.cfg.staging).map_err(Errno::from)?);
+            f.staged = Some(Staged::Mem(Vec::new()));
         } else {
             if size < f.size && f.staged.is_none() {
                 // Only the bytes that stay need copying.
@@ -1113,8 +1197,8 @@ impl Fs {
             }
             self.stage(ino, f)?;
         }
-        if let Some(s) = &f.staged {
-            s.set_len(size).map_err(Errno::from)?;
+        if let Some(s) = &mut f.staged {
+            s.set_len(size, &self.cfg.staging)?;
         }
         f.size = size;
         Ok(())
@@ -1139,7 +1223,7 @@ impl Fs {
             return Ok(());
         };
         let blob = match (&f.staged, old.as_ref().and_then(|e| e.blob)) {
-            (Some(staged), _) => d.write_blob(ReadAt { file: staged, at: 0, end: f.size })?,
+            (Some(staged), _) => d.write_blob(staged.reader(f.size))?,
             (None, Some(b)) if !pending => b,
             (None, _) => d.write_blob(std::io::empty())?,
         };
@@ -1232,10 +1316,6 @@ fn parent_of(path: &str) -> &str {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> Result<()> {
-    f.read_exact_at(buf, offset).map_err(Errno::from)
 }
 
 /// A staged file as a reader of its first `end` bytes.
