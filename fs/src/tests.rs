@@ -246,3 +246,22 @@ fn bad_names_get_clear_errnos() {
     assert_eq!(t.fs.lookup(f, "x"), Err(Errno(libc::ENOTDIR)));
     assert_eq!(t.fs.create(ROOT, "file", 0o644, flags::WRONLY | flags::EXCL, 0, 0).err(), Some(Errno(libc::EEXIST)));
 }
+
+#[test]
+fn a_file_growing_past_the_memory_stage_keeps_every_byte() {
+    let t = setup();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (attr, fh) = t.fs.create(ROOT, "grow", 0o644, flags::RDWR, 0, 0).expect("create");
+    for (i, part) in data.chunks(65536).enumerate() {
+        t.fs.write(fh, (i * 65536) as u64, part).expect("write");
+    }
+    assert_eq!(t.fs.read(fh, 1_048_000, 1000).expect("read across the spill"), &data[1_048_000..1_049_000]);
+    t.fs.release(fh).expect("release");
+    assert_eq!(t.drive_bytes("/grow").expect("file"), data);
+    // Truncating a small file up past the memory stage leaves zeros.
+    t.fs.setattr(attr.ino, SetAttr { size: Some(10), ..Default::default() }).expect("truncate");
+    t.fs.setattr(attr.ino, SetAttr { size: Some(2 << 20), ..Default::default() }).expect("extend");
+    let back = t.drive_bytes("/grow").expect("file");
+    assert_eq!(&back[..10], &data[..10]);
+    assert!(back[10..].iter().all(|&b| b == 0) && back.len() == 2 << 20);
+}
