@@ -77,6 +77,8 @@ pub struct DirEntry {
     pub ino: Ino,
     pub kind: Kind,
     pub name: String,
+    /// The attributes read with the listing (files and symlinks), for `readdirplus`.
+    pub attr: Option<Attr>,
 }
 
 /// What `statfs` shows: the space of the disk the node stores on.
@@ -857,17 +859,36 @@ impl Fs {
             }
             n.path.clone().ok_or(Errno(libc::ENOENT))?
         };
-        let children = {
+        // Files and symlinks come with their attributes: readdirplus needs no lookup for them.
+        type Listed = (String, Kind, Option<(u64, Meta, Entry)>);
+        let children: Vec<Listed> = {
             let d = self.drive();
-            view!(self, d, |v| v.children(&path)?)
+            let children = view!(self, d, |v| v.children(&path)?);
+            let mut out = Vec::with_capacity(children.len());
+            for c in children {
+                out.push(match c.entry {
+                    None => (c.name, Kind::Dir, None),
+                    Some(e) => {
+                        let kind = if e.linkname.is_some() { Kind::Symlink } else { Kind::File };
+                        let size = match (&e.linkname, &e.blob) {
+                            (Some(l), _) => l.len() as u64,
+                            (None, Some(b)) => d.blob_size(b)?,
+                            (None, None) => 0,
+                        };
+                        let meta = self.entry_meta(&e, kind);
+                        (c.name, kind, Some((size, meta, e)))
+                    }
+                });
+            }
+            out
         };
         let parent_ino = {
             let nodes = self.nodes();
             nodes.by_path.get(parent_of(&path)).copied().unwrap_or(ROOT)
         };
         let mut list = vec![
-            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
-            DirEntry { ino: parent_ino, kind: Kind::Dir, name: "..".into() },
+            DirEntry { ino, kind: Kind::Dir, name: ".".into(), attr: None },
+            DirEntry { ino: parent_ino, kind: Kind::Dir, name: "..".into(), attr: None },
         ];
         let mut nodes = self.nodes();
         let prefix = format!("{path}/");
@@ -878,19 +899,21 @@ impl Fs {
             .filter(|p| !p[prefix.len()..].contains('/'))
             .cloned()
             .collect();
-        for c in children {
-            let kind = match &c.entry {
-                None => Kind::Dir,
-                Some(e) if e.linkname.is_some() => Kind::Symlink,
-                Some(_) => Kind::File,
-            };
-            let ino = nodes.ino_for(&format!("{prefix}{}", c.name), kind);
-            list.push(DirEntry { ino, kind, name: c.name });
+        for (name, kind, found) in children {
+            let ino = nodes.ino_for(&format!("{prefix}{name}"), kind);
+            let mut attr = None;
+            if let (Some((size, meta, entry)), Some(n)) = (found, nodes.map.get_mut(&ino)) {
+                if n.file.is_none() {
+                    n.entry = Some(entry);
+                    attr = Some(Attr { ino, kind, size, meta, nlink: 1 });
+                }
+            }
+            list.push(DirEntry { ino, kind, name, attr });
         }
         for p in pending {
             if let Some(&ino) = nodes.by_path.get(&p) {
                 if !list.iter().any(|e| e.ino == ino) {
-                    list.push(DirEntry { ino, kind: Kind::File, name: p[prefix.len()..].to_owned() });
+                    list.push(DirEntry { ino, kind: Kind::File, name: p[prefix.len()..].to_owned(), attr: None });
                 }
             }
         }
@@ -908,9 +931,17 @@ impl Fs {
             return self.getattr(e.ino).ok();
         }
         let path = self.child_path(dir, &e.name).ok()?;
-        let current = self.nodes().by_path.get(&path).copied();
-        if current != Some(e.ino) {
-            return None;
+        {
+            let nodes = self.nodes();
+            if nodes.by_path.get(&path).copied() != Some(e.ino) {
+                return None;
+            }
+            // One being written here shows its open state instead.
+            if let (Some(a), Some(n)) = (e.attr, nodes.map.get(&e.ino)) {
+                if n.file.is_none() {
+                    return Some(a);
+                }
+            }
         }
         self.getattr(e.ino).ok()
     }
@@ -1041,8 +1072,12 @@ impl Fs {
         if parent.is_empty() || moved_to.is_some_and(|t| t.starts_with(&format!("{parent}/"))) {
             return Ok(None);
         }
-        let (record, children) = view!(self, d, |v| (v.dir_entry(parent)?, v.children(parent)?));
-        if record.is_some() || children.len() > 1 {
+        // A recorded directory stays by itself; only one that exists through its contents is
+        // listed (the costlier check).
+        if view!(self, d, |v| v.dir_entry(parent)?).is_some() {
+            return Ok(None);
+        }
+        if view!(self, d, |v| v.children(parent)?).len() > 1 {
             return Ok(None);
         }
         let meta = self.default_meta(Kind::Dir);
