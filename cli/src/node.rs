@@ -341,8 +341,8 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let key = *drive.key();
             let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
             let hexkey = hex::encode(key);
-            let name = match names.iter().find(|(_, k)| **k == hexkey) {
-                Some((n, _)) => n.clone(),
+            let name = match local_name(&names, &key) {
+                Some(n) => n,
                 None => {
                     let n = format!("imported-{}", &hexkey[..8]);
                     names.insert(n.clone(), hexkey.clone());
@@ -382,13 +382,8 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         None => anyhow!("{e}"),
     })?;
     let read_only = fs.read_only();
-    let name = state
-        .names
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(_, k)| **k == hex::encode(key))
-        .map_or_else(|| hex::encode(key), |(n, _)| n.clone());
+    let name =
+        local_name(&state.names.lock().unwrap_or_else(|e| e.into_inner()), &key).unwrap_or_else(|| hex::encode(key));
     let opts = hyperfs_fs::MountOptions { fsname: format!("hyperfs:{name}"), ..Default::default() };
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
@@ -488,6 +483,12 @@ fn create(state: &State, name: Option<&str>) -> Result<Value> {
     write_names(&state.dir, &names)?;
     state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(RwLock::new(drive)));
     Ok(json!({"name": name, "key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key))}))
+}
+
+/// The local name of the drive with `key`, if it has one.
+fn local_name(names: &BTreeMap<String, String>, key: &Hash) -> Option<String> {
+    let hexkey = hex::encode(key);
+    names.iter().find(|(_, k)| **k == hexkey).map(|(n, _)| n.clone())
 }
 
 /// The key of a drive given by local name or key.

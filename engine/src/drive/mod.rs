@@ -247,9 +247,8 @@ impl Drive {
 
     /// Makes `path` a symbolic link to `target`.
     pub fn symlink(&mut self, path: &str, target: &str, metadata: Option<serde_json::Value>) -> Result<()> {
-        let path = path::file(path)?;
         let entry = Entry { executable: false, linkname: Some(target.to_owned()), blob: None, metadata };
-        self.db.put(&key_in(FILES, &path), &entry.encode())
+        self.put_entry(path, &entry)
     }
 
     /// Applies several changes as one new version (one db batch): all of them or none.
@@ -298,8 +297,7 @@ impl Drive {
 
     /// Writes an entry as given (a metadata-only change keeps the blob it names).
     pub fn put_entry(&mut self, path: &str, entry: &Entry) -> Result<()> {
-        let path = path::file(path)?;
-        self.db.put(&key_in(FILES, &path), &entry.encode())
+        self.apply(&[Op::Put(path, entry)])
     }
 
     /// Removes `path`; returns whether it existed. Its chunks stay in the blobs core (older
@@ -321,9 +319,9 @@ impl Drive {
 
     /// Records an empty directory at `path` (with its attributes), kept where JS does not look.
     pub fn mkdir(&mut self, path: &str, metadata: Option<serde_json::Value>) -> Result<()> {
-        let path = path::file(path)?;
+        path::file(path)?;
         let entry = Entry { executable: false, linkname: None, blob: None, metadata };
-        self.db.put(&key_in(DIRS, &path), &entry.encode())
+        self.apply(&[Op::Mkdir(path, &entry)])
     }
 
     /// Forgets the empty-directory record at `path`; returns whether there was one.

@@ -221,8 +221,19 @@ fn a_past_version_mounts_read_only() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     let err = std::fs::create_dir(old.join("d")).expect_err("read-only");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    m.ok(&["unmount", old.to_str().expect("utf-8")]);
+    // A busy mount is not pulled from under its users unless asked.
+    let open = std::fs::File::open(old.join("f")).expect("open");
+    let busy = m.run(&["unmount", old.to_str().expect("utf-8")]);
+    assert!(!busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("busy"));
+    m.ok(&["unmount", "--lazy", old.to_str().expect("utf-8")]);
+    drop(open);
     assert!(!hyperfs_tests::is_mounted(&old));
+    // --read-only on a drive this node could write.
+    m.ok(&["mount", "t", old.to_str().expect("utf-8"), "--read-only"]);
+    assert_eq!(std::fs::read(old.join("f")).expect("read"), b"second");
+    let err = std::fs::write(old.join("g"), b"x").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    m.ok(&["unmount", old.to_str().expect("utf-8")]);
     let missing = m.run(&["mount", "t", old.to_str().expect("utf-8"), "--version", "999"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no version 999"));
@@ -234,10 +245,13 @@ fn mount_refuses_bad_mount_points_with_one_line() {
     let busy = m.tmp.path().join("busy");
     std::fs::create_dir(&busy).expect("dir");
     std::fs::write(busy.join("x"), b"x").expect("write");
+    let empty = m.tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("dir");
     for (args, says) in [
         (vec!["mount", "t", busy.to_str().expect("utf-8")], "not empty"),
         (vec!["mount", "t", m.dir.to_str().expect("utf-8")], "already mounted"),
-        (vec!["mount", "nope", m.tmp.path().join("x").to_str().expect("utf-8")], ""),
+        (vec!["mount", "nope", empty.to_str().expect("utf-8")], "no drive named"),
+        (vec!["mount", "t", m.tmp.path().join("x").to_str().expect("utf-8")], "No such file"),
         (vec!["unmount", busy.to_str().expect("utf-8")], "nothing is mounted"),
     ] {
         let out = m.run(&args);
@@ -276,11 +290,10 @@ fn unmount_clears_a_dead_mount() {
     // SAFETY: kill only sends a signal.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     std::thread::sleep(std::time::Duration::from_millis(300));
-    if hyperfs_tests::is_mounted(&m.dir) {
-        let err = std::fs::metadata(&m.dir).expect_err("a dead mount");
-        assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
-        m.ok(&["unmount", m.dir.to_str().expect("utf-8")]);
-    }
+    assert!(hyperfs_tests::is_mounted(&m.dir), "no dead mount was left to clear");
+    let err = std::fs::metadata(&m.dir).expect_err("a dead mount");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+    m.ok(&["unmount", m.dir.to_str().expect("utf-8")]);
     assert!(!hyperfs_tests::is_mounted(&m.dir));
     assert!(Path::new(&m.dir).is_dir());
 }
