@@ -24,8 +24,8 @@ use std::time::SystemTime;
 use hyperfs_engine::drive::{Blob, Entry, Op};
 use hyperfs_engine::Drive;
 
-use crate::meta::Meta;
 use crate::Errno;
+use hyperfs_engine::drive::Meta;
 
 pub type Ino = u64;
 pub type Result<T> = std::result::Result<T, Errno>;

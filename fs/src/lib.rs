@@ -13,11 +13,10 @@
 
 mod filesystem;
 mod fuse;
-pub mod meta;
 
 pub use filesystem::{flags, Attr, Config, DirEntry, Fs, Ino, Kind, SetAttr, Statfs, ROOT};
 pub use fuse::{mount, unmount, MountOptions, Mounted};
-pub use meta::Meta;
+pub use hyperfs_engine::drive::Meta;
 
 /// An error number as the kernel gets it; the one place engine errors become errnos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

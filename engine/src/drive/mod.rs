@@ -15,6 +15,7 @@
 
 pub mod entry;
 pub mod keys;
+pub mod meta;
 pub mod path;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ use crate::hypercore::{Hypercore, Snapshot};
 use crate::store::Store;
 use crate::{Error, Result};
 pub use entry::{Blob, Entry, MapBlock};
+pub use meta::Meta;
 
 /// The sub-database of file entries, as Hyperdrive's SubEncoder writes it: `files` ‖ 00.
 const FILES: &[u8] = b"files\0";
@@ -239,7 +241,7 @@ impl Drive {
     /// Writes what `reader` yields to `path`, a few MiB at a time.
     pub fn put_reader(&mut self, path: &str, reader: impl Read, opts: &PutOptions) -> Result<()> {
         let path = path::file(path)?;
-        let blob = self.write_chunks(reader)?;
+        let blob = self.write_blob(reader)?;
         let entry =
             Entry { executable: opts.executable, linkname: None, blob: Some(blob), metadata: opts.metadata.clone() };
         self.db.put(&key_in(FILES, &path), &entry.encode())
@@ -253,6 +255,19 @@ impl Drive {
 
     /// Applies several changes as one new version (one db batch): all of them or none.
     pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<()> {
+        // An entry never names bytes the blobs core does not hold yet (a batch not finished).
+        for op in ops {
+            if let Op::Put(p, Entry { blob: Some(b), .. }) = *op {
+                if b.block_offset.saturating_add(b.block_length) > self.blobs.length() {
+                    return Err(Error::InvalidRequest(format!(
+                        "the entry of {p} names blobs blocks {}..{} of {} written",
+                        b.block_offset,
+                        b.block_offset.saturating_add(b.block_length),
+                        self.blobs.length()
+                    )));
+                }
+            }
+        }
         // Moves read the tree as it is before the batch.
         let mut moves = Vec::new();
         for op in ops {
@@ -292,7 +307,24 @@ impl Drive {
     /// Chunks what `reader` yields into the blobs core (only chunks this drive lacks are
     /// appended) and returns the blob, for an entry written later by [`Drive::apply`].
     pub fn write_blob(&mut self, reader: impl Read) -> Result<Blob> {
-        self.write_chunks(reader)
+        let mut batch = BlobBatch::new();
+        let blob = self.write_chunks(&mut batch, reader)?;
+        self.finish_blobs(&mut batch)?;
+        Ok(blob)
+    }
+
+    /// Like [`Drive::write_blob`], but the new chunks join `batch` and reach the blobs core
+    /// with the batch's other files, a few MiB per signed append; entries may name the blob
+    /// once [`Drive::finish_blobs`] has run. Many small files are written far faster this way.
+    pub fn write_blob_into(&mut self, batch: &mut BlobBatch, reader: impl Read) -> Result<Blob> {
+        self.write_chunks(batch, reader)
+    }
+
+    /// Appends what `batch` still holds to the blobs core.
+    pub fn finish_blobs(&mut self, batch: &mut BlobBatch) -> Result<()> {
+        batch.commit(&mut self.blobs)?;
+        batch.fresh.clear();
+        Ok(())
     }
 
     /// Writes an entry as given (a metadata-only change keeps the blob it names).
@@ -550,13 +582,14 @@ impl Drive {
         Ok(block)
     }
 
-    /// Chunks `reader`, appends the chunks this drive does not have yet, and returns the blob.
-    fn write_chunks(&mut self, mut reader: impl Read) -> Result<Blob> {
-        let start_length = self.blobs.length();
-        let start_bytes = self.blobs.byte_length();
+    /// Chunks `reader` into `batch`: chunks this drive (or the batch) already has are reused,
+    /// new ones join the batch's pending appends. Returns the file's blob.
+    fn write_chunks(&mut self, batch: &mut BlobBatch, mut reader: impl Read) -> Result<Blob> {
+        batch.check(&self.blobs)?;
+        let start_length = batch.next_index(&self.blobs);
+        let start_bytes = batch.next_byte(&self.blobs);
         let mut chunker = Chunker::new(self.preset);
-        let mut w =
-            ChunkWriter { map: Vec::new(), reused: false, fresh: HashMap::new(), batch: Vec::new(), batch_bytes: 0 };
+        let mut w = ChunkWriter { map: Vec::new(), reused: false, chunks: Vec::new(), chunk_bytes: 0 };
         // Bytes read but not yet cut into chunks; read straight into its tail (no zeroed
         // scratch buffer: small files are the common case and must not pay for a large one).
         let mut buf: Vec<u8> = Vec::new();
@@ -576,7 +609,7 @@ impl Drive {
             let mut consumed = 0usize;
             for c in cuts {
                 let from = (c.offset - buf_start) as usize;
-                w.add(&mut self.blobs, &buf[from..from + c.len])?;
+                w.add(&mut self.blobs, batch, &buf[from..from + c.len])?;
                 consumed = from + c.len;
             }
             buf.drain(..consumed);
@@ -585,7 +618,7 @@ impl Drive {
                 break;
             }
         }
-        w.flush(&mut self.blobs)?;
+        w.resolve(&mut self.blobs, batch)?;
         let total: u64 = w.map.iter().map(|m| m.byte_length).sum();
         if !w.reused {
             return Ok(Blob {
@@ -604,15 +637,20 @@ impl Drive {
                 entry::MAX_MAP_BLOCKS
             )));
         }
-        let (map_start, map_bytes) = (self.blobs.length(), self.blobs.byte_length());
-        self.blobs.append_batch(&parts)?;
-        Ok(Blob {
+        let (map_start, map_bytes) = (batch.next_index(&self.blobs), batch.next_byte(&self.blobs));
+        let map_len: usize = parts.iter().map(Vec::len).sum();
+        for part in parts.iter() {
+            batch.push(&self.blobs, part.clone(), crate::crypto::leaf_hash(part));
+        }
+        let blob = Blob {
             block_offset: map_start,
             byte_offset: map_bytes,
             block_length: parts.len() as u64,
-            byte_length: self.blobs.byte_length() - map_bytes,
+            byte_length: map_len as u64,
             block_map: true,
-        })
+        };
+        batch.commit_if_full(&mut self.blobs)?;
+        Ok(blob)
     }
 
     /// The chunks of a blob with their offsets in the file (cached).
@@ -812,36 +850,34 @@ impl<B: Blocks> DriveView<'_, B> {
 
 /// The chunks of one file being written: which blocks it is made of, and the chunks read but
 /// not yet looked up and appended.
+/// The chunks of one file being written: its map so far and the chunks not yet resolved.
 struct ChunkWriter {
     map: Vec<MapBlock>,
     reused: bool,
-    /// New chunks of this file: content → the index they got.
-    fresh: HashMap<Hash, u64>,
-    batch: Vec<Vec<u8>>,
-    batch_bytes: usize,
+    chunks: Vec<Vec<u8>>,
+    chunk_bytes: usize,
 }
 
 impl ChunkWriter {
-    fn add(&mut self, blobs: &mut Hypercore, chunk: &[u8]) -> Result<()> {
-        self.batch.push(chunk.to_vec());
-        self.batch_bytes += chunk.len();
-        if self.batch_bytes >= APPEND_BATCH_BYTES {
-            self.flush(blobs)?;
+    fn add(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, chunk: &[u8]) -> Result<()> {
+        self.chunks.push(chunk.to_vec());
+        self.chunk_bytes += chunk.len();
+        if self.chunk_bytes >= APPEND_BATCH_BYTES {
+            self.resolve(blobs, batch)?;
         }
         Ok(())
     }
 
-    /// Hashes the batch on every core, keeps the chunks the drive already has out, and appends
-    /// the rest in one append (with their hashes, so the log does not hash them again).
-    fn flush(&mut self, blobs: &mut Hypercore) -> Result<()> {
-        let chunks = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
+    /// Hashes the chunks on every core and gives each its block: one the drive or the batch
+    /// already has, else a new one at the end of the batch's pending appends (passed to the
+    /// log with their hashes, so it does not hash them again).
+    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch) -> Result<()> {
+        let chunks = std::mem::take(&mut self.chunks);
+        self.chunk_bytes = 0;
         let leaves: Vec<Hash> = chunks.par_iter().map(|c| crate::crypto::leaf_hash(c)).collect();
-        let mut new_chunks = Vec::new();
-        let mut new_leaves = Vec::new();
         for (chunk, leaf) in chunks.into_iter().zip(leaves) {
             let len = chunk.len() as u64;
-            let known = match self.fresh.get(&leaf) {
+            let known = match batch.fresh.get(&leaf) {
                 Some(&i) => Some(i),
                 None => blobs.find_block(&leaf)?,
             };
@@ -851,18 +887,84 @@ impl ChunkWriter {
                     i
                 }
                 None => {
-                    let i = blobs.length() + new_chunks.len() as u64;
-                    self.fresh.insert(leaf, i);
-                    new_chunks.push(chunk);
-                    new_leaves.push(leaf);
+                    let i = batch.next_index(blobs);
+                    batch.fresh.insert(leaf, i);
+                    batch.push(blobs, chunk, leaf);
                     i
                 }
             };
             self.map.push(MapBlock { index, byte_length: len });
         }
-        if !new_chunks.is_empty() {
-            blobs.append_batch_hashed(&new_chunks, &new_leaves)?;
+        batch.commit_if_full(blobs)
+    }
+}
+
+/// New chunks of several files on their way to the blobs core, appended a few MiB at a time
+/// (one signature per append, not per file). Blobs written into a batch may be named by entries
+/// only after [`Drive::finish_blobs`]; nothing else may append to the drive's blobs core while
+/// a batch has chunks pending (the drive checks).
+#[derive(Debug, Default)]
+pub struct BlobBatch {
+    /// Chunks written through this batch: content → block index.
+    fresh: HashMap<Hash, u64>,
+    pending: Vec<Vec<u8>>,
+    leaves: Vec<Hash>,
+    pending_bytes: u64,
+    /// The blobs core's length when the first pending chunk was added.
+    base: Option<u64>,
+}
+
+impl BlobBatch {
+    pub fn new() -> BlobBatch {
+        BlobBatch::default()
+    }
+
+    /// Whether chunks wait to be appended.
+    pub fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn check(&self, blobs: &Hypercore) -> Result<()> {
+        match self.base {
+            Some(b) if b != blobs.length() => Err(Error::InvalidRequest(format!(
+                "the blobs core grew from {b} to {} blocks beside a batch of pending chunks",
+                blobs.length()
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    fn next_index(&self, blobs: &Hypercore) -> u64 {
+        blobs.length() + self.pending.len() as u64
+    }
+
+    fn next_byte(&self, blobs: &Hypercore) -> u64 {
+        blobs.byte_length() + self.pending_bytes
+    }
+
+    fn push(&mut self, blobs: &Hypercore, chunk: Vec<u8>, leaf: Hash) {
+        self.base.get_or_insert(blobs.length());
+        self.pending_bytes += chunk.len() as u64;
+        self.pending.push(chunk);
+        self.leaves.push(leaf);
+    }
+
+    fn commit_if_full(&mut self, blobs: &mut Hypercore) -> Result<()> {
+        if self.pending_bytes >= APPEND_BATCH_BYTES as u64 {
+            self.commit(blobs)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, blobs: &mut Hypercore) -> Result<()> {
+        self.check(blobs)?;
+        if !self.pending.is_empty() {
+            blobs.append_batch_hashed(&self.pending, &self.leaves)?;
+        }
+        self.pending.clear();
+        self.leaves.clear();
+        self.pending_bytes = 0;
+        self.base = None;
         Ok(())
     }
 }

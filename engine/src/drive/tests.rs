@@ -372,3 +372,43 @@ fn a_sparse_replica_reads_a_byte_range_by_fetching_only_its_chunks() {
     assert!(fetched <= 12, "a 4 KiB read fetched {fetched} blocks");
     assert_eq!(r.get("/small/7").expect("get"), Some(b"file 7".to_vec()));
 }
+
+/// Many small files share appends: nothing reaches the blobs core until the batch finishes,
+/// an entry naming unfinished bytes is refused, and a file repeating another file of the same
+/// batch reuses its chunks.
+#[test]
+fn a_blob_batch_writes_many_files_in_shared_appends() {
+    let mut d = drive(7);
+    d.put("/before", b"already here", &PutOptions::default()).expect("put");
+    let base = d.blobs().length();
+    let mut batch = BlobBatch::new();
+    let files: Vec<Vec<u8>> = (0..50).map(|i| random(100 + i * 37, i as u64)).collect();
+    let blobs: Vec<Blob> =
+        files.iter().map(|f| d.write_blob_into(&mut batch, f.as_slice()).expect("write blob")).collect();
+    let again = d.write_blob_into(&mut batch, files[3].as_slice()).expect("write a repeated blob");
+    assert!(again.block_map, "a repeated file reuses the batch's chunks");
+    assert_eq!(d.blobs().length(), base, "nothing appended before the batch finishes");
+    assert!(batch.is_pending());
+    let early = Entry { executable: false, linkname: None, blob: Some(blobs[0]), metadata: None };
+    assert!(matches!(d.apply(&[Op::Put("/early", &early)]), Err(Error::InvalidRequest(_))));
+    d.finish_blobs(&mut batch).expect("finish");
+    assert!(!batch.is_pending());
+    let entries: Vec<(String, Entry)> = blobs
+        .iter()
+        .chain([&again])
+        .enumerate()
+        .map(|(i, b)| (format!("/f/{i}"), Entry { executable: false, linkname: None, blob: Some(*b), metadata: None }))
+        .collect();
+    let ops: Vec<Op<'_>> = entries.iter().map(|(p, e)| Op::Put(p, e)).collect();
+    d.apply(&ops).expect("apply");
+    for (i, f) in files.iter().enumerate() {
+        assert_eq!(d.get(&format!("/f/{i}")).expect("get").as_deref(), Some(f.as_slice()));
+    }
+    assert_eq!(d.get("/f/50").expect("get").as_deref(), Some(files[3].as_slice()));
+    assert_eq!(d.get("/before").expect("get").as_deref(), Some(&b"already here"[..]));
+    // A batch noticed the blobs core growing beside it.
+    let mut batch = BlobBatch::new();
+    d.write_blob_into(&mut batch, &b"pending"[..]).expect("write blob");
+    d.put("/other", b"another writer", &PutOptions::default()).expect("put");
+    assert!(matches!(d.finish_blobs(&mut batch), Err(Error::InvalidRequest(_))));
+}
