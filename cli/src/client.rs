@@ -15,6 +15,17 @@ use crate::node;
 /// Sends `request` to the node of `dir` and returns its answer; starts a node first if none
 /// runs and `start` is set.
 pub fn request(dir: &Path, request: &Value, start: bool) -> Result<Value> {
+    request_streaming(dir, request, start, &mut |_| Ok(()))
+}
+
+/// Like [`request`], for requests whose node sends lines before its reply (progress, the
+/// bytes of a file): each goes to `on_line` as it arrives.
+pub fn request_streaming(
+    dir: &Path,
+    request: &Value,
+    start: bool,
+    on_line: &mut dyn FnMut(&Value) -> Result<()>,
+) -> Result<Value> {
     let sock = node::socket_path(dir);
     let conn = match UnixStream::connect(&sock) {
         Ok(c) => c,
@@ -23,12 +34,19 @@ pub fn request(dir: &Path, request: &Value, start: bool) -> Result<Value> {
     };
     let mut w = conn.try_clone()?;
     writeln!(w, "{request}").context("sending to the node")?;
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).context("reading the node's reply")?;
-    if line.is_empty() {
-        bail!("the node closed the connection without replying (see {})", dir.join("node.log").display());
-    }
-    let reply: Value = serde_json::from_str(&line).context("the node's reply is not JSON")?;
+    let mut conn = BufReader::new(conn);
+    let reply = loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).context("reading the node's reply")?;
+        if line.is_empty() {
+            bail!("the node closed the connection without replying (see {})", dir.join("node.log").display());
+        }
+        let reply: Value = serde_json::from_str(&line).context("the node's reply is not JSON")?;
+        if reply.get("ok").is_some() || reply.get("error").is_some() {
+            break reply;
+        }
+        on_line(&reply)?;
+    };
     match reply.get("error").and_then(Value::as_str) {
         Some(e) => Err(anyhow!("{e}")),
         None => Ok(reply["ok"].clone()),
@@ -107,5 +125,69 @@ pub fn wait_exit(pid: i32, dir: &Path) -> Result<()> {
             bail!("the node (pid {pid}) did not stop within 60 s; see {}", dir.join("node.log").display());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A one-line progress bar on standard error, redrawn at most ten times a second; silent when
+/// standard error is not a terminal.
+pub struct ProgressBar {
+    on: bool,
+    started: Instant,
+    drawn: Option<Instant>,
+}
+
+impl ProgressBar {
+    pub fn new(enabled: bool) -> ProgressBar {
+        // SAFETY: isatty only inspects the descriptor.
+        let tty = unsafe { libc::isatty(2) == 1 };
+        ProgressBar { on: enabled && tty, started: Instant::now(), drawn: None }
+    }
+
+    /// Shows `p` (`files`, `totalFiles`, `bytes`, `totalBytes`).
+    pub fn show(&mut self, p: &Value) {
+        if !self.on || self.drawn.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        self.drawn = Some(Instant::now());
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        let (bytes, total) = (n("bytes"), n("totalBytes"));
+        let frac = if total == 0 { 1.0 } else { (bytes as f64 / total as f64).min(1.0) };
+        let width = 24;
+        let full = (frac * width as f64) as usize;
+        let rate = bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        eprint!(
+            "\r[{}{}] {:>3}%  {} / {}  {}/{} files  {}/s \x1b[K",
+            "#".repeat(full),
+            "-".repeat(width - full),
+            (frac * 100.0) as u32,
+            human_bytes(bytes),
+            human_bytes(total),
+            n("files"),
+            n("totalFiles"),
+            human_bytes(rate as u64)
+        );
+    }
+
+    /// Clears the bar's line.
+    pub fn done(&self) {
+        if self.on && self.drawn.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }

@@ -8,6 +8,7 @@ mod bee;
 mod chunk;
 mod client;
 mod local;
+mod mirror;
 mod node;
 mod replay;
 
@@ -69,6 +70,52 @@ enum Command {
         /// DRIVE:/path (DRIVE is a local name, a key or a hyper:// link).
         target: String,
     },
+    /// Mirror a local folder into a drive folder: add, change and remove until they match.
+    ///
+    /// Files are compared by size, modification time and mode (as rsync does), so importing an
+    /// unchanged folder again writes nothing. Modes, times, symlinks and the executable bit are
+    /// kept. Shows progress on a terminal.
+    ///
+    /// Examples:
+    ///   hyperfs import ~/photos photos
+    ///   hyperfs import ./site photos:/www --dry-run
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The local folder.
+        dir: PathBuf,
+        /// DRIVE[:/folder] (DRIVE is a local name, a key or a hyper:// link).
+        target: String,
+        /// Only list what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON (with every change).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mirror a drive folder into a local folder: add, change and remove until they match.
+    ///
+    /// Files in DIR that the drive folder lacks are removed (see --dry-run first). Modes,
+    /// times, symlinks and the executable bit are kept; owners too when run as root.
+    ///
+    /// Examples:
+    ///   hyperfs export photos ~/photos-copy
+    ///   hyperfs export photos:/www /var/www --version 12 --dry-run
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// DRIVE[:/folder].
+        source: String,
+        /// The local folder (created if missing).
+        dir: PathBuf,
+        /// Export the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Only list what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON (with every change).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a file of a drive.
     ///
     /// Example:
@@ -83,15 +130,25 @@ enum Command {
     },
     /// List a folder of a drive.
     ///
-    /// Example:
+    /// Examples:
     ///   hyperfs ls photos:/docs
+    ///   hyperfs ls -lR photos --version 3
     #[command(verbatim_doc_comment)]
     Ls {
         /// DRIVE[:/folder].
         target: String,
+        /// Long listing: type and mode, size, modification time, name (and link target).
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        /// List the folders inside too, recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
         /// Read the drive as it was at this version.
         #[arg(long)]
         version: Option<u64>,
+        /// Print JSON: one object per name.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a file, symlink or empty directory from a drive (older versions keep it).
     ///
@@ -122,14 +179,20 @@ enum Command {
     Stat {
         /// DRIVE:/path.
         target: String,
+        /// Read the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// The versions of a drive (or of one path in it): version, op, path, size.
+    /// The versions of a drive (or of one path in it): version, op, path, size, time.
     Log {
         /// DRIVE[:/path].
         target: String,
+        /// Show the history up to this version only.
+        #[arg(long)]
+        version: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -375,16 +438,33 @@ fn main() -> ExitCode {
             client::request(&d, &req, true).map(drop)
         }),
         Command::Cat { ref target, version } => dir().and_then(|d| {
-            let r = target_request(&d, "cat", target, json!({"version": version}))?;
-            let bytes = hex::decode(r["hex"].as_str().unwrap_or_default())?;
-            std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
+            let (drive, path) = client::split_target(target);
+            let req = json!({"cmd": "cat", "drive": drive, "path": path, "version": version});
+            let mut out = std::io::stdout().lock();
+            client::request_streaming(&d, &req, true, &mut |line| {
+                let bytes = hex::decode(line["data"].as_str().unwrap_or_default())?;
+                std::io::Write::write_all(&mut out, &bytes)?;
+                Ok(())
+            })?;
+            std::io::Write::flush(&mut out)?;
             Ok(())
+        }),
+        Command::Import { dir: ref local, ref target, dry_run, json } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(target);
+            let req = json!({"cmd": "import", "drive": drive, "path": path, "dir": absolute(local)?, "dryRun": dry_run});
+            mirror_command(&d, &req, dry_run, json, &format!("{} → {target}", local.display()))
+        }),
+        Command::Export { ref source, dir: ref local, version, dry_run, json } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(source);
+            let req = json!({"cmd": "export", "drive": drive, "path": path, "dir": absolute(local)?,
+                "version": version, "dryRun": dry_run});
+            mirror_command(&d, &req, dry_run, json, &format!("{source} → {}", local.display()))
         }),
         Command::Rm { ref target } => dir().and_then(|d| target_request(&d, "rm", target, json!({})).map(drop)),
         Command::Mv { ref from, ref to } => dir().and_then(|d| target_request(&d, "mv", from, json!({"to": to})).map(drop)),
         Command::Mkdir { ref target } => dir().and_then(|d| target_request(&d, "mkdir", target, json!({})).map(drop)),
-        Command::Stat { ref target, json } => dir().and_then(|d| {
-            let r = target_request(&d, "stat", target, json!({}))?;
+        Command::Stat { ref target, version, json } => dir().and_then(|d| {
+            let r = target_request(&d, "stat", target, json!({"version": version}))?;
             if json {
                 println!("{r}");
             } else {
@@ -394,13 +474,15 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Log { ref target, json } => dir().and_then(|d| {
-            let r = target_request(&d, "log", target, json!({}))?;
+        Command::Log { ref target, version, json } => dir().and_then(|d| {
+            let r = target_request(&d, "log", target, json!({"version": version}))?;
             if json {
                 println!("{r}");
             } else {
                 for e in r.as_array().into_iter().flatten() {
-                    println!("{}\t{}\t{}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), e["path"].as_str().unwrap_or_default(), e["size"]);
+                    let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
+                    let time = e["time"].as_i64().map_or("-".to_owned(), format_time);
+                    println!("{}\t{}\t{}\t{size}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), time, e["path"].as_str().unwrap_or_default());
                 }
             }
             Ok(())
@@ -456,10 +538,24 @@ fn main() -> ExitCode {
             let req = json!({"cmd": "unmount", "dir": absolute(mount_dir)?, "lazy": lazy});
             client::request(&d, &req, true).map(drop)
         }),
-        Command::Ls { ref target, version } => dir().and_then(|d| {
-            let r = target_request(&d, "ls", target, json!({"version": version}))?;
-            for name in r.as_array().into_iter().flatten() {
-                println!("{}", name.as_str().unwrap_or_default());
+        Command::Ls { ref target, long, recursive, version, json } => dir().and_then(|d| {
+            let r = target_request(&d, "ls", target, json!({"version": version, "recursive": recursive}))?;
+            let entries = r.as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{r}");
+            } else if long {
+                for e in &entries {
+                    let kind = match e["type"].as_str() { Some("directory") => 'd', Some("symlink") => 'l', _ => '-' };
+                    let mode = e["mode"].as_u64().map_or("?????????".to_owned(), |m| mode_string(m as u32));
+                    let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
+                    let time = e["mtime"].as_i64().map_or("-".to_owned(), format_time);
+                    let link = e["linkname"].as_str().map(|l| format!(" -> {l}")).unwrap_or_default();
+                    println!("{kind}{mode} {size:>12} {time} {}{link}", e["name"].as_str().unwrap_or_default());
+                }
+            } else {
+                for e in &entries {
+                    println!("{}", e["name"].as_str().unwrap_or_default());
+                }
             }
             Ok(())
         }),
@@ -491,6 +587,88 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an import or export, with a progress bar on a terminal, and prints what it did.
+fn mirror_command(dir: &std::path::Path, req: &Value, dry_run: bool, json: bool, what: &str) -> anyhow::Result<()> {
+    let mut bar = client::ProgressBar::new(!json && !dry_run);
+    let r = client::request_streaming(dir, req, true, &mut |line| {
+        bar.show(&line["progress"]);
+        Ok(())
+    });
+    bar.done();
+    let r = r?;
+    let skipped: Vec<&str> = r["skipped"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if json {
+        println!("{r}");
+    } else {
+        if dry_run {
+            for c in r["changes"].as_array().into_iter().flatten() {
+                let sign = match c["action"].as_str() {
+                    Some("add") => "+",
+                    Some("remove") => "-",
+                    _ => "~",
+                };
+                println!("{sign} {}", c["path"].as_str().unwrap_or_default());
+            }
+        }
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let done = if dry_run { "would change" } else { "done" };
+        let version = r["version"].as_u64().map(|v| format!(", version {v}")).unwrap_or_default();
+        let moved = if dry_run {
+            String::new()
+        } else {
+            let secs = r["seconds"].as_f64().unwrap_or(0.0);
+            format!("; {} in {} files, {secs:.1} s", client::human_bytes(n("bytes")), n("files"))
+        };
+        println!(
+            "{what}: {done}: {} added, {} changed, {} removed, {} unchanged{moved}{version}",
+            n("added"),
+            n("changed"),
+            n("removed"),
+            n("unchanged")
+        );
+    }
+    for s in &skipped {
+        eprintln!("hyperfs: skipped {s}");
+    }
+    if !skipped.is_empty() {
+        anyhow::bail!("{} names were skipped (listed above)", skipped.len());
+    }
+    Ok(())
+}
+
+/// `0o755` → `rwxr-xr-x` (with set-id and sticky bits as ls shows them).
+fn mode_string(mode: u32) -> String {
+    let mut s: Vec<char> = "rwxrwxrwx".chars().collect();
+    for (i, c) in s.iter_mut().enumerate() {
+        if mode & (0o400 >> i) == 0 {
+            *c = '-';
+        }
+    }
+    for (bit, at, on, off) in [(0o4000, 2, 's', 'S'), (0o2000, 5, 's', 'S'), (0o1000, 8, 't', 'T')] {
+        if mode & bit != 0 {
+            s[at] = if s[at] == 'x' { on } else { off };
+        }
+    }
+    s.into_iter().collect()
+}
+
+/// Milliseconds since the epoch as `2026-11-25 21:07:03` (UTC).
+fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Sends `cmd` for the drive and path of `target` (DRIVE:/path), with `extra` fields.

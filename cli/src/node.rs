@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::crypto::{z32_encode, Hash};
-use hyperfs_engine::drive::{keys, Drive, PutOptions};
+use hyperfs_engine::drive::{keys, Drive, Entry, PutOptions};
 use hyperfs_engine::store::{RocksStore, Store};
 use serde_json::{json, Value};
 
@@ -165,6 +165,7 @@ fn block_stop_signals() -> Option<libc::sigset_t> {
 /// Serves one connection; returns whether it asked the node to stop.
 fn serve(state: &State, conn: UnixStream) -> bool {
     let Ok(mut writer) = conn.try_clone() else { return false };
+    let Ok(mut stream) = conn.try_clone() else { return false };
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let Ok(line) = line else { break };
@@ -173,7 +174,10 @@ fn serve(state: &State, conn: UnixStream) -> bool {
             Err(e) => json!({"cmd": "", "malformed": e.to_string()}),
         };
         let stop = request["cmd"] == "stop";
-        let reply = match handle(state, &request) {
+        // Long requests send lines before their reply: progress, or the bytes of a file. A
+        // client that has gone away (Ctrl-C) makes the send fail, and the work stops.
+        let mut emit = |v: Value| writeln!(stream, "{v}").is_ok();
+        let reply = match handle(state, &request, &mut emit) {
             Ok(v) => json!({"ok": v}),
             Err(e) => json!({"error": format!("{e:#}")}),
         };
@@ -187,7 +191,7 @@ fn serve(state: &State, conn: UnixStream) -> bool {
     false
 }
 
-fn handle(state: &State, r: &Value) -> Result<Value> {
+fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
     let s = |k: &str| r[k].as_str().ok_or_else(|| anyhow!("the request lacks {k:?}"));
     match r["cmd"].as_str().unwrap_or_default() {
         "ping" => Ok(json!({"dir": state.dir})),
@@ -207,29 +211,108 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let drive = open_drive(state, s("drive")?)?;
             let file = s("file")?;
             let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
-            let opts = PutOptions { executable: r["executable"].as_bool().unwrap_or(false), metadata: None };
+            let m = f.metadata().with_context(|| format!("reading {file}"))?;
+            if !m.is_file() {
+                bail!("{file} is not a file (hyperfs import mirrors a folder)");
+            }
+            let meta = crate::mirror::meta_of(&m);
+            let opts = PutOptions { executable: meta.mode & 0o100 != 0, metadata: Some(meta.to_json(None)) };
             let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
             d.put_reader(s("path")?, std::io::BufReader::new(f), &opts)?;
             Ok(json!({"version": d.version()}))
         }
         "cat" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let path = s("path")?;
-            let data = match r["version"].as_u64() {
-                Some(v) => d.checkout(v)?.get(path)?,
-                None => d.get(path)?,
+            let entry = {
+                let d = drive.read().unwrap_or_else(|e| e.into_inner());
+                let v = r["version"].as_u64().unwrap_or(d.version());
+                let view = d.checkout(v)?;
+                match view.stat(path)? {
+                    Some(st) => st.entry,
+                    None if view.is_dir(path)? => bail!("{path} is a folder (hyperfs ls lists it)"),
+                    None => bail!("no file at {path}"),
+                }
             };
-            Ok(json!({"hex": hex::encode(data.ok_or_else(|| anyhow!("no file at {path}"))?)}))
+            let Some(blob) = entry.blob else { return Ok(json!({})) };
+            // The file goes out a window at a time; the drive is locked only while one is read.
+            let mut offset = 0u64;
+            loop {
+                let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, 4 << 20)?;
+                if chunk.is_empty() {
+                    return Ok(json!({"bytes": offset}));
+                }
+                offset += chunk.len() as u64;
+                if !emit(json!({"data": hex::encode(&chunk)})) {
+                    bail!("the client went away");
+                }
+            }
+        }
+        "import" | "export" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let dir = crate::mirror::check_dir_arg(s("dir")?)?;
+            let dry_run = r["dryRun"].as_bool().unwrap_or(false);
+            let mut progress = |v: Value| emit(json!({"progress": v}));
+            if r["cmd"] == "import" {
+                crate::mirror::import(&drive, &dir, s("path")?, dry_run, &mut progress)
+            } else {
+                crate::mirror::export(&drive, r["version"].as_u64(), s("path")?, &dir, dry_run, &mut progress)
+            }
         }
         "ls" => {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
-            Ok(match r["version"].as_u64() {
-                Some(v) => d.checkout(v)?.readdir(s("path")?)?,
-                None => d.readdir(s("path")?)?,
+            let view = d.checkout(r["version"].as_u64().unwrap_or(d.version()))?;
+            let path = s("path")?;
+            let describe = |name: String, entry: Option<&Entry>, dir_record: Option<Entry>| -> Result<Value> {
+                let (kind, size) = match entry {
+                    Some(e) if e.linkname.is_some() => ("symlink", None),
+                    Some(e) => (
+                        "file",
+                        Some(match e.blob {
+                            Some(b) => d.blob_size(&b)?,
+                            None => 0,
+                        }),
+                    ),
+                    None => ("directory", None),
+                };
+                let default = if entry.is_some_and(|e| e.executable) {
+                    0o755
+                } else if entry.is_some() {
+                    0o644
+                } else {
+                    0o755
+                };
+                let metadata =
+                    entry.map_or(dir_record.as_ref().and_then(|e| e.metadata.as_ref()), |e| e.metadata.as_ref());
+                let mode = metadata.and_then(|m| m["mode"].as_u64()).map_or(default, |m| m & 0o7777);
+                Ok(json!({"name": name, "type": kind, "size": size, "mode": mode,
+                    "mtime": metadata.and_then(|m| m["mtime"].as_i64()),
+                    "executable": entry.map(|e| e.executable), "linkname": entry.and_then(|e| e.linkname.clone())}))
+            };
+            let root = hyperfs_engine::drive::path::folder(path)?.is_empty();
+            if let Some(st) = if root { None } else { view.stat(path)? } {
+                return Ok(json!([describe(path.to_owned(), Some(&st.entry), None)?]));
             }
-            .into())
+            if !view.is_dir(path)? {
+                bail!("no file or folder at {path}");
+            }
+            let mut out = Vec::new();
+            let mut folders = vec![(hyperfs_engine::drive::path::folder(path)?, String::new())];
+            while let Some((folder, prefix)) = folders.pop() {
+                let mut below = Vec::new();
+                for c in view.children(if folder.is_empty() { "/" } else { &folder })? {
+                    let name = format!("{prefix}{}", c.name);
+                    let full = format!("{folder}/{}", c.name);
+                    let record = if c.entry.is_none() { view.dir_entry(&full)? } else { None };
+                    out.push(describe(name.clone(), c.entry.as_ref(), record)?);
+                    if c.entry.is_none() && r["recursive"].as_bool().unwrap_or(false) {
+                        below.push((full, format!("{name}/")));
+                    }
+                }
+                folders.extend(below.into_iter().rev());
+            }
+            Ok(out.into())
         }
         "rm" => {
             let drive = open_drive(state, s("drive")?)?;
@@ -256,6 +339,7 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let path = s("path")?;
+            let d = d.checkout(r["version"].as_u64().unwrap_or(d.version()))?;
             match d.stat(path)? {
                 Some(st) => Ok(json!({
                     "path": path, "type": if st.entry.linkname.is_some() { "symlink" } else { "file" },
@@ -271,8 +355,9 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let filter = r["path"].as_str().filter(|p| *p != "/");
+            let until = r["version"].as_u64().unwrap_or(u64::MAX);
             let mut out = Vec::new();
-            for c in d.history(0)? {
+            for c in d.history(0)?.into_iter().take_while(|c| c.version <= until) {
                 if filter.is_some_and(|f| c.path != f && !c.path.starts_with(&format!("{f}/"))) {
                     continue;
                 }
@@ -280,7 +365,18 @@ fn handle(state: &State, r: &Value) -> Result<Value> {
                     Some(b) => Some(d.blob_size(&b)?),
                     None => None,
                 };
-                out.push(json!({"version": c.seq + 1, "op": if c.entry.is_some() { "put" } else { "del" }, "path": c.path, "size": size}));
+                // The time a change was made, as far as the entry tells it (hyperfs writes ctime).
+                let time = c
+                    .entry
+                    .as_ref()
+                    .and_then(|e| e.metadata.as_ref())
+                    .and_then(|m| m["ctime"].as_i64().or(m["mtime"].as_i64()));
+                let op = match &c.entry {
+                    None => "del",
+                    Some(e) if e.linkname.is_some() => "symlink",
+                    Some(_) => "put",
+                };
+                out.push(json!({"version": c.version, "op": op, "path": c.path, "size": size, "time": time}));
             }
             Ok(out.into())
         }

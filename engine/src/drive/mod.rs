@@ -97,8 +97,11 @@ pub struct Stat {
 /// One operation of a drive's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    /// The db block (version − 1) that made it.
+    /// The db block that made it.
     pub seq: u64,
+    /// The first version that shows it: `seq + 1`, or the end of the atomic change it was
+    /// part of.
+    pub version: u64,
     pub path: String,
     /// The entry written, or `None` for a deletion.
     pub entry: Option<Entry>,
@@ -399,13 +402,21 @@ impl Drive {
     /// The operations on files, oldest first, from version `since` (0: all).
     pub fn history(&self, since: u64) -> Result<Vec<Change>> {
         let h = crate::hyperbee::HistoryRange { gte: Some(since.max(1) as i64), ..Default::default() };
+        let spans = self.db.core().atomic_spans()?;
         let mut out = Vec::new();
         for e in self.db.view().history(&h) {
             let e = e?;
             let Some(p) = e.entry.key.strip_prefix(FILES) else { continue };
             let path = String::from_utf8_lossy(p).into_owned();
             let entry = if e.deletion { None } else { Some(Entry::decode(&e.entry.value)?) };
-            out.push(Change { seq: e.entry.seq, path, entry });
+            let after = e.entry.seq + 1;
+            // A change of an atomic batch becomes visible with the batch's last block.
+            let i = spans.partition_point(|&(_, end)| end < after);
+            let version = match spans.get(i) {
+                Some(&(start, end)) if start < after && after < end => end,
+                _ => after,
+            };
+            out.push(Change { seq: e.entry.seq, version, path, entry });
         }
         Ok(out)
     }
@@ -437,6 +448,11 @@ impl Drive {
         }
         if version >= self.db.core().length() {
             return Ok(());
+        }
+        if let Some((start, end)) = self.db.core().atomic_span(version)? {
+            return Err(Error::InvalidRequest(format!(
+                "version {version} falls inside one atomic change (versions {start} to {end})"
+            )));
         }
         // Every version up to `version` stays readable, so the blobs keep every chunk any entry
         // written before it references. A block map is always appended after the chunks it
@@ -758,6 +774,18 @@ impl<B: Blocks> DriveView<'_, B> {
         for e in self.db.range(&under(FILES, &folder, "/")) {
             let e = e?;
             out.push((path_of(FILES, &e.key)?, Entry::decode(&e.value)?));
+        }
+        Ok(out)
+    }
+
+    /// Every directory record under `folder`, recursively, in path order (not `folder`'s own:
+    /// see [`DriveView::dir_entry`]).
+    pub fn list_dirs(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
+        let folder = path::folder(folder)?;
+        let mut out = Vec::new();
+        for e in self.db.range(&under(DIRS, &folder, "/")) {
+            let e = e?;
+            out.push((path_of(DIRS, &e.key)?, Entry::decode(&e.value)?));
         }
         Ok(out)
     }

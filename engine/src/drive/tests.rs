@@ -412,3 +412,33 @@ fn a_blob_batch_writes_many_files_in_shared_appends() {
     d.put("/other", b"another writer", &PutOptions::default()).expect("put");
     assert!(matches!(d.finish_blobs(&mut batch), Err(Error::InvalidRequest(_))));
 }
+
+/// The versions inside an atomic change have no tree of their own: reading one is refused
+/// with the versions to read instead, and history names the version that shows each change.
+#[test]
+fn versions_inside_an_atomic_change_are_refused_and_history_names_the_visible_one() {
+    let mut d = drive(8);
+    d.put("/a", b"a", &PutOptions::default()).expect("put");
+    let before = d.version();
+    let e = Entry { executable: false, linkname: None, blob: None, metadata: None };
+    d.apply(&[Op::Put("/b", &e), Op::Put("/c", &e), Op::Del("/a")]).expect("apply");
+    let after = d.version();
+    assert_eq!(after, before + 3);
+    for v in before + 1..after {
+        match d.checkout(v).map(|_| ()) {
+            Err(Error::InvalidRequest(m)) => assert!(m.contains(&format!("versions {before} to {after}")), "{m}"),
+            other => panic!("version {v} inside the batch gave {other:?}"),
+        }
+        assert!(matches!(d.truncate(v), Err(Error::InvalidRequest(_))));
+    }
+    assert_eq!(d.checkout(after).expect("end").readdir("/").expect("readdir"), ["b", "c"]);
+    assert_eq!(d.checkout(before).expect("start").readdir("/").expect("readdir"), ["a"]);
+    let visible: Vec<(String, u64)> =
+        d.history(before).expect("history").into_iter().map(|c| (c.path, c.version)).collect();
+    assert_eq!(visible, [("/b".into(), after), ("/c".into(), after), ("/a".into(), after)]);
+    // Truncating before the batch forgets it: the same lengths are ordinary versions again.
+    d.truncate(before).expect("truncate");
+    d.put("/x", b"x", &PutOptions::default()).expect("put");
+    d.put("/y", b"y", &PutOptions::default()).expect("put");
+    assert_eq!(d.checkout(before + 1).expect("a plain version").readdir("/").expect("readdir"), ["a", "x"]);
+}

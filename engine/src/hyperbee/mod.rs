@@ -142,6 +142,11 @@ impl Hyperbee {
         if version > self.version() {
             return Err(Error::OutOfBounds(format!("version {version} of a bee at version {}", self.version())));
         }
+        if let Some((start, end)) = self.core.atomic_span(version)? {
+            return Err(Error::InvalidRequest(format!(
+                "version {version} falls inside one atomic change (versions {start} to {end}); read {start} or {end}"
+            )));
+        }
         let snap = self.core.checkout(self.core.length().min(version))?;
         Ok(View::new(snap, version, self.cache.clone(), self.fetch.clone()))
     }

@@ -165,7 +165,7 @@ impl<'a> Batch<'a> {
         let blocks = self.encode_pending();
         let decoded: Vec<_> = blocks.iter().map(|(_, node)| node.clone()).collect();
         let raw: Vec<Vec<u8>> = blocks.into_iter().map(|(raw, _)| raw).collect();
-        self.bee.core.append_batch(&raw)?;
+        self.bee.core.append_atomic(&raw)?;
         let loader = Loader { blocks: &self.bee.core, fetch: None, cache: &self.bee.cache };
         for (i, node) in decoded.into_iter().enumerate() {
             loader.remember(self.base + i as u64, node);

@@ -102,6 +102,15 @@ fn node_key(id: u64, index: u64) -> [u8; 16] {
     k
 }
 
+/// The record of an atomic append of core `id` that ended at length `end`.
+fn atomic_key(id: u64, end: u64) -> [u8; 22] {
+    let mut k = [0u8; 22];
+    k[..6].copy_from_slice(b"atomic");
+    k[6..14].copy_from_slice(&id.to_be_bytes());
+    k[14..].copy_from_slice(&end.to_be_bytes());
+    k
+}
+
 fn chunk_key(id: u64, leaf: &Hash) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..8].copy_from_slice(&id.to_be_bytes());
@@ -409,7 +418,39 @@ impl Hypercore {
 
     /// Appends blocks with one signature over the new tree; returns the new length.
     pub fn append_batch<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
-        self.append_inner(blocks, None)
+        self.append_inner(blocks, None, false)
+    }
+
+    /// Appends blocks that only mean something together (a Hyperbee batch): the lengths inside
+    /// the append are recorded as no version of their own (see [`Hypercore::atomic_span`]).
+    pub fn append_atomic<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
+        self.append_inner(blocks, None, blocks.len() > 1)
+    }
+
+    /// The atomic append `(start, end)` that `length` falls strictly inside, if any (only
+    /// appends made on this node are known).
+    pub fn atomic_span(&self, length: u64) -> Result<Option<(u64, u64)>> {
+        let from = atomic_key(self.id, length.saturating_add(1));
+        let to = atomic_key(self.id, u64::MAX);
+        let Some((k, v)) = self.store.first(Table::Meta, &from, &to)? else { return Ok(None) };
+        let end = k.get(k.len() - 8..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        let start = <[u8; 8]>::try_from(v.as_slice()).ok().map(u64::from_be_bytes);
+        match (start, end) {
+            (Some(s), Some(e)) => Ok((s < length && length < e).then_some((s, e))),
+            _ => Err(Error::Storage(format!("a damaged atomic-append record of core {}", hex::encode(self.key)))),
+        }
+    }
+
+    /// Every atomic append of this core as `(start, end)`, in order.
+    pub fn atomic_spans(&self) -> Result<Vec<(u64, u64)>> {
+        let rows = self.store.scan(Table::Meta, &atomic_key(self.id, 0), &atomic_key(self.id, u64::MAX))?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let end = k.get(k.len() - 8..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+                let start = <[u8; 8]>::try_from(v.as_slice()).ok().map(u64::from_be_bytes);
+                start.zip(end).ok_or_else(|| Error::Storage("a damaged atomic-append record".into()))
+            })
+            .collect()
     }
 
     /// [`Hypercore::append_batch`] for blocks whose merkle leaf hashes the caller already
@@ -418,10 +459,15 @@ impl Hypercore {
         if leaves.len() != blocks.len() {
             return Err(Error::InvalidRequest("one leaf hash per block".into()));
         }
-        self.append_inner(blocks, Some(leaves))
+        self.append_inner(blocks, Some(leaves), false)
     }
 
-    fn append_inner<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B], hashes: Option<&[Hash]>) -> Result<u64> {
+    fn append_inner<B: AsRef<[u8]> + Sync>(
+        &mut self,
+        blocks: &[B],
+        hashes: Option<&[Hash]>,
+        atomic: bool,
+    ) -> Result<u64> {
         let (Some(kp), Some(auth)) = (&self.key_pair, &self.auth) else {
             return Err(Error::NotWritable);
         };
@@ -468,6 +514,9 @@ impl Hypercore {
         let signature = auth.sign(kp, &tree_hash, tb.length, tb.fork);
 
         let mut b = Batch { sync: self.durable, ..Batch::default() };
+        if atomic {
+            b.put(Table::Meta, atomic_key(self.id, tb.length).to_vec(), start.to_be_bytes().to_vec());
+        }
         if self.index_blocks {
             for (leaf, _) in &prepared {
                 b.put(Table::Chunks, chunk_key(self.id, &leaf.hash).to_vec(), (leaf.index / 2).to_be_bytes().to_vec());
@@ -505,6 +554,12 @@ impl Hypercore {
         let mut bitfield = self.bitfield.subset(touched_start, touched_end.unwrap_or(0));
         if let Some(from) = truncate_from {
             self.delete_tree_from(&mut b, from);
+            // Atomic appends that end after the new length are gone (or cut short) with it.
+            b.delete_range(
+                Table::Meta,
+                atomic_key(self.id, from.saturating_add(1)).to_vec(),
+                atomic_key(self.id, u64::MAX).to_vec(),
+            );
             bitfield.set_range(from, self.head.length.max(from), false);
         }
         for n in nodes {

@@ -19,7 +19,8 @@ pub const FORMAT_VERSION: u64 = 1;
 /// A table of the store (one RocksDB column family each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
-    /// Store-wide records: the format version, id counters.
+    /// Store-wide records: the format version, id counters, and the atomic appends of each core
+    /// (`atomic` ‖ core id ‖ end → start: the lengths strictly between are no version).
     Meta,
     /// Core key → core record (id, manifest, keys).
     Cores,
@@ -105,6 +106,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Every pair with `start <= key < end`, in key order.
     fn scan(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// The first pair with `start <= key < end`.
+    fn first(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.scan(table, start, end)?.into_iter().next())
+    }
     /// Writes block bytes ahead of the batch that will commit them, so writers can do it on
     /// every core while they hash. Safe to call from many threads at once.
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged>;

@@ -180,6 +180,16 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn first(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match self.db.iterator_cf(self.cf(table)?, IteratorMode::From(start, Direction::Forward)).next() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                Ok((&*k < end).then(|| (k.into_vec(), v.into_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged> {
         let len = u32::try_from(bytes.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
         let offset = self.reserved.fetch_add(len as u64, Ordering::SeqCst);

@@ -1,0 +1,735 @@
+//! `hyperfs import` and `hyperfs export`: mirror a local folder into a drive folder and back,
+//! run by the node for its clients.
+//!
+//! A mirror adds what the source has and the target lacks, rewrites what differs and removes
+//! what the source lacks. Files are compared as rsync does by default: size, modification time
+//! (to the nanosecond) and mode; an entry written without times (by JS Hyperdrive) is compared by
+//! content. Both sides keep mode, modification time, symlinks and the executable bit; directories
+//! get a record in the drive so their mode and time survive the round trip.
+//!
+//! Imports write many files per signed append ([`BlobBatch`]) and a few thousand entries per
+//! drive version; the drive is locked only while one such group is written. Exports write each
+//! file beside its final name and rename it into place, so a reader of the folder never sees half
+//! a file.
+//!
+//! Invariant: a dry run reads both sides and changes neither.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hyperfs_engine::drive::{BlobBatch, Entry, Meta, Op};
+use hyperfs_engine::Drive;
+use serde_json::{json, Value};
+
+/// An import applies at most this many changes per drive version…
+const GROUP_OPS: usize = 4096;
+/// …and reads at most about this many bytes of files for one.
+const GROUP_BYTES: u64 = 256 << 20;
+/// Exported files are read this much at a time (the drive reads the chunks in parallel).
+const READ_WINDOW: u64 = 8 << 20;
+/// Progress is reported at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// One name of a tree, local or in the drive.
+#[derive(Debug, Clone)]
+enum Item {
+    /// A regular file. `meta` is `None` for a drive entry written without times.
+    File {
+        size: u64,
+        executable: bool,
+        meta: Option<Meta>,
+        entry: Option<Entry>,
+    },
+    Link {
+        target: String,
+        meta: Option<Meta>,
+    },
+    /// A directory; `meta` is `None` for a drive folder that exists only through its files.
+    Dir {
+        meta: Option<Meta>,
+    },
+}
+
+impl Item {
+    fn kind(&self) -> &'static str {
+        match self {
+            Item::File { .. } => "file",
+            Item::Link { .. } => "symlink",
+            Item::Dir { .. } => "directory",
+        }
+    }
+}
+
+/// What a mirror does to one path of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Add,
+    Change,
+    Remove,
+}
+
+#[derive(Debug)]
+struct Change {
+    /// Relative to the mirrored folders ("" is the folder itself).
+    rel: String,
+    action: Action,
+    /// The source's item (for `Add`/`Change`), or the target's (for `Remove`).
+    item: Item,
+}
+
+/// The counts a mirror reports, and as it goes, its progress.
+#[derive(Debug, Default)]
+struct Tally {
+    added: u64,
+    changed: u64,
+    removed: u64,
+    unchanged: u64,
+    files: u64,
+    total_files: u64,
+    bytes: u64,
+    total_bytes: u64,
+    skipped: Vec<String>,
+}
+
+/// Reports progress to the client at most every [`PROGRESS_EVERY`].
+struct Progress<'a> {
+    emit: &'a mut dyn FnMut(Value) -> bool,
+    last: Instant,
+    /// The client went away: the mirror stops at the next file.
+    cancelled: bool,
+}
+
+impl Progress<'_> {
+    fn report(&mut self, t: &Tally, force: bool) {
+        if force || self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = Instant::now();
+            let p =
+                json!({"files": t.files, "totalFiles": t.total_files, "bytes": t.bytes, "totalBytes": t.total_bytes});
+            if !(self.emit)(p) {
+                self.cancelled = true;
+            }
+        }
+    }
+}
+
+/// `hyperfs import DIR DRIVE[:/path]`.
+pub fn import(
+    drive: &RwLock<Drive>,
+    src: &Path,
+    folder: &str,
+    dry_run: bool,
+    emit: &mut dyn FnMut(Value) -> bool,
+) -> Result<Value> {
+    let started = Instant::now();
+    let meta = std::fs::metadata(src).with_context(|| format!("{}", src.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory (hyperfs put stores one file)", src.display());
+    }
+    let mut tally = Tally::default();
+    let mut local = BTreeMap::new();
+    scan_local(src, &mut local, &mut tally.skipped)?;
+    let remote = {
+        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        if !d.writable() && !dry_run {
+            bail!("this node cannot write drive {} (it holds no secret key for it)", hex::encode(d.key()));
+        }
+        scan_drive(&d, None, folder)?
+    };
+    let changes = plan(&local, &remote, false, &mut tally, |_, l, r| same(l, r, true));
+    if dry_run {
+        return Ok(summary(&tally, &changes, started, None, folder));
+    }
+    let mut progress = Progress { emit, last: Instant::now(), cancelled: false };
+    progress.report(&tally, true);
+    // Removals first (they are cheap), then additions in groups of one version each.
+    let (removals, writes): (Vec<&Change>, Vec<&Change>) = changes.iter().partition(|c| c.action == Action::Remove);
+    let mut pending = removals.into_iter().chain(writes).peekable();
+    while pending.peek().is_some() {
+        let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+        let mut batch = BlobBatch::new();
+        let mut ops: Vec<(String, OwnedOp)> = Vec::new();
+        let mut group_bytes = 0u64;
+        while ops.len() < GROUP_OPS && group_bytes < GROUP_BYTES {
+            if progress.cancelled {
+                break;
+            }
+            let Some(c) = pending.next() else { break };
+            let path = drive_path(folder, &c.rel);
+            match (&c.action, &c.item) {
+                (Action::Remove, Item::File { .. } | Item::Link { .. }) => ops.push((path, OwnedOp::Del)),
+                (Action::Remove, Item::Dir { meta }) => {
+                    if meta.is_some() {
+                        ops.push((path, OwnedOp::Rmdir));
+                    }
+                }
+                (_, Item::File { executable, meta, .. }) => {
+                    let local = src.join(&c.rel);
+                    let file = match std::fs::File::open(&local) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tally.skipped.push(format!("{}: {e}", local.display()));
+                            continue;
+                        }
+                    };
+                    let mut reader = Counting { inner: file, tally: &mut tally, progress: &mut progress };
+                    let blob = d
+                        .write_blob_into(&mut batch, &mut reader)
+                        .with_context(|| format!("storing {}", local.display()))?;
+                    group_bytes += blob.byte_length;
+                    tally.files += 1;
+                    let metadata = meta.map(|m| m.to_json(None));
+                    ops.push((
+                        path,
+                        OwnedOp::Put(Entry { executable: *executable, linkname: None, blob: Some(blob), metadata }),
+                    ));
+                }
+                (_, Item::Link { target, meta }) => {
+                    let metadata = meta.map(|m| m.to_json(None));
+                    ops.push((
+                        path,
+                        OwnedOp::Put(Entry { executable: false, linkname: Some(target.clone()), blob: None, metadata }),
+                    ));
+                }
+                (_, Item::Dir { meta }) => {
+                    let metadata = meta.map(|m| m.to_json(None));
+                    ops.push((path, OwnedOp::Mkdir(Entry { executable: false, linkname: None, blob: None, metadata })));
+                }
+            }
+            // A name that changes kind leaves its old kind behind in another db record.
+            if let Some(old) = remote.get(&c.rel) {
+                let path = drive_path(folder, &c.rel);
+                match (old, &c.item) {
+                    (Item::Dir { meta: Some(_) }, Item::File { .. } | Item::Link { .. })
+                        if c.action == Action::Change =>
+                    {
+                        ops.push((path, OwnedOp::Rmdir))
+                    }
+                    (Item::File { .. } | Item::Link { .. }, Item::Dir { .. }) if c.action == Action::Change => {
+                        ops.push((path, OwnedOp::Del))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        d.finish_blobs(&mut batch)?;
+        let borrowed: Vec<Op<'_>> = ops
+            .iter()
+            .map(|(p, op)| match op {
+                OwnedOp::Put(e) => Op::Put(p, e),
+                OwnedOp::Mkdir(e) => Op::Mkdir(p, e),
+                OwnedOp::Del => Op::Del(p),
+                OwnedOp::Rmdir => Op::Rmdir(p),
+            })
+            .collect();
+        if !borrowed.is_empty() {
+            d.apply(&borrowed)?;
+        }
+        if progress.cancelled {
+            bail!("the client went away; the import stopped (what was written stays; run it again to finish)");
+        }
+        progress.report(&tally, false);
+    }
+    let version = {
+        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        d.flush()?;
+        d.version()
+    };
+    progress.report(&tally, true);
+    Ok(summary(&tally, &changes, started, Some(version), folder))
+}
+
+/// `hyperfs export DRIVE[:/path] DIR`.
+pub fn export(
+    drive: &RwLock<Drive>,
+    version: Option<u64>,
+    folder: &str,
+    dst: &Path,
+    dry_run: bool,
+    emit: &mut dyn FnMut(Value) -> bool,
+) -> Result<Value> {
+    let started = Instant::now();
+    let (remote, version) = {
+        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        let v = version.unwrap_or(d.version());
+        (scan_drive(&d, Some(v), folder)?, v)
+    };
+    if remote.len() <= 1 && !matches!(remote.get(""), Some(Item::Dir { meta: Some(_) })) {
+        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        let view = d.checkout(version)?;
+        if view.stat(folder)?.is_some() {
+            bail!("{folder} is a file; export a folder (hyperfs cat prints one file)");
+        }
+        if !view.is_dir(folder)? {
+            bail!("no folder {folder} in version {version} of the drive");
+        }
+    }
+    let mut tally = Tally::default();
+    let mut local = BTreeMap::new();
+    match std::fs::symlink_metadata(dst) {
+        Ok(m) if m.is_dir() => scan_local(dst, &mut local, &mut tally.skipped)?,
+        Ok(_) => bail!("{} exists and is not a directory", dst.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", dst.display())),
+    }
+    // The drive is the source here; a file is judged by content when the drive kept no time.
+    let changes = plan(&remote, &local, true, &mut tally, |rel, r, l| match (r, l) {
+        (Item::File { meta: None, size, entry: Some(e), .. }, Item::File { size: ls, .. }) if size == ls => {
+            same_content(drive, e, &dst.join(rel)).unwrap_or(false)
+        }
+        _ => same(r, l, false),
+    });
+    if dry_run {
+        return Ok(summary(&tally, &changes, started, Some(version), folder));
+    }
+    let mut progress = Progress { emit, last: Instant::now(), cancelled: false };
+    progress.report(&tally, true);
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let root = is_root();
+    // Removals, deepest first (a whole removed folder goes at once).
+    for c in changes.iter().rev() {
+        let replaced = c.action == Action::Change && local.get(&c.rel).is_some_and(|l| l.kind() != c.item.kind());
+        if c.action != Action::Remove && !replaced {
+            continue;
+        }
+        let target = if c.action == Action::Remove { &c.item } else { &local[&c.rel] };
+        let path = dst.join(&c.rel);
+        let r = match target {
+            Item::Dir { .. } => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    // Folders and their contents, parents first; folder times are set last.
+    let mut dirs = Vec::new();
+    for c in changes.iter().filter(|c| c.action != Action::Remove) {
+        let path = dst.join(&c.rel);
+        match &c.item {
+            Item::Dir { meta } => {
+                if !path.is_dir() {
+                    std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+                }
+                dirs.push((path, *meta));
+            }
+            Item::File { entry: Some(entry), meta, executable, .. } => {
+                if progress.cancelled {
+                    bail!("the client went away; the export stopped (run it again to finish)");
+                }
+                write_file(drive, entry, &path, *meta, *executable, root, &mut tally, &mut progress)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                tally.files += 1;
+                progress.report(&tally, false);
+            }
+            Item::File { entry: None, .. } => {}
+            Item::Link { target, meta } => {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(_) => std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+                }
+                std::os::unix::fs::symlink(target, &path).with_context(|| format!("creating {}", path.display()))?;
+                if let Some(m) = meta {
+                    set_owner_and_times(&path, m, root)?;
+                }
+            }
+        }
+    }
+    // Unchanged folders get their times back too when something inside them changed.
+    for c in &changes {
+        if let Some(parent) = Path::new(&c.rel).parent() {
+            let rel = parent.to_string_lossy().into_owned();
+            if let Some(Item::Dir { meta }) = remote.get(&rel) {
+                dirs.push((dst.join(&rel), *meta));
+            }
+        }
+    }
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.dedup_by(|a, b| a.0 == b.0);
+    for (path, meta) in dirs {
+        if let Some(m) = meta {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+            set_owner_and_times(&path, &m, root)?;
+        }
+    }
+    progress.report(&tally, true);
+    Ok(summary(&tally, &changes, started, Some(version), folder))
+}
+
+enum OwnedOp {
+    Put(Entry),
+    Mkdir(Entry),
+    Del,
+    Rmdir,
+}
+
+/// A reader that counts the bytes it yields into the progress.
+struct Counting<'a, 'b, R> {
+    inner: R,
+    tally: &'a mut Tally,
+    progress: &'a mut Progress<'b>,
+}
+
+impl<R: Read> Read for Counting<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.bytes += n as u64;
+        self.progress.report(self.tally, false);
+        Ok(n)
+    }
+}
+
+/// The changes that make `target` like `source`, counted into `tally`. With `whole_folders`,
+/// a folder the source lacks is one removal (a local folder goes with everything in it); a
+/// drive folder's files are removed one by one.
+fn plan(
+    source: &BTreeMap<String, Item>,
+    target: &BTreeMap<String, Item>,
+    whole_folders: bool,
+    tally: &mut Tally,
+    same: impl Fn(&str, &Item, &Item) -> bool,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (rel, s) in source {
+        let action = match target.get(rel) {
+            Some(t) if same(rel, s, t) => {
+                tally.unchanged += 1;
+                continue;
+            }
+            Some(_) => Action::Change,
+            None => Action::Add,
+        };
+        if let Item::File { size, .. } = s {
+            tally.total_files += 1;
+            tally.total_bytes += size;
+        }
+        changes.push(Change { rel: rel.clone(), action, item: s.clone() });
+    }
+    for (rel, t) in target {
+        if source.contains_key(rel) {
+            continue;
+        }
+        // Inside a folder that is removed whole, or that stops being a folder.
+        let covered = whole_folders
+            && Path::new(rel).ancestors().skip(1).any(|a| {
+                let a = a.to_string_lossy();
+                !a.is_empty()
+                    && (!source.contains_key(a.as_ref()) || !matches!(source.get(a.as_ref()), Some(Item::Dir { .. })))
+            });
+        if !covered {
+            changes.push(Change { rel: rel.clone(), action: Action::Remove, item: t.clone() });
+        }
+    }
+    for c in &changes {
+        match c.action {
+            Action::Add => tally.added += 1,
+            Action::Change => tally.changed += 1,
+            Action::Remove => tally.removed += 1,
+        }
+    }
+    changes.sort_by(|a, b| a.rel.cmp(&b.rel));
+    changes
+}
+
+/// Whether target item `t` already equals source item `s`. Owners count only on import (an
+/// export by a user who is not root cannot set them).
+fn same(s: &Item, t: &Item, owners: bool) -> bool {
+    let meta_same = |a: &Option<Meta>, b: &Option<Meta>| match (a, b) {
+        (Some(a), Some(b)) => a.mode == b.mode && a.mtime == b.mtime && (!owners || (a.uid == b.uid && a.gid == b.gid)),
+        _ => false,
+    };
+    match (s, t) {
+        (Item::File { size: a, meta: ma, .. }, Item::File { size: b, meta: mb, .. }) => a == b && meta_same(ma, mb),
+        (Item::Link { target: a, meta: ma }, Item::Link { target: b, meta: mb }) => {
+            a == b && ma.zip(*mb).map_or(true, |(x, y)| x.mtime == y.mtime)
+        }
+        (Item::Dir { meta: ma }, Item::Dir { meta: mb }) => ma.is_none() || meta_same(ma, mb),
+        _ => false,
+    }
+}
+
+/// Whether the local file at `path` holds exactly the bytes of the drive entry.
+fn same_content(drive: &RwLock<Drive>, entry: &Entry, path: &Path) -> Result<bool> {
+    let Some(blob) = entry.blob else { return Ok(false) };
+    let mut f = std::fs::File::open(path)?;
+    let mut offset = 0u64;
+    loop {
+        let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW)?;
+        let mut mine = vec![0u8; chunk.len()];
+        f.read_exact(&mut mine)?;
+        if mine != chunk {
+            return Ok(false);
+        }
+        if chunk.is_empty() {
+            return Ok(f.read(&mut [0u8; 1])? == 0);
+        }
+        offset += chunk.len() as u64;
+    }
+}
+
+/// Writes one exported file beside its place, then renames it there.
+#[allow(clippy::too_many_arguments)]
+fn write_file(
+    drive: &RwLock<Drive>,
+    entry: &Entry,
+    path: &Path,
+    meta: Option<Meta>,
+    executable: bool,
+    root: bool,
+    tally: &mut Tally,
+    progress: &mut Progress<'_>,
+) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.hyperfs-export"));
+    let mode = meta.map_or(if executable { 0o755 } else { 0o644 }, |m| m.mode);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let written = (|| -> Result<()> {
+        if let Some(blob) = entry.blob {
+            let mut offset = 0u64;
+            while offset < blob.byte_length || blob.block_map {
+                let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                f.write_all(&chunk)?;
+                offset += chunk.len() as u64;
+                tally.bytes += chunk.len() as u64;
+                progress.report(tally, false);
+            }
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    })();
+    drop(f);
+    if let Err(e) = written.and_then(|()| {
+        if let Some(m) = &meta {
+            set_owner_and_times(&tmp, m, root)?;
+        }
+        std::fs::rename(&tmp, path).map_err(anyhow::Error::from)
+    }) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Sets the owner (as root) and the modification time of `path`, not following a symlink.
+fn set_owner_and_times(path: &Path, m: &Meta, root: bool) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    if root {
+        // SAFETY: a valid NUL-terminated path; lchown reads it only.
+        if unsafe { libc::lchown(c.as_ptr(), m.uid, m.gid) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("setting the owner of {}", path.display()));
+        }
+        if !std::fs::symlink_metadata(path)?.is_symlink() && m.mode & 0o7000 != 0 {
+            // chown clears set-id bits; put them back.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))?;
+        }
+    }
+    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW }, timespec(m.mtime)];
+    // SAFETY: a valid path and two initialised timespecs.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the times of {}", path.display()));
+    }
+    Ok(())
+}
+
+fn timespec(t: SystemTime) -> libc::timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long },
+        Err(e) => {
+            let d = e.duration();
+            let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+            if ns < 0 {
+                s -= 1;
+                ns += 1_000_000_000;
+            }
+            libc::timespec { tv_sec: s as libc::time_t, tv_nsec: ns as libc::c_long }
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Every name under `dir` (and `dir` itself as ""), by relative path. Names that are not UTF-8
+/// and special files (sockets, devices, pipes) are skipped with a note.
+fn scan_local(dir: &Path, out: &mut BTreeMap<String, Item>, skipped: &mut Vec<String>) -> Result<()> {
+    let m = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    out.insert(String::new(), Item::Dir { meta: Some(meta_of(&m)) });
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((path, rel)) = stack.pop() {
+        let entries = std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", path.display()))?;
+            let full = e.path();
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                skipped.push(format!("{}: the name is not UTF-8", full.display()));
+                continue;
+            };
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let m = match std::fs::symlink_metadata(&full) {
+                Ok(m) => m,
+                Err(e) => {
+                    skipped.push(format!("{}: {e}", full.display()));
+                    continue;
+                }
+            };
+            let ft = m.file_type();
+            let meta = Some(meta_of(&m));
+            let item = if ft.is_file() {
+                Item::File { size: m.len(), executable: m.mode() & 0o100 != 0, meta, entry: None }
+            } else if ft.is_symlink() {
+                match std::fs::read_link(&full).map(|t| t.to_str().map(str::to_owned)) {
+                    Ok(Some(target)) => Item::Link { target, meta },
+                    Ok(None) => {
+                        skipped.push(format!("{}: the link target is not UTF-8", full.display()));
+                        continue;
+                    }
+                    Err(e) => {
+                        skipped.push(format!("{}: {e}", full.display()));
+                        continue;
+                    }
+                }
+            } else if ft.is_dir() {
+                stack.push((full, child.clone()));
+                Item::Dir { meta }
+            } else {
+                skipped.push(format!("{}: not a file, directory or symlink", full.display()));
+                continue;
+            };
+            out.insert(child, item);
+        }
+    }
+    Ok(())
+}
+
+pub fn meta_of(m: &Metadata) -> Meta {
+    let time = |s: i64, ns: i64| {
+        if s >= 0 {
+            UNIX_EPOCH + Duration::new(s as u64, ns as u32)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns as u64)
+        }
+    };
+    Meta {
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+    }
+}
+
+/// Every name under `folder` of the drive (at `version`, else the latest), by relative path.
+fn scan_drive(d: &Drive, version: Option<u64>, folder: &str) -> Result<BTreeMap<String, Item>> {
+    let view = d.checkout(version.unwrap_or(d.version()))?;
+    let base = hyperfs_engine::drive::path::folder(folder)?;
+    let rel_of = |p: &str| p.strip_prefix(&base).unwrap_or(p).trim_start_matches('/').to_owned();
+    let meta_of = |e: &Entry| {
+        let has_time = e.metadata.as_ref().is_some_and(|m| m.get("mtime").is_some());
+        has_time.then(|| Meta::from_json(e.metadata.as_ref(), default_meta(e)))
+    };
+    let mut out = BTreeMap::new();
+    out.insert(String::new(), Item::Dir { meta: view.dir_entry(folder)?.as_ref().and_then(meta_of) });
+    for (path, e) in view.list_dirs(folder)? {
+        out.insert(rel_of(&path), Item::Dir { meta: meta_of(&e) });
+    }
+    for (path, e) in view.list(folder)? {
+        let rel = rel_of(&path);
+        // The folders a file sits in exist even without a record.
+        for a in Path::new(&rel).ancestors().skip(1) {
+            let a = a.to_string_lossy();
+            if !a.is_empty() && !out.contains_key(a.as_ref()) {
+                out.insert(a.into_owned(), Item::Dir { meta: None });
+            }
+        }
+        let meta = meta_of(&e);
+        let item = match (&e.linkname, e.blob) {
+            (Some(target), _) => Item::Link { target: target.clone(), meta },
+            (None, blob) => {
+                let size = match blob {
+                    Some(b) => d.blob_size(&b)?,
+                    None => 0,
+                };
+                Item::File { size, executable: e.executable, meta, entry: Some(e) }
+            }
+        };
+        out.insert(rel, item);
+    }
+    Ok(out)
+}
+
+fn default_meta(e: &Entry) -> Meta {
+    let mode = if e.linkname.is_some() {
+        0o777
+    } else if e.executable {
+        0o755
+    } else {
+        0o644
+    };
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    Meta { mode, uid, gid, mtime: UNIX_EPOCH, ctime: UNIX_EPOCH }
+}
+
+fn drive_path(folder: &str, rel: &str) -> String {
+    let f = folder.trim_end_matches('/');
+    if rel.is_empty() {
+        if f.is_empty() {
+            "/".into()
+        } else {
+            f.to_owned()
+        }
+    } else {
+        format!("{f}/{rel}")
+    }
+}
+
+fn summary(t: &Tally, changes: &[Change], started: Instant, version: Option<u64>, folder: &str) -> Value {
+    let list: Vec<Value> = changes
+        .iter()
+        .map(|c| {
+            let action = match c.action {
+                Action::Add => "add",
+                Action::Change => "change",
+                Action::Remove => "remove",
+            };
+            json!({"path": drive_path(folder, &c.rel), "rel": c.rel, "action": action, "type": c.item.kind()})
+        })
+        .collect();
+    json!({
+        "added": t.added, "changed": t.changed, "removed": t.removed, "unchanged": t.unchanged,
+        "files": t.files, "bytes": t.bytes, "seconds": started.elapsed().as_secs_f64(),
+        "version": version, "skipped": t.skipped, "changes": list,
+    })
+}
+
+/// Checks what an import or export is given before any work starts.
+pub fn check_dir_arg(dir: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(dir);
+    if !p.is_absolute() {
+        return Err(anyhow!("the node needs an absolute path, not {dir:?}"));
+    }
+    Ok(p)
+}
