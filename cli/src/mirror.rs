@@ -451,7 +451,7 @@ fn same(s: &Item, t: &Item, owners: bool) -> bool {
     match (s, t) {
         (Item::File { size: a, meta: ma, .. }, Item::File { size: b, meta: mb, .. }) => a == b && meta_same(ma, mb),
         (Item::Link { target: a, meta: ma }, Item::Link { target: b, meta: mb }) => {
-            a == b && ma.zip(*mb).map_or(true, |(x, y)| x.mtime == y.mtime)
+            a == b && ma.zip(*mb).is_none_or(|(x, y)| x.mtime == y.mtime)
         }
         (Item::Dir { meta: ma }, Item::Dir { meta: mb }) => ma.is_none() || meta_same(ma, mb),
         _ => false,
