@@ -7,6 +7,7 @@ mod crash;
 mod drive_dedup;
 mod drive_interop;
 mod keys_cli;
+mod mirror_cli;
 mod mount_stress;
 mod mount_tools;
 mod node_cli;
