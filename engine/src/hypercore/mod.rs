@@ -37,7 +37,7 @@ const PARALLEL_HASH_BYTES: usize = 1 << 20;
 type Prepared = Vec<(Node, Option<Staged>)>;
 
 /// About how many bytes of blocks one thread hashes, compresses and writes to the block log as
-/// one group.
+/// one group (groups write at once, each with one vectored write).
 const STAGE_GROUP_BYTES: usize = 256 << 10;
 
 /// The signed state of a core.
@@ -483,8 +483,7 @@ impl Hypercore {
         // the block log in one write.
         let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
         let prepare = |(g, chunk): (usize, &[B])| -> Result<Prepared> {
-            let mut leaves = Vec::with_capacity(chunk.len());
-            let mut fresh = Vec::new();
+            let mut out = Vec::with_capacity(chunk.len());
             for (k, b) in chunk.iter().enumerate() {
                 let i = g * group + k;
                 let leaf = match hashes {
@@ -492,13 +491,12 @@ impl Hypercore {
                     None => Node::leaf(start + i as u64, b.as_ref()),
                 };
                 let new = !store.contains(Table::Blocks, &leaf.hash)?;
-                if new {
-                    fresh.push(stored::encode(b.as_ref()));
-                }
-                leaves.push((leaf, new));
+                out.push((leaf, new.then(|| stored::encode(b.as_ref()))));
             }
-            let mut staged = store.stage_blocks(fresh)?.into_iter();
-            Ok(leaves.into_iter().map(|(leaf, new)| (leaf, if new { staged.next() } else { None })).collect())
+            let (leaves, fresh): (Vec<Node>, Vec<Option<Vec<u8>>>) = out.into_iter().unzip();
+            let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
+            let mut staged = store.stage_blocks(fresh.into_iter().flatten().collect())?.into_iter();
+            Ok(leaves.into_iter().zip(is_new).map(|(leaf, new)| (leaf, if new { staged.next() } else { None })).collect())
         };
         let groups: Result<Vec<Prepared>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
             blocks.par_chunks(group).enumerate().map(prepare).collect()

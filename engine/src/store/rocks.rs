@@ -203,14 +203,44 @@ impl Store for RocksStore {
             return blocks.into_iter().map(|b| self.stage_block(b)).collect();
         }
         let mut out = Vec::with_capacity(blocks.len());
-        let mut joined = Vec::with_capacity(total as usize);
         let start = self.reserved.fetch_add(total, Ordering::SeqCst);
+        let mut at = start;
         for b in &blocks {
             let len = u32::try_from(b.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
-            out.push(Staged { id: start + joined.len() as u64, len });
-            joined.extend_from_slice(b);
+            out.push(Staged { id: at, len });
+            at += len as u64;
         }
-        self.log.write_all_at(&joined, start).map_err(|e| self.failed_stage(start, total, e))?;
+        // One vectored write per IOV_MAX blocks, no copy into a joined buffer.
+        let mut offset = start;
+        for group in blocks.chunks(1024) {
+            let mut slices: Vec<std::io::IoSlice<'_>> = group.iter().map(|b| std::io::IoSlice::new(b)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call and
+                // the count is at most 1024 (IOV_MAX).
+                let n = unsafe {
+                    libc::pwritev(
+                        std::os::fd::AsRawFd::as_raw_fd(&self.log),
+                        rest.as_ptr().cast::<libc::iovec>(),
+                        rest.len() as libc::c_int,
+                        offset as libc::off_t,
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(self.failed_stage(start, total, e));
+                }
+                if n == 0 {
+                    let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "the block log took no bytes");
+                    return Err(self.failed_stage(start, total, e));
+                }
+                offset += n as u64;
+                std::io::IoSlice::advance_slices(&mut rest, n as usize);
+            }
+        }
         Ok(out)
     }
 
