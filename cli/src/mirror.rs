@@ -501,17 +501,32 @@ fn write_file(
         .with_context(|| format!("creating {}", tmp.display()))?;
     let written = (|| -> Result<()> {
         if let Some(blob) = entry.blob {
-            let mut offset = 0u64;
-            while offset < blob.byte_length || blob.block_map {
-                let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW)?;
-                if chunk.is_empty() {
-                    break;
+            // The next window is read from the drive while this one is written out.
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(2);
+                scope.spawn(move || {
+                    let mut offset = 0u64;
+                    loop {
+                        let chunk =
+                            drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW);
+                        let last = chunk.as_ref().map_or(true, Vec::is_empty);
+                        offset += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                        if tx.send(chunk.map_err(anyhow::Error::from)).is_err() || last {
+                            return;
+                        }
+                    }
+                });
+                for chunk in rx {
+                    let chunk = chunk?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    f.write_all(&chunk)?;
+                    tally.bytes += chunk.len() as u64;
+                    progress.report(tally, false);
                 }
-                f.write_all(&chunk)?;
-                offset += chunk.len() as u64;
-                tally.bytes += chunk.len() as u64;
-                progress.report(tally, false);
-            }
+                Ok(())
+            })?;
         }
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         Ok(())

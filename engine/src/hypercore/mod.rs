@@ -496,7 +496,11 @@ impl Hypercore {
             let (leaves, fresh): (Vec<Node>, Vec<Option<Vec<u8>>>) = out.into_iter().unzip();
             let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
             let mut staged = store.stage_blocks(fresh.into_iter().flatten().collect())?.into_iter();
-            Ok(leaves.into_iter().zip(is_new).map(|(leaf, new)| (leaf, if new { staged.next() } else { None })).collect())
+            Ok(leaves
+                .into_iter()
+                .zip(is_new)
+                .map(|(leaf, new)| (leaf, if new { staged.next() } else { None }))
+                .collect())
         };
         let groups: Result<Vec<Prepared>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
             blocks.par_chunks(group).enumerate().map(prepare).collect()

@@ -173,7 +173,13 @@ fn changes_on_either_side_are_mirrored_and_dry_runs_change_nothing() {
     std::fs::write(src.join("becomes-file"), "now a file").expect("write");
 
     let dry = hyperfs_in_ok(&data, &["import", s, "t:/sub", "--dry-run"]);
-    for line in ["~ /sub/a/edit.txt", "+ /sub/a/new.txt", "- /sub/gone.txt", "~ /sub/becomes-file", "- /sub/becomes-file/inner/x"] {
+    for line in [
+        "~ /sub/a/edit.txt",
+        "+ /sub/a/new.txt",
+        "- /sub/gone.txt",
+        "~ /sub/becomes-file",
+        "- /sub/becomes-file/inner/x",
+    ] {
         assert!(dry.lines().any(|l| l == line), "{line:?} in\n{dry}");
     }
     assert_eq!(json(&data, &["info", "t", "--json"])["version"].as_u64(), Some(v1), "a dry run writes nothing");
