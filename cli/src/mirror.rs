@@ -500,7 +500,13 @@ fn write_file(
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     let written = (|| -> Result<()> {
-        if let Some(blob) = entry.blob {
+        if let Some(blob) = entry.blob.filter(|b| !b.block_map && b.byte_length <= READ_WINDOW) {
+            // A small file: one read.
+            let bytes = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, 0, READ_WINDOW)?;
+            f.write_all(&bytes)?;
+            tally.bytes += bytes.len() as u64;
+            progress.report(tally, false);
+        } else if let Some(blob) = entry.blob {
             // The next window is read from the drive while this one is written out.
             std::thread::scope(|scope| -> Result<()> {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(2);

@@ -176,12 +176,13 @@ fn serve(state: &State, conn: UnixStream) -> bool {
         let stop = request["cmd"] == "stop";
         // Long requests send lines before their reply: progress, or the bytes of a file. A
         // client that has gone away (Ctrl-C) makes the send fail, and the work stops.
-        let mut emit = |v: Value| writeln!(stream, "{v}").is_ok();
+        let mut emit = |v: Value| stream.write_all(format!("{v}\n").as_bytes()).is_ok();
         let reply = match handle(state, &request, &mut emit) {
             Ok(v) => json!({"ok": v}),
             Err(e) => json!({"error": format!("{e:#}")}),
         };
-        if writeln!(writer, "{reply}").is_err() {
+        // One write per line: `Value`'s Display writes many small pieces (a send each).
+        if writer.write_all(format!("{reply}\n").as_bytes()).is_err() {
             break;
         }
         if stop {
