@@ -7,4 +7,7 @@
 //! only through `hyperfs-engine`. Every block and upgrade it receives is verified by the engine
 //! before it is stored or handed to a reader.
 //!
-//! Not built yet: this crate is the place for issue 8 (replication) and issue 9 (discovery).
+//! Built so far: [`wire`] (the message set and its framing). Still to come: the session, the
+//! endpoint, the swarm and discovery (issues 8 and 9).
+
+pub mod wire;
