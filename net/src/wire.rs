@@ -58,9 +58,19 @@ pub enum Message {
 pub enum Control {
     /// Opens channel `local_id` for the core whose discovery key is `id`, proving knowledge of
     /// the core key with `capability`.
-    Open { local_id: u64, protocol: String, id: Option<Vec<u8>>, flags: u64, capability: [u8; 32] },
-    Reject { remote_id: u64 },
-    Close { local_id: u64 },
+    Open {
+        local_id: u64,
+        protocol: String,
+        id: Option<Vec<u8>>,
+        flags: u64,
+        capability: [u8; 32],
+    },
+    Reject {
+        remote_id: u64,
+    },
+    Close {
+        local_id: u64,
+    },
 }
 
 /// A frame: a control message or a message on a channel.
@@ -257,10 +267,16 @@ impl Message {
                 } else {
                     None
                 };
-                let hash =
-                    if flags & 2 != 0 { Some(HashProof { index: d.uint("data hash")?, nodes: read_nodes(d)? }) } else { None };
-                let seek =
-                    if flags & 4 != 0 { Some(SeekProof { bytes: d.uint("data seek")?, nodes: read_nodes(d)? }) } else { None };
+                let hash = if flags & 2 != 0 {
+                    Some(HashProof { index: d.uint("data hash")?, nodes: read_nodes(d)? })
+                } else {
+                    None
+                };
+                let seek = if flags & 4 != 0 {
+                    Some(SeekProof { bytes: d.uint("data seek")?, nodes: read_nodes(d)? })
+                } else {
+                    None
+                };
                 let upgrade = if flags & 8 != 0 {
                     Some(UpgradeProof {
                         start: d.uint("data upgrade")?,
@@ -411,7 +427,11 @@ mod tests {
     fn samples() -> Vec<Frame> {
         let proof = Proof {
             fork: 2,
-            block: Some(BlockProof { index: 7, value: b"hello".to_vec(), nodes: vec![sample_node(14), sample_node(9)] }),
+            block: Some(BlockProof {
+                index: 7,
+                value: b"hello".to_vec(),
+                nodes: vec![sample_node(14), sample_node(9)],
+            }),
             hash: None,
             seek: Some(SeekProof { bytes: 100, nodes: vec![sample_node(3)] }),
             upgrade: Some(UpgradeProof {
@@ -477,7 +497,8 @@ mod tests {
     /// ignores as trailing; its encoder writes what is asserted here).
     #[test]
     fn matches_the_js_transcript() {
-        let sync = Frame::Channel { channel: 1, message: Message::Sync { flags: 7, fork: 0, length: 0, remote_length: 0 } };
+        let sync =
+            Frame::Channel { channel: 1, message: Message::Sync { flags: 7, fork: 0, length: 0, remote_length: 0 } };
         assert_eq!(sync.encode()[1..], [0x01, 0x00, 0x07, 0x00, 0x00, 0x00]);
         let request = Request {
             fork: 0,

@@ -14,3 +14,4 @@ mod node_cli;
 mod posix;
 mod proof_interop;
 mod replica_store;
+mod wire_interop;
