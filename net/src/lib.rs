@@ -10,4 +10,5 @@
 //! Built so far: [`wire`] (the message set and its framing). Still to come: the session, the
 //! endpoint, the swarm and discovery (issues 8 and 9).
 
+pub mod session;
 pub mod wire;

@@ -1,0 +1,516 @@
+//! The replication session of one core with one peer, sans IO: messages and the time go in;
+//! messages to send, events and the next deadline come out. The driver (the endpoint) owns the
+//! socket, the clock and the core's lock; the session owns what the peer has, what was asked
+//! of it, and the rules a peer must keep.
+//!
+//! A session answers requests from the local core (proofs by the engine), asks the peer for the
+//! blocks its readers want or, when downloading everything, for every block it lacks a window at
+//! a time, follows the peer's signed length (upgrades) and forks (truncations), and reports a
+//! peer that breaks the rules as [`Misbehaviour`]: a proof that does not verify, data nobody
+//! asked for in a shape nobody asked for, or more requests than the budget allows. The driver
+//! then drops the connection; nothing a lying peer sent was stored (the engine verifies before
+//! it writes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use hyperfs_engine::hypercore::proof::Request;
+use hyperfs_engine::{Error, Hypercore};
+
+use crate::wire::{sync_flags, Message, NoDataReason};
+
+/// How long a request may go unanswered before it is given up (and another peer tried).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests in flight to one peer while downloading everything.
+pub const DOWNLOAD_WINDOW: usize = 32;
+/// A peer may send this many requests at once…
+const REQUEST_BURST: f64 = 4096.0;
+/// …and this many a second after that.
+const REQUEST_RATE: f64 = 2048.0;
+/// At most this many ranges describe what we have, in answer to a want or on open.
+const MAX_RANGES: usize = 4096;
+
+/// Why the peer is to be dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misbehaviour(pub String);
+
+impl std::fmt::Display for Misbehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What happened, for the driver and the readers waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Block `index` is now stored (verified).
+    Block { index: u64 },
+    /// The core's signed length grew, or it moved to a new fork.
+    Upgraded { fork: u64, length: u64 },
+    /// The peer cannot give block `index` (it said so, or did not answer in time).
+    Missing { index: u64 },
+    /// The peer's view of the core changed (its length or what it has).
+    RemoteChanged,
+}
+
+/// What a call yields: messages to send and events to report.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub messages: Vec<Message>,
+    pub events: Vec<Event>,
+}
+
+/// Sorted, disjoint ranges `[start, end)` of blocks.
+#[derive(Debug, Default, Clone)]
+struct Ranges(BTreeMap<u64, u64>);
+
+impl Ranges {
+    fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        let touching: Vec<(u64, u64)> =
+            self.0.range(..=end).filter(|(_, &re)| re >= start).map(|(&a, &b)| (a, b)).collect();
+        for (a, b) in touching {
+            s = s.min(a);
+            e = e.max(b);
+            self.0.remove(&a);
+        }
+        self.0.insert(s, e);
+    }
+
+    fn remove(&mut self, start: u64, end: u64) {
+        let hit: Vec<(u64, u64)> = self.0.range(..end).filter(|(_, &re)| re > start).map(|(&a, &b)| (a, b)).collect();
+        for (a, b) in hit {
+            self.0.remove(&a);
+            if a < start {
+                self.0.insert(a, start);
+            }
+            if b > end {
+                self.0.insert(end, b);
+            }
+        }
+    }
+
+    fn contains(&self, i: u64) -> bool {
+        self.0.range(..=i).next_back().is_some_and(|(_, &e)| i < e)
+    }
+
+    fn truncate(&mut self, length: u64) {
+        self.remove(length, u64::MAX);
+    }
+}
+
+#[derive(Debug)]
+struct InFlight {
+    block: Option<u64>,
+    upgrade: bool,
+    deadline: Instant,
+}
+
+/// One core's replication with one peer.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer's signed state as it last told us.
+    remote_fork: u64,
+    remote_length: u64,
+    remote_synced: bool,
+    /// What the peer said it has.
+    remote_has: Ranges,
+    /// Our length the peer last heard of.
+    told_length: Option<(u64, u64)>,
+    in_flight: HashMap<u64, InFlight>,
+    next_id: u64,
+    /// Blocks our readers asked for that wait for the peer to have them.
+    wanted: BTreeMap<u64, ()>,
+    download_all: bool,
+    /// Every block below this one is local (where a full download looks next).
+    download_from: u64,
+    budget: f64,
+    budget_at: Instant,
+}
+
+impl Session {
+    /// A session whose channel just opened: say where we are and what we have.
+    pub fn open(core: &Hypercore, download_all: bool, now: Instant) -> (Session, Output) {
+        let mut s = Session {
+            remote_fork: 0,
+            remote_length: 0,
+            remote_synced: false,
+            remote_has: Ranges::default(),
+            told_length: None,
+            in_flight: HashMap::new(),
+            next_id: 1,
+            wanted: BTreeMap::new(),
+            download_all,
+            download_from: 0,
+            budget: REQUEST_BURST,
+            budget_at: now,
+        };
+        let mut out = Output::default();
+        s.sync(core, &mut out);
+        out.messages.extend(have_ranges(core, 0, core.length()));
+        (s, out)
+    }
+
+    /// The peer's signed length, as it last said.
+    pub fn remote_length(&self) -> u64 {
+        self.remote_length
+    }
+
+    /// Whether the peer said it has block `index`.
+    pub fn remote_has(&self, index: u64) -> bool {
+        self.remote_has.contains(index)
+    }
+
+    /// Whether a request is waiting for an answer.
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// The earliest moment [`Session::tick`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.in_flight.values().map(|r| r.deadline).min()
+    }
+
+    /// Asks the peer for block `index` (if it has it; otherwise the block waits until it says it
+    /// does). Returns false when this peer cannot help now.
+    pub fn want(&mut self, core: &Hypercore, index: u64, now: Instant, out: &mut Output) -> bool {
+        if core.has(index) {
+            out.events.push(Event::Block { index });
+            return true;
+        }
+        if self.in_flight.values().any(|r| r.block == Some(index)) {
+            return true;
+        }
+        if !self.remote_has.contains(index) {
+            self.wanted.insert(index, ());
+            return false;
+        }
+        self.request_block(core, index, now, out)
+    }
+
+    /// The local core changed (an append, a truncation, a block stored): tell the peer.
+    pub fn local_changed(&mut self, core: &Hypercore, out: &mut Output) {
+        let before = self.told_length;
+        self.sync(core, out);
+        match before {
+            Some((fork, len)) if fork == core.fork() && core.length() > len => {
+                out.messages.extend(have_ranges(core, len, core.length()));
+            }
+            Some((fork, _)) if fork == core.fork() => {}
+            // A new fork: what the peer knew we had is void; say it all again.
+            Some(_) => out.messages.extend(have_ranges(core, 0, core.length())),
+            None => {}
+        }
+    }
+
+    /// Gives up requests past their deadline.
+    pub fn tick(&mut self, core: &Hypercore, now: Instant) -> Output {
+        let mut out = Output::default();
+        let late: Vec<u64> = self.in_flight.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
+        for id in late {
+            if let Some(r) = self.in_flight.remove(&id) {
+                self.gave_up(&r, &mut out);
+                out.messages.push(Message::Cancel { request: id });
+            }
+        }
+        self.top_up(core, now, &mut out);
+        out
+    }
+
+    /// Handles one message from the peer. The core is changed only by verified proofs.
+    pub fn on_message(&mut self, core: &mut Hypercore, msg: Message, now: Instant) -> Result<Output, Misbehaviour> {
+        let mut out = Output::default();
+        match msg {
+            Message::Sync { fork, length, .. } => {
+                let changed = !self.remote_synced || fork != self.remote_fork || length != self.remote_length;
+                if fork < self.remote_fork {
+                    return Err(Misbehaviour(format!("the peer went back from fork {} to {fork}", self.remote_fork)));
+                }
+                if fork > self.remote_fork {
+                    // What it had on the old fork may be gone.
+                    self.remote_has = Ranges::default();
+                }
+                self.remote_fork = fork;
+                self.remote_length = length;
+                self.remote_synced = true;
+                self.remote_has.truncate(length);
+                if changed {
+                    out.events.push(Event::RemoteChanged);
+                }
+                self.maybe_upgrade(core, now, &mut out);
+                self.top_up(core, now, &mut out);
+            }
+            Message::Request { id, request, .. } => {
+                self.charge(now)?;
+                out.messages.push(answer(core, id, &request));
+            }
+            Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } => {}
+            Message::Data { request, proof } => {
+                let Some(asked) = self.in_flight.remove(&request) else {
+                    // JS ignores data for requests it does not know (a late answer).
+                    return Ok(out);
+                };
+                if proof.block.as_ref().map(|b| b.index) != asked.block && proof.block.is_some() {
+                    return Err(Misbehaviour(format!(
+                        "the peer answered request {request} with block {:?} where {:?} was asked",
+                        proof.block.as_ref().map(|b| b.index),
+                        asked.block
+                    )));
+                }
+                let before = (core.fork(), core.length());
+                match core.apply_proof(&proof) {
+                    Ok(applied) => {
+                        if let Some(t) = applied.truncated_to {
+                            self.download_from = self.download_from.min(t);
+                        }
+                        if let Some(index) = applied.block {
+                            out.events.push(Event::Block { index });
+                        }
+                        if (core.fork(), core.length()) != before {
+                            out.events.push(Event::Upgraded { fork: core.fork(), length: core.length() });
+                            self.sync(core, &mut out);
+                        }
+                        if applied.block.is_none() {
+                            if let Some(index) = asked.block {
+                                out.events.push(Event::Missing { index });
+                            }
+                        }
+                    }
+                    Err(e @ (Error::Verification(_) | Error::Decode { .. } | Error::OutOfBounds(_))) => {
+                        return Err(Misbehaviour(format!("the peer sent a proof that does not verify: {e}")));
+                    }
+                    Err(Error::InvalidRequest(e)) => {
+                        return Err(Misbehaviour(format!("the peer sent a malformed proof: {e}")));
+                    }
+                    // Our own trouble (storage): not the peer's fault; the reader hears of it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "storing a verified proof");
+                        if let Some(index) = asked.block {
+                            out.events.push(Event::Missing { index });
+                        }
+                    }
+                }
+                self.top_up(core, now, &mut out);
+            }
+            Message::NoData { request, .. } => {
+                if let Some(r) = self.in_flight.remove(&request) {
+                    if let Some(index) = r.block {
+                        // It does not have it after all.
+                        self.remote_has.remove(index, index + 1);
+                    }
+                    self.gave_up(&r, &mut out);
+                }
+                self.top_up(core, now, &mut out);
+            }
+            Message::Want { start, length, .. } => {
+                self.charge(now)?;
+                let end = start.saturating_add(length).min(core.length());
+                out.messages.extend(have_ranges(core, start.min(end), end));
+            }
+            Message::Range { drop, start, length } => {
+                let end = start.saturating_add(length);
+                if drop {
+                    self.remote_has.remove(start, end);
+                } else {
+                    self.remote_has.insert(start, end);
+                }
+                out.events.push(Event::RemoteChanged);
+                self.top_up(core, now, &mut out);
+            }
+            Message::Bitfield { start, bitfield } => {
+                for (w, word) in bitfield.iter().enumerate() {
+                    for bit in 0..32u64 {
+                        let i = start + w as u64 * 32 + bit;
+                        if word & (1 << bit) != 0 {
+                            self.remote_has.insert(i, i + 1);
+                        }
+                    }
+                }
+                out.events.push(Event::RemoteChanged);
+                self.top_up(core, now, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A request this peer did not answer: its block, and with an upgrade every block waiting
+    /// for it, are reported missing so readers can ask elsewhere.
+    fn gave_up(&mut self, r: &InFlight, out: &mut Output) {
+        if let Some(index) = r.block {
+            out.events.push(Event::Missing { index });
+        }
+        if r.upgrade {
+            for index in std::mem::take(&mut self.wanted).into_keys() {
+                out.events.push(Event::Missing { index });
+            }
+        }
+    }
+
+    /// Spends one request of the peer's budget, refilled over time.
+    fn charge(&mut self, now: Instant) -> Result<(), Misbehaviour> {
+        let elapsed = now.saturating_duration_since(self.budget_at).as_secs_f64();
+        self.budget = (self.budget + elapsed * REQUEST_RATE).min(REQUEST_BURST);
+        self.budget_at = now;
+        if self.budget < 1.0 {
+            return Err(Misbehaviour("the peer floods requests".into()));
+        }
+        self.budget -= 1.0;
+        Ok(())
+    }
+
+    fn sync(&mut self, core: &Hypercore, out: &mut Output) {
+        let state = (core.fork(), core.length());
+        if self.told_length == Some(state) && self.remote_synced {
+            return;
+        }
+        self.told_length = Some(state);
+        let mut flags = sync_flags::UPLOADING;
+        if core.length() > 0 {
+            flags |= sync_flags::CAN_UPGRADE;
+        }
+        if !core.writable() {
+            flags |= sync_flags::DOWNLOADING;
+        }
+        if core.manifest().is_some() {
+            flags |= sync_flags::HAS_MANIFEST;
+        }
+        let remote_length = if self.remote_fork == core.fork() { self.remote_length } else { 0 };
+        out.messages.push(Message::Sync { flags, fork: core.fork(), length: core.length(), remote_length });
+    }
+
+    /// Asks for the peer's newer signed length (or its new fork) when it is ahead of ours.
+    fn maybe_upgrade(&mut self, core: &Hypercore, now: Instant, out: &mut Output) {
+        if core.writable() || self.in_flight.values().any(|r| r.upgrade) {
+            return;
+        }
+        let newer_fork = self.remote_fork > core.fork();
+        if !(newer_fork || (self.remote_fork == core.fork() && self.remote_length > core.length())) {
+            return;
+        }
+        // A new fork is proven from length 0; the same fork from our length.
+        let start = if newer_fork { 0 } else { core.length() };
+        let request = Request {
+            fork: self.remote_fork,
+            upgrade: Some(hyperfs_engine::hypercore::proof::RequestUpgrade {
+                start,
+                length: self.remote_length - start,
+            }),
+            manifest: core.manifest().is_none(),
+            ..Request::default()
+        };
+        let id = self.take_id();
+        self.in_flight.insert(id, InFlight { block: None, upgrade: true, deadline: now + REQUEST_TIMEOUT });
+        out.messages.push(Message::Request { id, request, priority: None });
+    }
+
+    fn request_block(&mut self, core: &Hypercore, index: u64, now: Instant, out: &mut Output) -> bool {
+        if self.remote_fork != core.fork() && core.length() > 0 {
+            // Blocks of another fork would not verify against our tree: upgrade first.
+            self.wanted.insert(index, ());
+            self.maybe_upgrade(core, now, out);
+            return false;
+        }
+        let Ok(mut request) = core.block_request(index, self.remote_length) else {
+            self.wanted.insert(index, ());
+            return false;
+        };
+        request.fork = self.remote_fork;
+        let upgrade = request.upgrade.is_some();
+        if upgrade && self.in_flight.values().any(|r| r.upgrade) {
+            // One upgrade at a time: the block waits for it.
+            self.wanted.insert(index, ());
+            return true;
+        }
+        let id = self.take_id();
+        self.in_flight.insert(id, InFlight { block: Some(index), upgrade, deadline: now + REQUEST_TIMEOUT });
+        self.wanted.remove(&index);
+        out.messages.push(Message::Request { id, request, priority: None });
+        true
+    }
+
+    /// Sends the requests that can go now: wanted blocks the peer has, and while downloading
+    /// everything, the next missing blocks up to the window.
+    fn top_up(&mut self, core: &Hypercore, now: Instant, out: &mut Output) {
+        if core.writable() {
+            return;
+        }
+        self.maybe_upgrade(core, now, out);
+        let ready: Vec<u64> = self.wanted.keys().copied().filter(|&i| self.remote_has.contains(i)).collect();
+        for index in ready {
+            if core.has(index) {
+                self.wanted.remove(&index);
+                out.events.push(Event::Block { index });
+            } else if self.in_flight.values().all(|r| r.block != Some(index)) {
+                self.request_block(core, index, now, out);
+            }
+        }
+        if !self.download_all {
+            return;
+        }
+        let limit = core.length().min(self.remote_length);
+        self.download_from = self.download_from.min(core.length());
+        while self.download_from < limit && core.has(self.download_from) {
+            self.download_from += 1;
+        }
+        let mut index = self.download_from;
+        while self.in_flight.len() < DOWNLOAD_WINDOW && index < limit {
+            if !core.has(index)
+                && self.remote_has.contains(index)
+                && self.in_flight.values().all(|r| r.block != Some(index))
+                && !self.request_block(core, index, now, out)
+            {
+                break;
+            }
+            index += 1;
+        }
+    }
+
+    fn take_id(&mut self) -> u64 {
+        // Ids are 1-based and reused once free, as JS does.
+        while self.in_flight.contains_key(&self.next_id) || self.next_id == 0 {
+            self.next_id = self.next_id.wrapping_add(1);
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+}
+
+/// The answer to a peer's request: the proof, or why there is none.
+fn answer(core: &Hypercore, id: u64, request: &Request) -> Message {
+    if request.fork != core.fork() {
+        return Message::NoData { request: id, reason: Some(NoDataReason::NotAvailable) };
+    }
+    match core.proof(request) {
+        Ok(proof) => Message::Data { request: id, proof },
+        Err(Error::MissingBlock { .. } | Error::MissingNode { .. }) => {
+            Message::NoData { request: id, reason: Some(NoDataReason::NotAvailable) }
+        }
+        Err(_) => Message::NoData { request: id, reason: Some(NoDataReason::InvalidRequest) },
+    }
+}
+
+/// `range` messages for the runs of blocks in `start..end` the core has (at most
+/// [`MAX_RANGES`]).
+fn have_ranges(core: &Hypercore, start: u64, end: u64) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut i = start;
+    while i < end && out.len() < MAX_RANGES {
+        if !core.has(i) {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < end && core.has(i) {
+            i += 1;
+        }
+        out.push(Message::Range { drop: false, start: s, length: i - s });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
