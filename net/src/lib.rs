@@ -7,8 +7,28 @@
 //! only through `hyperfs-engine`. Every block and upgrade it receives is verified by the engine
 //! before it is stored or handed to a reader.
 //!
-//! Built so far: [`wire`] (the message set and its framing). Still to come: the session, the
-//! endpoint, the swarm and discovery (issues 8 and 9).
+//! Built so far: [`wire`] (the message set and its framing), [`session`] (one core with one
+//! peer, sans IO), [`identity`] (the node's key and certificate) and [`endpoint`] (QUIC, channels
+//! with capabilities, blocking fetch). Still to come: the node's commands, the swarm and
+//! discovery (issues 8 and 9).
 
+pub mod endpoint;
+pub mod identity;
 pub mod session;
 pub mod wire;
+
+pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore};
+pub use identity::Identity;
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("node identity: {0}")]
+    Identity(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}

@@ -1,0 +1,553 @@
+//! The QUIC endpoint: one UDP socket, TLS 1.3 with each node's Ed25519 identity on both sides,
+//! and per connection one stream of frames that carries a channel (a [`Session`]) for every
+//! core both nodes replicate.
+//!
+//! A channel opens when both sides have sent `open` for the same discovery key with a valid
+//! capability: a keyed BLAKE2b of the connection's TLS exporter secret and the core key, under
+//! the sender's role (dialer or acceptor), so a peer that does not know the core key can neither
+//! open a channel nor learn the key from ours. The endpoint runs on its own tokio runtime and
+//! offers a blocking API to the node and to readers ([`Endpoint::fetch`]).
+//!
+//! Invariant: every block a peer sends reaches the core through [`Session::on_message`], which
+//! stores only what verifies; a peer that breaks the rules is disconnected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyperfs_engine::crypto::{self, Hash};
+use hyperfs_engine::Hypercore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::identity::{peer_id_of, Identity, PeerVerifier, ALPN};
+use crate::session::{Event, Output, Session};
+use crate::wire::{Control, Frame, PROTOCOL};
+use crate::NetError;
+
+/// The first byte a dialer writes on its stream: the version of this framing.
+const STREAM_VERSION: u8 = 1;
+/// The label of the TLS exporter secret capabilities are derived from.
+const EXPORTER_LABEL: &[u8] = b"hyperfs replication capability v1";
+
+/// A core the node replicates, reached through its owner's lock.
+pub trait SharedCore: Send + Sync {
+    fn key(&self) -> Hash;
+    /// Runs `f` on the core for reading.
+    fn read(&self, f: &mut dyn FnMut(&Hypercore));
+    /// Runs `f` on the core for writing (verified proofs are applied here).
+    fn write(&self, f: &mut dyn FnMut(&mut Hypercore));
+    /// Whether to download every block (a clone or seed) rather than what readers ask for.
+    fn download_all(&self) -> bool {
+        false
+    }
+}
+
+/// The cores a node offers: opened on every connection, looked up when a peer opens one.
+pub trait Shared: Send + Sync {
+    fn cores(&self) -> Vec<Arc<dyn SharedCore>>;
+    fn find(&self, discovery_key: &Hash) -> Option<Arc<dyn SharedCore>> {
+        self.cores().into_iter().find(|c| crypto::discovery_key(&c.key()) == *discovery_key)
+    }
+}
+
+/// What the node sees of a connected peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub id: Hash,
+    pub address: SocketAddr,
+    /// Keys of the cores replicated with it.
+    pub cores: Vec<Hash>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub rtt: Duration,
+}
+
+enum Command {
+    /// Ask for a block; the answer says whether it is now stored.
+    Want { core: Hash, index: u64, reply: oneshot::Sender<bool> },
+    /// A local core changed: tell the peer.
+    Changed { core: Hash },
+    /// Open channels for cores shared since the connection began.
+    Refresh,
+}
+
+struct Conn {
+    id: Hash,
+    address: SocketAddr,
+    tx: mpsc::UnboundedSender<Command>,
+    connection: quinn::Connection,
+    cores: Arc<Mutex<Vec<Hash>>>,
+    stats: Arc<Mutex<(u64, u64)>>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    shared: Arc<dyn Shared>,
+    conns: Mutex<Vec<Conn>>,
+    me: Hash,
+}
+
+/// A running endpoint. Dropping it closes every connection.
+pub struct Endpoint {
+    runtime: tokio::runtime::Runtime,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", self.inner.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+impl Endpoint {
+    /// Binds `listen` (port 0: any free port) and starts accepting peers.
+    pub fn start(identity: &Identity, listen: SocketAddr, shared: Arc<dyn Shared>) -> Result<Endpoint, NetError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("hyperfs-net")
+            .enable_all()
+            .build()
+            .map_err(|e| NetError::Io(format!("starting the network runtime: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (cert, key) = identity.certificate()?;
+        let tls = |e: rustls::Error| NetError::Tls(e.to_string());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(PeerVerifier::new(provider.clone()))
+            .with_single_cert(vec![cert.clone()], key.clone_key())
+            .map_err(tls)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(PeerVerifier::new(provider))
+            .with_client_auth_cert(vec![cert], key)
+            .map_err(tls)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let quic_server =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| NetError::Tls(e.to_string()))?;
+        let quic_client =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| NetError::Tls(e.to_string()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.max_idle_timeout(Some(
+            Duration::from_secs(30).try_into().map_err(|_| NetError::Io("idle timeout".into()))?,
+        ));
+        let transport = Arc::new(transport);
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server_config.transport_config(transport.clone());
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
+        client_config.transport_config(transport);
+        let endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::server(server_config, listen)
+                .map_err(|e| NetError::Io(format!("listening on {listen}: {e}")))?
+        };
+        let inner = Arc::new(Inner {
+            endpoint,
+            client: client_config,
+            shared,
+            conns: Mutex::new(Vec::new()),
+            me: identity.peer_id(),
+        });
+        let acceptor = inner.clone();
+        runtime.spawn(async move {
+            while let Some(incoming) = acceptor.endpoint.accept().await {
+                let inner = acceptor.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(connection) => {
+                            if let Err(e) = run_connection(inner, connection, false).await {
+                                tracing::info!(error = %e, "an incoming peer left");
+                            }
+                        }
+                        Err(e) => tracing::info!(error = %e, "an incoming connection failed"),
+                    }
+                });
+            }
+        });
+        Ok(Endpoint { runtime, inner })
+    }
+
+    /// The address peers reach this node on.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.inner.endpoint.local_addr().map_err(|e| NetError::Io(e.to_string()))
+    }
+
+    /// Connects to a peer (if not connected yet) and returns its id once its channels are open.
+    pub fn connect(&self, addr: SocketAddr) -> Result<Hash, NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
+                return Ok(c.id);
+            }
+            let connecting = inner
+                .endpoint
+                .connect_with(inner.client.clone(), addr, "hyperfs")
+                .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
+            let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+                .await
+                .map_err(|_| NetError::Io(format!("{addr} did not answer within 10 s")))?
+                .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
+            let id = remote_id(&connection)?;
+            if id == inner.me {
+                connection.close(0u32.into(), b"self");
+                return Err(NetError::Io(format!("{addr} is this node")));
+            }
+            let task = inner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = run_connection(task, connection, true).await {
+                    tracing::info!(error = %e, "a peer we dialed left");
+                }
+            });
+            // The connection registers itself before it sends anything.
+            for _ in 0..200 {
+                if lock(&inner.conns).iter().any(|c| c.id == id) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(id)
+        })
+    }
+
+    /// Block `index` of `core` from the first connected peer that has it, verified and stored
+    /// by the time this returns true; false when no peer could give it within `timeout`.
+    pub fn fetch(&self, core: &Hash, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let peers: Vec<mpsc::UnboundedSender<Command>> =
+            lock(&self.inner.conns).iter().filter(|c| lock(&c.cores).contains(core)).map(|c| c.tx.clone()).collect();
+        for tx in peers {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::Want { core: *core, index, reply }).is_err() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = self.runtime.block_on(async { tokio::time::timeout(left, rx).await });
+            if let Ok(Ok(true)) = got {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Tells connected peers that `core` changed here (an append, a truncation).
+    pub fn changed(&self, core: &Hash) {
+        for c in lock(&self.inner.conns).iter() {
+            let _ = c.tx.send(Command::Changed { core: *core });
+        }
+    }
+
+    /// Opens channels on every connection for cores shared since they began.
+    pub fn refresh(&self) {
+        for c in lock(&self.inner.conns).iter() {
+            let _ = c.tx.send(Command::Refresh);
+        }
+    }
+
+    /// The connected peers.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        lock(&self.inner.conns)
+            .iter()
+            .map(|c| {
+                let (up, down) = *lock(&c.stats);
+                PeerInfo {
+                    id: c.id,
+                    address: c.address,
+                    cores: lock(&c.cores).clone(),
+                    bytes_up: up,
+                    bytes_down: down,
+                    rtt: c.connection.rtt(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.inner.endpoint.close(0u32.into(), b"bye");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn remote_id(connection: &quinn::Connection) -> Result<Hash, NetError> {
+    let certs = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| NetError::Tls("the peer presented no certificate".into()))?;
+    certs.first().and_then(|c| peer_id_of(c)).ok_or_else(|| NetError::Tls("the peer has no Ed25519 identity".into()))
+}
+
+/// The capability that proves knowledge of `core` on this connection, for the given role.
+fn capability(secret: &[u8; 64], dialer: bool, core: &Hash) -> [u8; 32] {
+    let ns = if dialer { crypto::caps::replicate_initiator() } else { crypto::caps::replicate_responder() };
+    crypto::keyed_hash(secret, &[ns.as_slice(), core.as_slice()].concat())
+}
+
+/// One channel of a connection.
+struct Channel {
+    core: Arc<dyn SharedCore>,
+    key: Hash,
+    local_id: u64,
+    remote_id: Option<u64>,
+    session: Option<Session>,
+    /// Readers waiting for blocks, by index.
+    waiting: HashMap<u64, Vec<oneshot::Sender<bool>>>,
+}
+
+/// Drives one connection until it ends: frames in, sessions, frames out.
+async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer: bool) -> Result<(), NetError> {
+    let id = remote_id(&connection)?;
+    let address = connection.remote_address();
+    let mut secret = [0u8; 64];
+    connection
+        .export_keying_material(&mut secret, EXPORTER_LABEL, b"")
+        .map_err(|_| NetError::Tls("no exporter secret".into()))?;
+    let (mut send, mut recv) = if dialer {
+        let (mut s, r) = connection.open_bi().await.map_err(|e| NetError::Io(e.to_string()))?;
+        s.write_all(&[STREAM_VERSION]).await.map_err(|e| NetError::Io(e.to_string()))?;
+        (s, r)
+    } else {
+        let (s, mut r) = connection.accept_bi().await.map_err(|e| NetError::Io(e.to_string()))?;
+        let mut v = [0u8; 1];
+        r.read_exact(&mut v).await.map_err(|e| NetError::Io(e.to_string()))?;
+        if v[0] != STREAM_VERSION {
+            connection.close(1u32.into(), b"unknown stream version");
+            return Err(NetError::Protocol(format!("stream version {} from {address}", v[0])));
+        }
+        (s, r)
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cores = Arc::new(Mutex::new(Vec::new()));
+    let stats = Arc::new(Mutex::new((0u64, 0u64)));
+    lock(&inner.conns).push(Conn {
+        id,
+        address,
+        tx,
+        connection: connection.clone(),
+        cores: cores.clone(),
+        stats: stats.clone(),
+    });
+    tracing::info!(peer = %hex_id(&id), %address, dialer, "peer connected");
+    let mut state = ConnState { channels: Vec::new(), out: Vec::new(), secret, dialer, cores, next_local: 1 };
+    for core in inner.shared.cores() {
+        state.open(core);
+    }
+    let result: Result<(), NetError> = async {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            if !state.out.is_empty() {
+                let bytes: Vec<u8> = state.out.drain(..).flat_map(|f| f.encode()).collect();
+                lock(&stats).0 += bytes.len() as u64;
+                send.write_all(&bytes).await.map_err(|e| NetError::Io(e.to_string()))?;
+            }
+            let deadline = state.deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                n = recv.read(&mut chunk) => {
+                    let Some(n) = n.map_err(|e| NetError::Io(e.to_string()))? else { return Ok(()) };
+                    lock(&stats).1 += n as u64;
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut used = 0;
+                    while let Some((frame, len)) = Frame::take(&buf[used..]).map_err(|e| NetError::Protocol(format!("a malformed frame: {e}")))? {
+                        used += len;
+                        state.on_frame(&inner, frame)?;
+                    }
+                    buf.drain(..used);
+                }
+                cmd = rx.recv() => {
+                    match cmd {
+                        Some(Command::Want { core, index, reply }) => state.want(core, index, reply),
+                        Some(Command::Changed { core }) => state.changed(core),
+                        Some(Command::Refresh) => {
+                            for core in inner.shared.cores() {
+                                state.open(core);
+                            }
+                        }
+                        None => return Ok(()),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => state.tick(),
+            }
+        }
+    }
+    .await;
+    lock(&inner.conns).retain(|c| c.id != id || c.address != address);
+    if let Err(e) = &result {
+        tracing::warn!(peer = %hex_id(&id), error = %e, "dropping the peer");
+        connection.close(2u32.into(), e.to_string().as_bytes());
+    }
+    // Readers still waiting hear that this peer will not answer.
+    for ch in state.channels {
+        for (_, waiters) in ch.waiting {
+            for w in waiters {
+                let _ = w.send(false);
+            }
+        }
+    }
+    result
+}
+
+fn hex_id(id: &Hash) -> String {
+    id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+struct ConnState {
+    channels: Vec<Channel>,
+    out: Vec<Frame>,
+    secret: [u8; 64],
+    dialer: bool,
+    cores: Arc<Mutex<Vec<Hash>>>,
+    next_local: u64,
+}
+
+impl ConnState {
+    /// Sends `open` for a core (once).
+    fn open(&mut self, core: Arc<dyn SharedCore>) -> usize {
+        let key = core.key();
+        if let Some(i) = self.channels.iter().position(|c| c.key == key) {
+            return i;
+        }
+        let local_id = self.next_local;
+        self.next_local += 1;
+        self.out.push(Frame::Control(Control::Open {
+            local_id,
+            protocol: PROTOCOL.into(),
+            id: Some(crypto::discovery_key(&key).to_vec()),
+            flags: 1,
+            capability: capability(&self.secret, self.dialer, &key),
+        }));
+        self.channels.push(Channel { core, key, local_id, remote_id: None, session: None, waiting: HashMap::new() });
+        self.channels.len() - 1
+    }
+
+    fn on_frame(&mut self, inner: &Inner, frame: Frame) -> Result<(), NetError> {
+        match frame {
+            Frame::Control(Control::Open { local_id: remote_id, protocol, id, capability: cap, .. }) => {
+                let dk: Option<Hash> = id.as_deref().and_then(|d| d.try_into().ok());
+                let found = dk.filter(|_| protocol == PROTOCOL).and_then(|dk| inner.shared.find(&dk));
+                let Some(core) = found else {
+                    self.out.push(Frame::Control(Control::Reject { remote_id }));
+                    return Ok(());
+                };
+                let key = core.key();
+                if capability(&self.secret, !self.dialer, &key) != cap {
+                    return Err(NetError::Protocol("a channel opened with a wrong capability".into()));
+                }
+                let i = self.open(core);
+                let ch = &mut self.channels[i];
+                if ch.remote_id.is_some() {
+                    return Err(NetError::Protocol("a channel opened twice".into()));
+                }
+                ch.remote_id = Some(remote_id);
+                let mut opened = None;
+                ch.core.read(&mut |c| opened = Some(Session::open(c, ch.core.download_all(), Instant::now())));
+                if let Some((session, out)) = opened {
+                    ch.session = Some(session);
+                    lock(&self.cores).push(key);
+                    self.emit(i, out);
+                }
+            }
+            Frame::Control(Control::Reject { .. }) => {}
+            Frame::Control(Control::Close { local_id }) => {
+                self.channels.retain(|c| c.remote_id != Some(local_id));
+            }
+            Frame::Channel { channel, message } => {
+                let Some(i) = self.channels.iter().position(|c| c.remote_id == Some(channel)) else {
+                    return Err(NetError::Protocol(format!("a message on channel {channel}, which is not open")));
+                };
+                let ch = &mut self.channels[i];
+                let Some(session) = ch.session.as_mut() else { return Ok(()) };
+                let mut result = None;
+                let mut message = Some(message);
+                ch.core.write(&mut |c| {
+                    if let Some(m) = message.take() {
+                        result = Some(session.on_message(c, m, Instant::now()));
+                    }
+                });
+                match result {
+                    Some(Ok(out)) => self.emit(i, out),
+                    Some(Err(m)) => return Err(NetError::Protocol(m.0)),
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a session's messages and settles waiting readers.
+    fn emit(&mut self, i: usize, out: Output) {
+        let ch = &mut self.channels[i];
+        for m in out.messages {
+            self.out.push(Frame::Channel { channel: ch.local_id, message: m });
+        }
+        for e in out.events {
+            let (index, ok) = match e {
+                Event::Block { index } => (index, true),
+                Event::Missing { index } => (index, false),
+                _ => continue,
+            };
+            for w in ch.waiting.remove(&index).unwrap_or_default() {
+                let _ = w.send(ok);
+            }
+        }
+    }
+
+    fn want(&mut self, core: Hash, index: u64, reply: oneshot::Sender<bool>) {
+        let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else {
+            let _ = reply.send(false);
+            return;
+        };
+        let ch = &mut self.channels[i];
+        ch.waiting.entry(index).or_default().push(reply);
+        let mut out = Output::default();
+        let mut asked = false;
+        if let Some(session) = ch.session.as_mut() {
+            ch.core.read(&mut |c| asked = session.want(c, index, Instant::now(), &mut out));
+        }
+        if !asked && out.events.is_empty() {
+            // This peer does not have it: say so now rather than at the timeout.
+            out.events.push(Event::Missing { index });
+        }
+        self.emit(i, out);
+    }
+
+    fn changed(&mut self, core: Hash) {
+        let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else { return };
+        let ch = &mut self.channels[i];
+        let mut out = Output::default();
+        if let Some(session) = ch.session.as_mut() {
+            ch.core.read(&mut |c| session.local_changed(c, &mut out));
+        }
+        self.emit(i, out);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.channels.iter().filter_map(|c| c.session.as_ref().and_then(Session::deadline)).min()
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.channels.len() {
+            let ch = &mut self.channels[i];
+            let mut out = None;
+            if let Some(session) = ch.session.as_mut() {
+                ch.core.read(&mut |c| out = Some(session.tick(c, now)));
+            }
+            if let Some(out) = out {
+                self.emit(i, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! Real QUIC on loopback between endpoints in one process, each with its own cores: a replica
+//! fetches single blocks on demand, follows the writer's appends, downloads everything when
+//! asked, and a node that does not know the key gets nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyperfs_engine::crypto::{Hash, KeyPair};
+use hyperfs_engine::store::{MemStore, Store};
+use hyperfs_engine::Hypercore;
+
+use super::*;
+
+struct Slot {
+    core: Mutex<Hypercore>,
+    all: bool,
+}
+
+impl SharedCore for Slot {
+    fn key(&self) -> Hash {
+        *lock(&self.core).key()
+    }
+    fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
+        f(&lock(&self.core));
+    }
+    fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
+        f(&mut lock(&self.core));
+    }
+    fn download_all(&self) -> bool {
+        self.all
+    }
+}
+
+struct Cores(Vec<Arc<Slot>>);
+
+impl Shared for Cores {
+    fn cores(&self) -> Vec<Arc<dyn SharedCore>> {
+        self.0.iter().map(|c| c.clone() as Arc<dyn SharedCore>).collect()
+    }
+}
+
+fn node(seed: u8, slots: Vec<Arc<Slot>>) -> Endpoint {
+    let id = Identity::from_seed(&[seed; 32]);
+    Endpoint::start(&id, "127.0.0.1:0".parse().expect("addr"), Arc::new(Cores(slots))).expect("endpoint")
+}
+
+fn writer(blocks: usize) -> Arc<Slot> {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let mut core = Hypercore::create(store, KeyPair::from_seed(&[9; 32]), false).expect("core");
+    let data: Vec<Vec<u8>> = (0..blocks).map(|i| format!("block {i}").into_bytes()).collect();
+    core.append_batch(&data).expect("append");
+    Arc::new(Slot { core: Mutex::new(core), all: false })
+}
+
+fn replica(key: Hash, all: bool) -> Arc<Slot> {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    Arc::new(Slot { core: Mutex::new(Hypercore::open_replica(store, key, None).expect("replica")), all })
+}
+
+fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_replica_reads_blocks_on_demand_and_follows_the_writer() {
+    let w = writer(200);
+    let key = w.key();
+    let a = node(1, vec![w.clone()]);
+    let r = replica(key, false);
+    let b = node(2, vec![r.clone()]);
+    let peer = b.connect(a.local_addr().expect("addr")).expect("connect");
+    assert_eq!(peer, Identity::from_seed(&[1; 32]).peer_id(), "the peer id is the identity's key");
+    wait("the signed length", || lock(&r.core).length() == 200);
+    assert!(b.fetch(&key, 123, Duration::from_secs(5)), "block 123 arrives");
+    assert_eq!(lock(&r.core).get(123).expect("stored"), b"block 123");
+    assert_eq!(lock(&r.core).local_blocks(), 1, "only what was read travels");
+    // Live: the writer appends, the follower's length follows within a second.
+    lock(&w.core).append(b"fresh").expect("append");
+    a.changed(&key);
+    let t = Instant::now();
+    wait("the append", || lock(&r.core).length() == 201);
+    assert!(t.elapsed() < Duration::from_secs(1), "followed in {:?}", t.elapsed());
+    assert!(b.fetch(&key, 200, Duration::from_secs(5)));
+    assert_eq!(lock(&r.core).get(200).expect("stored"), b"fresh");
+    let peers = b.peers();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].cores, vec![key]);
+    assert!(peers[0].bytes_down > 0 && peers[0].bytes_up > 0);
+    assert!(lock(&r.core).verify_local().expect("verify").is_empty());
+}
+
+#[test]
+fn a_seed_downloads_everything_and_serves_it_onwards() {
+    let w = writer(500);
+    let key = w.key();
+    let a = node(3, vec![w]);
+    let s = replica(key, true);
+    let b = node(4, vec![s.clone()]);
+    b.connect(a.local_addr().expect("addr")).expect("connect");
+    wait("the full download", || lock(&s.core).local_blocks() == 500);
+    // A third node reads from the seed while the writer is gone.
+    drop(a);
+    let r = replica(key, false);
+    let c = node(5, vec![r.clone()]);
+    c.connect(b.local_addr().expect("addr")).expect("connect");
+    wait("the signed length", || lock(&r.core).length() == 500);
+    assert!(c.fetch(&key, 499, Duration::from_secs(5)));
+    assert_eq!(lock(&r.core).get(499).expect("stored"), b"block 499");
+}
+
+#[test]
+fn a_node_without_the_key_gets_nothing() {
+    let w = writer(10);
+    let key = w.key();
+    let a = node(6, vec![w]);
+    // It shares another core, and asks for ours by a key it does not have: nothing opens.
+    let stranger = node(7, vec![writer_other()]);
+    stranger.connect(a.local_addr().expect("addr")).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!stranger.fetch(&key, 1, Duration::from_millis(500)));
+    assert!(stranger.peers().iter().all(|p| p.cores.is_empty()));
+    assert!(a.peers().iter().all(|p| p.cores.is_empty()), "no channel opened for the stranger");
+}
+
+fn writer_other() -> Arc<Slot> {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let core = Hypercore::create(store, KeyPair::from_seed(&[10; 32]), false).expect("core");
+    Arc::new(Slot { core: Mutex::new(core), all: false })
+}

@@ -1,0 +1,224 @@
+//! A node's identity on the network: an Ed25519 key pair kept in the data directory (mode 0600),
+//! and the self-signed TLS certificate that carries its public key. Both ends of a connection
+//! present one and check the other's: the peer id is the certificate's Ed25519 key, proven by
+//! the TLS handshake signature.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use hyperfs_engine::crypto::{Hash, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::NetError;
+
+/// The TLS application protocol of hyperfs replication.
+pub const ALPN: &[u8] = b"hyperfs/1";
+
+/// A node's key pair.
+pub struct Identity {
+    key_pair: KeyPair,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", hex_short(&self.peer_id()))
+    }
+}
+
+fn hex_short(id: &Hash) -> String {
+    id.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Identity {
+    /// Reads the identity in `path` (32 secret seed bytes), or creates one there.
+    pub fn load_or_create(path: &Path) -> Result<Identity, NetError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let seed: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| NetError::Identity(format!("{} is damaged: it must hold 32 bytes", path.display())))?;
+                Ok(Identity::from_seed(&seed))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let seed: [u8; 32] = rand::random();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| NetError::Identity(format!("creating {}: {e}", path.display())))?;
+                f.write_all(&seed)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| NetError::Identity(format!("writing {}: {e}", path.display())))?;
+                Ok(Identity::from_seed(&seed))
+            }
+            Err(e) => Err(NetError::Identity(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    pub fn from_seed(seed: &[u8; 32]) -> Identity {
+        Identity { key_pair: KeyPair::from_seed(seed) }
+    }
+
+    /// The public key other nodes know this one by.
+    pub fn peer_id(&self) -> Hash {
+        self.key_pair.public_key()
+    }
+
+    /// The certificate and key rustls presents for this identity.
+    pub(crate) fn certificate(&self) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), NetError> {
+        // PKCS#8 v1 of an Ed25519 seed (RFC 8410): a fixed prefix, then the 32 bytes.
+        let mut pkcs8 =
+            vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        pkcs8.extend_from_slice(&self.key_pair.secret_key()[..32]);
+        let der = PrivatePkcs8KeyDer::from(pkcs8);
+        let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+            .map_err(|e| NetError::Identity(format!("the identity key: {e}")))?;
+        let params = rcgen::CertificateParams::new(vec!["hyperfs".to_owned()])
+            .map_err(|e| NetError::Identity(format!("certificate parameters: {e}")))?;
+        let cert = params.self_signed(&kp).map_err(|e| NetError::Identity(format!("self-signing: {e}")))?;
+        Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(der)))
+    }
+}
+
+/// The Ed25519 public key a certificate carries (its SubjectPublicKeyInfo), if it has one.
+pub fn peer_id_of(cert: &[u8]) -> Option<Hash> {
+    // SPKI of an Ed25519 key: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (33 bytes) }.
+    const SPKI: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let at = cert.windows(SPKI.len()).position(|w| w == SPKI)?;
+    cert.get(at + SPKI.len()..at + SPKI.len() + 32)?.try_into().ok()
+}
+
+/// Accepts any certificate that carries an Ed25519 key and proves it in the handshake: who the
+/// peer is, is decided by its key, not by a certificate authority.
+#[derive(Debug)]
+pub(crate) struct PeerVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PeerVerifier {
+    pub(crate) fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Arc<PeerVerifier> {
+        Arc::new(PeerVerifier { provider })
+    }
+
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        peer_id_of(cert)
+            .map(|_| ())
+            .ok_or_else(|| rustls::Error::General("the peer's certificate carries no Ed25519 identity".into()))
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme != SignatureScheme::ED25519 {
+            return Err(rustls::Error::General("only Ed25519 identities are accepted".into()));
+        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity).map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not spoken".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity).map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not spoken".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_carries_the_identity() {
+        let id = Identity::from_seed(&[5; 32]);
+        let (cert, _) = id.certificate().expect("certificate");
+        assert_eq!(peer_id_of(&cert), Some(id.peer_id()));
+        assert_eq!(peer_id_of(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn an_identity_is_kept_private_and_reloaded() {
+        let tmp = std::env::temp_dir().join(format!("hyperfs-identity-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let a = Identity::load_or_create(&tmp).expect("create");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&tmp).expect("meta").permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Identity::load_or_create(&tmp).expect("reload").peer_id(), a.peer_id());
+        std::fs::write(&tmp, b"short").expect("damage");
+        assert!(Identity::load_or_create(&tmp).is_err());
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
