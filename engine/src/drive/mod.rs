@@ -203,6 +203,18 @@ impl Drive {
         Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Mutex::new(HashMap::new()) }
     }
 
+    /// Takes in what another instance of this drive's cores on the same store committed (a
+    /// replica's proofs, applied by the network layer): new versions, forks, local blocks.
+    /// Returns whether anything changed.
+    pub fn refresh(&mut self) -> Result<bool> {
+        let fork = (self.db.core().fork(), self.blobs.fork());
+        let changed = self.db.core_mut().refresh()? | self.blobs.refresh()?;
+        if fork != (self.db.core().fork(), self.blobs.fork()) {
+            self.pieces.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        Ok(changed)
+    }
+
     /// Where blocks that are not local are asked for (both cores).
     pub fn with_fetch(mut self, fetch: Arc<dyn Fetch>) -> Self {
         self.db = self.db.with_fetch(fetch.clone());

@@ -442,3 +442,34 @@ fn versions_inside_an_atomic_change_are_refused_and_history_names_the_visible_on
     d.put("/y", b"y", &PutOptions::default()).expect("put");
     assert_eq!(d.checkout(before + 1).expect("a plain version").readdir("/").expect("readdir"), ["a", "x"]);
 }
+
+/// A replica's cores fed by another instance on the same store (as the network layer does):
+/// the drive sees the new versions and blocks after a refresh, and follows a truncation.
+#[test]
+fn a_replica_drive_refreshes_what_another_instance_stored() {
+    let mut w = drive(11);
+    w.put("/a.txt", b"first", &PutOptions::default()).expect("put");
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let feed = |from: &Hypercore, to: &mut Hypercore| {
+        for i in 0..from.length() {
+            let req = to.block_request(i, from.length()).expect("request");
+            to.apply_proof(&from.proof(&req).expect("proof")).expect("verifies");
+        }
+    };
+    let mut net_db = Hypercore::open_replica(store.clone(), *w.key(), None).expect("replica");
+    feed(w.db().core(), &mut net_db);
+    let mut r = Drive::open(store.clone(), w.key()).expect("open").expect("a drive");
+    let mut net_blobs = Hypercore::open_replica(store.clone(), *r.blobs().key(), None).expect("blobs");
+    feed(w.blobs(), &mut net_blobs);
+    r.refresh().expect("refresh");
+    assert_eq!(r.get("/a.txt").expect("get").as_deref(), Some(&b"first"[..]));
+    // The writer goes on; the network instance applies it; the drive follows after a refresh.
+    w.put("/b.txt", b"second", &PutOptions::default()).expect("put");
+    feed(w.db().core(), &mut net_db);
+    feed(w.blobs(), &mut net_blobs);
+    assert_eq!(r.version(), 2, "not yet");
+    assert!(r.refresh().expect("refresh"));
+    assert_eq!(r.version(), w.version());
+    assert_eq!(r.get("/b.txt").expect("get").as_deref(), Some(&b"second"[..]));
+    assert!(!r.refresh().expect("refresh"), "nothing new");
+}

@@ -636,6 +636,27 @@ impl Hypercore {
         Ok(())
     }
 
+    /// Re-reads what another instance of this core on the same store committed — the signed
+    /// head, the manifest, which blocks are local — as when the network layer applies proofs
+    /// to its own instance of a replica. Returns whether anything changed.
+    pub fn refresh(&mut self) -> Result<bool> {
+        let Some(fresh) = Hypercore::open(self.store.clone(), &self.key)? else { return Ok(false) };
+        let end = fresh.head.length.max(self.head.length);
+        let changed = fresh.head != self.head || fresh.bitfield.count(end) != self.bitfield.count(end);
+        if fresh.head.fork != self.head.fork {
+            // Snapshots of the old fork must notice: everything past the shorter length may be
+            // gone.
+            let at = fresh.head.length.min(self.head.length);
+            self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((fresh.head.fork, at));
+        }
+        self.head = fresh.head;
+        self.bitfield = fresh.bitfield;
+        if self.auth.is_none() {
+            self.auth = fresh.auth;
+        }
+        Ok(changed)
+    }
+
     /// A read-only view of the core as it is now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
