@@ -11,6 +11,7 @@ mod local;
 mod mirror;
 mod node;
 mod replay;
+mod share;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,53 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Print the result as JSON (with every change).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a drive to peers: they reach it by its key (and, until discovery comes, this
+    /// node's address).
+    ///
+    /// Examples:
+    ///   hyperfs share photos
+    ///   hyperfs share photos --listen 0.0.0.0:7400 --json
+    #[command(verbatim_doc_comment)]
+    Share {
+        /// The drive.
+        drive: String,
+        /// The UDP address to listen on (default: the one used last time, else any free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Also connect to these peers.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Print JSON: key, link, address.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a whole drive from a peer and keep following its writer.
+    ///
+    /// Example:
+    ///   hyperfs clone hyper://k3x...o4y --peer 192.0.2.7:7400 --name photos
+    #[command(verbatim_doc_comment)]
+    Clone {
+        /// The drive's key or hyper:// link.
+        key: String,
+        /// A peer that has it (HOST:PORT; repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// A local name for it (default: clone-<first key digits>).
+        #[arg(long)]
+        name: Option<String>,
+        /// The UDP address to listen on.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The connected peers: id, address, cores, bytes up and down, round-trip time.
+    Peers {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -447,6 +495,44 @@ fn main() -> ExitCode {
                 Ok(())
             })?;
             std::io::Write::flush(&mut out)?;
+            Ok(())
+        }),
+        Command::Share { ref drive, ref listen, ref peers, json } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "share", "drive": drive, "listen": listen, "peers": peers}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                println!("sharing {} on {}", r["link"].as_str().unwrap_or_default(), r["address"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }),
+        Command::Clone { ref key, ref peers, ref name, ref listen, json } => dir().and_then(|d| {
+            let req = json!({"cmd": "clone", "key": key, "peers": peers, "name": name, "listen": listen});
+            let mut bar = client::ProgressBar::new(!json);
+            let r = client::request_streaming(&d, &req, true, &mut |line| {
+                let p = &line["progress"];
+                bar.show(&json!({"bytes": p["blocks"], "totalBytes": p["totalBlocks"], "files": 0, "totalFiles": 0}));
+                Ok(())
+            });
+            bar.done();
+            let r = r?;
+            if json {
+                println!("{r}");
+            } else {
+                println!("cloned {} as {} (version {})", r["key"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default(), r["version"]);
+            }
+            Ok(())
+        }),
+        Command::Peers { json } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "peers"}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                for p in r.as_array().into_iter().flatten() {
+                    println!("{}\t{}\t{} cores\tup {}\tdown {}\t{:.1} ms", p["id"].as_str().unwrap_or_default(), p["address"].as_str().unwrap_or_default(),
+                        p["cores"].as_array().map_or(0, Vec::len), p["bytesUp"], p["bytesDown"], p["rttMs"].as_f64().unwrap_or(0.0));
+                }
+            }
             Ok(())
         }),
         Command::Import { dir: ref local, ref target, dry_run, json } => dir().and_then(|d| {

@@ -61,6 +61,8 @@ struct State {
     drives: Mutex<BTreeMap<Hash, Arc<RwLock<Drive>>>>,
     /// Mounted drives by mount point.
     mounts: Mutex<BTreeMap<PathBuf, Mount>>,
+    /// The network, started by the first command that needs it.
+    net: Mutex<Option<Arc<crate::share::Net>>>,
     stopping: AtomicBool,
 }
 
@@ -92,6 +94,7 @@ pub fn run(dir: &Path) -> Result<()> {
         names: Mutex::new(read_names(dir)?),
         drives: Mutex::new(BTreeMap::new()),
         mounts: Mutex::new(BTreeMap::new()),
+        net: Mutex::new(None),
         stopping: AtomicBool::new(false),
     });
     std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
@@ -450,9 +453,126 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(RwLock::new(drive)));
             Ok(json!({"name": name, "key": hexkey}))
         }
+        "share" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let net = net(state, r["listen"].as_str())?;
+            net.connect(&peers_of(r))?;
+            net.share(&drive);
+            let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
+            Ok(json!({"key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key)),
+                "address": net.endpoint.local_addr()?.to_string()}))
+        }
+        "clone" => clone(state, s("key")?, r, emit),
+        "peers" => {
+            let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let peers = net.map(|n| n.endpoint.peers()).unwrap_or_default();
+            Ok(peers
+                .into_iter()
+                .map(|p| {
+                    json!({"id": hex::encode(p.id), "address": p.address.to_string(),
+                        "cores": p.cores.iter().map(hex::encode).collect::<Vec<_>>(),
+                        "bytesUp": p.bytes_up, "bytesDown": p.bytes_down, "rttMs": p.rtt.as_secs_f64() * 1000.0})
+                })
+                .collect())
+        }
         "" if r.get("malformed").is_some() => bail!("malformed request: {}", r["malformed"]),
         other => bail!("unknown request {other:?}"),
     }
+}
+
+/// The node's network, started on first use.
+fn net(state: &State, listen: Option<&str>) -> Result<Arc<crate::share::Net>> {
+    let mut slot = state.net.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = &*slot {
+        return Ok(n.clone());
+    }
+    let listen = listen.map(crate::share::resolve).transpose()?;
+    let n = crate::share::Net::start(&state.dir, listen)?;
+    *slot = Some(n.clone());
+    Ok(n)
+}
+
+fn peers_of(r: &Value) -> Vec<String> {
+    r["peers"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect()
+}
+
+/// `hyperfs clone KEY --peer HOST:PORT`: a full replica of a drive, kept following its writer.
+fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
+    use std::time::{Duration, Instant};
+    let key = crate::local::parse_key(which)?;
+    if state.drives.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key)
+        || Drive::open(state.store.clone(), &key)?.is_some()
+    {
+        bail!("drive {} is on this node already", hex::encode(key));
+    }
+    let peers = peers_of(r);
+    if peers.is_empty() {
+        bail!(
+            "give the address of a peer that has the drive: --peer HOST:PORT (finding peers by key alone comes later)"
+        );
+    }
+    let net = net(state, r["listen"].as_str())?;
+    let store: Arc<dyn Store> = state.store.clone();
+    let db = net.add_replica(hyperfs_engine::Hypercore::open_replica(store.clone(), key, None)?);
+    net.connect(&peers)?;
+    // The signed length and the manifest come first; they name the blobs core.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(db.has_manifest() && db.state().1 > 0) {
+        if Instant::now() > deadline {
+            bail!("no peer gave drive {} within 15 s (is it shared there?)", hex::encode(key));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drive = Drive::open(store.clone(), &key)?.ok_or_else(|| anyhow!("the drive vanished from the store"))?;
+    let blobs_key = *drive.blobs().key();
+    let blobs =
+        hyperfs_engine::Hypercore::open(store, &blobs_key)?.ok_or_else(|| anyhow!("the blobs core is missing"))?;
+    let blobs = net.add_replica(blobs);
+    // Everything, with progress; a peer that stops giving for 30 s ends the wait. The blobs
+    // core must reach at least what the db's entries name.
+    let mut drive = drive;
+    let mut last = (0, Instant::now());
+    let mut needed = None;
+    loop {
+        let (_, dl, dh) = db.state();
+        let (_, bl, bh) = blobs.state();
+        let have = dh + bh;
+        let _ = emit(json!({"progress": {"blocks": have, "totalBlocks": dl + bl}}));
+        if dh == dl && needed.is_none() {
+            drive.refresh()?;
+            let mut end = 0;
+            for (_, e) in drive.list("/")? {
+                if let Some(b) = e.blob {
+                    end = end.max(b.block_offset + b.block_length);
+                }
+            }
+            needed = Some(end);
+        }
+        if needed.is_some_and(|n| bl >= n && bh == bl) {
+            break;
+        }
+        if have != last.0 {
+            last = (have, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            bail!("the download stalled at {have} of {} blocks (the peer stopped answering)", dl + bl);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drive.refresh()?;
+    let version = drive.version();
+    let drive = Arc::new(RwLock::new(drive));
+    net.follow(drive.clone(), vec![db, blobs]);
+    let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
+    let hexkey = hex::encode(key);
+    let name = match r["name"].as_str() {
+        Some(n) if names.contains_key(n) => bail!("a drive named {n:?} exists already"),
+        Some(n) => n.to_owned(),
+        None => format!("clone-{}", &hexkey[..8]),
+    };
+    names.insert(name.clone(), hexkey.clone());
+    write_names(&state.dir, &names)?;
+    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, drive);
+    Ok(json!({"name": name, "key": hexkey, "version": version}))
 }
 
 /// Mounts a drive on `dir`: read-write if this node can write it, else (or with a version or

@@ -297,6 +297,8 @@ struct Channel {
     core: Arc<dyn SharedCore>,
     key: Hash,
     local_id: u64,
+    /// Whether our `open` stands (a peer that rejected it gets it again when it opens the core).
+    sent_open: bool,
     remote_id: Option<u64>,
     session: Option<Session>,
     /// Readers waiting for blocks, by index.
@@ -410,23 +412,38 @@ struct ConnState {
 }
 
 impl ConnState {
-    /// Sends `open` for a core (once).
+    /// Sends `open` for a core, unless ours stands already.
     fn open(&mut self, core: Arc<dyn SharedCore>) -> usize {
         let key = core.key();
-        if let Some(i) = self.channels.iter().position(|c| c.key == key) {
-            return i;
+        let i = match self.channels.iter().position(|c| c.key == key) {
+            Some(i) => i,
+            None => {
+                let local_id = self.next_local;
+                self.next_local += 1;
+                self.channels.push(Channel {
+                    core,
+                    key,
+                    local_id,
+                    sent_open: false,
+                    remote_id: None,
+                    session: None,
+                    waiting: HashMap::new(),
+                });
+                self.channels.len() - 1
+            }
+        };
+        let ch = &mut self.channels[i];
+        if !ch.sent_open {
+            ch.sent_open = true;
+            self.out.push(Frame::Control(Control::Open {
+                local_id: ch.local_id,
+                protocol: PROTOCOL.into(),
+                id: Some(crypto::discovery_key(&key).to_vec()),
+                flags: 1,
+                capability: capability(&self.secret, self.dialer, &key),
+            }));
         }
-        let local_id = self.next_local;
-        self.next_local += 1;
-        self.out.push(Frame::Control(Control::Open {
-            local_id,
-            protocol: PROTOCOL.into(),
-            id: Some(crypto::discovery_key(&key).to_vec()),
-            flags: 1,
-            capability: capability(&self.secret, self.dialer, &key),
-        }));
-        self.channels.push(Channel { core, key, local_id, remote_id: None, session: None, waiting: HashMap::new() });
-        self.channels.len() - 1
+        i
     }
 
     fn on_frame(&mut self, inner: &Inner, frame: Frame) -> Result<(), NetError> {
@@ -456,7 +473,12 @@ impl ConnState {
                     self.emit(i, out);
                 }
             }
-            Frame::Control(Control::Reject { .. }) => {}
+            Frame::Control(Control::Reject { remote_id }) => {
+                // The peer does not replicate that core (yet): open again when it does.
+                if let Some(ch) = self.channels.iter_mut().find(|c| c.local_id == remote_id && c.session.is_none()) {
+                    ch.sent_open = false;
+                }
+            }
             Frame::Control(Control::Close { local_id }) => {
                 self.channels.retain(|c| c.remote_id != Some(local_id));
             }

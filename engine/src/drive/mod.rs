@@ -203,6 +203,18 @@ impl Drive {
         Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Mutex::new(HashMap::new()) }
     }
 
+    /// The db core, for the network layer to serve a writer's drive from (a replica's proofs
+    /// go to the network layer's own instance; see [`Drive::refresh`]). Appending to it
+    /// directly bypasses the drive's rules.
+    pub fn db_core_mut(&mut self) -> &mut Hypercore {
+        self.db.core_mut()
+    }
+
+    /// The blobs core, for the network layer (see [`Drive::db_core_mut`]).
+    pub fn blobs_mut(&mut self) -> &mut Hypercore {
+        &mut self.blobs
+    }
+
     /// Takes in what another instance of this drive's cores on the same store committed (a
     /// replica's proofs, applied by the network layer): new versions, forks, local blocks.
     /// Returns whether anything changed.

@@ -14,4 +14,5 @@ mod node_cli;
 mod posix;
 mod proof_interop;
 mod replica_store;
+mod share_cli;
 mod wire_interop;

@@ -1,0 +1,213 @@
+//! The node's side of the network: its endpoint (started on first need, on the port it used
+//! before), the cores it offers — its own drives that are shared, and the replicas it keeps —
+//! and the loop that tells peers about new versions and shows replicas theirs.
+//!
+//! A replica's cores have two instances on the store: the network's, to which verified proofs
+//! are applied, and the drive's, which readers use and which takes in what the network stored
+//! ([`Drive::refresh`]) a moment later. Readers therefore never hold a lock the network waits
+//! for.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use hyperfs_engine::crypto::Hash;
+use hyperfs_engine::{Drive, Hypercore};
+use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
+
+/// How often shared drives are checked for new versions and replicas refreshed.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One of the two cores of a drive this node writes, served from the drive itself.
+struct DriveCore {
+    drive: Arc<RwLock<Drive>>,
+    blobs: bool,
+    key: Hash,
+}
+
+impl SharedCore for DriveCore {
+    fn key(&self) -> Hash {
+        self.key
+    }
+    fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
+        let d = self.drive.read().unwrap_or_else(|e| e.into_inner());
+        f(if self.blobs { d.blobs() } else { d.db().core() });
+    }
+    fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
+        let mut d = self.drive.write().unwrap_or_else(|e| e.into_inner());
+        f(if self.blobs { d.blobs_mut() } else { d.db_core_mut() });
+    }
+}
+
+/// The network's instance of a replica core: everything it has, it downloads.
+pub struct ReplicaCore {
+    core: Mutex<Hypercore>,
+    key: Hash,
+}
+
+impl ReplicaCore {
+    /// (fork, length, local blocks).
+    pub fn state(&self) -> (u64, u64, u64) {
+        let c = lock(&self.core);
+        (c.fork(), c.length(), c.local_blocks())
+    }
+    pub fn has_manifest(&self) -> bool {
+        lock(&self.core).manifest().is_some()
+    }
+}
+
+impl SharedCore for ReplicaCore {
+    fn key(&self) -> Hash {
+        self.key
+    }
+    fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
+        f(&lock(&self.core));
+    }
+    fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
+        f(&mut lock(&self.core));
+    }
+    fn download_all(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Default)]
+struct Offered {
+    cores: Vec<Arc<dyn SharedCore>>,
+    /// Shared drives of ours, with the (fork, db length, blobs length) peers last heard of.
+    own: Vec<(Arc<RwLock<Drive>>, (u64, u64, u64))>,
+    /// Replica drives with their network-side cores and the state last taken in.
+    replicas: Vec<(Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<(u64, u64, u64)>)>,
+}
+
+struct Offer(Mutex<Offered>);
+
+impl Shared for Offer {
+    fn cores(&self) -> Vec<Arc<dyn SharedCore>> {
+        lock(&self.0).cores.clone()
+    }
+}
+
+/// The node's network.
+pub struct Net {
+    pub endpoint: Endpoint,
+    offer: Arc<Offer>,
+    /// Keys of drives already offered (so sharing twice is harmless).
+    keys: Mutex<HashMap<Hash, ()>>,
+}
+
+impl Net {
+    /// Starts the endpoint of data directory `dir`: on `listen`, else the address it used last
+    /// time, else any free port; remembers the address.
+    pub fn start(dir: &Path, listen: Option<SocketAddr>) -> Result<Arc<Net>> {
+        let identity = Identity::load_or_create(&dir.join("identity.key"))?;
+        let remembered = dir.join("listen.addr");
+        let last = std::fs::read_to_string(&remembered).ok().and_then(|s| s.trim().parse().ok());
+        let offer = Arc::new(Offer(Mutex::new(Offered::default())));
+        let start = |addr: SocketAddr| Endpoint::start(&identity, addr, offer.clone());
+        let endpoint = match (listen, last) {
+            (Some(a), _) => start(a).with_context(|| format!("listening on {a}"))?,
+            (None, Some(a)) => start(a).or_else(|_| start(SocketAddr::from(([0, 0, 0, 0], 0))))?,
+            (None, None) => start(SocketAddr::from(([0, 0, 0, 0], 0)))?,
+        };
+        let addr = endpoint.local_addr()?;
+        std::fs::write(&remembered, format!("{addr}\n"))
+            .with_context(|| format!("writing {}", remembered.display()))?;
+        tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
+        let net = Arc::new(Net { endpoint, offer, keys: Mutex::new(HashMap::new()) });
+        let watcher = Arc::downgrade(&net);
+        std::thread::Builder::new().name("hyperfs-watch".into()).spawn(move || {
+            while let Some(net) = watcher.upgrade() {
+                net.watch();
+                drop(net);
+                std::thread::sleep(WATCH_EVERY);
+            }
+        })?;
+        Ok(net)
+    }
+
+    /// Offers a drive this node writes (or has whole) to every peer.
+    pub fn share(&self, drive: &Arc<RwLock<Drive>>) {
+        let (db, blobs, state) = {
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            (*d.key(), *d.blobs().key(), (d.db().core().fork(), d.db().core().length(), d.blobs().length()))
+        };
+        if lock(&self.keys).insert(db, ()).is_some() {
+            return;
+        }
+        let mut o = lock(&self.offer.0);
+        o.cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: false, key: db }));
+        o.cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: true, key: blobs }));
+        o.own.push((drive.clone(), state));
+        drop(o);
+        self.endpoint.refresh();
+    }
+
+    /// Offers (and downloads) a replica core through the network's own instance of it.
+    pub fn add_replica(&self, core: Hypercore) -> Arc<ReplicaCore> {
+        let key = *core.key();
+        let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key });
+        lock(&self.offer.0).cores.push(slot.clone());
+        lock(&self.keys).insert(key, ());
+        self.endpoint.refresh();
+        slot
+    }
+
+    /// Shows `drive` what its replica cores download from now on.
+    pub fn follow(&self, drive: Arc<RwLock<Drive>>, cores: Vec<Arc<ReplicaCore>>) {
+        let states = cores.iter().map(|c| c.state()).collect();
+        lock(&self.offer.0).replicas.push((drive, cores, states));
+    }
+
+    /// Connects to each of `peers`.
+    pub fn connect(&self, peers: &[String]) -> Result<()> {
+        for p in peers {
+            let addr = resolve(p)?;
+            self.endpoint.connect(addr).map_err(|e| anyhow!("{p}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// One round of the watch loop.
+    fn watch(&self) {
+        let mut o = lock(&self.offer.0);
+        for (drive, told) in o.own.iter_mut() {
+            let (now, keys) = {
+                let d = drive.read().unwrap_or_else(|e| e.into_inner());
+                ((d.db().core().fork(), d.db().core().length(), d.blobs().length()), [*d.key(), *d.blobs().key()])
+            };
+            if now != *told {
+                *told = now;
+                for k in &keys {
+                    self.endpoint.changed(k);
+                }
+            }
+        }
+        for (drive, cores, seen) in o.replicas.iter_mut() {
+            let now: Vec<(u64, u64, u64)> = cores.iter().map(|c| c.state()).collect();
+            if now != *seen {
+                let refreshed = drive.write().unwrap_or_else(|e| e.into_inner()).refresh();
+                match refreshed {
+                    Ok(_) => *seen = now,
+                    Err(e) => tracing::warn!(error = %e, "refreshing a replica"),
+                }
+            }
+        }
+    }
+}
+
+/// `HOST:PORT` to a socket address.
+pub fn resolve(peer: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    peer.to_socket_addrs()
+        .map_err(|e| anyhow!("{peer:?} is not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| anyhow!("{peer:?} resolves to no address"))
+}

@@ -1,0 +1,77 @@
+//! Sharing through the real binary: two nodes on loopback QUIC. A shares a drive; B clones it
+//! by key from A's address, reads the same bytes, verifies every block and signature, and
+//! follows A's new versions live; `peers` shows the connection; bad input is one clear line.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, pseudo_random};
+use serde_json::Value;
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
+}
+
+struct Stop<'a>(&'a Path);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let _ = hyperfs_in(self.0, &["stop"]);
+    }
+}
+
+#[test]
+fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (Stop(&a), Stop(&b));
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    let big = pseudo_random(5 << 20, 42);
+    let file = tmp.path().join("big.bin");
+    std::fs::write(&file, &big).expect("write");
+    hyperfs_in_ok(&a, &["put", file.to_str().expect("utf-8"), "src:/data/big.bin"]);
+    std::fs::write(tmp.path().join("note.txt"), "hello from a").expect("write");
+    hyperfs_in_ok(&a, &["put", tmp.path().join("note.txt").to_str().expect("utf-8"), "src:/note.txt"]);
+    let shared = json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--json"]);
+    let (key, addr) = (shared["key"].as_str().expect("key"), shared["address"].as_str().expect("address"));
+    let link = shared["link"].as_str().expect("link");
+
+    // Without a peer to ask, a clone says what it needs.
+    let out = hyperfs_in(&b, &["clone", link]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--peer") && err.trim().lines().count() == 1, "{err}");
+
+    let cloned = json(&b, &["clone", link, "--peer", addr, "--name", "copy", "--listen", "127.0.0.1:0", "--json"]);
+    assert_eq!(cloned["key"], key);
+    let out = hyperfs_in(&b, &["cat", "copy:/data/big.bin"]);
+    assert!(out.status.success());
+    assert!(out.stdout == big, "the clone reads the same 5 MiB");
+    assert_eq!(hyperfs_in_ok(&b, &["cat", "copy:/note.txt"]), "hello from a");
+    assert!(hyperfs_in_ok(&b, &["verify", "copy"]).contains("verifies"));
+    let info = json(&b, &["info", "copy", "--json"]);
+    assert_eq!(info["writable"], false);
+    assert_eq!(info["blobs"]["localBlocks"], info["blobs"]["length"], "everything is local");
+    let peers = json(&b, &["peers", "--json"]);
+    assert_eq!(peers.as_array().map(Vec::len), Some(1));
+    assert!(peers[0]["bytesDown"].as_u64().expect("bytes") >= 5 << 20);
+
+    // Live: A writes, B shows it within a second or so.
+    std::fs::write(tmp.path().join("late.txt"), "written later").expect("write");
+    hyperfs_in_ok(&a, &["put", tmp.path().join("late.txt").to_str().expect("utf-8"), "src:/late.txt"]);
+    let start = Instant::now();
+    loop {
+        let out = hyperfs_in(&b, &["cat", "copy:/late.txt"]);
+        if out.status.success() {
+            assert_eq!(out.stdout, b"written later");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "the new version did not arrive");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("followed in {:?}", start.elapsed());
+    // A replica is read-only, and cloning the same drive twice is refused.
+    let out = hyperfs_in(&b, &["put", file.to_str().expect("utf-8"), "copy:/x"]);
+    assert!(!out.status.success());
+    let out = hyperfs_in(&b, &["clone", link, "--peer", addr]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already"));
+}
