@@ -54,7 +54,7 @@ pub struct ReplicaCore {
 
 impl ReplicaCore {
     /// (fork, length, local blocks).
-    pub fn state(&self) -> (u64, u64, u64) {
+    pub fn state(&self) -> CoreState {
         let c = lock(&self.core);
         (c.fork(), c.length(), c.local_blocks())
     }
@@ -78,13 +78,19 @@ impl SharedCore for ReplicaCore {
     }
 }
 
+/// A core's (fork, length, local blocks), or a drive's (fork, db length, blobs length).
+type CoreState = (u64, u64, u64);
+
+/// A replica drive, the network's instances of its cores, and their state last taken in.
+type Followed = (Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<CoreState>);
+
 #[derive(Default)]
 struct Offered {
     cores: Vec<Arc<dyn SharedCore>>,
     /// Shared drives of ours, with the (fork, db length, blobs length) peers last heard of.
-    own: Vec<(Arc<RwLock<Drive>>, (u64, u64, u64))>,
+    own: Vec<(Arc<RwLock<Drive>>, CoreState)>,
     /// Replica drives with their network-side cores and the state last taken in.
-    replicas: Vec<(Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<(u64, u64, u64)>)>,
+    replicas: Vec<Followed>,
 }
 
 struct Offer(Mutex<Offered>);
@@ -191,7 +197,7 @@ impl Net {
             }
         }
         for (drive, cores, seen) in o.replicas.iter_mut() {
-            let now: Vec<(u64, u64, u64)> = cores.iter().map(|c| c.state()).collect();
+            let now: Vec<CoreState> = cores.iter().map(|c| c.state()).collect();
             if now != *seen {
                 let refreshed = drive.write().unwrap_or_else(|e| e.into_inner()).refresh();
                 match refreshed {
