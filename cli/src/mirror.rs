@@ -298,7 +298,11 @@ pub fn export(
         if c.action != Action::Remove && !replaced {
             continue;
         }
-        let target = if c.action == Action::Remove { &c.item } else { &local[&c.rel] };
+        let target = match (c.action, local.get(&c.rel)) {
+            (Action::Remove, _) => &c.item,
+            (_, Some(l)) => l,
+            (_, None) => continue,
+        };
         let path = dst.join(&c.rel);
         let r = match target {
             Item::Dir { .. } => std::fs::remove_dir_all(&path),

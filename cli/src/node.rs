@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -732,22 +732,7 @@ fn open_drive(state: &State, which: &str) -> Result<Arc<RwLock<Drive>>> {
 }
 
 fn primary_key(dir: &Path) -> Result<[u8; 32]> {
-    let path = dir.join("primary.key");
-    match std::fs::read(&path) {
-        Ok(bytes) => bytes.try_into().map_err(|_| anyhow!("{} is damaged: it must hold 32 bytes", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key: [u8; 32] = rand::random();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&key).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
-            Ok(key)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    Ok(hyperfs_engine::crypto::secret_seed_file(&dir.join("primary.key"))?)
 }
 
 fn read_names(dir: &Path) -> Result<BTreeMap<String, String>> {

@@ -158,6 +158,32 @@ pub fn verify(public_key: &Hash, msg: &[u8], signature: &[u8]) -> bool {
 
 const Z32_ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
 
+/// The 32 secret bytes kept in `path` (a node's primary key, its network identity), created
+/// with fresh random bytes and mode 0600 when the file does not exist yet. A file of another
+/// size is reported as damaged, never replaced.
+pub fn secret_seed_file(path: &std::path::Path) -> crate::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &str, e: std::io::Error| crate::Error::Storage(format!("{what} {}: {e}", path.display()));
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| crate::Error::Damaged { path: path.into(), reason: "it must hold 32 bytes".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let seed: [u8; 32] = rand::random();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| io("creating", e))?;
+            f.write_all(&seed).and_then(|()| f.sync_all()).map_err(|e| io("writing", e))?;
+            Ok(seed)
+        }
+        Err(e) => Err(io("reading", e)),
+    }
+}
+
 /// z-base-32, the alphabet Hypercore ids are printed in.
 pub fn z32_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);

@@ -3,8 +3,6 @@
 //! present one and check the other's: the peer id is the certificate's Ed25519 key, proven by
 //! the TLS handshake signature.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,28 +35,8 @@ fn hex_short(id: &Hash) -> String {
 impl Identity {
     /// Reads the identity in `path` (32 secret seed bytes), or creates one there.
     pub fn load_or_create(path: &Path) -> Result<Identity, NetError> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let seed: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| NetError::Identity(format!("{} is damaged: it must hold 32 bytes", path.display())))?;
-                Ok(Identity::from_seed(&seed))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let seed: [u8; 32] = rand::random();
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| NetError::Identity(format!("creating {}: {e}", path.display())))?;
-                f.write_all(&seed)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| NetError::Identity(format!("writing {}: {e}", path.display())))?;
-                Ok(Identity::from_seed(&seed))
-            }
-            Err(e) => Err(NetError::Identity(format!("reading {}: {e}", path.display()))),
-        }
+        let seed = hyperfs_engine::crypto::secret_seed_file(path).map_err(|e| NetError::Identity(e.to_string()))?;
+        Ok(Identity::from_seed(&seed))
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> Identity {

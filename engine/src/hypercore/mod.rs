@@ -433,7 +433,7 @@ impl Hypercore {
         let from = atomic_key(self.id, length.saturating_add(1));
         let to = atomic_key(self.id, u64::MAX);
         let Some((k, v)) = self.store.first(Table::Meta, &from, &to)? else { return Ok(None) };
-        let end = k.get(k.len() - 8..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        let end = k.get(k.len().saturating_sub(8)..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
         let start = <[u8; 8]>::try_from(v.as_slice()).ok().map(u64::from_be_bytes);
         match (start, end) {
             (Some(s), Some(e)) => Ok((s < length && length < e).then_some((s, e))),
@@ -446,7 +446,10 @@ impl Hypercore {
         let rows = self.store.scan(Table::Meta, &atomic_key(self.id, 0), &atomic_key(self.id, u64::MAX))?;
         rows.into_iter()
             .map(|(k, v)| {
-                let end = k.get(k.len() - 8..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+                let end = k
+                    .get(k.len().saturating_sub(8)..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
                 let start = <[u8; 8]>::try_from(v.as_slice()).ok().map(u64::from_be_bytes);
                 start.zip(end).ok_or_else(|| Error::Storage("a damaged atomic-append record".into()))
             })
