@@ -1,6 +1,7 @@
 //! Sharing through the real binary: two nodes on loopback QUIC. A shares a drive; B clones it
 //! by key from A's address, reads the same bytes, verifies every block and signature, and
-//! follows A's new versions live; `peers` shows the connection; bad input is one clear line.
+//! follows A's new versions live — through a read-only mount too; `peers` shows the
+//! connection; bad input is one clear line.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,6 +70,29 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("followed in {:?}", start.elapsed());
+
+    // Mounted, the replica is an ordinary read-only folder that shows new, changed and removed
+    // files as A writes them.
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    hyperfs_in_ok(&b, &["mount", "copy", mnt.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read(mnt.join("data/big.bin")).expect("read through the mount"), big);
+    let err = std::fs::write(mnt.join("new.txt"), "x").expect_err("a replica is read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    std::fs::write(tmp.path().join("note.txt"), "changed at a").expect("write");
+    hyperfs_in_ok(&a, &["put", tmp.path().join("note.txt").to_str().expect("utf-8"), "src:/note.txt"]);
+    hyperfs_in_ok(&a, &["rm", "src:/late.txt"]);
+    let start = Instant::now();
+    loop {
+        let note = std::fs::read_to_string(mnt.join("note.txt")).unwrap_or_default();
+        if note == "changed at a" && !mnt.join("late.txt").exists() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the mount did not show A's changes: {note:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the mount showed the change in {:?}", start.elapsed());
+    hyperfs_in_ok(&b, &["unmount", mnt.to_str().expect("utf-8")]);
     // A replica is read-only, and cloning the same drive twice is refused.
     let out = hyperfs_in(&b, &["put", file.to_str().expect("utf-8"), "copy:/x"]);
     assert!(!out.status.success());
