@@ -99,3 +99,29 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
     let out = hyperfs_in(&b, &["clone", link, "--peer", addr]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already"));
 }
+
+#[test]
+fn a_clone_serves_a_third_node_while_the_writer_is_stopped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (_sa, _sb, _sc) = (Stop(&a), Stop(&b), Stop(&c));
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    let data = pseudo_random(3 << 20, 7);
+    let file = tmp.path().join("f.bin");
+    std::fs::write(&file, &data).expect("write");
+    hyperfs_in_ok(&a, &["put", file.to_str().expect("utf-8"), "src:/f.bin"]);
+    let shared = json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--json"]);
+    let link = shared["link"].as_str().expect("link").to_owned();
+    let from_a = shared["address"].as_str().expect("address").to_owned();
+    hyperfs_in_ok(&b, &["clone", &link, "--peer", &from_a, "--name", "copy", "--listen", "127.0.0.1:0"]);
+    let from_b = std::fs::read_to_string(b.join("listen.addr")).expect("B remembers its address").trim().to_owned();
+    hyperfs_in_ok(&a, &["stop"]);
+    hyperfs_in_ok(&c, &["clone", &link, "--peer", &from_b, "--name", "second", "--listen", "127.0.0.1:0"]);
+    let out = hyperfs_in(&c, &["cat", "second:/f.bin"]);
+    assert!(out.status.success() && out.stdout == data, "C has A's bytes through B");
+    assert!(hyperfs_in_ok(&c, &["verify", "second"]).contains("verifies"));
+    // A drive nobody serves: the clone gives up with one line.
+    let out = hyperfs_in(&c, &["clone", &link.replace(&link[9..12], "yyy"), "--peer", &from_b]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
+}
