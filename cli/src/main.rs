@@ -137,11 +137,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Download a whole drive from a peer and keep following its writer.
+    /// Stop serving a drive (connected peers' channels for it close).
+    Unshare {
+        /// The drive.
+        drive: String,
+    },
+    /// Download a whole drive from a peer, keep following its writer and serve it onwards
+    /// (`seed` is the same command).
     ///
     /// Example:
     ///   hyperfs clone hyper://k3x...o4y --peer 192.0.2.7:7400 --name photos
     #[command(verbatim_doc_comment)]
+    #[command(visible_alias = "seed")]
     Clone {
         /// The drive's key or hyper:// link.
         key: String,
@@ -523,6 +530,9 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Unshare { ref drive } => {
+            dir().and_then(|d| client::request(&d, &json!({"cmd": "unshare", "drive": drive}), true).map(drop))
+        }
         Command::Peers { json } => dir().and_then(|d| {
             let r = client::request(&d, &json!({"cmd": "peers"}), true)?;
             if json {

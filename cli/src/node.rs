@@ -462,6 +462,14 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             Ok(json!({"key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key)),
                 "address": net.endpoint.local_addr()?.to_string()}))
         }
+        "unshare" => {
+            let drive = open_drive(state, s("drive")?)?;
+            let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if !net.is_some_and(|n| n.unshare(&drive)) {
+                bail!("drive {} is not shared", s("drive")?);
+            }
+            Ok(json!({}))
+        }
         "clone" => clone(state, s("key")?, r, emit),
         "peers" => {
             let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();

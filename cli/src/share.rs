@@ -156,6 +156,25 @@ impl Net {
         self.endpoint.refresh();
     }
 
+    /// Stops offering a drive of ours; returns whether it was shared.
+    pub fn unshare(&self, drive: &Arc<RwLock<Drive>>) -> bool {
+        let keys = {
+            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            [*d.key(), *d.blobs().key()]
+        };
+        if lock(&self.keys).remove(&keys[0]).is_none() {
+            return false;
+        }
+        let mut o = lock(&self.offer.0);
+        o.cores.retain(|c| !keys.contains(&c.key()));
+        o.own.retain(|(d, _)| !Arc::ptr_eq(d, drive));
+        drop(o);
+        for k in &keys {
+            self.endpoint.close(k);
+        }
+        true
+    }
+
     /// Offers (and downloads) a replica core through the network's own instance of it.
     pub fn add_replica(&self, core: Hypercore) -> Arc<ReplicaCore> {
         let key = *core.key();

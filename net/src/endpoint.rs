@@ -70,6 +70,8 @@ enum Command {
     Changed { core: Hash },
     /// Open channels for cores shared since the connection began.
     Refresh,
+    /// Close the channel of a core no longer shared.
+    Close { core: Hash },
 }
 
 struct Conn {
@@ -242,6 +244,13 @@ impl Endpoint {
         }
     }
 
+    /// Closes the channels of `core` on every connection (it is no longer shared).
+    pub fn close(&self, core: &Hash) {
+        for c in lock(&self.inner.conns).iter() {
+            let _ = c.tx.send(Command::Close { core: *core });
+        }
+    }
+
     /// Opens channels on every connection for cores shared since they began.
     pub fn refresh(&self) {
         for c in lock(&self.inner.conns).iter() {
@@ -369,6 +378,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                     match cmd {
                         Some(Command::Want { core, index, reply }) => state.want(core, index, reply),
                         Some(Command::Changed { core }) => state.changed(core),
+                        Some(Command::Close { core }) => state.close(core),
                         Some(Command::Refresh) => {
                             for core in inner.shared.cores() {
                                 state.open(core);
@@ -480,7 +490,15 @@ impl ConnState {
                 }
             }
             Frame::Control(Control::Close { local_id }) => {
-                self.channels.retain(|c| c.remote_id != Some(local_id));
+                if let Some(i) = self.channels.iter().position(|c| c.remote_id == Some(local_id)) {
+                    let ch = self.channels.remove(i);
+                    lock(&self.cores).retain(|k| *k != ch.key);
+                    for (_, waiters) in ch.waiting {
+                        for w in waiters {
+                            let _ = w.send(false);
+                        }
+                    }
+                }
             }
             Frame::Channel { channel, message } => {
                 let Some(i) = self.channels.iter().position(|c| c.remote_id == Some(channel)) else {
@@ -540,6 +558,18 @@ impl ConnState {
             out.events.push(Event::Missing { index });
         }
         self.emit(i, out);
+    }
+
+    fn close(&mut self, core: Hash) {
+        let Some(i) = self.channels.iter().position(|c| c.key == core) else { return };
+        let ch = self.channels.remove(i);
+        self.out.push(Frame::Control(Control::Close { local_id: ch.local_id }));
+        lock(&self.cores).retain(|k| *k != core);
+        for (_, waiters) in ch.waiting {
+            for w in waiters {
+                let _ = w.send(false);
+            }
+        }
     }
 
     fn changed(&mut self, core: Hash) {

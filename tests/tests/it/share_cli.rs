@@ -120,6 +120,14 @@ fn a_clone_serves_a_third_node_while_the_writer_is_stopped() {
     let out = hyperfs_in(&c, &["cat", "second:/f.bin"]);
     assert!(out.status.success() && out.stdout == data, "C has A's bytes through B");
     assert!(hyperfs_in_ok(&c, &["verify", "second"]).contains("verifies"));
+    // Unshared, B's copy is no longer offered: a fourth node finds nothing there.
+    hyperfs_in_ok(&b, &["unshare", "copy"]);
+    let d = tmp.path().join("d");
+    let _sd = Stop(&d);
+    let out = hyperfs_in(&d, &["seed", &link, "--peer", &from_b, "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success(), "an unshared drive is not served");
+    let out = hyperfs_in(&b, &["unshare", "copy"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not shared"));
     // A drive nobody serves: the clone gives up with one line.
     let out = hyperfs_in(&c, &["clone", &link.replace(&link[9..12], "yyy"), "--peer", &from_b]);
     let err = String::from_utf8_lossy(&out.stderr);
