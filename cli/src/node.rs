@@ -399,6 +399,14 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         "info" => {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            // Block data sent to and received from peers, both cores, since the node started.
+            let (up, down) = match state.net.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                Some(n) => {
+                    let (a, b) = (n.endpoint.transferred(d.key()), n.endpoint.transferred(d.blobs().key()));
+                    (a.0 + b.0, a.1 + b.1)
+                }
+                None => (0, 0),
+            };
             let core = |c: &hyperfs_engine::Hypercore| {
                 json!({"key": hex::encode(c.key()), "length": c.length(), "byteLength": c.byte_length(),
                     "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork()})
@@ -413,6 +421,8 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                 "blobs": core(d.blobs()),
                 "chunker": d.preset().name,
                 "mounts": mounts_of(state, d.key()),
+                "bytesUploaded": up,
+                "bytesDownloaded": down,
             }))
         }
         "verify" => {

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::identity::{peer_id_of, Identity, PeerVerifier, ALPN};
 use crate::session::{Event, Output, Session};
-use crate::wire::{Control, Frame, PROTOCOL};
+use crate::wire::{Control, Frame, Message, PROTOCOL};
 use crate::NetError;
 
 /// The first byte a dialer writes on its stream: the version of this framing.
@@ -89,6 +89,8 @@ struct Inner {
     shared: Arc<dyn Shared>,
     conns: Mutex<Vec<Conn>>,
     me: Hash,
+    /// Bytes of block data sent and received per core, over every connection.
+    transferred: Mutex<HashMap<Hash, (u64, u64)>>,
 }
 
 /// A running endpoint. Dropping it closes every connection.
@@ -155,6 +157,7 @@ impl Endpoint {
             shared,
             conns: Mutex::new(Vec::new()),
             me: identity.peer_id(),
+            transferred: Mutex::new(HashMap::new()),
         });
         let acceptor = inner.clone();
         runtime.spawn(async move {
@@ -258,6 +261,12 @@ impl Endpoint {
         }
     }
 
+    /// Bytes of block data (`data` messages) sent and received for `core` since the endpoint
+    /// started: (uploaded, downloaded).
+    pub fn transferred(&self, core: &Hash) -> (u64, u64) {
+        lock(&self.inner.transferred).get(core).copied().unwrap_or_default()
+    }
+
     /// The connected peers.
     pub fn peers(&self) -> Vec<PeerInfo> {
         lock(&self.inner.conns)
@@ -357,7 +366,16 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         let mut chunk = vec![0u8; 64 << 10];
         loop {
             if !state.out.is_empty() {
-                let bytes: Vec<u8> = state.out.drain(..).flat_map(|f| f.encode()).collect();
+                let mut bytes = Vec::new();
+                for f in state.out.drain(..) {
+                    let encoded = f.encode();
+                    if let Frame::Channel { channel, message: Message::Data { .. } } = &f {
+                        if let Some(ch) = state.channels.iter().find(|c| c.local_id == *channel) {
+                            lock(&inner.transferred).entry(ch.key).or_default().0 += encoded.len() as u64;
+                        }
+                    }
+                    bytes.extend_from_slice(&encoded);
+                }
                 lock(&stats).0 += bytes.len() as u64;
                 send.write_all(&bytes).await.map_err(|e| NetError::Io(e.to_string()))?;
             }
@@ -370,6 +388,11 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                     let mut used = 0;
                     while let Some((frame, len)) = Frame::take(&buf[used..]).map_err(|e| NetError::Protocol(format!("a malformed frame: {e}")))? {
                         used += len;
+                        if let Frame::Channel { channel, message: Message::Data { .. } } = &frame {
+                            if let Some(ch) = state.channels.iter().find(|c| c.remote_id == Some(*channel)) {
+                                lock(&inner.transferred).entry(ch.key).or_default().1 += len as u64;
+                            }
+                        }
                         state.on_frame(&inner, frame)?;
                     }
                     buf.drain(..used);

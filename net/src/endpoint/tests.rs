@@ -90,6 +90,10 @@ fn a_replica_reads_blocks_on_demand_and_follows_the_writer() {
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].cores, vec![key]);
     assert!(peers[0].bytes_down > 0 && peers[0].bytes_up > 0);
+    let (up, down) = b.transferred(&key);
+    assert_eq!(up, 0, "the replica sent no data");
+    assert!(down > 0 && down < 4096, "two small blocks with proofs came down: {down} bytes");
+    assert_eq!(a.transferred(&key).0, down, "what A sent is what B got");
     assert!(lock(&r.core).verify_local().expect("verify").is_empty());
 }
 

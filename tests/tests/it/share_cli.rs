@@ -52,6 +52,10 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
     let info = json(&b, &["info", "copy", "--json"]);
     assert_eq!(info["writable"], false);
     assert_eq!(info["blobs"]["localBlocks"], info["blobs"]["length"], "everything is local");
+    let down = info["bytesDownloaded"].as_u64().expect("bytesDownloaded");
+    assert!((5 << 20..6 << 20).contains(&down), "the 5 MiB came down once, with proofs: {down}");
+    let up = json(&a, &["info", "src", "--json"])["bytesUploaded"].as_u64().expect("bytesUploaded");
+    assert_eq!(up, down, "what A uploaded is what B downloaded");
     let peers = json(&b, &["peers", "--json"]);
     assert_eq!(peers.as_array().map(Vec::len), Some(1));
     assert!(peers[0]["bytesDown"].as_u64().expect("bytes") >= 5 << 20);
