@@ -7,7 +7,6 @@
 //! ([`Drive::refresh`]) a moment later. Readers therefore never hold a lock the network waits
 //! for.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -84,20 +83,13 @@ type CoreState = (u64, u64, u64);
 /// A replica drive, the network's instances of its cores, and their state last taken in.
 type Followed = (Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<CoreState>);
 
-#[derive(Default)]
-struct Offered {
-    cores: Vec<Arc<dyn SharedCore>>,
-    /// Shared drives of ours, with the (fork, db length, blobs length) peers last heard of.
-    own: Vec<(Arc<RwLock<Drive>>, CoreState)>,
-    /// Replica drives with their network-side cores and the state last taken in.
-    replicas: Vec<Followed>,
-}
-
-struct Offer(Mutex<Offered>);
+/// The cores offered to peers; the network's tasks read this, so nothing that waits on a drive
+/// lock ever holds it.
+struct Offer(Mutex<Vec<Arc<dyn SharedCore>>>);
 
 impl Shared for Offer {
     fn cores(&self) -> Vec<Arc<dyn SharedCore>> {
-        lock(&self.0).cores.clone()
+        lock(&self.0).clone()
     }
 }
 
@@ -105,8 +97,10 @@ impl Shared for Offer {
 pub struct Net {
     pub endpoint: Endpoint,
     offer: Arc<Offer>,
-    /// Keys of drives already offered (so sharing twice is harmless).
-    keys: Mutex<HashMap<Hash, ()>>,
+    /// Shared drives of ours, with the (fork, db length, blobs length) peers last heard of.
+    own: Mutex<Vec<(Arc<RwLock<Drive>>, CoreState)>>,
+    /// Replica drives the watch loop refreshes.
+    replicas: Mutex<Vec<Followed>>,
 }
 
 impl Net {
@@ -116,7 +110,7 @@ impl Net {
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
         let remembered = dir.join("listen.addr");
         let last = std::fs::read_to_string(&remembered).ok().and_then(|s| s.trim().parse().ok());
-        let offer = Arc::new(Offer(Mutex::new(Offered::default())));
+        let offer = Arc::new(Offer(Mutex::new(Vec::new())));
         let start = |addr: SocketAddr| Endpoint::start(&identity, addr, offer.clone());
         let endpoint = match (listen, last) {
             (Some(a), _) => start(a).with_context(|| format!("listening on {a}"))?,
@@ -127,7 +121,7 @@ impl Net {
         std::fs::write(&remembered, format!("{addr}\n"))
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
-        let net = Arc::new(Net { endpoint, offer, keys: Mutex::new(HashMap::new()) });
+        let net = Arc::new(Net { endpoint, offer, own: Mutex::new(Vec::new()), replicas: Mutex::new(Vec::new()) });
         let watcher = Arc::downgrade(&net);
         std::thread::Builder::new().name("hyperfs-watch".into()).spawn(move || {
             while let Some(net) = watcher.upgrade() {
@@ -145,14 +139,15 @@ impl Net {
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
             (*d.key(), *d.blobs().key(), (d.db().core().fork(), d.db().core().length(), d.blobs().length()))
         };
-        if lock(&self.keys).insert(db, ()).is_some() {
-            return;
+        {
+            let mut cores = lock(&self.offer.0);
+            if cores.iter().any(|c| c.key() == db) {
+                return;
+            }
+            cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: false, key: db }));
+            cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: true, key: blobs }));
         }
-        let mut o = lock(&self.offer.0);
-        o.cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: false, key: db }));
-        o.cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: true, key: blobs }));
-        o.own.push((drive.clone(), state));
-        drop(o);
+        lock(&self.own).push((drive.clone(), state));
         self.endpoint.refresh();
     }
 
@@ -162,13 +157,14 @@ impl Net {
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
             [*d.key(), *d.blobs().key()]
         };
-        if lock(&self.keys).remove(&keys[0]).is_none() {
-            return false;
+        {
+            let mut cores = lock(&self.offer.0);
+            if !cores.iter().any(|c| c.key() == keys[0]) {
+                return false;
+            }
+            cores.retain(|c| !keys.contains(&c.key()));
         }
-        let mut o = lock(&self.offer.0);
-        o.cores.retain(|c| !keys.contains(&c.key()));
-        o.own.retain(|(d, _)| !Arc::ptr_eq(d, drive));
-        drop(o);
+        lock(&self.own).retain(|(d, _)| !Arc::ptr_eq(d, drive));
         for k in &keys {
             self.endpoint.close(k);
         }
@@ -179,8 +175,7 @@ impl Net {
     pub fn add_replica(&self, core: Hypercore) -> Arc<ReplicaCore> {
         let key = *core.key();
         let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key });
-        lock(&self.offer.0).cores.push(slot.clone());
-        lock(&self.keys).insert(key, ());
+        lock(&self.offer.0).push(slot.clone());
         self.endpoint.refresh();
         slot
     }
@@ -188,7 +183,7 @@ impl Net {
     /// Shows `drive` what its replica cores download from now on.
     pub fn follow(&self, drive: Arc<RwLock<Drive>>, cores: Vec<Arc<ReplicaCore>>) {
         let states = cores.iter().map(|c| c.state()).collect();
-        lock(&self.offer.0).replicas.push((drive, cores, states));
+        lock(&self.replicas).push((drive, cores, states));
     }
 
     /// Connects to each of `peers`.
@@ -202,8 +197,7 @@ impl Net {
 
     /// One round of the watch loop.
     fn watch(&self) {
-        let mut o = lock(&self.offer.0);
-        for (drive, told) in o.own.iter_mut() {
+        for (drive, told) in lock(&self.own).iter_mut() {
             let (now, keys) = {
                 let d = drive.read().unwrap_or_else(|e| e.into_inner());
                 ((d.db().core().fork(), d.db().core().length(), d.blobs().length()), [*d.key(), *d.blobs().key()])
@@ -215,7 +209,7 @@ impl Net {
                 }
             }
         }
-        for (drive, cores, seen) in o.replicas.iter_mut() {
+        for (drive, cores, seen) in lock(&self.replicas).iter_mut() {
             let now: Vec<CoreState> = cores.iter().map(|c| c.state()).collect();
             if now != *seen {
                 let refreshed = drive.write().unwrap_or_else(|e| e.into_inner()).refresh();
