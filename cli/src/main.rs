@@ -252,6 +252,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cut a drive of yours back to an older version: the versions after it are gone, here and
+    /// (as a new fork) on every peer that follows it. Refused while it is mounted read-write.
+    ///
+    /// Example:
+    ///   hyperfs truncate photos 41
+    #[command(verbatim_doc_comment)]
+    Truncate {
+        /// The drive.
+        drive: String,
+        /// The version to go back to.
+        version: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The paths added, changed and removed between two versions (V2 defaults to the latest).
     Diff {
         /// The drive.
@@ -273,11 +288,14 @@ enum Command {
     /// Mount a drive as a folder: read-write if this node holds its key, else read-only.
     ///
     /// Every close of a changed file makes one new drive version (see `hyperfs log`). The mount
-    /// lives in the node; it goes away when the node stops, even if it is killed.
+    /// lives in the node; it goes away when the node stops, even if it is killed. A key this
+    /// node does not have mounts a replica that fetches from peers only the blocks read and
+    /// follows the writer's new versions.
     ///
     /// Examples:
     ///   hyperfs mount photos ~/photos
     ///   hyperfs mount photos ~/photos-then --version 42
+    ///   hyperfs mount hyper://k3x...o4y ~/theirs --peer 192.0.2.7:7400
     #[command(verbatim_doc_comment)]
     Mount {
         /// The drive: a local name, a key or a hyper:// link.
@@ -290,6 +308,12 @@ enum Command {
         /// Refuse every change (EROFS).
         #[arg(long)]
         read_only: bool,
+        /// A peer that has the drive (HOST:PORT; repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// The UDP address to listen on.
+        #[arg(long)]
+        listen: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -583,6 +607,15 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Truncate { ref drive, version, json } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "truncate", "drive": drive, "version": version}), true)?;
+            if json {
+                println!("{r}");
+            } else {
+                println!("{drive} is back at version {} (fork {})", r["version"], r["fork"]);
+            }
+            Ok(())
+        }),
         Command::Diff { ref drive, v1, v2, json } => dir().and_then(|d| {
             let r = client::request(&d, &json!({"cmd": "diff", "drive": drive, "v1": v1, "v2": v2}), true)?;
             if json {
@@ -616,11 +649,11 @@ fn main() -> ExitCode {
                 Err(anyhow::anyhow!("{}", bad.join("; ")))
             }
         }),
-        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, json } => dir().and_then(|d| {
+        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, ref peers, ref listen, json } => dir().and_then(|d| {
             // SAFETY: getuid and getgid cannot fail and touch no memory.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let req = json!({"cmd": "mount", "drive": drive, "dir": absolute(mount_dir)?, "version": version,
-                "readOnly": read_only, "uid": uid, "gid": gid});
+                "readOnly": read_only, "uid": uid, "gid": gid, "peers": peers, "listen": listen});
             let r = client::request(&d, &req, true)?;
             if json {
                 println!("{r}");

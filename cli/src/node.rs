@@ -63,6 +63,8 @@ struct State {
     mounts: Mutex<BTreeMap<PathBuf, Mount>>,
     /// The network, started by the first command that needs it.
     net: Mutex<Option<Arc<crate::share::Net>>>,
+    /// Serialises changes to `replicas.json`.
+    replicas_file: Mutex<()>,
     stopping: AtomicBool,
 }
 
@@ -70,6 +72,34 @@ struct Mount {
     mounted: hyperfs_fs::Mounted,
     key: Hash,
     version: Option<u64>,
+    /// A live mount of a drive written elsewhere: the drive and its (fork, version) the kernel
+    /// last saw, so a new version from a peer invalidates the kernel's caches.
+    follows: Option<(Arc<RwLock<Drive>>, (u64, u64))>,
+}
+
+/// Every 100 ms: live mounts of replicas whose drive moved on have the kernel forget what it
+/// cached, so new, changed and removed files show at once rather than after the cache TTL.
+fn watch_mounts(state: &Arc<State>) {
+    let state = Arc::downgrade(state);
+    std::thread::spawn(move || {
+        while let Some(state) = state.upgrade() {
+            if state.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            for m in state.mounts.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+                let Some((drive, seen)) = &mut m.follows else { continue };
+                let Ok(d) = drive.try_read() else { continue };
+                let now = (d.db().core().fork(), d.version());
+                drop(d);
+                if now != *seen {
+                    *seen = now;
+                    m.mounted.invalidate();
+                }
+            }
+            drop(state);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
 }
 
 /// Runs the node in the foreground until `stop`, SIGINT or SIGTERM.
@@ -95,8 +125,11 @@ pub fn run(dir: &Path) -> Result<()> {
         drives: Mutex::new(BTreeMap::new()),
         mounts: Mutex::new(BTreeMap::new()),
         net: Mutex::new(None),
+        replicas_file: Mutex::new(()),
         stopping: AtomicBool::new(false),
     });
+    resume_replicas(&state);
+    watch_mounts(&state);
     std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
     tracing::info!(dir = %dir.display(), "node started");
     {
@@ -384,6 +417,24 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             }
             Ok(out.into())
         }
+        "truncate" => {
+            let which = s("drive")?;
+            let drive = open_drive(state, which)?;
+            let version = r["version"].as_u64().ok_or_else(|| anyhow!("the request lacks \"version\""))?;
+            let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
+            if mounts_of(state, &key).iter().any(|m| m["readOnly"] == false) {
+                bail!("{which} is mounted read-write; unmount it first");
+            }
+            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            if !d.writable() {
+                bail!("{which} is not yours to truncate (this node does not hold its key)");
+            }
+            if version > d.version() {
+                bail!("{which} has no version {version} (it is at {})", d.version());
+            }
+            d.truncate(version)?;
+            Ok(json!({"version": d.version(), "fork": d.db().core().fork()}))
+        }
         "diff" => {
             let drive = open_drive(state, s("drive")?)?;
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
@@ -514,26 +565,80 @@ fn peers_of(r: &Value) -> Vec<String> {
     r["peers"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect()
 }
 
-/// `hyperfs clone KEY --peer HOST:PORT`: a full replica of a drive, kept following its writer.
-fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
+/// The replicas this node keeps (`replicas.json`: key → whether it is a full copy, and the
+/// peers it was reached through), re-followed when the node starts.
+type Replicas = BTreeMap<String, Value>;
+
+fn read_replicas(dir: &Path) -> Result<Replicas> {
+    let path = dir.join("replicas.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[String]) -> Result<()> {
+    let _g = state.replicas_file.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = read_replicas(&state.dir)?;
+    let entry = all.entry(hex::encode(key)).or_insert_with(|| json!({"full": full, "peers": []}));
+    // A sparse replica cloned later becomes a full one; never the other way.
+    if full {
+        entry["full"] = json!(true);
+    }
+    let mut known: Vec<String> = serde_json::from_value(entry["peers"].clone()).unwrap_or_default();
+    for p in peers {
+        if !known.contains(p) {
+            known.push(p.clone());
+        }
+    }
+    entry["peers"] = json!(known);
+    write_json(&state.dir, "replicas.json", &all)
+}
+
+/// Follows again, in the background, the replicas this node kept before it stopped.
+fn resume_replicas(state: &Arc<State>) {
+    let replicas = match read_replicas(&state.dir) {
+        Ok(r) if !r.is_empty() => r,
+        Ok(_) => return,
+        Err(e) => return tracing::warn!(error = %e, "not following replicas"),
+    };
+    // Attached before the node answers anyone (from the store: quick), connected after.
+    let mut all_peers = Vec::new();
+    for (key, r) in replicas {
+        let Ok(key) = crate::local::parse_key(&key) else { continue };
+        let full = r["full"].as_bool().unwrap_or(false);
+        if let Err(e) = replicate(state, &key, &[], None, full) {
+            tracing::warn!(key = %hex::encode(key), error = %e, "following a replica");
+        }
+        let peers: Vec<String> = serde_json::from_value(r["peers"].clone()).unwrap_or_default();
+        all_peers.extend(peers.into_iter().filter(|p| !all_peers.contains(p)).collect::<Vec<_>>());
+    }
+    let Ok(net) = net(state, None) else { return };
+    std::thread::spawn(move || {
+        for p in all_peers {
+            if let Err(e) = net.connect(std::slice::from_ref(&p)) {
+                tracing::info!(peer = %p, error = %e, "a replica's peer is not there");
+            }
+        }
+    });
+}
+
+/// A replica of drive `key` followed live: from the store if this node has had it, else from
+/// `peers` (its signed length and manifest first: they name the blobs core). `full` downloads
+/// everything; otherwise readers fetch what they touch. Returns the drive readers use.
+fn replicate(state: &State, key: &Hash, peers: &[String], listen: Option<&str>, full: bool) -> Result<Arc<RwLock<Drive>>> {
     use std::time::{Duration, Instant};
-    let key = crate::local::parse_key(which)?;
-    if state.drives.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key)
-        || Drive::open(state.store.clone(), &key)?.is_some()
-    {
-        bail!("drive {} is on this node already", hex::encode(key));
-    }
-    let peers = peers_of(r);
-    if peers.is_empty() {
-        bail!(
-            "give the address of a peer that has the drive: --peer HOST:PORT (finding peers by key alone comes later)"
-        );
-    }
-    let net = net(state, r["listen"].as_str())?;
+    let net = net(state, listen)?;
     let store: Arc<dyn Store> = state.store.clone();
-    let db = net.add_replica(hyperfs_engine::Hypercore::open_replica(store.clone(), key, None)?);
-    net.connect(&peers)?;
-    // The signed length and the manifest come first; they name the blobs core.
+    let db = net.add_replica(hyperfs_engine::Hypercore::open_replica(store.clone(), *key, None)?, full);
+    if let Err(e) = net.connect(peers) {
+        // Known replicas still read what they hold.
+        if !db.has_manifest() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "connecting to a replica's peers");
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(db.has_manifest() && db.state().1 > 0) {
         if Instant::now() > deadline {
@@ -541,14 +646,68 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let drive = Drive::open(store.clone(), &key)?.ok_or_else(|| anyhow!("the drive vanished from the store"))?;
+    if let Some(d) = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+        return Ok(d.clone());
+    }
+    let fetch = crate::share::NetFetch::new(&net);
+    let drive = Drive::open_with(store.clone(), key, Some(fetch))?
+        .ok_or_else(|| anyhow!("the drive vanished from the store"))?;
     let blobs_key = *drive.blobs().key();
-    let blobs =
-        hyperfs_engine::Hypercore::open(store, &blobs_key)?.ok_or_else(|| anyhow!("the blobs core is missing"))?;
-    let blobs = net.add_replica(blobs);
+    let blobs = hyperfs_engine::Hypercore::open_replica(store, blobs_key, None)?;
+    let blobs = net.add_replica(blobs, full);
+    // The blobs core's signed length comes in its own sync; files cannot be read before it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blobs.state().1 == 0 && Instant::now() < deadline && drive.blobs().length() == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut drive = drive;
+    drive.refresh()?;
+    let drive = Arc::new(RwLock::new(drive));
+    net.follow(drive.clone(), vec![db, blobs]);
+    remember_replica(state, key, full, peers)?;
+    let mut drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(drives.entry(*key).or_insert(drive).clone())
+}
+
+/// Gives a replica a local name (the one asked for, else `prefix-<first key digits>`) unless it
+/// has one.
+fn name_replica(state: &State, key: &Hash, asked: Option<&str>, prefix: &str) -> Result<String> {
+    let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
+    let hexkey = hex::encode(key);
+    if let Some(n) = local_name(&names, key) {
+        return Ok(n);
+    }
+    let name = match asked {
+        Some(n) if names.contains_key(n) => bail!("a drive named {n:?} exists already"),
+        Some(n) => n.to_owned(),
+        None => format!("{prefix}-{}", &hexkey[..8]),
+    };
+    names.insert(name.clone(), hexkey);
+    write_names(&state.dir, &names)?;
+    Ok(name)
+}
+
+/// `hyperfs clone KEY --peer HOST:PORT`: a full replica of a drive, kept following its writer.
+fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
+    use std::time::{Duration, Instant};
+    let key = crate::local::parse_key(which)?;
+    let ours = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|d| d.read().unwrap_or_else(|e| e.into_inner()).writable());
+    if ours || Drive::open(state.store.clone(), &key)?.is_some_and(|d| d.writable()) {
+        bail!("drive {} is this node's own", hex::encode(key));
+    }
+    let peers = peers_of(r);
+    let known = read_replicas(&state.dir)?.contains_key(&hex::encode(key));
+    if peers.is_empty() && !known {
+        bail!(
+            "give the address of a peer that has the drive: --peer HOST:PORT (finding peers by key alone comes later)"
+        );
+    }
+    let drive = replicate(state, &key, &peers, r["listen"].as_str(), true)?;
+    let net = net(state, None)?;
+    let (db, blobs) = net.replica_cores(&key, drive.read().unwrap_or_else(|e| e.into_inner()).blobs().key());
+    let (Some(db), Some(blobs)) = (db, blobs) else { bail!("the replica's cores are not followed") };
     // Everything, with progress; a peer that stops giving for 30 s ends the wait. The blobs
     // core must reach at least what the db's entries name.
-    let mut drive = drive;
     let mut last = (0, Instant::now());
     let mut needed = None;
     loop {
@@ -557,9 +716,10 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         let have = dh + bh;
         let _ = emit(json!({"progress": {"blocks": have, "totalBlocks": dl + bl}}));
         if dh == dl && needed.is_none() {
-            drive.refresh()?;
+            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            d.refresh()?;
             let mut end = 0;
-            for (_, e) in drive.list("/")? {
+            for (_, e) in d.list("/")? {
                 if let Some(b) = e.blob {
                     end = end.max(b.block_offset + b.block_length);
                 }
@@ -576,21 +736,13 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    drive.refresh()?;
-    let version = drive.version();
-    let drive = Arc::new(RwLock::new(drive));
-    net.follow(drive.clone(), vec![db, blobs]);
-    let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
-    let hexkey = hex::encode(key);
-    let name = match r["name"].as_str() {
-        Some(n) if names.contains_key(n) => bail!("a drive named {n:?} exists already"),
-        Some(n) => n.to_owned(),
-        None => format!("clone-{}", &hexkey[..8]),
+    let version = {
+        let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+        d.refresh()?;
+        d.version()
     };
-    names.insert(name.clone(), hexkey.clone());
-    write_names(&state.dir, &names)?;
-    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, drive);
-    Ok(json!({"name": name, "key": hexkey, "version": version}))
+    let name = name_replica(state, &key, r["name"].as_str(), "clone")?;
+    Ok(json!({"name": name, "key": hex::encode(key), "version": version}))
 }
 
 /// Mounts a drive on `dir`: read-write if this node can write it, else (or with a version or
@@ -600,7 +752,27 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     if state.mounts.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&dir) {
         bail!("a drive is already mounted on {}", dir.display());
     }
-    let drive = open_drive(state, which)?;
+    let drive = match open_drive(state, which) {
+        Ok(d) => {
+            let peers = peers_of(r);
+            if !peers.is_empty() {
+                net(state, r["listen"].as_str())?.connect(&peers)?;
+            }
+            d
+        }
+        // A drive known by its key alone: mount a sparse replica that reads on demand.
+        Err(_) if crate::local::parse_key(which).is_ok() => {
+            let key = crate::local::parse_key(which)?;
+            let peers = peers_of(r);
+            if peers.is_empty() && Drive::open(state.store.clone(), &key)?.is_none() {
+                bail!("drive {which} is not on this node: give a peer that has it, --peer HOST:PORT");
+            }
+            let d = replicate(state, &key, &peers, r["listen"].as_str(), false)?;
+            name_replica(state, &key, None, "replica")?;
+            d
+        }
+        Err(e) => return Err(e),
+    };
     let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
     let version = r["version"].as_u64();
     let staging = state.dir.join("staging");
@@ -612,7 +784,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         uid: r["uid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
         gid: r["gid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
     };
-    let fs = hyperfs_fs::Fs::new(drive, cfg).map_err(|e| match version {
+    let fs = hyperfs_fs::Fs::new(drive.clone(), cfg).map_err(|e| match version {
         Some(v) => anyhow!("drive {which} has no version {v} (or it falls inside an atomic change; see hyperfs log)"),
         None => anyhow!("{e}"),
     })?;
@@ -623,7 +795,11 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), drive = %name, ?version, read_only, "mounted");
-    state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version });
+    let follows = {
+        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        (version.is_none() && !d.writable()).then(|| (drive.clone(), (d.db().core().fork(), d.version())))
+    };
+    state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version, follows });
     Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
 }
 
@@ -762,11 +938,15 @@ fn read_names(dir: &Path) -> Result<BTreeMap<String, String>> {
     }
 }
 
-/// Replaces `drives.json` atomically (write a temporary file, sync, rename).
 fn write_names(dir: &Path, names: &BTreeMap<String, String>) -> Result<()> {
-    let tmp = dir.join("drives.json.tmp");
+    write_json(dir, "drives.json", names)
+}
+
+/// Replaces `file` of the data directory atomically (write a temporary file, sync, rename).
+fn write_json(dir: &Path, file: &str, value: &impl serde::Serialize) -> Result<()> {
+    let tmp = dir.join(format!("{file}.tmp"));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(names)?.as_bytes()).and_then(|_| f.sync_all())?;
-    std::fs::rename(&tmp, dir.join("drives.json")).context("replacing drives.json")?;
+    f.write_all(serde_json::to_string_pretty(value)?.as_bytes()).and_then(|_| f.sync_all())?;
+    std::fs::rename(&tmp, dir.join(file)).with_context(|| format!("replacing {file}"))?;
     Ok(())
 }

@@ -45,13 +45,21 @@ impl SharedCore for DriveCore {
     }
 }
 
-/// The network's instance of a replica core: everything it has, it downloads.
+/// The network's instance of a replica core: it downloads everything (a clone, a seed) or what
+/// readers ask for (a sparse replica).
 pub struct ReplicaCore {
     core: Mutex<Hypercore>,
     key: Hash,
+    full: bool,
 }
 
 impl ReplicaCore {
+    /// Block `index` if the network has stored it.
+    fn get(&self, index: u64) -> Option<Vec<u8>> {
+        let c = lock(&self.core);
+        c.has(index).then(|| c.get(index).ok()).flatten()
+    }
+
     /// (fork, length, local blocks).
     pub fn state(&self) -> CoreState {
         let c = lock(&self.core);
@@ -73,15 +81,21 @@ impl SharedCore for ReplicaCore {
         f(&mut lock(&self.core));
     }
     fn download_all(&self) -> bool {
-        true
+        self.full
     }
 }
 
 /// A core's (fork, length, local blocks), or a drive's (fork, db length, blobs length).
 type CoreState = (u64, u64, u64);
 
-/// A replica drive, the network's instances of its cores, and their state last taken in.
-type Followed = (Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<CoreState>);
+/// A replica drive, the network's instances of its cores, their state last taken in, and how
+/// many rounds the refresh has waited for readers.
+type Followed = (Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<CoreState>, u32);
+
+/// Rounds of the watch loop a replica's refresh waits for busy readers before it waits on them.
+const REFRESH_PATIENCE: u32 = 10;
+/// How long a reader waits for the network to give a block or a seek.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The cores offered to peers; the network's tasks read this, so nothing that waits on a drive
 /// lock ever holds it.
@@ -101,6 +115,8 @@ pub struct Net {
     own: Mutex<Vec<(Arc<RwLock<Drive>>, CoreState)>>,
     /// Replica drives the watch loop refreshes.
     replicas: Mutex<Vec<Followed>>,
+    /// The network's instances of replica cores, by key.
+    slots: Mutex<Vec<Arc<ReplicaCore>>>,
 }
 
 impl Net {
@@ -121,7 +137,13 @@ impl Net {
         std::fs::write(&remembered, format!("{addr}\n"))
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
-        let net = Arc::new(Net { endpoint, offer, own: Mutex::new(Vec::new()), replicas: Mutex::new(Vec::new()) });
+        let net = Arc::new(Net {
+            endpoint,
+            offer,
+            own: Mutex::new(Vec::new()),
+            replicas: Mutex::new(Vec::new()),
+            slots: Mutex::new(Vec::new()),
+        });
         let watcher = Arc::downgrade(&net);
         std::thread::Builder::new().name("hyperfs-watch".into()).spawn(move || {
             while let Some(net) = watcher.upgrade() {
@@ -171,19 +193,31 @@ impl Net {
         true
     }
 
-    /// Offers (and downloads) a replica core through the network's own instance of it.
-    pub fn add_replica(&self, core: Hypercore) -> Arc<ReplicaCore> {
+    /// Offers a replica core through the network's own instance of it, downloading everything
+    /// when `full`, else what readers ask for.
+    pub fn add_replica(&self, core: Hypercore, full: bool) -> Arc<ReplicaCore> {
         let key = *core.key();
-        let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key });
+        if let Some(slot) = lock(&self.slots).iter().find(|c| c.key == key) {
+            return slot.clone();
+        }
+        let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key, full });
+        lock(&self.slots).push(slot.clone());
         lock(&self.offer.0).push(slot.clone());
         self.endpoint.refresh();
         slot
     }
 
+    /// The network's instances of the cores `db` and `blobs`, if it replicates them.
+    pub fn replica_cores(&self, db: &Hash, blobs: &Hash) -> (Option<Arc<ReplicaCore>>, Option<Arc<ReplicaCore>>) {
+        let slots = lock(&self.slots);
+        let find = |k: &Hash| slots.iter().find(|c| c.key == *k).cloned();
+        (find(db), find(blobs))
+    }
+
     /// Shows `drive` what its replica cores download from now on.
     pub fn follow(&self, drive: Arc<RwLock<Drive>>, cores: Vec<Arc<ReplicaCore>>) {
         let states = cores.iter().map(|c| c.state()).collect();
-        lock(&self.replicas).push((drive, cores, states));
+        lock(&self.replicas).push((drive, cores, states, 0));
     }
 
     /// Connects to each of `peers`.
@@ -209,16 +243,87 @@ impl Net {
                 }
             }
         }
-        for (drive, cores, seen) in lock(&self.replicas).iter_mut() {
+        for (drive, cores, seen, waited) in lock(&self.replicas).iter_mut() {
             let now: Vec<CoreState> = cores.iter().map(|c| c.state()).collect();
-            if now != *seen {
-                let refreshed = drive.write().unwrap_or_else(|e| e.into_inner()).refresh();
-                match refreshed {
-                    Ok(_) => *seen = now,
-                    Err(e) => tracing::warn!(error = %e, "refreshing a replica"),
+            if now == *seen {
+                continue;
+            }
+            // Readers may hold the drive while they wait on the network: take it in when they
+            // let go, and only after a second wait for them.
+            let mut d = match drive.try_write() {
+                Ok(d) => d,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if *waited < REFRESH_PATIENCE => {
+                    *waited += 1;
+                    continue;
                 }
+                Err(std::sync::TryLockError::WouldBlock) => drive.write().unwrap_or_else(|e| e.into_inner()),
+            };
+            *waited = 0;
+            match d.refresh() {
+                Ok(_) => *seen = now,
+                Err(e) => tracing::warn!(error = %e, "refreshing a replica"),
             }
         }
+    }
+}
+
+/// Reads of a replica drive that lack a block: the network's instance of the core has it
+/// already, or the endpoint asks connected peers and the verified answer lands there. Holds the
+/// network weakly (the network holds the drives that hold this).
+pub struct NetFetch {
+    net: std::sync::Weak<Net>,
+}
+
+impl NetFetch {
+    pub fn new(net: &Arc<Net>) -> Arc<NetFetch> {
+        Arc::new(NetFetch { net: Arc::downgrade(net) })
+    }
+
+    fn parts(&self, core: &Hash) -> Result<(Arc<Net>, Arc<ReplicaCore>), hyperfs_engine::Error> {
+        let stopped = || hyperfs_engine::Error::InvalidRequest("the network has stopped".into());
+        let net = self.net.upgrade().ok_or_else(stopped)?;
+        let slot = lock(&net.slots).iter().find(|c| c.key == *core).cloned();
+        let slot = slot.ok_or_else(|| hyperfs_engine::Error::InvalidRequest("not a replicated core".into()))?;
+        Ok((net, slot))
+    }
+}
+
+impl hyperfs_engine::fetch::Fetch for NetFetch {
+    fn fetch(&self, core: &Hash, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
+        let (net, slot) = self.parts(core)?;
+        if let Some(b) = slot.get(index) {
+            return Ok(b);
+        }
+        net.endpoint.fetch(core, index, FETCH_TIMEOUT);
+        slot.get(index).ok_or(hyperfs_engine::Error::MissingBlock { index })
+    }
+
+    fn prefetch(&self, core: &Hash, indices: &[u64]) {
+        let Ok((net, slot)) = self.parts(core) else { return };
+        let missing: Vec<u64> = {
+            let c = lock(&slot.core);
+            indices.iter().copied().filter(|&i| !c.has(i)).collect()
+        };
+        if !missing.is_empty() {
+            net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
+        }
+    }
+
+    fn seek(&self, core: &Hash, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
+        let (net, slot) = self.parts(core)?;
+        // A byte at a node boundary takes a second round; a peer that keeps failing, no more.
+        for _ in 0..4 {
+            let pending = lock(&slot.core).seek_request(bytes)?;
+            if pending.is_none() {
+                break;
+            }
+            if !net.endpoint.seek(core, bytes, FETCH_TIMEOUT) {
+                break;
+            }
+        }
+        let found = lock(&slot.core).seek(bytes);
+        found
     }
 }
 

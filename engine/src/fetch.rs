@@ -42,6 +42,13 @@ pub trait Fetch: Send + Sync {
     /// saying why it could not be had ([`Error::MissingBlock`] when no peer supplied it in time).
     fn fetch(&self, core: &Hash, index: u64) -> Result<Vec<u8>>;
 
+    /// Makes blocks `indices` of core `core` local before they are read, asking for them all at
+    /// once (a reader's window, read-ahead); what it cannot get is left for [`Fetch::fetch`] to
+    /// report. The default does nothing.
+    fn prefetch(&self, core: &Hash, indices: &[u64]) {
+        let _ = (core, indices);
+    }
+
     /// The block of core `core` holding byte `bytes` and the offset inside it, located from a
     /// verified seek proof, for readers whose local tree lacks the nodes to find it.
     fn seek(&self, core: &Hash, bytes: u64) -> Result<(u64, u64)> {

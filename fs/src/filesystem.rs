@@ -351,6 +351,23 @@ impl Fs {
         self.cfg.version.is_some()
     }
 
+    /// Every inode the kernel may cache, with the directory entry naming it (none for the
+    /// root): what a new version arriving from elsewhere invalidates.
+    pub fn known(&self) -> Vec<(Ino, Option<(Ino, String)>)> {
+        let nodes = self.nodes();
+        nodes
+            .map
+            .iter()
+            .map(|(&ino, n)| {
+                let entry = n.path.as_deref().filter(|p| !p.is_empty()).and_then(|p| {
+                    let parent = nodes.by_path.get(parent_of(p)).copied()?;
+                    Some((parent, p.rsplit('/').next().unwrap_or(p).to_owned()))
+                });
+                (ino, entry)
+            })
+            .collect()
+    }
+
     /// Makes every recorded change durable.
     pub fn sync(&self) -> Result<()> {
         Ok(self.drive().flush()?)

@@ -55,6 +55,20 @@ impl Mounted {
         &self.fs
     }
 
+    /// Tells the kernel to forget what it cached of this mount (names, attributes, data): the
+    /// drive has a version from elsewhere (a peer's append or truncation).
+    pub fn invalidate(&self) {
+        let Some(session) = &self.session else { return };
+        let notifier = session.notifier();
+        for (ino, entry) in self.fs.known() {
+            if let Some((parent, name)) = entry {
+                // ENOENT: the kernel had already dropped it.
+                let _ = notifier.inval_entry(parent, OsStr::new(&name));
+            }
+            let _ = notifier.inval_inode(ino, 0, 0);
+        }
+    }
+
     /// Unmounts; fails (and stays mounted) while the mount is busy, unless `lazy`.
     pub fn unmount(&mut self, lazy: bool) -> std::io::Result<()> {
         if self.session.is_some() {

@@ -63,9 +63,18 @@ pub struct PeerInfo {
     pub rtt: Duration,
 }
 
+/// What a reader waits for on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Wanted {
+    /// A block, by index.
+    Block(u64),
+    /// The tree nodes that locate a byte.
+    Seek(u64),
+}
+
 enum Command {
-    /// Ask for a block; the answer says whether it is now stored.
-    Want { core: Hash, index: u64, reply: oneshot::Sender<bool> },
+    /// Ask for a block or a seek; the answer says whether it is now stored.
+    Want { core: Hash, what: Wanted, reply: oneshot::Sender<bool> },
     /// A local core changed: tell the peer.
     Changed { core: Hash },
     /// Open channels for cores shared since the connection began.
@@ -223,21 +232,59 @@ impl Endpoint {
     /// Block `index` of `core` from the first connected peer that has it, verified and stored
     /// by the time this returns true; false when no peer could give it within `timeout`.
     pub fn fetch(&self, core: &Hash, index: u64, timeout: Duration) -> bool {
+        self.fetch_many(core, &[index], timeout).is_empty()
+    }
+
+    /// Blocks `indices` of `core`, all asked for at once, verified and stored by the time this
+    /// returns; returns those no peer gave within `timeout`. A peer that fails some (it lacks
+    /// them, is silent, lies and is dropped) leaves them to the next.
+    pub fn fetch_many(&self, core: &Hash, indices: &[u64], timeout: Duration) -> Vec<u64> {
+        let wanted: Vec<Wanted> = indices.iter().map(|&i| Wanted::Block(i)).collect();
+        self.ask(core, wanted, timeout)
+            .into_iter()
+            .filter_map(|w| match w {
+                Wanted::Block(i) => Some(i),
+                Wanted::Seek(_) => None,
+            })
+            .collect()
+    }
+
+    /// The tree nodes of `core` that locate byte `bytes`, from the first peer that answers a
+    /// seek, verified and stored by the time this returns true. The caller seeks locally again
+    /// (a byte at a node boundary can take a second round).
+    pub fn seek(&self, core: &Hash, bytes: u64, timeout: Duration) -> bool {
+        self.ask(core, vec![Wanted::Seek(bytes)], timeout).is_empty()
+    }
+
+    /// Asks the peers that replicate `core`, one after another, for what is still wanted;
+    /// returns what none gave in time.
+    fn ask(&self, core: &Hash, mut wanted: Vec<Wanted>, timeout: Duration) -> Vec<Wanted> {
         let deadline = Instant::now() + timeout;
         let peers: Vec<mpsc::UnboundedSender<Command>> =
             lock(&self.inner.conns).iter().filter(|c| lock(&c.cores).contains(core)).map(|c| c.tx.clone()).collect();
         for tx in peers {
-            let (reply, rx) = oneshot::channel();
-            if tx.send(Command::Want { core: *core, index, reply }).is_err() {
-                continue;
+            if wanted.is_empty() || Instant::now() >= deadline {
+                break;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let got = self.runtime.block_on(async { tokio::time::timeout(left, rx).await });
-            if let Ok(Ok(true)) = got {
-                return true;
+            let mut replies = Vec::with_capacity(wanted.len());
+            for &what in &wanted {
+                let (reply, rx) = oneshot::channel();
+                if tx.send(Command::Want { core: *core, what, reply }).is_err() {
+                    break;
+                }
+                replies.push((what, rx));
             }
+            let got: Vec<(Wanted, bool)> = self.runtime.block_on(async {
+                let mut got = Vec::with_capacity(replies.len());
+                for (what, rx) in replies {
+                    let ok = matches!(tokio::time::timeout_at(deadline.into(), rx).await, Ok(Ok(true)));
+                    got.push((what, ok));
+                }
+                got
+            });
+            wanted.retain(|w| !got.iter().any(|(g, ok)| g == w && *ok));
         }
-        false
+        wanted
     }
 
     /// Tells connected peers that `core` changed here (an append, a truncation).
@@ -319,8 +366,8 @@ struct Channel {
     sent_open: bool,
     remote_id: Option<u64>,
     session: Option<Session>,
-    /// Readers waiting for blocks, by index.
-    waiting: HashMap<u64, Vec<oneshot::Sender<bool>>>,
+    /// Readers waiting for blocks and seeks.
+    waiting: HashMap<Wanted, Vec<oneshot::Sender<bool>>>,
 }
 
 /// Drives one connection until it ends: frames in, sessions, frames out.
@@ -399,7 +446,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                 }
                 cmd = rx.recv() => {
                     match cmd {
-                        Some(Command::Want { core, index, reply }) => state.want(core, index, reply),
+                        Some(Command::Want { core, what, reply }) => state.want(core, what, reply),
                         Some(Command::Changed { core }) => state.changed(core),
                         Some(Command::Close { core }) => state.close(core),
                         Some(Command::Refresh) => {
@@ -553,32 +600,42 @@ impl ConnState {
             self.out.push(Frame::Channel { channel: ch.local_id, message: m });
         }
         for e in out.events {
-            let (index, ok) = match e {
-                Event::Block { index } => (index, true),
-                Event::Missing { index } => (index, false),
+            let (what, ok) = match e {
+                Event::Block { index } => (Wanted::Block(index), true),
+                Event::Missing { index } => (Wanted::Block(index), false),
+                Event::Sought { bytes, ok } => (Wanted::Seek(bytes), ok),
                 _ => continue,
             };
-            for w in ch.waiting.remove(&index).unwrap_or_default() {
+            for w in ch.waiting.remove(&what).unwrap_or_default() {
                 let _ = w.send(ok);
             }
         }
     }
 
-    fn want(&mut self, core: Hash, index: u64, reply: oneshot::Sender<bool>) {
+    fn want(&mut self, core: Hash, what: Wanted, reply: oneshot::Sender<bool>) {
         let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else {
             let _ = reply.send(false);
             return;
         };
         let ch = &mut self.channels[i];
-        ch.waiting.entry(index).or_default().push(reply);
+        ch.waiting.entry(what).or_default().push(reply);
         let mut out = Output::default();
         let mut asked = false;
         if let Some(session) = ch.session.as_mut() {
-            ch.core.read(&mut |c| asked = session.want(c, index, Instant::now(), &mut out));
+            let now = Instant::now();
+            ch.core.read(&mut |c| {
+                asked = match what {
+                    Wanted::Block(index) => session.want(c, index, now, &mut out),
+                    Wanted::Seek(bytes) => session.seek(c, bytes, now, &mut out),
+                }
+            });
         }
         if !asked && out.events.is_empty() {
-            // This peer does not have it: say so now rather than at the timeout.
-            out.events.push(Event::Missing { index });
+            // This peer cannot help: say so now rather than at the timeout.
+            out.events.push(match what {
+                Wanted::Block(index) => Event::Missing { index },
+                Wanted::Seek(bytes) => Event::Sought { bytes, ok: false },
+            });
         }
         self.emit(i, out);
     }

@@ -49,6 +49,9 @@ pub enum Event {
     Upgraded { fork: u64, length: u64 },
     /// The peer cannot give block `index` (it said so, or did not answer in time).
     Missing { index: u64 },
+    /// A seek for byte `bytes` was answered (`ok`: its proof is stored; the reader seeks again
+    /// locally) or could not be.
+    Sought { bytes: u64, ok: bool },
     /// The peer's view of the core changed (its length or what it has).
     RemoteChanged,
 }
@@ -105,6 +108,8 @@ impl Ranges {
 #[derive(Debug)]
 struct InFlight {
     block: Option<u64>,
+    /// The byte a seek request locates.
+    seek: Option<u64>,
     upgrade: bool,
     deadline: Instant,
 }
@@ -189,6 +194,30 @@ impl Session {
             return false;
         }
         self.request_block(core, index, now, out)
+    }
+
+    /// Asks the peer for the tree nodes that locate byte `bytes` (a hash and seek request).
+    /// Returns false when this peer cannot help: it is on another fork or behind us.
+    pub fn seek(&mut self, core: &Hypercore, bytes: u64, now: Instant, out: &mut Output) -> bool {
+        if self.remote_fork != core.fork() || self.remote_length < core.length() {
+            return false;
+        }
+        if self.in_flight.values().any(|r| r.seek == Some(bytes)) {
+            return true;
+        }
+        let request = match core.seek_request(bytes) {
+            Ok(Some(r)) => r,
+            // Nothing to ask: the reader can seek already.
+            Ok(None) => {
+                out.events.push(Event::Sought { bytes, ok: true });
+                return true;
+            }
+            Err(_) => return false,
+        };
+        let id = self.take_id();
+        self.in_flight.insert(id, InFlight { block: None, seek: Some(bytes), upgrade: false, deadline: now + REQUEST_TIMEOUT });
+        out.messages.push(Message::Request { id, request, priority: None });
+        true
     }
 
     /// The local core changed (an append, a truncation, a block stored): tell the peer.
@@ -278,6 +307,9 @@ impl Session {
                                 out.events.push(Event::Missing { index });
                             }
                         }
+                        if let Some(bytes) = asked.seek {
+                            out.events.push(Event::Sought { bytes, ok: true });
+                        }
                     }
                     Err(e @ (Error::Verification(_) | Error::Decode { .. } | Error::OutOfBounds(_))) => {
                         return Err(Misbehaviour(format!("the peer sent a proof that does not verify: {e}")));
@@ -288,9 +320,7 @@ impl Session {
                     // Our own trouble (storage): not the peer's fault; the reader hears of it.
                     Err(e) => {
                         tracing::warn!(error = %e, "storing a verified proof");
-                        if let Some(index) = asked.block {
-                            out.events.push(Event::Missing { index });
-                        }
+                        self.gave_up(&asked, &mut out);
                     }
                 }
                 self.top_up(core, now, &mut out);
@@ -341,6 +371,9 @@ impl Session {
     fn gave_up(&mut self, r: &InFlight, out: &mut Output) {
         if let Some(index) = r.block {
             out.events.push(Event::Missing { index });
+        }
+        if let Some(bytes) = r.seek {
+            out.events.push(Event::Sought { bytes, ok: false });
         }
         if r.upgrade {
             for index in std::mem::take(&mut self.wanted).into_keys() {
@@ -402,7 +435,7 @@ impl Session {
             ..Request::default()
         };
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: None, upgrade: true, deadline: now + REQUEST_TIMEOUT });
+        self.in_flight.insert(id, InFlight { block: None, seek: None, upgrade: true, deadline: now + REQUEST_TIMEOUT });
         out.messages.push(Message::Request { id, request, priority: None });
     }
 
@@ -425,7 +458,7 @@ impl Session {
             return true;
         }
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: Some(index), upgrade, deadline: now + REQUEST_TIMEOUT });
+        self.in_flight.insert(id, InFlight { block: Some(index), seek: None, upgrade, deadline: now + REQUEST_TIMEOUT });
         self.wanted.remove(&index);
         out.messages.push(Message::Request { id, request, priority: None });
         true

@@ -564,6 +564,12 @@ impl Drive {
         let mut out = Vec::with_capacity((stop - offset) as usize);
         // Blocks are read on every core, a window at a time so memory stays bounded.
         for window in wanted.chunks(READ_WINDOW_BLOCKS) {
+            if let Some(f) = &self.fetch {
+                let missing: Vec<u64> = window.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
+                if missing.len() > 1 {
+                    f.prefetch(self.blobs.key(), &missing);
+                }
+            }
             let blocks: Vec<Result<Vec<u8>>> = if window.len() > 1 {
                 window.par_iter().map(|p| self.read_piece(p)).collect()
             } else {
@@ -597,6 +603,16 @@ impl Drive {
         };
         let mut skip = skip as usize;
         let end = blob.block_offset + blob.block_length;
+        if let Some(f) = &self.fetch {
+            // Block sizes are unknown here: ask at once for as many as the blob's mean block
+            // size says the range spans.
+            let mean = (blob.byte_length / blob.block_length.max(1)).max(1);
+            let span = (remaining as u64 + skip as u64).div_ceil(mean).min(READ_WINDOW_BLOCKS as u64);
+            let missing: Vec<u64> = (index..end.min(index + span)).filter(|&i| !self.blobs.has(i)).collect();
+            if missing.len() > 1 {
+                f.prefetch(self.blobs.key(), &missing);
+            }
+        }
         while remaining > 0 && index < end {
             let block = fetch::read_block(&self.blobs, self.fetch.as_deref(), index)?;
             let take = block.len().saturating_sub(skip).min(remaining);

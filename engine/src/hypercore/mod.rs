@@ -748,6 +748,28 @@ impl Hypercore {
         })
     }
 
+    /// The request that brings this (sparse) replica the tree nodes [`Hypercore::seek`] lacks
+    /// to find byte `bytes`; `None` when it can seek already. Asks, as JS does, for the hash of
+    /// the first block under the deepest node it has on the way down, with a seek: the peer
+    /// replaces the siblings on that path that hold the byte by the path down to it. A byte at a
+    /// node boundary may take a second round.
+    pub fn seek_request(&self, bytes: u64) -> Result<Option<Request>> {
+        let missing = match self.seek(bytes) {
+            Ok(_) => return Ok(None),
+            Err(Error::MissingNode { index }) => index,
+            Err(e) => return Err(e),
+        };
+        // The walk lacked the left child of the node it stood on.
+        let leaf = flat::left_span(flat::parent(missing));
+        Ok(Some(Request {
+            fork: self.head.fork,
+            hash: Some(proof::RequestIndexed { index: leaf, nodes: self.missing_nodes(leaf)? }),
+            seek: Some(proof::RequestSeek { bytes, padding: 0 }),
+            manifest: self.auth.is_none(),
+            ..Request::default()
+        }))
+    }
+
     /// Answers a request from the local tree, with the block's bytes when one is asked for.
     pub fn proof(&self, req: &Request) -> Result<Proof> {
         let mut p =

@@ -128,6 +128,45 @@ fn seek_and_byte_offset() {
     assert!(c.seek(offset).is_err());
 }
 
+
+/// A replica holding only the signed roots finds every byte of a 37-block core by seek
+/// requests the writer answers: at most two rounds each, and only tree nodes travel.
+#[test]
+fn a_sparse_replica_seeks_through_seek_requests() {
+    let mut w = writer(false);
+    let blocks: Vec<Vec<u8>> = (0..37u8).map(|i| vec![i; (i as usize * 7) % 50 + 1]).collect();
+    w.append_batch(&blocks).expect("append");
+    let total: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+    let upgrade = Request {
+        upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
+        manifest: true,
+        ..Request::default()
+    };
+    let up = w.proof(&upgrade).expect("upgrade");
+    for bytes in 0..total {
+        let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
+        r.apply_proof(&up).expect("upgrade");
+        let mut rounds = 0;
+        while let Some(req) = r.seek_request(bytes).expect("request") {
+            rounds += 1;
+            assert!(rounds <= 2, "byte {bytes} took more than two rounds");
+            let p = w.proof(&req).expect("the writer answers");
+            assert!(p.block.is_none(), "a seek carries no block data");
+            r.apply_proof(&p).expect("the seek proof verifies");
+        }
+        assert_eq!(r.seek(bytes).expect("seek"), w.seek(bytes).expect("seek"), "byte {bytes}");
+        assert_eq!(r.local_blocks(), 0);
+    }
+    // A seek proof that lies about a node is refused.
+    let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
+    r.apply_proof(&up).expect("upgrade");
+    let req = r.seek_request(total / 2).expect("request").expect("needs nodes");
+    let mut p = w.proof(&req).expect("proof");
+    let s = p.seek.as_mut().expect("a seek part");
+    s.nodes[0].size += 1;
+    assert!(matches!(r.apply_proof(&p), Err(Error::Verification(_))));
+    assert!(r.seek_request(total / 2).expect("request").is_some(), "nothing of the lie was stored");
+}
 #[test]
 fn replica_is_not_writable_and_rejects_foreign_manifest() {
     let c = writer(false);

@@ -92,6 +92,29 @@ fn a_replica_fetches_one_block_with_the_signed_length_and_manifest() {
 }
 
 #[test]
+fn a_replica_seeks_a_byte_without_downloading_blocks() {
+    let w = writer(300);
+    let total = w.byte_length();
+    let r = replica(&w);
+    let (mut p, to_b, to_a) = Pair::new(w, r, false);
+    p.run(to_b, to_a).expect("open");
+    for bytes in [0, 1, total / 3, total / 2 + 7, total - 1] {
+        for _ in 0..2 {
+            let mut out = Output::default();
+            assert!(p.sb.seek(&p.b, bytes, p.now, &mut out), "the writer can answer a seek");
+            p.events.extend(out.events);
+            p.run(Vec::new(), out.messages).expect("seek");
+            assert!(p.events.contains(&Event::Sought { bytes, ok: true }));
+            if p.b.seek_request(bytes).expect("request").is_none() {
+                break;
+            }
+        }
+        assert_eq!(p.b.seek(bytes).expect("the replica seeks locally"), p.a.seek(bytes).expect("seek"));
+    }
+    assert_eq!(p.b.local_blocks(), 0, "seeks carry tree nodes, not blocks");
+}
+
+#[test]
 fn download_all_fetches_every_block_and_follows_appends() {
     let w = writer(300);
     let r = replica(&w);
@@ -184,7 +207,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     for (what, proof) in cases {
         let mut s = Session::open(&p.b, false, p.now).0;
         s.on_message(&mut p.b, Message::Sync { flags: 3, fork: 0, length: 40, remote_length: 0 }, p.now).expect("sync");
-        s.in_flight.insert(id, InFlight { block: Some(9), upgrade: false, deadline: p.now + REQUEST_TIMEOUT });
+        s.in_flight.insert(id, InFlight { block: Some(9), seek: None, upgrade: false, deadline: p.now + REQUEST_TIMEOUT });
         let r = s.on_message(&mut p.b, Message::Data { request: id, proof }, p.now);
         assert!(r.is_err(), "{what} is caught");
         assert!(!p.b.has(9), "{what}: nothing stored");
@@ -198,7 +221,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     let mut proof = p.a.proof(&upgrade_req).expect("proof");
     proof.upgrade.as_mut().expect("upgrade").signature[5] ^= 1;
     proof.manifest = p.a.manifest().map(|m| m.encode());
-    s.in_flight.insert(1, InFlight { block: None, upgrade: true, deadline: p.now + REQUEST_TIMEOUT });
+    s.in_flight.insert(1, InFlight { block: None, seek: None, upgrade: true, deadline: p.now + REQUEST_TIMEOUT });
     assert!(s.on_message(&mut forged, Message::Data { request: 1, proof }, p.now).is_err());
     assert_eq!(forged.length(), 0);
     // The honest answer still works.
