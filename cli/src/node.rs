@@ -518,8 +518,15 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             let drive = open_drive(state, s("drive")?)?;
             let net = net(state, r["listen"].as_str())?;
             net.connect(&peers_of(r))?;
-            net.share(&drive);
-            let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
+            let (key, blobs, writable) = {
+                let d = drive.read().unwrap_or_else(|e| e.into_inner());
+                (*d.key(), *d.blobs().key(), d.writable())
+            };
+            // A replica is served already, through the network's own instances of its cores.
+            let served = !writable && matches!(net.replica_cores(&key, &blobs), (Some(_), Some(_)));
+            if !served {
+                net.share(&drive);
+            }
             Ok(json!({"key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key)),
                 "address": net.endpoint.local_addr()?.to_string()}))
         }

@@ -2,6 +2,7 @@
 //! fetches single blocks on demand, follows the writer's appends, downloads everything when
 //! asked, and a node that does not know the key gets nothing.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,4 +135,160 @@ fn writer_other() -> Arc<Slot> {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let core = Hypercore::create(store, KeyPair::from_seed(&[10; 32]), false).expect("core");
     Arc::new(Slot { core: Mutex::new(core), all: false })
+}
+
+/// How the hostile peer below breaks the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lie {
+    /// Upgrades signed by another key.
+    BadSignature,
+    /// A block whose bytes were changed after its proof was made.
+    CorruptBlock,
+    /// A block proof with a wrong uncle hash.
+    WrongProof,
+    /// A frame claiming more than the frame limit.
+    Oversized,
+    /// A frame whose body is not a message.
+    Malformed,
+    /// Far more requests than the budget.
+    Flood,
+}
+
+/// A peer that knows the key and dials the victim over real QUIC with a valid capability, then
+/// answers from `writer`'s real proofs, broken as `lie` says. Returns when the victim hangs up
+/// (or after 10 s, an error).
+fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Result<(), String> {
+    let key = *writer.key();
+    let inner = h.inner.clone();
+    h.runtime.block_on(async move {
+        let conn = inner
+            .endpoint
+            .connect_with(inner.client.clone(), victim, "hyperfs")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut secret = [0u8; 64];
+        conn.export_keying_material(&mut secret, EXPORTER_LABEL, b"").map_err(|_| "exporter".to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let mut out = vec![STREAM_VERSION];
+        let open = Control::Open {
+            local_id: 1,
+            protocol: PROTOCOL.into(),
+            id: Some(crypto::discovery_key(&key).to_vec()),
+            flags: 1,
+            capability: capability(&secret, true, &key),
+        };
+        out.extend(Frame::Control(open).encode());
+        send.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let read = tokio::time::timeout_at(deadline.into(), recv.read(&mut chunk)).await;
+            let n = match read {
+                Err(_) => return Err("the victim never hung up".into()),
+                Ok(Err(_)) | Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(n))) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut reply = Vec::new();
+            while let Some((frame, len)) = Frame::take(&buf).map_err(|e| e.to_string())? {
+                buf.drain(..len);
+                match frame {
+                    Frame::Control(Control::Open { local_id, .. }) => {
+                        let to = |message| Frame::Channel { channel: local_id, message }.encode();
+                        let sync = Message::Sync {
+                            flags: crate::wire::sync_flags::CAN_UPGRADE | crate::wire::sync_flags::UPLOADING,
+                            fork: 0,
+                            length: writer.length(),
+                            remote_length: 0,
+                        };
+                        reply.extend(to(sync));
+                        reply.extend(to(Message::Range { drop: false, start: 0, length: writer.length() }));
+                        match lie {
+                            Lie::Oversized => reply.extend([0xfe, 0, 0, 0, 0x10]),
+                            Lie::Malformed => reply.extend([3, 1, 0xee, 0xee]),
+                            Lie::Flood => {
+                                let ask = hyperfs_engine::hypercore::proof::Request {
+                                    block: Some(hyperfs_engine::hypercore::proof::RequestIndexed { index: 0, nodes: 0 }),
+                                    ..Default::default()
+                                };
+                                for id in 0..10_000 {
+                                    reply.extend(to(Message::Request { id, request: ask.clone(), priority: None }));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Frame::Channel { channel, message: Message::Request { id, request, .. } } => {
+                        let Ok(mut proof) = writer.proof(&request) else { continue };
+                        match lie {
+                            Lie::BadSignature => {
+                                if let Some(u) = &mut proof.upgrade {
+                                    u.signature = KeyPair::from_seed(&[66; 32]).sign(b"something else").to_vec();
+                                }
+                            }
+                            Lie::CorruptBlock => {
+                                if let Some(b) = &mut proof.block {
+                                    b.value[0] ^= 1;
+                                }
+                            }
+                            Lie::WrongProof => {
+                                if let Some(n) = proof.block.as_mut().and_then(|b| b.nodes.first_mut()) {
+                                    n.hash[0] ^= 1;
+                                }
+                            }
+                            _ => {}
+                        }
+                        reply.extend(Frame::Channel { channel, message: Message::Data { request: id, proof } }.encode());
+                    }
+                    _ => {}
+                }
+            }
+            if !reply.is_empty() && send.write_all(&reply).await.is_err() {
+                return Ok(());
+            }
+        }
+    })
+}
+
+#[test]
+fn a_hostile_peer_is_dropped_and_nothing_it_sent_is_stored() {
+    let w = writer(50);
+    let key = w.key();
+    let truth = Hypercore::open(lock(&w.core).store().clone(), &key).expect("open").expect("core");
+    for (i, lie) in [Lie::BadSignature, Lie::CorruptBlock, Lie::WrongProof, Lie::Oversized, Lie::Malformed, Lie::Flood]
+        .into_iter()
+        .enumerate()
+    {
+        let r = replica(key, false);
+        let victim = node(20 + i as u8, vec![r.clone()]);
+        let h = node(40 + i as u8, Vec::new());
+        let addr = victim.local_addr().expect("addr");
+        // A reader on the victim asks for a block while the liar is its only peer.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let reading = std::thread::scope(|s| {
+            let fetcher = s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if victim.fetch(&key, 7, Duration::from_millis(200)) {
+                        return true;
+                    }
+                }
+                false
+            });
+            let result = hostile(&h, addr, &truth, lie);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (result, fetcher.join().expect("fetcher"))
+        });
+        let (result, fetched) = reading;
+        assert_eq!(result, Ok(()), "{lie:?}: the victim hung up on the liar");
+        assert!(!fetched, "{lie:?}: the victim got no block from the liar");
+        let c = lock(&r.core);
+        assert_eq!(c.local_blocks(), 0, "{lie:?}: nothing the liar sent was stored");
+        if lie == Lie::BadSignature {
+            assert_eq!(c.length(), 0, "a badly signed length is not taken");
+        }
+        drop(c);
+        wait("the liar to be gone", || victim.peers().is_empty());
+    }
 }
