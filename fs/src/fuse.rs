@@ -97,7 +97,11 @@ pub fn mount(fs: Arc<Fs>, dir: &Path, opts: &MountOptions) -> std::io::Result<Mo
         options.push(MountOption::RO);
     }
     let ttl = if fs.is_checkout() { Duration::from_secs(30) } else { Duration::from_secs(1) };
-    let adapter = Adapter { fs: fs.clone(), pool: Pool::new(opts.threads.max(1)), ttl };
+    // A live read-only mount changes only from elsewhere (a peer, the CLI): the kernel is told
+    // to forget names it knows, but cannot be told of names it learnt are missing, so those are
+    // not cached.
+    let negative_ttl = if fs.read_only() && !fs.is_checkout() { Duration::ZERO } else { ttl };
+    let adapter = Adapter { fs: fs.clone(), pool: Pool::new(opts.threads.max(1)), ttl, negative_ttl };
     let session = fuser::spawn_mount2(adapter, dir, &options)?;
     Ok(Mounted { dir: dir.to_path_buf(), session: Some(session), fs })
 }
@@ -168,6 +172,8 @@ struct Adapter {
     fs: Arc<Fs>,
     pool: Pool,
     ttl: Duration,
+    /// How long the kernel may remember that a name does not exist.
+    negative_ttl: Duration,
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -242,11 +248,11 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name_of(name));
+        let (fs, ttl, negative_ttl, name) = (self.fs.clone(), self.ttl, self.negative_ttl, name_of(name));
         self.pool.run(move || match name.and_then(|n| fs.lookup(parent, &n)) {
             Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
             // A negative entry the kernel may keep for the TTL (a create here replaces it).
-            Err(Errno(libc::ENOENT)) => reply.entry(&ttl, &negative(), 0),
+            Err(Errno(libc::ENOENT)) => reply.entry(&negative_ttl, &negative(), 0),
             Err(Errno(e)) => reply.error(e),
         });
     }

@@ -137,3 +137,108 @@ fn a_clone_serves_a_third_node_while_the_writer_is_stopped() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
 }
+
+/// Reads `len` bytes at `offset` of `path` with one `pread`, as a program seeking into a big
+/// file does.
+fn pread(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).expect("pread");
+    buf
+}
+
+fn bytes_down(node: &Path, drive: &str) -> u64 {
+    json(node, &["info", drive, "--json"])["bytesDownloaded"].as_u64().expect("bytesDownloaded")
+}
+
+/// The largest chunk the default chunker cuts.
+const MAX_CHUNK: u64 = 256 << 10;
+
+/// B mounts A's drive by its key (and A's address) without copying it: 4 KiB read at random
+/// offsets of a 1 GiB file move at most two chunks each; A's new file shows in B's mount within
+/// a second; A's truncation to an older version is followed; and C reads through B what B has
+/// while A is stopped.
+#[test]
+fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (_sa, _sb, _sc) = (Stop(&a), Stop(&b), Stop(&c));
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    let file = tmp.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file).expect("create");
+        for piece in 0..16u64 {
+            f.write_all(&pseudo_random(64 << 20, 1000 + piece)).expect("write");
+        }
+    }
+    let size = 1u64 << 30;
+    hyperfs_in_ok(&a, &["put", file.to_str().expect("utf-8"), "src:/big.bin"]);
+    std::fs::write(tmp.path().join("note.txt"), "hello").expect("write");
+    hyperfs_in_ok(&a, &["put", tmp.path().join("note.txt").to_str().expect("utf-8"), "src:/docs/note.txt"]);
+    let shared = json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--json"]);
+    let (link, from_a) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
+    let key = shared["key"].as_str().expect("key");
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let m = json(&b, &["mount", link, mnt.to_str().expect("utf-8"), "--peer", from_a, "--listen", "127.0.0.1:0", "--json"]);
+    assert_eq!(m["readOnly"], true, "a drive of another node mounts read-only");
+    assert_eq!(std::fs::metadata(mnt.join("big.bin")).expect("stat").len(), size);
+    assert_eq!(std::fs::read_to_string(mnt.join("docs/note.txt")).expect("read"), "hello");
+
+    let seed = hyperfs_tests::test_seed();
+    let offsets: Vec<u64> = (0..3).map(|i| pseudo_random(8, seed + i)).map(|b| {
+        u64::from_le_bytes(b.try_into().expect("8 bytes")) % (size - 4096)
+    }).collect();
+    let started = bytes_down(&b, key);
+    for &off in &offsets {
+        let before = bytes_down(&b, key);
+        let got = pread(&mnt.join("big.bin"), off, 4096);
+        assert!(got == pread(&file, off, 4096), "4 KiB at {off} differ");
+        let moved = bytes_down(&b, key) - before;
+        assert!(moved <= 2 * MAX_CHUNK + (16 << 10), "4 KiB at {off} moved {moved} bytes: more than two chunks");
+        eprintln!("4 KiB at {off}: {moved} bytes came down");
+    }
+    let total = bytes_down(&b, key) - started;
+    assert!(total < 2 << 20, "three reads of 4 KiB moved {total} bytes of a 1 GiB file");
+    assert!(json(&b, &["info", key, "--json"])["blobs"]["localBlocks"].as_u64().expect("blocks") <= 6);
+
+    // Live: A writes; B's mount shows it within a second.
+    let v_before = json(&a, &["info", "src", "--json"])["version"].as_u64().expect("version");
+    std::fs::write(tmp.path().join("late.txt"), "written later").expect("write");
+    hyperfs_in_ok(&a, &["put", tmp.path().join("late.txt").to_str().expect("utf-8"), "src:/late.txt"]);
+    let start = Instant::now();
+    while std::fs::read_to_string(mnt.join("late.txt")).ok().as_deref() != Some("written later") {
+        assert!(start.elapsed() < Duration::from_secs(2), "the mount did not show A's new file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shown = start.elapsed();
+    eprintln!("B's mount showed A's new file in {shown:?}");
+    assert!(shown < Duration::from_secs(1), "shown after {shown:?}");
+
+    // A goes back to the version before: B follows the new fork and the file is gone.
+    let t = json(&a, &["truncate", "src", &v_before.to_string(), "--json"]);
+    assert_eq!(t["fork"], 1);
+    let start = Instant::now();
+    while mnt.join("late.txt").exists() {
+        assert!(start.elapsed() < Duration::from_secs(5), "B did not follow the truncation");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let info = json(&b, &["info", key, "--json"]);
+    assert_eq!((info["db"]["fork"].as_u64(), info["version"].as_u64()), (Some(1), Some(v_before)));
+    assert_eq!(std::fs::read_to_string(mnt.join("docs/note.txt")).expect("read"), "hello");
+
+    // A stops; C mounts the key through B and reads what B holds.
+    let from_b = json(&b, &["share", key, "--json"])["address"].as_str().expect("address").to_owned();
+    hyperfs_in_ok(&a, &["stop"]);
+    let mnt_c = tmp.path().join("mnt-c");
+    std::fs::create_dir(&mnt_c).expect("mkdir");
+    hyperfs_in_ok(&c, &["mount", key, mnt_c.to_str().expect("utf-8"), "--peer", &from_b, "--listen", "127.0.0.1:0"]);
+    let off = offsets[0];
+    assert!(pread(&mnt_c.join("big.bin"), off, 4096) == pread(&file, off, 4096), "C reads A's bytes through B");
+    assert_eq!(std::fs::read_to_string(mnt_c.join("docs/note.txt")).expect("read"), "hello");
+    hyperfs_in_ok(&c, &["unmount", mnt_c.to_str().expect("utf-8")]);
+    hyperfs_in_ok(&b, &["unmount", mnt.to_str().expect("utf-8")]);
+}
