@@ -310,6 +310,17 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
         }
     }
 
+    fn hint(&self, core: &Hash, indices: &[u64]) {
+        let Ok((net, slot)) = self.parts(core) else { return };
+        let missing: Vec<u64> = {
+            let c = lock(&slot.core);
+            indices.iter().copied().filter(|&i| !c.has(i)).collect()
+        };
+        if !missing.is_empty() {
+            net.endpoint.fetch_later(core, &missing);
+        }
+    }
+
     fn seek(&self, core: &Hash, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
         let (net, slot) = self.parts(core)?;
         // A byte at a node boundary takes a second round; a peer that keeps failing, no more.

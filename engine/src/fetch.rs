@@ -49,6 +49,12 @@ pub trait Fetch: Send + Sync {
         let _ = (core, indices);
     }
 
+    /// Blocks `indices` of core `core` are likely to be read next (a sequential reader's next
+    /// window): start getting them without waiting. The default does nothing.
+    fn hint(&self, core: &Hash, indices: &[u64]) {
+        let _ = (core, indices);
+    }
+
     /// The block of core `core` holding byte `bytes` and the offset inside it, located from a
     /// verified seek proof, for readers whose local tree lacks the nodes to find it.
     fn seek(&self, core: &Hash, bytes: u64) -> Result<(u64, u64)> {

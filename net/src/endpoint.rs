@@ -249,6 +249,20 @@ impl Endpoint {
             .collect()
     }
 
+    /// Asks the first peer that replicates `core` for blocks `indices` without waiting: they
+    /// are stored when they come (a reader's next window).
+    pub fn fetch_later(&self, core: &Hash, indices: &[u64]) {
+        let peer = lock(&self.inner.conns).iter().find(|c| lock(&c.cores).contains(core)).map(|c| c.tx.clone());
+        let Some(tx) = peer else { return };
+        for &index in indices {
+            // Nobody waits on the answer.
+            let (reply, _) = oneshot::channel();
+            if tx.send(Command::Want { core: *core, what: Wanted::Block(index), reply }).is_err() {
+                return;
+            }
+        }
+    }
+
     /// The tree nodes of `core` that locate byte `bytes`, from the first peer that answers a
     /// seek, verified and stored by the time this returns true. The caller seeks locally again
     /// (a byte at a node boundary can take a second round).

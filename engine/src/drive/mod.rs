@@ -563,6 +563,15 @@ impl Drive {
         let wanted = &pieces[first..last.max(first)];
         let mut out = Vec::with_capacity((stop - offset) as usize);
         // Blocks are read on every core, a window at a time so memory stays bounded.
+        if let Some(f) = &self.fetch {
+            // A read of several chunks is likely sequential: the chunks after it travel while
+            // it is used.
+            if wanted.len() > 1 {
+                let after = &pieces[last.min(pieces.len())..pieces.len().min(last + wanted.len())];
+                let next: Vec<u64> = after.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
+                f.hint(self.blobs.key(), &next);
+            }
+        }
         for window in wanted.chunks(READ_WINDOW_BLOCKS) {
             if let Some(f) = &self.fetch {
                 let missing: Vec<u64> = window.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
@@ -611,6 +620,12 @@ impl Drive {
             let missing: Vec<u64> = (index..end.min(index + span)).filter(|&i| !self.blobs.has(i)).collect();
             if missing.len() > 1 {
                 f.prefetch(self.blobs.key(), &missing);
+            }
+            // A read of several blocks is likely sequential: the next as many are asked for
+            // now, so they travel while this range is used.
+            if span > 1 {
+                let next: Vec<u64> = (index + span..end.min(index + 2 * span)).filter(|&i| !self.blobs.has(i)).collect();
+                f.hint(self.blobs.key(), &next);
             }
         }
         while remaining > 0 && index < end {

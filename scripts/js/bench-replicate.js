@@ -1,0 +1,61 @@
+// JS replication of a drive between two processes over TCP (Noise-encrypted, as Hyperdrive
+// peers do), the peer figure of `scripts/bench replicate`.
+// Usage: node bench-replicate.js serve WORK FILE   -> prints {"key", "port"} once the drive holds
+//                                                     FILE as /big.bin, then serves until killed
+//        node bench-replicate.js clone WORK KEY PORT -> {"seconds"}: every block of the drive
+//        node bench-replicate.js read WORK KEY PORT  -> {"seconds"}: /big.bin streamed, sparse
+'use strict'
+const fs = require('fs')
+const net = require('net')
+const path = require('path')
+const Corestore = require('corestore')
+const Hyperdrive = require('hyperdrive')
+
+const secs = (start) => Number(process.hrtime.bigint() - start) / 1e9
+
+async function main () {
+  const [mode, work, a, b] = process.argv.slice(2)
+  if (mode === 'serve') {
+    fs.rmSync(work, { recursive: true, force: true })
+    const store = new Corestore(path.join(work, 'store'))
+    const drive = new Hyperdrive(store)
+    await drive.ready()
+    await new Promise((resolve, reject) => {
+      fs.createReadStream(a).pipe(drive.createWriteStream('/big.bin')).on('finish', resolve).on('error', reject)
+    })
+    const server = net.createServer((sock) => {
+      const s = store.replicate(false)
+      sock.pipe(s).pipe(sock)
+      sock.on('error', () => {}); s.on('error', () => {})
+    })
+    server.listen(0, '127.0.0.1', () => {
+      console.log(JSON.stringify({ key: drive.key.toString('hex'), port: server.address().port }))
+    })
+    return
+  }
+  fs.rmSync(work, { recursive: true, force: true })
+  const store = new Corestore(path.join(work, 'store'))
+  const drive = new Hyperdrive(store, Buffer.from(a, 'hex'))
+  await drive.ready()
+  const start = process.hrtime.bigint()
+  const sock = net.connect(+b, '127.0.0.1')
+  const s = store.replicate(true)
+  sock.pipe(s).pipe(sock)
+  const done = drive.findingPeers()
+  sock.on('connect', done)
+  await drive.update({ wait: true })
+  if (mode === 'clone') {
+    await drive.download('/').done()
+  } else {
+    const rs = drive.createReadStream('/big.bin')
+    let n = 0
+    for await (const chunk of rs) n += chunk.length
+    if (n === 0) throw new Error('nothing read')
+  }
+  const seconds = secs(start)
+  sock.destroy()
+  await drive.close(); await store.close()
+  console.log(JSON.stringify({ seconds }))
+}
+
+main().catch((e) => { console.error(e); process.exit(1) })
