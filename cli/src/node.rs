@@ -653,8 +653,13 @@ fn replicate(state: &State, key: &Hash, peers: &[String], listen: Option<&str>, 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(d) = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
-        return Ok(d.clone());
+    let existing = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+    if let Some(d) = existing {
+        if full {
+            net.set_full(d.read().unwrap_or_else(|e| e.into_inner()).blobs().key());
+        }
+        remember_replica(state, key, full, peers)?;
+        return Ok(d);
     }
     let fetch = crate::share::NetFetch::new(&net);
     let drive = Drive::open_with(store.clone(), key, Some(fetch))?
@@ -703,8 +708,12 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         bail!("drive {} is this node's own", hex::encode(key));
     }
     let peers = peers_of(r);
-    let known = read_replicas(&state.dir)?.contains_key(&hex::encode(key));
-    if peers.is_empty() && !known {
+    let known = read_replicas(&state.dir)?.get(&hex::encode(key)).cloned();
+    if known.as_ref().is_some_and(|k| k["full"] == true) {
+        let name = local_name(&state.names.lock().unwrap_or_else(|e| e.into_inner()), &key);
+        bail!("drive {} is on this node already (as {})", hex::encode(key), name.unwrap_or_else(|| hex::encode(key)));
+    }
+    if peers.is_empty() && known.is_none() {
         bail!(
             "give the address of a peer that has the drive: --peer HOST:PORT (finding peers by key alone comes later)"
         );

@@ -50,7 +50,7 @@ impl SharedCore for DriveCore {
 pub struct ReplicaCore {
     core: Mutex<Hypercore>,
     key: Hash,
-    full: bool,
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl ReplicaCore {
@@ -81,7 +81,7 @@ impl SharedCore for ReplicaCore {
         f(&mut lock(&self.core));
     }
     fn download_all(&self) -> bool {
-        self.full
+        self.full.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -197,14 +197,26 @@ impl Net {
     /// when `full`, else what readers ask for.
     pub fn add_replica(&self, core: Hypercore, full: bool) -> Arc<ReplicaCore> {
         let key = *core.key();
-        if let Some(slot) = lock(&self.slots).iter().find(|c| c.key == key) {
-            return slot.clone();
+        let existing = lock(&self.slots).iter().find(|c| c.key == key).cloned();
+        if let Some(slot) = existing {
+            if full {
+                self.set_full(&key);
+            }
+            return slot;
         }
-        let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key, full });
+        let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key, full: full.into() });
         lock(&self.slots).push(slot.clone());
         lock(&self.offer.0).push(slot.clone());
         self.endpoint.refresh();
         slot
+    }
+
+    /// A sparse replica core becomes a full one: everything it lacks is downloaded from now on.
+    pub fn set_full(&self, key: &Hash) {
+        let slot = lock(&self.slots).iter().find(|c| c.key == *key).cloned();
+        if slot.is_some_and(|s| !s.full.swap(true, std::sync::atomic::Ordering::SeqCst)) {
+            self.endpoint.refresh();
+        }
     }
 
     /// The network's instances of the cores `db` and `blobs`, if it replicates them.

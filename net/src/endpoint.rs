@@ -315,7 +315,8 @@ impl Endpoint {
         }
     }
 
-    /// Opens channels on every connection for cores shared since they began.
+    /// Opens channels on every connection for cores shared since they began, and tells their
+    /// sessions whether to download everything now.
     pub fn refresh(&self) {
         for c in lock(&self.inner.conns).iter() {
             let _ = c.tx.send(Command::Refresh);
@@ -467,6 +468,13 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                             for core in inner.shared.cores() {
                                 state.open(core);
                             }
+                            for ch in &mut state.channels {
+                                let all = ch.core.download_all();
+                                if let Some(s) = ch.session.as_mut() {
+                                    s.set_download_all(all);
+                                }
+                            }
+                            state.tick();
                         }
                         None => return Ok(()),
                     }

@@ -159,6 +159,12 @@ impl Session {
         (s, out)
     }
 
+    /// Switches to downloading everything (a sparse replica becomes a full copy) or back; the
+    /// next [`Session::tick`] asks for what is missing.
+    pub fn set_download_all(&mut self, all: bool) {
+        self.download_all = all;
+    }
+
     /// The peer's signed length, as it last said.
     pub fn remote_length(&self) -> u64 {
         self.remote_length
