@@ -74,8 +74,11 @@ struct Mount {
     version: Option<u64>,
     /// A live mount of a drive written elsewhere: the drive and its (fork, version) the kernel
     /// last saw, so a new version from a peer invalidates the kernel's caches.
-    follows: Option<(Arc<RwLock<Drive>>, (u64, u64))>,
+    follows: Option<Followed>,
 }
+
+/// A replica drive a live mount shows, and its (fork, version) the kernel last saw.
+type Followed = (Arc<RwLock<Drive>>, (u64, u64));
 
 /// Every 100 ms: live mounts of replicas whose drive moved on have the kernel forget what it
 /// cached, so new, changed and removed files show at once rather than after the cache TTL.
@@ -634,7 +637,13 @@ fn resume_replicas(state: &Arc<State>) {
 /// A replica of drive `key` followed live: from the store if this node has had it, else from
 /// `peers` (its signed length and manifest first: they name the blobs core). `full` downloads
 /// everything; otherwise readers fetch what they touch. Returns the drive readers use.
-fn replicate(state: &State, key: &Hash, peers: &[String], listen: Option<&str>, full: bool) -> Result<Arc<RwLock<Drive>>> {
+fn replicate(
+    state: &State,
+    key: &Hash,
+    peers: &[String],
+    listen: Option<&str>,
+    full: bool,
+) -> Result<Arc<RwLock<Drive>>> {
     use std::time::{Duration, Instant};
     let net = net(state, listen)?;
     let store: Arc<dyn Store> = state.store.clone();
@@ -703,7 +712,12 @@ fn name_replica(state: &State, key: &Hash, asked: Option<&str>, prefix: &str) ->
 fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
     use std::time::{Duration, Instant};
     let key = crate::local::parse_key(which)?;
-    let ours = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|d| d.read().unwrap_or_else(|e| e.into_inner()).writable());
+    let ours = state
+        .drives
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .is_some_and(|d| d.read().unwrap_or_else(|e| e.into_inner()).writable());
     if ours || Drive::open(state.store.clone(), &key)?.is_some_and(|d| d.writable()) {
         bail!("drive {} is this node's own", hex::encode(key));
     }
@@ -815,7 +829,11 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         let d = drive.read().unwrap_or_else(|e| e.into_inner());
         (version.is_none() && !d.writable()).then(|| (drive.clone(), (d.db().core().fork(), d.version())))
     };
-    state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version, follows });
+    state
+        .mounts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.clone(), Mount { mounted, key, version, follows });
     Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
 }
 

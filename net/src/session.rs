@@ -221,7 +221,8 @@ impl Session {
             Err(_) => return false,
         };
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: None, seek: Some(bytes), upgrade: false, deadline: now + REQUEST_TIMEOUT });
+        self.in_flight
+            .insert(id, InFlight { block: None, seek: Some(bytes), upgrade: false, deadline: now + REQUEST_TIMEOUT });
         out.messages.push(Message::Request { id, request, priority: None });
         true
     }
@@ -464,7 +465,8 @@ impl Session {
             return true;
         }
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: Some(index), seek: None, upgrade, deadline: now + REQUEST_TIMEOUT });
+        self.in_flight
+            .insert(id, InFlight { block: Some(index), seek: None, upgrade, deadline: now + REQUEST_TIMEOUT });
         self.wanted.remove(&index);
         out.messages.push(Message::Request { id, request, priority: None });
         true

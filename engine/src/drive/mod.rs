@@ -624,7 +624,8 @@ impl Drive {
             // A read of several blocks is likely sequential: the next as many are asked for
             // now, so they travel while this range is used.
             if span > 1 {
-                let next: Vec<u64> = (index + span..end.min(index + 2 * span)).filter(|&i| !self.blobs.has(i)).collect();
+                let next: Vec<u64> =
+                    (index + span..end.min(index + 2 * span)).filter(|&i| !self.blobs.has(i)).collect();
                 f.hint(self.blobs.key(), &next);
             }
         }

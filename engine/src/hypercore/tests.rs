@@ -128,7 +128,6 @@ fn seek_and_byte_offset() {
     assert!(c.seek(offset).is_err());
 }
 
-
 /// A replica holding only the signed roots finds every byte of a 37-block core by seek
 /// requests the writer answers: at most two rounds each, and only tree nodes travel.
 #[test]

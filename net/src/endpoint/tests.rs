@@ -210,7 +210,10 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
                             Lie::Malformed => reply.extend([3, 1, 0xee, 0xee]),
                             Lie::Flood => {
                                 let ask = hyperfs_engine::hypercore::proof::Request {
-                                    block: Some(hyperfs_engine::hypercore::proof::RequestIndexed { index: 0, nodes: 0 }),
+                                    block: Some(hyperfs_engine::hypercore::proof::RequestIndexed {
+                                        index: 0,
+                                        nodes: 0,
+                                    }),
                                     ..Default::default()
                                 };
                                 for id in 0..10_000 {
@@ -240,7 +243,8 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
                             }
                             _ => {}
                         }
-                        reply.extend(Frame::Channel { channel, message: Message::Data { request: id, proof } }.encode());
+                        reply
+                            .extend(Frame::Channel { channel, message: Message::Data { request: id, proof } }.encode());
                     }
                     _ => {}
                 }

@@ -183,15 +183,17 @@ fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
 
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
-    let m = json(&b, &["mount", link, mnt.to_str().expect("utf-8"), "--peer", from_a, "--listen", "127.0.0.1:0", "--json"]);
+    let m =
+        json(&b, &["mount", link, mnt.to_str().expect("utf-8"), "--peer", from_a, "--listen", "127.0.0.1:0", "--json"]);
     assert_eq!(m["readOnly"], true, "a drive of another node mounts read-only");
     assert_eq!(std::fs::metadata(mnt.join("big.bin")).expect("stat").len(), size);
     assert_eq!(std::fs::read_to_string(mnt.join("docs/note.txt")).expect("read"), "hello");
 
     let seed = hyperfs_tests::test_seed();
-    let offsets: Vec<u64> = (0..3).map(|i| pseudo_random(8, seed + i)).map(|b| {
-        u64::from_le_bytes(b.try_into().expect("8 bytes")) % (size - 4096)
-    }).collect();
+    let offsets: Vec<u64> = (0..3)
+        .map(|i| pseudo_random(8, seed + i))
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) % (size - 4096))
+        .collect();
     let started = bytes_down(&b, key);
     for &off in &offsets {
         let before = bytes_down(&b, key);
