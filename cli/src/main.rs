@@ -165,8 +165,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The connected peers: id, address, cores, bytes up and down, round-trip time.
+    /// The connected peers: id, address, drives, bytes up and down, round-trip time.
     Peers {
+        /// Connect to these peers first (HOST:PORT; repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// The UDP address to listen on.
+        #[arg(long)]
+        listen: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -557,14 +563,15 @@ fn main() -> ExitCode {
         Command::Unshare { ref drive } => {
             dir().and_then(|d| client::request(&d, &json!({"cmd": "unshare", "drive": drive}), true).map(drop))
         }
-        Command::Peers { json } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "peers"}), true)?;
+        Command::Peers { ref peers, ref listen, json } => dir().and_then(|d| {
+            let r = client::request(&d, &json!({"cmd": "peers", "peers": peers, "listen": listen}), true)?;
             if json {
                 println!("{r}");
             } else {
                 for p in r.as_array().into_iter().flatten() {
-                    println!("{}\t{}\t{} cores\tup {}\tdown {}\t{:.1} ms", p["id"].as_str().unwrap_or_default(), p["address"].as_str().unwrap_or_default(),
-                        p["cores"].as_array().map_or(0, Vec::len), p["bytesUp"], p["bytesDown"], p["rttMs"].as_f64().unwrap_or(0.0));
+                    let drives: Vec<&str> = p["drives"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    println!("{}\t{}\t{}\tup {}\tdown {}\t{:.1} ms", p["id"].as_str().unwrap_or_default(), p["address"].as_str().unwrap_or_default(),
+                        if drives.is_empty() { "-".to_owned() } else { drives.join(",") }, p["bytesUp"], p["bytesDown"], p["rttMs"].as_f64().unwrap_or(0.0));
                 }
             }
             Ok(())

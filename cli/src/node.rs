@@ -543,12 +543,24 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "clone" => clone(state, s("key")?, r, emit),
         "peers" => {
+            let peers = peers_of(r);
+            if !peers.is_empty() {
+                net(state, r["listen"].as_str())?.connect(&peers)?;
+            }
             let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let peers = net.map(|n| n.endpoint.peers()).unwrap_or_default();
+            let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
             Ok(peers
                 .into_iter()
                 .map(|p| {
-                    json!({"id": hex::encode(p.id), "address": p.address.to_string(),
+                    // The drives are the db cores replicated with the peer, by local name.
+                    let drives: Vec<String> = p
+                        .cores
+                        .iter()
+                        .filter(|k| state.drives.lock().unwrap_or_else(|e| e.into_inner()).contains_key(*k))
+                        .map(|k| local_name(&names, k).unwrap_or_else(|| hex::encode(k)))
+                        .collect();
+                    json!({"id": hex::encode(p.id), "address": p.address.to_string(), "drives": drives,
                         "cores": p.cores.iter().map(hex::encode).collect::<Vec<_>>(),
                         "bytesUp": p.bytes_up, "bytesDown": p.bytes_down, "rttMs": p.rtt.as_secs_f64() * 1000.0})
                 })

@@ -100,6 +100,8 @@ struct Inner {
     me: Hash,
     /// Bytes of block data sent and received per core, over every connection.
     transferred: Mutex<HashMap<Hash, (u64, u64)>>,
+    /// How long a request to a peer may go unanswered (ms).
+    request_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A running endpoint. Dropping it closes every connection.
@@ -167,6 +169,7 @@ impl Endpoint {
             conns: Mutex::new(Vec::new()),
             me: identity.peer_id(),
             transferred: Mutex::new(HashMap::new()),
+            request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
         });
         let acceptor = inner.clone();
         runtime.spawn(async move {
@@ -185,6 +188,12 @@ impl Endpoint {
             }
         });
         Ok(Endpoint { runtime, inner })
+    }
+
+    /// How long a request to a peer may go unanswered before its reader asks another peer, for
+    /// channels opened from now on (three in a row unanswered drop the peer).
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        self.inner.request_timeout_ms.store(timeout.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The address peers reach this node on.
@@ -474,12 +483,12 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                                     s.set_download_all(all);
                                 }
                             }
-                            state.tick();
+                            state.tick()?;
                         }
                         None => return Ok(()),
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => state.tick(),
+                _ = tokio::time::sleep_until(deadline.into()) => state.tick()?,
             }
         }
     }
@@ -569,7 +578,9 @@ impl ConnState {
                 ch.remote_id = Some(remote_id);
                 let mut opened = None;
                 ch.core.read(&mut |c| opened = Some(Session::open(c, ch.core.download_all(), Instant::now())));
-                if let Some((session, out)) = opened {
+                if let Some((mut session, out)) = opened {
+                    let ms = inner.request_timeout_ms.load(std::sync::atomic::Ordering::SeqCst);
+                    session.set_request_timeout(Duration::from_millis(ms));
                     ch.session = Some(session);
                     lock(&self.cores).push(key);
                     self.emit(i, out);
@@ -688,7 +699,7 @@ impl ConnState {
         self.channels.iter().filter_map(|c| c.session.as_ref().and_then(Session::deadline)).min()
     }
 
-    fn tick(&mut self) {
+    fn tick(&mut self) -> Result<(), NetError> {
         let now = Instant::now();
         for i in 0..self.channels.len() {
             let ch = &mut self.channels[i];
@@ -696,10 +707,13 @@ impl ConnState {
             if let Some(session) = ch.session.as_mut() {
                 ch.core.read(&mut |c| out = Some(session.tick(c, now)));
             }
-            if let Some(out) = out {
-                self.emit(i, out);
+            match out {
+                Some(Ok(out)) => self.emit(i, out),
+                Some(Err(m)) => return Err(NetError::Protocol(m.0)),
+                None => {}
             }
         }
+        Ok(())
     }
 }
 

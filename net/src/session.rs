@@ -27,6 +27,8 @@ pub const DOWNLOAD_WINDOW: usize = 32;
 const REQUEST_BURST: f64 = 4096.0;
 /// …and this many a second after that.
 const REQUEST_RATE: f64 = 2048.0;
+/// A peer that leaves this many requests in a row unanswered is dropped.
+const MAX_MISSED: u32 = 3;
 /// At most this many ranges describe what we have, in answer to a want or on open.
 const MAX_RANGES: usize = 4096;
 
@@ -134,6 +136,10 @@ pub struct Session {
     download_from: u64,
     budget: f64,
     budget_at: Instant,
+    /// How long a request may wait for its answer.
+    timeout: Duration,
+    /// Requests in a row that timed out.
+    missed: u32,
 }
 
 impl Session {
@@ -152,11 +158,18 @@ impl Session {
             download_from: 0,
             budget: REQUEST_BURST,
             budget_at: now,
+            timeout: REQUEST_TIMEOUT,
+            missed: 0,
         };
         let mut out = Output::default();
         s.sync(core, &mut out);
         out.messages.extend(have_ranges(core, 0, core.length()));
         (s, out)
+    }
+
+    /// How long requests sent from now on wait for an answer (default [`REQUEST_TIMEOUT`]).
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// Switches to downloading everything (a sparse replica becomes a full copy) or back; the
@@ -222,7 +235,7 @@ impl Session {
         };
         let id = self.take_id();
         self.in_flight
-            .insert(id, InFlight { block: None, seek: Some(bytes), upgrade: false, deadline: now + REQUEST_TIMEOUT });
+            .insert(id, InFlight { block: None, seek: Some(bytes), upgrade: false, deadline: now + self.timeout });
         out.messages.push(Message::Request { id, request, priority: None });
         true
     }
@@ -242,18 +255,23 @@ impl Session {
         }
     }
 
-    /// Gives up requests past their deadline.
-    pub fn tick(&mut self, core: &Hypercore, now: Instant) -> Output {
+    /// Gives up requests past their deadline (their readers hear so and ask elsewhere). A peer
+    /// that has left [`MAX_MISSED`] requests in a row unanswered is silent or too slow to keep.
+    pub fn tick(&mut self, core: &Hypercore, now: Instant) -> Result<Output, Misbehaviour> {
         let mut out = Output::default();
         let late: Vec<u64> = self.in_flight.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
         for id in late {
             if let Some(r) = self.in_flight.remove(&id) {
                 self.gave_up(&r, &mut out);
                 out.messages.push(Message::Cancel { request: id });
+                self.missed += 1;
             }
         }
+        if self.missed >= MAX_MISSED {
+            return Err(Misbehaviour(format!("the peer left {} requests in a row unanswered", self.missed)));
+        }
         self.top_up(core, now, &mut out);
-        out
+        Ok(out)
     }
 
     /// Handles one message from the peer. The core is changed only by verified proofs.
@@ -285,6 +303,7 @@ impl Session {
             }
             Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } => {}
             Message::Data { request, proof } => {
+                self.missed = 0;
                 let Some(asked) = self.in_flight.remove(&request) else {
                     // JS ignores data for requests it does not know (a late answer).
                     return Ok(out);
@@ -333,6 +352,7 @@ impl Session {
                 self.top_up(core, now, &mut out);
             }
             Message::NoData { request, .. } => {
+                self.missed = 0;
                 if let Some(r) = self.in_flight.remove(&request) {
                     if let Some(index) = r.block {
                         // It does not have it after all.
@@ -442,7 +462,7 @@ impl Session {
             ..Request::default()
         };
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: None, seek: None, upgrade: true, deadline: now + REQUEST_TIMEOUT });
+        self.in_flight.insert(id, InFlight { block: None, seek: None, upgrade: true, deadline: now + self.timeout });
         out.messages.push(Message::Request { id, request, priority: None });
     }
 
@@ -465,8 +485,7 @@ impl Session {
             return true;
         }
         let id = self.take_id();
-        self.in_flight
-            .insert(id, InFlight { block: Some(index), seek: None, upgrade, deadline: now + REQUEST_TIMEOUT });
+        self.in_flight.insert(id, InFlight { block: Some(index), seek: None, upgrade, deadline: now + self.timeout });
         self.wanted.remove(&index);
         out.messages.push(Message::Request { id, request, priority: None });
         true

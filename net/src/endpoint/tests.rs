@@ -152,6 +152,8 @@ enum Lie {
     Malformed,
     /// Far more requests than the budget.
     Flood,
+    /// Says it has every block, answers nothing.
+    Silent,
 }
 
 /// A peer that knows the key and dials the victim over real QUIC with a valid capability, then
@@ -224,6 +226,9 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
                         }
                     }
                     Frame::Channel { channel, message: Message::Request { id, request, .. } } => {
+                        if lie == Lie::Silent {
+                            continue;
+                        }
                         let Ok(mut proof) = writer.proof(&request) else { continue };
                         match lie {
                             Lie::BadSignature => {
@@ -295,4 +300,59 @@ fn a_hostile_peer_is_dropped_and_nothing_it_sent_is_stored() {
         drop(c);
         wait("the liar to be gone", || victim.peers().is_empty());
     }
+}
+
+#[test]
+fn a_silent_peer_is_passed_over_then_dropped_and_an_honest_one_answers() {
+    let w = writer(50);
+    let key = w.key();
+    let truth = Hypercore::open(lock(&w.core).store().clone(), &key).expect("open").expect("core");
+    let a = node(60, vec![w]);
+    let r = replica(key, false);
+    let victim = node(61, vec![r.clone()]);
+    victim.set_request_timeout(Duration::from_millis(300));
+    let h = node(62, Vec::new());
+    let addr = victim.local_addr().expect("addr");
+    std::thread::scope(|s| {
+        let silent = s.spawn(|| hostile(&h, addr, &truth, Lie::Silent));
+        // The silent peer is connected first, so readers ask it first.
+        wait("the silent peer", || victim.peers().len() == 1);
+        victim.connect(a.local_addr().expect("addr")).expect("connect");
+        wait("both peers' channels", || {
+            victim.peers().iter().all(|p| p.cores == vec![key]) && victim.peers().len() == 2
+        });
+        for index in [3u64, 17, 29, 41] {
+            let t = Instant::now();
+            assert!(victim.fetch(&key, index, Duration::from_secs(10)), "block {index} comes from the honest peer");
+            eprintln!("block {index} in {:?}", t.elapsed());
+        }
+        assert_eq!(silent.join().expect("silent peer"), Ok(()), "the victim hung up on the silent peer");
+    });
+    assert_eq!(lock(&r.core).get(41).expect("stored"), b"block 41");
+    let peers = victim.peers();
+    assert_eq!(peers.len(), 1, "only the honest peer is left");
+    assert_eq!(peers[0].id, Identity::from_seed(&[60; 32]).peer_id());
+}
+
+#[test]
+fn concurrent_readers_of_one_block_share_one_request() {
+    let w = writer(100);
+    let key = w.key();
+    let a = node(63, vec![w]);
+    let r = replica(key, false);
+    let b = node(64, vec![r.clone()]);
+    b.connect(a.local_addr().expect("addr")).expect("connect");
+    wait("the signed length", || lock(&r.core).length() == 100);
+    // What one reader of one block costs…
+    assert!(b.fetch(&key, 76, Duration::from_secs(5)));
+    let one = a.transferred(&key).0;
+    // …is what eight readers of another block cost together.
+    let got: Vec<bool> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..8).map(|_| s.spawn(|| b.fetch(&key, 77, Duration::from_secs(5)))).collect();
+        readers.into_iter().map(|t| t.join().expect("reader")).collect()
+    });
+    assert!(got.iter().all(|&ok| ok), "every reader got the block");
+    let eight = a.transferred(&key).0 - one;
+    assert!(eight < 2 * one, "eight readers of one block cost {eight} bytes, one reader {one}");
+    assert_eq!(lock(&r.core).local_blocks(), 2);
 }

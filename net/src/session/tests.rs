@@ -263,7 +263,21 @@ fn requests_time_out_and_are_reported() {
     let mut out = Output::default();
     assert!(s.want(&r, 4, now, &mut out));
     assert!(s.busy());
-    let out = s.tick(&r, now + REQUEST_TIMEOUT + Duration::from_millis(1));
+    let out = s.tick(&r, now + REQUEST_TIMEOUT + Duration::from_millis(1)).expect("one miss is forgiven");
     assert!(out.events.contains(&Event::Missing { index: 4 }));
     assert!(out.messages.iter().any(|m| matches!(m, Message::Cancel { .. })));
+    // An answer clears the count; three misses in a row drop the peer.
+    s.on_message(&mut r, Message::NoData { request: 99, reason: None }, now).expect("noData");
+    let mut at = now + REQUEST_TIMEOUT;
+    for (i, index) in [5u64, 6, 7].into_iter().enumerate() {
+        let mut out = Output::default();
+        assert!(s.want(&r, index, at, &mut out));
+        at += REQUEST_TIMEOUT + Duration::from_millis(1);
+        let ticked = s.tick(&r, at);
+        if i < 2 {
+            assert!(ticked.is_ok(), "miss {} is forgiven", i + 1);
+        } else {
+            assert!(ticked.expect_err("a silent peer is dropped").0.contains("unanswered"));
+        }
+    }
 }

@@ -188,6 +188,8 @@ fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
     assert_eq!(m["readOnly"], true, "a drive of another node mounts read-only");
     assert_eq!(std::fs::metadata(mnt.join("big.bin")).expect("stat").len(), size);
     assert_eq!(std::fs::read_to_string(mnt.join("docs/note.txt")).expect("read"), "hello");
+    let peers = json(&b, &["peers", "--json"]);
+    assert_eq!(peers[0]["drives"], serde_json::json!([format!("replica-{}", &key[..8])]), "{peers}");
 
     let seed = hyperfs_tests::test_seed();
     let offsets: Vec<u64> = (0..3)
