@@ -12,11 +12,12 @@ mod mirror;
 mod node;
 mod replay;
 mod share;
+mod swarm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 /// A FUSE-mountable distributed filesystem on Hypercore logs.
@@ -28,6 +29,39 @@ struct Cli {
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a command that uses the network reaches peers. Discovery options take effect when the
+/// node's network starts (and are remembered for its next start).
+#[derive(Args, Debug, Clone, Default)]
+struct NetArgs {
+    /// A peer to connect to (HOST:PORT; repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// The UDP address to listen on (default: the one used last time, else any free port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// A Mainline DHT bootstrap node (repeatable; default: the public ones).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Vec<String>,
+    /// Do not use the DHT.
+    #[arg(long)]
+    no_dht: bool,
+    /// Do not use LAN discovery.
+    #[arg(long)]
+    no_lan: bool,
+}
+
+impl NetArgs {
+    /// The request `req` with these options in it.
+    fn add(&self, mut req: Value) -> Value {
+        req["peers"] = json!(self.peers);
+        req["listen"] = json!(self.listen);
+        req["bootstrap"] = json!(self.bootstrap);
+        req["noDht"] = json!(self.no_dht);
+        req["noLan"] = json!(self.no_lan);
+        req
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,12 +161,14 @@ enum Command {
     Share {
         /// The drive.
         drive: String,
-        /// The UDP address to listen on (default: the one used last time, else any free port).
+        /// Join the drive's topic without announcing it (peers that know of it may still dial).
         #[arg(long)]
-        listen: Option<String>,
-        /// Also connect to these peers.
-        #[arg(long = "peer")]
-        peers: Vec<String>,
+        no_announce: bool,
+        /// Announce it on the LAN only, not on the DHT.
+        #[arg(long)]
+        lan_only: bool,
+        #[command(flatten)]
+        net: NetArgs,
         /// Print JSON: key, link, address.
         #[arg(long)]
         json: bool,
@@ -152,27 +188,19 @@ enum Command {
     Clone {
         /// The drive's key or hyper:// link.
         key: String,
-        /// A peer that has it (HOST:PORT; repeatable).
-        #[arg(long = "peer")]
-        peers: Vec<String>,
         /// A local name for it (default: clone-<first key digits>).
         #[arg(long)]
         name: Option<String>,
-        /// The UDP address to listen on.
-        #[arg(long)]
-        listen: Option<String>,
+        #[command(flatten)]
+        net: NetArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// The connected peers: id, address, drives, bytes up and down, round-trip time.
     Peers {
-        /// Connect to these peers first (HOST:PORT; repeatable).
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// The UDP address to listen on.
-        #[arg(long)]
-        listen: Option<String>,
+        #[command(flatten)]
+        net: NetArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -314,12 +342,8 @@ enum Command {
         /// Refuse every change (EROFS).
         #[arg(long)]
         read_only: bool,
-        /// A peer that has the drive (HOST:PORT; repeatable).
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// The UDP address to listen on.
-        #[arg(long)]
-        listen: Option<String>,
+        #[command(flatten)]
+        net: NetArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -534,8 +558,9 @@ fn main() -> ExitCode {
             std::io::Write::flush(&mut out)?;
             Ok(())
         }),
-        Command::Share { ref drive, ref listen, ref peers, json } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "share", "drive": drive, "listen": listen, "peers": peers}), true)?;
+        Command::Share { ref drive, no_announce, lan_only, ref net, json } => dir().and_then(|d| {
+            let req = net.add(json!({"cmd": "share", "drive": drive, "noAnnounce": no_announce, "lanOnly": lan_only}));
+            let r = client::request(&d, &req, true)?;
             if json {
                 println!("{r}");
             } else {
@@ -543,8 +568,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Clone { ref key, ref peers, ref name, ref listen, json } => dir().and_then(|d| {
-            let req = json!({"cmd": "clone", "key": key, "peers": peers, "name": name, "listen": listen});
+        Command::Clone { ref key, ref name, ref net, json } => dir().and_then(|d| {
+            let req = net.add(json!({"cmd": "clone", "key": key, "name": name}));
             let mut bar = client::ProgressBar::new(!json);
             let r = client::request_streaming(&d, &req, true, &mut |line| {
                 let p = &line["progress"];
@@ -563,14 +588,14 @@ fn main() -> ExitCode {
         Command::Unshare { ref drive } => {
             dir().and_then(|d| client::request(&d, &json!({"cmd": "unshare", "drive": drive}), true).map(drop))
         }
-        Command::Peers { ref peers, ref listen, json } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "peers", "peers": peers, "listen": listen}), true)?;
+        Command::Peers { ref net, json } => dir().and_then(|d| {
+            let r = client::request(&d, &net.add(json!({"cmd": "peers"})), true)?;
             if json {
                 println!("{r}");
             } else {
                 for p in r.as_array().into_iter().flatten() {
                     let drives: Vec<&str> = p["drives"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                    println!("{}\t{}\t{}\tup {}\tdown {}\t{:.1} ms", p["id"].as_str().unwrap_or_default(), p["address"].as_str().unwrap_or_default(),
+                    println!("{}\t{}\t{}\t{}\tup {}\tdown {}\t{:.1} ms", p["id"].as_str().unwrap_or_default(), p["address"].as_str().unwrap_or_default(), p["found"].as_str().unwrap_or_default(),
                         if drives.is_empty() { "-".to_owned() } else { drives.join(",") }, p["bytesUp"], p["bytesDown"], p["rttMs"].as_f64().unwrap_or(0.0));
                 }
             }
@@ -656,11 +681,12 @@ fn main() -> ExitCode {
                 Err(anyhow::anyhow!("{}", bad.join("; ")))
             }
         }),
-        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, ref peers, ref listen, json } => dir().and_then(|d| {
+        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, ref net, json } => dir().and_then(|d| {
             // SAFETY: getuid and getgid cannot fail and touch no memory.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let req = json!({"cmd": "mount", "drive": drive, "dir": absolute(mount_dir)?, "version": version,
-                "readOnly": read_only, "uid": uid, "gid": gid, "peers": peers, "listen": listen});
+                "readOnly": read_only, "uid": uid, "gid": gid});
+            let req = net.add(req);
             let r = client::request(&d, &req, true)?;
             if json {
                 println!("{r}");

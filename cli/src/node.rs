@@ -519,7 +519,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "share" => {
             let drive = open_drive(state, s("drive")?)?;
-            let net = net(state, r["listen"].as_str())?;
+            let net = net(state, r)?;
             net.connect(&peers_of(r))?;
             let (key, blobs, writable) = {
                 let d = drive.read().unwrap_or_else(|e| e.into_inner());
@@ -527,8 +527,10 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             };
             // A replica is served already, through the network's own instances of its cores.
             let served = !writable && matches!(net.replica_cores(&key, &blobs), (Some(_), Some(_)));
-            if !served {
-                net.share(&drive);
+            if served {
+                net.swarm.join(&key, r["noAnnounce"] != true, r["lanOnly"] == true);
+            } else {
+                net.share(&drive, r["noAnnounce"] != true, r["lanOnly"] == true);
             }
             Ok(json!({"key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key)),
                 "address": net.endpoint.local_addr()?.to_string()}))
@@ -545,14 +547,25 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         "peers" => {
             let peers = peers_of(r);
             if !peers.is_empty() {
-                net(state, r["listen"].as_str())?.connect(&peers)?;
+                net(state, r)?.connect(&peers)?;
             }
             let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let peers = net.map(|n| n.endpoint.peers()).unwrap_or_default();
+            let peers: Vec<(hyperfs_net::PeerInfo, &str)> = net
+                .map(|n| {
+                    n.endpoint
+                        .peers()
+                        .into_iter()
+                        .map(|p| {
+                            let found = n.swarm.source(&p.address).name();
+                            (p, found)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
             Ok(peers
                 .into_iter()
-                .map(|p| {
+                .map(|(p, found)| {
                     // The drives are the db cores replicated with the peer, by local name.
                     let drives: Vec<String> = p
                         .cores
@@ -560,7 +573,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                         .filter(|k| state.drives.lock().unwrap_or_else(|e| e.into_inner()).contains_key(*k))
                         .map(|k| local_name(&names, k).unwrap_or_else(|| hex::encode(k)))
                         .collect();
-                    json!({"id": hex::encode(p.id), "address": p.address.to_string(), "drives": drives,
+                    json!({"id": hex::encode(p.id), "address": p.address.to_string(), "drives": drives, "found": found,
                         "cores": p.cores.iter().map(hex::encode).collect::<Vec<_>>(),
                         "bytesUp": p.bytes_up, "bytesDown": p.bytes_down, "rttMs": p.rtt.as_secs_f64() * 1000.0})
                 })
@@ -571,20 +584,44 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
     }
 }
 
-/// The node's network, started on first use.
-fn net(state: &State, listen: Option<&str>) -> Result<Arc<crate::share::Net>> {
+/// The node's network, started on first use: listening on the request's `listen`, finding
+/// peers as its `bootstrap`, `noDht` and `noLan` say (remembered in `discovery.json` for the
+/// next start; later requests do not change a running network).
+fn net(state: &State, r: &Value) -> Result<Arc<crate::share::Net>> {
     let mut slot = state.net.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(n) = &*slot {
         return Ok(n.clone());
     }
-    let listen = listen.map(crate::share::resolve).transpose()?;
-    let n = crate::share::Net::start(&state.dir, listen)?;
+    let listen = r["listen"].as_str().map(crate::share::resolve).transpose()?;
+    let path = state.dir.join("discovery.json");
+    let asked = r.get("bootstrap").is_some_and(|b| b.as_array().is_some_and(|a| !a.is_empty()))
+        || r["noDht"] == true
+        || r["noLan"] == true;
+    let discovery: crate::swarm::Discovery = if asked {
+        let d = crate::swarm::Discovery {
+            bootstrap: peers_from(&r["bootstrap"]),
+            no_dht: r["noDht"] == true,
+            no_lan: r["noLan"] == true,
+        };
+        write_json(&state.dir, "discovery.json", &d)?;
+        d
+    } else {
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is damaged", path.display()))?,
+            Err(_) => crate::swarm::Discovery::default(),
+        }
+    };
+    let n = crate::share::Net::start(&state.dir, listen, &discovery, state.store.clone())?;
     *slot = Some(n.clone());
     Ok(n)
 }
 
+fn peers_from(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect()
+}
+
 fn peers_of(r: &Value) -> Vec<String> {
-    r["peers"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect()
+    peers_from(&r["peers"])
 }
 
 /// The replicas this node keeps (`replicas.json`: key → whether it is a full copy, and the
@@ -630,13 +667,13 @@ fn resume_replicas(state: &Arc<State>) {
     for (key, r) in replicas {
         let Ok(key) = crate::local::parse_key(&key) else { continue };
         let full = r["full"].as_bool().unwrap_or(false);
-        if let Err(e) = replicate(state, &key, &[], None, full) {
+        if let Err(e) = replicate(state, &key, &[], &Value::Null, full) {
             tracing::warn!(key = %hex::encode(key), error = %e, "following a replica");
         }
         let peers: Vec<String> = serde_json::from_value(r["peers"].clone()).unwrap_or_default();
         all_peers.extend(peers.into_iter().filter(|p| !all_peers.contains(p)).collect::<Vec<_>>());
     }
-    let Ok(net) = net(state, None) else { return };
+    let Ok(net) = net(state, &Value::Null) else { return };
     std::thread::spawn(move || {
         for p in all_peers {
             if let Err(e) = net.connect(std::slice::from_ref(&p)) {
@@ -649,17 +686,13 @@ fn resume_replicas(state: &Arc<State>) {
 /// A replica of drive `key` followed live: from the store if this node has had it, else from
 /// `peers` (its signed length and manifest first: they name the blobs core). `full` downloads
 /// everything; otherwise readers fetch what they touch. Returns the drive readers use.
-fn replicate(
-    state: &State,
-    key: &Hash,
-    peers: &[String],
-    listen: Option<&str>,
-    full: bool,
-) -> Result<Arc<RwLock<Drive>>> {
+fn replicate(state: &State, key: &Hash, peers: &[String], r: &Value, full: bool) -> Result<Arc<RwLock<Drive>>> {
     use std::time::{Duration, Instant};
-    let net = net(state, listen)?;
+    let net = net(state, r)?;
     let store: Arc<dyn Store> = state.store.clone();
     let db = net.add_replica(hyperfs_engine::Hypercore::open_replica(store.clone(), *key, None)?, full);
+    // Found by its key: on the LAN and the DHT, as well as at the peers given.
+    net.swarm.join(key, true, false);
     if let Err(e) = net.connect(peers) {
         // Known replicas still read what they hold.
         if !db.has_manifest() {
@@ -670,7 +703,11 @@ fn replicate(
     let deadline = Instant::now() + Duration::from_secs(15);
     while !(db.has_manifest() && db.state().1 > 0) {
         if Instant::now() > deadline {
-            bail!("no peer gave drive {} within 15 s (is it shared there?)", hex::encode(key));
+            bail!(
+                "no peer gave drive {} within 15 s: none was found on the LAN or the DHT{}",
+                hex::encode(key),
+                if peers.is_empty() { " (give one with --peer HOST:PORT)" } else { ", nor at the peers given" }
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -739,13 +776,8 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         let name = local_name(&state.names.lock().unwrap_or_else(|e| e.into_inner()), &key);
         bail!("drive {} is on this node already (as {})", hex::encode(key), name.unwrap_or_else(|| hex::encode(key)));
     }
-    if peers.is_empty() && known.is_none() {
-        bail!(
-            "give the address of a peer that has the drive: --peer HOST:PORT (finding peers by key alone comes later)"
-        );
-    }
-    let drive = replicate(state, &key, &peers, r["listen"].as_str(), true)?;
-    let net = net(state, None)?;
+    let drive = replicate(state, &key, &peers, r, true)?;
+    let net = net(state, r)?;
     let (db, blobs) = net.replica_cores(&key, drive.read().unwrap_or_else(|e| e.into_inner()).blobs().key());
     let (Some(db), Some(blobs)) = (db, blobs) else { bail!("the replica's cores are not followed") };
     // Everything, with progress; a peer that stops giving for 30 s ends the wait. The blobs
@@ -798,7 +830,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         Ok(d) => {
             let peers = peers_of(r);
             if !peers.is_empty() {
-                net(state, r["listen"].as_str())?.connect(&peers)?;
+                net(state, r)?.connect(&peers)?;
             }
             d
         }
@@ -806,10 +838,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         Err(_) if crate::local::parse_key(which).is_ok() => {
             let key = crate::local::parse_key(which)?;
             let peers = peers_of(r);
-            if peers.is_empty() && Drive::open(state.store.clone(), &key)?.is_none() {
-                bail!("drive {which} is not on this node: give a peer that has it, --peer HOST:PORT");
-            }
-            let d = replicate(state, &key, &peers, r["listen"].as_str(), false)?;
+            let d = replicate(state, &key, &peers, r, false)?;
             name_replica(state, &key, None, "replica")?;
             d
         }

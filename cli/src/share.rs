@@ -109,7 +109,9 @@ impl Shared for Offer {
 
 /// The node's network.
 pub struct Net {
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
+    /// Topics, discovery and the connections it makes.
+    pub swarm: Arc<crate::swarm::Swarm>,
     offer: Arc<Offer>,
     /// Shared drives of ours, with the (fork, db length, blobs length) peers last heard of.
     own: Mutex<Vec<(Arc<RwLock<Drive>>, CoreState)>>,
@@ -121,8 +123,13 @@ pub struct Net {
 
 impl Net {
     /// Starts the endpoint of data directory `dir`: on `listen`, else the address it used last
-    /// time, else any free port; remembers the address.
-    pub fn start(dir: &Path, listen: Option<SocketAddr>) -> Result<Arc<Net>> {
+    /// time, else any free port; remembers the address. Discovery runs as `discovery` says.
+    pub fn start(
+        dir: &Path,
+        listen: Option<SocketAddr>,
+        discovery: &crate::swarm::Discovery,
+        store: Arc<dyn hyperfs_engine::store::Store>,
+    ) -> Result<Arc<Net>> {
         let identity = Identity::load_or_create(&dir.join("identity.key"))?;
         let remembered = dir.join("listen.addr");
         let last = std::fs::read_to_string(&remembered).ok().and_then(|s| s.trim().parse().ok());
@@ -137,8 +144,11 @@ impl Net {
         std::fs::write(&remembered, format!("{addr}\n"))
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
+        let endpoint = Arc::new(endpoint);
+        let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store, discovery);
         let net = Arc::new(Net {
             endpoint,
+            swarm,
             offer,
             own: Mutex::new(Vec::new()),
             replicas: Mutex::new(Vec::new()),
@@ -155,8 +165,9 @@ impl Net {
         Ok(net)
     }
 
-    /// Offers a drive this node writes (or has whole) to every peer.
-    pub fn share(&self, drive: &Arc<RwLock<Drive>>) {
+    /// Offers a drive this node writes (or has whole) to every peer, and joins its topic
+    /// (announced unless `announce` is false; on the LAN only with `lan_only`).
+    pub fn share(&self, drive: &Arc<RwLock<Drive>>, announce: bool, lan_only: bool) {
         let (db, blobs, state) = {
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
             (*d.key(), *d.blobs().key(), (d.db().core().fork(), d.db().core().length(), d.blobs().length()))
@@ -171,6 +182,7 @@ impl Net {
         }
         lock(&self.own).push((drive.clone(), state));
         self.endpoint.refresh();
+        self.swarm.join(&db, announce, lan_only);
     }
 
     /// Stops offering a drive of ours; returns whether it was shared.
@@ -190,6 +202,7 @@ impl Net {
         for k in &keys {
             self.endpoint.close(k);
         }
+        self.swarm.leave(&keys[0]);
         true
     }
 
@@ -237,6 +250,7 @@ impl Net {
         for p in peers {
             let addr = resolve(p)?;
             self.endpoint.connect(addr).map_err(|e| anyhow!("{p}: {e}"))?;
+            self.swarm.note(addr, hyperfs_net::discovery::Source::Static);
         }
         Ok(())
     }

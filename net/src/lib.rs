@@ -12,6 +12,7 @@
 //! with capabilities, blocking fetch). Still to come: the node's commands, the swarm and
 //! discovery (issues 8 and 9).
 
+pub mod discovery;
 pub mod endpoint;
 pub mod identity;
 pub mod session;

@@ -211,3 +211,161 @@ pub fn sh(cwd: &Path, script: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Hosts as network namespaces on one bridge (`10.S.0.N/24`, S per instance), for tests where
+/// nodes must be on different hosts: LAN discovery, a DHT, NAT. Commands run on a host through
+/// `nsenter --net` (the mount namespace stays the test's, so FUSE mounts made there are
+/// visible). Everything is removed on drop. Needs root.
+pub struct Hosts {
+    /// Namespace names, host 0 first.
+    pub names: Vec<String>,
+    bridge: String,
+    subnet: u8,
+    /// Extra namespaces (routers, NATed hosts) to remove on drop.
+    extra: Vec<String>,
+}
+
+fn ip_cmd(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `args` inside namespace `ns`, failing the test if it fails.
+pub fn in_ns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("nsenter").arg(format!("--net=/run/netns/{ns}")).args(args).output().expect("run nsenter");
+    assert!(out.status.success(), "in {ns}: {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Hosts {
+    /// `n` hosts on a fresh bridge, each with its address, loopback up and routes for the
+    /// bridge's subnet and for multicast.
+    pub fn new(n: usize) -> Hosts {
+        let tag = format!("{:x}", std::process::id() % 0xffff) + &format!("{:02x}", rand::random::<u8>());
+        let subnet = 100 + rand::random::<u8>() % 100;
+        let bridge = format!("hbr{tag}");
+        ip_cmd(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", "0"]);
+        ip_cmd(&["link", "set", &bridge, "up"]);
+        let mut hosts = Hosts { names: Vec::new(), bridge, subnet, extra: Vec::new() };
+        for i in 0..n {
+            let ns = format!("h{tag}{i}");
+            hosts.attach(&ns, (i + 1) as u8);
+            hosts.names.push(ns);
+        }
+        hosts
+    }
+
+    /// Creates namespace `ns` with address `10.S.0.host` on the bridge.
+    fn attach(&self, ns: &str, host: u8) {
+        ip_cmd(&["netns", "add", ns]);
+        let (outside, inside) = (format!("{ns}o"), format!("{ns}i"));
+        ip_cmd(&["link", "add", &outside, "type", "veth", "peer", "name", &inside]);
+        ip_cmd(&["link", "set", &outside, "master", &self.bridge, "up"]);
+        ip_cmd(&["link", "set", &inside, "netns", ns]);
+        in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+        in_ns(ns, &["ip", "addr", "add", &format!("10.{}.0.{host}/24", self.subnet), "dev", &inside]);
+        in_ns(ns, &["ip", "link", "set", &inside, "up"]);
+        in_ns(ns, &["ip", "route", "add", "224.0.0.0/4", "dev", &inside]);
+    }
+
+    /// Host `i`'s address.
+    pub fn ip(&self, i: usize) -> String {
+        format!("10.{}.0.{}", self.subnet, i + 1)
+    }
+
+    /// The NAT router's public address and the private address of the host behind it (see
+    /// [`Hosts::behind_nat`]).
+    pub fn nat_ips(&self) -> (String, String) {
+        (format!("10.{}.0.254", self.subnet), format!("192.168.{}.2", self.subnet))
+    }
+
+    /// A host behind a NAT: a router namespace on the bridge (address `10.S.0.254`) that
+    /// masquerades a private link (`192.168.S.0/24`) to the new host. Returns the host's
+    /// namespace. The private host reaches the bridge's hosts; they cannot reach it.
+    pub fn behind_nat(&mut self) -> String {
+        let router = format!("{}r", self.bridge);
+        let host = format!("{}n", self.bridge);
+        self.attach(&router, 254);
+        ip_cmd(&["netns", "add", &host]);
+        self.extra.push(router.clone());
+        self.extra.push(host.clone());
+        let (r_if, h_if) = (format!("{router}p"), format!("{host}p"));
+        ip_cmd(&["link", "add", &r_if, "type", "veth", "peer", "name", &h_if]);
+        ip_cmd(&["link", "set", &r_if, "netns", &router]);
+        ip_cmd(&["link", "set", &h_if, "netns", &host]);
+        let private = |h: u8| format!("192.168.{}.{h}", self.subnet);
+        in_ns(&router, &["ip", "addr", "add", &format!("{}/24", private(1)), "dev", &r_if]);
+        in_ns(&router, &["ip", "link", "set", &r_if, "up"]);
+        in_ns(&router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        let public_if = format!("{router}i");
+        let nat_src = format!("192.168.{}.0/24", self.subnet);
+        in_ns(
+            &router,
+            &["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", &nat_src, "-o", &public_if, "-j", "MASQUERADE"],
+        );
+        // Nothing from outside reaches the private side unless it answers a connection from it.
+        in_ns(
+            &router,
+            &["iptables", "-A", "FORWARD", "-i", &public_if, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
+        );
+        in_ns(&host, &["ip", "link", "set", "lo", "up"]);
+        in_ns(&host, &["ip", "addr", "add", &format!("{}/24", private(2)), "dev", &h_if]);
+        in_ns(&host, &["ip", "link", "set", &h_if, "up"]);
+        in_ns(&host, &["ip", "route", "add", "default", "via", &private(1)]);
+        host
+    }
+
+    /// Runs `hyperfs --data-dir DIR args…` on host namespace `ns`.
+    pub fn hyperfs(ns: &str, dir: &Path, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(hyperfs_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("spawn hyperfs in a namespace")
+    }
+
+    /// As [`Hosts::hyperfs`], failing the test on a non-zero exit; returns standard output.
+    pub fn hyperfs_ok(ns: &str, dir: &Path, args: &[&str]) -> String {
+        let out = Hosts::hyperfs(ns, dir, args);
+        assert!(
+            out.status.success(),
+            "hyperfs {args:?} on {ns} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Starts a private Mainline DHT of `n` nodes on host `i` (the `dht-testnet` helper);
+    /// returns it (it stops when dropped) and its bootstrap addresses.
+    pub fn dht(&self, i: usize, n: usize) -> (std::process::Child, Vec<String>) {
+        use std::io::BufRead;
+        let helper = hyperfs_bin().with_file_name("dht-testnet");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.names[i]))
+            .arg(helper)
+            .arg(self.ip(i))
+            .arg(n.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the DHT testnet");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(out).read_line(&mut line).expect("the testnet's addresses");
+        let bootstrap: Vec<String> = serde_json::from_str(line.trim()).expect("a JSON list of addresses");
+        (child, bootstrap)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in self.names.iter().chain(&self.extra) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+    }
+}

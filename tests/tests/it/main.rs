@@ -15,4 +15,5 @@ mod posix;
 mod proof_interop;
 mod replica_store;
 mod share_cli;
+mod swarm_netns;
 mod wire_interop;

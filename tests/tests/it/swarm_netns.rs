@@ -1,0 +1,138 @@
+//! Finding peers from a key alone, between hosts made of network namespaces on one bridge: a
+//! private Mainline DHT (the `mainline` crate's testnet, on one of the hosts) lets host C mount
+//! A's drive with no `--peer`; with the DHT off, LAN discovery alone connects two hosts within
+//! two seconds; a host behind a NAT (iptables in a router namespace) finds a public host through
+//! the DHT and fetches from it by dialing out. Needs root (CI runs as root).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyperfs_tests::Hosts;
+use serde_json::Value;
+
+fn json(ns: &str, dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&Hosts::hyperfs_ok(ns, dir, args)).expect("JSON output")
+}
+
+/// Stops a node when dropped (its socket is a file: reachable from any namespace).
+struct Stop<'a>(&'a Path);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let _ = hyperfs_tests::hyperfs_in(self.0, &["stop"]);
+    }
+}
+
+/// A drive on host `ns` holding `/hello.txt`, shared; returns its key.
+fn shared_drive(ns: &str, dir: &Path, text: &str, extra: &[&str]) -> String {
+    Hosts::hyperfs_ok(ns, dir, &["create", "--name", "d"]);
+    let file = dir.parent().expect("parent").join(format!("{ns}.txt"));
+    std::fs::write(&file, text).expect("write");
+    Hosts::hyperfs_ok(ns, dir, &["put", file.to_str().expect("utf-8"), "d:/hello.txt"]);
+    let mut args = vec!["share", "d", "--json"];
+    args.extend_from_slice(extra);
+    json(ns, dir, &args)["key"].as_str().expect("key").to_owned()
+}
+
+#[test]
+fn a_key_alone_finds_the_drive_through_the_dht_and_through_the_lan() {
+    let hosts = Hosts::new(3);
+    let (a, c) = (&hosts.names[0], &hosts.names[2]);
+    let (_dht, bootstrap) = hosts.dht(1, 4);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (da, dc) = (tmp.path().join("a"), tmp.path().join("c"));
+    let (_sa, _sc) = (Stop(&da), Stop(&dc));
+    let mut dht_args: Vec<&str> = vec!["--no-lan"];
+    for b in &bootstrap {
+        dht_args.extend(["--bootstrap", b.as_str()]);
+    }
+    let key = shared_drive(a, &da, "from a, found on the dht", &dht_args);
+
+    // C has the key and the DHT, nothing else: no --peer, no LAN.
+    let mnt = tmp.path().join("mnt-c");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut args = vec!["mount", key.as_str(), mnt.to_str().expect("utf-8")];
+    args.extend_from_slice(&dht_args);
+    let start = Instant::now();
+    Hosts::hyperfs_ok(c, &dc, &args);
+    eprintln!("mounted through the DHT in {:?}", start.elapsed());
+    assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).expect("read"), "from a, found on the dht");
+    let peers = json(c, &dc, &["peers", "--json"]);
+    let found: Vec<(&str, &str)> = peers
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| (p["address"].as_str().unwrap_or_default(), p["found"].as_str().unwrap_or_default()))
+        .collect();
+    assert!(
+        found.iter().any(|(addr, how)| addr.starts_with(&format!("{}:", hosts.ip(0))) && *how == "dht"),
+        "{found:?}"
+    );
+    Hosts::hyperfs_ok(c, &dc, &["unmount", mnt.to_str().expect("utf-8")]);
+}
+
+#[test]
+fn with_the_dht_off_the_lan_alone_connects_two_hosts() {
+    let hosts = Hosts::new(2);
+    let (a, b) = (&hosts.names[0], &hosts.names[1]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (Stop(&da), Stop(&db));
+    let key = shared_drive(a, &da, "from a, found on the lan", &["--no-dht"]);
+    let mnt = tmp.path().join("mnt-b");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let start = Instant::now();
+    Hosts::hyperfs_ok(b, &db, &["mount", &key, mnt.to_str().expect("utf-8"), "--no-dht"]);
+    let took = start.elapsed();
+    eprintln!("found on the LAN and mounted in {took:?}");
+    assert!(took < Duration::from_secs(2), "LAN discovery took {took:?}");
+    assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).expect("read"), "from a, found on the lan");
+    let peers = json(b, &db, &["peers", "--json"]);
+    assert_eq!(peers[0]["found"], "lan", "{peers}");
+    assert!(peers[0]["address"].as_str().expect("address").starts_with(&format!("{}:", hosts.ip(0))));
+
+    // `--no-announce`: a drive shared that way is not answered for on the LAN.
+    Hosts::hyperfs_ok(a, &da, &["create", "--name", "quiet"]);
+    let quiet = json(a, &da, &["share", "quiet", "--no-announce", "--json"])["key"].as_str().expect("key").to_owned();
+    let mnt2 = tmp.path().join("mnt-quiet");
+    std::fs::create_dir(&mnt2).expect("mkdir");
+    let dq = tmp.path().join("q");
+    let _sq = Stop(&dq);
+    let out = Hosts::hyperfs(b, &dq, &["mount", &quiet, mnt2.to_str().expect("utf-8"), "--no-dht"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no peer gave drive"), "{err}");
+}
+
+#[test]
+fn a_host_behind_a_nat_fetches_from_a_public_host_by_dialing_out() {
+    let mut hosts = Hosts::new(2);
+    let nat = hosts.behind_nat();
+    let a = hosts.names[0].clone();
+    let (_dht, bootstrap) = hosts.dht(1, 4);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (da, dn) = (tmp.path().join("a"), tmp.path().join("n"));
+    let (_sa, _sn) = (Stop(&da), Stop(&dn));
+    let mut dht_args: Vec<&str> = vec!["--no-lan"];
+    for b in &bootstrap {
+        dht_args.extend(["--bootstrap", b.as_str()]);
+    }
+    let key = shared_drive(&a, &da, "from the public host", &dht_args);
+    // The private host cannot be dialed from outside…
+    let (router, private) = hosts.nat_ips();
+    let probe = format!("{private}:9");
+    let out = Hosts::hyperfs(&a, &da, &["peers", "--peer", &probe]);
+    assert!(!out.status.success(), "the host behind the NAT was reachable");
+    // …but finds A on the DHT and fetches from it.
+    let mnt = tmp.path().join("mnt-n");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut args = vec!["mount", key.as_str(), mnt.to_str().expect("utf-8")];
+    args.extend_from_slice(&dht_args);
+    Hosts::hyperfs_ok(&nat, &dn, &args);
+    assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).expect("read"), "from the public host");
+    let peers = json(&nat, &dn, &["peers", "--json"]);
+    assert_eq!(peers[0]["found"], "dht", "{peers}");
+    // A sees the connection coming from the router's public address.
+    let seen = json(&a, &da, &["peers", "--json"]);
+    assert!(seen[0]["address"].as_str().expect("address").starts_with(&format!("{router}:")), "{seen}");
+    Hosts::hyperfs_ok(&nat, &dn, &["unmount", mnt.to_str().expect("utf-8")]);
+}
