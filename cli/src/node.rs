@@ -132,6 +132,7 @@ pub fn run(dir: &Path) -> Result<()> {
         stopping: AtomicBool::new(false),
     });
     resume_replicas(&state);
+    resume_shares(&state);
     watch_mounts(&state);
     std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
     tracing::info!(dir = %dir.display(), "node started");
@@ -179,6 +180,10 @@ pub fn run(dir: &Path) -> Result<()> {
         if let Err(e) = m.mounted.unmount(false).or_else(|_| m.mounted.unmount(true)) {
             tracing::warn!(dir = %dir.display(), error = %e, "unmounting");
         }
+    }
+    // Peers hear we are leaving (and turn to others at once).
+    if let Some(net) = state.net.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        net.endpoint.shutdown();
     }
     state.store.flush()?;
     // Last: `hyperfs stop` waits for this file to go.
@@ -527,10 +532,12 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             };
             // A replica is served already, through the network's own instances of its cores.
             let served = !writable && matches!(net.replica_cores(&key, &blobs), (Some(_), Some(_)));
+            let (announce, lan_only) = (r["noAnnounce"] != true, r["lanOnly"] == true);
             if served {
-                net.swarm.join(&key, r["noAnnounce"] != true, r["lanOnly"] == true);
+                net.swarm.join(&key, announce, lan_only);
             } else {
-                net.share(&drive, r["noAnnounce"] != true, r["lanOnly"] == true);
+                net.share(&drive, announce, lan_only);
+                remember_share(state, &key, Some((announce, lan_only)))?;
             }
             Ok(json!({"key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key)),
                 "address": net.endpoint.local_addr()?.to_string()}))
@@ -541,6 +548,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             if !net.is_some_and(|n| n.unshare(&drive)) {
                 bail!("drive {} is not shared", s("drive")?);
             }
+            remember_share(state, drive.read().unwrap_or_else(|e| e.into_inner()).key(), None)?;
             Ok(json!({}))
         }
         "clone" => clone(state, s("key")?, r, emit),
@@ -629,12 +637,7 @@ fn peers_of(r: &Value) -> Vec<String> {
 type Replicas = BTreeMap<String, Value>;
 
 fn read_replicas(dir: &Path) -> Result<Replicas> {
-    let path = dir.join("replicas.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    read_json_map(dir, "replicas.json")
 }
 
 fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[String]) -> Result<()> {
@@ -655,6 +658,47 @@ fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[String]) -> 
     write_json(&state.dir, "replicas.json", &all)
 }
 
+/// Records in `shared.json` that drive `key` is shared (with whether it is announced and on
+/// the LAN only), or with `None` that it no longer is.
+fn remember_share(state: &State, key: &Hash, how: Option<(bool, bool)>) -> Result<()> {
+    let _g = state.replicas_file.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = read_json_map(&state.dir, "shared.json")?;
+    match how {
+        Some((announce, lan_only)) => {
+            all.insert(hex::encode(key), json!({"announce": announce, "lanOnly": lan_only}));
+        }
+        None => {
+            all.remove(&hex::encode(key));
+        }
+    }
+    write_json(&state.dir, "shared.json", &all)
+}
+
+fn read_json_map(dir: &Path, file: &str) -> Result<BTreeMap<String, Value>> {
+    let path = dir.join(file);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Shares again the drives this node shared before it stopped.
+fn resume_shares(state: &Arc<State>) {
+    let shared = match read_json_map(&state.dir, "shared.json") {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return,
+        Err(e) => return tracing::warn!(error = %e, "not sharing again"),
+    };
+    let Ok(net) = net(state, &Value::Null) else { return };
+    for (key, how) in shared {
+        match open_drive(state, &key) {
+            Ok(drive) => net.share(&drive, how["announce"] != false, how["lanOnly"] == true),
+            Err(e) => tracing::warn!(%key, error = %e, "sharing again"),
+        }
+    }
+}
+
 /// Follows again, in the background, the replicas this node kept before it stopped.
 fn resume_replicas(state: &Arc<State>) {
     let replicas = match read_replicas(&state.dir) {
@@ -671,16 +715,16 @@ fn resume_replicas(state: &Arc<State>) {
             tracing::warn!(key = %hex::encode(key), error = %e, "following a replica");
         }
         let peers: Vec<String> = serde_json::from_value(r["peers"].clone()).unwrap_or_default();
-        all_peers.extend(peers.into_iter().filter(|p| !all_peers.contains(p)).collect::<Vec<_>>());
+        all_peers.extend(peers.into_iter().map(|p| (key, p)));
     }
     let Ok(net) = net(state, &Value::Null) else { return };
-    std::thread::spawn(move || {
-        for p in all_peers {
-            if let Err(e) = net.connect(std::slice::from_ref(&p)) {
-                tracing::info!(peer = %p, error = %e, "a replica's peer is not there");
-            }
+    // The swarm dials them (and again when they leave).
+    for (key, p) in all_peers {
+        match crate::share::resolve(&p) {
+            Ok(addr) => net.swarm.add_peer(&key, addr),
+            Err(e) => tracing::info!(peer = %p, error = %e, "a replica's peer"),
         }
-    });
+    }
 }
 
 /// A replica of drive `key` followed live: from the store if this node has had it, else from
@@ -693,7 +737,7 @@ fn replicate(state: &State, key: &Hash, peers: &[String], r: &Value, full: bool)
     let db = net.add_replica(hyperfs_engine::Hypercore::open_replica(store.clone(), *key, None)?, full);
     // Found by its key: on the LAN and the DHT, as well as at the peers given.
     net.swarm.join(key, true, false);
-    if let Err(e) = net.connect(peers) {
+    if let Err(e) = net.connect_for(key, peers) {
         // Known replicas still read what they hold.
         if !db.has_manifest() {
             return Err(e);

@@ -94,8 +94,10 @@ type Followed = (Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<CoreState>, u32)
 
 /// Rounds of the watch loop a replica's refresh waits for busy readers before it waits on them.
 const REFRESH_PATIENCE: u32 = 10;
-/// How long a reader waits for the network to give a block or a seek.
+/// How long a reader waits for the network to give a block or a seek…
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// …asking again this often while no connected peer can.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// The cores offered to peers; the network's tasks read this, so nothing that waits on a drive
 /// lock ever holds it.
@@ -255,6 +257,15 @@ impl Net {
         Ok(())
     }
 
+    /// Connects to each of `peers` for drive `key`, and again whenever the connection drops.
+    pub fn connect_for(&self, key: &Hash, peers: &[String]) -> Result<()> {
+        self.connect(peers)?;
+        for p in peers {
+            self.swarm.add_peer(key, resolve(p)?);
+        }
+        Ok(())
+    }
+
     /// One round of the watch loop.
     fn watch(&self) {
         for (drive, told) in lock(&self.own).iter_mut() {
@@ -318,11 +329,20 @@ impl NetFetch {
 impl hyperfs_engine::fetch::Fetch for NetFetch {
     fn fetch(&self, core: &Hash, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
         let (net, slot) = self.parts(core)?;
-        if let Some(b) = slot.get(index) {
-            return Ok(b);
+        // Peers come and go: until the deadline, ask whoever is connected now.
+        let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
+        loop {
+            if let Some(b) = slot.get(index) {
+                return Ok(b);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(hyperfs_engine::Error::MissingBlock { index });
+            }
+            if !net.endpoint.fetch(core, index, left) {
+                std::thread::sleep(RETRY_EVERY.min(left));
+            }
         }
-        net.endpoint.fetch(core, index, FETCH_TIMEOUT);
-        slot.get(index).ok_or(hyperfs_engine::Error::MissingBlock { index })
     }
 
     fn prefetch(&self, core: &Hash, indices: &[u64]) {
@@ -349,14 +369,16 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
 
     fn seek(&self, core: &Hash, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
         let (net, slot) = self.parts(core)?;
-        // A byte at a node boundary takes a second round; a peer that keeps failing, no more.
-        for _ in 0..4 {
+        // A byte at a node boundary takes a second round; peers come and go until the deadline.
+        let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
+        for _ in 0..64 {
             let pending = lock(&slot.core).seek_request(bytes)?;
-            if pending.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if pending.is_none() || left.is_zero() {
                 break;
             }
-            if !net.endpoint.seek(core, bytes, FETCH_TIMEOUT) {
-                break;
+            if !net.endpoint.seek(core, bytes, left) {
+                std::thread::sleep(RETRY_EVERY.min(left));
             }
         }
         let found = lock(&slot.core).seek(bytes);

@@ -175,6 +175,13 @@ impl Swarm {
         }
     }
 
+    /// Keeps `addr` (given with `--peer`) among the peers of core `key`'s topic: dialed again
+    /// whenever the connection drops.
+    pub fn add_peer(&self, key: &Hash, addr: SocketAddr) {
+        let t = discovery::topic(&crypto::discovery_key(key));
+        add(&mut lock(&self.candidates), t, addr, Source::Static);
+    }
+
     /// Records how a peer we dialed ourselves was found.
     pub fn note(&self, addr: SocketAddr, source: Source) {
         lock(&self.sources).insert(addr, source);
@@ -374,7 +381,7 @@ fn add(cands: &mut HashMap<SocketAddr, Candidate>, t: Hash, addr: SocketAddr, so
     if !c.topics.contains(&t) {
         c.topics.push(t);
     }
-    if c.source == Source::Cache && source != Source::Cache {
+    if c.source == Source::Cache && source != Source::Cache || source == Source::Static {
         c.source = source;
     }
     // Heard of again: a failed address gets another chance soon.

@@ -85,6 +85,8 @@ enum Command {
 
 struct Conn {
     id: Hash,
+    /// Tells this connection from another to the same peer.
+    stable: usize,
     address: SocketAddr,
     tx: mpsc::UnboundedSender<Command>,
     connection: quinn::Connection,
@@ -102,6 +104,8 @@ struct Inner {
     transferred: Mutex<HashMap<Hash, (u64, u64)>>,
     /// How long a request to a peer may go unanswered (ms).
     request_timeout_ms: std::sync::atomic::AtomicU64,
+    /// Whose turn it is to be asked first among equally near peers.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// A running endpoint. Dropping it closes every connection.
@@ -148,9 +152,11 @@ impl Endpoint {
         let quic_client =
             quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| NetError::Tls(e.to_string()))?;
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        // A peer that vanishes without closing (killed, cut off) is noticed within the idle
+        // timeout; keep-alives hold healthy connections open.
+        transport.keep_alive_interval(Some(Duration::from_secs(2)));
         transport.max_idle_timeout(Some(
-            Duration::from_secs(30).try_into().map_err(|_| NetError::Io("idle timeout".into()))?,
+            Duration::from_secs(10).try_into().map_err(|_| NetError::Io("idle timeout".into()))?,
         ));
         let transport = Arc::new(transport);
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
@@ -170,6 +176,7 @@ impl Endpoint {
             me: identity.peer_id(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
+            turn: 0.into(),
         });
         let acceptor = inner.clone();
         runtime.spawn(async move {
@@ -279,35 +286,90 @@ impl Endpoint {
         self.ask(core, vec![Wanted::Seek(bytes)], timeout).is_empty()
     }
 
-    /// Asks the peers that replicate `core`, one after another, for what is still wanted;
-    /// returns what none gave in time.
-    fn ask(&self, core: &Hash, mut wanted: Vec<Wanted>, timeout: Duration) -> Vec<Wanted> {
+    /// Asks the peers that replicate `core` for what is wanted: the nearest first (by round-trip
+    /// time); what it has not given after a short while (or cannot give) is asked of the next as
+    /// well, and so on — a slow, silent or departed peer delays a reader by that while, not by
+    /// the request timeout. Returns what no peer gave within `timeout`.
+    fn ask(&self, core: &Hash, wanted: Vec<Wanted>, timeout: Duration) -> Vec<Wanted> {
         let deadline = Instant::now() + timeout;
-        let peers: Vec<mpsc::UnboundedSender<Command>> =
-            lock(&self.inner.conns).iter().filter(|c| lock(&c.cores).contains(core)).map(|c| c.tx.clone()).collect();
-        for tx in peers {
-            if wanted.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            let mut replies = Vec::with_capacity(wanted.len());
-            for &what in &wanted {
-                let (reply, rx) = oneshot::channel();
-                if tx.send(Command::Want { core: *core, what, reply }).is_err() {
+        let mut peers: Vec<(Duration, mpsc::UnboundedSender<Command>)> = lock(&self.inner.conns)
+            .iter()
+            .filter(|c| lock(&c.cores).contains(core))
+            .map(|c| (c.connection.rtt(), c.tx.clone()))
+            .collect();
+        peers.sort_by_key(|(rtt, _)| *rtt);
+        if peers.is_empty() || wanted.is_empty() {
+            return wanted;
+        }
+        // Peers about as near as the nearest take turns being asked first, which spreads the
+        // load and lets a silent one show itself.
+        let best = peers[0].0;
+        let near = peers.iter().take_while(|(rtt, _)| *rtt <= best * 2 + Duration::from_millis(5)).count();
+        let turn = self.inner.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        peers[..near].rotate_left(turn % near);
+        let core = *core;
+        self.runtime.block_on(async move {
+            let (answers, mut answered) = mpsc::unbounded_channel::<(Wanted, bool)>();
+            let mut pending: HashMap<Wanted, usize> = wanted.iter().map(|w| (*w, 0)).collect();
+            let mut next_peer = 0;
+            // Asks peer `next_peer` for everything still pending.
+            let ask_next = |pending: &mut HashMap<Wanted, usize>, next_peer: &mut usize| -> Duration {
+                let Some((rtt, tx)) = peers.get(*next_peer) else { return timeout };
+                *next_peer += 1;
+                for (&what, asked) in pending.iter_mut() {
+                    let (reply, rx) = oneshot::channel();
+                    if tx.send(Command::Want { core, what, reply }).is_err() {
+                        let _ = answers.send((what, false));
+                        continue;
+                    }
+                    *asked += 1;
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        let ok = matches!(rx.await, Ok(true));
+                        let _ = answers.send((what, ok));
+                    });
+                }
+                // How long this peer gets before the next is asked too.
+                (*rtt * 8).clamp(Duration::from_millis(300), Duration::from_secs(2))
+            };
+            let mut failed = Vec::new();
+            let mut hedge = Instant::now() + ask_next(&mut pending, &mut next_peer);
+            while !pending.is_empty() {
+                let now = Instant::now();
+                if now >= deadline {
                     break;
                 }
-                replies.push((what, rx));
-            }
-            let got: Vec<(Wanted, bool)> = self.runtime.block_on(async {
-                let mut got = Vec::with_capacity(replies.len());
-                for (what, rx) in replies {
-                    let ok = matches!(tokio::time::timeout_at(deadline.into(), rx).await, Ok(Ok(true)));
-                    got.push((what, ok));
+                let wake = hedge.min(deadline);
+                match tokio::time::timeout_at(wake.into(), answered.recv()).await {
+                    Ok(Some((what, true))) => {
+                        pending.remove(&what);
+                    }
+                    Ok(Some((what, false))) => {
+                        // A peer that cannot: when every peer asked has said so, ask the next now.
+                        let exhausted = pending.get_mut(&what).is_some_and(|n| {
+                            *n = n.saturating_sub(1);
+                            *n == 0
+                        });
+                        if exhausted && next_peer < peers.len() {
+                            hedge = Instant::now();
+                        } else if exhausted {
+                            // No one left to ask for it.
+                            pending.remove(&what);
+                            failed.push(what);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
                 }
-                got
-            });
-            wanted.retain(|w| !got.iter().any(|(g, ok)| g == w && *ok));
-        }
-        wanted
+                if Instant::now() >= hedge && next_peer < peers.len() && !pending.is_empty() {
+                    hedge = Instant::now() + ask_next(&mut pending, &mut next_peer);
+                } else if Instant::now() >= hedge {
+                    hedge = deadline;
+                }
+            }
+            failed.extend(pending.into_keys());
+            failed
+        })
     }
 
     /// Tells connected peers that `core` changed here (an append, a truncation).
@@ -354,6 +416,18 @@ impl Endpoint {
                 }
             })
             .collect()
+    }
+}
+
+impl Endpoint {
+    /// Closes every connection and waits (up to a second) until peers were told, so they turn
+    /// to other peers at once rather than after the idle timeout.
+    pub fn shutdown(&self) {
+        self.inner.endpoint.close(0u32.into(), b"bye");
+        let endpoint = self.inner.endpoint.clone();
+        self.runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        });
     }
 }
 
@@ -419,8 +493,10 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cores = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(Mutex::new((0u64, 0u64)));
+    let stable = connection.stable_id();
     lock(&inner.conns).push(Conn {
         id,
+        stable,
         address,
         tx,
         connection: connection.clone(),
@@ -493,7 +569,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         }
     }
     .await;
-    lock(&inner.conns).retain(|c| c.id != id || c.address != address);
+    lock(&inner.conns).retain(|c| c.stable != stable);
     if let Err(e) = &result {
         tracing::warn!(peer = %hex_id(&id), error = %e, "dropping the peer");
         connection.close(2u32.into(), e.to_string().as_bytes());

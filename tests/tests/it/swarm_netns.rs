@@ -136,3 +136,73 @@ fn a_host_behind_a_nat_fetches_from_a_public_host_by_dialing_out() {
     assert!(seen[0]["address"].as_str().expect("address").starts_with(&format!("{router}:")), "{seen}");
     Hosts::hyperfs_ok(&nat, &dn, &["unmount", mnt.to_str().expect("utf-8")]);
 }
+
+/// Peers leave and come back every second or two while a 256 MiB file is read through a mount
+/// of its key: the writer and two full copies take turns being away (one at a time), found
+/// again on the LAN each time; the read completes and every byte is right.
+#[test]
+fn a_read_through_a_mount_survives_peers_joining_and_leaving() {
+    use std::io::{Read, Write};
+    let hosts = Hosts::new(4);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<std::path::PathBuf> = (0..4).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let _stops: Vec<Stop> = dirs.iter().map(|d| Stop(d)).collect();
+    let (w, r) = (&hosts.names[0], &hosts.names[3]);
+    let file = tmp.path().join("big.bin");
+    {
+        let mut f = std::fs::File::create(&file).expect("create");
+        for piece in 0..16u64 {
+            f.write_all(&hyperfs_tests::pseudo_random(16 << 20, 500 + piece)).expect("write");
+        }
+    }
+    Hosts::hyperfs_ok(w, &dirs[0], &["create", "--name", "d"]);
+    Hosts::hyperfs_ok(w, &dirs[0], &["put", file.to_str().expect("utf-8"), "d:/big.bin"]);
+    let key = json(w, &dirs[0], &["share", "d", "--no-dht", "--json"])["key"].as_str().expect("key").to_owned();
+    for i in 1..3 {
+        Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["clone", &key, "--no-dht"]);
+    }
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    Hosts::hyperfs_ok(r, &dirs[3], &["mount", &key, mnt.to_str().expect("utf-8"), "--no-dht"]);
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (result, cycles) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut got = std::fs::File::open(mnt.join("big.bin"))?;
+            let mut want = std::fs::File::open(&file)?;
+            let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+            let mut total = 0u64;
+            loop {
+                let n = got.read(&mut a)?;
+                if n == 0 {
+                    break;
+                }
+                want.read_exact(&mut b[..n])?;
+                if a[..n] != b[..n] {
+                    return Err(std::io::Error::other(format!("bytes differ near offset {total}")));
+                }
+                total += n as u64;
+                // A reader slower than the network, so the churn happens under it.
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<u64, std::io::Error>(total)
+        });
+        let mut cycles = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && !reader.is_finished() {
+            let i = cycles % 3;
+            Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["stop"]);
+            std::thread::sleep(Duration::from_millis(1500));
+            // Any command starts the node again: it shares and follows what it did before.
+            Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["drives"]);
+            std::thread::sleep(Duration::from_millis(1000));
+            cycles += 1;
+        }
+        (reader.join().expect("reader"), cycles)
+    });
+    let total = result.expect("the read completes with the right bytes");
+    assert_eq!(total, 256 << 20);
+    assert!(cycles >= 3, "only {cycles} peers left and came back during the read");
+    eprintln!("read 256 MiB through {cycles} departures and returns");
+    Hosts::hyperfs_ok(r, &dirs[3], &["unmount", mnt.to_str().expect("utf-8")]);
+}
