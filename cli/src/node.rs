@@ -811,7 +811,7 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         .unwrap_or_else(|e| e.into_inner())
         .get(&key)
         .is_some_and(|d| d.read().unwrap_or_else(|e| e.into_inner()).writable());
-    if ours || Drive::open(state.store.clone(), &key)?.is_some_and(|d| d.writable()) {
+    if ours || Drive::open(state.store.clone(), &key).ok().flatten().is_some_and(|d| d.writable()) {
         bail!("drive {} is this node's own", hex::encode(key));
     }
     let peers = peers_of(r);

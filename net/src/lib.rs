@@ -7,10 +7,10 @@
 //! only through `hyperfs-engine`. Every block and upgrade it receives is verified by the engine
 //! before it is stored or handed to a reader.
 //!
-//! Built so far: [`wire`] (the message set and its framing), [`session`] (one core with one
-//! peer, sans IO), [`identity`] (the node's key and certificate) and [`endpoint`] (QUIC, channels
-//! with capabilities, blocking fetch). Still to come: the node's commands, the swarm and
-//! discovery (issues 8 and 9).
+//! Modules: [`wire`] (the message set and its framing), [`session`] (one core with one peer,
+//! sans IO), [`identity`] (the node's key and certificate), [`endpoint`] (QUIC, channels with
+//! capabilities, fetches that hedge across peers) and [`discovery`] (topics, the LAN protocol,
+//! the Mainline DHT). The swarm that decides whom to dial lives with the node (`cli/src/swarm.rs`).
 
 pub mod discovery;
 pub mod endpoint;

@@ -37,8 +37,8 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
     let (key, addr) = (shared["key"].as_str().expect("key"), shared["address"].as_str().expect("address"));
     let link = shared["link"].as_str().expect("link");
 
-    // Without a peer to ask, a clone says what it needs.
-    let out = hyperfs_in(&b, &["clone", link]);
+    // With discovery off and no peer to ask, a clone says what it needs (after its wait).
+    let out = hyperfs_in(&b, &["clone", link, "--no-lan", "--no-dht"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--peer") && err.trim().lines().count() == 1, "{err}");
 

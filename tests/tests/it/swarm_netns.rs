@@ -35,10 +35,10 @@ fn shared_drive(ns: &str, dir: &Path, text: &str, extra: &[&str]) -> String {
 }
 
 #[test]
-fn a_key_alone_finds_the_drive_through_the_dht_and_through_the_lan() {
+fn a_key_alone_finds_the_drive_through_the_dht_and_again_through_the_peer_cache() {
     let hosts = Hosts::new(3);
     let (a, c) = (&hosts.names[0], &hosts.names[2]);
-    let (_dht, bootstrap) = hosts.dht(1, 4);
+    let (dht, bootstrap) = hosts.dht(1, 4);
     let tmp = tempfile::tempdir().expect("tempdir");
     let (da, dc) = (tmp.path().join("a"), tmp.path().join("c"));
     let (_sa, _sc) = (Stop(&da), Stop(&dc));
@@ -69,6 +69,21 @@ fn a_key_alone_finds_the_drive_through_the_dht_and_through_the_lan() {
         "{found:?}"
     );
     Hosts::hyperfs_ok(c, &dc, &["unmount", mnt.to_str().expect("utf-8")]);
+
+    // The DHT goes away and C restarts: its peer cache (in the store) finds A at once.
+    drop(dht);
+    Hosts::hyperfs_ok(c, &dc, &["stop"]);
+    Hosts::hyperfs_ok(c, &dc, &["drives"]);
+    let start = Instant::now();
+    loop {
+        let peers = json(c, &dc, &["peers", "--json"]);
+        if peers.as_array().is_some_and(|p| p.iter().any(|p| p["found"] == "cache")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the restarted node did not use its peer cache: {peers}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("reconnected from the peer cache in {:?}", start.elapsed());
 }
 
 #[test]
