@@ -173,8 +173,8 @@ fn a_read_through_a_mount_survives_peers_joining_and_leaving() {
     Hosts::hyperfs_ok(w, &dirs[0], &["create", "--name", "d"]);
     Hosts::hyperfs_ok(w, &dirs[0], &["put", file.to_str().expect("utf-8"), "d:/big.bin"]);
     let key = json(w, &dirs[0], &["share", "d", "--no-dht", "--json"])["key"].as_str().expect("key").to_owned();
-    for i in 1..3 {
-        Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["clone", &key, "--no-dht"]);
+    for (ns, dir) in hosts.names.iter().zip(&dirs).skip(1).take(2) {
+        Hosts::hyperfs_ok(ns, dir, &["clone", &key, "--no-dht"]);
     }
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
