@@ -87,6 +87,8 @@ struct Conn {
     id: Hash,
     /// Tells this connection from another to the same peer.
     stable: usize,
+    /// Whether we dialed it.
+    dialer: bool,
     address: SocketAddr,
     tx: mpsc::UnboundedSender<Command>,
     connection: quinn::Connection,
@@ -494,9 +496,27 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     let cores = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(Mutex::new((0u64, 0u64)));
     let stable = connection.stable_id();
+    {
+        // Two nodes that dial each other at once end up with two connections: both keep the
+        // one dialed by the node with the smaller peer id (each side reaches the same answer).
+        let mut conns = lock(&inner.conns);
+        let preferred = |we_dialed: bool| if we_dialed { inner.me < id } else { id < inner.me };
+        for other in conns.iter().filter(|c| c.id == id) {
+            if other.dialer != dialer && preferred(dialer) {
+                other.connection.close(3u32.into(), b"duplicate");
+            } else {
+                drop(conns);
+                connection.close(3u32.into(), b"duplicate");
+                tracing::debug!(peer = %hex_id(&id), "a second connection to a peer: closed");
+                return Ok(());
+            }
+        }
+        conns.retain(|c| !(c.id == id && c.dialer != dialer && preferred(dialer)));
+    }
     lock(&inner.conns).push(Conn {
         id,
         stable,
+        dialer,
         address,
         tx,
         connection: connection.clone(),

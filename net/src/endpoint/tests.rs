@@ -359,3 +359,24 @@ fn concurrent_readers_of_one_block_share_one_request() {
     assert!(eight < 2 * one, "eight readers of one block cost {eight} bytes, one reader {one}");
     assert_eq!(lock(&r.core).local_blocks(), 2);
 }
+
+#[test]
+fn two_nodes_dialing_each_other_at_once_keep_one_connection() {
+    let w = writer(20);
+    let key = w.key();
+    let a = node(70, vec![w]);
+    let r = replica(key, false);
+    let b = node(71, vec![r.clone()]);
+    let (aa, ba) = (a.local_addr().expect("addr"), b.local_addr().expect("addr"));
+    std::thread::scope(|s| {
+        let x = s.spawn(|| a.connect(ba));
+        let y = s.spawn(|| b.connect(aa));
+        x.join().expect("a dials").expect("a connects");
+        y.join().expect("b dials").expect("b connects");
+    });
+    wait("one connection each way", || a.peers().len() == 1 && b.peers().len() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((a.peers().len(), b.peers().len()), (1, 1), "a duplicate connection survived");
+    wait("the channel", || b.peers()[0].cores == vec![key]);
+    assert!(b.fetch(&key, 11, Duration::from_secs(5)), "the connection kept works");
+}
