@@ -86,7 +86,8 @@ proptest! {
     fn any_piece_sizes_give_the_same_cut_points(
         seed in any::<u64>(),
         len in 0usize..60_000,
-        pieces in prop::collection::vec(0usize..3000, 1..50),
+        // Empty pushes included, but not only them (the feeding loop would never end).
+        pieces in prop::collection::vec(0usize..3000, 1..50).prop_filter("a piece that is not empty", |p| p.iter().any(|&n| n > 0)),
     ) {
         let data = pseudo_random(len, seed);
         let whole = chunks(SMALL, &data);

@@ -326,6 +326,18 @@ impl NetFetch {
     }
 }
 
+impl NetFetch {
+    /// Those of `indices` the network's instance of `core` lacks (`None`: none, or no network).
+    fn missing(&self, core: &Hash, indices: &[u64]) -> Option<(Arc<Net>, Vec<u64>)> {
+        let (net, slot) = self.parts(core).ok()?;
+        let missing: Vec<u64> = {
+            let c = lock(&slot.core);
+            indices.iter().copied().filter(|&i| !c.has(i)).collect()
+        };
+        (!missing.is_empty()).then_some((net, missing))
+    }
+}
+
 impl hyperfs_engine::fetch::Fetch for NetFetch {
     fn fetch(&self, core: &Hash, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
         let (net, slot) = self.parts(core)?;
@@ -346,23 +358,13 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
     }
 
     fn prefetch(&self, core: &Hash, indices: &[u64]) {
-        let Ok((net, slot)) = self.parts(core) else { return };
-        let missing: Vec<u64> = {
-            let c = lock(&slot.core);
-            indices.iter().copied().filter(|&i| !c.has(i)).collect()
-        };
-        if !missing.is_empty() {
+        if let Some((net, missing)) = self.missing(core, indices) {
             net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
         }
     }
 
     fn hint(&self, core: &Hash, indices: &[u64]) {
-        let Ok((net, slot)) = self.parts(core) else { return };
-        let missing: Vec<u64> = {
-            let c = lock(&slot.core);
-            indices.iter().copied().filter(|&i| !c.has(i)).collect()
-        };
-        if !missing.is_empty() {
+        if let Some((net, missing)) = self.missing(core, indices) {
             net.endpoint.fetch_later(core, &missing);
         }
     }

@@ -23,6 +23,15 @@ impl Drop for Stop<'_> {
     }
 }
 
+/// Discovery options for the DHT at `bootstrap` alone (no LAN).
+fn dht_only(bootstrap: &[String]) -> Vec<&str> {
+    let mut args = vec!["--no-lan"];
+    for b in bootstrap {
+        args.extend(["--bootstrap", b.as_str()]);
+    }
+    args
+}
+
 /// A drive on host `ns` holding `/hello.txt`, shared; returns its key.
 fn shared_drive(ns: &str, dir: &Path, text: &str, extra: &[&str]) -> String {
     Hosts::hyperfs_ok(ns, dir, &["create", "--name", "d"]);
@@ -42,10 +51,7 @@ fn a_key_alone_finds_the_drive_through_the_dht_and_again_through_the_peer_cache(
     let tmp = tempfile::tempdir().expect("tempdir");
     let (da, dc) = (tmp.path().join("a"), tmp.path().join("c"));
     let (_sa, _sc) = (Stop(&da), Stop(&dc));
-    let mut dht_args: Vec<&str> = vec!["--no-lan"];
-    for b in &bootstrap {
-        dht_args.extend(["--bootstrap", b.as_str()]);
-    }
+    let dht_args = dht_only(&bootstrap);
     let key = shared_drive(a, &da, "from a, found on the dht", &dht_args);
 
     // C has the key and the DHT, nothing else: no --peer, no LAN.
@@ -69,6 +75,20 @@ fn a_key_alone_finds_the_drive_through_the_dht_and_again_through_the_peer_cache(
         "{found:?}"
     );
     Hosts::hyperfs_ok(c, &dc, &["unmount", mnt.to_str().expect("utf-8")]);
+
+    // A drive shared `--lan-only` is not announced on the DHT: a node on the DHT alone (not
+    // connected to A yet) finds no one.
+    Hosts::hyperfs_ok(a, &da, &["create", "--name", "local"]);
+    let local = json(a, &da, &["share", "local", "--lan-only", "--json"])["key"].as_str().expect("key").to_owned();
+    let mnt_local = tmp.path().join("mnt-local");
+    std::fs::create_dir(&mnt_local).expect("mkdir");
+    let dx = tmp.path().join("x");
+    let _sx = Stop(&dx);
+    let mut args = vec!["mount", local.as_str(), mnt_local.to_str().expect("utf-8")];
+    args.extend_from_slice(&dht_args);
+    let out = Hosts::hyperfs(&hosts.names[1], &dx, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no peer gave drive"), "{err}");
 
     // The DHT goes away and C restarts: its peer cache (in the store) finds A at once.
     drop(dht);
@@ -127,10 +147,7 @@ fn a_host_behind_a_nat_fetches_from_a_public_host_by_dialing_out() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (da, dn) = (tmp.path().join("a"), tmp.path().join("n"));
     let (_sa, _sn) = (Stop(&da), Stop(&dn));
-    let mut dht_args: Vec<&str> = vec!["--no-lan"];
-    for b in &bootstrap {
-        dht_args.extend(["--bootstrap", b.as_str()]);
-    }
+    let dht_args = dht_only(&bootstrap);
     let key = shared_drive(&a, &da, "from the public host", &dht_args);
     // The private host cannot be dialed from outside…
     let (router, private) = hosts.nat_ips();
