@@ -53,6 +53,9 @@ const READ_BYTES: u64 = 1 << 20;
 
 /// Large reads fetch this many chunks at a time, in parallel.
 const READ_WINDOW_BLOCKS: usize = 64;
+/// Reads at least this long are taken for a sequential reader's window, and the blocks after
+/// them are asked for ahead ([`Fetch::hint`]); the kernel's own reads are at most 128 KiB.
+const HINT_FROM: u64 = 256 << 10;
 
 /// One change of an atomic [`Drive::apply`].
 #[derive(Debug, Clone, Copy)]
@@ -564,9 +567,9 @@ impl Drive {
         let mut out = Vec::with_capacity((stop - offset) as usize);
         // Blocks are read on every core, a window at a time so memory stays bounded.
         if let Some(f) = &self.fetch {
-            // A read of several chunks is likely sequential: the chunks after it travel while
-            // it is used.
-            if wanted.len() > 1 {
+            // A long read is a sequential reader's window: the chunks after it travel while it
+            // is used.
+            if len >= HINT_FROM && wanted.len() > 1 {
                 let after = &pieces[last.min(pieces.len())..pieces.len().min(last + wanted.len())];
                 let next: Vec<u64> = after.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
                 f.hint(self.blobs.key(), &next);
@@ -621,9 +624,10 @@ impl Drive {
             if missing.len() > 1 {
                 f.prefetch(self.blobs.key(), &missing);
             }
-            // A read of several blocks is likely sequential: the next as many are asked for
-            // now, so they travel while this range is used.
-            if span > 1 {
+            // A long read is a sequential reader's window: the next as many blocks are asked
+            // for now, so they travel while this range is used. (Short reads are random ones:
+            // they fetch only what they read.)
+            if len >= HINT_FROM && span > 1 {
                 let next: Vec<u64> =
                     (index + span..end.min(index + 2 * span)).filter(|&i| !self.blobs.has(i)).collect();
                 f.hint(self.blobs.key(), &next);
