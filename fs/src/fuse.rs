@@ -5,8 +5,7 @@
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -135,23 +134,24 @@ pub fn unmount(dir: &Path, lazy: bool) -> std::io::Result<()> {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads taking jobs from one queue; they end when the pool is dropped.
+/// A fixed set of threads taking jobs from one queue; they end when the pool is dropped. Each
+/// job wakes one idle worker (a queue shared behind a mutex woke two: the one that took the job
+/// and the next in line for the lock).
 struct Pool {
-    tx: mpsc::Sender<Job>,
+    tx: crossbeam_channel::Sender<Job>,
 }
 
 impl Pool {
     fn new(threads: usize) -> Pool {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
             let rx = rx.clone();
-            let spawned = std::thread::Builder::new().name(format!("hyperfs-fuse-{i}")).spawn(move || loop {
-                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(job) = job else { break };
-                // A panic answers the request with EIO (the reply's drop) and keeps the worker.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                    tracing::error!("a filesystem request panicked");
+            let spawned = std::thread::Builder::new().name(format!("hyperfs-fuse-{i}")).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // A panic answers the request with EIO (the reply's drop) and keeps the worker.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a filesystem request panicked");
+                    }
                 }
             });
             if let Err(e) = spawned {
@@ -162,7 +162,7 @@ impl Pool {
     }
 
     fn run(&self, job: impl FnOnce() + Send + 'static) {
-        if let Err(mpsc::SendError(job)) = self.tx.send(Box::new(job)) {
+        if let Err(crossbeam_channel::SendError(job)) = self.tx.send(Box::new(job)) {
             job();
         }
     }
