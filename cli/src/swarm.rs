@@ -80,6 +80,8 @@ pub struct Swarm {
     sources: Arc<Mutex<HashMap<SocketAddr, Source>>>,
     /// DHT work under way, by topic, with its "over" flag.
     dht_running: Mutex<Vec<(Hash, Arc<Mutex<bool>>)>>,
+    /// (topic, address) pairs written to the peer cache since the node started.
+    cached_now: Mutex<std::collections::HashSet<(Hash, SocketAddr)>>,
 }
 
 impl Swarm {
@@ -117,6 +119,7 @@ impl Swarm {
             candidates,
             sources: Arc::new(Mutex::new(HashMap::new())),
             dht_running: Mutex::new(Vec::new()),
+            cached_now: Mutex::new(std::collections::HashSet::new()),
         });
         let weak = Arc::downgrade(&swarm);
         let spawned = std::thread::Builder::new().name("hyperfs-swarm".into()).spawn(move || {
@@ -206,6 +209,13 @@ impl Swarm {
         let mut short = Vec::new();
         for (t, j) in lock(&self.topics).iter_mut() {
             let connected = peers.iter().filter(|p| p.cores.contains(&j.key)).count();
+            // Every peer of the topic goes into its cache, whoever dialed (a peer's address is
+            // its listening socket: QUIC dials from the socket it listens on).
+            for p in peers.iter().filter(|p| p.cores.contains(&j.key)) {
+                if lock(&self.cached_now).insert((*t, p.address)) {
+                    remember(&*self.store, t, p.address);
+                }
+            }
             if connected < PER_TOPIC {
                 short.push(*t);
                 if j.lan_asked.is_none_or(|at| now - at >= LAN_EVERY) {
@@ -298,10 +308,9 @@ impl Swarm {
             }
             room -= 1;
             c.dialing = true;
-            let (addr, source, topics) = (*addr, c.source, c.topics.clone());
+            let (addr, source) = (*addr, c.source);
             let endpoint = endpoint.clone();
             let candidates = Arc::downgrade(&self.candidates);
-            let store = self.store.clone();
             let sources = self.sources.clone();
             let spawned = std::thread::Builder::new().name("hyperfs-dial".into()).spawn(move || {
                 let result = endpoint.connect(addr);
@@ -314,9 +323,6 @@ impl Swarm {
                         c.failures = 0;
                         c.next_try = Instant::now() + Duration::from_secs(1);
                         lock(&sources).insert(addr, source);
-                        for t in &topics {
-                            remember(&*store, t, addr);
-                        }
                         tracing::info!(%addr, via = source.name(), "connected to a peer discovery found");
                     }
                     Err(e) if e.to_string().contains("is this node") => {
