@@ -63,8 +63,8 @@ struct State {
     mounts: Mutex<BTreeMap<PathBuf, Mount>>,
     /// The network, started by the first command that needs it.
     net: Mutex<Option<Arc<crate::share::Net>>>,
-    /// Serialises changes to `replicas.json`.
-    replicas_file: Mutex<()>,
+    /// Serialises read-modify-write changes to `replicas.json` and `shared.json`.
+    state_files: Mutex<()>,
     stopping: AtomicBool,
 }
 
@@ -128,7 +128,7 @@ pub fn run(dir: &Path) -> Result<()> {
         drives: Mutex::new(BTreeMap::new()),
         mounts: Mutex::new(BTreeMap::new()),
         net: Mutex::new(None),
-        replicas_file: Mutex::new(()),
+        state_files: Mutex::new(()),
         stopping: AtomicBool::new(false),
     });
     resume_replicas(&state);
@@ -601,7 +601,6 @@ fn net(state: &State, r: &Value) -> Result<Arc<crate::share::Net>> {
         return Ok(n.clone());
     }
     let listen = r["listen"].as_str().map(crate::share::resolve).transpose()?;
-    let path = state.dir.join("discovery.json");
     let asked = r.get("bootstrap").is_some_and(|b| b.as_array().is_some_and(|a| !a.is_empty()))
         || r["noDht"] == true
         || r["noLan"] == true;
@@ -614,10 +613,7 @@ fn net(state: &State, r: &Value) -> Result<Arc<crate::share::Net>> {
         write_json(&state.dir, "discovery.json", &d)?;
         d
     } else {
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is damaged", path.display()))?,
-            Err(_) => crate::swarm::Discovery::default(),
-        }
+        read_json(&state.dir, "discovery.json")?
     };
     let n = crate::share::Net::start(&state.dir, listen, &discovery, state.store.clone())?;
     *slot = Some(n.clone());
@@ -637,11 +633,11 @@ fn peers_of(r: &Value) -> Vec<String> {
 type Replicas = BTreeMap<String, Value>;
 
 fn read_replicas(dir: &Path) -> Result<Replicas> {
-    read_json_map(dir, "replicas.json")
+    read_json(dir, "replicas.json")
 }
 
 fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[String]) -> Result<()> {
-    let _g = state.replicas_file.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
     let mut all = read_replicas(&state.dir)?;
     let entry = all.entry(hex::encode(key)).or_insert_with(|| json!({"full": full, "peers": []}));
     // A sparse replica cloned later becomes a full one; never the other way.
@@ -661,8 +657,8 @@ fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[String]) -> 
 /// Records in `shared.json` that drive `key` is shared (with whether it is announced and on
 /// the LAN only), or with `None` that it no longer is.
 fn remember_share(state: &State, key: &Hash, how: Option<(bool, bool)>) -> Result<()> {
-    let _g = state.replicas_file.lock().unwrap_or_else(|e| e.into_inner());
-    let mut all = read_json_map(&state.dir, "shared.json")?;
+    let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = read_json::<BTreeMap<String, Value>>(&state.dir, "shared.json")?;
     match how {
         Some((announce, lan_only)) => {
             all.insert(hex::encode(key), json!({"announce": announce, "lanOnly": lan_only}));
@@ -674,18 +670,20 @@ fn remember_share(state: &State, key: &Hash, how: Option<(bool, bool)>) -> Resul
     write_json(&state.dir, "shared.json", &all)
 }
 
-fn read_json_map(dir: &Path, file: &str) -> Result<BTreeMap<String, Value>> {
+/// The JSON state file `file` of the data directory (`drives.json`, `replicas.json`, …): its
+/// default when it does not exist yet, an error when it is damaged or unreadable.
+fn read_json<T: serde::de::DeserializeOwned + Default>(dir: &Path, file: &str) -> Result<T> {
     let path = dir.join(file);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
 /// Shares again the drives this node shared before it stopped.
 fn resume_shares(state: &Arc<State>) {
-    let shared = match read_json_map(&state.dir, "shared.json") {
+    let shared = match read_json::<BTreeMap<String, Value>>(&state.dir, "shared.json") {
         Ok(s) if !s.is_empty() => s,
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, "not sharing again"),
@@ -1049,12 +1047,7 @@ fn primary_key(dir: &Path) -> Result<[u8; 32]> {
 }
 
 fn read_names(dir: &Path) -> Result<BTreeMap<String, String>> {
-    let path = dir.join("drives.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    read_json(dir, "drives.json")
 }
 
 fn write_names(dir: &Path, names: &BTreeMap<String, String>) -> Result<()> {

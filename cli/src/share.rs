@@ -212,8 +212,7 @@ impl Net {
     /// when `full`, else what readers ask for.
     pub fn add_replica(&self, core: Hypercore, full: bool) -> Arc<ReplicaCore> {
         let key = *core.key();
-        let existing = lock(&self.slots).iter().find(|c| c.key == key).cloned();
-        if let Some(slot) = existing {
+        if let Some(slot) = self.slot(&key) {
             if full {
                 self.set_full(&key);
             }
@@ -228,17 +227,19 @@ impl Net {
 
     /// A sparse replica core becomes a full one: everything it lacks is downloaded from now on.
     pub fn set_full(&self, key: &Hash) {
-        let slot = lock(&self.slots).iter().find(|c| c.key == *key).cloned();
-        if slot.is_some_and(|s| !s.full.swap(true, std::sync::atomic::Ordering::SeqCst)) {
+        if self.slot(key).is_some_and(|s| !s.full.swap(true, std::sync::atomic::Ordering::SeqCst)) {
             self.endpoint.refresh();
         }
     }
 
     /// The network's instances of the cores `db` and `blobs`, if it replicates them.
     pub fn replica_cores(&self, db: &Hash, blobs: &Hash) -> (Option<Arc<ReplicaCore>>, Option<Arc<ReplicaCore>>) {
-        let slots = lock(&self.slots);
-        let find = |k: &Hash| slots.iter().find(|c| c.key == *k).cloned();
-        (find(db), find(blobs))
+        (self.slot(db), self.slot(blobs))
+    }
+
+    /// The network's instance of replica core `key`.
+    fn slot(&self, key: &Hash) -> Option<Arc<ReplicaCore>> {
+        lock(&self.slots).iter().find(|c| c.key == *key).cloned()
     }
 
     /// Shows `drive` what its replica cores download from now on.
@@ -320,8 +321,8 @@ impl NetFetch {
     fn parts(&self, core: &Hash) -> Result<(Arc<Net>, Arc<ReplicaCore>), hyperfs_engine::Error> {
         let stopped = || hyperfs_engine::Error::InvalidRequest("the network has stopped".into());
         let net = self.net.upgrade().ok_or_else(stopped)?;
-        let slot = lock(&net.slots).iter().find(|c| c.key == *core).cloned();
-        let slot = slot.ok_or_else(|| hyperfs_engine::Error::InvalidRequest("not a replicated core".into()))?;
+        let slot =
+            net.slot(core).ok_or_else(|| hyperfs_engine::Error::InvalidRequest("not a replicated core".into()))?;
         Ok((net, slot))
     }
 }

@@ -120,10 +120,22 @@ fn a_clone_serves_a_third_node_while_the_writer_is_stopped() {
     hyperfs_in_ok(&b, &["clone", &link, "--peer", &from_a, "--name", "copy", "--listen", "127.0.0.1:0"]);
     let from_b = std::fs::read_to_string(b.join("listen.addr")).expect("B remembers its address").trim().to_owned();
     hyperfs_in_ok(&a, &["stop"]);
-    hyperfs_in_ok(&c, &["clone", &link, "--peer", &from_b, "--name", "second", "--listen", "127.0.0.1:0"]);
-    let out = hyperfs_in(&c, &["cat", "second:/f.bin"]);
+    // C first mounts the key sparsely and reads nothing; cloning it then downloads everything.
+    let mnt = tmp.path().join("mnt-c");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    hyperfs_in_ok(&c, &["mount", &link, mnt.to_str().expect("utf-8"), "--peer", &from_b, "--listen", "127.0.0.1:0"]);
+    let info = json(&c, &["info", &link, "--json"]);
+    assert_eq!(info["blobs"]["localBlocks"], 0, "a sparse mount reads nothing unasked: {info}");
+    hyperfs_in_ok(&c, &["unmount", mnt.to_str().expect("utf-8")]);
+    let cloned = json(&c, &["clone", &link, "--json"]);
+    let name = cloned["name"].as_str().expect("name").to_owned();
+    let info = json(&c, &["info", &name, "--json"]);
+    assert_eq!(info["blobs"]["localBlocks"], info["blobs"]["length"], "the sparse replica is now whole: {info}");
+    let out = hyperfs_in(&c, &["clone", &link]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already"), "a whole replica is not cloned twice");
+    let out = hyperfs_in(&c, &["cat", &format!("{name}:/f.bin")]);
     assert!(out.status.success() && out.stdout == data, "C has A's bytes through B");
-    assert!(hyperfs_in_ok(&c, &["verify", "second"]).contains("verifies"));
+    assert!(hyperfs_in_ok(&c, &["verify", &name]).contains("verifies"));
     // Unshared, B's copy is no longer offered: a fourth node finds nothing there.
     hyperfs_in_ok(&b, &["unshare", "copy"]);
     let d = tmp.path().join("d");
