@@ -257,5 +257,31 @@ pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// [`leaf_hash`] of every block, computed several blocks at a time in the SIMD lanes (about
+/// twice the throughput of hashing them one by one where AVX2 is available). Blocks of similar
+/// lengths keep the lanes full longest.
+pub fn leaf_hashes<B: AsRef<[u8]>>(blocks: &[B]) -> Vec<[u8; 32]> {
+    let mut params = blake2b_simd::Params::new();
+    params.hash_length(32);
+    let mut states: Vec<blake2b_simd::State> = blocks
+        .iter()
+        .map(|b| {
+            let mut s = params.to_state();
+            s.update(&[0]);
+            s.update(&(b.as_ref().len() as u64).to_le_bytes());
+            s
+        })
+        .collect();
+    blake2b_simd::many::update_many(states.iter_mut().zip(blocks.iter().map(AsRef::as_ref)));
+    states
+        .iter_mut()
+        .map(|s| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(s.finalize().as_bytes());
+            out
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,20 @@ fn leaf_hash_is_the_hypercore_leaf() {
 }
 
 #[test]
+fn leaf_hashes_of_many_blocks_equal_each_leaf_hash() {
+    // Lengths around the 128-byte BLAKE2b block and the 9-byte prefix, empty, and long ones
+    // mixed, so lanes run out at different times.
+    let lens = [0usize, 1, 118, 119, 120, 127, 128, 129, 247, 255, 256, 4096, 65_536, 3, 100_000, 4095, 17];
+    let blocks: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &n)| pseudo_random(n, i as u64 + 3)).collect();
+    let many = leaf_hashes(&blocks);
+    assert_eq!(many.len(), blocks.len());
+    for (b, h) in blocks.iter().zip(&many) {
+        assert_eq!(*h, leaf_hash(b), "block of {} bytes", b.len());
+    }
+    assert!(leaf_hashes::<Vec<u8>>(&[]).is_empty());
+}
+
+#[test]
 fn size_bounds_and_average_on_random_data() {
     let data = pseudo_random(32 << 20, 7);
     let cs = chunks(HYPERFS_CDC_V1, &data);

@@ -40,7 +40,7 @@ pub fn keyed_hash(key: &[u8], msg: &[u8]) -> Hash {
 
 /// The merkle leaf hash of a block: BLAKE2b-256(00 ‖ u64le(len) ‖ data). The chunker owns it
 /// because a chunk's id is its leaf.
-pub use hyperfs_chunker::leaf_hash;
+pub use hyperfs_chunker::{leaf_hash, leaf_hashes};
 
 /// The hash of a parent node over two children given lower tree index first.
 pub fn parent_hash(left_hash: &Hash, right_hash: &Hash, size: u64) -> Hash {

@@ -19,6 +19,23 @@ pub trait Blocks: Send + Sync {
     fn fork(&self) -> u64;
     /// Block `index`, or [`Error::MissingBlock`] if it is not local.
     fn block(&self, index: u64) -> Result<Vec<u8>>;
+    /// Block `index` into `out`, which must be exactly its size; errors as [`Blocks::block`].
+    fn block_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
+        copy_block(index, &self.block(index)?, out)
+    }
+}
+
+/// Copies a block into a buffer that must be exactly its size.
+fn copy_block(index: u64, block: &[u8], out: &mut [u8]) -> Result<()> {
+    if block.len() != out.len() {
+        return Err(Error::Verification(format!(
+            "block {index} has {} bytes, not the {} read",
+            block.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(block);
+    Ok(())
 }
 
 impl<B: Blocks + ?Sized> Blocks for &B {
@@ -33,6 +50,9 @@ impl<B: Blocks + ?Sized> Blocks for &B {
     }
     fn block(&self, index: u64) -> Result<Vec<u8>> {
         (**self).block(index)
+    }
+    fn block_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
+        (**self).block_into(index, out)
     }
 }
 
@@ -67,6 +87,14 @@ pub trait Fetch: Send + Sync {
 pub fn read_block(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64) -> Result<Vec<u8>> {
     match (blocks.block(index), fetch) {
         (Err(Error::MissingBlock { .. }), Some(f)) => f.fetch(blocks.core_key(), index),
+        (local, _) => local,
+    }
+}
+
+/// [`read_block`] into `out`, which must be exactly the block's size.
+pub fn read_block_into(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64, out: &mut [u8]) -> Result<()> {
+    match (blocks.block_into(index, out), fetch) {
+        (Err(Error::MissingBlock { .. }), Some(f)) => copy_block(index, &f.fetch(blocks.core_key(), index)?, out),
         (local, _) => local,
     }
 }

@@ -564,8 +564,10 @@ impl Drive {
         let first = pieces.partition_point(|p| p.start + p.len <= offset);
         let last = pieces.partition_point(|p| p.start < stop);
         let wanted = &pieces[first..last.max(first)];
-        let mut out = Vec::with_capacity((stop - offset) as usize);
-        // Blocks are read on every core, a window at a time so memory stays bounded.
+        // Blocks are read on every core, a window at a time (a sparse replica asks for a window's
+        // missing blocks at once), each straight into its place in the result.
+        let mut out = vec![0u8; (stop - offset) as usize];
+        let mut rest: &mut [u8] = &mut out;
         if let Some(f) = &self.fetch {
             // A long read is a sequential reader's window: the chunks after it travel while it
             // is used.
@@ -582,16 +584,26 @@ impl Drive {
                     f.prefetch(self.blobs.key(), &missing);
                 }
             }
-            let blocks: Vec<Result<Vec<u8>>> = if window.len() > 1 {
-                window.par_iter().map(|p| self.read_piece(p)).collect()
-            } else {
-                window.iter().map(|p| self.read_piece(p)).collect()
+            let mut jobs = Vec::with_capacity(window.len());
+            for p in window {
+                let from = offset.saturating_sub(p.start);
+                let to = (stop - p.start).min(p.len);
+                let (dest, tail) = std::mem::take(&mut rest).split_at_mut(to.saturating_sub(from) as usize);
+                rest = tail;
+                jobs.push((p, from as usize, dest));
+            }
+            let read = |(p, from, dest): (&Piece, usize, &mut [u8])| -> Result<()> {
+                if from == 0 && dest.len() as u64 == p.len {
+                    return fetch::read_block_into(&self.blobs, self.fetch.as_deref(), p.index, dest);
+                }
+                let block = self.read_piece(p)?;
+                dest.copy_from_slice(&block[from..from + dest.len()]);
+                Ok(())
             };
-            for (p, block) in window.iter().zip(blocks) {
-                let block = block?;
-                let from = offset.saturating_sub(p.start) as usize;
-                let to = ((stop - p.start).min(p.len)) as usize;
-                out.extend_from_slice(&block[from..to]);
+            if jobs.len() > 1 {
+                jobs.into_par_iter().try_for_each(read)?;
+            } else {
+                jobs.into_iter().try_for_each(read)?;
             }
         }
         Ok(out)
@@ -962,7 +974,7 @@ impl ChunkWriter {
     fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch) -> Result<()> {
         let chunks = std::mem::take(&mut self.chunks);
         self.chunk_bytes = 0;
-        let leaves: Vec<Hash> = chunks.par_iter().map(|c| crate::crypto::leaf_hash(c)).collect();
+        let leaves: Vec<Hash> = chunks.par_chunks(8).flat_map_iter(crate::crypto::leaf_hashes).collect();
         for (chunk, leaf) in chunks.into_iter().zip(leaves) {
             let len = chunk.len() as u64;
             let known = match batch.fresh.get(&leaf) {

@@ -93,6 +93,27 @@ fn identical_files_and_new_versions_store_only_new_chunks() {
 }
 
 #[test]
+fn reads_from_rocksdb_equal_what_was_written_for_raw_and_compressed_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open(dir.path()).expect("open"));
+    let mut d = Drive::create(store, keys::drive_key_pair(&[9; 32], None)).expect("create drive");
+    // Random bytes are stored raw and read straight into the result; text is stored compressed.
+    let noise = random(3 << 20, 4);
+    let text: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i} of a log file\n").into_bytes()).collect();
+    let mut mixed = text.clone();
+    mixed.extend_from_slice(&noise);
+    for (path, data) in [("/noise.bin", &noise), ("/text.log", &text), ("/mixed", &mixed)] {
+        d.put(path, data, &PutOptions::default()).expect("put");
+        assert_eq!(&d.get(path).expect("get").expect("file"), data, "{path}");
+        let n = data.len() as u64;
+        for (off, len) in [(0u64, 1u64), (1, 70_000), (n / 2, 300_000), (n - 1, 10), (12_345, n)] {
+            let end = (off + len).min(n) as usize;
+            assert_eq!(d.read(path, off, len).expect("read"), data[off as usize..end], "{path} {off}+{len}");
+        }
+    }
+}
+
+#[test]
 fn a_file_repeating_a_chunk_stores_it_once() {
     let mut d = drive(6);
     let part = random(300 * 1024, 7);

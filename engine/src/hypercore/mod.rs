@@ -6,7 +6,12 @@
 //! truncation, an applied proof — is one atomic store batch holding the blocks, tree nodes,
 //! bitfield pages and the new signed head, so a crash leaves the last committed state.
 //!
-//! Invariants: the stored head's signature always verifies over the stored roots; a block is
+//! Appends on this node are signed when a signature is first needed (a proof for a peer, a dump,
+//! a verify), not at every append: a writer's head may be stored without one and is signed from
+//! its roots on demand. Ed25519 is deterministic, so the deferred signature is the same bytes the
+//! append would have made (JS signs every append; its store and ours differ only in when).
+//!
+//! Invariants: every signature the core hands out verifies over its roots; a block is
 //! stored only after its leaf is part of a verified tree; blocks live in the store keyed by their
 //! leaf hash, so the same bytes in two cores or two versions are stored once.
 
@@ -91,6 +96,8 @@ pub struct Hypercore {
     durable: bool,
     /// Record a content → index hint for every appended block (see [`Hypercore::find_block`]).
     index_blocks: bool,
+    /// The signature of a head committed unsigned (see the module doc), once made.
+    deferred: std::sync::OnceLock<Vec<u8>>,
 }
 
 static ALLOC: Mutex<()> = Mutex::new(());
@@ -189,6 +196,7 @@ impl Hypercore {
             truncations: Arc::default(),
             durable: false,
             index_blocks: false,
+            deferred: std::sync::OnceLock::new(),
         };
         let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Meta, b"next_core_id".to_vec(), (id + 1).to_le_bytes().to_vec());
@@ -265,6 +273,12 @@ impl Hypercore {
                 });
             }
         }
+        if signature.is_empty() && length > 0 && key_pair.is_none() {
+            return Err(Error::Verification(format!(
+                "core {} has an unsigned head and no key to sign it with",
+                hex::encode(key)
+            )));
+        }
         let byte_length = roots.iter().map(|r| r.size).sum();
         Ok(Some(Hypercore {
             store,
@@ -278,6 +292,7 @@ impl Hypercore {
             truncations: Arc::default(),
             durable: false,
             index_blocks: false,
+            deferred: std::sync::OnceLock::new(),
         }))
     }
 
@@ -354,8 +369,19 @@ impl Hypercore {
     pub fn tree_hash(&self) -> Hash {
         self.head.tree_hash
     }
+    /// The head's signature (empty for an empty core never truncated). A head appended on this
+    /// node is signed here the first time it is asked for.
     pub fn signature(&self) -> &[u8] {
-        &self.head.signature
+        if !self.head.signature.is_empty() || self.head.length == 0 {
+            return &self.head.signature;
+        }
+        match (&self.key_pair, &self.auth) {
+            (Some(kp), Some(auth)) => {
+                self.deferred.get_or_init(|| auth.sign(kp, &self.head.tree_hash, self.head.length, self.head.fork))
+            }
+            // Only a writer commits an unsigned head, and opening one without its key fails.
+            _ => &self.head.signature,
+        }
     }
     pub fn roots(&self) -> &[Node] {
         &self.head.roots
@@ -409,6 +435,18 @@ impl Hypercore {
             return Err(Error::MissingBlock { index });
         }
         read_block(&*self.store, self.id, index)
+    }
+
+    /// Block `index` read straight into `out`, which must be exactly its size (a reader's own
+    /// buffer: no copy in between for the blocks stored raw).
+    pub fn get_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
+        if index >= self.head.length {
+            return Err(Error::OutOfBounds(format!("block {index} of a core of length {}", self.head.length)));
+        }
+        if !self.bitfield.get(index) {
+            return Err(Error::MissingBlock { index });
+        }
+        read_block_into(&*self.store, self.id, index, out)
     }
 
     /// Appends one block; returns the new length.
@@ -471,9 +509,9 @@ impl Hypercore {
         hashes: Option<&[Hash]>,
         atomic: bool,
     ) -> Result<u64> {
-        let (Some(kp), Some(auth)) = (&self.key_pair, &self.auth) else {
+        if !self.writable() {
             return Err(Error::NotWritable);
-        };
+        }
         if blocks.is_empty() {
             return Ok(self.head.length);
         }
@@ -487,12 +525,14 @@ impl Hypercore {
         let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
         let prepare = |(g, chunk): (usize, &[B])| -> Result<Prepared> {
             let mut out = Vec::with_capacity(chunk.len());
+            let computed = if hashes.is_none() { crypto::leaf_hashes(chunk) } else { Vec::new() };
             for (k, b) in chunk.iter().enumerate() {
                 let i = g * group + k;
-                let leaf = match hashes {
-                    Some(l) => Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash: l[i] },
-                    None => Node::leaf(start + i as u64, b.as_ref()),
+                let hash = match hashes {
+                    Some(l) => l[i],
+                    None => computed[k],
                 };
+                let leaf = Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash };
                 let new = !store.contains(Table::Blocks, &leaf.hash)?;
                 out.push((leaf, new.then(|| stored::encode(b.as_ref()))));
             }
@@ -516,7 +556,8 @@ impl Hypercore {
             tb.append_leaf(*leaf);
         }
         let tree_hash = tb.hash();
-        let signature = auth.sign(kp, &tree_hash, tb.length, tb.fork);
+        // Signed when first needed (see the module doc).
+        let signature = Vec::new();
 
         let mut b = Batch { sync: self.durable, ..Batch::default() };
         if atomic {
@@ -580,6 +621,7 @@ impl Hypercore {
         self.store.write(b)?;
         self.bitfield.merge(bitfield);
         self.head = head;
+        self.deferred = std::sync::OnceLock::new();
         Ok(())
     }
 
@@ -772,8 +814,7 @@ impl Hypercore {
 
     /// Answers a request from the local tree, with the block's bytes when one is asked for.
     pub fn proof(&self, req: &Request) -> Result<Proof> {
-        let mut p =
-            proof::generate(self, &self.head.roots, self.head.length, self.head.fork, &self.head.signature, req)?;
+        let mut p = proof::generate(self, &self.head.roots, self.head.length, self.head.fork, self.signature(), req)?;
         if let Some(b) = &mut p.block {
             b.value = self.get(b.index)?;
         }
@@ -923,7 +964,7 @@ impl Hypercore {
             return Err(Error::Verification("roots do not match the tree hash".into()));
         }
         if self.head.length > 0
-            && !auth.verify(&self.head.signature, &self.head.tree_hash, self.head.length, self.head.fork)
+            && !auth.verify(self.signature(), &self.head.tree_hash, self.head.length, self.head.fork)
         {
             return Err(Error::Verification("the head's signature does not verify".into()));
         }
@@ -982,12 +1023,35 @@ fn auth_for(key: &Hash, m: Manifest) -> Result<Auth> {
     }
 }
 
-fn read_block(store: &dyn Store, id: u64, index: u64) -> Result<Vec<u8>> {
+fn read_leaf(store: &dyn Store, id: u64, index: u64) -> Result<Node> {
     let raw = store.get(Table::Nodes, &node_key(id, 2 * index))?.ok_or(Error::MissingNode { index: 2 * index })?;
-    let leaf = Node::decode(2 * index, &raw)
-        .ok_or(Error::CorruptRecord { what: "node", source: crate::encoding::DecodeError::Invalid("size") })?;
+    Node::decode(2 * index, &raw)
+        .ok_or(Error::CorruptRecord { what: "node", source: crate::encoding::DecodeError::Invalid("size") })
+}
+
+fn read_block(store: &dyn Store, id: u64, index: u64) -> Result<Vec<u8>> {
+    let leaf = read_leaf(store, id, index)?;
     let raw = store.get(Table::Blocks, &leaf.hash)?.ok_or(Error::MissingBlock { index })?;
     stored::decode(&raw, leaf.size, index)
+}
+
+fn read_block_into(store: &dyn Store, id: u64, index: u64, out: &mut [u8]) -> Result<()> {
+    let leaf = read_leaf(store, id, index)?;
+    if leaf.size != out.len() as u64 {
+        return Err(Error::Verification(format!("block {index} has {} bytes, not the {} read", leaf.size, out.len())));
+    }
+    let mut tag = [0u8; 1];
+    let stored_len = {
+        let mut bufs = [std::io::IoSliceMut::new(&mut tag), std::io::IoSliceMut::new(out)];
+        store.read_block_into(&leaf.hash, &mut bufs)?.ok_or(Error::MissingBlock { index })?
+    };
+    if stored_len == out.len() + 1 && tag[0] == stored::RAW {
+        return Ok(());
+    }
+    // Compressed (or damaged, which decoding reports): decode it the usual way.
+    let raw = store.get(Table::Blocks, &leaf.hash)?.ok_or(Error::MissingBlock { index })?;
+    out.copy_from_slice(&stored::decode(&raw, leaf.size, index)?);
+    Ok(())
 }
 
 fn encode_head(h: &Head) -> Vec<u8> {
@@ -1035,6 +1099,19 @@ impl Snapshot {
     }
 
     pub fn get(&self, index: u64) -> Result<Vec<u8>> {
+        self.readable(index)?;
+        read_block(&*self.store, self.id, index)
+    }
+
+    /// [`Hypercore::get_into`] of the snapshot.
+    pub fn get_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
+        self.readable(index)?;
+        read_block_into(&*self.store, self.id, index, out)
+    }
+
+    /// Whether block `index` of this snapshot can be read here: within it, not cut off by a
+    /// later truncation, and local.
+    fn readable(&self, index: u64) -> Result<()> {
         if index >= self.length {
             return Err(Error::OutOfBounds(format!("block {index} of a snapshot of length {}", self.length)));
         }
@@ -1050,7 +1127,7 @@ impl Snapshot {
         if !self.bitfield.get(index) {
             return Err(Error::MissingBlock { index });
         }
-        read_block(&*self.store, self.id, index)
+        Ok(())
     }
 }
 
@@ -1069,6 +1146,9 @@ macro_rules! impl_blocks {
             }
             fn block(&self, index: u64) -> Result<Vec<u8>> {
                 self.get(index)
+            }
+            fn block_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
+                self.get_into(index, out)
             }
         }
     )*};

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use crate::{Error, Result};
 
-const RAW: u8 = 0;
+pub(crate) const RAW: u8 = 0;
 const ZSTD: u8 = 1;
 /// Blocks smaller than this are not worth a compression attempt.
 const MIN_COMPRESS: usize = 256;

@@ -38,6 +38,43 @@ fn reference_vector_non_compat() {
 }
 
 #[test]
+fn a_head_signed_on_demand_is_the_signature_an_eager_append_makes() {
+    let store = mem();
+    let kp = KeyPair::from_seed(&[1; 32]);
+    let mut c = Hypercore::create(store.clone(), kp.clone(), false).expect("create");
+    c.append_batch(&[&b"hello"[..], b"world", b"!"]).expect("append");
+    let key = *c.key();
+    drop(c);
+    // Reopened before anything asked for it: the head was stored unsigned, and is signed now.
+    let c = Hypercore::open(store.clone(), &key).expect("open").expect("core");
+    let expected = Auth::Manifest(Manifest::single(kp.public_key())).sign(&kp, &c.tree_hash(), 3, 0);
+    assert_eq!(c.signature(), &expected[..]);
+    assert_eq!(
+        hex::encode(c.signature()),
+        "0100ef90c38a7498eba2369e467f926fe785e962d8c781703766863ac4703d8a403c\
+         4eea5634e581eabd45ec85239a9259af64bd825bd943376d4f8e2daa8aa4bb080000"
+    );
+    assert_eq!(c.verify_local().expect("verifies"), Vec::<u64>::new());
+    // A replica that only has the key accepts the upgrade the deferred signature is part of.
+    let up = c
+        .proof(&Request { upgrade: Some(RequestUpgrade { start: 0, length: 3 }), manifest: true, ..Request::default() })
+        .expect("upgrade");
+    let mut r = Hypercore::open_replica(mem(), key, None).expect("replica");
+    r.apply_proof(&up).expect("the deferred signature verifies");
+    assert_eq!(r.signature(), c.signature());
+    // An unsigned head without the key that could sign it is refused, not served unsigned.
+    let rec = store.get(Table::Cores, &key).expect("get").expect("record");
+    let mut b = Batch::default();
+    let unkeyed = Hypercore { key_pair: None, ..Hypercore::open(store.clone(), &key).expect("open").expect("core") };
+    b.put(Table::Cores, key.to_vec(), unkeyed.encode_record());
+    store.write(b).expect("write");
+    assert!(matches!(Hypercore::open(store.clone(), &key), Err(Error::Verification(_))));
+    let mut b = Batch::default();
+    b.put(Table::Cores, key.to_vec(), rec);
+    store.write(b).expect("write");
+}
+
+#[test]
 fn reference_vector_compat() {
     let mut c = writer(true);
     c.append_batch(&[&b"hello"[..], b"world", b"!"]).expect("append");

@@ -110,6 +110,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn first(&self, table: Table, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self.scan(table, start, end)?.into_iter().next())
     }
+    /// Reads the stored bytes of block `key` straight into `bufs`, in order, when they are
+    /// exactly as long as the buffers together (a reader's own buffer, no copy in between).
+    /// Returns the stored length, `None` when the block is absent; when the length differs
+    /// nothing is read.
+    fn read_block_into(&self, key: &[u8], bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<Option<usize>> {
+        let Some(v) = self.get(Table::Blocks, key)? else { return Ok(None) };
+        if v.len() == bufs.iter().map(|b| b.len()).sum::<usize>() {
+            let mut rest = &v[..];
+            for b in bufs.iter_mut() {
+                let (head, tail) = rest.split_at(b.len());
+                b.copy_from_slice(head);
+                rest = tail;
+            }
+        }
+        Ok(Some(v.len()))
+    }
     /// Writes block bytes ahead of the batch that will commit them, so writers can do it on
     /// every core while they hash. Safe to call from many threads at once.
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged>;

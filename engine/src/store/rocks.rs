@@ -134,6 +134,10 @@ fn table_options() -> Options {
     // Every table holds small records; block bytes live in the block log.
     o.set_compression_type(DBCompressionType::None);
     o.set_write_buffer_size(32 << 20);
+    // A bloom filter over the memtable's keys: most lookups (the dedup check of every new
+    // block) are for keys that are not there.
+    o.set_memtable_whole_key_filtering(true);
+    o.set_memtable_prefix_bloom_ratio(0.05);
     o
 }
 
@@ -244,6 +248,44 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn read_block_into(&self, key: &[u8], bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<Option<usize>> {
+        let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let (offset, len) = self.place(&place)?;
+        if len != bufs.iter().map(|b| b.len()).sum::<usize>() {
+            return Ok(Some(len));
+        }
+        let damaged = |reason: String| Error::Damaged { path: self.path.clone(), reason };
+        let mut at = offset;
+        let mut rest = &mut bufs[..];
+        while !rest.is_empty() {
+            // SAFETY: IoSliceMut is ABI-compatible with iovec; the buffers outlive the call and
+            // are at most a handful.
+            let n = unsafe {
+                libc::preadv(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.log),
+                    rest.as_ptr().cast::<libc::iovec>(),
+                    rest.len() as libc::c_int,
+                    at as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(damaged(format!("reading {len} bytes at {offset} of {LOG_NAME}: {e}")));
+            }
+            if n == 0 {
+                return Err(damaged(format!("{LOG_NAME} ends inside the {len} bytes at {offset}")));
+            }
+            at += n as u64;
+            std::io::IoSliceMut::advance_slices(&mut rest, n as usize);
+        }
+        Ok(Some(len))
+    }
+
     fn write(&self, batch: Batch) -> Result<()> {
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut end = *tail;
@@ -289,14 +331,20 @@ impl Store for RocksStore {
 }
 
 impl RocksStore {
+    /// The (offset, length) in the block log of a block index entry.
+    fn place(&self, place: &[u8]) -> Result<(u64, usize)> {
+        match (place.get(..8).map(<[u8; 8]>::try_from), place.get(8..).map(<[u8; 4]>::try_from)) {
+            (Some(Ok(o)), Some(Ok(l))) => Ok((u64::from_le_bytes(o), u32::from_le_bytes(l) as usize)),
+            _ => {
+                Err(Error::Damaged { path: self.path.clone(), reason: "a block index entry has the wrong size".into() })
+            }
+        }
+    }
+
     /// Reads the block bytes an index entry points at.
     fn read_log(&self, place: &[u8]) -> Result<Vec<u8>> {
         let damaged = |reason: String| Error::Damaged { path: self.path.clone(), reason };
-        if place.len() != 12 {
-            return Err(damaged("a block index entry has the wrong size".into()));
-        }
-        let offset = u64::from_le_bytes(place[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(place[8..].try_into().expect("4 bytes")) as usize;
+        let (offset, len) = self.place(place)?;
         let mut buf = vec![0u8; len];
         self.log
             .read_exact_at(&mut buf, offset)
