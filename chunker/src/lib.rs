@@ -272,7 +272,14 @@ pub fn leaf_hashes<B: AsRef<[u8]>>(blocks: &[B]) -> Vec<[u8; 32]> {
             s
         })
         .collect();
-    blake2b_simd::many::update_many(states.iter_mut().zip(blocks.iter().map(AsRef::as_ref)));
+    // Longest first, so the lanes run out of work together rather than one long block finishing
+    // alone at the end.
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.sort_unstable_by_key(|&i| std::cmp::Reverse(blocks[i].as_ref().len()));
+    let mut by_len: Vec<Option<&mut blake2b_simd::State>> = states.iter_mut().map(Some).collect();
+    let jobs: Vec<(&mut blake2b_simd::State, &[u8])> =
+        order.iter().filter_map(|&i| by_len[i].take().map(|s| (s, blocks[i].as_ref()))).collect();
+    blake2b_simd::many::update_many(jobs);
     states
         .iter_mut()
         .map(|s| {

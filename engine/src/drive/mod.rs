@@ -672,41 +672,45 @@ impl Drive {
 
     /// Chunks `reader` into `batch`: chunks this drive (or the batch) already has are reused,
     /// new ones join the batch's pending appends. Returns the file's blob.
-    fn write_chunks(&mut self, batch: &mut BlobBatch, mut reader: impl Read) -> Result<Blob> {
+    fn write_chunks(&mut self, batch: &mut BlobBatch, reader: impl Read) -> Result<Blob> {
         batch.check(&self.blobs)?;
         let start_length = batch.next_index(&self.blobs);
         let start_bytes = batch.next_byte(&self.blobs);
-        let mut chunker = Chunker::new(self.preset);
-        let mut w = ChunkWriter { map: Vec::new(), reused: false, chunks: Vec::new(), chunk_bytes: 0 };
-        // Bytes read but not yet cut into chunks; read straight into its tail (no zeroed
-        // scratch buffer: small files are the common case and must not pay for a large one).
-        let mut buf: Vec<u8> = Vec::new();
-        let mut buf_start = 0u64;
-        loop {
-            let before = buf.len();
-            let n = (&mut reader)
-                .take(READ_BYTES)
-                .read_to_end(&mut buf)
-                .map_err(|e| Error::Storage(format!("reading the file to store: {e}")))?;
-            let mut cuts = Vec::new();
-            if n == 0 {
-                cuts.extend(chunker.finish());
-            } else {
-                chunker.push(&buf[before..], |c| cuts.push(c));
-            }
-            let mut consumed = 0usize;
-            for c in cuts {
-                let from = (c.offset - buf_start) as usize;
-                w.add(&mut self.blobs, batch, &buf[from..from + c.len])?;
-                consumed = from + c.len;
-            }
-            buf.drain(..consumed);
-            buf_start += consumed as u64;
-            if n == 0 {
-                break;
-            }
+        let mut w = ChunkWriter { map: Vec::new(), reused: false };
+        let mut feed = ChunkFeed::new(reader, self.preset);
+        let first = feed.next_batch()?;
+        if feed.done {
+            // A file of one batch (most files) is written here, without a second thread.
+            w.resolve(&mut self.blobs, batch, first)?;
+        } else {
+            // A large file: the next batch is read and cut into chunks while the worker hashes,
+            // looks up and appends this one.
+            let (blobs, w, batch) = (&mut self.blobs, &mut w, &mut *batch);
+            std::thread::scope(|s| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+                let worker = s.spawn(move || -> Result<()> {
+                    for chunks in rx {
+                        w.resolve(blobs, batch, chunks)?;
+                    }
+                    Ok(())
+                });
+                let fed = (|| -> Result<()> {
+                    let mut next = first;
+                    loop {
+                        if tx.send(next).is_err() {
+                            return Ok(()); // the worker stopped; its error is the one to report
+                        }
+                        if feed.done {
+                            return Ok(());
+                        }
+                        next = feed.next_batch()?;
+                    }
+                })();
+                drop(tx);
+                let worked = worker.join().unwrap_or_else(|_| Err(Error::Storage("the chunk writer failed".into())));
+                worked.and(fed)
+            })?;
         }
-        w.resolve(&mut self.blobs, batch)?;
         let total: u64 = w.map.iter().map(|m| m.byte_length).sum();
         if !w.reused {
             return Ok(Blob {
@@ -948,33 +952,20 @@ impl<B: Blocks> DriveView<'_, B> {
     }
 }
 
-/// The chunks of one file being written: which blocks it is made of, and the chunks read but
-/// not yet looked up and appended.
-/// The chunks of one file being written: its map so far and the chunks not yet resolved.
+/// The chunks of one file being written: the blocks it is made of so far.
 struct ChunkWriter {
     map: Vec<MapBlock>,
     reused: bool,
-    chunks: Vec<Vec<u8>>,
-    chunk_bytes: usize,
 }
 
 impl ChunkWriter {
-    fn add(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, chunk: &[u8]) -> Result<()> {
-        self.chunks.push(chunk.to_vec());
-        self.chunk_bytes += chunk.len();
-        if self.chunk_bytes >= APPEND_BATCH_BYTES {
-            self.resolve(blobs, batch)?;
-        }
-        Ok(())
-    }
-
     /// Hashes the chunks on every core and gives each its block: one the drive or the batch
     /// already has, else a new one at the end of the batch's pending appends (passed to the
     /// log with their hashes, so it does not hash them again).
-    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch) -> Result<()> {
-        let chunks = std::mem::take(&mut self.chunks);
-        self.chunk_bytes = 0;
-        let leaves: Vec<Hash> = chunks.par_chunks(8).flat_map_iter(crate::crypto::leaf_hashes).collect();
+    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, chunks: Vec<Vec<u8>>) -> Result<()> {
+        // One share per core, each hashed several chunks at a time in the SIMD lanes.
+        let share = chunks.len().div_ceil(rayon::current_num_threads()).max(8);
+        let leaves: Vec<Hash> = chunks.par_chunks(share).flat_map_iter(crate::crypto::leaf_hashes).collect();
         for (chunk, leaf) in chunks.into_iter().zip(leaves) {
             let len = chunk.len() as u64;
             let known = match batch.fresh.get(&leaf) {
@@ -996,6 +987,58 @@ impl ChunkWriter {
             self.map.push(MapBlock { index, byte_length: len });
         }
         batch.commit_if_full(blobs)
+    }
+}
+
+/// A file's bytes read and cut into chunks, about [`APPEND_BATCH_BYTES`] at a time. (Chunks are
+/// copied out of the read buffer: views of one fresh buffer per batch measured slower, as every
+/// batch then faults in new pages.)
+struct ChunkFeed<R> {
+    reader: R,
+    chunker: Chunker,
+    /// Bytes read but not yet cut into chunks; read straight into its tail (no zeroed scratch
+    /// buffer: small files are the common case and must not pay for a large one).
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`.
+    buf_start: u64,
+    /// Whether the reader is exhausted and every chunk handed out.
+    done: bool,
+}
+
+impl<R: Read> ChunkFeed<R> {
+    fn new(reader: R, preset: Preset) -> Self {
+        ChunkFeed { reader, chunker: Chunker::new(preset), buf: Vec::new(), buf_start: 0, done: false }
+    }
+
+    /// The next chunks, at least [`APPEND_BATCH_BYTES`] of them unless the file ends first
+    /// (then `done` is set).
+    fn next_batch(&mut self) -> Result<Vec<Vec<u8>>> {
+        let mut chunks = Vec::new();
+        let mut bytes = 0usize;
+        while !self.done && bytes < APPEND_BATCH_BYTES {
+            let before = self.buf.len();
+            let n = (&mut self.reader)
+                .take(READ_BYTES)
+                .read_to_end(&mut self.buf)
+                .map_err(|e| Error::Storage(format!("reading the file to store: {e}")))?;
+            let mut cuts = Vec::new();
+            if n == 0 {
+                cuts.extend(self.chunker.finish());
+                self.done = true;
+            } else {
+                self.chunker.push(&self.buf[before..], |c| cuts.push(c));
+            }
+            let mut consumed = 0usize;
+            for c in cuts {
+                let from = (c.offset - self.buf_start) as usize;
+                chunks.push(self.buf[from..from + c.len].to_vec());
+                bytes += c.len;
+                consumed = from + c.len;
+            }
+            self.buf.drain(..consumed);
+            self.buf_start += consumed as u64;
+        }
+        Ok(chunks)
     }
 }
 

@@ -114,6 +114,42 @@ fn reads_from_rocksdb_equal_what_was_written_for_raw_and_compressed_chunks() {
 }
 
 #[test]
+fn a_large_file_whose_reader_fails_midway_is_not_stored_and_the_drive_goes_on() {
+    /// Gives `ok` bytes of noise, then an I/O error.
+    struct Failing {
+        data: Vec<u8>,
+        at: usize,
+    }
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.data.len() {
+                return Err(std::io::Error::other("the disk went away"));
+            }
+            let n = buf.len().min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+    let mut d = drive(11);
+    let version = d.version();
+    // Several append batches' worth, so the failure lands while earlier batches are appended.
+    let err = d
+        .put_reader(
+            "/big.bin",
+            Failing { data: random(3 * APPEND_BATCH_BYTES + 12_345, 8), at: 0 },
+            &PutOptions::default(),
+        )
+        .expect_err("the read error is reported");
+    assert!(err.to_string().contains("the disk went away"), "{err}");
+    assert!(d.entry("/big.bin").expect("entry").is_none());
+    assert_eq!(d.version(), version, "no version names the half-read file");
+    let data = random(20 << 20, 9);
+    d.put("/big.bin", &data, &PutOptions::default()).expect("a later put works");
+    assert_eq!(d.get("/big.bin").expect("get").expect("file"), data);
+}
+
+#[test]
 fn a_file_repeating_a_chunk_stores_it_once() {
     let mut d = drive(6);
     let part = random(300 * 1024, 7);

@@ -534,11 +534,12 @@ impl Hypercore {
                 };
                 let leaf = Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash };
                 let new = !store.contains(Table::Blocks, &leaf.hash)?;
-                out.push((leaf, new.then(|| stored::encode(b.as_ref()))));
+                out.push((leaf, new.then(|| stored::encode_parts(b.as_ref()))));
             }
-            let (leaves, fresh): (Vec<Node>, Vec<Option<Vec<u8>>>) = out.into_iter().unzip();
+            let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = out.into_iter().unzip();
             let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
-            let mut staged = store.stage_blocks(fresh.into_iter().flatten().collect())?.into_iter();
+            let parts: Vec<[&[u8]; 2]> = fresh.iter().flatten().map(stored::Encoded::parts).collect();
+            let mut staged = store.stage_blocks(&parts)?.into_iter();
             Ok(leaves
                 .into_iter()
                 .zip(is_new)

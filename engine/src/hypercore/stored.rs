@@ -21,38 +21,57 @@ thread_local! {
 /// rest: random and already-compressed data (most large files) then cost almost nothing.
 const PROBE: usize = 1024;
 
-/// The stored form of `data`.
-pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
-    let sample = &data[..data.len().min(PROBE)];
-    if data.len() >= MIN_COMPRESS && !looks_random(sample) && (data.len() <= PROBE || shrinks(sample)) {
-        // Keep the compressed form only when it saves at least 1/16.
-        let limit = data.len() - data.len() / 16;
-        let mut out = Vec::with_capacity(limit + 1);
-        out.push(ZSTD);
-        let done = COMPRESSOR.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.is_none() {
-                *c = zstd::bulk::Compressor::new(LEVEL).ok();
-            }
-            let comp = c.as_mut()?;
-            let mut buf = vec![0u8; limit];
-            let n = comp.compress_to_buffer(data, &mut buf[..]).ok()?;
-            out.extend_from_slice(&buf[..n]);
-            Some(())
-        });
-        if done.is_some() {
-            return out;
+/// The stored form of a block: its bytes behind the raw tag (borrowed, not copied), or a
+/// compressed copy.
+pub(crate) enum Encoded<'a> {
+    Raw(&'a [u8]),
+    Packed(Vec<u8>),
+}
+
+impl Encoded<'_> {
+    /// The stored bytes as two parts written one after the other.
+    pub(crate) fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Encoded::Raw(data) => [&[RAW], data],
+            Encoded::Packed(v) => [v, &[]],
         }
     }
-    let mut out = Vec::with_capacity(data.len() + 1);
-    out.push(RAW);
-    out.extend_from_slice(data);
-    out
+}
+
+/// The stored form of `data`, without copying it when it is stored raw.
+pub(crate) fn encode_parts(data: &[u8]) -> Encoded<'_> {
+    let sample = &data[..data.len().min(PROBE)];
+    if data.len() >= MIN_COMPRESS && !looks_random(sample) && (data.len() <= PROBE || shrinks(sample)) {
+        if let Some(packed) = compress(data) {
+            return Encoded::Packed(packed);
+        }
+    }
+    Encoded::Raw(data)
+}
+
+/// The stored form of `data`.
+pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
+    encode_parts(data).parts().concat()
+}
+
+/// `data` compressed behind its tag, if that saves at least 1/16.
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    let limit = data.len() - data.len() / 16;
+    let mut out = vec![0u8; limit + 1];
+    out[0] = ZSTD;
+    let n = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(LEVEL).ok();
+        }
+        c.as_mut()?.compress_to_buffer(data, &mut out[1..]).ok()
+    })?;
+    out.truncate(n + 1);
+    Some(out)
 }
 
 fn shrinks(sample: &[u8]) -> bool {
-    let encoded = encode(sample);
-    encoded[0] == ZSTD
+    compress(sample).is_some()
 }
 
 /// Whether the bytes look uniformly random, so compressing is pointless: random and

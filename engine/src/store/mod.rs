@@ -129,9 +129,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes block bytes ahead of the batch that will commit them, so writers can do it on
     /// every core while they hash. Safe to call from many threads at once.
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged>;
-    /// Stages several blocks at once (one write where the backend allows).
-    fn stage_blocks(&self, blocks: Vec<Vec<u8>>) -> Result<Vec<Staged>> {
-        blocks.into_iter().map(|b| self.stage_block(b)).collect()
+    /// Stages several blocks at once (one write where the backend allows), each given as two
+    /// parts stored one after the other (a tag and the bytes, so they need not be joined).
+    fn stage_blocks(&self, blocks: &[[&[u8]; 2]]) -> Result<Vec<Staged>> {
+        blocks.iter().map(|parts| self.stage_block(parts.concat())).collect()
     }
     /// Applies `batch` atomically.
     fn write(&self, batch: Batch) -> Result<()>;

@@ -41,6 +41,10 @@ pub struct RocksStore {
     /// The end of everything written to the log, committed or staged. Space is reserved here
     /// with one atomic add, so writers on every core write block bytes at once.
     reserved: AtomicU64,
+    /// Held while writing to the block log. The kernel lets one writer into a file at a time
+    /// and spins the others on the CPU; waiting here instead leaves the core to a thread with
+    /// other work (hashing, chunking).
+    writing: Mutex<()>,
 }
 
 const LOG_NAME: &str = "blocks.log";
@@ -86,7 +90,14 @@ impl RocksStore {
             .truncate(false)
             .open(&log_path)
             .map_err(|e| Error::Storage(format!("opening {}: {e}", log_path.display())))?;
-        let store = RocksStore { db, path: path.to_path_buf(), log, tail: Mutex::new(0), reserved: AtomicU64::new(0) };
+        let store = RocksStore {
+            db,
+            path: path.to_path_buf(),
+            log,
+            tail: Mutex::new(0),
+            reserved: AtomicU64::new(0),
+            writing: Mutex::new(()),
+        };
         super::check_format(&store, path, fresh)?;
         let tail = match store.db.get_cf(store.cf(Table::Meta)?, TAIL_KEY).map_err(|e| store.err(e))? {
             Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Damaged {
@@ -201,23 +212,25 @@ impl Store for RocksStore {
         Ok(Staged { id: offset, len })
     }
 
-    fn stage_blocks(&self, blocks: Vec<Vec<u8>>) -> Result<Vec<Staged>> {
-        let total: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+    fn stage_blocks(&self, blocks: &[[&[u8]; 2]]) -> Result<Vec<Staged>> {
         if blocks.len() < 2 {
-            return blocks.into_iter().map(|b| self.stage_block(b)).collect();
+            return blocks.iter().map(|parts| self.stage_block(parts.concat())).collect();
         }
+        let total: u64 = blocks.iter().flatten().map(|p| p.len() as u64).sum();
         let mut out = Vec::with_capacity(blocks.len());
         let start = self.reserved.fetch_add(total, Ordering::SeqCst);
         let mut at = start;
-        for b in &blocks {
-            let len = u32::try_from(b.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
+        for [a, b] in blocks {
+            let len = u32::try_from(a.len() + b.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
             out.push(Staged { id: at, len });
             at += len as u64;
         }
         // One vectored write per IOV_MAX blocks, no copy into a joined buffer.
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mut offset = start;
-        for group in blocks.chunks(1024) {
-            let mut slices: Vec<std::io::IoSlice<'_>> = group.iter().map(|b| std::io::IoSlice::new(b)).collect();
+        for group in blocks.chunks(512) {
+            let mut slices: Vec<std::io::IoSlice<'_>> =
+                group.iter().flatten().map(|p| std::io::IoSlice::new(p)).collect();
             let mut rest = &mut slices[..];
             while !rest.is_empty() {
                 // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call and
