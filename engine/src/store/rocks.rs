@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, MemtableFactory, Options,
+    SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
 use super::{Batch, Op, Staged, Store, Table};
@@ -80,7 +80,9 @@ impl RocksStore {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_paranoid_checks(true);
-        let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), table_options()));
+        // One writer commits at a time anyway; the hash memtable of the blocks table needs this.
+        opts.set_allow_concurrent_memtable_write(false);
+        let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(*t)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| classify(path, e))?;
         let log_path = path.join(LOG_NAME);
         let log = std::fs::OpenOptions::new()
@@ -137,7 +139,7 @@ impl RocksStore {
     }
 }
 
-fn table_options() -> Options {
+fn table_options(table: Table) -> Options {
     let mut o = Options::default();
     let mut bb = BlockBasedOptions::default();
     bb.set_bloom_filter(10.0, false);
@@ -149,6 +151,12 @@ fn table_options() -> Options {
     // block) are for keys that are not there.
     o.set_memtable_whole_key_filtering(true);
     o.set_memtable_prefix_bloom_ratio(0.05);
+    if table == Table::Blocks {
+        // Keyed by hashes, looked up only whole: a hash table of memtable buckets rather than
+        // one skip list, where every insert of a random key walks cold memory.
+        o.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
+        o.set_memtable_factory(MemtableFactory::HashSkipList { bucket_count: 1 << 18, height: 4, branching_factor: 4 });
+    }
     o
 }
 
