@@ -193,44 +193,17 @@ impl Chunker {
 /// Rolls the gear hash over `data`; the number of bytes up to and including the first byte at
 /// which `hash & mask == 0`.
 ///
-/// Four bytes per step. With `t2 = 2·g[a] + g[b]`, `t3 = 2·t2 + g[c]`, `t4 = 2·t3 + g[d]`, the
-/// hashes after each byte are `2h + g[a]`, `4h + t2`, `8h + t3`, `16h + t4` — the same values as
-/// rolling one byte at a time, but each depends on the previous step's `h` through a single
-/// scaled add, so the dependency chain is one instruction per step instead of two per byte.
-/// `black_box` keeps the compiler from re-associating the sums back into a serial chain. One
-/// branch covers all four checks; cuts are rare.
+/// One byte per step, as FastCDC does. (A four-bytes-per-step form that shortened the
+/// dependency chain measured 1.1 GB/s against this loop's 1.9 GB/s on the machines this runs
+/// on: the plain loop is what the compiler and the CPU pipeline best.)
 #[inline(always)]
 fn gear_scan(gear: &[u64; 256], data: &[u8], h: &mut u64, mask: u64) -> Option<usize> {
-    use std::hint::black_box;
     let mut hash = *h;
-    let mut quads = data.chunks_exact(4);
-    let mut i = 0;
-    for q in &mut quads {
-        let ga = gear[q[0] as usize];
-        let t2 = (ga << 1).wrapping_add(gear[q[1] as usize]);
-        let t3 = (t2 << 1).wrapping_add(gear[q[2] as usize]);
-        let t4 = (t3 << 1).wrapping_add(gear[q[3] as usize]);
-        let h1 = ga.wrapping_add(hash.wrapping_mul(2));
-        let h2 = black_box(t2).wrapping_add(hash.wrapping_mul(4));
-        let h3 = black_box(t3).wrapping_add(hash.wrapping_mul(8));
-        let h4 = black_box(t4).wrapping_add(hash << 4);
-        if (h1 & mask == 0) | (h2 & mask == 0) | (h3 & mask == 0) | (h4 & mask == 0) {
-            for (k, hk) in [h1, h2, h3, h4].into_iter().enumerate() {
-                if hk & mask == 0 {
-                    *h = hk;
-                    return Some(i + k + 1);
-                }
-            }
-        }
-        hash = h4;
-        i += 4;
-    }
-    for &b in quads.remainder() {
+    for (i, &b) in data.iter().enumerate() {
         hash = (hash << 1).wrapping_add(gear[b as usize]);
-        i += 1;
         if hash & mask == 0 {
             *h = hash;
-            return Some(i);
+            return Some(i + 1);
         }
     }
     *h = hash;
