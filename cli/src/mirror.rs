@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::drive::{BlobBatch, Entry, Meta, Op};
 use hyperfs_engine::Drive;
+use rayon::prelude::*;
 use serde_json::{json, Value};
 
 /// An import applies at most this many changes per drive version…
@@ -314,9 +315,38 @@ pub fn export(
             Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
         }
     }
-    // Folders and their contents, parents first; folder times are set last.
+    // Folders and their contents, parents first; folder times are set last. Runs of small files
+    // are written several at a time (each is a few system calls that wait on the file system).
     let mut dirs = Vec::new();
-    for c in changes.iter().filter(|c| c.action != Action::Remove) {
+    let writes: Vec<&Change> = changes.iter().filter(|c| c.action != Action::Remove).collect();
+    let mut at = 0;
+    while at < writes.len() {
+        let run = writes[at..].iter().take(SMALL_RUN).take_while(|c| is_small_file(c)).count();
+        if run > 1 {
+            if progress.cancelled {
+                bail!("the client went away; the export stopped (run it again to finish)");
+            }
+            let bytes: Vec<u64> = writes[at..at + run]
+                .par_iter()
+                .map(|c| match &c.item {
+                    Item::File { entry: Some(entry), meta, executable, .. } => {
+                        let path = dst.join(&c.rel);
+                        let mut bytes = 0;
+                        write_file(drive, entry, &path, *meta, *executable, root, &mut |n| bytes += n)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        Ok(bytes)
+                    }
+                    _ => Ok(0),
+                })
+                .collect::<Result<_>>()?;
+            tally.files += bytes.len() as u64;
+            tally.bytes += bytes.iter().sum::<u64>();
+            progress.report(&tally, false);
+            at += run;
+            continue;
+        }
+        let c = writes[at];
+        at += 1;
         let path = dst.join(&c.rel);
         match &c.item {
             Item::Dir { meta } => {
@@ -329,8 +359,11 @@ pub fn export(
                 if progress.cancelled {
                     bail!("the client went away; the export stopped (run it again to finish)");
                 }
-                write_file(drive, entry, &path, *meta, *executable, root, &mut tally, &mut progress)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                write_file(drive, entry, &path, *meta, *executable, root, &mut |n| {
+                    tally.bytes += n;
+                    progress.report(&tally, false);
+                })
+                .with_context(|| format!("writing {}", path.display()))?;
                 tally.files += 1;
                 progress.report(&tally, false);
             }
@@ -481,8 +514,17 @@ fn same_content(drive: &RwLock<Drive>, entry: &Entry, path: &Path) -> Result<boo
     }
 }
 
-/// Writes one exported file beside its place, then renames it there.
-#[allow(clippy::too_many_arguments)]
+/// Files written several at a time by export: at most this many in a run, each at most
+/// [`READ_WINDOW`] bytes and plain (one read from the drive).
+const SMALL_RUN: usize = 256;
+
+fn is_small_file(c: &Change) -> bool {
+    matches!(&c.item, Item::File { entry: Some(e), .. }
+        if e.blob.is_none_or(|b| !b.block_map && b.byte_length <= READ_WINDOW))
+}
+
+/// Writes one exported file beside its place, then renames it there; `written` hears of the
+/// bytes as they go.
 fn write_file(
     drive: &RwLock<Drive>,
     entry: &Entry,
@@ -490,8 +532,7 @@ fn write_file(
     meta: Option<Meta>,
     executable: bool,
     root: bool,
-    tally: &mut Tally,
-    progress: &mut Progress<'_>,
+    written: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.hyperfs-export"));
@@ -508,32 +549,42 @@ fn write_file(
             // A small file: one read.
             let bytes = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, 0, READ_WINDOW)?;
             f.write_all(&bytes)?;
-            tally.bytes += bytes.len() as u64;
-            progress.report(tally, false);
+            written(bytes.len() as u64);
         } else if let Some(blob) = entry.blob {
-            // The next window is read from the drive while this one is written out.
+            // The next window is read from the drive while this one is written out, in two
+            // page-aligned buffers that go back and forth (no fresh memory to zero and fault in
+            // per window), written past the page cache.
+            let mut out = DirectWriter::new(&mut f);
             std::thread::scope(|scope| -> Result<()> {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(2);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<u8>, usize)>>(2);
+                let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+                for _ in 0..2 {
+                    let _ = give_back.send(vec![0u8; READ_WINDOW as usize + PAGE]);
+                }
                 scope.spawn(move || {
                     let mut offset = 0u64;
-                    loop {
-                        let chunk =
-                            drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW);
-                        let last = chunk.as_ref().map_or(true, Vec::is_empty);
-                        offset += chunk.as_ref().map_or(0, |c| c.len() as u64);
-                        if tx.send(chunk.map_err(anyhow::Error::from)).is_err() || last {
+                    for mut buf in returned {
+                        let read = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob_into(
+                            &blob,
+                            offset,
+                            window(&mut buf),
+                        );
+                        let n = read.as_ref().map_or(0, |&n| n);
+                        offset += n as u64;
+                        if tx.send(read.map(|n| (buf, n)).map_err(anyhow::Error::from)).is_err() || n == 0 {
                             return;
                         }
                     }
                 });
                 for chunk in rx {
-                    let chunk = chunk?;
-                    if chunk.is_empty() {
+                    let (buf, n) = chunk?;
+                    if n == 0 {
                         break;
                     }
-                    f.write_all(&chunk)?;
-                    tally.bytes += chunk.len() as u64;
-                    progress.report(tally, false);
+                    let mut buf = buf;
+                    out.write(&window(&mut buf)[..n])?;
+                    written(n as u64);
+                    let _ = give_back.send(buf);
                 }
                 Ok(())
             })?;
@@ -552,6 +603,69 @@ fn write_file(
         return Err(e);
     }
     Ok(())
+}
+
+/// The unit of direct I/O: buffers, lengths and offsets of direct writes are multiples of it.
+const PAGE: usize = 4096;
+
+/// The page-aligned [`READ_WINDOW`] inside a buffer of `READ_WINDOW + PAGE` bytes.
+fn window(buf: &mut [u8]) -> &mut [u8] {
+    let skip = buf.as_ptr().align_offset(PAGE).min(PAGE);
+    &mut buf[skip..skip + READ_WINDOW as usize]
+}
+
+/// Writes a large exported file straight to the disk (`O_DIRECT`), past the page cache: on the
+/// machines measured, a gigabyte copied into fresh page-cache pages ran at a fraction of the
+/// disk's own speed, and a mirror of big files should not push the user's working set out of
+/// memory either. Whole pages go direct; the file's unaligned tail, and every write on a file
+/// system that refuses direct I/O, go through the page cache.
+struct DirectWriter<'a> {
+    f: &'a mut std::fs::File,
+    direct: bool,
+}
+
+impl<'a> DirectWriter<'a> {
+    fn new(f: &'a mut std::fs::File) -> Self {
+        let direct = set_direct(f, true);
+        DirectWriter { f, direct }
+    }
+
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while self.direct && buf.len() >= PAGE {
+            let whole = buf.len() / PAGE * PAGE;
+            match self.f.write(&buf[..whole]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Refused (alignment, or the file system): the rest goes through the cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.buffered(),
+                Err(e) => return Err(e),
+            }
+        }
+        if !buf.is_empty() {
+            self.buffered();
+            self.f.write_all(buf)?;
+        }
+        Ok(())
+    }
+
+    fn buffered(&mut self) {
+        if self.direct {
+            set_direct(self.f, false);
+            self.direct = false;
+        }
+    }
+}
+
+/// Turns `O_DIRECT` on or off for an open file; whether that worked.
+fn set_direct(f: &std::fs::File, on: bool) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+    // SAFETY: fcntl on a descriptor we hold; only the status flags change.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0
+            && libc::fcntl(fd, libc::F_SETFL, if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT }) == 0
+    }
 }
 
 /// Sets the owner (as root) and the modification time of `path`, not following a symlink.

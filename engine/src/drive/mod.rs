@@ -552,10 +552,29 @@ impl Drive {
 
     /// Up to `len` bytes of a blob from `offset`, reading only the chunks that hold them.
     pub fn read_blob(&self, blob: &Blob, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let pieces = match self.pieces(blob) {
+        let size = match self.blob_size(blob) {
+            Ok(size) => size,
             // A sparse replica without the chunk sizes of a plain blob finds its start by seeking.
             Err(Error::MissingNode { .. }) if !blob.block_map && self.fetch.is_some() => {
                 return self.read_plain_by_seek(blob, offset, len)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = vec![0u8; len.min(size.saturating_sub(offset)) as usize];
+        let n = self.read_blob_into(blob, offset, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Up to `out.len()` bytes of a blob from `offset` into `out` (a reader's own buffer, reused
+    /// from read to read); how many there were (fewer at the blob's end).
+    pub fn read_blob_into(&self, blob: &Blob, offset: u64, out: &mut [u8]) -> Result<usize> {
+        let len = out.len() as u64;
+        let pieces = match self.pieces(blob) {
+            Err(Error::MissingNode { .. }) if !blob.block_map && self.fetch.is_some() => {
+                let bytes = self.read_plain_by_seek(blob, offset, len)?;
+                out[..bytes.len()].copy_from_slice(&bytes);
+                return Ok(bytes.len());
             }
             other => other?,
         };
@@ -566,8 +585,7 @@ impl Drive {
         let wanted = &pieces[first..last.max(first)];
         // Blocks are read on every core, a window at a time (a sparse replica asks for a window's
         // missing blocks at once), each straight into its place in the result.
-        let mut out = vec![0u8; (stop - offset) as usize];
-        let mut rest: &mut [u8] = &mut out;
+        let mut rest: &mut [u8] = &mut out[..(stop - offset) as usize];
         if let Some(f) = &self.fetch {
             // A long read is a sequential reader's window: the chunks after it travel while it
             // is used.
@@ -606,7 +624,7 @@ impl Drive {
                 jobs.into_iter().try_for_each(read)?;
             }
         }
-        Ok(out)
+        Ok((stop - offset) as usize)
     }
 
     /// Reads a plain blob from the block holding `offset`, located through the fetcher's seek.
