@@ -332,7 +332,8 @@ pub fn export(
                     Item::File { entry: Some(entry), meta, executable, .. } => {
                         let path = dst.join(&c.rel);
                         let mut bytes = 0;
-                        write_file(drive, entry, &path, *meta, *executable, root, &mut |n| bytes += n)
+                        let fresh = !local.contains_key(&c.rel);
+                        write_file(drive, entry, &path, fresh, *meta, *executable, root, &mut |n| bytes += n)
                             .with_context(|| format!("writing {}", path.display()))?;
                         Ok(bytes)
                     }
@@ -359,7 +360,8 @@ pub fn export(
                 if progress.cancelled {
                     bail!("the client went away; the export stopped (run it again to finish)");
                 }
-                write_file(drive, entry, &path, *meta, *executable, root, &mut |n| {
+                let fresh = !local.contains_key(&c.rel);
+                write_file(drive, entry, &path, fresh, *meta, *executable, root, &mut |n| {
                     tally.bytes += n;
                     progress.report(&tally, false);
                 })
@@ -523,27 +525,44 @@ fn is_small_file(c: &Change) -> bool {
         if e.blob.is_none_or(|b| !b.block_map && b.byte_length <= READ_WINDOW))
 }
 
-/// Writes one exported file beside its place, then renames it there; `written` hears of the
-/// bytes as they go.
+/// Writes one exported file: a replacement beside its place, then renamed over the old file (which
+/// stays whole until then); a new file (`fresh`: nothing there to keep whole) in its place, which
+/// saves the file system a second name and a rename per file. A new file cut short by a failure
+/// is removed; one cut short by a kill has the wrong time and size, so the next export redoes
+/// it. `written` hears of the bytes as they go.
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     drive: &RwLock<Drive>,
     entry: &Entry,
     path: &Path,
+    fresh: bool,
     meta: Option<Meta>,
     executable: bool,
     root: bool,
     written: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.hyperfs-export"));
     let mode = meta.map_or(if executable { 0o755 } else { 0o644 }, |m| m.mode);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let open = |at: &Path, new: bool| {
+        std::fs::OpenOptions::new().write(true).create(true).create_new(new).truncate(true).mode(0o600).open(at)
+    };
+    let in_place = if fresh {
+        match open(path, true) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    } else {
+        None
+    };
+    let (tmp, mut f) = match in_place {
+        Some(f) => (path.to_path_buf(), f),
+        None => {
+            let tmp = path.with_file_name(format!(".{name}.hyperfs-export"));
+            let f = open(&tmp, false).with_context(|| format!("creating {}", tmp.display()))?;
+            (tmp, f)
+        }
+    };
     let written = (|| -> Result<()> {
         if let Some(blob) = entry.blob.filter(|b| !b.block_map && b.byte_length <= READ_WINDOW) {
             // A small file: one read.
@@ -597,7 +616,10 @@ fn write_file(
         if let Some(m) = &meta {
             set_owner_and_times(&tmp, m, root)?;
         }
-        std::fs::rename(&tmp, path).map_err(anyhow::Error::from)
+        if tmp != path {
+            std::fs::rename(&tmp, path)?;
+        }
+        Ok(())
     }) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
