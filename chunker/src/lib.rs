@@ -193,17 +193,39 @@ impl Chunker {
 /// Rolls the gear hash over `data`; the number of bytes up to and including the first byte at
 /// which `hash & mask == 0`.
 ///
-/// One byte per step, as FastCDC does. (A four-bytes-per-step form that shortened the
-/// dependency chain measured 1.1 GB/s against this loop's 1.9 GB/s on the machines this runs
-/// on: the plain loop is what the compiler and the CPU pipeline best.)
+/// Two bytes per step: the hash after the second byte, `4h + (2·g[a] + g[b])`, depends on the
+/// previous step's `h` through one shift and one add (the bracket does not depend on `h`), so
+/// the dependency chain is half as long as rolling byte by byte; the hash after the first byte
+/// is computed beside it for its check. 2.4 GB/s against 1.9 for the byte loop on this machine.
+/// (A four-byte form that forced the same shape with `black_box` ran at 1.1 GB/s: the values
+/// went through memory.)
 #[inline(always)]
 fn gear_scan(gear: &[u64; 256], data: &[u8], h: &mut u64, mask: u64) -> Option<usize> {
     let mut hash = *h;
-    for (i, &b) in data.iter().enumerate() {
+    let mut pairs = data.chunks_exact(2);
+    let mut i = 0;
+    for pair in &mut pairs {
+        let ga = gear[pair[0] as usize];
+        let gb = gear[pair[1] as usize];
+        let h1 = (hash << 1).wrapping_add(ga);
+        let h2 = (hash << 2).wrapping_add((ga << 1).wrapping_add(gb));
+        if (h1 & mask == 0) | (h2 & mask == 0) {
+            if h1 & mask == 0 {
+                *h = h1;
+                return Some(i + 1);
+            }
+            *h = h2;
+            return Some(i + 2);
+        }
+        hash = h2;
+        i += 2;
+    }
+    for &b in pairs.remainder() {
         hash = (hash << 1).wrapping_add(gear[b as usize]);
+        i += 1;
         if hash & mask == 0 {
             *h = hash;
-            return Some(i + 1);
+            return Some(i);
         }
     }
     *h = hash;
