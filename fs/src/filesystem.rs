@@ -35,6 +35,9 @@ pub const ROOT: Ino = 1;
 
 /// Longest name in a directory, as on ext4.
 const NAME_MAX: usize = 255;
+/// The most directory entries one readdir reply can hold: a 4 KiB page of 32-byte entries
+/// (the kernel asks again from where a reply stopped).
+const READDIR_MAX: usize = 4096 / 32;
 
 /// Staged files are filled from the drive this many bytes at a time.
 const COPY_BYTES: u64 = 8 << 20;
@@ -966,7 +969,8 @@ impl Fs {
     /// The listing of an open directory from position `offset`.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let list = lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
-        Ok(list.iter().skip(offset as usize).cloned().collect())
+        // At most what one reply can hold (a page of the shortest entries).
+        Ok(list.iter().skip(offset as usize).take(READDIR_MAX).cloned().collect())
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -435,24 +435,24 @@ impl Filesystem for Adapter {
         self.pool.run(move || answer!(reply, fs.opendir(ino), |fh| reply.opened(fh, keep)));
     }
 
+    /// Answered here on the session thread: the listing was taken at opendir, and reading it
+    /// takes one short lock that no slow work holds (handing it to a worker cost more than the
+    /// answer).
     fn readdir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let fs = self.fs.clone();
-        self.pool.run(move || {
-            let offset = offset.max(0) as u64;
-            answer!(reply, fs.readdir(fh, offset), |list| {
-                for (i, e) in list.iter().enumerate() {
-                    let kind = match e.kind {
-                        Kind::File => FileType::RegularFile,
-                        Kind::Dir => FileType::Directory,
-                        Kind::Symlink => FileType::Symlink,
-                    };
-                    if reply.add(e.ino, (offset + i as u64 + 1) as i64, kind, &e.name) {
-                        break;
-                    }
+        let offset = offset.max(0) as u64;
+        answer!(reply, self.fs.readdir(fh, offset), |list| {
+            for (i, e) in list.iter().enumerate() {
+                let kind = match e.kind {
+                    Kind::File => FileType::RegularFile,
+                    Kind::Dir => FileType::Directory,
+                    Kind::Symlink => FileType::Symlink,
+                };
+                if reply.add(e.ino, (offset + i as u64 + 1) as i64, kind, &e.name) {
+                    break;
                 }
-                reply.ok()
-            })
-        });
+            }
+            reply.ok()
+        })
     }
 
     fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {

@@ -59,12 +59,39 @@ impl T {
         self.drive.read().expect("drive").get(path).expect("get")
     }
 
+    /// The names of a directory, read in replies as the kernel asks for them: each from where
+    /// the last one stopped, until one is empty.
     fn names(&self, ino: u64) -> Vec<String> {
         let fh = self.fs.opendir(ino).expect("opendir");
-        let names = self.fs.readdir(fh, 0).expect("readdir").into_iter().map(|e| e.name).collect();
+        let mut names: Vec<String> = Vec::new();
+        loop {
+            let page = self.fs.readdir(fh, names.len() as u64).expect("readdir");
+            if page.is_empty() {
+                break;
+            }
+            names.extend(page.into_iter().map(|e| e.name));
+        }
         self.fs.releasedir(fh);
         names
     }
+}
+
+#[test]
+fn a_large_directory_is_listed_over_several_replies_each_name_once() {
+    let t = setup();
+    let dir = t.fs.mkdir(ROOT, "big", 0o755, 1000, 100).expect("mkdir").ino;
+    let mut expected: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+    for n in &expected {
+        t.write_file(dir, n, b"x");
+    }
+    let fh = t.fs.opendir(dir).expect("opendir");
+    assert!(t.fs.readdir(fh, 0).expect("readdir").len() < 302, "one reply does not hold it all");
+    t.fs.releasedir(fh);
+    let mut names = t.names(dir);
+    assert_eq!(names.drain(..2).collect::<Vec<_>>(), [".", ".."]);
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected);
 }
 
 #[test]
