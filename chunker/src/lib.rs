@@ -258,31 +258,25 @@ pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
 pub fn leaf_hashes<B: AsRef<[u8]>>(blocks: &[B]) -> Vec<[u8; 32]> {
     let mut params = blake2b_simd::Params::new();
     params.hash_length(32);
-    let mut states: Vec<blake2b_simd::State> = blocks
-        .iter()
-        .map(|b| {
-            let mut s = params.to_state();
-            s.update(&[0]);
-            s.update(&(b.as_ref().len() as u64).to_le_bytes());
-            s
-        })
-        .collect();
     // Longest first, so the lanes run out of work together rather than one long block finishing
     // alone at the end.
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.sort_unstable_by_key(|&i| std::cmp::Reverse(blocks[i].as_ref().len()));
-    let mut by_len: Vec<Option<&mut blake2b_simd::State>> = states.iter_mut().map(Some).collect();
-    let jobs: Vec<(&mut blake2b_simd::State, &[u8])> =
-        order.iter().filter_map(|&i| by_len[i].take().map(|s| (s, blocks[i].as_ref()))).collect();
-    blake2b_simd::many::update_many(jobs);
-    states
-        .iter_mut()
-        .map(|s| {
-            let mut out = [0u8; 32];
-            out.copy_from_slice(s.finalize().as_bytes());
-            out
+    let mut states: Vec<blake2b_simd::State> = order
+        .iter()
+        .map(|&i| {
+            let mut s = params.to_state();
+            s.update(&[0]);
+            s.update(&(blocks[i].as_ref().len() as u64).to_le_bytes());
+            s
         })
-        .collect()
+        .collect();
+    blake2b_simd::many::update_many(states.iter_mut().zip(order.iter().map(|&i| blocks[i].as_ref())));
+    let mut out = vec![[0u8; 32]; blocks.len()];
+    for (s, &i) in states.iter_mut().zip(&order) {
+        out[i].copy_from_slice(s.finalize().as_bytes());
+    }
+    out
 }
 
 #[cfg(test)]

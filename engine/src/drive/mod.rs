@@ -552,14 +552,7 @@ impl Drive {
 
     /// Up to `len` bytes of a blob from `offset`, reading only the chunks that hold them.
     pub fn read_blob(&self, blob: &Blob, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let size = match self.blob_size(blob) {
-            Ok(size) => size,
-            // A sparse replica without the chunk sizes of a plain blob finds its start by seeking.
-            Err(Error::MissingNode { .. }) if !blob.block_map && self.fetch.is_some() => {
-                return self.read_plain_by_seek(blob, offset, len)
-            }
-            Err(e) => return Err(e),
-        };
+        let size = self.blob_size(blob)?;
         let mut out = vec![0u8; len.min(size.saturating_sub(offset)) as usize];
         let n = self.read_blob_into(blob, offset, &mut out)?;
         out.truncate(n);
@@ -571,6 +564,7 @@ impl Drive {
     pub fn read_blob_into(&self, blob: &Blob, offset: u64, out: &mut [u8]) -> Result<usize> {
         let len = out.len() as u64;
         let pieces = match self.pieces(blob) {
+            // A sparse replica without the chunk sizes of a plain blob finds its start by seeking.
             Err(Error::MissingNode { .. }) if !blob.block_map && self.fetch.is_some() => {
                 let bytes = self.read_plain_by_seek(blob, offset, len)?;
                 out[..bytes.len()].copy_from_slice(&bytes);

@@ -428,25 +428,26 @@ impl Hypercore {
     /// Block `index`. A block of this core's length that is not local is
     /// [`Error::MissingBlock`]; the caller fetches it from a peer.
     pub fn get(&self, index: u64) -> Result<Vec<u8>> {
-        if index >= self.head.length {
-            return Err(Error::OutOfBounds(format!("block {index} of a core of length {}", self.head.length)));
-        }
-        if !self.bitfield.get(index) {
-            return Err(Error::MissingBlock { index });
-        }
+        self.readable(index)?;
         read_block(&*self.store, self.id, index)
     }
 
     /// Block `index` read straight into `out`, which must be exactly its size (a reader's own
     /// buffer: no copy in between for the blocks stored raw).
     pub fn get_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
+        self.readable(index)?;
+        read_block_into(&*self.store, self.id, index, out)
+    }
+
+    /// Whether block `index` can be read here: within the core and local.
+    fn readable(&self, index: u64) -> Result<()> {
         if index >= self.head.length {
             return Err(Error::OutOfBounds(format!("block {index} of a core of length {}", self.head.length)));
         }
         if !self.bitfield.get(index) {
             return Err(Error::MissingBlock { index });
         }
-        read_block_into(&*self.store, self.id, index, out)
+        Ok(())
     }
 
     /// Appends one block; returns the new length.

@@ -156,6 +156,10 @@ fn changes_on_either_side_are_mirrored_and_dry_runs_change_nothing() {
     std::fs::write(src.join("gone.txt"), "gone").expect("write");
     std::fs::create_dir_all(src.join("becomes-file/inner")).expect("mkdir");
     std::fs::write(src.join("becomes-file/inner/x"), "x").expect("write");
+    // Larger than one export window and not whole pages: written past the page cache, then its
+    // tail through it.
+    let odd = (8 << 20) + 12_345;
+    std::fs::write(src.join("a/odd.bin"), pseudo_random(odd, 1)).expect("write");
     hyperfs_in_ok(&data, &["create", "--name", "t"]);
     let s = src.to_str().expect("utf-8");
     let o = out.to_str().expect("utf-8");
@@ -168,6 +172,7 @@ fn changes_on_either_side_are_mirrored_and_dry_runs_change_nothing() {
     std::fs::write(src.join("a/edit.txt"), "secnd").expect("write");
     set_mtime(&src.join("a/edit.txt"), 1_500_000_000, 0);
     std::fs::write(src.join("a/new.txt"), "new").expect("write");
+    std::fs::write(src.join("a/odd.bin"), pseudo_random(odd, 2)).expect("write");
     std::fs::remove_file(src.join("gone.txt")).expect("rm");
     std::fs::remove_dir_all(src.join("becomes-file")).expect("rm");
     std::fs::write(src.join("becomes-file"), "now a file").expect("write");
