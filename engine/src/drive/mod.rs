@@ -145,7 +145,43 @@ pub struct Drive {
     preset: Preset,
     fetch: Option<Arc<dyn Fetch>>,
     /// Per-file chunk offsets, keyed by blob: random access without reading what comes before.
-    pieces: Mutex<HashMap<Blob, Arc<Vec<Piece>>>>,
+    pieces: Mutex<PieceCache>,
+}
+
+/// The chunk offsets of recently used blobs, up to [`PIECE_CACHE_PIECES`] pieces in all; past
+/// that, arbitrary blobs are dropped until the new one fits. A block map is read once, not at
+/// every stat of its file (a listing of many deduplicated files stats each).
+#[derive(Default)]
+struct PieceCache {
+    map: HashMap<Blob, Arc<Vec<Piece>>>,
+    pieces: usize,
+}
+
+/// About 24 MiB of offsets.
+const PIECE_CACHE_PIECES: usize = 1 << 20;
+
+impl PieceCache {
+    fn get(&self, blob: &Blob) -> Option<Arc<Vec<Piece>>> {
+        self.map.get(blob).cloned()
+    }
+
+    fn insert(&mut self, blob: Blob, pieces: Arc<Vec<Piece>>) {
+        let n = pieces.len().max(1);
+        while self.pieces + n > PIECE_CACHE_PIECES {
+            let Some(victim) = self.map.keys().next().copied() else { break };
+            if let Some(v) = self.map.remove(&victim) {
+                self.pieces -= v.len().max(1);
+            }
+        }
+        if let Some(old) = self.map.insert(blob, pieces) {
+            self.pieces -= old.len().max(1);
+        }
+        self.pieces += n;
+    }
+
+    fn clear(&mut self) {
+        *self = PieceCache::default();
+    }
 }
 
 impl std::fmt::Debug for Drive {
@@ -203,7 +239,7 @@ impl Drive {
     }
 
     fn assemble(db: Hyperbee, blobs: Hypercore) -> Drive {
-        Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Mutex::new(HashMap::new()) }
+        Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Mutex::new(PieceCache::default()) }
     }
 
     /// The db core, for the network layer to serve a writer's drive from (a replica's proofs
@@ -352,8 +388,14 @@ impl Drive {
 
     /// Appends what `batch` still holds to the blobs core.
     pub fn finish_blobs(&mut self, batch: &mut BlobBatch) -> Result<()> {
-        batch.commit(&mut self.blobs)?;
+        let committed = batch.commit(&mut self.blobs);
+        let maps = std::mem::take(&mut batch.maps);
+        committed?;
         batch.fresh.clear();
+        let mut cache = self.pieces.lock().unwrap_or_else(|e| e.into_inner());
+        for (blob, pieces) in maps {
+            cache.insert(blob, pieces);
+        }
         Ok(())
     }
 
@@ -754,13 +796,22 @@ impl Drive {
             block_map: true,
         };
         batch.commit_if_full(&mut self.blobs)?;
+        // The map is known here: once the batch is in, stats and reads of the file need not
+        // read it back.
+        let mut start = 0;
+        let pieces = w.map.iter().map(|m| {
+            let p = Piece { index: m.index, start, len: m.byte_length };
+            start += m.byte_length;
+            p
+        });
+        batch.maps.push((blob, Arc::new(pieces.collect())));
         Ok(blob)
     }
 
     /// The chunks of a blob with their offsets in the file (cached).
     fn pieces(&self, blob: &Blob) -> Result<Arc<Vec<Piece>>> {
         if let Some(p) = self.pieces.lock().unwrap_or_else(|e| e.into_inner()).get(blob) {
-            return Ok(p.clone());
+            return Ok(p);
         }
         let end = blob.block_offset.checked_add(blob.block_length).filter(|&e| e <= self.blobs.length());
         let Some(end) = end else {
@@ -792,11 +843,7 @@ impl Drive {
             }
         }
         let pieces = Arc::new(pieces);
-        let mut cache = self.pieces.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= 4096 {
-            cache.clear();
-        }
-        cache.insert(*blob, pieces.clone());
+        self.pieces.lock().unwrap_or_else(|e| e.into_inner()).insert(*blob, pieces.clone());
         Ok(pieces)
     }
 }
@@ -941,26 +988,34 @@ impl<B: Blocks> DriveView<'_, B> {
         Ok(self.shallow(prefix, folder)?.into_iter().map(|(n, _)| n).collect())
     }
 
-    /// Hyperdrive's shallow listing: repeated one-key range reads, skipping each sub-folder.
-    /// Each name comes with the value stored at `folder/name`, or `None` for a sub-folder.
+    /// A shallow listing in Hyperdrive's order, from one range read that starts again past each
+    /// sub-folder (files of a folder are neighbours in the tree; Hyperdrive's fresh descent per
+    /// name cost a folder of a hundred files a hundred descents). Each name comes with the value
+    /// stored at `folder/name`, or `None` for a sub-folder.
     fn shallow(&self, prefix: &[u8], folder: &str) -> Result<Vec<(String, Option<Vec<u8>>)>> {
         let mut names: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        let mut prev = String::from("/");
-        loop {
-            let range = Range { limit: Some(1), ..under(prefix, folder, &prev) };
-            let Some(e) = self.db.range(&range).next().transpose()? else { break };
-            let path = path_of(prefix, &e.key)?;
-            let suffix = path.get(folder.len() + 1..).unwrap_or_default();
-            let (name, is_dir) = match suffix.find('/') {
-                Some(i) => (&suffix[..i], true),
-                None => (suffix, false),
-            };
-            prev = format!("/{name}{}", if is_dir { "0" } else { "" });
-            if names.last().map(|(n, _)| n.as_str()) != Some(name) {
-                names.push((name.to_owned(), (!is_dir).then_some(e.value)));
+        let mut range = under(prefix, folder, "/");
+        'ranges: loop {
+            for e in self.db.range(&range) {
+                let e = e?;
+                let path = path_of(prefix, &e.key)?;
+                let suffix = path.get(folder.len() + 1..).unwrap_or_default();
+                match suffix.find('/') {
+                    None => names.push((suffix.to_owned(), Some(e.value))),
+                    Some(i) => {
+                        let name = &suffix[..i];
+                        if names.last().map(|(n, _)| n.as_str()) != Some(name) {
+                            names.push((name.to_owned(), None));
+                        }
+                        // Everything under the sub-folder is skipped: on from `name0`, which
+                        // JS skips too (a file of that name beside the folder went unlisted).
+                        range.lower = Bound::Included(key_in(prefix, &format!("{folder}/{name}0")));
+                        continue 'ranges;
+                    }
+                }
             }
+            return Ok(names);
         }
-        Ok(names)
     }
 }
 
@@ -1067,6 +1122,8 @@ pub struct BlobBatch {
     pending_bytes: u64,
     /// The blobs core's length when the first pending chunk was added.
     base: Option<u64>,
+    /// The chunk offsets of the block maps written through this batch, cached once it is in.
+    maps: Vec<(Blob, Arc<Vec<Piece>>)>,
 }
 
 impl BlobBatch {

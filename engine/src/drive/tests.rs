@@ -150,6 +150,22 @@ fn a_large_file_whose_reader_fails_midway_is_not_stored_and_the_drive_goes_on() 
 }
 
 #[test]
+fn folders_list_their_names_once_beside_neighbours_that_sort_around_the_slash() {
+    let mut d = drive(12);
+    // '!' sorts before '/', '0' and '.' around it: the sub-folder "x" sits among its neighbours.
+    for p in ["/d/x", "/d/x!", "/d/x/in/deep", "/d/x/y", "/d/x.txt", "/d/x0", "/d/a", "/d/z/1", "/d/z/2", "/e"] {
+        d.put(p, p.as_bytes(), &PutOptions::default()).expect("put");
+    }
+    d.mkdir("/d/empty", None).expect("mkdir");
+    assert_eq!(d.readdir("/d").expect("readdir"), ["a", "empty", "x", "x!", "x.txt", "x0", "z"]);
+    assert_eq!(d.readdir("/d/x").expect("readdir"), ["in", "y"]);
+    assert_eq!(d.readdir("/").expect("readdir"), ["d", "e"]);
+    let files: Vec<_> = d.view().children("/d").expect("children").into_iter().map(|c| (c.name, c.entry.is_some())).collect();
+    let expected = [("a", true), ("empty", false), ("x", true), ("x!", true), ("x.txt", true), ("x0", true), ("z", false)];
+    assert_eq!(files, expected.map(|(n, f)| (n.to_owned(), f)));
+}
+
+#[test]
 fn a_file_repeating_a_chunk_stores_it_once() {
     let mut d = drive(6);
     let part = random(300 * 1024, 7);
