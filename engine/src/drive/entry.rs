@@ -65,29 +65,65 @@ impl Entry {
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let bad = |what| Error::Decode { what: "drive entry", source: DecodeError::Invalid(what) };
-        let v: Value = serde_json::from_slice(bytes).map_err(|_| bad("JSON"))?;
-        let o = v.as_object().ok_or(bad("entry that is not an object"))?;
-        let blob = match o.get("blob") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(b)) => {
-                let n = |k: &str| b.get(k).and_then(Value::as_u64).ok_or(bad("blob field"));
+        // Straight into the fields (no map of the whole entry, no copy of its metadata): a
+        // listing decodes every entry of a folder. A loose field of the wrong type reads as
+        // its default; a blob must be an object of whole numbers (or null).
+        // (A derived struct would also take the array form.)
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(bad("entry that is not an object"));
+        }
+        let raw: RawEntry = serde_json::from_slice(bytes).map_err(|_| bad("JSON"))?;
+        let blob = match raw.blob {
+            None => None,
+            Some(b) => {
+                let n = |v: Value| v.as_u64().ok_or(bad("blob field"));
                 Some(Blob {
-                    block_offset: n("blockOffset")?,
-                    byte_offset: n("byteOffset")?,
-                    block_length: n("blockLength")?,
-                    byte_length: n("byteLength")?,
-                    block_map: b.get("blockMap").and_then(Value::as_bool).unwrap_or(false),
+                    block_offset: n(b.block_offset)?,
+                    byte_offset: n(b.byte_offset)?,
+                    block_length: n(b.block_length)?,
+                    byte_length: n(b.byte_length)?,
+                    block_map: b.block_map.as_bool().unwrap_or(false),
                 })
             }
-            Some(_) => return Err(bad("blob")),
         };
         Ok(Entry {
-            executable: o.get("executable").and_then(Value::as_bool).unwrap_or(false),
-            linkname: o.get("linkname").and_then(Value::as_str).map(str::to_owned),
+            executable: raw.executable.as_bool().unwrap_or(false),
+            linkname: match raw.linkname {
+                Value::String(s) => Some(s),
+                _ => None,
+            },
             blob,
-            metadata: o.get("metadata").filter(|m| !m.is_null()).cloned(),
+            metadata: Some(raw.metadata).filter(|m| !m.is_null()),
         })
     }
+}
+
+/// An entry's JSON object as read: its known keys, any others skipped.
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    #[serde(default)]
+    executable: Value,
+    #[serde(default)]
+    linkname: Value,
+    #[serde(default)]
+    blob: Option<RawBlob>,
+    #[serde(default)]
+    metadata: Value,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBlob {
+    #[serde(default)]
+    block_offset: Value,
+    #[serde(default)]
+    byte_offset: Value,
+    #[serde(default)]
+    block_length: Value,
+    #[serde(default)]
+    byte_length: Value,
+    #[serde(default)]
+    block_map: Value,
 }
 
 /// One chunk of a block-mapped file: a blobs block and its size.
@@ -166,6 +202,25 @@ mod tests {
         );
         assert!(Entry::decode(b"[1]").is_err());
         assert!(Entry::decode(br#"{"blob": {"blockOffset": -1}}"#).is_err());
+        assert!(Entry::decode(br#"{"blob": {"blockOffset": 0, "byteOffset": 0, "blockLength": 1}}"#).is_err());
+        assert!(Entry::decode(br#"{"blob": 7}"#).is_err());
+        // Any key order, unknown keys skipped, loose fields of another type read as defaults,
+        // metadata kept whole.
+        let e = Entry::decode(
+            br#"{"metadata":{"mode":420,"x":[1,{"y":null}]},"other":{"a":[]},"blob":{"byteLength":3,"blockMap":true,
+                "blockLength":1,"byteOffset":5,"blockOffset":2,"extra":1},"executable":"yes","linkname":null}"#,
+        )
+        .expect("decode");
+        assert_eq!(
+            e,
+            Entry {
+                executable: false,
+                linkname: None,
+                blob: Some(Blob { block_offset: 2, byte_offset: 5, block_length: 1, byte_length: 3, block_map: true }),
+                metadata: Some(serde_json::json!({"mode": 420, "x": [1, {"y": null}]})),
+            }
+        );
+        assert_eq!(Entry::decode(b"{}").expect("empty entry"), Entry { executable: false, linkname: None, blob: None, metadata: None });
     }
 
     #[test]
