@@ -732,19 +732,23 @@ impl Drive {
         let start_bytes = batch.next_byte(&self.blobs);
         let mut w = ChunkWriter { map: Vec::new(), reused: false };
         let mut feed = ChunkFeed::new(reader, self.preset);
-        let first = feed.next_batch()?;
+        let first = feed.next_window(Vec::new())?;
         if feed.done {
-            // A file of one batch (most files) is written here, without a second thread.
-            w.resolve(&mut self.blobs, batch, first)?;
+            // A file of one window (most files) is written here, without a second thread; its
+            // new chunks join the batch (small files share appends).
+            w.resolve(&mut self.blobs, batch, &first, false)?;
         } else {
-            // A large file: the next batch is read and cut into chunks while the worker hashes,
-            // looks up and appends this one.
+            // A large file: the next window is read and cut into chunks while the worker
+            // hashes, looks up and appends this one, straight from the window's buffer. The
+            // buffers go back and forth (no fresh memory per window).
             let (blobs, w, batch) = (&mut self.blobs, &mut w, &mut *batch);
             std::thread::scope(|s| -> Result<()> {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
+                let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
                 let worker = s.spawn(move || -> Result<()> {
-                    for chunks in rx {
-                        w.resolve(blobs, batch, chunks)?;
+                    for window in rx {
+                        w.resolve(blobs, batch, &window, true)?;
+                        let _ = give_back.send(window.buf);
                     }
                     Ok(())
                 });
@@ -757,7 +761,7 @@ impl Drive {
                         if feed.done {
                             return Ok(());
                         }
-                        next = feed.next_batch()?;
+                        next = feed.next_window(returned.try_recv().unwrap_or_default())?;
                     }
                 })();
                 drop(tx);
@@ -1026,15 +1030,20 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    /// Hashes the chunks on every core and gives each its block: one the drive or the batch
-    /// already has, else a new one at the end of the batch's pending appends (passed to the
-    /// log with their hashes, so it does not hash them again).
-    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, chunks: Vec<Vec<u8>>) -> Result<()> {
+    /// Hashes the chunks of a window on every core and gives each its block: one the drive or
+    /// the batch already has, else a new one. New chunks are appended straight from the window
+    /// (`direct`: a large file's, after what the batch holds) or copied into the batch's
+    /// pending appends; either way with their hashes, so the log does not hash them again.
+    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, window: &Window, direct: bool) -> Result<()> {
+        let chunks: Vec<&[u8]> = window.cuts.iter().map(|r| &window.buf[r.clone()]).collect();
         // One share per core, each hashed several chunks at a time in the SIMD lanes.
         let share = chunks.len().div_ceil(rayon::current_num_threads()).max(8);
         let leaves: Vec<Hash> = chunks.par_chunks(share).flat_map_iter(crate::crypto::leaf_hashes).collect();
+        if direct {
+            batch.commit(blobs)?;
+        }
+        let (mut new, mut new_leaves) = (Vec::new(), Vec::new());
         for (chunk, leaf) in chunks.into_iter().zip(leaves) {
-            let len = chunk.len() as u64;
             let known = match batch.fresh.get(&leaf) {
                 Some(&i) => Some(i),
                 None => blobs.find_block(&leaf)?,
@@ -1044,68 +1053,86 @@ impl ChunkWriter {
                     self.reused = true;
                     i
                 }
+                None if direct => {
+                    let i = blobs.length() + new.len() as u64;
+                    batch.fresh.insert(leaf, i);
+                    new.push(chunk);
+                    new_leaves.push(leaf);
+                    i
+                }
                 None => {
                     let i = batch.next_index(blobs);
                     batch.fresh.insert(leaf, i);
-                    batch.push(blobs, chunk, leaf);
+                    batch.push(blobs, chunk.to_vec(), leaf);
                     i
                 }
             };
-            self.map.push(MapBlock { index, byte_length: len });
+            self.map.push(MapBlock { index, byte_length: chunk.len() as u64 });
+        }
+        if !new.is_empty() {
+            blobs.append_batch_hashed(&new, &new_leaves)?;
         }
         batch.commit_if_full(blobs)
     }
 }
 
-/// A file's bytes read and cut into chunks, about [`APPEND_BATCH_BYTES`] at a time. (Chunks are
-/// copied out of the read buffer: views of one fresh buffer per batch measured slower, as every
-/// batch then faults in new pages.)
+/// A stretch of a file read into one buffer, and where it is cut into chunks.
+struct Window {
+    buf: Vec<u8>,
+    cuts: Vec<std::ops::Range<usize>>,
+}
+
+/// A file's bytes read and cut into chunks, a window of about [`APPEND_BATCH_BYTES`] at a time.
 struct ChunkFeed<R> {
     reader: R,
     chunker: Chunker,
-    /// Bytes read but not yet cut into chunks; read straight into its tail (no zeroed scratch
-    /// buffer: small files are the common case and must not pay for a large one).
-    buf: Vec<u8>,
-    /// The file offset of `buf[0]`.
-    buf_start: u64,
+    /// Bytes read but not yet cut into chunks (they open the next window).
+    carry: Vec<u8>,
+    /// The file offset of the next window's first byte.
+    start: u64,
     /// Whether the reader is exhausted and every chunk handed out.
     done: bool,
 }
 
 impl<R: Read> ChunkFeed<R> {
     fn new(reader: R, preset: Preset) -> Self {
-        ChunkFeed { reader, chunker: Chunker::new(preset), buf: Vec::new(), buf_start: 0, done: false }
+        ChunkFeed { reader, chunker: Chunker::new(preset), carry: Vec::new(), start: 0, done: false }
     }
 
-    /// The next chunks, at least [`APPEND_BATCH_BYTES`] of them unless the file ends first
-    /// (then `done` is set).
-    fn next_batch(&mut self) -> Result<Vec<Vec<u8>>> {
-        let mut chunks = Vec::new();
-        let mut bytes = 0usize;
-        while !self.done && bytes < APPEND_BATCH_BYTES {
-            let before = self.buf.len();
+    /// The next window, read into `buf` (a buffer given back, or a new empty one: a small file
+    /// must not pay for a large one): chunks of at least [`APPEND_BATCH_BYTES`] unless the file
+    /// ends first (then `done` is set).
+    fn next_window(&mut self, mut buf: Vec<u8>) -> Result<Window> {
+        buf.clear();
+        buf.extend_from_slice(&self.carry);
+        let mut cuts = Vec::new();
+        let mut cut_to = 0usize;
+        while !self.done && cut_to < APPEND_BATCH_BYTES {
+            let before = buf.len();
             let n = (&mut self.reader)
                 .take(READ_BYTES)
-                .read_to_end(&mut self.buf)
+                .read_to_end(&mut buf)
                 .map_err(|e| Error::Storage(format!("reading the file to store: {e}")))?;
-            let mut cuts = Vec::new();
+            let start = self.start;
+            let mut cut = |c: hyperfs_chunker::Chunk| {
+                let from = (c.offset - start) as usize;
+                cuts.push(from..from + c.len);
+                cut_to = from + c.len;
+            };
             if n == 0 {
-                cuts.extend(self.chunker.finish());
+                if let Some(c) = self.chunker.finish() {
+                    cut(c);
+                }
                 self.done = true;
             } else {
-                self.chunker.push(&self.buf[before..], |c| cuts.push(c));
+                self.chunker.push(&buf[before..], cut);
             }
-            let mut consumed = 0usize;
-            for c in cuts {
-                let from = (c.offset - self.buf_start) as usize;
-                chunks.push(self.buf[from..from + c.len].to_vec());
-                bytes += c.len;
-                consumed = from + c.len;
-            }
-            self.buf.drain(..consumed);
-            self.buf_start += consumed as u64;
         }
-        Ok(chunks)
+        self.carry.clear();
+        self.carry.extend_from_slice(&buf[cut_to..]);
+        buf.truncate(cut_to);
+        self.start += cut_to as u64;
+        Ok(Window { buf, cuts })
     }
 }
 
