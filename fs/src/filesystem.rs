@@ -80,8 +80,11 @@ pub struct DirEntry {
     pub ino: Ino,
     pub kind: Kind,
     pub name: String,
-    /// The attributes read with the listing (files and symlinks), for `readdirplus`.
+    /// The attributes taken with the listing (the dots), for `readdirplus`.
     pub attr: Option<Attr>,
+    /// A file's or symlink's entry as stored when the listing was taken: its attributes for
+    /// `readdirplus` are decoded from it if they are asked for.
+    pub value: Option<Arc<[u8]>>,
 }
 
 /// What `statfs` shows: the space of the disk the node stores on.
@@ -142,11 +145,17 @@ impl std::fmt::Debug for Fs {
     }
 }
 
+/// How many listed directories [`Nodes::listed`] remembers.
+const LISTED_MAX: usize = 1 << 16;
+
 struct Nodes {
     map: HashMap<Ino, Node>,
     by_path: HashMap<String, Ino>,
     /// Files created here and not yet written to the drive.
     pending: BTreeSet<String>,
+    /// Directories listed, by path (the kernel forgets their inodes when it drops its caches):
+    /// whether a lookup of an entry came after a listing (see [`Fs::listing_with_attrs`]).
+    listed: HashMap<String, bool>,
     next: Ino,
 }
 
@@ -330,6 +339,7 @@ impl Fs {
             map: HashMap::from([(ROOT, root)]),
             by_path: HashMap::from([(String::new(), ROOT)]),
             pending: BTreeSet::new(),
+            listed: HashMap::new(),
             next: ROOT + 1,
         };
         Ok(Fs {
@@ -379,6 +389,13 @@ impl Fs {
     // ---- names and attributes
 
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr> {
+        {
+            let mut nodes = self.nodes();
+            let nodes = &mut *nodes;
+            if let Some(after_listing) = nodes.map.get(&parent).and_then(|n| nodes.listed.get_mut(n.path.as_deref()?)) {
+                *after_listing = true;
+            }
+        }
         let path = self.child_path(parent, name)?;
         let attr = self.attr_at(&path)?;
         self.note_lookup(attr.ino);
@@ -879,24 +896,18 @@ impl Fs {
             }
             n.path.clone().ok_or(Errno(libc::ENOENT))?
         };
-        // Files and symlinks come with their attributes: readdirplus needs no lookup for them.
-        type Listed = (String, Kind, Option<(u64, Meta, Entry)>);
-        let children: Vec<Listed> = {
+        // Names and kinds only: the entries are decoded for their attributes if a
+        // `readdirplus` asks for them (see `listing_with_attrs`).
+        let children: Vec<(String, Kind, Option<Arc<[u8]>>)> = {
             let d = self.drive();
-            let children = view!(self, d, |v| v.children(&path)?);
+            let children = view!(self, d, |v| v.children_raw(&path)?);
             let mut out = Vec::with_capacity(children.len());
-            for c in children {
-                out.push(match c.entry {
-                    None => (c.name, Kind::Dir, None),
-                    Some(e) => {
-                        let kind = if e.linkname.is_some() { Kind::Symlink } else { Kind::File };
-                        let size = match (&e.linkname, &e.blob) {
-                            (Some(l), _) => l.len() as u64,
-                            (None, Some(b)) => d.blob_size(b)?,
-                            (None, None) => 0,
-                        };
-                        let meta = self.entry_meta(&e, kind);
-                        (c.name, kind, Some((size, meta, e)))
+            for (name, value) in children {
+                out.push(match value {
+                    None => (name, Kind::Dir, None),
+                    Some(v) => {
+                        let kind = if Entry::decode_is_link(&v)? { Kind::Symlink } else { Kind::File };
+                        (name, kind, Some(Arc::from(v)))
                     }
                 });
             }
@@ -906,9 +917,17 @@ impl Fs {
             let nodes = self.nodes();
             nodes.by_path.get(parent_of(&path)).copied().unwrap_or(ROOT)
         };
+        // The dots come with their attributes, so a listing without attributes (see
+        // `listing_with_attrs`) can open with them at once.
         let mut list = vec![
-            DirEntry { ino, kind: Kind::Dir, name: ".".into(), attr: None },
-            DirEntry { ino: parent_ino, kind: Kind::Dir, name: "..".into(), attr: None },
+            DirEntry { ino, kind: Kind::Dir, name: ".".into(), attr: self.getattr(ino).ok(), value: None },
+            DirEntry {
+                ino: parent_ino,
+                kind: Kind::Dir,
+                name: "..".into(),
+                attr: self.getattr(parent_ino).ok(),
+                value: None,
+            },
         ];
         let mut nodes = self.nodes();
         let prefix = format!("{path}/");
@@ -919,21 +938,20 @@ impl Fs {
             .filter(|p| !p[prefix.len()..].contains('/'))
             .cloned()
             .collect();
-        for (name, kind, found) in children {
+        for (name, kind, value) in children {
             let ino = nodes.ino_for(&format!("{prefix}{name}"), kind);
-            let mut attr = None;
-            if let (Some((size, meta, entry)), Some(n)) = (found, nodes.map.get_mut(&ino)) {
-                if n.file.is_none() {
-                    n.entry = Some(entry);
-                    attr = Some(Attr { ino, kind, size, meta, nlink: 1 });
-                }
-            }
-            list.push(DirEntry { ino, kind, name, attr });
+            list.push(DirEntry { ino, kind, name, attr: None, value });
         }
         for p in pending {
             if let Some(&ino) = nodes.by_path.get(&p) {
                 if !list.iter().any(|e| e.ino == ino) {
-                    list.push(DirEntry { ino, kind: Kind::File, name: p[prefix.len()..].to_owned(), attr: None });
+                    list.push(DirEntry {
+                        ino,
+                        kind: Kind::File,
+                        name: p[prefix.len()..].to_owned(),
+                        attr: None,
+                        value: None,
+                    });
                 }
             }
         }
@@ -943,27 +961,45 @@ impl Fs {
         Ok(fh)
     }
 
+    /// Whether a listing of `dir` starting now should carry every entry's attributes (FUSE
+    /// `readdirplus`): once a listing of it was followed by lookups of its entries, as `ls -l`
+    /// does (from then on, as the entries' attributes then come with the listing and the
+    /// lookups stop). The kernel makes an inode for every entry it is given attributes for,
+    /// which made a plain listing eight times slower; folders listed without lookups after,
+    /// and the first listing of any folder, go without.
+    pub fn listing_with_attrs(&self, dir: Ino) -> bool {
+        let mut nodes = self.nodes();
+        let Some(path) = nodes.map.get(&dir).and_then(|n| n.path.clone()) else { return false };
+        if nodes.listed.len() >= LISTED_MAX {
+            nodes.listed.clear();
+        }
+        *nodes.listed.entry(path).or_insert(false)
+    }
+
     /// The attributes of a listed entry, if its name still holds the inode the listing saw:
     /// the listing was taken at `opendir`, and a rename since must not give the kernel a name
     /// for another file's inode.
     pub fn listed_attr(&self, dir: Ino, e: &DirEntry) -> Option<Attr> {
         if e.name == "." || e.name == ".." {
-            return self.getattr(e.ino).ok();
+            return self.getattr(e.ino).ok().or(e.attr);
         }
         let path = self.child_path(dir, &e.name).ok()?;
-        {
+        let open_for_writing = {
             let nodes = self.nodes();
             if nodes.by_path.get(&path).copied() != Some(e.ino) {
                 return None;
             }
+            nodes.map.get(&e.ino).is_some_and(|n| n.file.is_some())
+        };
+        match &e.value {
             // One being written here shows its open state instead.
-            if let (Some(a), Some(n)) = (e.attr, nodes.map.get(&e.ino)) {
-                if n.file.is_none() {
-                    return Some(a);
-                }
+            Some(v) if !open_for_writing => {
+                let entry = Entry::decode(v).ok()?;
+                let size = self.entry_size(&entry).ok()?;
+                Some(Attr { ino: e.ino, kind: e.kind, size, meta: self.entry_meta(&entry, e.kind), nlink: 1 })
             }
+            _ => self.getattr(e.ino).ok(),
         }
-        self.getattr(e.ino).ok()
     }
 
     /// The listing of an open directory from position `offset`.

@@ -457,10 +457,29 @@ impl Filesystem for Adapter {
 
     fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let offset = offset.max(0) as u64;
+        // A listing without attributes: the first reply holds the dots alone (with the
+        // attributes opendir took: answered here, as readdir is), and the kernel asks for the
+        // rest as a plain listing (it asks for attributes past the first reply only after
+        // lookups of entries).
+        let dots_only = offset == 0 && !fs.listing_with_attrs(ino);
+        if dots_only {
+            if let Ok(list) = fs.readdir(fh, 0) {
+                if let [a, b, ..] = &list[..] {
+                    if let (Some(x), Some(y)) = (a.attr, b.attr) {
+                        let _ = reply.add(a.ino, 1, &a.name, &ttl, &file_attr(&x), 0);
+                        let _ = reply.add(b.ino, 2, &b.name, &ttl, &file_attr(&y), 0);
+                        return reply.ok();
+                    }
+                }
+            }
+        }
         self.pool.run(move || {
-            let offset = offset.max(0) as u64;
             answer!(reply, fs.readdir(fh, offset), |list| {
                 for (i, e) in list.iter().enumerate() {
+                    if dots_only && i >= 2 {
+                        break;
+                    }
                     // A name removed or renamed since the listing was taken is skipped.
                     let Some(a) = fs.listed_attr(ino, e) else { continue };
                     let dots = e.name == "." || e.name == "..";

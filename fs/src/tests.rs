@@ -95,6 +95,44 @@ fn a_large_directory_is_listed_over_several_replies_each_name_once() {
 }
 
 #[test]
+fn listings_carry_attributes_once_a_listing_was_followed_by_lookups() {
+    let t = setup();
+    let dir = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir").ino;
+    let file = t.write_file(dir, "f", b"hello");
+    t.fs.symlink(dir, "l", "f", 1000, 100).expect("symlink");
+    let open = t.fs.create(dir, "open", 0o600, flags::WRONLY, 1000, 100).expect("create").1;
+    t.fs.write(open, 0, b"123").expect("write");
+    // A folder never listed, or listed with nobody looking its entries up after: no attributes.
+    assert!(!t.fs.listing_with_attrs(dir));
+    t.fs.lookup(ROOT, "d").expect("lookup of the folder itself");
+    assert!(!t.fs.listing_with_attrs(dir));
+    // `ls -l`: a listing, then a lookup of each entry. From then on listings carry them.
+    t.fs.lookup(dir, "f").expect("lookup");
+    assert!(t.fs.listing_with_attrs(dir));
+    assert!(t.fs.listing_with_attrs(dir), "it stays so (the lookups stop once attributes come)");
+    // The attributes a listing gives are those a lookup gives, decoded from the listed entries.
+    let fh = t.fs.opendir(dir).expect("opendir");
+    let listed = t.fs.readdir(fh, 0).expect("readdir");
+    let attrs: Vec<_> = listed.iter().map(|e| (e.name.clone(), t.fs.listed_attr(dir, e).expect("attr"))).collect();
+    t.fs.releasedir(fh);
+    let names: Vec<_> = attrs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [".", "..", "f", "l", "open"]);
+    for (name, a) in &attrs[2..] {
+        let looked_up = t.fs.lookup(dir, name).expect("lookup");
+        assert_eq!(
+            (a.ino, a.kind, a.size, a.meta.mode),
+            (looked_up.ino, looked_up.kind, looked_up.size, looked_up.meta.mode),
+            "{name}"
+        );
+    }
+    assert_eq!((attrs[2].1.ino, attrs[2].1.size), (file, 5));
+    assert_eq!((attrs[3].1.kind, attrs[3].1.size), (Kind::Symlink, 1));
+    assert_eq!(attrs[4].1.size, 3, "a file open for writing shows what was written so far");
+    assert_eq!(attrs[0].1.kind, Kind::Dir);
+    t.fs.release(open).expect("release");
+}
+
+#[test]
 fn each_close_of_a_changed_file_is_one_version() {
     let t = setup();
     let v0 = t.version();

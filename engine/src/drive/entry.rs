@@ -98,6 +98,27 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// Whether a stored entry is a symlink, read without decoding the rest of it (a plain
+    /// listing needs each entry's kind, not its blob or metadata).
+    pub fn decode_is_link(bytes: &[u8]) -> Result<bool> {
+        #[derive(serde::Deserialize)]
+        struct Link {
+            #[serde(default)]
+            linkname: Value,
+        }
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::Decode {
+                what: "drive entry",
+                source: DecodeError::Invalid("entry that is not an object"),
+            });
+        }
+        let l: Link = serde_json::from_slice(bytes)
+            .map_err(|_| Error::Decode { what: "drive entry", source: DecodeError::Invalid("JSON") })?;
+        Ok(l.linkname.is_string())
+    }
+}
+
 /// An entry's JSON object as read: its known keys, any others skipped.
 #[derive(serde::Deserialize)]
 struct RawEntry {
@@ -220,7 +241,10 @@ mod tests {
                 metadata: Some(serde_json::json!({"mode": 420, "x": [1, {"y": null}]})),
             }
         );
-        assert_eq!(Entry::decode(b"{}").expect("empty entry"), Entry { executable: false, linkname: None, blob: None, metadata: None });
+        assert_eq!(
+            Entry::decode(b"{}").expect("empty entry"),
+            Entry { executable: false, linkname: None, blob: None, metadata: None }
+        );
     }
 
     #[test]

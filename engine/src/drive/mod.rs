@@ -953,18 +953,23 @@ impl<B: Blocks> DriveView<'_, B> {
 
     /// The names directly inside `folder` with their entries (`None` for folders), sorted.
     pub fn children(&self, folder: &str) -> Result<Vec<Child>> {
-        let folder = path::folder(folder)?;
-        let mut out: Vec<Child> = self
-            .shallow(FILES, &folder)?
+        self.children_raw(folder)?
             .into_iter()
             .map(|(name, value)| Ok(Child { name, entry: value.map(|v| Entry::decode(&v)).transpose()? }))
-            .collect::<Result<_>>()?;
+            .collect()
+    }
+
+    /// [`DriveView::children`] with each entry's value as stored (not decoded): a listing that
+    /// needs only names and kinds (see [`Entry::decode_is_link`]) skips the decoding.
+    pub fn children_raw(&self, folder: &str) -> Result<Vec<(String, Option<Vec<u8>>)>> {
+        let folder = path::folder(folder)?;
+        let mut out = self.shallow(FILES, &folder)?;
         let dirs = self.shallow(DIRS, &folder)?;
         if !dirs.is_empty() {
-            out.extend(dirs.into_iter().map(|(name, _)| Child { name, entry: None }));
+            out.extend(dirs.into_iter().map(|(name, _)| (name, None)));
             // A name that is both a file and a recorded folder shows as the file.
-            out.sort_by(|a, b| a.name.cmp(&b.name).then(b.entry.is_some().cmp(&a.entry.is_some())));
-            out.dedup_by(|b, a| a.name == b.name);
+            out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
+            out.dedup_by(|b, a| a.0 == b.0);
         }
         Ok(out)
     }

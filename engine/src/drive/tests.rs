@@ -160,8 +160,10 @@ fn folders_list_their_names_once_beside_neighbours_that_sort_around_the_slash() 
     assert_eq!(d.readdir("/d").expect("readdir"), ["a", "empty", "x", "x!", "x.txt", "x0", "z"]);
     assert_eq!(d.readdir("/d/x").expect("readdir"), ["in", "y"]);
     assert_eq!(d.readdir("/").expect("readdir"), ["d", "e"]);
-    let files: Vec<_> = d.view().children("/d").expect("children").into_iter().map(|c| (c.name, c.entry.is_some())).collect();
-    let expected = [("a", true), ("empty", false), ("x", true), ("x!", true), ("x.txt", true), ("x0", true), ("z", false)];
+    let files: Vec<_> =
+        d.view().children("/d").expect("children").into_iter().map(|c| (c.name, c.entry.is_some())).collect();
+    let expected =
+        [("a", true), ("empty", false), ("x", true), ("x!", true), ("x.txt", true), ("x0", true), ("z", false)];
     assert_eq!(files, expected.map(|(n, f)| (n.to_owned(), f)));
 }
 
