@@ -898,7 +898,8 @@ impl Fs {
         };
         // Names and kinds only: the entries are decoded for their attributes if a
         // `readdirplus` asks for them (see `listing_with_attrs`).
-        let children: Vec<(String, Kind, Option<Arc<[u8]>>)> = {
+        type Listed = (String, Kind, Option<Arc<[u8]>>);
+        let children: Vec<Listed> = {
             let d = self.drive();
             let children = view!(self, d, |v| v.children_raw(&path)?);
             let mut out = Vec::with_capacity(children.len());
