@@ -68,11 +68,7 @@ impl Entry {
         // Straight into the fields (no map of the whole entry, no copy of its metadata): a
         // listing decodes every entry of a folder. A loose field of the wrong type reads as
         // its default; a blob must be an object of whole numbers (or null).
-        // (A derived struct would also take the array form.)
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(bad("entry that is not an object"));
-        }
-        let raw: RawEntry = serde_json::from_slice(bytes).map_err(|_| bad("JSON"))?;
+        let raw: RawEntry = from_object(bytes)?;
         let blob = match raw.blob {
             None => None,
             Some(b) => {
@@ -96,27 +92,28 @@ impl Entry {
             metadata: Some(raw.metadata).filter(|m| !m.is_null()),
         })
     }
-}
 
-impl Entry {
-    /// Whether a stored entry is a symlink, read without decoding the rest of it (a plain
-    /// listing needs each entry's kind, not its blob or metadata).
+    /// Whether a stored entry is a symlink (what [`Entry::decode`] gives a `linkname` for),
+    /// read without decoding the rest of it: a plain listing needs each entry's kind, not its
+    /// blob or metadata.
     pub fn decode_is_link(bytes: &[u8]) -> Result<bool> {
         #[derive(serde::Deserialize)]
         struct Link {
             #[serde(default)]
             linkname: Value,
         }
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(Error::Decode {
-                what: "drive entry",
-                source: DecodeError::Invalid("entry that is not an object"),
-            });
-        }
-        let l: Link = serde_json::from_slice(bytes)
-            .map_err(|_| Error::Decode { what: "drive entry", source: DecodeError::Invalid("JSON") })?;
-        Ok(l.linkname.is_string())
+        Ok(from_object::<Link>(bytes)?.linkname.is_string())
     }
+}
+
+/// The fields of a stored entry, which must be a JSON object (a derived struct would also take
+/// the array form).
+fn from_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let bad = |what| Error::Decode { what: "drive entry", source: DecodeError::Invalid(what) };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(bad("entry that is not an object"));
+    }
+    serde_json::from_slice(bytes).map_err(|_| bad("JSON"))
 }
 
 /// An entry's JSON object as read: its known keys, any others skipped.
@@ -222,6 +219,10 @@ mod tests {
             r#"{"executable":false,"linkname":"/hello.txt","blob":null,"metadata":null}"#
         );
         assert!(Entry::decode(b"[1]").is_err());
+        assert!(Entry::decode_is_link(&link.encode()).expect("a link"));
+        assert!(!Entry::decode_is_link(&e.encode()).expect("a file"));
+        assert!(!Entry::decode_is_link(br#"{"linkname": 5, "metadata": {"linkname": "x"}}"#).expect("loose"));
+        assert!(Entry::decode_is_link(br#"["/x"]"#).is_err());
         assert!(Entry::decode(br#"{"blob": {"blockOffset": -1}}"#).is_err());
         assert!(Entry::decode(br#"{"blob": {"blockOffset": 0, "byteOffset": 0, "blockLength": 1}}"#).is_err());
         assert!(Entry::decode(br#"{"blob": 7}"#).is_err());

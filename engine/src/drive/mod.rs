@@ -135,6 +135,21 @@ struct Piece {
     len: u64,
 }
 
+impl Piece {
+    /// A file's chunks laid end to end from its start.
+    fn laid_out(blocks: impl IntoIterator<Item = MapBlock>) -> Vec<Piece> {
+        let mut start = 0;
+        blocks
+            .into_iter()
+            .map(|m| {
+                let p = Piece { index: m.index, start, len: m.byte_length };
+                start += m.byte_length;
+                p
+            })
+            .collect()
+    }
+}
+
 /// One db record a move rewrites: old key, new key, value.
 type Move = (Vec<u8>, Vec<u8>, Vec<u8>);
 
@@ -148,9 +163,9 @@ pub struct Drive {
     pieces: Mutex<PieceCache>,
 }
 
-/// The chunk offsets of recently used blobs, up to [`PIECE_CACHE_PIECES`] pieces in all; past
-/// that, arbitrary blobs are dropped until the new one fits. A block map is read once, not at
-/// every stat of its file (a listing of many deduplicated files stats each).
+/// The chunk offsets of recently used blobs, up to [`PIECE_CACHE_PIECES`] pieces in all (then it
+/// starts again empty). A block map is read once, not at every stat of its file (a listing of
+/// many deduplicated files stats each).
 #[derive(Default)]
 struct PieceCache {
     map: HashMap<Blob, Arc<Vec<Piece>>>,
@@ -167,11 +182,8 @@ impl PieceCache {
 
     fn insert(&mut self, blob: Blob, pieces: Arc<Vec<Piece>>) {
         let n = pieces.len().max(1);
-        while self.pieces + n > PIECE_CACHE_PIECES {
-            let Some(victim) = self.map.keys().next().copied() else { break };
-            if let Some(v) = self.map.remove(&victim) {
-                self.pieces -= v.len().max(1);
-            }
+        if self.pieces + n > PIECE_CACHE_PIECES {
+            self.clear();
         }
         if let Some(old) = self.map.insert(blob, pieces) {
             self.pieces -= old.len().max(1);
@@ -802,13 +814,7 @@ impl Drive {
         batch.commit_if_full(&mut self.blobs)?;
         // The map is known here: once the batch is in, stats and reads of the file need not
         // read it back.
-        let mut start = 0;
-        let pieces = w.map.iter().map(|m| {
-            let p = Piece { index: m.index, start, len: m.byte_length };
-            start += m.byte_length;
-            p
-        });
-        batch.maps.push((blob, Arc::new(pieces.collect())));
+        batch.maps.push((blob, Arc::new(Piece::laid_out(w.map))));
         Ok(blob)
     }
 
@@ -826,27 +832,23 @@ impl Drive {
                 self.blobs.length()
             )));
         };
-        let mut pieces = Vec::new();
-        let mut start = 0u64;
-        if blob.block_map {
+        let blocks: Vec<MapBlock> = if blob.block_map {
             if blob.block_length > entry::MAX_MAP_BLOCKS {
                 return Err(Error::InvalidRequest("a block map larger than Hyperdrive reads".into()));
             }
             let parts = (blob.block_offset..end)
                 .map(|i| fetch::read_block(&self.blobs, self.fetch.as_deref(), i))
                 .collect::<Result<Vec<_>>>()?;
-            for m in entry::decode_block_map(&parts)? {
-                pieces.push(Piece { index: m.index, start, len: m.byte_length });
-                start += m.byte_length;
-            }
+            entry::decode_block_map(&parts)?
         } else {
-            for index in blob.block_offset..end {
-                let len = self.blobs.node(2 * index)?.ok_or(Error::MissingNode { index: 2 * index })?.size;
-                pieces.push(Piece { index, start, len });
-                start += len;
-            }
-        }
-        let pieces = Arc::new(pieces);
+            (blob.block_offset..end)
+                .map(|index| {
+                    let node = self.blobs.node(2 * index)?.ok_or(Error::MissingNode { index: 2 * index })?;
+                    Ok(MapBlock { index, byte_length: node.size })
+                })
+                .collect::<Result<_>>()?
+        };
+        let pieces = Arc::new(Piece::laid_out(blocks));
         self.pieces.lock().unwrap_or_else(|e| e.into_inner()).insert(*blob, pieces.clone());
         Ok(pieces)
     }

@@ -249,3 +249,49 @@ fn refused_operations_give_their_errno() {
     names.sort();
     assert_eq!(names, ["d", "f"]);
 }
+
+/// Drops the kernel's cached names and inodes (of every file system), so the next `ls -l` asks
+/// the mount for its listing and each entry again.
+fn drop_cached_names() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", "2\n").expect("drop caches (tests run as root)");
+}
+
+#[test]
+fn listings_show_the_same_attributes_whether_or_not_they_carry_them() {
+    let m = MountedDrive::new();
+    fs::create_dir(m.path("d")).expect("mkdir");
+    for (i, mode) in [0o644, 0o600, 0o755].into_iter().enumerate() {
+        let p = m.path(&format!("d/f{i}"));
+        fs::write(&p, vec![b'x'; 1000 * i + 1]).expect("write");
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    std::os::unix::fs::symlink("f0", m.path("d/link")).expect("symlink");
+    fs::create_dir(m.path("d/sub")).expect("mkdir");
+    let listing = || {
+        drop_cached_names();
+        hyperfs_tests::sh(&m.dir, "ls -ln --time-style=+%s.%N d")
+    };
+    // The first listing goes without attributes and `ls` looks each entry up; the mount
+    // remembers that, and the next listings carry every entry's attributes instead.
+    let (first, second, third) = (listing(), listing(), listing());
+    assert_eq!(first, second);
+    assert_eq!(second, third);
+    let shown: Vec<(String, String, String)> = second
+        .lines()
+        .skip(1) // "total"
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_owned(), f[4].to_owned(), f[6..].join(" "))
+        })
+        .collect();
+    let want = [
+        ("-rw-r--r--", "1", "f0"),
+        ("-rw-------", "1001", "f1"),
+        ("-rwxr-xr-x", "2001", "f2"),
+        ("lrwxrwxrwx", "2", "link -> f0"),
+        ("drwxr-xr-x", "4096", "sub"),
+    ];
+    assert_eq!(shown, want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned())), "{second}");
+}
