@@ -406,6 +406,14 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Internal: started by the node beside each mount; unmounts it once the node is gone.
+    #[command(hide = true)]
+    MountGuard {
+        /// The mount point.
+        dir: PathBuf,
+        /// The mount's id in /proc/self/mountinfo.
+        mount_id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -741,6 +749,14 @@ fn main() -> ExitCode {
         Command::Core(CoreCommand::Replay { ref script }) => replay::run(script),
         Command::Bee(BeeCommand::Replay { ref script }) => bee::run(script),
         Command::Chunk { ref files, stats } => chunk::run(files, stats),
+        Command::MountGuard { ref dir, mount_id } => match hyperfs_fs::run_guard(dir, mount_id) {
+            Ok(true) => {
+                tracing::info!(dir = %dir.display(), "the node is gone: unmounted its mount");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("unmounting {} after its node ended: {e}", dir.display())),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -904,7 +904,8 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     let read_only = fs.read_only();
     let name =
         local_name(&state.names.lock().unwrap_or_else(|e| e.into_inner()), &key).unwrap_or_else(|| hex::encode(key));
-    let opts = hyperfs_fs::MountOptions { fsname: format!("hyperfs:{name}"), ..Default::default() };
+    let guard = std::env::current_exe().context("finding this program to run as the mount guard")?;
+    let opts = hyperfs_fs::MountOptions { fsname: format!("hyperfs:{name}"), guard: Some(guard), ..Default::default() };
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), drive = %name, ?version, read_only, "mounted");

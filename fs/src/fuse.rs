@@ -13,6 +13,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 
+use crate::guard::Guard;
 use crate::{Attr, Errno, Fs, Kind, SetAttr};
 
 /// How a mount is made.
@@ -24,11 +25,15 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Worker threads answering requests.
     pub threads: usize,
+    /// The program started as `PROGRAM mount-guard DIR MOUNT_ID` to unmount once this process
+    /// is gone (it calls [`crate::run_guard`]); `None` leaves that to `fusermount3`'s
+    /// auto-unmount, which can miss when the process is killed (see the `guard` module).
+    pub guard: Option<PathBuf>,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { fsname: "hyperfs".into(), allow_other: true, threads: 8 }
+        MountOptions { fsname: "hyperfs".into(), allow_other: true, threads: 8, guard: None }
     }
 }
 
@@ -36,7 +41,18 @@ impl Default for MountOptions {
 pub struct Mounted {
     dir: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    guard: Option<Guard>,
     fs: Arc<Fs>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // fuser unmounts (unless busy); the guard then detaches whatever is left.
+        self.session.take();
+        if let Some(guard) = self.guard.take() {
+            guard.release();
+        }
+    }
 }
 
 impl std::fmt::Debug for Mounted {
@@ -74,21 +90,27 @@ impl Mounted {
             unmount(&self.dir, lazy)?;
             self.session.take();
         }
+        if let Some(guard) = self.guard.take() {
+            guard.release();
+        }
         Ok(())
     }
 }
 
-/// Mounts `fs` on `dir`. The mount goes away with the process even if it is killed
-/// (`fusermount3`'s auto-unmount watches it).
+/// Mounts `fs` on `dir` (a canonical path). The mount goes away with the process even if it is
+/// killed: the guard process of [`MountOptions::guard`] or else `fusermount3`'s auto-unmount
+/// watches it.
 pub fn mount(fs: Arc<Fs>, dir: &Path, opts: &MountOptions) -> std::io::Result<Mounted> {
     let mut options = vec![
         MountOption::FSName(opts.fsname.clone()),
         MountOption::Subtype("hyperfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::AutoUnmount,
         MountOption::NoDev,
         MountOption::NoAtime,
     ];
+    if opts.guard.is_none() {
+        options.push(MountOption::AutoUnmount);
+    }
     if opts.allow_other {
         options.push(MountOption::AllowOther);
     }
@@ -102,7 +124,18 @@ pub fn mount(fs: Arc<Fs>, dir: &Path, opts: &MountOptions) -> std::io::Result<Mo
     let negative_ttl = if fs.read_only() && !fs.is_checkout() { Duration::ZERO } else { ttl };
     let adapter = Adapter { fs: fs.clone(), pool: Pool::new(opts.threads.max(1)), ttl, negative_ttl };
     let session = fuser::spawn_mount2(adapter, dir, &options)?;
-    Ok(Mounted { dir: dir.to_path_buf(), session: Some(session), fs })
+    let mut mounted = Mounted { dir: dir.to_path_buf(), session: Some(session), guard: None, fs };
+    if let Some(program) = &opts.guard {
+        match Guard::spawn(program, dir) {
+            Ok(guard) => mounted.guard = Some(guard),
+            Err(e) => {
+                // Unguarded, a killed node would leave a dead mount: refuse the mount instead.
+                let _ = mounted.unmount(true);
+                return Err(std::io::Error::other(format!("starting the mount guard {}: {e}", program.display())));
+            }
+        }
+    }
+    Ok(mounted)
 }
 
 /// Unmounts whatever FUSE mount is at `dir`, also one whose node is gone (`lazy` detaches a

@@ -9,13 +9,16 @@
 //! Invariants: every FUSE request is answered from the worker pool (the session thread only
 //! reads requests); a change to the tree is one drive version, written before the reply; a
 //! read-only mount (a checkout, a drive without its secret key, `--read-only`) refuses every
-//! change with `EROFS`.
+//! change with `EROFS`; a mount made with a guard program is taken down by the guard process
+//! once the mounting process ends, however it ends.
 
 mod filesystem;
 mod fuse;
+mod guard;
 
 pub use filesystem::{flags, Attr, Config, DirEntry, Fs, Ino, Kind, SetAttr, Statfs, ROOT};
 pub use fuse::{mount, unmount, MountOptions, Mounted};
+pub use guard::run_guard;
 pub use hyperfs_engine::drive::Meta;
 
 /// An error number as the kernel gets it; the one place engine errors become errnos.

@@ -192,6 +192,36 @@ pub fn is_mounted(dir: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
+/// Whether process `pid` still runs: neither gone nor a zombie waiting for whoever inherited it
+/// to reap it.
+pub fn process_alive(pid: i32) -> bool {
+    process_state(pid).is_some_and(|s| s != "Z")
+}
+
+/// Process `pid`'s state letter (`R`, `S`, `D`, `Z`, …), or None once it is gone.
+pub fn process_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?.to_owned();
+    Some(state)
+}
+
+/// Waits up to `limit` for `pid` to end; says what it was doing if it did not.
+pub fn wait_for_exit(pid: i32, limit: std::time::Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + limit;
+    while process_alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            return Err(format!(
+                "process {pid} still runs after {limit:?}: state {:?}, waiting in {wchan:?}\n{stack}",
+                process_state(pid)
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Runs a bash script (`set -euo pipefail`) in `cwd`; fails the test if it fails. Returns its
 /// standard output.
 pub fn sh(cwd: &Path, script: &str) -> String {

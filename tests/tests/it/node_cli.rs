@@ -161,15 +161,8 @@ fn a_node_stops_when_its_data_directory_is_removed() {
     ok(&dir, &["drives"]);
     let pid = node_pid(&dir);
     std::fs::remove_dir_all(&dir).expect("remove");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Gone, or a zombie waiting for whoever inherited it to reap it.
-    let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
-    };
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the node outlived its data directory");
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(e) = hyperfs_tests::wait_for_exit(pid, Duration::from_secs(10)) {
+        panic!("the node outlived its data directory: {e}");
     }
 }
 
