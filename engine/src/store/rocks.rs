@@ -146,10 +146,13 @@ fn table_options(table: Table) -> Options {
     // Every table holds small records; block bytes live in the block log.
     o.set_compression_type(DBCompressionType::None);
     o.set_write_buffer_size(32 << 20);
-    // A bloom filter over the memtable's keys: most lookups (the dedup check of every new
-    // block) are for keys that are not there.
-    o.set_memtable_whole_key_filtering(true);
-    o.set_memtable_prefix_bloom_ratio(0.05);
+    if matches!(table, Table::Blocks | Table::Chunks) {
+        // A bloom filter over the memtable's keys: most lookups here (the dedup check of every
+        // new block) are for keys that are not there. Elsewhere lookups find what they look
+        // for, and the filter would only cost every insert.
+        o.set_memtable_whole_key_filtering(true);
+        o.set_memtable_prefix_bloom_ratio(0.05);
+    }
     if table == Table::Blocks {
         // Keyed by hashes, looked up only whole: a hash table of memtable buckets rather than
         // one skip list, where every insert of a random key walks cold memory.

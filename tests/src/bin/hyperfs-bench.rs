@@ -20,12 +20,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("chunk") => chunk(&args[2]),
-        Some("append") => append(&args[2]),
+        Some("append") => append(&args[2], args.get(3).map(String::as_str)),
         Some("dedup") => dedup(&args[2], &args[3]),
         Some("drive") => drive(&args[2]),
         Some("bee") => bee(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         _ => {
-            eprintln!("usage: hyperfs-bench chunk FILE | append DIR | dedup OLD NEW | bee DIR [KEYS] | drive DIR");
+            eprintln!("usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR");
             std::process::exit(2);
         }
     }
@@ -100,9 +100,13 @@ fn chunk(path: &str) {
     );
 }
 
-fn append(dir: &str) {
+/// Both block sizes, or only the one named (for profiling).
+fn append(dir: &str, only: Option<&str>) {
     let mut out = Vec::new();
     for (label, size, count, batch) in [("64k", 64 * 1024, 8192usize, 64usize), ("4k", 4096, 50_000, 500)] {
+        if only.is_some_and(|o| o != label) {
+            continue;
+        }
         let path = std::path::Path::new(dir).join(label);
         let _ = std::fs::remove_dir_all(&path);
         // Start without the previous run's dirty pages being written back under this one.
