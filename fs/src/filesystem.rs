@@ -12,7 +12,11 @@
 //!
 //! Lock order, never reversed: an open file's lock, then the drive, then the inode table.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+/// The inode tables' map: every listing looks up each entry's path and inode, and SipHash
+/// was a tenth of a listing's time; foldhash is keyed per process as well.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -336,10 +340,10 @@ impl Fs {
             file: None,
         };
         let nodes = Nodes {
-            map: HashMap::from([(ROOT, root)]),
-            by_path: HashMap::from([(String::new(), ROOT)]),
+            map: HashMap::from_iter([(ROOT, root)]),
+            by_path: HashMap::from_iter([(String::new(), ROOT)]),
             pending: BTreeSet::new(),
-            listed: HashMap::new(),
+            listed: HashMap::default(),
             next: ROOT + 1,
         };
         Ok(Fs {
@@ -348,8 +352,8 @@ impl Fs {
             read_only,
             born: SystemTime::now(),
             nodes: Mutex::new(nodes),
-            handles: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::default()),
+            dirs: Mutex::new(HashMap::default()),
             next_fh: AtomicU64::new(1),
         })
     }
@@ -939,8 +943,11 @@ impl Fs {
             .filter(|p| !p[prefix.len()..].contains('/'))
             .cloned()
             .collect();
+        let mut full = prefix.clone();
         for (name, kind, value) in children {
-            let ino = nodes.ino_for(&format!("{prefix}{name}"), kind);
+            full.truncate(prefix.len());
+            full.push_str(&name);
+            let ino = nodes.ino_for(&full, kind);
             list.push(DirEntry { ino, kind, name, attr: None, value });
         }
         for p in pending {

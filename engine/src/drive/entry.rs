@@ -96,7 +96,21 @@ impl Entry {
     /// Whether a stored entry is a symlink (what [`Entry::decode`] gives a `linkname` for),
     /// read without decoding the rest of it: a plain listing needs each entry's kind, not its
     /// blob or metadata.
+    ///
+    /// Files are told without parsing as Hyperdrive writes them: in an object without a
+    /// backslash no string can hold a quote or an escaped key, so if the word `linkname` appears
+    /// at most once, and then as `"linkname":null`, the entry has no string `linkname` at its
+    /// top level. The rest of it is checked when the entry is decoded.
     pub fn decode_is_link(bytes: &[u8]) -> Result<bool> {
+        let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+        if start.is_some_and(|i| bytes[i] == b'{') && memchr::memchr(b'\\', bytes).is_none() {
+            let mut found = memchr::memmem::find_iter(bytes, b"linkname");
+            match (found.next(), found.next()) {
+                (None, _) => return Ok(false),
+                (Some(at), None) if bytes[at..].starts_with(b"linkname\":null") => return Ok(false),
+                _ => {}
+            }
+        }
         #[derive(serde::Deserialize)]
         struct Link {
             #[serde(default)]
@@ -223,6 +237,13 @@ mod tests {
         assert!(!Entry::decode_is_link(&e.encode()).expect("a file"));
         assert!(!Entry::decode_is_link(br#"{"linkname": 5, "metadata": {"linkname": "x"}}"#).expect("loose"));
         assert!(Entry::decode_is_link(br#"["/x"]"#).is_err());
+        // A key spelt in escapes is still `linkname`; bytes without the word are not parsed.
+        assert!(Entry::decode_is_link(br#"{"\u006cinkname": "/x"}"#).expect("escaped"));
+        assert!(!Entry::decode_is_link(br#" {"blob": {"blockOffset": 0}, "metadata": null}"#).expect("plain"));
+        assert!(!Entry::decode_is_link(br#"{"linkname":null,"blob":null}"#).expect("as written"));
+        assert!(!Entry::decode_is_link(br#"{"metadata":{"linkname":null}}"#).expect("nested"));
+        assert!(Entry::decode_is_link(br#"{"metadata":{"linkname":null},"linkname":"/x"}"#).expect("twice"));
+        assert!(Entry::decode_is_link(br#"{"linkname" : "/x"}"#).expect("spaced"));
         assert!(Entry::decode(br#"{"blob": {"blockOffset": -1}}"#).is_err());
         assert!(Entry::decode(br#"{"blob": {"blockOffset": 0, "byteOffset": 0, "blockLength": 1}}"#).is_err());
         assert!(Entry::decode(br#"{"blob": 7}"#).is_err());
