@@ -497,8 +497,12 @@ enum BeeCommand {
 }
 
 fn main() -> ExitCode {
+    // fuser 0.16 takes an unmounted device for a mounted one (it reads POLLERR the wrong way
+    // round) and logs a failed second unmount after every clean one; the node unmounts itself
+    // and reports its own failures.
+    let quiet_fuser = "fuser::mnt::fuse_pure=off".parse().expect("a valid directive");
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env().add_directive(quiet_fuser))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -106,7 +106,8 @@ fn parse_mountinfo_line(line: &str) -> Option<(u64, PathBuf)> {
     let mut out = Vec::with_capacity(point.len());
     let mut i = 0;
     while i < point.len() {
-        let octal = point.get(i + 1..i + 4).filter(|d| point[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal =
+            point.get(i + 1..i + 4).filter(|d| point[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
             Some(byte) => {
                 out.push(byte);

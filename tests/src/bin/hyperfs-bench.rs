@@ -25,7 +25,9 @@ fn main() {
         Some("drive") => drive(&args[2]),
         Some("bee") => bee(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         _ => {
-            eprintln!("usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR");
+            eprintln!(
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR"
+            );
             std::process::exit(2);
         }
     }

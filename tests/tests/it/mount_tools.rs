@@ -281,10 +281,7 @@ fn a_killed_node_leaves_no_dead_mount() {
     }
     if hyperfs_tests::is_mounted(&m.dir) {
         let helpers = std::process::Command::new("pgrep").args(["-af", "mount-guard"]).output().expect("pgrep");
-        panic!(
-            "the mount outlived its node by 30 s; mount guards:\n{}",
-            String::from_utf8_lossy(&helpers.stdout)
-        );
+        panic!("the mount outlived its node by 30 s; mount guards:\n{}", String::from_utf8_lossy(&helpers.stdout));
     }
     // The next command starts a node; the drive is whole and mounts again.
     m.ok(&["mount", "t", m.dir.to_str().expect("utf-8")]);
