@@ -566,8 +566,12 @@ impl Hypercore {
             b.put(Table::Meta, atomic_key(self.id, tb.length).to_vec(), start.to_be_bytes().to_vec());
         }
         if self.index_blocks {
-            for (leaf, _) in &prepared {
-                b.put(Table::Chunks, chunk_key(self.id, &leaf.hash).to_vec(), (leaf.index / 2).to_be_bytes().to_vec());
+            // In key order, as the tree nodes are (see `commit`).
+            let mut rows: Vec<_> =
+                prepared.iter().map(|(leaf, _)| (chunk_key(self.id, &leaf.hash), leaf.index / 2)).collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, block) in rows {
+                b.put(Table::Chunks, key.to_vec(), block.to_be_bytes().to_vec());
             }
         }
         let mut seen = std::collections::HashSet::with_capacity(blocks.len());
@@ -610,7 +614,11 @@ impl Hypercore {
             );
             bitfield.set_range(from, self.head.length.max(from), false);
         }
-        for n in nodes {
+        // In key order: the memtable's skip list then inserts each next to the last, where the
+        // tree's own order (leaf, parent, leaf, grandparent...) made it search for most.
+        let mut sorted: Vec<&Node> = nodes.iter().collect();
+        sorted.sort_unstable_by_key(|n| n.index);
+        for n in sorted {
             b.put(Table::Nodes, node_key(self.id, n.index).to_vec(), n.encode().to_vec());
         }
         if let Some((s, e)) = present {
