@@ -569,7 +569,7 @@ impl Hypercore {
             // In key order, as the tree nodes are (see `commit`).
             let mut rows: Vec<_> =
                 prepared.iter().map(|(leaf, _)| (chunk_key(self.id, &leaf.hash), leaf.index / 2)).collect();
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.sort_by_key(|r| r.0);
             for (key, block) in rows {
                 b.put(Table::Chunks, key.to_vec(), block.to_be_bytes().to_vec());
             }
