@@ -194,6 +194,8 @@ struct PoolState {
     idle: Vec<usize>,
     /// Each worker's handed-over job.
     slots: Vec<Option<Job>>,
+    /// The one idle worker watching for a job instead of parked (it gets the next one).
+    spinner: Option<usize>,
     closed: bool,
 }
 
@@ -204,6 +206,7 @@ impl Pool {
                 queue: std::collections::VecDeque::new(),
                 idle: Vec::with_capacity(threads),
                 slots: (0..threads).map(|_| None).collect(),
+                spinner: None,
                 closed: false,
             }),
             handed: (0..threads).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
@@ -234,7 +237,11 @@ impl Pool {
             drop(state);
             return job();
         }
-        match state.idle.pop() {
+        let spinner = state.spinner.take();
+        if let Some(w) = spinner {
+            state.idle.retain(|&i| i != w);
+        }
+        match spinner.or_else(|| state.idle.pop()) {
             Some(w) => {
                 state.slots[w] = Some(job);
                 self.shared.handed[w].store(true, std::sync::atomic::Ordering::Release);
@@ -269,29 +276,35 @@ impl PoolShared {
             if !state.idle.contains(&w) {
                 state.idle.push(w);
             }
+            // One idle worker at a time watches for the next job for a moment before it parks:
+            // a request close behind the last one then costs no wake-up.
+            let spins = state.spinner.is_none() && !state.closed;
+            if spins {
+                state.spinner = Some(w);
+            }
             drop(state);
-            // Watch for a job briefly (spinning, then letting others run), then park. A job
-            // handed over meanwhile leaves the unpark token, so park returns at once.
-            for round in 0..SPIN_ROUNDS {
-                if self.handed[w].load(Ordering::Acquire) {
-                    break;
-                }
-                if round < SPIN_ROUNDS / 2 {
-                    for _ in 0..64 {
+            if spins {
+                let until = std::time::Instant::now() + SPIN;
+                while !self.handed[w].load(Ordering::Acquire) && std::time::Instant::now() < until {
+                    for _ in 0..32 {
                         std::hint::spin_loop();
                     }
-                } else {
-                    std::thread::yield_now();
+                }
+                let mut state = self.lock();
+                if state.spinner == Some(w) {
+                    state.spinner = None;
                 }
             }
+            // A job handed over meanwhile leaves the unpark token, so park returns at once.
             std::thread::park();
         }
     }
 }
 
-/// How long an idle worker watches for its next job before parking: half the rounds spin
-/// (64 pauses each), half yield the processor.
-const SPIN_ROUNDS: u32 = 16;
+/// How long the idle worker watches for its next job before parking. Measured on the mount
+/// (10k files): 30 µs caught too few requests; 100 µs doubled stats per second against parking
+/// at once and raised unlinks by a third; 300 µs gained no more and burnt more processor.
+const SPIN: Duration = Duration::from_micros(100);
 
 impl Drop for Pool {
     fn drop(&mut self) {
