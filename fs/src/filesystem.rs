@@ -418,12 +418,15 @@ impl Fs {
         let Some(node) = nodes.map.get_mut(&ino) else { return };
         node.lookups = node.lookups.saturating_sub(n);
         if ino != ROOT && node.lookups == 0 && node.opens == 0 && node.file.is_none() && !node.pending {
-            let path = node.path.clone();
-            nodes.map.remove(&ino);
-            if let Some(p) = path {
-                if nodes.by_path.get(&p) == Some(&ino) {
-                    nodes.by_path.remove(&p);
-                }
+            if node.path.is_some() {
+                // A name keeps its inode for the life of the mount: a lookup answered on a
+                // worker while this forget ran (the kernel sends forgets apart from lookups)
+                // may be handing the kernel this very number, and dropping it here made the
+                // next lookup under it fail with ENOENT. Only the cached entry goes.
+                node.entry = None;
+            } else {
+                // Unlinked or replaced: no lookup can find it by name any more.
+                nodes.map.remove(&ino);
             }
         }
     }

@@ -133,6 +133,26 @@ fn listings_carry_attributes_once_a_listing_was_followed_by_lookups() {
 }
 
 #[test]
+fn a_name_keeps_its_inode_after_the_kernel_forgets_it() {
+    // The kernel forgets an inode (its caches dropped) while a lookup of the same name is being
+    // answered: the lookup's reply carries the number the forget came for, and the kernel then
+    // looks up names under it.
+    let t = setup();
+    let dir = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir");
+    t.write_file(dir.ino, "f", b"x");
+    let looked = t.fs.lookup(ROOT, "d").expect("lookup");
+    assert_eq!(looked.ino, dir.ino);
+    t.fs.forget(dir.ino, 2);
+    assert_eq!(t.fs.lookup(dir.ino, "f").expect("a name under the forgotten inode").size, 1);
+    assert_eq!(t.fs.lookup(ROOT, "d").expect("lookup again").ino, dir.ino);
+    // An unlinked file's inode does go once forgotten.
+    let f = t.fs.lookup(dir.ino, "f").expect("lookup").ino;
+    t.fs.unlink(dir.ino, "f").expect("unlink");
+    t.fs.forget(f, 3);
+    assert_eq!(t.fs.getattr(f).map(|a| a.ino), Err(Errno(libc::ENOENT)));
+}
+
+#[test]
 fn each_close_of_a_changed_file_is_one_version() {
     let t = setup();
     let v0 = t.version();
