@@ -175,6 +175,10 @@ struct Node {
     pending: bool,
     /// A file open for writing (or being changed by `setattr`).
     file: Option<Arc<Mutex<OpenFile>>>,
+    /// Holders of `file`: write opens and `setattr` calls in progress. Counted under the inode
+    /// table's lock, where `file` is taken and dropped, so a release racing a `setattr` (the
+    /// kernel sends releases asynchronously) cannot drop the open state it is changing.
+    writers: u32,
 }
 
 /// The content of a file while it is open for writing.
@@ -185,7 +189,6 @@ struct OpenFile {
     meta: Meta,
     /// Changed since the drive last recorded it.
     dirty: bool,
-    writers: u32,
 }
 
 /// A file's bytes while it is written: in memory while small, in an unlinked temporary file in
@@ -338,6 +341,7 @@ impl Fs {
             entry: None,
             pending: false,
             file: None,
+            writers: 0,
         };
         let nodes = Nodes {
             map: HashMap::from_iter([(ROOT, root)]),
@@ -486,7 +490,7 @@ impl Fs {
         };
         match kind {
             Kind::File => {
-                let (file, temporary) = self.open_file(ino)?;
+                let file = self.open_file(ino)?;
                 let result = (|| {
                     let mut f = lock(&file);
                     if let Some(size) = set.size {
@@ -497,15 +501,10 @@ impl Fs {
                     f.dirty = true;
                     Ok::<_, Errno>(())
                 })();
-                // A change outside an open file is recorded now; an open one at its close.
-                let committed = match result {
-                    Ok(()) if temporary => self.commit(ino),
-                    other => other,
-                };
-                if temporary {
-                    self.close_file(ino);
-                }
-                committed?;
+                // Recorded now if nobody else holds the file, else when the last holder lets go.
+                let closed = self.close_file(ino);
+                result?;
+                closed?;
                 self.getattr(ino)
             }
             Kind::Dir | Kind::Symlink => {
@@ -734,8 +733,7 @@ impl Fs {
         }
         if write {
             self.writable()?;
-            let (file, _) = self.open_file(ino)?;
-            lock(&file).writers += 1;
+            let file = self.open_file(ino)?;
             if flags & flags::TRUNC != 0 {
                 let mut f = lock(&file);
                 if f.size != 0 || f.staged.is_none() {
@@ -771,7 +769,7 @@ impl Fs {
         }
         let now = SystemTime::now();
         let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now };
-        let file = OpenFile { staged: None, size: 0, meta, dirty: true, writers: 1 };
+        let file = OpenFile { staged: None, size: 0, meta, dirty: true };
         let ino = {
             let mut nodes = self.nodes();
             let ino = nodes.next;
@@ -784,6 +782,7 @@ impl Fs {
                 entry: None,
                 pending: true,
                 file: Some(Arc::new(Mutex::new(file))),
+                writers: 1,
             };
             if let Some(old) = nodes.by_path.insert(path.clone(), ino) {
                 if let Some(n) = nodes.map.get_mut(&old) {
@@ -886,7 +885,8 @@ impl Fs {
             n.opens = n.opens.saturating_sub(1);
         }
         if h.write {
-            self.close_file(h.ino);
+            let closed = self.close_file(h.ino);
+            return result.and(closed);
         }
         result
     }
@@ -1230,42 +1230,56 @@ impl Fs {
         Ok(Attr { ino, kind, size, meta, nlink })
     }
 
-    /// The open state of file `ino`, made if the file is not open for writing; the flag says
-    /// it was made for this call (and is to be closed after it).
-    fn open_file(&self, ino: Ino) -> Result<(Arc<Mutex<OpenFile>>, bool)> {
-        if let Some(f) = self.nodes().map.get(&ino).and_then(|n| n.file.clone()) {
-            return Ok((f, false));
+    /// The open state of file `ino`, made if the file is not open for writing, taken as one
+    /// more writer ([`Fs::close_file`] gives it back).
+    fn open_file(&self, ino: Ino) -> Result<Arc<Mutex<OpenFile>>> {
+        {
+            let mut nodes = self.nodes();
+            let node = nodes.map.get_mut(&ino).ok_or(Errno(libc::ENOENT))?;
+            if let Some(f) = node.file.clone() {
+                node.writers += 1;
+                return Ok(f);
+            }
         }
         let attr = self.getattr(ino)?;
         let mut nodes = self.nodes();
         let node = nodes.map.get_mut(&ino).ok_or(Errno(libc::ENOENT))?;
+        node.writers += 1;
         if let Some(f) = &node.file {
-            return Ok((f.clone(), false));
+            return Ok(f.clone());
         }
-        let f =
-            Arc::new(Mutex::new(OpenFile { staged: None, size: attr.size, meta: attr.meta, dirty: false, writers: 0 }));
+        let f = Arc::new(Mutex::new(OpenFile { staged: None, size: attr.size, meta: attr.meta, dirty: false }));
         node.file = Some(f.clone());
-        Ok((f, true))
+        Ok(f)
     }
 
-    /// Forgets the open state of a file nobody writes any more.
-    fn close_file(&self, ino: Ino) {
-        let file = self.nodes().map.get(&ino).and_then(|n| n.file.clone());
-        let Some(file) = file else { return };
-        let mut f = lock(&file);
-        f.writers = f.writers.saturating_sub(1);
-        if f.writers > 0 {
-            return;
-        }
-        let keep = f.dirty;
-        drop(f);
+    /// Gives back a writer's hold on the open state of a file. The last one records a change
+    /// still unrecorded (another holder's, made after that one's own commit) and forgets the
+    /// state, unless the change could not be recorded.
+    fn close_file(&self, ino: Ino) -> Result<()> {
+        let file = {
+            let mut nodes = self.nodes();
+            let Some(n) = nodes.map.get_mut(&ino) else { return Ok(()) };
+            n.writers = n.writers.saturating_sub(1);
+            if n.writers > 0 {
+                return Ok(());
+            }
+            n.file.clone()
+        };
+        let Some(file) = file else { return Ok(()) };
+        let dirty = lock(&file).dirty;
+        let committed = if dirty { self.commit(ino) } else { Ok(()) };
+        let keep = lock(&file).dirty;
         let mut nodes = self.nodes();
         if let Some(n) = nodes.map.get_mut(&ino) {
-            // A file whose last write could not be recorded keeps its bytes until it can be.
-            if !keep || n.path.is_none() {
+            // Unless a new writer took it meanwhile. A file whose last write could not be
+            // recorded keeps its bytes until it can be.
+            let same = n.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &file));
+            if same && n.writers == 0 && (!keep || n.path.is_none()) {
                 n.file = None;
             }
         }
+        committed
     }
 
     /// Copies the file's bytes out of the drive into a staging file, once.
@@ -1404,8 +1418,16 @@ impl Nodes {
         }
         let ino = self.next;
         self.next += 1;
-        let node =
-            Node { kind, path: Some(path.to_owned()), lookups: 0, opens: 0, entry: None, pending: false, file: None };
+        let node = Node {
+            kind,
+            path: Some(path.to_owned()),
+            lookups: 0,
+            opens: 0,
+            entry: None,
+            pending: false,
+            file: None,
+            writers: 0,
+        };
         self.map.insert(ino, node);
         self.by_path.insert(path.to_owned(), ino);
         ino

@@ -173,6 +173,35 @@ fn unlink_while_open_truncate_append_and_sparse_files() {
 }
 
 #[test]
+fn a_chmod_right_after_close_is_kept() {
+    // rsync's way: write a file made 0600, close it, set its times at once, then chmod it. The
+    // kernel sends the release of the closed file without waiting for it, so setting the times
+    // can be answered while the release is; the release then kept the changed state unrecorded,
+    // and the chmod changed only that state: the drive kept 0600.
+    let m = MountedDrive::new();
+    let times = [libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 5 }; 2];
+    for i in 0..1000 {
+        let p = m.path(&format!("f{i}"));
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).expect("create");
+        f.write_all(b"data").expect("write");
+        drop(f);
+        // SAFETY: a NUL-terminated path and two timespecs that live across the call.
+        assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }, 0);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    // What the drive recorded, past the kernel's attribute cache: a fresh mount of it.
+    let again = m.tmp.path().join("again");
+    fs::create_dir(&again).expect("dir");
+    m.ok(&["mount", "t", again.to_str().expect("utf-8"), "--read-only"]);
+    for i in 0..1000 {
+        let meta = fs::metadata(again.join(format!("f{i}"))).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "f{i} lost its chmod");
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_000_000_000, 5), "f{i} lost its times");
+    }
+    m.ok(&["unmount", again.to_str().expect("utf-8")]);
+}
+
+#[test]
 fn timestamps_are_kept_to_the_nanosecond_and_writes_move_them() {
     let m = MountedDrive::new();
     let f = m.path("t");
