@@ -2,8 +2,9 @@
 //! rules. Every operation takes `&self` and may run on any thread; the FUSE adapter calls these
 //! from its worker pool, tests call them directly.
 //!
-//! Inodes are numbered as paths are first seen and follow their path through renames; an
-//! unlinked inode keeps its last entry (and its staged bytes), so an open file stays readable.
+//! Inodes are numbered as paths are first seen, follow their path through renames and keep it
+//! for the life of the mount; an unlinked inode keeps its last entry (and its staged bytes), so
+//! an open file stays readable.
 //!
 //! Writes go to a staging file (an unlinked temporary file in the node's data directory), copied
 //! from the drive on the first write. `flush`, `fsync` and `release` of a changed file chunk it
@@ -13,10 +14,6 @@
 //! Lock order, never reversed: an open file's lock, then the drive, then the inode table.
 
 use std::collections::BTreeSet;
-
-/// The inode tables' map: every listing looks up each entry's path and inode, and SipHash
-/// was a tenth of a listing's time; foldhash is keyed per process as well.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -30,6 +27,10 @@ use hyperfs_engine::Drive;
 
 use crate::Errno;
 use hyperfs_engine::drive::Meta;
+
+/// The inode tables' map: every listing looks up each entry's path and inode, and SipHash
+/// was a tenth of a listing's time; foldhash is keyed per process as well.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub type Ino = u64;
 pub type Result<T> = std::result::Result<T, Errno>;

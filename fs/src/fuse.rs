@@ -278,7 +278,7 @@ impl PoolShared {
             }
             // One idle worker at a time watches for the next job for a moment before it parks:
             // a request close behind the last one then costs no wake-up.
-            let spins = state.spinner.is_none() && !state.closed;
+            let spins = state.spinner.is_none();
             if spins {
                 state.spinner = Some(w);
             }

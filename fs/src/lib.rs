@@ -6,11 +6,12 @@
 //! local goes through the engine's fetch seam and waits on a worker thread, never on the FUSE
 //! session thread.
 //!
-//! Invariants: every FUSE request is answered from the worker pool (the session thread only
-//! reads requests); a change to the tree is one drive version, written before the reply; a
-//! read-only mount (a checkout, a drive without its secret key, `--read-only`) refuses every
-//! change with `EROFS`; a mount made with a guard program is taken down by the guard process
-//! once the mounting process ends, however it ends.
+//! Invariants: every FUSE request that reads or changes the drive is answered from the worker
+//! pool; the session thread answers only from memory (`forget`, `readdir` of a listing taken at
+//! `opendir`, the dots of a listing without attributes, `releasedir`). A change to the tree is
+//! one drive version, written before the reply. A read-only mount (a checkout, a drive without
+//! its secret key, `--read-only`) refuses every change with `EROFS`. A mount made with a guard
+//! program is taken down by the guard process once the mounting process ends, however it ends.
 
 mod filesystem;
 mod fuse;
