@@ -748,18 +748,29 @@ impl Drive {
         if feed.done {
             // A file of one window (most files) is written here, without a second thread; its
             // new chunks join the batch (small files share appends).
-            w.resolve(&mut self.blobs, batch, &first, false)?;
+            let leaves = first.leaves();
+            w.resolve(&mut self.blobs, batch, &first, leaves, false)?;
         } else {
-            // A large file: the next window is read and cut into chunks while the worker
-            // hashes, looks up and appends this one, straight from the window's buffer. The
-            // buffers go back and forth (no fresh memory per window).
+            // A large file, in three stages: the next window is read and cut into chunks while
+            // the one before it is hashed (on every core) and the one before that is looked up
+            // and appended straight from its buffer, so the log's write overlaps the hashing.
+            // The buffers go back and forth (no fresh memory per window).
             let (blobs, w, batch) = (&mut self.blobs, &mut w, &mut *batch);
             std::thread::scope(|s| -> Result<()> {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
+                let (hashed, to_append) = std::sync::mpsc::sync_channel::<(Window, Vec<Hash>)>(1);
                 let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
-                let worker = s.spawn(move || -> Result<()> {
+                s.spawn(move || {
                     for window in rx {
-                        w.resolve(blobs, batch, &window, true)?;
+                        let leaves = window.leaves();
+                        if hashed.send((window, leaves)).is_err() {
+                            return; // the appender stopped
+                        }
+                    }
+                });
+                let worker = s.spawn(move || -> Result<()> {
+                    for (window, leaves) in to_append {
+                        w.resolve(blobs, batch, &window, leaves, true)?;
                         let _ = give_back.send(window.buf);
                     }
                     Ok(())
@@ -768,7 +779,7 @@ impl Drive {
                     let mut next = first;
                     loop {
                         if tx.send(next).is_err() {
-                            return Ok(()); // the worker stopped; its error is the one to report
+                            return Ok(()); // the appender stopped; its error is the one to report
                         }
                         if feed.done {
                             return Ok(());
@@ -1037,15 +1048,19 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    /// Hashes the chunks of a window on every core and gives each its block: one the drive or
-    /// the batch already has, else a new one. New chunks are appended straight from the window
-    /// (`direct`: a large file's, after what the batch holds) or copied into the batch's
-    /// pending appends; either way with their hashes, so the log does not hash them again.
-    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, window: &Window, direct: bool) -> Result<()> {
-        let chunks: Vec<&[u8]> = window.cuts.iter().map(|r| &window.buf[r.clone()]).collect();
-        // One share per core, each hashed several chunks at a time in the SIMD lanes.
-        let share = chunks.len().div_ceil(rayon::current_num_threads()).max(8);
-        let leaves: Vec<Hash> = chunks.par_chunks(share).flat_map_iter(crate::crypto::leaf_hashes).collect();
+    /// Gives each chunk of a hashed window its block: one the drive or the batch already has,
+    /// else a new one. New chunks are appended straight from the window (`direct`: a large
+    /// file's, after what the batch holds) or copied into the batch's pending appends; either
+    /// way with their hashes, so the log does not hash them again.
+    fn resolve(
+        &mut self,
+        blobs: &mut Hypercore,
+        batch: &mut BlobBatch,
+        window: &Window,
+        leaves: Vec<Hash>,
+        direct: bool,
+    ) -> Result<()> {
+        let chunks = window.chunks();
         if direct {
             batch.commit(blobs)?;
         }
@@ -1087,6 +1102,20 @@ impl ChunkWriter {
 struct Window {
     buf: Vec<u8>,
     cuts: Vec<std::ops::Range<usize>>,
+}
+
+impl Window {
+    fn chunks(&self) -> Vec<&[u8]> {
+        self.cuts.iter().map(|r| &self.buf[r.clone()]).collect()
+    }
+
+    /// The leaf hashes of the chunks, on every core: a share per core, each hashed several
+    /// chunks at a time in the SIMD lanes.
+    fn leaves(&self) -> Vec<Hash> {
+        let chunks = self.chunks();
+        let share = chunks.len().div_ceil(rayon::current_num_threads()).max(8);
+        chunks.par_chunks(share).flat_map_iter(crate::crypto::leaf_hashes).collect()
+    }
 }
 
 /// A file's bytes read and cut into chunks, a window of about [`APPEND_BATCH_BYTES`] at a time.
