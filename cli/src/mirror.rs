@@ -179,7 +179,8 @@ pub fn import(
                             continue;
                         }
                     };
-                    let mut reader = Counting { inner: file, tally: &mut tally, progress: &mut progress };
+                    let mut reader =
+                        Counting { inner: DropBehind::new(file), tally: &mut tally, progress: &mut progress };
                     let blob = d
                         .write_blob_into(&mut batch, &mut reader)
                         .with_context(|| format!("storing {}", local.display()))?;
@@ -424,6 +425,46 @@ impl<R: Read> Read for Counting<'_, '_, R> {
         let n = self.inner.read(buf)?;
         self.tally.bytes += n as u64;
         self.progress.report(self.tally, false);
+        Ok(n)
+    }
+}
+
+/// A file read once from start to end whose pages leave the page cache behind the reader, a
+/// few MiB at a time: importing a big file then keeps one copy of its bytes in memory (the
+/// store's) rather than two, and the store's writes reuse the pages just freed. On the virtual
+/// machines measured, writing into fresh pages instead (ones the host had taken back) made a
+/// 1 GiB import two to three times slower.
+struct DropBehind {
+    file: std::fs::File,
+    read: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    /// Pages are let go in steps of this many bytes (a file smaller than it is left alone).
+    const STEP: u64 = 8 << 20;
+
+    fn new(file: std::fs::File) -> Self {
+        DropBehind { file, read: 0, dropped: 0 }
+    }
+}
+
+impl Read for DropBehind {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.dropped >= Self::STEP {
+            // SAFETY: posix_fadvise on a descriptor we hold; it only drops clean cached pages.
+            unsafe {
+                libc::posix_fadvise(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                    self.dropped as libc::off_t,
+                    (self.read - self.dropped) as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            self.dropped = self.read;
+        }
         Ok(n)
     }
 }
@@ -893,4 +934,45 @@ pub fn check_dir_arg(dir: &str) -> Result<PathBuf> {
         return Err(anyhow!("the node needs an absolute path, not {dir:?}"));
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of the file's pages are in the page cache.
+    fn resident_pages(f: &std::fs::File, len: usize) -> usize {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+        let pages = len.div_ceil(4096);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of our own file, unmapped before return; mincore
+        // fills one byte per page of it.
+        unsafe {
+            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+            assert_ne!(map, libc::MAP_FAILED, "mmap");
+            assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0, "mincore");
+            libc::munmap(map, len);
+        }
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_big_file_read_for_import_leaves_the_page_cache_behind_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        let len = 40 << 20;
+        std::fs::write(&path, vec![7u8; len]).expect("write");
+        let f = std::fs::File::open(&path).expect("open");
+        // Written back, so its pages are clean and may be dropped; then all read into the cache.
+        f.sync_all().expect("sync");
+        std::io::copy(&mut std::fs::File::open(&path).expect("open"), &mut std::io::sink()).expect("read");
+        assert!(resident_pages(&f, len) > len / 4096 / 2, "the file starts in the page cache");
+        let mut reader = DropBehind::new(std::fs::File::open(&path).expect("open"));
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).expect("read");
+        assert!(back.len() == len && back.iter().all(|&b| b == 7), "the reader reads the file");
+        // All but the last step's pages (8 MiB at most) are gone.
+        let left = resident_pages(&f, len);
+        assert!(left * 4096 <= 8 << 20, "{left} of {} pages still cached", len / 4096);
+    }
 }

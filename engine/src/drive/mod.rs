@@ -32,8 +32,8 @@ use rayon::prelude::*;
 use crate::crypto::{Hash, KeyPair};
 use crate::fetch::{self, Blocks, Fetch};
 use crate::hyperbee::{Hyperbee, Metadata, Range, View};
-use crate::hypercore::{Hypercore, Snapshot};
-use crate::store::Store;
+use crate::hypercore::{stored, Hypercore, Snapshot};
+use crate::store::{Store, Table};
 use crate::{Error, Result};
 pub use entry::{Blob, Entry, MapBlock};
 pub use meta::Meta;
@@ -643,7 +643,24 @@ impl Drive {
                 f.hint(self.blobs.key(), &next);
             }
         }
-        for window in wanted.chunks(READ_WINDOW_BLOCKS) {
+        // The store is told of each window's blocks a window ahead, so their reads from the
+        // disk overlap the copying of the window before; a long read is a sequential reader's,
+        // and as many blocks after it are asked for too, to be loading while it uses this range.
+        let windows: Vec<&[Piece]> = wanted.chunks(READ_WINDOW_BLOCKS).collect();
+        if wanted.len() > 1 {
+            let after = if len >= HINT_FROM {
+                &pieces[last.min(pieces.len())..pieces.len().min(last + 2 * wanted.len())]
+            } else {
+                &[]
+            };
+            self.blobs.will_read(windows.iter().take(2).flat_map(|w| w.iter()).chain(after).map(|p| p.index));
+        }
+        for (k, window) in windows.iter().enumerate() {
+            if k > 0 {
+                if let Some(next) = windows.get(k + 1) {
+                    self.blobs.will_read(next.iter().map(|p| p.index));
+                }
+            }
             if let Some(f) = &self.fetch {
                 let missing: Vec<u64> = window.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
                 if missing.len() > 1 {
@@ -651,7 +668,7 @@ impl Drive {
                 }
             }
             let mut jobs = Vec::with_capacity(window.len());
-            for p in window {
+            for p in window.iter() {
                 let from = offset.saturating_sub(p.start);
                 let to = (stop - p.start).min(p.len);
                 let (dest, tail) = std::mem::take(&mut rest).split_at_mut(to.saturating_sub(from) as usize);
@@ -748,8 +765,8 @@ impl Drive {
         if feed.done {
             // A file of one window (most files) is written here, without a second thread; its
             // new chunks join the batch (small files share appends).
-            let leaves = first.leaves();
-            w.resolve(&mut self.blobs, batch, &first, leaves, false)?;
+            let hashes = first.hash(None);
+            w.resolve(&mut self.blobs, batch, &first, hashes, false)?;
         } else {
             // A large file, in three stages: the next window is read and cut into chunks while
             // the one before it is hashed (on every core) and the one before that is looked up
@@ -758,19 +775,20 @@ impl Drive {
             let (blobs, w, batch) = (&mut self.blobs, &mut w, &mut *batch);
             std::thread::scope(|s| -> Result<()> {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
-                let (hashed, to_append) = std::sync::mpsc::sync_channel::<(Window, Vec<Hash>)>(1);
+                let (hashed, to_append) = std::sync::mpsc::sync_channel::<(Window, Hashed)>(1);
+                let store = blobs.store().clone();
                 let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
                 s.spawn(move || {
                     for window in rx {
-                        let leaves = window.leaves();
-                        if hashed.send((window, leaves)).is_err() {
+                        let hashes = window.hash(Some(&*store));
+                        if hashed.send((window, hashes)).is_err() {
                             return; // the appender stopped
                         }
                     }
                 });
                 let worker = s.spawn(move || -> Result<()> {
-                    for (window, leaves) in to_append {
-                        w.resolve(blobs, batch, &window, leaves, true)?;
+                    for (window, hashes) in to_append {
+                        w.resolve(blobs, batch, &window, hashes, true)?;
                         let _ = give_back.send(window.buf);
                     }
                     Ok(())
@@ -1057,15 +1075,16 @@ impl ChunkWriter {
         blobs: &mut Hypercore,
         batch: &mut BlobBatch,
         window: &Window,
-        leaves: Vec<Hash>,
+        hashed: Hashed,
         direct: bool,
     ) -> Result<()> {
         let chunks = window.chunks();
+        let Hashed { leaves, mut forms } = hashed;
         if direct {
             batch.commit(blobs)?;
         }
-        let (mut new, mut new_leaves) = (Vec::new(), Vec::new());
-        for (chunk, leaf) in chunks.into_iter().zip(leaves) {
+        let (mut new, mut new_leaves, mut new_forms) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, (chunk, leaf)) in chunks.into_iter().zip(leaves).enumerate() {
             let known = match batch.fresh.get(&leaf) {
                 Some(&i) => Some(i),
                 None => blobs.find_block(&leaf)?,
@@ -1080,6 +1099,7 @@ impl ChunkWriter {
                     batch.fresh.insert(leaf, i);
                     new.push(chunk);
                     new_leaves.push(leaf);
+                    new_forms.push(forms.get_mut(k).and_then(Option::take));
                     i
                 }
                 None => {
@@ -1092,7 +1112,7 @@ impl ChunkWriter {
             self.map.push(MapBlock { index, byte_length: chunk.len() as u64 });
         }
         if !new.is_empty() {
-            blobs.append_batch_hashed(&new, &new_leaves)?;
+            blobs.append_batch_hashed(&new, &new_leaves, Some(&new_forms))?;
         }
         batch.commit_if_full(blobs)
     }
@@ -1109,13 +1129,44 @@ impl Window {
         self.cuts.iter().map(|r| &self.buf[r.clone()]).collect()
     }
 
-    /// The leaf hashes of the chunks, on every core: a share per core, each hashed several
-    /// chunks at a time in the SIMD lanes.
-    fn leaves(&self) -> Vec<Hash> {
+    /// The leaf hashes of the chunks on every core (a share per core, each hashed several
+    /// chunks at a time in the SIMD lanes); with a `store`, also the stored form of each chunk
+    /// the store lacks (so compression runs beside the hashing, not after it).
+    fn hash(&self, store: Option<&dyn Store>) -> Hashed {
         let chunks = self.chunks();
         let share = chunks.len().div_ceil(rayon::current_num_threads()).max(8);
-        chunks.par_chunks(share).flat_map_iter(crate::crypto::leaf_hashes).collect()
+        let shares: Vec<Hashed> = chunks
+            .par_chunks(share)
+            .map(|share| {
+                let leaves = crate::crypto::leaf_hashes(share);
+                let forms = match store {
+                    None => Vec::new(),
+                    Some(store) => share
+                        .iter()
+                        .zip(&leaves)
+                        .map(|(c, l)| match store.contains(Table::Blocks, l) {
+                            Ok(false) => stored::packed(c),
+                            _ => None,
+                        })
+                        .collect(),
+                };
+                Hashed { leaves, forms }
+            })
+            .collect();
+        let mut out = Hashed { leaves: Vec::with_capacity(chunks.len()), forms: Vec::new() };
+        for s in shares {
+            out.leaves.extend(s.leaves);
+            out.forms.extend(s.forms);
+        }
+        out
     }
+}
+
+/// The leaf hashes of a window's chunks and, for a large file's, their stored forms
+/// ([`stored::packed`]; `None` for raw, and for chunks the store had when they were hashed).
+struct Hashed {
+    leaves: Vec<Hash>,
+    forms: Vec<Option<Vec<u8>>>,
 }
 
 /// A file's bytes read and cut into chunks, a window of about [`APPEND_BATCH_BYTES`] at a time.
@@ -1234,7 +1285,7 @@ impl BlobBatch {
     fn commit(&mut self, blobs: &mut Hypercore) -> Result<()> {
         self.check(blobs)?;
         if !self.pending.is_empty() {
-            blobs.append_batch_hashed(&self.pending, &self.leaves)?;
+            blobs.append_batch_hashed(&self.pending, &self.leaves, None)?;
         }
         self.pending.clear();
         self.leaves.clear();

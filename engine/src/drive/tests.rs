@@ -111,6 +111,23 @@ fn reads_from_rocksdb_equal_what_was_written_for_raw_and_compressed_chunks() {
             assert_eq!(d.read(path, off, len).expect("read"), data[off as usize..end], "{path} {off}+{len}");
         }
     }
+    // A large file goes through the write pipeline, where chunks are compressed beside the
+    // hashing: its text is stored compressed too, and reads back whole and in ranges.
+    let log_len = || std::fs::metadata(dir.path().join("blocks.log")).expect("log").len();
+    let before = log_len();
+    let mut big: Vec<u8> = (0..1_500_000u32).flat_map(|i| format!("entry {i}: all is well\n").into_bytes()).collect();
+    big.extend_from_slice(&random(5 << 20, 5));
+    big.extend((0..500_000u32).flat_map(|i| format!("entry {i}: still well\n").into_bytes()));
+    assert!(big.len() > 3 * APPEND_BATCH_BYTES, "several windows");
+    d.put("/big.log", &big, &PutOptions::default()).expect("put");
+    let text_bytes = (big.len() - (5 << 20)) as u64;
+    assert!(log_len() - before < (5 << 20) + text_bytes / 2, "the text of a large file is stored compressed");
+    assert!(d.get("/big.log").expect("get").expect("file") == big, "the large file reads back whole");
+    let n = big.len() as u64;
+    for (off, len) in [(0u64, 100u64), (n / 3, 3 << 20), (n - 5, 100)] {
+        let end = (off + len).min(n) as usize;
+        assert!(d.read("/big.log", off, len).expect("read") == big[off as usize..end], "/big.log {off}+{len}");
+    }
 }
 
 #[test]

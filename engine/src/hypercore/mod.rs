@@ -19,7 +19,7 @@ pub mod bitfield;
 pub mod flat;
 pub mod manifest;
 pub mod proof;
-mod stored;
+pub(crate) mod stored;
 pub mod tree;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,6 +40,28 @@ use tree::TreeBatch;
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
 /// Leaves of a group of appended blocks, with where their bytes were staged if they are new.
 type Prepared = Vec<(Node, Option<Staged>)>;
+
+/// The leaves of `blocks`, appended from block `first` on, each with its stored form when the
+/// store lacks it. `hashes`: the blocks' leaf hashes if the caller has them.
+fn encode_group<'b, B: AsRef<[u8]>>(
+    store: &dyn Store,
+    blocks: &'b [B],
+    first: u64,
+    hashes: Option<&[Hash]>,
+) -> Result<Vec<(Node, Option<stored::Encoded<'b>>)>> {
+    let computed = if hashes.is_none() { crypto::leaf_hashes(blocks) } else { Vec::new() };
+    let mut out = Vec::with_capacity(blocks.len());
+    for (k, b) in blocks.iter().enumerate() {
+        let hash = match hashes {
+            Some(l) => l[k],
+            None => computed[k],
+        };
+        let leaf = Node { index: 2 * (first + k as u64), size: b.as_ref().len() as u64, hash };
+        let new = !store.contains(Table::Blocks, &leaf.hash)?;
+        out.push((leaf, new.then(|| stored::encode_parts(b.as_ref()))));
+    }
+    Ok(out)
+}
 
 /// About how many bytes of blocks one thread hashes, compresses and writes to the block log as
 /// one group (groups write at once, each with one vectored write).
@@ -432,6 +454,19 @@ impl Hypercore {
         read_block(&*self.store, self.id, index)
     }
 
+    /// A hint that the local blocks among `indexes` are about to be read: the store may start
+    /// loading them (see [`Store::will_read`]).
+    pub fn will_read(&self, indexes: impl IntoIterator<Item = u64>) {
+        let hashes: Vec<Hash> = indexes
+            .into_iter()
+            .filter(|&i| self.has(i))
+            .filter_map(|i| read_leaf(&*self.store, self.id, i).ok())
+            .map(|leaf| leaf.hash)
+            .collect();
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        self.store.will_read(&keys);
+    }
+
     /// Block `index` read straight into `out`, which must be exactly its size (a reader's own
     /// buffer: no copy in between for the blocks stored raw).
     pub fn get_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
@@ -457,13 +492,13 @@ impl Hypercore {
 
     /// Appends blocks with one signature over the new tree; returns the new length.
     pub fn append_batch<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
-        self.append_inner(blocks, None, false)
+        self.append_inner(blocks, None, false, None)
     }
 
     /// Appends blocks that only mean something together (a Hyperbee batch): the lengths inside
     /// the append are recorded as no version of their own (see [`Hypercore::atomic_span`]).
     pub fn append_atomic<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
-        self.append_inner(blocks, None, blocks.len() > 1)
+        self.append_inner(blocks, None, blocks.len() > 1, None)
     }
 
     /// The atomic append `(start, end)` that `length` falls strictly inside, if any (only
@@ -497,18 +532,29 @@ impl Hypercore {
 
     /// [`Hypercore::append_batch`] for blocks whose merkle leaf hashes the caller already
     /// computed (`leaves[i]` = `crypto::leaf_hash(blocks[i])`), so they are not hashed twice.
-    pub(crate) fn append_batch_hashed<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B], leaves: &[Hash]) -> Result<u64> {
-        if leaves.len() != blocks.len() {
-            return Err(Error::InvalidRequest("one leaf hash per block".into()));
-        }
-        self.append_inner(blocks, Some(leaves), false)
-    }
-
-    fn append_inner<B: AsRef<[u8]> + Sync>(
+    ///
+    /// `streamed`: the blocks are a large file streamed in, each with the stored form the
+    /// caller worked out for it on every core beside the hashing ([`stored::packed`]: the
+    /// compressed bytes, or `None` for raw). They are then written with one call from this
+    /// thread, leaving the other threads to go on hashing.
+    pub(crate) fn append_batch_hashed<B: AsRef<[u8]> + Sync>(
         &mut self,
         blocks: &[B],
+        leaves: &[Hash],
+        streamed: Option<&[Option<Vec<u8>>]>,
+    ) -> Result<u64> {
+        if leaves.len() != blocks.len() || streamed.is_some_and(|f| f.len() != blocks.len()) {
+            return Err(Error::InvalidRequest("one leaf hash and stored form per block".into()));
+        }
+        self.append_inner(blocks, Some(leaves), false, streamed)
+    }
+
+    fn append_inner<'b, B: AsRef<[u8]> + Sync>(
+        &mut self,
+        blocks: &'b [B],
         hashes: Option<&[Hash]>,
         atomic: bool,
+        streamed: Option<&[Option<Vec<u8>>]>,
     ) -> Result<u64> {
         if !self.writable() {
             return Err(Error::NotWritable);
@@ -524,20 +570,12 @@ impl Hypercore {
         // Blocks are handled in groups of about STAGE_GROUP_BYTES so each group's new bytes reach
         // the block log in one write.
         let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
-        let prepare = |(g, chunk): (usize, &[B])| -> Result<Prepared> {
-            let mut out = Vec::with_capacity(chunk.len());
-            let computed = if hashes.is_none() { crypto::leaf_hashes(chunk) } else { Vec::new() };
-            for (k, b) in chunk.iter().enumerate() {
-                let i = g * group + k;
-                let hash = match hashes {
-                    Some(l) => l[i],
-                    None => computed[k],
-                };
-                let leaf = Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash };
-                let new = !store.contains(Table::Blocks, &leaf.hash)?;
-                out.push((leaf, new.then(|| stored::encode_parts(b.as_ref()))));
-            }
-            let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = out.into_iter().unzip();
+        let encode = |(g, chunk): (usize, &'b [B])| {
+            encode_group(&**store, chunk, start + (g * group) as u64, hashes.map(|h| &h[g * group..]))
+        };
+        // Each group's new blocks are written with one call.
+        let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>| -> Result<Prepared> {
+            let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = encoded.into_iter().unzip();
             let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
             let parts: Vec<[&[u8]; 2]> = fresh.iter().flatten().map(stored::Encoded::parts).collect();
             let mut staged = store.stage_blocks(&parts)?.into_iter();
@@ -547,10 +585,22 @@ impl Hypercore {
                 .map(|(leaf, new)| (leaf, if new { staged.next() } else { None }))
                 .collect())
         };
-        let groups: Result<Vec<Prepared>> = if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
-            blocks.par_chunks(group).enumerate().map(prepare).collect()
+        let groups: Result<Vec<Prepared>> = if let (Some(forms), Some(hashes)) = (streamed, hashes) {
+            let mut encoded = Vec::with_capacity(blocks.len());
+            for (i, (b, form)) in blocks.iter().zip(forms).enumerate() {
+                let leaf = Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash: hashes[i] };
+                let new = !store.contains(Table::Blocks, &leaf.hash)?;
+                let form = match form {
+                    Some(packed) => stored::Encoded::Packed(packed[..].into()),
+                    None => stored::Encoded::Raw(b.as_ref()),
+                };
+                encoded.push((leaf, new.then_some(form)));
+            }
+            staged(encoded).map(|p| vec![p])
+        } else if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+            blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
         } else {
-            blocks.chunks(group).enumerate().map(prepare).collect()
+            blocks.chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
         };
         let prepared: Vec<(Node, Option<Staged>)> = groups?.into_iter().flatten().collect();
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);

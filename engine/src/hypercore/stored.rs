@@ -34,7 +34,7 @@ const RANDOM_PROBE: usize = 512;
 /// compressed copy.
 pub(crate) enum Encoded<'a> {
     Raw(&'a [u8]),
-    Packed(Vec<u8>),
+    Packed(std::borrow::Cow<'a, [u8]>),
 }
 
 impl Encoded<'_> {
@@ -42,7 +42,7 @@ impl Encoded<'_> {
     pub(crate) fn parts(&self) -> [&[u8]; 2] {
         match self {
             Encoded::Raw(data) => [&[RAW], data],
-            Encoded::Packed(v) => [v, &[]],
+            Encoded::Packed(v) => [&v[..], &[]],
         }
     }
 }
@@ -55,10 +55,18 @@ pub(crate) fn encode_parts(data: &[u8]) -> Encoded<'_> {
         && (data.len() <= PROBE || shrinks(sample))
     {
         if let Some(packed) = compress(data) {
-            return Encoded::Packed(packed);
+            return Encoded::Packed(packed.into());
         }
     }
     Encoded::Raw(data)
+}
+
+/// The stored form of `data` when it is not stored raw: its compressed bytes behind their tag.
+pub(crate) fn packed(data: &[u8]) -> Option<Vec<u8>> {
+    match encode_parts(data) {
+        Encoded::Raw(_) => None,
+        Encoded::Packed(v) => Some(v.into_owned()),
+    }
 }
 
 /// The stored form of `data`.

@@ -134,6 +134,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn stage_blocks(&self, blocks: &[[&[u8]; 2]]) -> Result<Vec<Staged>> {
         blocks.iter().map(|parts| self.stage_block(parts.concat())).collect()
     }
+    /// A hint that the blocks under `keys` are about to be read: a backend may start loading
+    /// them (blocks not in memory are then read in a few large requests at once, not one small
+    /// one per block as each is needed).
+    fn will_read(&self, keys: &[&[u8]]) {
+        let _ = keys;
+    }
     /// Applies `batch` atomically.
     fn write(&self, batch: Batch) -> Result<()>;
     /// Makes every earlier write durable.

@@ -283,6 +283,33 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn will_read(&self, keys: &[&[u8]]) {
+        let Ok(cf) = self.cf(Table::Blocks) else { return };
+        let mut places: Vec<(u64, u64)> = keys
+            .iter()
+            .filter_map(|k| self.db.get_pinned_cf(cf, k).ok().flatten())
+            .filter_map(|p| self.place(&p).ok())
+            .map(|(offset, len)| (offset, offset + len as u64))
+            .collect();
+        places.sort_unstable();
+        // Neighbouring blocks (a file's chunks are written one after the other) are asked for
+        // as one range.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (from, to) in places {
+            match ranges.last_mut() {
+                Some(last) if from <= last.1 + READ_GAP => last.1 = last.1.max(to),
+                _ => ranges.push((from, to)),
+            }
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.log);
+        for (from, to) in ranges {
+            // SAFETY: posix_fadvise on our own descriptor; it only starts reads into the cache.
+            unsafe {
+                libc::posix_fadvise(fd, from as libc::off_t, (to - from) as libc::off_t, libc::POSIX_FADV_WILLNEED);
+            }
+        }
+    }
+
     fn read_block_into(&self, key: &[u8], bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<Option<usize>> {
         let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -377,6 +404,9 @@ impl Drop for RocksStore {
         }
     }
 }
+
+/// Blocks this close together in the block log are read ahead as one range.
+const READ_GAP: u64 = 128 << 10;
 
 /// Blocks smaller than this on average are joined into one buffer before they are written.
 const JOIN_BELOW: u64 = 16 << 10;
