@@ -154,7 +154,7 @@ pub fn import(
     let mut pending = removals.into_iter().chain(writes).peekable();
     while pending.peek().is_some() {
         let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
-        let mut batch = BlobBatch::new();
+        let mut batch = BlobBatch::past_cache();
         let mut ops: Vec<(String, OwnedOp)> = Vec::new();
         let mut group_bytes = 0u64;
         while ops.len() < GROUP_OPS && group_bytes < GROUP_BYTES {

@@ -1112,7 +1112,7 @@ impl ChunkWriter {
             self.map.push(MapBlock { index, byte_length: chunk.len() as u64 });
         }
         if !new.is_empty() {
-            blobs.append_batch_hashed(&new, &new_leaves, Some(&new_forms))?;
+            blobs.append_batch_hashed(&new, &new_leaves, Some(&new_forms), batch.past_cache)?;
         }
         batch.commit_if_full(blobs)
     }
@@ -1238,11 +1238,24 @@ pub struct BlobBatch {
     base: Option<u64>,
     /// The chunk offsets of the block maps written through this batch, cached once it is in.
     maps: Vec<(Blob, Arc<Vec<Piece>>)>,
+    /// Whether large files written through this batch go past the page cache.
+    past_cache: bool,
 }
 
 impl BlobBatch {
     pub fn new() -> BlobBatch {
         BlobBatch::default()
+    }
+
+    /// A batch whose large files (those of more than one write window) are written past the
+    /// page cache where the store allows ([`Store::stage_streamed`]): for an import, whose bytes
+    /// nothing reads soon. It keeps the user's working set in memory, and on the virtual
+    /// machines measured it made a 1 GiB import two to three times faster: copying into fresh
+    /// page-cache pages (ones the host had taken back) ran at 0.3–0.5 GB/s and took a core from
+    /// the hashing, where the disk takes 1 GB/s and more straight from a reused buffer. Reads
+    /// soon after then come from the disk.
+    pub fn past_cache() -> BlobBatch {
+        BlobBatch { past_cache: true, ..BlobBatch::default() }
     }
 
     /// Whether chunks wait to be appended.
@@ -1285,7 +1298,7 @@ impl BlobBatch {
     fn commit(&mut self, blobs: &mut Hypercore) -> Result<()> {
         self.check(blobs)?;
         if !self.pending.is_empty() {
-            blobs.append_batch_hashed(&self.pending, &self.leaves, None)?;
+            blobs.append_batch_hashed(&self.pending, &self.leaves, None, false)?;
         }
         self.pending.clear();
         self.leaves.clear();

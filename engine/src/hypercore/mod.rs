@@ -536,17 +536,19 @@ impl Hypercore {
     /// `streamed`: the blocks are a large file streamed in, each with the stored form the
     /// caller worked out for it on every core beside the hashing ([`stored::packed`]: the
     /// compressed bytes, or `None` for raw). They are then written with one call from this
-    /// thread, leaving the other threads to go on hashing.
+    /// thread, leaving the other threads to go on hashing; with `past_cache`, through
+    /// [`Store::stage_streamed`].
     pub(crate) fn append_batch_hashed<B: AsRef<[u8]> + Sync>(
         &mut self,
         blocks: &[B],
         leaves: &[Hash],
         streamed: Option<&[Option<Vec<u8>>]>,
+        past_cache: bool,
     ) -> Result<u64> {
         if leaves.len() != blocks.len() || streamed.is_some_and(|f| f.len() != blocks.len()) {
             return Err(Error::InvalidRequest("one leaf hash and stored form per block".into()));
         }
-        self.append_inner(blocks, Some(leaves), false, streamed)
+        self.append_inner(blocks, Some(leaves), false, streamed.map(|f| (f, past_cache)))
     }
 
     fn append_inner<'b, B: AsRef<[u8]> + Sync>(
@@ -554,7 +556,7 @@ impl Hypercore {
         blocks: &'b [B],
         hashes: Option<&[Hash]>,
         atomic: bool,
-        streamed: Option<&[Option<Vec<u8>>]>,
+        streamed: Option<(&[Option<Vec<u8>>], bool)>,
     ) -> Result<u64> {
         if !self.writable() {
             return Err(Error::NotWritable);
@@ -574,18 +576,19 @@ impl Hypercore {
             encode_group(&**store, chunk, start + (g * group) as u64, hashes.map(|h| &h[g * group..]))
         };
         // Each group's new blocks are written with one call.
-        let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>| -> Result<Prepared> {
+        let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>, past_cache: bool| -> Result<Prepared> {
             let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = encoded.into_iter().unzip();
             let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
             let parts: Vec<[&[u8]; 2]> = fresh.iter().flatten().map(stored::Encoded::parts).collect();
-            let mut staged = store.stage_blocks(&parts)?.into_iter();
+            let staged = if past_cache { store.stage_streamed(&parts) } else { store.stage_blocks(&parts) };
+            let mut staged = staged?.into_iter();
             Ok(leaves
                 .into_iter()
                 .zip(is_new)
                 .map(|(leaf, new)| (leaf, if new { staged.next() } else { None }))
                 .collect())
         };
-        let groups: Result<Vec<Prepared>> = if let (Some(forms), Some(hashes)) = (streamed, hashes) {
+        let groups: Result<Vec<Prepared>> = if let (Some((forms, past_cache)), Some(hashes)) = (streamed, hashes) {
             let mut encoded = Vec::with_capacity(blocks.len());
             for (i, (b, form)) in blocks.iter().zip(forms).enumerate() {
                 let leaf = Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash: hashes[i] };
@@ -596,11 +599,11 @@ impl Hypercore {
                 };
                 encoded.push((leaf, new.then_some(form)));
             }
-            staged(encoded).map(|p| vec![p])
+            staged(encoded, past_cache).map(|p| vec![p])
         } else if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
-            blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
+            blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?, false)).collect()
         } else {
-            blocks.chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
+            blocks.chunks(group).enumerate().map(|g| staged(encode(g)?, false)).collect()
         };
         let prepared: Vec<(Node, Option<Staged>)> = groups?.into_iter().flatten().collect();
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);

@@ -140,6 +140,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn will_read(&self, keys: &[&[u8]]) {
         let _ = keys;
     }
+    /// [`Store::stage_blocks`] for the bytes of a large file being imported, which nothing is
+    /// likely to read again soon: a backend may write them past its caches.
+    fn stage_streamed(&self, blocks: &[[&[u8]; 2]]) -> Result<Vec<Staged>> {
+        self.stage_blocks(blocks)
+    }
     /// Applies `batch` atomically.
     fn write(&self, batch: Batch) -> Result<()>;
     /// Makes every earlier write durable.

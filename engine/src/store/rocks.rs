@@ -41,10 +41,24 @@ pub struct RocksStore {
     /// The end of everything written to the log, committed or staged. Space is reserved here
     /// with one atomic add, so writers on every core write block bytes at once.
     reserved: AtomicU64,
-    /// Held while writing to the block log; holds how far the log's space is allocated ahead
-    /// of its end. The kernel lets one writer into a file at a time and spins the others on the
-    /// CPU; waiting here instead leaves the core to a thread with other work (hashing, chunking).
-    writing: Mutex<u64>,
+    /// Held while writing to the block log. The kernel lets one writer into a file at a time
+    /// and spins the others on the CPU; waiting here instead leaves the core to a thread with
+    /// other work (hashing, chunking).
+    writing: Mutex<Writing>,
+    /// The block log opened for direct I/O, for streamed writes ([`Store::stage_streamed`]);
+    /// `None` when the file system refuses it.
+    direct: Option<File>,
+}
+
+/// What the block log's writer keeps between writes.
+#[derive(Debug, Default)]
+struct Writing {
+    /// How far the log's space is allocated ahead of its end.
+    allocated: u64,
+    /// A reused buffer for direct writes (page-aligned inside; see [`aligned`]).
+    staging: Vec<u8>,
+    /// Set once a direct write was refused: later ones go through the page cache.
+    refused: bool,
 }
 
 const LOG_NAME: &str = "blocks.log";
@@ -98,7 +112,8 @@ impl RocksStore {
             log,
             tail: Mutex::new(0),
             reserved: AtomicU64::new(0),
-            writing: Mutex::new(0),
+            writing: Mutex::new(Writing::default()),
+            direct: open_direct(&log_path),
         };
         super::check_format(&store, path, fresh)?;
         let tail = match store.db.get_cf(store.cf(Table::Meta)?, TAIL_KEY).map_err(|e| store.err(e))? {
@@ -220,67 +235,18 @@ impl Store for RocksStore {
     fn stage_block(&self, bytes: Vec<u8>) -> Result<Staged> {
         let len = u32::try_from(bytes.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
         let offset = self.reserved.fetch_add(len as u64, Ordering::SeqCst);
-        let mut allocated = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        self.allocate(&mut allocated, offset + len as u64);
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.allocate(&mut writing.allocated, offset + len as u64);
         self.log.write_all_at(&bytes, offset).map_err(|e| self.failed_stage(offset, len as u64, e))?;
         Ok(Staged { id: offset, len })
     }
 
     fn stage_blocks(&self, blocks: &[[&[u8]; 2]]) -> Result<Vec<Staged>> {
-        if blocks.len() < 2 {
-            return blocks.iter().map(|parts| self.stage_block(parts.concat())).collect();
-        }
-        let total: u64 = blocks.iter().flatten().map(|p| p.len() as u64).sum();
-        let mut out = Vec::with_capacity(blocks.len());
-        let start = self.reserved.fetch_add(total, Ordering::SeqCst);
-        let mut at = start;
-        for [a, b] in blocks {
-            let len = u32::try_from(a.len() + b.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
-            out.push(Staged { id: at, len });
-            at += len as u64;
-        }
-        // Large blocks go in one vectored write per IOV_MAX parts, not copied into a joined
-        // buffer; small ones are joined first (the kernel's cost per part outweighs a copy).
-        let joined: Vec<u8>;
-        let parts: Vec<&[u8]> = if total / (blocks.len() as u64) < JOIN_BELOW {
-            joined = blocks.iter().flatten().copied().collect::<Vec<&[u8]>>().concat();
-            vec![&joined[..]]
-        } else {
-            blocks.iter().flatten().copied().collect()
-        };
-        let mut allocated = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        self.allocate(&mut allocated, start + total);
-        let mut offset = start;
-        for group in parts.chunks(1024) {
-            let mut slices: Vec<std::io::IoSlice<'_>> = group.iter().map(|p| std::io::IoSlice::new(p)).collect();
-            let mut rest = &mut slices[..];
-            while !rest.is_empty() {
-                // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call and
-                // the count is at most 1024 (IOV_MAX).
-                let n = unsafe {
-                    libc::pwritev(
-                        std::os::fd::AsRawFd::as_raw_fd(&self.log),
-                        rest.as_ptr().cast::<libc::iovec>(),
-                        rest.len() as libc::c_int,
-                        offset as libc::off_t,
-                    )
-                };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(self.failed_stage(start, total, e));
-                }
-                if n == 0 {
-                    let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "the block log took no bytes");
-                    return Err(self.failed_stage(start, total, e));
-                }
-                offset += n as u64;
-                std::io::IoSlice::advance_slices(&mut rest, n as usize);
-            }
-        }
-        Ok(out)
+        self.stage(blocks, false)
+    }
+
+    fn stage_streamed(&self, blocks: &[[&[u8]; 2]]) -> Result<Vec<Staged>> {
+        self.stage(blocks, true)
     }
 
     fn will_read(&self, keys: &[&[u8]]) {
@@ -396,7 +362,7 @@ impl Drop for RocksStore {
     /// Gives back the space allocated past the log's end (setting the length frees what lies
     /// past it; punching a hole there does not, on ext4).
     fn drop(&mut self) {
-        let allocated = *self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let allocated = self.writing.lock().unwrap_or_else(|e| e.into_inner()).allocated;
         if let Ok(m) = self.log.metadata() {
             if allocated > m.len() {
                 let _ = self.log.set_len(m.len());
@@ -405,8 +371,30 @@ impl Drop for RocksStore {
     }
 }
 
+/// Streamed writes ([`Store::stage_streamed`]) of at least this many bytes go to the block log
+/// past the page cache (`O_DIRECT`).
+const DIRECT_FROM: u64 = 1 << 20;
+
 /// Blocks this close together in the block log are read ahead as one range.
 const READ_GAP: u64 = 128 << 10;
+
+/// The unit of direct I/O: buffers, lengths and offsets of direct writes are multiples of it.
+const PAGE: u64 = 4096;
+
+/// The block log opened for direct writes, if the file system allows it.
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+}
+
+/// The page-aligned `len` bytes inside `buf`, grown as needed (by a page more than asked).
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len + PAGE as usize {
+        *buf = vec![0; len + PAGE as usize];
+    }
+    let skip = buf.as_ptr().align_offset(PAGE as usize).min(PAGE as usize);
+    &mut buf[skip..skip + len]
+}
 
 /// Blocks smaller than this on average are joined into one buffer before they are written.
 const JOIN_BELOW: u64 = 16 << 10;
@@ -445,6 +433,115 @@ impl RocksStore {
         if r == 0 {
             *allocated = from + len;
         }
+    }
+
+    /// Stages blocks with one write: `streamed` ones past the page cache when they are large
+    /// enough and the file system allows.
+    fn stage(&self, blocks: &[[&[u8]; 2]], streamed: bool) -> Result<Vec<Staged>> {
+        if blocks.len() < 2 {
+            return blocks.iter().map(|parts| self.stage_block(parts.concat())).collect();
+        }
+        let total: u64 = blocks.iter().flatten().map(|p| p.len() as u64).sum();
+        let mut out = Vec::with_capacity(blocks.len());
+        let start = self.reserved.fetch_add(total, Ordering::SeqCst);
+        let mut at = start;
+        for [a, b] in blocks {
+            let len = u32::try_from(a.len() + b.len()).map_err(|_| Error::InvalidRequest("block too large".into()))?;
+            out.push(Staged { id: at, len });
+            at += len as u64;
+        }
+        let parts: Vec<&[u8]> = blocks.iter().flatten().copied().filter(|p| !p.is_empty()).collect();
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.allocate(&mut writing.allocated, start + total);
+        let streaming = streamed && total >= DIRECT_FROM;
+        if streaming && !writing.refused {
+            if let Some(direct) = &self.direct {
+                match self.write_direct(direct, &mut writing.staging, &parts, start) {
+                    Ok(()) => return Ok(out),
+                    // Refused (alignment, or the file system): this and later writes go through
+                    // the page cache.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => writing.refused = true,
+                    Err(e) => return Err(self.failed_stage(start, total, e)),
+                }
+            }
+        }
+        // Large blocks go in one vectored write per IOV_MAX parts, not copied into a joined
+        // buffer; small ones are joined first (the kernel's cost per part outweighs a copy).
+        let joined: Vec<u8>;
+        let parts: Vec<&[u8]> = if total / (blocks.len() as u64) < JOIN_BELOW {
+            joined = parts.concat();
+            vec![&joined[..]]
+        } else {
+            parts
+        };
+        self.write_parts(&parts, start).map_err(|e| self.failed_stage(start, total, e))?;
+        Ok(out)
+    }
+
+    /// Writes `parts` (none of them empty), one after the other, at `offset` through the page
+    /// cache: one vectored write per IOV_MAX parts.
+    fn write_parts(&self, parts: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
+        for group in parts.chunks(1024) {
+            let mut slices: Vec<std::io::IoSlice<'_>> = group.iter().map(|p| std::io::IoSlice::new(p)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call and
+                // the count is at most 1024 (IOV_MAX).
+                let n = unsafe {
+                    libc::pwritev(
+                        std::os::fd::AsRawFd::as_raw_fd(&self.log),
+                        rest.as_ptr().cast::<libc::iovec>(),
+                        rest.len() as libc::c_int,
+                        offset as libc::off_t,
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the block log took no bytes"));
+                }
+                offset += n as u64;
+                std::io::IoSlice::advance_slices(&mut rest, n as usize);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `parts` at `start` with the whole pages among them going direct, copied into the
+    /// aligned `staging` buffer; the partial pages at either end (which neighbouring writes
+    /// share) go through the page cache. Nothing is written when the direct write is refused.
+    fn write_direct(&self, direct: &File, staging: &mut Vec<u8>, parts: &[&[u8]], start: u64) -> std::io::Result<()> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let (from, to) = (start.next_multiple_of(PAGE), (start + total) / PAGE * PAGE);
+        if to <= from {
+            return self.write_parts(parts, start);
+        }
+        let buf = aligned(staging, (to - from) as usize);
+        // The bytes of [from, to) out of the parts, and the two ends that stay outside it.
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        let mut at = start;
+        for p in parts {
+            let (lo, hi) = (at, at + p.len() as u64);
+            let cut = |a: u64, b: u64| &p[(a.clamp(lo, hi) - lo) as usize..(b.clamp(lo, hi) - lo) as usize];
+            head.extend_from_slice(cut(start, from));
+            let mid = cut(from, to);
+            let into = (at.clamp(from, to) - from) as usize;
+            buf[into..into + mid.len()].copy_from_slice(mid);
+            tail.extend_from_slice(cut(to, start + total));
+            at = hi;
+        }
+        direct.write_all_at(buf, from)?;
+        for (bytes, offset) in [(head, start), (tail, to)] {
+            if !bytes.is_empty() {
+                self.write_parts(&[&bytes], offset)?;
+            }
+        }
+        Ok(())
     }
 
     /// The (offset, length) in the block log of a block index entry.
@@ -529,6 +626,75 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&log).and_then(|f| f.set_len(5)).expect("truncate");
         let err = RocksStore::open(dir.path()).expect_err("must refuse");
         assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    }
+
+    #[test]
+    fn streamed_writes_past_the_page_cache_keep_their_neighbours() {
+        // Streamed batches go direct in whole pages and share their partial end pages with
+        // the cached writes around them: every byte must come back, after a reopen too.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let noise = |len: usize, seed: u64| -> Vec<u8> {
+            let mut x = seed | 1;
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        // Keys as long as the leaf hashes they stand for (the table's buckets take 8 bytes).
+        let key = |name: String| format!("{name:<32}").into_bytes();
+        let mut written: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        {
+            let s = RocksStore::open(dir.path()).expect("open");
+            assert!(s.direct.is_some(), "the test's file system takes direct I/O");
+            let mut batch = Batch::default();
+            for round in 0..4u64 {
+                // Cached blocks first, so the streamed batch starts at an unaligned offset (in
+                // round 0 at an aligned one).
+                let small: Vec<Vec<u8>> =
+                    (0..round).map(|i| noise(1 + (round * 777 + i) as usize, round + i)).collect();
+                let parts: Vec<[&[u8]; 2]> = small.iter().map(|b| [&b[..1], &b[1..]]).collect();
+                for (i, (st, b)) in s.stage_blocks(&parts).expect("stage small").into_iter().zip(small).enumerate() {
+                    batch.put_staged(key(format!("small {round}-{i}")), st);
+                    written.push((key(format!("small {round}-{i}")), b));
+                }
+                let blocks: Vec<Vec<u8>> = (0..40)
+                    .map(|i| noise(30_000 + (i * 1237 + round as usize * 11) % 40_000, round * 100 + i as u64))
+                    .collect();
+                // Tags as the block log stores them: some blocks whole in their first part.
+                let parts: Vec<[&[u8]; 2]> = blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| if i % 3 == 0 { [&b[..], &[][..]] } else { [&b[..1], &b[1..]] })
+                    .collect();
+                let staged = s.stage_streamed(&parts).expect("stage streamed");
+                assert!(staged.iter().map(|x| x.len as u64).sum::<u64>() >= DIRECT_FROM, "large enough to go direct");
+                for (i, (st, b)) in staged.into_iter().zip(blocks).enumerate() {
+                    batch.put_staged(key(format!("large {round}-{i}")), st);
+                    written.push((key(format!("large {round}-{i}")), b));
+                }
+            }
+            assert!(!s.writing.lock().expect("lock").refused, "direct writes were taken");
+            s.write(batch).expect("commit");
+            for (k, v) in &written {
+                assert!(
+                    s.get(Table::Blocks, k).expect("get").as_ref() == Some(v),
+                    "{} reads back wrong",
+                    String::from_utf8_lossy(k)
+                );
+            }
+        }
+        let s = RocksStore::open(dir.path()).expect("reopen");
+        for (k, v) in &written {
+            assert!(
+                s.get(Table::Blocks, k).expect("get").as_ref() == Some(v),
+                "{} reads back wrong",
+                String::from_utf8_lossy(k)
+            );
+        }
     }
 
     #[test]
