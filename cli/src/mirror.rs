@@ -430,10 +430,9 @@ impl<R: Read> Read for Counting<'_, '_, R> {
 }
 
 /// A file read once from start to end whose pages leave the page cache behind the reader, a
-/// few MiB at a time: importing a big file then keeps one copy of its bytes in memory (the
-/// store's) rather than two, and the store's writes reuse the pages just freed. On the virtual
-/// machines measured, writing into fresh pages instead (ones the host had taken back) made a
-/// 1 GiB import two to three times slower.
+/// few MiB at a time (as `rsync --drop-cache` does): importing big files does not fill memory
+/// with their bytes and push out the user's working set. The store writes an import's big files
+/// past the page cache too ([`BlobBatch::past_cache`]).
 struct DropBehind {
     file: std::fs::File,
     read: u64,

@@ -221,7 +221,10 @@ fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
     }
     let total = bytes_down(&b, key) - started;
     assert!(total < 2 << 20, "three reads of 4 KiB moved {total} bytes of a 1 GiB file");
-    assert!(json(&b, &["info", key, "--json"])["blobs"]["localBlocks"].as_u64().expect("blocks") <= 6);
+    // At most two chunks per 4 KiB read, and the note's one chunk (the seed 10134944007089922760
+    // has all three reads straddle a chunk boundary).
+    let local = json(&b, &["info", key, "--json"])["blobs"]["localBlocks"].as_u64().expect("blocks");
+    assert!(local <= 3 * 2 + 1, "{local} blobs blocks came down for three 4 KiB reads and a 5-byte file");
 
     // Live: A writes; B's mount shows it within a second.
     let v_before = json(&a, &["info", "src", "--json"])["version"].as_u64().expect("version");
