@@ -645,7 +645,8 @@ impl Drive {
         }
         // The store is told of each window's blocks a window ahead, so their reads from the
         // disk overlap the copying of the window before; a long read is a sequential reader's,
-        // and as many blocks after it are asked for too, to be loading while it uses this range.
+        // and twice as many blocks after it are asked for too, to be loading while it uses this
+        // range.
         let windows: Vec<&[Piece]> = wanted.chunks(READ_WINDOW_BLOCKS).collect();
         if wanted.len() > 1 {
             let after = if len >= HINT_FROM {
@@ -653,13 +654,11 @@ impl Drive {
             } else {
                 &[]
             };
-            self.blobs.will_read(windows.iter().take(2).flat_map(|w| w.iter()).chain(after).map(|p| p.index));
+            self.blobs.will_read(windows[0].iter().chain(after).map(|p| p.index));
         }
         for (k, window) in windows.iter().enumerate() {
-            if k > 0 {
-                if let Some(next) = windows.get(k + 1) {
-                    self.blobs.will_read(next.iter().map(|p| p.index));
-                }
+            if let Some(next) = windows.get(k + 1) {
+                self.blobs.will_read(next.iter().map(|p| p.index));
             }
             if let Some(f) = &self.fetch {
                 let missing: Vec<u64> = window.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();

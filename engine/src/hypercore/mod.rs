@@ -42,12 +42,14 @@ const PARALLEL_HASH_BYTES: usize = 1 << 20;
 type Prepared = Vec<(Node, Option<Staged>)>;
 
 /// The leaves of `blocks`, appended from block `first` on, each with its stored form when the
-/// store lacks it. `hashes`: the blocks' leaf hashes if the caller has them.
+/// store lacks it. `hashes`: the blocks' leaf hashes if the caller has them; `forms`: their
+/// stored forms if the caller worked them out ([`stored::packed`]).
 fn encode_group<'b, B: AsRef<[u8]>>(
     store: &dyn Store,
     blocks: &'b [B],
     first: u64,
     hashes: Option<&[Hash]>,
+    forms: Option<&'b [Option<Vec<u8>>]>,
 ) -> Result<Vec<(Node, Option<stored::Encoded<'b>>)>> {
     let computed = if hashes.is_none() { crypto::leaf_hashes(blocks) } else { Vec::new() };
     let mut out = Vec::with_capacity(blocks.len());
@@ -58,7 +60,14 @@ fn encode_group<'b, B: AsRef<[u8]>>(
         };
         let leaf = Node { index: 2 * (first + k as u64), size: b.as_ref().len() as u64, hash };
         let new = !store.contains(Table::Blocks, &leaf.hash)?;
-        out.push((leaf, new.then(|| stored::encode_parts(b.as_ref()))));
+        let form = || match forms {
+            Some(f) => match &f[k] {
+                Some(packed) => stored::Encoded::Packed(packed[..].into()),
+                None => stored::Encoded::Raw(b.as_ref()),
+            },
+            None => stored::encode_parts(b.as_ref()),
+        };
+        out.push((leaf, new.then(form)));
     }
     Ok(out)
 }
@@ -492,13 +501,13 @@ impl Hypercore {
 
     /// Appends blocks with one signature over the new tree; returns the new length.
     pub fn append_batch<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
-        self.append_inner(blocks, None, false, None)
+        self.append_inner(blocks, None, false, None, false)
     }
 
     /// Appends blocks that only mean something together (a Hyperbee batch): the lengths inside
     /// the append are recorded as no version of their own (see [`Hypercore::atomic_span`]).
     pub fn append_atomic<B: AsRef<[u8]> + Sync>(&mut self, blocks: &[B]) -> Result<u64> {
-        self.append_inner(blocks, None, blocks.len() > 1, None)
+        self.append_inner(blocks, None, blocks.len() > 1, None, false)
     }
 
     /// The atomic append `(start, end)` that `length` falls strictly inside, if any (only
@@ -533,22 +542,22 @@ impl Hypercore {
     /// [`Hypercore::append_batch`] for blocks whose merkle leaf hashes the caller already
     /// computed (`leaves[i]` = `crypto::leaf_hash(blocks[i])`), so they are not hashed twice.
     ///
-    /// `streamed`: the blocks are a large file streamed in, each with the stored form the
-    /// caller worked out for it on every core beside the hashing ([`stored::packed`]: the
-    /// compressed bytes, or `None` for raw). They are then written with one call from this
-    /// thread, leaving the other threads to go on hashing; with `past_cache`, through
-    /// [`Store::stage_streamed`].
+    /// `forms`: the blocks' stored forms, when the caller worked them out on every core beside
+    /// the hashing ([`stored::packed`]: the compressed bytes, or `None` for raw), as a large
+    /// file's writer does. With `past_cache` (an import's large file), the new blocks go through
+    /// [`Store::stage_streamed`] in one write from this thread, which waits for the disk while
+    /// other threads go on hashing.
     pub(crate) fn append_batch_hashed<B: AsRef<[u8]> + Sync>(
         &mut self,
         blocks: &[B],
         leaves: &[Hash],
-        streamed: Option<&[Option<Vec<u8>>]>,
+        forms: Option<&[Option<Vec<u8>>]>,
         past_cache: bool,
     ) -> Result<u64> {
-        if leaves.len() != blocks.len() || streamed.is_some_and(|f| f.len() != blocks.len()) {
+        if leaves.len() != blocks.len() || forms.is_some_and(|f| f.len() != blocks.len()) {
             return Err(Error::InvalidRequest("one leaf hash and stored form per block".into()));
         }
-        self.append_inner(blocks, Some(leaves), false, streamed.map(|f| (f, past_cache)))
+        self.append_inner(blocks, Some(leaves), false, forms, past_cache)
     }
 
     fn append_inner<'b, B: AsRef<[u8]> + Sync>(
@@ -556,7 +565,8 @@ impl Hypercore {
         blocks: &'b [B],
         hashes: Option<&[Hash]>,
         atomic: bool,
-        streamed: Option<(&'b [Option<Vec<u8>>], bool)>,
+        forms: Option<&'b [Option<Vec<u8>>]>,
+        past_cache: bool,
     ) -> Result<u64> {
         if !self.writable() {
             return Err(Error::NotWritable);
@@ -573,10 +583,11 @@ impl Hypercore {
         // the block log in one write.
         let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
         let encode = |(g, chunk): (usize, &'b [B])| {
-            encode_group(&**store, chunk, start + (g * group) as u64, hashes.map(|h| &h[g * group..]))
+            let from = g * group;
+            encode_group(&**store, chunk, start + from as u64, hashes.map(|h| &h[from..]), forms.map(|f| &f[from..]))
         };
         // Each group's new blocks are written with one call.
-        let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>, past_cache: bool| -> Result<Prepared> {
+        let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>| -> Result<Prepared> {
             let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = encoded.into_iter().unzip();
             let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
             let parts: Vec<[&[u8]; 2]> = fresh.iter().flatten().map(stored::Encoded::parts).collect();
@@ -588,36 +599,15 @@ impl Hypercore {
                 .map(|(leaf, new)| (leaf, if new { staged.next() } else { None }))
                 .collect())
         };
-        // The leaves of a group of a streamed file's blocks, with the stored forms its caller
-        // worked out.
-        let given = |(g, chunk): (usize, &'b [B]), forms: &'b [Option<Vec<u8>>], hashes: &[Hash]| -> Result<_> {
-            let mut encoded = Vec::with_capacity(chunk.len());
-            for (k, (b, form)) in chunk.iter().zip(&forms[g * group..]).enumerate() {
-                let i = g * group + k;
-                let leaf = Node { index: 2 * (start + i as u64), size: b.as_ref().len() as u64, hash: hashes[i] };
-                let new = !store.contains(Table::Blocks, &leaf.hash)?;
-                let form = match form {
-                    Some(packed) => stored::Encoded::Packed(packed[..].into()),
-                    None => stored::Encoded::Raw(b.as_ref()),
-                };
-                encoded.push((leaf, new.then_some(form)));
-            }
-            Ok(encoded)
-        };
-        let groups: Result<Vec<Prepared>> = if let (Some((forms, past_cache)), Some(hashes)) = (streamed, hashes) {
-            if past_cache {
-                // One direct write from this thread, which waits for the disk while the other
-                // threads go on hashing.
-                staged(given((0, blocks), forms, hashes)?, true).map(|p| vec![p])
-            } else {
-                // Through the page cache, groups written from every core measured 2–3× faster
-                // than one large write from this thread.
-                blocks.par_chunks(group).enumerate().map(|g| staged(given(g, forms, hashes)?, false)).collect()
-            }
+        let groups: Result<Vec<Prepared>> = if past_cache {
+            // One direct write from this thread, which waits for the disk while the other
+            // threads go on hashing. (Through the page cache, groups written from every core
+            // measured 2–3× faster than one large write from one thread.)
+            staged(encode((0, blocks))?).map(|p| vec![p])
         } else if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
-            blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?, false)).collect()
+            blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
         } else {
-            blocks.chunks(group).enumerate().map(|g| staged(encode(g)?, false)).collect()
+            blocks.chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
         };
         let prepared: Vec<(Node, Option<Staged>)> = groups?.into_iter().flatten().collect();
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);

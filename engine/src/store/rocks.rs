@@ -453,8 +453,7 @@ impl RocksStore {
         let parts: Vec<&[u8]> = blocks.iter().flatten().copied().filter(|p| !p.is_empty()).collect();
         let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         self.allocate(&mut writing.allocated, start + total);
-        let streaming = streamed && total >= DIRECT_FROM;
-        if streaming && !writing.refused {
+        if streamed && total >= DIRECT_FROM && !writing.refused {
             if let Some(direct) = &self.direct {
                 match self.write_direct(direct, &mut writing.staging, &parts, start) {
                     Ok(()) => return Ok(out),
