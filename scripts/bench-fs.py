@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One filesystem workload, run the same way on any directory; prints one JSON object.
 
-Usage: bench-fs.py DIR [BIG_MIB] [SMALL_FILES]
+Usage: bench-fs.py DIR [BIG_MIB] [SMALL_FILES] [big|small]   (default: both parts)
   seqWriteMiBps   a BIG_MIB file written in 1 MiB writes, until close returns
   seqReadMiBps    the same file read back in 1 MiB reads (page cache dropped first)
   randReadOps     4 KiB reads at random offsets of it (page cache dropped first)
@@ -21,7 +21,15 @@ def main():
     d = sys.argv[1]
     big_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
     small = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
+    part = sys.argv[4] if len(sys.argv) > 4 else "all"
     out = {}
+    if part in ("all", "big"):
+        big_file(d, big_mib, out)
+    if part in ("all", "small"):
+        small_files(d, small, out)
+    print(json.dumps(out))
+
+def big_file(d, big_mib, out):
     block = os.urandom(1 << 20)
     big = os.path.join(d, "big.bin")
     drop_caches()
@@ -58,6 +66,7 @@ def main():
     os.close(fd)
     os.unlink(big)
 
+def small_files(d, small, out):
     data = os.urandom(4096)
     root = os.path.join(d, "small")
     os.mkdir(root)
@@ -87,6 +96,8 @@ def main():
     for p in paths:
         os.unlink(p)
     out["unlinkPerSec"] = round(small / (time.perf_counter() - t))
-    print(json.dumps(out))
+    for x in dirs:
+        os.rmdir(x)
+    os.rmdir(root)
 
 main()

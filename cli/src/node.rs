@@ -72,16 +72,13 @@ struct Mount {
     mounted: hyperfs_fs::Mounted,
     key: Hash,
     version: Option<u64>,
-    /// A live mount of a drive written elsewhere: the drive and its (fork, version) the kernel
-    /// last saw, so a new version from a peer invalidates the kernel's caches.
-    follows: Option<Followed>,
 }
 
-/// A replica drive a live mount shows, and its (fork, version) the kernel last saw.
-type Followed = (Arc<RwLock<Drive>>, (u64, u64));
-
-/// Every 100 ms: live mounts of replicas whose drive moved on have the kernel forget what it
-/// cached, so new, changed and removed files show at once rather than after the cache TTL.
+/// Every 100 ms: live mounts whose drive moved on other than through the mount (a peer's
+/// version of a replica, a change from the command line) have the kernel forget what it
+/// cached, so new, changed and removed files show at once: names and attributes would
+/// otherwise show for their cache TTL, and listings, which the kernel keeps until the
+/// directory changes through the mount, until then.
 fn watch_mounts(state: &Arc<State>) {
     let state = Arc::downgrade(state);
     std::thread::spawn(move || {
@@ -90,12 +87,7 @@ fn watch_mounts(state: &Arc<State>) {
                 break;
             }
             for m in state.mounts.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
-                let Some((drive, seen)) = &mut m.follows else { continue };
-                let Ok(d) = drive.try_read() else { continue };
-                let now = (d.db().core().fork(), d.version());
-                drop(d);
-                if now != *seen {
-                    *seen = now;
+                if m.version.is_none() && m.mounted.fs().changed_elsewhere() {
                     m.mounted.invalidate();
                 }
             }
@@ -909,15 +901,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), drive = %name, ?version, read_only, "mounted");
-    let follows = {
-        let d = drive.read().unwrap_or_else(|e| e.into_inner());
-        (version.is_none() && !d.writable()).then(|| (drive.clone(), (d.db().core().fork(), d.version())))
-    };
-    state
-        .mounts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(dir.clone(), Mount { mounted, key, version, follows });
+    state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version });
     Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
 }
 

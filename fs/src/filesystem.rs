@@ -13,7 +13,7 @@
 //!
 //! Lock order, never reversed: an open file's lock, then the drive, then the inode table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -40,9 +40,16 @@ pub const ROOT: Ino = 1;
 
 /// Longest name in a directory, as on ext4.
 const NAME_MAX: usize = 255;
-/// The most directory entries one readdir reply can hold: a 4 KiB page of 32-byte entries
-/// (the kernel asks again from where a reply stopped).
-const READDIR_MAX: usize = 4096 / 32;
+/// The most directory entries handed out for one readdir reply: the kernel's buffer (128 KiB
+/// on current kernels) holds about this many 32-byte entries, and it asks again from where a
+/// reply stopped.
+pub(crate) const READDIR_MAX: usize = 4096;
+
+/// How many listings are kept between readdir calls. Without opendir and releasedir (see
+/// `fuse.rs`) a listing ends when its end is read; ones left unfinished go oldest first.
+pub(crate) const LISTINGS_MAX: usize = 256;
+/// Listings are numbered 1..=this (31 bits), then from 1 again.
+pub const LISTING_IDS: u64 = (1 << 31) - 1;
 
 /// Staged files are filled from the drive this many bytes at a time.
 const COPY_BYTES: u64 = 8 << 20;
@@ -140,8 +147,44 @@ pub struct Fs {
     born: SystemTime,
     nodes: Mutex<Nodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Listings taken, by number (numbers grow, so the first is the oldest).
+    dirs: Mutex<BTreeMap<u64, Arc<Vec<DirEntry>>>>,
+    next_dir: AtomicU64,
     next_fh: AtomicU64,
+    /// The drive's (fork, version) whose names and listings the kernel was shown: this
+    /// filesystem's own changes keep it current (the kernel made them), any other change
+    /// (a peer's, the command line's) leaves it behind; see [`Fs::changed_elsewhere`].
+    shown: Mutex<(u64, u64)>,
+}
+
+/// The drive, held for a change: on release, a change made on top of what the kernel was shown
+/// is shown too.
+struct Changing<'a> {
+    d: RwLockWriteGuard<'a, Drive>,
+    before: (u64, u64),
+    shown: &'a Mutex<(u64, u64)>,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = Drive;
+    fn deref(&self) -> &Drive {
+        &self.d
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut Drive {
+        &mut self.d
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let mut shown = lock(self.shown);
+        if *shown == self.before {
+            *shown = (self.d.db().core().fork(), self.d.version());
+        }
+    }
 }
 
 impl std::fmt::Debug for Fs {
@@ -320,9 +363,9 @@ macro_rules! view {
 
 impl Fs {
     pub fn new(drive: Arc<RwLock<Drive>>, cfg: Config) -> Result<Fs> {
-        let (writable, version) = {
+        let (writable, version, shown) = {
             let d = drive.read().unwrap_or_else(|e| e.into_inner());
-            (d.writable(), d.version())
+            (d.writable(), d.version(), (d.db().core().fork(), d.version()))
         };
         if let Some(v) = cfg.version {
             // A version inside an atomic batch (a rename's put before its delete) has no tree
@@ -358,8 +401,10 @@ impl Fs {
             born: SystemTime::now(),
             nodes: Mutex::new(nodes),
             handles: Mutex::new(HashMap::default()),
-            dirs: Mutex::new(HashMap::default()),
+            dirs: Mutex::new(BTreeMap::new()),
+            next_dir: AtomicU64::new(0),
             next_fh: AtomicU64::new(1),
+            shown: Mutex::new(shown),
         })
     }
 
@@ -894,7 +939,8 @@ impl Fs {
 
     // ---- directories
 
-    /// Opens a directory: its listing is taken now and read through the handle.
+    /// Takes a listing of a directory, read through the number returned (1..=[`LISTING_IDS`])
+    /// until [`Fs::releasedir`].
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let path = {
             let nodes = self.nodes();
@@ -968,8 +1014,13 @@ impl Fs {
             }
         }
         drop(nodes);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(list));
+        // Numbers of 31 bits, never 0: FUSE hands them back inside directory offsets.
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed) % LISTING_IDS + 1;
+        let mut dirs = lock(&self.dirs);
+        if dirs.len() >= LISTINGS_MAX {
+            dirs.pop_first();
+        }
+        dirs.insert(fh, Arc::new(list));
         Ok(fh)
     }
 
@@ -1014,11 +1065,17 @@ impl Fs {
         }
     }
 
-    /// The listing of an open directory from position `offset`.
+    /// The listing `fh` (from [`Fs::opendir`]) from position `offset`; `EBADF` once it was
+    /// released or made way for newer ones.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let list = lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
         // At most what one reply can hold (a page of the shortest entries).
         Ok(list.iter().skip(offset as usize).take(READDIR_MAX).cloned().collect())
+    }
+
+    /// Whether listing `fh` is still kept.
+    pub fn has_listing(&self, fh: u64) -> bool {
+        lock(&self.dirs).contains_key(&fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -1056,8 +1113,20 @@ impl Fs {
         self.drive.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn drive_mut(&self) -> RwLockWriteGuard<'_, Drive> {
-        self.drive.write().unwrap_or_else(|e| e.into_inner())
+    fn drive_mut(&self) -> Changing<'_> {
+        let d = self.drive.write().unwrap_or_else(|e| e.into_inner());
+        let before = (d.db().core().fork(), d.version());
+        Changing { d, before, shown: &self.shown }
+    }
+
+    /// Whether the drive has changes the kernel was not shown (from a peer or the command
+    /// line, not through this filesystem); they count as shown from now on, so the caller
+    /// tells the kernel to forget what it cached. `false` while a change is under way.
+    pub fn changed_elsewhere(&self) -> bool {
+        let Ok(d) = self.drive.try_read() else { return false };
+        let now = (d.db().core().fork(), d.version());
+        let mut shown = lock(&self.shown);
+        std::mem::replace(&mut *shown, now) != now
     }
 
     fn writable(&self) -> Result<()> {

@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::guard::Guard;
-use crate::{Attr, Errno, Fs, Kind, SetAttr};
+use crate::{Attr, DirEntry, Errno, Fs, Kind, SetAttr};
 
 /// How a mount is made.
 #[derive(Debug, Clone)]
@@ -348,6 +348,66 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Where a readdir reads: which listing, and the index of the next entry in it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Position {
+    pub(crate) listing: u64,
+    pub(crate) index: u64,
+    /// Whether the listing is named by the offset (a directory listed without opening):
+    /// offsets then carry the listing's number in their high 32 bits and the next index in
+    /// the low 32. An opened directory's offsets are plain indexes.
+    named: bool,
+}
+
+impl Position {
+    pub(crate) fn of(fh: u64, offset: i64) -> Position {
+        let offset = offset.max(0) as u64;
+        if fh != 0 {
+            return Position { listing: fh, index: offset, named: false };
+        }
+        // Offset 0 names no listing (listings are numbered from 1): a new one is taken.
+        Position { listing: offset >> 32, index: offset & 0xffff_ffff, named: true }
+    }
+
+    /// The offset the kernel hands back to read on past the `i`th entry from here.
+    pub(crate) fn offset_after(&self, i: u64) -> i64 {
+        let next = self.index + i + 1;
+        if self.named {
+            ((self.listing << 32) | (next & 0xffff_ffff)) as i64
+        } else {
+            next as i64
+        }
+    }
+
+    /// The same position in a listing that exists: a listing named by an offset but gone (read
+    /// to its end, or made way for newer ones) is taken again, and read on from the same index.
+    pub(crate) fn retake(self, fs: &Fs, dir: u64) -> Result<Position, Errno> {
+        if !self.named || fs.has_listing(self.listing) {
+            return Ok(self);
+        }
+        Ok(Position { listing: fs.opendir(dir)?, ..self })
+    }
+}
+
+/// A plain readdir reply from `list`, read from `at`. A listing named by offsets is released
+/// when its end is read (the kernel sends no releasedir for it).
+fn fill_listing(fs: &Fs, at: Position, list: &[DirEntry], mut reply: ReplyDirectory) {
+    if list.is_empty() && at.named {
+        fs.releasedir(at.listing);
+    }
+    for (i, e) in list.iter().enumerate() {
+        let kind = match e.kind {
+            Kind::File => FileType::RegularFile,
+            Kind::Dir => FileType::Directory,
+            Kind::Symlink => FileType::Symlink,
+        };
+        if reply.add(e.ino, at.offset_after(i as u64), kind, &e.name) {
+            break;
+        }
+    }
+    reply.ok()
+}
+
 /// What `lookup` answers for a name that does not exist: inode 0, which the kernel caches as
 /// "no such entry".
 fn negative() -> FileAttr {
@@ -576,53 +636,61 @@ impl Filesystem for Adapter {
         self.pool.run(move || answer!(reply, fs.fsync(fh), |()| reply.ok()));
     }
 
+    /// A live mount answers `ENOSYS`, and the kernel then lists its directories without
+    /// opening them: no OPENDIR and RELEASEDIR round trips per listing. Its readdir takes the
+    /// listing at offset 0 and names it in the offsets it hands out (see [`Position`]). A
+    /// checkout never changes, so its listings are opened and kept in the kernel's cache.
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        if !self.fs.is_checkout() {
+            return reply.error(libc::ENOSYS);
+        }
         let fs = self.fs.clone();
-        let keep = if fs.is_checkout() { fuser::consts::FOPEN_KEEP_CACHE } else { 0 };
+        let keep = fuser::consts::FOPEN_KEEP_CACHE | fuser::consts::FOPEN_CACHE_DIR;
         self.pool.run(move || answer!(reply, fs.opendir(ino), |fh| reply.opened(fh, keep)));
     }
 
-    /// Answered here on the session thread: the listing was taken at opendir, and reading it
-    /// takes one short lock that no slow work holds (handing it to a worker cost more than the
-    /// answer).
-    fn readdir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let offset = offset.max(0) as u64;
-        answer!(reply, self.fs.readdir(fh, offset), |list| {
-            for (i, e) in list.iter().enumerate() {
-                let kind = match e.kind {
-                    Kind::File => FileType::RegularFile,
-                    Kind::Dir => FileType::Directory,
-                    Kind::Symlink => FileType::Symlink,
-                };
-                if reply.add(e.ino, (offset + i as u64 + 1) as i64, kind, &e.name) {
-                    break;
-                }
+    /// Answered here on the session thread when the listing is taken already: reading it takes
+    /// one short lock that no slow work holds (handing it to a worker cost more than the
+    /// answer). Taking a listing is work for the pool.
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, reply: ReplyDirectory) {
+        let at = Position::of(fh, offset);
+        match self.fs.readdir(at.listing, at.index) {
+            Err(Errno(libc::EBADF)) if at.named => {
+                let fs = self.fs.clone();
+                self.pool.run(move || {
+                    let read = at.retake(&fs, ino).and_then(|at| Ok((at, fs.readdir(at.listing, at.index)?)));
+                    answer!(reply, read, |(at, list)| fill_listing(&fs, at, &list, reply))
+                });
             }
-            reply.ok()
-        })
+            read => answer!(reply, read, |list| fill_listing(&self.fs, at, &list, reply)),
+        }
     }
 
     fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
-        let offset = offset.max(0) as u64;
-        // A listing without attributes: the first reply holds the dots alone (with the
-        // attributes opendir took: answered here, as readdir is), and the kernel asks for the
-        // rest as a plain listing (it asks for attributes past the first reply only after
-        // lookups of entries).
-        let dots_only = offset == 0 && !fs.listing_with_attrs(ino);
-        if dots_only {
-            if let Ok(list) = fs.readdir(fh, 0) {
+        let at = Position::of(fh, offset);
+        // A listing without attributes: the first reply holds the dots alone, and the kernel
+        // asks for the rest as a plain listing (it asks for attributes past the first reply
+        // only after lookups of entries).
+        let dots_only = at.index == 0 && !fs.listing_with_attrs(ino);
+        if dots_only && !at.named {
+            // An opened listing has its dots' attributes already: answered here, as readdir is.
+            if let Ok(list) = fs.readdir(at.listing, 0) {
                 if let [a, b, ..] = &list[..] {
                     if let (Some(x), Some(y)) = (a.attr, b.attr) {
-                        let _ = reply.add(a.ino, 1, &a.name, &ttl, &file_attr(&x), 0);
-                        let _ = reply.add(b.ino, 2, &b.name, &ttl, &file_attr(&y), 0);
+                        let _ = reply.add(a.ino, at.offset_after(0), &a.name, &ttl, &file_attr(&x), 0);
+                        let _ = reply.add(b.ino, at.offset_after(1), &b.name, &ttl, &file_attr(&y), 0);
                         return reply.ok();
                     }
                 }
             }
         }
         self.pool.run(move || {
-            answer!(reply, fs.readdir(fh, offset), |list| {
+            let read = at.retake(&fs, ino).and_then(|at| Ok((at, fs.readdir(at.listing, at.index)?)));
+            answer!(reply, read, |(at, list)| {
+                if list.is_empty() && at.named {
+                    fs.releasedir(at.listing);
+                }
                 for (i, e) in list.iter().enumerate() {
                     if dots_only && i >= 2 {
                         break;
@@ -630,7 +698,7 @@ impl Filesystem for Adapter {
                     // A name removed or renamed since the listing was taken is skipped.
                     let Some(a) = fs.listed_attr(ino, e) else { continue };
                     let dots = e.name == "." || e.name == "..";
-                    if reply.add(e.ino, (offset + i as u64 + 1) as i64, &e.name, &ttl, &file_attr(&a), 0) {
+                    if reply.add(e.ino, at.offset_after(i as u64), &e.name, &ttl, &file_attr(&a), 0) {
                         break;
                     }
                     // The kernel takes a reference on every entry it was given but the dots.

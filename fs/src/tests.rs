@@ -80,18 +80,46 @@ impl T {
 fn a_large_directory_is_listed_over_several_replies_each_name_once() {
     let t = setup();
     let dir = t.fs.mkdir(ROOT, "big", 0o755, 1000, 100).expect("mkdir").ino;
-    let mut expected: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+    let n = crate::filesystem::READDIR_MAX + 100;
+    let mut expected: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
     for n in &expected {
         t.write_file(dir, n, b"x");
     }
     let fh = t.fs.opendir(dir).expect("opendir");
-    assert!(t.fs.readdir(fh, 0).expect("readdir").len() < 302, "one reply does not hold it all");
+    assert!(t.fs.readdir(fh, 0).expect("readdir").len() < n + 2, "one reply does not hold it all");
     t.fs.releasedir(fh);
     let mut names = t.names(dir);
     assert_eq!(names.drain(..2).collect::<Vec<_>>(), [".", ".."]);
     names.sort();
     expected.sort();
     assert_eq!(names, expected);
+}
+
+#[test]
+fn a_listing_named_by_offsets_reads_on_after_it_was_dropped() {
+    use crate::fuse::Position;
+    let t = setup();
+    let dir = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir").ino;
+    for i in 0..10 {
+        t.write_file(dir, &format!("f{i}"), b"x");
+    }
+    // Offset 0 takes a listing; the offsets handed out name it and the next entry.
+    let at = Position::of(0, 0).retake(&t.fs, dir).expect("take");
+    let all = t.fs.readdir(at.listing, 0).expect("readdir");
+    assert_eq!(all.len(), 12);
+    let after_four = Position::of(0, at.offset_after(4));
+    assert_eq!((after_four.listing, after_four.index), (at.listing, 5));
+    assert_eq!(after_four.retake(&t.fs, dir).expect("kept"), after_four, "a kept listing is read as it is");
+    // Newer listings push it out: it is taken again, and read on from the same place.
+    for _ in 0..super::filesystem::LISTINGS_MAX {
+        t.fs.opendir(dir).expect("opendir");
+    }
+    assert!(!t.fs.has_listing(at.listing));
+    let again = after_four.retake(&t.fs, dir).expect("retake");
+    assert_ne!(again.listing, at.listing);
+    assert_eq!(again.index, 5);
+    let names = |l: &[crate::DirEntry]| l.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&t.fs.readdir(again.listing, again.index).expect("readdir")), names(&all[5..]));
 }
 
 #[test]

@@ -324,3 +324,105 @@ fn listings_show_the_same_attributes_whether_or_not_they_carry_them() {
     ];
     assert_eq!(shown, want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned())), "{second}");
 }
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `telldir`/`seekdir` through libc: the names read after a position, twice from the same one.
+fn names_after_seek(dir: &Path, skip: usize, take: usize) -> (Vec<String>, Vec<String>) {
+    let path = c(dir);
+    // SAFETY: a NUL-terminated path; the stream is used only here and closed at the end.
+    let d = unsafe { libc::opendir(path.as_ptr()) };
+    assert!(!d.is_null(), "opendir");
+    let read = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                // SAFETY: `d` is an open stream; the entry is read before the next call.
+                let e = unsafe { libc::readdir(d) };
+                assert!(!e.is_null(), "the listing ended early");
+                // SAFETY: d_name of a returned entry is NUL-terminated.
+                unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_string_lossy().into_owned()
+            })
+            .collect()
+    };
+    read(skip);
+    // SAFETY: `d` is an open stream.
+    let at = unsafe { libc::telldir(d) };
+    let first = read(take);
+    // SAFETY: `at` came from telldir on the same stream.
+    unsafe { libc::seekdir(d, at) };
+    let again = read(take);
+    // SAFETY: `d` is open and not used after.
+    unsafe { libc::closedir(d) };
+    (first, again)
+}
+
+#[test]
+fn listings_hold_every_name_once_and_follow_every_change() {
+    let m = MountedDrive::new();
+    // More names than one getdents call takes (glibc reads 32 KiB at a time): the kernel asks
+    // again from offsets the mount handed out.
+    fs::create_dir(m.path("many")).expect("mkdir");
+    let mut expected: Vec<String> = (0..3000).map(|i| format!("a-rather-long-file-name-{i:05}")).collect();
+    for n in &expected {
+        fs::File::create(m.path(&format!("many/{n}"))).expect("create");
+    }
+    expected.sort();
+    assert_eq!(names_in(&m.path("many")), expected, "first listing");
+    assert_eq!(names_in(&m.path("many")), expected, "the listing again (the kernel may keep it)");
+    drop_cached_names();
+    assert_eq!(names_in(&m.path("many")), expected, "after the kernel dropped its caches");
+    let (first, again) = names_after_seek(&m.path("many"), 2000, 5);
+    assert_eq!(first, again, "seekdir back to a telldir position");
+
+    // Changes through the mount show in the next listing, also of a listing the kernel kept.
+    fs::write(m.path("many/new"), b"n").expect("write");
+    fs::remove_file(m.path(&format!("many/{}", expected[7]))).expect("unlink");
+    fs::rename(m.path(&format!("many/{}", expected[8])), m.path("many/renamed")).expect("rename");
+    fs::create_dir(m.path("many/sub")).expect("mkdir");
+    let mut now: Vec<String> = expected.iter().filter(|n| **n != expected[7] && **n != expected[8]).cloned().collect();
+    now.extend(["new".to_string(), "renamed".to_string(), "sub".to_string()]);
+    now.sort();
+    assert_eq!(names_in(&m.path("many")), now, "after changes through the mount");
+
+    // A listing read part-way while the folder changes: every name that stayed shows once.
+    let mut partial = fs::read_dir(m.path("many")).expect("read_dir");
+    let mut seen: Vec<String> =
+        partial.by_ref().take(100).map(|e| e.expect("entry").file_name().into_string().expect("utf-8")).collect();
+    fs::write(m.path("many/during"), b"d").expect("write");
+    fs::remove_file(m.path("many/new")).expect("unlink");
+    seen.extend(partial.map(|e| e.expect("entry").file_name().into_string().expect("utf-8")));
+    for n in now.iter().filter(|n| *n != "new") {
+        assert_eq!(seen.iter().filter(|s| *s == n).count(), 1, "{n} during a change");
+    }
+
+    // Changes from outside the mount (the command line, on the same node) show too, soon, also
+    // in a listing the kernel kept.
+    let listed = names_in(&m.path("many"));
+    assert!(
+        listed.iter().any(|n| n == "during") && !listed.iter().any(|n| n == "new"),
+        "after the change during a listing"
+    );
+    assert_eq!(names_in(&m.path("many")), listed);
+    let src = m.tmp.path().join("from-cli.txt");
+    fs::write(&src, b"cli").expect("write");
+    m.ok(&["put", src.to_str().expect("utf-8"), &format!("{}:/many/from-cli.txt", m.name)]);
+    m.ok(&["rm", &format!("{}:/many/renamed", m.name)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let names = names_in(&m.path("many"));
+        let shown = names.iter().any(|n| n == "from-cli.txt") && !names.iter().any(|n| n == "renamed");
+        if shown {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a change from the command line never showed in the listing");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(m.path("many/from-cli.txt")).expect("read"), b"cli");
+}
