@@ -201,9 +201,10 @@ struct Nodes {
     by_path: HashMap<String, Ino>,
     /// Files created here and not yet written to the drive.
     pending: BTreeSet<String>,
-    /// Directories listed, by path (the kernel forgets their inodes when it drops its caches):
-    /// whether a lookup of an entry came after a listing (see [`Fs::listing_with_attrs`]).
-    listed: HashMap<String, bool>,
+    /// Directories listed, by inode (kept across the kernel dropping its caches, as a name
+    /// keeps its inode; a directory made again at the same path starts afresh): whether a
+    /// lookup of an entry came after a listing (see [`Fs::listing_with_attrs`]).
+    listed: HashMap<Ino, bool>,
     next: Ino,
 }
 
@@ -443,12 +444,8 @@ impl Fs {
     // ---- names and attributes
 
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr> {
-        {
-            let mut nodes = self.nodes();
-            let nodes = &mut *nodes;
-            if let Some(after_listing) = nodes.map.get(&parent).and_then(|n| nodes.listed.get_mut(n.path.as_deref()?)) {
-                *after_listing = true;
-            }
+        if let Some(after_listing) = self.nodes().listed.get_mut(&parent) {
+            *after_listing = true;
         }
         let path = self.child_path(parent, name)?;
         let attr = self.attr_at(&path)?;
@@ -1032,11 +1029,13 @@ impl Fs {
     /// and the first listing of any folder, go without.
     pub fn listing_with_attrs(&self, dir: Ino) -> bool {
         let mut nodes = self.nodes();
-        let Some(path) = nodes.map.get(&dir).and_then(|n| n.path.clone()) else { return false };
+        if !nodes.map.get(&dir).is_some_and(|n| n.path.is_some()) {
+            return false;
+        }
         if nodes.listed.len() >= LISTED_MAX {
             nodes.listed.clear();
         }
-        *nodes.listed.entry(path).or_insert(false)
+        *nodes.listed.entry(dir).or_insert(false)
     }
 
     /// The attributes of a listed entry, if its name still holds the inode the listing saw:

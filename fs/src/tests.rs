@@ -123,6 +123,22 @@ fn a_listing_named_by_offsets_reads_on_after_it_was_dropped() {
 }
 
 #[test]
+fn a_folder_made_again_where_one_was_listed_with_attributes_starts_without() {
+    let t = setup();
+    let dir = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir").ino;
+    t.write_file(dir, "f", b"x");
+    assert!(!t.fs.listing_with_attrs(dir));
+    t.fs.lookup(dir, "f").expect("lookup");
+    assert!(t.fs.listing_with_attrs(dir), "a listing followed by lookups");
+    // `rm -r d` (its lookups too) and a new `d`: a new folder, listed plainly at first.
+    t.fs.unlink(dir, "f").expect("unlink");
+    t.fs.rmdir(ROOT, "d").expect("rmdir");
+    let again = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir").ino;
+    t.write_file(again, "g", b"y");
+    assert!(!t.fs.listing_with_attrs(again));
+}
+
+#[test]
 fn listings_carry_attributes_once_a_listing_was_followed_by_lookups() {
     let t = setup();
     let dir = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir").ino;
