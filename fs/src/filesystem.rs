@@ -1029,7 +1029,7 @@ impl Fs {
     /// and the first listing of any folder, go without.
     pub fn listing_with_attrs(&self, dir: Ino) -> bool {
         let mut nodes = self.nodes();
-        if !nodes.map.get(&dir).is_some_and(|n| n.path.is_some()) {
+        if nodes.map.get(&dir).is_none_or(|n| n.path.is_none()) {
             return false;
         }
         if nodes.listed.len() >= LISTED_MAX {
