@@ -1188,8 +1188,7 @@ impl Fs {
                     };
                     Ok(Found::File(e, size))
                 }
-                None if v.is_dir(path)? => Ok(Found::Dir(v.dir_entry(path)?)),
-                None => Ok(Found::Nothing),
+                None => Ok(v.dir(path)?.map_or(Found::Nothing, Found::Dir)),
             }
         })
     }

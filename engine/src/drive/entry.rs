@@ -104,7 +104,9 @@ impl Entry {
     pub fn decode_is_link(bytes: &[u8]) -> Result<bool> {
         let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
         if start.is_some_and(|i| bytes[i] == b'{') && memchr::memchr(b'\\', bytes).is_none() {
-            let mut found = memchr::memmem::find_iter(bytes, b"linkname");
+            static LINKNAME: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"linkname"));
+            let mut found = LINKNAME.find_iter(bytes);
             match (found.next(), found.next()) {
                 (None, _) => return Ok(false),
                 (Some(at), None) if bytes[at..].starts_with(b"linkname\":null") => return Ok(false),

@@ -1007,14 +1007,26 @@ impl<B: Blocks> DriveView<'_, B> {
     /// Whether `path` is a directory: it holds entries or is a recorded empty directory.
     pub fn is_dir(&self, path: &str) -> Result<bool> {
         let folder = path::folder(path)?;
+        Ok(folder.is_empty() || self.db.get(&key_in(DIRS, &folder))?.is_some() || self.holds_entries(&folder)?)
+    }
+
+    /// `path` as a directory: `Some` with its record ([`DriveView::dir_entry`]) if it is one
+    /// (the root and a directory that exists through its entries may have none), `None` if not.
+    pub fn dir(&self, path: &str) -> Result<Option<Option<Entry>>> {
+        let folder = path::folder(path)?;
         if folder.is_empty() {
-            return Ok(true);
+            return Ok(Some(self.dir_entry("/")?));
         }
-        if self.db.get(&key_in(DIRS, &folder))?.is_some() {
-            return Ok(true);
+        if let Some(e) = self.db.get(&key_in(DIRS, &folder))? {
+            return Ok(Some(Some(Entry::decode(&e.value)?)));
         }
+        Ok(self.holds_entries(&folder)?.then_some(None))
+    }
+
+    /// Whether anything is stored under `folder`.
+    fn holds_entries(&self, folder: &str) -> Result<bool> {
         for prefix in [FILES, DIRS] {
-            let range = Range { limit: Some(1), ..under(prefix, &folder, "/") };
+            let range = Range { limit: Some(1), ..under(prefix, folder, "/") };
             if self.db.range(&range).next().transpose()?.is_some() {
                 return Ok(true);
             }
