@@ -939,6 +939,17 @@ impl Fs {
     /// Takes a listing of a directory, read through the number returned (1..=[`LISTING_IDS`])
     /// until [`Fs::releasedir`].
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        Ok(self.take_listing(ino)?.0)
+    }
+
+    /// Takes a listing of a directory, as [`Fs::opendir`], and reads it from `offset` at once
+    /// (no newer listings can push it out in between).
+    pub fn take_listing_at(&self, ino: Ino, offset: u64) -> Result<(u64, Vec<DirEntry>)> {
+        let (fh, list) = self.take_listing(ino)?;
+        Ok((fh, Self::page(&list, offset)))
+    }
+
+    fn take_listing(&self, ino: Ino) -> Result<(u64, Arc<Vec<DirEntry>>)> {
         let path = {
             let nodes = self.nodes();
             let n = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
@@ -1017,8 +1028,9 @@ impl Fs {
         if dirs.len() >= LISTINGS_MAX {
             dirs.pop_first();
         }
-        dirs.insert(fh, Arc::new(list));
-        Ok(fh)
+        let list = Arc::new(list);
+        dirs.insert(fh, list.clone());
+        Ok((fh, list))
     }
 
     /// Whether a listing of `dir` starting now should carry every entry's attributes (FUSE
@@ -1068,13 +1080,12 @@ impl Fs {
     /// released or made way for newer ones.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let list = lock(&self.dirs).get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
-        // At most what one reply can hold (a page of the shortest entries).
-        Ok(list.iter().skip(offset as usize).take(READDIR_MAX).cloned().collect())
+        Ok(Self::page(&list, offset))
     }
 
-    /// Whether listing `fh` is still kept.
-    pub fn has_listing(&self, fh: u64) -> bool {
-        lock(&self.dirs).contains_key(&fh)
+    /// At most what one reply can hold (a page of the shortest entries), from `offset`.
+    fn page(list: &[DirEntry], offset: u64) -> Vec<DirEntry> {
+        list.iter().skip(offset as usize).take(READDIR_MAX).cloned().collect()
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -379,22 +379,37 @@ impl Position {
         }
     }
 
-    /// The same position in a listing that exists: a listing named by an offset but gone (read
-    /// to its end, or made way for newer ones) is taken again, and read on from the same index.
-    pub(crate) fn retake(self, fs: &Fs, dir: u64) -> Result<Position, Errno> {
-        if !self.named || fs.has_listing(self.listing) {
-            return Ok(self);
+    /// The entries from here, of a listing kept: `None` if the listing named by the offset is
+    /// gone (read to its end, or made way for newer ones).
+    pub(crate) fn read_kept(self, fs: &Fs) -> Result<Option<(Position, Vec<DirEntry>)>, Errno> {
+        match fs.readdir(self.listing, self.index) {
+            Err(Errno(libc::EBADF)) if self.named => Ok(None),
+            read => Ok(Some(self.finish(fs, read?))),
         }
-        Ok(Position { listing: fs.opendir(dir)?, ..self })
+    }
+
+    /// The entries from here; a listing named by the offset but gone is taken again and read on
+    /// from the same index.
+    pub(crate) fn read(self, fs: &Fs, dir: u64) -> Result<(Position, Vec<DirEntry>), Errno> {
+        if let Some(read) = self.read_kept(fs)? {
+            return Ok(read);
+        }
+        let (listing, page) = fs.take_listing_at(dir, self.index)?;
+        Ok(Position { listing, ..self }.finish(fs, page))
+    }
+
+    /// A listing named by offsets is released once its end is read: the kernel sends no
+    /// releasedir for it.
+    fn finish(self, fs: &Fs, page: Vec<DirEntry>) -> (Position, Vec<DirEntry>) {
+        if page.is_empty() && self.named {
+            fs.releasedir(self.listing);
+        }
+        (self, page)
     }
 }
 
-/// A plain readdir reply from `list`, read from `at`. A listing named by offsets is released
-/// when its end is read (the kernel sends no releasedir for it).
-fn fill_listing(fs: &Fs, at: Position, list: &[DirEntry], mut reply: ReplyDirectory) {
-    if list.is_empty() && at.named {
-        fs.releasedir(at.listing);
-    }
+/// A plain readdir reply from `list`, read from `at`.
+fn fill_listing(at: Position, list: &[DirEntry], mut reply: ReplyDirectory) {
     for (i, e) in list.iter().enumerate() {
         let kind = match e.kind {
             Kind::File => FileType::RegularFile,
@@ -654,15 +669,13 @@ impl Filesystem for Adapter {
     /// answer). Taking a listing is work for the pool.
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, reply: ReplyDirectory) {
         let at = Position::of(fh, offset);
-        match self.fs.readdir(at.listing, at.index) {
-            Err(Errno(libc::EBADF)) if at.named => {
+        match at.read_kept(&self.fs) {
+            Ok(Some((at, list))) => fill_listing(at, &list, reply),
+            Ok(None) => {
                 let fs = self.fs.clone();
-                self.pool.run(move || {
-                    let read = at.retake(&fs, ino).and_then(|at| Ok((at, fs.readdir(at.listing, at.index)?)));
-                    answer!(reply, read, |(at, list)| fill_listing(&fs, at, &list, reply))
-                });
+                self.pool.run(move || answer!(reply, at.read(&fs, ino), |(at, list)| fill_listing(at, &list, reply)));
             }
-            read => answer!(reply, read, |list| fill_listing(&self.fs, at, &list, reply)),
+            Err(Errno(e)) => reply.error(e),
         }
     }
 
@@ -686,11 +699,7 @@ impl Filesystem for Adapter {
             }
         }
         self.pool.run(move || {
-            let read = at.retake(&fs, ino).and_then(|at| Ok((at, fs.readdir(at.listing, at.index)?)));
-            answer!(reply, read, |(at, list)| {
-                if list.is_empty() && at.named {
-                    fs.releasedir(at.listing);
-                }
+            answer!(reply, at.read(&fs, ino), |(at, list)| {
                 for (i, e) in list.iter().enumerate() {
                     if dots_only && i >= 2 {
                         break;

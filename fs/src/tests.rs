@@ -103,23 +103,28 @@ fn a_listing_named_by_offsets_reads_on_after_it_was_dropped() {
     for i in 0..10 {
         t.write_file(dir, &format!("f{i}"), b"x");
     }
+    let names = |l: &[crate::DirEntry]| l.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
     // Offset 0 takes a listing; the offsets handed out name it and the next entry.
-    let at = Position::of(0, 0).retake(&t.fs, dir).expect("take");
-    let all = t.fs.readdir(at.listing, 0).expect("readdir");
+    let start = Position::of(0, 0);
+    assert!(start.read_kept(&t.fs).expect("read").is_none(), "offset 0 names no listing");
+    let (at, all) = start.read(&t.fs, dir).expect("take");
     assert_eq!(all.len(), 12);
     let after_four = Position::of(0, at.offset_after(4));
     assert_eq!((after_four.listing, after_four.index), (at.listing, 5));
-    assert_eq!(after_four.retake(&t.fs, dir).expect("kept"), after_four, "a kept listing is read as it is");
+    let (kept, rest) = after_four.read_kept(&t.fs).expect("read").expect("kept");
+    assert_eq!((kept, names(&rest)), (after_four, names(&all[5..])));
     // Newer listings push it out: it is taken again, and read on from the same place.
     for _ in 0..super::filesystem::LISTINGS_MAX {
         t.fs.opendir(dir).expect("opendir");
     }
-    assert!(!t.fs.has_listing(at.listing));
-    let again = after_four.retake(&t.fs, dir).expect("retake");
+    assert!(after_four.read_kept(&t.fs).expect("read").is_none());
+    let (again, rest) = after_four.read(&t.fs, dir).expect("retake");
     assert_ne!(again.listing, at.listing);
-    assert_eq!(again.index, 5);
-    let names = |l: &[crate::DirEntry]| l.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&t.fs.readdir(again.listing, again.index).expect("readdir")), names(&all[5..]));
+    assert_eq!((again.index, names(&rest)), (5, names(&all[5..])));
+    // Read to its end, a listing named by offsets is released (no releasedir comes for it).
+    let end = Position::of(0, again.offset_after(6));
+    assert!(end.read(&t.fs, dir).expect("the end").1.is_empty());
+    assert!(Position::of(0, again.offset_after(0)).read_kept(&t.fs).expect("read").is_none(), "released");
 }
 
 #[test]
