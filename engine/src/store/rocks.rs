@@ -678,16 +678,14 @@ mod tests {
             }
             assert!(!s.writing.lock().expect("lock").refused, "direct writes were taken");
             s.write(batch).expect("commit");
-            for (k, v) in &written {
-                assert!(
-                    s.get(Table::Blocks, k).expect("get").as_ref() == Some(v),
-                    "{} reads back wrong",
-                    String::from_utf8_lossy(k)
-                );
-            }
+            reads_back(&s, &written);
         }
-        let s = RocksStore::open(dir.path()).expect("reopen");
-        for (k, v) in &written {
+        reads_back(&RocksStore::open(dir.path()).expect("reopen"), &written);
+    }
+
+    /// Asserts that every block of `written` reads back from `s` as it was written.
+    fn reads_back(s: &RocksStore, written: &[(Vec<u8>, Vec<u8>)]) {
+        for (k, v) in written {
             assert!(
                 s.get(Table::Blocks, k).expect("get").as_ref() == Some(v),
                 "{} reads back wrong",
