@@ -1,5 +1,9 @@
 //! Which blocks of a core are stored locally, in 4096-byte pages of 32768 bits (bit i of a page is
 //! byte i>>3, bit i&7, least significant first — the layout Hypercore stores).
+//!
+//! A page is stored as its runs of set bits when that is shorter ([`encode_page`]): each commit
+//! rewrites the page it touched, and a writer's pages are one run, so a one-block commit writes a
+//! few bytes instead of 4 KiB to the write-ahead log, the memtable and every later compaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,13 +21,16 @@ impl Bitfield {
         Self::default()
     }
 
-    /// Restores a page read from the store; pages of the wrong size are refused.
+    /// Restores a page read from the store (either form of [`encode_page`]); a malformed one is
+    /// refused.
     pub fn load_page(&mut self, page: u64, bytes: &[u8]) -> bool {
-        let Ok(arr) = <[u8; PAGE_BYTES]>::try_from(bytes) else {
-            return false;
-        };
-        self.pages.insert(page, Box::new(arr));
-        true
+        match decode_page(bytes) {
+            Some(p) => {
+                self.pages.insert(page, p);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn get(&self, index: u64) -> bool {
@@ -102,10 +109,100 @@ impl Bitfield {
         self.pages.extend(other.pages);
     }
 
-    /// Pages changed since the last call, with their bytes.
+    /// Pages changed since the last call, each encoded to be stored ([`encode_page`]).
     pub fn take_dirty(&mut self) -> Vec<(u64, Vec<u8>)> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().filter_map(|p| self.pages.get(&p).map(|b| (p, b.to_vec()))).collect()
+        dirty.into_iter().filter_map(|p| self.pages.get(&p).map(|b| (p, encode_page(b)))).collect()
+    }
+}
+
+/// Marks a page stored as runs of set bits: `RUNS`, a little-endian u16 count, then each run
+/// as little-endian u16 start and length in bits (a run of the whole page has length 32768).
+/// Always shorter than a page, so a stored value of exactly [`PAGE_BYTES`] is the page itself.
+const RUNS: u8 = 1;
+
+/// A page as stored: its runs of set bits, or its bytes when the runs would take as much room.
+pub fn encode_page(page: &[u8; PAGE_BYTES]) -> Vec<u8> {
+    let mut out = vec![RUNS, 0, 0];
+    let mut runs = 0u16;
+    let mut bit = 0usize;
+    while bit < PAGE_BITS as usize {
+        let Some(start) = next_bit(page, bit, true) else { break };
+        let end = next_bit(page, start, false).unwrap_or(PAGE_BITS as usize);
+        if out.len() + 4 >= PAGE_BYTES {
+            return page.to_vec();
+        }
+        // Both fit: start < 32768 and end - start <= 32768.
+        out.extend_from_slice(&(start as u16).to_le_bytes());
+        out.extend_from_slice(&((end - start) as u16).to_le_bytes());
+        runs += 1;
+        bit = end;
+    }
+    out[1..3].copy_from_slice(&runs.to_le_bytes());
+    out
+}
+
+/// A stored page, in either form of [`encode_page`]; `None` if malformed.
+pub fn decode_page(bytes: &[u8]) -> Option<Box<[u8; PAGE_BYTES]>> {
+    if let Ok(raw) = <[u8; PAGE_BYTES]>::try_from(bytes) {
+        return Some(Box::new(raw));
+    }
+    let (&RUNS, rest) = bytes.split_first()? else { return None };
+    let (count, runs) = rest.split_at_checked(2)?;
+    let count = u16::from_le_bytes([count[0], count[1]]) as usize;
+    if runs.len() != count * 4 {
+        return None;
+    }
+    let mut page = Box::new([0u8; PAGE_BYTES]);
+    let mut after_last = 0usize;
+    for r in runs.chunks_exact(4) {
+        let start = u16::from_le_bytes([r[0], r[1]]) as usize;
+        let end = start + u16::from_le_bytes([r[2], r[3]]) as usize;
+        // Runs are in order, apart and inside the page, as `encode_page` writes them.
+        if start < after_last || end <= start || end > PAGE_BITS as usize {
+            return None;
+        }
+        set_bits(&mut page, start, end);
+        after_last = end + 1;
+    }
+    Some(page)
+}
+
+/// The first bit at or after `from` that is `value`.
+fn next_bit(page: &[u8; PAGE_BYTES], from: usize, value: bool) -> Option<usize> {
+    let word = |i: usize| {
+        let w = u64::from_le_bytes(page[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        if value {
+            w
+        } else {
+            !w
+        }
+    };
+    let mut i = from / 64;
+    let mut w = word(i) & (u64::MAX << (from % 64));
+    loop {
+        if w != 0 {
+            return Some(i * 64 + w.trailing_zeros() as usize);
+        }
+        i += 1;
+        if i == PAGE_BYTES / 8 {
+            return None;
+        }
+        w = word(i);
+    }
+}
+
+/// Sets bits `[start, end)` of a page.
+fn set_bits(page: &mut [u8; PAGE_BYTES], start: usize, end: usize) {
+    let mut i = start;
+    while i < end {
+        if i % 8 == 0 && end - i >= 8 {
+            page[i / 8] = 0xff;
+            i += 8;
+        } else {
+            page[i / 8] |= 1 << (i % 8);
+            i += 1;
+        }
     }
 }
 
@@ -126,7 +223,65 @@ mod tests {
         assert_eq!(b.count(100_000), 39_987);
         let dirty = b.take_dirty();
         assert_eq!(dirty.iter().map(|d| d.0).collect::<Vec<_>>(), vec![0, 1]);
-        assert_eq!(dirty[0].1[0], 0b1111_1000);
+        assert_eq!(decode_page(&dirty[0].1).expect("page")[0], 0b1111_1000);
+    }
+
+    fn page_with(runs: &[(usize, usize)]) -> Box<[u8; PAGE_BYTES]> {
+        let mut p = Box::new([0u8; PAGE_BYTES]);
+        for &(s, e) in runs {
+            set_bits(&mut p, s, e);
+        }
+        p
+    }
+
+    #[test]
+    fn pages_are_stored_as_runs_when_shorter_and_read_back_either_way() {
+        let full = PAGE_BITS as usize;
+        // A writer's pages: one run from the start (or the whole page), or nothing.
+        for runs in [vec![], vec![(0, 1)], vec![(0, 12_345)], vec![(0, full)], vec![(full - 1, full)]] {
+            let page = page_with(&runs);
+            let stored = encode_page(&page);
+            assert_eq!(stored.len(), 3 + 4 * runs.len(), "{runs:?}");
+            assert_eq!(decode_page(&stored).expect("decodes"), page, "{runs:?}");
+        }
+        // A replica's scattered blocks: runs while shorter, then the page itself.
+        let scattered: Vec<_> = (0..full / 2).step_by(3).map(|s| (s, s + 1)).collect();
+        let page = page_with(&scattered);
+        let stored = encode_page(&page);
+        assert_eq!(stored.len(), PAGE_BYTES);
+        assert_eq!(decode_page(&stored).expect("decodes"), page);
+        let some: Vec<_> = (0..full).step_by(97).map(|s| (s, (s + 40).min(full))).collect();
+        assert_eq!(decode_page(&encode_page(&page_with(&some))).expect("decodes"), page_with(&some));
+    }
+
+    #[test]
+    fn a_malformed_stored_page_is_refused() {
+        let bad: [&[u8]; 7] = [
+            &[],
+            &[RUNS, 1],
+            &[2, 0, 0],
+            &[RUNS, 1, 0, 0, 0],
+            &[RUNS, 1, 0, 5, 0, 0, 0],             // an empty run
+            &[RUNS, 1, 0, 0xff, 0x7f, 2, 0],       // past the page's end
+            &[RUNS, 2, 0, 0, 0, 4, 0, 4, 0, 1, 0], // runs that touch
+        ];
+        for b in bad {
+            assert!(decode_page(b).is_none(), "{b:?}");
+        }
+        assert!(!Bitfield::new().load_page(0, &[0u8; PAGE_BYTES - 1]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_page_reads_back_as_it_was_stored(bits in proptest::collection::vec(0usize..PAGE_BITS as usize, 0..3000)) {
+            let mut page = Box::new([0u8; PAGE_BYTES]);
+            for b in bits {
+                set_bits(&mut page, b, (b + b % 50 + 1).min(PAGE_BITS as usize));
+            }
+            let stored = encode_page(&page);
+            proptest::prop_assert!(stored.len() <= PAGE_BYTES);
+            proptest::prop_assert_eq!(decode_page(&stored).expect("decodes"), page);
+        }
     }
 
     #[test]

@@ -13,8 +13,15 @@ pub use rocks::RocksStore;
 
 use crate::Result;
 
-/// The format version this build writes and reads. A store with another version is refused.
-pub const FORMAT_VERSION: u64 = 1;
+/// The format version this build writes and reads. A store with another version is refused,
+/// except the versions in [`FORMAT_UPGRADES`].
+pub const FORMAT_VERSION: u64 = 2;
+
+/// Older versions this build opens, and what it changed since: opening records the current
+/// version, so an older build then refuses the store instead of misreading it.
+/// - 1: bitfield pages were always stored whole; version 2 also stores them as runs of set bits
+///   (the whole form still reads).
+const FORMAT_UPGRADES: &[u64] = &[1];
 
 /// A table of the store (one RocksDB column family each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,10 +165,15 @@ pub(crate) fn check_format(store: &dyn Store, path: &std::path::Path, fresh: boo
             let found = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_le_bytes).map_err(|_| {
                 crate::Error::Damaged { path: path.into(), reason: "format record has the wrong size".into() }
             })?;
-            if found != FORMAT_VERSION {
+            if found == FORMAT_VERSION {
+                return Ok(());
+            }
+            if !FORMAT_UPGRADES.contains(&found) {
                 return Err(crate::Error::UnknownFormat { path: path.into(), found, expected: FORMAT_VERSION });
             }
-            Ok(())
+            let mut b = Batch { sync: true, ..Batch::default() };
+            b.put(Table::Meta, b"format".to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
+            store.write(b)
         }
         None if fresh => {
             let mut b = Batch { sync: true, ..Batch::default() };

@@ -568,6 +568,7 @@ impl RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::FORMAT_VERSION;
 
     #[test]
     fn second_open_of_a_held_store_is_refused_clearly() {
@@ -576,6 +577,35 @@ mod tests {
         let err = RocksStore::open(dir.path()).expect_err("second open must fail");
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         assert!(err.to_string().contains("in use by another process"));
+    }
+
+    #[test]
+    fn a_version_1_store_opens_reads_its_whole_pages_and_is_marked_current() {
+        use crate::crypto::KeyPair;
+        use crate::hypercore::{bitfield, Hypercore};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = {
+            let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(RocksStore::open(dir.path()).expect("open"));
+            let mut core = Hypercore::create(s.clone(), KeyPair::from_seed(&[3; 32]), false).expect("core");
+            for i in 0..10 {
+                core.append(format!("block {i}").as_bytes()).expect("append");
+            }
+            // As version 1 left it: its format record, and each bitfield page stored whole.
+            let mut b = Batch { sync: true, ..Batch::default() };
+            b.put(Table::Meta, b"format".to_vec(), 1u64.to_le_bytes().to_vec());
+            let rows = s.scan(Table::Bitfield, &[], &[0xff; 32]).expect("scan");
+            assert!(!rows.is_empty() && rows.iter().all(|(_, v)| v.len() < 16), "stored as runs: {rows:?}");
+            for (k, v) in rows {
+                b.put(Table::Bitfield, k, bitfield::decode_page(&v).expect("page").to_vec());
+            }
+            s.write(b).expect("write");
+            *core.key()
+        };
+        let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(RocksStore::open(dir.path()).expect("opens"));
+        let format = s.get(Table::Meta, b"format").expect("get");
+        assert_eq!(format, Some(FORMAT_VERSION.to_le_bytes().to_vec()), "marked current: older builds refuse it");
+        let core = Hypercore::open(s, &key).expect("open core").expect("core");
+        assert!((0..10).all(|i| core.has(i)) && !core.has(10), "whole pages read as before");
     }
 
     #[test]
