@@ -155,6 +155,12 @@ pub struct Fs {
     /// filesystem's own changes keep it current (the kernel made them), any other change
     /// (a peer's, the command line's) leaves it behind; see [`Fs::changed_elsewhere`].
     shown: Mutex<(u64, u64)>,
+    /// Counts changes of folder records (made, removed, moved, attributes set) here, and
+    /// changes found made elsewhere: a directory's attributes read at the current count, with
+    /// nothing unseen in the drive, are still true. The kernel asks for a folder's attributes
+    /// again after every change inside it (its permission check), and reading them cost a
+    /// search and two JSON decodes.
+    dir_epoch: AtomicU64,
 }
 
 /// The drive, held for a change: on release, a change made on top of what the kernel was shown
@@ -163,6 +169,19 @@ struct Changing<'a> {
     d: RwLockWriteGuard<'a, Drive>,
     before: (u64, u64),
     shown: &'a Mutex<(u64, u64)>,
+    dir_epoch: &'a AtomicU64,
+}
+
+impl Changing<'_> {
+    /// [`Drive::apply`], moving [`Fs::dir_epoch`] on if a folder record may have changed
+    /// (under the drive's lock, so no reader sees the change with the old count).
+    fn apply(&mut self, ops: &[Op<'_>]) -> hyperfs_engine::Result<()> {
+        let result = self.d.apply(ops);
+        if ops.iter().any(|op| matches!(op, Op::Mkdir(..) | Op::Rmdir(_) | Op::Rename(..))) {
+            self.dir_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        result
+    }
 }
 
 impl std::ops::Deref for Changing<'_> {
@@ -224,6 +243,17 @@ struct Node {
     /// table's lock, where `file` is taken and dropped, so a release racing a `setattr` (the
     /// kernel sends releases asynchronously) cannot drop the open state it is changing.
     writers: u32,
+    /// Directories: the attributes last read, while no folder record changed ([`Fs::dir_epoch`]).
+    dir: Option<KnownDir>,
+}
+
+/// A directory's attributes as read at a [`Fs::dir_epoch`].
+#[derive(Clone, Copy)]
+struct KnownDir {
+    epoch: u64,
+    attr: Attr,
+    /// Recorded in the drive, not there only through its contents.
+    recorded: bool,
 }
 
 /// The content of a file while it is open for writing.
@@ -387,6 +417,7 @@ impl Fs {
             pending: false,
             file: None,
             writers: 0,
+            dir: None,
         };
         let nodes = Nodes {
             map: HashMap::from_iter([(ROOT, root)]),
@@ -406,6 +437,7 @@ impl Fs {
             next_dir: AtomicU64::new(0),
             next_fh: AtomicU64::new(1),
             shown: Mutex::new(shown),
+            dir_epoch: AtomicU64::new(0),
         })
     }
 
@@ -826,6 +858,7 @@ impl Fs {
                 pending: true,
                 file: Some(Arc::new(Mutex::new(file))),
                 writers: 1,
+                dir: None,
             };
             if let Some(old) = nodes.by_path.insert(path.clone(), ino) {
                 if let Some(n) = nodes.map.get_mut(&old) {
@@ -1126,7 +1159,7 @@ impl Fs {
     fn drive_mut(&self) -> Changing<'_> {
         let d = self.drive.write().unwrap_or_else(|e| e.into_inner());
         let before = (d.db().core().fork(), d.version());
-        Changing { d, before, shown: &self.shown }
+        Changing { d, before, shown: &self.shown, dir_epoch: &self.dir_epoch }
     }
 
     /// Whether the drive has changes the kernel was not shown (from a peer or the command
@@ -1136,7 +1169,22 @@ impl Fs {
         let Ok(d) = self.drive.try_read() else { return false };
         let now = (d.db().core().fork(), d.version());
         let mut shown = lock(&self.shown);
-        std::mem::replace(&mut *shown, now) != now
+        let changed = std::mem::replace(&mut *shown, now) != now;
+        if changed {
+            self.dir_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
+    }
+
+    /// The [`Fs::dir_epoch`] at which known directory attributes hold for drive state `d`:
+    /// `None` while the drive holds changes not yet found ([`Fs::changed_elsewhere`]).
+    fn dir_epoch(&self, d: &Drive) -> Option<u64> {
+        let epoch = self.dir_epoch.load(Ordering::Acquire);
+        // A checkout shows one version: its folders never change.
+        if self.cfg.version.is_none() && *lock(&self.shown) != (d.db().core().fork(), d.version()) {
+            return None;
+        }
+        Some(epoch)
     }
 
     fn writable(&self) -> Result<()> {
@@ -1221,7 +1269,7 @@ impl Fs {
         }
         // A recorded directory stays by itself; only one that exists through its contents is
         // listed (the costlier check).
-        if view!(self, d, |v| v.dir_entry(parent)?).is_some() {
+        if self.known_recorded(d, parent) == Some(true) || view!(self, d, |v| v.dir_entry(parent)?).is_some() {
             return Ok(None);
         }
         if view!(self, d, |v| v.children(parent)?).len() > 1 {
@@ -1263,29 +1311,42 @@ impl Fs {
 
     /// The attributes at `path`, registering its inode.
     fn attr_at(&self, path: &str) -> Result<Attr> {
-        if let Some(attr) = self.open_attr(path) {
-            return Ok(attr);
+        let (ino, known, file) = {
+            let nodes = self.nodes();
+            match nodes.by_path.get(path).and_then(|ino| Some((*ino, nodes.map.get(ino)?))) {
+                Some((ino, n)) => (ino, n.dir, n.file.clone()),
+                None => (0, None, None),
+            }
+        };
+        // A file open for writing here: its attributes are in the open state.
+        if let Some(file) = file {
+            let f = lock(&file);
+            return Ok(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 });
         }
         let d = self.drive();
+        if let Some(k) = known.filter(|k| self.dir_epoch(&d) == Some(k.epoch)) {
+            return Ok(k.attr);
+        }
         self.attr_in(&d, path)
     }
 
-    /// The attributes of a file at `path` that is open for writing here.
-    fn open_attr(&self, path: &str) -> Option<Attr> {
-        let (ino, file) = {
-            let nodes = self.nodes();
-            let ino = *nodes.by_path.get(path)?;
-            (ino, nodes.map.get(&ino)?.file.clone()?)
-        };
-        let f = lock(&file);
-        Some(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 })
+    /// Whether the directory at `path` is recorded in the drive, if known without reading it.
+    fn known_recorded(&self, d: &Drive, path: &str) -> Option<bool> {
+        let epoch = self.dir_epoch(d)?;
+        let nodes = self.nodes();
+        let k = nodes.map.get(nodes.by_path.get(path)?)?.dir?;
+        (k.epoch == epoch).then_some(k.recorded)
     }
 
     fn attr_in(&self, d: &Drive, path: &str) -> Result<Attr> {
+        // Read before the drive: a folder record changed after it leaves this count behind.
+        let epoch = self.dir_epoch(d);
         let found = self.find(d, path)?;
+        let mut recorded = false;
         let (kind, size, meta, entry) = match found {
             Found::Nothing => return Err(Errno(libc::ENOENT)),
             Found::Dir(record) => {
+                recorded = record.is_some();
                 let meta = match record {
                     Some(e) => Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir)),
                     None => self.default_meta(Kind::Dir),
@@ -1300,13 +1361,15 @@ impl Fs {
         };
         let mut nodes = self.nodes();
         let ino = nodes.ino_for(path, kind);
+        let nlink = if kind == Kind::Dir { 2 } else { 1 };
+        let attr = Attr { ino, kind, size, meta, nlink };
         if let Some(n) = nodes.map.get_mut(&ino) {
             if n.file.is_none() {
                 n.entry = entry;
             }
+            n.dir = epoch.filter(|_| kind == Kind::Dir).map(|epoch| KnownDir { epoch, attr, recorded });
         }
-        let nlink = if kind == Kind::Dir { 2 } else { 1 };
-        Ok(Attr { ino, kind, size, meta, nlink })
+        Ok(attr)
     }
 
     /// The open state of file `ino`, made if the file is not open for writing, taken as one
@@ -1506,6 +1569,7 @@ impl Nodes {
             pending: false,
             file: None,
             writers: 0,
+            dir: None,
         };
         self.map.insert(ino, node);
         self.by_path.insert(path.to_owned(), ino);

@@ -399,3 +399,47 @@ fn a_file_growing_past_the_memory_stage_keeps_every_byte() {
     assert_eq!(&back[..10], &data[..10]);
     assert!(back[10..].iter().all(|&b| b == 0) && back.len() == 2 << 20);
 }
+
+#[test]
+fn a_folders_attributes_follow_every_change_made_here_or_elsewhere() {
+    let t = setup();
+    let mode = |t: &T, ino| t.fs.getattr(ino).map(|a| a.meta.mode & 0o7777);
+    let chmod = |t: &T, ino, m| t.fs.setattr(ino, SetAttr { mode: Some(m), ..Default::default() }).expect("chmod");
+    let d = t.fs.mkdir(ROOT, "d", 0o755, 1000, 100).expect("mkdir").ino;
+    assert_eq!(mode(&t, d), Ok(0o755));
+    chmod(&t, d, 0o700);
+    assert_eq!(mode(&t, d), Ok(0o700), "changed here");
+    // Files coming and going inside leave it as it is.
+    t.write_file(d, "f", b"x");
+    t.fs.unlink(d, "f").expect("unlink");
+    assert_eq!(mode(&t, d), Ok(0o700));
+
+    // Another mount of the same drive changes it: seen at once, before and after this mount
+    // finds out that the drive changed elsewhere.
+    let other = mount(&t.drive, None);
+    let od = other.fs.lookup(ROOT, "d").expect("lookup").ino;
+    chmod(&other, od, 0o750);
+    assert!(t.fs.changed_elsewhere());
+    assert_eq!(mode(&t, d), Ok(0o750), "after the change was found");
+    chmod(&other, od, 0o751);
+    assert_eq!(mode(&t, d), Ok(0o751), "before the change was found");
+    assert!(t.fs.changed_elsewhere());
+    assert_eq!(mode(&t, d), Ok(0o751));
+    other.fs.rmdir(ROOT, "d").expect("rmdir");
+    assert_eq!(mode(&t, d), Err(Errno(libc::ENOENT)), "removed elsewhere");
+
+    // A folder there only through its contents, then recorded when its last file goes.
+    let e = t.fs.mkdir(ROOT, "e", 0o711, 1000, 100).expect("mkdir").ino;
+    assert_eq!(mode(&t, e), Ok(0o711));
+    t.fs.rmdir(ROOT, "e").expect("rmdir");
+    assert_eq!(mode(&t, e), Err(Errno(libc::ENOENT)), "removed here");
+    t.drive.write().expect("drive").put("/g/h", b"x", &Default::default()).expect("put");
+    assert!(t.fs.changed_elsewhere());
+    let g = t.fs.lookup(ROOT, "g").expect("lookup g").ino;
+    assert_eq!(mode(&t, g), Ok(0o755), "an unrecorded folder shows the default");
+    t.fs.unlink(g, "h").expect("unlink");
+    assert_eq!(mode(&t, g), Ok(0o755), "kept by a record when its last file went");
+    t.fs.rename(ROOT, "g", ROOT, "g2", 0).expect("rename");
+    assert_eq!(t.fs.lookup(ROOT, "g").map(|_| ()), Err(Errno(libc::ENOENT)), "moved away");
+    assert_eq!(t.fs.lookup(ROOT, "g2").map(|a| (a.ino, a.meta.mode & 0o7777)), Ok((g, 0o755)));
+}
