@@ -196,7 +196,7 @@ fn next_bit(page: &[u8; PAGE_BYTES], from: usize, value: bool) -> Option<usize> 
 fn set_bits(page: &mut [u8; PAGE_BYTES], start: usize, end: usize) {
     let mut i = start;
     while i < end {
-        if i % 8 == 0 && end - i >= 8 {
+        if i.is_multiple_of(8) && end - i >= 8 {
             page[i / 8] = 0xff;
             i += 8;
         } else {
