@@ -983,31 +983,22 @@ impl Fs {
     }
 
     fn take_listing(&self, ino: Ino) -> Result<(u64, Arc<Vec<DirEntry>>)> {
-        let path = {
+        let (path, with_attrs) = {
             let nodes = self.nodes();
             let n = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
             if n.kind != Kind::Dir {
                 return Err(Errno(libc::ENOTDIR));
             }
-            n.path.clone().ok_or(Errno(libc::ENOENT))?
+            (n.path.clone().ok_or(Errno(libc::ENOENT))?, nodes.listed.get(&ino) == Some(&true))
         };
-        // Names and kinds only: the entries are decoded for their attributes if a
-        // `readdirplus` asks for them (see `listing_with_attrs`).
-        type Listed = (String, Kind, Option<Arc<[u8]>>);
-        let children: Vec<Listed> = {
+        // Names and kinds only. A listing that will carry attributes (see
+        // `listing_with_attrs`) keeps each entry as stored, decoded if a `readdirplus` asks.
+        let children = {
             let d = self.drive();
-            let children = view!(self, d, |v| v.children_raw(&path)?);
-            let mut out = Vec::with_capacity(children.len());
-            for (name, value) in children {
-                out.push(match value {
-                    None => (name, Kind::Dir, None),
-                    Some(v) => {
-                        let kind = if Entry::decode_is_link(&v)? { Kind::Symlink } else { Kind::File };
-                        (name, kind, Some(Arc::from(v)))
-                    }
-                });
-            }
-            out
+            view!(self, d, |v| v.children_with(&path, |value| {
+                let kind = if Entry::decode_is_link(value)? { Kind::Symlink } else { Kind::File };
+                Ok((kind, with_attrs.then(|| Arc::<[u8]>::from(value))))
+            })?)
         };
         let parent_ino = {
             let nodes = self.nodes();
@@ -1035,7 +1026,8 @@ impl Fs {
             .cloned()
             .collect();
         let mut full = prefix.clone();
-        for (name, kind, value) in children {
+        for (name, listed) in children {
+            let (kind, value) = listed.unwrap_or((Kind::Dir, None));
             full.truncate(prefix.len());
             full.push_str(&name);
             let ino = nodes.ino_for(&full, kind);

@@ -983,18 +983,21 @@ impl<B: Blocks> DriveView<'_, B> {
 
     /// The names directly inside `folder` with their entries (`None` for folders), sorted.
     pub fn children(&self, folder: &str) -> Result<Vec<Child>> {
-        self.children_raw(folder)?
-            .into_iter()
-            .map(|(name, value)| Ok(Child { name, entry: value.map(|v| Entry::decode(&v)).transpose()? }))
-            .collect()
+        let children = self.children_with(folder, Entry::decode)?;
+        Ok(children.into_iter().map(|(name, entry)| Child { name, entry }).collect())
     }
 
-    /// [`DriveView::children`] with each entry's value as stored (not decoded): a listing that
-    /// needs only names and kinds (see [`Entry::decode_is_link`]) skips the decoding.
-    pub fn children_raw(&self, folder: &str) -> Result<Vec<(String, Option<Vec<u8>>)>> {
+    /// [`DriveView::children`] with what `f` makes of each entry's value as stored, uncopied
+    /// and undecoded: a listing that needs only names and kinds (see
+    /// [`Entry::decode_is_link`]) skips the decoding and the copies.
+    pub fn children_with<T>(
+        &self,
+        folder: &str,
+        f: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<Vec<(String, Option<T>)>> {
         let folder = path::folder(folder)?;
-        let mut out = self.shallow(FILES, &folder)?;
-        let dirs = self.shallow(DIRS, &folder)?;
+        let mut out = self.shallow(FILES, &folder, f)?;
+        let dirs = self.shallow(DIRS, &folder, |_| Ok(()))?;
         if !dirs.is_empty() {
             out.extend(dirs.into_iter().map(|(name, _)| (name, None)));
             // A name that is both a file and a recorded folder shows as the file.
@@ -1036,25 +1039,36 @@ impl<B: Blocks> DriveView<'_, B> {
 
     /// The names directly inside `folder`.
     fn children_names(&self, prefix: &[u8], folder: &str) -> Result<Vec<String>> {
-        Ok(self.shallow(prefix, folder)?.into_iter().map(|(n, _)| n).collect())
+        Ok(self.shallow(prefix, folder, |_| Ok(()))?.into_iter().map(|(n, _)| n).collect())
     }
 
     /// A shallow listing in Hyperdrive's order, from one range read that starts again past each
     /// sub-folder (files of a folder are neighbours in the tree; Hyperdrive's fresh descent per
     /// name cost a folder of a hundred files a hundred descents). Each name comes with the value
     /// stored at `folder/name`, or `None` for a sub-folder.
-    fn shallow(&self, prefix: &[u8], folder: &str) -> Result<Vec<(String, Option<Vec<u8>>)>> {
-        let mut names: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    fn shallow<T>(
+        &self,
+        prefix: &[u8],
+        folder: &str,
+        mut f: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<Vec<(String, Option<T>)>> {
+        let mut names: Vec<(String, Option<T>)> = Vec::new();
         let mut range = under(prefix, folder, "/");
+        // Keys are `prefix ‖ folder/ ‖ rest`: the name is `rest` up to its first slash.
+        let skip = prefix.len() + folder.len() + 1;
         'ranges: loop {
-            for e in self.db.range(&range) {
-                let e = e?;
-                let path = path_of(prefix, &e.key)?;
-                let suffix = path.get(folder.len() + 1..).unwrap_or_default();
-                match suffix.find('/') {
-                    None => names.push((suffix.to_owned(), Some(e.value))),
+            let mut it = self.db.range(&range);
+            while let Some(next) = it.next_block() {
+                let (_, block) = next?;
+                let rest = it.key_of(&block).get(skip..).unwrap_or_default();
+                let rest = std::str::from_utf8(rest).map_err(|_| Error::Decode {
+                    what: "drive path",
+                    source: crate::encoding::DecodeError::Invalid("UTF-8"),
+                })?;
+                match rest.find('/') {
+                    None => names.push((rest.to_owned(), Some(f(block.value.as_deref().unwrap_or_default())?))),
                     Some(i) => {
-                        let name = &suffix[..i];
+                        let name = &rest[..i];
                         if names.last().map(|(n, _)| n.as_str()) != Some(name) {
                             names.push((name.to_owned(), None));
                         }

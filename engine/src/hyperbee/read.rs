@@ -299,7 +299,27 @@ impl<B: Blocks> RangeIter<'_, B> {
         Err(malformed("a tree deeper than any real one"))
     }
 
-    fn advance(&mut self) -> Result<Option<Entry>> {
+    /// The next entry as its stored block, uncopied: `(seq, block)`; see [`RangeIter::key_of`].
+    pub fn next_block(&mut self) -> Option<Result<(u64, Arc<NodeBlock>)>> {
+        if self.failed {
+            return None;
+        }
+        match self.advance() {
+            Ok(e) => e.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// The key of a block from [`RangeIter::next_block`], as [`Entry::key`] has it (without a
+    /// sub-database's prefix).
+    pub fn key_of<'b>(&self, block: &'b NodeBlock) -> &'b [u8] {
+        block.key.get(self.view.prefix.len()..).unwrap_or_default()
+    }
+
+    fn advance(&mut self) -> Result<Option<(u64, Arc<NodeBlock>)>> {
         if !self.opened {
             self.opened = true;
             self.open()?;
@@ -361,7 +381,7 @@ impl<B: Blocks> RangeIter<'_, B> {
             if let Some(n) = &mut self.limit {
                 *n -= 1;
             }
-            return Ok(Some(self.view.unprefixed(seq, &block)));
+            return Ok(Some((seq, block)));
         }
         Ok(None)
     }
@@ -371,16 +391,7 @@ impl<B: Blocks> Iterator for RangeIter<'_, B> {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
-        if self.failed {
-            return None;
-        }
-        match self.advance() {
-            Ok(e) => e.map(Ok),
-            Err(e) => {
-                self.failed = true;
-                Some(Err(e))
-            }
-        }
+        Some(self.next_block()?.map(|(seq, block)| self.view.unprefixed(seq, &block)))
     }
 }
 
