@@ -224,6 +224,9 @@ struct Nodes {
     /// keeps its inode; a directory made again at the same path starts afresh): whether a
     /// lookup of an entry came after a listing (see [`Fs::listing_with_attrs`]).
     listed: HashMap<Ino, bool>,
+    /// Directories' attributes as last read, good while no folder record changed (see
+    /// [`Fs::dir_epoch`]); beside the nodes, which stay small for the lookups of listings.
+    known_dirs: HashMap<Ino, KnownDir>,
     next: Ino,
 }
 
@@ -243,8 +246,6 @@ struct Node {
     /// table's lock, where `file` is taken and dropped, so a release racing a `setattr` (the
     /// kernel sends releases asynchronously) cannot drop the open state it is changing.
     writers: u32,
-    /// Directories: the attributes last read, while no folder record changed ([`Fs::dir_epoch`]).
-    dir: Option<KnownDir>,
 }
 
 /// A directory's attributes as read at a [`Fs::dir_epoch`].
@@ -417,13 +418,13 @@ impl Fs {
             pending: false,
             file: None,
             writers: 0,
-            dir: None,
         };
         let nodes = Nodes {
             map: HashMap::from_iter([(ROOT, root)]),
             by_path: HashMap::from_iter([(String::new(), ROOT)]),
             pending: BTreeSet::new(),
             listed: HashMap::default(),
+            known_dirs: HashMap::default(),
             next: ROOT + 1,
         };
         Ok(Fs {
@@ -506,6 +507,7 @@ impl Fs {
             } else {
                 // Unlinked or replaced: no lookup can find it by name any more.
                 nodes.map.remove(&ino);
+                nodes.known_dirs.remove(&ino);
             }
         }
     }
@@ -669,18 +671,20 @@ impl Fs {
         let path = self.child_path(parent, name)?;
         let mut d = self.drive_mut();
         let pending = self.nodes().pending.contains(&path);
-        match self.find(&d, &path)? {
-            Found::Dir(_) => return Err(Errno(libc::EISDIR)),
-            Found::Nothing if !pending => return Err(Errno(libc::ENOENT)),
-            Found::Nothing => {}
-            Found::File(..) | Found::Symlink(_) => {
-                let keep = self.keep_parent(&d, &path, None)?;
-                let mut ops = vec![Op::Del(&path)];
-                if let Some((p, e)) = &keep {
-                    ops.push(Op::Mkdir(p, e));
-                }
-                d.apply(&ops)?;
+        // A stored entry is removed without being decoded (a damaged one too).
+        if view!(self, d, |v| v.exists(&path)?) {
+            let keep = self.keep_parent(&d, &path, None)?;
+            let mut ops = vec![Op::Del(&path)];
+            if let Some((p, e)) = &keep {
+                ops.push(Op::Mkdir(p, e));
             }
+            d.apply(&ops)?;
+        } else if !pending {
+            return Err(Errno(if matches!(self.find(&d, &path)?, Found::Dir(_)) {
+                libc::EISDIR
+            } else {
+                libc::ENOENT
+            }));
         }
         self.detach(&path);
         Ok(())
@@ -858,7 +862,6 @@ impl Fs {
                 pending: true,
                 file: Some(Arc::new(Mutex::new(file))),
                 writers: 1,
-                dir: None,
             };
             if let Some(old) = nodes.by_path.insert(path.clone(), ino) {
                 if let Some(n) = nodes.map.get_mut(&old) {
@@ -1306,7 +1309,7 @@ impl Fs {
         let (ino, known, file) = {
             let nodes = self.nodes();
             match nodes.by_path.get(path).and_then(|ino| Some((*ino, nodes.map.get(ino)?))) {
-                Some((ino, n)) => (ino, n.dir, n.file.clone()),
+                Some((ino, n)) => (ino, nodes.known_dirs.get(&ino).copied(), n.file.clone()),
                 None => (0, None, None),
             }
         };
@@ -1326,7 +1329,7 @@ impl Fs {
     fn known_recorded(&self, d: &Drive, path: &str) -> Option<bool> {
         let epoch = self.dir_epoch(d)?;
         let nodes = self.nodes();
-        let k = nodes.map.get(nodes.by_path.get(path)?)?.dir?;
+        let k = nodes.known_dirs.get(nodes.by_path.get(path)?)?;
         (k.epoch == epoch).then_some(k.recorded)
     }
 
@@ -1359,8 +1362,11 @@ impl Fs {
             if n.file.is_none() {
                 n.entry = entry;
             }
-            n.dir = epoch.filter(|_| kind == Kind::Dir).map(|epoch| KnownDir { epoch, attr, recorded });
         }
+        match epoch.filter(|_| kind == Kind::Dir) {
+            Some(epoch) => nodes.known_dirs.insert(ino, KnownDir { epoch, attr, recorded }),
+            None => nodes.known_dirs.remove(&ino),
+        };
         Ok(attr)
     }
 
@@ -1561,7 +1567,6 @@ impl Nodes {
             pending: false,
             file: None,
             writers: 0,
-            dir: None,
         };
         self.map.insert(ino, node);
         self.by_path.insert(path.to_owned(), ino);

@@ -904,8 +904,10 @@ impl<B: Blocks> DriveView<'_, B> {
         }
     }
 
+    /// Whether a file or symlink entry is stored at `path` (read, not decoded: a damaged entry
+    /// still exists, and can be removed).
     pub fn exists(&self, path: &str) -> Result<bool> {
-        Ok(self.entry(path)?.is_some())
+        Ok(self.db.get(&key_in(FILES, &path::file(path)?))?.is_some())
     }
 
     /// The entry at `path` with the size of its file.
