@@ -1173,7 +1173,7 @@ impl Fs {
 
     /// The [`Fs::dir_epoch`] at which known directory attributes hold for drive state `d`:
     /// `None` while the drive holds changes not yet found ([`Fs::changed_elsewhere`]).
-    fn dir_epoch(&self, d: &Drive) -> Option<u64> {
+    fn dir_epoch_in(&self, d: &Drive) -> Option<u64> {
         let epoch = self.dir_epoch.load(Ordering::Acquire);
         // A checkout shows one version: its folders never change.
         if self.cfg.version.is_none() && *lock(&self.shown) != (d.db().core().fork(), d.version()) {
@@ -1319,7 +1319,7 @@ impl Fs {
             return Ok(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 });
         }
         let d = self.drive();
-        if let Some(k) = known.filter(|k| self.dir_epoch(&d) == Some(k.epoch)) {
+        if let Some(k) = known.filter(|k| self.dir_epoch_in(&d) == Some(k.epoch)) {
             return Ok(k.attr);
         }
         self.attr_in(&d, path)
@@ -1327,7 +1327,7 @@ impl Fs {
 
     /// Whether the directory at `path` is recorded in the drive, if known without reading it.
     fn known_recorded(&self, d: &Drive, path: &str) -> Option<bool> {
-        let epoch = self.dir_epoch(d)?;
+        let epoch = self.dir_epoch_in(d)?;
         let nodes = self.nodes();
         let k = nodes.known_dirs.get(nodes.by_path.get(path)?)?;
         (k.epoch == epoch).then_some(k.recorded)
@@ -1335,7 +1335,7 @@ impl Fs {
 
     fn attr_in(&self, d: &Drive, path: &str) -> Result<Attr> {
         // Read before the drive: a folder record changed after it leaves this count behind.
-        let epoch = self.dir_epoch(d);
+        let epoch = self.dir_epoch_in(d);
         let found = self.find(d, path)?;
         let mut recorded = false;
         let (kind, size, meta, entry) = match found {
