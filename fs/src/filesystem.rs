@@ -1264,7 +1264,7 @@ impl Fs {
         }
         // A recorded directory stays by itself; only one that exists through its contents is
         // listed (the costlier check).
-        if self.known_recorded(d, parent) == Some(true) || view!(self, d, |v| v.dir_entry(parent)?).is_some() {
+        if self.known_dir(d, parent).is_some_and(|k| k.recorded) || view!(self, d, |v| v.dir_entry(parent)?).is_some() {
             return Ok(None);
         }
         if view!(self, d, |v| v.children(parent)?).len() > 1 {
@@ -1306,31 +1306,34 @@ impl Fs {
 
     /// The attributes at `path`, registering its inode.
     fn attr_at(&self, path: &str) -> Result<Attr> {
-        let (ino, known, file) = {
-            let nodes = self.nodes();
-            match nodes.by_path.get(path).and_then(|ino| Some((*ino, nodes.map.get(ino)?))) {
-                Some((ino, n)) => (ino, nodes.known_dirs.get(&ino).copied(), n.file.clone()),
-                None => (0, None, None),
-            }
-        };
-        // A file open for writing here: its attributes are in the open state.
-        if let Some(file) = file {
-            let f = lock(&file);
-            return Ok(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 });
+        if let Some(attr) = self.open_attr(path) {
+            return Ok(attr);
         }
         let d = self.drive();
-        if let Some(k) = known.filter(|k| self.dir_epoch_in(&d) == Some(k.epoch)) {
+        if let Some(k) = self.known_dir(&d, path) {
             return Ok(k.attr);
         }
         self.attr_in(&d, path)
     }
 
-    /// Whether the directory at `path` is recorded in the drive, if known without reading it.
-    fn known_recorded(&self, d: &Drive, path: &str) -> Option<bool> {
-        let epoch = self.dir_epoch_in(d)?;
-        let nodes = self.nodes();
-        let k = nodes.known_dirs.get(nodes.by_path.get(path)?)?;
-        (k.epoch == epoch).then_some(k.recorded)
+    /// The attributes of a file at `path` that is open for writing here.
+    fn open_attr(&self, path: &str) -> Option<Attr> {
+        let (ino, file) = {
+            let nodes = self.nodes();
+            let ino = *nodes.by_path.get(path)?;
+            (ino, nodes.map.get(&ino)?.file.clone()?)
+        };
+        let f = lock(&file);
+        Some(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 })
+    }
+
+    /// The directory at `path` as last read, if that still holds for drive state `d`.
+    fn known_dir(&self, d: &Drive, path: &str) -> Option<KnownDir> {
+        let k = {
+            let nodes = self.nodes();
+            *nodes.known_dirs.get(nodes.by_path.get(path)?)?
+        };
+        (self.dir_epoch_in(d) == Some(k.epoch)).then_some(k)
     }
 
     fn attr_in(&self, d: &Drive, path: &str) -> Result<Attr> {

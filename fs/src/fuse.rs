@@ -323,12 +323,15 @@ struct Adapter {
     negative_ttl: Duration,
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
-    let kind = match a.kind {
+fn file_type(kind: Kind) -> FileType {
+    match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
-    };
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: a.ino,
         size: a.size,
@@ -337,7 +340,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: a.meta.mtime,
         ctime: a.meta.ctime,
         crtime: a.meta.ctime,
-        kind,
+        kind: file_type(a.kind),
         perm: (a.meta.mode & 0o7777) as u16,
         nlink: a.nlink,
         uid: a.meta.uid,
@@ -411,12 +414,7 @@ impl Position {
 /// A plain readdir reply from `list`, read from `at`.
 fn fill_listing(at: Position, list: &[DirEntry], mut reply: ReplyDirectory) {
     for (i, e) in list.iter().enumerate() {
-        let kind = match e.kind {
-            Kind::File => FileType::RegularFile,
-            Kind::Dir => FileType::Directory,
-            Kind::Symlink => FileType::Symlink,
-        };
-        if reply.add(e.ino, at.offset_after(i as u64), kind, &e.name) {
+        if reply.add(e.ino, at.offset_after(i as u64), file_type(e.kind), &e.name) {
             break;
         }
     }

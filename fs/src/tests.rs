@@ -428,11 +428,12 @@ fn a_folders_attributes_follow_every_change_made_here_or_elsewhere() {
     other.fs.rmdir(ROOT, "d").expect("rmdir");
     assert_eq!(mode(&t, d), Err(Errno(libc::ENOENT)), "removed elsewhere");
 
-    // A folder there only through its contents, then recorded when its last file goes.
     let e = t.fs.mkdir(ROOT, "e", 0o711, 1000, 100).expect("mkdir").ino;
     assert_eq!(mode(&t, e), Ok(0o711));
     t.fs.rmdir(ROOT, "e").expect("rmdir");
     assert_eq!(mode(&t, e), Err(Errno(libc::ENOENT)), "removed here");
+
+    // A folder there only through its contents, recorded when its last file goes, then moved.
     t.drive.write().expect("drive").put("/g/h", b"x", &Default::default()).expect("put");
     assert!(t.fs.changed_elsewhere());
     let g = t.fs.lookup(ROOT, "g").expect("lookup g").ino;

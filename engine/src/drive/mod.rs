@@ -1062,11 +1062,7 @@ impl<B: Blocks> DriveView<'_, B> {
             let mut it = self.db.range(&range);
             while let Some(next) = it.next_block() {
                 let (_, block) = next?;
-                let rest = it.key_of(&block).get(skip..).unwrap_or_default();
-                let rest = std::str::from_utf8(rest).map_err(|_| Error::Decode {
-                    what: "drive path",
-                    source: crate::encoding::DecodeError::Invalid("UTF-8"),
-                })?;
+                let rest = path_str(it.key_of(&block).get(skip..).unwrap_or_default())?;
                 match rest.find('/') {
                     None => names.push((rest.to_owned(), Some(f(block.value.as_deref().unwrap_or_default())?))),
                     Some(i) => {
@@ -1358,8 +1354,12 @@ fn dir_key(path: &str) -> Result<Vec<u8>> {
 
 /// The path of a db key inside a sub-database.
 fn path_of(prefix: &[u8], key: &[u8]) -> Result<String> {
-    let p = key.strip_prefix(prefix).unwrap_or(key);
-    String::from_utf8(p.to_vec())
+    Ok(path_str(key.strip_prefix(prefix).unwrap_or(key))?.to_owned())
+}
+
+/// Stored path bytes as text; a path that is not UTF-8 is a decode error.
+fn path_str(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes)
         .map_err(|_| Error::Decode { what: "drive path", source: crate::encoding::DecodeError::Invalid("UTF-8") })
 }
 

@@ -160,6 +160,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
 /// Checks or records the format version of a store.
 pub(crate) fn check_format(store: &dyn Store, path: &std::path::Path, fresh: bool) -> Result<()> {
+    let record_current = || {
+        let mut b = Batch { sync: true, ..Batch::default() };
+        b.put(Table::Meta, b"format".to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
+        store.write(b)
+    };
     match store.get(Table::Meta, b"format")? {
         Some(v) => {
             let found = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_le_bytes).map_err(|_| {
@@ -171,15 +176,9 @@ pub(crate) fn check_format(store: &dyn Store, path: &std::path::Path, fresh: boo
             if !FORMAT_UPGRADES.contains(&found) {
                 return Err(crate::Error::UnknownFormat { path: path.into(), found, expected: FORMAT_VERSION });
             }
-            let mut b = Batch { sync: true, ..Batch::default() };
-            b.put(Table::Meta, b"format".to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
-            store.write(b)
+            record_current()
         }
-        None if fresh => {
-            let mut b = Batch { sync: true, ..Batch::default() };
-            b.put(Table::Meta, b"format".to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
-            store.write(b)
-        }
+        None if fresh => record_current(),
         None => Err(crate::Error::Damaged { path: path.into(), reason: "the format record is missing".into() }),
     }
 }
