@@ -178,7 +178,19 @@ pub(crate) fn check_format(store: &dyn Store, path: &std::path::Path, fresh: boo
             }
             record_current()
         }
-        None if fresh => record_current(),
+        // A store killed between its making and its format record holds nothing: new, not
+        // damaged.
+        None if fresh || holds_nothing(store)? => record_current(),
         None => Err(crate::Error::Damaged { path: path.into(), reason: "the format record is missing".into() }),
     }
+}
+
+/// Whether no table of `store` holds a record.
+fn holds_nothing(store: &dyn Store) -> Result<bool> {
+    for t in Table::ALL {
+        if store.first(t, &[], &[0xff; 64])?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

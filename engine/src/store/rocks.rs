@@ -609,6 +609,32 @@ mod tests {
     }
 
     #[test]
+    fn a_store_killed_before_its_format_record_opens_as_new_and_one_with_data_is_damaged() {
+        let raw = |dir: &Path, rows: &[(&str, &[u8], &[u8])]| {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(&opts, dir, Table::ALL.map(|t| t.name())).expect("raw open");
+            for (cf, k, v) in rows {
+                db.put_cf(db.cf_handle(cf).expect("cf"), k, v).expect("put");
+            }
+        };
+        // RocksDB made its files, then the process died: nothing of ours is in it.
+        let empty = tempfile::tempdir().expect("tempdir");
+        raw(empty.path(), &[]);
+        let s = RocksStore::open(empty.path()).expect("an empty store without its format record opens");
+        assert_eq!(s.get(Table::Meta, b"format").expect("get"), Some(FORMAT_VERSION.to_le_bytes().to_vec()));
+        drop(s);
+        RocksStore::open(empty.path()).expect("and opens again");
+        // A store holding records but no format record is damaged, and left as it is.
+        let held = tempfile::tempdir().expect("tempdir");
+        raw(held.path(), &[("heads", b"\0\0\0\0\0\0\0\x01", b"head")]);
+        let err = RocksStore::open(held.path()).expect_err("refused");
+        assert!(matches!(err, Error::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("format record is missing"), "{err}");
+    }
+
+    #[test]
     fn unknown_format_version_is_refused_not_reset() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
