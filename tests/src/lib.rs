@@ -271,22 +271,31 @@ impl Hosts {
     /// `n` hosts on a fresh bridge, each with its address, loopback up and routes for the
     /// bridge's subnet and for multicast.
     pub fn new(n: usize) -> Hosts {
-        let tag = format!("{:x}", std::process::id() % 0xffff) + &format!("{:02x}", rand::random::<u8>());
-        let subnet = 100 + rand::random::<u8>() % 100;
+        // Names are unique within this process (a count) and across processes (the pid); a
+        // random draw alone had two tests of one run pick the same bridge. Interface names
+        // stay within the kernel's 15 bytes: "hbr" + 6 + "rp" at most.
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:04x}{count:02x}", std::process::id() % 0xffff);
+        let subnet = 100 + count % 100;
         let bridge = format!("hbr{tag}");
+        // One left by a killed run of a process with this pid goes first.
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         ip_cmd(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", "0"]);
         ip_cmd(&["link", "set", &bridge, "up"]);
         let mut hosts = Hosts { names: Vec::new(), bridge, subnet, extra: Vec::new() };
         for i in 0..n {
             let ns = format!("h{tag}{i}");
+            // Named before it is made, so a failure half-way still removes it on drop.
+            hosts.names.push(ns.clone());
             hosts.attach(&ns, (i + 1) as u8);
-            hosts.names.push(ns);
         }
         hosts
     }
 
     /// Creates namespace `ns` with address `10.S.0.host` on the bridge.
     fn attach(&self, ns: &str, host: u8) {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
         ip_cmd(&["netns", "add", ns]);
         let (outside, inside) = (format!("{ns}o"), format!("{ns}i"));
         ip_cmd(&["link", "add", &outside, "type", "veth", "peer", "name", &inside]);
@@ -316,6 +325,7 @@ impl Hosts {
         let router = format!("{}r", self.bridge);
         let host = format!("{}n", self.bridge);
         self.attach(&router, 254);
+        let _ = Command::new("ip").args(["netns", "del", &host]).output();
         ip_cmd(&["netns", "add", &host]);
         self.extra.push(router.clone());
         self.extra.push(host.clone());
