@@ -23,6 +23,26 @@ pub trait Blocks: Send + Sync {
     fn block_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
         copy_block(index, &self.block(index)?, out)
     }
+    /// Bytes `from..from + out.len()` of block `index`, which must hold `size` bytes; errors as
+    /// [`Blocks::block`].
+    fn block_part(&self, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+        copy_part(index, &self.block(index)?, size, from, out)
+    }
+}
+
+/// Bytes `from..from + out.len()` of `block`, which must hold `size` bytes.
+fn copy_part(index: u64, block: &[u8], size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+    if block.len() as u64 != size {
+        return Err(Error::Verification(format!(
+            "block {index} has {} bytes where the file's map says {size}",
+            block.len()
+        )));
+    }
+    let part = from.checked_add(out.len()).and_then(|end| block.get(from..end)).ok_or_else(|| {
+        Error::InvalidRequest(format!("bytes {from}..+{} of block {index} of {size} bytes", out.len()))
+    })?;
+    out.copy_from_slice(part);
+    Ok(())
 }
 
 /// Copies a block into a buffer that must be exactly its size.
@@ -53,6 +73,9 @@ impl<B: Blocks + ?Sized> Blocks for &B {
     }
     fn block_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
         (**self).block_into(index, out)
+    }
+    fn block_part(&self, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+        (**self).block_part(index, size, from, out)
     }
 }
 
@@ -87,6 +110,24 @@ pub trait Fetch: Send + Sync {
 pub fn read_block(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64) -> Result<Vec<u8>> {
     match (blocks.block(index), fetch) {
         (Err(Error::MissingBlock { .. }), Some(f)) => f.fetch(blocks.core_key(), index),
+        (local, _) => local,
+    }
+}
+
+/// Bytes `from..from + out.len()` of block `index` (which must hold `size` bytes): read from
+/// the disk in that range when local, else the whole block fetched.
+pub fn read_block_part(
+    blocks: &dyn Blocks,
+    fetch: Option<&dyn Fetch>,
+    index: u64,
+    size: u64,
+    from: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    match (blocks.block_part(index, size, from, out), fetch) {
+        (Err(Error::MissingBlock { .. }), Some(f)) => {
+            copy_part(index, &f.fetch(blocks.core_key(), index)?, size, from, out)
+        }
         (local, _) => local,
     }
 }

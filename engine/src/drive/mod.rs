@@ -678,9 +678,7 @@ impl Drive {
                 if from == 0 && dest.len() as u64 == p.len {
                     return fetch::read_block_into(&self.blobs, self.fetch.as_deref(), p.index, dest);
                 }
-                let block = self.read_piece(p)?;
-                dest.copy_from_slice(&block[from..from + dest.len()]);
-                Ok(())
+                fetch::read_block_part(&self.blobs, self.fetch.as_deref(), p.index, p.len, from, dest)
             };
             if jobs.len() > 1 {
                 jobs.into_par_iter().try_for_each(read)?;
@@ -736,20 +734,6 @@ impl Drive {
             index += 1;
         }
         Ok(out)
-    }
-
-    /// One chunk of a file, checked against the length the file's map gives it.
-    fn read_piece(&self, p: &Piece) -> Result<Vec<u8>> {
-        let block = fetch::read_block(&self.blobs, self.fetch.as_deref(), p.index)?;
-        if block.len() as u64 != p.len {
-            return Err(Error::Verification(format!(
-                "blobs block {} has {} bytes where the file's map says {}",
-                p.index,
-                block.len(),
-                p.len
-            )));
-        }
-        Ok(block)
     }
 
     /// Chunks `reader` into `batch`: chunks this drive (or the batch) already has are reused,

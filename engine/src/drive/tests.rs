@@ -131,6 +131,40 @@ fn reads_from_rocksdb_equal_what_was_written_for_raw_and_compressed_chunks() {
 }
 
 #[test]
+fn small_reads_read_only_their_range_of_a_chunk_and_a_cut_log_fails_only_past_the_cut() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open(dir.path()).expect("open"));
+    let mut d = Drive::create(store, keys::drive_key_pair(&[10; 32], None)).expect("create drive");
+    let text: Vec<u8> = (0..100_000u32).flat_map(|i| format!("row {i} of a table\n").into_bytes()).collect();
+    let noise = random(2 << 20, 6);
+    d.put("/text.csv", &text, &PutOptions::default()).expect("put");
+    d.put("/noise.bin", &noise, &PutOptions::default()).expect("put");
+    // Reads the size of a page, and a few longer, anywhere: inside one chunk, across chunk
+    // boundaries, in raw chunks (read in place) and compressed ones (decoded whole).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for (path, data) in [("/text.csv", &text), ("/noise.bin", &noise)] {
+        let n = data.len() as u64;
+        for _ in 0..300 {
+            let len = if rng.gen_bool(0.9) { 4096 } else { rng.gen_range(1..200_000) };
+            let off = rng.gen_range(0..n);
+            let end = (off + len).min(n) as usize;
+            assert!(d.read(path, off, len).expect("read") == data[off as usize..end], "{path} {off}+{len}");
+        }
+    }
+    // The block log loses its last 1,000 bytes (the end of the noise): what lies before the cut
+    // still reads, a read past it reports the damaged store.
+    let log = std::fs::OpenOptions::new().write(true).open(dir.path().join("blocks.log")).expect("open log");
+    log.set_len(log.metadata().expect("len").len() - 1000).expect("cut");
+    let n = noise.len() as u64;
+    assert!(d.read("/noise.bin", n - 5000, 4096).expect("before the cut") == noise[(n - 5000) as usize..][..4096]);
+    match d.read("/noise.bin", n - 100, 100) {
+        Err(Error::Damaged { reason, .. }) => assert!(reason.contains("blocks.log"), "{reason}"),
+        other => panic!("a read past the cut gave {other:?}"),
+    }
+}
+
+#[test]
 fn a_large_file_whose_reader_fails_midway_is_not_stored_and_the_drive_goes_on() {
     /// Gives `ok` bytes of noise, then an I/O error.
     struct Failing {

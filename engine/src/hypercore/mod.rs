@@ -483,6 +483,12 @@ impl Hypercore {
         read_block_into(&*self.store, self.id, index, out)
     }
 
+    /// Bytes `from..from + out.len()` of block `index`, which must hold `size` bytes.
+    pub fn get_part(&self, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+        self.readable(index)?;
+        read_block_part(&*self.store, self.id, index, size, from, out)
+    }
+
     /// Whether block `index` can be read here: within the core and local.
     fn readable(&self, index: u64) -> Result<()> {
         if index >= self.head.length {
@@ -1121,6 +1127,29 @@ fn read_block_into(store: &dyn Store, id: u64, index: u64, out: &mut [u8]) -> Re
     Ok(())
 }
 
+/// Bytes `from..from + out.len()` of block `index`, which its leaf must say holds `size` bytes
+/// (the size the reader's file map gives it). A raw block is read from the disk only in that
+/// range; a compressed one is read whole and decoded.
+fn read_block_part(store: &dyn Store, id: u64, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+    let leaf = read_leaf(store, id, index)?;
+    if leaf.size != size {
+        return Err(Error::Verification(format!(
+            "block {index} has {} bytes where the file's map says {size}",
+            leaf.size
+        )));
+    }
+    let end = from.checked_add(out.len()).filter(|&end| end as u64 <= size).ok_or_else(|| {
+        Error::InvalidRequest(format!("bytes {from}..+{} of block {index} of {size} bytes", out.len()))
+    })?;
+    let stored_len = store.read_block_range(&leaf.hash, from + 1, out)?.ok_or(Error::MissingBlock { index })?;
+    if stored::raw_by_length(stored_len, size) {
+        return Ok(());
+    }
+    let raw = store.get(Table::Blocks, &leaf.hash)?.ok_or(Error::MissingBlock { index })?;
+    out.copy_from_slice(&stored::decode(&raw, leaf.size, index)?[from..end]);
+    Ok(())
+}
+
 fn encode_head(h: &Head) -> Vec<u8> {
     let mut e = Encoder::with_capacity(48 + h.signature.len());
     e.uint(h.fork).uint(h.length).fixed(&h.tree_hash).buffer(&h.signature);
@@ -1176,6 +1205,12 @@ impl Snapshot {
         read_block_into(&*self.store, self.id, index, out)
     }
 
+    /// Bytes `from..from + out.len()` of block `index`, which must hold `size` bytes.
+    pub fn get_part(&self, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+        self.readable(index)?;
+        read_block_part(&*self.store, self.id, index, size, from, out)
+    }
+
     /// Whether block `index` of this snapshot can be read here: within it, not cut off by a
     /// later truncation, and local.
     fn readable(&self, index: u64) -> Result<()> {
@@ -1216,6 +1251,9 @@ macro_rules! impl_blocks {
             }
             fn block_into(&self, index: u64, out: &mut [u8]) -> Result<()> {
                 self.get_into(index, out)
+            }
+            fn block_part(&self, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
+                self.get_part(index, size, from, out)
             }
         }
     )*};

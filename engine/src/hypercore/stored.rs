@@ -74,6 +74,14 @@ pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
     encode_parts(data).parts().concat()
 }
 
+/// Whether a stored form of `stored_len` bytes holding a block of `size` bytes is the raw one,
+/// told from the lengths alone: a compressed form is kept only when it saves at least 1/16
+/// ([`compress`]), so it is never one byte longer than its block. A part of a raw block can
+/// then be read without reading its tag.
+pub(crate) fn raw_by_length(stored_len: usize, size: u64) -> bool {
+    stored_len as u64 == size + 1
+}
+
 /// `data` compressed behind its tag, if that saves at least 1/16.
 fn compress(data: &[u8]) -> Option<Vec<u8>> {
     let limit = data.len() - data.len() / 16;

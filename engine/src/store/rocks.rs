@@ -314,6 +314,22 @@ impl Store for RocksStore {
         Ok(Some(len))
     }
 
+    fn read_block_range(&self, key: &[u8], at: usize, out: &mut [u8]) -> Result<Option<usize>> {
+        let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let (offset, len) = self.place(&place)?;
+        match at.checked_add(out.len()) {
+            Some(end) if end <= len => {}
+            _ => return Ok(Some(len)),
+        }
+        self.log.read_exact_at(out, offset + at as u64).map_err(|e| Error::Damaged {
+            path: self.path.clone(),
+            reason: format!("reading {} bytes at {} of {LOG_NAME}: {e}", out.len(), offset + at as u64),
+        })?;
+        Ok(Some(len))
+    }
+
     fn write(&self, batch: Batch) -> Result<()> {
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut end = *tail;
