@@ -32,17 +32,27 @@ pub trait Blocks: Send + Sync {
 
 /// Bytes `from..from + out.len()` of `block`, which must hold `size` bytes.
 fn copy_part(index: u64, block: &[u8], size: u64, from: usize, out: &mut [u8]) -> Result<()> {
-    if block.len() as u64 != size {
-        return Err(Error::Verification(format!(
-            "block {index} has {} bytes where the file's map says {size}",
-            block.len()
-        )));
-    }
-    let part = from.checked_add(out.len()).and_then(|end| block.get(from..end)).ok_or_else(|| {
-        Error::InvalidRequest(format!("bytes {from}..+{} of block {index} of {size} bytes", out.len()))
-    })?;
-    out.copy_from_slice(part);
+    let part = part_range(index, block.len() as u64, size, from, out.len())?;
+    out.copy_from_slice(&block[part]);
     Ok(())
+}
+
+/// The range `from..from + len` of block `index`, checked: the block holds `actual` bytes where
+/// the reader's file map says `size`, and the range lies inside it.
+pub(crate) fn part_range(
+    index: u64,
+    actual: u64,
+    size: u64,
+    from: usize,
+    len: usize,
+) -> Result<std::ops::Range<usize>> {
+    if actual != size {
+        return Err(Error::Verification(format!("block {index} has {actual} bytes where the file's map says {size}")));
+    }
+    match from.checked_add(len) {
+        Some(end) if end as u64 <= size => Ok(from..end),
+        _ => Err(Error::InvalidRequest(format!("bytes {from}..+{len} of block {index} of {size} bytes"))),
+    }
 }
 
 /// Copies a block into a buffer that must be exactly its size.

@@ -131,7 +131,7 @@ fn reads_from_rocksdb_equal_what_was_written_for_raw_and_compressed_chunks() {
 }
 
 #[test]
-fn small_reads_read_only_their_range_of_a_chunk_and_a_cut_log_fails_only_past_the_cut() {
+fn page_reads_anywhere_in_raw_and_compressed_chunks_match_and_a_cut_log_is_reported_page_by_page() {
     use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open(dir.path()).expect("open"));

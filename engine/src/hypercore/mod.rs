@@ -1132,21 +1132,16 @@ fn read_block_into(store: &dyn Store, id: u64, index: u64, out: &mut [u8]) -> Re
 /// range; a compressed one is read whole and decoded.
 fn read_block_part(store: &dyn Store, id: u64, index: u64, size: u64, from: usize, out: &mut [u8]) -> Result<()> {
     let leaf = read_leaf(store, id, index)?;
-    if leaf.size != size {
-        return Err(Error::Verification(format!(
-            "block {index} has {} bytes where the file's map says {size}",
-            leaf.size
-        )));
-    }
-    let end = from.checked_add(out.len()).filter(|&end| end as u64 <= size).ok_or_else(|| {
-        Error::InvalidRequest(format!("bytes {from}..+{} of block {index} of {size} bytes", out.len()))
-    })?;
-    let stored_len = store.read_block_range(&leaf.hash, from + 1, out)?.ok_or(Error::MissingBlock { index })?;
-    if stored::raw_by_length(stored_len, size) {
+    let part = crate::fetch::part_range(index, leaf.size, size, from, out.len())?;
+    let raw_len =
+        stored::raw_len(size).ok_or_else(|| Error::InvalidRequest(format!("block {index} of {size} bytes")))?;
+    let stored_len =
+        store.read_block_range(&leaf.hash, raw_len, from + 1, out)?.ok_or(Error::MissingBlock { index })?;
+    if stored_len == raw_len {
         return Ok(());
     }
     let raw = store.get(Table::Blocks, &leaf.hash)?.ok_or(Error::MissingBlock { index })?;
-    out.copy_from_slice(&stored::decode(&raw, leaf.size, index)?[from..end]);
+    out.copy_from_slice(&stored::decode(&raw, leaf.size, index)?[part]);
     Ok(())
 }
 

@@ -74,12 +74,11 @@ pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
     encode_parts(data).parts().concat()
 }
 
-/// Whether a stored form of `stored_len` bytes holding a block of `size` bytes is the raw one,
-/// told from the lengths alone: a compressed form is kept only when it saves at least 1/16
-/// ([`compress`]), so it is never one byte longer than its block. A part of a raw block can
-/// then be read without reading its tag.
-pub(crate) fn raw_by_length(stored_len: usize, size: u64) -> bool {
-    stored_len as u64 == size + 1
+/// The stored length of a block of `size` bytes kept raw (its tag and its bytes). Only the raw
+/// form has it: a compressed form is kept only when it saves at least 1/16 ([`compress`]). A
+/// stored form of this length is raw, and a part of it can be read without reading its tag.
+pub(crate) fn raw_len(size: u64) -> Option<usize> {
+    usize::try_from(size).ok()?.checked_add(1)
 }
 
 /// `data` compressed behind its tag, if that saves at least 1/16.

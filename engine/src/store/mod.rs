@@ -133,13 +133,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         }
         Ok(Some(v.len()))
     }
-    /// Reads `out.len()` stored bytes of block `key` from byte `at` into `out` (a 4 KiB read of
-    /// a 64 KiB chunk reads 4 KiB from the disk). Returns the stored length, `None` when the
-    /// block is absent; when the range runs past the stored bytes nothing is read.
-    fn read_block_range(&self, key: &[u8], at: usize, out: &mut [u8]) -> Result<Option<usize>> {
+    /// Reads `out.len()` stored bytes of block `key` from byte `at` into `out` when the block's
+    /// stored length is `stored_len` (a 4 KiB read of a 64 KiB chunk reads 4 KiB from the
+    /// disk). Returns the stored length, `None` when the block is absent; when the length differs
+    /// or the range runs past it, nothing is read.
+    fn read_block_range(&self, key: &[u8], stored_len: usize, at: usize, out: &mut [u8]) -> Result<Option<usize>> {
         let Some(v) = self.get(Table::Blocks, key)? else { return Ok(None) };
-        if let Some(range) = v.get(at..at.saturating_add(out.len())) {
-            out.copy_from_slice(range);
+        if v.len() == stored_len {
+            if let Some(range) = v.get(at..at.saturating_add(out.len())) {
+                out.copy_from_slice(range);
+            }
         }
         Ok(Some(v.len()))
     }

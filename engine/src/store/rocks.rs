@@ -314,13 +314,13 @@ impl Store for RocksStore {
         Ok(Some(len))
     }
 
-    fn read_block_range(&self, key: &[u8], at: usize, out: &mut [u8]) -> Result<Option<usize>> {
+    fn read_block_range(&self, key: &[u8], stored_len: usize, at: usize, out: &mut [u8]) -> Result<Option<usize>> {
         let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
         let (offset, len) = self.place(&place)?;
         match at.checked_add(out.len()) {
-            Some(end) if end <= len => {}
+            Some(end) if len == stored_len && end <= len => {}
             _ => return Ok(Some(len)),
         }
         self.log.read_exact_at(out, offset + at as u64).map_err(|e| Error::Damaged {
@@ -788,6 +788,36 @@ mod tests {
         assert_eq!(std::fs::metadata(dir.path().join(LOG_NAME)).expect("stat").len(), 10);
         let c = s.stage_block(b"dd".to_vec()).expect("stage");
         assert_eq!(c.id, 10);
+    }
+
+    #[test]
+    fn a_range_of_a_block_is_read_without_the_rest_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RocksStore::open(dir.path()).expect("open");
+        // Keyed like real blocks, by a 32-byte hash.
+        let (key, absent) = ([7u8; 32], [8u8; 32]);
+        let block: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 251) as u8).collect();
+        let mut batch = Batch::default();
+        batch.put_staged(key.to_vec(), s.stage_block(block.clone()).expect("stage"));
+        s.write(batch).expect("commit");
+        let n = block.len();
+        let mut page = vec![0u8; 4096];
+        assert_eq!(s.read_block_range(&key, n, 8192, &mut page).expect("read"), Some(n));
+        assert_eq!(page, block[8192..][..4096]);
+        // A stored length other than the one expected, or a range past the end: nothing read.
+        page.fill(0);
+        assert_eq!(s.read_block_range(&key, n + 1, 0, &mut page).expect("read"), Some(n));
+        assert_eq!(s.read_block_range(&key, n, n - 100, &mut page).expect("read"), Some(n));
+        assert!(page.iter().all(|&b| b == 0));
+        assert_eq!(s.read_block_range(&absent, n, 0, &mut page).expect("read"), None);
+        // The log loses the block's second half: its first half still reads, its second half
+        // reports the damaged store.
+        let log = std::fs::OpenOptions::new().write(true).open(dir.path().join(LOG_NAME)).expect("open log");
+        log.set_len((n / 2) as u64).expect("cut");
+        assert_eq!(s.read_block_range(&key, n, 0, &mut page).expect("the intact half"), Some(n));
+        assert_eq!(page, block[..4096]);
+        let err = s.read_block_range(&key, n, n - 4096, &mut page).expect_err("the cut half");
+        assert!(matches!(&err, Error::Damaged { reason, .. } if reason.contains(LOG_NAME)), "{err}");
     }
 
     #[test]
