@@ -2,6 +2,7 @@
 //! socket, starting the node in the background when none runs.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -26,6 +27,9 @@ pub fn request_streaming(
     start: bool,
     on_line: &mut dyn FnMut(&Value) -> Result<()>,
 ) -> Result<Value> {
+    if dir.exists() {
+        node::check_private(dir)?;
+    }
     let sock = node::socket_path(dir);
     let conn = match UnixStream::connect(&sock) {
         Ok(c) => c,
@@ -60,6 +64,8 @@ fn spawn_and_connect(dir: &Path) -> Result<UnixStream> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join("node.log"))
         .with_context(|| format!("opening {}", dir.join("node.log").display()))?;
     let exe = std::env::current_exe().context("finding the hyperfs binary")?;

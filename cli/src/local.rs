@@ -89,11 +89,12 @@ pub fn keys_import(store: Arc<RocksStore>, file: &Path) -> Result<Drive> {
         .as_deref()
         .and_then(KeyPair::from_secret_key)
         .ok_or_else(|| anyhow!("{} has no valid \"secretKey\" (64 bytes as hex)", file.display()))?;
-    let drive = Drive::create(store, kp)?;
+    // Checked before anything is stored: a file naming another drive stores nothing.
     if let Some(named) = v["drive"].as_str() {
-        if parse_key(named)? != *drive.key() {
+        let key = hyperfs_engine::hypercore::Manifest::single(kp.public_key()).hash();
+        if parse_key(named)? != key {
             bail!("{}: the secret key does not belong to drive {named}", file.display());
         }
     }
-    Ok(drive)
+    Ok(Drive::create(store, kp)?)
 }

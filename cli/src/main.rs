@@ -5,6 +5,7 @@
 //! APIs.
 
 mod bee;
+mod beneath;
 mod chunk;
 mod client;
 mod local;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use hyperfs_engine::drive::printable;
 use serde_json::{json, Value};
 
 /// The node makes and frees many small objects per request (names, entries, listings): mimalloc
@@ -135,7 +137,10 @@ enum Command {
     /// Mirror a drive folder into a local folder: add, change and remove until they match.
     ///
     /// Files in DIR that the drive folder lacks are removed (see --dry-run first). Modes,
-    /// times, symlinks and the executable bit are kept; owners too when run as root.
+    /// times, symlinks and the executable bit are kept; owners only with --owners (as root).
+    /// Everything is written beneath DIR: no symlink is followed, entries whose names are not
+    /// plain paths (or that sit below a file or link) are skipped with a note, and a drive this
+    /// node cannot write loses its set-uid, set-gid and sticky bits.
     ///
     /// Examples:
     ///   hyperfs export photos ~/photos-copy
@@ -149,6 +154,9 @@ enum Command {
         /// Export the drive as it was at this version.
         #[arg(long)]
         version: Option<u64>,
+        /// Set the owners (uid and gid) the drive records (root only).
+        #[arg(long)]
+        owners: bool,
         /// Only list what would change.
         #[arg(long)]
         dry_run: bool,
@@ -347,6 +355,11 @@ enum Command {
         /// Refuse every change (EROFS).
         #[arg(long)]
         read_only: bool,
+        /// Let other local users in (their access is checked against the modes). Without it
+        /// the mount is yours alone; for a user other than root, /etc/fuse.conf must hold
+        /// user_allow_other.
+        #[arg(long)]
+        allow_other: bool,
         #[command(flatten)]
         net: NetArgs,
         /// Print JSON.
@@ -623,10 +636,10 @@ fn main() -> ExitCode {
             let req = json!({"cmd": "import", "drive": drive, "path": path, "dir": absolute(local)?, "dryRun": dry_run});
             mirror_command(&d, &req, dry_run, json, &format!("{} → {target}", local.display()))
         }),
-        Command::Export { ref source, dir: ref local, version, dry_run, json } => dir().and_then(|d| {
+        Command::Export { ref source, dir: ref local, version, owners, dry_run, json } => dir().and_then(|d| {
             let (drive, path) = client::split_target(source);
             let req = json!({"cmd": "export", "drive": drive, "path": path, "dir": absolute(local)?,
-                "version": version, "dryRun": dry_run});
+                "version": version, "dryRun": dry_run, "owners": owners});
             mirror_command(&d, &req, dry_run, json, &format!("{source} → {}", local.display()))
         }),
         Command::Rm { ref target } => dir().and_then(|d| target_request(&d, "rm", target, json!({})).map(drop)),
@@ -651,7 +664,7 @@ fn main() -> ExitCode {
                 for e in r.as_array().into_iter().flatten() {
                     let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
                     let time = e["time"].as_i64().map_or("-".to_owned(), format_time);
-                    println!("{}\t{}\t{}\t{size}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), time, e["path"].as_str().unwrap_or_default());
+                    println!("{}\t{}\t{}\t{size}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), time, shown(&e["path"]));
                 }
             }
             Ok(())
@@ -672,7 +685,7 @@ fn main() -> ExitCode {
             } else {
                 for e in r.as_array().into_iter().flatten() {
                     let sign = match e["change"].as_str() { Some("added") => "+", Some("removed") => "-", _ => "~" };
-                    println!("{sign} {}", e["path"].as_str().unwrap_or_default());
+                    println!("{sign} {}", shown(&e["path"]));
                 }
             }
             Ok(())
@@ -698,11 +711,11 @@ fn main() -> ExitCode {
                 Err(anyhow::anyhow!("{}", bad.join("; ")))
             }
         }),
-        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, ref net, json } => dir().and_then(|d| {
+        Command::Mount { ref drive, dir: ref mount_dir, version, read_only, allow_other, ref net, json } => dir().and_then(|d| {
             // SAFETY: getuid and getgid cannot fail and touch no memory.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let req = json!({"cmd": "mount", "drive": drive, "dir": absolute(mount_dir)?, "version": version,
-                "readOnly": read_only, "uid": uid, "gid": gid});
+                "readOnly": read_only, "allowOther": allow_other, "uid": uid, "gid": gid});
             let req = net.add(req);
             let r = client::request(&d, &req, true)?;
             if json {
@@ -728,12 +741,12 @@ fn main() -> ExitCode {
                     let mode = e["mode"].as_u64().map_or("?????????".to_owned(), |m| mode_string(m as u32));
                     let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
                     let time = e["mtime"].as_i64().map_or("-".to_owned(), format_time);
-                    let link = e["linkname"].as_str().map(|l| format!(" -> {l}")).unwrap_or_default();
-                    println!("{kind}{mode} {size:>12} {time} {}{link}", e["name"].as_str().unwrap_or_default());
+                    let link = e["linkname"].as_str().map(|l| format!(" -> {}", printable(l))).unwrap_or_default();
+                    println!("{kind}{mode} {size:>12} {time} {}{link}", shown(&e["name"]));
                 }
             } else {
                 for e in &entries {
-                    println!("{}", e["name"].as_str().unwrap_or_default());
+                    println!("{}", shown(&e["name"]));
                 }
             }
             Ok(())
@@ -796,7 +809,7 @@ fn mirror_command(dir: &std::path::Path, req: &Value, dry_run: bool, json: bool,
                     Some("remove") => "-",
                     _ => "~",
                 };
-                println!("{sign} {}", c["path"].as_str().unwrap_or_default());
+                println!("{sign} {}", shown(&c["path"]));
             }
         }
         let n = |k: &str| r[k].as_u64().unwrap_or(0);
@@ -817,12 +830,18 @@ fn mirror_command(dir: &std::path::Path, req: &Value, dry_run: bool, json: bool,
         );
     }
     for s in &skipped {
-        eprintln!("hyperfs: skipped {s}");
+        eprintln!("hyperfs: skipped {}", printable(s));
     }
     if !skipped.is_empty() {
         anyhow::bail!("{} names were skipped (listed above)", skipped.len());
     }
     Ok(())
+}
+
+/// A name, path or link target from a drive as a terminal may be shown it: control characters
+/// escaped ([`printable`]); `--json` output stays exact.
+fn shown(v: &Value) -> String {
+    printable(v.as_str().unwrap_or_default())
 }
 
 /// `0o755` → `rwxr-xr-x` (with set-id and sticky bits as ls shows them).

@@ -17,17 +17,18 @@
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hyperfs_engine::drive::{BlobBatch, Entry, Meta, Op};
+use hyperfs_engine::drive::{printable, BlobBatch, Entry, Meta, Op};
 use hyperfs_engine::Drive;
 use rayon::prelude::*;
 use serde_json::{json, Value};
+
+use crate::beneath::Beneath;
 
 /// An import applies at most this many changes per drive version…
 const GROUP_OPS: usize = 4096;
@@ -141,7 +142,7 @@ pub fn import(
         if !d.writable() && !dry_run {
             bail!("this node cannot write drive {} (it holds no secret key for it)", hex::encode(d.key()));
         }
-        scan_drive(&d, None, folder)?
+        scan_drive(&d, None, folder, true, &mut Vec::new())?
     };
     let changes = plan(&local, &remote, false, &mut tally, |_, l, r| same(l, r, true));
     if dry_run {
@@ -247,20 +248,31 @@ pub fn import(
     Ok(summary(&tally, &changes, started, Some(version), folder))
 }
 
-/// `hyperfs export DRIVE[:/path] DIR`.
+/// `hyperfs export DRIVE[:/path] DIR`. Everything is written beneath `dst` ([`Beneath`]),
+/// whatever the drive's names and links say; entries that cannot be laid out as a tree
+/// (`DriveView::walk`) are reported and skipped. A drive this node cannot write is someone
+/// else's: its set-uid, set-gid and sticky bits are dropped. Owners are set only with `owners`
+/// (as root, like `tar --same-owner`); otherwise files belong to whoever runs the node.
+#[allow(clippy::too_many_arguments)]
 pub fn export(
     drive: &RwLock<Drive>,
     version: Option<u64>,
     folder: &str,
     dst: &Path,
     dry_run: bool,
+    owners: bool,
     emit: &mut dyn FnMut(Value) -> bool,
 ) -> Result<Value> {
     let started = Instant::now();
+    if owners && !is_root() {
+        bail!("--owners sets the owners a drive records, which only root can do");
+    }
+    let mut tally = Tally::default();
     let (remote, version) = {
         let d = drive.read().unwrap_or_else(|e| e.into_inner());
         let v = version.unwrap_or(d.version());
-        (scan_drive(&d, Some(v), folder)?, v)
+        let trusted = d.writable();
+        (scan_drive(&d, Some(v), folder, trusted, &mut tally.skipped)?, v)
     };
     if remote.len() <= 1 && !matches!(remote.get(""), Some(Item::Dir { meta: Some(_) })) {
         let d = drive.read().unwrap_or_else(|e| e.into_inner());
@@ -272,28 +284,38 @@ pub fn export(
             bail!("no folder {folder} in version {version} of the drive");
         }
     }
-    let mut tally = Tally::default();
     let mut local = BTreeMap::new();
+    let mut out = None;
     match std::fs::symlink_metadata(dst) {
-        Ok(m) if m.is_dir() => scan_local(dst, &mut local, &mut tally.skipped)?,
+        Ok(m) if m.is_dir() => {
+            scan_local(dst, &mut local, &mut tally.skipped)?;
+            out = Some(Beneath::open(dst).with_context(|| format!("opening {}", dst.display()))?);
+        }
         Ok(_) => bail!("{} exists and is not a directory", dst.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("{}", dst.display())),
     }
     // The drive is the source here; a file is judged by content when the drive kept no time.
-    let changes = plan(&remote, &local, true, &mut tally, |rel, r, l| match (r, l) {
-        (Item::File { meta: None, size, entry: Some(e), .. }, Item::File { size: ls, .. }) if size == ls => {
-            same_content(drive, e, &dst.join(rel)).unwrap_or(false)
+    let changes = plan(&remote, &local, true, &mut tally, |rel, r, l| match (r, l, &out) {
+        (Item::File { meta: None, size, entry: Some(e), .. }, Item::File { size: ls, .. }, Some(out)) if size == ls => {
+            out.open_file(rel).map_err(anyhow::Error::from).and_then(|f| same_content(drive, e, f)).unwrap_or(false)
         }
-        _ => same(r, l, false),
+        _ => same(r, l, owners),
     });
     if dry_run {
         return Ok(summary(&tally, &changes, started, Some(version), folder));
     }
     let mut progress = Progress { emit, last: Instant::now(), cancelled: false };
     progress.report(&tally, true);
-    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
-    let root = is_root();
+    let out = match out {
+        Some(out) => out,
+        None => {
+            std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+            Beneath::open(dst).with_context(|| format!("opening {}", dst.display()))?
+        }
+    };
+    let out = &out;
+    let shown = |rel: &str| printable(&dst.join(rel).to_string_lossy());
     // Removals, deepest first (a whole removed folder goes at once).
     for c in changes.iter().rev() {
         let replaced = c.action == Action::Change && local.get(&c.rel).is_some_and(|l| l.kind() != c.item.kind());
@@ -305,17 +327,13 @@ pub fn export(
             (_, Some(l)) => l,
             (_, None) => continue,
         };
-        let path = dst.join(&c.rel);
         let r = match target {
-            Item::Dir { .. } => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
+            Item::Dir { .. } => out.remove_dir_all(&c.rel),
+            _ => out.remove_file(&c.rel),
         };
-        match r {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-        }
+        r.with_context(|| format!("removing {}", shown(&c.rel)))?;
     }
+    out.forget();
     // Folders and their contents, parents first; folder times are set last. Runs of small files
     // are written several at a time (each is a few system calls that wait on the file system).
     let mut dirs = Vec::new();
@@ -331,11 +349,10 @@ pub fn export(
                 .par_iter()
                 .map(|c| match &c.item {
                     Item::File { entry: Some(entry), meta, executable, .. } => {
-                        let path = dst.join(&c.rel);
                         let mut bytes = 0;
                         let fresh = !local.contains_key(&c.rel);
-                        write_file(drive, entry, &path, fresh, *meta, *executable, root, &mut |n| bytes += n)
-                            .with_context(|| format!("writing {}", path.display()))?;
+                        write_file(drive, entry, out, &c.rel, fresh, *meta, *executable, owners, &mut |n| bytes += n)
+                            .with_context(|| format!("writing {}", shown(&c.rel)))?;
                         Ok(bytes)
                     }
                     _ => Ok(0),
@@ -349,37 +366,32 @@ pub fn export(
         }
         let c = writes[at];
         at += 1;
-        let path = dst.join(&c.rel);
         match &c.item {
             Item::Dir { meta } => {
-                if !path.is_dir() {
-                    std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+                if !c.rel.is_empty() {
+                    out.mkdir(&c.rel, 0o755).with_context(|| format!("creating {}", shown(&c.rel)))?;
                 }
-                dirs.push((path, *meta));
+                dirs.push((c.rel.clone(), *meta));
             }
             Item::File { entry: Some(entry), meta, executable, .. } => {
                 if progress.cancelled {
                     bail!("the client went away; the export stopped (run it again to finish)");
                 }
                 let fresh = !local.contains_key(&c.rel);
-                write_file(drive, entry, &path, fresh, *meta, *executable, root, &mut |n| {
+                write_file(drive, entry, out, &c.rel, fresh, *meta, *executable, owners, &mut |n| {
                     tally.bytes += n;
                     progress.report(&tally, false);
                 })
-                .with_context(|| format!("writing {}", path.display()))?;
+                .with_context(|| format!("writing {}", shown(&c.rel)))?;
                 tally.files += 1;
                 progress.report(&tally, false);
             }
             Item::File { entry: None, .. } => {}
             Item::Link { target, meta } => {
-                match std::fs::symlink_metadata(&path) {
-                    Ok(_) => std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
-                }
-                std::os::unix::fs::symlink(target, &path).with_context(|| format!("creating {}", path.display()))?;
+                out.symlink(target, &c.rel).with_context(|| format!("creating {}", shown(&c.rel)))?;
                 if let Some(m) = meta {
-                    set_owner_and_times(&path, m, root)?;
+                    out.set_owner_and_times(&c.rel, owners.then_some((m.uid, m.gid)), timespec(m.mtime))
+                        .with_context(|| format!("setting the owner and times of {}", shown(&c.rel)))?;
                 }
             }
         }
@@ -389,17 +401,18 @@ pub fn export(
         if let Some(parent) = Path::new(&c.rel).parent() {
             let rel = parent.to_string_lossy().into_owned();
             if let Some(Item::Dir { meta }) = remote.get(&rel) {
-                dirs.push((dst.join(&rel), *meta));
+                dirs.push((rel, *meta));
             }
         }
     }
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
     dirs.dedup_by(|a, b| a.0 == b.0);
-    for (path, meta) in dirs {
+    for (rel, meta) in dirs {
         if let Some(m) = meta {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode))
-                .with_context(|| format!("setting the mode of {}", path.display()))?;
-            set_owner_and_times(&path, &m, root)?;
+            // Owner first: a change of owner clears set-id bits, which the mode then sets.
+            out.set_owner_and_times(&rel, owners.then_some((m.uid, m.gid)), timespec(m.mtime))
+                .with_context(|| format!("setting the owner and times of {}", shown(&rel)))?;
+            out.chmod_dir(&rel, m.mode).with_context(|| format!("setting the mode of {}", shown(&rel)))?;
         }
     }
     progress.report(&tally, true);
@@ -537,10 +550,9 @@ fn same(s: &Item, t: &Item, owners: bool) -> bool {
     }
 }
 
-/// Whether the local file at `path` holds exactly the bytes of the drive entry.
-fn same_content(drive: &RwLock<Drive>, entry: &Entry, path: &Path) -> Result<bool> {
+/// Whether the local file `f` holds exactly the bytes of the drive entry.
+fn same_content(drive: &RwLock<Drive>, entry: &Entry, mut f: std::fs::File) -> Result<bool> {
     let Some(blob) = entry.blob else { return Ok(false) };
-    let mut f = std::fs::File::open(path)?;
     let mut offset = 0u64;
     loop {
         let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW)?;
@@ -574,32 +586,35 @@ fn is_small_file(c: &Change) -> bool {
 fn write_file(
     drive: &RwLock<Drive>,
     entry: &Entry,
-    path: &Path,
+    out: &Beneath,
+    rel: &str,
     fresh: bool,
     meta: Option<Meta>,
     executable: bool,
-    root: bool,
+    owners: bool,
     written: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mode = meta.map_or(if executable { 0o755 } else { 0o644 }, |m| m.mode);
-    let open = |at: &Path, new: bool| {
-        std::fs::OpenOptions::new().write(true).create(true).create_new(new).truncate(true).mode(0o600).open(at)
-    };
     let in_place = if fresh {
-        match open(path, true) {
+        match out.create(rel, true) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            Err(e) => return Err(e).context("creating it"),
         }
     } else {
         None
     };
     let (tmp, mut f) = match in_place {
-        Some(f) => (path.to_path_buf(), f),
+        Some(f) => (rel.to_owned(), f),
         None => {
-            let tmp = path.with_file_name(format!(".{name}.hyperfs-export"));
-            let f = open(&tmp, false).with_context(|| format!("creating {}", tmp.display()))?;
+            let tmp = match rel.rsplit_once('/') {
+                Some((dir, name)) => format!("{dir}/.{name}.hyperfs-export"),
+                None => format!(".{rel}.hyperfs-export"),
+            };
+            // A name left by an earlier run, or one the drive itself has, goes first: the
+            // replacement is always a new file.
+            out.remove_file(&tmp).context("clearing its replacement's name")?;
+            let f = out.create(&tmp, true).context("creating its replacement")?;
             (tmp, f)
         }
     };
@@ -648,20 +663,28 @@ fn write_file(
                 Ok(())
             })?;
         }
+        // Owner first: a change of owner clears set-id bits, which the mode then sets.
+        if let (true, Some(m)) = (owners, &meta) {
+            std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).context("setting its owner")?;
+        }
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if let Some(m) = &meta {
+            let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, timespec(m.mtime)];
+            // SAFETY: a descriptor we hold and two initialised timespecs.
+            if unsafe { libc::futimens(std::os::fd::AsRawFd::as_raw_fd(&f), times.as_ptr()) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setting its times");
+            }
+        }
         Ok(())
     })();
     drop(f);
     if let Err(e) = written.and_then(|()| {
-        if let Some(m) = &meta {
-            set_owner_and_times(&tmp, m, root)?;
-        }
-        if tmp != path {
-            std::fs::rename(&tmp, path)?;
+        if tmp != rel {
+            out.rename(&tmp, rel)?;
         }
         Ok(())
     }) {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = out.remove_file(&tmp);
         return Err(e);
     }
     Ok(())
@@ -728,29 +751,6 @@ fn set_direct(f: &std::fs::File, on: bool) -> bool {
         flags >= 0
             && libc::fcntl(fd, libc::F_SETFL, if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT }) == 0
     }
-}
-
-/// Sets the owner (as root) and the modification time of `path`, not following a symlink.
-fn set_owner_and_times(path: &Path, m: &Meta, root: bool) -> Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    if root {
-        // SAFETY: a valid NUL-terminated path; lchown reads it only.
-        if unsafe { libc::lchown(c.as_ptr(), m.uid, m.gid) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("setting the owner of {}", path.display()));
-        }
-        if !std::fs::symlink_metadata(path)?.is_symlink() && m.mode & 0o7000 != 0 {
-            // chown clears set-id bits; put them back.
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))?;
-        }
-    }
-    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW }, timespec(m.mtime)];
-    // SAFETY: a valid path and two initialised timespecs.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setting the times of {}", path.display()));
-    }
-    Ok(())
 }
 
 fn timespec(t: SystemTime) -> libc::timespec {
@@ -843,20 +843,45 @@ pub fn meta_of(m: &Metadata) -> Meta {
 }
 
 /// Every name under `folder` of the drive (at `version`, else the latest), by relative path.
-fn scan_drive(d: &Drive, version: Option<u64>, folder: &str) -> Result<BTreeMap<String, Item>> {
+/// What cannot be laid out as a tree goes to `skipped` with why (`DriveView::walk`), as does a
+/// link whose target the system cannot hold. Unless `trusted` (a drive this node writes), modes
+/// lose their set-uid, set-gid and sticky bits.
+fn scan_drive(
+    d: &Drive,
+    version: Option<u64>,
+    folder: &str,
+    trusted: bool,
+    skipped: &mut Vec<String>,
+) -> Result<BTreeMap<String, Item>> {
     let view = d.checkout(version.unwrap_or(d.version()))?;
     let base = hyperfs_engine::drive::path::folder(folder)?;
     let rel_of = |p: &str| p.strip_prefix(&base).unwrap_or(p).trim_start_matches('/').to_owned();
     let meta_of = |e: &Entry| {
         let has_time = e.metadata.as_ref().is_some_and(|m| m.get("mtime").is_some());
-        has_time.then(|| Meta::from_json(e.metadata.as_ref(), default_meta(e)))
+        has_time.then(|| {
+            let mut m = Meta::from_json(e.metadata.as_ref(), default_meta(e));
+            if !trusted {
+                m.mode &= 0o777;
+            }
+            m
+        })
     };
+    let walk = view.walk(folder)?;
+    for r in &walk.rejected {
+        skipped.push(format!("{}: {}", r.path, r.why));
+    }
     let mut out = BTreeMap::new();
     out.insert(String::new(), Item::Dir { meta: view.dir_entry(folder)?.as_ref().and_then(meta_of) });
-    for (path, e) in view.list_dirs(folder)? {
+    for (path, e) in walk.dirs {
         out.insert(rel_of(&path), Item::Dir { meta: meta_of(&e) });
     }
-    for (path, e) in view.list(folder)? {
+    for (path, e) in walk.files {
+        if let Some(t) = &e.linkname {
+            if t.is_empty() || t.len() > hyperfs_engine::drive::path::MAX_PATH || t.contains('\0') {
+                skipped.push(format!("{}: the link target is empty, over 4096 bytes or holds a NUL", printable(&path)));
+                continue;
+            }
+        }
         let rel = rel_of(&path);
         // The folders a file sits in exist even without a record.
         for a in Path::new(&rel).ancestors().skip(1) {

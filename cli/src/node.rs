@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +34,19 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 }
 
 /// Makes `dir` a hyperfs data directory, or checks that it is one. A non-empty directory
-/// without the marker belongs to something else and is refused.
+/// without the marker belongs to something else and is refused. The directory holds every
+/// drive's secret key: it is made 0700, and one that another user owns or that group or others
+/// may enter is refused with the fix to run (as ssh refuses a loose `~/.ssh`).
 pub fn claim_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating the data directory {}", dir.display())),
+    }
+    check_private(dir)?;
     let marker = dir.join(MARKER);
     if marker.exists() {
         let text = std::fs::read_to_string(&marker).with_context(|| format!("reading {}", marker.display()))?;
@@ -49,8 +59,70 @@ pub fn claim_dir(dir: &Path) -> Result<()> {
     if foreign {
         bail!("{} is not empty and is not a hyperfs data directory; choose another --data-dir", dir.display());
     }
-    std::fs::write(&marker, MARKER_TEXT).with_context(|| format!("writing {}", marker.display()))?;
+    write_state(dir, MARKER, MARKER_TEXT.as_bytes())?;
     Ok(())
+}
+
+/// Refuses a data directory that another user owns or that group or others may enter: it
+/// holds every drive's secret key. Checked whenever a command uses it, as ssh checks `~/.ssh`.
+pub fn check_private(dir: &Path) -> Result<()> {
+    let m = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if m.uid() != me && me != 0 {
+        bail!("the data directory {} belongs to uid {}, not to you (uid {me})", dir.display(), m.uid());
+    }
+    if m.mode() & 0o077 != 0 {
+        bail!(
+            "the data directory {} may be read by other users (mode {:o}) and holds secret keys; run: chmod 700 {}",
+            dir.display(),
+            m.mode() & 0o7777,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Replaces `file` of the data directory atomically and privately: a new temporary file (mode
+/// 0600, never opened through a symlink: a stale one is removed first), synced, renamed over.
+pub fn write_state(dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{file}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", tmp.display()))
+        }
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(file)).with_context(|| format!("replacing {file}"))?;
+    Ok(())
+}
+
+/// The uid of the process at the other end of a control connection (`SO_PEERCRED`).
+fn peer_uid(conn: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a socket we hold and a ucred buffer of the length given.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(conn),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
 }
 
 struct State {
@@ -99,6 +171,9 @@ fn watch_mounts(state: &Arc<State>) {
 
 /// Runs the node in the foreground until `stop`, SIGINT or SIGTERM.
 pub fn run(dir: &Path) -> Result<()> {
+    // Everything the node makes (RocksDB's files, staging, the socket) is the user's alone.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o077) };
     claim_dir(dir)?;
     // Signals go to one waiting thread, so every other thread runs undisturbed.
     let signals = block_stop_signals();
@@ -126,7 +201,7 @@ pub fn run(dir: &Path) -> Result<()> {
     resume_replicas(&state);
     resume_shares(&state);
     watch_mounts(&state);
-    std::fs::write(dir.join("node.pid"), format!("{}\n", std::process::id())).context("writing node.pid")?;
+    write_state(dir, "node.pid", format!("{}\n", std::process::id()).as_bytes())?;
     tracing::info!(dir = %dir.display(), "node started");
     {
         let state = state.clone();
@@ -201,6 +276,19 @@ fn block_stop_signals() -> Option<libc::sigset_t> {
 /// Serves one connection; returns whether it asked the node to stop.
 fn serve(state: &State, conn: UnixStream) -> bool {
     let Ok(mut writer) = conn.try_clone() else { return false };
+    // The socket is 0600 in a 0700 directory; the peer's uid is checked all the same (a
+    // descriptor passed on, a directory opened up by hand): its owner or root only.
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match peer_uid(&conn) {
+        Some(uid) if uid == me || uid == 0 => {}
+        uid => {
+            tracing::warn!(?uid, "refused a control connection from another user");
+            let reply = json!({"error": "this node serves only the user who runs it"});
+            let _ = writer.write_all(format!("{reply}\n").as_bytes());
+            return false;
+        }
+    }
     let Ok(mut stream) = conn.try_clone() else { return false };
     let reader = BufReader::new(conn);
     for line in reader.lines() {
@@ -293,7 +381,8 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             if r["cmd"] == "import" {
                 crate::mirror::import(&drive, &dir, s("path")?, dry_run, &mut progress)
             } else {
-                crate::mirror::export(&drive, r["version"].as_u64(), s("path")?, &dir, dry_run, &mut progress)
+                let owners = r["owners"].as_bool().unwrap_or(false);
+                crate::mirror::export(&drive, r["version"].as_u64(), s("path")?, &dir, dry_run, owners, &mut progress)
             }
         }
         "ls" => {
@@ -487,6 +576,13 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                     }
                     Err(e) => bad.push(format!("{name}: {e}")),
                 }
+            }
+            // Entries no reader follows (a climbing path, one below a link, one that does not
+            // decode) are named; a tree not held whole here is checked as far as it is.
+            match d.view().walk("/") {
+                Ok(w) => bad.extend(w.rejected.into_iter().map(|r| format!("entry {}: {}", r.path, r.why))),
+                Err(hyperfs_engine::Error::MissingBlock { .. }) => {}
+                Err(e) => bad.push(format!("the file tree: {e}")),
             }
             Ok(json!({"bad": bad}))
         }
@@ -897,7 +993,12 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     let name =
         local_name(&state.names.lock().unwrap_or_else(|e| e.into_inner()), &key).unwrap_or_else(|| hex::encode(key));
     let guard = std::env::current_exe().context("finding this program to run as the mount guard")?;
-    let opts = hyperfs_fs::MountOptions { fsname: format!("hyperfs:{name}"), guard: Some(guard), ..Default::default() };
+    let opts = hyperfs_fs::MountOptions {
+        fsname: format!("hyperfs:{name}"),
+        guard: Some(guard),
+        allow_other: r["allowOther"].as_bool().unwrap_or(false),
+        ..Default::default()
+    };
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), drive = %name, ?version, read_only, "mounted");
@@ -1039,11 +1140,7 @@ fn write_names(dir: &Path, names: &BTreeMap<String, String>) -> Result<()> {
     write_json(dir, "drives.json", names)
 }
 
-/// Replaces `file` of the data directory atomically (write a temporary file, sync, rename).
+/// Replaces the JSON state file `file` of the data directory ([`write_state`]).
 fn write_json(dir: &Path, file: &str, value: &impl serde::Serialize) -> Result<()> {
-    let tmp = dir.join(format!("{file}.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(value)?.as_bytes()).and_then(|_| f.sync_all())?;
-    std::fs::rename(&tmp, dir.join(file)).with_context(|| format!("replacing {file}"))?;
-    Ok(())
+    write_state(dir, file, serde_json::to_string_pretty(value)?.as_bytes())
 }

@@ -143,7 +143,7 @@ impl Net {
             (None, None) => start(SocketAddr::from(([0, 0, 0, 0], 0)))?,
         };
         let addr = endpoint.local_addr()?;
-        std::fs::write(&remembered, format!("{addr}\n"))
+        crate::node::write_state(dir, "listen.addr", format!("{addr}\n").as_bytes())
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
         let endpoint = Arc::new(endpoint);

@@ -54,6 +54,11 @@ pub enum Error {
     /// A request that does not make sense.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The core's writer signed two histories that cannot both be true (the same fork, trees
+    /// that disagree); the core takes no more data from that fork, and the proof is kept
+    /// ([`crate::hypercore::Conflict`]).
+    #[error("the writer of core {core} signed two conflicting histories on fork {fork}")]
+    Equivocation { core: String, fork: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

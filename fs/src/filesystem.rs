@@ -143,6 +143,10 @@ pub struct Fs {
     drive: Arc<RwLock<Drive>>,
     cfg: Config,
     read_only: bool,
+    /// The drive is someone else's (this node cannot write it): the owners and set-id bits
+    /// its entries record mean nothing here, and a remote uid would land on an unrelated local
+    /// user. Its files show as the mounting user's, set-uid, set-gid and sticky bits masked.
+    foreign: bool,
     /// The time shown for entries that record none (JS-written files, implied directories).
     born: SystemTime,
     nodes: Mutex<Nodes>,
@@ -431,6 +435,7 @@ impl Fs {
             drive,
             cfg,
             read_only,
+            foreign: !writable,
             born: SystemTime::now(),
             nodes: Mutex::new(nodes),
             handles: Mutex::new(HashMap::default()),
@@ -1291,7 +1296,18 @@ impl Fs {
         if e.executable {
             default.mode = 0o755;
         }
-        Meta::from_json(e.metadata.as_ref(), default)
+        self.shown(Meta::from_json(e.metadata.as_ref(), default))
+    }
+
+    /// `m` as this mount shows it: a foreign drive's as the mounting user's, without set-id and
+    /// sticky bits.
+    fn shown(&self, mut m: Meta) -> Meta {
+        if self.foreign {
+            m.uid = self.cfg.uid;
+            m.gid = self.cfg.gid;
+            m.mode &= 0o777;
+        }
+        m
     }
 
     fn entry_size(&self, e: &Entry) -> Result<u64> {
@@ -1346,7 +1362,7 @@ impl Fs {
             Found::Dir(record) => {
                 recorded = record.is_some();
                 let meta = match record {
-                    Some(e) => Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir)),
+                    Some(e) => self.shown(Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir))),
                     None => self.default_meta(Kind::Dir),
                 };
                 (Kind::Dir, 4096, meta, None)

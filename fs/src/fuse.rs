@@ -21,7 +21,8 @@ use crate::{Attr, DirEntry, Errno, Fs, Kind, SetAttr};
 pub struct MountOptions {
     /// What `mount` and `df` show as the source, e.g. `hyperfs:drive-1`.
     pub fsname: String,
-    /// Let other users in (their access is still checked against the modes).
+    /// Let other users in (their access is still checked against the modes). Off by default:
+    /// a mount is its user's alone, as a private drive should be.
     pub allow_other: bool,
     /// Worker threads answering requests.
     pub threads: usize,
@@ -33,7 +34,7 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { fsname: "hyperfs".into(), allow_other: true, threads: 8, guard: None }
+        MountOptions { fsname: "hyperfs".into(), allow_other: false, threads: 8, guard: None }
     }
 }
 

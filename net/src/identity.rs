@@ -64,12 +64,51 @@ impl Identity {
     }
 }
 
-/// The Ed25519 public key a certificate carries (its SubjectPublicKeyInfo), if it has one.
+/// The Ed25519 public key of a certificate's subject (its SubjectPublicKeyInfo), if it has one:
+/// the key the handshake signature is checked against, read from where X.509 puts it. (The
+/// bytes of an Ed25519 SPKI found anywhere in the certificate, as this once did, could sit in a
+/// serial number or a name before the real one: a peer could claim another node's id.)
 pub fn peer_id_of(cert: &[u8]) -> Option<Hash> {
     // SPKI of an Ed25519 key: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (33 bytes) }.
     const SPKI: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-    let at = cert.windows(SPKI.len()).position(|w| w == SPKI)?;
-    cert.get(at + SPKI.len()..at + SPKI.len() + 32)?.try_into().ok()
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+    let (tag, cert_body, _) = der(cert)?;
+    let (tbs_tag, mut tbs, _) = der(cert_body)?;
+    if tag != 0x30 || tbs_tag != 0x30 {
+        return None;
+    }
+    // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
+    // validity, subject, subjectPublicKeyInfo, ... }
+    if tbs.first() == Some(&0xa0) {
+        tbs = der(tbs)?.2;
+    }
+    for _ in 0..5 {
+        tbs = der(tbs)?.2;
+    }
+    let whole = tbs.get(..tbs.len() - der(tbs)?.2.len())?;
+    if whole.len() != SPKI.len() + 32 || whole[..SPKI.len()] != SPKI {
+        return None;
+    }
+    whole[SPKI.len()..].try_into().ok()
+}
+
+/// One DER element at the start of `buf`: (tag, contents, what follows). Definite lengths of
+/// at most four bytes only; anything else is `None`.
+fn der(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *buf.first()?;
+    let first = *buf.get(1)?;
+    let (len, at) = if first < 0x80 {
+        (first as usize, 2)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = buf.get(2..2 + n)?.iter().fold(0usize, |l, &b| l << 8 | b as usize);
+        (len, 2 + n)
+    };
+    let end = at.checked_add(len)?;
+    Some((tag, buf.get(at..end)?, buf.get(end..)?))
 }
 
 /// Accepts any certificate that carries an Ed25519 key and proves it in the handshake: who the
@@ -172,6 +211,50 @@ mod tests {
         let (cert, _) = id.certificate().expect("certificate");
         assert_eq!(peer_id_of(&cert), Some(id.peer_id()));
         assert_eq!(peer_id_of(b"not a certificate"), None);
+    }
+
+    /// DER of `tag` around `body`.
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        if body.len() < 0x80 {
+            out.push(body.len() as u8);
+        } else {
+            out.extend([0x82, (body.len() >> 8) as u8, body.len() as u8]);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A certificate whose serial number holds another node's key in the form of an Ed25519
+    /// SPKI, ahead of its own: the id is the subject's key, never the bytes that look like one.
+    #[test]
+    fn a_certificate_cannot_claim_an_id_it_holds_elsewhere() {
+        let (victim, attacker) = (Identity::from_seed(&[1; 32]), Identity::from_seed(&[2; 32]));
+        let spki = |id: &Identity| {
+            let mut s = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+            s.extend_from_slice(&id.peer_id());
+            s
+        };
+        let alg = tlv(0x30, &[0x06, 0x03, 0x2b, 0x65, 0x70]);
+        let mut serial = vec![0x00];
+        serial.extend(spki(&victim));
+        let tbs = [
+            tlv(0xa0, &tlv(0x02, &[2])),
+            tlv(0x02, &serial),
+            alg.clone(),
+            tlv(0x30, &[]),
+            tlv(0x30, &[]),
+            tlv(0x30, &[]),
+            spki(&attacker),
+        ]
+        .concat();
+        let cert = tlv(0x30, &[tlv(0x30, &tbs), alg, tlv(0x03, &[0; 65])].concat());
+        assert_eq!(peer_id_of(&cert), Some(attacker.peer_id()));
+        // A real certificate, cut anywhere, gives no id rather than a wrong one.
+        let (real, _) = victim.certificate().expect("certificate");
+        for cut in 0..real.len() {
+            assert_ne!(peer_id_of(&real[..cut]), Some(attacker.peer_id()));
+        }
     }
 
     #[test]

@@ -31,6 +31,18 @@ const REQUEST_RATE: f64 = 2048.0;
 const MAX_MISSED: u32 = 3;
 /// At most this many ranges describe what we have, in answer to a want or on open.
 const MAX_RANGES: usize = 4096;
+/// At most this many runs are kept of what a peer has; past them, what it says it has is
+/// not recorded (its blocks are still asked for by `want`, and other peers serve the rest). A
+/// peer's `range` and `bitfield` messages cannot grow a session's memory further.
+const MAX_REMOTE_RUNS: usize = 1 << 16;
+/// A `range` message costs this much of a request: one is an O(log n) insert, and a peer says
+/// what it has in up to [`MAX_RANGES`] of them at once.
+const RANGE_COST: f64 = 1.0 / 16.0;
+/// A `bitfield` message costs one request of the budget per this many 32-bit words.
+const BITFIELD_WORDS_PER_REQUEST: usize = 256;
+/// Steps one top-up may take over blocks it cannot ask for (the peer lacks them, or they are
+/// in flight) before it waits for the next message.
+const TOP_UP_STEPS: usize = 4096;
 
 /// Why the peer is to be dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,13 +82,17 @@ pub struct Output {
 struct Ranges(BTreeMap<u64, u64>);
 
 impl Ranges {
+    /// Adds `[start, end)`, merging what it touches: O(log n + runs merged). (It once scanned
+    /// every run below `end` per insert, quadratic in a peer's `range` messages.)
     fn insert(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
         let (mut s, mut e) = (start, end);
+        // Runs are disjoint and sorted, so those touching are the last ones starting at or
+        // before `end`.
         let touching: Vec<(u64, u64)> =
-            self.0.range(..=end).filter(|(_, &re)| re >= start).map(|(&a, &b)| (a, b)).collect();
+            self.0.range(..=end).rev().take_while(|(_, &re)| re >= start).map(|(&a, &b)| (a, b)).collect();
         for (a, b) in touching {
             s = s.min(a);
             e = e.max(b);
@@ -86,7 +102,8 @@ impl Ranges {
     }
 
     fn remove(&mut self, start: u64, end: u64) {
-        let hit: Vec<(u64, u64)> = self.0.range(..end).filter(|(_, &re)| re > start).map(|(&a, &b)| (a, b)).collect();
+        let hit: Vec<(u64, u64)> =
+            self.0.range(..end).rev().take_while(|(_, &re)| re > start).map(|(&a, &b)| (a, b)).collect();
         for (a, b) in hit {
             self.0.remove(&a);
             if a < start {
@@ -100,6 +117,18 @@ impl Ranges {
 
     fn contains(&self, i: u64) -> bool {
         self.0.range(..=i).next_back().is_some_and(|(_, &e)| i < e)
+    }
+
+    /// The first index at or after `i` inside a run.
+    fn next_from(&self, i: u64) -> Option<u64> {
+        if self.contains(i) {
+            return Some(i);
+        }
+        self.0.range(i..).next().map(|(&s, _)| s)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
     }
 
     fn truncate(&mut self, length: u64) {
@@ -298,7 +327,7 @@ impl Session {
                 self.top_up(core, now, &mut out);
             }
             Message::Request { id, request, .. } => {
-                self.charge(now)?;
+                self.charge(now, 1.0)?;
                 out.messages.push(answer(core, id, &request));
             }
             Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } => {}
@@ -343,6 +372,12 @@ impl Session {
                     Err(Error::InvalidRequest(e)) => {
                         return Err(Misbehaviour(format!("the peer sent a malformed proof: {e}")));
                     }
+                    // The writer's fault, not the peer's (it relayed what the writer signed): the
+                    // core takes nothing more from that fork and says why.
+                    Err(e @ Error::Equivocation { .. }) => {
+                        tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
+                        self.gave_up(&asked, &mut out);
+                    }
                     // Our own trouble (storage): not the peer's fault; the reader hears of it.
                     Err(e) => {
                         tracing::warn!(error = %e, "storing a verified proof");
@@ -363,27 +398,41 @@ impl Session {
                 self.top_up(core, now, &mut out);
             }
             Message::Want { start, length, .. } => {
-                self.charge(now)?;
+                self.charge(now, 1.0)?;
                 let end = start.saturating_add(length).min(core.length());
                 out.messages.extend(have_ranges(core, start.min(end), end));
             }
             Message::Range { drop, start, length } => {
+                self.charge(now, RANGE_COST)?;
                 let end = start.saturating_add(length);
                 if drop {
                     self.remote_has.remove(start, end);
-                } else {
+                } else if self.remote_has.len() < MAX_REMOTE_RUNS {
                     self.remote_has.insert(start, end);
                 }
                 out.events.push(Event::RemoteChanged);
                 self.top_up(core, now, &mut out);
             }
             Message::Bitfield { start, bitfield } => {
-                for (w, word) in bitfield.iter().enumerate() {
-                    for bit in 0..32u64 {
-                        let i = start + w as u64 * 32 + bit;
-                        if word & (1 << bit) != 0 {
-                            self.remote_has.insert(i, i + 1);
+                self.charge(now, 1.0 + (bitfield.len() / BITFIELD_WORDS_PER_REQUEST) as f64)?;
+                // Runs of set bits, each one insert (a bit at a time was a BTreeMap walk per bit).
+                let mut run: Option<u64> = None;
+                let mut at = start;
+                for word in bitfield.iter().copied().chain([0]) {
+                    for bit in 0..32u32 {
+                        let set = word & (1 << bit) != 0;
+                        match (set, run) {
+                            (true, None) => run = Some(at),
+                            (false, Some(s)) => {
+                                if self.remote_has.len() < MAX_REMOTE_RUNS {
+                                    self.remote_has.insert(s, at);
+                                }
+                                run = None;
+                            }
+                            _ => {}
                         }
+                        let Some(next) = at.checked_add(1) else { break };
+                        at = next;
                     }
                 }
                 out.events.push(Event::RemoteChanged);
@@ -409,15 +458,16 @@ impl Session {
         }
     }
 
-    /// Spends one request of the peer's budget, refilled over time.
-    fn charge(&mut self, now: Instant) -> Result<(), Misbehaviour> {
+    /// Spends `cost` requests of the peer's budget, refilled over time: every message that
+    /// makes work here (requests, wants, ranges, bitfields by size) is charged.
+    fn charge(&mut self, now: Instant, cost: f64) -> Result<(), Misbehaviour> {
         let elapsed = now.saturating_duration_since(self.budget_at).as_secs_f64();
         self.budget = (self.budget + elapsed * REQUEST_RATE).min(REQUEST_BURST);
         self.budget_at = now;
-        if self.budget < 1.0 {
+        if self.budget < cost {
             return Err(Misbehaviour("the peer floods requests".into()));
         }
-        self.budget -= 1.0;
+        self.budget -= cost;
         Ok(())
     }
 
@@ -512,19 +562,25 @@ impl Session {
         }
         let limit = core.length().min(self.remote_length);
         self.download_from = self.download_from.min(core.length());
-        while self.download_from < limit && core.has(self.download_from) {
-            self.download_from += 1;
-        }
+        self.download_from = core.next_local(self.download_from, limit, false).unwrap_or(limit);
+        // Jumps from a block we lack to the next the peer has and back: the cost follows the
+        // runs of both, never the length (which a writer may sign as anything up to 2^55).
         let mut index = self.download_from;
-        while self.in_flight.len() < DOWNLOAD_WINDOW && index < limit {
-            if !core.has(index)
-                && self.remote_has.contains(index)
-                && self.in_flight.values().all(|r| r.block != Some(index))
-                && !self.request_block(core, index, now, out)
+        for _ in 0..TOP_UP_STEPS {
+            if self.in_flight.len() >= DOWNLOAD_WINDOW || index >= limit {
+                break;
+            }
+            let Some(missing) = core.next_local(index, limit, false) else { break };
+            let Some(theirs) = self.remote_has.next_from(missing).filter(|&i| i < limit) else { break };
+            if theirs != missing {
+                index = theirs;
+                continue;
+            }
+            if self.in_flight.values().all(|r| r.block != Some(missing)) && !self.request_block(core, missing, now, out)
             {
                 break;
             }
-            index += 1;
+            index = missing + 1;
         }
     }
 
@@ -558,16 +614,11 @@ fn answer(core: &Hypercore, id: u64, request: &Request) -> Message {
 fn have_ranges(core: &Hypercore, start: u64, end: u64) -> Vec<Message> {
     let mut out = Vec::new();
     let mut i = start;
-    while i < end && out.len() < MAX_RANGES {
-        if !core.has(i) {
-            i += 1;
-            continue;
-        }
-        let s = i;
-        while i < end && core.has(i) {
-            i += 1;
-        }
-        out.push(Message::Range { drop: false, start: s, length: i - s });
+    while out.len() < MAX_RANGES {
+        let Some(s) = core.next_local(i, end, true) else { break };
+        let e = core.next_local(s, end, false).unwrap_or(end);
+        out.push(Message::Range { drop: false, start: s, length: e - s });
+        i = e;
     }
     out
 }

@@ -134,13 +134,20 @@ pub struct MountedDrive {
 impl MountedDrive {
     /// Creates drive `t` on a new node and mounts it read-write.
     pub fn new() -> MountedDrive {
+        MountedDrive::with(&[])
+    }
+
+    /// [`MountedDrive::new`] mounted with more arguments (`--allow-other`).
+    pub fn with(mount_args: &[&str]) -> MountedDrive {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = tmp.path().join("data");
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).expect("mount point");
         hyperfs_in_ok(&data, &["create", "--name", "t"]);
         let m = MountedDrive { tmp, data, dir, name: "t".into() };
-        m.ok(&["mount", "t", m.dir.to_str().expect("utf-8")]);
+        let mut args = vec!["mount", "t", m.dir.to_str().expect("utf-8")];
+        args.extend_from_slice(mount_args);
+        m.ok(&args);
         m
     }
 

@@ -192,19 +192,34 @@ pub fn encode_block_map(blocks: &[MapBlock]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Decodes the blocks of a block map into one list.
-pub fn decode_block_map(parts: &[Vec<u8>]) -> Result<Vec<MapBlock>> {
+/// The largest chunk a block map may name: the largest block a peer sends (a frame).
+pub const MAX_MAP_CHUNK: u64 = 8 << 20;
+
+/// Decodes the blocks of a block map into one list. A map is someone else's bytes: each block
+/// lists at most [`MAP_BLOCK_ENTRIES`] chunks (as hyperblobs writes them; a crafted one could
+/// list millions, and a file's stat decoded gigabytes), each chunk a block below
+/// `blobs_length` of at most [`MAX_MAP_CHUNK`] bytes, and the file's size fits in 64 bits.
+pub fn decode_block_map(parts: &[Vec<u8>], blobs_length: u64) -> Result<Vec<MapBlock>> {
     let err = |source| Error::Decode { what: "block map", source };
     let mut out = Vec::new();
+    let mut size = 0u64;
     for p in parts {
         let mut d = Decoder::new(p);
         if d.uint("block map version").map_err(err)? != 0 {
             return Err(err(DecodeError::Invalid("block map version")));
         }
         let n = d.count("block map length", 2).map_err(err)?;
+        if n > MAP_BLOCK_ENTRIES {
+            return Err(err(DecodeError::Invalid("a block map block of more entries than hyperblobs writes")));
+        }
+        out.reserve(n);
         for _ in 0..n {
             let index = d.uint("block index").map_err(err)?;
             let byte_length = d.uint("block length").map_err(err)?;
+            if index >= blobs_length || byte_length > MAX_MAP_CHUNK {
+                return Err(err(DecodeError::Invalid("a block map entry beyond the blobs core or over 8 MiB")));
+            }
+            size = size.checked_add(byte_length).ok_or(err(DecodeError::Invalid("a block map over 2^64 bytes")))?;
             out.push(MapBlock { index, byte_length });
         }
         d.finish().map_err(err)?;
@@ -276,7 +291,34 @@ mod tests {
         let blocks: Vec<_> = (0..20_000).map(|i| MapBlock { index: i * 3, byte_length: 65536 + i }).collect();
         let parts = encode_block_map(&blocks);
         assert_eq!(parts.len(), 3);
-        assert_eq!(decode_block_map(&parts).expect("decode"), blocks);
-        assert!(decode_block_map(&[vec![1, 0]]).is_err());
+        assert_eq!(decode_block_map(&parts, 60_000).expect("decode"), blocks);
+        assert!(decode_block_map(&[vec![1, 0]], 60_000).is_err());
+    }
+
+    /// A crafted map cannot make a stat decode gigabytes, name blocks the core lacks, or sum to
+    /// a size that wraps.
+    #[test]
+    fn crafted_block_maps_are_refused_before_they_cost() {
+        let map = |entries: &[(u64, u64)]| {
+            let mut e = Encoder::new();
+            e.uint(0).uint(entries.len() as u64);
+            for &(i, l) in entries {
+                e.uint(i).uint(l);
+            }
+            e.finish()
+        };
+        // One block listing more chunks than hyperblobs puts in one.
+        let big: Vec<(u64, u64)> = vec![(0, 1); MAP_BLOCK_ENTRIES + 1];
+        assert!(decode_block_map(&[map(&big)], 10).is_err());
+        // A count far past the bytes there.
+        let mut lying = Encoder::new();
+        lying.uint(0).uint(1 << 40);
+        assert!(decode_block_map(&[lying.finish()], 10).is_err());
+        assert!(decode_block_map(&[map(&[(10, 1)])], 10).is_err(), "a block the core lacks");
+        assert!(decode_block_map(&[map(&[(0, MAX_MAP_CHUNK + 1)])], 10).is_err(), "an oversized chunk");
+        // Sizes that sum past 2^64 even though each is small enough: 64 blocks of 8192 × 8 MiB
+        // is 2^42, so the wrap needs the per-chunk bound: checked with the largest allowed.
+        let ok: Vec<(u64, u64)> = vec![(1, MAX_MAP_CHUNK); MAP_BLOCK_ENTRIES];
+        assert_eq!(decode_block_map(&[map(&ok)], 10).expect("at the bounds").len(), MAP_BLOCK_ENTRIES);
     }
 }

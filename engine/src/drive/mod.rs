@@ -136,15 +136,19 @@ struct Piece {
 }
 
 impl Piece {
-    /// A file's chunks laid end to end from its start.
-    fn laid_out(blocks: impl IntoIterator<Item = MapBlock>) -> Vec<Piece> {
-        let mut start = 0;
+    /// A file's chunks laid end to end from its start; a file over 2^64 bytes is malformed
+    /// (the sum wrapped in release builds, and a read then split its buffer where it had none).
+    fn laid_out(blocks: impl IntoIterator<Item = MapBlock>) -> Result<Vec<Piece>> {
+        let mut start = 0u64;
         blocks
             .into_iter()
             .map(|m| {
                 let p = Piece { index: m.index, start, len: m.byte_length };
-                start += m.byte_length;
-                p
+                start = start.checked_add(m.byte_length).ok_or(Error::Decode {
+                    what: "blob",
+                    source: crate::encoding::DecodeError::Invalid("a file over 2^64 bytes"),
+                })?;
+                Ok(p)
             })
             .collect()
     }
@@ -229,13 +233,33 @@ impl Drive {
             Err(Error::MissingBlock { .. }) => None,
             other => other?,
         };
+        // A header's content feed is the writer's word: it must be the key Hyperdrive derives
+        // from the db where one is derived, or it could name any core of this store (a drive of
+        // the user's own, which the replica would then serve to every peer).
+        let derived = blobs_manifest_for(db.core()).ok().map(|m| m.hash());
         let blobs_key = match header.and_then(|h| h.metadata).and_then(|m| m.content_feed) {
-            Some(feed) => feed
-                .get(..32)
-                .and_then(|k| <Hash>::try_from(k).ok())
-                .ok_or_else(|| Error::Verification("the drive header's content feed is not a key".into()))?,
-            None => blobs_manifest_for(db.core())?.hash(),
+            Some(feed) => {
+                let feed = feed
+                    .get(..32)
+                    .and_then(|k| <Hash>::try_from(k).ok())
+                    .ok_or_else(|| Error::Verification("the drive header's content feed is not a key".into()))?;
+                match derived {
+                    Some(d) if d != feed => {
+                        return Err(Error::Verification(
+                            "the drive header's content feed is not the blobs core derived from its db".into(),
+                        ))
+                    }
+                    _ => feed,
+                }
+            }
+            None => derived.ok_or_else(|| Error::InvalidRequest("a drive's db core needs a v1 manifest".into()))?,
         };
+        if derived.is_none() && !db.core().writable() {
+            // A compat-era drive names its content core freely: never one this store writes.
+            if Hypercore::open(store.clone(), &blobs_key)?.is_some_and(|b| b.writable()) {
+                return Err(Error::Verification("the drive header names a core this node writes".into()));
+            }
+        }
         let mut blobs = match Hypercore::open(store.clone(), &blobs_key)? {
             Some(b) => b,
             None => {
@@ -252,6 +276,12 @@ impl Drive {
 
     fn assemble(db: Hyperbee, blobs: Hypercore) -> Drive {
         Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Mutex::new(PieceCache::default()) }
+    }
+
+    /// The db bee itself: keys and values go in as given, past every rule of paths and entries
+    /// — how other software may write a drive. For tools and tests that build such drives.
+    pub fn db_mut(&mut self) -> &mut Hyperbee {
+        &mut self.db
     }
 
     /// The db core, for the network layer to serve a writer's drive from (a replica's proofs
@@ -826,7 +856,7 @@ impl Drive {
         batch.commit_if_full(&mut self.blobs)?;
         // The map is known here: once the batch is in, stats and reads of the file need not
         // read it back.
-        batch.maps.push((blob, Arc::new(Piece::laid_out(w.map))));
+        batch.maps.push((blob, Arc::new(Piece::laid_out(w.map)?)));
         Ok(blob)
     }
 
@@ -851,7 +881,7 @@ impl Drive {
             let parts = (blob.block_offset..end)
                 .map(|i| fetch::read_block(&self.blobs, self.fetch.as_deref(), i))
                 .collect::<Result<Vec<_>>>()?;
-            entry::decode_block_map(&parts)?
+            entry::decode_block_map(&parts, self.blobs.length())?
         } else {
             (blob.block_offset..end)
                 .map(|index| {
@@ -860,7 +890,7 @@ impl Drive {
                 })
                 .collect::<Result<_>>()?
         };
-        let pieces = Arc::new(Piece::laid_out(blocks));
+        let pieces = Arc::new(Piece::laid_out(blocks)?);
         self.pieces.lock().unwrap_or_else(|e| e.into_inner()).insert(*blob, pieces.clone());
         Ok(pieces)
     }
@@ -922,25 +952,73 @@ impl<B: Blocks> DriveView<'_, B> {
         }
     }
 
-    /// Every file and symlink under `folder`, recursively, in path order.
+    /// Every file and symlink under `folder`, recursively, in path order. Entries whose stored
+    /// path is not a plain one ([`path::check_stored`]) are left out; [`DriveView::walk`] says why.
     pub fn list(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
-        let folder = path::folder(folder)?;
-        let mut out = Vec::new();
-        for e in self.db.range(&under(FILES, &folder, "/")) {
-            let e = e?;
-            out.push((path_of(FILES, &e.key)?, Entry::decode(&e.value)?));
-        }
-        Ok(out)
+        self.stored(FILES, folder, |_, _| ())
     }
 
     /// Every directory record under `folder`, recursively, in path order (not `folder`'s own:
-    /// see [`DriveView::dir_entry`]).
+    /// see [`DriveView::dir_entry`]), invalid paths left out as by [`DriveView::list`].
     pub fn list_dirs(&self, folder: &str) -> Result<Vec<(String, Entry)>> {
+        self.stored(DIRS, folder, |_, _| ())
+    }
+
+    /// Everything under `folder` that can be laid out as a tree of files: directory records and
+    /// file and symlink entries, in path order, and what cannot — a path that is not a plain one
+    /// ([`path::check_stored`]), an entry that does not decode, an entry or record below a file
+    /// or symlink entry (following a link entry to write below it would write wherever it
+    /// points) — each with the reason. Nothing rejected is followed by `export`, `clone` or the
+    /// mount.
+    pub fn walk(&self, folder: &str) -> Result<Walk> {
+        let mut rejected = Vec::new();
+        let mut files = self.stored(FILES, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
+        let mut dirs = self.stored(DIRS, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
+        let leaves: std::collections::HashSet<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        let below_leaf =
+            |p: &str| std::path::Path::new(p).ancestors().skip(1).any(|a| leaves.contains(a.to_str().unwrap_or("")));
+        let mut conflicts = Vec::new();
+        for (p, e) in files.iter().chain(dirs.iter()) {
+            if below_leaf(p) {
+                let what = if e.linkname.is_some() { "a symlink" } else { "a file" };
+                conflicts.push((p.clone(), format!("{what} entry is below a file or symlink entry")));
+            }
+        }
+        drop(leaves);
+        if !conflicts.is_empty() {
+            let bad: std::collections::HashSet<String> = conflicts.iter().map(|(p, _)| p.clone()).collect();
+            files.retain(|(p, _)| !bad.contains(p));
+            dirs.retain(|(p, _)| !bad.contains(p));
+            rejected.extend(conflicts.into_iter().map(|(path, why)| Rejected { path, why }));
+        }
+        Ok(Walk { files, dirs, rejected })
+    }
+
+    /// The entries of sub-database `prefix` under `folder` whose paths are plain and whose values
+    /// decode; `reject` hears of the others (the path made printable, and why).
+    fn stored(
+        &self,
+        prefix: &[u8],
+        folder: &str,
+        mut reject: impl FnMut(String, String),
+    ) -> Result<Vec<(String, Entry)>> {
         let folder = path::folder(folder)?;
         let mut out = Vec::new();
-        for e in self.db.range(&under(DIRS, &folder, "/")) {
-            let e = e?;
-            out.push((path_of(DIRS, &e.key)?, Entry::decode(&e.value)?));
+        let mut it = self.db.range(&under(prefix, &folder, "/"));
+        while let Some(next) = it.next_block() {
+            let (_, block) = next?;
+            let raw = it.key_of(&block).get(prefix.len()..).unwrap_or_default();
+            let p = match path::check_stored(raw) {
+                Ok(p) => p,
+                Err(why) => {
+                    reject(printable(&String::from_utf8_lossy(raw)), why.to_string());
+                    continue;
+                }
+            };
+            match Entry::decode(block.value.as_deref().unwrap_or_default()) {
+                Ok(e) => out.push((p.to_owned(), e)),
+                Err(e) => reject(printable(p), format!("the entry does not decode: {e}")),
+            }
         }
         Ok(out)
     }
@@ -1041,12 +1119,17 @@ impl<B: Blocks> DriveView<'_, B> {
         let mut names: Vec<(String, Option<T>)> = Vec::new();
         let mut range = under(prefix, folder, "/");
         // Keys are `prefix ‖ folder/ ‖ rest`: the name is `rest` up to its first slash.
-        let skip = prefix.len() + folder.len() + 1;
         'ranges: loop {
             let mut it = self.db.range(&range);
             while let Some(next) = it.next_block() {
                 let (_, block) = next?;
-                let rest = path_str(it.key_of(&block).get(skip..).unwrap_or_default())?;
+                // A key that is not a plain path is never shown ([`path::check_stored`]).
+                let key = it.key_of(&block);
+                let Ok(rest) = path::check_stored(key.get(prefix.len()..).unwrap_or_default())
+                    .map(|p| p.get(folder.len() + 1..).unwrap_or_default())
+                else {
+                    continue;
+                };
                 match rest.find('/') {
                     None => names.push((rest.to_owned(), Some(f(block.value.as_deref().unwrap_or_default())?))),
                     Some(i) => {
@@ -1064,6 +1147,49 @@ impl<B: Blocks> DriveView<'_, B> {
             return Ok(names);
         }
     }
+}
+
+/// What [`DriveView::walk`] finds under a folder.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// File and symlink entries, by path, in path order.
+    pub files: Vec<(String, Entry)>,
+    /// Directory records, by path, in path order.
+    pub dirs: Vec<(String, Entry)>,
+    /// What cannot be laid out as a tree, and why.
+    pub rejected: Vec<Rejected>,
+}
+
+/// An entry of a drive that is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The stored path, with control characters escaped ([`printable`]).
+    pub path: String,
+    /// Why it is not used.
+    pub why: String,
+}
+
+/// `s` with control characters and bidirectional overrides escaped (`\n`, `\x1b`, `\u{202e}`)
+/// and backslashes doubled, for a terminal: names and link targets from a drive are someone
+/// else's bytes, and raw escape sequences would drive the user's terminal or disguise a name.
+pub fn printable(s: &str) -> String {
+    let odd = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(|c| odd(c) || c == '\\') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if odd(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The chunks of one file being written: the blocks it is made of so far.

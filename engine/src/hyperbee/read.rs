@@ -55,12 +55,19 @@ impl Loader<'_> {
 
     fn child(&self, node: &TreeNode, i: usize) -> Result<TreeNode> {
         let &(seq, offset) = node.children().get(i).ok_or_else(|| malformed("a child slot a node does not have"))?;
+        // A block can only point back: the tree it roots was written before it.
+        if seq > node.seq {
+            return Err(malformed("a child in a later block"));
+        }
         let block = if seq == node.seq { node.block.clone() } else { self.node(seq)? };
         TreeNode::new(block, seq, offset)
     }
 
     fn key_at(&self, node: &TreeNode, i: usize) -> Result<Arc<NodeBlock>> {
         let seq = *node.keys().get(i).ok_or_else(|| malformed("a key slot a node does not have"))?;
+        if seq > node.seq {
+            return Err(malformed("a key in a later block"));
+        }
         if seq == node.seq {
             Ok(node.block.clone())
         } else {
@@ -134,6 +141,7 @@ impl<B: Blocks> View<B> {
             reverse: range.reverse,
             limit: range.limit,
             failed: false,
+            last: None,
         }
     }
 
@@ -257,6 +265,10 @@ pub struct RangeIter<'a, B: Blocks> {
     reverse: bool,
     limit: Option<usize>,
     failed: bool,
+    /// The block of the entry yielded last: keys must strictly increase (decrease in reverse)
+    /// along a range, so a crafted tree whose children share sub-trees cannot make a range
+    /// yield more entries than the tree holds (k children pointing at one node made k² of them).
+    last: Option<Arc<NodeBlock>>,
 }
 
 impl<B: Blocks> RangeIter<'_, B> {
@@ -378,6 +390,13 @@ impl<B: Blocks> RangeIter<'_, B> {
                 self.limit = Some(0);
                 break;
             }
+            if let Some(last) = &self.last {
+                let order = block.key.as_slice().cmp(last.key.as_slice());
+                if order != if reverse { Ordering::Less } else { Ordering::Greater } {
+                    return Err(malformed("keys out of order along a range"));
+                }
+            }
+            self.last = Some(block.clone());
             if let Some(n) = &mut self.limit {
                 *n -= 1;
             }

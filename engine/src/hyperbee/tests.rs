@@ -309,6 +309,41 @@ fn a_cyclic_tree_is_an_error_not_a_hang() {
     assert!(matches!(b.get(b"a"), Err(Error::Decode { .. })));
 }
 
+/// A crafted root whose k + 1 children all point at one node of k keys: a range read walked
+/// that node once per child (k² entries; stacked a few levels deep, ~80 KB of blocks made
+/// more entries than memory holds). Keys must strictly increase along a range.
+#[test]
+fn children_sharing_one_node_cannot_multiply_a_range() {
+    let mut b = bee(13);
+    let mut batch = b.batch();
+    for i in 0..10u8 {
+        batch.put(&[b'a', i], b"v").unwrap();
+    }
+    batch.flush().unwrap();
+    // One batch: every key in the root of block 10, a leaf.
+    let leaf = b.core().length() - 1;
+    let keys: Vec<u64> = (1..=10).collect();
+    let levels = vec![Level { keys: keys.clone(), children: vec![(leaf, 0); 11] }];
+    let evil = NodeBlock { key: b"zz".to_vec(), value: Some(b"x".to_vec()), levels }.encode();
+    b.core_mut().append(&evil).unwrap();
+    let mut yielded = 0;
+    let mut failed = false;
+    for e in b.view().range(&Range::default()) {
+        match e {
+            Ok(_) => yielded += 1,
+            Err(Error::Decode { .. }) => failed = true,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(failed, "the shared node is reported");
+    assert!(yielded <= 11, "no more entries than the tree holds: {yielded}");
+    // A child pointer to a later block is refused too.
+    let levels = vec![Level { keys: vec![1], children: vec![(leaf, 0), (leaf + 5, 0)] }];
+    let evil = NodeBlock { key: b"zy".to_vec(), value: Some(b"x".to_vec()), levels }.encode();
+    b.core_mut().append(&evil).unwrap();
+    assert!(b.view().range(&Range::default()).any(|e| e.is_err()));
+}
+
 #[test]
 fn messages_decode_what_they_encode_and_refuse_garbage() {
     let n = NodeBlock {

@@ -53,21 +53,85 @@ impl Bitfield {
         self.dirty.insert(page);
     }
 
-    /// Sets `[start, end)`.
+    /// Sets `[start, end)`. Clearing visits only the pages present (a range cleared on a fork
+    /// can be as long as any signed length, up to 2^55 blocks of pages never held).
     pub fn set_range(&mut self, start: u64, end: u64, value: bool) {
+        if start >= end {
+            return;
+        }
+        if !value {
+            let (first, last) = (start / PAGE_BITS, (end - 1) / PAGE_BITS);
+            let present: Vec<u64> = self.pages.range(first..=last).map(|(&p, _)| p).collect();
+            for page in present {
+                let base = page * PAGE_BITS;
+                self.fill(page, start.max(base) - base, end.min(base + PAGE_BITS) - base, false);
+            }
+            return;
+        }
         let mut i = start;
         while i < end {
-            if i.is_multiple_of(8) && end - i >= 8 && (value || self.pages.contains_key(&(i / PAGE_BITS))) {
-                let (page, bit) = (i / PAGE_BITS, i % PAGE_BITS);
-                let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
-                p[(bit >> 3) as usize] = if value { 0xff } else { 0 };
-                self.dirty.insert(page);
-                i += 8;
+            let (page, base) = (i / PAGE_BITS, i / PAGE_BITS * PAGE_BITS);
+            let to = end.min(base + PAGE_BITS);
+            self.fill(page, i - base, to - base, true);
+            i = to;
+        }
+    }
+
+    /// Sets bits `[from, to)` of one page.
+    fn fill(&mut self, page: u64, from: u64, to: u64, value: bool) {
+        let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
+        let mut bit = from;
+        while bit < to {
+            let byte = &mut p[(bit >> 3) as usize];
+            if bit.is_multiple_of(8) && to - bit >= 8 {
+                *byte = if value { 0xff } else { 0 };
+                bit += 8;
             } else {
-                self.set(i, value);
-                i += 1;
+                if value {
+                    *byte |= 1 << (bit & 7);
+                } else {
+                    *byte &= !(1 << (bit & 7));
+                }
+                bit += 1;
             }
         }
+        self.dirty.insert(page);
+    }
+
+    /// The first index in `[from, end)` whose bit is `value`, if any: pages not held are skipped
+    /// whole (all clear), so the cost follows the pages held, not the length.
+    pub fn next(&self, from: u64, end: u64, value: bool) -> Option<u64> {
+        let mut i = from;
+        while i < end {
+            let (page, base) = (i / PAGE_BITS, i / PAGE_BITS * PAGE_BITS);
+            match self.pages.get(&page) {
+                None if !value => return Some(i),
+                None => {
+                    // On to the next page held.
+                    let (&next, _) = self.pages.range(page + 1..).next()?;
+                    i = next * PAGE_BITS;
+                    continue;
+                }
+                Some(bytes) => {
+                    let to = end.min(base + PAGE_BITS);
+                    let mut bit = i - base;
+                    while base + bit < to {
+                        let b = bytes[(bit >> 3) as usize];
+                        let skip = if value { 0 } else { 0xff };
+                        if bit.is_multiple_of(8) && b == skip {
+                            bit += 8;
+                            continue;
+                        }
+                        if (b & (1 << (bit & 7)) != 0) == value {
+                            return Some(base + bit);
+                        }
+                        bit += 1;
+                    }
+                    i = base + PAGE_BITS;
+                }
+            }
+        }
+        None
     }
 
     /// Number of set bits below `end`.
@@ -224,6 +288,39 @@ mod tests {
         let dirty = b.take_dirty();
         assert_eq!(dirty.iter().map(|d| d.0).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(decode_page(&dirty[0].1).expect("page")[0], 0b1111_1000);
+    }
+
+    /// A signed length can be near 2^55: clearing past it and finding the next held or missing
+    /// block cost time in the pages held, not in the length (it was a loop over every index).
+    #[test]
+    fn next_and_clearing_cost_the_pages_held_not_the_length() {
+        let huge = 1u64 << 55;
+        let mut b = Bitfield::new();
+        b.set_range(5, 9, true);
+        b.set_range(huge - 3, huge, true);
+        assert_eq!(b.next(0, huge, true), Some(5));
+        assert_eq!(b.next(9, huge, true), Some(huge - 3));
+        assert_eq!(b.next(5, huge, false), Some(9));
+        assert_eq!(b.next(huge - 3, huge, false), None);
+        assert_eq!(b.next(huge - 3, huge + 10, false), Some(huge));
+        assert_eq!(b.next(10, huge - 3, true), None);
+        b.set_range(7, huge, false);
+        assert_eq!(b.count(huge), 2);
+        assert_eq!(b.next(0, huge, true), Some(5));
+        assert_eq!(b.next(7, huge, true), None);
+        // Against a plain model, around page edges.
+        let mut b = Bitfield::new();
+        let mut model = vec![false; 3 * PAGE_BITS as usize];
+        for (s, e, v) in [(0, 10, true), (32_760, 32_780, true), (32_770, 32_775, false), (65_535, 65_537, true)] {
+            b.set_range(s, e, v);
+            model[s as usize..e as usize].iter_mut().for_each(|m| *m = v);
+        }
+        for from in [0, 9, 10, 32_759, 32_768, 32_774, 65_530, 65_536] {
+            for value in [true, false] {
+                let want = (from..model.len() as u64).find(|&i| model[i as usize] == value);
+                assert_eq!(b.next(from, model.len() as u64, value), want, "{from} {value}");
+            }
+        }
     }
 
     fn page_with(runs: &[(usize, usize)]) -> Box<[u8; PAGE_BYTES]> {

@@ -129,6 +129,72 @@ pub struct Hypercore {
     index_blocks: bool,
     /// The signature of a head committed unsigned (see the module doc), once made.
     deferred: std::sync::OnceLock<Vec<u8>>,
+    /// Proof that the writer signed two conflicting histories, once seen (kept in the store).
+    conflict: Option<Conflict>,
+}
+
+/// One signed state of a core: what a writer's signature vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedState {
+    pub length: u64,
+    pub tree_hash: Hash,
+    pub signature: Vec<u8>,
+}
+
+/// Two signed states of one writer that cannot both be true (JS hypercore's "conflict"): on
+/// the same fork, trees that disagree — the same length with two tree hashes, or a node of the
+/// tree both cover that differs. Each verifies against the writer's key: whoever holds the key
+/// signed both. Kept in the store for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub fork: u64,
+    /// The state this core held.
+    pub ours: SignedState,
+    /// The state a peer brought.
+    pub theirs: SignedState,
+    /// A tree index where they differ, if they differ below their roots.
+    pub node: Option<u64>,
+}
+
+impl Conflict {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.uint(1).uint(self.fork);
+        for s in [&self.ours, &self.theirs] {
+            e.uint(s.length).fixed(&s.tree_hash).buffer(&s.signature);
+        }
+        e.uint(self.node.map_or(0, |n| n + 1));
+        e.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Conflict> {
+        let e = record_err("conflict");
+        let mut d = Decoder::new(bytes);
+        d.uint("version").map_err(&e)?;
+        let fork = d.uint("fork").map_err(&e)?;
+        let mut state = || -> Result<SignedState> {
+            Ok(SignedState {
+                length: d.uint("length").map_err(&e)?,
+                tree_hash: d.take(32, "tree hash").map_err(&e)?.try_into().map_err(|_| Error::CorruptRecord {
+                    what: "conflict",
+                    source: crate::encoding::DecodeError::Invalid("tree hash"),
+                })?,
+                signature: d.buffer("signature").map_err(&e)?.to_vec(),
+            })
+        };
+        let ours = state()?;
+        let theirs = state()?;
+        let node = d.uint("node").map_err(&e)?.checked_sub(1);
+        Ok(Conflict { fork, ours, theirs, node })
+    }
+}
+
+/// The record of a core's [`Conflict`].
+fn conflict_key(id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(b"conflict");
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
 }
 
 static ALLOC: Mutex<()> = Mutex::new(());
@@ -228,6 +294,7 @@ impl Hypercore {
             durable: false,
             index_blocks: false,
             deferred: std::sync::OnceLock::new(),
+            conflict: None,
         };
         let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Meta, b"next_core_id".to_vec(), (id + 1).to_le_bytes().to_vec());
@@ -311,6 +378,10 @@ impl Hypercore {
             )));
         }
         let byte_length = roots.iter().map(|r| r.size).sum();
+        let conflict = match store.get(Table::Meta, &conflict_key(id))? {
+            Some(raw) => Some(Conflict::decode(&raw)?),
+            None => None,
+        };
         Ok(Some(Hypercore {
             store,
             id,
@@ -324,7 +395,13 @@ impl Hypercore {
             durable: false,
             index_blocks: false,
             deferred: std::sync::OnceLock::new(),
+            conflict,
         }))
+    }
+
+    /// The proof that this core's writer signed two conflicting histories, if one was seen.
+    pub fn conflict(&self) -> Option<&Conflict> {
+        self.conflict.as_ref()
     }
 
     fn encode_record(&self) -> Vec<u8> {
@@ -439,6 +516,13 @@ impl Hypercore {
     /// Whether block `index` is stored locally.
     pub fn has(&self, index: u64) -> bool {
         index < self.head.length && self.bitfield.get(index)
+    }
+
+    /// The first block in `[from, end)` (within the length) that is stored locally (`stored`) or
+    /// not: in time that follows the blocks held, not the length, which a writer may sign as
+    /// anything up to 2^55.
+    pub fn next_local(&self, from: u64, end: u64, stored: bool) -> Option<u64> {
+        self.bitfield.next(from, end.min(self.head.length), stored)
     }
 
     /// Number of blocks stored locally.
@@ -901,6 +985,11 @@ impl Hypercore {
     /// nodes and the block. Nothing is stored from a proof that does not verify.
     pub fn apply_proof(&mut self, p: &Proof) -> Result<Applied> {
         let mut applied = Applied::default();
+        if let Some(c) = &self.conflict {
+            if p.fork <= c.fork {
+                return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
+            }
+        }
         if p.fork < self.head.fork {
             return Err(Error::Verification(format!("proof for old fork {} (we are on {})", p.fork, self.head.fork)));
         }
@@ -925,6 +1014,7 @@ impl Hypercore {
         let mut nodes = Vec::new();
         let mut unverified = proof::verify_tree(p, &mut nodes)?;
         let mut new_head = None;
+        let mut their_state = None;
         if let Some(up) = &p.upgrade {
             let start_roots = if reorg {
                 Vec::new()
@@ -956,6 +1046,7 @@ impl Hypercore {
                 return Err(Error::Verification(format!("bad signature for length {} fork {}", tb.length, tb.fork)));
             }
             nodes.extend(tb.nodes.iter().copied());
+            their_state = Some(SignedState { length: tb.length, tree_hash: th, signature: up.signature.clone() });
             if reorg || tb.length > self.head.length {
                 new_head = Some(Head {
                     fork: tb.fork,
@@ -978,6 +1069,9 @@ impl Hypercore {
         self.auth = auth;
         if auth_changed {
             self.write_record()?;
+        }
+        if !reorg {
+            self.check_consistent(their_state, &nodes)?;
         }
 
         let mut b = Batch { sync: self.durable, ..Batch::default() };
@@ -1013,6 +1107,48 @@ impl Hypercore {
             self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((self.head.fork, t));
         }
         Ok(applied)
+    }
+
+    /// Checks verified nodes and an upgrade of the current fork against what is stored: a node
+    /// that differs, or the same length signed with another tree hash, is proof the writer
+    /// signed two histories. It is stored and reported ([`Error::Equivocation`]); nothing of
+    /// the proof is (stored nodes were once overwritten here, silently).
+    fn check_consistent(&mut self, theirs: Option<SignedState>, nodes: &[Node]) -> Result<()> {
+        let mut differs = None;
+        for n in nodes {
+            if let Some(stored) = self.node(n.index)? {
+                if stored.hash != n.hash || stored.size != n.size {
+                    differs = Some(Some(n.index));
+                    break;
+                }
+            }
+        }
+        if let Some(t) = &theirs {
+            if differs.is_none() && t.length == self.head.length && t.tree_hash != self.head.tree_hash {
+                differs = Some(None);
+            }
+        }
+        let Some(node) = differs else { return Ok(()) };
+        let Some(theirs) = theirs else {
+            // Verified nodes hash up to a stored one; without a signed state of their own they
+            // cannot differ from the stored tree unless the hash does.
+            return Err(Error::Verification("a proof's node differs from the stored tree".into()));
+        };
+        let conflict = Conflict {
+            fork: self.head.fork,
+            ours: SignedState {
+                length: self.head.length,
+                tree_hash: self.head.tree_hash,
+                signature: self.signature().to_vec(),
+            },
+            theirs,
+            node,
+        };
+        let mut b = Batch { sync: true, ..Batch::default() };
+        b.put(Table::Meta, conflict_key(self.id).to_vec(), conflict.encode());
+        self.store.write(b)?;
+        self.conflict = Some(conflict);
+        Err(Error::Equivocation { core: hex::encode(self.key), fork: self.head.fork })
     }
 
     /// Blocks shared with a new fork's roots: whole roots whose node equals ours.

@@ -203,6 +203,52 @@ fn a_sparse_replica_seeks_through_seek_requests() {
     assert!(matches!(r.apply_proof(&p), Err(Error::Verification(_))));
     assert!(r.seek_request(total / 2).expect("request").is_some(), "nothing of the lie was stored");
 }
+/// The same key on two machines signs two histories for one fork. A replica that holds one
+/// and is shown the other keeps the proof, stops taking data from that fork, and still has it
+/// after a reopen; nothing of the second history is stored (its nodes once overwrote ours).
+#[test]
+fn two_histories_signed_for_one_fork_are_caught_and_kept() {
+    let kp = KeyPair::from_seed(&[9; 32]);
+    let mut a = Hypercore::create(mem(), kp.clone(), false).expect("create");
+    let mut b = Hypercore::create(mem(), kp, false).expect("create");
+    a.append_batch(&[b"same".as_slice(), b"from a"]).expect("append");
+    b.append_batch(&[b"same".as_slice(), b"from b"]).expect("append");
+    let upgrade = |w: &Hypercore, start: u64| Request {
+        upgrade: Some(RequestUpgrade { start, length: w.length() - start }),
+        manifest: start == 0,
+        ..Request::default()
+    };
+    let store = mem();
+    let mut r = Hypercore::open_replica(store.clone(), *a.key(), None).expect("replica");
+    r.apply_proof(&a.proof(&upgrade(&a, 0)).expect("proof")).expect("a's history verifies");
+    let before = (r.tree_hash(), r.node(2).expect("node"));
+    // The same length with another tree.
+    let err = r.apply_proof(&b.proof(&upgrade(&b, 0)).expect("proof")).expect_err("equivocation");
+    assert!(matches!(err, Error::Equivocation { fork: 0, .. }), "{err}");
+    assert_eq!((r.tree_hash(), r.node(2).expect("node")), before, "nothing of b's history is stored");
+    let c = r.conflict().expect("the proof is kept").clone();
+    assert_eq!((c.ours.length, c.theirs.length), (2, 2));
+    assert_ne!(c.ours.tree_hash, c.theirs.tree_hash);
+    let auth = r.auth().expect("manifest").clone();
+    assert!(auth.verify(&c.ours.signature, &c.ours.tree_hash, 2, 0), "our half verifies");
+    assert!(auth.verify(&c.theirs.signature, &c.theirs.tree_hash, 2, 0), "their half verifies");
+    // b grows: a longer history whose nodes differ from ours is caught too.
+    b.append(b"more").expect("append");
+    assert!(matches!(r.apply_proof(&b.proof(&upgrade(&b, 0)).expect("proof")), Err(Error::Equivocation { .. })));
+    // Even a's own later data is refused on that fork, after a reopen too.
+    a.append(b"later").expect("append");
+    let r = Hypercore::open(store, a.key()).expect("open").expect("held");
+    assert_eq!(r.conflict(), Some(&c));
+    let mut r = r;
+    assert!(matches!(r.apply_proof(&a.proof(&upgrade(&a, 0)).expect("proof")), Err(Error::Equivocation { .. })));
+
+    // Histories of one length whose trees differ below the roots: the node is named.
+    let mut r2 = Hypercore::open_replica(mem(), *a.key(), None).expect("replica");
+    r2.apply_proof(&a.proof(&upgrade(&a, 0)).expect("proof")).expect("a");
+    assert!(matches!(r2.apply_proof(&b.proof(&upgrade(&b, 0)).expect("proof")), Err(Error::Equivocation { .. })));
+    assert!(r2.conflict().expect("kept").node.is_some(), "a differing node is named");
+}
+
 #[test]
 fn replica_is_not_writable_and_rejects_foreign_manifest() {
     let c = writer(false);

@@ -1,5 +1,6 @@
 //! The integration tests of hyperfs: real binaries, real RocksDB, the JS packages as the oracle.
 
+mod attacks;
 mod bee_interop;
 mod chunk_cli;
 mod core_interop;

@@ -46,7 +46,8 @@ fn as_nobody(cmd: &str) -> (bool, String) {
 
 #[test]
 fn permissions_and_ownership_are_checked_like_a_local_disk() {
-    let m = MountedDrive::new();
+    // Other users reach a mount only when it lets them in.
+    let m = MountedDrive::with(&["--allow-other"]);
     fs::set_permissions(&m.dir, fs::Permissions::from_mode(0o755)).expect("chmod root");
     fs::write(m.path("secret"), b"s").expect("write");
     fs::set_permissions(m.path("secret"), fs::Permissions::from_mode(0o600)).expect("chmod");
