@@ -27,7 +27,7 @@ pub fn request_streaming(
     start: bool,
     on_line: &mut dyn FnMut(&Value) -> Result<()>,
 ) -> Result<Value> {
-    if dir.exists() {
+    if node::is_data_dir(dir) {
         node::check_private(dir)?;
     }
     let sock = node::socket_path(dir);

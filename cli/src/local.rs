@@ -40,10 +40,22 @@ pub fn parse_key(s: &str) -> Result<Hash> {
         .ok_or_else(|| anyhow!("{s:?} is not a key: give 64 hex digits, 52 z-base-32 characters or a hyper:// link"))
 }
 
+/// The most blocks `core dump` lists.
+const MAX_DUMP_BLOCKS: u64 = 1 << 24;
+
 /// `hyperfs core dump KEY --json`: a stored core with every block (null where not local).
 pub fn core_dump(store: Arc<RocksStore>, key: &str) -> Result<Value> {
     let key = parse_key(key)?;
     let core = Hypercore::open(store, &key)?.ok_or_else(|| anyhow!("no core {} on this node", hex::encode(key)))?;
+    // One entry per block, null where not local: a writer may sign a length near 2^55.
+    if core.length() > MAX_DUMP_BLOCKS {
+        bail!(
+            "core {} has {} blocks ({} here): more than a dump lists ({MAX_DUMP_BLOCKS})",
+            hex::encode(key),
+            core.length(),
+            core.local_blocks()
+        );
+    }
     let blocks: Vec<Value> = (0..core.length())
         .map(|i| match core.get(i) {
             Ok(b) => Ok(hex::encode(b).into()),

@@ -46,21 +46,29 @@ pub fn claim_dir(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("creating the data directory {}", dir.display())),
     }
-    check_private(dir)?;
     let marker = dir.join(MARKER);
     if marker.exists() {
         let text = std::fs::read_to_string(&marker).with_context(|| format!("reading {}", marker.display()))?;
         if text != MARKER_TEXT {
             bail!("{} was written by another version of hyperfs ({:?})", marker.display(), text.trim());
         }
-        return Ok(());
+        return check_private(dir);
     }
     let foreign = std::fs::read_dir(dir)?.next().is_some();
     if foreign {
         bail!("{} is not empty and is not a hyperfs data directory; choose another --data-dir", dir.display());
     }
+    // An empty directory given to hyperfs becomes private before anything is put in it.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))?;
+    check_private(dir)?;
     write_state(dir, MARKER, MARKER_TEXT.as_bytes())?;
     Ok(())
+}
+
+/// Whether `dir` holds a hyperfs data directory's marker.
+pub fn is_data_dir(dir: &Path) -> bool {
+    dir.join(MARKER).exists()
 }
 
 /// Refuses a data directory that another user owns or that group or others may enter: it
@@ -106,6 +114,15 @@ pub fn write_state(dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(file)).with_context(|| format!("replacing {file}"))?;
     Ok(())
+}
+
+/// How the log names a drive given by its key: a key is the capability to read the drive, so
+/// the log gets the first bytes of its discovery key instead (what peers see on the wire).
+fn log_id(key: &str) -> String {
+    match crate::local::parse_key(key) {
+        Ok(k) => format!("dk:{}", &hex::encode(hyperfs_engine::crypto::discovery_key(&k))[..16]),
+        Err(_) => key.to_owned(),
+    }
 }
 
 /// The uid of the process at the other end of a control connection (`SO_PEERCRED`).
@@ -780,7 +797,7 @@ fn resume_shares(state: &Arc<State>) {
     for (key, how) in shared {
         match open_drive(state, &key) {
             Ok(drive) => net.share(&drive, how["announce"] != false, how["lanOnly"] == true),
-            Err(e) => tracing::warn!(%key, error = %e, "sharing again"),
+            Err(e) => tracing::warn!(drive = %log_id(&key), error = %e, "sharing again"),
         }
     }
 }
@@ -798,7 +815,7 @@ fn resume_replicas(state: &Arc<State>) {
         let Ok(key) = crate::local::parse_key(&key) else { continue };
         let full = r["full"].as_bool().unwrap_or(false);
         if let Err(e) = replicate(state, &key, &[], &Value::Null, full) {
-            tracing::warn!(key = %hex::encode(key), error = %e, "following a replica");
+            tracing::warn!(drive = %log_id(&hex::encode(key)), error = %e, "following a replica");
         }
         let peers: Vec<String> = serde_json::from_value(r["peers"].clone()).unwrap_or_default();
         all_peers.extend(peers.into_iter().map(|p| (key, p)));
@@ -1001,7 +1018,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     };
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
-    tracing::info!(dir = %dir.display(), drive = %name, ?version, read_only, "mounted");
+    tracing::info!(dir = %dir.display(), drive = %log_id(&name), ?version, read_only, "mounted");
     state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version });
     Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
 }

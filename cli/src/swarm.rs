@@ -31,6 +31,9 @@ const DHT_LOOKUP_ALONE: Duration = Duration::from_secs(3);
 const DHT_ANNOUNCE_EVERY: Duration = Duration::from_secs(600);
 /// Addresses kept per topic in the peer cache.
 const CACHED: usize = 16;
+/// Addresses kept as candidates at most: LAN announcements and DHT answers are anyone's words,
+/// and a flood of spoofed ones must not grow memory or the dialing without bound.
+const MAX_CANDIDATES: usize = 1024;
 
 /// How this node finds peers, fixed when its network starts.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -296,8 +299,11 @@ impl Swarm {
             !over
         });
         let connected: Vec<SocketAddr> = peers.iter().map(|p| p.address).collect();
-        let mut room = MAX_PEERS.saturating_sub(peers.len());
         let mut cands = lock(&self.candidates);
+        // Dials under way count against the room: a round does not start more while earlier
+        // ones wait on addresses that never answer.
+        let dialing = cands.values().filter(|c| c.dialing).count();
+        let mut room = MAX_PEERS.saturating_sub(peers.len() + dialing);
         for (addr, c) in cands.iter_mut() {
             if room == 0 {
                 break;
@@ -377,6 +383,21 @@ fn remember(store: &dyn Store, t: &Hash, addr: SocketAddr) {
 
 /// Adds a candidate address for topic `t` (a better source than what was known wins).
 fn add(cands: &mut HashMap<SocketAddr, Candidate>, t: Hash, addr: SocketAddr, source: Source) {
+    if !cands.contains_key(&addr) && cands.len() >= MAX_CANDIDATES {
+        // Full: the address that failed most (never a static peer or one being dialed) makes
+        // room, else the newcomer is not kept.
+        let worst = cands
+            .iter()
+            .filter(|(_, c)| !c.dialing && c.source != Source::Static)
+            .max_by_key(|(_, c)| c.failures)
+            .map(|(a, c)| (*a, c.failures));
+        match worst {
+            Some((a, failures)) if failures > 0 || source == Source::Static => {
+                cands.remove(&a);
+            }
+            _ => return,
+        }
+    }
     let c = cands.entry(addr).or_insert_with(|| Candidate {
         source,
         topics: Vec::new(),

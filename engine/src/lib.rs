@@ -21,6 +21,9 @@ pub mod hyperbee;
 pub mod hypercore;
 pub mod store;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use drive::Drive;
 pub use error::{Error, Result};
 pub use hyperbee::Hyperbee;

@@ -27,6 +27,10 @@ use crate::NetError;
 
 /// The first byte a dialer writes on its stream: the version of this framing.
 const STREAM_VERSION: u8 = 1;
+/// Incoming connections (handshakes included) held at once, from anyone…
+const MAX_INCOMING: usize = 256;
+/// …and from one address.
+const MAX_INCOMING_PER_IP: usize = 8;
 /// The label of the TLS exporter secret capabilities are derived from.
 const EXPORTER_LABEL: &[u8] = b"hyperfs replication capability v1";
 
@@ -108,6 +112,40 @@ struct Inner {
     request_timeout_ms: std::sync::atomic::AtomicU64,
     /// Whose turn it is to be asked first among equally near peers.
     turn: std::sync::atomic::AtomicUsize,
+    /// Incoming connections held, by address (see [`MAX_INCOMING`]).
+    incoming: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One incoming connection counted against the caps until it ends.
+struct Admitted {
+    inner: Arc<Inner>,
+    ip: std::net::IpAddr,
+}
+
+impl Admitted {
+    /// Counts a connection from `ip`, unless the caps are reached.
+    fn admit(inner: &Arc<Inner>, ip: std::net::IpAddr) -> Option<Admitted> {
+        let mut held = lock(&inner.incoming);
+        let total: usize = held.values().sum();
+        let from = held.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_INCOMING || from >= MAX_INCOMING_PER_IP {
+            return None;
+        }
+        held.insert(ip, from + 1);
+        Some(Admitted { inner: inner.clone(), ip })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut held = lock(&self.inner.incoming);
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A running endpoint. Dropping it closes every connection.
@@ -157,6 +195,10 @@ impl Endpoint {
         // A peer that vanishes without closing (killed, cut off) is noticed within the idle
         // timeout; keep-alives hold healthy connections open.
         transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        // One stream of frames per connection, opened by the dialer: a peer cannot make this
+        // side buffer data on streams nobody reads.
+        transport.max_concurrent_bidi_streams(1u32.into());
+        transport.max_concurrent_uni_streams(0u32.into());
         transport.max_idle_timeout(Some(
             Duration::from_secs(10).try_into().map_err(|_| NetError::Io("idle timeout".into()))?,
         ));
@@ -179,12 +221,19 @@ impl Endpoint {
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
             turn: 0.into(),
+            incoming: Mutex::new(HashMap::new()),
         });
         let acceptor = inner.clone();
         runtime.spawn(async move {
             while let Some(incoming) = acceptor.endpoint.accept().await {
                 let inner = acceptor.clone();
+                let Some(admitted) = Admitted::admit(&inner, incoming.remote_address().ip()) else {
+                    tracing::info!(address = %incoming.remote_address(), "refused a connection: too many held");
+                    incoming.refuse();
+                    continue;
+                };
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     match incoming.await {
                         Ok(connection) => {
                             if let Err(e) = run_connection(inner, connection, false).await {

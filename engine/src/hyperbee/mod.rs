@@ -36,7 +36,7 @@ use crate::fetch::{self, Blocks, Fetch};
 use crate::hypercore::{Hypercore, Snapshot};
 use crate::{Error, Result};
 
-pub use messages::{Header, Level, Metadata, NodeBlock};
+pub use messages::{decode_index, Header, Level, Metadata, NodeBlock};
 pub use read::{DiffEntry, HistoryEntry, HistoryRange, RangeIter};
 pub use write::Batch;
 

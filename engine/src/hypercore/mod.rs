@@ -1178,10 +1178,10 @@ impl Hypercore {
             return Err(Error::Verification("the head's signature does not verify".into()));
         }
         let mut bad = Vec::new();
-        for i in 0..self.head.length {
-            if !self.bitfield.get(i) {
-                continue;
-            }
+        // Only the blocks held: a signed length can be near 2^55.
+        let mut next = self.next_local(0, self.head.length, true);
+        while let Some(i) = next {
+            next = self.next_local(i + 1, self.head.length, true);
             let leaf = self.node(2 * i)?.ok_or(Error::MissingNode { index: 2 * i })?;
             let ok = match self.store.get(Table::Blocks, &leaf.hash)? {
                 Some(v) => stored::decode(&v, leaf.size, i).is_ok_and(|v| crypto::leaf_hash(&v) == leaf.hash),

@@ -281,3 +281,144 @@ fn requests_time_out_and_are_reported() {
         }
     }
 }
+
+/// A replica of a core whose writer signed a length of 2^54 (a root over blocks nobody has; the
+/// flat tree's indexes end below 2^56):
+/// what the engine accepts, since the signature is the writer's own.
+fn replica_of_a_huge_core() -> (Hypercore, u64) {
+    use hyperfs_engine::hypercore::proof::UpgradeProof;
+    use hyperfs_engine::hypercore::{tree, Auth, Manifest, Node};
+    let kp = KeyPair::from_seed(&[7; 32]);
+    let manifest = Manifest::single(kp.public_key());
+    let length = 1u64 << 54;
+    let root = Node { index: length - 1, size: length, hash: [5; 32] };
+    let tree_hash = tree::tree_hash(&[root]);
+    let signature = Auth::Manifest(manifest.clone()).sign(&kp, &tree_hash, length, 0);
+    let proof = Proof {
+        fork: 0,
+        upgrade: Some(UpgradeProof { start: 0, length, nodes: vec![root], additional_nodes: vec![], signature }),
+        manifest: Some(manifest.encode()),
+        ..Proof::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let mut r = Hypercore::open_replica(store, manifest.hash(), None).expect("replica");
+    r.apply_proof(&proof).expect("the writer signed it");
+    assert_eq!(r.length(), length);
+    (r, length)
+}
+
+/// A writer-signed length of 2^54: opening a channel, a `want` of everything, a download
+/// that tops up, and `range` messages over the whole length each cost the runs involved, not
+/// the length (each was a loop over every index, hanging a network worker under the core's
+/// lock).
+#[test]
+fn a_signed_length_of_2_pow_54_costs_nothing_per_message() {
+    let (mut r, length) = replica_of_a_huge_core();
+    let now = Instant::now();
+    let (mut s, out) = Session::open(&r, true, now);
+    assert!(out.messages.len() < 8, "the open says what we have: nothing");
+    let sync = Message::Sync { fork: 0, length, remote_length: 0, flags: 0 };
+    s.on_message(&mut r, sync, now).expect("sync");
+    let out = s.on_message(&mut r, Message::Want { start: 0, length: u64::MAX, any: false }, now).expect("want");
+    assert!(out.messages.is_empty(), "nothing to say about blocks we lack");
+    // The peer says it has two runs far apart: the download asks for blocks of both at once.
+    s.on_message(&mut r, Message::Range { drop: false, start: length - 10, length: 10 }, now).expect("range");
+    let out = s.on_message(&mut r, Message::Range { drop: false, start: 0, length: 3 }, now).expect("range");
+    let asked: Vec<u64> = s.in_flight.values().filter_map(|f| f.block).collect();
+    assert!(asked.contains(&0) && asked.contains(&(length - 10)), "{asked:?} {:?}", out.messages.len());
+    assert!(s.in_flight.len() <= DOWNLOAD_WINDOW);
+}
+
+/// `range` and `bitfield` floods: each message is charged to the peer's budget (a bitfield by
+/// its size), what a peer says it has is kept in at most `MAX_REMOTE_RUNS` runs, and a peer past
+/// its budget is dropped.
+#[test]
+fn range_and_bitfield_floods_are_charged_and_bounded() {
+    let w = writer(4);
+    let mut r = replica(&w);
+    let now = Instant::now();
+    let (mut s, _) = Session::open(&r, false, now);
+    // Alternate blocks, one message each, at a rate the budget allows.
+    let mut t = now;
+    for i in 0..(2 * MAX_REMOTE_RUNS as u64) {
+        t += Duration::from_micros(100);
+        s.on_message(&mut r, Message::Range { drop: false, start: 2 * i, length: 1 }, t).expect("within budget");
+    }
+    assert!(s.remote_has.len() <= MAX_REMOTE_RUNS, "{} runs kept", s.remote_has.len());
+    // One bitfield of a million words costs more than the whole burst.
+    let (mut s, _) = Session::open(&r, false, now);
+    let huge = Message::Bitfield { start: 0, bitfield: vec![0x5555_5555; 1 << 20] };
+    assert!(s.on_message(&mut r, huge, now).is_err(), "over budget: dropped");
+    // A small one is fine, and its runs land as runs.
+    let (mut s, _) = Session::open(&r, false, now);
+    let small = Message::Bitfield { start: u64::MAX - 40, bitfield: vec![u32::MAX, 0b101] };
+    s.on_message(&mut r, small, now).expect("a small bitfield");
+    assert!(
+        s.remote_has.contains(u64::MAX - 40)
+            && s.remote_has.contains(u64::MAX - 9)
+            && !s.remote_has.contains(u64::MAX - 7)
+    );
+    // Wants are charged like requests.
+    let (mut s, _) = Session::open(&r, false, now);
+    let mut dropped = false;
+    for _ in 0..10_000 {
+        if s.on_message(&mut r, Message::Want { start: 0, length: 4, any: false }, now).is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "a want flood is dropped");
+}
+
+proptest::proptest! {
+    /// Structure-aware fuzzing of the session: frames made from valid messages, mutated, fed to
+    /// a session over a real replica of a real writer. No panic; a message is handled or the peer
+    /// is dropped.
+    #[test]
+    fn mutated_messages_never_panic_a_session(
+        ops in proptest::collection::vec((0u8..8, proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), proptest::prelude::any::<u8>(), 0usize..64), 1..40),
+    ) {
+        let w = writer(20);
+        let mut r = replica(&w);
+        let now = Instant::now();
+        let (mut s, _) = Session::open(&r, true, now);
+        let valid: Vec<Message> = {
+            let req = r.block_request(3, w.length()).expect("request");
+            let proof = w.proof(&req).expect("proof");
+            vec![
+                Message::Sync { fork: 0, length: 20, remote_length: 0, flags: 0 },
+                Message::Range { drop: false, start: 0, length: 20 },
+                Message::Want { start: 0, length: 20, any: false },
+                Message::Bitfield { start: 0, bitfield: vec![0xffff] },
+                Message::Request { id: 1, request: req, priority: None },
+                Message::Data { request: 1, proof },
+                Message::NoData { request: 2, reason: None },
+                Message::Cancel { request: 1 },
+            ]
+        };
+        for (which, a, b, flip, at) in ops {
+            let m = valid[which as usize % valid.len()].clone();
+            let frame = crate::wire::Frame::Channel { channel: 1, message: m }.encode();
+            let mut bytes = frame.clone();
+            if flip != 0 && !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] ^= flip;
+            }
+            // Numbers from the fuzzer where the message has them.
+            let decoded = match crate::wire::Frame::take(&bytes) {
+                Ok(Some((crate::wire::Frame::Channel { message, .. }, _))) => message,
+                _ => continue,
+            };
+            let decoded = match decoded {
+                Message::Range { drop, .. } => Message::Range { drop, start: a, length: b },
+                Message::Want { any, .. } => Message::Want { start: a, length: b, any },
+                Message::Sync { flags, .. } => Message::Sync { fork: a % 3, length: b, remote_length: 0, flags },
+                m => m,
+            };
+            if s.on_message(&mut r, decoded, now).is_err() {
+                break;
+            }
+            let _ = s.tick(&r, now + Duration::from_secs(1));
+        }
+    }
+}
