@@ -75,19 +75,23 @@ impl Beneath {
     }
 
     /// Makes the folder `rel` with `mode` (set exactly, whatever the umask) unless a folder is
-    /// there; anything else there is an error.
+    /// there (which keeps its mode); anything else there is an error.
     pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
         // SAFETY: a descriptor we hold and a NUL-terminated name.
-        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) } != 0 {
+        let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) } == 0;
+        if !made {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::AlreadyExists {
                 return Err(e);
             }
-            // Checked below: opening it refuses a symlink or a file.
         }
+        // Opening it refuses a symlink or a file in its place.
         let fd = open_at(dir.as_raw_fd(), &name, DIR_FLAGS)?;
-        fchmod(&fd, mode)
+        if made {
+            fchmod(&fd, mode)?;
+        }
+        Ok(())
     }
 
     /// Sets the mode of the folder `rel` (not through a symlink).

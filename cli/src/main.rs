@@ -698,6 +698,14 @@ fn main() -> ExitCode {
                 println!("key: {}\nlink: {}\nversion: {}\nwritable: {}\ndb: {} blocks, {} bytes\nblobs: {} blocks, {} bytes\nchunker: {}",
                     r["key"].as_str().unwrap_or_default(), r["link"].as_str().unwrap_or_default(), r["version"], r["writable"],
                     r["db"]["length"], r["db"]["byteLength"], r["blobs"]["length"], r["blobs"]["byteLength"], r["chunker"].as_str().unwrap_or_default());
+                for core in ["db", "blobs"] {
+                    let c = &r[core]["conflict"];
+                    if !c.is_null() {
+                        println!("CONFLICT: the writer signed two histories of the {core} core on fork {} (lengths {} and {}); \
+                            this node takes no more of that fork and keeps both signatures (info --json)",
+                            c["fork"], c["ours"]["length"], c["theirs"]["length"]);
+                    }
+                }
             }
             Ok(())
         }),

@@ -116,6 +116,12 @@ pub fn write_state(dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The proof of a writer's two histories, as `info --json` shows it.
+fn conflict_json(c: &hyperfs_engine::hypercore::Conflict) -> Value {
+    let state = |s: &hyperfs_engine::hypercore::SignedState| json!({"length": s.length, "treeHash": hex::encode(s.tree_hash), "signature": hex::encode(&s.signature)});
+    json!({"fork": c.fork, "ours": state(&c.ours), "theirs": state(&c.theirs), "node": c.node})
+}
+
 /// How the log names a drive given by its key: a key is the capability to read the drive, so
 /// the log gets the first bytes of its discovery key instead (what peers see on the wire).
 fn log_id(key: &str) -> String {
@@ -566,7 +572,8 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             };
             let core = |c: &hyperfs_engine::Hypercore| {
                 json!({"key": hex::encode(c.key()), "length": c.length(), "byteLength": c.byte_length(),
-                    "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork()})
+                    "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork(),
+                    "conflict": c.conflict().map(conflict_json)})
             };
             Ok(json!({
                 "key": hex::encode(d.key()),
@@ -592,6 +599,12 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                         bad.extend(blocks.into_iter().map(|i| format!("{name} block {i} does not match its tree")))
                     }
                     Err(e) => bad.push(format!("{name}: {e}")),
+                }
+                if let Some(c) = c.conflict() {
+                    bad.push(format!(
+                        "{name}: the writer signed two histories on fork {} (lengths {} and {}); the proof is kept",
+                        c.fork, c.ours.length, c.theirs.length
+                    ));
                 }
             }
             // Entries no reader follows (a climbing path, one below a link, one that does not

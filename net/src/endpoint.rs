@@ -31,6 +31,8 @@ const STREAM_VERSION: u8 = 1;
 const MAX_INCOMING: usize = 256;
 /// …and from one address.
 const MAX_INCOMING_PER_IP: usize = 8;
+/// How long a peer dropped for breaking the rules (its id and its address) is refused.
+const BAN: Duration = Duration::from_secs(30);
 /// The label of the TLS exporter secret capabilities are derived from.
 const EXPORTER_LABEL: &[u8] = b"hyperfs replication capability v1";
 
@@ -85,6 +87,8 @@ enum Command {
     Refresh,
     /// Close the channel of a core no longer shared.
     Close { core: Hash },
+    /// Send messages as given on a core's channel (see [`Endpoint::send_raw`]).
+    Raw { core: Hash, messages: Vec<Message> },
 }
 
 struct Conn {
@@ -114,6 +118,29 @@ struct Inner {
     turn: std::sync::atomic::AtomicUsize,
     /// Incoming connections held, by address (see [`MAX_INCOMING`]).
     incoming: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Peers dropped for breaking the rules, by id and by address, until when ([`BAN`]): a
+    /// flooder that is dropped does not get a fresh budget by connecting again.
+    banned: Mutex<(HashMap<Hash, Instant>, HashMap<SocketAddr, Instant>)>,
+}
+
+impl Inner {
+    fn ban(&self, id: Hash, address: SocketAddr) {
+        let until = Instant::now() + BAN;
+        let mut b = lock(&self.banned);
+        let now = Instant::now();
+        b.0.retain(|_, t| *t > now);
+        b.1.retain(|_, t| *t > now);
+        if b.0.len() < 4096 {
+            b.0.insert(id, until);
+            b.1.insert(address, until);
+        }
+    }
+
+    fn is_banned(&self, id: Option<&Hash>, address: &SocketAddr) -> bool {
+        let b = lock(&self.banned);
+        let now = Instant::now();
+        b.1.get(address).is_some_and(|t| *t > now) || id.and_then(|i| b.0.get(i)).is_some_and(|t| *t > now)
+    }
 }
 
 /// One incoming connection counted against the caps until it ends.
@@ -222,11 +249,16 @@ impl Endpoint {
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
             turn: 0.into(),
             incoming: Mutex::new(HashMap::new()),
+            banned: Mutex::new((HashMap::new(), HashMap::new())),
         });
         let acceptor = inner.clone();
         runtime.spawn(async move {
             while let Some(incoming) = acceptor.endpoint.accept().await {
                 let inner = acceptor.clone();
+                if inner.is_banned(None, &incoming.remote_address()) {
+                    incoming.refuse();
+                    continue;
+                }
                 let Some(admitted) = Admitted::admit(&inner, incoming.remote_address().ip()) else {
                     tracing::info!(address = %incoming.remote_address(), "refused a connection: too many held");
                     incoming.refuse();
@@ -430,6 +462,22 @@ impl Endpoint {
         }
     }
 
+    /// Sends `messages` as they are on the channel of `core`, to every peer it is open with: no
+    /// session and no rules, what a hostile peer sends. For the tests and the benchmark that
+    /// play one (`scripts/bench flood`). Returns how many connections had the channel open.
+    #[doc(hidden)]
+    pub fn send_raw(&self, core: &Hash, messages: &[Message]) -> usize {
+        let mut sent = 0;
+        for c in lock(&self.inner.conns).iter() {
+            if lock(&c.cores).contains(core)
+                && c.tx.send(Command::Raw { core: *core, messages: messages.to_vec() }).is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Closes the channels of `core` on every connection (it is no longer shared).
     pub fn close(&self, core: &Hash) {
         for c in lock(&self.inner.conns).iter() {
@@ -523,6 +571,10 @@ struct Channel {
 async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer: bool) -> Result<(), NetError> {
     let id = remote_id(&connection)?;
     let address = connection.remote_address();
+    if inner.is_banned(Some(&id), &address) {
+        connection.close(3u32.into(), b"dropped for breaking the rules; try later");
+        return Err(NetError::Io(format!("peer {} was dropped for breaking the rules lately", hex_id(&id))));
+    }
     let mut secret = [0u8; 64];
     connection
         .export_keying_material(&mut secret, EXPORTER_LABEL, b"")
@@ -618,6 +670,12 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                         Some(Command::Want { core, what, reply }) => state.want(core, what, reply),
                         Some(Command::Changed { core }) => state.changed(core),
                         Some(Command::Close { core }) => state.close(core),
+                        Some(Command::Raw { core, messages }) => {
+                            if let Some(ch) = state.channels.iter().find(|c| c.key == core && c.remote_id.is_some()) {
+                                let channel = ch.local_id;
+                                state.out.extend(messages.into_iter().map(|message| Frame::Channel { channel, message }));
+                            }
+                        }
                         Some(Command::Refresh) => {
                             for core in inner.shared.cores() {
                                 state.open(core);
@@ -640,6 +698,9 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     .await;
     lock(&inner.conns).retain(|c| c.stable != stable);
     if let Err(e) = &result {
+        if matches!(e, NetError::Misbehaved(_)) {
+            inner.ban(id, address);
+        }
         tracing::warn!(peer = %hex_id(&id), error = %e, "dropping the peer");
         connection.close(2u32.into(), e.to_string().as_bytes());
     }
@@ -763,7 +824,7 @@ impl ConnState {
                 });
                 match result {
                     Some(Ok(out)) => self.emit(i, out),
-                    Some(Err(m)) => return Err(NetError::Protocol(m.0)),
+                    Some(Err(m)) => return Err(NetError::Misbehaved(m.0)),
                     None => {}
                 }
             }
@@ -854,7 +915,8 @@ impl ConnState {
             }
             match out {
                 Some(Ok(out)) => self.emit(i, out),
-                Some(Err(m)) => return Err(NetError::Protocol(m.0)),
+                // A silent peer is let go, not banned: it may only be slow or cut off.
+                Some(Err(m)) => return Err(NetError::Io(m.0)),
                 None => {}
             }
         }

@@ -32,4 +32,8 @@ pub enum NetError {
     Io(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer broke a replication rule (a proof that does not verify, a flood past its
+    /// budget): it is dropped and refused for a while.
+    #[error("the peer broke the rules: {0}")]
+    Misbehaved(String),
 }

@@ -613,3 +613,36 @@ fn a_replica_drive_refreshes_what_another_instance_stored() {
     assert_eq!(r.get("/b.txt").expect("get").as_deref(), Some(&b"second"[..]));
     assert!(!r.refresh().expect("refresh"), "nothing new");
 }
+
+/// A drive header's `contentFeed` is the writer's word: naming a core of the victim's store
+/// (its own drive's blobs) made the victim's replica read — and serve to every peer — that
+/// core. Only the key Hyperdrive derives from the db is accepted.
+#[test]
+fn a_header_naming_a_foreign_content_core_is_refused() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let mut own = Drive::create(store.clone(), keys::drive_key_pair(&[1; 32], None)).expect("create");
+    own.put("/private.txt", b"mine alone", &PutOptions::default()).expect("put");
+    let victim_blobs = *own.blobs().key();
+    let kp = keys::drive_key_pair(&[2; 32], None);
+    let mut db = Hypercore::create(store.clone(), kp.clone(), false).expect("create");
+    let header = crate::hyperbee::Header {
+        protocol: "hyperbee".into(),
+        metadata: Some(crate::hyperbee::Metadata { content_feed: Some(victim_blobs.to_vec()), user_data: None }),
+    };
+    db.append(&header.encode()).expect("append");
+    let err = Drive::open(store.clone(), db.key()).expect_err("refused");
+    assert!(matches!(err, Error::Verification(_)), "{err}");
+    // The derived key, named explicitly (as older writers do), is fine.
+    let derived = keys::blobs_manifest(db.manifest().expect("manifest"), db.key()).expect("v1").hash();
+    let kp2 = keys::drive_key_pair(&[3; 32], None);
+    let mut db2 = Hypercore::create(store.clone(), kp2, false).expect("create");
+    let derived2 = keys::blobs_manifest(db2.manifest().expect("manifest"), db2.key()).expect("v1").hash();
+    assert_ne!(derived, derived2);
+    let header = crate::hyperbee::Header {
+        protocol: "hyperbee".into(),
+        metadata: Some(crate::hyperbee::Metadata { content_feed: Some(derived2.to_vec()), user_data: None }),
+    };
+    db2.append(&header.encode()).expect("append");
+    let d = Drive::open(store, db2.key()).expect("opens").expect("held");
+    assert_eq!(*d.blobs().key(), derived2);
+}

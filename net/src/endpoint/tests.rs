@@ -380,3 +380,31 @@ fn two_nodes_dialing_each_other_at_once_keep_one_connection() {
     wait("the channel", || b.peers()[0].cores == vec![key]);
     assert!(b.fetch(&key, 11, Duration::from_secs(5)), "the connection kept works");
 }
+
+/// A peer flooding a node over real QUIC (a bitfield far past its budget) is dropped, refused
+/// when it connects again, and an honest reader is served meanwhile.
+#[test]
+fn a_flooding_peer_is_dropped_and_refused_while_an_honest_reader_is_served() {
+    let w = writer(100);
+    let key = w.key();
+    let a = node(61, vec![w]);
+    let addr = a.local_addr().expect("addr");
+    let flooder = node(62, vec![replica(key, false)]);
+    flooder.connect(addr).expect("connect");
+    wait("the flooder's channel", || flooder.send_raw(&key, &[]) > 0);
+    let flood = [Message::Bitfield { start: 0, bitfield: vec![0x5555_5555; 1 << 20] }];
+    flooder.send_raw(&key, &flood);
+    wait("the node to drop the flooder", || a.peers().is_empty());
+    assert!(
+        flooder.connect(addr).is_err() || {
+            // The handshake may finish before the node closes the connection: it does not last.
+            std::thread::sleep(Duration::from_millis(300));
+            a.peers().is_empty()
+        }
+    );
+    let r = replica(key, false);
+    let honest = node(63, vec![r.clone()]);
+    honest.connect(addr).expect("an honest peer connects");
+    assert!(honest.fetch(&key, 42, Duration::from_secs(5)), "the honest reader is served");
+    assert_eq!(a.peers().len(), 1, "only the honest peer is connected");
+}

@@ -6,6 +6,10 @@
 //!   hyperfs-bench dedup OLD NEW       bytes a second version stores: CDC vs fixed 64 KiB blocks
 //!   hyperfs-bench bee DIR [KEYS]      Hyperbee puts (single and batched) and gets per second (JSON)
 //!   hyperfs-bench drive DIR           drive large-file and 4 KiB-file write and read rates (JSON)
+//!   hyperfs-bench randread FILE N     N reads of 4 KiB at random offsets: latency percentiles (JSON)
+//!   hyperfs-bench flood ADDR KEY... S a hostile peer: for S seconds, floods the node at ADDR with
+//!                                     bitfield, range, request and want messages on the channels
+//!                                     of the cores KEY..., reconnecting whenever dropped (JSON)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,9 +28,11 @@ fn main() {
         Some("dedup") => dedup(&args[2], &args[3]),
         Some("drive") => drive(&args[2]),
         Some("bee") => bee(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
+        Some("randread") => randread(&args[2], args[3].parse().expect("a count")),
+        Some("flood") => flood(&args[2], &args[3..args.len() - 1], args[args.len() - 1].parse().expect("seconds")),
         _ => {
             eprintln!(
-                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR"
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | flood ADDR KEY... SECONDS"
             );
             std::process::exit(2);
         }
@@ -243,4 +249,112 @@ fn dedup(old: &str, new: &str) {
     let c = new_bytes(cdc(&a), cdc(&b));
     let f = new_bytes(fixed(&a), fixed(&b));
     println!("{{\"newVersionBytes\":{},\"cdcStored\":{c},\"fixed64kStored\":{f}}}", b.len());
+}
+
+/// N reads of 4 KiB at random offsets of FILE (a mounted replica: each read of a chunk not yet
+/// here travels), one at a time; the latency percentiles.
+fn randread(path: &str, n: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).expect("open");
+    let len = f.metadata().expect("stat").len();
+    let mut buf = vec![0u8; 4096];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = (seed % (len / 4096)) * 4096;
+        let t = Instant::now();
+        f.read_exact_at(&mut buf, at).expect("read");
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "{}",
+        serde_json::json!({"reads": n, "p50Ms": pct(0.50), "p99Ms": pct(0.99), "maxMs": lat[lat.len() - 1]})
+    );
+}
+
+/// A hostile peer: connects to `addr`, and for `seconds` sends on the channels of `keys` as fast
+/// as the connection takes them: bitfields of 64 KiB, runs of ranges, requests for random
+/// blocks and wants of everything — far past any budget. Dropped, it connects again.
+fn flood(addr: &str, keys: &[String], seconds: u64) {
+    use hyperfs_engine::crypto::Hash;
+    use hyperfs_engine::hypercore::proof::{Request, RequestIndexed};
+    use hyperfs_engine::store::{MemStore, Store};
+    use hyperfs_net::wire::Message;
+    use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
+    use std::sync::Mutex;
+
+    struct Core(Mutex<Hypercore>, Hash);
+    impl SharedCore for Core {
+        fn key(&self) -> Hash {
+            self.1
+        }
+        fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
+            f(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+        fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
+            f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+    struct Cores(Vec<Arc<dyn SharedCore>>);
+    impl Shared for Cores {
+        fn cores(&self) -> Vec<Arc<dyn SharedCore>> {
+            self.0.clone()
+        }
+    }
+    let keys: Vec<Hash> = keys
+        .iter()
+        .map(|k| hex::decode(k).ok().and_then(|b| b.try_into().ok()).expect("a key as 64 hex digits"))
+        .collect();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let cores: Vec<Arc<dyn SharedCore>> = keys
+        .iter()
+        .map(|k| {
+            let c = Hypercore::open_replica(store.clone(), *k, None).expect("replica");
+            Arc::new(Core(Mutex::new(c), *k)) as Arc<dyn SharedCore>
+        })
+        .collect();
+    let endpoint = Endpoint::start(
+        &Identity::from_seed(&rand::random()),
+        "127.0.0.1:0".parse().expect("address"),
+        Arc::new(Cores(cores)),
+    )
+    .expect("endpoint");
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR as HOST:PORT");
+    let end = Instant::now() + std::time::Duration::from_secs(seconds);
+    let (mut connects, mut batches, mut i) = (0u64, 0u64, 0u64);
+    while Instant::now() < end {
+        i += 1;
+        let mut batch = vec![Message::Bitfield { start: i * 1_000_000, bitfield: vec![0x5555_5555; 16 << 10] }];
+        batch.extend((0..256).map(|r| Message::Range { drop: false, start: 2 * (i * 256 + r), length: 1 }));
+        batch.extend((0..64).map(|r| Message::Request {
+            id: r + 1,
+            request: Request {
+                fork: 0,
+                block: Some(RequestIndexed { index: (i * 64 + r) % 4096, nodes: 0 }),
+                ..Request::default()
+            },
+            priority: None,
+        }));
+        batch.extend((0..64).map(|_| Message::Want { start: 0, length: u64::MAX, any: false }));
+        let mut sent = 0;
+        for k in &keys {
+            sent += endpoint.send_raw(k, &batch);
+        }
+        if sent == 0 {
+            if endpoint.connect(addr).is_ok() {
+                connects += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        batches += 1;
+        // As fast as the victim takes them (the queue to the connection is not bounded here).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    println!("{}", serde_json::json!({"connects": connects, "batches": batches}));
 }
