@@ -573,7 +573,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             let core = |c: &hyperfs_engine::Hypercore| {
                 json!({"key": hex::encode(c.key()), "length": c.length(), "byteLength": c.byte_length(),
                     "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork(),
-                    "conflict": c.conflict().map(conflict_json)})
+                    "conflict": c.stored_conflict().ok().flatten().as_ref().map(conflict_json)})
             };
             Ok(json!({
                 "key": hex::encode(d.key()),
@@ -600,7 +600,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                     }
                     Err(e) => bad.push(format!("{name}: {e}")),
                 }
-                if let Some(c) = c.conflict() {
+                if let Ok(Some(c)) = c.stored_conflict() {
                     bad.push(format!(
                         "{name}: the writer signed two histories on fork {} (lengths {} and {}); the proof is kept",
                         c.fork, c.ours.length, c.theirs.length

@@ -142,6 +142,9 @@ struct InFlight {
     /// The byte a seek request locates.
     seek: Option<u64>,
     upgrade: bool,
+    /// An upgrade from length 0 asked after one from our length failed to verify: does the
+    /// peer hold another history of the same fork (the writer equivocated), or is it lying?
+    probe: bool,
     deadline: Instant,
 }
 
@@ -169,6 +172,8 @@ pub struct Session {
     timeout: Duration,
     /// Requests in a row that timed out.
     missed: u32,
+    /// Whether a writer asked this peer for its whole tree (see `maybe_upgrade`).
+    probed: bool,
 }
 
 impl Session {
@@ -189,6 +194,7 @@ impl Session {
             budget_at: now,
             timeout: REQUEST_TIMEOUT,
             missed: 0,
+            probed: false,
         };
         let mut out = Output::default();
         s.sync(core, &mut out);
@@ -263,8 +269,10 @@ impl Session {
             Err(_) => return false,
         };
         let id = self.take_id();
-        self.in_flight
-            .insert(id, InFlight { block: None, seek: Some(bytes), upgrade: false, deadline: now + self.timeout });
+        self.in_flight.insert(
+            id,
+            InFlight { block: None, seek: Some(bytes), upgrade: false, probe: false, deadline: now + self.timeout },
+        );
         out.messages.push(Message::Request { id, request, priority: None });
         true
     }
@@ -337,12 +345,25 @@ impl Session {
                     // JS ignores data for requests it does not know (a late answer).
                     return Ok(out);
                 };
-                if proof.block.as_ref().map(|b| b.index) != asked.block && proof.block.is_some() {
+                if !asked.probe && proof.block.as_ref().map(|b| b.index) != asked.block && proof.block.is_some() {
                     return Err(Misbehaviour(format!(
                         "the peer answered request {request} with block {:?} where {:?} was asked",
                         proof.block.as_ref().map(|b| b.index),
                         asked.block
                     )));
+                }
+                if asked.probe {
+                    match core.check_proof(&proof) {
+                        Ok(()) => {}
+                        Err(e @ Error::Equivocation { .. }) => {
+                            tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
+                        }
+                        Err(e @ (Error::Verification(_) | Error::Decode { .. } | Error::OutOfBounds(_))) => {
+                            return Err(Misbehaviour(format!("the peer sent a proof that does not verify: {e}")));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "checking a peer's history"),
+                    }
+                    return Ok(out);
                 }
                 let before = (core.fork(), core.length());
                 match core.apply_proof(&proof) {
@@ -365,6 +386,19 @@ impl Session {
                         if let Some(bytes) = asked.seek {
                             out.events.push(Event::Sought { bytes, ok: true });
                         }
+                    }
+                    Err(Error::Verification(_))
+                        if asked.upgrade
+                            && !asked.probe
+                            && !self.probed
+                            && proof.fork == core.fork()
+                            && core.length() > 0
+                            && self.remote_length > 0
+                            && proof.upgrade.as_ref().is_some_and(|u| u.start > 0) =>
+                    {
+                        self.gave_up(&asked, &mut out);
+                        self.probe(core, now, &mut out);
+                        return Ok(out);
                     }
                     Err(e @ (Error::Verification(_) | Error::Decode { .. } | Error::OutOfBounds(_))) => {
                         return Err(Misbehaviour(format!("the peer sent a proof that does not verify: {e}")));
@@ -493,7 +527,17 @@ impl Session {
 
     /// Asks for the peer's newer signed length (or its new fork) when it is ahead of ours.
     fn maybe_upgrade(&mut self, core: &Hypercore, now: Instant, out: &mut Output) {
-        if core.writable() || self.in_flight.values().any(|r| r.upgrade) {
+        if self.in_flight.values().any(|r| r.upgrade) {
+            return;
+        }
+        if core.writable() {
+            // Every signed state of our own fork is ours: a peer at another length of it has its
+            // tree checked once (a few roots) — a longer one, or one that disagrees with ours, is
+            // the key writing elsewhere too; the engine keeps the proof and stops writing.
+            let other = self.remote_length > 0 && self.remote_length != core.length();
+            if !self.probed && self.remote_fork == core.fork() && other && core.conflict().is_none() {
+                self.probe(core, now, out);
+            }
             return;
         }
         let newer_fork = self.remote_fork > core.fork();
@@ -512,8 +556,50 @@ impl Session {
             ..Request::default()
         };
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: None, seek: None, upgrade: true, deadline: now + self.timeout });
+        self.in_flight.insert(
+            id,
+            InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: now + self.timeout },
+        );
         out.messages.push(Message::Request { id, request, priority: None });
+    }
+
+    /// Asks for the peer's whole tree (an upgrade from length 0) after an upgrade from our
+    /// length failed to verify on our fork: a peer holding another history that the same key
+    /// signed answers with a proof that verifies on its own and disagrees with ours, which the
+    /// engine keeps as the writer's equivocation (JS hypercore's conflict); a liar's fails again.
+    ///
+    /// Each of our roots is checked: the last block under it is asked for with the path up to
+    /// the peer's root, which passes through the node of ours — equal where the histories agree.
+    /// Nothing of a probe's answer is stored ([`Hypercore::check_proof`]).
+    fn probe(&mut self, core: &Hypercore, now: Instant, out: &mut Output) {
+        // Once per session: a peer whose upgrades fail again after its tree was checked is lying.
+        self.probed = true;
+        let upgrade = Some(hyperfs_engine::hypercore::proof::RequestUpgrade { start: 0, length: self.remote_length });
+        let mut requests = vec![Request { fork: core.fork(), upgrade, ..Request::default() }];
+        if self.remote_length > core.length() {
+            requests = core
+                .roots()
+                .iter()
+                .take(8)
+                .map(|r| Request {
+                    fork: core.fork(),
+                    block: Some(hyperfs_engine::hypercore::proof::RequestIndexed {
+                        index: hyperfs_engine::hypercore::flat::right_span(r.index) / 2,
+                        nodes: 64,
+                    }),
+                    upgrade,
+                    ..Request::default()
+                })
+                .collect();
+        }
+        for request in requests {
+            let id = self.take_id();
+            self.in_flight.insert(
+                id,
+                InFlight { block: None, seek: None, upgrade: true, probe: true, deadline: now + self.timeout },
+            );
+            out.messages.push(Message::Request { id, request, priority: None });
+        }
     }
 
     fn request_block(&mut self, core: &Hypercore, index: u64, now: Instant, out: &mut Output) -> bool {
@@ -535,7 +621,10 @@ impl Session {
             return true;
         }
         let id = self.take_id();
-        self.in_flight.insert(id, InFlight { block: Some(index), seek: None, upgrade, deadline: now + self.timeout });
+        self.in_flight.insert(
+            id,
+            InFlight { block: Some(index), seek: None, upgrade, probe: false, deadline: now + self.timeout },
+        );
         self.wanted.remove(&index);
         out.messages.push(Message::Request { id, request, priority: None });
         true

@@ -404,6 +404,18 @@ impl Hypercore {
         self.conflict.as_ref()
     }
 
+    /// [`Hypercore::conflict`] as the store has it now: another instance of this core (the
+    /// network's replica of it) may have found one since this one was opened.
+    pub fn stored_conflict(&self) -> Result<Option<Conflict>> {
+        if let Some(c) = &self.conflict {
+            return Ok(Some(c.clone()));
+        }
+        match self.store.get(Table::Meta, &conflict_key(self.id))? {
+            Some(raw) => Ok(Some(Conflict::decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
     fn encode_record(&self) -> Vec<u8> {
         let mut e = Encoder::new();
         let mut flags = 0u64;
@@ -661,6 +673,12 @@ impl Hypercore {
         if !self.writable() {
             return Err(Error::NotWritable);
         }
+        // The key signed another history elsewhere: writing on would make a third.
+        if let Some(c) = &self.conflict {
+            if c.fork == self.head.fork {
+                return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
+            }
+        }
         if blocks.is_empty() {
             return Ok(self.head.length);
         }
@@ -856,6 +874,9 @@ impl Hypercore {
         if self.auth.is_none() {
             self.auth = fresh.auth;
         }
+        if self.conflict.is_none() {
+            self.conflict = fresh.conflict;
+        }
         Ok(changed)
     }
 
@@ -984,6 +1005,17 @@ impl Hypercore {
     /// Verifies a proof received from a peer and stores what it proves: new signed length,
     /// nodes and the block. Nothing is stored from a proof that does not verify.
     pub fn apply_proof(&mut self, p: &Proof) -> Result<Applied> {
+        self.take_proof(p, true)
+    }
+
+    /// Verifies a proof of a peer's tree against the stored one without taking anything of
+    /// it: [`Error::Equivocation`] (the proof kept) where the two disagree, `Ok` where they
+    /// agree. How a replica checks a peer whose upgrade from our length did not verify.
+    pub fn check_proof(&mut self, p: &Proof) -> Result<()> {
+        self.take_proof(p, false).map(drop)
+    }
+
+    fn take_proof(&mut self, p: &Proof, commit: bool) -> Result<Applied> {
         let mut applied = Applied::default();
         if let Some(c) = &self.conflict {
             if p.fork <= c.fork {
@@ -1073,6 +1105,9 @@ impl Hypercore {
         if !reorg {
             self.check_consistent(their_state, &nodes)?;
         }
+        if !commit {
+            return Ok(applied);
+        }
 
         let mut b = Batch { sync: self.durable, ..Batch::default() };
         let mut truncate_from = None;
@@ -1125,6 +1160,11 @@ impl Hypercore {
         }
         if let Some(t) = &theirs {
             if differs.is_none() && t.length == self.head.length && t.tree_hash != self.head.tree_hash {
+                differs = Some(None);
+            }
+            // A writer signs every state of its core itself: a longer one it did not sign here
+            // is the same key writing on another machine.
+            if differs.is_none() && self.key_pair.is_some() && t.length > self.head.length {
                 differs = Some(None);
             }
         }

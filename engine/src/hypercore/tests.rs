@@ -445,3 +445,36 @@ mod props {
         }
     }
 }
+
+/// A replica that holds one history checks a longer one signed with the same key without
+/// taking it: the last block of each of its roots, asked for with the path up to the other's
+/// root, shows where they part.
+#[test]
+fn a_longer_history_that_parts_from_ours_is_caught_without_being_taken() {
+    let kp = KeyPair::from_seed(&[10; 32]);
+    let mut a = Hypercore::create(mem(), kp.clone(), false).expect("create");
+    let mut b = Hypercore::create(mem(), kp, false).expect("create");
+    a.append_batch(&[b"same".as_slice(), b"from a"]).expect("append");
+    b.append_batch(&[b"same".as_slice(), b"from b", b"more", b"and more"]).expect("append");
+    let mut r = Hypercore::open_replica(mem(), *a.key(), None).expect("replica");
+    let up = Request { upgrade: Some(RequestUpgrade { start: 0, length: 2 }), manifest: true, ..Request::default() };
+    r.apply_proof(&a.proof(&up).expect("proof")).expect("a");
+    // From our length, b's upgrade does not verify.
+    let from_ours = Request { upgrade: Some(RequestUpgrade { start: 2, length: 2 }), ..Request::default() };
+    assert!(matches!(r.apply_proof(&b.proof(&from_ours).expect("proof")), Err(Error::Verification(_))));
+    let probe = Request {
+        block: Some(RequestIndexed { index: flat::right_span(r.roots()[0].index) / 2, nodes: 64 }),
+        upgrade: Some(RequestUpgrade { start: 0, length: 4 }),
+        ..Request::default()
+    };
+    let err = r.check_proof(&b.proof(&probe).expect("proof")).expect_err("caught");
+    assert!(matches!(err, Error::Equivocation { .. }), "{err}");
+    assert_eq!((r.length(), r.conflict().map(|c| c.theirs.length)), (2, Some(4)), "nothing taken, proof kept");
+    // The same probe answered by a's own history passes and takes nothing.
+    let mut r2 = Hypercore::open_replica(mem(), *a.key(), None).expect("replica");
+    r2.apply_proof(&a.proof(&up).expect("proof")).expect("a");
+    a.append(b"a grows").expect("append");
+    let probe = Request { upgrade: Some(RequestUpgrade { start: 0, length: 3 }), ..probe };
+    r2.check_proof(&a.proof(&probe).expect("proof")).expect("consistent");
+    assert_eq!(r2.length(), 2);
+}

@@ -207,8 +207,10 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     for (what, proof) in cases {
         let mut s = Session::open(&p.b, false, p.now).0;
         s.on_message(&mut p.b, Message::Sync { flags: 3, fork: 0, length: 40, remote_length: 0 }, p.now).expect("sync");
-        s.in_flight
-            .insert(id, InFlight { block: Some(9), seek: None, upgrade: false, deadline: p.now + REQUEST_TIMEOUT });
+        s.in_flight.insert(
+            id,
+            InFlight { block: Some(9), seek: None, upgrade: false, probe: false, deadline: p.now + REQUEST_TIMEOUT },
+        );
         let r = s.on_message(&mut p.b, Message::Data { request: id, proof }, p.now);
         assert!(r.is_err(), "{what} is caught");
         assert!(!p.b.has(9), "{what}: nothing stored");
@@ -222,7 +224,10 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     let mut proof = p.a.proof(&upgrade_req).expect("proof");
     proof.upgrade.as_mut().expect("upgrade").signature[5] ^= 1;
     proof.manifest = p.a.manifest().map(|m| m.encode());
-    s.in_flight.insert(1, InFlight { block: None, seek: None, upgrade: true, deadline: p.now + REQUEST_TIMEOUT });
+    s.in_flight.insert(
+        1,
+        InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: p.now + REQUEST_TIMEOUT },
+    );
     assert!(s.on_message(&mut forged, Message::Data { request: 1, proof }, p.now).is_err());
     assert_eq!(forged.length(), 0);
     // The honest answer still works.

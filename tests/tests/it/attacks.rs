@@ -311,3 +311,184 @@ fn control_characters_in_names_do_not_reach_the_terminal() {
     let names: Vec<&str> = exact.as_array().expect("array").iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(names.contains(&"red\x1b[31mname"), "{names:?}");
 }
+
+/// A block-mapped file whose map lists far more chunks than hyperblobs writes, with lengths that
+/// sum past 2^64: one `stat` decoded gigabytes (again on every stat) and a read could panic.
+/// Now `ls -l`, `cat` and a mount's `stat` each fail at once with a clear error.
+#[test]
+fn a_crafted_block_map_is_refused_before_it_costs() {
+    use hyperfs_engine::drive::Blob;
+    use hyperfs_engine::encoding::Encoder;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let (attacker, addr) = Attacker::new(root, |d| {
+        // Half a million entries in one map block, each a chunk of 2^62 bytes.
+        let mut e = Encoder::new();
+        let n = 500_000u64;
+        e.uint(0).uint(n);
+        for _ in 0..n {
+            e.uint(0).uint(1 << 62);
+        }
+        let map = e.finish();
+        let at = d.blobs_mut().append(&map).expect("append");
+        let blob =
+            Blob { block_offset: at, byte_offset: 0, block_length: 1, byte_length: map.len() as u64, block_map: true };
+        let entry = Entry { executable: false, linkname: None, blob: Some(blob), metadata: None };
+        d.db_mut().put(b"files\0/huge.bin", &entry.encode()).expect("put");
+        d.put("/fine.txt", b"fine", &PutOptions::default()).expect("put");
+    });
+    let (victim, _stop, out) = victim_clones(root, &attacker.key, &addr);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let started = Instant::now();
+    let out = hyperfs_in(&victim, &["cat", "copy:/huge.bin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("block map"), "{err}");
+    let out = hyperfs_in(&victim, &["stat", "copy:/huge.bin"]);
+    assert!(!out.status.success(), "stat fails clearly: {}", String::from_utf8_lossy(&out.stderr));
+    let mnt = root.join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    hyperfs_in_ok(&victim, &["mount", "copy", mnt.to_str().expect("utf-8")]);
+    assert!(std::fs::metadata(mnt.join("huge.bin")).is_err(), "the mount's stat fails");
+    assert_eq!(std::fs::read_to_string(mnt.join("fine.txt")).expect("read"), "fine", "the rest reads");
+    hyperfs_in_ok(&victim, &["unmount", mnt.to_str().expect("utf-8")]);
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
+}
+
+/// A drive whose header names, as its content core, the blobs core of another drive of the
+/// node (here the user's own private drive): a replica would have read that core and served it
+/// to every peer. A node opens no such drive — the one that holds it and every replica take
+/// the same `Drive::open` — and says why; the private drive's blocks never leave.
+#[test]
+fn a_header_naming_another_drives_core_is_refused() {
+    use hyperfs_engine::crypto::KeyPair;
+    use hyperfs_engine::hyperbee::{Header, Metadata};
+    use hyperfs_engine::Hypercore;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("node");
+    let _stop = Stop(dir.clone());
+    hyperfs_in_ok(&dir, &["create", "--name", "mine"]);
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, "the user's own bytes").expect("write");
+    hyperfs_in_ok(&dir, &["put", secret.to_str().expect("utf-8"), "mine:/secret.txt"]);
+    let info = json_of(&dir, &["info", "mine", "--json"]);
+    let own_blobs = hex::decode(info["blobs"]["key"].as_str().expect("blobs key")).expect("hex");
+    hyperfs_in_ok(&dir, &["stop"]);
+    // A drive whose db's first block is a header naming that blobs core, as a stranger's
+    // writer would make it.
+    let kp = KeyPair::from_seed(&[77; 32]);
+    {
+        let store = Arc::new(RocksStore::open(&dir.join("store")).expect("store"));
+        let mut db = Hypercore::create(store, kp.clone(), false).expect("core");
+        let header = Header {
+            protocol: "hyperbee".into(),
+            metadata: Some(Metadata { content_feed: Some(own_blobs), user_data: None }),
+        };
+        db.append(&header.encode()).expect("append");
+    }
+    let keyfile = tmp.path().join("evil.key");
+    std::fs::write(&keyfile, json!({"secretKey": hex::encode(kp.secret_key())}).to_string()).expect("write");
+    let _ = hyperfs_in(&dir, &["keys", "import", keyfile.to_str().expect("utf-8")]);
+    let drives = json_of(&dir, &["drives", "--json"]);
+    let evil = drives
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|d| d["name"] != "mine")
+        .and_then(|d| d["key"].as_str())
+        .expect("the imported drive is listed")
+        .to_owned();
+    for cmd in
+        [vec!["info", evil.as_str()], vec!["share", evil.as_str(), "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]]
+    {
+        let out = hyperfs_in(&dir, &cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("content feed"), "{cmd:?}: {err}");
+    }
+    let info = json_of(&dir, &["info", "mine", "--json"]);
+    assert_eq!(info["bytesUploaded"], 0, "nothing of the private drive left the node");
+}
+
+/// The same key on two machines writes two histories. A replica that followed one and then
+/// meets the other (whose upgrade does not verify from its own tree) asks for that peer's whole
+/// tree, finds two signed states that disagree, keeps them as proof, and says so in `info`
+/// and `verify`; what it held still reads. (The stored tree was once overwritten by the second
+/// history, silently.)
+#[test]
+fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let (a, b, c) = (root.join("a"), root.join("b"), root.join("c"));
+    let (_sa, _sb, _sc) = (Stop(a.clone()), Stop(b.clone()), Stop(c.clone()));
+    let file = |name: &str, text: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8").to_owned()
+    };
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    hyperfs_in_ok(&a, &["put", &file("one.txt", "first"), "src:/one.txt"]);
+    let keyfile = root.join("src.key");
+    hyperfs_in_ok(&a, &["keys", "export", "src", keyfile.to_str().expect("utf-8")]);
+    let shared = json_of(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let (key, addr_a) =
+        (shared["key"].as_str().expect("key").to_owned(), shared["address"].as_str().expect("addr").to_owned());
+    // B holds the same key with another history, longer than A's.
+    let mut import = vec!["keys", "import", keyfile.to_str().expect("utf-8")];
+    if hyperfs_in(&b, &["keys", "import", "--help"]).status.success()
+        && String::from_utf8_lossy(&hyperfs_in(&b, &["keys", "import", "--help"]).stdout).contains("--offline-ok")
+    {
+        import.push("--offline-ok");
+    }
+    hyperfs_in_ok(&b, &import);
+    let drives = json_of(&b, &["drives", "--json"]);
+    let name_b = drives[0]["name"].as_str().expect("name").to_owned();
+    for (i, text) in ["other", "history", "here"].iter().enumerate() {
+        hyperfs_in_ok(&b, &["put", &file(&format!("b{i}.txt"), text), &format!("{name_b}:/b{i}.txt")]);
+    }
+    let shared_b = json_of(&b, &["share", &name_b, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let addr_b = shared_b["address"].as_str().expect("addr").to_owned();
+    // C follows A, then meets B.
+    hyperfs_in_ok(
+        &c,
+        &["clone", &key, "--peer", &addr_a, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+    );
+    let before = json_of(&c, &["info", "copy", "--json"]);
+    hyperfs_in_ok(&c, &["peers", "--peer", &addr_b]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        let info = json_of(&c, &["info", "copy", "--json"]);
+        if !info["db"]["conflict"].is_null() {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "the equivocation was not caught: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let conflict = &info["db"]["conflict"];
+    assert_eq!(conflict["ours"]["length"], before["db"]["length"], "{conflict}");
+    assert_ne!(conflict["ours"]["treeHash"], conflict["theirs"]["treeHash"]);
+    assert_eq!(info["version"], before["version"], "nothing of B's history was taken");
+    assert_eq!(hyperfs_in_ok(&c, &["cat", "copy:/one.txt"]), "first", "what C held still reads");
+    let out = hyperfs_in(&c, &["verify", "copy"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("two histories"), "{err}");
+    assert!(hyperfs_in_ok(&c, &["info", "copy"]).contains("CONFLICT"));
+
+    // The writers themselves: each, meeting the other, finds a history of its own key that it
+    // did not sign, keeps the proof and stops writing; neither loses a version.
+    let version_a = json_of(&a, &["info", "src", "--json"])["version"].clone();
+    let version_b = json_of(&b, &["info", &name_b, "--json"])["version"].clone();
+    hyperfs_in_ok(&a, &["peers", "--peer", &addr_b]);
+    for (node, name) in [(&a, "src"), (&b, name_b.as_str())] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while json_of(node, &["info", name, "--json"])["db"]["conflict"].is_null() {
+            assert!(Instant::now() < deadline, "{} did not notice the other writer", node.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = hyperfs_in(node, &["put", &file("late.txt", "late"), &format!("{name}:/late.txt")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("two conflicting histories"), "{err}");
+    }
+    assert_eq!(json_of(&a, &["info", "src", "--json"])["version"], version_a);
+    assert_eq!(json_of(&b, &["info", &name_b, "--json"])["version"], version_b);
+    assert_eq!(hyperfs_in_ok(&a, &["cat", "src:/one.txt"]), "first");
+    assert_eq!(hyperfs_in_ok(&b, &["cat", &format!("{name_b}:/b2.txt")]), "here");
+}
