@@ -310,51 +310,69 @@ fn flood(addr: &str, keys: &[String], seconds: u64) {
         .iter()
         .map(|k| hex::decode(k).ok().and_then(|b| b.try_into().ok()).expect("a key as 64 hex digits"))
         .collect();
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let cores: Vec<Arc<dyn SharedCore>> = keys
-        .iter()
-        .map(|k| {
-            let c = Hypercore::open_replica(store.clone(), *k, None).expect("replica");
-            Arc::new(Core(Mutex::new(c), *k)) as Arc<dyn SharedCore>
-        })
-        .collect();
-    let endpoint = Endpoint::start(
-        &Identity::from_seed(&rand::random()),
-        "127.0.0.1:0".parse().expect("address"),
-        Arc::new(Cores(cores)),
-    )
-    .expect("endpoint");
+    // Each connection comes from a fresh identity and port, as an attacker that is dropped and
+    // refused would make it: every one gets a new budget to overrun.
+    let fresh = || {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let cores: Vec<Arc<dyn SharedCore>> = keys
+            .iter()
+            .map(|k| {
+                let c = Hypercore::open_replica(store.clone(), *k, None).expect("replica");
+                Arc::new(Core(Mutex::new(c), *k)) as Arc<dyn SharedCore>
+            })
+            .collect();
+        Endpoint::start(
+            &Identity::from_seed(&rand::random()),
+            "127.0.0.1:0".parse().expect("address"),
+            Arc::new(Cores(cores)),
+        )
+        .expect("endpoint")
+    };
     let addr: std::net::SocketAddr = addr.parse().expect("ADDR as HOST:PORT");
     let end = Instant::now() + std::time::Duration::from_secs(seconds);
     let (mut connects, mut batches, mut i) = (0u64, 0u64, 0u64);
     while Instant::now() < end {
-        i += 1;
-        let mut batch = vec![Message::Bitfield { start: i * 1_000_000, bitfield: vec![0x5555_5555; 16 << 10] }];
-        batch.extend((0..256).map(|r| Message::Range { drop: false, start: 2 * (i * 256 + r), length: 1 }));
-        batch.extend((0..64).map(|r| Message::Request {
-            id: r + 1,
-            request: Request {
-                fork: 0,
-                block: Some(RequestIndexed { index: (i * 64 + r) % 4096, nodes: 0 }),
-                ..Request::default()
-            },
-            priority: None,
-        }));
-        batch.extend((0..64).map(|_| Message::Want { start: 0, length: u64::MAX, any: false }));
-        let mut sent = 0;
-        for k in &keys {
-            sent += endpoint.send_raw(k, &batch);
-        }
-        if sent == 0 {
-            if endpoint.connect(addr).is_ok() {
-                connects += 1;
-            }
+        let endpoint = fresh();
+        if endpoint.connect(addr).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(20));
             continue;
         }
-        batches += 1;
-        // As fast as the victim takes them (the queue to the connection is not bounded here).
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        connects += 1;
+        let opened = Instant::now();
+        let mut flooded = false;
+        while Instant::now() < end {
+            i += 1;
+            let mut batch = vec![Message::Bitfield { start: i * 1_000_000, bitfield: vec![0x5555_5555; 16 << 10] }];
+            batch.extend((0..256).map(|r| Message::Range { drop: false, start: 2 * (i * 256 + r), length: 1 }));
+            batch.extend((0..64).map(|r| Message::Request {
+                id: r + 1,
+                request: Request {
+                    fork: 0,
+                    // Beyond the core: answered with a short refusal. (Asking for real blocks
+                    // fills both directions of the stream, and this driver's writes then wait
+                    // on its reads.)
+                    block: Some(RequestIndexed { index: (1 << 40) + i * 64 + r, nodes: 0 }),
+                    ..Request::default()
+                },
+                priority: None,
+            }));
+            batch.extend((0..64).map(|_| Message::Want { start: 0, length: u64::MAX, any: false }));
+            let mut sent = 0;
+            for k in &keys {
+                sent += endpoint.send_raw(k, &batch);
+            }
+            if sent == 0 {
+                if flooded || opened.elapsed() > std::time::Duration::from_secs(2) {
+                    break; // dropped (or the channels never opened): connect again
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            batches += 1;
+            flooded = true;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        endpoint.shutdown();
     }
     println!("{}", serde_json::json!({"connects": connects, "batches": batches}));
 }
