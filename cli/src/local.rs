@@ -91,8 +91,10 @@ pub fn keys_export(store: Arc<RocksStore>, key: &Hash, file: &Path) -> Result<Va
     Ok(json!({"drive": hex::encode(key), "file": file}))
 }
 
-/// `hyperfs keys import FILE`: makes the drive writable on this node; returns the drive.
-pub fn keys_import(store: Arc<RocksStore>, file: &Path) -> Result<Drive> {
+/// `hyperfs keys import FILE`: makes the drive writable on this node; returns the drive. A
+/// node that holds none of the drive's history refuses unless `offline_ok`: it would write a
+/// second history under the key from its first change on.
+pub fn keys_import(store: Arc<RocksStore>, file: &Path, offline_ok: bool) -> Result<Drive> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let v: Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a key file written by `hyperfs keys export`", file.display()))?;
@@ -102,11 +104,24 @@ pub fn keys_import(store: Arc<RocksStore>, file: &Path) -> Result<Drive> {
         .and_then(KeyPair::from_secret_key)
         .ok_or_else(|| anyhow!("{} has no valid \"secretKey\" (64 bytes as hex)", file.display()))?;
     // Checked before anything is stored: a file naming another drive stores nothing.
+    let key = hyperfs_engine::hypercore::Manifest::single(kp.public_key()).hash();
     if let Some(named) = v["drive"].as_str() {
-        let key = hyperfs_engine::hypercore::Manifest::single(kp.public_key()).hash();
         if parse_key(named)? != key {
             bail!("{}: the secret key does not belong to drive {named}", file.display());
         }
+    }
+    let held = Hypercore::open(store.clone(), &key)?.is_some_and(|c| c.length() > 0);
+    if held {
+        // What the node holds must open as a drive before the secret joins it.
+        Drive::open(store.clone(), &key)?;
+    }
+    if !held && !offline_ok {
+        bail!(
+            "this node does not hold drive {k}: a key imported here would start a second history \
+             that forks the drive for every follower; clone it first (hyperfs clone {k} --peer \
+             HOST:PORT), then import the key (--offline-ok forks it knowingly)",
+            k = hex::encode(key)
+        );
     }
     Ok(Drive::create(store, kp)?)
 }

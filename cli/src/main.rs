@@ -481,12 +481,20 @@ enum KeysCommand {
     },
     /// Make a drive writable on this node from a file written by `keys export`.
     ///
+    /// The node must hold the drive's history first (clone it from a peer): a key imported on
+    /// a node without it would start a second history under the same key, a fork every
+    /// follower of the drive refuses.
+    ///
     /// Example:
-    ///   hyperfs keys import drive.key
+    ///   hyperfs clone hyper://<key> --peer HOST:PORT && hyperfs keys import drive.key
     #[command(verbatim_doc_comment)]
     Import {
         /// The key file.
         file: PathBuf,
+        /// Import into a node that does not hold the drive: starts a new history under the key,
+        /// forking the drive for everyone who follows it (only for a drive never shared).
+        #[arg(long)]
+        offline_ok: bool,
     },
 }
 
@@ -770,8 +778,8 @@ fn main() -> ExitCode {
             eprintln!("wrote the secret key of drive {drive} to {}; keep it private", file.display());
             Ok(())
         }),
-        Command::Keys(KeysCommand::Import { ref file }) => dir().and_then(|d| {
-            let req = serde_json::json!({"cmd": "keys-import", "file": absolute(file)?});
+        Command::Keys(KeysCommand::Import { ref file, offline_ok }) => dir().and_then(|d| {
+            let req = serde_json::json!({"cmd": "keys-import", "file": absolute(file)?, "offlineOk": offline_ok});
             let r = client::request(&d, &req, true)?;
             println!("{}", r["key"].as_str().unwrap_or_default());
             Ok(())

@@ -624,7 +624,8 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             crate::local::keys_export(state.store.clone(), &key, Path::new(s("file")?))
         }
         "keys-import" => {
-            let drive = crate::local::keys_import(state.store.clone(), Path::new(s("file")?))?;
+            let offline_ok = r["offlineOk"].as_bool().unwrap_or(false);
+            let drive = crate::local::keys_import(state.store.clone(), Path::new(s("file")?), offline_ok)?;
             let key = *drive.key();
             let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
             let hexkey = hex::encode(key);

@@ -21,7 +21,7 @@ fn fails(dir: &Path, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_drive_key_exported_and_imported_makes_the_drive_writable_elsewhere() {
+fn a_drive_key_moves_safely_refused_where_the_drive_is_not_held_and_writable_after_a_clone() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let created: Value = serde_json::from_str(&ok(&a, &["create", "--json"])).expect("json");
@@ -49,18 +49,32 @@ fn a_drive_key_exported_and_imported_makes_the_drive_writable_elsewhere() {
     assert_eq!(std::fs::metadata(&keyfile).expect("key file").permissions().mode() & 0o777, 0o600);
     assert!(fails(&a, &["keys", "export", &key, keyfile.to_str().expect("utf-8")]).contains("never overwritten"));
 
+    // On a node that never held the drive, importing the key would start a second history
+    // under it (a fork for every follower): refused, with the safe path.
+    let err = fails(&b, &["keys", "import", keyfile.to_str().expect("utf-8")]);
+    assert!(err.contains("does not hold drive") && err.contains("clone it first"), "{err}");
+    // The safe path: clone the drive from its writer, then import the key.
+    let shared: Value =
+        serde_json::from_str(&ok(&a, &["share", &key, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]))
+            .expect("json");
+    let addr = shared["address"].as_str().expect("address");
+    ok(&b, &["clone", &key, "--peer", addr, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]);
+    ok(&a, &["stop"]);
     let imported = ok(&b, &["keys", "import", keyfile.to_str().expect("utf-8")]);
     assert_eq!(imported.trim(), key);
-    // Writable on b: a put by key succeeds there and reads back.
+    // Writable on b, on top of a's history: a put by key succeeds there, and both files read.
     ok(&b, &["put", file.to_str().expect("utf-8"), &format!("{key}:/y.txt")]);
     let drives: Value = serde_json::from_str(&ok(&b, &["drives", "--json"])).expect("json");
     assert_eq!(drives[0]["key"], key.as_str());
     let name = drives[0]["name"].as_str().expect("name").to_owned();
-    let out = hyperfs(&["--data-dir", b.to_str().expect("utf-8"), "cat", &format!("{name}:/y.txt")]);
-    assert_eq!(out.stdout, b"hello");
-    for d in [&a, &b] {
-        ok(d, &["stop"]);
+    for f in ["x.txt", "y.txt"] {
+        let out = hyperfs(&["--data-dir", b.to_str().expect("utf-8"), "cat", &format!("{name}:/{f}")]);
+        assert_eq!(out.stdout, b"hello", "{f}");
     }
+    let info: Value = serde_json::from_str(&ok(&b, &["info", &name, "--json"])).expect("json");
+    assert_eq!(info["version"], 3, "a's two blocks and b's one: one history");
+    assert_eq!(info["writable"], true);
+    ok(&b, &["stop"]);
 }
 
 #[test]
