@@ -31,6 +31,10 @@ const STREAM_VERSION: u8 = 1;
 const MAX_INCOMING: usize = 256;
 /// …and from one address.
 const MAX_INCOMING_PER_IP: usize = 8;
+/// Bytes waiting to go to a peer past which its connection stops reading from it.
+const MAX_PENDING: usize = 4 << 20;
+/// A peer that takes none of what waits to go for this long is let go.
+const STALLED: Duration = Duration::from_secs(30);
 /// How long a peer dropped for breaking the rules (its id and its address) is refused.
 const BAN: Duration = Duration::from_secs(30);
 /// The label of the TLS exporter secret capabilities are derived from.
@@ -632,9 +636,19 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     let result: Result<(), NetError> = async {
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 << 10];
+        // Bytes to send and how many of them went: writing never stops the reading (a peer that
+        // reads nothing while it floods had both sides wait on each other's reads), and reading
+        // pauses only while more than `MAX_PENDING` bytes wait to go.
+        let mut pending: Vec<u8> = Vec::new();
+        let mut sent = 0usize;
+        let mut moved = Instant::now();
         loop {
             if !state.out.is_empty() {
-                let mut bytes = Vec::new();
+                let before = pending.len();
+                if before == 0 {
+                    // The wait for the peer to take what goes next starts now.
+                    moved = Instant::now();
+                }
                 for f in state.out.drain(..) {
                     let encoded = f.encode();
                     if let Frame::Channel { channel, message: Message::Data { .. } } = &f {
@@ -642,14 +656,27 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                             lock(&inner.transferred).entry(ch.key).or_default().0 += encoded.len() as u64;
                         }
                     }
-                    bytes.extend_from_slice(&encoded);
+                    pending.extend_from_slice(&encoded);
                 }
-                lock(&stats).0 += bytes.len() as u64;
-                send.write_all(&bytes).await.map_err(|e| NetError::Io(e.to_string()))?;
+                lock(&stats).0 += (pending.len() - before) as u64;
+            }
+            let waiting = pending.len() - sent;
+            if waiting > 0 && moved.elapsed() > STALLED {
+                return Err(NetError::Io(format!("the peer read nothing for {} s", STALLED.as_secs())));
             }
             let deadline = state.deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
-                n = recv.read(&mut chunk) => {
+                // Sending first when both can go: a batch of answers leaves whole, as before.
+                biased;
+                w = send.write(&pending[sent..]), if waiting > 0 => {
+                    sent += w.map_err(|e| NetError::Io(e.to_string()))?;
+                    moved = Instant::now();
+                    if sent == pending.len() {
+                        pending.clear();
+                        sent = 0;
+                    }
+                }
+                n = recv.read(&mut chunk), if waiting <= MAX_PENDING => {
                     let Some(n) = n.map_err(|e| NetError::Io(e.to_string()))? else { return Ok(()) };
                     lock(&stats).1 += n as u64;
                     buf.extend_from_slice(&chunk[..n]);

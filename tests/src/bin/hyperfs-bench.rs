@@ -348,10 +348,9 @@ fn flood(addr: &str, keys: &[String], seconds: u64) {
                 id: r + 1,
                 request: Request {
                     fork: 0,
-                    // Beyond the core: answered with a short refusal. (Asking for real blocks
-                    // fills both directions of the stream, and this driver's writes then wait
-                    // on its reads.)
-                    block: Some(RequestIndexed { index: (1 << 40) + i * 64 + r, nodes: 0 }),
+                    // Real blocks of the file, each answered with its bytes: the serving node
+                    // writes while this peer floods.
+                    block: Some(RequestIndexed { index: (i * 64 + r) % 8192, nodes: 0 }),
                     ..Request::default()
                 },
                 priority: None,
