@@ -20,6 +20,8 @@ pub const ALPN: &[u8] = b"hyperfs/1";
 /// A node's key pair.
 pub struct Identity {
     key_pair: KeyPair,
+    /// A common name of raw UTF-16BE bytes for the certificate (see [`Identity::with_name_bytes`]).
+    name_bytes: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -40,7 +42,16 @@ impl Identity {
     }
 
     pub fn from_seed(seed: &[u8; 32]) -> Identity {
-        Identity { key_pair: KeyPair::from_seed(seed) }
+        Identity { key_pair: KeyPair::from_seed(seed), name_bytes: None }
+    }
+
+    /// This identity with a certificate whose subject holds a common name of these raw UTF-16BE
+    /// bytes (a BMPString, ahead of the public key in the DER): what a peer that smuggles another
+    /// node's key into its certificate presents. For the tests that play one.
+    #[doc(hidden)]
+    pub fn with_name_bytes(mut self, utf16be: Vec<u8>) -> Identity {
+        self.name_bytes = Some(utf16be);
+        self
     }
 
     /// The public key other nodes know this one by.
@@ -57,8 +68,13 @@ impl Identity {
         let der = PrivatePkcs8KeyDer::from(pkcs8);
         let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
             .map_err(|e| NetError::Identity(format!("the identity key: {e}")))?;
-        let params = rcgen::CertificateParams::new(vec!["hyperfs".to_owned()])
+        let mut params = rcgen::CertificateParams::new(vec!["hyperfs".to_owned()])
             .map_err(|e| NetError::Identity(format!("certificate parameters: {e}")))?;
+        if let Some(bytes) = &self.name_bytes {
+            let name = rcgen::BmpString::from_utf16be(bytes.clone())
+                .map_err(|e| NetError::Identity(format!("certificate name: {e}")))?;
+            params.distinguished_name.push(rcgen::DnType::CommonName, rcgen::DnValue::BmpString(name));
+        }
         let cert = params.self_signed(&kp).map_err(|e| NetError::Identity(format!("self-signing: {e}")))?;
         Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(der)))
     }

@@ -408,3 +408,40 @@ fn a_flooding_peer_is_dropped_and_refused_while_an_honest_reader_is_served() {
     assert!(honest.fetch(&key, 42, Duration::from_secs(5)), "the honest reader is served");
     assert_eq!(a.peers().len(), 1, "only the honest peer is connected");
 }
+
+/// A peer whose certificate carries another node's public key (as a subject name, ahead of its
+/// own key) once took that node's id — and, two connections then claiming one id, evicted the
+/// real one. The id is the key the handshake verified: both stay, each under its own id.
+#[test]
+fn a_certificate_carrying_another_nodes_key_does_not_take_its_id() {
+    let w = writer(20);
+    let key = w.key();
+    let v = node(80, vec![w]);
+    let addr = v.local_addr().expect("addr");
+    // An honest node whose key reads as UTF-16 without surrogates (so it fits a BMPString).
+    let seed = (81u8..=255)
+        .find(|&s| Identity::from_seed(&[s; 32]).peer_id().chunks(2).all(|c| !(0xd8..=0xdf).contains(&c[0])))
+        .expect("a seed");
+    let honest_id = Identity::from_seed(&[seed; 32]).peer_id();
+    let honest = node(seed, vec![replica(key, false)]);
+    honest.connect(addr).expect("honest connects");
+    wait("the honest peer", || v.peers().len() == 1);
+    let mut smuggled = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    smuggled.extend_from_slice(&honest_id);
+    let liar_identity = Identity::from_seed(&[79; 32]).with_name_bytes(smuggled);
+    let liar_id = liar_identity.peer_id();
+    let liar = Endpoint::start(
+        &liar_identity,
+        "127.0.0.1:0".parse().expect("addr"),
+        Arc::new(Cores(vec![replica(key, false)])),
+    )
+    .expect("endpoint");
+    let claimed = liar.connect(addr);
+    wait("both peers", || v.peers().len() == 2);
+    let mut ids: Vec<Hash> = v.peers().iter().map(|p| p.id).collect();
+    ids.sort();
+    let mut want = vec![honest_id, liar_id];
+    want.sort();
+    assert_eq!(ids, want, "each under the key its handshake proved ({claimed:?})");
+    assert!(honest.fetch(&key, 7, Duration::from_secs(5)), "the honest peer is still served");
+}
