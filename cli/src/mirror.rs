@@ -310,7 +310,7 @@ pub fn export(
     let out = match out {
         Some(out) => out,
         None => {
-            std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+            create_folders(dst).with_context(|| format!("creating {}", dst.display()))?;
             Beneath::open(dst).with_context(|| format!("opening {}", dst.display()))?
         }
     };
@@ -751,6 +751,25 @@ fn set_direct(f: &std::fs::File, on: bool) -> bool {
         flags >= 0
             && libc::fcntl(fd, libc::F_SETFL, if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT }) == 0
     }
+}
+
+/// Makes `dir` and any missing folders above it 0755 as `mkdir -p` with the usual umask would:
+/// the node's own umask (077, for its private files) is not the user's.
+fn create_folders(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn timespec(t: SystemTime) -> libc::timespec {

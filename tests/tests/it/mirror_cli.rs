@@ -167,6 +167,15 @@ fn changes_on_either_side_are_mirrored_and_dry_runs_change_nothing() {
     let v1 = json(&data, &["info", "t", "--json"])["version"].as_u64().expect("version");
     hyperfs_in_ok(&data, &["export", "t:/sub", o]);
     diff_r(&src, &out);
+    // Folders an export makes above its target are 0755, as `mkdir -p` makes them (the node
+    // keeps its own files private with umask 077; the user's folders are not its files).
+    let deep = tmp.path().join("made/by/export");
+    hyperfs_in_ok(&data, &["export", "t:/sub", deep.to_str().expect("utf-8")]);
+    for made in ["made", "made/by"] {
+        let mode = std::fs::metadata(tmp.path().join(made)).expect("made").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{made}");
+    }
+    diff_r(&src, &deep);
 
     // Change the source: edit (same size, new time), add, remove, a folder becomes a file.
     std::fs::write(src.join("a/edit.txt"), "secnd").expect("write");
