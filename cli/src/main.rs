@@ -674,6 +674,17 @@ fn main() -> ExitCode {
                     let time = e["time"].as_i64().map_or("-".to_owned(), format_time);
                     println!("{}\t{}\t{}\t{size}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), time, shown(&e["path"]));
                 }
+                // A history the writer's key also signed otherwise is said where history is read.
+                let (drive, _) = client::split_target(target);
+                let info = client::request(&d, &json!({"cmd": "info", "drive": drive}), true)?;
+                for core in ["db", "blobs"] {
+                    let c = &info[core]["conflict"];
+                    if !c.is_null() {
+                        println!("CONFLICT: the writer signed another history of the {core} core on fork {} \
+                            (length {} here, {} there); this node takes no more of that fork (info --json)",
+                            c["fork"], c["ours"]["length"], c["theirs"]["length"]);
+                    }
+                }
             }
             Ok(())
         }),

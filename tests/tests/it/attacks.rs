@@ -469,6 +469,7 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("two histories"), "{err}");
     assert!(hyperfs_in_ok(&c, &["info", "copy"]).contains("CONFLICT"));
+    assert!(hyperfs_in_ok(&c, &["log", "copy"]).contains("CONFLICT"), "log says so too");
 
     // The writers themselves: each, meeting the other, finds a history of its own key that it
     // did not sign, keeps the proof and stops writing; neither loses a version.
