@@ -416,3 +416,28 @@ fn add(cands: &mut HashMap<SocketAddr, Candidate>, t: Hash, addr: SocketAddr, so
         c.next_try = c.next_try.min(Instant::now() + Duration::from_secs(2));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spoofed announcements cannot grow the candidates past the cap: a newcomer takes the place
+    /// of an address that failed, is dropped when none has, and a static peer always gets in.
+    #[test]
+    fn candidates_stay_under_the_cap() {
+        let t = [1u8; 32];
+        let mut cands = HashMap::new();
+        let addr = |i: u32| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 4000));
+        for i in 0..(2 * MAX_CANDIDATES as u32) {
+            add(&mut cands, t, addr(i), Source::Lan);
+        }
+        assert_eq!(cands.len(), MAX_CANDIDATES);
+        assert!(!cands.contains_key(&addr(MAX_CANDIDATES as u32)), "no room: the newcomer is not kept");
+        cands.get_mut(&addr(5)).expect("kept").failures = 3;
+        add(&mut cands, t, addr(9_999_999), Source::Dht);
+        assert!(cands.contains_key(&addr(9_999_999)) && !cands.contains_key(&addr(5)), "the failed one made room");
+        add(&mut cands, t, addr(8_888_888), Source::Static);
+        assert!(cands.contains_key(&addr(8_888_888)), "a static peer gets in");
+        assert_eq!(cands.len(), MAX_CANDIDATES);
+    }
+}

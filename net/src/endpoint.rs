@@ -723,11 +723,12 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         }
     }
     .await;
+    // Refused before it leaves the list of peers: whoever sees it gone sees it refused too.
+    if let Err(NetError::Misbehaved(_)) = &result {
+        inner.ban(id, address);
+    }
     lock(&inner.conns).retain(|c| c.stable != stable);
     if let Err(e) = &result {
-        if matches!(e, NetError::Misbehaved(_)) {
-            inner.ban(id, address);
-        }
         tracing::warn!(peer = %hex_id(&id), error = %e, "dropping the peer");
         connection.close(2u32.into(), e.to_string().as_bytes());
     }

@@ -974,22 +974,20 @@ impl<B: Blocks> DriveView<'_, B> {
         let mut rejected = Vec::new();
         let mut files = self.stored(FILES, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
         let mut dirs = self.stored(DIRS, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
-        let leaves: std::collections::HashSet<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-        let below_leaf =
-            |p: &str| std::path::Path::new(p).ancestors().skip(1).any(|a| leaves.contains(a.to_str().unwrap_or("")));
-        let mut conflicts = Vec::new();
-        for (p, e) in files.iter().chain(dirs.iter()) {
-            if below_leaf(p) {
-                let what = if e.linkname.is_some() { "a symlink" } else { "a file" };
-                conflicts.push((p.clone(), format!("{what} entry is below a file or symlink entry")));
-            }
-        }
-        drop(leaves);
-        if !conflicts.is_empty() {
-            let bad: std::collections::HashSet<String> = conflicts.iter().map(|(p, _)| p.clone()).collect();
-            files.retain(|(p, _)| !bad.contains(p));
-            dirs.retain(|(p, _)| !bad.contains(p));
-            rejected.extend(conflicts.into_iter().map(|(path, why)| Rejected { path, why }));
+        // Following a link entry (or a file) to write below it would write wherever it points.
+        let leaves: std::collections::HashSet<String> = files.iter().map(|(p, _)| p.clone()).collect();
+        let below_leaf = |p: &str| {
+            std::path::Path::new(p).ancestors().skip(1).any(|a| a.to_str().is_some_and(|a| leaves.contains(a)))
+        };
+        for (list, what) in [(&mut files, "an entry"), (&mut dirs, "a folder record")] {
+            list.retain(|(p, _)| {
+                let keep = !below_leaf(p);
+                if !keep {
+                    rejected
+                        .push(Rejected { path: printable(p), why: format!("{what} below a file or symlink entry") });
+                }
+                keep
+            });
         }
         Ok(Walk { files, dirs, rejected })
     }

@@ -203,16 +203,22 @@ fn a_sparse_replica_seeks_through_seek_requests() {
     assert!(matches!(r.apply_proof(&p), Err(Error::Verification(_))));
     assert!(r.seek_request(total / 2).expect("request").is_some(), "nothing of the lie was stored");
 }
+/// Two cores of one key pair on two stores (the same key on two machines), with these blocks.
+fn two_writers(seed: u8, a_blocks: &[&[u8]], b_blocks: &[&[u8]]) -> (Hypercore, Hypercore) {
+    let kp = KeyPair::from_seed(&[seed; 32]);
+    let mut a = Hypercore::create(mem(), kp.clone(), false).expect("create");
+    let mut b = Hypercore::create(mem(), kp, false).expect("create");
+    a.append_batch(a_blocks).expect("append");
+    b.append_batch(b_blocks).expect("append");
+    (a, b)
+}
+
 /// The same key on two machines signs two histories for one fork. A replica that holds one
 /// and is shown the other keeps the proof, stops taking data from that fork, and still has it
 /// after a reopen; nothing of the second history is stored (its nodes once overwrote ours).
 #[test]
 fn two_histories_signed_for_one_fork_are_caught_and_kept() {
-    let kp = KeyPair::from_seed(&[9; 32]);
-    let mut a = Hypercore::create(mem(), kp.clone(), false).expect("create");
-    let mut b = Hypercore::create(mem(), kp, false).expect("create");
-    a.append_batch(&[b"same".as_slice(), b"from a"]).expect("append");
-    b.append_batch(&[b"same".as_slice(), b"from b"]).expect("append");
+    let (mut a, mut b) = two_writers(9, &[b"same", b"from a"], &[b"same", b"from b"]);
     let upgrade = |w: &Hypercore, start: u64| Request {
         upgrade: Some(RequestUpgrade { start, length: w.length() - start }),
         manifest: start == 0,
@@ -451,11 +457,7 @@ mod props {
 /// root, shows where they part.
 #[test]
 fn a_longer_history_that_parts_from_ours_is_caught_without_being_taken() {
-    let kp = KeyPair::from_seed(&[10; 32]);
-    let mut a = Hypercore::create(mem(), kp.clone(), false).expect("create");
-    let mut b = Hypercore::create(mem(), kp, false).expect("create");
-    a.append_batch(&[b"same".as_slice(), b"from a"]).expect("append");
-    b.append_batch(&[b"same".as_slice(), b"from b", b"more", b"and more"]).expect("append");
+    let (mut a, b) = two_writers(10, &[b"same", b"from a"], &[b"same", b"from b", b"more", b"and more"]);
     let mut r = Hypercore::open_replica(mem(), *a.key(), None).expect("replica");
     let up = Request { upgrade: Some(RequestUpgrade { start: 0, length: 2 }), manifest: true, ..Request::default() };
     r.apply_proof(&a.proof(&up).expect("proof")).expect("a");

@@ -445,3 +445,19 @@ fn a_certificate_carrying_another_nodes_key_does_not_take_its_id() {
     assert_eq!(ids, want, "each under the key its handshake proved ({claimed:?})");
     assert!(honest.fetch(&key, 7, Duration::from_secs(5)), "the honest peer is still served");
 }
+
+/// One address holds at most eight incoming connections at once: a ninth from it is refused,
+/// the eight stay served.
+#[test]
+fn a_ninth_connection_from_one_address_is_refused() {
+    let w = writer(10);
+    let key = w.key();
+    let v = node(90, vec![w]);
+    let addr = v.local_addr().expect("addr");
+    let peers: Vec<Endpoint> = (91..100u8).map(|s| node(s, vec![replica(key, false)])).collect();
+    let connected: Vec<bool> = peers.iter().map(|p| p.connect(addr).is_ok()).collect();
+    assert_eq!(connected.iter().filter(|&&c| c).count(), MAX_INCOMING_PER_IP, "{connected:?}");
+    assert!(!connected[MAX_INCOMING_PER_IP], "the ninth is the one refused");
+    wait("eight peers", || v.peers().len() == MAX_INCOMING_PER_IP);
+    assert!(peers[0].fetch(&key, 3, Duration::from_secs(5)), "those admitted are served");
+}
