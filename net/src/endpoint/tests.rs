@@ -405,6 +405,7 @@ fn a_flooding_peer_is_dropped_and_refused_while_an_honest_reader_is_served() {
     let r = replica(key, false);
     let honest = node(63, vec![r.clone()]);
     honest.connect(addr).expect("an honest peer connects");
+    wait("the signed length", || lock(&r.core).length() == 100);
     assert!(honest.fetch(&key, 42, Duration::from_secs(5)), "the honest reader is served");
     assert_eq!(a.peers().len(), 1, "only the honest peer is connected");
 }
@@ -423,8 +424,10 @@ fn a_certificate_carrying_another_nodes_key_does_not_take_its_id() {
         .find(|&s| Identity::from_seed(&[s; 32]).peer_id().chunks(2).all(|c| !(0xd8..=0xdf).contains(&c[0])))
         .expect("a seed");
     let honest_id = Identity::from_seed(&[seed; 32]).peer_id();
-    let honest = node(seed, vec![replica(key, false)]);
+    let honest_core = replica(key, false);
+    let honest = node(seed, vec![honest_core.clone()]);
     honest.connect(addr).expect("honest connects");
+    wait("the signed length", || lock(&honest_core.core).length() == 20);
     wait("the honest peer", || v.peers().len() == 1);
     let mut smuggled = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
     smuggled.extend_from_slice(&honest_id);
@@ -454,10 +457,13 @@ fn a_ninth_connection_from_one_address_is_refused() {
     let key = w.key();
     let v = node(90, vec![w]);
     let addr = v.local_addr().expect("addr");
-    let peers: Vec<Endpoint> = (91..100u8).map(|s| node(s, vec![replica(key, false)])).collect();
+    let first = replica(key, false);
+    let peers: Vec<Endpoint> =
+        (91..100u8).map(|s| node(s, vec![if s == 91 { first.clone() } else { replica(key, false) }])).collect();
     let connected: Vec<bool> = peers.iter().map(|p| p.connect(addr).is_ok()).collect();
     assert_eq!(connected.iter().filter(|&&c| c).count(), MAX_INCOMING_PER_IP, "{connected:?}");
     assert!(!connected[MAX_INCOMING_PER_IP], "the ninth is the one refused");
     wait("eight peers", || v.peers().len() == MAX_INCOMING_PER_IP);
+    wait("the signed length", || lock(&first.core).length() == 10);
     assert!(peers[0].fetch(&key, 3, Duration::from_secs(5)), "those admitted are served");
 }
