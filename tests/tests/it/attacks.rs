@@ -491,3 +491,141 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
     assert_eq!(hyperfs_in_ok(&a, &["cat", "src:/one.txt"]), "first");
     assert_eq!(hyperfs_in_ok(&b, &["cat", &format!("{name_b}:/b2.txt")]), "here");
 }
+
+/// The proof nodes from `leaf` up to (not including) the node at `depth`: each sibling made up
+/// (hash `fill`, one byte per block), as a writer that never wrote those blocks can; and the
+/// node at `depth` they hash up to.
+fn made_up_path(
+    leaf: hyperfs_engine::hypercore::Node,
+    depth: u32,
+    fill: u8,
+) -> (Vec<hyperfs_engine::hypercore::Node>, hyperfs_engine::hypercore::Node) {
+    use hyperfs_engine::hypercore::{flat, Node};
+    let mut nodes = Vec::new();
+    let mut at = leaf;
+    while flat::depth(at.index) < depth {
+        let s = flat::sibling(at.index);
+        let sibling = Node { index: s, size: flat::count_leaves(s), hash: [fill; 32] };
+        at = Node::parent(flat::parent(at.index), &at, &sibling);
+        nodes.push(sibling);
+    }
+    (nodes, at)
+}
+
+/// A writer signs a length of 2^54 (roots over blocks nobody has) and serves only the drive's
+/// header and its last block, which lists one link. Loops over every index of the signed
+/// length (the open of a channel, `want`, top-ups, `info`, `verify`, `log`, `core dump`) hung
+/// the victim's network workers while they held the drive. Now the victim's node shows the
+/// link through a mount, answers `info`, `verify` and `log` at once, and keeps serving.
+#[test]
+fn a_signed_length_near_2_pow_55_costs_the_victim_nothing() {
+    use hyperfs_engine::crypto::KeyPair;
+    use hyperfs_engine::drive::keys::blobs_manifest;
+    use hyperfs_engine::hyperbee::{Header, Metadata};
+    use hyperfs_engine::hypercore::proof::{BlockProof, UpgradeProof};
+    use hyperfs_engine::hypercore::{tree, Auth, Manifest, Node, Proof};
+    use hyperfs_engine::Hypercore;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let length = 1u64 << 54;
+    let kp = KeyPair::from_seed(&[55; 32]);
+    let manifest = Manifest::single(kp.public_key());
+    let key = manifest.hash();
+    let blobs = blobs_manifest(&manifest, &key).expect("a v1 manifest");
+    let header = Header {
+        protocol: "hyperbee".into(),
+        metadata: Some(Metadata { content_feed: Some(blobs.hash().to_vec()), user_data: None }),
+    }
+    .encode();
+    let link = Entry { executable: false, linkname: Some("target".into()), blob: None, metadata: None }.encode();
+    let last = NodeBlock {
+        key: b"files\0/hello".to_vec(),
+        value: Some(link),
+        levels: vec![Level { keys: vec![length - 1], children: vec![] }],
+    }
+    .encode();
+    // Both halves of the one root are made up, each over the one block it proves.
+    let (first_path, left) = made_up_path(Node::leaf(0, &header), 53, 1);
+    let (last_path, right) = made_up_path(Node::leaf(length - 1, &last), 53, 2);
+    let top = Node::parent(length - 1, &left, &right);
+    let signature = Auth::Manifest(manifest.clone()).sign(&kp, &tree::tree_hash(&[top]), length, 0);
+
+    // The attacker's node holds this core as a replica would, and shares it.
+    let dir = root.join("attacker");
+    let _stop_attacker = Stop(dir.clone());
+    hyperfs_in_ok(&dir, &["create", "--name", "decoy"]);
+    hyperfs_in_ok(&dir, &["stop"]);
+    {
+        let store = Arc::new(RocksStore::open(&dir.join("store")).expect("store"));
+        let mut core = Hypercore::open_replica(store.clone(), key, Some(manifest.clone())).expect("replica");
+        let upgrade = UpgradeProof { start: 0, length, nodes: vec![top], additional_nodes: vec![], signature };
+        core.apply_proof(&Proof { upgrade: Some(upgrade), manifest: Some(manifest.encode()), ..Proof::default() })
+            .expect("the writer's own signature");
+        let mut first_nodes = first_path;
+        first_nodes.push(right);
+        core.apply_proof(&Proof {
+            block: Some(BlockProof { index: 0, value: header, nodes: first_nodes }),
+            ..Proof::default()
+        })
+        .expect("the header");
+        let mut last_nodes = last_path;
+        last_nodes.push(left);
+        core.apply_proof(&Proof {
+            block: Some(BlockProof { index: length - 1, value: last, nodes: last_nodes }),
+            ..Proof::default()
+        })
+        .expect("the last block");
+        assert_eq!(core.length(), length);
+        hyperfs_engine::store::Store::flush(store.as_ref()).expect("flush");
+    }
+    let key_hex = hex::encode(key);
+    let shared = json_of(&dir, &["share", &key_hex, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let addr = shared["address"].as_str().expect("address").to_owned();
+
+    // The victim mounts it, sparse, beside a drive of its own.
+    let victim = root.join("victim");
+    let _stop_victim = Stop(victim.clone());
+    hyperfs_in_ok(&victim, &["create", "--name", "mine"]);
+    let mnt = root.join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let started = Instant::now();
+    hyperfs_in_ok(
+        &victim,
+        &[
+            "mount",
+            &key_hex,
+            mnt.to_str().expect("utf-8"),
+            "--peer",
+            &addr,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-lan",
+            "--no-dht",
+        ],
+    );
+    assert_eq!(std::fs::read_link(mnt.join("hello")).expect("the link shows").to_str(), Some("target"));
+    let info = json_of(&victim, &["info", &key_hex, "--json"]);
+    assert_eq!(info["db"]["length"], length, "{info}");
+    // What is held verifies; a dump of every block is refused; the history, whose blocks no
+    // peer has, ends with an error once the fetch gives up.
+    let run = |cmd: &[&str]| {
+        let t = Instant::now();
+        let out = hyperfs_in(&victim, cmd);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(t.elapsed() < Duration::from_secs(30), "{cmd:?} ends: {:?}", t.elapsed());
+        (out.status.success(), err)
+    };
+    assert_eq!(run(&["verify", &key_hex]), (true, String::new()), "the two blocks held verify");
+    let (ok, err) = run(&["core", "dump", &key_hex]);
+    assert!(!ok && err.contains("more than a dump lists"), "{err}");
+    let (ok, err) = run(&["log", &key_hex]);
+    assert!(!ok && err.contains("block 1 "), "{err}");
+    // The node still serves its own drive and the mount still answers.
+    let note = root.join("note.txt");
+    std::fs::write(&note, "still here").expect("write");
+    hyperfs_in_ok(&victim, &["put", note.to_str().expect("utf-8"), "mine:/note.txt"]);
+    assert_eq!(hyperfs_in_ok(&victim, &["cat", "mine:/note.txt"]), "still here");
+    assert!(std::fs::symlink_metadata(mnt.join("hello")).is_ok());
+    hyperfs_in_ok(&victim, &["unmount", mnt.to_str().expect("utf-8")]);
+    assert!(started.elapsed() < Duration::from_secs(90), "bounded: {:?}", started.elapsed());
+}
