@@ -104,7 +104,8 @@ fn spawn_and_connect(dir: &Path) -> Result<UnixStream> {
 pub fn split_target(target: &str) -> (String, String) {
     if let Some(rest) = target.strip_prefix("hyper://") {
         return match rest.find('/') {
-            Some(i) => (format!("hyper://{}", &rest[..i]), rest[i..].to_owned()),
+            // `hyper://KEY/path`, and `hyper://KEY:/path` as a drive name takes it.
+            Some(i) => (format!("hyper://{}", rest[..i].trim_end_matches(':')), rest[i..].to_owned()),
             None => (target.to_owned(), "/".into()),
         };
     }

@@ -93,6 +93,10 @@ enum Command {
     Close { core: Hash },
     /// Send messages as given on a core's channel (see [`Endpoint::send_raw`]).
     Raw { core: Hash, messages: Vec<Message> },
+    /// Another connection's peer gave this node a verified new length (`upgraded`) or blocks
+    /// (`runs`, as `(start, length)`) of `core`: pass them on, so versions travel along chains
+    /// of replicas.
+    Gained { core: Hash, upgraded: bool, runs: Vec<(u64, u64)> },
 }
 
 struct Conn {
@@ -629,7 +633,8 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         stats: stats.clone(),
     });
     tracing::info!(peer = %hex_id(&id), %address, dialer, "peer connected");
-    let mut state = ConnState { channels: Vec::new(), out: Vec::new(), secret, dialer, cores, next_local: 1 };
+    let mut state =
+        ConnState { channels: Vec::new(), out: Vec::new(), secret, dialer, cores, next_local: 1, gained: Vec::new() };
     for core in inner.shared.cores() {
         state.open(core);
     }
@@ -691,11 +696,21 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                         state.on_frame(&inner, frame)?;
                     }
                     buf.drain(..used);
+                    // What this peer gave, every other peer hears of (not this one: it knows).
+                    if !state.gained.is_empty() {
+                        let gained = std::mem::take(&mut state.gained);
+                        for c in lock(&inner.conns).iter().filter(|c| c.stable != stable) {
+                            for g in &gained {
+                                let _ = c.tx.send(Command::Gained { core: g.core, upgraded: g.upgraded, runs: g.runs.clone() });
+                            }
+                        }
+                    }
                 }
                 cmd = rx.recv() => {
                     match cmd {
                         Some(Command::Want { core, what, reply }) => state.want(core, what, reply),
                         Some(Command::Changed { core }) => state.changed(core),
+                        Some(Command::Gained { core, upgraded, runs }) => state.gained(core, upgraded, &runs),
                         Some(Command::Close { core }) => state.close(core),
                         Some(Command::Raw { core, messages }) => {
                             if let Some(ch) = state.channels.iter().find(|c| c.key == core && c.remote_id.is_some()) {
@@ -743,6 +758,26 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     result
 }
 
+/// Notes that a peer gave a new length (`block: None`) or block `block` of `core`: a block
+/// right after the last run noted extends it.
+fn note_gained(gained: &mut Vec<Gained>, core: Hash, block: Option<u64>) {
+    let at = match gained.iter().position(|g| g.core == core) {
+        Some(at) => at,
+        None => {
+            gained.push(Gained { core, upgraded: false, runs: Vec::new() });
+            gained.len() - 1
+        }
+    };
+    let g = &mut gained[at];
+    match block {
+        None => g.upgraded = true,
+        Some(index) => match g.runs.last_mut() {
+            Some((start, length)) if *start + *length == index => *length += 1,
+            _ => g.runs.push((index, 1)),
+        },
+    }
+}
+
 fn hex_id(id: &Hash) -> String {
     id.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
@@ -754,6 +789,16 @@ struct ConnState {
     dialer: bool,
     cores: Arc<Mutex<Vec<Hash>>>,
     next_local: u64,
+    /// What this connection's peer gave since the other connections last heard of it.
+    gained: Vec<Gained>,
+}
+
+/// A verified new length or new blocks of one core, from one peer.
+struct Gained {
+    core: Hash,
+    upgraded: bool,
+    /// `(start, length)` runs of blocks, in the order they came.
+    runs: Vec<(u64, u64)>,
 }
 
 impl ConnState {
@@ -860,13 +905,18 @@ impl ConnState {
         Ok(())
     }
 
-    /// Queues a session's messages and settles waiting readers.
+    /// Queues a session's messages, settles waiting readers and notes what the peer gave.
     fn emit(&mut self, i: usize, out: Output) {
         let ch = &mut self.channels[i];
         for m in out.messages {
             self.out.push(Frame::Channel { channel: ch.local_id, message: m });
         }
         for e in out.events {
+            match e {
+                Event::Upgraded { .. } => note_gained(&mut self.gained, ch.key, None),
+                Event::Block { index } => note_gained(&mut self.gained, ch.key, Some(index)),
+                _ => {}
+            }
             let (what, ok) = match e {
                 Event::Block { index } => (Wanted::Block(index), true),
                 Event::Missing { index } => (Wanted::Block(index), false),
@@ -920,11 +970,23 @@ impl ConnState {
     }
 
     fn changed(&mut self, core: Hash) {
+        self.gained(core, true, &[]);
+    }
+
+    /// Tells the peer of a new length (`upgraded`) and of blocks this node now has.
+    fn gained(&mut self, core: Hash, upgraded: bool, runs: &[(u64, u64)]) {
         let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else { return };
         let ch = &mut self.channels[i];
         let mut out = Output::default();
         if let Some(session) = ch.session.as_mut() {
-            ch.core.read(&mut |c| session.local_changed(c, &mut out));
+            ch.core.read(&mut |c| {
+                if upgraded {
+                    session.local_changed(c, &mut out);
+                }
+                for &(start, length) in runs {
+                    session.local_have(c, start, length, &mut out);
+                }
+            });
         }
         self.emit(i, out);
     }

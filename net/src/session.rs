@@ -292,6 +292,20 @@ impl Session {
         }
     }
 
+    /// Tells the peer that blocks `start..start + length`, stored here since it last heard, are
+    /// now here too (a replica passing on what another peer gave it). Only blocks within the
+    /// length the peer was told, and nothing before the first sync.
+    pub fn local_have(&mut self, core: &Hypercore, start: u64, length: u64, out: &mut Output) {
+        let Some((fork, told)) = self.told_length else { return };
+        if fork != core.fork() {
+            return;
+        }
+        let end = start.saturating_add(length).min(told);
+        if start < end {
+            out.messages.push(Message::Range { drop: false, start, length: end - start });
+        }
+    }
+
     /// Gives up requests past their deadline (their readers hear so and ask elsewhere). A peer
     /// that has left [`MAX_MISSED`] requests in a row unanswered is silent or too slow to keep.
     pub fn tick(&mut self, core: &Hypercore, now: Instant) -> Result<Output, Misbehaviour> {

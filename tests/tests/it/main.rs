@@ -14,6 +14,7 @@ mod mount_tools;
 mod node_cli;
 mod posix;
 mod proof_interop;
+mod relay;
 mod replica_store;
 mod share_cli;
 mod swarm_netns;
