@@ -81,6 +81,10 @@ enum Command {
     Daemon,
     /// Stop this data directory's node (it closes its socket and flushes its store).
     Stop,
+    /// Make everything written so far durable: files open on mounts are committed and the
+    /// store is synced to disk, so a power cut after this loses none of it (see the README's
+    /// durability contract).
+    Sync,
     /// Create a drive and print its key and hyper:// link.
     ///
     /// Examples:
@@ -527,11 +531,15 @@ fn main() -> ExitCode {
     // round) and logs a failed second unmount after every clean one; the node unmounts itself
     // and reports its own failures.
     let quiet_fuser = "fuser::mnt::fuse_pure=off".parse().expect("a valid directive");
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env().add_directive(quiet_fuser))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The node's log (its standard error) says what went wrong even without RUST_LOG: dropped
+    // peers, what a recovery rolled back. Commands print only errors unless asked.
+    let level = match cli.command {
+        Command::Daemon => tracing::level_filters::LevelFilter::WARN,
+        _ => tracing::level_filters::LevelFilter::ERROR,
+    };
+    let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
+    tracing_subscriber::fmt().with_env_filter(filter.add_directive(quiet_fuser)).with_writer(std::io::stderr).init();
     let dir = || local::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Daemon => dir().and_then(|d| node::run(&d)),
@@ -545,6 +553,10 @@ fn main() -> ExitCode {
         Command::Stop => dir().and_then(|d| {
             let r = client::request(&d, &serde_json::json!({"cmd": "stop"}), false)?;
             client::wait_exit(r["pid"].as_u64().unwrap_or(0) as i32, &d)
+        }),
+        Command::Sync => dir().and_then(|d| {
+            client::request(&d, &serde_json::json!({"cmd": "sync"}), true)?;
+            Ok(())
         }),
         Command::Create { ref name, json } => dir().and_then(|d| {
             let r = client::request(&d, &serde_json::json!({"cmd": "create", "name": name}), true)?;

@@ -201,6 +201,14 @@ pub fn run(dir: &Path) -> Result<()> {
     // Signals go to one waiting thread, so every other thread runs undisturbed.
     let signals = block_stop_signals();
     let store = Arc::new(RocksStore::open(&dir.join("store"))?);
+    // After a crash or power cut: blocks that never reached the disk are found, replicas will
+    // fetch them again and own drives roll back to their latest whole version.
+    // A recovery that fails is reported and the node still starts: what it could not mend
+    // shows as damage of the cores concerned (`verify`), never as a store that will not open.
+    match hyperfs_engine::recover::recover(&(store.clone() as Arc<dyn Store>)) {
+        Ok(recovered) => recovered.iter().for_each(|r| tracing::warn!("recovery: {r}")),
+        Err(e) => tracing::error!("recovery after an unclean stop failed: {e}"),
+    }
     let sock = socket_path(dir);
     if sock.exists() {
         if UnixStream::connect(&sock).is_ok() {
@@ -345,6 +353,20 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         "ping" => Ok(json!({"dir": state.dir})),
         "stop" => Ok(json!({"pid": std::process::id()})),
         "create" => create(state, r["name"].as_str()),
+        "sync" => {
+            let mounts: Vec<_> = state
+                .mounts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|m| m.mounted.fs().clone())
+                .collect();
+            for fs in mounts {
+                fs.sync()?;
+            }
+            state.store.flush()?;
+            Ok(json!({"synced": true}))
+        }
         "drives" => {
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
             Ok(names

@@ -19,6 +19,7 @@ mod error;
 pub mod fetch;
 pub mod hyperbee;
 pub mod hypercore;
+pub mod recover;
 pub mod store;
 
 #[cfg(test)]

@@ -587,6 +587,48 @@ impl Drive {
         Ok(())
     }
 
+    /// After a power cut took blocks of this (writable) drive — `db_lost` and `blobs_lost`,
+    /// the first lost block of each core — rolls back to the latest version whose db blocks
+    /// and every blob its entries reference are intact, on a new fork; the blobs are cut where
+    /// their first block was lost. Returns the versions before and after, `None` when nothing
+    /// had to go.
+    pub fn roll_back_to_intact(&mut self, db_lost: Option<u64>, blobs_lost: Option<u64>) -> Result<Option<(u64, u64)>> {
+        let from = self.version();
+        let mut version = db_lost.unwrap_or(from).min(from);
+        if let Some(b) = blobs_lost {
+            // The first change whose blob reaches a lost block goes, with all after it.
+            let h = crate::hyperbee::HistoryRange { lt: Some(version as i64), ..Default::default() };
+            for e in self.db.view().history(&h) {
+                let e = e?;
+                if e.deletion || !e.entry.key.starts_with(FILES) {
+                    continue;
+                }
+                if Entry::decode(&e.entry.value)?.blob.is_some_and(|blob| blob.block_offset + blob.block_length > b) {
+                    version = e.entry.seq;
+                    break;
+                }
+            }
+        }
+        // A version inside an atomic change is none: back to its start.
+        while let Some((start, _)) = self.db.core().atomic_span(version)? {
+            if start >= version {
+                break;
+            }
+            version = start;
+        }
+        let blobs_cut = blobs_lost.is_some_and(|b| b < self.blobs.length());
+        if version >= from && !blobs_cut {
+            return Ok(None);
+        }
+        if version < from {
+            self.truncate(version)?;
+        }
+        if let Some(b) = blobs_lost.filter(|&b| b < self.blobs.length()) {
+            self.blobs.truncate(b)?;
+        }
+        Ok(Some((from, self.version())))
+    }
+
     /// The entry at `path` and the db block that wrote it.
     pub fn entry(&self, path: &str) -> Result<Option<(u64, Entry)>> {
         self.view().entry(path)

@@ -1201,6 +1201,40 @@ impl Hypercore {
         Ok(len.min(self.head.length))
     }
 
+    /// The local blocks whose leaf hash is one of `hashes` (blocks a power cut took, say):
+    /// O(local blocks), each one leaf read.
+    pub fn local_among(&self, hashes: &std::collections::HashSet<Hash>) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        if hashes.is_empty() {
+            return Ok(out);
+        }
+        let mut next = self.next_local(0, self.head.length, true);
+        while let Some(i) = next {
+            next = self.next_local(i + 1, self.head.length, true);
+            if self.node(2 * i)?.is_some_and(|leaf| hashes.contains(&leaf.hash)) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks blocks `indexes` as not local (their bytes are gone): readers fetch them from
+    /// peers again. The signed tree stays as it is.
+    pub fn forget(&mut self, indexes: &[u64]) -> Result<()> {
+        let (Some(&lo), Some(&hi)) = (indexes.iter().min(), indexes.iter().max()) else { return Ok(()) };
+        let mut bitfield = self.bitfield.subset(lo, hi + 1);
+        for &i in indexes {
+            bitfield.set_range(i, i + 1, false);
+        }
+        let mut b = Batch { sync: true, ..Batch::default() };
+        for (page, bytes) in bitfield.take_dirty() {
+            b.put(Table::Bitfield, node_key(self.id, page).to_vec(), bytes);
+        }
+        self.store.write(b)?;
+        self.bitfield.merge(bitfield);
+        Ok(())
+    }
+
     /// Re-hashes every local block against its leaf and checks the head's signature. Returns
     /// the indexes of bad blocks; a bad signature or tree is an error.
     pub fn verify_local(&self) -> Result<Vec<u64>> {

@@ -150,6 +150,23 @@ pub(crate) fn decode(stored: &[u8], size: u64, index: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The largest block a recovery check decodes (no block hyperfs or JS writes comes near it).
+const MAX_CHECKED: u64 = 64 << 20;
+
+/// Whether `stored` (a block's stored form) decodes to bytes whose leaf hash is `key`: what a
+/// store checks, after a power cut, of the blocks it may not have had on disk.
+pub fn verifies(key: &[u8], stored: &[u8]) -> bool {
+    let size = match stored.split_first() {
+        Some((&RAW, body)) => body.len() as u64,
+        Some((&ZSTD, body)) => match zstd::zstd_safe::get_frame_content_size(body) {
+            Ok(Some(n)) if n <= MAX_CHECKED => n,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    decode(stored, size, 0).is_ok_and(|data| crate::crypto::leaf_hash(&data)[..] == *key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write(&self, batch: Batch) -> Result<()>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<()>;
+    /// After an unclean stop: checks every block written since the store last knew its bytes
+    /// durable with `verifies(key, stored bytes)`, drops those that fail (a power cut took
+    /// them) and returns the keys of every block lost and not yet forgotten. Cheap when the
+    /// last stop was clean.
+    fn recover_blocks(&self, verifies: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Vec<Vec<u8>>> {
+        let _ = verifies;
+        Ok(Vec::new())
+    }
+    /// The cores have caught up with the blocks [`Store::recover_blocks`] returned.
+    fn forget_lost(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks or records the format version of a store.

@@ -14,8 +14,14 @@
 //!
 //! A crash before step 3 leaves bytes that nothing references: past the committed tail, opening
 //! cuts them off; below it (staged by a writer that lost the race to commit) they wait for
-//! garbage collection. A log shorter than the committed tail (bytes lost that RocksDB says were
-//! written) is reported as damage, never silently accepted.
+//! garbage collection.
+//!
+//! A power cut can also lose bytes the index already references: page writeback does not keep
+//! RocksDB's write-ahead log and the block log in order. Everything below the *synced tail*
+//! (recorded after each fdatasync of the log) is durable; after an unclean stop, the blocks above
+//! it are suspect. [`RocksStore::recover_blocks`] checks each against its key (the caller says
+//! how) and drops the index entries of those lost, remembering their keys until the cores that
+//! held them have caught up ([`RocksStore::forget_lost`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -38,6 +44,9 @@ pub struct RocksStore {
     log: File,
     /// The committed end of the block log; held while a batch is written.
     tail: Mutex<u64>,
+    /// The end of the block log known durable; below `tail` after an unclean stop until
+    /// [`RocksStore::recover_blocks`] has checked what lies between.
+    synced: AtomicU64,
     /// The end of everything written to the log, committed or staged. Space is reserved here
     /// with one atomic add, so writers on every core write block bytes at once.
     reserved: AtomicU64,
@@ -63,6 +72,10 @@ struct Writing {
 
 const LOG_NAME: &str = "blocks.log";
 const TAIL_KEY: &[u8] = b"blocks_tail";
+/// The end of the block log known durable (every byte below it was fdatasync-ed).
+const SYNCED_KEY: &[u8] = b"blocks_synced";
+/// `lost` ‖ key: a block whose bytes a power cut took, until the cores have forgotten it.
+const LOST_PREFIX: &[u8] = b"lost\0";
 
 impl RocksStore {
     /// A block write that failed (a full disk, typically): the space it took is given back
@@ -90,6 +103,9 @@ impl RocksStore {
         }
         let mut opts = Options::default();
         opts.create_if_missing(fresh);
+        // After a power cut the write-ahead log may end inside a record: recover every batch
+        // before it (each batch is whole or absent), as the cores' recovery expects.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
@@ -111,6 +127,7 @@ impl RocksStore {
             path: path.to_path_buf(),
             log,
             tail: Mutex::new(0),
+            synced: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             writing: Mutex::new(Writing::default()),
             direct: open_direct(&log_path),
@@ -123,16 +140,38 @@ impl RocksStore {
             })?),
             None => 0,
         };
-        let len = store.log.metadata().map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?.len();
-        if len < tail {
-            return Err(Error::Damaged {
+        let synced = match store.db.get_cf(store.cf(Table::Meta)?, SYNCED_KEY).map_err(|e| store.err(e))? {
+            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::Damaged {
                 path: path.into(),
-                reason: format!("{LOG_NAME} holds {len} bytes but {tail} were committed"),
-            });
+                reason: "the block log synced-tail record has the wrong size".into(),
+            })?),
+            // A new store: nothing is known durable yet.
+            None if fresh => {
+                let mut wb = WriteBatch::default();
+                wb.put_cf(store.cf(Table::Meta)?, SYNCED_KEY, 0u64.to_le_bytes());
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                store.db.write_opt(wb, &wo).map_err(|e| store.err(e))?;
+                0
+            }
+            // A store from before the record: what it holds is taken as it is.
+            None => tail,
+        };
+        let len = store.log.metadata().map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?.len();
+        let mut synced = synced.min(tail);
+        if len < synced {
+            // Bytes that were synced are gone (a disk that lied, a copy cut short): everything
+            // past what is there is checked as after a power cut, and the store still opens.
+            tracing::warn!(len, synced, "{LOG_NAME} is shorter than what was synced to it");
+            synced = len;
         }
         // Bytes of a batch that never committed are cut off, and space a killed node had
-        // allocated ahead is given back (setting the length frees what lies past it).
+        // allocated ahead is given back (setting the length frees what lies past it). A log a
+        // power cut left shorter than the committed tail is lengthened with zeros, which no
+        // block's hash matches: the recovery finds those blocks lost, and no new block is
+        // written where the index still points.
         store.log.set_len(tail).map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?;
+        store.synced.store(synced, Ordering::SeqCst);
         *store.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
         store.reserved.store(tail, Ordering::SeqCst);
         Ok(store)
@@ -355,22 +394,87 @@ impl Store for RocksStore {
             }
         }
         if end != *tail {
-            if batch.sync {
-                self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
-            }
             wb.put_cf(self.cf(Table::Meta)?, TAIL_KEY, end.to_le_bytes());
+        }
+        // A durable batch makes every block it (or an earlier batch) committed durable first.
+        let syncs_log = batch.sync && self.synced.load(Ordering::SeqCst) < end;
+        if syncs_log {
+            self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+            wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, end.to_le_bytes());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(batch.sync);
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
         *tail = end;
+        if syncs_log {
+            self.synced.store(end, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     fn flush(&self) -> Result<()> {
-        let _tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+        if self.synced.load(Ordering::SeqCst) < *tail {
+            let mut wb = WriteBatch::default();
+            wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, tail.to_le_bytes());
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+            self.synced.store(*tail, Ordering::SeqCst);
+        }
         self.db.flush_wal(true).map_err(|e| self.err(e))
+    }
+
+    fn recover_blocks(&self, verifies: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Vec<Vec<u8>>> {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let from = self.synced.load(Ordering::SeqCst);
+        let mut lost: Vec<Vec<u8>> = self
+            .scan(Table::Meta, LOST_PREFIX, b"lost\x01")?
+            .into_iter()
+            .map(|(k, _)| k[LOST_PREFIX.len()..].to_vec())
+            .collect();
+        if from >= *tail {
+            return Ok(lost);
+        }
+        // The blocks above the synced tail: each whole and matching its key, or lost.
+        let blocks = self.cf(Table::Blocks)?;
+        let mut wb = WriteBatch::default();
+        let mut found = 0usize;
+        for item in self.db.iterator_cf(blocks, IteratorMode::Start) {
+            let (k, place) = item.map_err(|e| self.err(e))?;
+            let (offset, len) = self.place(&place)?;
+            if offset + len as u64 <= from {
+                continue;
+            }
+            if self.read_log(&place).is_ok_and(|bytes| verifies(&k, &bytes)) {
+                continue;
+            }
+            wb.delete_cf(blocks, &k);
+            let mut record = LOST_PREFIX.to_vec();
+            record.extend_from_slice(&k);
+            wb.put_cf(self.cf(Table::Meta)?, record, []);
+            lost.push(k.into_vec());
+            found += 1;
+        }
+        self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+        wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, tail.to_le_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+        self.synced.store(*tail, Ordering::SeqCst);
+        if found > 0 {
+            tracing::warn!(blocks = found, "blocks a crash or power cut took before they reached the disk");
+        }
+        Ok(lost)
+    }
+
+    fn forget_lost(&self) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(self.cf(Table::Meta)?, LOST_PREFIX, b"lost\x01");
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(|e| self.err(e))
     }
 }
 
@@ -676,8 +780,8 @@ mod tests {
         {
             let s = RocksStore::open(dir.path()).expect("open");
             let mut b = Batch::default();
-            b.put(Table::Blocks, b"k1".to_vec(), b"first block".to_vec());
-            b.put(Table::Blocks, b"k2".to_vec(), b"second".to_vec());
+            b.put(Table::Blocks, b"block-k1".to_vec(), b"first block".to_vec());
+            b.put(Table::Blocks, b"block-k2".to_vec(), b"second".to_vec());
             s.write(b).expect("write");
         }
         let log = dir.path().join(LOG_NAME);
@@ -690,13 +794,33 @@ mod tests {
         {
             let s = RocksStore::open(dir.path()).expect("reopen");
             assert_eq!(std::fs::metadata(&log).expect("stat").len(), 17);
-            assert_eq!(s.get(Table::Blocks, b"k2").expect("get").as_deref(), Some(&b"second"[..]));
-            assert!(s.contains(Table::Blocks, b"k1").expect("contains"));
+            assert_eq!(s.get(Table::Blocks, b"block-k2").expect("get").as_deref(), Some(&b"second"[..]));
+            assert!(s.contains(Table::Blocks, b"block-k1").expect("contains"));
         }
-        // Committed bytes that vanished are damage, not a silent reset.
+        // Committed bytes that never reached the disk (nothing was synced): the store opens,
+        // and the recovery finds both blocks lost (one cut short, one gone), drops them and
+        // remembers them until the cores have caught up.
         std::fs::OpenOptions::new().write(true).open(&log).and_then(|f| f.set_len(5)).expect("truncate");
-        let err = RocksStore::open(dir.path()).expect_err("must refuse");
-        assert!(matches!(err, Error::Damaged { .. }), "{err}");
+        let s = RocksStore::open(dir.path()).expect("a store whose log lost its tail opens");
+        let expected =
+            |k: &[u8], v: &[u8]| (k == b"block-k1" && v == b"first block") || (k == b"block-k2" && v == b"second");
+        let mut lost = s.recover_blocks(&expected).expect("recover");
+        lost.sort();
+        assert_eq!(lost, vec![b"block-k1".to_vec(), b"block-k2".to_vec()]);
+        assert!(!s.contains(Table::Blocks, b"block-k1").expect("contains"));
+        drop(s);
+        let s = RocksStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.recover_blocks(&|_, _| false).expect("again").len(), 2, "remembered until forgotten");
+        s.forget_lost().expect("forget");
+        assert!(s.recover_blocks(&|_, _| false).expect("again").is_empty());
+        // A block written and synced afterwards is never suspect again.
+        let mut b = Batch { sync: true, ..Batch::default() };
+        b.put(Table::Blocks, b"block-k3".to_vec(), b"third".to_vec());
+        s.write(b).expect("write");
+        drop(s);
+        let s = RocksStore::open(dir.path()).expect("reopen");
+        assert!(s.recover_blocks(&|_, _| false).expect("clean").is_empty());
+        assert_eq!(s.get(Table::Blocks, b"block-k3").expect("get").as_deref(), Some(&b"third"[..]));
     }
 
     #[test]
