@@ -539,7 +539,13 @@ fn main() -> ExitCode {
         _ => tracing::level_filters::LevelFilter::ERROR,
     };
     let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
-    tracing_subscriber::fmt().with_env_filter(filter.add_directive(quiet_fuser)).with_writer(std::io::stderr).init();
+    // A log line that cannot be written (node.log on a full disk) is dropped: by default the
+    // subscriber reports that on standard error, whose failing write panicked the node.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter.add_directive(quiet_fuser))
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .init();
     let dir = || local::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
         Command::Daemon => dir().and_then(|d| node::run(&d)),

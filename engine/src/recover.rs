@@ -62,14 +62,19 @@ pub fn recover(store: &Arc<dyn Store>) -> Result<Vec<Recovered>> {
         .into_iter()
         .filter_map(|(k, _)| Hash::try_from(k.as_slice()).ok())
         .collect();
-    // Which blocks of which core; which writable cores make drives.
+    // Which blocks of which core; which writable cores make drives (not the blobs cores
+    // derived from them: a blobs core opens as a bee too, its first chunk read as a header).
     let mut hit: HashMap<Hash, Vec<u64>> = HashMap::new();
     let mut writable = Vec::new();
+    let mut blobs_cores = HashSet::new();
     for key in &keys {
         let Some(core) = Hypercore::open(store.clone(), key)? else { continue };
         let among = core.local_among(&lost)?;
         if core.writable() {
             writable.push(*key);
+            if let Some(m) = core.manifest().and_then(|m| crate::drive::keys::blobs_manifest(m, key)) {
+                blobs_cores.insert(m.hash());
+            }
         }
         if !among.is_empty() {
             hit.insert(*key, among);
@@ -77,7 +82,7 @@ pub fn recover(store: &Arc<dyn Store>) -> Result<Vec<Recovered>> {
     }
     let mut out = Vec::new();
     if hit.keys().any(|k| writable.contains(k)) {
-        for key in &writable {
+        for key in writable.iter().filter(|k| !blobs_cores.contains(*k)) {
             let Ok(Some(mut drive)) = Drive::open(store.clone(), key) else { continue };
             let blobs = *drive.blobs().key();
             let (db_lost, blobs_lost) = (hit.remove(key), hit.remove(&blobs));

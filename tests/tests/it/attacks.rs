@@ -485,6 +485,8 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
         let out = hyperfs_in(node, &["put", &file("late.txt", "late"), &format!("{name}:/late.txt")]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("two conflicting histories"), "{err}");
+        let log = std::fs::read_to_string(node.join("node.log")).expect("node.log");
+        assert!(log.contains("equivocated"), "the node's log says so too: {log}");
     }
     assert_eq!(json_of(&a, &["info", "src", "--json"])["version"], version_a);
     assert_eq!(json_of(&b, &["info", &name_b, "--json"])["version"], version_b);

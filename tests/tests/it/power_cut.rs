@@ -195,8 +195,18 @@ fn run(cuts: usize, seed: u64) -> Tally {
                 }
                 4 => {
                     if let Some(path) = files.keys().next().cloned() {
-                        drive.del(&path).expect("del");
-                        files.remove(&path);
+                        if rng.gen_bool(0.5) {
+                            drive.del(&path).expect("del");
+                            files.remove(&path);
+                        } else {
+                            // A rename is one atomic change of two blocks: no version between.
+                            let to = format!("/r{}", rng.gen_range(0..8));
+                            if !files.contains_key(&to) {
+                                drive.rename(&path, &to).expect("rename");
+                                let data = files.remove(&path).expect("the renamed file");
+                                files.insert(to, data);
+                            }
+                        }
                     }
                 }
                 5 if op > 10 => {
