@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use hyperfs_engine::crypto::Hash;
+use hyperfs_engine::fetch::{self, Deferred};
 use hyperfs_engine::{Drive, Hypercore};
 use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
 
@@ -342,6 +343,12 @@ impl NetFetch {
 impl hyperfs_engine::fetch::Fetch for NetFetch {
     fn fetch(&self, core: &Hash, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
         let (net, slot) = self.parts(core)?;
+        if let Some(b) = slot.get(index) {
+            return Ok(b);
+        }
+        if fetch::defer(Deferred::Blocks { core: *core, indices: vec![index] }) {
+            return Err(hyperfs_engine::Error::MissingBlock { index });
+        }
         // Peers come and go: until the deadline, ask whoever is connected now.
         let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
         loop {
@@ -360,7 +367,9 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
 
     fn prefetch(&self, core: &Hash, indices: &[u64]) {
         if let Some((net, missing)) = self.missing(core, indices) {
-            net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
+            if !fetch::defer(Deferred::Blocks { core: *core, indices: missing.clone() }) {
+                net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
+            }
         }
     }
 
@@ -372,6 +381,9 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
 
     fn seek(&self, core: &Hash, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
         let (net, slot) = self.parts(core)?;
+        if lock(&slot.core).seek_request(bytes)?.is_some() && fetch::defer(Deferred::Seek { core: *core, bytes }) {
+            return Err(hyperfs_engine::Error::MissingNode { index: 0 });
+        }
         // A byte at a node boundary takes a second round; peers come and go until the deadline.
         let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
         for _ in 0..64 {

@@ -116,6 +116,84 @@ pub trait Fetch: Send + Sync {
     }
 }
 
+/// What a read could not have without waiting on the network, while it ran [`deferring`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred {
+    /// Blocks `indices` of core `core`.
+    Blocks { core: Hash, indices: Vec<u64> },
+    /// The seek to byte `bytes` of core `core`.
+    Seek { core: Hash, bytes: u64 },
+}
+
+/// Where the fetchers of a [`deferring`] run record what they would have waited for.
+#[derive(Debug, Clone, Default)]
+pub struct Deferral(std::sync::Arc<std::sync::Mutex<Vec<Deferred>>>);
+
+thread_local! {
+    static DEFERRAL: std::cell::RefCell<Option<Deferral>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with network waits deferred: a fetcher asked for something it does not have at
+/// hand records it ([`defer`]) and answers at once that it is missing. A reader that holds a
+/// lock runs its read this way, lets go, waits for what was deferred ([`complete`]) and reads
+/// again — it never waits on a peer while holding anything. Returns `f`'s result and what was
+/// deferred.
+pub fn deferring<T>(f: impl FnOnce() -> T) -> (T, Vec<Deferred>) {
+    let deferral = Deferral::default();
+    let out = within(Some(deferral.clone()), f);
+    let deferred = std::mem::take(&mut *deferral.0.lock().unwrap_or_else(|e| e.into_inner()));
+    (out, deferred)
+}
+
+/// The deferral the current thread runs under, to carry into work it hands to other threads.
+pub fn current() -> Option<Deferral> {
+    DEFERRAL.with(|d| d.borrow().clone())
+}
+
+/// Runs `f` under `deferral` (from [`current`] on the thread that handed the work over).
+pub fn within<T>(deferral: Option<Deferral>, f: impl FnOnce() -> T) -> T {
+    let outer = DEFERRAL.with(|d| std::mem::replace(&mut *d.borrow_mut(), deferral));
+    let out = f();
+    DEFERRAL.with(|d| *d.borrow_mut() = outer);
+    out
+}
+
+/// For fetchers: records `what` and returns `true` when the current read defers network waits
+/// (the fetcher then answers at once); `false` when it may wait.
+pub fn defer(what: Deferred) -> bool {
+    match current() {
+        Some(d) => {
+            d.0.lock().unwrap_or_else(|e| e.into_inner()).push(what);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Waits, holding nothing, for what a [`deferring`] read deferred: each core's blocks asked for
+/// together, then the seeks.
+pub fn complete(fetch: &dyn Fetch, deferred: &[Deferred]) {
+    let mut blocks: Vec<(Hash, Vec<u64>)> = Vec::new();
+    for d in deferred {
+        if let Deferred::Blocks { core, indices } = d {
+            match blocks.iter_mut().find(|(c, _)| c == core) {
+                Some((_, all)) => all.extend_from_slice(indices),
+                None => blocks.push((*core, indices.clone())),
+            }
+        }
+    }
+    for (core, mut indices) in blocks {
+        indices.sort_unstable();
+        indices.dedup();
+        fetch.prefetch(&core, &indices);
+    }
+    for d in deferred {
+        if let Deferred::Seek { core, bytes } = d {
+            let _ = fetch.seek(core, *bytes);
+        }
+    }
+}
+
 /// Block `index` of `blocks`: local, else fetched, else [`Error::MissingBlock`].
 pub fn read_block(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64) -> Result<Vec<u8>> {
     match (blocks.block(index), fetch) {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::SystemTime;
 
 use hyperfs_engine::drive::{Blob, Entry, Op};
+use hyperfs_engine::fetch;
 use hyperfs_engine::Drive;
 
 use crate::Errno;
@@ -913,7 +914,7 @@ impl Fs {
         let sequential = offset != 0 && (offset == ra.next || offset == held.end);
         ra.window = if sequential { (ra.window * 2).clamp(256 << 10, MAX_READ_AHEAD) } else { 0 };
         let want = len.max(ra.window);
-        let data = self.drive().read_blob(&blob, offset, want)?;
+        let data = self.reading(|d| d.read_blob(&blob, offset, want))?;
         let out = data[..data.len().min(len as usize)].to_vec();
         ra.next = offset + out.len() as u64;
         if data.len() as u64 > len {
@@ -1150,6 +1151,28 @@ impl Fs {
 
     fn nodes(&self) -> MutexGuard<'_, Nodes> {
         lock(&self.nodes)
+    }
+
+    /// A read of the drive that never waits on a peer while it holds the drive: what the read
+    /// needs from the network is fetched once the drive is let go, then the read runs again. A
+    /// peer that stalls stalls only this read; listings, other files and refreshes go on.
+    fn reading<T>(&self, f: impl Fn(&Drive) -> hyperfs_engine::Result<T>) -> hyperfs_engine::Result<T> {
+        let mut last = Vec::new();
+        loop {
+            let ((result, fetcher), deferred) = fetch::deferring(|| {
+                let d = self.drive();
+                (f(&d), d.fetcher())
+            });
+            match fetcher {
+                // Each round fetches what the last could not have; a round that asks for the
+                // same again got nothing (the peers are gone or silent): its error stands.
+                Some(fetcher) if result.is_err() && !deferred.is_empty() && deferred != last => {
+                    fetch::complete(&*fetcher, &deferred);
+                    last = deferred;
+                }
+                _ => return result,
+            }
+        }
     }
 
     fn drive(&self) -> RwLockReadGuard<'_, Drive> {
@@ -1451,7 +1474,7 @@ impl Fs {
         if let Some(blob) = blob {
             let mut at = 0u64;
             while at < f.size {
-                let data = self.drive().read_blob(&blob, at, COPY_BYTES.min(f.size - at))?;
+                let data = self.reading(|d| d.read_blob(&blob, at, COPY_BYTES.min(f.size - at)))?;
                 if data.is_empty() {
                     break;
                 }

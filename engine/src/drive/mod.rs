@@ -309,6 +309,11 @@ impl Drive {
     }
 
     /// Where blocks that are not local are asked for (both cores).
+    /// How this drive gets blocks it does not hold (a replica's network), if it has a way.
+    pub fn fetcher(&self) -> Option<Arc<dyn Fetch>> {
+        self.fetch.clone()
+    }
+
     pub fn with_fetch(mut self, fetch: Arc<dyn Fetch>) -> Self {
         self.db = self.db.with_fetch(fetch.clone());
         self.fetch = Some(fetch);
@@ -746,11 +751,15 @@ impl Drive {
                 rest = tail;
                 jobs.push((p, from as usize, dest));
             }
+            // The reads on other threads defer network waits as this one does.
+            let deferral = fetch::current();
             let read = |(p, from, dest): (&Piece, usize, &mut [u8])| -> Result<()> {
-                if from == 0 && dest.len() as u64 == p.len {
-                    return fetch::read_block_into(&self.blobs, self.fetch.as_deref(), p.index, dest);
-                }
-                fetch::read_block_part(&self.blobs, self.fetch.as_deref(), p.index, p.len, from, dest)
+                fetch::within(deferral.clone(), || {
+                    if from == 0 && dest.len() as u64 == p.len {
+                        return fetch::read_block_into(&self.blobs, self.fetch.as_deref(), p.index, dest);
+                    }
+                    fetch::read_block_part(&self.blobs, self.fetch.as_deref(), p.index, p.len, from, dest)
+                })
             };
             if jobs.len() > 1 {
                 jobs.into_par_iter().try_for_each(read)?;

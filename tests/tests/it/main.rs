@@ -18,5 +18,6 @@ mod proof_interop;
 mod relay;
 mod replica_store;
 mod share_cli;
+mod stalled;
 mod swarm_netns;
 mod wire_interop;
