@@ -1002,13 +1002,12 @@ impl Fs {
         };
         // Names and kinds only. A listing that will carry attributes (see
         // `listing_with_attrs`) keeps each entry as stored, decoded if a `readdirplus` asks.
-        let children = {
-            let d = self.drive();
-            view!(self, d, |v| v.children_with(&path, |value| {
+        let children = self.reading(|d| -> Result<_> {
+            Ok(view!(self, d, |v| v.children_with(&path, |value| {
                 let kind = if Entry::decode_is_link(value)? { Kind::Symlink } else { Kind::File };
                 Ok((kind, with_attrs.then(|| Arc::<[u8]>::from(value))))
-            })?)
-        };
+            })?))
+        })?;
         let parent_ino = {
             let nodes = self.nodes();
             nodes.by_path.get(parent_of(&path)).copied().unwrap_or(ROOT)
@@ -1156,7 +1155,7 @@ impl Fs {
     /// A read of the drive that never waits on a peer while it holds the drive: what the read
     /// needs from the network is fetched once the drive is let go, then the read runs again. A
     /// peer that stalls stalls only this read; listings, other files and refreshes go on.
-    fn reading<T>(&self, f: impl Fn(&Drive) -> hyperfs_engine::Result<T>) -> hyperfs_engine::Result<T> {
+    fn reading<T, E>(&self, f: impl Fn(&Drive) -> std::result::Result<T, E>) -> std::result::Result<T, E> {
         let mut last = Vec::new();
         loop {
             let ((result, fetcher), deferred) = fetch::deferring(|| {
@@ -1348,11 +1347,10 @@ impl Fs {
         if let Some(attr) = self.open_attr(path) {
             return Ok(attr);
         }
-        let d = self.drive();
-        if let Some(k) = self.known_dir(&d, path) {
-            return Ok(k.attr);
-        }
-        self.attr_in(&d, path)
+        self.reading(|d| match self.known_dir(d, path) {
+            Some(k) => Ok(k.attr),
+            None => self.attr_in(d, path),
+        })
     }
 
     /// The attributes of a file at `path` that is open for writing here.

@@ -308,12 +308,12 @@ impl Drive {
         Ok(changed)
     }
 
-    /// Where blocks that are not local are asked for (both cores).
     /// How this drive gets blocks it does not hold (a replica's network), if it has a way.
     pub fn fetcher(&self) -> Option<Arc<dyn Fetch>> {
         self.fetch.clone()
     }
 
+    /// Where blocks that are not local are asked for (both cores).
     pub fn with_fetch(mut self, fetch: Arc<dyn Fetch>) -> Self {
         self.db = self.db.with_fetch(fetch.clone());
         self.fetch = Some(fetch);
@@ -725,6 +725,14 @@ impl Drive {
         // and twice as many blocks after it are asked for too, to be loading while it uses this
         // range.
         let windows: Vec<&[Piece]> = wanted.chunks(READ_WINDOW_BLOCKS).collect();
+        if let (Some(f), Some(_)) = (&self.fetch, fetch::current()) {
+            // A read that defers its network waits asks for every window's missing blocks now:
+            // its next run then finds them all, rather than one window more per run.
+            let missing: Vec<u64> = wanted.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
+            if !missing.is_empty() {
+                f.prefetch(self.blobs.key(), &missing);
+            }
+        }
         if wanted.len() > 1 {
             let after = if len >= HINT_FROM {
                 &pieces[last.min(pieces.len())..pieces.len().min(last + 2 * wanted.len())]
