@@ -171,7 +171,10 @@ fn run(cuts: usize, seed: u64) -> Tally {
         round += 1;
         let dir = tmp.path().join(format!("store{round}"));
         let store: Arc<dyn Store> = Arc::new(RocksStore::open(&dir).expect("open"));
-        let kp = KeyPair::from_seed(&[round as u8; 32]);
+        // A key of its own each round, never the remote's.
+        let mut seed = [1u8; 32];
+        seed[..8].copy_from_slice(&round.to_le_bytes());
+        let kp = KeyPair::from_seed(&seed);
         let mut drive = Drive::create(store.clone(), kp).expect("create");
         let key = *drive.key();
         // A remote writer whose core this store replicates.
