@@ -74,11 +74,15 @@ impl NetArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run this data directory's node in the foreground (other commands start one when needed).
+    /// Network options start its network at once with them: a seed on a fixed port.
     ///
     /// Example:
     ///   hyperfs daemon --data-dir /srv/hyperfs
     #[command(verbatim_doc_comment)]
-    Daemon,
+    Daemon {
+        #[command(flatten)]
+        net: NetArgs,
+    },
     /// Stop this data directory's node (it closes its socket and flushes its store).
     Stop,
     /// Make everything written so far durable: files open on mounts are committed and the
@@ -168,8 +172,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve a drive to peers: they reach it by its key (and, until discovery comes, this
-    /// node's address).
+    /// Serve a drive to peers: they find it by its key (announced on the LAN and the DHT) or
+    /// reach this node's address. --listen takes effect when the node's network starts.
     ///
     /// Examples:
     ///   hyperfs share photos
@@ -535,7 +539,7 @@ fn main() -> ExitCode {
     // The node's log (its standard error) says what went wrong even without RUST_LOG: dropped
     // peers, what a recovery rolled back. Commands print only errors unless asked.
     let level = match cli.command {
-        Command::Daemon => tracing::level_filters::LevelFilter::WARN,
+        Command::Daemon { .. } => tracing::level_filters::LevelFilter::WARN,
         _ => tracing::level_filters::LevelFilter::ERROR,
     };
     let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
@@ -548,7 +552,14 @@ fn main() -> ExitCode {
         .init();
     let dir = || local::data_dir(cli.data_dir.as_deref());
     let result = match cli.command {
-        Command::Daemon => dir().and_then(|d| node::run(&d)),
+        Command::Daemon { ref net } => dir().and_then(|d| {
+            let given = !net.peers.is_empty()
+                || net.listen.is_some()
+                || !net.bootstrap.is_empty()
+                || net.no_dht
+                || net.no_lan;
+            node::run(&d, given.then(|| net.add(json!({}))))
+        }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "hyperfs", &mut std::io::stdout());
             Ok(())

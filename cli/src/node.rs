@@ -192,8 +192,9 @@ fn watch_mounts(state: &Arc<State>) {
     });
 }
 
-/// Runs the node in the foreground until `stop`, SIGINT or SIGTERM.
-pub fn run(dir: &Path) -> Result<()> {
+/// Runs the node in the foreground until `stop`, SIGINT or SIGTERM; with `net` (the network
+/// options of `hyperfs daemon`), its network starts at once with them.
+pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
     // Everything the node makes (RocksDB's files, staging, the socket) is the user's alone.
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
@@ -229,6 +230,15 @@ pub fn run(dir: &Path) -> Result<()> {
         state_files: Mutex::new(()),
         stopping: AtomicBool::new(false),
     });
+    // The daemon's own network options come first: the shares and replicas resumed next then
+    // use its network rather than start one on the remembered address.
+    if let Some(r) = &net_options {
+        let n = net(&state, r)?;
+        let peers = peers_of(r);
+        if !peers.is_empty() {
+            n.connect(&peers)?;
+        }
+    }
     resume_replicas(&state);
     resume_shares(&state);
     watch_mounts(&state);
@@ -738,10 +748,22 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
 /// next start; later requests do not change a running network).
 fn net(state: &State, r: &Value) -> Result<Arc<crate::share::Net>> {
     let mut slot = state.net.lock().unwrap_or_else(|e| e.into_inner());
+    let listen = r["listen"].as_str().map(crate::share::resolve).transpose()?;
     if let Some(n) = &*slot {
+        // An address the running network cannot take is refused, never silently ignored.
+        if let (Some(want), Ok(runs)) = (listen, n.endpoint.local_addr()) {
+            let port_ok = want.port() == 0 || want.port() == runs.port();
+            // A network on every interface serves a request for one of them.
+            let ip_ok = want.ip() == runs.ip() || runs.ip().is_unspecified();
+            if !(port_ok && ip_ok) {
+                bail!(
+                    "the node's network already listens on {runs}; --listen {want} takes effect when it starts: \
+                     run `hyperfs stop`, then this command again (or `hyperfs daemon --listen {want}`)"
+                );
+            }
+        }
         return Ok(n.clone());
     }
-    let listen = r["listen"].as_str().map(crate::share::resolve).transpose()?;
     let asked = r.get("bootstrap").is_some_and(|b| b.as_array().is_some_and(|a| !a.is_empty()))
         || r["noDht"] == true
         || r["noLan"] == true;

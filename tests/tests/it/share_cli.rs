@@ -263,3 +263,36 @@ fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
     hyperfs_in_ok(&c, &["unmount", mnt_c.to_str().expect("utf-8")]);
     hyperfs_in_ok(&b, &["unmount", mnt.to_str().expect("utf-8")]);
 }
+
+/// `hyperfs daemon` takes the network options the other commands take (a seed on a fixed
+/// port); an address the running network cannot take is refused with what to do, not ignored.
+#[test]
+fn the_daemon_takes_network_options_and_a_listen_it_cannot_take_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = tmp.path().join("a");
+    let _sa = Stop(&a);
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    hyperfs_in_ok(&a, &["stop"]);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let fixed = format!("127.0.0.1:{port}");
+    let mut daemon = std::process::Command::new(hyperfs_tests::hyperfs_bin())
+        .args(["--data-dir", a.to_str().expect("utf-8"), "daemon", "--listen", &fixed, "--no-lan", "--no-dht"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the daemon");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.join("node.sock").exists() {
+        assert!(Instant::now() < deadline, "the daemon serves");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shared = json(&a, &["share", "src", "--json"]);
+    assert_eq!(shared["address"], fixed.as_str(), "the daemon's network listens where it was told");
+    let out = hyperfs_in(&a, &["share", "src", "--listen", "127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already listens on") && err.contains("hyperfs stop"), "{err}");
+    // The same address, or any port on it, is what runs: fine.
+    hyperfs_in_ok(&a, &["share", "src", "--listen", &fixed]);
+    hyperfs_in_ok(&a, &["share", "src", "--listen", "127.0.0.1:0"]);
+    hyperfs_in_ok(&a, &["stop"]);
+    daemon.wait().expect("the daemon exits");
+}
