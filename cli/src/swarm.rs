@@ -331,7 +331,7 @@ impl Swarm {
                         lock(&sources).insert(addr, source);
                         tracing::info!(%addr, via = source.name(), "connected to a peer discovery found");
                     }
-                    Err(e) if e.to_string().contains("is this node") => {
+                    Err(hyperfs_net::NetError::SelfDial(_)) => {
                         // Ourselves, announced back to us: never again.
                         c.next_try = Instant::now() + Duration::from_secs(86_400 * 365);
                     }

@@ -164,7 +164,7 @@ const Z32_ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
 pub fn secret_seed_file(path: &std::path::Path) -> crate::Result<[u8; 32]> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |what: &str, e: std::io::Error| crate::Error::Storage(format!("{what} {}: {e}", path.display()));
+    let io = |what: &str, e: std::io::Error| crate::Error::io(format!("{what} {}", path.display()), e);
     match std::fs::read(path) {
         Ok(bytes) => bytes
             .try_into()

@@ -19,6 +19,14 @@ pub enum Error {
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// A file operation of the store failed: `what` it was doing, and the OS's error (its kind
+    /// and errno are what callers branch on — a full disk is `ENOSPC` here, never a message).
+    #[error("storage error: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt {what} record in the store: {source}")]
     CorruptRecord {
@@ -62,3 +70,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error of the store while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+
+    /// The OS error number behind this error, where there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}

@@ -40,7 +40,8 @@ impl From<hyperfs_engine::Error> for Errno {
         let errno = match &e {
             E::NotWritable => libc::EROFS,
             E::InvalidRequest(_) | E::OutOfBounds(_) => libc::EINVAL,
-            E::Storage(msg) if msg.contains("No space left") || msg.contains("os error 28") => libc::ENOSPC,
+            // A full disk (or quota) is the caller's to know; other store failures are EIO.
+            e if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => e.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
         };
         if errno == libc::EIO || errno == libc::ENOSPC {

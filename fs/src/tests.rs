@@ -444,3 +444,17 @@ fn a_folders_attributes_follow_every_change_made_here_or_elsewhere() {
     assert_eq!(t.fs.lookup(ROOT, "g").map(|_| ()), Err(Errno(libc::ENOENT)), "moved away");
     assert_eq!(t.fs.lookup(ROOT, "g2").map(|a| (a.ino, a.meta.mode & 0o7777)), Ok((g, 0o755)));
 }
+
+/// A full disk reaches the program as `ENOSPC` by the error's kind (its errno), whatever the
+/// message says; a store failure without one is `EIO`.
+#[test]
+fn a_full_disk_is_enospc_by_its_errno_not_its_message() {
+    let full = hyperfs_engine::Error::io("writing blocks.log", std::io::Error::from_raw_os_error(libc::ENOSPC));
+    assert_eq!(Errno::from(full), Errno(libc::ENOSPC));
+    let quota = hyperfs_engine::Error::io("syncing blocks.log", std::io::Error::from_raw_os_error(libc::EDQUOT));
+    assert_eq!(Errno::from(quota), Errno(libc::EDQUOT));
+    let worded = hyperfs_engine::Error::Storage("No space left on device (os error 28)".into());
+    assert_eq!(Errno::from(worded), Errno(libc::EIO));
+    let denied = hyperfs_engine::Error::io("opening blocks.log", std::io::Error::from_raw_os_error(libc::EACCES));
+    assert_eq!(Errno::from(denied), Errno(libc::EIO), "the store's own troubles are not the caller's EACCES");
+}

@@ -317,7 +317,7 @@ impl Endpoint {
             let id = remote_id(&connection)?;
             if id == inner.me {
                 connection.close(0u32.into(), b"self");
-                return Err(NetError::Io(format!("{addr} is this node")));
+                return Err(NetError::SelfDial(addr));
             }
             let task = inner.clone();
             tokio::spawn(async move {

@@ -30,6 +30,9 @@ pub enum NetError {
     Tls(String),
     #[error("{0}")]
     Io(String),
+    /// The address dialed is this node's own (announced back to it).
+    #[error("{0} is this node")]
+    SelfDial(std::net::SocketAddr),
     #[error("protocol violation: {0}")]
     Protocol(String),
     /// The peer broke a replication rule (a proof that does not verify, a flood past its

@@ -1389,7 +1389,7 @@ impl<R: Read> ChunkFeed<R> {
             let n = (&mut self.reader)
                 .take(READ_BYTES)
                 .read_to_end(&mut buf)
-                .map_err(|e| Error::Storage(format!("reading the file to store: {e}")))?;
+                .map_err(|e| Error::io("reading the file to store", e))?;
             let start = self.start;
             let mut cut = |c: hyperfs_chunker::Chunk| {
                 let from = (c.offset - start) as usize;

@@ -91,7 +91,7 @@ impl RocksStore {
                 len as libc::off_t,
             );
         }
-        Error::Storage(format!("writing {LOG_NAME}: {e}"))
+        Error::io(format!("writing {LOG_NAME}"), e)
     }
 
     /// Opens (or creates) the store at `path`. A store held by another process, a damaged one
@@ -99,7 +99,7 @@ impl RocksStore {
     pub fn open(path: &Path) -> Result<Self> {
         let fresh = !path.join("CURRENT").exists();
         if fresh {
-            std::fs::create_dir_all(path).map_err(|e| Error::Storage(format!("creating {}: {e}", path.display())))?;
+            std::fs::create_dir_all(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         }
         let mut opts = Options::default();
         opts.create_if_missing(fresh);
@@ -121,7 +121,7 @@ impl RocksStore {
             .create(true)
             .truncate(false)
             .open(&log_path)
-            .map_err(|e| Error::Storage(format!("opening {}: {e}", log_path.display())))?;
+            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
         let store = RocksStore {
             db,
             path: path.to_path_buf(),
@@ -157,7 +157,7 @@ impl RocksStore {
             // A store from before the record: what it holds is taken as it is.
             None => tail,
         };
-        let len = store.log.metadata().map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?.len();
+        let len = store.log.metadata().map_err(|e| Error::io(log_path.display().to_string(), e))?.len();
         let mut synced = synced.min(tail);
         if len < synced {
             // Bytes that were synced are gone (a disk that lied, a copy cut short): everything
@@ -170,7 +170,7 @@ impl RocksStore {
         // power cut left shorter than the committed tail is lengthened with zeros, which no
         // block's hash matches: the recovery finds those blocks lost, and no new block is
         // written where the index still points.
-        store.log.set_len(tail).map_err(|e| Error::Storage(format!("{}: {e}", log_path.display())))?;
+        store.log.set_len(tail).map_err(|e| Error::io(log_path.display().to_string(), e))?;
         store.synced.store(synced, Ordering::SeqCst);
         *store.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail;
         store.reserved.store(tail, Ordering::SeqCst);
@@ -225,6 +225,11 @@ fn classify(path: &Path, e: rocksdb::Error) -> Error {
             Error::Locked { path: path.to_path_buf() }
         }
         rocksdb::ErrorKind::Corruption => Error::Damaged { path: path.to_path_buf(), reason: msg },
+        // RocksDB gives no errno, only its message: a full disk is told apart here, the one place
+        // that reads RocksDB's errors, and is an `ENOSPC` to everything above.
+        rocksdb::ErrorKind::IOError if msg.contains("No space left") => {
+            Error::io(format!("RocksDB: {msg}"), std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
         _ if msg.contains("does not exist") || msg.contains("No such file") || msg.contains("CURRENT") => {
             Error::Damaged { path: path.to_path_buf(), reason: msg }
         }
@@ -399,7 +404,7 @@ impl Store for RocksStore {
         // A durable batch makes every block it (or an earlier batch) committed durable first.
         let syncs_log = batch.sync && self.synced.load(Ordering::SeqCst) < end;
         if syncs_log {
-            self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+            self.log.sync_data().map_err(|e| Error::io(format!("syncing {LOG_NAME}"), e))?;
             wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, end.to_le_bytes());
         }
         let mut wo = WriteOptions::default();
@@ -414,7 +419,7 @@ impl Store for RocksStore {
 
     fn flush(&self) -> Result<()> {
         let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+        self.log.sync_data().map_err(|e| Error::io(format!("syncing {LOG_NAME}"), e))?;
         if self.synced.load(Ordering::SeqCst) < *tail {
             let mut wb = WriteBatch::default();
             wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, tail.to_le_bytes());
@@ -457,7 +462,7 @@ impl Store for RocksStore {
             lost.push(k.into_vec());
             found += 1;
         }
-        self.log.sync_data().map_err(|e| Error::Storage(format!("syncing {LOG_NAME}: {e}")))?;
+        self.log.sync_data().map_err(|e| Error::io(format!("syncing {LOG_NAME}"), e))?;
         wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, tail.to_le_bytes());
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
