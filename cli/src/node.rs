@@ -239,6 +239,7 @@ pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
             n.connect(&peers)?;
         }
     }
+    sync_in_the_background(&state);
     resume_replicas(&state);
     resume_shares(&state);
     watch_mounts(&state);
@@ -740,6 +741,31 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "" if r.get("malformed").is_some() => bail!("malformed request: {}", r["malformed"]),
         other => bail!("unknown request {other:?}"),
+    }
+}
+
+/// How long a committed version may wait to be synced to disk: what a power cut can take
+/// (as the kernel's own writeback, `dirty_expire_centisecs`), and what the recovery after one
+/// has to check.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Syncs the store every [`SYNC_EVERY`] when something was committed since the last sync.
+fn sync_in_the_background(state: &Arc<State>) {
+    let state = Arc::downgrade(state);
+    let spawned = std::thread::Builder::new().name("hyperfs-sync".into()).spawn(move || loop {
+        std::thread::sleep(SYNC_EVERY);
+        let Some(state) = state.upgrade() else { return };
+        if state.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if state.store.unsynced() {
+            if let Err(e) = state.store.flush() {
+                tracing::warn!(error = %e, "syncing the store");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting the sync thread");
     }
 }
 

@@ -169,6 +169,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write(&self, batch: Batch) -> Result<()>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<()>;
+    /// Whether blocks were committed since the last [`Store::flush`] (or durable batch).
+    fn unsynced(&self) -> bool {
+        false
+    }
     /// After an unclean stop: checks every block written since the store last knew its bytes
     /// durable with `verifies(key, stored bytes)`, drops those that fail (a power cut took
     /// them) and returns the keys of every block lost and not yet forgotten. Cheap when the

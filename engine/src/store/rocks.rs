@@ -412,23 +412,29 @@ impl Store for RocksStore {
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
         *tail = end;
         if syncs_log {
-            self.synced.store(end, Ordering::SeqCst);
+            self.synced.fetch_max(end, Ordering::SeqCst);
         }
         Ok(())
     }
 
     fn flush(&self) -> Result<()> {
-        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        // Every block committed so far lies below this tail; the sync runs without holding it,
+        // so commits go on meanwhile (a sync behind many dirty pages can take a while).
+        let tail = *self.tail.lock().unwrap_or_else(|e| e.into_inner());
         self.log.sync_data().map_err(|e| Error::io(format!("syncing {LOG_NAME}"), e))?;
-        if self.synced.load(Ordering::SeqCst) < *tail {
+        if self.synced.load(Ordering::SeqCst) < tail {
             let mut wb = WriteBatch::default();
             wb.put_cf(self.cf(Table::Meta)?, SYNCED_KEY, tail.to_le_bytes());
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
-            self.synced.store(*tail, Ordering::SeqCst);
+            self.synced.fetch_max(tail, Ordering::SeqCst);
         }
         self.db.flush_wal(true).map_err(|e| self.err(e))
+    }
+
+    fn unsynced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst) < *self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn recover_blocks(&self, verifies: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<Vec<Vec<u8>>> {
