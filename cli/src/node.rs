@@ -192,8 +192,8 @@ fn watch_mounts(state: &Arc<State>) {
     });
 }
 
-/// Runs the node in the foreground until `stop`, SIGINT or SIGTERM; with `net` (the network
-/// options of `hyperfs daemon`), its network starts at once with them.
+/// Runs the node in the foreground until `stop`, SIGINT or SIGTERM; with `net_options` (those
+/// of `hyperfs daemon`), its network starts at once with them.
 pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
     // Everything the node makes (RocksDB's files, staging, the socket) is the user's alone.
     // SAFETY: umask cannot fail.

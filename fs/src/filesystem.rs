@@ -1157,6 +1157,8 @@ impl Fs {
     /// peer that stalls stalls only this read; listings, other files and refreshes go on.
     fn reading<T, E>(&self, f: impl Fn(&Drive) -> std::result::Result<T, E>) -> std::result::Result<T, E> {
         let mut last = Vec::new();
+        // Bounded however the rounds go: a read needs a seek and its blocks, a few rounds.
+        let mut rounds = 0;
         loop {
             let ((result, fetcher), deferred) = fetch::deferring(|| {
                 let d = self.drive();
@@ -1165,7 +1167,8 @@ impl Fs {
             match fetcher {
                 // Each round fetches what the last could not have; a round that asks for the
                 // same again got nothing (the peers are gone or silent): its error stands.
-                Some(fetcher) if result.is_err() && !deferred.is_empty() && deferred != last => {
+                Some(fetcher) if result.is_err() && !deferred.is_empty() && deferred != last && rounds < 16 => {
+                    rounds += 1;
                     fetch::complete(&*fetcher, &deferred);
                     last = deferred;
                 }
