@@ -51,6 +51,21 @@ pub fn hyperfs_in_ok(dir: &Path, args: &[&str]) -> String {
 
 /// The seed of a randomised test: `HYPERFS_TEST_SEED` if set, else a random one, printed so a
 /// failure can be run again.
+/// Runs `hyperfs` in data directory `dir` and parses its standard output as JSON, failing the
+/// test on a non-zero exit or other output.
+pub fn hyperfs_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
+}
+
+/// Stops the node of a data directory when dropped (a test's nodes never outlive it).
+pub struct StopNode(pub PathBuf);
+
+impl Drop for StopNode {
+    fn drop(&mut self) {
+        let _ = hyperfs_in(&self.0, &["stop"]);
+    }
+}
+
 pub fn test_seed() -> u64 {
     let seed = std::env::var("HYPERFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("HYPERFS_TEST_SEED={seed}");

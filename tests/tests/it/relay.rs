@@ -7,27 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyperfs_tests::{hyperfs_in, hyperfs_in_ok};
-use serde_json::Value;
-
-fn json(dir: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
-}
-
-struct Stop(PathBuf);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = hyperfs_in(&self.0, &["stop"]);
-    }
-}
+use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, hyperfs_json, StopNode};
 
 fn address(node: &Path) -> String {
     std::fs::read_to_string(node.join("listen.addr")).expect("the node's address").trim().to_owned()
 }
 
 fn version(node: &Path, drive: &str) -> u64 {
-    json(node, &["info", drive, "--json"])["version"].as_u64().expect("version")
+    hyperfs_json(node, &["info", drive, "--json"])["version"].as_u64().expect("version")
 }
 
 /// Waits until `done` holds, polling every 20 ms; how long it took.
@@ -49,15 +36,16 @@ struct Chain {
     reader: PathBuf,
     link: String,
     mnt: PathBuf,
-    _stops: Vec<Stop>,
+    _stops: Vec<StopNode>,
 }
 
 impl Chain {
     fn new(root: &Path, seeds: usize) -> Chain {
         let writer = root.join("writer");
-        let mut stops = vec![Stop(writer.clone())];
+        let mut stops = vec![StopNode(writer.clone())];
         hyperfs_in_ok(&writer, &["create", "--name", "src"]);
-        let shared = json(&writer, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+        let shared =
+            hyperfs_json(&writer, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
         let link = shared["link"].as_str().expect("link").to_owned();
         let mut chain = Chain {
             root: root.to_owned(),
@@ -72,7 +60,7 @@ impl Chain {
         let mut previous = writer;
         for i in 0..seeds {
             let seed = root.join(format!("seed{i}"));
-            stops.push(Stop(seed.clone()));
+            stops.push(StopNode(seed.clone()));
             let from = address(&previous);
             hyperfs_in_ok(
                 &seed,
@@ -81,7 +69,7 @@ impl Chain {
             previous = seed.clone();
             chain.seeds.push(seed);
         }
-        stops.push(Stop(chain.reader.clone()));
+        stops.push(StopNode(chain.reader.clone()));
         std::fs::create_dir(&chain.mnt).expect("mkdir");
         let from = address(&previous);
         let mnt = chain.mnt.to_str().expect("utf-8").to_owned();

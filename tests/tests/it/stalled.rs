@@ -4,25 +4,11 @@
 //! behind that — one slow peer froze the folder for ~15 s.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, pseudo_random};
-use serde_json::Value;
-
-fn json(dir: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
-}
-
-struct Stop(PathBuf);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = hyperfs_in(&self.0, &["stop"]);
-    }
-}
+use hyperfs_tests::{hyperfs_in_ok, hyperfs_json, pseudo_random, StopNode};
 
 /// Lets a stopped node go on (before its `Stop` runs).
 struct Resume(i32);
@@ -38,7 +24,7 @@ impl Drop for Resume {
 fn a_stalled_peer_never_freezes_the_mount() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (_sa, _sb) = (Stop(a.clone()), Stop(b.clone()));
+    let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
     hyperfs_in_ok(&a, &["create", "--name", "src"]);
     let big = tmp.path().join("big.bin");
     std::fs::write(&big, pseudo_random(64 << 20, 5)).expect("write");
@@ -46,7 +32,7 @@ fn a_stalled_peer_never_freezes_the_mount() {
     let note = tmp.path().join("note.txt");
     std::fs::write(&note, "local").expect("write");
     hyperfs_in_ok(&a, &["put", note.to_str().expect("utf-8"), "src:/note.txt"]);
-    let shared = json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared = hyperfs_json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
     let (key, addr) =
         (shared["key"].as_str().expect("key").to_owned(), shared["address"].as_str().expect("addr").to_owned());
     let mnt = tmp.path().join("mnt");
@@ -108,7 +94,7 @@ fn a_stalled_peer_never_freezes_the_mount() {
             assert_eq!(std::fs::read_to_string(mnt.join("note.txt")).expect("read"), "local");
         });
         time("hyperfs info", &mut || {
-            json(&b, &["info", &key, "--json"]);
+            hyperfs_json(&b, &["info", &key, "--json"]);
         });
         std::thread::sleep(Duration::from_millis(100));
     }
