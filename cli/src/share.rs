@@ -343,17 +343,16 @@ impl NetFetch {
 impl hyperfs_engine::fetch::Fetch for NetFetch {
     fn fetch(&self, core: &Hash, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
         let (net, slot) = self.parts(core)?;
-        if let Some(b) = slot.get(index) {
-            return Ok(b);
-        }
-        if fetch::defer(Deferred::Blocks { core: *core, indices: vec![index] }) {
-            return Err(hyperfs_engine::Error::MissingBlock { index });
-        }
         // Peers come and go: until the deadline, ask whoever is connected now.
         let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
         loop {
             if let Some(b) = slot.get(index) {
                 return Ok(b);
+            }
+            // A reader holding the drive waits on nobody: it hears at once, and asks again
+            // once it has let go.
+            if fetch::defer(Deferred::Blocks { core: *core, indices: vec![index] }) {
+                return Err(hyperfs_engine::Error::MissingBlock { index });
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {

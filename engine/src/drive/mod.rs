@@ -621,14 +621,15 @@ impl Drive {
             }
             version = start;
         }
-        let blobs_cut = blobs_lost.is_some_and(|b| b < self.blobs.length());
-        if version >= from && !blobs_cut {
+        let cut_blobs_at = blobs_lost.filter(|&b| b < self.blobs.length());
+        if version >= from && cut_blobs_at.is_none() {
             return Ok(None);
         }
         if version < from {
             self.truncate(version)?;
         }
-        if let Some(b) = blobs_lost.filter(|&b| b < self.blobs.length()) {
+        // The truncation may have cut the blobs there or below already.
+        if let Some(b) = cut_blobs_at.filter(|&b| b < self.blobs.length()) {
             self.blobs.truncate(b)?;
         }
         Ok(Some((from, self.version())))

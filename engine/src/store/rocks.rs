@@ -76,6 +76,8 @@ const TAIL_KEY: &[u8] = b"blocks_tail";
 const SYNCED_KEY: &[u8] = b"blocks_synced";
 /// `lost` ‖ key: a block whose bytes a power cut took, until the cores have forgotten it.
 const LOST_PREFIX: &[u8] = b"lost\0";
+/// Just past every `lost` record.
+const LOST_END: &[u8] = b"lost\x01";
 
 impl RocksStore {
     /// A block write that failed (a full disk, typically): the space it took is given back
@@ -441,7 +443,7 @@ impl Store for RocksStore {
         let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let from = self.synced.load(Ordering::SeqCst);
         let mut lost: Vec<Vec<u8>> = self
-            .scan(Table::Meta, LOST_PREFIX, b"lost\x01")?
+            .scan(Table::Meta, LOST_PREFIX, LOST_END)?
             .into_iter()
             .map(|(k, _)| k[LOST_PREFIX.len()..].to_vec())
             .collect();
@@ -482,7 +484,7 @@ impl Store for RocksStore {
 
     fn forget_lost(&self) -> Result<()> {
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(self.cf(Table::Meta)?, LOST_PREFIX, b"lost\x01");
+        wb.delete_range_cf(self.cf(Table::Meta)?, LOST_PREFIX, LOST_END);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))

@@ -430,13 +430,8 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
     let (key, addr_a) =
         (shared["key"].as_str().expect("key").to_owned(), shared["address"].as_str().expect("addr").to_owned());
     // B holds the same key with another history, longer than A's.
-    let mut import = vec!["keys", "import", keyfile.to_str().expect("utf-8")];
-    if hyperfs_in(&b, &["keys", "import", "--help"]).status.success()
-        && String::from_utf8_lossy(&hyperfs_in(&b, &["keys", "import", "--help"]).stdout).contains("--offline-ok")
-    {
-        import.push("--offline-ok");
-    }
-    hyperfs_in_ok(&b, &import);
+    // (`--offline-ok`: the way to fork knowingly, which is what this test plays.)
+    hyperfs_in_ok(&b, &["keys", "import", keyfile.to_str().expect("utf-8"), "--offline-ok"]);
     let drives = json_of(&b, &["drives", "--json"]);
     let name_b = drives[0]["name"].as_str().expect("name").to_owned();
     for (i, text) in ["other", "history", "here"].iter().enumerate() {
