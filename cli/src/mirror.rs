@@ -19,12 +19,12 @@ use std::fs::Metadata;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::drive::{printable, BlobBatch, Entry, Meta, Op};
-use hyperfs_engine::Drive;
+use hyperfs_engine::{Drive, SharedDrive};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -123,7 +123,7 @@ impl Progress<'_> {
 
 /// `hyperfs import DIR DRIVE[:/path]`.
 pub fn import(
-    drive: &RwLock<Drive>,
+    drive: &SharedDrive,
     src: &Path,
     folder: &str,
     dry_run: bool,
@@ -138,7 +138,7 @@ pub fn import(
     let mut local = BTreeMap::new();
     scan_local(src, &mut local, &mut tally.skipped)?;
     let remote = {
-        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        let d = drive.snapshot();
         if !d.writable() && !dry_run {
             bail!("this node cannot write drive {} (it holds no secret key for it)", hex::encode(d.key()));
         }
@@ -154,7 +154,7 @@ pub fn import(
     let (removals, writes): (Vec<&Change>, Vec<&Change>) = changes.iter().partition(|c| c.action == Action::Remove);
     let mut pending = removals.into_iter().chain(writes).peekable();
     while pending.peek().is_some() {
-        let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+        let mut d = drive.write();
         let mut batch = BlobBatch::past_cache();
         let mut ops: Vec<(String, OwnedOp)> = Vec::new();
         let mut group_bytes = 0u64;
@@ -240,7 +240,7 @@ pub fn import(
         progress.report(&tally, false);
     }
     let version = {
-        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        let d = drive.snapshot();
         d.flush()?;
         d.version()
     };
@@ -255,7 +255,7 @@ pub fn import(
 /// (as root, like `tar --same-owner`); otherwise files belong to whoever runs the node.
 #[allow(clippy::too_many_arguments)]
 pub fn export(
-    drive: &RwLock<Drive>,
+    drive: &SharedDrive,
     version: Option<u64>,
     folder: &str,
     dst: &Path,
@@ -269,13 +269,13 @@ pub fn export(
     }
     let mut tally = Tally::default();
     let (remote, version) = {
-        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        let d = drive.snapshot();
         let v = version.unwrap_or(d.version());
         let trusted = d.writable();
         (scan_drive(&d, Some(v), folder, trusted, &mut tally.skipped)?, v)
     };
     if remote.len() <= 1 && !matches!(remote.get(""), Some(Item::Dir { meta: Some(_) })) {
-        let d = drive.read().unwrap_or_else(|e| e.into_inner());
+        let d = drive.snapshot();
         let view = d.checkout(version)?;
         if view.stat(folder)?.is_some() {
             bail!("{folder} is a file; export a folder (hyperfs cat prints one file)");
@@ -551,11 +551,11 @@ fn same(s: &Item, t: &Item, owners: bool) -> bool {
 }
 
 /// Whether the local file `f` holds exactly the bytes of the drive entry.
-fn same_content(drive: &RwLock<Drive>, entry: &Entry, mut f: std::fs::File) -> Result<bool> {
+fn same_content(drive: &SharedDrive, entry: &Entry, mut f: std::fs::File) -> Result<bool> {
     let Some(blob) = entry.blob else { return Ok(false) };
     let mut offset = 0u64;
     loop {
-        let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, READ_WINDOW)?;
+        let chunk = drive.snapshot().read_blob(&blob, offset, READ_WINDOW)?;
         let mut mine = vec![0u8; chunk.len()];
         f.read_exact(&mut mine)?;
         if mine != chunk {
@@ -584,7 +584,7 @@ fn is_small_file(c: &Change) -> bool {
 /// it. `written` hears of the bytes as they go.
 #[allow(clippy::too_many_arguments)]
 fn write_file(
-    drive: &RwLock<Drive>,
+    drive: &SharedDrive,
     entry: &Entry,
     out: &Beneath,
     rel: &str,
@@ -621,7 +621,7 @@ fn write_file(
     let written = (|| -> Result<()> {
         if let Some(blob) = entry.blob.filter(|b| !b.block_map && b.byte_length <= READ_WINDOW) {
             // A small file: one read.
-            let bytes = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, 0, READ_WINDOW)?;
+            let bytes = drive.snapshot().read_blob(&blob, 0, READ_WINDOW)?;
             f.write_all(&bytes)?;
             written(bytes.len() as u64);
         } else if let Some(blob) = entry.blob {
@@ -638,11 +638,7 @@ fn write_file(
                 scope.spawn(move || {
                     let mut offset = 0u64;
                     for mut buf in returned {
-                        let read = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob_into(
-                            &blob,
-                            offset,
-                            window(&mut buf),
-                        );
+                        let read = drive.snapshot().read_blob_into(&blob, offset, window(&mut buf));
                         let n = read.as_ref().map_or(0, |&n| n);
                         offset += n as u64;
                         if tx.send(read.map(|n| (buf, n)).map_err(anyhow::Error::from)).is_err() || n == 0 {

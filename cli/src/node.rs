@@ -11,17 +11,17 @@
 //! Invariant: only the node opens the store while it runs (RocksDB's lock makes a second node
 //! fail with a clear error); SIGINT and SIGTERM close the socket and flush the store before exit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::crypto::{z32_encode, Hash};
-use hyperfs_engine::drive::{keys, Drive, Entry, PutOptions};
+use hyperfs_engine::drive::{keys, Drive, Entry, PutOptions, SharedDrive};
 use hyperfs_engine::store::{RocksStore, Store};
 use serde_json::{json, Value};
 
@@ -153,9 +153,11 @@ struct State {
     store: Arc<RocksStore>,
     primary: [u8; 32],
     names: Mutex<BTreeMap<String, String>>,
-    drives: Mutex<BTreeMap<Hash, Arc<RwLock<Drive>>>>,
+    drives: Mutex<BTreeMap<Hash, Arc<SharedDrive>>>,
     /// Mounted drives by mount point.
     mounts: Mutex<BTreeMap<PathBuf, Mount>>,
+    /// Mount points whose drive published a version (see [`watch_mounts`]).
+    mount_changed: std::sync::mpsc::Sender<PathBuf>,
     /// The network, started by the first command that needs it.
     net: Mutex<Option<Arc<crate::share::Net>>>,
     /// Serialises read-modify-write changes to `replicas.json` and `shared.json`.
@@ -167,29 +169,42 @@ struct Mount {
     mounted: hyperfs_fs::Mounted,
     key: Hash,
     version: Option<u64>,
+    /// The drive, and the listener that tells [`watch_mounts`] of its versions (live mounts).
+    listening: Option<(Arc<SharedDrive>, u64)>,
 }
 
-/// Every 100 ms: live mounts whose drive moved on other than through the mount (a peer's
-/// version of a replica, a change from the command line) have the kernel forget what it
-/// cached, so new, changed and removed files show at once: names and attributes would
-/// otherwise show for their cache TTL, and listings, which the kernel keeps until the
-/// directory changes through the mount, until then.
-fn watch_mounts(state: &Arc<State>) {
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some((drive, listener)) = &self.listening {
+            drive.off(*listener);
+        }
+    }
+}
+
+/// Live mounts whose drive moved on other than through the mount (a peer's version of a
+/// replica, a change from the command line) have the kernel forget what it cached, so new,
+/// changed and removed files show at once: names and attributes would otherwise show for
+/// their cache TTL, and listings, which the kernel keeps until the directory changes through
+/// the mount, until then. The thread sleeps until a drive publishes a version.
+fn watch_mounts(state: &Arc<State>, changed: std::sync::mpsc::Receiver<PathBuf>) {
     let state = Arc::downgrade(state);
-    std::thread::spawn(move || {
-        while let Some(state) = state.upgrade() {
-            if state.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            for m in state.mounts.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
-                if m.version.is_none() && m.mounted.fs().changed_elsewhere() {
-                    m.mounted.invalidate();
+    std::thread::Builder::new()
+        .name("hyperfs-invalidate".into())
+        .spawn(move || {
+            while let Ok(first) = changed.recv() {
+                let dirs: BTreeSet<PathBuf> = std::iter::once(first).chain(changed.try_iter()).collect();
+                let Some(state) = state.upgrade() else { return };
+                let mut mounts = state.mounts.lock().unwrap_or_else(|e| e.into_inner());
+                for dir in dirs {
+                    if let Some(m) = mounts.get_mut(&dir) {
+                        if m.mounted.fs().changed_elsewhere() {
+                            m.mounted.invalidate();
+                        }
+                    }
                 }
             }
-            drop(state);
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    });
+        })
+        .expect("spawning the mount watcher");
 }
 
 /// Runs the node in the foreground until `stop`, SIGINT or SIGTERM; with `net_options` (those
@@ -218,6 +233,7 @@ pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
         std::fs::remove_file(&sock).with_context(|| format!("removing the stale socket {}", sock.display()))?;
     }
     let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let (mount_changed, mount_changes) = std::sync::mpsc::channel();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     let state = Arc::new(State {
         dir: dir.to_path_buf(),
@@ -226,6 +242,7 @@ pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
         names: Mutex::new(read_names(dir)?),
         drives: Mutex::new(BTreeMap::new()),
         mounts: Mutex::new(BTreeMap::new()),
+        mount_changed,
         net: Mutex::new(None),
         state_files: Mutex::new(()),
         stopping: AtomicBool::new(false),
@@ -242,7 +259,7 @@ pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
     sync_in_the_background(&state);
     resume_replicas(&state);
     resume_shares(&state);
-    watch_mounts(&state);
+    watch_mounts(&state, mount_changes);
     write_state(dir, "node.pid", format!("{}\n", std::process::id()).as_bytes())?;
     tracing::info!(dir = %dir.display(), "node started");
     {
@@ -398,15 +415,15 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             }
             let meta = crate::mirror::meta_of(&m);
             let opts = PutOptions { executable: meta.mode & 0o100 != 0, metadata: Some(meta.to_json(None)) };
-            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write();
             d.put_reader(s("path")?, std::io::BufReader::new(f), &opts)?;
             Ok(json!({"version": d.version()}))
         }
         "cat" => {
             let drive = open_drive(state, s("drive")?)?;
             let path = s("path")?;
+            let d = drive.snapshot();
             let entry = {
-                let d = drive.read().unwrap_or_else(|e| e.into_inner());
                 let v = r["version"].as_u64().unwrap_or(d.version());
                 let view = d.checkout(v)?;
                 match view.stat(path)? {
@@ -416,10 +433,10 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                 }
             };
             let Some(blob) = entry.blob else { return Ok(json!({})) };
-            // The file goes out a window at a time; the drive is locked only while one is read.
+            // The file goes out a window at a time, from the version it was found in.
             let mut offset = 0u64;
             loop {
-                let chunk = drive.read().unwrap_or_else(|e| e.into_inner()).read_blob(&blob, offset, 4 << 20)?;
+                let chunk = d.read_blob(&blob, offset, 4 << 20)?;
                 if chunk.is_empty() {
                     return Ok(json!({"bytes": offset}));
                 }
@@ -443,7 +460,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "ls" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let d = drive.snapshot();
             let view = d.checkout(r["version"].as_u64().unwrap_or(d.version()))?;
             let path = s("path")?;
             let describe = |name: String, entry: Option<&Entry>, dir_record: Option<Entry>| -> Result<Value> {
@@ -498,7 +515,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "rm" => {
             let drive = open_drive(state, s("drive")?)?;
-            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write();
             let path = s("path")?;
             if !d.del(path)? && !d.rmdir(path)? {
                 bail!("no file at {path}");
@@ -507,19 +524,19 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "mv" => {
             let drive = open_drive(state, s("drive")?)?;
-            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write();
             d.rename(s("path")?, s("to")?)?;
             Ok(json!({"version": d.version()}))
         }
         "mkdir" => {
             let drive = open_drive(state, s("drive")?)?;
-            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write();
             d.mkdir(s("path")?, None)?;
             Ok(json!({"version": d.version()}))
         }
         "stat" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let d = drive.snapshot();
             let path = s("path")?;
             let d = d.checkout(r["version"].as_u64().unwrap_or(d.version()))?;
             match d.stat(path)? {
@@ -535,7 +552,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "log" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let d = drive.snapshot();
             let filter = r["path"].as_str().filter(|p| *p != "/");
             let until = r["version"].as_u64().unwrap_or(u64::MAX);
             let mut out = Vec::new();
@@ -566,11 +583,11 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             let which = s("drive")?;
             let drive = open_drive(state, which)?;
             let version = r["version"].as_u64().ok_or_else(|| anyhow!("the request lacks \"version\""))?;
-            let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
+            let key = *drive.snapshot().key();
             if mounts_of(state, &key).iter().any(|m| m["readOnly"] == false) {
                 bail!("{which} is mounted read-write; unmount it first");
             }
-            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+            let mut d = drive.write();
             if !d.writable() {
                 bail!("{which} is not yours to truncate (this node does not hold its key)");
             }
@@ -582,7 +599,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "diff" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let d = drive.snapshot();
             let v1 = r["v1"].as_u64().ok_or_else(|| anyhow!("the request lacks \"v1\""))?;
             let v2 = r["v2"].as_u64().unwrap_or(d.version());
             let out: Vec<Value> = d
@@ -594,7 +611,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "info" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let d = drive.snapshot();
             // Block data sent to and received from peers, both cores, since the node started.
             let (up, down) = match state.net.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 Some(n) => {
@@ -624,7 +641,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
         }
         "verify" => {
             let drive = open_drive(state, s("drive")?)?;
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
+            let d = drive.snapshot();
             let mut bad = Vec::new();
             for (name, c) in [("db", d.db().core()), ("blobs", d.blobs())] {
                 match c.verify_local() {
@@ -671,7 +688,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                     n
                 }
             };
-            state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(RwLock::new(drive)));
+            state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, SharedDrive::new(drive));
             Ok(json!({"name": name, "key": hexkey}))
         }
         "share" => {
@@ -679,7 +696,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             let net = net(state, r)?;
             net.connect(&peers_of(r))?;
             let (key, blobs, writable) = {
-                let d = drive.read().unwrap_or_else(|e| e.into_inner());
+                let d = drive.snapshot();
                 (*d.key(), *d.blobs().key(), d.writable())
             };
             // A replica is served already, through the network's own instances of its cores.
@@ -700,7 +717,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             if !net.is_some_and(|n| n.unshare(&drive)) {
                 bail!("drive {} is not shared", s("drive")?);
             }
-            remember_share(state, drive.read().unwrap_or_else(|e| e.into_inner()).key(), None)?;
+            remember_share(state, drive.snapshot().key(), None)?;
             Ok(json!({}))
         }
         "clone" => clone(state, s("key")?, r, emit),
@@ -917,7 +934,7 @@ fn resume_replicas(state: &Arc<State>) {
 /// A replica of drive `key` followed live: from the store if this node has had it, else from
 /// `peers` (its signed length and manifest first: they name the blobs core). `full` downloads
 /// everything; otherwise readers fetch what they touch. Returns the drive readers use.
-fn replicate(state: &State, key: &Hash, peers: &[String], r: &Value, full: bool) -> Result<Arc<RwLock<Drive>>> {
+fn replicate(state: &State, key: &Hash, peers: &[String], r: &Value, full: bool) -> Result<Arc<SharedDrive>> {
     use std::time::{Duration, Instant};
     let net = net(state, r)?;
     let store: Arc<dyn Store> = state.store.clone();
@@ -945,7 +962,7 @@ fn replicate(state: &State, key: &Hash, peers: &[String], r: &Value, full: bool)
     let existing = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
     if let Some(d) = existing {
         if full {
-            net.set_full(d.read().unwrap_or_else(|e| e.into_inner()).blobs().key());
+            net.set_full(d.snapshot().blobs().key());
         }
         remember_replica(state, key, full, peers)?;
         return Ok(d);
@@ -963,7 +980,7 @@ fn replicate(state: &State, key: &Hash, peers: &[String], r: &Value, full: bool)
     }
     let mut drive = drive;
     drive.refresh()?;
-    let drive = Arc::new(RwLock::new(drive));
+    let drive = SharedDrive::new(drive);
     net.follow(drive.clone(), vec![db, blobs]);
     remember_replica(state, key, full, peers)?;
     let mut drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
@@ -992,12 +1009,8 @@ fn name_replica(state: &State, key: &Hash, asked: Option<&str>, prefix: &str) ->
 fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
     use std::time::{Duration, Instant};
     let key = crate::local::parse_key(which)?;
-    let ours = state
-        .drives
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .is_some_and(|d| d.read().unwrap_or_else(|e| e.into_inner()).writable());
+    let ours =
+        state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|d| d.snapshot().writable());
     if ours || Drive::open(state.store.clone(), &key).ok().flatten().is_some_and(|d| d.writable()) {
         bail!("drive {} is this node's own", hex::encode(key));
     }
@@ -1009,7 +1022,7 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
     }
     let drive = replicate(state, &key, &peers, r, true)?;
     let net = net(state, r)?;
-    let (db, blobs) = net.replica_cores(&key, drive.read().unwrap_or_else(|e| e.into_inner()).blobs().key());
+    let (db, blobs) = net.replica_cores(&key, drive.snapshot().blobs().key());
     let (Some(db), Some(blobs)) = (db, blobs) else { bail!("the replica's cores are not followed") };
     // Everything, with progress; a peer that stops giving for 30 s ends the wait. The blobs
     // core must reach at least what the db's entries name.
@@ -1021,8 +1034,8 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         let have = dh + bh;
         let _ = emit(json!({"progress": {"blocks": have, "totalBlocks": dl + bl}}));
         if dh == dl && needed.is_none() {
-            let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
-            d.refresh()?;
+            drive.write().refresh()?;
+            let d = drive.snapshot();
             let mut end = 0;
             for (_, e) in d.list("/")? {
                 if let Some(b) = e.blob {
@@ -1042,7 +1055,7 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         std::thread::sleep(Duration::from_millis(50));
     }
     let version = {
-        let mut d = drive.write().unwrap_or_else(|e| e.into_inner());
+        let mut d = drive.write();
         d.refresh()?;
         d.version()
     };
@@ -1075,7 +1088,7 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
         }
         Err(e) => return Err(e),
     };
-    let key = *drive.read().unwrap_or_else(|e| e.into_inner()).key();
+    let key = *drive.snapshot().key();
     let version = r["version"].as_u64();
     let staging = state.dir.join("staging");
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
@@ -1103,7 +1116,19 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     let mounted =
         hyperfs_fs::mount(Arc::new(fs), &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), drive = %log_id(&name), ?version, read_only, "mounted");
-    state.mounts.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.clone(), Mount { mounted, key, version });
+    // A live mount hears of every version its drive publishes; a checkout never changes.
+    let listening = version.is_none().then(|| {
+        let (tell, at) = (state.mount_changed.clone(), dir.clone());
+        let listener = drive.on_change(Arc::new(move |_| {
+            let _ = tell.send(at.clone());
+        }));
+        (drive.clone(), listener)
+    });
+    state
+        .mounts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.clone(), Mount { mounted, key, version, listening });
     Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
 }
 
@@ -1196,7 +1221,7 @@ fn create(state: &State, name: Option<&str>) -> Result<Value> {
     let key = *drive.key();
     names.insert(name.clone(), hex::encode(key));
     write_names(&state.dir, &names)?;
-    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::new(RwLock::new(drive)));
+    state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, SharedDrive::new(drive));
     Ok(json!({"name": name, "key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key))}))
 }
 
@@ -1216,7 +1241,7 @@ fn drive_key(state: &State, which: &str) -> Result<Hash> {
 }
 
 /// A drive by local name or key, opened once and kept.
-fn open_drive(state: &State, which: &str) -> Result<Arc<RwLock<Drive>>> {
+fn open_drive(state: &State, which: &str) -> Result<Arc<SharedDrive>> {
     let key = drive_key(state, which)?;
     let mut drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = drives.get(&key) {
@@ -1224,7 +1249,7 @@ fn open_drive(state: &State, which: &str) -> Result<Arc<RwLock<Drive>>> {
     }
     let store: Arc<dyn Store> = state.store.clone();
     let drive = Drive::open(store, &key)?.ok_or_else(|| anyhow!("no drive {} on this node", hex::encode(key)))?;
-    let d = Arc::new(RwLock::new(drive));
+    let d = SharedDrive::new(drive);
     drives.insert(key, d.clone());
     Ok(d)
 }

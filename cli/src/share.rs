@@ -2,32 +2,39 @@
 //! before), the cores it offers — its own drives that are shared, and the replicas it keeps —
 //! and the loop that tells peers about new versions and shows replicas theirs.
 //!
+//! A drive of ours is served from its published snapshots: a peer's request never waits on a
+//! write in progress, and never holds up the writer. New versions are told to peers when the
+//! drive publishes them ([`SharedDrive::on_change`]).
+//!
 //! A replica's cores have two instances on the store: the network's, to which verified proofs
 //! are applied, and the drive's, which readers use and which takes in what the network stored
-//! ([`Drive::refresh`]) a moment later. Readers therefore never hold a lock the network waits
-//! for.
+//! ([`Drive::refresh`](hyperfs_engine::Drive::refresh)) when the network says so — no polling.
+//! Readers therefore never hold a lock the network waits for.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use hyperfs_engine::crypto::Hash;
 use hyperfs_engine::fetch::{self, Deferred};
-use hyperfs_engine::{Drive, Hypercore};
+use hyperfs_engine::{Hypercore, SharedDrive};
 use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
 
-/// How often shared drives are checked for new versions and replicas refreshed.
-const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// After a replica's drive took in what its cores stored, the next refresh waits this long at
+/// least, taking in everything that arrived meanwhile at once (a clone stores thousands of
+/// blocks a second; a new version alone is taken in at once).
+const REFRESH_GAP: Duration = Duration::from_millis(20);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One of the two cores of a drive this node writes, served from the drive itself.
+/// One of the two cores of a drive this node writes, served from the drive's published
+/// snapshot: peers never wait on the writer, nor the writer on them.
 struct DriveCore {
-    drive: Arc<RwLock<Drive>>,
+    drive: Arc<SharedDrive>,
     blobs: bool,
     key: Hash,
 }
@@ -37,12 +44,16 @@ impl SharedCore for DriveCore {
         self.key
     }
     fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
-        let d = self.drive.read().unwrap_or_else(|e| e.into_inner());
+        let d = self.drive.snapshot();
         f(if self.blobs { d.blobs() } else { d.db().core() });
     }
+    /// A peer's message is handled on a frozen copy of the snapshot's core: it can check a
+    /// peer's proof of another history (the conflict it finds reaches the writer, whose
+    /// instance shares the cell) but never change the core — only the owner does.
     fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
-        let mut d = self.drive.write().unwrap_or_else(|e| e.into_inner());
-        f(if self.blobs { d.blobs_mut() } else { d.db_core_mut() });
+        let d = self.drive.snapshot();
+        let mut core = if self.blobs { d.blobs() } else { d.db().core() }.frozen_copy();
+        f(&mut core);
     }
 }
 
@@ -52,6 +63,8 @@ pub struct ReplicaCore {
     core: Mutex<Hypercore>,
     key: Hash,
     full: std::sync::atomic::AtomicBool,
+    /// Told when the core changed (a new length, a stored block): the refresher wakes.
+    changed: std::sync::mpsc::Sender<()>,
 }
 
 impl ReplicaCore {
@@ -79,7 +92,14 @@ impl SharedCore for ReplicaCore {
         f(&lock(&self.core));
     }
     fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
-        f(&mut lock(&self.core));
+        let mut c = lock(&self.core);
+        let before = (c.fork(), c.length(), c.local_blocks());
+        f(&mut c);
+        let changed = (c.fork(), c.length(), c.local_blocks()) != before;
+        drop(c);
+        if changed {
+            let _ = self.changed.send(());
+        }
     }
     fn download_all(&self) -> bool {
         self.full.load(std::sync::atomic::Ordering::SeqCst)
@@ -89,12 +109,8 @@ impl SharedCore for ReplicaCore {
 /// A core's (fork, length, local blocks), or a drive's (fork, db length, blobs length).
 type CoreState = (u64, u64, u64);
 
-/// A replica drive, the network's instances of its cores, their state last taken in, and how
-/// many rounds the refresh has waited for readers.
-type Followed = (Arc<RwLock<Drive>>, Vec<Arc<ReplicaCore>>, Vec<CoreState>, u32);
-
-/// Rounds of the watch loop a replica's refresh waits for busy readers before it waits on them.
-const REFRESH_PATIENCE: u32 = 10;
+/// A replica drive, the network's instances of its cores, and their state last taken in.
+type Followed = (Arc<SharedDrive>, Vec<Arc<ReplicaCore>>, Vec<CoreState>);
 /// How long a reader waits for the network to give a block or a seek…
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// …asking again this often while no connected peer can.
@@ -116,12 +132,14 @@ pub struct Net {
     /// Topics, discovery and the connections it makes.
     pub swarm: Arc<crate::swarm::Swarm>,
     offer: Arc<Offer>,
-    /// Shared drives of ours, with the (fork, db length, blobs length) peers last heard of.
-    own: Mutex<Vec<(Arc<RwLock<Drive>>, CoreState)>>,
-    /// Replica drives the watch loop refreshes.
+    /// Shared drives of ours, with the listener that tells peers of their versions.
+    own: Mutex<Vec<(Arc<SharedDrive>, u64)>>,
+    /// Replica drives the refresher keeps up with their cores.
     replicas: Mutex<Vec<Followed>>,
     /// The network's instances of replica cores, by key.
     slots: Mutex<Vec<Arc<ReplicaCore>>>,
+    /// What replica cores tell the refresher.
+    changed: std::sync::mpsc::Sender<()>,
 }
 
 impl Net {
@@ -149,6 +167,7 @@ impl Net {
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
         let endpoint = Arc::new(endpoint);
         let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store, discovery);
+        let (changed, wake) = std::sync::mpsc::channel();
         let net = Arc::new(Net {
             endpoint,
             swarm,
@@ -156,13 +175,17 @@ impl Net {
             own: Mutex::new(Vec::new()),
             replicas: Mutex::new(Vec::new()),
             slots: Mutex::new(Vec::new()),
+            changed,
         });
-        let watcher = Arc::downgrade(&net);
-        std::thread::Builder::new().name("hyperfs-watch".into()).spawn(move || {
-            while let Some(net) = watcher.upgrade() {
-                net.watch();
+        let refresher = Arc::downgrade(&net);
+        // Sleeps until a replica core changes: an idle node does nothing here.
+        std::thread::Builder::new().name("hyperfs-refresh".into()).spawn(move || {
+            while wake.recv().is_ok() {
+                while wake.try_recv().is_ok() {}
+                let Some(net) = refresher.upgrade() else { return };
+                net.refresh_replicas();
                 drop(net);
-                std::thread::sleep(WATCH_EVERY);
+                std::thread::sleep(REFRESH_GAP);
             }
         })?;
         Ok(net)
@@ -170,11 +193,8 @@ impl Net {
 
     /// Offers a drive this node writes (or has whole) to every peer, and joins its topic
     /// (announced unless `announce` is false; on the LAN only with `lan_only`).
-    pub fn share(&self, drive: &Arc<RwLock<Drive>>, announce: bool, lan_only: bool) {
-        let (db, blobs, state) = {
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
-            (*d.key(), *d.blobs().key(), (d.db().core().fork(), d.db().core().length(), d.blobs().length()))
-        };
+    pub fn share(&self, drive: &Arc<SharedDrive>, announce: bool, lan_only: bool) {
+        let (db, blobs) = (*drive.key(), *drive.snapshot().blobs().key());
         {
             let mut cores = lock(&self.offer.0);
             if cores.iter().any(|c| c.key() == db) {
@@ -183,17 +203,22 @@ impl Net {
             cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: false, key: db }));
             cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: true, key: blobs }));
         }
-        lock(&self.own).push((drive.clone(), state));
+        // Each version the drive publishes is told to peers then (a few channel sends).
+        let endpoint = Arc::downgrade(&self.endpoint);
+        let listener = drive.on_change(Arc::new(move |_| {
+            if let Some(e) = endpoint.upgrade() {
+                e.changed(&db);
+                e.changed(&blobs);
+            }
+        }));
+        lock(&self.own).push((drive.clone(), listener));
         self.endpoint.refresh();
         self.swarm.join(&db, announce, lan_only);
     }
 
     /// Stops offering a drive of ours; returns whether it was shared.
-    pub fn unshare(&self, drive: &Arc<RwLock<Drive>>) -> bool {
-        let keys = {
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
-            [*d.key(), *d.blobs().key()]
-        };
+    pub fn unshare(&self, drive: &Arc<SharedDrive>) -> bool {
+        let keys = [*drive.key(), *drive.snapshot().blobs().key()];
         {
             let mut cores = lock(&self.offer.0);
             if !cores.iter().any(|c| c.key() == keys[0]) {
@@ -201,7 +226,13 @@ impl Net {
             }
             cores.retain(|c| !keys.contains(&c.key()));
         }
-        lock(&self.own).retain(|(d, _)| !Arc::ptr_eq(d, drive));
+        lock(&self.own).retain(|(d, listener)| {
+            let ours = Arc::ptr_eq(d, drive);
+            if ours {
+                d.off(*listener);
+            }
+            !ours
+        });
         for k in &keys {
             self.endpoint.close(k);
         }
@@ -219,7 +250,8 @@ impl Net {
             }
             return slot;
         }
-        let slot = Arc::new(ReplicaCore { core: Mutex::new(core), key, full: full.into() });
+        let slot =
+            Arc::new(ReplicaCore { core: Mutex::new(core), key, full: full.into(), changed: self.changed.clone() });
         lock(&self.slots).push(slot.clone());
         lock(&self.offer.0).push(slot.clone());
         self.endpoint.refresh();
@@ -244,9 +276,9 @@ impl Net {
     }
 
     /// Shows `drive` what its replica cores download from now on.
-    pub fn follow(&self, drive: Arc<RwLock<Drive>>, cores: Vec<Arc<ReplicaCore>>) {
+    pub fn follow(&self, drive: Arc<SharedDrive>, cores: Vec<Arc<ReplicaCore>>) {
         let states = cores.iter().map(|c| c.state()).collect();
-        lock(&self.replicas).push((drive, cores, states, 0));
+        lock(&self.replicas).push((drive, cores, states));
     }
 
     /// Connects to each of `peers`.
@@ -268,38 +300,16 @@ impl Net {
         Ok(())
     }
 
-    /// One round of the watch loop.
-    fn watch(&self) {
-        for (drive, told) in lock(&self.own).iter_mut() {
-            let (now, keys) = {
-                let d = drive.read().unwrap_or_else(|e| e.into_inner());
-                ((d.db().core().fork(), d.db().core().length(), d.blobs().length()), [*d.key(), *d.blobs().key()])
-            };
-            if now != *told {
-                *told = now;
-                for k in &keys {
-                    self.endpoint.changed(k);
-                }
-            }
-        }
-        for (drive, cores, seen, waited) in lock(&self.replicas).iter_mut() {
+    /// Replica drives take in what their cores stored since last time (new versions, blocks),
+    /// and publish it. Only the refresh waits for the drive's owner; readers go on reading the
+    /// snapshot before.
+    fn refresh_replicas(&self) {
+        for (drive, cores, seen) in lock(&self.replicas).iter_mut() {
             let now: Vec<CoreState> = cores.iter().map(|c| c.state()).collect();
             if now == *seen {
                 continue;
             }
-            // Readers may hold the drive while they wait on the network: take it in when they
-            // let go, and only after a second wait for them.
-            let mut d = match drive.try_write() {
-                Ok(d) => d,
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) if *waited < REFRESH_PATIENCE => {
-                    *waited += 1;
-                    continue;
-                }
-                Err(std::sync::TryLockError::WouldBlock) => drive.write().unwrap_or_else(|e| e.into_inner()),
-            };
-            *waited = 0;
-            match d.refresh() {
+            match drive.write().refresh() {
                 Ok(_) => *seen = now,
                 Err(e) => tracing::warn!(error = %e, "refreshing a replica"),
             }

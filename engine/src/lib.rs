@@ -25,7 +25,7 @@ pub mod store;
 #[cfg(test)]
 mod fuzz;
 
-pub use drive::Drive;
+pub use drive::{Drive, SharedDrive};
 pub use error::{Error, Result};
 pub use hyperbee::Hyperbee;
 pub use hypercore::Hypercore;

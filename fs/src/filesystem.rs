@@ -19,12 +19,13 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use hyperfs_engine::drive::Writing;
 use hyperfs_engine::drive::{Blob, Entry, Op};
 use hyperfs_engine::fetch;
-use hyperfs_engine::Drive;
+use hyperfs_engine::{Drive, SharedDrive};
 
 use crate::Errno;
 use hyperfs_engine::drive::Meta;
@@ -141,7 +142,7 @@ pub mod flags {
 
 /// A filesystem over one drive.
 pub struct Fs {
-    drive: Arc<RwLock<Drive>>,
+    drive: Arc<SharedDrive>,
     cfg: Config,
     read_only: bool,
     /// The drive is someone else's (this node cannot write it): the owners and set-id bits
@@ -171,7 +172,7 @@ pub struct Fs {
 /// The drive, held for a change: on release, a change made on top of what the kernel was shown
 /// is shown too.
 struct Changing<'a> {
-    d: RwLockWriteGuard<'a, Drive>,
+    d: Writing<'a>,
     before: (u64, u64),
     shown: &'a Mutex<(u64, u64)>,
     dir_epoch: &'a AtomicU64,
@@ -399,15 +400,12 @@ macro_rules! view {
 }
 
 impl Fs {
-    pub fn new(drive: Arc<RwLock<Drive>>, cfg: Config) -> Result<Fs> {
-        let (writable, version, shown) = {
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
-            (d.writable(), d.version(), (d.db().core().fork(), d.version()))
-        };
+    pub fn new(drive: Arc<SharedDrive>, cfg: Config) -> Result<Fs> {
+        let d = drive.snapshot();
+        let (writable, version, shown) = (d.writable(), d.version(), (d.db().core().fork(), d.version()));
         if let Some(v) = cfg.version {
             // A version inside an atomic batch (a rename's put before its delete) has no tree
             // of its own; it is refused here rather than failing every read.
-            let d = drive.read().unwrap_or_else(|e| e.into_inner());
             let readable = |view: hyperfs_engine::drive::DriveView<'_, _>| view.dir_entry("/").and(view.children("/"));
             if v > version || d.checkout(v).and_then(readable).is_err() {
                 return Err(Errno(libc::EINVAL));
@@ -1177,25 +1175,30 @@ impl Fs {
         }
     }
 
-    fn drive(&self) -> RwLockReadGuard<'_, Drive> {
-        self.drive.read().unwrap_or_else(|e| e.into_inner())
+    /// The drive as last published: reads never wait on a change in progress.
+    fn drive(&self) -> Arc<Drive> {
+        self.drive.snapshot()
     }
 
+    /// The drive for a change, after the changes before it (of this mount or elsewhere).
     fn drive_mut(&self) -> Changing<'_> {
-        let d = self.drive.write().unwrap_or_else(|e| e.into_inner());
+        let d = self.drive.write();
         let before = (d.db().core().fork(), d.version());
         Changing { d, before, shown: &self.shown, dir_epoch: &self.dir_epoch }
     }
 
     /// Whether the drive has changes the kernel was not shown (from a peer or the command
     /// line, not through this filesystem); they count as shown from now on, so the caller
-    /// tells the kernel to forget what it cached. `false` while a change is under way.
+    /// tells the kernel to forget what it cached.
     pub fn changed_elsewhere(&self) -> bool {
-        let Ok(d) = self.drive.try_read() else { return false };
+        let d = self.drive();
         let now = (d.db().core().fork(), d.version());
         let mut shown = lock(&self.shown);
-        let changed = std::mem::replace(&mut *shown, now) != now;
+        // States only grow (a truncation moves to a later fork); a snapshot older than what was
+        // shown is one taken before this mount's own change was published.
+        let changed = now > *shown;
         if changed {
+            *shown = now;
             self.dir_epoch.fetch_add(1, Ordering::AcqRel);
         }
         changed

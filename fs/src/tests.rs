@@ -1,28 +1,28 @@
 //! The filesystem without the kernel: each test drives [`Fs`] as FUSE would and checks what a
 //! program would see, and what the drive recorded.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hyperfs_engine::drive::keys;
 use hyperfs_engine::store::{MemStore, Store};
-use hyperfs_engine::Drive;
+use hyperfs_engine::{Drive, SharedDrive};
 
 use crate::{flags, Config, Errno, Fs, Kind, SetAttr, ROOT};
 
 struct T {
     fs: Fs,
-    drive: Arc<RwLock<Drive>>,
+    drive: Arc<SharedDrive>,
     _staging: tempfile::TempDir,
 }
 
 fn setup() -> T {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let drive = Arc::new(RwLock::new(Drive::create(store, keys::drive_key_pair(&[7; 32], None)).expect("drive")));
+    let drive = SharedDrive::new(Drive::create(store, keys::drive_key_pair(&[7; 32], None)).expect("drive"));
     mount(&drive, None)
 }
 
-fn mount(drive: &Arc<RwLock<Drive>>, version: Option<u64>) -> T {
+fn mount(drive: &Arc<SharedDrive>, version: Option<u64>) -> T {
     let staging = tempfile::tempdir().expect("staging");
     let cfg = Config { version, read_only: false, staging: staging.path().to_path_buf(), uid: 1000, gid: 100 };
     T { fs: Fs::new(drive.clone(), cfg).expect("fs"), drive: drive.clone(), _staging: staging }
@@ -30,7 +30,7 @@ fn mount(drive: &Arc<RwLock<Drive>>, version: Option<u64>) -> T {
 
 impl T {
     fn version(&self) -> u64 {
-        self.drive.read().expect("drive").version()
+        self.drive.snapshot().version()
     }
 
     fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> u64 {
@@ -56,7 +56,7 @@ impl T {
     }
 
     fn drive_bytes(&self, path: &str) -> Option<Vec<u8>> {
-        self.drive.read().expect("drive").get(path).expect("get")
+        self.drive.snapshot().get(path).expect("get")
     }
 
     /// The names of a directory, read in replies as the kernel asks for them: each from where
@@ -327,7 +327,7 @@ fn directories_are_kept_until_removed_and_rmdir_wants_them_empty() {
     assert_eq!(t.names(ROOT), [".", ".."]);
 
     // A directory that exists only through a file (as JS writes them) survives losing it.
-    t.drive.write().expect("drive").put("/js/only.txt", b"js", &Default::default()).expect("put");
+    t.drive.write().put("/js/only.txt", b"js", &Default::default()).expect("put");
     let js = t.fs.lookup(ROOT, "js").expect("js").ino;
     t.fs.unlink(js, "only.txt").expect("unlink");
     assert_eq!(t.fs.lookup(ROOT, "js").expect("js").kind, Kind::Dir);
@@ -340,7 +340,7 @@ fn attributes_and_symlinks_are_recorded_in_the_entry() {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
     let set = SetAttr { mode: Some(0o755), mtime: Some(when), uid: Some(5), gid: Some(6), size: None };
     t.fs.setattr(ino, set).expect("setattr");
-    let (_, e) = t.drive.read().expect("drive").entry("/script.sh").expect("entry").expect("some");
+    let (_, e) = t.drive.snapshot().entry("/script.sh").expect("entry").expect("some");
     assert!(e.executable, "JS sees the executable bit");
     let again = mount(&t.drive, None);
     let attr = again.fs.lookup(ROOT, "script.sh").expect("lookup");
@@ -434,7 +434,7 @@ fn a_folders_attributes_follow_every_change_made_here_or_elsewhere() {
     assert_eq!(mode(&t, e), Err(Errno(libc::ENOENT)), "removed here");
 
     // A folder there only through its contents, recorded when its last file goes, then moved.
-    t.drive.write().expect("drive").put("/g/h", b"x", &Default::default()).expect("put");
+    t.drive.write().put("/g/h", b"x", &Default::default()).expect("put");
     assert!(t.fs.changed_elsewhere());
     let g = t.fs.lookup(ROOT, "g").expect("lookup g").ino;
     assert_eq!(mode(&t, g), Ok(0o755), "an unrecorded folder shows the default");

@@ -17,6 +17,7 @@ pub mod entry;
 pub mod keys;
 pub mod meta;
 pub mod path;
+pub mod shared;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use crate::store::{Store, Table};
 use crate::{Error, Result};
 pub use entry::{Blob, Entry, MapBlock};
 pub use meta::Meta;
+pub use shared::{SharedDrive, Writing};
 
 /// The sub-database of file entries, as Hyperdrive's SubEncoder writes it: `files` ‖ 00.
 const FILES: &[u8] = b"files\0";
@@ -164,7 +166,8 @@ pub struct Drive {
     preset: Preset,
     fetch: Option<Arc<dyn Fetch>>,
     /// Per-file chunk offsets, keyed by blob: random access without reading what comes before.
-    pieces: Mutex<PieceCache>,
+    /// Shared with the drive's frozen copies (a blob's offsets never change).
+    pieces: Arc<Mutex<PieceCache>>,
 }
 
 /// The chunk offsets of recently used blobs, up to [`PIECE_CACHE_PIECES`] pieces in all (then it
@@ -275,7 +278,20 @@ impl Drive {
     }
 
     fn assemble(db: Hyperbee, blobs: Hypercore) -> Drive {
-        Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Mutex::new(PieceCache::default()) }
+        Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Arc::default() }
+    }
+
+    /// A read-only copy of the drive as it is now: reads of it never wait on, and never see,
+    /// later changes to this one (a published [`snapshot`](crate::drive::SharedDrive::snapshot)).
+    /// Every change through it fails with [`Error::NotWritable`].
+    pub fn frozen_copy(&self) -> Drive {
+        Drive {
+            db: self.db.frozen_copy(),
+            blobs: self.blobs.frozen_copy(),
+            preset: self.preset,
+            fetch: self.fetch.clone(),
+            pieces: self.pieces.clone(),
+        }
     }
 
     /// The db bee itself: keys and values go in as given, past every rule of paths and entries

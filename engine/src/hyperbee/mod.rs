@@ -102,6 +102,17 @@ impl Hyperbee {
         &self.core
     }
 
+    /// A read-only copy of the bee as it is now, sharing its node cache
+    /// ([`Hypercore::frozen_copy`]).
+    pub fn frozen_copy(&self) -> Hyperbee {
+        Hyperbee {
+            core: self.core.frozen_copy(),
+            cache: self.cache.clone(),
+            fetch: self.fetch.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
     /// The core, for applying proofs received from peers. Blocks it drops on a new fork are
     /// never served from the cache, which is keyed by fork.
     pub fn core_mut(&mut self) -> &mut Hypercore {

@@ -6,13 +6,16 @@
 //! few bytes instead of 4 KiB to the write-ahead log, the memtable and every later compaction.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 pub const PAGE_BYTES: usize = 4096;
 pub const PAGE_BITS: u64 = (PAGE_BYTES * 8) as u64;
 
 #[derive(Debug, Clone, Default)]
 pub struct Bitfield {
-    pages: BTreeMap<u64, Box<[u8; PAGE_BYTES]>>,
+    /// Shared between copies (a snapshot's bitfield is a clone): a page is copied when a
+    /// copy changes it.
+    pages: BTreeMap<u64, Arc<[u8; PAGE_BYTES]>>,
     dirty: BTreeSet<u64>,
 }
 
@@ -26,7 +29,7 @@ impl Bitfield {
     pub fn load_page(&mut self, page: u64, bytes: &[u8]) -> bool {
         match decode_page(bytes) {
             Some(p) => {
-                self.pages.insert(page, p);
+                self.pages.insert(page, Arc::from(p));
                 true
             }
             None => false,
@@ -43,7 +46,7 @@ impl Bitfield {
         if !value && !self.pages.contains_key(&page) {
             return;
         }
-        let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
+        let p = Arc::make_mut(self.pages.entry(page).or_insert_with(|| Arc::new([0u8; PAGE_BYTES])));
         let byte = &mut p[(bit >> 3) as usize];
         if value {
             *byte |= 1 << (bit & 7);
@@ -79,7 +82,7 @@ impl Bitfield {
 
     /// Sets bits `[from, to)` of one page.
     fn fill(&mut self, page: u64, from: u64, to: u64, value: bool) {
-        let p = self.pages.entry(page).or_insert_with(|| Box::new([0u8; PAGE_BYTES]));
+        let p = Arc::make_mut(self.pages.entry(page).or_insert_with(|| Arc::new([0u8; PAGE_BYTES])));
         let mut bit = from;
         while bit < to {
             let byte = &mut p[(bit >> 3) as usize];

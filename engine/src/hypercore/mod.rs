@@ -129,8 +129,11 @@ pub struct Hypercore {
     index_blocks: bool,
     /// The signature of a head committed unsigned (see the module doc), once made.
     deferred: std::sync::OnceLock<Vec<u8>>,
-    /// Proof that the writer signed two conflicting histories, once seen (kept in the store).
-    conflict: Option<Conflict>,
+    /// Proof that the writer signed two conflicting histories, once seen (kept in the store);
+    /// shared with frozen copies, so the writer learns of one a copy serving peers found.
+    conflict: Arc<std::sync::OnceLock<Conflict>>,
+    /// A frozen copy ([`Hypercore::frozen_copy`]): reads and serves one state, changes nothing.
+    frozen: bool,
 }
 
 /// One signed state of a core: what a writer's signature vouches for.
@@ -294,7 +297,8 @@ impl Hypercore {
             durable: false,
             index_blocks: false,
             deferred: std::sync::OnceLock::new(),
-            conflict: None,
+            conflict: Arc::default(),
+            frozen: false,
         };
         let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Meta, b"next_core_id".to_vec(), (id + 1).to_le_bytes().to_vec());
@@ -378,10 +382,10 @@ impl Hypercore {
             )));
         }
         let byte_length = roots.iter().map(|r| r.size).sum();
-        let conflict = match store.get(Table::Meta, &conflict_key(id))? {
-            Some(raw) => Some(Conflict::decode(&raw)?),
-            None => None,
-        };
+        let conflict = Arc::new(std::sync::OnceLock::new());
+        if let Some(raw) = store.get(Table::Meta, &conflict_key(id))? {
+            let _ = conflict.set(Conflict::decode(&raw)?);
+        }
         Ok(Some(Hypercore {
             store,
             id,
@@ -396,18 +400,55 @@ impl Hypercore {
             index_blocks: false,
             deferred: std::sync::OnceLock::new(),
             conflict,
+            frozen: false,
         }))
     }
 
     /// The proof that this core's writer signed two conflicting histories, if one was seen.
     pub fn conflict(&self) -> Option<&Conflict> {
-        self.conflict.as_ref()
+        self.conflict.get()
+    }
+
+    /// A copy of this core as it is now that only reads: what a published snapshot of a drive
+    /// reads and what peers are served from, while this instance goes on changing. It shares
+    /// the block store, the truncations (a read of a block a later truncation took fails as a
+    /// snapshot's does) and the conflict cell; it signs a deferred head as this one would.
+    /// Every change through it fails with [`Error::NotWritable`].
+    pub fn frozen_copy(&self) -> Hypercore {
+        Hypercore {
+            store: self.store.clone(),
+            id: self.id,
+            key: self.key,
+            discovery_key: self.discovery_key,
+            auth: self.auth.clone(),
+            key_pair: self.key_pair.clone(),
+            head: self.head.clone(),
+            bitfield: self.bitfield.clone(),
+            truncations: self.truncations.clone(),
+            durable: self.durable,
+            index_blocks: self.index_blocks,
+            deferred: self.deferred.clone(),
+            conflict: self.conflict.clone(),
+            frozen: true,
+        }
+    }
+
+    /// Whether this is a [`Hypercore::frozen_copy`].
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    fn changeable(&self) -> Result<()> {
+        if self.frozen {
+            return Err(Error::NotWritable);
+        }
+        Ok(())
     }
 
     /// [`Hypercore::conflict`] as the store has it now: another instance of this core (the
     /// network's replica of it) may have found one since this one was opened.
     pub fn stored_conflict(&self) -> Result<Option<Conflict>> {
-        if let Some(c) = &self.conflict {
+        if let Some(c) = self.conflict.get() {
             return Ok(Some(c.clone()));
         }
         match self.store.get(Table::Meta, &conflict_key(self.id))? {
@@ -590,6 +631,9 @@ impl Hypercore {
         if index >= self.head.length {
             return Err(Error::OutOfBounds(format!("block {index} of a core of length {}", self.head.length)));
         }
+        if self.frozen && stale(&self.truncations, self.head.fork, index) {
+            return Err(Error::StaleSnapshot { index });
+        }
         if !self.bitfield.get(index) {
             return Err(Error::MissingBlock { index });
         }
@@ -670,11 +714,11 @@ impl Hypercore {
         forms: Option<&'b [Option<Vec<u8>>]>,
         past_cache: bool,
     ) -> Result<u64> {
-        if !self.writable() {
+        if !self.writable() || self.frozen {
             return Err(Error::NotWritable);
         }
         // The key signed another history elsewhere: writing on would make a third.
-        if let Some(c) = &self.conflict {
+        if let Some(c) = self.conflict.get() {
             if c.fork == self.head.fork {
                 return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
             }
@@ -826,6 +870,7 @@ impl Hypercore {
 
     /// Truncates to `length` blocks on `fork`, which must be greater than the current fork.
     pub fn truncate_to_fork(&mut self, length: u64, fork: u64) -> Result<()> {
+        self.changeable()?;
         let (Some(kp), Some(auth)) = (&self.key_pair, &self.auth) else {
             return Err(Error::NotWritable);
         };
@@ -860,6 +905,7 @@ impl Hypercore {
     /// head, the manifest, which blocks are local — as when the network layer applies proofs
     /// to its own instance of a replica. Returns whether anything changed.
     pub fn refresh(&mut self) -> Result<bool> {
+        self.changeable()?;
         let Some(fresh) = Hypercore::open(self.store.clone(), &self.key)? else { return Ok(false) };
         let end = fresh.head.length.max(self.head.length);
         let changed = fresh.head != self.head || fresh.bitfield.count(end) != self.bitfield.count(end);
@@ -874,8 +920,8 @@ impl Hypercore {
         if self.auth.is_none() {
             self.auth = fresh.auth;
         }
-        if self.conflict.is_none() {
-            self.conflict = fresh.conflict;
+        if let (None, Some(c)) = (self.conflict.get(), fresh.conflict.get()) {
+            let _ = self.conflict.set(c.clone());
         }
         Ok(changed)
     }
@@ -1016,8 +1062,11 @@ impl Hypercore {
     }
 
     fn take_proof(&mut self, p: &Proof, commit: bool) -> Result<Applied> {
+        if commit {
+            self.changeable()?;
+        }
         let mut applied = Applied::default();
-        if let Some(c) = &self.conflict {
+        if let Some(c) = self.conflict.get() {
             if p.fork <= c.fork {
                 return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
             }
@@ -1183,7 +1232,7 @@ impl Hypercore {
         let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Meta, conflict_key(self.id).to_vec(), conflict.encode());
         self.store.write(b)?;
-        self.conflict = Some(conflict);
+        let _ = self.conflict.set(conflict);
         Err(Error::Equivocation { core: hex::encode(self.key), fork: self.head.fork })
     }
 
@@ -1221,6 +1270,7 @@ impl Hypercore {
     /// Marks blocks `indexes` as not local (their bytes are gone): readers fetch them from
     /// peers again. The signed tree stays as it is.
     pub fn forget(&mut self, indexes: &[u64]) -> Result<()> {
+        self.changeable()?;
         let (Some(&lo), Some(&hi)) = (indexes.iter().min(), indexes.iter().max()) else { return Ok(()) };
         let mut bitfield = self.bitfield.subset(lo, hi + 1);
         for &i in indexes {
@@ -1418,13 +1468,7 @@ impl Snapshot {
         if index >= self.length {
             return Err(Error::OutOfBounds(format!("block {index} of a snapshot of length {}", self.length)));
         }
-        let stale = self
-            .truncations
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|&(fork, len)| fork > self.fork && len <= index);
-        if stale {
+        if stale(&self.truncations, self.fork, index) {
             return Err(Error::StaleSnapshot { index });
         }
         if !self.bitfield.get(index) {
@@ -1432,6 +1476,11 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// Whether a truncation after `fork` took block `index`.
+fn stale(truncations: &RwLock<Vec<(u64, u64)>>, fork: u64, index: u64) -> bool {
+    truncations.read().unwrap_or_else(|e| e.into_inner()).iter().any(|&(f, len)| f > fork && len <= index)
 }
 
 /// A live core and a snapshot read blocks the same way.
