@@ -131,3 +131,117 @@ impl Drop for Writing<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::drive::{keys, PutOptions};
+    use crate::store::{MemStore, Store};
+    use crate::Error;
+
+    fn shared() -> Arc<SharedDrive> {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        SharedDrive::new(Drive::create(store, keys::drive_key_pair(&[9; 32], None)).expect("create"))
+    }
+
+    fn put(d: &SharedDrive, path: &str, data: &[u8]) {
+        d.write().put(path, data, &PutOptions::default()).expect("put");
+    }
+
+    #[test]
+    fn readers_never_wait_on_a_write_in_progress() {
+        let d = shared();
+        put(&d, "/a.txt", b"first");
+        let (holding, held) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let writer = {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let mut w = d.write();
+                w.put("/b.txt", b"second", &PutOptions::default()).expect("put");
+                holding.send(()).expect("tell");
+                released.recv().expect("wait");
+            })
+        };
+        held.recv().expect("the writer holds the drive");
+        // The write is committed but not let go: readers see the drive as before it, at once.
+        let (tx, rx) = mpsc::channel();
+        let reader = {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let s = d.snapshot();
+                tx.send((s.get("/a.txt").expect("read"), s.exists("/b.txt").expect("exists"))).expect("send");
+            })
+        };
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("the reader did not wait on the writer");
+        assert_eq!(got, (Some(b"first".to_vec()), false));
+        release.send(()).expect("release");
+        writer.join().expect("writer");
+        reader.join().expect("reader");
+        assert_eq!(d.snapshot().get("/b.txt").expect("read"), Some(b"second".to_vec()));
+    }
+
+    #[test]
+    fn a_snapshot_keeps_its_version_while_the_drive_moves_on() {
+        let d = shared();
+        put(&d, "/f", b"one");
+        let old = d.snapshot();
+        put(&d, "/f", b"two");
+        d.write().del("/f").expect("del");
+        assert_eq!(old.get("/f").expect("read"), Some(b"one".to_vec()));
+        assert_eq!(d.snapshot().get("/f").expect("read"), None);
+        assert!(d.snapshot().version() > old.version());
+    }
+
+    #[test]
+    fn listeners_hear_each_new_state_once_and_nothing_else() {
+        let d = shared();
+        let (tx, rx) = mpsc::channel();
+        let id = d.on_change(Arc::new(move |s: &Arc<Drive>| tx.send(s.version()).expect("send")));
+        put(&d, "/x", b"1");
+        let v = d.snapshot().version();
+        // A write that changes nothing (a flush) is not a new state.
+        d.write().flush().expect("flush");
+        put(&d, "/y", b"2");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![v, d.snapshot().version()]);
+        d.off(id);
+        put(&d, "/z", b"3");
+        assert!(rx.try_recv().is_err(), "a listener taken off hears nothing");
+    }
+
+    #[test]
+    fn a_frozen_copy_refuses_every_change() {
+        let d = shared();
+        put(&d, "/f", b"data");
+        let mut copy = d.snapshot().frozen_copy();
+        assert!(matches!(copy.put("/g", b"x", &PutOptions::default()), Err(Error::NotWritable)));
+        assert!(matches!(copy.truncate(1), Err(Error::NotWritable)));
+        assert!(matches!(copy.blobs_mut().append(b"x"), Err(Error::NotWritable)));
+        assert!(matches!(copy.blobs_mut().forget(&[0]), Err(Error::NotWritable)));
+        assert!(matches!(copy.refresh(), Err(Error::NotWritable)));
+        // The owner's drive is untouched, and still takes changes.
+        put(&d, "/g", b"y");
+        assert_eq!(d.snapshot().get("/f").expect("read"), Some(b"data".to_vec()));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_a_truncation_never_reads_the_new_history() {
+        let d = shared();
+        put(&d, "/f", b"old bytes of the first history");
+        let old = d.snapshot();
+        let blob = old.entry("/f").expect("entry").expect("some").1.blob.expect("blob");
+        {
+            let mut w = d.write();
+            w.truncate(1).expect("truncate");
+        }
+        // The new history writes other bytes where the old blob's blocks were.
+        put(&d, "/f", b"new bytes, other ones, longer...");
+        match old.read_blob(&blob, 0, blob.byte_length) {
+            Err(Error::StaleSnapshot { .. }) => {}
+            other => panic!("a stale snapshot read {other:?}"),
+        }
+    }
+}
