@@ -127,8 +127,9 @@ pub struct Hypercore {
     durable: bool,
     /// Record a content → index hint for every appended block (see [`Hypercore::find_block`]).
     index_blocks: bool,
-    /// The signature of a head committed unsigned (see the module doc), once made.
-    deferred: std::sync::OnceLock<Vec<u8>>,
+    /// The signature of a head committed unsigned (see the module doc), once made; shared with
+    /// frozen copies of the same head, so it is made once however many serve it.
+    deferred: Arc<std::sync::OnceLock<Vec<u8>>>,
     /// Proof that the writer signed two conflicting histories, once seen (kept in the store);
     /// shared with frozen copies, so the writer learns of one a copy serving peers found.
     conflict: Arc<std::sync::OnceLock<Conflict>>,
@@ -296,7 +297,7 @@ impl Hypercore {
             truncations: Arc::default(),
             durable: false,
             index_blocks: false,
-            deferred: std::sync::OnceLock::new(),
+            deferred: Arc::default(),
             conflict: Arc::default(),
             frozen: false,
         };
@@ -398,7 +399,7 @@ impl Hypercore {
             truncations: Arc::default(),
             durable: false,
             index_blocks: false,
-            deferred: std::sync::OnceLock::new(),
+            deferred: Arc::default(),
             conflict,
             frozen: false,
         }))
@@ -840,7 +841,7 @@ impl Hypercore {
         self.store.write(b)?;
         self.bitfield.merge(bitfield);
         self.head = head;
-        self.deferred = std::sync::OnceLock::new();
+        self.deferred = Arc::default();
         Ok(())
     }
 

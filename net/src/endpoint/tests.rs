@@ -218,7 +218,7 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
                                     }),
                                     ..Default::default()
                                 };
-                                for id in 0..10_000 {
+                                for id in 0..100_000 {
                                     reply.extend(to(Message::Request { id, request: ask.clone(), priority: None }));
                                 }
                             }

@@ -7,6 +7,11 @@
 //!   hyperfs-bench bee DIR [KEYS]      Hyperbee puts (single and batched) and gets per second (JSON)
 //!   hyperfs-bench drive DIR           drive large-file and 4 KiB-file write and read rates (JSON)
 //!   hyperfs-bench randread FILE N     N reads of 4 KiB at random offsets: latency percentiles (JSON)
+//!   hyperfs-bench close MNT BIG       on a mount holding folders f0.. of 4 KiB files: listings and
+//!                                     reads of names not seen before, quiet and then while BIG is
+//!                                     copied in and closed: latency percentiles of each (JSON)
+//!   hyperfs-bench write DIR SRC N     N files, each SRC's bytes rotated differently, written into
+//!                                     DIR in 1 MiB writes and closed: MiB/s (JSON)
 //!   hyperfs-bench flood ADDR KEY... S a hostile peer: for S seconds, floods the node at ADDR with
 //!                                     bitfield, range, request and want messages on the channels
 //!                                     of the cores KEY..., reconnecting whenever dropped (JSON)
@@ -29,10 +34,12 @@ fn main() {
         Some("drive") => drive(&args[2]),
         Some("bee") => bee(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         Some("randread") => randread(&args[2], args[3].parse().expect("a count")),
+        Some("close") => close(&args[2], &args[3]),
+        Some("write") => write_files(&args[2], &args[3], args[4].parse().expect("a count")),
         Some("flood") => flood(&args[2], &args[3..args.len() - 1], args[args.len() - 1].parse().expect("seconds")),
         _ => {
             eprintln!(
-                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | flood ADDR KEY... SECONDS"
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS"
             );
             std::process::exit(2);
         }
@@ -274,6 +281,114 @@ fn randread(path: &str, n: usize) {
     println!(
         "{}",
         serde_json::json!({"reads": n, "p50Ms": pct(0.50), "p99Ms": pct(0.99), "maxMs": lat[lat.len() - 1]})
+    );
+}
+
+/// Percentiles of latencies in ms.
+fn percentiles(mut lat: Vec<f64>) -> serde_json::Value {
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    serde_json::json!({"samples": lat.len(), "p50Ms": pct(0.50), "p99Ms": pct(0.99), "maxMs": lat[lat.len() - 1]})
+}
+
+/// Lists folder `mnt/f{k}` (names and attributes, as `ls -la`) and reads ten of its files, each
+/// a name this mount has not shown before (the kernel cannot answer from its caches): the
+/// latency of each listing and each read.
+fn browse(mnt: &str, k: usize, lat: &mut Vec<(Instant, f64)>) {
+    let dir = std::path::Path::new(mnt).join(format!("f{k}"));
+    let t = Instant::now();
+    let names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("readdir")
+        .map(|e| {
+            let e = e.expect("entry");
+            e.metadata().expect("lstat");
+            e.path()
+        })
+        .collect();
+    lat.push((t, t.elapsed().as_secs_f64() * 1e3));
+    for p in names.iter().take(10) {
+        let t = Instant::now();
+        assert_eq!(std::fs::read(p).expect("read").len(), 4096);
+        lat.push((t, t.elapsed().as_secs_f64() * 1e3));
+    }
+}
+
+/// Browsing a drive while a 1 GiB file is closed on it, beside browsing it quiet.
+fn close(mnt: &str, big: &str) {
+    use std::io::Write;
+    let folders = (0..).take_while(|k| std::path::Path::new(mnt).join(format!("f{k}")).is_dir()).count();
+    let half = folders / 2;
+    // Quiet: the first half of the folders.
+    let mut quiet = Vec::new();
+    for k in 0..half {
+        browse(mnt, k, &mut quiet);
+    }
+    // Busy: the copy runs on this thread; the browser starts on the second half once the
+    // close has begun, and stops when it ends.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let browser = {
+        let (closing, closed, mnt) = (closing.clone(), closed.clone(), mnt.to_owned());
+        std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            while !closing.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            let mut k = half;
+            while !closed.load(std::sync::atomic::Ordering::SeqCst) && k < folders {
+                browse(&mnt, k, &mut lat);
+                k += 1;
+            }
+            lat
+        })
+    };
+    let src = std::fs::read(big).expect("read BIG");
+    let mut f = std::fs::File::create(std::path::Path::new(mnt).join("big.bin")).expect("create");
+    for chunk in src.chunks(1 << 20) {
+        f.write_all(chunk).expect("write");
+    }
+    closing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = Instant::now();
+    drop(f);
+    let close_s = t.elapsed().as_secs_f64();
+    closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let busy = browser.join().expect("browser");
+    let during: Vec<f64> =
+        busy.iter().filter(|(at, _)| at.duration_since(t).as_secs_f64() <= close_s).map(|l| l.1).collect();
+    if during.is_empty() {
+        eprintln!("hyperfs-bench: no listing or read fell inside the close");
+        std::process::exit(1);
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "quiet": percentiles(quiet.into_iter().map(|l| l.1).collect()),
+            "closing": percentiles(during),
+            "closeSeconds": close_s,
+        })
+    );
+}
+
+/// `n` files of SRC's bytes (each rotated differently, so no file dedups against another)
+/// written into `dir` in 1 MiB writes and closed, one after another.
+fn write_files(dir: &str, src: &str, n: usize) {
+    use std::io::Write;
+    let data = std::fs::read(src).expect("read SRC");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let t = Instant::now();
+    for i in 0..n {
+        let at = (i * 7919 * 4096 + 12345) % data.len();
+        let mut f = std::fs::File::create(std::path::Path::new(dir).join(format!("w{i}.bin"))).expect("create");
+        for part in [&data[at..], &data[..at]] {
+            for chunk in part.chunks(1 << 20) {
+                f.write_all(chunk).expect("write");
+            }
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"files": n, "seconds": s, "mibps": (n * data.len()) as f64 / s / (1 << 20) as f64})
     );
 }
 
