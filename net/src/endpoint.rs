@@ -609,7 +609,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         // Two nodes that dial each other at once end up with two connections: both keep the
         // one dialed by the node with the smaller peer id (each side reaches the same answer).
         let mut conns = lock(&inner.conns);
-        let preferred = |we_dialed: bool| if we_dialed { inner.me < id } else { id < inner.me };
+        let preferred = |we_dialed: bool| crate::swarm::keeps(&inner.me, &id, we_dialed);
         for other in conns.iter().filter(|c| c.id == id) {
             if other.dialer != dialer && preferred(dialer) {
                 other.connection.close(3u32.into(), b"duplicate");

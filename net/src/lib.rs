@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod identity;
 pub mod session;
+pub mod swarm;
 pub mod wire;
 
 pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore};
