@@ -1,7 +1,7 @@
-//! Talking to the data directory's node: one JSON request and reply per line over its control
-//! socket, starting the node in the background when none runs.
+//! Talking to the data directory's node over its control socket ([`crate::control`]),
+//! starting the node in the background when none runs.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use crate::control::Frame;
 use crate::node;
 
 /// Sends `request` to the node of `dir` and returns its answer; starts a node first if none
@@ -19,13 +20,13 @@ pub fn request(dir: &Path, request: &Value, start: bool) -> Result<Value> {
     request_streaming(dir, request, start, &mut |_| Ok(()))
 }
 
-/// Like [`request`], for requests whose node sends lines before its reply (progress, the
-/// bytes of a file): each goes to `on_line` as it arrives.
+/// Like [`request`], for requests whose node sends frames before its reply (progress, the
+/// bytes of a file): each goes to `on_frame` as it arrives.
 pub fn request_streaming(
     dir: &Path,
     request: &Value,
     start: bool,
-    on_line: &mut dyn FnMut(&Value) -> Result<()>,
+    on_frame: &mut dyn FnMut(Frame) -> Result<()>,
 ) -> Result<Value> {
     if node::is_data_dir(dir) {
         node::check_private(dir)?;
@@ -38,22 +39,14 @@ pub fn request_streaming(
     };
     let mut w = conn.try_clone()?;
     writeln!(w, "{request}").context("sending to the node")?;
-    let mut conn = BufReader::new(conn);
-    let reply = loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).context("reading the node's reply")?;
-        if line.is_empty() {
-            bail!("the node closed the connection without replying (see {})", dir.join("node.log").display());
+    let mut conn = BufReader::with_capacity(1 << 20, conn);
+    loop {
+        match crate::control::read_frame(&mut conn)? {
+            None => bail!("the node closed the connection without replying (see {})", dir.join("node.log").display()),
+            Some(Frame::Reply(Ok(v))) => return Ok(v),
+            Some(Frame::Reply(Err(e))) => return Err(anyhow!("{e}")),
+            Some(f) => on_frame(f)?,
         }
-        let reply: Value = serde_json::from_str(&line).context("the node's reply is not JSON")?;
-        if reply.get("ok").is_some() || reply.get("error").is_some() {
-            break reply;
-        }
-        on_line(&reply)?;
-    };
-    match reply.get("error").and_then(Value::as_str) {
-        Some(e) => Err(anyhow!("{e}")),
-        None => Ok(reply["ok"].clone()),
     }
 }
 

@@ -8,6 +8,7 @@ mod bee;
 mod beneath;
 mod chunk;
 mod client;
+mod control;
 mod local;
 mod mirror;
 mod node;
@@ -617,9 +618,10 @@ fn main() -> ExitCode {
             let (drive, path) = client::split_target(target);
             let req = json!({"cmd": "cat", "drive": drive, "path": path, "version": version});
             let mut out = std::io::stdout().lock();
-            client::request_streaming(&d, &req, true, &mut |line| {
-                let bytes = hex::decode(line["data"].as_str().unwrap_or_default())?;
-                std::io::Write::write_all(&mut out, &bytes)?;
+            client::request_streaming(&d, &req, true, &mut |frame| {
+                if let control::Frame::Bytes(bytes) = frame {
+                    std::io::Write::write_all(&mut out, &bytes)?;
+                }
                 Ok(())
             })?;
             std::io::Write::flush(&mut out)?;
@@ -638,8 +640,8 @@ fn main() -> ExitCode {
         Command::Clone { ref key, ref name, ref net, json } => dir().and_then(|d| {
             let req = net.add(json!({"cmd": "clone", "key": key, "name": name}));
             let mut bar = client::ProgressBar::new(!json);
-            let r = client::request_streaming(&d, &req, true, &mut |line| {
-                let p = &line["progress"];
+            let r = client::request_streaming(&d, &req, true, &mut |frame| {
+                let control::Frame::Progress(p) = frame else { return Ok(()) };
                 bar.show(&json!({"bytes": p["blocks"], "totalBytes": p["totalBlocks"], "files": 0, "totalFiles": 0}));
                 Ok(())
             });
@@ -848,8 +850,10 @@ fn main() -> ExitCode {
 /// Runs an import or export, with a progress bar on a terminal, and prints what it did.
 fn mirror_command(dir: &std::path::Path, req: &Value, dry_run: bool, json: bool, what: &str) -> anyhow::Result<()> {
     let mut bar = client::ProgressBar::new(!json && !dry_run);
-    let r = client::request_streaming(dir, req, true, &mut |line| {
-        bar.show(&line["progress"]);
+    let r = client::request_streaming(dir, req, true, &mut |frame| {
+        if let control::Frame::Progress(p) = frame {
+            bar.show(&p);
+        }
         Ok(())
     });
     bar.done();

@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::crypto::{z32_encode, Hash};
+
+use crate::control::Out;
 use hyperfs_engine::drive::{keys, Drive, Entry, PutOptions, SharedDrive};
 use hyperfs_engine::store::{RocksStore, Store};
 use serde_json::{json, Value};
@@ -359,13 +361,9 @@ fn serve(state: &State, conn: UnixStream) -> bool {
         let stop = request["cmd"] == "stop";
         // Long requests send lines before their reply: progress, or the bytes of a file. A
         // client that has gone away (Ctrl-C) makes the send fail, and the work stops.
-        let mut emit = |v: Value| stream.write_all(format!("{v}\n").as_bytes()).is_ok();
-        let reply = match handle(state, &request, &mut emit) {
-            Ok(v) => json!({"ok": v}),
-            Err(e) => json!({"error": format!("{e:#}")}),
-        };
-        // One write per line: `Value`'s Display writes many small pieces (a send each).
-        if writer.write_all(format!("{reply}\n").as_bytes()).is_err() {
+        let mut emit = |out: Out<'_>| crate::control::write_out(&mut stream, out).is_ok();
+        let reply = handle(state, &request, &mut emit).map_err(|e| format!("{e:#}"));
+        if crate::control::write_reply(&mut writer, reply).is_err() {
             break;
         }
         if stop {
@@ -375,7 +373,7 @@ fn serve(state: &State, conn: UnixStream) -> bool {
     false
 }
 
-fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
+fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> bool) -> Result<Value> {
     let s = |k: &str| r[k].as_str().ok_or_else(|| anyhow!("the request lacks {k:?}"));
     match r["cmd"].as_str().unwrap_or_default() {
         "ping" => Ok(json!({"dir": state.dir})),
@@ -441,7 +439,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
                     return Ok(json!({"bytes": offset}));
                 }
                 offset += chunk.len() as u64;
-                if !emit(json!({"data": hex::encode(&chunk)})) {
+                if !emit(Out::Bytes(&chunk)) {
                     bail!("the client went away");
                 }
             }
@@ -450,7 +448,7 @@ fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Resu
             let drive = open_drive(state, s("drive")?)?;
             let dir = crate::mirror::check_dir_arg(s("dir")?)?;
             let dry_run = r["dryRun"].as_bool().unwrap_or(false);
-            let mut progress = |v: Value| emit(json!({"progress": v}));
+            let mut progress = |v: Value| emit(Out::Progress(v));
             if r["cmd"] == "import" {
                 crate::mirror::import(&drive, &dir, s("path")?, dry_run, &mut progress)
             } else {
@@ -1006,7 +1004,7 @@ fn name_replica(state: &State, key: &Hash, asked: Option<&str>, prefix: &str) ->
 }
 
 /// `hyperfs clone KEY --peer HOST:PORT`: a full replica of a drive, kept following its writer.
-fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> bool) -> Result<Value> {
+fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> bool) -> Result<Value> {
     use std::time::{Duration, Instant};
     let key = crate::local::parse_key(which)?;
     let ours =
@@ -1032,7 +1030,7 @@ fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Value) -> b
         let (_, dl, dh) = db.state();
         let (_, bl, bh) = blobs.state();
         let have = dh + bh;
-        let _ = emit(json!({"progress": {"blocks": have, "totalBlocks": dl + bl}}));
+        let _ = emit(Out::Progress(json!({"blocks": have, "totalBlocks": dl + bl})));
         if dh == dl && needed.is_none() {
             drive.write().refresh()?;
             let d = drive.snapshot();

@@ -1,6 +1,6 @@
 //! The node's side of the network: its endpoint (started on first need, on the port it used
 //! before), the cores it offers — its own drives that are shared, and the replicas it keeps —
-//! and the loop that tells peers about new versions and shows replicas theirs.
+//! and how peers hear of new versions and replica drives take in what their cores stored.
 //!
 //! A drive of ours is served from its published snapshots: a peer's request never waits on a
 //! write in progress, and never holds up the writer. New versions are told to peers when the
