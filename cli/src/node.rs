@@ -1116,9 +1116,12 @@ fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
     tracing::info!(dir = %dir.display(), drive = %log_id(&name), ?version, read_only, "mounted");
     // A live mount hears of every version its drive publishes; a checkout never changes.
     let listening = version.is_none().then(|| {
-        let (tell, at) = (state.mount_changed.clone(), dir.clone());
-        let listener = drive.on_change(Arc::new(move |_| {
-            let _ = tell.send(at.clone());
+        let (tell, at, fs) = (state.mount_changed.clone(), dir.clone(), Arc::downgrade(mounted.fs()));
+        // Changes made through the mount itself wake nobody.
+        let listener = drive.on_change(Arc::new(move |snap| {
+            if fs.upgrade().is_some_and(|fs| fs.is_behind(snap)) {
+                let _ = tell.send(at.clone());
+            }
         }));
         (drive.clone(), listener)
     });

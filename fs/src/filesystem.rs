@@ -1187,6 +1187,13 @@ impl Fs {
         Changing { d, before, shown: &self.shown, dir_epoch: &self.dir_epoch }
     }
 
+    /// Whether `d` (a state the drive published) is later than what the kernel was shown: a
+    /// change made elsewhere, which [`Fs::changed_elsewhere`] will find. A change made through
+    /// this filesystem was counted as shown before it was published.
+    pub fn is_behind(&self, d: &Drive) -> bool {
+        self.cfg.version.is_none() && (d.db().core().fork(), d.version()) > *lock(&self.shown)
+    }
+
     /// Whether the drive has changes the kernel was not shown (from a peer or the command
     /// line, not through this filesystem); they count as shown from now on, so the caller
     /// tells the kernel to forget what it cached.

@@ -74,9 +74,10 @@ impl SharedDrive {
     }
 
     /// The drive for a change, once the writes before have finished; what it leaves is
-    /// published when the guard is dropped.
+    /// published when the guard is dropped (if it was used to change anything: only a mutable
+    /// use of the guard publishes).
     pub fn write(&self) -> Writing<'_> {
-        Writing { shared: self, drive: Some(lock(&self.owner)) }
+        Writing { shared: self, drive: Some(lock(&self.owner)), touched: false }
     }
 
     /// Calls `f` with every snapshot that changes the drive's state (a new version, a fork, new
@@ -103,6 +104,8 @@ impl SharedDrive {
 pub struct Writing<'a> {
     shared: &'a SharedDrive,
     drive: Option<MutexGuard<'a, Drive>>,
+    /// The drive was borrowed mutably: it may have changed, and is published on release.
+    touched: bool,
 }
 
 impl std::ops::Deref for Writing<'_> {
@@ -114,6 +117,7 @@ impl std::ops::Deref for Writing<'_> {
 
 impl std::ops::DerefMut for Writing<'_> {
     fn deref_mut(&mut self) -> &mut Drive {
+        self.touched = true;
         self.drive.as_mut().expect("held until dropped")
     }
 }
@@ -121,6 +125,9 @@ impl std::ops::DerefMut for Writing<'_> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         let Some(d) = self.drive.take() else { return };
+        if !self.touched {
+            return;
+        }
         let changed = self.shared.publish(&d);
         drop(d);
         if let Some(snap) = changed {
@@ -203,8 +210,12 @@ mod tests {
         let id = d.on_change(Arc::new(move |s: &Arc<Drive>| tx.send(s.version()).expect("send")));
         put(&d, "/x", b"1");
         let v = d.snapshot().version();
-        // A write that changes nothing (a flush) is not a new state.
+        // A write that changes nothing is not a new state (nor published: only a mutable use
+        // of the guard publishes).
         d.write().flush().expect("flush");
+        let before = d.snapshot();
+        let _ = d.write().version();
+        assert!(Arc::ptr_eq(&before, &d.snapshot()), "a guard only read from publishes nothing");
         put(&d, "/y", b"2");
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![v, d.snapshot().version()]);
         d.off(id);
