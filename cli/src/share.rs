@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use hyperfs_engine::crypto::Hash;
-use hyperfs_engine::fetch::{self, Deferred};
 use hyperfs_engine::{Hypercore, SharedDrive};
 use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
 
@@ -359,11 +358,6 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
             if let Some(b) = slot.get(index) {
                 return Ok(b);
             }
-            // A reader holding the drive waits on nobody: it hears at once, and asks again
-            // once it has let go.
-            if fetch::defer(Deferred::Blocks { core: *core, indices: vec![index] }) {
-                return Err(hyperfs_engine::Error::MissingBlock { index });
-            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(hyperfs_engine::Error::MissingBlock { index });
@@ -376,9 +370,7 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
 
     fn prefetch(&self, core: &Hash, indices: &[u64]) {
         if let Some((net, missing)) = self.missing(core, indices) {
-            if !fetch::defer(Deferred::Blocks { core: *core, indices: missing.clone() }) {
-                net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
-            }
+            net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
         }
     }
 
@@ -390,9 +382,6 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
 
     fn seek(&self, core: &Hash, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
         let (net, slot) = self.parts(core)?;
-        if lock(&slot.core).seek_request(bytes)?.is_some() && fetch::defer(Deferred::Seek { core: *core, bytes }) {
-            return Err(hyperfs_engine::Error::MissingNode { index: 0 });
-        }
         // A byte at a node boundary takes a second round; peers come and go until the deadline.
         let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
         for _ in 0..64 {

@@ -24,7 +24,6 @@ use std::time::SystemTime;
 
 use hyperfs_engine::drive::Writing;
 use hyperfs_engine::drive::{Blob, Entry, Op};
-use hyperfs_engine::fetch;
 use hyperfs_engine::{Drive, SharedDrive};
 
 use crate::Errno;
@@ -1150,29 +1149,11 @@ impl Fs {
         lock(&self.nodes)
     }
 
-    /// A read of the drive that never waits on a peer while it holds the drive: what the read
-    /// needs from the network is fetched once the drive is let go, then the read runs again. A
-    /// peer that stalls stalls only this read; listings, other files and refreshes go on.
-    fn reading<T, E>(&self, f: impl Fn(&Drive) -> std::result::Result<T, E>) -> std::result::Result<T, E> {
-        let mut last = Vec::new();
-        // Bounded however the rounds go: a read needs a seek and its blocks, a few rounds.
-        let mut rounds = 0;
-        loop {
-            let ((result, fetcher), deferred) = fetch::deferring(|| {
-                let d = self.drive();
-                (f(&d), d.fetcher())
-            });
-            match fetcher {
-                // Each round fetches what the last could not have; a round that asks for the
-                // same again got nothing (the peers are gone or silent): its error stands.
-                Some(fetcher) if result.is_err() && !deferred.is_empty() && deferred != last && rounds < 16 => {
-                    rounds += 1;
-                    fetch::complete(&*fetcher, &deferred);
-                    last = deferred;
-                }
-                _ => return result,
-            }
-        }
+    /// A read of the drive as last published. A read that needs blocks from a peer waits
+    /// for them holding only its snapshot: a peer that stalls stalls only this read; listings,
+    /// other files, writes and refreshes go on.
+    fn reading<T, E>(&self, f: impl FnOnce(&Drive) -> std::result::Result<T, E>) -> std::result::Result<T, E> {
+        f(&self.drive())
     }
 
     /// The drive as last published: reads never wait on a change in progress.

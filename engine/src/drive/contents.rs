@@ -117,14 +117,6 @@ impl Drive {
         // and twice as many blocks after it are asked for too, to be loading while it uses this
         // range.
         let windows: Vec<&[Piece]> = wanted.chunks(READ_WINDOW_BLOCKS).collect();
-        if let (Some(f), Some(_)) = (&self.fetch, fetch::current()) {
-            // A read that defers its network waits asks for every window's missing blocks now:
-            // its next run then finds them all, rather than one window more per run.
-            let missing: Vec<u64> = wanted.iter().map(|p| p.index).filter(|&i| !self.blobs.has(i)).collect();
-            if !missing.is_empty() {
-                f.prefetch(self.blobs.key(), &missing);
-            }
-        }
         if wanted.len() > 1 {
             let after = if len >= HINT_FROM {
                 &pieces[last.min(pieces.len())..pieces.len().min(last + 2 * wanted.len())]
@@ -151,15 +143,11 @@ impl Drive {
                 rest = tail;
                 jobs.push((p, from as usize, dest));
             }
-            // The reads on other threads defer network waits as this one does.
-            let deferral = fetch::current();
             let read = |(p, from, dest): (&Piece, usize, &mut [u8])| -> Result<()> {
-                fetch::within(deferral.clone(), || {
-                    if from == 0 && dest.len() as u64 == p.len {
-                        return fetch::read_block_into(&self.blobs, self.fetch.as_deref(), p.index, dest);
-                    }
-                    fetch::read_block_part(&self.blobs, self.fetch.as_deref(), p.index, p.len, from, dest)
-                })
+                if from == 0 && dest.len() as u64 == p.len {
+                    return fetch::read_block_into(&self.blobs, self.fetch.as_deref(), p.index, dest);
+                }
+                fetch::read_block_part(&self.blobs, self.fetch.as_deref(), p.index, p.len, from, dest)
             };
             if jobs.len() > 1 {
                 jobs.into_par_iter().try_for_each(read)?;
