@@ -33,11 +33,17 @@ use hyperfs_engine::drive::Meta;
 /// was a tenth of a listing's time; foldhash is keyed per process as well.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub type Ino = u64;
+/// An inode number as the kernel knows it: a name keeps its number for the life of the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+/// A handle of an open file (from [`Fs::open`] or [`Fs::create`]), as the kernel passes it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
 pub type Result<T> = std::result::Result<T, Errno>;
 
 /// The root directory's inode.
-pub const ROOT: Ino = 1;
+pub const ROOT: Ino = Ino(1);
 
 /// Longest name in a directory, as on ext4.
 const NAME_MAX: usize = 255;
@@ -151,7 +157,7 @@ pub struct Fs {
     /// The time shown for entries that record none (JS-written files, implied directories).
     born: SystemTime,
     nodes: Mutex<Nodes>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Mutex<HashMap<Fh, Arc<Handle>>>,
     /// Listings taken, by number (numbers grow, so the first is the oldest).
     dirs: Mutex<BTreeMap<u64, Arc<Vec<DirEntry>>>>,
     next_dir: AtomicU64,
@@ -427,7 +433,7 @@ impl Fs {
             pending: BTreeSet::new(),
             listed: HashMap::default(),
             known_dirs: HashMap::default(),
-            next: ROOT + 1,
+            next: Ino(ROOT.0 + 1),
         };
         Ok(Fs {
             drive,
@@ -807,7 +813,7 @@ impl Fs {
     // ---- files
 
     /// Opens a file; returns the handle.
-    pub fn open(&self, ino: Ino, flags: i32) -> Result<u64> {
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<Fh> {
         let write = flags & flags::ACCMODE != libc::O_RDONLY;
         let kind = self.nodes().map.get(&ino).map(|n| n.kind).ok_or(Errno(libc::ENOENT))?;
         if kind == Kind::Dir {
@@ -833,7 +839,7 @@ impl Fs {
 
     /// Creates and opens a file; returns its attributes and the handle.
     #[allow(clippy::too_many_arguments)]
-    pub fn create(&self, parent: Ino, name: &str, mode: u32, flags: i32, uid: u32, gid: u32) -> Result<(Attr, u64)> {
+    pub fn create(&self, parent: Ino, name: &str, mode: u32, flags: i32, uid: u32, gid: u32) -> Result<(Attr, Fh)> {
         self.writable()?;
         let path = self.child_path(parent, name)?;
         let (gid, _) = self.inherit_gid(parent, gid)?;
@@ -855,7 +861,7 @@ impl Fs {
         let ino = {
             let mut nodes = self.nodes();
             let ino = nodes.next;
-            nodes.next += 1;
+            nodes.next = Ino(ino.0 + 1);
             let node = Node {
                 kind: Kind::File,
                 path: Some(path.clone()),
@@ -879,7 +885,7 @@ impl Fs {
         Ok((Attr { ino, kind: Kind::File, size: 0, meta, nlink: 1 }, fh))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, fh: Fh, offset: u64, len: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
         let (file, entry) = {
             let nodes = self.nodes();
@@ -921,7 +927,7 @@ impl Fs {
         Ok(out)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         if !h.write {
             return Err(Errno(libc::EBADF));
@@ -939,7 +945,7 @@ impl Fs {
     }
 
     /// A `close` of one descriptor: records the file if it changed.
-    pub fn flush(&self, fh: u64) -> Result<()> {
+    pub fn flush(&self, fh: Fh) -> Result<()> {
         let h = self.handle(fh)?;
         if h.write {
             self.commit(h.ino)?;
@@ -948,7 +954,7 @@ impl Fs {
     }
 
     /// Records the file if it changed and makes the drive durable.
-    pub fn fsync(&self, fh: u64) -> Result<()> {
+    pub fn fsync(&self, fh: Fh) -> Result<()> {
         let h = self.handle(fh)?;
         if h.write {
             self.commit(h.ino)?;
@@ -958,7 +964,7 @@ impl Fs {
     }
 
     /// The last close of a handle.
-    pub fn release(&self, fh: u64) -> Result<()> {
+    pub fn release(&self, fh: Fh) -> Result<()> {
         let Some(h) = lock(&self.handles).remove(&fh) else { return Err(Errno(libc::EBADF)) };
         let result = if h.write { self.commit(h.ino) } else { Ok(()) };
         // The open count drops before the file state is looked at, so an unlink racing this
@@ -1211,12 +1217,12 @@ impl Fs {
         }
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+    fn handle(&self, fh: Fh) -> Result<Arc<Handle>> {
         lock(&self.handles).get(&fh).cloned().ok_or(Errno(libc::EBADF))
     }
 
-    fn new_handle(&self, ino: Ino, write: bool, append: bool) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    fn new_handle(&self, ino: Ino, write: bool, append: bool) -> Fh {
+        let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
         if let Some(n) = self.nodes().map.get_mut(&ino) {
             n.opens += 1;
         }
@@ -1591,7 +1597,7 @@ impl Nodes {
             }
         }
         let ino = self.next;
-        self.next += 1;
+        self.next = Ino(self.next.0 + 1);
         let node = Node {
             kind,
             path: Some(path.to_owned()),

@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::guard::Guard;
-use crate::{Attr, DirEntry, Errno, Fs, Kind, SetAttr};
+use crate::{Attr, DirEntry, Errno, Fh, Fs, Ino, Kind, SetAttr};
 
 /// How a mount is made.
 #[derive(Debug, Clone)]
@@ -79,9 +79,9 @@ impl Mounted {
         for (ino, entry) in self.fs.known() {
             if let Some((parent, name)) = entry {
                 // ENOENT: the kernel had already dropped it.
-                let _ = notifier.inval_entry(parent, OsStr::new(&name));
+                let _ = notifier.inval_entry(parent.0, OsStr::new(&name));
             }
-            let _ = notifier.inval_inode(ino, 0, 0);
+            let _ = notifier.inval_inode(ino.0, 0, 0);
         }
     }
 
@@ -334,7 +334,7 @@ fn file_type(kind: Kind) -> FileType {
 
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
-        ino: a.ino,
+        ino: a.ino.0,
         size: a.size,
         blocks: a.size.div_ceil(512),
         atime: a.meta.mtime,
@@ -394,7 +394,7 @@ impl Position {
 
     /// The entries from here; a listing named by the offset but gone is taken again and read on
     /// from the same index.
-    pub(crate) fn read(self, fs: &Fs, dir: u64) -> Result<(Position, Vec<DirEntry>), Errno> {
+    pub(crate) fn read(self, fs: &Fs, dir: Ino) -> Result<(Position, Vec<DirEntry>), Errno> {
         if let Some(read) = self.read_kept(fs)? {
             return Ok(read);
         }
@@ -415,7 +415,7 @@ impl Position {
 /// A plain readdir reply from `list`, read from `at`.
 fn fill_listing(at: Position, list: &[DirEntry], mut reply: ReplyDirectory) {
     for (i, e) in list.iter().enumerate() {
-        if reply.add(e.ino, at.offset_after(i as u64), file_type(e.kind), &e.name) {
+        if reply.add(e.ino.0, at.offset_after(i as u64), file_type(e.kind), &e.name) {
             break;
         }
     }
@@ -426,7 +426,7 @@ fn fill_listing(at: Position, list: &[DirEntry], mut reply: ReplyDirectory) {
 /// "no such entry".
 fn negative() -> FileAttr {
     let mut a = file_attr(&Attr {
-        ino: 0,
+        ino: Ino(0),
         kind: Kind::File,
         size: 0,
         meta: crate::Meta { mode: 0, uid: 0, gid: 0, mtime: SystemTime::UNIX_EPOCH, ctime: SystemTime::UNIX_EPOCH },
@@ -470,7 +470,7 @@ impl Filesystem for Adapter {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let (fs, ttl, negative_ttl, name) = (self.fs.clone(), self.ttl, self.negative_ttl, name_of(name));
-        self.pool.run(move || match name.and_then(|n| fs.lookup(parent, &n)) {
+        self.pool.run(move || match name.and_then(|n| fs.lookup(Ino(parent), &n)) {
             Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
             // A negative entry the kernel may keep for the TTL (a create here replaces it).
             Err(Errno(libc::ENOENT)) => reply.entry(&negative_ttl, &negative(), 0),
@@ -479,12 +479,12 @@ impl Filesystem for Adapter {
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
-        self.fs.forget(ino, nlookup);
+        self.fs.forget(Ino(ino), nlookup);
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
-        self.pool.run(move || answer!(reply, fs.getattr(ino), |a| reply.attr(&ttl, &file_attr(&a))));
+        self.pool.run(move || answer!(reply, fs.getattr(Ino(ino)), |a| reply.attr(&ttl, &file_attr(&a))));
     }
 
     fn setattr(
@@ -507,12 +507,12 @@ impl Filesystem for Adapter {
     ) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         let set = SetAttr { mode, uid, gid, size, mtime: mtime.map(time_of) };
-        self.pool.run(move || answer!(reply, fs.setattr(ino, set), |a| reply.attr(&ttl, &file_attr(&a))));
+        self.pool.run(move || answer!(reply, fs.setattr(Ino(ino), set), |a| reply.attr(&ttl, &file_attr(&a))));
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.readlink(ino), |t| reply.data(&t)));
+        self.pool.run(move || answer!(reply, fs.readlink(Ino(ino)), |t| reply.data(&t)));
     }
 
     fn mknod(
@@ -531,7 +531,7 @@ impl Filesystem for Adapter {
         }
         let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
         self.pool.run(move || {
-            let made = name.and_then(|n| fs.create(parent, &n, mode, libc::O_EXCL | libc::O_WRONLY, uid, gid));
+            let made = name.and_then(|n| fs.create(Ino(parent), &n, mode, libc::O_EXCL | libc::O_WRONLY, uid, gid));
             let made = made.and_then(|(a, fh)| fs.release(fh).map(|()| a));
             answer!(reply, made, |a| reply.entry(&ttl, &file_attr(&a), 0))
         });
@@ -540,7 +540,7 @@ impl Filesystem for Adapter {
     fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
         self.pool.run(move || {
-            answer!(reply, name.and_then(|n| fs.mkdir(parent, &n, mode, uid, gid)), |a| reply.entry(
+            answer!(reply, name.and_then(|n| fs.mkdir(Ino(parent), &n, mode, uid, gid)), |a| reply.entry(
                 &ttl,
                 &file_attr(&a),
                 0
@@ -550,19 +550,19 @@ impl Filesystem for Adapter {
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name_of(name));
-        self.pool.run(move || answer!(reply, name.and_then(|n| fs.unlink(parent, &n)), |()| reply.ok()));
+        self.pool.run(move || answer!(reply, name.and_then(|n| fs.unlink(Ino(parent), &n)), |()| reply.ok()));
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (fs, name) = (self.fs.clone(), name_of(name));
-        self.pool.run(move || answer!(reply, name.and_then(|n| fs.rmdir(parent, &n)), |()| reply.ok()));
+        self.pool.run(move || answer!(reply, name.and_then(|n| fs.rmdir(Ino(parent), &n)), |()| reply.ok()));
     }
 
     fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(link_name), req.uid(), req.gid());
         let target = name_of(target.as_os_str());
         self.pool.run(move || {
-            let made = name.and_then(|n| fs.symlink(parent, &n, &target?, uid, gid));
+            let made = name.and_then(|n| fs.symlink(Ino(parent), &n, &target?, uid, gid));
             answer!(reply, made, |a| reply.entry(&ttl, &file_attr(&a), 0))
         });
     }
@@ -579,7 +579,7 @@ impl Filesystem for Adapter {
     ) {
         let (fs, name, newname) = (self.fs.clone(), name_of(name), name_of(newname));
         self.pool.run(move || {
-            let done = name.and_then(|n| fs.rename(parent, &n, newparent, &newname?, flags));
+            let done = name.and_then(|n| fs.rename(Ino(parent), &n, Ino(newparent), &newname?, flags));
             answer!(reply, done, |()| reply.ok())
         });
     }
@@ -592,7 +592,7 @@ impl Filesystem for Adapter {
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let keep = if fs.is_checkout() { fuser::consts::FOPEN_KEEP_CACHE } else { 0 };
-        self.pool.run(move || answer!(reply, fs.open(ino, flags), |fh| reply.opened(fh, keep)));
+        self.pool.run(move || answer!(reply, fs.open(Ino(ino), flags), |fh| reply.opened(fh.0, keep)));
     }
 
     fn read(
@@ -607,7 +607,7 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.read(fh, offset.max(0) as u64, size), |d| reply.data(&d)));
+        self.pool.run(move || answer!(reply, fs.read(Fh(fh), offset.max(0) as u64, size), |d| reply.data(&d)));
     }
 
     fn write(
@@ -623,12 +623,13 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         let (fs, data) = (self.fs.clone(), data.to_vec());
-        self.pool.run(move || answer!(reply, fs.write(fh, offset.max(0) as u64, &data), |n| reply.written(n as u32)));
+        self.pool
+            .run(move || answer!(reply, fs.write(Fh(fh), offset.max(0) as u64, &data), |n| reply.written(n as u32)));
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.flush(fh), |()| reply.ok()));
+        self.pool.run(move || answer!(reply, fs.flush(Fh(fh)), |()| reply.ok()));
     }
 
     fn release(
@@ -642,12 +643,12 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.release(fh), |()| reply.ok()));
+        self.pool.run(move || answer!(reply, fs.release(Fh(fh)), |()| reply.ok()));
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.fsync(fh), |()| reply.ok()));
+        self.pool.run(move || answer!(reply, fs.fsync(Fh(fh)), |()| reply.ok()));
     }
 
     /// A live mount answers `ENOSYS`, and the kernel then lists its directories without
@@ -660,7 +661,7 @@ impl Filesystem for Adapter {
         }
         let fs = self.fs.clone();
         let keep = fuser::consts::FOPEN_KEEP_CACHE | fuser::consts::FOPEN_CACHE_DIR;
-        self.pool.run(move || answer!(reply, fs.opendir(ino), |fh| reply.opened(fh, keep)));
+        self.pool.run(move || answer!(reply, fs.opendir(Ino(ino)), |fh| reply.opened(fh, keep)));
     }
 
     /// Answered here on the session thread when the listing is taken already: reading it takes
@@ -672,7 +673,8 @@ impl Filesystem for Adapter {
             Ok(Some((at, list))) => fill_listing(at, &list, reply),
             Ok(None) => {
                 let fs = self.fs.clone();
-                self.pool.run(move || answer!(reply, at.read(&fs, ino), |(at, list)| fill_listing(at, &list, reply)));
+                self.pool
+                    .run(move || answer!(reply, at.read(&fs, Ino(ino)), |(at, list)| fill_listing(at, &list, reply)));
             }
             Err(Errno(e)) => reply.error(e),
         }
@@ -684,29 +686,29 @@ impl Filesystem for Adapter {
         // A listing without attributes: the first reply holds the dots alone, and the kernel
         // asks for the rest as a plain listing (it asks for attributes past the first reply
         // only after lookups of entries).
-        let dots_only = at.index == 0 && !fs.listing_with_attrs(ino);
+        let dots_only = at.index == 0 && !fs.listing_with_attrs(Ino(ino));
         if dots_only && !at.named {
             // An opened listing has its dots' attributes already: answered here, as readdir is.
             if let Ok(list) = fs.readdir(at.listing, 0) {
                 if let [a, b, ..] = &list[..] {
                     if let (Some(x), Some(y)) = (a.attr, b.attr) {
-                        let _ = reply.add(a.ino, at.offset_after(0), &a.name, &ttl, &file_attr(&x), 0);
-                        let _ = reply.add(b.ino, at.offset_after(1), &b.name, &ttl, &file_attr(&y), 0);
+                        let _ = reply.add(a.ino.0, at.offset_after(0), &a.name, &ttl, &file_attr(&x), 0);
+                        let _ = reply.add(b.ino.0, at.offset_after(1), &b.name, &ttl, &file_attr(&y), 0);
                         return reply.ok();
                     }
                 }
             }
         }
         self.pool.run(move || {
-            answer!(reply, at.read(&fs, ino), |(at, list)| {
+            answer!(reply, at.read(&fs, Ino(ino)), |(at, list)| {
                 for (i, e) in list.iter().enumerate() {
                     if dots_only && i >= 2 {
                         break;
                     }
                     // A name removed or renamed since the listing was taken is skipped.
-                    let Some(a) = fs.listed_attr(ino, e) else { continue };
+                    let Some(a) = fs.listed_attr(Ino(ino), e) else { continue };
                     let dots = e.name == "." || e.name == "..";
-                    if reply.add(e.ino, at.offset_after(i as u64), &e.name, &ttl, &file_attr(&a), 0) {
+                    if reply.add(e.ino.0, at.offset_after(i as u64), &e.name, &ttl, &file_attr(&a), 0) {
                         break;
                     }
                     // The kernel takes a reference on every entry it was given but the dots.
@@ -740,7 +742,7 @@ impl Filesystem for Adapter {
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // The kernel checks modes itself (default_permissions); this only says it exists.
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.getattr(ino), |_| reply.ok()));
+        self.pool.run(move || answer!(reply, fs.getattr(Ino(ino)), |_| reply.ok()));
     }
 
     fn create(
@@ -755,13 +757,8 @@ impl Filesystem for Adapter {
     ) {
         let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
         self.pool.run(move || {
-            answer!(reply, name.and_then(|n| fs.create(parent, &n, mode, flags, uid, gid)), |(a, fh)| reply.created(
-                &ttl,
-                &file_attr(&a),
-                0,
-                fh,
-                0
-            ))
+            answer!(reply, name.and_then(|n| fs.create(Ino(parent), &n, mode, flags, uid, gid)), |(a, fh)| reply
+                .created(&ttl, &file_attr(&a), 0, fh.0, 0))
         });
     }
 

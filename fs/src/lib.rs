@@ -17,7 +17,7 @@ mod filesystem;
 mod fuse;
 mod guard;
 
-pub use filesystem::{flags, Attr, Config, DirEntry, Fs, Ino, Kind, SetAttr, Statfs, ROOT};
+pub use filesystem::{flags, Attr, Config, DirEntry, Fh, Fs, Ino, Kind, SetAttr, Statfs, ROOT};
 pub use fuse::{mount, unmount, MountOptions, Mounted};
 pub use guard::run_guard;
 pub use hyperfs_engine::drive::Meta;

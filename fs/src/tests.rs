@@ -8,7 +8,7 @@ use hyperfs_engine::drive::keys;
 use hyperfs_engine::store::{MemStore, Store};
 use hyperfs_engine::{Drive, SharedDrive};
 
-use crate::{flags, Config, Errno, Fs, Kind, SetAttr, ROOT};
+use crate::{flags, Config, Errno, Fs, Ino, Kind, SetAttr, ROOT};
 
 struct T {
     fs: Fs,
@@ -33,7 +33,7 @@ impl T {
         self.drive.snapshot().version()
     }
 
-    fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> u64 {
+    fn write_file(&self, parent: Ino, name: &str, data: &[u8]) -> Ino {
         let (attr, fh) = self.fs.create(parent, name, 0o644, flags::WRONLY, 1000, 100).expect("create");
         assert_eq!(self.fs.write(fh, 0, data).expect("write"), data.len());
         self.fs.flush(fh).expect("flush");
@@ -41,7 +41,7 @@ impl T {
         attr.ino
     }
 
-    fn read_all(&self, ino: u64) -> Vec<u8> {
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
         let fh = self.fs.open(ino, libc::O_RDONLY).expect("open");
         let mut out = Vec::new();
         loop {
@@ -61,7 +61,7 @@ impl T {
 
     /// The names of a directory, read in replies as the kernel asks for them: each from where
     /// the last one stopped, until one is empty.
-    fn names(&self, ino: u64) -> Vec<String> {
+    fn names(&self, ino: Ino) -> Vec<String> {
         let fh = self.fs.opendir(ino).expect("opendir");
         let mut names: Vec<String> = Vec::new();
         loop {
