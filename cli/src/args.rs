@@ -1,0 +1,509 @@
+//! The command line's arguments: every command and option, with the help texts clap shows.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+/// A FUSE-mountable distributed filesystem on Hypercore logs.
+#[derive(Debug, Parser)]
+#[command(name = "hyperfs", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// The data directory (default: $XDG_DATA_HOME/hyperfs, else ~/.local/share/hyperfs).
+    #[arg(long, global = true, env = "HYPERFS_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How a command that uses the network reaches peers. Discovery options take effect when the
+/// node's network starts (and are remembered for its next start).
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct NetArgs {
+    /// A peer to connect to (HOST:PORT; repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub(crate) peers: Vec<String>,
+    /// The UDP address to listen on (default: the one used last time, else any free port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) listen: Option<String>,
+    /// A Mainline DHT bootstrap node (repeatable; default: the public ones).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) bootstrap: Vec<String>,
+    /// Do not use the DHT.
+    #[arg(long)]
+    pub(crate) no_dht: bool,
+    /// Do not use LAN discovery.
+    #[arg(long)]
+    pub(crate) no_lan: bool,
+}
+
+impl NetArgs {
+    /// The request `req` with these options in it.
+    pub(crate) fn add(&self, mut req: Value) -> Value {
+        req["peers"] = json!(self.peers);
+        req["listen"] = json!(self.listen);
+        req["bootstrap"] = json!(self.bootstrap);
+        req["noDht"] = json!(self.no_dht);
+        req["noLan"] = json!(self.no_lan);
+        req
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run this data directory's node in the foreground (other commands start one when needed).
+    /// Network options start its network at once with them: a seed on a fixed port.
+    ///
+    /// Example:
+    ///   hyperfs daemon --data-dir /srv/hyperfs
+    #[command(verbatim_doc_comment)]
+    Daemon {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Stop this data directory's node (it closes its socket and flushes its store).
+    Stop,
+    /// Make everything written so far durable: files open on mounts are committed and the
+    /// store is synced to disk, so a power cut after this loses none of it (see the README's
+    /// durability contract).
+    Sync,
+    /// Create a drive and print its key and hyper:// link.
+    ///
+    /// Examples:
+    ///   hyperfs create
+    ///   hyperfs create --name photos --json
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// A local name for the drive (default: drive-N).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON: name, key (hex) and link.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List this node's drives.
+    Drives {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a local file in a drive.
+    ///
+    /// Example:
+    ///   hyperfs put report.pdf photos:/docs/report.pdf
+    #[command(verbatim_doc_comment)]
+    Put {
+        /// The local file.
+        file: PathBuf,
+        /// DRIVE:/path (DRIVE is a local name, a key or a hyper:// link).
+        target: String,
+    },
+    /// Mirror a local folder into a drive folder: add, change and remove until they match.
+    ///
+    /// Files are compared by size, modification time and mode (as rsync does), so importing an
+    /// unchanged folder again writes nothing. Modes, times, symlinks and the executable bit are
+    /// kept. Shows progress on a terminal.
+    ///
+    /// Examples:
+    ///   hyperfs import ~/photos photos
+    ///   hyperfs import ./site photos:/www --dry-run
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The local folder.
+        dir: PathBuf,
+        /// DRIVE[:/folder] (DRIVE is a local name, a key or a hyper:// link).
+        target: String,
+        /// Only list what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON (with every change).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mirror a drive folder into a local folder: add, change and remove until they match.
+    ///
+    /// Files in DIR that the drive folder lacks are removed (see --dry-run first). Modes,
+    /// times, symlinks and the executable bit are kept; owners only with --owners (as root).
+    /// Everything is written beneath DIR: no symlink is followed, entries whose names are not
+    /// plain paths (or that sit below a file or link) are skipped with a note, and a drive this
+    /// node cannot write loses its set-uid, set-gid and sticky bits.
+    ///
+    /// Examples:
+    ///   hyperfs export photos ~/photos-copy
+    ///   hyperfs export photos:/www /var/www --version 12 --dry-run
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// DRIVE[:/folder].
+        source: String,
+        /// The local folder (created if missing).
+        dir: PathBuf,
+        /// Export the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Set the owners (uid and gid) the drive records (root only).
+        #[arg(long)]
+        owners: bool,
+        /// Only list what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON (with every change).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a drive to peers: they find it by its key (announced on the LAN and the DHT) or
+    /// reach this node's address. --listen takes effect when the node's network starts.
+    ///
+    /// Examples:
+    ///   hyperfs share photos
+    ///   hyperfs share photos --listen 0.0.0.0:7400 --json
+    #[command(verbatim_doc_comment)]
+    Share {
+        /// The drive.
+        drive: String,
+        /// Join the drive's topic without announcing it (peers that know of it may still dial).
+        #[arg(long)]
+        no_announce: bool,
+        /// Announce it on the LAN only, not on the DHT.
+        #[arg(long)]
+        lan_only: bool,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON: key, link, address.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving a drive (connected peers' channels for it close).
+    Unshare {
+        /// The drive.
+        drive: String,
+    },
+    /// Download a whole drive from a peer, keep following its writer and serve it onwards
+    /// (`seed` is the same command).
+    ///
+    /// Example:
+    ///   hyperfs clone hyper://k3x...o4y --peer 192.0.2.7:7400 --name photos
+    #[command(verbatim_doc_comment)]
+    #[command(visible_alias = "seed")]
+    Clone {
+        /// The drive's key or hyper:// link.
+        key: String,
+        /// A local name for it (default: clone-<first key digits>).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The connected peers: id, address, drives, bytes up and down, round-trip time.
+    Peers {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file of a drive.
+    ///
+    /// Example:
+    ///   hyperfs cat photos:/docs/report.txt
+    #[command(verbatim_doc_comment)]
+    Cat {
+        /// DRIVE:/path.
+        target: String,
+        /// Read the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List a folder of a drive.
+    ///
+    /// Examples:
+    ///   hyperfs ls photos:/docs
+    ///   hyperfs ls -lR photos --version 3
+    #[command(verbatim_doc_comment)]
+    Ls {
+        /// DRIVE[:/folder].
+        target: String,
+        /// Long listing: type and mode, size, modification time, name (and link target).
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        /// List the folders inside too, recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Read the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Print JSON: one object per name.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a file, symlink or empty directory from a drive (older versions keep it).
+    ///
+    /// Example:
+    ///   hyperfs rm photos:/old.jpg
+    #[command(verbatim_doc_comment)]
+    Rm {
+        /// DRIVE:/path.
+        target: String,
+    },
+    /// Move a file or directory inside a drive, in one version.
+    ///
+    /// Example:
+    ///   hyperfs mv photos:/2023 /archive/2023
+    #[command(verbatim_doc_comment)]
+    Mv {
+        /// DRIVE:/from.
+        from: String,
+        /// The new path in the same drive.
+        to: String,
+    },
+    /// Make an (empty) directory in a drive.
+    Mkdir {
+        /// DRIVE:/path.
+        target: String,
+    },
+    /// Show a file's entry: type, size, executable bit, link target, metadata.
+    Stat {
+        /// DRIVE:/path.
+        target: String,
+        /// Read the drive as it was at this version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions of a drive (or of one path in it): version, op, path, size, time.
+    Log {
+        /// DRIVE[:/path].
+        target: String,
+        /// Show the history up to this version only.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cut a drive of yours back to an older version: the versions after it are gone, here and
+    /// (as a new fork) on every peer that follows it. Refused while it is mounted read-write.
+    ///
+    /// Example:
+    ///   hyperfs truncate photos 41
+    #[command(verbatim_doc_comment)]
+    Truncate {
+        /// The drive.
+        drive: String,
+        /// The version to go back to.
+        version: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The paths added, changed and removed between two versions (V2 defaults to the latest).
+    Diff {
+        /// The drive.
+        drive: String,
+        v1: u64,
+        v2: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A drive's keys, version, cores and chunker.
+    Info {
+        /// The drive.
+        drive: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount a drive as a folder: read-write if this node holds its key, else read-only.
+    ///
+    /// Every close of a changed file makes one new drive version (see `hyperfs log`). The mount
+    /// lives in the node; it goes away when the node stops, even if it is killed. A key this
+    /// node does not have mounts a replica that fetches from peers only the blocks read and
+    /// follows the writer's new versions.
+    ///
+    /// Examples:
+    ///   hyperfs mount photos ~/photos
+    ///   hyperfs mount photos ~/photos-then --version 42
+    ///   hyperfs mount hyper://k3x...o4y ~/theirs --peer 192.0.2.7:7400
+    #[command(verbatim_doc_comment)]
+    Mount {
+        /// The drive: a local name, a key or a hyper:// link.
+        drive: String,
+        /// An existing, empty directory.
+        dir: PathBuf,
+        /// Show the drive as it was at this version (read-only).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Refuse every change (EROFS).
+        #[arg(long)]
+        read_only: bool,
+        /// Let other local users in (their access is checked against the modes). Without it
+        /// the mount is yours alone; for a user other than root, /etc/fuse.conf must hold
+        /// user_allow_other.
+        #[arg(long)]
+        allow_other: bool,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount a mounted drive (also clears a mount left behind by a killed node).
+    ///
+    /// Example:
+    ///   hyperfs unmount ~/photos
+    #[command(verbatim_doc_comment)]
+    Unmount {
+        /// The mount point.
+        dir: PathBuf,
+        /// Detach it even while files in it are open.
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example:
+    ///   hyperfs completions bash > /etc/bash_completion.d/hyperfs
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    ///
+    /// Example:
+    ///   hyperfs man > /usr/local/share/man/man1/hyperfs.1
+    #[command(verbatim_doc_comment)]
+    Man,
+    /// Re-hash every local block of a drive and check its signatures; exit 1 if anything is bad.
+    Verify {
+        /// The drive.
+        drive: String,
+    },
+    /// Low-level Hypercore tools.
+    #[command(subcommand)]
+    Core(CoreCommand),
+    /// Low-level Hyperbee tools.
+    #[command(subcommand)]
+    Bee(BeeCommand),
+    /// Back up or restore a drive's writer key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the content-defined chunks of files.
+    ///
+    /// One line per chunk: OFFSET LENGTH LEAF-HASH-HEX. Needs no node and no data directory.
+    ///
+    /// Examples:
+    ///   hyperfs chunk big.iso
+    ///   cat big.iso | hyperfs chunk -
+    ///   hyperfs chunk --stats a.tar b.tar
+    #[command(verbatim_doc_comment)]
+    Chunk {
+        /// Files to chunk; `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print count, mean/min/max chunk size and throughput instead of the chunks.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Internal: started by the node beside each mount; unmounts it once the node is gone.
+    #[command(hide = true)]
+    MountGuard {
+        /// The mount point.
+        dir: PathBuf,
+        /// The mount's id in /proc/self/mountinfo.
+        mount_id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CoreCommand {
+    /// Run a JSON script of appends and truncations on a fresh core and print its signed state.
+    ///
+    /// The script: {"seed": "<hex 32>" | "secretKey": "<hex 64>", "compat": bool,
+    /// "ops": [{"append": ["<hex block>", ...]} | {"truncate": N}, ...]}.
+    /// It runs on the real RocksDB store in a temporary directory and prints key, discoveryKey,
+    /// manifest, length, byteLength, fork, treeHash, signature and roots as one JSON object.
+    ///
+    /// Example:
+    ///   hyperfs core replay script.json
+    #[command(verbatim_doc_comment)]
+    Replay {
+        /// The script file; `-` reads standard input.
+        script: PathBuf,
+    },
+    /// Print a core of this node's store: manifest, length, fork, signature and every block.
+    ///
+    /// Blocks not stored locally print as null.
+    ///
+    /// Example:
+    ///   hyperfs core dump <core-key> --json
+    #[command(verbatim_doc_comment)]
+    Dump {
+        /// The core's key: hex, z-base-32 or a hyper:// link.
+        key: String,
+        /// Print JSON (the only format so far).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Write a drive's secret key to a new file (mode 0600).
+    ///
+    /// Example:
+    ///   hyperfs keys export hyper://<key> drive.key
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// The drive: its key as hex, z-base-32 or a hyper:// link.
+        drive: String,
+        /// The file to create; an existing file is never overwritten.
+        file: PathBuf,
+    },
+    /// Make a drive writable on this node from a file written by `keys export`.
+    ///
+    /// The node must hold the drive's history first (clone it from a peer): a key imported on
+    /// a node without it would start a second history under the same key, a fork every
+    /// follower of the drive refuses.
+    ///
+    /// Example:
+    ///   hyperfs clone hyper://<key> --peer HOST:PORT && hyperfs keys import drive.key
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The key file.
+        file: PathBuf,
+        /// Import into a node that does not hold the drive: starts a new history under the key,
+        /// forking the drive for everyone who follows it (only for a drive never shared).
+        #[arg(long)]
+        offline_ok: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BeeCommand {
+    /// Run a JSON script of puts, deletes and batches on a fresh bee and print its blocks.
+    ///
+    /// The script: {"seed": "<hex 32>", "ops": [{"put": ["<hex key>", "<hex value>"]} |
+    /// {"del": "<hex key>"} | {"batch": [put and del ops]}], "queries": [...]}.
+    /// It runs on a non-compat core made from the seed, on the real RocksDB store in a temporary
+    /// directory, and prints {"key": "<hex>", "blocks": ["<hex of block 0>", ...]}.
+    ///
+    /// Optional queries, answered on the finished bee into "answers":
+    ///   {"get": "<hex key>"}, {"range": {"gt"|"gte"|"lt"|"lte": "<hex>", "reverse": bool,
+    ///   "limit": N}}, {"history": {"gt"|"gte"|"lt"|"lte": N, "reverse": bool, "limit": N}},
+    ///   {"diff": {"left": V, "right": V, range bounds}}; each may add "version": V and
+    ///   "sub": "<hex prefix>".
+    ///
+    /// Example:
+    ///   hyperfs bee replay script.json
+    #[command(verbatim_doc_comment)]
+    Replay {
+        /// The script file; `-` reads standard input.
+        script: PathBuf,
+    },
+}
