@@ -480,3 +480,25 @@ fn a_longer_history_that_parts_from_ours_is_caught_without_being_taken() {
     r2.check_proof(&a.proof(&probe).expect("proof")).expect("consistent");
     assert_eq!(r2.length(), 2);
 }
+
+/// A writer's frozen copy (what serves its peers) that catches another history of its key
+/// tells the writer: the conflict cell is shared, and the writer's next append is refused
+/// rather than making a third history. The copy itself changes nothing.
+#[test]
+fn a_frozen_copy_that_catches_another_history_stops_its_writer() {
+    let (mut a, b) = two_writers(10, &[b"same", b"from a"], &[b"same", b"from b", b"more", b"and more"]);
+    let mut copy = a.frozen_copy();
+    let probe = Request {
+        block: Some(RequestIndexed { index: flat::right_span(a.roots()[0].index) / 2, nodes: 64 }),
+        upgrade: Some(RequestUpgrade { start: 0, length: 4 }),
+        ..Request::default()
+    };
+    let err = copy.check_proof(&b.proof(&probe).expect("proof")).expect_err("caught");
+    assert!(matches!(err, Error::Equivocation { .. }), "{err}");
+    // A copy takes nothing, even a proof that verifies.
+    let up = Request { upgrade: Some(RequestUpgrade { start: 0, length: 2 }), ..Request::default() };
+    assert!(matches!(copy.apply_proof(&a.proof(&up).expect("proof")), Err(Error::NotWritable)));
+    assert!(a.conflict().is_some(), "the writer sees what its copy found");
+    assert!(matches!(a.append(b"a third history"), Err(Error::Equivocation { .. })));
+    assert_eq!(a.length(), 2);
+}
