@@ -315,15 +315,18 @@ impl Swarm {
         }
     }
 
-    /// When [`Swarm::poll`] next has something to do (at the latest): a LAN or DHT question
-    /// falling due, a candidate's retry; with topics joined, at least every [`POLL_AT_MOST`].
+    /// When [`Swarm::poll`] next has something to do (at the latest): a candidate's backoff
+    /// ending; with topics joined, at least every [`POLL_AT_MOST`] (LAN and DHT questions fall
+    /// due on seconds, and a dropped connection is found then). A candidate already due that
+    /// the last poll did not dial (connected, its topic content, no room) waits for a change,
+    /// not a timer: the driver never spins.
     pub fn next_timeout(&self, now: Instant) -> Option<Instant> {
         if self.topics.is_empty() {
             return None;
         }
         let mut next = now + POLL_AT_MOST;
-        for c in self.candidates.values().filter(|c| !c.dialing) {
-            next = next.min(c.next_try.max(now));
+        for c in self.candidates.values().filter(|c| !c.dialing && c.next_try > now) {
+            next = next.min(c.next_try);
         }
         Some(next)
     }

@@ -240,3 +240,23 @@ fn a_node_with_no_topics_sleeps() {
     s.leave(&T);
     assert_eq!(s.next_timeout(now), None);
 }
+
+#[test]
+fn a_connected_peer_never_makes_the_driver_spin() {
+    let now = Instant::now();
+    let mut s = Swarm::new(Mechanisms::default());
+    s.join(T, CORE, false, false, &[], now);
+    s.add(T, addr(1), Source::Static, now);
+    assert_eq!(dials(&s.poll(now, &[])), vec![addr(1)]);
+    s.dialed(addr(1), Dialed::Connected, now);
+    // Long after, still connected: its retry time is past, but nothing is due until a second
+    // from now (when a dropped connection would be found).
+    let later = now + Duration::from_secs(30);
+    assert!(dials(&s.poll(later, &[peer(1)])).is_empty());
+    assert_eq!(s.next_timeout(later), Some(later + POLL_AT_MOST));
+    // With a failed one backing off too, the wake is still ahead, never now.
+    s.add(T, addr(2), Source::Lan, later);
+    assert_eq!(dials(&s.poll(later, &[peer(1)])), vec![addr(2)]);
+    s.dialed(addr(2), Dialed::Failed, later);
+    assert!(s.next_timeout(later).is_some_and(|t| t > later));
+}
