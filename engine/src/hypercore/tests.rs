@@ -452,6 +452,16 @@ mod props {
     }
 }
 
+/// What a core holding `ours` asks of a peer claiming `length` to see where the histories
+/// part: the last block of its first root, with the path up to the peer's root.
+fn probe_from(ours: &Hypercore, length: u64) -> Request {
+    Request {
+        block: Some(RequestIndexed { index: flat::right_span(ours.roots()[0].index) / 2, nodes: 64 }),
+        upgrade: Some(RequestUpgrade { start: 0, length }),
+        ..Request::default()
+    }
+}
+
 /// A replica that holds one history checks a longer one signed with the same key without
 /// taking it: the last block of each of its roots, asked for with the path up to the other's
 /// root, shows where they part.
@@ -464,11 +474,7 @@ fn a_longer_history_that_parts_from_ours_is_caught_without_being_taken() {
     // From our length, b's upgrade does not verify.
     let from_ours = Request { upgrade: Some(RequestUpgrade { start: 2, length: 2 }), ..Request::default() };
     assert!(matches!(r.apply_proof(&b.proof(&from_ours).expect("proof")), Err(Error::Verification(_))));
-    let probe = Request {
-        block: Some(RequestIndexed { index: flat::right_span(r.roots()[0].index) / 2, nodes: 64 }),
-        upgrade: Some(RequestUpgrade { start: 0, length: 4 }),
-        ..Request::default()
-    };
+    let probe = probe_from(&r, 4);
     let err = r.check_proof(&b.proof(&probe).expect("proof")).expect_err("caught");
     assert!(matches!(err, Error::Equivocation { .. }), "{err}");
     assert_eq!((r.length(), r.conflict().map(|c| c.theirs.length)), (2, Some(4)), "nothing taken, proof kept");
@@ -488,12 +494,7 @@ fn a_longer_history_that_parts_from_ours_is_caught_without_being_taken() {
 fn a_frozen_copy_that_catches_another_history_stops_its_writer() {
     let (mut a, b) = two_writers(10, &[b"same", b"from a"], &[b"same", b"from b", b"more", b"and more"]);
     let mut copy = a.frozen_copy();
-    let probe = Request {
-        block: Some(RequestIndexed { index: flat::right_span(a.roots()[0].index) / 2, nodes: 64 }),
-        upgrade: Some(RequestUpgrade { start: 0, length: 4 }),
-        ..Request::default()
-    };
-    let err = copy.check_proof(&b.proof(&probe).expect("proof")).expect_err("caught");
+    let err = copy.check_proof(&b.proof(&probe_from(&a, 4)).expect("proof")).expect_err("caught");
     assert!(matches!(err, Error::Equivocation { .. }), "{err}");
     // A copy takes nothing, even a proof that verifies.
     let up = Request { upgrade: Some(RequestUpgrade { start: 0, length: 2 }), ..Request::default() };
