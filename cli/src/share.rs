@@ -62,7 +62,7 @@ pub struct ReplicaCore {
     core: Mutex<Hypercore>,
     key: Hash,
     full: std::sync::atomic::AtomicBool,
-    /// Told when the core changed (a new length, a stored block): the refresher wakes.
+    /// Told when a proof changed the core (a new length, a stored block): the refresher wakes.
     changed: std::sync::mpsc::Sender<()>,
 }
 
@@ -91,17 +91,13 @@ impl SharedCore for ReplicaCore {
         f(&lock(&self.core));
     }
     fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
-        let mut c = lock(&self.core);
-        let before = (c.fork(), c.length(), c.local_blocks());
-        f(&mut c);
-        let changed = (c.fork(), c.length(), c.local_blocks()) != before;
-        drop(c);
-        if changed {
-            let _ = self.changed.send(());
-        }
+        f(&mut lock(&self.core));
     }
     fn download_all(&self) -> bool {
         self.full.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn stored(&self) {
+        let _ = self.changed.send(());
     }
 }
 

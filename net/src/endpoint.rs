@@ -51,6 +51,9 @@ pub trait SharedCore: Send + Sync {
     fn download_all(&self) -> bool {
         false
     }
+    /// A verified proof changed the core (a new length or fork, a stored block): its owner may
+    /// want to take that in. Called after the session that applied it reported it.
+    fn stored(&self) {}
 }
 
 /// The cores a node offers: opened on every connection, looked up when a peer opens one.
@@ -910,6 +913,9 @@ impl ConnState {
         let ch = &mut self.channels[i];
         for m in out.messages {
             self.out.push(Frame::Channel { channel: ch.local_id, message: m });
+        }
+        if out.events.iter().any(|e| matches!(e, Event::Upgraded { .. } | Event::Block { .. })) {
+            ch.core.stored();
         }
         for e in out.events {
             match e {

@@ -29,12 +29,11 @@ impl Fs {
         };
         // Names and kinds only. A listing that will carry attributes (see
         // `listing_with_attrs`) keeps each entry as stored, decoded if a `readdirplus` asks.
-        let children = self.reading(|d| -> Result<_> {
-            Ok(view!(self, d, |v| v.children_with(&path, |value| {
-                let kind = if Entry::decode_is_link(value)? { Kind::Symlink } else { Kind::File };
-                Ok((kind, with_attrs.then(|| Arc::<[u8]>::from(value))))
-            })?))
-        })?;
+        let d = self.drive();
+        let children = view!(self, d, |v| v.children_with(&path, |value| {
+            let kind = if Entry::decode_is_link(value)? { Kind::Symlink } else { Kind::File };
+            Ok((kind, with_attrs.then(|| Arc::<[u8]>::from(value))))
+        })?);
         let parent_ino = {
             let nodes = self.nodes();
             nodes.by_path.get(parent_of(&path)).copied().unwrap_or(ROOT)

@@ -111,7 +111,7 @@ impl Fs {
         let sequential = offset != 0 && (offset == ra.next || offset == held.end);
         ra.window = if sequential { (ra.window * 2).clamp(256 << 10, MAX_READ_AHEAD) } else { 0 };
         let want = len.max(ra.window);
-        let data = self.reading(|d| d.read_blob(&blob, offset, want))?;
+        let data = self.drive().read_blob(&blob, offset, want)?;
         let out = data[..data.len().min(len as usize)].to_vec();
         ra.next = offset + out.len() as u64;
         if data.len() as u64 > len {
@@ -235,7 +235,7 @@ impl Fs {
         if let Some(blob) = blob {
             let mut at = 0u64;
             while at < f.size {
-                let data = self.reading(|d| d.read_blob(&blob, at, COPY_BYTES.min(f.size - at)))?;
+                let data = self.drive().read_blob(&blob, at, COPY_BYTES.min(f.size - at))?;
                 if data.is_empty() {
                     break;
                 }

@@ -216,7 +216,7 @@ impl Drop for Changing<'_> {
     fn drop(&mut self) {
         let mut shown = lock(self.shown);
         if *shown == self.before {
-            *shown = (self.d.db().core().fork(), self.d.version());
+            *shown = shown_state(&self.d);
         }
     }
 }
@@ -415,7 +415,7 @@ mod tree;
 impl Fs {
     pub fn new(drive: Arc<SharedDrive>, cfg: Config) -> Result<Fs> {
         let d = drive.snapshot();
-        let (writable, version, shown) = (d.writable(), d.version(), (d.db().core().fork(), d.version()));
+        let (writable, version, shown) = (d.writable(), d.version(), shown_state(&d));
         if let Some(v) = cfg.version {
             // A version inside an atomic batch (a rename's put before its delete) has no tree
             // of its own; it is refused here rather than failing every read.
@@ -648,14 +648,9 @@ impl Fs {
         lock(&self.nodes)
     }
 
-    /// A read of the drive as last published. A read that needs blocks from a peer waits
-    /// for them holding only its snapshot: a peer that stalls stalls only this read; listings,
-    /// other files, writes and refreshes go on.
-    fn reading<T, E>(&self, f: impl FnOnce(&Drive) -> std::result::Result<T, E>) -> std::result::Result<T, E> {
-        f(&self.drive())
-    }
-
-    /// The drive as last published: reads never wait on a change in progress.
+    /// The drive as last published: reads never wait on a change in progress, and a read that
+    /// needs blocks from a peer waits for them holding only this snapshot (a peer that stalls
+    /// stalls only that read; listings, other files, writes and refreshes go on).
     fn drive(&self) -> Arc<Drive> {
         self.drive.snapshot()
     }
@@ -663,7 +658,7 @@ impl Fs {
     /// The drive for a change, after the changes before it (of this mount or elsewhere).
     fn drive_mut(&self) -> Changing<'_> {
         let d = self.drive.write();
-        let before = (d.db().core().fork(), d.version());
+        let before = shown_state(&d);
         Changing { d, before, shown: &self.shown, dir_epoch: &self.dir_epoch }
     }
 
@@ -671,7 +666,7 @@ impl Fs {
     /// change made elsewhere, which [`Fs::changed_elsewhere`] will find. A change made through
     /// this filesystem was counted as shown before it was published.
     pub fn is_behind(&self, d: &Drive) -> bool {
-        self.cfg.version.is_none() && (d.db().core().fork(), d.version()) > *lock(&self.shown)
+        self.cfg.version.is_none() && shown_state(d) > *lock(&self.shown)
     }
 
     /// Whether the drive has changes the kernel was not shown (from a peer or the command
@@ -679,7 +674,7 @@ impl Fs {
     /// tells the kernel to forget what it cached.
     pub fn changed_elsewhere(&self) -> bool {
         let d = self.drive();
-        let now = (d.db().core().fork(), d.version());
+        let now = shown_state(&d);
         let mut shown = lock(&self.shown);
         // States only grow (a truncation moves to a later fork); a snapshot older than what was
         // shown is one taken before this mount's own change was published.
@@ -696,7 +691,7 @@ impl Fs {
     fn dir_epoch_in(&self, d: &Drive) -> Option<u64> {
         let epoch = self.dir_epoch.load(Ordering::Acquire);
         // A checkout shows one version: its folders never change.
-        if self.cfg.version.is_none() && *lock(&self.shown) != (d.db().core().fork(), d.version()) {
+        if self.cfg.version.is_none() && *lock(&self.shown) != shown_state(d) {
             return None;
         }
         Some(epoch)
@@ -840,10 +835,11 @@ impl Fs {
         if let Some(attr) = self.open_attr(path) {
             return Ok(attr);
         }
-        self.reading(|d| match self.known_dir(d, path) {
+        let d = self.drive();
+        match self.known_dir(&d, path) {
             Some(k) => Ok(k.attr),
-            None => self.attr_in(d, path),
-        })
+            None => self.attr_in(&d, path),
+        }
     }
 
     /// The attributes of a file at `path` that is open for writing here.
@@ -977,6 +973,12 @@ impl Nodes {
         self.by_path.insert(path.to_owned(), ino);
         ino
     }
+}
+
+/// The drive state a mount shows, compared with [`Fs::shown`]: (db fork, version). States
+/// only grow (a truncation moves to a later fork).
+fn shown_state(d: &Drive) -> (u64, u64) {
+    (d.db().core().fork(), d.version())
 }
 
 /// The directory part of a path (`""` for the root).
