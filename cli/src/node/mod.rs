@@ -224,7 +224,7 @@ pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
     sync_in_the_background(&state);
     resume_replicas(&state);
     resume_shares(&state);
-    watch_mounts(&state, mount_changes);
+    watch_mounts(&state, mount_changes)?;
     write_state(dir, "node.pid", format!("{}\n", std::process::id()).as_bytes())?;
     tracing::info!(dir = %dir.display(), "node started");
     {

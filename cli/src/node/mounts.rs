@@ -24,7 +24,7 @@ impl Drop for Mount {
 /// changed and removed files show at once: names and attributes would otherwise show for
 /// their cache TTL, and listings, which the kernel keeps until the directory changes through
 /// the mount, until then. The thread sleeps until a drive publishes a version.
-pub(super) fn watch_mounts(state: &Arc<State>, changed: std::sync::mpsc::Receiver<PathBuf>) {
+pub(super) fn watch_mounts(state: &Arc<State>, changed: std::sync::mpsc::Receiver<PathBuf>) -> Result<()> {
     let state = Arc::downgrade(state);
     std::thread::Builder::new()
         .name("hyperfs-invalidate".into())
@@ -32,9 +32,9 @@ pub(super) fn watch_mounts(state: &Arc<State>, changed: std::sync::mpsc::Receive
             while let Ok(first) = changed.recv() {
                 let dirs: BTreeSet<PathBuf> = std::iter::once(first).chain(changed.try_iter()).collect();
                 let Some(state) = state.upgrade() else { return };
-                let mut mounts = state.mounts.lock().unwrap_or_else(|e| e.into_inner());
+                let mounts = state.mounts.lock().unwrap_or_else(|e| e.into_inner());
                 for dir in dirs {
-                    if let Some(m) = mounts.get_mut(&dir) {
+                    if let Some(m) = mounts.get(&dir) {
                         if m.mounted.fs().changed_elsewhere() {
                             m.mounted.invalidate();
                         }
@@ -42,7 +42,8 @@ pub(super) fn watch_mounts(state: &Arc<State>, changed: std::sync::mpsc::Receive
                 }
             }
         })
-        .expect("spawning the mount watcher");
+        .context("starting the mount watcher")?;
+    Ok(())
 }
 
 /// Mounts a drive on `dir`: read-write if this node can write it, else (or with a version or
