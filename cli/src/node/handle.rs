@@ -48,8 +48,13 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
             }
             let meta = crate::mirror::meta_of(&m);
             let opts = PutOptions { executable: meta.mode & 0o100 != 0, metadata: Some(meta.to_json(None)) };
+            // Chunked and staged from a snapshot; the drive is held only for the commit.
+            let prepared = drive.snapshot().prepare_blob(std::io::BufReader::new(f), false)?;
             let mut d = drive.write();
-            d.put_reader(s("path")?, std::io::BufReader::new(f), &opts)?;
+            let blob = d.write_prepared(prepared)?;
+            let entry =
+                Entry { executable: opts.executable, linkname: None, blob: Some(blob), metadata: opts.metadata };
+            d.put_entry(s("path")?, &entry)?;
             Ok(json!({"version": d.version()}))
         }
         "cat" => {

@@ -3,65 +3,155 @@
 
 use super::contents::Piece;
 use super::*;
+use crate::store::Staged;
 
 impl Drive {
     /// Chunks `reader` into `batch`: chunks this drive (or the batch) already has are reused,
     /// new ones join the batch's pending appends. Returns the file's blob.
     pub(super) fn write_chunks(&mut self, batch: &mut BlobBatch, reader: impl Read) -> Result<Blob> {
         batch.check(&self.blobs)?;
-        let start_length = batch.next_index(&self.blobs);
-        let start_bytes = batch.next_byte(&self.blobs);
-        let mut w = ChunkWriter { map: Vec::new(), reused: false };
         let mut feed = ChunkFeed::new(reader, self.preset);
         let first = feed.next_window(Vec::new())?;
-        if feed.done {
-            // A file of one window (most files) is written here, without a second thread; its
-            // new chunks join the batch (small files share appends).
-            let hashes = first.hash(None);
-            w.resolve(&mut self.blobs, batch, &first, hashes, false)?;
-        } else {
-            // A large file, in three stages: the next window is read and cut into chunks while
-            // the one before it is hashed (on every core) and the one before that is looked up
-            // and appended straight from its buffer, so the log's write overlaps the hashing.
-            // The buffers go back and forth (no fresh memory per window).
-            let (blobs, w, batch) = (&mut self.blobs, &mut w, &mut *batch);
-            std::thread::scope(|s| -> Result<()> {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
-                let (hashed, to_append) = std::sync::mpsc::sync_channel::<(Window, Hashed)>(1);
-                let store = blobs.store().clone();
-                let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
-                s.spawn(move || {
-                    for window in rx {
-                        let hashes = window.hash(Some(&*store));
-                        if hashed.send((window, hashes)).is_err() {
-                            return; // the appender stopped
-                        }
-                    }
-                });
-                let worker = s.spawn(move || -> Result<()> {
-                    for (window, hashes) in to_append {
-                        w.resolve(blobs, batch, &window, hashes, true)?;
-                        let _ = give_back.send(window.buf);
-                    }
-                    Ok(())
-                });
-                let fed = (|| -> Result<()> {
-                    let mut next = first;
-                    loop {
-                        if tx.send(next).is_err() {
-                            return Ok(()); // the appender stopped; its error is the one to report
-                        }
-                        if feed.done {
-                            return Ok(());
-                        }
-                        next = feed.next_window(returned.try_recv().unwrap_or_default())?;
-                    }
-                })();
-                drop(tx);
-                let worked = worker.join().unwrap_or_else(|_| Err(Error::Storage("the chunk writer failed".into())));
-                worked.and(fed)
-            })?;
+        if !feed.done {
+            // A large file: chunked, hashed and staged as a close does it beside the owner,
+            // then committed.
+            let prepared = self.prepare_feed(feed, first, batch.past_cache)?;
+            return self.write_prepared_into(batch, prepared);
         }
+        // A file of one window (most files) is written here, without a second thread; its new
+        // chunks join the batch (small files share appends).
+        let (start_length, start_bytes) = (batch.next_index(&self.blobs), batch.next_byte(&self.blobs));
+        let mut w = ChunkWriter { map: Vec::new(), reused: false };
+        let hashes = first.hash(None);
+        w.resolve(&mut self.blobs, batch, &first, hashes)?;
+        self.finish_blob(batch, w, start_length, start_bytes)
+    }
+
+    /// Cuts what `reader` yields into chunks, hashes them on every core and writes the chunks
+    /// the store lacks to its block log, all on `self`, a snapshot: nothing here needs the
+    /// drive's owner, so a 1 GiB close holds the drive only for [`Drive::write_prepared`]. The
+    /// staged bytes are garbage until that commit (the next open or collection drops them).
+    /// `past_cache` as [`BlobBatch::past_cache`].
+    pub fn prepare_blob(&self, reader: impl Read, past_cache: bool) -> Result<PreparedBlob> {
+        let mut feed = ChunkFeed::new(reader, self.preset);
+        let first = feed.next_window(Vec::new())?;
+        self.prepare_feed(feed, first, past_cache)
+    }
+
+    fn prepare_feed<R: Read>(&self, mut feed: ChunkFeed<R>, first: Window, past_cache: bool) -> Result<PreparedBlob> {
+        let store = self.blobs.store().clone();
+        let blobs = &self.blobs;
+        let mut out = PreparedBlob { chunks: Vec::new(), seen: (blobs.fork(), blobs.length()), core: *blobs.key() };
+        if feed.done {
+            let hashes = first.hash(Some(&*store));
+            out.add(blobs, &first, hashes, past_cache)?;
+            return Ok(out);
+        }
+        // In three stages: the next window is read and cut into chunks while the one before
+        // it is hashed (on every core) and the one before that is looked up and written to the
+        // block log straight from its buffer, so the log's write overlaps the hashing. The
+        // buffers go back and forth (no fresh memory per window).
+        let out_ref = &mut out;
+        std::thread::scope(|s| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
+            let (hashed, to_stage) = std::sync::mpsc::sync_channel::<(Window, Hashed)>(1);
+            let hasher_store = store.clone();
+            let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+            s.spawn(move || {
+                for window in rx {
+                    let hashes = window.hash(Some(&*hasher_store));
+                    if hashed.send((window, hashes)).is_err() {
+                        return; // the stager stopped
+                    }
+                }
+            });
+            let worker = s.spawn(move || -> Result<()> {
+                for (window, hashes) in to_stage {
+                    out_ref.add(blobs, &window, hashes, past_cache)?;
+                    let _ = give_back.send(window.buf);
+                }
+                Ok(())
+            });
+            let fed = (|| -> Result<()> {
+                let mut next = first;
+                loop {
+                    if tx.send(next).is_err() {
+                        return Ok(()); // the stager stopped; its error is the one to report
+                    }
+                    if feed.done {
+                        return Ok(());
+                    }
+                    next = feed.next_window(returned.try_recv().unwrap_or_default())?;
+                }
+            })();
+            drop(tx);
+            let worked = worker.join().unwrap_or_else(|_| Err(Error::Storage("the chunk writer failed".into())));
+            worked.and(fed)
+        })?;
+        Ok(out)
+    }
+
+    /// Writes a blob prepared by [`Drive::prepare_blob`] (on a snapshot of this drive) to the
+    /// blobs core: chunks the drive has by now are reused, the rest appended from their staged
+    /// bytes. Returns the blob, for an entry written by [`Drive::apply`].
+    pub fn write_prepared(&mut self, prepared: PreparedBlob) -> Result<Blob> {
+        let mut batch = BlobBatch::new();
+        let blob = self.write_prepared_into(&mut batch, prepared)?;
+        self.finish_blobs(&mut batch)?;
+        Ok(blob)
+    }
+
+    fn write_prepared_into(&mut self, batch: &mut BlobBatch, prepared: PreparedBlob) -> Result<Blob> {
+        if prepared.core != *self.blobs.key() {
+            return Err(Error::InvalidRequest("a blob prepared for another drive".into()));
+        }
+        // What the batch holds goes first: this file's new chunks follow it.
+        batch.commit(&mut self.blobs)?;
+        let (start_length, start_bytes) = (self.blobs.length(), self.blobs.byte_length());
+        // Chunks found in the snapshot are still there while its history is (same fork, not
+        // shorter); chunks it lacked are looked up again only if the core grew since.
+        let (fork, length) = prepared.seen;
+        let same = self.blobs.fork() == fork && start_length >= length;
+        let grown = !same || start_length > length;
+        let mut w = ChunkWriter { map: Vec::with_capacity(prepared.chunks.len()), reused: false };
+        let mut new: Vec<(Hash, u64, Option<Staged>)> = Vec::new();
+        for c in prepared.chunks {
+            let known = match c.known {
+                Some(i) if same => Some(i),
+                _ if grown => self.blobs.find_block(&c.leaf)?,
+                _ => None,
+            };
+            let index = match known.or_else(|| batch.fresh.get(&c.leaf).copied()) {
+                Some(i) => {
+                    w.reused = true;
+                    i
+                }
+                None => {
+                    let i = start_length + new.len() as u64;
+                    batch.fresh.insert(c.leaf, i);
+                    new.push((c.leaf, c.len, c.staged));
+                    i
+                }
+            };
+            w.map.push(MapBlock { index, byte_length: c.len });
+        }
+        // In slices, so one commit's batch stays a few MiB whatever the file's size.
+        for slice in new.chunks(STAGED_APPEND_BLOCKS) {
+            self.blobs.append_staged(slice)?;
+        }
+        self.finish_blob(batch, w, start_length, start_bytes)
+    }
+
+    /// The blob of a file whose blocks `w` has laid out from `start_length` (byte
+    /// `start_bytes`): its run of blocks when all are new, else a block map appended to the
+    /// batch (with the map's chunk offsets cached for when the batch is in).
+    fn finish_blob(
+        &mut self,
+        batch: &mut BlobBatch,
+        w: ChunkWriter,
+        start_length: u64,
+        start_bytes: u64,
+    ) -> Result<Blob> {
         let total: u64 = w.map.iter().map(|m| m.byte_length).sum();
         if !w.reused {
             return Ok(Blob {
@@ -100,6 +190,57 @@ impl Drive {
     }
 }
 
+/// How many staged blocks one append commits (a 1 GiB file of 64 KiB chunks in two).
+const STAGED_APPEND_BLOCKS: usize = 8192;
+
+/// A file's contents ready to join a drive ([`Drive::prepare_blob`]): its chunks, each with
+/// its leaf hash, the index of a block the snapshot already had with those bytes, and the bytes
+/// written to the block log for the others.
+#[derive(Debug)]
+pub struct PreparedBlob {
+    chunks: Vec<PreparedChunk>,
+    /// The blobs core's fork and length in the snapshot the chunks were looked up in.
+    seen: (u64, u64),
+    /// The blobs core's key.
+    core: Hash,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PreparedChunk {
+    leaf: Hash,
+    len: u64,
+    known: Option<u64>,
+    staged: Option<Staged>,
+}
+
+impl PreparedBlob {
+    /// Looks up a hashed window's chunks in `blobs` and stages those it lacks (each distinct
+    /// chunk once).
+    fn add(&mut self, blobs: &Hypercore, window: &Window, hashed: Hashed, past_cache: bool) -> Result<()> {
+        let chunks = window.chunks();
+        let Hashed { leaves, mut forms } = hashed;
+        let first = self.chunks.len();
+        let (mut new, mut new_leaves, mut new_forms, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seen: std::collections::HashSet<Hash> = self.chunks.iter().map(|c| c.leaf).collect();
+        for (k, (chunk, leaf)) in chunks.into_iter().zip(leaves).enumerate() {
+            let known = blobs.find_block(&leaf)?;
+            if known.is_none() && seen.insert(leaf) {
+                new.push(chunk);
+                new_leaves.push(leaf);
+                new_forms.push(forms.get_mut(k).and_then(Option::take));
+                at.push(first + k);
+            }
+            self.chunks.push(PreparedChunk { leaf, len: chunk.len() as u64, known, staged: None });
+        }
+        let staged =
+            crate::hypercore::stage(&**blobs.store(), &new, 0, Some(&new_leaves), Some(&new_forms), past_cache)?;
+        for (k, (_, staged)) in at.into_iter().zip(staged) {
+            self.chunks[k].staged = staged;
+        }
+        Ok(())
+    }
+}
+
 /// The chunks of one file being written: the blocks it is made of so far.
 struct ChunkWriter {
     map: Vec<MapBlock>,
@@ -108,24 +249,10 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     /// Gives each chunk of a hashed window its block: one the drive or the batch already has,
-    /// else a new one. New chunks are appended straight from the window (`direct`: a large
-    /// file's, after what the batch holds) or copied into the batch's pending appends; either
-    /// way with their hashes, so the log does not hash them again.
-    fn resolve(
-        &mut self,
-        blobs: &mut Hypercore,
-        batch: &mut BlobBatch,
-        window: &Window,
-        hashed: Hashed,
-        direct: bool,
-    ) -> Result<()> {
-        let chunks = window.chunks();
-        let Hashed { leaves, mut forms } = hashed;
-        if direct {
-            batch.commit(blobs)?;
-        }
-        let (mut new, mut new_leaves, mut new_forms) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, (chunk, leaf)) in chunks.into_iter().zip(leaves).enumerate() {
+    /// else a new one copied into the batch's pending appends with its hash, so the log does
+    /// not hash it again.
+    fn resolve(&mut self, blobs: &mut Hypercore, batch: &mut BlobBatch, window: &Window, hashed: Hashed) -> Result<()> {
+        for (chunk, leaf) in window.chunks().into_iter().zip(hashed.leaves) {
             let known = match batch.fresh.get(&leaf) {
                 Some(&i) => Some(i),
                 None => blobs.find_block(&leaf)?,
@@ -133,14 +260,6 @@ impl ChunkWriter {
             let index = match known {
                 Some(i) => {
                     self.reused = true;
-                    i
-                }
-                None if direct => {
-                    let i = blobs.length() + new.len() as u64;
-                    batch.fresh.insert(leaf, i);
-                    new.push(chunk);
-                    new_leaves.push(leaf);
-                    new_forms.push(forms.get_mut(k).and_then(Option::take));
                     i
                 }
                 None => {
@@ -151,9 +270,6 @@ impl ChunkWriter {
                 }
             };
             self.map.push(MapBlock { index, byte_length: chunk.len() as u64 });
-        }
-        if !new.is_empty() {
-            blobs.append_batch_hashed(&new, &new_leaves, Some(&new_forms), batch.past_cache)?;
         }
         batch.commit_if_full(blobs)
     }

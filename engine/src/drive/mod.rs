@@ -39,7 +39,7 @@ use crate::hyperbee::{Hyperbee, Metadata, Range, View};
 use crate::hypercore::{stored, Hypercore, Snapshot};
 use crate::store::{Store, Table};
 use crate::{Error, Result};
-pub use chunks::BlobBatch;
+pub use chunks::{BlobBatch, PreparedBlob};
 use contents::PieceCache;
 pub use entry::{Blob, Entry, MapBlock};
 pub use meta::Meta;

@@ -646,3 +646,75 @@ fn a_header_naming_a_foreign_content_core_is_refused() {
     let d = Drive::open(store, db2.key()).expect("opens").expect("held");
     assert_eq!(*d.blobs().key(), derived2);
 }
+
+/// A close chunks, hashes and stages its file on a snapshot while the drive's owner takes
+/// other writes; the commit then reuses every chunk the drive has by then (including ones
+/// written after the snapshot) and appends only the rest.
+#[test]
+fn a_file_prepared_on_a_snapshot_commits_beside_other_writes_with_only_its_new_chunks() {
+    let shared = SharedDrive::new(drive(21));
+    let v1 = random(12 << 20, 1);
+    shared.write().put("/big.bin", &v1, &PutOptions::default()).expect("put");
+    let snap = shared.snapshot();
+
+    // The owner is held by another writer all through the preparation.
+    let mut other = shared.write();
+    let mut v2 = b"new first bytes".to_vec();
+    v2.extend_from_slice(&v1);
+    let prepared =
+        std::thread::scope(|s| s.spawn(|| snap.prepare_blob(&v2[..], false)).join().expect("thread")).expect("prepare");
+    // Meanwhile a file sharing most of v3's chunks arrives through the owner.
+    let v3_base = random(9 << 20, 3);
+    other.put("/other.bin", &v3_base, &PutOptions::default()).expect("put");
+    drop(other);
+    let mut v3 = v3_base.clone();
+    v3.extend_from_slice(b"a tail");
+    let prepared3 = shared.snapshot().prepare_blob(&v3[..], false).expect("prepare");
+    let prepared_early = snap.prepare_blob(&v3[..], false).expect("prepare before other.bin was in");
+
+    let mut d = shared.write();
+    let before = d.blobs().byte_length();
+    let blob = d.write_prepared(prepared).expect("commit v2");
+    d.put_entry("/big.bin", &Entry { executable: false, linkname: None, blob: Some(blob), metadata: None })
+        .expect("entry");
+    let grew = d.blobs().byte_length() - before;
+    assert!(grew < 600 << 10, "v2 cost {grew} bytes: its old chunks were not reused");
+
+    // Prepared before other.bin was written: the chunks it shares are found again at commit.
+    let before = d.blobs().byte_length();
+    let early = d.write_prepared(prepared_early).expect("commit v3 prepared early");
+    let late = d.write_prepared(prepared3).expect("commit v3");
+    assert!(d.blobs().byte_length() - before < 600 << 10, "v3 did not reuse other.bin's chunks");
+    for (path, blob) in [("/v3.bin", early), ("/v3b.bin", late)] {
+        d.put_entry(path, &Entry { executable: false, linkname: None, blob: Some(blob), metadata: None })
+            .expect("entry");
+    }
+    drop(d);
+    let now = shared.snapshot();
+    assert_eq!(now.get("/big.bin").expect("get").expect("file"), v2);
+    assert_eq!(now.get("/other.bin").expect("get").expect("file"), v3_base);
+    assert_eq!(now.get("/v3.bin").expect("get").expect("file"), v3);
+    assert_eq!(now.get("/v3b.bin").expect("get").expect("file"), v3);
+}
+
+/// A blob prepared before the drive was truncated does not name blocks the truncation took:
+/// its chunks are looked up again and the missing ones appended from their staged bytes.
+#[test]
+fn a_blob_prepared_before_a_truncation_is_written_whole_after_it() {
+    let shared = SharedDrive::new(drive(22));
+    shared.write().put("/a", b"first", &PutOptions::default()).expect("put");
+    let v = shared.snapshot().version();
+    let data = random(10 << 20, 4);
+    shared.write().put("/big.bin", &data, &PutOptions::default()).expect("put");
+    let prepared = shared.snapshot().prepare_blob(&data[..], false).expect("prepare");
+    shared.write().truncate(v).expect("truncate");
+    let mut d = shared.write();
+    let blob = d.write_prepared(prepared).expect("commit");
+    d.put_entry("/again.bin", &Entry { executable: false, linkname: None, blob: Some(blob), metadata: None })
+        .expect("entry");
+    drop(d);
+    assert_eq!(shared.snapshot().get("/again.bin").expect("get").expect("file"), data);
+    // A blob prepared for another drive is refused, not committed as garbage.
+    let other = drive(23).prepare_blob(&b"x"[..], false).expect("prepare");
+    assert!(matches!(shared.write().write_prepared(other), Err(Error::InvalidRequest(_))));
+}

@@ -72,6 +72,52 @@ fn encode_group<'b, B: AsRef<[u8]>>(
     Ok(out)
 }
 
+/// Hashes (unless `hashes` are given), compresses and writes to the store's block log the
+/// blocks the store lacks, as the blocks from index `first` of a core: the leaves and staged
+/// bytes a commit then makes part of the core. Nothing refers to staged bytes until a commit
+/// does, so this needs no core and may run beside its writer (a file being closed is chunked
+/// and staged while the drive takes other writes).
+pub(crate) fn stage<'b, B: AsRef<[u8]> + Sync>(
+    store: &dyn Store,
+    blocks: &'b [B],
+    first: u64,
+    hashes: Option<&[Hash]>,
+    forms: Option<&'b [Option<Vec<u8>>]>,
+    past_cache: bool,
+) -> Result<Vec<(Node, Option<Staged>)>> {
+    if blocks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
+    // Blocks are handled in groups of about STAGE_GROUP_BYTES so each group's new bytes reach
+    // the block log in one write.
+    let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
+    let encode = |(g, chunk): (usize, &'b [B])| {
+        let from = g * group;
+        encode_group(store, chunk, first + from as u64, hashes.map(|h| &h[from..]), forms.map(|f| &f[from..]))
+    };
+    // Each group's new blocks are written with one call.
+    let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>| -> Result<Prepared> {
+        let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = encoded.into_iter().unzip();
+        let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
+        let parts: Vec<[&[u8]; 2]> = fresh.iter().flatten().map(stored::Encoded::parts).collect();
+        let staged = if past_cache { store.stage_streamed(&parts) } else { store.stage_blocks(&parts) };
+        let mut staged = staged?.into_iter();
+        Ok(leaves.into_iter().zip(is_new).map(|(leaf, new)| (leaf, if new { staged.next() } else { None })).collect())
+    };
+    let groups: Result<Vec<Prepared>> = if past_cache {
+        // One direct write from this thread, which waits for the disk while the other
+        // threads go on hashing. (Through the page cache, groups written from every core
+        // measured 2–3× faster than one large write from one thread.)
+        staged(encode((0, blocks))?).map(|p| vec![p])
+    } else if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
+        blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
+    } else {
+        blocks.chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
+    };
+    Ok(groups?.into_iter().flatten().collect())
+}
+
 /// About how many bytes of blocks one thread hashes, compresses and writes to the block log as
 /// one group (groups write at once, each with one vectored write).
 const STAGE_GROUP_BYTES: usize = 256 << 10;
@@ -715,6 +761,32 @@ impl Hypercore {
         forms: Option<&'b [Option<Vec<u8>>]>,
         past_cache: bool,
     ) -> Result<u64> {
+        self.check_appendable()?;
+        if blocks.is_empty() {
+            return Ok(self.head.length);
+        }
+        let start = self.head.length;
+        let prepared = stage(&*self.store, blocks, start, hashes, forms, past_cache)?;
+        self.commit_staged(start, prepared, atomic)
+    }
+
+    /// Appends blocks whose bytes [`stage`] already wrote to the block log (the hashing,
+    /// compression and writing done beforehand, without the core): what is left is the tree and
+    /// the commit. Each block is its leaf hash, its length and its staged bytes (`None` when the
+    /// store held the bytes already).
+    pub(crate) fn append_staged(&mut self, blocks: &[(Hash, u64, Option<Staged>)]) -> Result<u64> {
+        self.check_appendable()?;
+        let start = self.head.length;
+        let prepared = blocks
+            .iter()
+            .enumerate()
+            .map(|(k, &(hash, size, staged))| (Node { index: 2 * (start + k as u64), size, hash }, staged))
+            .collect();
+        self.commit_staged(start, prepared, false)
+    }
+
+    /// Refuses appends to a core this node may not extend.
+    fn check_appendable(&self) -> Result<()> {
         if !self.writable() || self.frozen {
             return Err(Error::NotWritable);
         }
@@ -724,45 +796,15 @@ impl Hypercore {
                 return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
             }
         }
-        if blocks.is_empty() {
+        Ok(())
+    }
+
+    /// Commits staged blocks as the next ones from `start` (the core's length): their tree
+    /// nodes, the dedup hints, the staged bytes and the new head, in one batch.
+    fn commit_staged(&mut self, start: u64, prepared: Vec<(Node, Option<Staged>)>, atomic: bool) -> Result<u64> {
+        if prepared.is_empty() {
             return Ok(self.head.length);
         }
-        let start = self.head.length;
-        let total: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
-        // Hashing, the dedup lookup, compression and writing the bytes to the block log run on
-        // every core; only the commit itself is sequential.
-        let store = &self.store;
-        // Blocks are handled in groups of about STAGE_GROUP_BYTES so each group's new bytes reach
-        // the block log in one write.
-        let group = (STAGE_GROUP_BYTES / (total / blocks.len()).max(1)).clamp(1, blocks.len());
-        let encode = |(g, chunk): (usize, &'b [B])| {
-            let from = g * group;
-            encode_group(&**store, chunk, start + from as u64, hashes.map(|h| &h[from..]), forms.map(|f| &f[from..]))
-        };
-        // Each group's new blocks are written with one call.
-        let staged = |encoded: Vec<(Node, Option<stored::Encoded<'_>>)>| -> Result<Prepared> {
-            let (leaves, fresh): (Vec<Node>, Vec<Option<stored::Encoded<'_>>>) = encoded.into_iter().unzip();
-            let is_new: Vec<bool> = fresh.iter().map(Option::is_some).collect();
-            let parts: Vec<[&[u8]; 2]> = fresh.iter().flatten().map(stored::Encoded::parts).collect();
-            let staged = if past_cache { store.stage_streamed(&parts) } else { store.stage_blocks(&parts) };
-            let mut staged = staged?.into_iter();
-            Ok(leaves
-                .into_iter()
-                .zip(is_new)
-                .map(|(leaf, new)| (leaf, if new { staged.next() } else { None }))
-                .collect())
-        };
-        let groups: Result<Vec<Prepared>> = if past_cache {
-            // One direct write from this thread, which waits for the disk while the other
-            // threads go on hashing. (Through the page cache, groups written from every core
-            // measured 2–3× faster than one large write from one thread.)
-            staged(encode((0, blocks))?).map(|p| vec![p])
-        } else if total >= PARALLEL_HASH_BYTES && blocks.len() > 1 {
-            blocks.par_chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
-        } else {
-            blocks.chunks(group).enumerate().map(|g| staged(encode(g)?)).collect()
-        };
-        let prepared: Vec<(Node, Option<Staged>)> = groups?.into_iter().flatten().collect();
         let mut tb = TreeBatch::new(self.head.roots.clone(), self.head.fork);
         for (leaf, _) in &prepared {
             tb.append_leaf(*leaf);
@@ -784,7 +826,7 @@ impl Hypercore {
                 b.put(Table::Chunks, key.to_vec(), block.to_be_bytes().to_vec());
             }
         }
-        let mut seen = std::collections::HashSet::with_capacity(blocks.len());
+        let mut seen = std::collections::HashSet::with_capacity(prepared.len());
         for (leaf, staged) in prepared {
             if let Some(staged) = staged.filter(|_| seen.insert(leaf.hash)) {
                 b.put_staged(leaf.hash.to_vec(), staged);

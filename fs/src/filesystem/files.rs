@@ -271,6 +271,12 @@ impl Fs {
         if !f.dirty {
             return Ok(());
         }
+        // The file's bytes are chunked, hashed and written to the block log from a snapshot,
+        // before taking the drive: only the commit below waits for other writes, and they for it.
+        let prepared = match &f.staged {
+            Some(staged) => Some(self.drive().prepare_blob(staged.reader(f.size), false)?),
+            None => None,
+        };
         let mut d = self.drive_mut();
         let (path, old, pending) = {
             let nodes = self.nodes();
@@ -282,8 +288,8 @@ impl Fs {
             f.dirty = false;
             return Ok(());
         };
-        let blob = match (&f.staged, old.as_ref().and_then(|e| e.blob)) {
-            (Some(staged), _) => d.write_blob(staged.reader(f.size))?,
+        let blob = match (prepared, old.as_ref().and_then(|e| e.blob)) {
+            (Some(prepared), _) => d.write_prepared(prepared)?,
             (None, Some(b)) if !pending => b,
             (None, _) => d.write_blob(std::io::empty())?,
         };

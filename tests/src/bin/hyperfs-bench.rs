@@ -9,7 +9,8 @@
 //!   hyperfs-bench randread FILE N     N reads of 4 KiB at random offsets: latency percentiles (JSON)
 //!   hyperfs-bench close MNT BIG       on a mount holding folders f0.. of 4 KiB files: listings and
 //!                                     reads of names not seen before, quiet and then while BIG is
-//!                                     copied in and closed: latency percentiles of each (JSON)
+//!                                     copied in and closed, and of 4 KiB files written beside it
+//!                                     (new versions of the same drive): latency percentiles (JSON)
 //!   hyperfs-bench write DIR SRC N     N files, each SRC's bytes rotated differently, written into
 //!                                     DIR in 1 MiB writes and closed: MiB/s (JSON)
 //!   hyperfs-bench flood ADDR KEY... S a hostile peer: for S seconds, floods the node at ADDR with
@@ -323,6 +324,15 @@ fn close(mnt: &str, big: &str) {
     for k in 0..half {
         browse(mnt, k, &mut quiet);
     }
+    let quiet_dir = std::path::Path::new(mnt).join("written-quiet");
+    std::fs::create_dir_all(&quiet_dir).expect("mkdir");
+    let quiet_writes: Vec<f64> = (0..200)
+        .map(|k: usize| {
+            let t = Instant::now();
+            std::fs::write(quiet_dir.join(format!("w{k}")), [k as u8; 4096]).expect("write");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
     // Busy: the copy runs on this thread; the browser starts on the second half once the
     // close has begun, and stops when it ends.
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -342,6 +352,27 @@ fn close(mnt: &str, big: &str) {
             lat
         })
     };
+    // Writing beside it: 4 KiB files created and closed in a folder of their own, each a new
+    // version of the same drive.
+    let writer = {
+        let (closing, closed, mnt) = (closing.clone(), closed.clone(), mnt.to_owned());
+        std::thread::spawn(move || {
+            let dir = std::path::Path::new(&mnt).join("written");
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let mut lat = Vec::new();
+            while !closing.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            let mut k = 0;
+            while !closed.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = Instant::now();
+                std::fs::write(dir.join(format!("w{k}")), [k as u8; 4096]).expect("write beside the close");
+                lat.push((t, t.elapsed().as_secs_f64() * 1e3));
+                k += 1;
+            }
+            lat
+        })
+    };
     let src = std::fs::read(big).expect("read BIG");
     let mut f = std::fs::File::create(std::path::Path::new(mnt).join("big.bin")).expect("create");
     for chunk in src.chunks(1 << 20) {
@@ -352,18 +383,24 @@ fn close(mnt: &str, big: &str) {
     drop(f);
     let close_s = t.elapsed().as_secs_f64();
     closed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let busy = browser.join().expect("browser");
-    let during: Vec<f64> =
-        busy.iter().filter(|(at, _)| at.duration_since(t).as_secs_f64() <= close_s).map(|l| l.1).collect();
-    if during.is_empty() {
-        eprintln!("hyperfs-bench: no listing or read fell inside the close");
-        std::process::exit(1);
-    }
+    let inside = |lat: Vec<(Instant, f64)>, what: &str| -> Vec<f64> {
+        let inside: Vec<f64> =
+            lat.iter().filter(|(at, _)| at.duration_since(t).as_secs_f64() <= close_s).map(|l| l.1).collect();
+        if inside.is_empty() {
+            eprintln!("hyperfs-bench: no {what} fell inside the close");
+            std::process::exit(1);
+        }
+        inside
+    };
+    let during = inside(browser.join().expect("browser"), "listing or read");
+    let written = inside(writer.join().expect("writer"), "write");
     println!(
         "{}",
         serde_json::json!({
             "quiet": percentiles(quiet.into_iter().map(|l| l.1).collect()),
             "closing": percentiles(during),
+            "quietWrites": percentiles(quiet_writes),
+            "writes": percentiles(written),
             "closeSeconds": close_s,
         })
     );
