@@ -46,9 +46,10 @@ impl SharedCore for DriveCore {
         let d = self.drive.snapshot();
         f(if self.blobs { d.blobs() } else { d.db().core() });
     }
-    /// A peer's message is handled on a frozen copy of the snapshot's core: it can check a
-    /// peer's proof of another history (the conflict it finds reaches the writer, whose
-    /// instance shares the cell) but never change the core — only the owner does.
+    /// Peers' messages are handled on the snapshot (`read`); what a session would store goes
+    /// to a frozen copy of it, which refuses every change but records a conflict a peer's proof
+    /// showed (the writer's instance shares the cell and stops writing) — only the owner changes
+    /// an own drive.
     fn write(&self, f: &mut dyn FnMut(&mut Hypercore)) {
         let d = self.drive.snapshot();
         let mut core = if self.blobs { d.blobs() } else { d.db().core() }.frozen_copy();

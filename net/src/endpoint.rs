@@ -9,7 +9,9 @@
 //! offers a blocking API to the node and to readers ([`Endpoint::fetch`]).
 //!
 //! Invariant: every block a peer sends reaches the core through [`Session::on_message`], which
-//! stores only what verifies; a peer that breaks the rules is disconnected.
+//! verifies it reading the core; only what verified is stored, by the driver through the core's
+//! owner (`SharedCore::write`), and the session hears the result; a peer that breaks the rules is
+//! disconnected.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,7 +47,7 @@ pub trait SharedCore: Send + Sync {
     fn key(&self) -> Hash;
     /// Runs `f` on the core for reading.
     fn read(&self, f: &mut dyn FnMut(&Hypercore));
-    /// Runs `f` on the core for writing (verified proofs are applied here).
+    /// Runs `f` on the core for writing: verified proofs are stored here, by its owner.
     fn write(&self, f: &mut dyn FnMut(&mut Hypercore));
     /// Whether to download every block (a clone or seed) rather than what readers ask for.
     fn download_all(&self) -> bool {
@@ -891,18 +893,35 @@ impl ConnState {
                 };
                 let ch = &mut self.channels[i];
                 let Some(session) = ch.session.as_mut() else { return Ok(()) };
+                let now = Instant::now();
                 let mut result = None;
                 let mut message = Some(message);
-                ch.core.write(&mut |c| {
+                ch.core.read(&mut |c| {
                     if let Some(m) = message.take() {
-                        result = Some(session.on_message(c, m, Instant::now()));
+                        result = Some(session.on_message(c, m, now));
                     }
                 });
-                match result {
-                    Some(Ok(out)) => self.emit(i, out),
+                let mut out = match result {
+                    Some(Ok(out)) => out,
                     Some(Err(m)) => return Err(NetError::Misbehaved(m.0)),
-                    None => {}
+                    None => return Ok(()),
+                };
+                // What verified is stored through the core's owner, then the session hears
+                // how it went.
+                for arrival in std::mem::take(&mut out.store) {
+                    let (verified, receipt) = arrival.into_parts();
+                    let (mut verified, mut result) = (Some(verified), None);
+                    ch.core.write(&mut |c| result = verified.take().map(|v| c.store_verified(v)));
+                    let mut done = result.map(|r| (receipt, r));
+                    ch.core.read(&mut |c| {
+                        if let Some((receipt, result)) = done.take() {
+                            let more = session.stored(c, receipt, result, now);
+                            out.messages.extend(more.messages);
+                            out.events.extend(more.events);
+                        }
+                    });
                 }
+                self.emit(i, out)
             }
         }
         Ok(())

@@ -1,20 +1,23 @@
-//! The replication session of one core with one peer, sans IO: messages and the time go in;
-//! messages to send, events and the next deadline come out. The driver (the endpoint) owns the
-//! socket, the clock and the core's lock; the session owns what the peer has, what was asked
-//! of it, and the rules a peer must keep.
+//! The replication session of one core with one peer, sans IO (quinn-proto's shape): messages
+//! and the time go in, with the core to read; messages to send, proofs verified and ready to
+//! store ([`Arrival`]), events and the next deadline come out. The session never changes the
+//! core: the driver (the endpoint) owns the socket, the clock and the storing — it stores each
+//! arrival through the core's owner and hands the result back ([`Session::stored`]). The
+//! session owns what the peer has, what was asked of it, and the rules a peer must keep.
 //!
 //! A session answers requests from the local core (proofs by the engine), asks the peer for the
 //! blocks its readers want or, when downloading everything, for every block it lacks a window at
 //! a time, follows the peer's signed length (upgrades) and forks (truncations), and reports a
 //! peer that breaks the rules as [`Misbehaviour`]: a proof that does not verify, data nobody
 //! asked for in a shape nobody asked for, or more requests than the budget allows. The driver
-//! then drops the connection; nothing a lying peer sent was stored (the engine verifies before
-//! it writes).
+//! then drops the connection; nothing a lying peer sent was stored (only what verified comes
+//! out to be stored).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use hyperfs_engine::hypercore::proof::Request;
+use hyperfs_engine::hypercore::{Applied, Verified};
 use hyperfs_engine::{Error, Hypercore};
 
 use crate::wire::{sync_flags, Message, NoDataReason};
@@ -77,12 +80,34 @@ pub enum Event {
     RemoteChanged,
 }
 
-/// What a call yields: messages to send and events to report.
+/// What a call yields: messages to send, events to report and verified proofs to store.
 #[derive(Debug, Default)]
 pub struct Output {
     pub messages: Vec<Message>,
     pub events: Vec<Event>,
+    /// For the driver to store through the core's owner, then hand back to
+    /// [`Session::stored`], in order.
+    pub store: Vec<Arrival>,
 }
+
+/// A proof from the peer, verified against the core and not yet stored.
+#[derive(Debug)]
+pub struct Arrival {
+    pub verified: Verified,
+    /// The request it answers (none for a conflict a check of the peer's history found).
+    asked: Option<InFlight>,
+}
+
+impl Arrival {
+    /// What to store, and the receipt to hand back with the result.
+    pub fn into_parts(self) -> (Verified, Receipt) {
+        (self.verified, Receipt(self.asked))
+    }
+}
+
+/// What [`Session::stored`] needs to finish an [`Arrival`].
+#[derive(Debug)]
+pub struct Receipt(Option<InFlight>);
 
 /// Sorted, disjoint ranges `[start, end)` of blocks.
 #[derive(Debug, Default, Clone)]
@@ -333,8 +358,9 @@ impl Session {
         Ok(out)
     }
 
-    /// Handles one message from the peer. The core is changed only by verified proofs.
-    pub fn on_message(&mut self, core: &mut Hypercore, msg: Message, now: Instant) -> Result<Output, Misbehaviour> {
+    /// Handles one message from the peer, reading the core only: a proof that verifies comes
+    /// out as an [`Arrival`] for the driver to store.
+    pub fn on_message(&mut self, core: &Hypercore, msg: Message, now: Instant) -> Result<Output, Misbehaviour> {
         let mut out = Output::default();
         match msg {
             Message::Sync { fork, length, .. } => {
@@ -375,8 +401,12 @@ impl Session {
                     )));
                 }
                 if asked.probe {
-                    match core.check_proof(&proof) {
-                        Ok(()) => {}
+                    match core.verify_proof(proof) {
+                        Ok(v) if v.shows_conflict() => {
+                            tracing::warn!("the writer equivocated; the proof is kept");
+                            out.store.push(Arrival { verified: v.checked_only(), asked: None });
+                        }
+                        Ok(_) => {}
                         Err(e @ Error::Equivocation { .. }) => {
                             tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
                         }
@@ -387,37 +417,21 @@ impl Session {
                     }
                     return Ok(out);
                 }
-                let before = (core.fork(), core.length());
-                match core.apply_proof(&proof) {
-                    Ok(applied) => {
-                        if let Some(t) = applied.truncated_to {
-                            self.download_from = self.download_from.min(t);
-                        }
-                        if let Some(index) = applied.block {
-                            out.events.push(Event::Block { index });
-                        }
-                        if (core.fork(), core.length()) != before {
-                            out.events.push(Event::Upgraded { fork: core.fork(), length: core.length() });
-                            self.sync(core, &mut out);
-                        }
-                        if applied.block.is_none() {
-                            if let Some(index) = asked.block {
-                                out.events.push(Event::Missing { index });
-                            }
-                        }
-                        if let Some(bytes) = asked.seek {
-                            out.events.push(Event::Sought { bytes, ok: true });
-                        }
+                // An upgrade from our length that does not verify may be another history of
+                // the same fork (see `probe`).
+                let may_probe = asked.upgrade
+                    && !self.probed
+                    && proof.fork == core.fork()
+                    && core.length() > 0
+                    && self.remote_length > 0
+                    && proof.upgrade.as_ref().is_some_and(|u| u.start > 0);
+                match core.verify_proof(proof) {
+                    // The driver stores it and hands the result back (`stored`).
+                    Ok(verified) => {
+                        out.store.push(Arrival { verified, asked: Some(asked) });
+                        return Ok(out);
                     }
-                    Err(Error::Verification(_))
-                        if asked.upgrade
-                            && !asked.probe
-                            && !self.probed
-                            && proof.fork == core.fork()
-                            && core.length() > 0
-                            && self.remote_length > 0
-                            && proof.upgrade.as_ref().is_some_and(|u| u.start > 0) =>
-                    {
+                    Err(Error::Verification(_)) if may_probe => {
                         self.gave_up(&asked, &mut out);
                         self.probe(core, now, &mut out);
                         return Ok(out);
@@ -434,9 +448,9 @@ impl Session {
                         tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
                         self.gave_up(&asked, &mut out);
                     }
-                    // Our own trouble (storage): not the peer's fault; the reader hears of it.
+                    // Our own trouble (reading the tree): not the peer's fault; the reader hears.
                     Err(e) => {
-                        tracing::warn!(error = %e, "storing a verified proof");
+                        tracing::warn!(error = %e, "verifying a proof");
                         self.gave_up(&asked, &mut out);
                     }
                 }
@@ -496,6 +510,54 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    /// What became of an [`Arrival`] the driver stored ([`Hypercore::store_verified`] through the
+    /// core's owner): the events for its readers, and what to ask for next. `core` is the core
+    /// as it is now.
+    pub fn stored(
+        &mut self,
+        core: &Hypercore,
+        receipt: Receipt,
+        result: Result<Applied, Error>,
+        now: Instant,
+    ) -> Output {
+        let mut out = Output::default();
+        let Some(asked) = receipt.0 else { return out }; // a conflict recorded: nothing waits on it
+        match result {
+            Ok(applied) => {
+                if let Some(t) = applied.truncated_to {
+                    self.download_from = self.download_from.min(t);
+                }
+                if let Some(index) = applied.block {
+                    out.events.push(Event::Block { index });
+                }
+                if applied.upgraded_to.is_some() || applied.truncated_to.is_some() {
+                    out.events.push(Event::Upgraded { fork: core.fork(), length: core.length() });
+                    self.sync(core, &mut out);
+                }
+                if applied.block.is_none() {
+                    if let Some(index) = asked.block {
+                        out.events.push(Event::Missing { index });
+                    }
+                }
+                if let Some(bytes) = asked.seek {
+                    out.events.push(Event::Sought { bytes, ok: true });
+                }
+            }
+            Err(e @ Error::Equivocation { .. }) => {
+                tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
+                self.gave_up(&asked, &mut out);
+            }
+            // Our own trouble (storage, or the core moved to another fork meanwhile): not the
+            // peer's fault; the reader hears of it and may ask again.
+            Err(e) => {
+                tracing::warn!(error = %e, "storing a verified proof");
+                self.gave_up(&asked, &mut out);
+            }
+        }
+        self.top_up(core, now, &mut out);
+        out
     }
 
     /// A request this peer did not answer: its block, and with an upgrade every block waiting

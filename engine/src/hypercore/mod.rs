@@ -157,6 +157,42 @@ pub struct Applied {
     pub truncated_to: Option<u64>,
 }
 
+/// A peer's proof verified against a core ([`Hypercore::verify_proof`]), not yet stored: what
+/// [`Hypercore::store_verified`] adds to the core.
+#[derive(Debug)]
+pub struct Verified {
+    /// The core's (fork, length) it was verified against.
+    base: (u64, u64),
+    /// The core's manifest, learned from this proof.
+    learned: Option<Auth>,
+    nodes: Vec<Node>,
+    their_state: Option<SignedState>,
+    new_head: Option<Head>,
+    reorg: bool,
+    block: Option<(u64, Vec<u8>)>,
+    /// The writer signed another history than the stored one: this proof shows it.
+    conflict: Option<Conflict>,
+    /// Only the manifest and a conflict are to be kept (a check of a peer's history).
+    checked_only: bool,
+}
+
+impl Verified {
+    /// The block it carries, if any.
+    pub fn block(&self) -> Option<u64> {
+        self.block.as_ref().map(|b| b.0)
+    }
+
+    /// Whether it shows that the writer signed two histories.
+    pub fn shows_conflict(&self) -> bool {
+        self.conflict.is_some()
+    }
+
+    /// Keeps only what a check of a peer's history keeps: the manifest and a conflict.
+    pub fn checked_only(self) -> Verified {
+        Verified { checked_only: true, nodes: Vec::new(), new_head: None, block: None, ..self }
+    }
+}
+
 /// A Hypercore log in a [`Store`].
 #[derive(Debug)]
 pub struct Hypercore {
@@ -1094,21 +1130,23 @@ impl Hypercore {
     /// Verifies a proof received from a peer and stores what it proves: new signed length,
     /// nodes and the block. Nothing is stored from a proof that does not verify.
     pub fn apply_proof(&mut self, p: &Proof) -> Result<Applied> {
-        self.take_proof(p, true)
+        self.changeable()?;
+        let verified = self.verify_proof(p.clone())?;
+        self.store_verified(verified)
     }
 
     /// Verifies a proof of a peer's tree against the stored one without taking anything of
     /// it: [`Error::Equivocation`] (the proof kept) where the two disagree, `Ok` where they
     /// agree. How a replica checks a peer whose upgrade from our length did not verify.
     pub fn check_proof(&mut self, p: &Proof) -> Result<()> {
-        self.take_proof(p, false).map(drop)
+        let verified = self.verify_proof(p.clone())?.checked_only();
+        self.store_verified(verified).map(drop)
     }
 
-    fn take_proof(&mut self, p: &Proof, commit: bool) -> Result<Applied> {
-        if commit {
-            self.changeable()?;
-        }
-        let mut applied = Applied::default();
+    /// Verifies a proof received from a peer against this core, reading only: what storing it
+    /// would add ([`Hypercore::store_verified`], by the core's owner), or why it is refused.
+    /// The replication session calls this; its driver stores the result.
+    pub fn verify_proof(&self, p: Proof) -> Result<Verified> {
         if let Some(c) = self.conflict.get() {
             if p.fork <= c.fork {
                 return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
@@ -1136,7 +1174,7 @@ impl Hypercore {
         }
 
         let mut nodes = Vec::new();
-        let mut unverified = proof::verify_tree(p, &mut nodes)?;
+        let mut unverified = proof::verify_tree(&p, &mut nodes)?;
         let mut new_head = None;
         let mut their_state = None;
         if let Some(up) = &p.upgrade {
@@ -1150,7 +1188,7 @@ impl Hypercore {
                 r
             };
             let mut tb = TreeBatch::new(start_roots, p.fork);
-            if proof::verify_upgrade(p, unverified, &mut tb)? {
+            if proof::verify_upgrade(&p, unverified, &mut tb)? {
                 unverified = None;
             }
             let th = tb.hash();
@@ -1188,34 +1226,79 @@ impl Hypercore {
                 return Err(Error::Verification(format!("node {} does not match the signed tree", u.index)));
             }
         }
+        let length = new_head.as_ref().map_or(self.head.length, |h| h.length);
+        if let Some(bp) = &p.block {
+            if bp.index >= length {
+                return Err(Error::Verification(format!("block {} beyond signed length {length}", bp.index)));
+            }
+        }
+        let conflict = match reorg {
+            false => self.find_conflict(their_state.as_ref(), &nodes)?,
+            true => None,
+        };
+        Ok(Verified {
+            base: (self.head.fork, self.head.length),
+            learned: if auth != self.auth { auth } else { None },
+            nodes,
+            their_state,
+            new_head,
+            reorg,
+            block: p.block.map(|b| (b.index, b.value)),
+            conflict,
+            checked_only: false,
+        })
+    }
 
-        let auth_changed = auth != self.auth;
-        self.auth = auth;
-        if auth_changed {
+    /// Stores what [`Hypercore::verify_proof`] verified: the new signed length (or fork), the
+    /// nodes and the block, in one batch. The core may have moved on since (another peer's
+    /// proof): on the same fork what was verified still holds — a shorter length is not taken,
+    /// and the nodes are checked again against what is stored now; on another fork the proof is
+    /// refused ([`Error::StaleSnapshot`]) and the block asked for again. A conflict the proof
+    /// showed is recorded (by a frozen copy too: the writer shares its cell) and refused.
+    pub fn store_verified(&mut self, v: Verified) -> Result<Applied> {
+        if let Some(a) = v.learned.filter(|_| self.auth.is_none()) {
+            self.auth = Some(a);
             self.write_record()?;
         }
-        if !reorg {
-            self.check_consistent(their_state, &nodes)?;
+        let conflict = match v.conflict {
+            Some(c) => Some(c),
+            None if !v.reorg && v.base.1 != self.head.length && self.head.fork == v.base.0 => {
+                self.find_conflict(v.their_state.as_ref(), &v.nodes)?
+            }
+            None => None,
+        };
+        if let Some(c) = conflict {
+            return Err(self.record_conflict(c));
         }
-        if !commit {
+        if let Some(c) = self.conflict.get() {
+            if v.new_head.as_ref().map_or(self.head.fork, |h| h.fork) <= c.fork {
+                return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
+            }
+        }
+        let mut applied = Applied::default();
+        if v.checked_only {
             return Ok(applied);
         }
-
+        self.changeable()?;
+        if self.head.fork != v.base.0 {
+            return Err(Error::StaleSnapshot { index: v.block.map_or(0, |b| b.0) });
+        }
+        let new_head = v.new_head.filter(|h| v.reorg || h.length > self.head.length);
         let mut b = Batch { sync: self.durable, ..Batch::default() };
         let mut truncate_from = None;
-        if reorg {
+        if v.reorg {
             let ancestors = self.common_ancestors(&new_head.as_ref().expect("reorg has upgrade").roots)?;
             truncate_from = Some(ancestors);
             applied.truncated_to = Some(ancestors);
         }
         let mut present = None;
-        if let Some(bp) = &p.block {
-            let leaf = crypto::leaf_hash(&bp.value);
+        if let Some((index, value)) = &v.block {
+            let leaf = crypto::leaf_hash(value);
             if !self.store.contains(Table::Blocks, &leaf)? {
-                b.put(Table::Blocks, leaf.to_vec(), stored::encode(&bp.value));
+                b.put(Table::Blocks, leaf.to_vec(), stored::encode(value));
             }
-            present = Some((bp.index, bp.index + 1));
-            applied.block = Some(bp.index);
+            present = Some((*index, index + 1));
+            applied.block = Some(*index);
         }
         let head = match new_head {
             Some(h) => {
@@ -1224,12 +1307,7 @@ impl Hypercore {
             }
             None => self.head.clone(),
         };
-        if let Some(bp) = &p.block {
-            if bp.index >= head.length {
-                return Err(Error::Verification(format!("block {} beyond signed length {}", bp.index, head.length)));
-            }
-        }
-        self.commit(b, &nodes, head, present, truncate_from)?;
+        self.commit(b, &v.nodes, head, present, truncate_from)?;
         if let Some(t) = applied.truncated_to {
             self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((self.head.fork, t));
         }
@@ -1238,12 +1316,11 @@ impl Hypercore {
 
     /// Checks verified nodes and an upgrade of the current fork against what is stored: a node
     /// that differs, or the same length signed with another tree hash, is proof the writer
-    /// signed two histories. It is stored and reported ([`Error::Equivocation`]); nothing of
-    /// the proof is (stored nodes were once overwritten here, silently).
-    fn check_consistent(&mut self, theirs: Option<SignedState>, nodes: &[Node]) -> Result<()> {
+    /// signed two histories ([`Conflict`]; stored nodes were once overwritten here, silently).
+    fn find_conflict(&self, theirs: Option<&SignedState>, nodes: &[Node]) -> Result<Option<Conflict>> {
         // Without a signed state of theirs, every node of the proof hashed up to one this core
         // trusts: none can differ from the stored tree, and no lookups are spent on it.
-        let Some(theirs) = theirs else { return Ok(()) };
+        let Some(theirs) = theirs else { return Ok(None) };
         let mut differs = None;
         for n in nodes {
             if let Some(stored) = self.node(n.index)? {
@@ -1261,22 +1338,28 @@ impl Hypercore {
         if differs.is_none() && self.key_pair.is_some() && theirs.length > self.head.length {
             differs = Some(None);
         }
-        let Some(node) = differs else { return Ok(()) };
-        let conflict = Conflict {
+        Ok(differs.map(|node| Conflict {
             fork: self.head.fork,
             ours: SignedState {
                 length: self.head.length,
                 tree_hash: self.head.tree_hash,
                 signature: self.signature().to_vec(),
             },
-            theirs,
+            theirs: theirs.clone(),
             node,
-        };
+        }))
+    }
+
+    /// Keeps a conflict in the store and in the cell every instance of this core shares; the
+    /// error to report (nothing of the proof that showed it is stored).
+    fn record_conflict(&mut self, conflict: Conflict) -> Error {
         let mut b = Batch { sync: true, ..Batch::default() };
         b.put(Table::Meta, conflict_key(self.id).to_vec(), conflict.encode());
-        self.store.write(b)?;
+        if let Err(e) = self.store.write(b) {
+            return e;
+        }
         let _ = self.conflict.set(conflict);
-        Err(Error::Equivocation { core: hex::encode(self.key), fork: self.head.fork })
+        Error::Equivocation { core: hex::encode(self.key), fork: self.head.fork }
     }
 
     /// Blocks shared with a new fork's roots: whole roots whose node equals ours.

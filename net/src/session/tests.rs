@@ -27,6 +27,20 @@ fn replica(of: &Hypercore) -> Hypercore {
     Hypercore::open_replica(store, *of.key(), None).expect("replica")
 }
 
+/// What the endpoint does with a message: the session handles it reading the core, then what
+/// verified is stored through the core (the owner here) and the session told how it went.
+fn deliver(s: &mut Session, core: &mut Hypercore, m: Message, now: Instant) -> Result<Output, Misbehaviour> {
+    let mut out = s.on_message(core, m, now)?;
+    for arrival in std::mem::take(&mut out.store) {
+        let (verified, receipt) = arrival.into_parts();
+        let result = core.store_verified(verified);
+        let more = s.stored(core, receipt, result, now);
+        out.messages.extend(more.messages);
+        out.events.extend(more.events);
+    }
+    Ok(out)
+}
+
 /// Both ends of one channel.
 struct Pair {
     a: Hypercore,
@@ -54,11 +68,11 @@ impl Pair {
             }
             let mut next_b = Vec::new();
             for m in to_a.drain(..) {
-                next_b.extend(self.sa.on_message(&mut self.a, m, self.now)?.messages);
+                next_b.extend(deliver(&mut self.sa, &mut self.a, m, self.now)?.messages);
             }
             let mut next_a = Vec::new();
             for m in to_b.drain(..) {
-                let out = self.sb.on_message(&mut self.b, m, self.now)?;
+                let out = deliver(&mut self.sb, &mut self.b, m, self.now)?;
                 self.events.extend(out.events);
                 next_a.extend(out.messages);
             }
@@ -89,6 +103,65 @@ fn a_replica_fetches_one_block_with_the_signed_length_and_manifest() {
     assert_eq!(p.b.local_blocks(), 1, "only the block asked for travels");
     assert!(p.events.contains(&Event::Block { index: 57 }));
     assert!(p.b.manifest().is_some());
+}
+
+/// The session only reads the core: a proof that verifies comes out for the driver to store,
+/// and the core is unchanged until the driver stores it. The core may move on between the two
+/// (another peer's proof): a longer length stored first is not undone by a shorter one, and a
+/// proof verified before the core changed fork is refused as stale, its block reported missing
+/// (asked again), not blamed on the peer.
+#[test]
+fn proofs_come_out_verified_for_the_driver_to_store_and_a_stale_one_is_asked_again() {
+    let w = writer(40);
+    let r = replica(&w);
+    let (mut p, to_b, to_a) = Pair::new(w, r, false);
+    p.run(to_b, to_a).expect("open");
+    let answer = |p: &mut Pair, index: u64| {
+        let mut out = Output::default();
+        p.sb.want(&p.b, index, p.now, &mut out);
+        let Some(Message::Request { id, request, .. }) = out.messages.pop() else { panic!("a request") };
+        Message::Data { request: id, proof: p.a.proof(&request).expect("proof") }
+    };
+    let data = answer(&mut p, 9);
+    let mut out = p.sb.on_message(&p.b, data, p.now).expect("verifies");
+    assert_eq!(out.store.len(), 1, "one proof to store");
+    assert!(out.events.is_empty(), "no reader hears before it is stored");
+    assert!(!p.b.has(9), "the session stored nothing");
+    let (verified, receipt) = out.store.pop().expect("arrival").into_parts();
+    assert_eq!(verified.block(), Some(9));
+    let result = p.b.store_verified(verified);
+    let done = p.sb.stored(&p.b, receipt, result, p.now);
+    assert_eq!(done.events, [Event::Block { index: 9 }]);
+    assert_eq!(p.b.get(9).expect("block"), b"block 9");
+
+    // Two upgrades verified against length 40, stored longest first: the length stays.
+    let upgrade = |p: &Pair, length: u64| {
+        let upgrade = hyperfs_engine::hypercore::proof::RequestUpgrade { start: 40, length: length - 40 };
+        let request = Request { upgrade: Some(upgrade), ..Request::default() };
+        let proof = p.a.proof(&request).expect("proof");
+        p.b.verify_proof(proof).expect("verifies")
+    };
+    p.a.append_batch(&(40..60).map(|i| format!("block {i}").into_bytes()).collect::<Vec<_>>()).expect("append");
+    let a50 = upgrade(&p, 60);
+    p.a.append_batch(&[b"block 60".to_vec()]).expect("append");
+    let a61 = upgrade(&p, 61);
+    p.b.store_verified(a61).expect("store 61");
+    p.b.store_verified(a50).expect("an older upgrade stores its nodes, not its length");
+    assert_eq!(p.b.length(), 61);
+
+    // Verified, then the writer truncates and the replica follows to the new fork: stale.
+    let data = answer(&mut p, 20);
+    let mut out = p.sb.on_message(&p.b, data, p.now).expect("verifies");
+    p.a.truncate(30).expect("truncate");
+    let mut sb = p.sb;
+    let (mut q, to_b, to_a) = Pair::new(p.a, p.b, false);
+    q.run(to_b, to_a).expect("follow the fork");
+    assert_eq!(q.b.fork(), 1, "the replica moved to the new fork");
+    let (verified, receipt) = out.store.pop().expect("arrival").into_parts();
+    let result = q.b.store_verified(verified);
+    assert!(matches!(result, Err(Error::StaleSnapshot { .. })), "{result:?}");
+    let done = sb.stored(&q.b, receipt, result, q.now);
+    assert!(done.events.contains(&Event::Missing { index: 20 }), "{:?}", done.events);
 }
 
 #[test]
@@ -206,12 +279,13 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     ];
     for (what, proof) in cases {
         let mut s = Session::open(&p.b, false, p.now).0;
-        s.on_message(&mut p.b, Message::Sync { flags: 3, fork: 0, length: 40, remote_length: 0 }, p.now).expect("sync");
+        deliver(&mut s, &mut p.b, Message::Sync { flags: 3, fork: 0, length: 40, remote_length: 0 }, p.now)
+            .expect("sync");
         s.in_flight.insert(
             id,
             InFlight { block: Some(9), seek: None, upgrade: false, probe: false, deadline: p.now + REQUEST_TIMEOUT },
         );
-        let r = s.on_message(&mut p.b, Message::Data { request: id, proof }, p.now);
+        let r = deliver(&mut s, &mut p.b, Message::Data { request: id, proof }, p.now);
         assert!(r.is_err(), "{what} is caught");
         assert!(!p.b.has(9), "{what}: nothing stored");
     }
@@ -228,7 +302,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
         1,
         InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: p.now + REQUEST_TIMEOUT },
     );
-    assert!(s.on_message(&mut forged, Message::Data { request: 1, proof }, p.now).is_err());
+    assert!(deliver(&mut s, &mut forged, Message::Data { request: 1, proof }, p.now).is_err());
     assert_eq!(forged.length(), 0);
     // The honest answer still works.
     p.run(Vec::new(), vec![Message::Request { id, request, priority: None }]).expect("honest");
@@ -246,7 +320,7 @@ fn a_peer_that_floods_requests_is_dropped() {
     for i in 0..200_000u64 {
         let at = now + Duration::from_micros(i);
         if let Err(e) =
-            s.on_message(&mut w, Message::Request { id: i + 1, request: request.clone(), priority: None }, at)
+            deliver(&mut s, &mut w, Message::Request { id: i + 1, request: request.clone(), priority: None }, at)
         {
             dropped = Some((i, e));
             break;
@@ -265,8 +339,8 @@ fn requests_time_out_and_are_reported() {
     let mut r = replica(&w);
     let now = Instant::now();
     let (mut s, _) = Session::open(&r, false, now);
-    s.on_message(&mut r, Message::Sync { flags: 3, fork: 0, length: 10, remote_length: 0 }, now).expect("sync");
-    s.on_message(&mut r, Message::Range { drop: false, start: 0, length: 10 }, now).expect("range");
+    deliver(&mut s, &mut r, Message::Sync { flags: 3, fork: 0, length: 10, remote_length: 0 }, now).expect("sync");
+    deliver(&mut s, &mut r, Message::Range { drop: false, start: 0, length: 10 }, now).expect("range");
     let mut out = Output::default();
     assert!(s.want(&r, 4, now, &mut out));
     assert!(s.busy());
@@ -274,7 +348,7 @@ fn requests_time_out_and_are_reported() {
     assert!(out.events.contains(&Event::Missing { index: 4 }));
     assert!(out.messages.iter().any(|m| matches!(m, Message::Cancel { .. })));
     // An answer clears the count; three misses in a row drop the peer.
-    s.on_message(&mut r, Message::NoData { request: 99, reason: None }, now).expect("noData");
+    deliver(&mut s, &mut r, Message::NoData { request: 99, reason: None }, now).expect("noData");
     let mut at = now + REQUEST_TIMEOUT;
     for (i, index) in [5u64, 6, 7].into_iter().enumerate() {
         let mut out = Output::default();
@@ -325,12 +399,12 @@ fn a_signed_length_of_2_pow_54_costs_nothing_per_message() {
     let (mut s, out) = Session::open(&r, true, now);
     assert!(out.messages.len() < 8, "the open says what we have: nothing");
     let sync = Message::Sync { fork: 0, length, remote_length: 0, flags: 0 };
-    s.on_message(&mut r, sync, now).expect("sync");
-    let out = s.on_message(&mut r, Message::Want { start: 0, length: u64::MAX, any: false }, now).expect("want");
+    deliver(&mut s, &mut r, sync, now).expect("sync");
+    let out = deliver(&mut s, &mut r, Message::Want { start: 0, length: u64::MAX, any: false }, now).expect("want");
     assert!(out.messages.is_empty(), "nothing to say about blocks we lack");
     // The peer says it has two runs far apart: the download asks for blocks of both at once.
-    s.on_message(&mut r, Message::Range { drop: false, start: length - 10, length: 10 }, now).expect("range");
-    let out = s.on_message(&mut r, Message::Range { drop: false, start: 0, length: 3 }, now).expect("range");
+    deliver(&mut s, &mut r, Message::Range { drop: false, start: length - 10, length: 10 }, now).expect("range");
+    let out = deliver(&mut s, &mut r, Message::Range { drop: false, start: 0, length: 3 }, now).expect("range");
     let asked: Vec<u64> = s.in_flight.values().filter_map(|f| f.block).collect();
     assert!(asked.contains(&0) && asked.contains(&(length - 10)), "{asked:?} {:?}", out.messages.len());
     assert!(s.in_flight.len() <= DOWNLOAD_WINDOW);
@@ -349,17 +423,17 @@ fn range_and_bitfield_floods_are_charged_and_bounded() {
     let mut t = now;
     for i in 0..(2 * MAX_REMOTE_RUNS as u64) {
         t += Duration::from_micros(100);
-        s.on_message(&mut r, Message::Range { drop: false, start: 2 * i, length: 1 }, t).expect("within budget");
+        deliver(&mut s, &mut r, Message::Range { drop: false, start: 2 * i, length: 1 }, t).expect("within budget");
     }
     assert!(s.remote_has.len() <= MAX_REMOTE_RUNS, "{} runs kept", s.remote_has.len());
     // One bitfield of a million words costs more than the whole burst.
     let (mut s, _) = Session::open(&r, false, now);
     let huge = Message::Bitfield { start: 0, bitfield: vec![0x5555_5555; 1 << 20] };
-    assert!(s.on_message(&mut r, huge, now).is_err(), "over budget: dropped");
+    assert!(deliver(&mut s, &mut r, huge, now).is_err(), "over budget: dropped");
     // A small one is fine, and its runs land as runs.
     let (mut s, _) = Session::open(&r, false, now);
     let small = Message::Bitfield { start: u64::MAX - 40, bitfield: vec![u32::MAX, 0b101] };
-    s.on_message(&mut r, small, now).expect("a small bitfield");
+    deliver(&mut s, &mut r, small, now).expect("a small bitfield");
     assert!(
         s.remote_has.contains(u64::MAX - 40)
             && s.remote_has.contains(u64::MAX - 9)
@@ -369,7 +443,7 @@ fn range_and_bitfield_floods_are_charged_and_bounded() {
     let (mut s, _) = Session::open(&r, false, now);
     let mut dropped = false;
     for _ in 0..10_000 {
-        if s.on_message(&mut r, Message::Want { start: 0, length: 4, any: false }, now).is_err() {
+        if deliver(&mut s, &mut r, Message::Want { start: 0, length: 4, any: false }, now).is_err() {
             dropped = true;
             break;
         }
@@ -422,7 +496,7 @@ proptest::proptest! {
                 Message::Sync { flags, .. } => Message::Sync { fork: a % 3, length: b, remote_length: 0, flags },
                 m => m,
             };
-            if s.on_message(&mut r, decoded, now).is_err() {
+            if deliver(&mut s, &mut r, decoded, now).is_err() {
                 break;
             }
             let _ = s.tick(&r, now + Duration::from_secs(1));
