@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::api::NetOptions;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
 
 /// A FUSE-mountable distributed filesystem on Hypercore logs.
 #[derive(Debug, Parser)]
@@ -38,14 +38,15 @@ pub(crate) struct NetArgs {
 }
 
 impl NetArgs {
-    /// The request `req` with these options in it.
-    pub(crate) fn add(&self, mut req: Value) -> Value {
-        req["peers"] = json!(self.peers);
-        req["listen"] = json!(self.listen);
-        req["bootstrap"] = json!(self.bootstrap);
-        req["noDht"] = json!(self.no_dht);
-        req["noLan"] = json!(self.no_lan);
-        req
+    /// These options as the control protocol carries them.
+    pub(crate) fn options(&self) -> NetOptions {
+        NetOptions {
+            peers: self.peers.clone(),
+            listen: self.listen.clone(),
+            bootstrap: self.bootstrap.clone(),
+            no_dht: self.no_dht,
+            no_lan: self.no_lan,
+        }
     }
 }
 

@@ -9,25 +9,38 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::api::Request;
 use crate::control::Frame;
 use crate::node;
 
-/// Sends `request` to the node of `dir` and returns its answer; starts a node first if none
-/// runs and `start` is set.
-pub fn request(dir: &Path, request: &Value, start: bool) -> Result<Value> {
-    request_streaming(dir, request, start, &mut |_| Ok(()))
+/// Sends `request` to the node of `dir` and returns its reply as the type that request gets
+/// back ([`crate::api`]); starts a node first if none runs and `start` is set.
+pub fn call<T: DeserializeOwned>(dir: &Path, request: &Request, start: bool) -> Result<T> {
+    call_streaming(dir, request, start, &mut |_| Ok(()))
 }
 
-/// Like [`request`], for requests whose node sends frames before its reply (progress, the
-/// bytes of a file): each goes to `on_frame` as it arrives.
-pub fn request_streaming(
+/// Like [`call`], for requests whose node sends frames before its reply (progress, the bytes
+/// of a file): each goes to `on_frame` as it arrives.
+pub fn call_streaming<T: DeserializeOwned>(
     dir: &Path,
-    request: &Value,
+    request: &Request,
+    start: bool,
+    on_frame: &mut dyn FnMut(Frame) -> Result<()>,
+) -> Result<T> {
+    let reply = exchange(dir, request, start, on_frame)?;
+    serde_json::from_value(reply).context("the node's reply is not what this version of hyperfs expects")
+}
+
+fn exchange(
+    dir: &Path,
+    request: &Request,
     start: bool,
     on_frame: &mut dyn FnMut(Frame) -> Result<()>,
 ) -> Result<Value> {
+    let request = serde_json::to_string(request)?;
     if node::is_data_dir(dir) {
         node::check_private(dir)?;
     }
@@ -143,14 +156,13 @@ impl ProgressBar {
         ProgressBar { on: enabled && tty, started: Instant::now(), drawn: None }
     }
 
-    /// Shows `p` (`files`, `totalFiles`, `bytes`, `totalBytes`).
-    pub fn show(&mut self, p: &Value) {
+    /// Shows how far an import, export or clone has come.
+    pub fn show(&mut self, p: &crate::api::MirrorProgress) {
         if !self.on || self.drawn.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
             return;
         }
         self.drawn = Some(Instant::now());
-        let n = |k: &str| p[k].as_u64().unwrap_or(0);
-        let (bytes, total) = (n("bytes"), n("totalBytes"));
+        let (bytes, total) = (p.bytes, p.total_bytes);
         let frac = if total == 0 { 1.0 } else { (bytes as f64 / total as f64).min(1.0) };
         let width = 24;
         let full = (frac * width as f64) as usize;
@@ -162,8 +174,8 @@ impl ProgressBar {
             (frac * 100.0) as u32,
             human_bytes(bytes),
             human_bytes(total),
-            n("files"),
-            n("totalFiles"),
+            p.files,
+            p.total_files,
             human_bytes(rate as u64)
         );
     }

@@ -75,7 +75,7 @@ pub fn core_dump(store: Arc<RocksStore>, key: &str) -> Result<Value> {
 }
 
 /// `hyperfs keys export DRIVE FILE`: the drive's writer secret, in a new file of mode 0600.
-pub fn keys_export(store: Arc<RocksStore>, key: &Hash, file: &Path) -> Result<Value> {
+pub fn keys_export(store: Arc<RocksStore>, key: &Hash, file: &Path) -> Result<crate::api::KeysExported> {
     let core = Hypercore::open(store, key)?.ok_or_else(|| anyhow!("no drive {} on this node", hex::encode(key)))?;
     let kp = core
         .key_pair()
@@ -88,7 +88,7 @@ pub fn keys_export(store: Arc<RocksStore>, key: &Hash, file: &Path) -> Result<Va
         .open(file)
         .with_context(|| format!("creating {} (an existing file is never overwritten)", file.display()))?;
     f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", file.display()))?;
-    Ok(json!({"drive": hex::encode(key), "file": file}))
+    Ok(crate::api::KeysExported { drive: hex::encode(key), file: file.to_path_buf() })
 }
 
 /// `hyperfs keys import FILE`: makes the drive writable on this node; returns the drive. A

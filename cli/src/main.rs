@@ -4,6 +4,7 @@
 //! line, no backtrace). Knows nothing of the internals of the other crates beyond their public
 //! APIs.
 
+mod api;
 mod args;
 mod bee;
 mod beneath;
@@ -22,9 +23,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use api::Request;
 use args::{BeeCommand, Cli, Command, CoreCommand, KeysCommand};
 use hyperfs_engine::drive::printable;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The node makes and frees many small objects per request (names, entries, listings): mimalloc
 /// serves them from per-thread pages, where the system allocator spent a sixth of a listing's time.
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
                 || !net.bootstrap.is_empty()
                 || net.no_dht
                 || net.no_lan;
-            node::run(&d, given.then(|| net.add(json!({}))))
+            node::run(&d, given.then(|| net.options()))
         }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "hyperfs", &mut std::io::stdout());
@@ -69,41 +71,27 @@ fn main() -> ExitCode {
             .render(&mut std::io::stdout())
             .map_err(anyhow::Error::from),
         Command::Stop => dir().and_then(|d| {
-            let r = client::request(&d, &serde_json::json!({"cmd": "stop"}), false)?;
-            client::wait_exit(r["pid"].as_u64().unwrap_or(0) as i32, &d)
+            let r: api::Stopping = client::call(&d, &Request::Stop, false)?;
+            client::wait_exit(r.pid as i32, &d)
         }),
-        Command::Sync => dir().and_then(|d| {
-            client::request(&d, &serde_json::json!({"cmd": "sync"}), true)?;
-            Ok(())
-        }),
+        Command::Sync => dir().and_then(|d| client::call::<api::Synced>(&d, &Request::Sync, true).map(drop)),
         Command::Create { ref name, json } => dir().and_then(|d| {
-            let r = client::request(&d, &serde_json::json!({"cmd": "create", "name": name}), true)?;
+            let r: api::Named = client::call(&d, &Request::Create { name: name.clone() }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                println!(
-                    "{}\t{}\t{}",
-                    r["name"].as_str().unwrap_or_default(),
-                    r["key"].as_str().unwrap_or_default(),
-                    r["link"].as_str().unwrap_or_default()
-                );
+                println!("{}\t{}\t{}", r.name, r.key, r.link.unwrap_or_default());
             }
             Ok(())
         }),
         Command::Drives { json } => dir().and_then(|d| {
-            let r = client::request(&d, &serde_json::json!({"cmd": "drives"}), true)?;
+            let r: Vec<api::DriveListing> = client::call(&d, &Request::Drives, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                for e in r.as_array().into_iter().flatten() {
-                    let mounts: Vec<&str> =
-                        e["mounts"].as_array().into_iter().flatten().filter_map(|m| m["dir"].as_str()).collect();
-                    println!(
-                        "{}\t{}\t{}",
-                        e["name"].as_str().unwrap_or_default(),
-                        e["key"].as_str().unwrap_or_default(),
-                        mounts.join(",")
-                    );
+                for e in &r {
+                    let mounts: Vec<String> = e.mounts.iter().map(|m| m.dir.display().to_string()).collect();
+                    println!("{}\t{}\t{}", e.name, e.key, mounts.join(","));
                 }
             }
             Ok(())
@@ -111,14 +99,14 @@ fn main() -> ExitCode {
         Command::Put { ref file, ref target } => dir().and_then(|d| {
             let (drive, path) = client::split_target(target);
             let file = std::fs::canonicalize(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let req = serde_json::json!({"cmd": "put", "drive": drive, "path": path, "file": file});
-            client::request(&d, &req, true).map(drop)
+            let req = Request::Put { drive: drive.clone(), path, file };
+            client::call::<api::Changed>(&d, &req, true).map(drop)
         }),
         Command::Cat { ref target, version } => dir().and_then(|d| {
             let (drive, path) = client::split_target(target);
-            let req = json!({"cmd": "cat", "drive": drive, "path": path, "version": version});
+            let req = Request::Cat { drive: drive.clone(), path, version };
             let mut out = std::io::stdout().lock();
-            client::request_streaming(&d, &req, true, &mut |frame| {
+            client::call_streaming::<api::Sent>(&d, &req, true, &mut |frame| {
                 if let control::Frame::Bytes(bytes) = frame {
                     std::io::Write::write_all(&mut out, &bytes)?;
                 }
@@ -128,64 +116,80 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Share { ref drive, no_announce, lan_only, ref net, json } => dir().and_then(|d| {
-            let req = net.add(json!({"cmd": "share", "drive": drive, "noAnnounce": no_announce, "lanOnly": lan_only}));
-            let r = client::request(&d, &req, true)?;
+            let req = Request::Share { drive: drive.clone(), no_announce, lan_only, net: net.options() };
+            let r: api::Sharing = client::call(&d, &req, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                println!("sharing {} on {}", r["link"].as_str().unwrap_or_default(), r["address"].as_str().unwrap_or_default());
+                println!("sharing {} on {}", r.link, r.address);
             }
             Ok(())
         }),
         Command::Clone { ref key, ref name, ref net, json } => dir().and_then(|d| {
-            let req = net.add(json!({"cmd": "clone", "key": key, "name": name}));
+            let req = Request::Clone { key: key.clone(), name: name.clone(), net: net.options() };
             let mut bar = client::ProgressBar::new(!json);
-            let r = client::request_streaming(&d, &req, true, &mut |frame| {
+            let r = client::call_streaming::<api::Cloned>(&d, &req, true, &mut |frame| {
                 let control::Frame::Progress(p) = frame else { return Ok(()) };
-                bar.show(&json!({"bytes": p["blocks"], "totalBytes": p["totalBlocks"], "files": 0, "totalFiles": 0}));
+                let p: api::CloneProgress = serde_json::from_value(p)?;
+                bar.show(&api::MirrorProgress { bytes: p.blocks, total_bytes: p.total_blocks, ..Default::default() });
                 Ok(())
             });
             bar.done();
             let r = r?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                println!("cloned {} as {} (version {})", r["key"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default(), r["version"]);
+                println!("cloned {} as {} (version {})", r.key, r.name, r.version);
             }
             Ok(())
         }),
-        Command::Unshare { ref drive } => {
-            dir().and_then(|d| client::request(&d, &json!({"cmd": "unshare", "drive": drive}), true).map(drop))
-        }
+        Command::Unshare { ref drive } => dir().and_then(|d| {
+            client::call::<api::Done>(&d, &Request::Unshare { drive: drive.clone() }, true).map(drop)
+        }),
         Command::Peers { ref net, json } => dir().and_then(|d| {
-            let r = client::request(&d, &net.add(json!({"cmd": "peers"})), true)?;
+            let r: Vec<api::PeerEntry> = client::call(&d, &Request::Peers { net: net.options() }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                for p in r.as_array().into_iter().flatten() {
-                    let drives: Vec<&str> = p["drives"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                    println!("{}\t{}\t{}\t{}\tup {}\tdown {}\t{:.1} ms", p["id"].as_str().unwrap_or_default(), p["address"].as_str().unwrap_or_default(), p["found"].as_str().unwrap_or_default(),
-                        if drives.is_empty() { "-".to_owned() } else { drives.join(",") }, p["bytesUp"], p["bytesDown"], p["rttMs"].as_f64().unwrap_or(0.0));
+                for p in &r {
+                    let drives = if p.drives.is_empty() { "-".to_owned() } else { p.drives.join(",") };
+                    println!(
+                        "{}\t{}\t{}\t{drives}\tup {}\tdown {}\t{:.1} ms",
+                        p.id, p.address, p.found, p.bytes_up, p.bytes_down, p.rtt_ms
+                    );
                 }
             }
             Ok(())
         }),
         Command::Import { dir: ref local, ref target, dry_run, json } => dir().and_then(|d| {
             let (drive, path) = client::split_target(target);
-            let req = json!({"cmd": "import", "drive": drive, "path": path, "dir": absolute(local)?, "dryRun": dry_run});
+            let req = Request::Import { drive: drive.clone(), path, dir: absolute(local)?, dry_run };
             mirror_command(&d, &req, dry_run, json, &format!("{} → {target}", local.display()))
         }),
         Command::Export { ref source, dir: ref local, version, owners, dry_run, json } => dir().and_then(|d| {
             let (drive, path) = client::split_target(source);
-            let req = json!({"cmd": "export", "drive": drive, "path": path, "dir": absolute(local)?,
-                "version": version, "dryRun": dry_run, "owners": owners});
+            let req =
+                Request::Export { drive: drive.clone(), path, dir: absolute(local)?, version, dry_run, owners };
             mirror_command(&d, &req, dry_run, json, &format!("{source} → {}", local.display()))
         }),
-        Command::Rm { ref target } => dir().and_then(|d| target_request(&d, "rm", target, json!({})).map(drop)),
-        Command::Mv { ref from, ref to } => dir().and_then(|d| target_request(&d, "mv", from, json!({"to": to})).map(drop)),
-        Command::Mkdir { ref target } => dir().and_then(|d| target_request(&d, "mkdir", target, json!({})).map(drop)),
+        Command::Rm { ref target } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(target);
+            client::call::<api::Changed>(&d, &Request::Rm { drive: drive.clone(), path }, true).map(drop)
+        }),
+        Command::Mv { ref from, ref to } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(from);
+            let req = Request::Mv { drive: drive.clone(), path, to: to.clone() };
+            client::call::<api::Changed>(&d, &req, true).map(drop)
+        }),
+        Command::Mkdir { ref target } => dir().and_then(|d| {
+            let (drive, path) = client::split_target(target);
+            client::call::<api::Changed>(&d, &Request::Mkdir { drive: drive.clone(), path }, true).map(drop)
+        }),
         Command::Stat { ref target, version, json } => dir().and_then(|d| {
-            let r = target_request(&d, "stat", target, json!({"version": version}))?;
+            let (drive, path) = client::split_target(target);
+            let r: Value = client::call(&d, &Request::Stat { drive: drive.clone(), path, version }, true)?;
+            // Checked against its type; shown as the node sent it, one field a line.
+            let _: api::StatReply = serde_json::from_value(r.clone())?;
             if json {
                 println!("{r}");
             } else {
@@ -196,134 +200,133 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Log { ref target, version, json } => dir().and_then(|d| {
-            let r = target_request(&d, "log", target, json!({"version": version}))?;
+            let (drive, path) = client::split_target(target);
+            let r: Vec<api::LogEntry> =
+                client::call(&d, &Request::Log { drive: drive.clone(), path, version }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                for e in r.as_array().into_iter().flatten() {
-                    let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
-                    let time = e["time"].as_i64().map_or("-".to_owned(), format_time);
-                    println!("{}\t{}\t{}\t{size}\t{}", e["version"], e["op"].as_str().unwrap_or_default(), time, shown(&e["path"]));
+                for e in &r {
+                    let size = e.size.map_or("-".to_owned(), |s| s.to_string());
+                    let time = e.time.map_or("-".to_owned(), format_time);
+                    println!("{}\t{}\t{}\t{size}\t{}", e.version, e.op, time, printable(&e.path));
                 }
                 // A history the writer's key also signed otherwise is said where history is read.
-                let (drive, _) = client::split_target(target);
-                let info = client::request(&d, &json!({"cmd": "info", "drive": drive}), true)?;
-                for core in ["db", "blobs"] {
-                    let c = &info[core]["conflict"];
-                    if !c.is_null() {
+                let info: api::Info = client::call(&d, &Request::Info { drive }, true)?;
+                for (core, c) in [("db", &info.db), ("blobs", &info.blobs)] {
+                    if let Some(c) = &c.conflict {
                         println!("CONFLICT: the writer signed another history of the {core} core on fork {} \
                             (length {} here, {} there); this node takes no more of that fork (info --json)",
-                            c["fork"], c["ours"]["length"], c["theirs"]["length"]);
+                            c.fork, c.ours.length, c.theirs.length);
                     }
                 }
             }
             Ok(())
         }),
         Command::Truncate { ref drive, version, json } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "truncate", "drive": drive, "version": version}), true)?;
+            let r: api::Truncated = client::call(&d, &Request::Truncate { drive: drive.clone(), version }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                println!("{drive} is back at version {} (fork {})", r["version"], r["fork"]);
+                println!("{drive} is back at version {} (fork {})", r.version, r.fork);
             }
             Ok(())
         }),
         Command::Diff { ref drive, v1, v2, json } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "diff", "drive": drive, "v1": v1, "v2": v2}), true)?;
+            let r: Vec<api::DiffEntry> = client::call(&d, &Request::Diff { drive: drive.clone(), v1, v2 }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                for e in r.as_array().into_iter().flatten() {
-                    let sign = match e["change"].as_str() { Some("added") => "+", Some("removed") => "-", _ => "~" };
-                    println!("{sign} {}", shown(&e["path"]));
+                for e in &r {
+                    let sign = match e.change.as_str() {
+                        "added" => "+",
+                        "removed" => "-",
+                        _ => "~",
+                    };
+                    println!("{sign} {}", printable(&e.path));
                 }
             }
             Ok(())
         }),
         Command::Info { ref drive, json } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "info", "drive": drive}), true)?;
+            let r: api::Info = client::call(&d, &Request::Info { drive: drive.clone() }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
                 println!("key: {}\nlink: {}\nversion: {}\nwritable: {}\ndb: {} blocks, {} bytes\nblobs: {} blocks, {} bytes\nchunker: {}",
-                    r["key"].as_str().unwrap_or_default(), r["link"].as_str().unwrap_or_default(), r["version"], r["writable"],
-                    r["db"]["length"], r["db"]["byteLength"], r["blobs"]["length"], r["blobs"]["byteLength"], r["chunker"].as_str().unwrap_or_default());
-                for core in ["db", "blobs"] {
-                    let c = &r[core]["conflict"];
-                    if !c.is_null() {
+                    r.key, r.link, r.version, r.writable, r.db.length, r.db.byte_length, r.blobs.length, r.blobs.byte_length, r.chunker);
+                for (core, c) in [("db", &r.db), ("blobs", &r.blobs)] {
+                    if let Some(c) = &c.conflict {
                         println!("CONFLICT: the writer signed two histories of the {core} core on fork {} (lengths {} and {}); \
                             this node takes no more of that fork and keeps both signatures (info --json)",
-                            c["fork"], c["ours"]["length"], c["theirs"]["length"]);
+                            c.fork, c.ours.length, c.theirs.length);
                     }
                 }
             }
             Ok(())
         }),
         Command::Verify { ref drive } => dir().and_then(|d| {
-            let r = client::request(&d, &json!({"cmd": "verify", "drive": drive}), true)?;
-            let bad: Vec<&str> = r["bad"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            if bad.is_empty() {
+            let r: api::Verification = client::call(&d, &Request::Verify { drive: drive.clone() }, true)?;
+            if r.bad.is_empty() {
                 println!("every local block and signature verifies");
                 Ok(())
             } else {
-                Err(anyhow::anyhow!("{}", bad.join("; ")))
+                Err(anyhow::anyhow!("{}", r.bad.join("; ")))
             }
         }),
         Command::Mount { ref drive, dir: ref mount_dir, version, read_only, allow_other, ref net, json } => dir().and_then(|d| {
             // SAFETY: getuid and getgid cannot fail and touch no memory.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-            let req = json!({"cmd": "mount", "drive": drive, "dir": absolute(mount_dir)?, "version": version,
-                "readOnly": read_only, "allowOther": allow_other, "uid": uid, "gid": gid});
-            let req = net.add(req);
-            let r = client::request(&d, &req, true)?;
+            let req = Request::Mount { drive: drive.clone(), dir: absolute(mount_dir)?, version, read_only, allow_other, uid, gid, net: net.options() };
+            let r: api::Mounted = client::call(&d, &req, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                let how = if r["readOnly"].as_bool().unwrap_or(false) { "read-only" } else { "read-write" };
-                println!("mounted {drive} on {} ({how})", r["dir"].as_str().unwrap_or_default());
+                let how = if r.read_only { "read-only" } else { "read-write" };
+                println!("mounted {drive} on {} ({how})", r.dir.display());
             }
             Ok(())
         }),
         Command::Unmount { dir: ref mount_dir, lazy } => dir().and_then(|d| {
-            let req = json!({"cmd": "unmount", "dir": absolute(mount_dir)?, "lazy": lazy});
-            client::request(&d, &req, true).map(drop)
+            let req = Request::Unmount { dir: absolute(mount_dir)?, lazy };
+            client::call::<api::Unmounted>(&d, &req, true).map(drop)
         }),
         Command::Ls { ref target, long, recursive, version, json } => dir().and_then(|d| {
-            let r = target_request(&d, "ls", target, json!({"version": version, "recursive": recursive}))?;
-            let entries = r.as_array().cloned().unwrap_or_default();
+            let (drive, path) = client::split_target(target);
+            let req = Request::Ls { drive: drive.clone(), path, version, recursive };
+            let entries: Vec<api::LsEntry> = client::call(&d, &req, true)?;
             if json {
-                println!("{r}");
+                print_json(&entries);
             } else if long {
                 for e in &entries {
-                    let kind = match e["type"].as_str() { Some("directory") => 'd', Some("symlink") => 'l', _ => '-' };
-                    let mode = e["mode"].as_u64().map_or("?????????".to_owned(), |m| mode_string(m as u32));
-                    let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
-                    let time = e["mtime"].as_i64().map_or("-".to_owned(), format_time);
-                    let link = e["linkname"].as_str().map(|l| format!(" -> {}", printable(l))).unwrap_or_default();
-                    println!("{kind}{mode} {size:>12} {time} {}{link}", shown(&e["name"]));
+                    let kind = match e.kind { api::Kind::Directory => 'd', api::Kind::Symlink => 'l', api::Kind::File => '-' };
+                    let mode = mode_string(e.mode as u32);
+                    let size = e.size.map_or("-".to_owned(), |s| s.to_string());
+                    let time = e.mtime.map_or("-".to_owned(), format_time);
+                    let link = e.linkname.as_deref().map(|l| format!(" -> {}", printable(l))).unwrap_or_default();
+                    println!("{kind}{mode} {size:>12} {time} {}{link}", printable(&e.name));
                 }
             } else {
                 for e in &entries {
-                    println!("{}", shown(&e["name"]));
+                    println!("{}", printable(&e.name));
                 }
             }
             Ok(())
         }),
         Command::Core(CoreCommand::Dump { ref key, .. }) => dir().and_then(|d| {
-            println!("{}", client::request(&d, &serde_json::json!({"cmd": "dump", "key": key}), true)?);
+            println!("{}", client::call::<Value>(&d, &Request::Dump { key: key.clone() }, true)?);
             Ok(())
         }),
         Command::Keys(KeysCommand::Export { ref drive, ref file }) => dir().and_then(|d| {
-            let file = absolute(file)?;
-            let req = serde_json::json!({"cmd": "keys-export", "drive": drive, "file": file});
-            client::request(&d, &req, true)?;
-            eprintln!("wrote the secret key of drive {drive} to {}; keep it private", file.display());
+            let req = Request::KeysExport { drive: drive.clone(), file: absolute(file)? };
+            let r: api::KeysExported = client::call(&d, &req, true)?;
+            eprintln!("wrote the secret key of drive {drive} to {}; keep it private", r.file.display());
             Ok(())
         }),
         Command::Keys(KeysCommand::Import { ref file, offline_ok }) => dir().and_then(|d| {
-            let req = serde_json::json!({"cmd": "keys-import", "file": absolute(file)?, "offlineOk": offline_ok});
-            let r = client::request(&d, &req, true)?;
-            println!("{}", r["key"].as_str().unwrap_or_default());
+            let req = Request::KeysImport { file: absolute(file)?, offline_ok };
+            let r: api::Named = client::call(&d, &req, true)?;
+            println!("{}", r.key);
             Ok(())
         }),
         Command::Core(CoreCommand::Replay { ref script }) => replay::run(script),
@@ -348,60 +351,56 @@ fn main() -> ExitCode {
 }
 
 /// Runs an import or export, with a progress bar on a terminal, and prints what it did.
-fn mirror_command(dir: &std::path::Path, req: &Value, dry_run: bool, json: bool, what: &str) -> anyhow::Result<()> {
+fn mirror_command(dir: &std::path::Path, req: &Request, dry_run: bool, json: bool, what: &str) -> anyhow::Result<()> {
     let mut bar = client::ProgressBar::new(!json && !dry_run);
-    let r = client::request_streaming(dir, req, true, &mut |frame| {
+    let r = client::call_streaming::<api::Mirrored>(dir, req, true, &mut |frame| {
         if let control::Frame::Progress(p) = frame {
-            bar.show(&p);
+            bar.show(&serde_json::from_value(p)?);
         }
         Ok(())
     });
     bar.done();
     let r = r?;
-    let skipped: Vec<&str> = r["skipped"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     if json {
-        println!("{r}");
+        print_json(&r);
     } else {
         if dry_run {
-            for c in r["changes"].as_array().into_iter().flatten() {
-                let sign = match c["action"].as_str() {
-                    Some("add") => "+",
-                    Some("remove") => "-",
+            for c in &r.changes {
+                let sign = match c.action.as_str() {
+                    "add" => "+",
+                    "remove" => "-",
                     _ => "~",
                 };
-                println!("{sign} {}", shown(&c["path"]));
+                println!("{sign} {}", printable(&c.path));
             }
         }
-        let n = |k: &str| r[k].as_u64().unwrap_or(0);
         let done = if dry_run { "would change" } else { "done" };
-        let version = r["version"].as_u64().map(|v| format!(", version {v}")).unwrap_or_default();
+        let version = r.version.map(|v| format!(", version {v}")).unwrap_or_default();
         let moved = if dry_run {
             String::new()
         } else {
-            let secs = r["seconds"].as_f64().unwrap_or(0.0);
-            format!("; {} in {} files, {secs:.1} s", client::human_bytes(n("bytes")), n("files"))
+            format!("; {} in {} files, {:.1} s", client::human_bytes(r.bytes), r.files, r.seconds)
         };
         println!(
             "{what}: {done}: {} added, {} changed, {} removed, {} unchanged{moved}{version}",
-            n("added"),
-            n("changed"),
-            n("removed"),
-            n("unchanged")
+            r.added, r.changed, r.removed, r.unchanged
         );
     }
-    for s in &skipped {
+    for s in &r.skipped {
         eprintln!("hyperfs: skipped {}", printable(s));
     }
-    if !skipped.is_empty() {
-        anyhow::bail!("{} names were skipped (listed above)", skipped.len());
+    if !r.skipped.is_empty() {
+        anyhow::bail!("{} names were skipped (listed above)", r.skipped.len());
     }
     Ok(())
 }
 
-/// A name, path or link target from a drive as a terminal may be shown it: control characters
-/// escaped ([`printable`]); `--json` output stays exact.
-fn shown(v: &Value) -> String {
-    printable(v.as_str().unwrap_or_default())
+/// A reply as `--json` prints it: the control protocol's own form.
+fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("hyperfs: {e}"),
+    }
 }
 
 /// `0o755` → `rwxr-xr-x` (with set-id and sticky bits as ls shows them).
@@ -435,15 +434,6 @@ fn format_time(ms: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Sends `cmd` for the drive and path of `target` (DRIVE:/path), with `extra` fields.
-fn target_request(dir: &std::path::Path, cmd: &str, target: &str, mut extra: Value) -> anyhow::Result<Value> {
-    let (drive, path) = client::split_target(target);
-    extra["cmd"] = cmd.into();
-    extra["drive"] = drive.into();
-    extra["path"] = path.into();
-    client::request(dir, &extra, true)
 }
 
 /// `path` made absolute against the current directory (the node has its own).

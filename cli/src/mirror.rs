@@ -26,8 +26,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use hyperfs_engine::drive::{printable, BlobBatch, Entry, Meta, Op};
 use hyperfs_engine::{Drive, SharedDrive};
 use rayon::prelude::*;
-use serde_json::{json, Value};
 
+use crate::api::{MirrorChange, MirrorProgress, Mirrored};
 use crate::beneath::Beneath;
 
 /// An import applies at most this many changes per drive version…
@@ -102,7 +102,7 @@ struct Tally {
 
 /// Reports progress to the client at most every [`PROGRESS_EVERY`].
 struct Progress<'a> {
-    emit: &'a mut dyn FnMut(Value) -> bool,
+    emit: &'a mut dyn FnMut(MirrorProgress) -> bool,
     last: Instant,
     /// The client went away: the mirror stops at the next file.
     cancelled: bool,
@@ -112,8 +112,12 @@ impl Progress<'_> {
     fn report(&mut self, t: &Tally, force: bool) {
         if force || self.last.elapsed() >= PROGRESS_EVERY {
             self.last = Instant::now();
-            let p =
-                json!({"files": t.files, "totalFiles": t.total_files, "bytes": t.bytes, "totalBytes": t.total_bytes});
+            let p = MirrorProgress {
+                files: t.files,
+                total_files: t.total_files,
+                bytes: t.bytes,
+                total_bytes: t.total_bytes,
+            };
             if !(self.emit)(p) {
                 self.cancelled = true;
             }
@@ -127,8 +131,8 @@ pub fn import(
     src: &Path,
     folder: &str,
     dry_run: bool,
-    emit: &mut dyn FnMut(Value) -> bool,
-) -> Result<Value> {
+    emit: &mut dyn FnMut(MirrorProgress) -> bool,
+) -> Result<Mirrored> {
     let started = Instant::now();
     let meta = std::fs::metadata(src).with_context(|| format!("{}", src.display()))?;
     if !meta.is_dir() {
@@ -261,8 +265,8 @@ pub fn export(
     dst: &Path,
     dry_run: bool,
     owners: bool,
-    emit: &mut dyn FnMut(Value) -> bool,
-) -> Result<Value> {
+    emit: &mut dyn FnMut(MirrorProgress) -> bool,
+) -> Result<Mirrored> {
     let started = Instant::now();
     if owners && !is_root() {
         bail!("--owners sets the owners a drive records, which only root can do");
@@ -947,32 +951,41 @@ fn drive_path(folder: &str, rel: &str) -> String {
     }
 }
 
-fn summary(t: &Tally, changes: &[Change], started: Instant, version: Option<u64>, folder: &str) -> Value {
-    let list: Vec<Value> = changes
+fn summary(t: &Tally, changes: &[Change], started: Instant, version: Option<u64>, folder: &str) -> Mirrored {
+    let changes = changes
         .iter()
-        .map(|c| {
-            let action = match c.action {
+        .map(|c| MirrorChange {
+            path: drive_path(folder, &c.rel),
+            rel: c.rel.clone(),
+            action: match c.action {
                 Action::Add => "add",
                 Action::Change => "change",
                 Action::Remove => "remove",
-            };
-            json!({"path": drive_path(folder, &c.rel), "rel": c.rel, "action": action, "type": c.item.kind()})
+            }
+            .into(),
+            kind: c.item.kind().into(),
         })
         .collect();
-    json!({
-        "added": t.added, "changed": t.changed, "removed": t.removed, "unchanged": t.unchanged,
-        "files": t.files, "bytes": t.bytes, "seconds": started.elapsed().as_secs_f64(),
-        "version": version, "skipped": t.skipped, "changes": list,
-    })
+    Mirrored {
+        added: t.added,
+        changed: t.changed,
+        removed: t.removed,
+        unchanged: t.unchanged,
+        files: t.files,
+        bytes: t.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        version,
+        skipped: t.skipped.clone(),
+        changes,
+    }
 }
 
 /// Checks what an import or export is given before any work starts.
-pub fn check_dir_arg(dir: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(dir);
-    if !p.is_absolute() {
+pub fn check_dir_arg(dir: &Path) -> Result<PathBuf> {
+    if !dir.is_absolute() {
         return Err(anyhow!("the node needs an absolute path, not {dir:?}"));
     }
-    Ok(p)
+    Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]

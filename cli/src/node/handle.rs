@@ -2,19 +2,16 @@
 
 use super::*;
 
-/// The proof of a writer's two histories, as `info --json` shows it.
-pub(super) fn conflict_json(c: &hyperfs_engine::hypercore::Conflict) -> Value {
-    let state = |s: &hyperfs_engine::hypercore::SignedState| json!({"length": s.length, "treeHash": hex::encode(s.tree_hash), "signature": hex::encode(&s.signature)});
-    json!({"fork": c.fork, "ours": state(&c.ours), "theirs": state(&c.theirs), "node": c.node})
-}
-
-pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> bool) -> Result<Value> {
-    let s = |k: &str| r[k].as_str().ok_or_else(|| anyhow!("the request lacks {k:?}"));
-    match r["cmd"].as_str().unwrap_or_default() {
-        "ping" => Ok(json!({"dir": state.dir})),
-        "stop" => Ok(json!({"pid": std::process::id()})),
-        "create" => create(state, r["name"].as_str()),
-        "sync" => {
+/// Answers one request; the reply is the type [`crate::api`] gives that command.
+pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -> bool) -> Result<Value> {
+    fn reply(v: impl serde::Serialize) -> Result<Value> {
+        Ok(serde_json::to_value(v)?)
+    }
+    match r {
+        Request::Ping => reply(api::Pong { dir: state.dir.clone() }),
+        Request::Stop => reply(api::Stopping { pid: std::process::id() }),
+        Request::Create { name } => reply(create(state, name.as_deref())?),
+        Request::Sync => {
             let mounts: Vec<_> = state
                 .mounts
                 .lock()
@@ -26,25 +23,26 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 fs.sync()?;
             }
             state.store.flush()?;
-            Ok(json!({"synced": true}))
+            reply(api::Synced { synced: true })
         }
-        "drives" => {
+        Request::Drives => {
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            Ok(names
-                .into_iter()
-                .map(|(name, key)| {
-                    let mounts = crate::local::parse_key(&key).map(|k| mounts_of(state, &k)).unwrap_or_default();
-                    json!({"name": name, "key": key, "mounts": mounts})
-                })
-                .collect())
+            reply(
+                names
+                    .into_iter()
+                    .map(|(name, key)| {
+                        let mounts = crate::local::parse_key(&key).map(|k| mounts_of(state, &k)).unwrap_or_default();
+                        api::DriveListing { name, key, mounts }
+                    })
+                    .collect::<Vec<_>>(),
+            )
         }
-        "put" => {
-            let drive = open_drive(state, s("drive")?)?;
-            let file = s("file")?;
-            let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
-            let m = f.metadata().with_context(|| format!("reading {file}"))?;
+        Request::Put { drive, path, file } => {
+            let drive = open_drive(state, drive)?;
+            let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+            let m = f.metadata().with_context(|| format!("reading {}", file.display()))?;
             if !m.is_file() {
-                bail!("{file} is not a file (hyperfs import mirrors a folder)");
+                bail!("{} is not a file (hyperfs import mirrors a folder)", file.display());
             }
             let meta = crate::mirror::meta_of(&m);
             let opts = PutOptions { executable: meta.mode & 0o100 != 0, metadata: Some(meta.to_json(None)) };
@@ -54,15 +52,14 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
             let blob = d.write_prepared(prepared)?;
             let entry =
                 Entry { executable: opts.executable, linkname: None, blob: Some(blob), metadata: opts.metadata };
-            d.put_entry(s("path")?, &entry)?;
-            Ok(json!({"version": d.version()}))
+            d.put_entry(path, &entry)?;
+            reply(api::Changed { version: d.version() })
         }
-        "cat" => {
-            let drive = open_drive(state, s("drive")?)?;
-            let path = s("path")?;
+        Request::Cat { drive, path, version } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
             let entry = {
-                let v = r["version"].as_u64().unwrap_or(d.version());
+                let v = version.unwrap_or(d.version());
                 let view = d.checkout(v)?;
                 match view.stat(path)? {
                     Some(st) => st.entry,
@@ -70,13 +67,13 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                     None => bail!("no file at {path}"),
                 }
             };
-            let Some(blob) = entry.blob else { return Ok(json!({})) };
+            let Some(blob) = entry.blob else { return reply(api::Sent { bytes: 0 }) };
             // The file goes out a window at a time, from the version it was found in.
             let mut offset = 0u64;
             loop {
                 let chunk = d.read_blob(&blob, offset, 4 << 20)?;
                 if chunk.is_empty() {
-                    return Ok(json!({"bytes": offset}));
+                    return reply(api::Sent { bytes: offset });
                 }
                 offset += chunk.len() as u64;
                 if !emit(Out::Bytes(&chunk)) {
@@ -84,34 +81,33 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 }
             }
         }
-        "import" | "export" => {
-            let drive = open_drive(state, s("drive")?)?;
-            let dir = crate::mirror::check_dir_arg(s("dir")?)?;
-            let dry_run = r["dryRun"].as_bool().unwrap_or(false);
-            let mut progress = |v: Value| emit(Out::Progress(v));
-            if r["cmd"] == "import" {
-                crate::mirror::import(&drive, &dir, s("path")?, dry_run, &mut progress)
-            } else {
-                let owners = r["owners"].as_bool().unwrap_or(false);
-                crate::mirror::export(&drive, r["version"].as_u64(), s("path")?, &dir, dry_run, owners, &mut progress)
-            }
+        Request::Import { drive, path, dir, dry_run } => {
+            let drive = open_drive(state, drive)?;
+            let dir = crate::mirror::check_dir_arg(dir)?;
+            let mut progress = |p: api::MirrorProgress| emit(Out::Progress(json!(p)));
+            reply(crate::mirror::import(&drive, &dir, path, *dry_run, &mut progress)?)
         }
-        "ls" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Export { drive, path, dir, version, dry_run, owners } => {
+            let drive = open_drive(state, drive)?;
+            let dir = crate::mirror::check_dir_arg(dir)?;
+            let mut progress = |p: api::MirrorProgress| emit(Out::Progress(json!(p)));
+            reply(crate::mirror::export(&drive, *version, path, &dir, *dry_run, *owners, &mut progress)?)
+        }
+        Request::Ls { drive, path, version, recursive } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
-            let view = d.checkout(r["version"].as_u64().unwrap_or(d.version()))?;
-            let path = s("path")?;
-            let describe = |name: String, entry: Option<&Entry>, dir_record: Option<Entry>| -> Result<Value> {
+            let view = d.checkout(version.unwrap_or(d.version()))?;
+            let describe = |name: String, entry: Option<&Entry>, dir_record: Option<Entry>| -> Result<api::LsEntry> {
                 let (kind, size) = match entry {
-                    Some(e) if e.linkname.is_some() => ("symlink", None),
+                    Some(e) if e.linkname.is_some() => (api::Kind::Symlink, None),
                     Some(e) => (
-                        "file",
+                        api::Kind::File,
                         Some(match e.blob {
                             Some(b) => d.blob_size(&b)?,
                             None => 0,
                         }),
                     ),
-                    None => ("directory", None),
+                    None => (api::Kind::Directory, None),
                 };
                 let default = if entry.is_some_and(|e| e.executable) {
                     0o755
@@ -123,13 +119,19 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 let metadata =
                     entry.map_or(dir_record.as_ref().and_then(|e| e.metadata.as_ref()), |e| e.metadata.as_ref());
                 let mode = metadata.and_then(|m| m["mode"].as_u64()).map_or(default, |m| m & 0o7777);
-                Ok(json!({"name": name, "type": kind, "size": size, "mode": mode,
-                    "mtime": metadata.and_then(|m| m["mtime"].as_i64()),
-                    "executable": entry.map(|e| e.executable), "linkname": entry.and_then(|e| e.linkname.clone())}))
+                Ok(api::LsEntry {
+                    name,
+                    kind,
+                    size,
+                    mode,
+                    mtime: metadata.and_then(|m| m["mtime"].as_i64()),
+                    executable: entry.map(|e| e.executable),
+                    linkname: entry.and_then(|e| e.linkname.clone()),
+                })
             };
             let root = hyperfs_engine::drive::path::folder(path)?.is_empty();
             if let Some(st) = if root { None } else { view.stat(path)? } {
-                return Ok(json!([describe(path.to_owned(), Some(&st.entry), None)?]));
+                return reply([describe(path.to_owned(), Some(&st.entry), None)?]);
             }
             if !view.is_dir(path)? {
                 bail!("no file or folder at {path}");
@@ -143,56 +145,62 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                     let full = format!("{folder}/{}", c.name);
                     let record = if c.entry.is_none() { view.dir_entry(&full)? } else { None };
                     out.push(describe(name.clone(), c.entry.as_ref(), record)?);
-                    if c.entry.is_none() && r["recursive"].as_bool().unwrap_or(false) {
+                    if c.entry.is_none() && *recursive {
                         below.push((full, format!("{name}/")));
                     }
                 }
                 folders.extend(below.into_iter().rev());
             }
-            Ok(out.into())
+            reply(out)
         }
-        "rm" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Rm { drive, path } => {
+            let drive = open_drive(state, drive)?;
             let mut d = drive.write();
-            let path = s("path")?;
             if !d.del(path)? && !d.rmdir(path)? {
                 bail!("no file at {path}");
             }
-            Ok(json!({"version": d.version()}))
+            reply(api::Changed { version: d.version() })
         }
-        "mv" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Mv { drive, path, to } => {
+            let drive = open_drive(state, drive)?;
             let mut d = drive.write();
-            d.rename(s("path")?, s("to")?)?;
-            Ok(json!({"version": d.version()}))
+            d.rename(path, to)?;
+            reply(api::Changed { version: d.version() })
         }
-        "mkdir" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Mkdir { drive, path } => {
+            let drive = open_drive(state, drive)?;
             let mut d = drive.write();
-            d.mkdir(s("path")?, None)?;
-            Ok(json!({"version": d.version()}))
+            d.mkdir(path, None)?;
+            reply(api::Changed { version: d.version() })
         }
-        "stat" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Stat { drive, path, version } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
-            let path = s("path")?;
-            let d = d.checkout(r["version"].as_u64().unwrap_or(d.version()))?;
+            let d = d.checkout(version.unwrap_or(d.version()))?;
             match d.stat(path)? {
-                Some(st) => Ok(json!({
-                    "path": path, "type": if st.entry.linkname.is_some() { "symlink" } else { "file" },
-                    "size": st.size, "executable": st.entry.executable, "linkname": st.entry.linkname,
-                    "metadata": st.entry.metadata, "seq": st.seq,
-                    "blockMap": st.entry.blob.is_some_and(|b| b.block_map),
-                })),
-                None if d.is_dir(path)? => Ok(json!({"path": path, "type": "directory"})),
+                Some(st) => reply(api::StatReply {
+                    path: path.clone(),
+                    kind: if st.entry.linkname.is_some() { api::Kind::Symlink } else { api::Kind::File },
+                    file: Some(api::FileStat {
+                        size: st.size,
+                        executable: st.entry.executable,
+                        linkname: st.entry.linkname,
+                        metadata: st.entry.metadata,
+                        seq: st.seq,
+                        block_map: st.entry.blob.is_some_and(|b| b.block_map),
+                    }),
+                }),
+                None if d.is_dir(path)? => {
+                    reply(api::StatReply { path: path.clone(), kind: api::Kind::Directory, file: None })
+                }
                 None => bail!("no file or directory at {path}"),
             }
         }
-        "log" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Log { drive, path, version } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
-            let filter = r["path"].as_str().filter(|p| *p != "/");
-            let until = r["version"].as_u64().unwrap_or(u64::MAX);
+            let filter = Some(path.as_str()).filter(|p| *p != "/");
+            let until = version.unwrap_or(u64::MAX);
             let mut out = Vec::new();
             for c in d.history(0)?.into_iter().take_while(|c| c.version <= until) {
                 if filter.is_some_and(|f| c.path != f && !c.path.starts_with(&format!("{f}/"))) {
@@ -213,16 +221,15 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                     Some(e) if e.linkname.is_some() => "symlink",
                     Some(_) => "put",
                 };
-                out.push(json!({"version": c.version, "op": op, "path": c.path, "size": size, "time": time}));
+                out.push(api::LogEntry { version: c.version, op: op.into(), path: c.path, size, time });
             }
-            Ok(out.into())
+            reply(out)
         }
-        "truncate" => {
-            let which = s("drive")?;
+        Request::Truncate { drive: which, version } => {
             let drive = open_drive(state, which)?;
-            let version = r["version"].as_u64().ok_or_else(|| anyhow!("the request lacks \"version\""))?;
+            let version = *version;
             let key = *drive.snapshot().key();
-            if mounts_of(state, &key).iter().any(|m| m["readOnly"] == false) {
+            if mounts_of(state, &key).iter().any(|m| !m.read_only) {
                 bail!("{which} is mounted read-write; unmount it first");
             }
             let mut d = drive.write();
@@ -233,22 +240,20 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 bail!("{which} has no version {version} (it is at {})", d.version());
             }
             d.truncate(version)?;
-            Ok(json!({"version": d.version(), "fork": d.db().core().fork()}))
+            reply(api::Truncated { version: d.version(), fork: d.db().core().fork() })
         }
-        "diff" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Diff { drive, v1, v2 } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
-            let v1 = r["v1"].as_u64().ok_or_else(|| anyhow!("the request lacks \"v1\""))?;
-            let v2 = r["v2"].as_u64().unwrap_or(d.version());
-            let out: Vec<Value> = d
-                .diff(v1, v2)?
+            let out: Vec<api::DiffEntry> = d
+                .diff(*v1, v2.unwrap_or(d.version()))?
                 .into_iter()
-                .map(|x| json!({"path": x.path, "change": format!("{:?}", x.kind).to_lowercase()}))
+                .map(|x| api::DiffEntry { path: x.path, change: format!("{:?}", x.kind).to_lowercase() })
                 .collect();
-            Ok(out.into())
+            reply(out)
         }
-        "info" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Info { drive } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
             // Block data sent to and received from peers, both cores, since the node started.
             let (up, down) = match state.net.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -258,27 +263,31 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 }
                 None => (0, 0),
             };
-            let core = |c: &hyperfs_engine::Hypercore| {
-                json!({"key": hex::encode(c.key()), "length": c.length(), "byteLength": c.byte_length(),
-                    "localBlocks": c.local_blocks(), "totalBlocks": c.length(), "fork": c.fork(),
-                    "conflict": c.stored_conflict().ok().flatten().as_ref().map(conflict_json)})
+            let core = |c: &hyperfs_engine::Hypercore| api::CoreInfo {
+                key: hex::encode(c.key()),
+                length: c.length(),
+                byte_length: c.byte_length(),
+                local_blocks: c.local_blocks(),
+                total_blocks: c.length(),
+                fork: c.fork(),
+                conflict: c.stored_conflict().ok().flatten().as_ref().map(api::ConflictInfo::from),
             };
-            Ok(json!({
-                "key": hex::encode(d.key()),
-                "discoveryKey": hex::encode(d.db().core().discovery_key()),
-                "link": format!("hyper://{}", z32_encode(d.key())),
-                "version": d.version(),
-                "writable": d.writable(),
-                "db": core(d.db().core()),
-                "blobs": core(d.blobs()),
-                "chunker": d.preset().name,
-                "mounts": mounts_of(state, d.key()),
-                "bytesUploaded": up,
-                "bytesDownloaded": down,
-            }))
+            reply(api::Info {
+                key: hex::encode(d.key()),
+                discovery_key: hex::encode(d.db().core().discovery_key()),
+                link: format!("hyper://{}", z32_encode(d.key())),
+                version: d.version(),
+                writable: d.writable(),
+                db: core(d.db().core()),
+                blobs: core(d.blobs()),
+                chunker: d.preset().name.to_string(),
+                mounts: mounts_of(state, d.key()),
+                bytes_uploaded: up,
+                bytes_downloaded: down,
+            })
         }
-        "verify" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Verify { drive } => {
+            let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
             let mut bad = Vec::new();
             for (name, c) in [("db", d.db().core()), ("blobs", d.blobs())] {
@@ -302,18 +311,29 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 Err(hyperfs_engine::Error::MissingBlock { .. }) => {}
                 Err(e) => bad.push(format!("the file tree: {e}")),
             }
-            Ok(json!({"bad": bad}))
+            reply(api::Verification { bad })
         }
-        "mount" => mount(state, s("drive")?, Path::new(s("dir")?), r),
-        "unmount" => unmount(state, Path::new(s("dir")?), r["lazy"].as_bool().unwrap_or(false)),
-        "dump" => crate::local::core_dump(state.store.clone(), s("key")?),
-        "keys-export" => {
-            let key = drive_key(state, s("drive")?)?;
-            crate::local::keys_export(state.store.clone(), &key, Path::new(s("file")?))
+        Request::Mount { drive, dir, version, read_only, allow_other, uid, gid, net } => reply(mount(
+            state,
+            MountRequest {
+                which: drive,
+                dir,
+                version: *version,
+                read_only: *read_only,
+                allow_other: *allow_other,
+                uid: *uid,
+                gid: *gid,
+                net,
+            },
+        )?),
+        Request::Unmount { dir, lazy } => reply(unmount(state, dir, *lazy)?),
+        Request::Dump { key } => crate::local::core_dump(state.store.clone(), key),
+        Request::KeysExport { drive, file } => {
+            let key = drive_key(state, drive)?;
+            reply(crate::local::keys_export(state.store.clone(), &key, file)?)
         }
-        "keys-import" => {
-            let offline_ok = r["offlineOk"].as_bool().unwrap_or(false);
-            let drive = crate::local::keys_import(state.store.clone(), Path::new(s("file")?), offline_ok)?;
+        Request::KeysImport { file, offline_ok } => {
+            let drive = crate::local::keys_import(state.store.clone(), file, *offline_ok)?;
             let key = *drive.key();
             let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
             let hexkey = hex::encode(key);
@@ -327,42 +347,44 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 }
             };
             state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, SharedDrive::new(drive));
-            Ok(json!({"name": name, "key": hexkey}))
+            reply(api::Named { name, key: hexkey, link: None })
         }
-        "share" => {
-            let drive = open_drive(state, s("drive")?)?;
-            let net = net(state, r)?;
-            net.connect(&peers_of(r))?;
+        Request::Share { drive, no_announce, lan_only, net: options } => {
+            let drive = open_drive(state, drive)?;
+            let net = net(state, options)?;
+            net.connect(&options.peers)?;
             let (key, blobs, writable) = {
                 let d = drive.snapshot();
                 (*d.key(), *d.blobs().key(), d.writable())
             };
             // A replica is served already, through the network's own instances of its cores.
             let served = !writable && matches!(net.replica_cores(&key, &blobs), (Some(_), Some(_)));
-            let (announce, lan_only) = (r["noAnnounce"] != true, r["lanOnly"] == true);
+            let (announce, lan_only) = (!no_announce, *lan_only);
             if served {
                 net.swarm.join(&key, announce, lan_only);
             } else {
                 net.share(&drive, announce, lan_only);
                 remember_share(state, &key, Some((announce, lan_only)))?;
             }
-            Ok(json!({"key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key)),
-                "address": net.endpoint.local_addr()?.to_string()}))
+            reply(api::Sharing {
+                key: hex::encode(key),
+                link: format!("hyper://{}", z32_encode(&key)),
+                address: net.endpoint.local_addr()?.to_string(),
+            })
         }
-        "unshare" => {
-            let drive = open_drive(state, s("drive")?)?;
+        Request::Unshare { drive: which } => {
+            let drive = open_drive(state, which)?;
             let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if !net.is_some_and(|n| n.unshare(&drive)) {
-                bail!("drive {} is not shared", s("drive")?);
+                bail!("drive {which} is not shared");
             }
             remember_share(state, drive.snapshot().key(), None)?;
-            Ok(json!({}))
+            reply(api::Done {})
         }
-        "clone" => clone(state, s("key")?, r, emit),
-        "peers" => {
-            let peers = peers_of(r);
-            if !peers.is_empty() {
-                net(state, r)?.connect(&peers)?;
+        Request::Clone { key, name, net } => reply(clone(state, key, name.as_deref(), net, emit)?),
+        Request::Peers { net: options } => {
+            if !options.peers.is_empty() {
+                net(state, options)?.connect(&options.peers)?;
             }
             let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let peers: Vec<(hyperfs_net::PeerInfo, &str)> = net
@@ -378,7 +400,7 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                 })
                 .unwrap_or_default();
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            Ok(peers
+            let entries: Vec<api::PeerEntry> = peers
                 .into_iter()
                 .map(|(p, found)| {
                     // The drives are the db cores replicated with the peer, by local name.
@@ -388,13 +410,19 @@ pub(super) fn handle(state: &State, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> 
                         .filter(|k| state.drives.lock().unwrap_or_else(|e| e.into_inner()).contains_key(*k))
                         .map(|k| local_name(&names, k).unwrap_or_else(|| hex::encode(k)))
                         .collect();
-                    json!({"id": hex::encode(p.id), "address": p.address.to_string(), "drives": drives, "found": found,
-                        "cores": p.cores.iter().map(hex::encode).collect::<Vec<_>>(),
-                        "bytesUp": p.bytes_up, "bytesDown": p.bytes_down, "rttMs": p.rtt.as_secs_f64() * 1000.0})
+                    api::PeerEntry {
+                        id: hex::encode(p.id),
+                        address: p.address.to_string(),
+                        drives,
+                        found: found.to_owned(),
+                        cores: p.cores.iter().map(hex::encode).collect(),
+                        bytes_up: p.bytes_up,
+                        bytes_down: p.bytes_down,
+                        rtt_ms: p.rtt.as_secs_f64() * 1000.0,
+                    }
                 })
-                .collect())
+                .collect();
+            reply(entries)
         }
-        "" if r.get("malformed").is_some() => bail!("malformed request: {}", r["malformed"]),
-        other => bail!("unknown request {other:?}"),
     }
 }

@@ -1,9 +1,9 @@
 //! The node: one process per data directory that owns the store and the drives, serving the
 //! other commands over a control socket (`node.sock` in the data directory, mode 0600).
 //!
-//! The protocol ([`crate::control`]) is one JSON request per line, answered by progress and
-//! bytes frames and one reply: `{"cmd": "create", ...}` → `{"ok": {...}}` or
-//! `{"error": "one explaining line"}`. The handlers are in `handle`, mounts in `mounts`,
+//! The protocol ([`crate::control`], its types in [`crate::api`]) is one JSON request per line,
+//! answered by progress and bytes frames and one reply: `{"cmd": "create", ...}` →
+//! `{"ok": {...}}` or `{"error": "one explaining line"}`. The handlers are in `handle`, mounts in `mounts`,
 //! replicas and shares in `replicas`; this file has the process, its data directory and its
 //! drives.
 //!
@@ -28,6 +28,7 @@ use hyperfs_engine::drive::{keys, Drive, Entry, PutOptions, SharedDrive};
 use hyperfs_engine::store::{RocksStore, Store};
 use serde_json::{json, Value};
 
+use crate::api::{self, NetOptions, Request};
 use crate::control::Out;
 
 mod handle;
@@ -174,7 +175,7 @@ struct State {
 
 /// Runs the node in the foreground until `stop`, SIGINT or SIGTERM; with `net_options` (those
 /// of `hyperfs daemon`), its network starts at once with them.
-pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
+pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
     // Everything the node makes (RocksDB's files, staging, the socket) is the user's alone.
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
@@ -216,9 +217,9 @@ pub fn run(dir: &Path, net_options: Option<Value>) -> Result<()> {
     // use its network rather than start one on the remembered address.
     if let Some(r) = &net_options {
         let n = net(&state, r)?;
-        let peers = peers_of(r);
+        let peers = &r.peers;
         if !peers.is_empty() {
-            n.connect(&peers)?;
+            n.connect(peers)?;
         }
     }
     sync_in_the_background(&state);
@@ -317,15 +318,15 @@ fn serve(state: &State, conn: UnixStream) -> bool {
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let Ok(line) = line else { break };
-        let request: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => json!({"cmd": "", "malformed": e.to_string()}),
-        };
-        let stop = request["cmd"] == "stop";
+        let request = serde_json::from_str::<Request>(&line);
+        let stop = matches!(request, Ok(Request::Stop));
         // Long requests send lines before their reply: progress, or the bytes of a file. A
         // client that has gone away (Ctrl-C) makes the send fail, and the work stops.
         let mut emit = |out: Out<'_>| crate::control::write_out(&mut stream, out).is_ok();
-        let reply = handle(state, &request, &mut emit).map_err(|e| format!("{e:#}"));
+        let reply = match request {
+            Ok(r) => handle(state, &r, &mut emit).map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("malformed request: {e}")),
+        };
         if crate::control::write_reply(&mut writer, reply).is_err() {
             break;
         }
@@ -364,9 +365,9 @@ fn sync_in_the_background(state: &Arc<State>) {
 /// The node's network, started on first use: listening on the request's `listen`, finding
 /// peers as its `bootstrap`, `noDht` and `noLan` say (remembered in `discovery.json` for the
 /// next start; later requests do not change a running network).
-fn net(state: &State, r: &Value) -> Result<Arc<crate::share::Net>> {
+fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
     let mut slot = state.net.lock().unwrap_or_else(|e| e.into_inner());
-    let listen = r["listen"].as_str().map(crate::share::resolve).transpose()?;
+    let listen = r.listen.as_deref().map(crate::share::resolve).transpose()?;
     if let Some(n) = &*slot {
         // An address the running network cannot take is refused, never silently ignored.
         if let (Some(want), Ok(runs)) = (listen, n.endpoint.local_addr()) {
@@ -382,15 +383,9 @@ fn net(state: &State, r: &Value) -> Result<Arc<crate::share::Net>> {
         }
         return Ok(n.clone());
     }
-    let asked = r.get("bootstrap").is_some_and(|b| b.as_array().is_some_and(|a| !a.is_empty()))
-        || r["noDht"] == true
-        || r["noLan"] == true;
+    let asked = !r.bootstrap.is_empty() || r.no_dht || r.no_lan;
     let discovery: crate::swarm::Discovery = if asked {
-        let d = crate::swarm::Discovery {
-            bootstrap: peers_from(&r["bootstrap"]),
-            no_dht: r["noDht"] == true,
-            no_lan: r["noLan"] == true,
-        };
+        let d = crate::swarm::Discovery { bootstrap: r.bootstrap.clone(), no_dht: r.no_dht, no_lan: r.no_lan };
         write_json(&state.dir, "discovery.json", &d)?;
         d
     } else {
@@ -412,7 +407,7 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(dir: &Path, file: &str) -
     }
 }
 
-fn create(state: &State, name: Option<&str>) -> Result<Value> {
+fn create(state: &State, name: Option<&str>) -> Result<api::Named> {
     let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
     let name = match name {
         Some(n) => {
@@ -429,7 +424,7 @@ fn create(state: &State, name: Option<&str>) -> Result<Value> {
     names.insert(name.clone(), hex::encode(key));
     write_names(&state.dir, &names)?;
     state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, SharedDrive::new(drive));
-    Ok(json!({"name": name, "key": hex::encode(key), "link": format!("hyper://{}", z32_encode(&key))}))
+    Ok(api::Named { name, key: hex::encode(key), link: Some(format!("hyper://{}", z32_encode(&key))) })
 }
 
 /// The local name of the drive with `key`, if it has one.

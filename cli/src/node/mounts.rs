@@ -48,40 +48,43 @@ pub(super) fn watch_mounts(state: &Arc<State>, changed: std::sync::mpsc::Receive
 
 /// Mounts a drive on `dir`: read-write if this node can write it, else (or with a version or
 /// `readOnly`) read-only.
-pub(super) fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result<Value> {
+pub(super) struct MountRequest<'a> {
+    pub which: &'a str,
+    pub dir: &'a Path,
+    pub version: Option<u64>,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub net: &'a NetOptions,
+}
+
+pub(super) fn mount(state: &State, r: MountRequest<'_>) -> Result<api::Mounted> {
+    let MountRequest { which, dir, version, read_only, allow_other, uid, gid, net: options } = r;
     let dir = prepare_mount_point(dir)?;
     if state.mounts.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&dir) {
         bail!("a drive is already mounted on {}", dir.display());
     }
     let drive = match open_drive(state, which) {
         Ok(d) => {
-            let peers = peers_of(r);
-            if !peers.is_empty() {
-                net(state, r)?.connect(&peers)?;
+            if !options.peers.is_empty() {
+                net(state, options)?.connect(&options.peers)?;
             }
             d
         }
         // A drive known by its key alone: mount a sparse replica that reads on demand.
         Err(_) if crate::local::parse_key(which).is_ok() => {
             let key = crate::local::parse_key(which)?;
-            let peers = peers_of(r);
-            let d = replicate(state, &key, &peers, r, false)?;
+            let d = replicate(state, &key, &options.peers, options, false)?;
             name_replica(state, &key, None, "replica")?;
             d
         }
         Err(e) => return Err(e),
     };
     let key = *drive.snapshot().key();
-    let version = r["version"].as_u64();
     let staging = state.dir.join("staging");
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let cfg = hyperfs_fs::Config {
-        version,
-        read_only: r["readOnly"].as_bool().unwrap_or(false),
-        staging,
-        uid: r["uid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
-        gid: r["gid"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
-    };
+    let cfg = hyperfs_fs::Config { version, read_only, staging, uid, gid };
     let fs = hyperfs_fs::Fs::new(drive.clone(), cfg).map_err(|e| match version {
         Some(v) => anyhow!("drive {which} has no version {v} (or it falls inside an atomic change; see hyperfs log)"),
         None => anyhow!("{e}"),
@@ -93,7 +96,7 @@ pub(super) fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result
     let opts = hyperfs_fs::MountOptions {
         fsname: format!("hyperfs:{name}"),
         guard: Some(guard),
-        allow_other: r["allowOther"].as_bool().unwrap_or(false),
+        allow_other,
         ..Default::default()
     };
     let mounted =
@@ -115,7 +118,7 @@ pub(super) fn mount(state: &State, which: &str, dir: &Path, r: &Value) -> Result
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(dir.clone(), Mount { mounted, key, version, listening });
-    Ok(json!({"dir": dir, "key": hex::encode(key), "version": version, "readOnly": read_only}))
+    Ok(api::Mounted { dir, key: hex::encode(key), version, read_only })
 }
 
 /// Checks that `dir` can be mounted on: an existing, empty directory (a dead hyperfs mount
@@ -137,7 +140,7 @@ pub(super) fn prepare_mount_point(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub(super) fn unmount(state: &State, dir: &Path, lazy: bool) -> Result<Value> {
+pub(super) fn unmount(state: &State, dir: &Path, lazy: bool) -> Result<api::Unmounted> {
     let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut mounts = state.mounts.lock().unwrap_or_else(|e| e.into_inner());
     match mounts.get_mut(&canonical) {
@@ -150,7 +153,7 @@ pub(super) fn unmount(state: &State, dir: &Path, lazy: bool) -> Result<Value> {
                 bail!("unmounting {}: {e}", canonical.display());
             }
             mounts.remove(&canonical);
-            Ok(json!({"dir": canonical}))
+            Ok(api::Unmounted { dir: canonical, stale: false })
         }
         None => {
             // A mount this node does not serve: one left behind by a node that was killed
@@ -158,7 +161,7 @@ pub(super) fn unmount(state: &State, dir: &Path, lazy: bool) -> Result<Value> {
             let dead = std::fs::metadata(dir).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
             if dead {
                 hyperfs_fs::unmount(dir, true).with_context(|| format!("unmounting {}", dir.display()))?;
-                Ok(json!({"dir": dir, "stale": true}))
+                Ok(api::Unmounted { dir: dir.to_path_buf(), stale: true })
             } else if is_fuse_mount(&canonical) {
                 bail!("{} is served by another node; unmount it with that node's --data-dir", dir.display())
             } else {
@@ -180,13 +183,13 @@ pub(super) fn is_fuse_mount(dir: &Path) -> bool {
 }
 
 /// The mounts of drive `key` on this node.
-pub(super) fn mounts_of(state: &State, key: &Hash) -> Vec<Value> {
+pub(super) fn mounts_of(state: &State, key: &Hash) -> Vec<api::MountInfo> {
     state
         .mounts
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter(|(_, m)| m.key == *key)
-        .map(|(dir, m)| json!({"dir": dir, "version": m.version, "readOnly": m.mounted.fs().read_only()}))
+        .map(|(dir, m)| api::MountInfo { dir: dir.clone(), version: m.version, read_only: m.mounted.fs().read_only() })
         .collect()
 }

@@ -3,14 +3,6 @@
 
 use super::*;
 
-pub(super) fn peers_from(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect()
-}
-
-pub(super) fn peers_of(r: &Value) -> Vec<String> {
-    peers_from(&r["peers"])
-}
-
 /// The replicas this node keeps (`replicas.json`: key → whether it is a full copy, and the
 /// peers it was reached through), re-followed when the node starts.
 pub(super) type Replicas = BTreeMap<String, Value>;
@@ -60,7 +52,7 @@ pub(super) fn resume_shares(state: &Arc<State>) {
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, "not sharing again"),
     };
-    let Ok(net) = net(state, &Value::Null) else { return };
+    let Ok(net) = net(state, &NetOptions::default()) else { return };
     for (key, how) in shared {
         match open_drive(state, &key) {
             Ok(drive) => net.share(&drive, how["announce"] != false, how["lanOnly"] == true),
@@ -81,13 +73,13 @@ pub(super) fn resume_replicas(state: &Arc<State>) {
     for (key, r) in replicas {
         let Ok(key) = crate::local::parse_key(&key) else { continue };
         let full = r["full"].as_bool().unwrap_or(false);
-        if let Err(e) = replicate(state, &key, &[], &Value::Null, full) {
+        if let Err(e) = replicate(state, &key, &[], &NetOptions::default(), full) {
             tracing::warn!(drive = %log_id(&hex::encode(key)), error = %e, "following a replica");
         }
         let peers: Vec<String> = serde_json::from_value(r["peers"].clone()).unwrap_or_default();
         all_peers.extend(peers.into_iter().map(|p| (key, p)));
     }
-    let Ok(net) = net(state, &Value::Null) else { return };
+    let Ok(net) = net(state, &NetOptions::default()) else { return };
     // The swarm dials them (and again when they leave).
     for (key, p) in all_peers {
         match crate::share::resolve(&p) {
@@ -104,7 +96,7 @@ pub(super) fn replicate(
     state: &State,
     key: &Hash,
     peers: &[String],
-    r: &Value,
+    r: &NetOptions,
     full: bool,
 ) -> Result<Arc<SharedDrive>> {
     use std::time::{Duration, Instant};
@@ -178,7 +170,13 @@ pub(super) fn name_replica(state: &State, key: &Hash, asked: Option<&str>, prefi
 }
 
 /// `hyperfs clone KEY --peer HOST:PORT`: a full replica of a drive, kept following its writer.
-pub(super) fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(Out<'_>) -> bool) -> Result<Value> {
+pub(super) fn clone(
+    state: &State,
+    which: &str,
+    as_name: Option<&str>,
+    r: &NetOptions,
+    emit: &mut dyn FnMut(Out<'_>) -> bool,
+) -> Result<api::Cloned> {
     use std::time::{Duration, Instant};
     let key = crate::local::parse_key(which)?;
     let ours =
@@ -186,13 +184,13 @@ pub(super) fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(
     if ours || Drive::open(state.store.clone(), &key).ok().flatten().is_some_and(|d| d.writable()) {
         bail!("drive {} is this node's own", hex::encode(key));
     }
-    let peers = peers_of(r);
+    let peers = &r.peers;
     let known = read_replicas(&state.dir)?.get(&hex::encode(key)).cloned();
     if known.as_ref().is_some_and(|k| k["full"] == true) {
         let name = local_name(&state.names.lock().unwrap_or_else(|e| e.into_inner()), &key);
         bail!("drive {} is on this node already (as {})", hex::encode(key), name.unwrap_or_else(|| hex::encode(key)));
     }
-    let drive = replicate(state, &key, &peers, r, true)?;
+    let drive = replicate(state, &key, peers, r, true)?;
     let net = net(state, r)?;
     let (db, blobs) = net.replica_cores(&key, drive.snapshot().blobs().key());
     let (Some(db), Some(blobs)) = (db, blobs) else { bail!("the replica's cores are not followed") };
@@ -204,7 +202,7 @@ pub(super) fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(
         let (_, dl, dh) = db.state();
         let (_, bl, bh) = blobs.state();
         let have = dh + bh;
-        let _ = emit(Out::Progress(json!({"blocks": have, "totalBlocks": dl + bl})));
+        let _ = emit(Out::Progress(json!(api::CloneProgress { blocks: have, total_blocks: dl + bl })));
         if dh == dl && needed.is_none() {
             drive.write().refresh()?;
             let d = drive.snapshot();
@@ -231,6 +229,6 @@ pub(super) fn clone(state: &State, which: &str, r: &Value, emit: &mut dyn FnMut(
         d.refresh()?;
         d.version()
     };
-    let name = name_replica(state, &key, r["name"].as_str(), "clone")?;
-    Ok(json!({"name": name, "key": hex::encode(key), "version": version}))
+    let name = name_replica(state, &key, as_name, "clone")?;
+    Ok(api::Cloned { name, key: hex::encode(key), version })
 }

@@ -1,0 +1,481 @@
+//! The control protocol's requests and replies, defined once for both sides: the command line
+//! sends a [`Request`] and reads the reply as the type its command gets back; the node parses
+//! the [`Request`] and answers with that type. Their JSON is the wire form ([`crate::control`]
+//! frames it) and what `--json` prints: field names in camelCase, a request's command in `cmd`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How a command that uses the network reaches peers (see `NetArgs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NetOptions {
+    pub peers: Vec<String>,
+    pub listen: Option<String>,
+    pub bootstrap: Vec<String>,
+    pub no_dht: bool,
+    pub no_lan: bool,
+}
+
+/// One request to the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub enum Request {
+    Ping,
+    Stop,
+    Sync,
+    Create {
+        name: Option<String>,
+    },
+    Drives,
+    Put {
+        drive: String,
+        path: String,
+        file: PathBuf,
+    },
+    Cat {
+        drive: String,
+        path: String,
+        version: Option<u64>,
+    },
+    Import {
+        drive: String,
+        path: String,
+        dir: PathBuf,
+        dry_run: bool,
+    },
+    Export {
+        drive: String,
+        path: String,
+        dir: PathBuf,
+        version: Option<u64>,
+        dry_run: bool,
+        owners: bool,
+    },
+    Ls {
+        drive: String,
+        path: String,
+        version: Option<u64>,
+        recursive: bool,
+    },
+    Rm {
+        drive: String,
+        path: String,
+    },
+    Mv {
+        drive: String,
+        path: String,
+        to: String,
+    },
+    Mkdir {
+        drive: String,
+        path: String,
+    },
+    Stat {
+        drive: String,
+        path: String,
+        version: Option<u64>,
+    },
+    Log {
+        drive: String,
+        path: String,
+        version: Option<u64>,
+    },
+    Truncate {
+        drive: String,
+        version: u64,
+    },
+    Diff {
+        drive: String,
+        v1: u64,
+        v2: Option<u64>,
+    },
+    Info {
+        drive: String,
+    },
+    Verify {
+        drive: String,
+    },
+    Mount {
+        drive: String,
+        dir: PathBuf,
+        version: Option<u64>,
+        read_only: bool,
+        allow_other: bool,
+        uid: u32,
+        gid: u32,
+        #[serde(flatten)]
+        net: NetOptions,
+    },
+    Unmount {
+        dir: PathBuf,
+        lazy: bool,
+    },
+    Dump {
+        key: String,
+    },
+    KeysExport {
+        drive: String,
+        file: PathBuf,
+    },
+    KeysImport {
+        file: PathBuf,
+        offline_ok: bool,
+    },
+    Share {
+        drive: String,
+        no_announce: bool,
+        lan_only: bool,
+        #[serde(flatten)]
+        net: NetOptions,
+    },
+    Unshare {
+        drive: String,
+    },
+    Clone {
+        key: String,
+        name: Option<String>,
+        #[serde(flatten)]
+        net: NetOptions,
+    },
+    Peers {
+        #[serde(flatten)]
+        net: NetOptions,
+    },
+}
+
+/// The reply of `ping`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pong {
+    pub dir: PathBuf,
+}
+
+/// The reply of `stop`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stopping {
+    pub pid: u32,
+}
+
+/// The reply of `sync`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Synced {
+    pub synced: bool,
+}
+
+/// The reply of `create` and of `keys import`: a drive by its local name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Named {
+    pub name: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// One drive of `drives`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriveListing {
+    pub name: String,
+    pub key: String,
+    pub mounts: Vec<MountInfo>,
+}
+
+/// A mount of a drive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountInfo {
+    pub dir: PathBuf,
+    pub version: Option<u64>,
+    pub read_only: bool,
+}
+
+/// The reply of a change (`put`, `rm`, `mv`, `mkdir`): the drive's version after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Changed {
+    pub version: u64,
+}
+
+/// The reply of `cat`, after the file's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    pub bytes: u64,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Directory,
+    Symlink,
+}
+
+/// One entry of `ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LsEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub size: Option<u64>,
+    pub mode: u64,
+    pub mtime: Option<i64>,
+    pub executable: Option<bool>,
+    pub linkname: Option<String>,
+}
+
+/// The reply of `stat`: a folder has only its path and kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatReply {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileStat>,
+}
+
+/// What `stat` says of a file or link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStat {
+    pub size: u64,
+    pub executable: bool,
+    pub linkname: Option<String>,
+    pub metadata: Option<Value>,
+    pub seq: u64,
+    pub block_map: bool,
+}
+
+/// One change of `log`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub version: u64,
+    /// `put`, `del` or `symlink`.
+    pub op: String,
+    pub path: String,
+    pub size: Option<u64>,
+    pub time: Option<i64>,
+}
+
+/// The reply of `truncate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Truncated {
+    pub version: u64,
+    pub fork: u64,
+}
+
+/// One path of `diff`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiffEntry {
+    pub path: String,
+    /// `added`, `removed` or `modified`.
+    pub change: String,
+}
+
+/// The reply of `info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    pub key: String,
+    pub discovery_key: String,
+    pub link: String,
+    pub version: u64,
+    pub writable: bool,
+    pub db: CoreInfo,
+    pub blobs: CoreInfo,
+    pub chunker: String,
+    pub mounts: Vec<MountInfo>,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
+}
+
+/// One core of a drive, in `info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoreInfo {
+    pub key: String,
+    pub length: u64,
+    pub byte_length: u64,
+    pub local_blocks: u64,
+    pub total_blocks: u64,
+    pub fork: u64,
+    pub conflict: Option<ConflictInfo>,
+}
+
+/// The proof that a writer signed two histories.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub fork: u64,
+    pub ours: SignedInfo,
+    pub theirs: SignedInfo,
+    pub node: Option<u64>,
+}
+
+/// One signed state of a core.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedInfo {
+    pub length: u64,
+    pub tree_hash: String,
+    pub signature: String,
+}
+
+impl From<&hyperfs_engine::hypercore::Conflict> for ConflictInfo {
+    fn from(c: &hyperfs_engine::hypercore::Conflict) -> Self {
+        let state = |s: &hyperfs_engine::hypercore::SignedState| SignedInfo {
+            length: s.length,
+            tree_hash: hex::encode(s.tree_hash),
+            signature: hex::encode(&s.signature),
+        };
+        ConflictInfo { fork: c.fork, ours: state(&c.ours), theirs: state(&c.theirs), node: c.node }
+    }
+}
+
+/// The reply of `verify`: what does not verify, one line each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    pub bad: Vec<String>,
+}
+
+/// The reply of `mount`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mounted {
+    pub dir: PathBuf,
+    pub key: String,
+    pub version: Option<u64>,
+    pub read_only: bool,
+}
+
+/// The reply of `unmount`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unmounted {
+    pub dir: PathBuf,
+    /// The mount was gone already (its folder was left behind).
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// The reply of `keys export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysExported {
+    pub drive: String,
+    pub file: PathBuf,
+}
+
+/// The reply of `share`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sharing {
+    pub key: String,
+    pub link: String,
+    pub address: String,
+}
+
+/// A reply that says only that it was done.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Done {}
+
+/// The reply of `clone`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cloned {
+    pub name: String,
+    pub key: String,
+    pub version: u64,
+}
+
+/// How far a clone has come.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneProgress {
+    pub blocks: u64,
+    pub total_blocks: u64,
+}
+
+/// How far an import or export has come.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorProgress {
+    pub files: u64,
+    pub total_files: u64,
+    pub bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// The reply of `import` and `export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mirrored {
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub version: Option<u64>,
+    pub skipped: Vec<String>,
+    pub changes: Vec<MirrorChange>,
+}
+
+/// One path an import or export changes (or would, with `--dry-run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MirrorChange {
+    pub path: String,
+    pub rel: String,
+    /// `add`, `change` or `remove`.
+    pub action: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One connected peer of `peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerEntry {
+    pub id: String,
+    pub address: String,
+    /// Local names of the drives replicated with it.
+    pub drives: Vec<String>,
+    /// How it was found (`lan`, `dht`, `cache`, `given`, `incoming`).
+    pub found: String,
+    pub cores: Vec<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub rtt_ms: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire form is what both sides and `--json` readers rely on: `cmd` in kebab-case,
+    /// fields in camelCase, network options beside the others.
+    #[test]
+    fn requests_keep_their_wire_form_and_round_trip() {
+        let net = NetOptions { peers: vec!["127.0.0.1:7400".into()], no_dht: true, ..NetOptions::default() };
+        let r = Request::Share { drive: "d".into(), no_announce: true, lan_only: false, net };
+        let v = serde_json::to_value(&r).expect("serialize");
+        assert_eq!(v["cmd"], "share");
+        assert_eq!(v["noAnnounce"], true);
+        assert_eq!(v["peers"][0], "127.0.0.1:7400");
+        assert_eq!(v["noDht"], true);
+        assert_eq!(serde_json::from_value::<Request>(v).expect("parse"), r);
+        let r = Request::KeysImport { file: "/k".into(), offline_ok: true };
+        let v = serde_json::to_value(&r).expect("serialize");
+        assert_eq!(v, serde_json::json!({"cmd": "keys-import", "file": "/k", "offlineOk": true}));
+        // Options a client leaves out take their defaults; an unknown command is an error.
+        let p: Request = serde_json::from_str(r#"{"cmd":"peers"}"#).expect("parse");
+        assert_eq!(p, Request::Peers { net: NetOptions::default() });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"put","drive":"d"}"#).is_err());
+    }
+
+    #[test]
+    fn a_folder_stats_as_its_path_and_kind_only() {
+        let dir = StatReply { path: "/a".into(), kind: Kind::Directory, file: None };
+        assert_eq!(serde_json::to_value(&dir).expect("json"), serde_json::json!({"path": "/a", "type": "directory"}));
+        let back: StatReply =
+            serde_json::from_value(serde_json::json!({"path": "/a", "type": "directory"})).expect("parse");
+        assert!(back.file.is_none());
+    }
+}
