@@ -17,7 +17,7 @@ use hyperfs_engine::crypto::{self, Hash};
 use hyperfs_engine::store::{Batch, Store, Table};
 use hyperfs_net::discovery::{self, Dht, Found, Lan, Source};
 use hyperfs_net::swarm::{Action, Connected, Dialed, Mechanisms, Swarm as State};
-use hyperfs_net::Endpoint;
+use hyperfs_net::{Endpoint, PeerId};
 
 /// Addresses kept per topic in the peer cache.
 const CACHED: usize = 16;
@@ -62,7 +62,7 @@ pub struct Swarm {
 
 impl Swarm {
     /// Starts discovery for the node whose endpoint is `endpoint` (peer id `peer`).
-    pub fn start(endpoint: &Arc<Endpoint>, peer: Hash, store: Arc<dyn Store>, d: &Discovery) -> Arc<Swarm> {
+    pub fn start(endpoint: &Arc<Endpoint>, peer: PeerId, store: Arc<dyn Store>, d: &Discovery) -> Arc<Swarm> {
         let port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new() });
         let found: Found = {

@@ -9,6 +9,47 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 /// A 32-byte BLAKE2b-256 digest.
 pub type Hash = [u8; 32];
 
+/// Defines a 32-byte value of one kind (a discovery key, a peer id, a topic) as its own type, so
+/// one kind is never passed where another is meant: the bytes are `.0`, `hex::encode` takes
+/// it as it is, and it shows as hex.
+#[macro_export]
+macro_rules! bytes32 {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name(pub [u8; 32]);
+
+        impl AsRef<[u8]> for $name {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({})", stringify!($name), $crate::crypto::to_hex(&self.0))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&$crate::crypto::to_hex(&self.0))
+            }
+        }
+    };
+}
+
+/// Bytes as lower-case hex (for [`bytes32`] types wherever they are defined).
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+bytes32!(
+    /// The discovery key of a core ([`discovery_key`]): peers find each other by it without
+    /// learning the core's key, which reads the core.
+    DiscoveryKey
+);
+
 const PARENT_TYPE: u8 = 1;
 const ROOT_TYPE: u8 = 2;
 
@@ -72,8 +113,8 @@ pub fn namespace(name: &str, count: u8) -> Vec<Hash> {
 
 /// The discovery key of a core: keyed BLAKE2b-256 with the core key over "hypercore". Peers
 /// find each other by it without learning the key.
-pub fn discovery_key(key: &Hash) -> Hash {
-    keyed_hash(key, b"hypercore")
+pub fn discovery_key(key: &Hash) -> DiscoveryKey {
+    DiscoveryKey(keyed_hash(key, b"hypercore"))
 }
 
 /// The hypercore namespaces (reference §2).
@@ -258,6 +299,6 @@ mod tests {
             .expect("hex")
             .try_into()
             .expect("32");
-        assert_eq!(hx(&discovery_key(&key)), "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a");
+        assert_eq!(hx(&discovery_key(&key).0), "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a");
     }
 }

@@ -19,7 +19,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyperfs_engine::crypto::{self, Hash};
+use hyperfs_engine::crypto::{self, DiscoveryKey, Hash};
+
+use crate::identity::PeerId;
 
 use crate::NetError;
 
@@ -61,8 +63,8 @@ impl Source {
 }
 
 /// The topic a core is announced under: a keyed BLAKE2b of its discovery key.
-pub fn topic(discovery_key: &Hash) -> Hash {
-    crypto::keyed_hash(b"hyperfs topic v1", discovery_key)
+pub fn topic(discovery_key: &DiscoveryKey) -> Hash {
+    crypto::keyed_hash(b"hyperfs topic v1", &discovery_key.0)
 }
 
 /// The 20-byte Mainline DHT id of a topic.
@@ -76,7 +78,7 @@ pub fn dht_id(topic: &Hash) -> [u8; 20] {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Datagram {
     kind: u8,
-    peer: Hash,
+    peer: PeerId,
     port: u16,
     topics: Vec<Hash>,
 }
@@ -87,7 +89,7 @@ impl Datagram {
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.push(self.kind);
-        out.extend_from_slice(&self.peer);
+        out.extend_from_slice(&self.peer.0);
         out.extend_from_slice(&self.port.to_be_bytes());
         out.push(self.topics.len() as u8);
         for t in &self.topics {
@@ -100,7 +102,7 @@ impl Datagram {
         if b.len() < 41 || &b[..4] != MAGIC || b[4] != VERSION || !(b[5] == QUERY || b[5] == ANNOUNCE) {
             return None;
         }
-        let peer: Hash = b[6..38].try_into().ok()?;
+        let peer = PeerId(b[6..38].try_into().ok()?);
         let port = u16::from_be_bytes([b[38], b[39]]);
         let n = b[40] as usize;
         if n > MAX_TOPICS || b.len() != 41 + 32 * n {
@@ -122,7 +124,7 @@ struct LanState {
 /// LAN discovery: one multicast socket, a receiving thread.
 pub struct Lan {
     socket: UdpSocket,
-    peer: Hash,
+    peer: PeerId,
     port: u16,
     state: Arc<Mutex<LanState>>,
 }
@@ -130,7 +132,7 @@ pub struct Lan {
 impl Lan {
     /// Joins the multicast group as the node `peer` whose QUIC endpoint is on `port`; what it
     /// hears about joined topics goes to `found`.
-    pub fn start(peer: Hash, port: u16, found: Found) -> Result<Lan, NetError> {
+    pub fn start(peer: PeerId, port: u16, found: Found) -> Result<Lan, NetError> {
         let io = |e: std::io::Error| NetError::Io(format!("LAN discovery: {e}"));
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
             .map_err(io)?;
@@ -268,9 +270,9 @@ mod tests {
     fn a_datagram_round_trips_and_topics_hide_the_key() {
         let dk = crypto::discovery_key(&[7; 32]);
         let t = topic(&dk);
-        assert_ne!(t, dk);
+        assert_ne!(t, dk.0);
         assert_ne!(&t[..], &[7u8; 32][..]);
-        let d = Datagram { kind: ANNOUNCE, peer: [1; 32], port: 7400, topics: vec![t, [9; 32]] };
+        let d = Datagram { kind: ANNOUNCE, peer: PeerId([1; 32]), port: 7400, topics: vec![t, [9; 32]] };
         assert_eq!(Datagram::decode(&d.encode()), Some(d));
     }
 
@@ -291,8 +293,8 @@ mod tests {
             let _ = lock(&tx).send((topic, addr, source));
         });
         let quiet: Found = Arc::new(|_, _, _| {});
-        let a = Lan::start([1; 32], 7001, quiet).expect("LAN discovery");
-        let b = Lan::start([2; 32], 7002, found).expect("LAN discovery");
+        let a = Lan::start(PeerId([1; 32]), 7001, quiet).expect("LAN discovery");
+        let b = Lan::start(PeerId([2; 32]), 7002, found).expect("LAN discovery");
         a.join(t, true);
         b.join(t, false);
         let (got, addr, source) = rx.recv_timeout(Duration::from_secs(2)).expect("found within two seconds");

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyperfs_engine::crypto::{self, Hash};
+use hyperfs_engine::crypto::{self, DiscoveryKey, Hash};
 use hyperfs_engine::Hypercore;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::identity::{peer_id_of, Identity, PeerVerifier, ALPN};
+use crate::identity::{peer_id_of, Identity, PeerId, PeerVerifier, ALPN};
 use crate::session::{Event, Output, Session};
 use crate::wire::{Control, Frame, Message, PROTOCOL};
 use crate::NetError;
@@ -61,7 +61,7 @@ pub trait SharedCore: Send + Sync {
 /// The cores a node offers: opened on every connection, looked up when a peer opens one.
 pub trait Shared: Send + Sync {
     fn cores(&self) -> Vec<Arc<dyn SharedCore>>;
-    fn find(&self, discovery_key: &Hash) -> Option<Arc<dyn SharedCore>> {
+    fn find(&self, discovery_key: &DiscoveryKey) -> Option<Arc<dyn SharedCore>> {
         self.cores().into_iter().find(|c| crypto::discovery_key(&c.key()) == *discovery_key)
     }
 }
@@ -69,7 +69,7 @@ pub trait Shared: Send + Sync {
 /// What the node sees of a connected peer.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    pub id: Hash,
+    pub id: PeerId,
     pub address: SocketAddr,
     /// Keys of the cores replicated with it.
     pub cores: Vec<Hash>,
@@ -105,7 +105,7 @@ enum Command {
 }
 
 struct Conn {
-    id: Hash,
+    id: PeerId,
     /// Tells this connection from another to the same peer.
     stable: usize,
     /// Whether we dialed it.
@@ -122,7 +122,7 @@ struct Inner {
     client: quinn::ClientConfig,
     shared: Arc<dyn Shared>,
     conns: Mutex<Vec<Conn>>,
-    me: Hash,
+    me: PeerId,
     /// Bytes of block data sent and received per core, over every connection.
     transferred: Mutex<HashMap<Hash, (u64, u64)>>,
     /// How long a request to a peer may go unanswered (ms).
@@ -133,11 +133,11 @@ struct Inner {
     incoming: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// Peers dropped for breaking the rules, by id and by address, until when ([`BAN`]): a
     /// flooder that is dropped does not get a fresh budget by connecting again.
-    banned: Mutex<(HashMap<Hash, Instant>, HashMap<SocketAddr, Instant>)>,
+    banned: Mutex<(HashMap<PeerId, Instant>, HashMap<SocketAddr, Instant>)>,
 }
 
 impl Inner {
-    fn ban(&self, id: Hash, address: SocketAddr) {
+    fn ban(&self, id: PeerId, address: SocketAddr) {
         let until = Instant::now() + BAN;
         let mut b = lock(&self.banned);
         let now = Instant::now();
@@ -149,7 +149,7 @@ impl Inner {
         }
     }
 
-    fn is_banned(&self, id: Option<&Hash>, address: &SocketAddr) -> bool {
+    fn is_banned(&self, id: Option<&PeerId>, address: &SocketAddr) -> bool {
         let b = lock(&self.banned);
         let now = Instant::now();
         b.1.get(address).is_some_and(|t| *t > now) || id.and_then(|i| b.0.get(i)).is_some_and(|t| *t > now)
@@ -305,7 +305,7 @@ impl Endpoint {
     }
 
     /// Connects to a peer (if not connected yet) and returns its id once its channels are open.
-    pub fn connect(&self, addr: SocketAddr) -> Result<Hash, NetError> {
+    pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
@@ -553,7 +553,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn remote_id(connection: &quinn::Connection) -> Result<Hash, NetError> {
+fn remote_id(connection: &quinn::Connection) -> Result<PeerId, NetError> {
     let certs = connection
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
@@ -783,8 +783,8 @@ fn note_gained(gained: &mut Vec<Gained>, core: Hash, block: Option<u64>) {
     }
 }
 
-fn hex_id(id: &Hash) -> String {
-    id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+fn hex_id(id: &PeerId) -> String {
+    id.0.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 struct ConnState {
@@ -833,7 +833,7 @@ impl ConnState {
             self.out.push(Frame::Control(Control::Open {
                 local_id: ch.local_id,
                 protocol: PROTOCOL.into(),
-                id: Some(crypto::discovery_key(&key).to_vec()),
+                id: Some(crypto::discovery_key(&key).0.to_vec()),
                 flags: 1,
                 capability: capability(&self.secret, self.dialer, &key),
             }));
@@ -844,7 +844,7 @@ impl ConnState {
     fn on_frame(&mut self, inner: &Inner, frame: Frame) -> Result<(), NetError> {
         match frame {
             Frame::Control(Control::Open { local_id: remote_id, protocol, id, capability: cap, .. }) => {
-                let dk: Option<Hash> = id.as_deref().and_then(|d| d.try_into().ok());
+                let dk: Option<DiscoveryKey> = id.as_deref().and_then(|d| d.try_into().ok()).map(DiscoveryKey);
                 let found = dk.filter(|_| protocol == PROTOCOL).and_then(|dk| inner.shared.find(&dk));
                 let Some(core) = found else {
                     self.out.push(Frame::Control(Control::Reject { remote_id }));

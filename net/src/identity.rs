@@ -14,6 +14,12 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::NetError;
 
+hyperfs_engine::bytes32!(
+    /// A node's identity on the network: its Ed25519 public key, which its TLS certificate
+    /// carries and its handshake signature proves.
+    PeerId
+);
+
 /// The TLS application protocol of hyperfs replication.
 pub const ALPN: &[u8] = b"hyperfs/1";
 
@@ -26,7 +32,7 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Identity({})", hex_short(&self.peer_id()))
+        write!(f, "Identity({})", hex_short(&self.peer_id().0))
     }
 }
 
@@ -55,8 +61,8 @@ impl Identity {
     }
 
     /// The public key other nodes know this one by.
-    pub fn peer_id(&self) -> Hash {
-        self.key_pair.public_key()
+    pub fn peer_id(&self) -> PeerId {
+        PeerId(self.key_pair.public_key())
     }
 
     /// The certificate and key rustls presents for this identity.
@@ -84,7 +90,7 @@ impl Identity {
 /// the key the handshake signature is checked against, read from where X.509 puts it. (The
 /// bytes of an Ed25519 SPKI found anywhere in the certificate, as this once did, could sit in a
 /// serial number or a name before the real one: a peer could claim another node's id.)
-pub fn peer_id_of(cert: &[u8]) -> Option<Hash> {
+pub fn peer_id_of(cert: &[u8]) -> Option<PeerId> {
     // SPKI of an Ed25519 key: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (33 bytes) }.
     const SPKI: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
     // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
@@ -105,7 +111,7 @@ pub fn peer_id_of(cert: &[u8]) -> Option<Hash> {
     if whole.len() != SPKI.len() + 32 || whole[..SPKI.len()] != SPKI {
         return None;
     }
-    whole[SPKI.len()..].try_into().ok()
+    whole[SPKI.len()..].try_into().ok().map(PeerId)
 }
 
 /// One DER element at the start of `buf`: (tag, contents, what follows). Definite lengths of
@@ -248,7 +254,7 @@ mod tests {
         let (victim, attacker) = (Identity::from_seed(&[1; 32]), Identity::from_seed(&[2; 32]));
         let spki = |id: &Identity| {
             let mut s = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-            s.extend_from_slice(&id.peer_id());
+            s.extend_from_slice(&id.peer_id().0);
             s
         };
         let alg = tlv(0x30, &[0x06, 0x03, 0x2b, 0x65, 0x70]);

@@ -21,6 +21,7 @@ pub mod wire;
 
 pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore};
 pub use identity::Identity;
+pub use identity::PeerId;
 
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]

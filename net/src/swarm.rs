@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use hyperfs_engine::crypto::Hash;
 
+use crate::identity::PeerId;
+
 use crate::discovery::Source;
 
 /// Connected peers a topic is content with.
@@ -335,7 +337,7 @@ impl Swarm {
 /// Two nodes that dial each other at once end up with two connections; both keep the one the
 /// node with the smaller peer id dialed. Whether node `me` keeps a connection with `peer` that
 /// it dialed (`we_dialed`) or that `peer` dialed — each side reaches the same answer.
-pub fn keeps(me: &Hash, peer: &Hash, we_dialed: bool) -> bool {
+pub fn keeps(me: &PeerId, peer: &PeerId, we_dialed: bool) -> bool {
     if we_dialed {
         me < peer
     } else {

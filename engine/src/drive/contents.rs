@@ -230,7 +230,7 @@ impl Drive {
         } else {
             (blob.block_offset..end)
                 .map(|index| {
-                    let node = self.blobs.node(2 * index)?.ok_or(Error::MissingNode { index: 2 * index })?;
+                    let node = self.blobs.leaf(index)?.ok_or(Error::MissingNode { index: 2 * index })?;
                     Ok(MapBlock { index, byte_length: node.size })
                 })
                 .collect::<Result<_>>()?

@@ -26,15 +26,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rayon::prelude::*;
 
-use crate::crypto::{self, Hash, KeyPair};
+use crate::crypto::{self, DiscoveryKey, Hash, KeyPair};
 use crate::encoding::{Decoder, Encoder};
 use crate::store::{Batch, Staged, Store, Table};
 use crate::{Error, Result};
 use bitfield::Bitfield;
 pub use manifest::{Auth, Manifest};
 pub use proof::{Proof, Request};
-pub use tree::Node;
 use tree::TreeBatch;
+pub use tree::{Node, TreeIndex};
 
 /// Below this many bytes a batch's leaves are hashed on the calling thread.
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
@@ -199,7 +199,7 @@ pub struct Hypercore {
     store: Arc<dyn Store>,
     id: u64,
     key: Hash,
-    discovery_key: Hash,
+    discovery_key: DiscoveryKey,
     auth: Option<Auth>,
     key_pair: Option<KeyPair>,
     head: Head,
@@ -589,13 +589,13 @@ impl Hypercore {
         if index >= self.head.length || !self.bitfield.get(index) {
             return Ok(None);
         }
-        Ok(self.node(2 * index)?.filter(|n| n.hash == *leaf).map(|_| index))
+        Ok(self.leaf(index)?.filter(|n| n.hash == *leaf).map(|_| index))
     }
 
     pub fn key(&self) -> &Hash {
         &self.key
     }
-    pub fn discovery_key(&self) -> &Hash {
+    pub fn discovery_key(&self) -> &DiscoveryKey {
         &self.discovery_key
     }
     pub fn length(&self) -> u64 {
@@ -667,13 +667,19 @@ impl Hypercore {
     }
 
     /// A tree node, if stored locally.
-    pub fn node(&self, index: u64) -> Result<Option<Node>> {
+    pub fn node(&self, index: TreeIndex) -> Result<Option<Node>> {
+        let TreeIndex(index) = index;
         match self.store.get(Table::Nodes, &node_key(self.id, index))? {
             None => Ok(None),
             Some(raw) => Node::decode(index, &raw)
                 .map(Some)
                 .ok_or(Error::CorruptRecord { what: "node", source: crate::encoding::DecodeError::Invalid("size") }),
         }
+    }
+
+    /// The leaf node of block `block`, if stored.
+    pub fn leaf(&self, block: u64) -> Result<Option<Node>> {
+        self.node(TreeIndex::leaf(block))
     }
 
     /// Block `index`. A block of this core's length that is not local is
@@ -961,7 +967,7 @@ impl Hypercore {
         }
         let mut roots = Vec::new();
         for index in flat::full_roots(2 * length) {
-            roots.push(self.node(index)?.ok_or(Error::MissingNode { index })?);
+            roots.push(self.node(TreeIndex(index))?.ok_or(Error::MissingNode { index })?);
         }
         let tree_hash = tree::tree_hash(&roots);
         let signature = auth.sign(kp, &tree_hash, length, fork);
@@ -1029,7 +1035,7 @@ impl Hypercore {
         // The byte length at `length` is the size of that tree's roots.
         s.byte_length = 0;
         for index in flat::full_roots(2 * length) {
-            s.byte_length += self.node(index)?.ok_or(Error::MissingNode { index })?.size;
+            s.byte_length += self.node(TreeIndex(index))?.ok_or(Error::MissingNode { index })?.size;
         }
         Ok(s)
     }
@@ -1053,7 +1059,7 @@ impl Hypercore {
             let mut it = flat::Iter::new(root.index);
             while it.index & 1 == 1 {
                 let left = it.left_child();
-                let l = self.node(left)?.ok_or(Error::MissingNode { index: left })?;
+                let l = self.node(TreeIndex(left))?.ok_or(Error::MissingNode { index: left })?;
                 if rel >= l.size {
                     rel -= l.size;
                     it.sibling();
@@ -1070,7 +1076,7 @@ impl Hypercore {
         let head = 2 * self.head.length;
         let mut it = flat::Iter::new(index);
         let mut n = 0;
-        while !it.contains(head) && self.node(it.index)?.is_none() {
+        while !it.contains(head) && self.node(TreeIndex(it.index))?.is_none() {
             n += 1;
             it.parent();
         }
@@ -1183,7 +1189,7 @@ impl Hypercore {
             } else {
                 let mut r = Vec::new();
                 for index in flat::full_roots(2 * up.start) {
-                    r.push(self.node(index)?.ok_or(Error::MissingNode { index })?);
+                    r.push(self.node(TreeIndex(index))?.ok_or(Error::MissingNode { index })?);
                 }
                 r
             };
@@ -1221,7 +1227,7 @@ impl Hypercore {
             }
         }
         if let Some(u) = unverified {
-            let trusted = self.node(u.index)?;
+            let trusted = self.node(TreeIndex(u.index))?;
             if trusted.is_none_or(|t| t.hash != u.hash || t.size != u.size) {
                 return Err(Error::Verification(format!("node {} does not match the signed tree", u.index)));
             }
@@ -1323,7 +1329,7 @@ impl Hypercore {
         let Some(theirs) = theirs else { return Ok(None) };
         let mut differs = None;
         for n in nodes {
-            if let Some(stored) = self.node(n.index)? {
+            if let Some(stored) = self.node(TreeIndex(n.index))? {
                 if stored.hash != n.hash || stored.size != n.size {
                     differs = Some(Some(n.index));
                     break;
@@ -1366,7 +1372,7 @@ impl Hypercore {
     fn common_ancestors(&self, roots: &[Node]) -> Result<u64> {
         let mut len = 0;
         for r in roots {
-            match self.node(r.index)? {
+            match self.node(TreeIndex(r.index))? {
                 Some(n) if n.hash == r.hash && (flat::right_span(r.index) / 2) < self.head.length => {
                     len = flat::right_span(r.index) / 2 + 1;
                 }
@@ -1386,7 +1392,7 @@ impl Hypercore {
         let mut next = self.next_local(0, self.head.length, true);
         while let Some(i) = next {
             next = self.next_local(i + 1, self.head.length, true);
-            if self.node(2 * i)?.is_some_and(|leaf| hashes.contains(&leaf.hash)) {
+            if self.leaf(i)?.is_some_and(|leaf| hashes.contains(&leaf.hash)) {
                 out.push(i);
             }
         }
@@ -1428,7 +1434,7 @@ impl Hypercore {
         let mut next = self.next_local(0, self.head.length, true);
         while let Some(i) = next {
             next = self.next_local(i + 1, self.head.length, true);
-            let leaf = self.node(2 * i)?.ok_or(Error::MissingNode { index: 2 * i })?;
+            let leaf = self.leaf(i)?.ok_or(Error::MissingNode { index: 2 * i })?;
             let ok = match self.store.get(Table::Blocks, &leaf.hash)? {
                 Some(v) => stored::decode(&v, leaf.size, i).is_ok_and(|v| crypto::leaf_hash(&v) == leaf.hash),
                 None => false,
@@ -1451,7 +1457,7 @@ impl Hypercore {
         let mut it = flat::Iter::new(n.index);
         let l = it.left_child();
         let r = flat::sibling(l);
-        let (Some(ln), Some(rn)) = (self.node(l)?, self.node(r)?) else {
+        let (Some(ln), Some(rn)) = (self.node(TreeIndex(l))?, self.node(TreeIndex(r))?) else {
             return Ok(());
         };
         if Node::parent(n.index, &ln, &rn) != *n {
@@ -1464,7 +1470,7 @@ impl Hypercore {
 
 impl proof::NodeSource for Hypercore {
     fn node(&self, index: u64) -> Result<Option<Node>> {
-        Hypercore::node(self, index)
+        Hypercore::node(self, TreeIndex(index))
     }
 }
 

@@ -227,11 +227,11 @@ fn two_histories_signed_for_one_fork_are_caught_and_kept() {
     let store = mem();
     let mut r = Hypercore::open_replica(store.clone(), *a.key(), None).expect("replica");
     r.apply_proof(&a.proof(&upgrade(&a, 0)).expect("proof")).expect("a's history verifies");
-    let before = (r.tree_hash(), r.node(2).expect("node"));
+    let before = (r.tree_hash(), r.leaf(1).expect("node"));
     // The same length with another tree.
     let err = r.apply_proof(&b.proof(&upgrade(&b, 0)).expect("proof")).expect_err("equivocation");
     assert!(matches!(err, Error::Equivocation { fork: 0, .. }), "{err}");
-    assert_eq!((r.tree_hash(), r.node(2).expect("node")), before, "nothing of b's history is stored");
+    assert_eq!((r.tree_hash(), r.leaf(1).expect("node")), before, "nothing of b's history is stored");
     let c = r.conflict().expect("the proof is kept").clone();
     assert_eq!((c.ours.length, c.theirs.length), (2, 2));
     assert_ne!(c.ours.tree_hash, c.theirs.tree_hash);
@@ -369,7 +369,7 @@ mod props {
                 let p = w.proof(&req).expect("hash proof");
                 r.apply_proof(&p).expect("hash proof verifies");
             }
-            prop_assert_eq!(r.node(index).expect("node"), w.node(index).expect("node"));
+            prop_assert_eq!(r.node(TreeIndex(index)).expect("node"), w.node(TreeIndex(index)).expect("node"));
         }
 
         #[test]

@@ -4,6 +4,18 @@
 use super::flat::{self, Iter};
 use crate::crypto::{self, Hash};
 
+/// A position in a core's merkle tree (flat-tree numbering: block `i`'s leaf is `2i`, parents
+/// are odd), never a block index: a block's node is [`TreeIndex::leaf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TreeIndex(pub u64);
+
+impl TreeIndex {
+    /// The leaf of block `block`.
+    pub fn leaf(block: u64) -> TreeIndex {
+        TreeIndex(2 * block)
+    }
+}
+
 /// A merkle tree node: a block leaf (even index) or a parent (odd index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {

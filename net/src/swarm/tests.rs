@@ -223,7 +223,7 @@ fn connected_peers_of_a_topic_go_to_its_cache_once() {
 
 #[test]
 fn the_smaller_id_rule_keeps_one_connection_on_both_sides() {
-    let (a, b) = ([1u8; 32], [2u8; 32]);
+    let (a, b) = (PeerId([1u8; 32]), PeerId([2u8; 32]));
     // Each dialed the other: a keeps the one it dialed (its id is smaller), and so does b.
     assert!(keeps(&a, &b, true) && !keeps(&a, &b, false));
     assert!(keeps(&b, &a, false) && !keeps(&b, &a, true));
