@@ -41,7 +41,12 @@ impl Drive {
     fn prepare_feed<R: Read>(&self, mut feed: ChunkFeed<R>, first: Window, past_cache: bool) -> Result<PreparedBlob> {
         let store = self.blobs.store().clone();
         let blobs = &self.blobs;
-        let mut out = PreparedBlob { chunks: Vec::new(), seen: (blobs.fork(), blobs.length()), core: *blobs.key() };
+        let mut out = PreparedBlob {
+            chunks: Vec::new(),
+            staged: std::collections::HashSet::new(),
+            seen: (blobs.fork(), blobs.length()),
+            core: *blobs.key(),
+        };
         if feed.done {
             let hashes = first.hash(Some(&*store));
             out.add(blobs, &first, hashes, past_cache)?;
@@ -199,6 +204,8 @@ const STAGED_APPEND_BLOCKS: usize = 8192;
 #[derive(Debug)]
 pub struct PreparedBlob {
     chunks: Vec<PreparedChunk>,
+    /// The chunks staged so far (a chunk the file repeats is staged once).
+    staged: std::collections::HashSet<Hash>,
     /// The blobs core's fork and length in the snapshot the chunks were looked up in.
     seen: (u64, u64),
     /// The blobs core's key.
@@ -221,10 +228,9 @@ impl PreparedBlob {
         let Hashed { leaves, mut forms } = hashed;
         let first = self.chunks.len();
         let (mut new, mut new_leaves, mut new_forms, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut seen: std::collections::HashSet<Hash> = self.chunks.iter().map(|c| c.leaf).collect();
         for (k, (chunk, leaf)) in chunks.into_iter().zip(leaves).enumerate() {
             let known = blobs.find_block(&leaf)?;
-            if known.is_none() && seen.insert(leaf) {
+            if known.is_none() && self.staged.insert(leaf) {
                 new.push(chunk);
                 new_leaves.push(leaf);
                 new_forms.push(forms.get_mut(k).and_then(Option::take));
