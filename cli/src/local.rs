@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hyperfs_engine::crypto::{self, Hash, KeyPair};
+use hyperfs_engine::crypto::{self, CoreKey, KeyPair};
 use hyperfs_engine::store::RocksStore;
 use hyperfs_engine::{Drive, Hypercore};
 use serde_json::{json, Value};
@@ -26,7 +26,7 @@ pub fn data_dir(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// A core or drive key given as 64 hex digits, 52 z-base-32 characters or a `hyper://` link.
-pub fn parse_key(s: &str) -> Result<Hash> {
+pub fn parse_key(s: &str) -> Result<CoreKey> {
     let bare = s.strip_prefix("hyper://").map(|r| r.split('/').next().unwrap_or_default()).unwrap_or(s);
     let bytes = if bare.len() == 64 && bare.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(bare).ok()
@@ -36,7 +36,8 @@ pub fn parse_key(s: &str) -> Result<Hash> {
         None
     };
     bytes
-        .and_then(|b| Hash::try_from(b.as_slice()).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .map(CoreKey)
         .ok_or_else(|| anyhow!("{s:?} is not a key: give 64 hex digits, 52 z-base-32 characters or a hyper:// link"))
 }
 
@@ -75,7 +76,7 @@ pub fn core_dump(store: Arc<RocksStore>, key: &str) -> Result<Value> {
 }
 
 /// `hyperfs keys export DRIVE FILE`: the drive's writer secret, in a new file of mode 0600.
-pub fn keys_export(store: Arc<RocksStore>, key: &Hash, file: &Path) -> Result<crate::api::KeysExported> {
+pub fn keys_export(store: Arc<RocksStore>, key: &CoreKey, file: &Path) -> Result<crate::api::KeysExported> {
     let core = Hypercore::open(store, key)?.ok_or_else(|| anyhow!("no drive {} on this node", hex::encode(key)))?;
     let kp = core
         .key_pair()
@@ -104,7 +105,7 @@ pub fn keys_import(store: Arc<RocksStore>, file: &Path, offline_ok: bool) -> Res
         .and_then(KeyPair::from_secret_key)
         .ok_or_else(|| anyhow!("{} has no valid \"secretKey\" (64 bytes as hex)", file.display()))?;
     // Checked before anything is stored: a file naming another drive stores nothing.
-    let key = hyperfs_engine::hypercore::Manifest::single(kp.public_key()).hash();
+    let key = CoreKey(hyperfs_engine::hypercore::Manifest::single(kp.public_key()).hash());
     if let Some(named) = v["drive"].as_str() {
         if parse_key(named)? != key {
             bail!("{}: the secret key does not belong to drive {named}", file.display());

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use hyperfs_engine::crypto::Hash;
+use hyperfs_engine::crypto::CoreKey;
 use hyperfs_engine::{Hypercore, SharedDrive};
 use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
 
@@ -35,11 +35,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct DriveCore {
     drive: Arc<SharedDrive>,
     blobs: bool,
-    key: Hash,
+    key: CoreKey,
 }
 
 impl SharedCore for DriveCore {
-    fn key(&self) -> Hash {
+    fn key(&self) -> CoreKey {
         self.key
     }
     fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
@@ -61,7 +61,7 @@ impl SharedCore for DriveCore {
 /// readers ask for (a sparse replica).
 pub struct ReplicaCore {
     core: Mutex<Hypercore>,
-    key: Hash,
+    key: CoreKey,
     full: std::sync::atomic::AtomicBool,
     /// Told when a proof changed the core (a new length, a stored block): the refresher wakes.
     changed: std::sync::mpsc::Sender<()>,
@@ -85,7 +85,7 @@ impl ReplicaCore {
 }
 
 impl SharedCore for ReplicaCore {
-    fn key(&self) -> Hash {
+    fn key(&self) -> CoreKey {
         self.key
     }
     fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
@@ -255,19 +255,19 @@ impl Net {
     }
 
     /// A sparse replica core becomes a full one: everything it lacks is downloaded from now on.
-    pub fn set_full(&self, key: &Hash) {
+    pub fn set_full(&self, key: &CoreKey) {
         if self.slot(key).is_some_and(|s| !s.full.swap(true, std::sync::atomic::Ordering::SeqCst)) {
             self.endpoint.refresh();
         }
     }
 
     /// The network's instances of the cores `db` and `blobs`, if it replicates them.
-    pub fn replica_cores(&self, db: &Hash, blobs: &Hash) -> (Option<Arc<ReplicaCore>>, Option<Arc<ReplicaCore>>) {
+    pub fn replica_cores(&self, db: &CoreKey, blobs: &CoreKey) -> (Option<Arc<ReplicaCore>>, Option<Arc<ReplicaCore>>) {
         (self.slot(db), self.slot(blobs))
     }
 
     /// The network's instance of replica core `key`.
-    fn slot(&self, key: &Hash) -> Option<Arc<ReplicaCore>> {
+    fn slot(&self, key: &CoreKey) -> Option<Arc<ReplicaCore>> {
         lock(&self.slots).iter().find(|c| c.key == *key).cloned()
     }
 
@@ -288,7 +288,7 @@ impl Net {
     }
 
     /// Connects to each of `peers` for drive `key`, and again whenever the connection drops.
-    pub fn connect_for(&self, key: &Hash, peers: &[String]) -> Result<()> {
+    pub fn connect_for(&self, key: &CoreKey, peers: &[String]) -> Result<()> {
         self.connect(peers)?;
         for p in peers {
             self.swarm.add_peer(key, resolve(p)?);
@@ -325,7 +325,7 @@ impl NetFetch {
         Arc::new(NetFetch { net: Arc::downgrade(net) })
     }
 
-    fn parts(&self, core: &Hash) -> Result<(Arc<Net>, Arc<ReplicaCore>), hyperfs_engine::Error> {
+    fn parts(&self, core: &CoreKey) -> Result<(Arc<Net>, Arc<ReplicaCore>), hyperfs_engine::Error> {
         let stopped = || hyperfs_engine::Error::InvalidRequest("the network has stopped".into());
         let net = self.net.upgrade().ok_or_else(stopped)?;
         let slot =
@@ -336,7 +336,7 @@ impl NetFetch {
 
 impl NetFetch {
     /// Those of `indices` the network's instance of `core` lacks (`None`: none, or no network).
-    fn missing(&self, core: &Hash, indices: &[u64]) -> Option<(Arc<Net>, Vec<u64>)> {
+    fn missing(&self, core: &CoreKey, indices: &[u64]) -> Option<(Arc<Net>, Vec<u64>)> {
         let (net, slot) = self.parts(core).ok()?;
         let missing: Vec<u64> = {
             let c = lock(&slot.core);
@@ -347,7 +347,7 @@ impl NetFetch {
 }
 
 impl hyperfs_engine::fetch::Fetch for NetFetch {
-    fn fetch(&self, core: &Hash, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
+    fn fetch(&self, core: &CoreKey, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
         let (net, slot) = self.parts(core)?;
         // Peers come and go: until the deadline, ask whoever is connected now.
         let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
@@ -365,19 +365,19 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
         }
     }
 
-    fn prefetch(&self, core: &Hash, indices: &[u64]) {
+    fn prefetch(&self, core: &CoreKey, indices: &[u64]) {
         if let Some((net, missing)) = self.missing(core, indices) {
             net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
         }
     }
 
-    fn hint(&self, core: &Hash, indices: &[u64]) {
+    fn hint(&self, core: &CoreKey, indices: &[u64]) {
         if let Some((net, missing)) = self.missing(core, indices) {
             net.endpoint.fetch_later(core, &missing);
         }
     }
 
-    fn seek(&self, core: &Hash, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
+    fn seek(&self, core: &CoreKey, bytes: u64) -> hyperfs_engine::Result<(u64, u64)> {
         let (net, slot) = self.parts(core)?;
         // A byte at a node boundary takes a second round; peers come and go until the deadline.
         let deadline = std::time::Instant::now() + FETCH_TIMEOUT;

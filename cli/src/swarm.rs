@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyperfs_engine::crypto::{self, Hash};
+use hyperfs_engine::crypto::{self, CoreKey, Hash};
 use hyperfs_engine::store::{Batch, Store, Table};
 use hyperfs_net::discovery::{self, Dht, Found, Lan, Source};
 use hyperfs_net::swarm::{Action, Connected, Dialed, Mechanisms, Swarm as State};
@@ -180,7 +180,7 @@ impl Swarm {
     /// Joins the topic of core `key` (a drive's db core): peers serving it are looked for and
     /// dialed; with `announce`, this node is announced as serving it (on the DHT too unless
     /// `lan_only`).
-    pub fn join(&self, key: &Hash, announce: bool, lan_only: bool) {
+    pub fn join(&self, key: &CoreKey, announce: bool, lan_only: bool) {
         let t = discovery::topic(&crypto::discovery_key(key));
         let cached = self.cached(&t);
         let new = self.shared.with(|st| {
@@ -194,7 +194,7 @@ impl Swarm {
     }
 
     /// Leaves the topic of core `key`: no longer announced or looked for.
-    pub fn leave(&self, key: &Hash) {
+    pub fn leave(&self, key: &CoreKey) {
         let t = discovery::topic(&crypto::discovery_key(key));
         self.shared.with(|st| st.leave(&t));
         if let Some(lan) = &self.lan {
@@ -204,7 +204,7 @@ impl Swarm {
 
     /// Keeps `addr` (given with `--peer`) among the peers of core `key`'s topic: dialed again
     /// whenever the connection drops.
-    pub fn add_peer(&self, key: &Hash, addr: SocketAddr) {
+    pub fn add_peer(&self, key: &CoreKey, addr: SocketAddr) {
         let t = discovery::topic(&crypto::discovery_key(key));
         self.shared.with(|st| st.add(t, addr, Source::Static, Instant::now()));
     }

@@ -45,6 +45,21 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 bytes32!(
+    /// A core's key (a drive's is its db core's): the writer's public key or the hash of the
+    /// core's manifest. Whoever knows it can read the core. It reads as its bytes where a hash
+    /// input or a stored record wants them (`Deref`); a discovery key, a peer id or a leaf hash
+    /// is never taken for one.
+    CoreKey
+);
+
+impl std::ops::Deref for CoreKey {
+    type Target = Hash;
+    fn deref(&self) -> &Hash {
+        &self.0
+    }
+}
+
+bytes32!(
     /// The discovery key of a core ([`discovery_key`]): peers find each other by it without
     /// learning the core's key, which reads the core.
     DiscoveryKey
@@ -113,8 +128,8 @@ pub fn namespace(name: &str, count: u8) -> Vec<Hash> {
 
 /// The discovery key of a core: keyed BLAKE2b-256 with the core key over "hypercore". Peers
 /// find each other by it without learning the key.
-pub fn discovery_key(key: &Hash) -> DiscoveryKey {
-    DiscoveryKey(keyed_hash(key, b"hypercore"))
+pub fn discovery_key(key: &CoreKey) -> DiscoveryKey {
+    DiscoveryKey(keyed_hash(&key.0, b"hypercore"))
 }
 
 /// The hypercore namespaces (reference §2).
@@ -299,6 +314,9 @@ mod tests {
             .expect("hex")
             .try_into()
             .expect("32");
-        assert_eq!(hx(&discovery_key(&key).0), "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a");
+        assert_eq!(
+            hx(&discovery_key(&CoreKey(key)).0),
+            "fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a"
+        );
     }
 }

@@ -6,13 +6,13 @@
 //! verifies it against the signed tree, stores it and returns it); otherwise the answer is
 //! [`Error::MissingBlock`]. A reader never guesses and never panics on a block it lacks.
 
-use crate::crypto::Hash;
+use crate::crypto::CoreKey;
 use crate::{Error, Result};
 
 /// Anything blocks are read from by index: a live core or a snapshot of one.
 pub trait Blocks: Send + Sync {
     /// The key of the core the blocks belong to.
-    fn core_key(&self) -> &Hash;
+    fn core_key(&self) -> &CoreKey;
     /// How many blocks this view has.
     fn length(&self) -> u64;
     /// The fork the view is on; cached decodings are keyed by it.
@@ -69,7 +69,7 @@ fn copy_block(index: u64, block: &[u8], out: &mut [u8]) -> Result<()> {
 }
 
 impl<B: Blocks + ?Sized> Blocks for &B {
-    fn core_key(&self) -> &Hash {
+    fn core_key(&self) -> &CoreKey {
         (**self).core_key()
     }
     fn length(&self) -> u64 {
@@ -93,24 +93,24 @@ impl<B: Blocks + ?Sized> Blocks for &B {
 pub trait Fetch: Send + Sync {
     /// Block `index` of core `core`, verified against that core's signed tree, or an error
     /// saying why it could not be had ([`Error::MissingBlock`] when no peer supplied it in time).
-    fn fetch(&self, core: &Hash, index: u64) -> Result<Vec<u8>>;
+    fn fetch(&self, core: &CoreKey, index: u64) -> Result<Vec<u8>>;
 
     /// Makes blocks `indices` of core `core` local before they are read, asking for them all at
     /// once (a reader's window, read-ahead); what it cannot get is left for [`Fetch::fetch`] to
     /// report. The default does nothing.
-    fn prefetch(&self, core: &Hash, indices: &[u64]) {
+    fn prefetch(&self, core: &CoreKey, indices: &[u64]) {
         let _ = (core, indices);
     }
 
     /// Blocks `indices` of core `core` are likely to be read next (a sequential reader's next
     /// window): start getting them without waiting. The default does nothing.
-    fn hint(&self, core: &Hash, indices: &[u64]) {
+    fn hint(&self, core: &CoreKey, indices: &[u64]) {
         let _ = (core, indices);
     }
 
     /// The block of core `core` holding byte `bytes` and the offset inside it, located from a
     /// verified seek proof, for readers whose local tree lacks the nodes to find it.
-    fn seek(&self, core: &Hash, bytes: u64) -> Result<(u64, u64)> {
+    fn seek(&self, core: &CoreKey, bytes: u64) -> Result<(u64, u64)> {
         let _ = (core, bytes);
         Err(Error::InvalidRequest("this fetcher cannot seek".into()))
     }

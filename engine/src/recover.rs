@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::crypto::Hash;
+use crate::crypto::{CoreKey, Hash};
 use crate::store::{Store, Table};
 use crate::{Drive, Hypercore, Result};
 
@@ -19,11 +19,11 @@ use crate::{Drive, Hypercore, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovered {
     /// A writable drive rolled back from version `from` to `to`.
-    DriveRolledBack { drive: Hash, from: u64, to: u64 },
+    DriveRolledBack { drive: CoreKey, from: u64, to: u64 },
     /// A writable core (not a drive's) rolled back from length `from` to `to`.
-    CoreRolledBack { core: Hash, from: u64, to: u64 },
+    CoreRolledBack { core: CoreKey, from: u64, to: u64 },
     /// A replica lost `blocks` blocks it will fetch again.
-    Forgotten { core: Hash, blocks: usize },
+    Forgotten { core: CoreKey, blocks: usize },
 }
 
 impl std::fmt::Display for Recovered {
@@ -57,14 +57,14 @@ pub fn recover(store: &Arc<dyn Store>) -> Result<Vec<Recovered>> {
     if lost.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<Hash> = store
+    let keys: Vec<CoreKey> = store
         .scan(Table::Cores, &[], &[0xff; 33])?
         .into_iter()
-        .filter_map(|(k, _)| Hash::try_from(k.as_slice()).ok())
+        .filter_map(|(k, _)| Hash::try_from(k.as_slice()).ok().map(CoreKey))
         .collect();
     // Which blocks of which core; which writable cores make drives (not the blobs cores
     // derived from them: a blobs core opens as a bee too, its first chunk read as a header).
-    let mut hit: HashMap<Hash, Vec<u64>> = HashMap::new();
+    let mut hit: HashMap<CoreKey, Vec<u64>> = HashMap::new();
     let mut writable = Vec::new();
     let mut blobs_cores = HashSet::new();
     for key in &keys {
@@ -73,7 +73,7 @@ pub fn recover(store: &Arc<dyn Store>) -> Result<Vec<Recovered>> {
         if core.writable() {
             writable.push(*key);
             if let Some(m) = core.manifest().and_then(|m| crate::drive::keys::blobs_manifest(m, key)) {
-                blobs_cores.insert(m.hash());
+                blobs_cores.insert(CoreKey(m.hash()));
             }
         }
         if !among.is_empty() {

@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_datagram_round_trips_and_topics_hide_the_key() {
-        let dk = crypto::discovery_key(&[7; 32]);
+        let dk = crypto::discovery_key(&crypto::CoreKey([7; 32]));
         let t = topic(&dk);
         assert_ne!(t, dk.0);
         assert_ne!(&t[..], &[7u8; 32][..]);
@@ -286,7 +286,7 @@ mod tests {
     /// Two nodes on one host find each other's topic through the multicast group.
     #[test]
     fn two_lan_nodes_find_each_other() {
-        let t = topic(&crypto::discovery_key(&[3; 32]));
+        let t = topic(&crypto::discovery_key(&crypto::CoreKey([3; 32])));
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let found: Found = Arc::new(move |topic, addr, source| {

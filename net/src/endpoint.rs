@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyperfs_engine::crypto::{self, DiscoveryKey, Hash};
+use hyperfs_engine::crypto::{self, CoreKey, DiscoveryKey};
 use hyperfs_engine::Hypercore;
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,7 +44,7 @@ const EXPORTER_LABEL: &[u8] = b"hyperfs replication capability v1";
 
 /// A core the node replicates, reached through its owner's lock.
 pub trait SharedCore: Send + Sync {
-    fn key(&self) -> Hash;
+    fn key(&self) -> CoreKey;
     /// Runs `f` on the core for reading.
     fn read(&self, f: &mut dyn FnMut(&Hypercore));
     /// Runs `f` on the core for writing: verified proofs are stored here, by its owner.
@@ -72,7 +72,7 @@ pub struct PeerInfo {
     pub id: PeerId,
     pub address: SocketAddr,
     /// Keys of the cores replicated with it.
-    pub cores: Vec<Hash>,
+    pub cores: Vec<CoreKey>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub rtt: Duration,
@@ -89,19 +89,19 @@ enum Wanted {
 
 enum Command {
     /// Ask for a block or a seek; the answer says whether it is now stored.
-    Want { core: Hash, what: Wanted, reply: oneshot::Sender<bool> },
+    Want { core: CoreKey, what: Wanted, reply: oneshot::Sender<bool> },
     /// A local core changed: tell the peer.
-    Changed { core: Hash },
+    Changed { core: CoreKey },
     /// Open channels for cores shared since the connection began.
     Refresh,
     /// Close the channel of a core no longer shared.
-    Close { core: Hash },
+    Close { core: CoreKey },
     /// Send messages as given on a core's channel (see [`Endpoint::send_raw`]).
-    Raw { core: Hash, messages: Vec<Message> },
+    Raw { core: CoreKey, messages: Vec<Message> },
     /// Another connection's peer gave this node a verified new length (`upgraded`) or blocks
     /// (`runs`, as `(start, length)`) of `core`: pass them on, so versions travel along chains
     /// of replicas.
-    Gained { core: Hash, upgraded: bool, runs: Vec<(u64, u64)> },
+    Gained { core: CoreKey, upgraded: bool, runs: Vec<(u64, u64)> },
 }
 
 struct Conn {
@@ -113,7 +113,7 @@ struct Conn {
     address: SocketAddr,
     tx: mpsc::UnboundedSender<Command>,
     connection: quinn::Connection,
-    cores: Arc<Mutex<Vec<Hash>>>,
+    cores: Arc<Mutex<Vec<CoreKey>>>,
     stats: Arc<Mutex<(u64, u64)>>,
 }
 
@@ -124,7 +124,7 @@ struct Inner {
     conns: Mutex<Vec<Conn>>,
     me: PeerId,
     /// Bytes of block data sent and received per core, over every connection.
-    transferred: Mutex<HashMap<Hash, (u64, u64)>>,
+    transferred: Mutex<HashMap<CoreKey, (u64, u64)>>,
     /// How long a request to a peer may go unanswered (ms).
     request_timeout_ms: std::sync::atomic::AtomicU64,
     /// Whose turn it is to be asked first among equally near peers.
@@ -343,14 +343,14 @@ impl Endpoint {
 
     /// Block `index` of `core` from the first connected peer that has it, verified and stored
     /// by the time this returns true; false when no peer could give it within `timeout`.
-    pub fn fetch(&self, core: &Hash, index: u64, timeout: Duration) -> bool {
+    pub fn fetch(&self, core: &CoreKey, index: u64, timeout: Duration) -> bool {
         self.fetch_many(core, &[index], timeout).is_empty()
     }
 
     /// Blocks `indices` of `core`, all asked for at once, verified and stored by the time this
     /// returns; returns those no peer gave within `timeout`. A peer that fails some (it lacks
     /// them, is silent, lies and is dropped) leaves them to the next.
-    pub fn fetch_many(&self, core: &Hash, indices: &[u64], timeout: Duration) -> Vec<u64> {
+    pub fn fetch_many(&self, core: &CoreKey, indices: &[u64], timeout: Duration) -> Vec<u64> {
         let wanted: Vec<Wanted> = indices.iter().map(|&i| Wanted::Block(i)).collect();
         self.ask(core, wanted, timeout)
             .into_iter()
@@ -363,7 +363,7 @@ impl Endpoint {
 
     /// Asks the first peer that replicates `core` for blocks `indices` without waiting: they
     /// are stored when they come (a reader's next window).
-    pub fn fetch_later(&self, core: &Hash, indices: &[u64]) {
+    pub fn fetch_later(&self, core: &CoreKey, indices: &[u64]) {
         let peer = lock(&self.inner.conns).iter().find(|c| lock(&c.cores).contains(core)).map(|c| c.tx.clone());
         let Some(tx) = peer else { return };
         for &index in indices {
@@ -378,7 +378,7 @@ impl Endpoint {
     /// The tree nodes of `core` that locate byte `bytes`, from the first peer that answers a
     /// seek, verified and stored by the time this returns true. The caller seeks locally again
     /// (a byte at a node boundary can take a second round).
-    pub fn seek(&self, core: &Hash, bytes: u64, timeout: Duration) -> bool {
+    pub fn seek(&self, core: &CoreKey, bytes: u64, timeout: Duration) -> bool {
         self.ask(core, vec![Wanted::Seek(bytes)], timeout).is_empty()
     }
 
@@ -386,7 +386,7 @@ impl Endpoint {
     /// time); what it has not given after a short while (or cannot give) is asked of the next as
     /// well, and so on — a slow, silent or departed peer delays a reader by that while, not by
     /// the request timeout. Returns what no peer gave within `timeout`.
-    fn ask(&self, core: &Hash, wanted: Vec<Wanted>, timeout: Duration) -> Vec<Wanted> {
+    fn ask(&self, core: &CoreKey, wanted: Vec<Wanted>, timeout: Duration) -> Vec<Wanted> {
         let deadline = Instant::now() + timeout;
         let mut peers: Vec<(Duration, mpsc::UnboundedSender<Command>)> = lock(&self.inner.conns)
             .iter()
@@ -469,7 +469,7 @@ impl Endpoint {
     }
 
     /// Tells connected peers that `core` changed here (an append, a truncation).
-    pub fn changed(&self, core: &Hash) {
+    pub fn changed(&self, core: &CoreKey) {
         for c in lock(&self.inner.conns).iter() {
             let _ = c.tx.send(Command::Changed { core: *core });
         }
@@ -479,7 +479,7 @@ impl Endpoint {
     /// session and no rules, what a hostile peer sends. For the tests and the benchmark that
     /// play one (`scripts/bench flood`). Returns how many connections had the channel open.
     #[doc(hidden)]
-    pub fn send_raw(&self, core: &Hash, messages: &[Message]) -> usize {
+    pub fn send_raw(&self, core: &CoreKey, messages: &[Message]) -> usize {
         let mut sent = 0;
         for c in lock(&self.inner.conns).iter() {
             if lock(&c.cores).contains(core)
@@ -492,7 +492,7 @@ impl Endpoint {
     }
 
     /// Closes the channels of `core` on every connection (it is no longer shared).
-    pub fn close(&self, core: &Hash) {
+    pub fn close(&self, core: &CoreKey) {
         for c in lock(&self.inner.conns).iter() {
             let _ = c.tx.send(Command::Close { core: *core });
         }
@@ -508,7 +508,7 @@ impl Endpoint {
 
     /// Bytes of block data (`data` messages) sent and received for `core` since the endpoint
     /// started: (uploaded, downloaded).
-    pub fn transferred(&self, core: &Hash) -> (u64, u64) {
+    pub fn transferred(&self, core: &CoreKey) -> (u64, u64) {
         lock(&self.inner.transferred).get(core).copied().unwrap_or_default()
     }
 
@@ -562,7 +562,7 @@ fn remote_id(connection: &quinn::Connection) -> Result<PeerId, NetError> {
 }
 
 /// The capability that proves knowledge of `core` on this connection, for the given role.
-fn capability(secret: &[u8; 64], dialer: bool, core: &Hash) -> [u8; 32] {
+fn capability(secret: &[u8; 64], dialer: bool, core: &CoreKey) -> [u8; 32] {
     let ns = if dialer { crypto::caps::replicate_initiator() } else { crypto::caps::replicate_responder() };
     crypto::keyed_hash(secret, &[ns.as_slice(), core.as_slice()].concat())
 }
@@ -570,7 +570,7 @@ fn capability(secret: &[u8; 64], dialer: bool, core: &Hash) -> [u8; 32] {
 /// One channel of a connection.
 struct Channel {
     core: Arc<dyn SharedCore>,
-    key: Hash,
+    key: CoreKey,
     local_id: u64,
     /// Whether our `open` stands (a peer that rejected it gets it again when it opens the core).
     sent_open: bool,
@@ -765,7 +765,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
 
 /// Notes that a peer gave a new length (`block: None`) or block `block` of `core`: a block
 /// right after the last run noted extends it.
-fn note_gained(gained: &mut Vec<Gained>, core: Hash, block: Option<u64>) {
+fn note_gained(gained: &mut Vec<Gained>, core: CoreKey, block: Option<u64>) {
     let at = match gained.iter().position(|g| g.core == core) {
         Some(at) => at,
         None => {
@@ -792,7 +792,7 @@ struct ConnState {
     out: Vec<Frame>,
     secret: [u8; 64],
     dialer: bool,
-    cores: Arc<Mutex<Vec<Hash>>>,
+    cores: Arc<Mutex<Vec<CoreKey>>>,
     next_local: u64,
     /// What this connection's peer gave since the other connections last heard of it.
     gained: Vec<Gained>,
@@ -800,7 +800,7 @@ struct ConnState {
 
 /// A verified new length or new blocks of one core, from one peer.
 struct Gained {
-    core: Hash,
+    core: CoreKey,
     upgraded: bool,
     /// `(start, length)` runs of blocks, in the order they came.
     runs: Vec<(u64, u64)>,
@@ -954,7 +954,7 @@ impl ConnState {
         }
     }
 
-    fn want(&mut self, core: Hash, what: Wanted, reply: oneshot::Sender<bool>) {
+    fn want(&mut self, core: CoreKey, what: Wanted, reply: oneshot::Sender<bool>) {
         let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else {
             let _ = reply.send(false);
             return;
@@ -982,7 +982,7 @@ impl ConnState {
         self.emit(i, out);
     }
 
-    fn close(&mut self, core: Hash) {
+    fn close(&mut self, core: CoreKey) {
         let Some(i) = self.channels.iter().position(|c| c.key == core) else { return };
         let ch = self.channels.remove(i);
         self.out.push(Frame::Control(Control::Close { local_id: ch.local_id }));
@@ -994,12 +994,12 @@ impl ConnState {
         }
     }
 
-    fn changed(&mut self, core: Hash) {
+    fn changed(&mut self, core: CoreKey) {
         self.gained(core, true, &[]);
     }
 
     /// Tells the peer of a new length (`upgraded`) and of blocks this node now has.
-    fn gained(&mut self, core: Hash, upgraded: bool, runs: &[(u64, u64)]) {
+    fn gained(&mut self, core: CoreKey, upgraded: bool, runs: &[(u64, u64)]) {
         let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else { return };
         let ch = &mut self.channels[i];
         let mut out = Output::default();

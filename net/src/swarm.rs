@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hyperfs_engine::crypto::Hash;
+use hyperfs_engine::crypto::{CoreKey, Hash};
 
 use crate::identity::PeerId;
 
@@ -50,7 +50,7 @@ pub const POLL_AT_MOST: Duration = Duration::from_secs(1);
 struct Topic {
     /// The core whose peers we look for (a drive's db core): a connected peer serves the topic
     /// when it has this core open.
-    core: Hash,
+    core: CoreKey,
     announce: bool,
     lan_only: bool,
     lan_asked: Option<Instant>,
@@ -74,7 +74,7 @@ struct Candidate {
 pub struct Connected {
     pub address: SocketAddr,
     /// The cores it has open with us.
-    pub cores: Vec<Hash>,
+    pub cores: Vec<CoreKey>,
 }
 
 /// What the driver is to do.
@@ -129,7 +129,7 @@ impl Swarm {
     pub fn join(
         &mut self,
         topic: Hash,
-        core: Hash,
+        core: CoreKey,
         announce: bool,
         lan_only: bool,
         cached: &[SocketAddr],

@@ -275,7 +275,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             reply(api::Info {
                 key: hex::encode(d.key()),
                 discovery_key: hex::encode(d.db().core().discovery_key()),
-                link: format!("hyper://{}", z32_encode(d.key())),
+                link: format!("hyper://{}", z32_encode(&d.key().0)),
                 version: d.version(),
                 writable: d.writable(),
                 db: core(d.db().core()),
@@ -368,7 +368,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             }
             reply(api::Sharing {
                 key: hex::encode(key),
-                link: format!("hyper://{}", z32_encode(&key)),
+                link: format!("hyper://{}", z32_encode(&key.0)),
                 address: net.endpoint.local_addr()?.to_string(),
             })
         }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hyperfs_engine::crypto::{z32_encode, Hash};
+use hyperfs_engine::crypto::{z32_encode, CoreKey};
 use hyperfs_engine::drive::{keys, Drive, Entry, PutOptions, SharedDrive};
 use hyperfs_engine::store::{RocksStore, Store};
 use serde_json::{json, Value};
@@ -161,7 +161,7 @@ struct State {
     store: Arc<RocksStore>,
     primary: [u8; 32],
     names: Mutex<BTreeMap<String, String>>,
-    drives: Mutex<BTreeMap<Hash, Arc<SharedDrive>>>,
+    drives: Mutex<BTreeMap<CoreKey, Arc<SharedDrive>>>,
     /// Mounted drives by mount point.
     mounts: Mutex<BTreeMap<PathBuf, Mount>>,
     /// Mount points whose drive published a version (see [`watch_mounts`]).
@@ -424,17 +424,17 @@ fn create(state: &State, name: Option<&str>) -> Result<api::Named> {
     names.insert(name.clone(), hex::encode(key));
     write_names(&state.dir, &names)?;
     state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, SharedDrive::new(drive));
-    Ok(api::Named { name, key: hex::encode(key), link: Some(format!("hyper://{}", z32_encode(&key))) })
+    Ok(api::Named { name, key: hex::encode(key), link: Some(format!("hyper://{}", z32_encode(&key.0))) })
 }
 
 /// The local name of the drive with `key`, if it has one.
-fn local_name(names: &BTreeMap<String, String>, key: &Hash) -> Option<String> {
+fn local_name(names: &BTreeMap<String, String>, key: &CoreKey) -> Option<String> {
     let hexkey = hex::encode(key);
     names.iter().find(|(_, k)| **k == hexkey).map(|(n, _)| n.clone())
 }
 
 /// The key of a drive given by local name or key.
-fn drive_key(state: &State, which: &str) -> Result<Hash> {
+fn drive_key(state: &State, which: &str) -> Result<CoreKey> {
     let named = state.names.lock().unwrap_or_else(|e| e.into_inner()).get(which).cloned();
     match named {
         Some(k) => crate::local::parse_key(&k),

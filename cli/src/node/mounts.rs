@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) struct Mount {
     pub(super) mounted: hyperfs_fs::Mounted,
-    pub(super) key: Hash,
+    pub(super) key: CoreKey,
     pub(super) version: Option<u64>,
     /// The drive, and the listener that tells [`watch_mounts`] of its versions (live mounts).
     pub(super) listening: Option<(Arc<SharedDrive>, u64)>,
@@ -183,7 +183,7 @@ pub(super) fn is_fuse_mount(dir: &Path) -> bool {
 }
 
 /// The mounts of drive `key` on this node.
-pub(super) fn mounts_of(state: &State, key: &Hash) -> Vec<api::MountInfo> {
+pub(super) fn mounts_of(state: &State, key: &CoreKey) -> Vec<api::MountInfo> {
     state
         .mounts
         .lock()

@@ -11,7 +11,7 @@ pub(super) fn read_replicas(dir: &Path) -> Result<Replicas> {
     read_json(dir, "replicas.json")
 }
 
-pub(super) fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[String]) -> Result<()> {
+pub(super) fn remember_replica(state: &State, key: &CoreKey, full: bool, peers: &[String]) -> Result<()> {
     let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
     let mut all = read_replicas(&state.dir)?;
     let entry = all.entry(hex::encode(key)).or_insert_with(|| json!({"full": full, "peers": []}));
@@ -31,7 +31,7 @@ pub(super) fn remember_replica(state: &State, key: &Hash, full: bool, peers: &[S
 
 /// Records in `shared.json` that drive `key` is shared (with whether it is announced and on
 /// the LAN only), or with `None` that it no longer is.
-pub(super) fn remember_share(state: &State, key: &Hash, how: Option<(bool, bool)>) -> Result<()> {
+pub(super) fn remember_share(state: &State, key: &CoreKey, how: Option<(bool, bool)>) -> Result<()> {
     let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
     let mut all = read_json::<BTreeMap<String, Value>>(&state.dir, "shared.json")?;
     match how {
@@ -94,7 +94,7 @@ pub(super) fn resume_replicas(state: &Arc<State>) {
 /// everything; otherwise readers fetch what they touch. Returns the drive readers use.
 pub(super) fn replicate(
     state: &State,
-    key: &Hash,
+    key: &CoreKey,
     peers: &[String],
     r: &NetOptions,
     full: bool,
@@ -153,7 +153,7 @@ pub(super) fn replicate(
 
 /// Gives a replica a local name (the one asked for, else `prefix-<first key digits>`) unless it
 /// has one.
-pub(super) fn name_replica(state: &State, key: &Hash, asked: Option<&str>, prefix: &str) -> Result<String> {
+pub(super) fn name_replica(state: &State, key: &CoreKey, asked: Option<&str>, prefix: &str) -> Result<String> {
     let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
     let hexkey = hex::encode(key);
     if let Some(n) = local_name(&names, key) {

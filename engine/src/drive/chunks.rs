@@ -209,7 +209,7 @@ pub struct PreparedBlob {
     /// The blobs core's fork and length in the snapshot the chunks were looked up in.
     seen: (u64, u64),
     /// The blobs core's key.
-    core: Hash,
+    core: CoreKey,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use crate::crypto::{self, Hash, KeyPair};
+use crate::crypto::{self, CoreKey, Hash, KeyPair};
 use crate::hypercore::manifest::Signer;
 use crate::hypercore::Manifest;
 
@@ -47,14 +47,14 @@ pub fn drive_key_pair(primary_key: &[u8; 32], drive_name: Option<&str>) -> KeyPa
 
 /// Hyperdrive 13's blobs manifest for a db core: each signer's namespace replaced by
 /// BLAKE2b-256(BLOBS ‖ db key ‖ namespace); `None` for a v0 (compat-era) manifest.
-pub fn blobs_manifest(db: &Manifest, db_key: &Hash) -> Option<Manifest> {
+pub fn blobs_manifest(db: &Manifest, db_key: &CoreKey) -> Option<Manifest> {
     if db.version < 1 {
         return None;
     }
     let signers = db
         .signers
         .iter()
-        .map(|s| Signer { namespace: crypto::hash(&[blobs_ns(), db_key, &s.namespace]), public_key: s.public_key })
+        .map(|s| Signer { namespace: crypto::hash(&[blobs_ns(), &db_key.0, &s.namespace]), public_key: s.public_key })
         .collect();
     Some(Manifest {
         version: db.version,
@@ -78,7 +78,7 @@ mod tests {
         let db = Manifest::single(kp.public_key());
         let key = db.hash();
         assert_eq!(hex::encode(key), "c68c0d53be32c1b0960212809902fbd5668e8b16ab23fa5931be1dc470fae907");
-        let blobs = blobs_manifest(&db, &key).expect("v1 manifest");
+        let blobs = blobs_manifest(&db, &CoreKey(key)).expect("v1 manifest");
         assert_eq!(
             hex::encode(blobs.signers[0].namespace),
             "ddd030281eaf3ab0feef1f613252ad838292c1c7d8bc8fa5b43b41f4f52d0b99"

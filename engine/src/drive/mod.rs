@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use hyperfs_chunker::{Chunker, Preset, HYPERFS_CDC_V1};
 use rayon::prelude::*;
 
-use crate::crypto::{Hash, KeyPair};
+use crate::crypto::{CoreKey, Hash, KeyPair};
 use crate::fetch::{self, Blocks, Fetch};
 use crate::hyperbee::{Hyperbee, Metadata, Range, View};
 use crate::hypercore::{stored, Hypercore, Snapshot};
@@ -165,12 +165,12 @@ impl Drive {
     }
 
     /// Opens a drive this store holds (writable if it holds the secret key), or `None`.
-    pub fn open(store: Arc<dyn Store>, key: &Hash) -> Result<Option<Drive>> {
+    pub fn open(store: Arc<dyn Store>, key: &CoreKey) -> Result<Option<Drive>> {
         Drive::open_with(store, key, None)
     }
 
     /// [`Drive::open`] for a replica whose blocks not stored locally come through `fetch`.
-    pub fn open_with(store: Arc<dyn Store>, key: &Hash, fetch: Option<Arc<dyn Fetch>>) -> Result<Option<Drive>> {
+    pub fn open_with(store: Arc<dyn Store>, key: &CoreKey, fetch: Option<Arc<dyn Fetch>>) -> Result<Option<Drive>> {
         let Some(db) = Hypercore::open(store.clone(), key)? else { return Ok(None) };
         let mut db = Hyperbee::new(db).with_metadata(Metadata::default());
         if let Some(f) = &fetch {
@@ -185,12 +185,13 @@ impl Drive {
         // A header's content feed is the writer's word: it must be the key Hyperdrive derives
         // from the db where one is derived, or it could name any core of this store (a drive of
         // the user's own, which the replica would then serve to every peer).
-        let derived = blobs_manifest_for(db.core()).ok().map(|m| m.hash());
+        let derived = blobs_manifest_for(db.core()).ok().map(|m| CoreKey(m.hash()));
         let blobs_key = match header.and_then(|h| h.metadata).and_then(|m| m.content_feed) {
             Some(feed) => {
                 let feed = feed
                     .get(..32)
                     .and_then(|k| <Hash>::try_from(k).ok())
+                    .map(CoreKey)
                     .ok_or_else(|| Error::Verification("the drive header's content feed is not a key".into()))?;
                 match derived {
                     Some(d) if d != feed => {
@@ -213,7 +214,7 @@ impl Drive {
             Some(b) => b,
             None => {
                 // The derived manifest proves the blobs key only when the key was derived.
-                let m = blobs_manifest_for(db.core()).ok().filter(|m| m.hash() == blobs_key);
+                let m = blobs_manifest_for(db.core()).ok().filter(|m| m.hash() == blobs_key.0);
                 Hypercore::open_replica(store, blobs_key, m)?
             }
         };
@@ -282,7 +283,7 @@ impl Drive {
         self
     }
 
-    pub fn key(&self) -> &Hash {
+    pub fn key(&self) -> &CoreKey {
         self.db.core().key()
     }
 

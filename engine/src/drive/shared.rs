@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::crypto::Hash;
+use crate::crypto::CoreKey;
 use crate::drive::Drive;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -27,7 +27,7 @@ pub type DriveState = (u64, u64, u64);
 
 /// A drive with one owner for its writes and published snapshots for its reads.
 pub struct SharedDrive {
-    key: Hash,
+    key: CoreKey,
     writable: bool,
     owner: Mutex<Drive>,
     current: Mutex<Arc<Drive>>,
@@ -59,7 +59,7 @@ impl SharedDrive {
         })
     }
 
-    pub fn key(&self) -> &Hash {
+    pub fn key(&self) -> &CoreKey {
         &self.key
     }
 

@@ -272,7 +272,7 @@ fn a_drive_reopens_from_its_store() {
     let before = d.blobs().byte_length();
     d.put("/c.txt", b"hello", &PutOptions::default()).expect("put");
     assert!(d.blobs().byte_length() - before < 16);
-    assert!(Drive::open(store, &[9; 32]).expect("open").is_none());
+    assert!(Drive::open(store, &crate::crypto::CoreKey([9; 32])).expect("open").is_none());
 }
 
 mod model {
@@ -437,7 +437,7 @@ struct FromWriter {
 }
 
 impl Fetch for FromWriter {
-    fn fetch(&self, core: &Hash, index: u64) -> crate::Result<Vec<u8>> {
+    fn fetch(&self, core: &crate::crypto::CoreKey, index: u64) -> crate::Result<Vec<u8>> {
         let i = self.cores.iter().position(|c| c.key() == core).expect("a known core");
         let mut replicas = self.replicas.lock().expect("lock");
         let r = &mut replicas[i];
@@ -448,7 +448,7 @@ impl Fetch for FromWriter {
     }
 
     /// The writer names the block; its proof and the byte offset it proves must agree.
-    fn seek(&self, core: &Hash, bytes: u64) -> crate::Result<(u64, u64)> {
+    fn seek(&self, core: &crate::crypto::CoreKey, bytes: u64) -> crate::Result<(u64, u64)> {
         let i = self.cores.iter().position(|c| c.key() == core).expect("a known core");
         let (index, _) = self.cores[i].seek(bytes)?;
         let mut replicas = self.replicas.lock().expect("lock");
@@ -644,7 +644,7 @@ fn a_header_naming_a_foreign_content_core_is_refused() {
     };
     db2.append(&header.encode()).expect("append");
     let d = Drive::open(store, db2.key()).expect("opens").expect("held");
-    assert_eq!(*d.blobs().key(), derived2);
+    assert_eq!(d.blobs().key().0, derived2);
 }
 
 /// A close chunks, hashes and stages its file on a snapshot while the drive's owner takes

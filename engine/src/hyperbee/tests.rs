@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use proptest::prelude::*;
 
 use super::*;
-use crate::crypto::{Hash, KeyPair};
+use crate::crypto::KeyPair;
 use crate::fetch::Fetch;
 use crate::hypercore::proof::{Request, RequestUpgrade};
 use crate::store::{MemStore, Store};
@@ -241,7 +241,7 @@ struct FromWriter {
 }
 
 impl Fetch for FromWriter {
-    fn fetch(&self, core: &Hash, index: u64) -> crate::Result<Vec<u8>> {
+    fn fetch(&self, core: &crate::crypto::CoreKey, index: u64) -> crate::Result<Vec<u8>> {
         assert_eq!(core, self.writer.key());
         let mut r = self.replica.lock().unwrap();
         let req = r.block_request(index, self.writer.length())?;

@@ -5,7 +5,7 @@
 //! 80-byte compat signable, and non-compat signatures travel in the multisig container even for
 //! one signer.
 
-use crate::crypto::{self, caps, Hash, KeyPair};
+use crate::crypto::{self, caps, CoreKey, Hash, KeyPair};
 use crate::encoding::{DecodeError, Decoder, Encoder};
 
 /// One signer of a core.
@@ -182,8 +182,8 @@ impl Manifest {
     }
 
     /// Whether a core with this manifest and `key` is a compat core.
-    pub fn is_compat_for(&self, key: &Hash) -> bool {
-        self.signers.len() == 1 && &self.signers[0].public_key == key
+    pub fn is_compat_for(&self, key: &CoreKey) -> bool {
+        self.signers.len() == 1 && self.signers[0].public_key == key.0
     }
 }
 
@@ -209,10 +209,10 @@ pub enum Auth {
 }
 
 impl Auth {
-    pub fn key(&self) -> Hash {
+    pub fn key(&self) -> CoreKey {
         match self {
-            Auth::Manifest(m) => m.hash(),
-            Auth::Compat { public_key } => *public_key,
+            Auth::Manifest(m) => CoreKey(m.hash()),
+            Auth::Compat { public_key } => CoreKey(*public_key),
         }
     }
 

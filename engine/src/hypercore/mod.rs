@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rayon::prelude::*;
 
-use crate::crypto::{self, DiscoveryKey, Hash, KeyPair};
+use crate::crypto::{self, CoreKey, DiscoveryKey, Hash, KeyPair};
 use crate::encoding::{Decoder, Encoder};
 use crate::store::{Batch, Staged, Store, Table};
 use crate::{Error, Result};
@@ -198,7 +198,7 @@ impl Verified {
 pub struct Hypercore {
     store: Arc<dyn Store>,
     id: u64,
-    key: Hash,
+    key: CoreKey,
     discovery_key: DiscoveryKey,
     auth: Option<Auth>,
     key_pair: Option<KeyPair>,
@@ -347,7 +347,7 @@ impl Hypercore {
 
     /// Opens a replica of `key`, creating an empty one if the store has none. The manifest, if
     /// known, must hash to the key (or be the compat manifest of it).
-    pub fn open_replica(store: Arc<dyn Store>, key: Hash, manifest: Option<Manifest>) -> Result<Self> {
+    pub fn open_replica(store: Arc<dyn Store>, key: CoreKey, manifest: Option<Manifest>) -> Result<Self> {
         if let Some(core) = Self::open(store.clone(), &key)? {
             return Ok(core);
         }
@@ -358,7 +358,7 @@ impl Hypercore {
         Self::init(store, key, auth, None)
     }
 
-    fn init(store: Arc<dyn Store>, key: Hash, auth: Option<Auth>, key_pair: Option<KeyPair>) -> Result<Self> {
+    fn init(store: Arc<dyn Store>, key: CoreKey, auth: Option<Auth>, key_pair: Option<KeyPair>) -> Result<Self> {
         let _g = ALLOC.lock().unwrap_or_else(|e| e.into_inner());
         let id = match store.get(Table::Meta, b"next_core_id")? {
             Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::CorruptRecord {
@@ -392,8 +392,8 @@ impl Hypercore {
     }
 
     /// Opens the core of `key` if this store has it.
-    pub fn open(store: Arc<dyn Store>, key: &Hash) -> Result<Option<Self>> {
-        let Some(rec) = store.get(Table::Cores, key)? else {
+    pub fn open(store: Arc<dyn Store>, key: &CoreKey) -> Result<Option<Self>> {
+        let Some(rec) = store.get(Table::Cores, &key.0)? else {
             return Ok(None);
         };
         let mut d = Decoder::new(&rec);
@@ -409,7 +409,7 @@ impl Hypercore {
         let flags = d.uint("flags").map_err(&e)?;
         let mut auth = None;
         if flags & 1 != 0 {
-            auth = Some(Auth::Compat { public_key: *key });
+            auth = Some(Auth::Compat { public_key: key.0 });
         }
         if flags & 2 != 0 {
             auth = Some(Auth::Manifest(Manifest::decode(d.buffer("manifest").map_err(&e)?).map_err(&e)?));
@@ -592,7 +592,7 @@ impl Hypercore {
         Ok(self.leaf(index)?.filter(|n| n.hash == *leaf).map(|_| index))
     }
 
-    pub fn key(&self) -> &Hash {
+    pub fn key(&self) -> &CoreKey {
         &self.key
     }
     pub fn discovery_key(&self) -> &DiscoveryKey {
@@ -1170,7 +1170,7 @@ impl Hypercore {
             let raw_hash = crypto::hash(&[crypto::caps::manifest(), m]);
             let m = Manifest::decode(m).map_err(|source| Error::Decode { what: "manifest", source })?;
             // The key commits to the bytes received, not to what a lenient decoder made of them.
-            if raw_hash != self.key && !m.is_compat_for(&self.key) {
+            if raw_hash != self.key.0 && !m.is_compat_for(&self.key) {
                 return Err(Error::Verification("manifest does not match the core key".into()));
             }
             let a = auth_for(&self.key, m)?;
@@ -1202,7 +1202,7 @@ impl Hypercore {
                 Some(a) => a,
                 None => {
                     // A core without a known manifest may be a compat core: key = public key.
-                    let compat = Auth::Compat { public_key: self.key };
+                    let compat = Auth::Compat { public_key: self.key.0 };
                     if !compat.verify(&up.signature, &th, tb.length, tb.fork) {
                         return Err(Error::Verification("no manifest to verify the upgrade with".into()));
                     }
@@ -1474,11 +1474,11 @@ impl proof::NodeSource for Hypercore {
     }
 }
 
-fn auth_for(key: &Hash, m: Manifest) -> Result<Auth> {
-    if m.hash() == *key {
+fn auth_for(key: &CoreKey, m: Manifest) -> Result<Auth> {
+    if m.hash() == key.0 {
         Ok(Auth::Manifest(m))
     } else if m.is_compat_for(key) {
-        Ok(Auth::Compat { public_key: *key })
+        Ok(Auth::Compat { public_key: key.0 })
     } else {
         Err(Error::Verification("manifest does not match the core key".into()))
     }
@@ -1555,7 +1555,7 @@ fn decode_head(bytes: &[u8]) -> Result<(u64, u64, Hash, Vec<u8>)> {
 pub struct Snapshot {
     store: Arc<dyn Store>,
     id: u64,
-    key: Hash,
+    key: CoreKey,
     length: u64,
     byte_length: u64,
     fork: u64,
@@ -1564,7 +1564,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn key(&self) -> &Hash {
+    pub fn key(&self) -> &CoreKey {
         &self.key
     }
     pub fn length(&self) -> u64 {
@@ -1619,7 +1619,7 @@ fn stale(truncations: &RwLock<Vec<(u64, u64)>>, fork: u64, index: u64) -> bool {
 macro_rules! impl_blocks {
     ($($t:ty),*) => {$(
         impl crate::fetch::Blocks for $t {
-            fn core_key(&self) -> &Hash {
+            fn core_key(&self) -> &CoreKey {
                 self.key()
             }
             fn length(&self) -> u64 {

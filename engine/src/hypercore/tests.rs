@@ -63,7 +63,7 @@ fn a_head_signed_on_demand_is_the_signature_an_eager_append_makes() {
     r.apply_proof(&up).expect("the deferred signature verifies");
     assert_eq!(r.signature(), c.signature());
     // An unsigned head without the key that could sign it is refused, not served unsigned.
-    let rec = store.get(Table::Cores, &key).expect("get").expect("record");
+    let rec = store.get(Table::Cores, &key.0).expect("get").expect("record");
     let mut b = Batch::default();
     let unkeyed = Hypercore { key_pair: None, ..Hypercore::open(store.clone(), &key).expect("open").expect("core") };
     b.put(Table::Cores, key.to_vec(), unkeyed.encode_record());

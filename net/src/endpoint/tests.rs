@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyperfs_engine::crypto::{Hash, KeyPair};
+use hyperfs_engine::crypto::{CoreKey, KeyPair};
 use hyperfs_engine::store::{MemStore, Store};
 use hyperfs_engine::Hypercore;
 
@@ -18,7 +18,7 @@ struct Slot {
 }
 
 impl SharedCore for Slot {
-    fn key(&self) -> Hash {
+    fn key(&self) -> CoreKey {
         *lock(&self.core).key()
     }
     fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
@@ -53,7 +53,7 @@ fn writer(blocks: usize) -> Arc<Slot> {
     Arc::new(Slot { core: Mutex::new(core), all: false })
 }
 
-fn replica(key: Hash, all: bool) -> Arc<Slot> {
+fn replica(key: CoreKey, all: bool) -> Arc<Slot> {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     Arc::new(Slot { core: Mutex::new(Hypercore::open_replica(store, key, None).expect("replica")), all })
 }

@@ -382,7 +382,8 @@ fn replica_of_a_huge_core() -> (Hypercore, u64) {
         ..Proof::default()
     };
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let mut r = Hypercore::open_replica(store, manifest.hash(), None).expect("replica");
+    let mut r =
+        Hypercore::open_replica(store, hyperfs_engine::crypto::CoreKey(manifest.hash()), None).expect("replica");
     r.apply_proof(&proof).expect("the writer signed it");
     assert_eq!(r.length(), length);
     (r, length)

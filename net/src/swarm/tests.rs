@@ -3,7 +3,7 @@
 use super::*;
 
 const T: Hash = [1; 32];
-const CORE: Hash = [2; 32];
+const CORE: CoreKey = CoreKey([2; 32]);
 
 fn addr(i: u32) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 4000))
@@ -121,7 +121,7 @@ fn dials_stop_at_the_limits_per_topic_and_in_all() {
     s.join(T, CORE, false, false, &[], now);
     s.add(T, addr(1), Source::Lan, now);
     let others: Vec<Connected> =
-        (0..PER_TOPIC as u32).map(|i| Connected { address: addr(500 + i), cores: vec![[3; 32]] }).collect();
+        (0..PER_TOPIC as u32).map(|i| Connected { address: addr(500 + i), cores: vec![CoreKey([3; 32])] }).collect();
     assert_eq!(dials(&s.poll(now, &others)), vec![addr(1)]);
 }
 

@@ -433,16 +433,16 @@ fn write_files(dir: &str, src: &str, n: usize) {
 /// as the connection takes them: bitfields of 64 KiB, runs of ranges, requests for random
 /// blocks and wants of everything — far past any budget. Dropped, it connects again.
 fn flood(addr: &str, keys: &[String], seconds: u64) {
-    use hyperfs_engine::crypto::Hash;
+    use hyperfs_engine::crypto::CoreKey;
     use hyperfs_engine::hypercore::proof::{Request, RequestIndexed};
     use hyperfs_engine::store::{MemStore, Store};
     use hyperfs_net::wire::Message;
     use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
     use std::sync::Mutex;
 
-    struct Core(Mutex<Hypercore>, Hash);
+    struct Core(Mutex<Hypercore>, CoreKey);
     impl SharedCore for Core {
-        fn key(&self) -> Hash {
+        fn key(&self) -> CoreKey {
             self.1
         }
         fn read(&self, f: &mut dyn FnMut(&Hypercore)) {
@@ -458,9 +458,9 @@ fn flood(addr: &str, keys: &[String], seconds: u64) {
             self.0.clone()
         }
     }
-    let keys: Vec<Hash> = keys
+    let keys: Vec<CoreKey> = keys
         .iter()
-        .map(|k| hex::decode(k).ok().and_then(|b| b.try_into().ok()).expect("a key as 64 hex digits"))
+        .map(|k| CoreKey(hex::decode(k).ok().and_then(|b| b.try_into().ok()).expect("a key as 64 hex digits")))
         .collect();
     // Each connection comes from a fresh identity and port, as an attacker that is dropped and
     // refused would make it: every one gets a new budget to overrun.

@@ -45,7 +45,9 @@ impl Attacker {
         {
             let store = Arc::new(RocksStore::open(&dir.join("store")).expect("the attacker's store"));
             let raw = hex::decode(&key).expect("hex key");
-            let mut drive = Drive::open(store, &raw.try_into().expect("32 bytes")).expect("open").expect("held");
+            let mut drive = Drive::open(store, &hyperfs_engine::crypto::CoreKey(raw.try_into().expect("32 bytes")))
+                .expect("open")
+                .expect("held");
             craft(&mut drive);
             drive.flush().expect("flush");
         }
@@ -528,7 +530,7 @@ fn a_signed_length_near_2_pow_55_costs_the_victim_nothing() {
     let kp = KeyPair::from_seed(&[55; 32]);
     let manifest = Manifest::single(kp.public_key());
     let key = manifest.hash();
-    let blobs = blobs_manifest(&manifest, &key).expect("a v1 manifest");
+    let blobs = blobs_manifest(&manifest, &hyperfs_engine::crypto::CoreKey(key)).expect("a v1 manifest");
     let header = Header {
         protocol: "hyperbee".into(),
         metadata: Some(Metadata { content_feed: Some(blobs.hash().to_vec()), user_data: None }),
@@ -554,7 +556,9 @@ fn a_signed_length_near_2_pow_55_costs_the_victim_nothing() {
     hyperfs_in_ok(&dir, &["stop"]);
     {
         let store = Arc::new(RocksStore::open(&dir.join("store")).expect("store"));
-        let mut core = Hypercore::open_replica(store.clone(), key, Some(manifest.clone())).expect("replica");
+        let mut core =
+            Hypercore::open_replica(store.clone(), hyperfs_engine::crypto::CoreKey(key), Some(manifest.clone()))
+                .expect("replica");
         let upgrade = UpgradeProof { start: 0, length, nodes: vec![top], additional_nodes: vec![], signature };
         core.apply_proof(&Proof { upgrade: Some(upgrade), manifest: Some(manifest.encode()), ..Proof::default() })
             .expect("the writer's own signature");

@@ -61,7 +61,7 @@ fn carry_in(store: Arc<dyn Store>, core: &Value) -> Hash {
     let key: Hash = hex::decode(core["key"].as_str().expect("key")).expect("hex").try_into().expect("32 bytes");
     let manifest_bytes = hex::decode(core["manifest"].as_str().expect("manifest")).expect("hex");
     let manifest = Manifest::decode(&manifest_bytes).expect("manifest decodes");
-    let mut r = Hypercore::open_replica(store, key, Some(manifest)).expect("replica");
+    let mut r = Hypercore::open_replica(store, hyperfs_engine::crypto::CoreKey(key), Some(manifest)).expect("replica");
     for p in core["proofs"].as_array().expect("proofs") {
         let upgrade = p.get("upgrade").filter(|u| !u.is_null()).map(|u| UpgradeProof {
             start: u["start"].as_u64().expect("start"),
@@ -188,10 +188,10 @@ fn a_drive_written_by_js_reads_the_same_in_hyperfs() {
         carry_in(store.clone(), core);
     }
     let key: Hash = hex::decode(carried["db"].as_str().expect("db")).expect("hex").try_into().expect("32 bytes");
-    let d = Drive::open(store, &key).expect("open").expect("the carried drive");
+    let d = Drive::open(store, &hyperfs_engine::crypto::CoreKey(key)).expect("open").expect("the carried drive");
     assert!(!d.writable());
     assert_eq!(describe(&d), written["drive"]);
     // The JS drive's key comes from Corestore's derivation, as hyperfs derives it.
     let kp = keys::drive_key_pair(&[0x31; 32], None);
-    assert_eq!(*d.key(), Manifest::single(kp.public_key()).hash());
+    assert_eq!(d.key().0, Manifest::single(kp.public_key()).hash());
 }

@@ -92,8 +92,8 @@ struct Promise {
 /// The drive and the replica a workload writes, and the remote core the replica follows.
 #[derive(Clone, Copy)]
 struct Subjects<'a> {
-    drive: &'a [u8; 32],
-    replica: &'a [u8; 32],
+    drive: &'a hyperfs_engine::crypto::CoreKey,
+    replica: &'a hyperfs_engine::crypto::CoreKey,
     remote: &'a Hypercore,
 }
 
