@@ -442,17 +442,7 @@ impl Session {
                     Err(Error::InvalidRequest(e)) => {
                         return Err(Misbehaviour(format!("the peer sent a malformed proof: {e}")));
                     }
-                    // The writer's fault, not the peer's (it relayed what the writer signed): the
-                    // core takes nothing more from that fork and says why.
-                    Err(e @ Error::Equivocation { .. }) => {
-                        tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
-                        self.gave_up(&asked, &mut out);
-                    }
-                    // Our own trouble (reading the tree): not the peer's fault; the reader hears.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "verifying a proof");
-                        self.gave_up(&asked, &mut out);
-                    }
+                    Err(e) => self.not_taken(&asked, &e, "verifying a proof", &mut out),
                 }
                 self.top_up(core, now, &mut out);
             }
@@ -545,19 +535,22 @@ impl Session {
                     out.events.push(Event::Sought { bytes, ok: true });
                 }
             }
-            Err(e @ Error::Equivocation { .. }) => {
-                tracing::warn!(error = %e, "the writer equivocated; the proof is kept");
-                self.gave_up(&asked, &mut out);
-            }
-            // Our own trouble (storage, or the core moved to another fork meanwhile): not the
-            // peer's fault; the reader hears of it and may ask again.
-            Err(e) => {
-                tracing::warn!(error = %e, "storing a verified proof");
-                self.gave_up(&asked, &mut out);
-            }
+            Err(e) => self.not_taken(&asked, &e, "storing a verified proof", &mut out),
         }
         self.top_up(core, now, &mut out);
         out
+    }
+
+    /// A proof that answers `asked` but was not taken, through no fault of the peer: the
+    /// writer's (it signed two histories; the core takes nothing more from that fork and says
+    /// why) or ours (reading or storing, or the core moved to another fork meanwhile). The
+    /// readers waiting on it hear so and may ask again.
+    fn not_taken(&mut self, asked: &InFlight, e: &Error, doing: &str, out: &mut Output) {
+        match e {
+            Error::Equivocation { .. } => tracing::warn!(error = %e, "the writer equivocated; the proof is kept"),
+            _ => tracing::warn!(error = %e, "{doing}"),
+        }
+        self.gave_up(asked, out);
     }
 
     /// A request this peer did not answer: its block, and with an upgrade every block waiting

@@ -60,6 +60,15 @@ impl Pair {
         (Pair { a, b, sa, sb, events: Vec::new(), now }, oa.messages, ob.messages)
     }
 
+    /// A writer of `blocks` blocks and a new replica of it, their opening messages exchanged.
+    fn opened(blocks: usize, download_all: bool) -> Pair {
+        let w = writer(blocks);
+        let r = replica(&w);
+        let (mut p, to_b, to_a) = Pair::new(w, r, download_all);
+        p.run(to_b, to_a).expect("open");
+        p
+    }
+
     /// Delivers messages both ways until both sides are quiet.
     fn run(&mut self, mut to_b: Vec<Message>, mut to_a: Vec<Message>) -> Result<(), Misbehaviour> {
         for _ in 0..10_000 {
@@ -92,10 +101,7 @@ impl Pair {
 
 #[test]
 fn a_replica_fetches_one_block_with_the_signed_length_and_manifest() {
-    let w = writer(100);
-    let r = replica(&w);
-    let (mut p, to_b, to_a) = Pair::new(w, r, false);
-    p.run(to_b, to_a).expect("open");
+    let mut p = Pair::opened(100, false);
     assert_eq!(p.b.length(), 100, "the signed length arrives with the sync");
     assert_eq!(p.b.local_blocks(), 0, "nothing downloaded unasked");
     p.want(57).expect("want");
@@ -112,10 +118,7 @@ fn a_replica_fetches_one_block_with_the_signed_length_and_manifest() {
 /// (asked again), not blamed on the peer.
 #[test]
 fn proofs_come_out_verified_for_the_driver_to_store_and_a_stale_one_is_asked_again() {
-    let w = writer(40);
-    let r = replica(&w);
-    let (mut p, to_b, to_a) = Pair::new(w, r, false);
-    p.run(to_b, to_a).expect("open");
+    let mut p = Pair::opened(40, false);
     let answer = |p: &mut Pair, index: u64| {
         let mut out = Output::default();
         p.sb.want(&p.b, index, p.now, &mut out);
@@ -166,11 +169,8 @@ fn proofs_come_out_verified_for_the_driver_to_store_and_a_stale_one_is_asked_aga
 
 #[test]
 fn a_replica_seeks_a_byte_without_downloading_blocks() {
-    let w = writer(300);
-    let total = w.byte_length();
-    let r = replica(&w);
-    let (mut p, to_b, to_a) = Pair::new(w, r, false);
-    p.run(to_b, to_a).expect("open");
+    let mut p = Pair::opened(300, false);
+    let total = p.a.byte_length();
     for bytes in [0, 1, total / 3, total / 2 + 7, total - 1] {
         for _ in 0..2 {
             let mut out = Output::default();
@@ -189,10 +189,7 @@ fn a_replica_seeks_a_byte_without_downloading_blocks() {
 
 #[test]
 fn download_all_fetches_every_block_and_follows_appends() {
-    let w = writer(300);
-    let r = replica(&w);
-    let (mut p, to_b, to_a) = Pair::new(w, r, true);
-    p.run(to_b, to_a).expect("download");
+    let mut p = Pair::opened(300, true);
     assert_eq!(p.b.local_blocks(), 300);
     for i in [0, 150, 299] {
         assert_eq!(p.b.get(i).expect("block"), format!("block {i}").into_bytes());
@@ -210,10 +207,7 @@ fn download_all_fetches_every_block_and_follows_appends() {
 
 #[test]
 fn a_replica_follows_a_truncation_to_the_new_fork() {
-    let w = writer(50);
-    let r = replica(&w);
-    let (mut p, to_b, to_a) = Pair::new(w, r, true);
-    p.run(to_b, to_a).expect("download");
+    let mut p = Pair::opened(50, true);
     assert_eq!(p.b.local_blocks(), 50);
     p.a.truncate(20).expect("truncate");
     p.a.append(b"new history").expect("append");
@@ -250,10 +244,7 @@ fn a_block_the_peer_lacks_is_reported_missing() {
 
 #[test]
 fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
-    let w = writer(40);
-    let r = replica(&w);
-    let (mut p, to_b, to_a) = Pair::new(w, r, false);
-    p.run(to_b, to_a).expect("open");
+    let mut p = Pair::opened(40, false);
     let mut out = Output::default();
     p.sb.want(&p.b, 9, p.now, &mut out);
     let Some(Message::Request { id, request, .. }) = out.messages.pop() else { panic!("a request") };
