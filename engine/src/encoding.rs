@@ -36,8 +36,22 @@ impl Encoder {
         Self { buf: Vec::with_capacity(cap) }
     }
 
+    /// An encoder that appends to `buf` (what it holds stays; `finish` gives it back).
+    pub fn appending(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.buf
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Variable-length unsigned integer: 1, 3, 5 or 9 bytes.

@@ -27,6 +27,11 @@ use crate::session::{Event, Output, Session};
 use crate::wire::{Control, Frame, Message, PROTOCOL};
 use crate::NetError;
 
+/// The most bytes one read takes from a connection's stream.
+const READ_CHUNK: usize = 256 << 10;
+/// Bytes sent from the front of a connection's send buffer that are dropped without waiting
+/// for the rest to go.
+const COMPACT_SENT: usize = 4 << 20;
 /// The first byte a dialer writes on its stream: the version of this framing.
 const STREAM_VERSION: u8 = 1;
 /// Incoming connections (handshakes included) held at once, from anyone…
@@ -645,7 +650,6 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     }
     let result: Result<(), NetError> = async {
         let mut buf: Vec<u8> = Vec::new();
-        let mut chunk = vec![0u8; 64 << 10];
         // Bytes to send and how many of them went: writing never stops the reading (a peer that
         // reads nothing while it floods had both sides wait on each other's reads), and reading
         // pauses only while more than `MAX_PENDING` bytes wait to go.
@@ -660,13 +664,14 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                     moved = Instant::now();
                 }
                 for f in state.out.drain(..) {
-                    let encoded = f.encode();
+                    // Written straight into what goes out: a block's bytes are copied once.
+                    let at = pending.len();
+                    f.encode_into(&mut pending);
                     if let Frame::Channel { channel, message: Message::Data { .. } } = &f {
                         if let Some(ch) = state.channels.iter().find(|c| c.local_id == *channel) {
-                            lock(&inner.transferred).entry(ch.key).or_default().0 += encoded.len() as u64;
+                            lock(&inner.transferred).entry(ch.key).or_default().0 += (pending.len() - at) as u64;
                         }
                     }
-                    pending.extend_from_slice(&encoded);
                 }
                 lock(&stats).0 += (pending.len() - before) as u64;
             }
@@ -684,12 +689,18 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                     if sent == pending.len() {
                         pending.clear();
                         sent = 0;
+                    } else if sent >= COMPACT_SENT {
+                        // What went is dropped from the front now and then, so a buffer that
+                        // never empties under steady traffic does not grow without end.
+                        pending.drain(..sent);
+                        sent = 0;
                     }
                 }
-                n = recv.read(&mut chunk), if waiting <= MAX_PENDING => {
-                    let Some(n) = n.map_err(|e| NetError::Io(e.to_string()))? else { return Ok(()) };
-                    lock(&stats).1 += n as u64;
-                    buf.extend_from_slice(&chunk[..n]);
+                c = recv.read_chunk(READ_CHUNK, true), if waiting <= MAX_PENDING => {
+                    // quinn's own buffer, appended once to what waits to be parsed.
+                    let Some(c) = c.map_err(|e| NetError::Io(e.to_string()))? else { return Ok(()) };
+                    lock(&stats).1 += c.bytes.len() as u64;
+                    buf.extend_from_slice(&c.bytes);
                     let mut used = 0;
                     while let Some((frame, len)) = Frame::take(&buf[used..]).map_err(|e| NetError::Protocol(format!("a malformed frame: {e}")))? {
                         used += len;

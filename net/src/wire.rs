@@ -335,7 +335,19 @@ impl Message {
 impl Frame {
     /// The frame with its length in front.
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Encoder::new();
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the frame to `out`, its body written in place: a block's bytes are copied once,
+    /// into the send buffer. The length goes in front in its shortest form (a body under 64 KiB
+    /// is moved back by the bytes the form saves).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        const ROOM: usize = 5;
+        let start = out.len();
+        out.extend_from_slice(&[0; ROOM]);
+        let mut body = Encoder::appending(std::mem::take(out));
         match self {
             Frame::Control(c) => {
                 body.uint(0);
@@ -358,10 +370,20 @@ impl Frame {
                 message.encode_payload(&mut body);
             }
         }
-        let body = body.finish();
-        let mut out = Encoder::with_capacity(body.len() + 5);
-        out.uint(body.len() as u64).fixed(&body);
-        out.finish()
+        let mut buf = body.finish();
+        let len = (buf.len() - start - ROOM) as u64;
+        let mut prefix = Encoder::with_capacity(9);
+        prefix.uint(len);
+        let prefix = prefix.finish();
+        // A body of 4 GiB or more needs more room than was left; frames never come near it.
+        assert!(prefix.len() <= ROOM, "a frame body of {len} bytes");
+        let at = start + ROOM - prefix.len();
+        buf[at..start + ROOM].copy_from_slice(&prefix);
+        if at > start {
+            buf.copy_within(at.., start);
+            buf.truncate(buf.len() - (at - start));
+        }
+        *out = buf;
     }
 
     /// Decodes one frame body (without its length).
@@ -476,6 +498,28 @@ mod tests {
             ch(Message::Range { drop: true, start: 5, length: 100 }),
             ch(Message::Extension { name: "x".into(), message: vec![1, 2, 3] }),
         ]
+    }
+
+    /// Frames written one after another into one buffer, bodies of every length form (one
+    /// byte, three, five), read back in order; each is the bytes `encode` gives alone.
+    #[test]
+    fn frames_encoded_into_one_buffer_read_back_in_order() {
+        let mut frames = samples();
+        for len in [0usize, 200, 300, 70_000, 1 << 20] {
+            frames.push(Frame::Channel { channel: 3, message: Message::Extension { name: "x".into(), message: vec![7; len] } });
+        }
+        let mut buf = vec![0xaa];
+        for f in &frames {
+            f.encode_into(&mut buf);
+        }
+        let mut at = 1;
+        for f in &frames {
+            let (back, used) = Frame::take(&buf[at..]).expect("decodes").expect("whole");
+            assert_eq!(&back, f);
+            assert_eq!(buf[at..at + used], f.encode()[..], "the shortest length form");
+            at += used;
+        }
+        assert_eq!((buf[0], at), (0xaa, buf.len()));
     }
 
     #[test]

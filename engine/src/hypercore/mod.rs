@@ -169,7 +169,8 @@ pub struct Verified {
     their_state: Option<SignedState>,
     new_head: Option<Head>,
     reorg: bool,
-    block: Option<(u64, Vec<u8>)>,
+    /// The block: its index, bytes and leaf hash (hashed once, when the proof was verified).
+    block: Option<(u64, Vec<u8>, Hash)>,
     /// The writer signed another history than the stored one: this proof shows it.
     conflict: Option<Conflict>,
     /// Only the manifest and a conflict are to be kept (a check of a peer's history).
@@ -1242,6 +1243,17 @@ impl Hypercore {
             false => self.find_conflict(their_state.as_ref(), &nodes)?,
             true => None,
         };
+        // The block's leaf was hashed to verify it; storing it reuses that hash.
+        let block = match p.block {
+            Some(b) => {
+                let leaf = match nodes.iter().find(|n| n.index == 2 * b.index) {
+                    Some(n) => n.hash,
+                    None => crypto::leaf_hash(&b.value),
+                };
+                Some((b.index, b.value, leaf))
+            }
+            None => None,
+        };
         Ok(Verified {
             base: (self.head.fork, self.head.length),
             learned: if auth != self.auth { auth } else { None },
@@ -1249,7 +1261,7 @@ impl Hypercore {
             their_state,
             new_head,
             reorg,
-            block: p.block.map(|b| (b.index, b.value)),
+            block,
             conflict,
             checked_only: false,
         })
@@ -1298,10 +1310,13 @@ impl Hypercore {
             applied.truncated_to = Some(ancestors);
         }
         let mut present = None;
-        if let Some((index, value)) = &v.block {
-            let leaf = crypto::leaf_hash(value);
-            if !self.store.contains(Table::Blocks, &leaf)? {
-                b.put(Table::Blocks, leaf.to_vec(), stored::encode(value));
+        if let Some((index, value, leaf)) = &v.block {
+            if !self.store.contains(Table::Blocks, leaf)? {
+                // Its tag and bytes go to the block log in one vectored write, not joined first.
+                let encoded = stored::encode_parts(value);
+                if let Some(&staged) = self.store.stage_blocks(&[encoded.parts()])?.first() {
+                    b.put_staged(leaf.to_vec(), staged);
+                }
             }
             present = Some((*index, index + 1));
             applied.block = Some(*index);

@@ -69,8 +69,9 @@ pub(crate) fn packed(data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// The stored form of `data`.
-pub(crate) fn encode(data: &[u8]) -> Vec<u8> {
+/// The stored form of `data`, joined (the tests' view of it).
+#[cfg(test)]
+fn encode(data: &[u8]) -> Vec<u8> {
     encode_parts(data).parts().concat()
 }
 
