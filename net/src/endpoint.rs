@@ -643,8 +643,16 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         stats: stats.clone(),
     });
     tracing::info!(peer = %hex_id(&id), %address, dialer, "peer connected");
-    let mut state =
-        ConnState { channels: Vec::new(), out: Vec::new(), secret, dialer, cores, next_local: 1, gained: Vec::new() };
+    let mut state = ConnState {
+        channels: Vec::new(),
+        out: Vec::new(),
+        arrivals: Vec::new(),
+        secret,
+        dialer,
+        cores,
+        next_local: 1,
+        gained: Vec::new(),
+    };
     for core in inner.shared.cores() {
         state.open(core);
     }
@@ -712,6 +720,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                         state.on_frame(&inner, frame)?;
                     }
                     buf.drain(..used);
+                    state.store_arrivals();
                     // What this peer gave, every other peer hears of (not this one: it knows).
                     if !state.gained.is_empty() {
                         let gained = std::mem::take(&mut state.gained);
@@ -801,6 +810,8 @@ fn hex_id(id: &PeerId) -> String {
 struct ConnState {
     channels: Vec<Channel>,
     out: Vec<Frame>,
+    /// Proofs verified from this read's frames, by channel, waiting to be stored.
+    arrivals: Vec<(u64, Vec<crate::session::Arrival>)>,
     secret: [u8; 64],
     dialer: bool,
     cores: Arc<Mutex<Vec<CoreKey>>>,
@@ -917,25 +928,46 @@ impl ConnState {
                     Some(Err(m)) => return Err(NetError::Misbehaved(m.0)),
                     None => return Ok(()),
                 };
-                // What verified is stored through the core's owner, then the session hears
-                // how it went.
-                for arrival in std::mem::take(&mut out.store) {
-                    let (verified, receipt) = arrival.into_parts();
-                    let (mut verified, mut result) = (Some(verified), None);
-                    ch.core.write(&mut |c| result = verified.take().map(|v| c.store_verified(v)));
-                    let mut done = result.map(|r| (receipt, r));
-                    ch.core.read(&mut |c| {
-                        if let Some((receipt, result)) = done.take() {
-                            let more = session.stored(c, receipt, result, now);
-                            out.messages.extend(more.messages);
-                            out.events.extend(more.events);
-                        }
-                    });
+                // What verified waits for the rest of this read, then is stored through the
+                // core's owner in one go (`store_arrivals`).
+                let arrivals = std::mem::take(&mut out.store);
+                if !arrivals.is_empty() {
+                    let id = self.channels[i].local_id;
+                    match self.arrivals.iter_mut().find(|a| a.0 == id) {
+                        Some(a) => a.1.extend(arrivals),
+                        None => self.arrivals.push((id, arrivals)),
+                    }
                 }
                 self.emit(i, out)
             }
         }
         Ok(())
+    }
+
+    /// Stores what this read's frames verified, a channel at a time through its core's owner
+    /// (runs of plain blocks in one commit), then tells each session how it went.
+    fn store_arrivals(&mut self) {
+        let now = Instant::now();
+        for (id, arrivals) in std::mem::take(&mut self.arrivals) {
+            let Some(i) = self.channels.iter().position(|c| c.local_id == id) else { continue };
+            let (verified, receipts): (Vec<_>, Vec<_>) = arrivals.into_iter().map(|a| a.into_parts()).unzip();
+            let ch = &mut self.channels[i];
+            let mut verified = Some(verified);
+            let mut results = Vec::new();
+            ch.core.write(&mut |c| results = verified.take().map(|v| c.store_verified_all(v)).unwrap_or_default());
+            let mut out = Output::default();
+            if let Some(session) = ch.session.as_mut() {
+                let mut done = Some(receipts.into_iter().zip(results));
+                ch.core.read(&mut |c| {
+                    for (receipt, result) in done.take().into_iter().flatten() {
+                        let more = session.stored(c, receipt, result, now);
+                        out.messages.extend(more.messages);
+                        out.events.extend(more.events);
+                    }
+                });
+            }
+            self.emit(i, out);
+        }
     }
 
     /// Queues a session's messages, settles waiting readers and notes what the peer gave.

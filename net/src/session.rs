@@ -13,7 +13,7 @@
 //! then drops the connection; nothing a lying peer sent was stored (only what verified comes
 //! out to be stored).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hyperfs_engine::hypercore::proof::Request;
@@ -24,8 +24,13 @@ use crate::wire::{sync_flags, Message, NoDataReason};
 
 /// How long a request may go unanswered before it is given up (and another peer tried).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests in flight to one peer while downloading everything.
+/// Requests in flight to one peer while downloading everything: enough for about
+/// [`WINDOW_BYTES`] of the core's blocks (by their mean size), at least this many…
 pub const DOWNLOAD_WINDOW: usize = 32;
+/// …and at most this many (a core of small blocks: 512 of 4 KiB).
+pub const MAX_DOWNLOAD_WINDOW: usize = 1024;
+/// The bytes a full download keeps asked for from one peer.
+const WINDOW_BYTES: u64 = 2 << 20;
 /// A peer may send this many messages that make work here (wants, ranges, bitfields) at once…
 const MESSAGE_BURST: f64 = 4096.0;
 /// …and this many a second after that.
@@ -53,6 +58,14 @@ const BITFIELD_WORDS_PER_REQUEST: usize = 256;
 /// Steps one top-up may take over blocks it cannot ask for (the peer lacks them, or they are
 /// in flight) before it waits for the next message.
 const TOP_UP_STEPS: usize = 4096;
+
+/// How many requests a full download of `core` keeps in flight to one peer: [`WINDOW_BYTES`]
+/// of its blocks by their mean size, so a core of small blocks is not held to a round trip per
+/// 32 of them.
+fn download_window(core: &Hypercore) -> usize {
+    let mean = core.byte_length().checked_div(core.length()).unwrap_or(0).max(1);
+    usize::try_from(WINDOW_BYTES / mean).unwrap_or(MAX_DOWNLOAD_WINDOW).clamp(DOWNLOAD_WINDOW, MAX_DOWNLOAD_WINDOW)
+}
 
 /// Why the peer is to be dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,12 +205,23 @@ pub struct Session {
     /// Our length the peer last heard of.
     told_length: Option<(u64, u64)>,
     in_flight: HashMap<u64, InFlight>,
+    /// What `in_flight` holds, kept beside it so no call scans the window (which holds up to
+    /// `MAX_DOWNLOAD_WINDOW` requests): the blocks asked for, how many ask for an upgrade, and
+    /// the requests by deadline.
+    blocks_in_flight: HashSet<u64>,
+    upgrades_in_flight: usize,
+    by_deadline: BTreeSet<(Instant, u64)>,
     next_id: u64,
     /// Blocks our readers asked for that wait for the peer to have them.
     wanted: BTreeMap<u64, ()>,
     download_all: bool,
     /// Every block below this one is local (where a full download looks next).
     download_from: u64,
+    /// Where a full download's next look starts: every block between `download_from` and here
+    /// is local, asked for, or lacked by the peer when looked at. Anything that could change
+    /// that (the peer's word on what it has, a request given up, a new fork) starts the look
+    /// over from `download_from`; the look is then O(new requests) per answer, not O(window).
+    scan_from: u64,
     /// What the peer may still make us do: (messages, requests) at `budget_at`.
     budget: (f64, f64),
     budget_at: Instant,
@@ -219,10 +243,14 @@ impl Session {
             remote_has: Ranges::default(),
             told_length: None,
             in_flight: HashMap::new(),
+            blocks_in_flight: HashSet::new(),
+            upgrades_in_flight: 0,
+            by_deadline: BTreeSet::new(),
             next_id: 1,
             wanted: BTreeMap::new(),
             download_all,
             download_from: 0,
+            scan_from: 0,
             budget: (MESSAGE_BURST, REQUEST_BURST),
             budget_at: now,
             timeout: REQUEST_TIMEOUT,
@@ -263,7 +291,7 @@ impl Session {
 
     /// The earliest moment [`Session::tick`] has something to do.
     pub fn deadline(&self) -> Option<Instant> {
-        self.in_flight.values().map(|r| r.deadline).min()
+        self.by_deadline.first().map(|d| d.0)
     }
 
     /// Asks the peer for block `index` (if it has it; otherwise the block waits until it says it
@@ -273,7 +301,7 @@ impl Session {
             out.events.push(Event::Block { index });
             return true;
         }
-        if self.in_flight.values().any(|r| r.block == Some(index)) {
+        if self.blocks_in_flight.contains(&index) {
             return true;
         }
         if !self.remote_has.contains(index) {
@@ -302,7 +330,7 @@ impl Session {
             Err(_) => return false,
         };
         let id = self.take_id();
-        self.in_flight.insert(
+        self.put(
             id,
             InFlight { block: None, seek: Some(bytes), upgrade: false, probe: false, deadline: now + self.timeout },
         );
@@ -343,9 +371,9 @@ impl Session {
     /// that has left [`MAX_MISSED`] requests in a row unanswered is silent or too slow to keep.
     pub fn tick(&mut self, core: &Hypercore, now: Instant) -> Result<Output, Misbehaviour> {
         let mut out = Output::default();
-        let late: Vec<u64> = self.in_flight.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
+        let late: Vec<u64> = self.by_deadline.iter().take_while(|d| d.0 <= now).map(|d| d.1).collect();
         for id in late {
-            if let Some(r) = self.in_flight.remove(&id) {
+            if let Some(r) = self.take(id) {
                 self.gave_up(&r, &mut out);
                 out.messages.push(Message::Cancel { request: id });
                 self.missed += 1;
@@ -364,6 +392,7 @@ impl Session {
         let mut out = Output::default();
         match msg {
             Message::Sync { fork, length, .. } => {
+                self.scan_from = 0;
                 let changed = !self.remote_synced || fork != self.remote_fork || length != self.remote_length;
                 if fork < self.remote_fork {
                     return Err(Misbehaviour(format!("the peer went back from fork {} to {fork}", self.remote_fork)));
@@ -389,7 +418,7 @@ impl Session {
             Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } => {}
             Message::Data { request, proof } => {
                 self.missed = 0;
-                let Some(asked) = self.in_flight.remove(&request) else {
+                let Some(asked) = self.take(request) else {
                     // JS ignores data for requests it does not know (a late answer).
                     return Ok(out);
                 };
@@ -426,8 +455,12 @@ impl Session {
                     && self.remote_length > 0
                     && proof.upgrade.as_ref().is_some_and(|u| u.start > 0);
                 match core.verify_proof(proof) {
-                    // The driver stores it and hands the result back (`stored`).
+                    // The driver stores it and hands the result back (`stored`); till then its
+                    // block is not asked for again.
                     Ok(verified) => {
+                        if let Some(index) = asked.block {
+                            self.blocks_in_flight.insert(index);
+                        }
                         out.store.push(Arrival { verified, asked: Some(asked) });
                         return Ok(out);
                     }
@@ -448,7 +481,7 @@ impl Session {
             }
             Message::NoData { request, .. } => {
                 self.missed = 0;
-                if let Some(r) = self.in_flight.remove(&request) {
+                if let Some(r) = self.take(request) {
                     if let Some(index) = r.block {
                         // It does not have it after all.
                         self.remote_has.remove(index, index + 1);
@@ -463,6 +496,7 @@ impl Session {
                 out.messages.extend(have_ranges(core, start.min(end), end));
             }
             Message::Range { drop, start, length } => {
+                self.scan_from = 0;
                 self.charge(now, RANGE_COST)?;
                 let end = start.saturating_add(length);
                 if drop {
@@ -474,6 +508,7 @@ impl Session {
                 self.top_up(core, now, &mut out);
             }
             Message::Bitfield { start, bitfield } => {
+                self.scan_from = 0;
                 self.charge(now, 1.0 + (bitfield.len() / BITFIELD_WORDS_PER_REQUEST) as f64)?;
                 // Runs of set bits, each one insert (a bit at a time was a BTreeMap walk per bit).
                 let mut run: Option<u64> = None;
@@ -514,10 +549,14 @@ impl Session {
     ) -> Output {
         let mut out = Output::default();
         let Some(asked) = receipt.0 else { return out }; // a conflict recorded: nothing waits on it
+        if let Some(index) = asked.block {
+            self.blocks_in_flight.remove(&index);
+        }
         match result {
             Ok(applied) => {
                 if let Some(t) = applied.truncated_to {
                     self.download_from = self.download_from.min(t);
+                    self.scan_from = 0;
                 }
                 if let Some(index) = applied.block {
                     out.events.push(Event::Block { index });
@@ -556,6 +595,7 @@ impl Session {
     /// A request this peer did not answer: its block, and with an upgrade every block waiting
     /// for it, are reported missing so readers can ask elsewhere.
     fn gave_up(&mut self, r: &InFlight, out: &mut Output) {
+        self.scan_from = 0;
         if let Some(index) = r.block {
             out.events.push(Event::Missing { index });
         }
@@ -619,7 +659,7 @@ impl Session {
 
     /// Asks for the peer's newer signed length (or its new fork) when it is ahead of ours.
     fn maybe_upgrade(&mut self, core: &Hypercore, now: Instant, out: &mut Output) {
-        if self.in_flight.values().any(|r| r.upgrade) {
+        if self.upgrades_in_flight > 0 {
             return;
         }
         if core.writable() {
@@ -648,10 +688,7 @@ impl Session {
             ..Request::default()
         };
         let id = self.take_id();
-        self.in_flight.insert(
-            id,
-            InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: now + self.timeout },
-        );
+        self.put(id, InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: now + self.timeout });
         out.messages.push(Message::Request { id, request, priority: None });
     }
 
@@ -686,7 +723,7 @@ impl Session {
         }
         for request in requests {
             let id = self.take_id();
-            self.in_flight.insert(
+            self.put(
                 id,
                 InFlight { block: None, seek: None, upgrade: true, probe: true, deadline: now + self.timeout },
             );
@@ -707,16 +744,13 @@ impl Session {
         };
         request.fork = self.remote_fork;
         let upgrade = request.upgrade.is_some();
-        if upgrade && self.in_flight.values().any(|r| r.upgrade) {
+        if upgrade && self.upgrades_in_flight > 0 {
             // One upgrade at a time: the block waits for it.
             self.wanted.insert(index, ());
             return true;
         }
         let id = self.take_id();
-        self.in_flight.insert(
-            id,
-            InFlight { block: Some(index), seek: None, upgrade, probe: false, deadline: now + self.timeout },
-        );
+        self.put(id, InFlight { block: Some(index), seek: None, upgrade, probe: false, deadline: now + self.timeout });
         self.wanted.remove(&index);
         out.messages.push(Message::Request { id, request, priority: None });
         true
@@ -734,7 +768,7 @@ impl Session {
             if core.has(index) {
                 self.wanted.remove(&index);
                 out.events.push(Event::Block { index });
-            } else if self.in_flight.values().all(|r| r.block != Some(index)) {
+            } else if !self.blocks_in_flight.contains(&index) {
                 self.request_block(core, index, now, out);
             }
         }
@@ -746,9 +780,10 @@ impl Session {
         self.download_from = core.next_local(self.download_from, limit, false).unwrap_or(limit);
         // Jumps from a block we lack to the next the peer has and back: the cost follows the
         // runs of both, never the length (which a writer may sign as anything up to 2^55).
-        let mut index = self.download_from;
+        let mut index = self.download_from.max(self.scan_from);
+        let window = download_window(core);
         for _ in 0..TOP_UP_STEPS {
-            if self.in_flight.len() >= DOWNLOAD_WINDOW || index >= limit {
+            if self.in_flight.len() >= window || index >= limit {
                 break;
             }
             let Some(missing) = core.next_local(index, limit, false) else { break };
@@ -757,12 +792,33 @@ impl Session {
                 index = theirs;
                 continue;
             }
-            if self.in_flight.values().all(|r| r.block != Some(missing)) && !self.request_block(core, missing, now, out)
-            {
+            if !self.blocks_in_flight.contains(&missing) && !self.request_block(core, missing, now, out) {
                 break;
             }
             index = missing + 1;
+            self.scan_from = index;
         }
+    }
+
+    /// Request `id` sent: in flight until answered or given up.
+    fn put(&mut self, id: u64, r: InFlight) {
+        if let Some(index) = r.block {
+            self.blocks_in_flight.insert(index);
+        }
+        self.upgrades_in_flight += usize::from(r.upgrade);
+        self.by_deadline.insert((r.deadline, id));
+        self.in_flight.insert(id, r);
+    }
+
+    /// The request `id` answered or given up: no longer in flight.
+    fn take(&mut self, id: u64) -> Option<InFlight> {
+        let r = self.in_flight.remove(&id)?;
+        if let Some(index) = r.block {
+            self.blocks_in_flight.remove(&index);
+        }
+        self.upgrades_in_flight -= usize::from(r.upgrade);
+        self.by_deadline.remove(&(r.deadline, id));
+        Some(r)
     }
 
     fn take_id(&mut self) -> u64 {

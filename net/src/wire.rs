@@ -506,7 +506,10 @@ mod tests {
     fn frames_encoded_into_one_buffer_read_back_in_order() {
         let mut frames = samples();
         for len in [0usize, 200, 300, 70_000, 1 << 20] {
-            frames.push(Frame::Channel { channel: 3, message: Message::Extension { name: "x".into(), message: vec![7; len] } });
+            frames.push(Frame::Channel {
+                channel: 3,
+                message: Message::Extension { name: "x".into(), message: vec![7; len] },
+            });
         }
         let mut buf = vec![0xaa];
         for f in &frames {

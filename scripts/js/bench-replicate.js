@@ -1,7 +1,8 @@
 // JS replication of a drive between two processes over TCP (Noise-encrypted, as Hyperdrive
 // peers do), the peer figure of `scripts/bench replicate`.
 // Usage: node bench-replicate.js serve WORK FILE   -> prints {"key", "port"} once the drive holds
-//                                                     FILE as /big.bin, then serves until killed
+//                                                     FILE as /big.bin (a folder: its files under
+//                                                     their paths), then serves until killed
 //        node bench-replicate.js clone WORK KEY PORT -> {"seconds"}: every block of the drive
 //        node bench-replicate.js read WORK KEY PORT  -> {"seconds"}: /big.bin streamed, sparse
 'use strict'
@@ -20,9 +21,23 @@ async function main () {
     const store = new Corestore(path.join(work, 'store'))
     const drive = new Hyperdrive(store)
     await drive.ready()
-    await new Promise((resolve, reject) => {
-      fs.createReadStream(a).pipe(drive.createWriteStream('/big.bin')).on('finish', resolve).on('error', reject)
-    })
+    if (fs.statSync(a).isDirectory()) {
+      // Every file of the folder under its relative path, in one batch (one version).
+      const batch = drive.batch()
+      const walk = async (dir, rel) => {
+        for (const name of fs.readdirSync(dir).sort()) {
+          const full = path.join(dir, name)
+          if (fs.statSync(full).isDirectory()) await walk(full, rel + '/' + name)
+          else await batch.put(rel + '/' + name, fs.readFileSync(full))
+        }
+      }
+      await walk(a, '')
+      await batch.flush()
+    } else {
+      await new Promise((resolve, reject) => {
+        fs.createReadStream(a).pipe(drive.createWriteStream('/big.bin')).on('finish', resolve).on('error', reject)
+      })
+    }
     const server = net.createServer((sock) => {
       const s = store.replicate(false)
       sock.pipe(s).pipe(sock)

@@ -183,6 +183,18 @@ impl Verified {
         self.block.as_ref().map(|b| b.0)
     }
 
+    /// Whether it is a block of the current fork and nothing more (no upgrade, no manifest,
+    /// no conflict): one of a run [`Hypercore::store_verified_all`] commits together.
+    fn is_plain_block(&self) -> bool {
+        self.block.is_some()
+            && self.new_head.is_none()
+            && self.their_state.is_none()
+            && !self.reorg
+            && self.conflict.is_none()
+            && self.learned.is_none()
+            && !self.checked_only
+    }
+
     /// Whether it shows that the writer signed two histories.
     pub fn shows_conflict(&self) -> bool {
         self.conflict.is_some()
@@ -883,7 +895,7 @@ impl Hypercore {
             signature,
             roots: tb.roots.clone(),
         };
-        self.commit(b, &tb.nodes, new_head, Some((start, tb.length)), None)?;
+        self.commit(b, &tb.nodes, new_head, &[(start, tb.length)], None)?;
         Ok(self.head.length)
     }
 
@@ -893,11 +905,12 @@ impl Hypercore {
         mut b: Batch,
         nodes: &[Node],
         head: Head,
-        present: Option<(u64, u64)>,
+        present: &[(u64, u64)],
         truncate_from: Option<u64>,
     ) -> Result<()> {
-        let touched_start = truncate_from.into_iter().chain(present.map(|p| p.0)).min().unwrap_or(0);
-        let touched_end = truncate_from.map(|f| self.head.length.max(f)).into_iter().chain(present.map(|p| p.1)).max();
+        let touched_start = truncate_from.into_iter().chain(present.iter().map(|p| p.0)).min().unwrap_or(0);
+        let touched_end =
+            truncate_from.map(|f| self.head.length.max(f)).into_iter().chain(present.iter().map(|p| p.1)).max();
         let mut bitfield = self.bitfield.subset(touched_start, touched_end.unwrap_or(0));
         if let Some(from) = truncate_from {
             self.delete_tree_from(&mut b, from);
@@ -916,7 +929,7 @@ impl Hypercore {
         for n in sorted {
             b.put(Table::Nodes, node_key(self.id, n.index).to_vec(), n.encode().to_vec());
         }
-        if let Some((s, e)) = present {
+        for &(s, e) in present {
             bitfield.set_range(s, e, true);
         }
         for (page, bytes) in bitfield.take_dirty() {
@@ -982,7 +995,7 @@ impl Hypercore {
         };
         // The new roots are re-written because deleting the spanning parents may remove none
         // of them, but must never remove one.
-        self.commit(Batch { sync: self.durable, ..Batch::default() }, &roots, head, None, Some(length))?;
+        self.commit(Batch { sync: self.durable, ..Batch::default() }, &roots, head, &[], Some(length))?;
         self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((fork, length));
         Ok(())
     }
@@ -1328,11 +1341,78 @@ impl Hypercore {
             }
             None => self.head.clone(),
         };
-        self.commit(b, &v.nodes, head, present, truncate_from)?;
+        self.commit(b, &v.nodes, head, present.as_slice(), truncate_from)?;
         if let Some(t) = applied.truncated_to {
             self.truncations.write().unwrap_or_else(|e| e.into_inner()).push((self.head.fork, t));
         }
         Ok(applied)
+    }
+
+    /// Stores several verified proofs, in order, with one result each. Runs of plain blocks of
+    /// the current fork (no upgrade, nothing else learned) go in one commit: a download of
+    /// small blocks pays one RocksDB write per arrival batch, not one per block. Anything else
+    /// is stored as [`Hypercore::store_verified`] does.
+    pub fn store_verified_all(&mut self, all: Vec<Verified>) -> Vec<Result<Applied>> {
+        let mut results = Vec::with_capacity(all.len());
+        let mut run: Vec<Verified> = Vec::new();
+        for v in all {
+            if v.is_plain_block() && v.base.0 == self.head.fork {
+                run.push(v);
+                continue;
+            }
+            self.store_run(std::mem::take(&mut run), &mut results);
+            results.push(self.store_verified(v));
+        }
+        self.store_run(run, &mut results);
+        results
+    }
+
+    /// One commit for a run of plain verified blocks ([`Hypercore::store_verified_all`]).
+    fn store_run(&mut self, run: Vec<Verified>, results: &mut Vec<Result<Applied>>) {
+        let n = run.len();
+        if n == 0 {
+            return;
+        }
+        let stored = (|| -> Result<Vec<u64>> {
+            self.changeable()?;
+            if let Some(c) = self.conflict.get() {
+                if self.head.fork <= c.fork {
+                    return Err(Error::Equivocation { core: hex::encode(self.key), fork: c.fork });
+                }
+            }
+            let mut b = Batch { sync: self.durable, ..Batch::default() };
+            let (mut nodes, mut present, mut indices) = (Vec::new(), Vec::with_capacity(n), Vec::with_capacity(n));
+            let mut seen = std::collections::HashSet::with_capacity(n);
+            let mut encoded = Vec::new();
+            for v in &run {
+                let Some((index, value, leaf)) = &v.block else { continue };
+                if seen.insert(*leaf) && !self.store.contains(Table::Blocks, leaf)? {
+                    encoded.push((*leaf, stored::encode_parts(value)));
+                }
+                nodes.extend_from_slice(&v.nodes);
+                present.push((*index, index + 1));
+                indices.push(*index);
+            }
+            // Their tags and bytes go to the block log in one vectored write.
+            let parts: Vec<[&[u8]; 2]> = encoded.iter().map(|(_, e)| e.parts()).collect();
+            let staged = self.store.stage_blocks(&parts)?;
+            for ((leaf, _), staged) in encoded.iter().zip(staged) {
+                b.put_staged(leaf.to_vec(), staged);
+            }
+            let head = self.head.clone();
+            self.commit(b, &nodes, head, &present, None)?;
+            Ok(indices)
+        })();
+        match stored {
+            Ok(indices) => {
+                results.extend(indices.into_iter().map(|i| Ok(Applied { block: Some(i), ..Applied::default() })))
+            }
+            Err(e) => {
+                let why = e.to_string();
+                results.push(Err(e));
+                results.extend((1..n).map(|_| Err(Error::Storage(why.clone()))));
+            }
+        }
     }
 
     /// Checks verified nodes and an upgrade of the current fork against what is stored: a node

@@ -503,3 +503,36 @@ fn a_frozen_copy_that_catches_another_history_stops_its_writer() {
     assert!(matches!(a.append(b"a third history"), Err(Error::Equivocation { .. })));
     assert_eq!(a.length(), 2);
 }
+
+/// Proofs verified one by one and stored together: runs of plain blocks go in one commit, an
+/// upgrade among them on its own, every result in the order given; a block sent twice is
+/// stored once and reported each time.
+#[test]
+fn verified_blocks_are_stored_together_in_order() {
+    let mut w = writer(false);
+    let data: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100 + i as usize]).collect();
+    w.append_batch(&data[..10]).expect("append");
+    let mut r = Hypercore::open_replica(mem(), *w.key(), w.manifest().cloned()).expect("replica");
+    // A request for a block, with an upgrade to the writer's length when `upgrade`.
+    let proof_for = |r: &Hypercore, w: &Hypercore, index: u64, upgrade: bool| {
+        let mut req = r.block_request(index, if upgrade { w.length() } else { r.length() }).expect("request");
+        req.fork = w.fork();
+        r.verify_proof(w.proof(&req).expect("proof")).expect("verifies")
+    };
+    let first = proof_for(&r, &w, 0, true);
+    r.store_verified(first).expect("upgrade to 10");
+    w.append_batch(&data[10..]).expect("append");
+    // Blocks 3, 4, 4 again and 7 are plain; 15 comes with the upgrade to 20; 8 is plain again.
+    let mut all: Vec<Verified> = [3, 4, 4, 7].iter().map(|&i| proof_for(&r, &w, i, false)).collect();
+    all.push(proof_for(&r, &w, 15, true));
+    all.push(proof_for(&r, &w, 8, false));
+    let results = r.store_verified_all(all);
+    let blocks: Vec<Option<u64>> = results.iter().map(|x| x.as_ref().expect("stored").block).collect();
+    assert_eq!(blocks, [Some(3), Some(4), Some(4), Some(7), Some(15), Some(8)]);
+    assert_eq!(results[4].as_ref().expect("stored").upgraded_to, Some(20));
+    assert_eq!(r.length(), 20);
+    for i in [0u64, 3, 4, 7, 8, 15] {
+        assert_eq!(r.get(i).expect("stored"), data[i as usize]);
+    }
+    assert!(!r.has(5));
+}

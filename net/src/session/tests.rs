@@ -272,7 +272,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
         let mut s = Session::open(&p.b, false, p.now).0;
         deliver(&mut s, &mut p.b, Message::Sync { flags: 3, fork: 0, length: 40, remote_length: 0 }, p.now)
             .expect("sync");
-        s.in_flight.insert(
+        s.put(
             id,
             InFlight { block: Some(9), seek: None, upgrade: false, probe: false, deadline: p.now + REQUEST_TIMEOUT },
         );
@@ -289,10 +289,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     let mut proof = p.a.proof(&upgrade_req).expect("proof");
     proof.upgrade.as_mut().expect("upgrade").signature[5] ^= 1;
     proof.manifest = p.a.manifest().map(|m| m.encode());
-    s.in_flight.insert(
-        1,
-        InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: p.now + REQUEST_TIMEOUT },
-    );
+    s.put(1, InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: p.now + REQUEST_TIMEOUT });
     assert!(deliver(&mut s, &mut forged, Message::Data { request: 1, proof }, p.now).is_err());
     assert_eq!(forged.length(), 0);
     // The honest answer still works.
@@ -399,7 +396,7 @@ fn a_signed_length_of_2_pow_54_costs_nothing_per_message() {
     let out = deliver(&mut s, &mut r, Message::Range { drop: false, start: 0, length: 3 }, now).expect("range");
     let asked: Vec<u64> = s.in_flight.values().filter_map(|f| f.block).collect();
     assert!(asked.contains(&0) && asked.contains(&(length - 10)), "{asked:?} {:?}", out.messages.len());
-    assert!(s.in_flight.len() <= DOWNLOAD_WINDOW);
+    assert!(s.in_flight.len() <= MAX_DOWNLOAD_WINDOW);
 }
 
 /// `range` and `bitfield` floods: each message is charged to the peer's budget (a bitfield by
@@ -494,4 +491,40 @@ proptest::proptest! {
             let _ = s.tick(&r, now + Duration::from_secs(1));
         }
     }
+}
+
+/// A full download keeps about 2 MiB asked for: 32 requests for a core of 64 KiB blocks, 512 for
+/// one of 4 KiB blocks (a round trip per 32 small blocks held a clone of 20,000 files to a
+/// fraction of the link), never more than `MAX_DOWNLOAD_WINDOW`; a replica asks for that many at
+/// once.
+#[test]
+fn the_download_window_follows_the_mean_block_size() {
+    let core_of = |size: usize, blocks: usize| {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut core = Hypercore::create(store, KeyPair::from_seed(&[9; 32]), false).expect("create");
+        core.append_batch(&vec![vec![1u8; size]; blocks]).expect("append");
+        core
+    };
+    assert_eq!(download_window(&core_of(64 << 10, 4)), DOWNLOAD_WINDOW);
+    assert_eq!(download_window(&core_of(4 << 10, 8)), 512);
+    assert_eq!(download_window(&core_of(16, 8)), MAX_DOWNLOAD_WINDOW);
+    let w = core_of(4 << 10, 2000);
+    let r = replica(&w);
+    let (mut p, mut to_b, mut to_a) = Pair::new(w, r, true);
+    // Round by round, as the network would carry them: the most requests the replica sends in
+    // one go once it knows the length.
+    let mut asked = 0;
+    for _ in 0..4 {
+        let mut next_a = Vec::new();
+        for m in to_b.drain(..) {
+            let out = deliver(&mut p.sb, &mut p.b, m, p.now).expect("replica");
+            asked = asked.max(out.messages.iter().filter(|m| matches!(m, Message::Request { .. })).count());
+            next_a.extend(out.messages);
+        }
+        for m in to_a.drain(..) {
+            to_b.extend(deliver(&mut p.sa, &mut p.a, m, p.now).expect("writer").messages);
+        }
+        to_a = next_a;
+    }
+    assert!(asked >= 500, "{asked} requests in flight for 4 KiB blocks");
 }
