@@ -1399,6 +1399,9 @@ impl Hypercore {
             for ((leaf, _), staged) in encoded.iter().zip(staged) {
                 b.put_staged(leaf.to_vec(), staged);
             }
+            // Proofs asked for together carry the same uncles: each is written once.
+            nodes.sort_unstable_by_key(|n| n.index);
+            nodes.dedup_by_key(|n| n.index);
             let head = self.head.clone();
             self.commit(b, &nodes, head, &present, None)?;
             Ok(indices)
