@@ -187,13 +187,12 @@ fn main() -> ExitCode {
         }),
         Command::Stat { ref target, version, json } => dir().and_then(|d| {
             let (drive, path) = client::split_target(target);
-            let r: Value = client::call(&d, &Request::Stat { drive: drive.clone(), path, version }, true)?;
-            // Checked against its type; shown as the node sent it, one field a line.
-            let _: api::StatReply = serde_json::from_value(r.clone())?;
+            let r: api::StatReply = client::call(&d, &Request::Stat { drive: drive.clone(), path, version }, true)?;
             if json {
-                println!("{r}");
+                print_json(&r);
             } else {
-                for (k, v) in r.as_object().into_iter().flatten() {
+                // One field a line, by the names `--json` gives them.
+                for (k, v) in serde_json::to_value(&r)?.as_object().into_iter().flatten() {
                     println!("{k}: {v}");
                 }
             }

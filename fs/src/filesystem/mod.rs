@@ -7,8 +7,9 @@
 //! an open file stays readable.
 //!
 //! Writes go to a staging file (an unlinked temporary file in the node's data directory), copied
-//! from the drive on the first write. `flush`, `fsync` and `release` of a changed file chunk it
-//! into the blobs core and write one entry: one new drive version per close of a changed file.
+//! from the drive on the first write. `flush`, `fsync` and `release` of a changed file chunk and
+//! stage it on a snapshot (without the drive's owner), then commit its chunks and one entry
+//! through the owner: one new drive version per close of a changed file.
 //! A file created here exists only in the inode table until then.
 //!
 //! Lock order, never reversed: an open file's lock, then the drive's owner (changes only;
