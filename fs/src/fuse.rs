@@ -15,6 +15,7 @@ use fuser::{
 
 use crate::guard::Guard;
 use crate::{Attr, DirEntry, Errno, Fh, Fs, Ino, Kind, SetAttr};
+use hyperfs_engine::drive::Special;
 
 /// How a mount is made.
 #[derive(Debug, Clone)]
@@ -329,7 +330,25 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Special(Special::Fifo) => FileType::NamedPipe,
+        Kind::Special(Special::Socket) => FileType::Socket,
+        Kind::Special(Special::Char(_)) => FileType::CharDevice,
+        Kind::Special(Special::Block(_)) => FileType::BlockDevice,
     }
+}
+
+/// A device number as the kernel's FUSE protocol carries it (`new_encode_dev`), from the
+/// `dev_t` a drive records (glibc's `makedev`).
+fn kernel_dev(dev: u64) -> u32 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// The `dev_t` of a device number the kernel sent (`new_decode_dev`).
+fn user_dev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -346,7 +365,10 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.meta.uid,
         gid: a.meta.gid,
-        rdev: 0,
+        rdev: match a.kind {
+            Kind::Special(s) => kernel_dev(s.rdev()),
+            _ => 0,
+        },
         blksize: 128 << 10,
         flags: 0,
     }
@@ -522,14 +544,17 @@ impl Filesystem for Adapter {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            // Devices, pipes and sockets have no place in a drive.
-            return reply.error(libc::EPERM);
-        }
         let (fs, ttl, name, uid, gid) = (self.fs.clone(), self.ttl, name_of(name), req.uid(), req.gid());
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // FIFOs, sockets and device nodes (the kernel let only a privileged caller make one).
+            return self.pool.run(move || {
+                let made = name.and_then(|n| fs.mknod(Ino(parent), &n, mode, user_dev(rdev), uid, gid));
+                answer!(reply, made, |a| reply.entry(&ttl, &file_attr(&a), 0))
+            });
+        }
         self.pool.run(move || {
             let made = name.and_then(|n| fs.create(Ino(parent), &n, mode, libc::O_EXCL | libc::O_WRONLY, uid, gid));
             let made = made.and_then(|(a, fh)| fs.release(fh).map(|()| a));
@@ -584,9 +609,12 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn link(&mut self, _req: &Request<'_>, _ino: u64, _newparent: u64, _newname: &OsStr, reply: ReplyEntry) {
-        // A drive has no hard links.
-        reply.error(libc::EPERM);
+    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name_of(newname));
+        self.pool.run(move || {
+            let made = name.and_then(|n| fs.link(Ino(ino), Ino(newparent), &n));
+            answer!(reply, made, |a| reply.entry(&ttl, &file_attr(&a), 0))
+        });
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {

@@ -122,6 +122,79 @@ impl Entry {
     }
 }
 
+/// What kind of special file an entry of the `special` sub-database is (kept in its metadata as
+/// `"type"`, with `"rdev"` for devices): FIFOs, sockets and device nodes, which JS Hyperdrive
+/// has no entry for and does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    Fifo,
+    Socket,
+    /// A character device and its device number (as `makedev` makes it).
+    Char(u64),
+    Block(u64),
+}
+
+impl Special {
+    /// The special file `entry` records; `None` if its metadata names no known type.
+    pub fn of(entry: &Entry) -> Option<Special> {
+        let m = entry.metadata.as_ref()?.as_object()?;
+        let rdev = m.get("rdev").and_then(Value::as_u64).unwrap_or(0);
+        Some(match m.get("type")?.as_str()? {
+            "fifo" => Special::Fifo,
+            "socket" => Special::Socket,
+            "char" => Special::Char(rdev),
+            "block" => Special::Block(rdev),
+            _ => return None,
+        })
+    }
+
+    /// `metadata` with this type (and device number) recorded.
+    pub fn to_json(self, metadata: Value) -> Value {
+        let mut m = match metadata {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (kind, rdev) = match self {
+            Special::Fifo => ("fifo", None),
+            Special::Socket => ("socket", None),
+            Special::Char(d) => ("char", Some(d)),
+            Special::Block(d) => ("block", Some(d)),
+        };
+        m.insert("type".into(), Value::from(kind));
+        match rdev {
+            Some(d) => m.insert("rdev".into(), Value::from(d)),
+            None => m.remove("rdev"),
+        };
+        Value::Object(m)
+    }
+
+    /// The device number (0 for FIFOs and sockets).
+    pub fn rdev(self) -> u64 {
+        match self {
+            Special::Char(d) | Special::Block(d) => d,
+            Special::Fifo | Special::Socket => 0,
+        }
+    }
+}
+
+/// The metadata key naming a file's hard-link group (see the drive's `links` module).
+pub const LINK_KEY: &str = "inode";
+
+impl Entry {
+    /// The hard-link group this entry's name belongs to: 32 lowercase hex digits in its
+    /// metadata's `"inode"`, anything else is no group.
+    pub fn link_id(&self) -> Option<&str> {
+        let id = self.metadata.as_ref()?.get(LINK_KEY)?.as_str()?;
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
+    }
+
+    /// The hard-link group of a stored entry, decoding it only if it may name one.
+    pub fn link_id_of(bytes: &[u8]) -> Option<String> {
+        memchr::memmem::find(bytes, LINK_KEY.as_bytes())?;
+        Entry::decode(bytes).ok()?.link_id().map(str::to_owned)
+    }
+}
+
 /// The fields of a stored entry, which must be a JSON object (a derived struct would also take
 /// the array form).
 fn from_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {

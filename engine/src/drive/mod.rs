@@ -17,6 +17,7 @@ mod chunks;
 mod contents;
 pub mod entry;
 pub mod keys;
+pub mod links;
 pub mod meta;
 pub mod path;
 pub mod shared;
@@ -41,16 +42,19 @@ use crate::store::{Store, Table};
 use crate::{Error, Result};
 pub use chunks::{BlobBatch, PreparedBlob};
 use contents::PieceCache;
-pub use entry::{Blob, Entry, MapBlock};
+pub use entry::{Blob, Entry, MapBlock, Special};
 pub use meta::Meta;
 pub use shared::{SharedDrive, Writing};
-pub use view::{printable, DriveView, Rejected, Walk};
+pub use view::{printable, DriveView, Listed, Rejected, Walk};
 
 /// The sub-database of file entries, as Hyperdrive's SubEncoder writes it: `files` ‖ 00.
 const FILES: &[u8] = b"files\0";
 
 /// Empty directories live outside `files`, so JS drives neither list nor mind them.
 const DIRS: &[u8] = b"dirs\0";
+
+/// FIFOs, sockets and device nodes live outside `files` too: JS has no entry for them.
+const SPECIAL: &[u8] = b"special\0";
 
 /// New chunks are appended to the blobs core in batches of about this many bytes, so a large
 /// file is never held whole in memory.
@@ -76,16 +80,26 @@ pub enum Op<'a> {
     Mkdir(&'a str, &'a Entry),
     /// Forgets a directory record.
     Rmdir(&'a str),
-    /// Moves a file, symlink or directory with everything under it (see [`Drive::rename`]).
+    /// Moves a file, symlink, special file or directory with everything under it (see
+    /// [`Drive::rename`]).
     Rename(&'a str, &'a str),
+    /// Records a special file ([`Special`] in the entry's metadata).
+    Mknod(&'a str, &'a Entry),
+    /// Removes a special file.
+    DelSpecial(&'a str),
+    /// Gives the file at the first path the second as a further name (a hard link, see
+    /// [`links`]): both entries name one group, and a later put through either is written to all.
+    Link(&'a str, &'a str),
 }
 
 /// One name inside a folder.
 #[derive(Debug, Clone)]
 pub struct Child {
     pub name: String,
-    /// The file or symlink entry; `None` for a folder.
+    /// The file, symlink or special file's entry; `None` for a folder.
     pub entry: Option<Entry>,
+    /// The entry is a special file's (FIFO, socket, device node).
+    pub special: bool,
 }
 
 /// How a file is written.
@@ -320,7 +334,7 @@ impl Drive {
         let blob = self.write_blob(reader)?;
         let entry =
             Entry { executable: opts.executable, linkname: None, blob: Some(blob), metadata: opts.metadata.clone() };
-        self.db.put(&key_in(FILES, &path), &entry.encode())
+        self.apply(&[Op::Put(&path, &entry)])
     }
 
     /// Makes `path` a symbolic link to `target`.
@@ -353,22 +367,47 @@ impl Drive {
             }
         }
         let mut moves = moves.into_iter();
-        let mut b = self.db.batch();
-        for op in ops {
-            match *op {
-                Op::Put(p, e) => b.put(&key_in(FILES, &path::file(p)?), &e.encode())?,
-                Op::Del(p) => {
-                    b.del(&key_in(FILES, &path::file(p)?))?;
-                }
-                Op::Mkdir(p, e) => b.put(&dir_key(p)?, &e.encode())?,
-                Op::Rmdir(p) => {
-                    b.del(&dir_key(p)?)?;
-                }
-                Op::Rename(..) => {
-                    for (old, new, value) in moves.next().unwrap_or_default() {
-                        b.put(&new, &value)?;
-                        b.del(&old)?;
+        // What the batch writes, worked out first: hard-link groups follow their names.
+        let writes = {
+            let view = self.db.view();
+            let links = ops.iter().any(|op| matches!(op, Op::Link(..)));
+            let mut plan = links::Plan::new(&view, links)?;
+            for op in ops {
+                match *op {
+                    Op::Put(p, e) => plan.put(FILES, &path::file(p)?, e.encode(), true)?,
+                    Op::Del(p) => plan.del(FILES, &path::file(p)?)?,
+                    Op::Mkdir(p, e) => plan.raw(dir_key(p)?, Some(e.encode())),
+                    Op::Rmdir(p) => plan.raw(dir_key(p)?, None),
+                    Op::Mknod(p, e) => plan.put(SPECIAL, &path::file(p)?, e.encode(), true)?,
+                    Op::DelSpecial(p) => plan.del(SPECIAL, &path::file(p)?)?,
+                    Op::Link(from, to) => plan.link(&path::file(from)?, &path::file(to)?)?,
+                    Op::Rename(..) => {
+                        for (old, new, value) in moves.next().unwrap_or_default() {
+                            let space = [FILES, SPECIAL].into_iter().find(|s| old.starts_with(s));
+                            match space {
+                                Some(space) => {
+                                    let o = path_str(&old[space.len()..])?.to_owned();
+                                    let n = path_str(&new[space.len()..])?.to_owned();
+                                    plan.del(space, &o)?;
+                                    plan.put(space, &n, value, false)?;
+                                }
+                                None => {
+                                    plan.raw(new, Some(value));
+                                    plan.raw(old, None);
+                                }
+                            }
+                        }
                     }
+                }
+            }
+            plan.finish()
+        };
+        let mut b = self.db.batch();
+        for (key, value) in writes {
+            match value {
+                Some(v) => b.put(&key, &v)?,
+                None => {
+                    b.del(&key)?;
                 }
             }
         }
@@ -418,7 +457,11 @@ impl Drive {
     /// versions still read them).
     pub fn del(&mut self, path: &str) -> Result<bool> {
         let path = path::file(path)?;
-        self.db.del(&key_in(FILES, &path))
+        if !self.view().exists(&path)? {
+            return Ok(false);
+        }
+        self.apply(&[Op::Del(&path)])?;
+        Ok(true)
     }
 
     /// Reads of the current version.
@@ -454,14 +497,16 @@ impl Drive {
     fn moves(&self, from: &str, to: &str) -> Result<Vec<Move>> {
         let view = self.db.view();
         let mut moves = Vec::new();
-        if let Some(e) = view.get(&key_in(FILES, from))? {
-            moves.push((key_in(FILES, from), key_in(FILES, to), e.value));
-            return Ok(moves);
+        for leaf in [FILES, SPECIAL] {
+            if let Some(e) = view.get(&key_in(leaf, from))? {
+                moves.push((key_in(leaf, from), key_in(leaf, to), e.value));
+                return Ok(moves);
+            }
         }
         if to.starts_with(&format!("{from}/")) {
             return Err(Error::InvalidRequest(format!("cannot move {from} into itself ({to})")));
         }
-        for prefix in [FILES, DIRS] {
+        for prefix in [FILES, DIRS, SPECIAL] {
             if let Some(e) = view.get(&key_in(prefix, from))? {
                 moves.push((key_in(prefix, from), key_in(prefix, to), e.value));
             }

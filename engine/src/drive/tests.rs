@@ -718,3 +718,82 @@ fn a_blob_prepared_before_a_truncation_is_written_whole_after_it() {
     let other = drive(23).prepare_blob(&b"x"[..], false).expect("prepare");
     assert!(matches!(shared.write().write_prepared(other), Err(Error::InvalidRequest(_))));
 }
+
+#[test]
+fn hard_links_share_writes_moves_and_removals_in_one_version_each() {
+    let mut d = drive(41);
+    d.put("/a", b"one", &PutOptions::default()).expect("put");
+    d.apply(&[Op::Link("/a", "/dir/b")]).expect("link");
+    let (_, a) = d.entry("/a").expect("entry").expect("a");
+    let id = a.link_id().expect("a linked name carries its group").to_owned();
+    assert_eq!(d.view().link_names(&id).expect("names"), ["/a", "/dir/b"]);
+    assert_eq!(d.view().nlink("/dir/b", &a).expect("nlink"), 2);
+    // JS reads the new name as a plain file with the same bytes.
+    assert_eq!(d.get("/dir/b").expect("get"), Some(b"one".to_vec()));
+
+    // A write through one name is written to every name, in one version.
+    let blob = d.write_blob(&b"two"[..]).expect("blob");
+    let changed = Entry { blob: Some(blob), ..a.clone() };
+    let before = d.version();
+    d.apply(&[Op::Put("/dir/b", &changed)]).expect("write through b");
+    assert_eq!(d.get("/a").expect("get"), Some(b"two".to_vec()));
+    assert_eq!(d.checkout(before).expect("old").get("/a").expect("get"), Some(b"one".to_vec()));
+
+    // A third name, moved with its folder; the record follows.
+    d.apply(&[Op::Link("/a", "/dir/c")]).expect("link");
+    d.rename("/dir", "/moved").expect("move folder");
+    assert_eq!(d.view().link_names(&id).expect("names"), ["/a", "/moved/b", "/moved/c"]);
+    // A put over a name with an entry of no group takes the name out of the group.
+    d.put("/moved/c", b"other", &PutOptions::default()).expect("replace");
+    assert_eq!(d.view().link_names(&id).expect("names"), ["/a", "/moved/b"]);
+    assert_eq!(d.get("/a").expect("get"), Some(b"two".to_vec()));
+    // Removing a name leaves the others; the last one alone is a plain file again.
+    assert!(d.del("/a").expect("del"));
+    assert!(d.view().link_names(&id).expect("names").is_empty());
+    let (_, b) = d.entry("/moved/b").expect("entry").expect("b");
+    assert_eq!(d.view().nlink("/moved/b", &b).expect("nlink"), 1);
+    assert_eq!(d.get("/moved/b").expect("get"), Some(b"two".to_vec()));
+}
+
+#[test]
+fn a_record_never_makes_a_write_reach_a_file_outside_its_group() {
+    let mut d = drive(42);
+    d.put("/a", b"a", &PutOptions::default()).expect("put");
+    d.put("/victim", b"keep", &PutOptions::default()).expect("put");
+    d.apply(&[Op::Link("/a", "/b")]).expect("link");
+    let (_, a) = d.entry("/a").expect("entry").expect("a");
+    let id = a.link_id().expect("id").to_owned();
+    // A record that also names another file (crafted, or left by a bug).
+    let forged = serde_json::json!(["/a", "/b", "/victim"]).to_string();
+    d.db.put(&key_in(links::LINKS, &id), forged.as_bytes()).expect("forge");
+    let blob = d.write_blob(&b"new"[..]).expect("blob");
+    d.apply(&[Op::Put("/a", &Entry { blob: Some(blob), ..a })]).expect("write");
+    assert_eq!(d.get("/b").expect("get"), Some(b"new".to_vec()));
+    assert_eq!(d.get("/victim").expect("get"), Some(b"keep".to_vec()));
+}
+
+#[test]
+fn special_files_are_listed_moved_and_removed_outside_what_js_lists() {
+    let mut d = drive(43);
+    let meta = Special::Char(0x0103).to_json(serde_json::json!({"mode": 0o600}));
+    let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta) };
+    d.apply(&[Op::Mknod("/dev/null0", &e)]).expect("mknod");
+    let fifo = Entry { metadata: Some(Special::Fifo.to_json(serde_json::Value::Null)), ..e.clone() };
+    d.apply(&[Op::Mknod("/dev/pipe", &fifo)]).expect("mkfifo");
+    assert!(d.list("/").expect("list").is_empty(), "JS lists no special file");
+    assert_eq!(d.readdir("/").expect("readdir"), ["dev"]);
+    assert_eq!(d.readdir("/dev").expect("readdir"), ["null0", "pipe"]);
+    let children = d.view().children("/dev").expect("children");
+    assert!(children.iter().all(|c| c.special));
+    assert_eq!(Special::of(&d.view().special("/dev/null0").expect("get").expect("there")), Some(Special::Char(0x0103)));
+    let walk = d.view().walk("/").expect("walk");
+    assert_eq!(walk.specials.len(), 2);
+    d.rename("/dev", "/devices").expect("move");
+    assert_eq!(Special::of(&d.view().special("/devices/pipe").expect("get").expect("there")), Some(Special::Fifo));
+    d.apply(&[Op::DelSpecial("/devices/pipe")]).expect("rm");
+    assert_eq!(d.readdir("/devices").expect("readdir"), ["null0"]);
+    // Special files take hard links too.
+    d.apply(&[Op::Link("/devices/null0", "/again")]).expect("link");
+    let again = d.view().special("/again").expect("get").expect("there");
+    assert_eq!(d.view().nlink("/again", &again).expect("nlink"), 2);
+}

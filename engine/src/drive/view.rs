@@ -24,6 +24,27 @@ impl<B: Blocks> DriveView<'_, B> {
         }
     }
 
+    /// The special file (FIFO, socket, device) recorded at `path`.
+    pub fn special(&self, path: &str) -> Result<Option<Entry>> {
+        match self.db.get(&key_in(SPECIAL, &path::file(path)?))? {
+            Some(e) => Ok(Some(Entry::decode(&e.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The names of hard-link group `id` (see [`super::links`]); none for a file with one name.
+    pub fn link_names(&self, id: &str) -> Result<Vec<String>> {
+        links::read_record(&self.db, id)
+    }
+
+    /// How many names the file whose entry is `e` has: its group's, if the group lists `path`.
+    pub fn nlink(&self, path: &str, e: &Entry) -> Result<u32> {
+        let Some(id) = e.link_id() else { return Ok(1) };
+        let names = self.link_names(id)?;
+        let path = path::file(path)?;
+        Ok(if names.iter().any(|n| *n == path) { names.len() as u32 } else { 1 })
+    }
+
     /// Whether a file or symlink entry is stored at `path` (read, not decoded: a damaged entry
     /// still exists, and can be removed).
     pub fn exists(&self, path: &str) -> Result<bool> {
@@ -80,12 +101,20 @@ impl<B: Blocks> DriveView<'_, B> {
         let mut rejected = Vec::new();
         let mut files = self.stored(FILES, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
         let mut dirs = self.stored(DIRS, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
+        let mut specials = self.stored(SPECIAL, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
+        specials.retain(|(p, e)| {
+            let known = Special::of(e).is_some();
+            if !known {
+                rejected.push(Rejected { path: printable(p), why: "a special file of no known type".into() });
+            }
+            known
+        });
         // Following a link entry (or a file) to write below it would write wherever it points.
         let leaves: std::collections::HashSet<String> = files.iter().map(|(p, _)| p.clone()).collect();
         let below_leaf = |p: &str| {
             std::path::Path::new(p).ancestors().skip(1).any(|a| a.to_str().is_some_and(|a| leaves.contains(a)))
         };
-        for (list, what) in [(&mut files, "an entry"), (&mut dirs, "a folder record")] {
+        for (list, what) in [(&mut files, "an entry"), (&mut dirs, "a folder record"), (&mut specials, "a special file")] {
             list.retain(|(p, _)| {
                 let keep = !below_leaf(p);
                 if !keep {
@@ -95,7 +124,7 @@ impl<B: Blocks> DriveView<'_, B> {
                 keep
             });
         }
-        Ok(Walk { files, dirs, rejected })
+        Ok(Walk { files, dirs, specials, rejected })
     }
 
     /// The entries of sub-database `prefix` under `folder` whose paths are plain and whose values
@@ -132,7 +161,8 @@ impl<B: Blocks> DriveView<'_, B> {
     pub fn readdir(&self, folder: &str) -> Result<Vec<String>> {
         let folder = path::folder(folder)?;
         let mut names = self.children_names(FILES, &folder)?;
-        let dirs = self.children_names(DIRS, &folder)?;
+        let mut dirs = self.children_names(DIRS, &folder)?;
+        dirs.extend(self.children_names(SPECIAL, &folder)?);
         if !dirs.is_empty() {
             names.extend(dirs);
             names.sort();
@@ -152,7 +182,14 @@ impl<B: Blocks> DriveView<'_, B> {
     /// The names directly inside `folder` with their entries (`None` for folders), sorted.
     pub fn children(&self, folder: &str) -> Result<Vec<Child>> {
         let children = self.children_with(folder, Entry::decode)?;
-        Ok(children.into_iter().map(|(name, entry)| Child { name, entry }).collect())
+        Ok(children
+            .into_iter()
+            .map(|(name, listed)| match listed {
+                Listed::Folder => Child { name, entry: None, special: false },
+                Listed::File(e) => Child { name, entry: Some(e), special: false },
+                Listed::Special(e) => Child { name, entry: Some(e), special: true },
+            })
+            .collect())
     }
 
     /// [`DriveView::children`] with what `f` makes of each entry's value as stored, uncopied
@@ -161,15 +198,24 @@ impl<B: Blocks> DriveView<'_, B> {
     pub fn children_with<T>(
         &self,
         folder: &str,
-        f: impl FnMut(&[u8]) -> Result<T>,
-    ) -> Result<Vec<(String, Option<T>)>> {
+        mut f: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<Vec<(String, Listed<T>)>> {
         let folder = path::folder(folder)?;
-        let mut out = self.shallow(FILES, &folder, f)?;
+        let listed = |v: Option<T>| v.map_or(Listed::Folder, Listed::File);
+        let mut out: Vec<_> = self.shallow(FILES, &folder, &mut f)?.into_iter().map(|(n, v)| (n, listed(v))).collect();
         let dirs = self.shallow(DIRS, &folder, |_| Ok(()))?;
-        if !dirs.is_empty() {
-            out.extend(dirs.into_iter().map(|(name, _)| (name, None)));
-            // A name that is both a file and a recorded folder shows as the file.
-            out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
+        let specials = self.shallow(SPECIAL, &folder, &mut f)?;
+        if !dirs.is_empty() || !specials.is_empty() {
+            out.extend(dirs.into_iter().map(|(name, _)| (name, Listed::Folder)));
+            out.extend(specials.into_iter().map(|(name, v)| (name, v.map_or(Listed::Folder, Listed::Special))));
+            // A name that is a file and something else shows as the file, a special file and a
+            // folder as the special file.
+            let rank = |l: &Listed<T>| match l {
+                Listed::File(_) => 0,
+                Listed::Special(_) => 1,
+                Listed::Folder => 2,
+            };
+            out.sort_by(|a, b| a.0.cmp(&b.0).then(rank(&a.1).cmp(&rank(&b.1))));
             out.dedup_by(|b, a| a.0 == b.0);
         }
         Ok(out)
@@ -196,7 +242,7 @@ impl<B: Blocks> DriveView<'_, B> {
 
     /// Whether anything is stored under `folder`.
     fn holds_entries(&self, folder: &str) -> Result<bool> {
-        for prefix in [FILES, DIRS] {
+        for prefix in [FILES, DIRS, SPECIAL] {
             let range = Range { limit: Some(1), ..under(prefix, folder, "/") };
             if self.db.range(&range).next().transpose()?.is_some() {
                 return Ok(true);
@@ -253,6 +299,17 @@ impl<B: Blocks> DriveView<'_, B> {
     }
 }
 
+/// What one name of a listing ([`DriveView::children_with`]) is.
+#[derive(Debug, Clone)]
+pub enum Listed<T> {
+    /// A folder (recorded, or there through what is inside it).
+    Folder,
+    /// A file or symlink entry.
+    File(T),
+    /// A special file (FIFO, socket, device node).
+    Special(T),
+}
+
 /// What [`DriveView::walk`] finds under a folder.
 #[derive(Debug, Default)]
 pub struct Walk {
@@ -260,6 +317,8 @@ pub struct Walk {
     pub files: Vec<(String, Entry)>,
     /// Directory records, by path, in path order.
     pub dirs: Vec<(String, Entry)>,
+    /// Special files (FIFOs, sockets, devices) of a known type, by path, in path order.
+    pub specials: Vec<(String, Entry)>,
     /// What cannot be laid out as a tree, and why.
     pub rejected: Vec<Rejected>,
 }

@@ -1,6 +1,7 @@
 //! Directories: listings taken whole and read in pages, their entries' attributes, statfs.
 
 use super::*;
+use hyperfs_engine::drive::{Listed, Special};
 
 impl Fs {
     // ---- directories
@@ -61,7 +62,22 @@ impl Fs {
             .collect();
         let mut full = prefix.clone();
         for (name, listed) in children {
-            let (kind, value) = listed.unwrap_or((Kind::Dir, None));
+            let (kind, value) = match listed {
+                Listed::Folder => (Kind::Dir, None),
+                Listed::File(listed) => listed,
+                Listed::Special((_, value)) => {
+                    // Rare: told apart by decoding (its attributes come from a lookup).
+                    let e = value.and_then(|v| Entry::decode(&v).ok());
+                    let e = match e {
+                        Some(e) => Some(e),
+                        None => view!(self, d, |v| v.special(&format!("{prefix}{name}")).ok().flatten()),
+                    };
+                    match e.as_ref().and_then(Special::of) {
+                        Some(special) => (Kind::Special(special), None),
+                        None => continue,
+                    }
+                }
+            };
             full.truncate(prefix.len());
             full.push_str(&name);
             let ino = nodes.ino_for(&full, kind);
@@ -128,6 +144,10 @@ impl Fs {
             // One being written here shows its open state instead.
             Some(v) if !open_for_writing => {
                 let entry = Entry::decode(v).ok()?;
+                if entry.link_id().is_some() {
+                    // Several names: its inode and link count come from a lookup.
+                    return self.getattr(e.ino).ok();
+                }
                 let size = self.entry_size(&entry).ok()?;
                 Some(Attr { ino: e.ino, kind: e.kind, size, meta: self.entry_meta(&entry, e.kind), nlink: 1 })
             }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use hyperfs_engine::drive::Writing;
-use hyperfs_engine::drive::{Blob, Entry, Op};
+use hyperfs_engine::drive::{Blob, Entry, Op, Special};
 use hyperfs_engine::{Drive, SharedDrive};
 
 use crate::Errno;
@@ -76,6 +76,8 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    /// A FIFO, socket or device node.
+    Special(Special),
 }
 
 /// What `stat` shows.
@@ -240,6 +242,9 @@ struct Nodes {
     /// keeps its inode; a directory made again at the same path starts afresh): whether a
     /// lookup of an entry came after a listing (see [`Fs::listing_with_attrs`]).
     listed: HashMap<Ino, bool>,
+    /// The inode of each hard-link group seen ([`Entry::link_id`]): every name of a group is
+    /// one inode.
+    by_link: HashMap<String, Ino>,
     /// Directories' attributes as last read, good while no folder record changed (see
     /// [`Fs::dir_epoch`]); beside the nodes, which stay small for the lookups of listings.
     known_dirs: HashMap<Ino, KnownDir>,
@@ -389,6 +394,7 @@ struct ReadAhead {
 enum Found {
     File(Entry, u64),
     Symlink(Entry),
+    Special(Entry),
     Dir(Option<Entry>),
     Nothing,
 }
@@ -441,6 +447,7 @@ impl Fs {
             by_path: HashMap::from_iter([(String::new(), ROOT)]),
             pending: BTreeSet::new(),
             listed: HashMap::default(),
+            by_link: HashMap::default(),
             known_dirs: HashMap::default(),
             next: Ino(ROOT.0 + 1),
         };
@@ -537,8 +544,8 @@ impl Fs {
             (node.path.clone(), node.file.clone())
         };
         if let Some(file) = file {
+            let nlink = self.nlink_of(ino);
             let f = lock(&file);
-            let nlink = u32::from(path.is_some());
             return Ok(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink });
         }
         match path {
@@ -554,7 +561,10 @@ impl Fs {
                 // Unlinked but still open: its last entry.
                 let entry = self.nodes().map.get(&ino).and_then(|n| n.entry.clone()).ok_or(Errno(libc::ENOENT))?;
                 let size = self.entry_size(&entry)?;
-                let kind = if entry.linkname.is_some() { Kind::Symlink } else { Kind::File };
+                let kind = match self.nodes().map.get(&ino) {
+                    Some(n) => n.kind,
+                    None => Kind::File,
+                };
                 Ok(Attr { ino, kind, size, meta: self.entry_meta(&entry, kind), nlink: 0 })
             }
         }
@@ -602,7 +612,7 @@ impl Fs {
                 closed?;
                 self.getattr(ino)
             }
-            Kind::Dir | Kind::Symlink => {
+            Kind::Dir | Kind::Symlink | Kind::Special(_) => {
                 if set.size.is_some() {
                     return Err(Errno(if kind == Kind::Dir { libc::EISDIR } else { libc::EINVAL }));
                 }
@@ -622,12 +632,15 @@ impl Fs {
                         let mut e =
                             self.nodes().map.get(&ino).and_then(|n| n.entry.clone()).ok_or(Errno(libc::ENOENT))?;
                         e.metadata = Some(attr.meta.to_json(e.metadata.as_ref()));
-                        d.apply(&[Op::Put(&path, &e)])?;
+                        match kind {
+                            Kind::Special(_) => d.apply(&[Op::Mknod(&path, &e)])?,
+                            _ => d.apply(&[Op::Put(&path, &e)])?,
+                        }
                         e
                     }
                 };
                 if let Some(n) = self.nodes().map.get_mut(&ino) {
-                    n.entry = (kind == Kind::Symlink).then_some(entry);
+                    n.entry = (kind != Kind::Dir).then_some(entry);
                 }
                 Ok(attr)
             }
@@ -758,7 +771,10 @@ impl Fs {
                     };
                     Ok(Found::File(e, size))
                 }
-                None => Ok(v.dir(path)?.map_or(Found::Nothing, Found::Dir)),
+                None => match v.special(path)? {
+                    Some(e) => Ok(Found::Special(e)),
+                    None => Ok(v.dir(path)?.map_or(Found::Nothing, Found::Dir)),
+                },
             }
         })
     }
@@ -797,7 +813,7 @@ impl Fs {
         let mode = match kind {
             Kind::Dir => 0o755,
             Kind::Symlink => 0o777,
-            Kind::File => 0o644,
+            Kind::File | Kind::Special(_) => 0o644,
         };
         Meta { mode, uid: self.cfg.uid, gid: self.cfg.gid, mtime: self.born, ctime: self.born }
     }
@@ -850,8 +866,9 @@ impl Fs {
             let ino = *nodes.by_path.get(path)?;
             (ino, nodes.map.get(&ino)?.file.clone()?)
         };
+        let nlink = self.nlink_of(ino);
         let f = lock(&file);
-        Some(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink: 1 })
+        Some(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink })
     }
 
     /// The directory at `path` as last read, if that still holds for drive state `d`.
@@ -883,10 +900,29 @@ impl Fs {
                 (Kind::Symlink, size, self.entry_meta(&e, Kind::Symlink), Some(e))
             }
             Found::File(e, size) => (Kind::File, size, self.entry_meta(&e, Kind::File), Some(e)),
+            Found::Special(e) => {
+                // A special file of no known type is not shown (as `walk` rejects it).
+                let kind = Kind::Special(Special::of(&e).ok_or(Errno(libc::ENOENT))?);
+                (kind, 0, self.entry_meta(&e, kind), Some(e))
+            }
+        };
+        let nlink = match (&entry, kind) {
+            (_, Kind::Dir) => self.dir_nlink(d, path)?,
+            (Some(e), _) if e.link_id().is_some() => view!(self, d, |v| v.nlink(path, e)?),
+            _ => 1,
         };
         let mut nodes = self.nodes();
-        let ino = nodes.ino_for(path, kind);
-        let nlink = if kind == Kind::Dir { 2 } else { 1 };
+        let group = entry.as_ref().and_then(|e| e.link_id()).filter(|_| nlink > 1);
+        let ino = match group.and_then(|id| nodes.linked(id, path, kind)) {
+            Some(ino) => ino,
+            None => {
+                let ino = nodes.ino_for(path, kind);
+                if let Some(id) = group {
+                    nodes.by_link.insert(id.to_owned(), ino);
+                }
+                ino
+            }
+        };
         let attr = Attr { ino, kind, size, meta, nlink };
         if let Some(n) = nodes.map.get_mut(&ino) {
             if n.file.is_none() {
@@ -898,6 +934,29 @@ impl Fs {
             None => nodes.known_dirs.remove(&ino),
         };
         Ok(attr)
+    }
+
+    /// A folder's link count: 2 and one for each sub-folder's `..`.
+    fn dir_nlink(&self, d: &Drive, path: &str) -> Result<u32> {
+        let children = view!(self, d, |v| v.children_with(if path.is_empty() { "/" } else { path }, |_| Ok(()))?);
+        let folders = children.iter().filter(|(_, l)| matches!(l, hyperfs_engine::drive::Listed::Folder)).count();
+        Ok(2u32.saturating_add(u32::try_from(folders).unwrap_or(u32::MAX)))
+    }
+
+    /// How many names the file `ino` has (0 once unlinked).
+    fn nlink_of(&self, ino: Ino) -> u32 {
+        let (path, entry) = match self.nodes().map.get(&ino) {
+            Some(n) => (n.path.clone(), n.entry.clone()),
+            None => return 0,
+        };
+        let Some(path) = path else { return 0 };
+        match entry {
+            Some(e) if e.link_id().is_some() => {
+                let d = self.drive();
+                (|| Ok::<_, Errno>(view!(self, d, |v| v.nlink(&path, &e)?)))().unwrap_or(1)
+            }
+            _ => 1,
+        }
     }
 
     /// Forgets the name `path` after an unlink or rmdir; its inode lives on while open (and
@@ -933,6 +992,21 @@ impl Fs {
 }
 
 impl Nodes {
+    /// Takes the name `path` from its inode; a file with another name `other` keeps its inode
+    /// under that name.
+    fn unlink_name(&mut self, path: &str, other: Option<&str>) {
+        let Some(other) = other else { return self.unlink(path) };
+        self.pending.remove(path);
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.map.get_mut(&ino) {
+                if n.path.as_deref() == Some(path) || n.path.is_none() {
+                    n.path = Some(other.to_owned());
+                }
+            }
+            self.by_path.entry(other.to_owned()).or_insert(ino);
+        }
+    }
+
     /// Takes the name `path` from its inode (an unlink, or a rename over it). The inode lives
     /// on while open; a closed one's staged bytes go now.
     fn unlink(&mut self, path: &str) {
@@ -946,6 +1020,23 @@ impl Nodes {
                 }
             }
         }
+    }
+
+    /// The inode of hard-link group `id`, if one is known, given `path` as one more name.
+    fn linked(&mut self, id: &str, path: &str, kind: Kind) -> Option<Ino> {
+        let ino = *self.by_link.get(id)?;
+        let n = self.map.get_mut(&ino).filter(|n| n.kind == kind)?;
+        if n.path.is_none() {
+            n.path = Some(path.to_owned());
+        }
+        if let Some(old) = self.by_path.insert(path.to_owned(), ino).filter(|&old| old != ino) {
+            if let Some(o) = self.map.get_mut(&old) {
+                if o.path.as_deref() == Some(path) {
+                    o.path = None;
+                }
+            }
+        }
+        Some(ino)
     }
 
     /// The inode of `path`, made if new; a name whose kind changed gets a new inode.

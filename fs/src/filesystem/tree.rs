@@ -1,6 +1,7 @@
 //! Changing the tree: folders, symlinks, unlink, rmdir, rename and exchange.
 
 use super::*;
+use hyperfs_engine::drive::Special;
 
 impl Fs {
     // ---- changing the tree
@@ -50,9 +51,31 @@ impl Fs {
         let mut d = self.drive_mut();
         let pending = self.nodes().pending.contains(&path);
         // A stored entry is removed without being decoded (a damaged one too).
-        if view!(self, d, |v| v.exists(&path)?) {
+        let (file, special) = view!(self, d, |v| (v.exists(&path)?, v.special(&path).ok().flatten()));
+        let mut others = Vec::new();
+        if file || special.is_some() {
+            // The file's other names keep it, with the link count (a metadata change) newer.
+            let entry = match &special {
+                Some(e) => Some(e.clone()),
+                None => view!(self, d, |v| v.entry(&path).ok().flatten().map(|(_, e)| e)),
+            };
+            let mut survivor = None;
+            if let Some(e) = entry.filter(|e| e.link_id().is_some()) {
+                let id = e.link_id().unwrap_or_default().to_owned();
+                others = view!(self, d, |v| v.link_names(&id)?);
+                others.retain(|n| *n != path);
+                if let Some(first) = others.first() {
+                    let mut meta = self.entry_meta(&e, Kind::File);
+                    meta.ctime = SystemTime::now();
+                    let metadata = Some(meta.to_json(e.metadata.as_ref()));
+                    survivor = Some((first.clone(), Entry { metadata, ..e }));
+                }
+            }
             let keep = self.keep_parent(&d, &path, None)?;
-            let mut ops = vec![Op::Del(&path)];
+            let mut ops = vec![if file { Op::Del(&path) } else { Op::DelSpecial(&path) }];
+            if let Some((p, e)) = &survivor {
+                ops.push(if file { Op::Put(p, e) } else { Op::Mknod(p, e) });
+            }
             if let Some((p, e)) = &keep {
                 ops.push(Op::Mkdir(p, e));
             }
@@ -64,8 +87,90 @@ impl Fs {
                 libc::ENOENT
             }));
         }
-        self.detach(&path);
+        self.nodes().unlink_name(&path, others.first().map(String::as_str));
         Ok(())
+    }
+
+    /// Makes a FIFO, socket or device node (`mode` carries the type, `rdev` a device's number).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(&self, parent: Ino, name: &str, mode: u32, rdev: u64, uid: u32, gid: u32) -> Result<Attr> {
+        self.writable()?;
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Special::Fifo,
+            libc::S_IFSOCK => Special::Socket,
+            libc::S_IFCHR => Special::Char(rdev),
+            libc::S_IFBLK => Special::Block(rdev),
+            _ => return Err(Errno(libc::EINVAL)),
+        };
+        let path = self.child_path(parent, name)?;
+        let (gid, _) = self.inherit_gid(parent, gid)?;
+        let now = SystemTime::now();
+        let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now };
+        {
+            let mut d = self.drive_mut();
+            if !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path) {
+                return Err(Errno(libc::EEXIST));
+            }
+            let metadata = Some(special.to_json(meta.to_json(None)));
+            let e = Entry { executable: false, linkname: None, blob: None, metadata };
+            d.apply(&[Op::Mknod(&path, &e)])?;
+        }
+        self.lookup(parent, name)
+    }
+
+    /// Gives file `ino` (a file, symlink or special file) the further name `new_name`.
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> Result<Attr> {
+        self.writable()?;
+        let to = self.child_path(new_parent, new_name)?;
+        let (kind, pending, open) = {
+            let nodes = self.nodes();
+            let n = nodes.map.get(&ino).ok_or(Errno(libc::ENOENT))?;
+            (n.kind, n.pending, n.file.is_some())
+        };
+        if kind == Kind::Dir {
+            return Err(Errno(libc::EPERM));
+        }
+        if pending || open {
+            // A file being written is recorded first: the new name shows what the old one does.
+            self.commit(ino)?;
+        }
+        let from = self.nodes().map.get(&ino).and_then(|n| n.path.clone()).ok_or(Errno(libc::ENOENT))?;
+        let (id, linked) = {
+            let mut d = self.drive_mut();
+            if !matches!(self.find(&d, &to)?, Found::Nothing) || self.nodes().pending.contains(&to) {
+                return Err(Errno(libc::EEXIST));
+            }
+            let (e, special) = match self.find(&d, &from)? {
+                Found::File(e, _) | Found::Symlink(e) => (e, false),
+                Found::Special(e) => (e, true),
+                Found::Dir(_) => return Err(Errno(libc::EPERM)),
+                Found::Nothing => return Err(Errno(libc::ENOENT)),
+            };
+            if view!(self, d, |v| v.nlink(&from, &e)?) as usize >= hyperfs_engine::drive::links::MAX_LINKS {
+                return Err(Errno(libc::EMLINK));
+            }
+            // A new name is a change of the file's metadata (its link count): ctime moves.
+            let mut meta = self.entry_meta(&e, kind);
+            meta.ctime = SystemTime::now();
+            let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e };
+            let put = if special { Op::Mknod(&from, &e) } else { Op::Put(&from, &e) };
+            d.apply(&[put, Op::Link(&from, &to)])?;
+            let linked = match self.find(&d, &from)? {
+                Found::File(e, _) | Found::Symlink(e) | Found::Special(e) => e,
+                _ => return Err(Errno(libc::EIO)),
+            };
+            (linked.link_id().ok_or(Errno(libc::EIO))?.to_owned(), linked)
+        };
+        {
+            let mut nodes = self.nodes();
+            nodes.by_link.insert(id.clone(), ino);
+            nodes.linked(&id, &to, kind);
+            if let Some(n) = nodes.map.get_mut(&ino) {
+                // A commit of the open file keeps the group it now belongs to.
+                n.entry = Some(linked);
+            }
+        }
+        self.lookup(new_parent, new_name)
     }
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
@@ -125,21 +230,58 @@ impl Fs {
             return self.exchange(&mut d, &from, src, &to, dst, src_pending || dst_pending);
         }
         let src_dir = matches!(src, Found::Dir(_));
+        let src_special = matches!(src, Found::Special(_));
         let mut ops: Vec<Op<'_>> = Vec::new();
         match (&dst, src_dir) {
             (Found::Dir(_), false) => return Err(Errno(libc::EISDIR)),
-            (Found::File(..) | Found::Symlink(_), true) => return Err(Errno(libc::ENOTDIR)),
+            (Found::File(..) | Found::Symlink(_) | Found::Special(_), true) => return Err(Errno(libc::ENOTDIR)),
             (Found::Dir(_), true) => {
                 if !self.is_empty_dir(&d, &to)? {
                     return Err(Errno(libc::ENOTEMPTY));
                 }
                 ops.push(Op::Rmdir(&to));
             }
-            (Found::File(..) | Found::Symlink(_), false) if src_pending => ops.push(Op::Del(&to)),
+            // What the move does not write over (another sub-database's key) goes first.
+            (Found::Special(_), false) if !src_special => ops.push(Op::DelSpecial(&to)),
+            (Found::File(..) | Found::Symlink(_), false) if src_pending || src_special => ops.push(Op::Del(&to)),
             _ => {}
         }
-        if !src_pending {
-            ops.push(Op::Rename(&from, &to));
+        // A rename changes the moved inode's ctime, as on Linux's local file systems: a file is
+        // written under its new name with it (and so are its other names), a folder's record too.
+        let now = SystemTime::now();
+        let moved = match &src {
+            _ if src_pending => None,
+            Found::File(e, _) | Found::Symlink(e) | Found::Special(e) => {
+                let kind = if src_special { Kind::Special(Special::Fifo) } else { Kind::File };
+                let mut meta = self.entry_meta(e, kind);
+                meta.ctime = now;
+                Some(Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e.clone() })
+            }
+            Found::Dir(record) => {
+                let mut meta = match record {
+                    Some(e) => Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir)),
+                    None => self.default_meta(Kind::Dir),
+                };
+                meta.ctime = now;
+                let old = record.as_ref().and_then(|e| e.metadata.as_ref());
+                Some(Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(old)) })
+            }
+            Found::Nothing => None,
+        };
+        match (&moved, src_dir) {
+            (None, _) => {}
+            (Some(e), true) => {
+                ops.push(Op::Rename(&from, &to));
+                ops.push(Op::Mkdir(&to, e));
+            }
+            (Some(e), false) if src_special => {
+                ops.push(Op::DelSpecial(&from));
+                ops.push(Op::Mknod(&to, e));
+            }
+            (Some(e), false) => {
+                ops.push(Op::Del(&from));
+                ops.push(Op::Put(&to, e));
+            }
         }
         let keep = if parent_of(&from) != parent_of(&to) { self.keep_parent(&d, &from, Some(&to))? } else { None };
         if let Some((p, e)) = &keep {
@@ -148,7 +290,14 @@ impl Fs {
         if !ops.is_empty() {
             d.apply(&ops)?;
         }
+        drop(d);
         self.move_nodes(&from, &to);
+        if let Some(e) = moved.filter(|_| !src_dir) {
+            let mut nodes = self.nodes();
+            if let Some(n) = nodes.by_path.get(&to).copied().and_then(|ino| nodes.map.get_mut(&ino)) {
+                n.entry = Some(e);
+            }
+        }
         Ok(())
     }
 
@@ -163,7 +312,8 @@ impl Fs {
         pending: bool,
     ) -> Result<()> {
         let entry = |f: Found| match f {
-            Found::File(e, _) | Found::Symlink(e) => Ok(e),
+            Found::File(e, _) | Found::Symlink(e) => Ok((e, false)),
+            Found::Special(e) => Ok((e, true)),
             Found::Nothing => Err(Errno(libc::ENOENT)),
             Found::Dir(_) => Err(Errno(libc::EINVAL)),
         };
@@ -171,8 +321,16 @@ impl Fs {
             // A file not yet written has no entry to swap; it is written first by its close.
             return Err(Errno(libc::EBUSY));
         }
-        let (a, b) = (entry(src)?, entry(dst)?);
-        d.apply(&[Op::Put(to, &a), Op::Put(from, &b)])?;
+        let ((a, a_special), (b, b_special)) = (entry(src)?, entry(dst)?);
+        let mut ops = Vec::new();
+        if a_special != b_special {
+            // Each name changes sub-database: its old key goes.
+            ops.push(if a_special { Op::DelSpecial(from) } else { Op::Del(from) });
+            ops.push(if b_special { Op::DelSpecial(to) } else { Op::Del(to) });
+        }
+        ops.push(if a_special { Op::Mknod(to, &a) } else { Op::Put(to, &a) });
+        ops.push(if b_special { Op::Mknod(from, &b) } else { Op::Put(from, &b) });
+        d.apply(&ops)?;
         let mut nodes = self.nodes();
         let ia = nodes.by_path.remove(from);
         let ib = nodes.by_path.remove(to);
