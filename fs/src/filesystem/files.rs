@@ -73,6 +73,7 @@ impl Fs {
             }
             nodes.map.insert(ino, node);
             nodes.pending.insert(path);
+            nodes.touched.insert(parent, now);
             ino
         };
         let fh = self.new_handle(ino, true, flags & flags::APPEND != 0);
@@ -295,7 +296,9 @@ impl Fs {
         };
         let metadata = Some(f.meta.to_json(old.as_ref().and_then(|e| e.metadata.as_ref())));
         let entry = Entry { executable: f.meta.mode & 0o111 != 0, linkname: None, blob: Some(blob), metadata };
-        d.apply(&[Op::Put(&path, &entry)])?;
+        // A file's first record is the change of its folder's names.
+        let dirs: &[&str] = if pending { &[parent_of(&path)] } else { &[] };
+        self.apply_in(&mut d, &[Op::Put(&path, &entry)], dirs)?;
         drop(d);
         f.dirty = false;
         let mut nodes = self.nodes();

@@ -194,7 +194,15 @@ impl Changing<'_> {
     /// [`Drive::apply`], moving [`Fs::dir_epoch`] on if a folder record may have changed
     /// (under the drive's lock, so no reader sees the change with the old count).
     fn apply(&mut self, ops: &[Op<'_>]) -> hyperfs_engine::Result<()> {
-        let result = self.d.apply(ops);
+        self.apply_touching(ops, &[])
+    }
+
+    /// [`Changing::apply`] of `ops` and of `touched`, folder records whose times alone change
+    /// (see [`Fs::touch`]), which leave [`Fs::dir_epoch`] as it is.
+    fn apply_touching(&mut self, ops: &[Op<'_>], touched: &[(String, Entry)]) -> hyperfs_engine::Result<()> {
+        let mut all = ops.to_vec();
+        all.extend(touched.iter().map(|(p, e)| Op::Mkdir(p, e)));
+        let result = self.d.apply(&all);
         if ops.iter().any(|op| matches!(op, Op::Mkdir(..) | Op::Rmdir(_) | Op::Rename(..))) {
             self.dir_epoch.fetch_add(1, Ordering::AcqRel);
         }
@@ -248,6 +256,9 @@ struct Nodes {
     /// Directories' attributes as last read, good while no folder record changed (see
     /// [`Fs::dir_epoch`]); beside the nodes, which stay small for the lookups of listings.
     known_dirs: HashMap<Ino, KnownDir>,
+    /// Folders a file not yet recorded was made in, and when: their mtime and ctime show it,
+    /// and are recorded with the file ([`Fs::apply_in`]).
+    touched: HashMap<Ino, SystemTime>,
     next: Ino,
 }
 
@@ -449,6 +460,7 @@ impl Fs {
             listed: HashMap::default(),
             by_link: HashMap::default(),
             known_dirs: HashMap::default(),
+            touched: HashMap::default(),
             next: Ino(ROOT.0 + 1),
         };
         Ok(Fs {
@@ -787,26 +799,39 @@ impl Fs {
         Ok(view!(self, d, |v| v.children(path)?).is_empty())
     }
 
-    /// When removing `path` (or moving it to `moved_to`) would leave its parent directory
-    /// empty and that directory exists only through its contents, the record that keeps it.
-    fn keep_parent(&self, d: &Drive, path: &str, moved_to: Option<&str>) -> Result<Option<(String, Entry)>> {
-        let parent = parent_of(path);
-        if parent.is_empty() || moved_to.is_some_and(|t| t.starts_with(&format!("{parent}/"))) {
-            return Ok(None);
+    /// Applies `ops`, a change of the names in folders `dirs`, with those folders' mtime and
+    /// ctime moved to now (or to when a file made in one, not yet recorded, was created) in the
+    /// same version. A folder there only through its contents gets a record, so removing its
+    /// last name leaves it in place.
+    fn apply_in(&self, d: &mut Changing<'_>, ops: &[Op<'_>], dirs: &[&str]) -> Result<()> {
+        let now = SystemTime::now();
+        let mut touched: Vec<(String, Entry)> = Vec::new();
+        for &dir in dirs {
+            if touched.iter().any(|(p, _)| p == dir) {
+                continue;
+            }
+            let at = {
+                let mut nodes = self.nodes();
+                let ino = nodes.by_path.get(dir).copied();
+                ino.and_then(|i| nodes.touched.remove(&i)).unwrap_or(now)
+            };
+            let old = view!(self, d, |v| v.dir_entry(if dir.is_empty() { "/" } else { dir })?);
+            let old_meta = old.as_ref().and_then(|e| e.metadata.as_ref());
+            let mut meta = Meta::from_json(old_meta, self.default_meta(Kind::Dir));
+            (meta.mtime, meta.ctime) = (at, at);
+            let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(old_meta)) };
+            touched.push((dir.to_owned(), e));
         }
-        // A recorded directory stays by itself; only one that exists through its contents is
-        // listed (the costlier check).
-        if self.known_dir(d, parent).is_some_and(|k| k.recorded) || view!(self, d, |v| v.dir_entry(parent)?).is_some() {
-            return Ok(None);
+        d.apply_touching(ops, &touched)?;
+        // Known folders keep their link counts: only their times changed.
+        let mut nodes = self.nodes();
+        let nodes = &mut *nodes;
+        for (p, e) in &touched {
+            let Some(k) = nodes.by_path.get(p).and_then(|ino| nodes.known_dirs.get_mut(ino)) else { continue };
+            k.attr.meta = self.shown(Meta::from_json(e.metadata.as_ref(), k.attr.meta));
+            k.recorded = true;
         }
-        if view!(self, d, |v| v.children(parent)?).len() > 1 {
-            return Ok(None);
-        }
-        let meta = self.default_meta(Kind::Dir);
-        Ok(Some((
-            parent.to_owned(),
-            Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(None)) },
-        )))
+        Ok(())
     }
 
     fn default_meta(&self, kind: Kind) -> Meta {
@@ -853,10 +878,16 @@ impl Fs {
             return Ok(attr);
         }
         let d = self.drive();
-        match self.known_dir(&d, path) {
-            Some(k) => Ok(k.attr),
-            None => self.attr_in(&d, path),
+        let mut attr = match self.known_dir(&d, path) {
+            Some(k) => k.attr,
+            None => self.attr_in(&d, path)?,
+        };
+        if attr.kind == Kind::Dir {
+            if let Some(&t) = self.nodes().touched.get(&attr.ino) {
+                (attr.meta.mtime, attr.meta.ctime) = (t, t);
+            }
         }
+        Ok(attr)
     }
 
     /// The attributes of a file at `path` that is open for writing here.
@@ -966,10 +997,11 @@ impl Fs {
     }
 
     /// Moves the inodes at `from` (and under it) to `to`; whatever was at `to` is unlinked.
-    fn move_nodes(&self, from: &str, to: &str) {
+    /// A file at `to` with another name `other` keeps its inode under that name.
+    fn move_nodes(&self, from: &str, to: &str, other: Option<&str>) {
         let mut nodes = self.nodes();
         let nodes = &mut *nodes;
-        nodes.unlink(to);
+        nodes.unlink_name(to, other);
         let prefix = format!("{from}/");
         let moved: Vec<(String, Ino)> = nodes
             .by_path

@@ -18,7 +18,7 @@ impl Fs {
                 return Err(Errno(libc::EEXIST));
             }
             let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(None)) };
-            d.apply(&[Op::Mkdir(&path, &e)])?;
+            self.apply_in(&mut d, &[Op::Mkdir(&path, &e)], &[parent_of(&path)])?;
         }
         self.lookup(parent, name)
     }
@@ -40,7 +40,7 @@ impl Fs {
                 blob: None,
                 metadata: Some(meta.to_json(None)),
             };
-            d.apply(&[Op::Put(&path, &e)])?;
+            self.apply_in(&mut d, &[Op::Put(&path, &e)], &[parent_of(&path)])?;
         }
         self.lookup(parent, name)
     }
@@ -71,15 +71,11 @@ impl Fs {
                     survivor = Some((first.clone(), Entry { metadata, ..e }));
                 }
             }
-            let keep = self.keep_parent(&d, &path, None)?;
             let mut ops = vec![if file { Op::Del(&path) } else { Op::DelSpecial(&path) }];
             if let Some((p, e)) = &survivor {
                 ops.push(if file { Op::Put(p, e) } else { Op::Mknod(p, e) });
             }
-            if let Some((p, e)) = &keep {
-                ops.push(Op::Mkdir(p, e));
-            }
-            d.apply(&ops)?;
+            self.apply_in(&mut d, &ops, &[parent_of(&path)])?;
         } else if !pending {
             return Err(Errno(if matches!(self.find(&d, &path)?, Found::Dir(_)) {
                 libc::EISDIR
@@ -113,7 +109,7 @@ impl Fs {
             }
             let metadata = Some(special.to_json(meta.to_json(None)));
             let e = Entry { executable: false, linkname: None, blob: None, metadata };
-            d.apply(&[Op::Mknod(&path, &e)])?;
+            self.apply_in(&mut d, &[Op::Mknod(&path, &e)], &[parent_of(&path)])?;
         }
         self.lookup(parent, name)
     }
@@ -154,7 +150,7 @@ impl Fs {
             meta.ctime = SystemTime::now();
             let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e };
             let put = if special { Op::Mknod(&from, &e) } else { Op::Put(&from, &e) };
-            d.apply(&[put, Op::Link(&from, &to)])?;
+            self.apply_in(&mut d, &[put, Op::Link(&from, &to)], &[parent_of(&to)])?;
             let linked = match self.find(&d, &from)? {
                 Found::File(e, _) | Found::Symlink(e) | Found::Special(e) => e,
                 _ => return Err(Errno(libc::EIO)),
@@ -185,12 +181,7 @@ impl Fs {
         if !self.is_empty_dir(&d, &path)? {
             return Err(Errno(libc::ENOTEMPTY));
         }
-        let keep = self.keep_parent(&d, &path, None)?;
-        let mut ops = vec![Op::Rmdir(&path)];
-        if let Some((p, e)) = &keep {
-            ops.push(Op::Mkdir(p, e));
-        }
-        d.apply(&ops)?;
+        self.apply_in(&mut d, &[Op::Rmdir(&path)], &[parent_of(&path)])?;
         drop(d);
         self.detach(&path);
         Ok(())
@@ -283,15 +274,28 @@ impl Fs {
                 ops.push(Op::Put(&to, e));
             }
         }
-        let keep = if parent_of(&from) != parent_of(&to) { self.keep_parent(&d, &from, Some(&to))? } else { None };
-        if let Some((p, e)) = &keep {
-            ops.push(Op::Mkdir(p, e));
+        // A file put over loses a name: its other names (if any) show the new link count and ctime.
+        let survivor = match &dst {
+            Found::File(e, _) | Found::Symlink(e) | Found::Special(e) if e.link_id().is_some() => {
+                let names = view!(self, d, |v| v.link_names(e.link_id().unwrap_or_default())?);
+                match names.into_iter().find(|n| *n != to && *n != from) {
+                    Some(other) => {
+                        let mut meta = self.entry_meta(e, Kind::File);
+                        meta.ctime = now;
+                        let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e.clone() };
+                        Some((other, e, matches!(dst, Found::Special(_))))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((p, e, special)) = &survivor {
+            ops.push(if *special { Op::Mknod(p, e) } else { Op::Put(p, e) });
         }
-        if !ops.is_empty() {
-            d.apply(&ops)?;
-        }
+        self.apply_in(&mut d, &ops, &[parent_of(&from), parent_of(&to)])?;
         drop(d);
-        self.move_nodes(&from, &to);
+        self.move_nodes(&from, &to, survivor.as_ref().map(|(p, _, _)| p.as_str()));
         if let Some(e) = moved.filter(|_| !src_dir) {
             let mut nodes = self.nodes();
             if let Some(n) = nodes.by_path.get(&to).copied().and_then(|ino| nodes.map.get_mut(&ino)) {
@@ -304,7 +308,7 @@ impl Fs {
     /// `RENAME_EXCHANGE` of two files or symlinks (directories: `EINVAL`).
     pub(super) fn exchange(
         &self,
-        d: &mut Drive,
+        d: &mut Changing<'_>,
         from: &str,
         src: Found,
         to: &str,
@@ -330,7 +334,7 @@ impl Fs {
         }
         ops.push(if a_special { Op::Mknod(to, &a) } else { Op::Put(to, &a) });
         ops.push(if b_special { Op::Mknod(from, &b) } else { Op::Put(from, &b) });
-        d.apply(&ops)?;
+        self.apply_in(d, &ops, &[parent_of(from), parent_of(to)])?;
         let mut nodes = self.nodes();
         let ia = nodes.by_path.remove(from);
         let ib = nodes.by_path.remove(to);
