@@ -858,6 +858,8 @@ pub fn meta_of(m: &Metadata) -> Meta {
         gid: m.gid(),
         mtime: time(m.mtime(), m.mtime_nsec()),
         ctime: time(m.ctime(), m.ctime_nsec()),
+        // Not kept: an import reads every file, which is itself an access.
+        atime: time(m.mtime(), m.mtime_nsec()),
     }
 }
 
@@ -935,7 +937,7 @@ fn default_meta(e: &Entry) -> Meta {
     };
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    Meta { mode, uid, gid, mtime: UNIX_EPOCH, ctime: UNIX_EPOCH }
+    Meta { mode, uid, gid, mtime: UNIX_EPOCH, ctime: UNIX_EPOCH, atime: UNIX_EPOCH }
 }
 
 fn drive_path(folder: &str, rel: &str) -> String {

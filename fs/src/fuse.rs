@@ -108,7 +108,6 @@ pub fn mount(fs: Arc<Fs>, dir: &Path, opts: &MountOptions) -> std::io::Result<Mo
         MountOption::Subtype("hyperfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
-        MountOption::NoAtime,
     ];
     if opts.guard.is_none() {
         options.push(MountOption::AutoUnmount);
@@ -356,7 +355,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: a.ino.0,
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.meta.mtime,
+        atime: a.meta.atime,
         mtime: a.meta.mtime,
         ctime: a.meta.ctime,
         crtime: a.meta.ctime,
@@ -451,7 +450,14 @@ fn negative() -> FileAttr {
         ino: Ino(0),
         kind: Kind::File,
         size: 0,
-        meta: crate::Meta { mode: 0, uid: 0, gid: 0, mtime: SystemTime::UNIX_EPOCH, ctime: SystemTime::UNIX_EPOCH },
+        meta: crate::Meta {
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+            atime: SystemTime::UNIX_EPOCH,
+        },
         nlink: 0,
     });
     a.ino = 0;
@@ -517,7 +523,7 @@ impl Filesystem for Adapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<u64>,
@@ -528,7 +534,7 @@ impl Filesystem for Adapter {
         reply: ReplyAttr,
     ) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
-        let set = SetAttr { mode, uid, gid, size, mtime: mtime.map(time_of) };
+        let set = SetAttr { mode, uid, gid, size, mtime: mtime.map(time_of), atime: atime.map(time_of) };
         self.pool.run(move || answer!(reply, fs.setattr(Ino(ino), set), |a| reply.attr(&ttl, &file_attr(&a))));
     }
 

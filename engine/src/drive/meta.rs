@@ -4,7 +4,8 @@
 //!
 //! `mode` holds the permission bits (`0o7777`); times are milliseconds since the epoch, as JS
 //! writes them, with the nanoseconds below the millisecond in `mtimeNs` / `ctimeNs` when they are
-//! not zero. Entries written without these fields (by JS, or by `hyperfs put`) get defaults: mode
+//! not zero. `atime` (with `atimeNs`) is kept only when it differs from `mtime`, which it reads
+//! as when absent. Entries written without these fields (by JS, or by `hyperfs put`) get defaults: mode
 //! 0644 (0755 when `executable`), the mount owner, and the given fallback time.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,8 @@ pub struct Meta {
     pub gid: u32,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// The last access (set by `utimensat`, moved on by reads as `relatime` does).
+    pub atime: SystemTime,
 }
 
 impl Meta {
@@ -27,12 +30,14 @@ impl Meta {
     pub fn from_json(metadata: Option<&Value>, default: Meta) -> Meta {
         let Some(Value::Object(m)) = metadata else { return default };
         let u32_of = |k: &str| m.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
+        let mtime = time_of(m, "mtime");
         Meta {
             mode: u32_of("mode").map_or(default.mode, |m| m & 0o7777),
             uid: u32_of("uid").unwrap_or(default.uid),
             gid: u32_of("gid").unwrap_or(default.gid),
-            mtime: time_of(m, "mtime").unwrap_or(default.mtime),
+            mtime: mtime.unwrap_or(default.mtime),
             ctime: time_of(m, "ctime").unwrap_or(default.ctime),
+            atime: time_of(m, "atime").or(mtime).unwrap_or(default.atime),
         }
     }
 
@@ -47,6 +52,12 @@ impl Meta {
         m.insert("gid".into(), json!(self.gid));
         put_time(&mut m, "mtime", self.mtime);
         put_time(&mut m, "ctime", self.ctime);
+        if self.atime == self.mtime {
+            m.remove("atime");
+            m.remove("atimeNs");
+        } else {
+            put_time(&mut m, "atime", self.atime);
+        }
         Value::Object(m)
     }
 }
@@ -82,7 +93,7 @@ mod tests {
     use super::*;
 
     fn base() -> Meta {
-        Meta { mode: 0o644, uid: 1, gid: 2, mtime: UNIX_EPOCH, ctime: UNIX_EPOCH }
+        Meta { mode: 0o644, uid: 1, gid: 2, mtime: UNIX_EPOCH, ctime: UNIX_EPOCH, atime: UNIX_EPOCH }
     }
 
     #[test]
@@ -92,10 +103,13 @@ mod tests {
             UNIX_EPOCH + Duration::new(5, 0),
             UNIX_EPOCH - Duration::new(3, 250_000_001),
         ] {
-            let m = Meta { mode: 0o4755, uid: 1000, gid: 100, mtime: t, ctime: t };
+            let m = Meta { mode: 0o4755, uid: 1000, gid: 100, mtime: t, ctime: t, atime: t };
             let json = m.to_json(Some(&json!({"author": "x"})));
             assert_eq!(json["author"], "x");
+            assert!(json.get("atime").is_none(), "an atime equal to the mtime is not written");
             assert_eq!(Meta::from_json(Some(&json), base()), m, "{json}");
+            let read = Meta { atime: t + Duration::new(86_400, 7), ..m };
+            assert_eq!(Meta::from_json(Some(&read.to_json(None)), base()), read);
         }
     }
 

@@ -114,7 +114,9 @@ impl<B: Blocks> DriveView<'_, B> {
         let below_leaf = |p: &str| {
             std::path::Path::new(p).ancestors().skip(1).any(|a| a.to_str().is_some_and(|a| leaves.contains(a)))
         };
-        for (list, what) in [(&mut files, "an entry"), (&mut dirs, "a folder record"), (&mut specials, "a special file")] {
+        for (list, what) in
+            [(&mut files, "an entry"), (&mut dirs, "a folder record"), (&mut specials, "a special file")]
+        {
             list.retain(|(p, _)| {
                 let keep = !below_leaf(p);
                 if !keep {

@@ -50,7 +50,7 @@ impl Fs {
             return Ok((self.getattr(attr.ino)?, fh));
         }
         let now = SystemTime::now();
-        let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now };
+        let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now, atime: now };
         let file = OpenFile { staged: None, size: 0, meta, dirty: true };
         let ino = {
             let mut nodes = self.nodes();
@@ -87,6 +87,9 @@ impl Fs {
             let n = nodes.map.get(&h.ino).ok_or(Errno(libc::ENOENT))?;
             (n.file.clone(), n.entry.clone())
         };
+        if !h.read.swap(true, Ordering::Relaxed) {
+            self.accessed(h.ino);
+        }
         if let Some(file) = file {
             let f = lock(&file);
             if let Some(staged) = &f.staged {
@@ -301,6 +304,7 @@ impl Fs {
         self.apply_in(&mut d, &[Op::Put(&path, &entry)], dirs)?;
         drop(d);
         f.dirty = false;
+        lock(&self.atimes).remove(&ino);
         let mut nodes = self.nodes();
         nodes.pending.remove(&path);
         if let Some(n) = nodes.map.get_mut(&ino) {

@@ -98,6 +98,7 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
 }
 
 /// One name of a directory listing.
@@ -179,7 +180,14 @@ pub struct Fs {
     /// again after every change inside it (its permission check), and reading them cost a
     /// search and two JSON decodes.
     dir_epoch: AtomicU64,
+    /// Access times moved on by reads (as `relatime` does) and not yet recorded: written in one
+    /// version at a sync, with the file's next change, or once [`ATIMES_MAX`] gather (as Linux's
+    /// `lazytime` keeps them in memory). A crash loses them, and nothing else.
+    atimes: Mutex<HashMap<Ino, SystemTime>>,
 }
+
+/// Unrecorded access times that make [`Fs::accessed`] record them all.
+const ATIMES_MAX: usize = 1024;
 
 /// The drive, held for a change: on release, a change made on top of what the kernel was shown
 /// is shown too.
@@ -387,6 +395,8 @@ struct Handle {
     ino: Ino,
     write: bool,
     append: bool,
+    /// Read through at least once (its first read moves the access time on).
+    read: std::sync::atomic::AtomicBool,
     ahead: Mutex<ReadAhead>,
 }
 
@@ -476,6 +486,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             shown: Mutex::new(shown),
             dir_epoch: AtomicU64::new(0),
+            atimes: Mutex::new(HashMap::default()),
         })
     }
 
@@ -508,7 +519,93 @@ impl Fs {
 
     /// Makes every recorded change durable.
     pub fn sync(&self) -> Result<()> {
+        self.record_atimes()?;
         Ok(self.drive().flush()?)
+    }
+
+    /// A first read through a handle of file `ino`: its access time moves on as `relatime`
+    /// says (when it is not later than the mtime or ctime, or is a day old).
+    pub(super) fn accessed(&self, ino: Ino) {
+        if self.read_only {
+            return;
+        }
+        let Ok(attr) = self.getattr(ino) else { return };
+        let now = SystemTime::now();
+        let m = attr.meta;
+        let day_old = now.duration_since(m.atime).is_ok_and(|d| d >= std::time::Duration::from_secs(86_400));
+        if m.atime > m.mtime && m.atime > m.ctime && !day_old {
+            return;
+        }
+        let full = {
+            let mut atimes = lock(&self.atimes);
+            atimes.insert(ino, now);
+            atimes.len() >= ATIMES_MAX
+        };
+        if full {
+            if let Err(e) = self.record_atimes() {
+                tracing::warn!(error = ?e, "recording access times");
+            }
+        }
+    }
+
+    /// Writes the access times reads moved on, in one version.
+    fn record_atimes(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *lock(&self.atimes));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        for (ino, t) in pending {
+            let (path, entry, file, kind) = {
+                let nodes = self.nodes();
+                let Some(n) = nodes.map.get(&ino) else { continue };
+                (n.path.clone(), n.entry.clone(), n.file.clone(), n.kind)
+            };
+            if let Some(file) = file {
+                // Open for writing: recorded with its next commit.
+                lock(&file).meta.atime = t;
+                continue;
+            }
+            let (Some(path), Some(e)) = (path, entry) else { continue };
+            let mut meta = self.entry_meta(&e, kind);
+            meta.atime = t;
+            let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e };
+            changes.push((path, e, matches!(kind, Kind::Special(_))));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut d = self.drive_mut();
+        let mut ops = Vec::new();
+        for (path, e, special) in &changes {
+            // Only names that still hold the entry read.
+            let same = match self.find(&d, path)? {
+                Found::File(now, _) | Found::Symlink(now) | Found::Special(now) => now.blob == e.blob,
+                _ => false,
+            };
+            if same {
+                ops.push(if *special { Op::Mknod(path, e) } else { Op::Put(path, e) });
+            }
+        }
+        d.apply(&ops)?;
+        drop(d);
+        let mut nodes = self.nodes();
+        for (path, e, _) in changes {
+            if let Some(n) = nodes.by_path.get(&path).copied().and_then(|i| nodes.map.get_mut(&i)) {
+                if n.file.is_none() {
+                    n.entry = Some(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `attr` with an access time not yet recorded.
+    fn with_atime(&self, mut attr: Attr) -> Attr {
+        if let Some(&t) = lock(&self.atimes).get(&attr.ino) {
+            attr.meta.atime = t;
+        }
+        attr
     }
 
     // ---- names and attributes
@@ -558,7 +655,7 @@ impl Fs {
         if let Some(file) = file {
             let nlink = self.nlink_of(ino);
             let f = lock(&file);
-            return Ok(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink });
+            return Ok(self.with_atime(Attr { ino, kind: Kind::File, size: f.size, meta: f.meta, nlink }));
         }
         match path {
             Some(p) => {
@@ -597,6 +694,9 @@ impl Fs {
             }
             if let Some(t) = set.mtime {
                 m.mtime = t;
+            }
+            if let Some(t) = set.atime {
+                m.atime = t;
             }
             m.ctime = now;
         };
@@ -740,7 +840,7 @@ impl Fs {
         if let Some(n) = self.nodes().map.get_mut(&ino) {
             n.opens += 1;
         }
-        let h = Handle { ino, write, append, ahead: Mutex::new(ReadAhead::default()) };
+        let h = Handle { ino, write, append, read: Default::default(), ahead: Mutex::new(ReadAhead::default()) };
         lock(&self.handles).insert(fh, Arc::new(h));
         fh
     }
@@ -840,7 +940,7 @@ impl Fs {
             Kind::Symlink => 0o777,
             Kind::File | Kind::Special(_) => 0o644,
         };
-        Meta { mode, uid: self.cfg.uid, gid: self.cfg.gid, mtime: self.born, ctime: self.born }
+        Meta { mode, uid: self.cfg.uid, gid: self.cfg.gid, mtime: self.born, ctime: self.born, atime: self.born }
     }
 
     fn entry_meta(&self, e: &Entry, kind: Kind) -> Meta {
@@ -886,8 +986,9 @@ impl Fs {
             if let Some(&t) = self.nodes().touched.get(&attr.ino) {
                 (attr.meta.mtime, attr.meta.ctime) = (t, t);
             }
+            return Ok(attr);
         }
-        Ok(attr)
+        Ok(self.with_atime(attr))
     }
 
     /// The attributes of a file at `path` that is open for writing here.

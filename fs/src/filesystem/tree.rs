@@ -11,7 +11,7 @@ impl Fs {
         let path = self.child_path(parent, name)?;
         let (gid, setgid) = self.inherit_gid(parent, gid)?;
         let now = SystemTime::now();
-        let meta = Meta { mode: (mode & 0o7777) | setgid, uid, gid, mtime: now, ctime: now };
+        let meta = Meta { mode: (mode & 0o7777) | setgid, uid, gid, mtime: now, ctime: now, atime: now };
         {
             let mut d = self.drive_mut();
             if !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path) {
@@ -28,7 +28,7 @@ impl Fs {
         let path = self.child_path(parent, name)?;
         let (gid, _) = self.inherit_gid(parent, gid)?;
         let now = SystemTime::now();
-        let meta = Meta { mode: 0o777, uid, gid, mtime: now, ctime: now };
+        let meta = Meta { mode: 0o777, uid, gid, mtime: now, ctime: now, atime: now };
         {
             let mut d = self.drive_mut();
             if !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path) {
@@ -101,7 +101,7 @@ impl Fs {
         let path = self.child_path(parent, name)?;
         let (gid, _) = self.inherit_gid(parent, gid)?;
         let now = SystemTime::now();
-        let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now };
+        let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now, atime: now };
         {
             let mut d = self.drive_mut();
             if !matches!(self.find(&d, &path)?, Found::Nothing) || self.nodes().pending.contains(&path) {
