@@ -209,6 +209,12 @@ pub enum Kind {
     File,
     Directory,
     Symlink,
+    Fifo,
+    Socket,
+    #[serde(rename = "char")]
+    CharDevice,
+    #[serde(rename = "block")]
+    BlockDevice,
 }
 
 /// One entry of `ls`.
@@ -222,6 +228,9 @@ pub struct LsEntry {
     pub mtime: Option<i64>,
     pub executable: Option<bool>,
     pub linkname: Option<String>,
+    /// A device's number (`dev_t`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<u64>,
 }
 
 /// The reply of `stat`: a folder has only its path and kind.

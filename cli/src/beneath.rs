@@ -7,7 +7,7 @@
 //! followed, whether a drive's entry made it (a link `/l -> /elsewhere` and a file `/l/x`),
 //! export made it earlier in the run, or another process put it there meanwhile. The last name of
 //! every change is used relative to its verified parent (`openat`, `mkdirat`, `symlinkat`,
-//! `renameat`, `unlinkat`, `fchownat` and `utimensat` without following), so a change lands
+//! `mknodat`, `linkat`, `renameat`, `unlinkat`, `fchownat` and `utimensat` without following), so a change lands
 //! beneath the folder or fails.
 //!
 //! Invariant: no path handed to the kernel here is resolved from anywhere but the folder's own
@@ -109,16 +109,63 @@ impl Beneath {
     pub fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
         let target = cstr(target.as_bytes())?;
+        self.unlink_name(&dir, &name)?;
         // SAFETY: a descriptor we hold and NUL-terminated strings.
+        if unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Makes `rel` a FIFO, socket or device node (`mode` holds the type and the permission
+    /// bits, set exactly whatever the umask), replacing a file or link there.
+    pub fn mknod(&self, rel: &str, mode: u32, dev: u64) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        self.unlink_name(&dir, &name)?;
+        // SAFETY: a descriptor we hold and a NUL-terminated name.
+        if unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), (mode & libc::S_IFMT) | 0o600, dev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The mode through a descriptor of exactly what was made (a link put there meanwhile is
+        // not followed): a path descriptor, seen through its magic link.
+        let fd = open_at(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a descriptor we hold and a stat to fill.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_mode & libc::S_IFMT != mode & libc::S_IFMT {
+            return Err(io::Error::other(format!("{rel:?} changed while it was made")));
+        }
+        let at = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+        // SAFETY: a NUL-terminated path.
+        if unsafe { libc::chmod(at.as_ptr(), (mode & 0o7777) as libc::mode_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Gives the file `from` the further name `to` (a hard link; neither name followed),
+    /// replacing a file or link at `to`.
+    pub fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
+        let (fd, fname) = self.parent(from)?;
+        let (td, tname) = self.parent(to)?;
+        self.unlink_name(&td, &tname)?;
+        // SAFETY: descriptors we hold and NUL-terminated names; no AT_SYMLINK_FOLLOW.
+        if unsafe { libc::linkat(fd.as_raw_fd(), fname.as_ptr(), td.as_raw_fd(), tname.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Removes a name that is not a folder from `dir`; one already gone is not an error.
+    fn unlink_name(&self, dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<()> {
+        // SAFETY: a descriptor we hold and a NUL-terminated name.
         if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(e);
             }
-        }
-        // SAFETY: as above.
-        if unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
@@ -137,14 +184,7 @@ impl Beneath {
     /// Removes the file or link `rel`; a name already gone is not an error.
     pub fn remove_file(&self, rel: &str) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
-        // SAFETY: a descriptor we hold and a NUL-terminated name.
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.unlink_name(&dir, &name)
     }
 
     /// Removes the folder `rel` with everything in it (a link there is removed, not followed).

@@ -298,7 +298,15 @@ fn main() -> ExitCode {
                 print_json(&entries);
             } else if long {
                 for e in &entries {
-                    let kind = match e.kind { api::Kind::Directory => 'd', api::Kind::Symlink => 'l', api::Kind::File => '-' };
+                    let kind = match e.kind {
+                        api::Kind::Directory => 'd',
+                        api::Kind::Symlink => 'l',
+                        api::Kind::File => '-',
+                        api::Kind::Fifo => 'p',
+                        api::Kind::Socket => 's',
+                        api::Kind::CharDevice => 'c',
+                        api::Kind::BlockDevice => 'b',
+                    };
                     let mode = mode_string(e.mode as u32);
                     let size = e.size.map_or("-".to_owned(), |s| s.to_string());
                     let time = e.mtime.map_or("-".to_owned(), format_time);

@@ -17,13 +17,13 @@
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hyperfs_engine::drive::{printable, BlobBatch, Entry, Meta, Op};
+use hyperfs_engine::drive::{printable, BlobBatch, Entry, Meta, Op, Special};
 use hyperfs_engine::{Drive, SharedDrive};
 use rayon::prelude::*;
 
@@ -48,6 +48,14 @@ enum Item {
         executable: bool,
         meta: Option<Meta>,
         entry: Option<Entry>,
+        /// Every name of the file in the tree, sorted, when it has more than one (hard links:
+        /// one inode locally, one link group in the drive); empty otherwise.
+        group: Vec<String>,
+    },
+    /// A FIFO, socket or device node.
+    Special {
+        special: Special,
+        meta: Option<Meta>,
     },
     Link {
         target: String,
@@ -64,6 +72,7 @@ impl Item {
         match self {
             Item::File { .. } => "file",
             Item::Link { .. } => "symlink",
+            Item::Special { .. } => "special file",
             Item::Dir { .. } => "directory",
         }
     }
@@ -157,6 +166,8 @@ pub fn import(
     // Removals first (they are cheap), then additions in groups of one version each.
     let (removals, writes): (Vec<&Change>, Vec<&Change>) = changes.iter().partition(|c| c.action == Action::Remove);
     let mut pending = removals.into_iter().chain(writes).peekable();
+    // Names written with their hard-link group already.
+    let mut linked = std::collections::HashSet::new();
     while pending.peek().is_some() {
         let mut d = drive.write();
         let mut batch = BlobBatch::past_cache();
@@ -168,14 +179,23 @@ pub fn import(
             }
             let Some(c) = pending.next() else { break };
             let path = drive_path(folder, &c.rel);
+            if linked.contains(&c.rel) {
+                continue;
+            }
             match (&c.action, &c.item) {
                 (Action::Remove, Item::File { .. } | Item::Link { .. }) => ops.push((path, OwnedOp::Del)),
+                (Action::Remove, Item::Special { .. }) => ops.push((path, OwnedOp::DelSpecial)),
+                (_, Item::Special { special, meta }) => {
+                    let metadata = meta.map(|m| m.to_json(None)).unwrap_or(serde_json::Value::Null);
+                    let metadata = Some(special.to_json(metadata));
+                    ops.push((path, OwnedOp::Mknod(Entry { executable: false, linkname: None, blob: None, metadata })));
+                }
                 (Action::Remove, Item::Dir { meta }) => {
                     if meta.is_some() {
                         ops.push((path, OwnedOp::Rmdir));
                     }
                 }
-                (_, Item::File { executable, meta, .. }) => {
+                (_, Item::File { executable, meta, group, .. }) => {
                     let local = src.join(&c.rel);
                     let file = match std::fs::File::open(&local) {
                         Ok(f) => f,
@@ -192,10 +212,26 @@ pub fn import(
                     group_bytes += blob.byte_length;
                     tally.files += 1;
                     let metadata = meta.map(|m| m.to_json(None));
-                    ops.push((
-                        path,
-                        OwnedOp::Put(Entry { executable: *executable, linkname: None, blob: Some(blob), metadata }),
-                    ));
+                    let entry = Entry { executable: *executable, linkname: None, blob: Some(blob), metadata };
+                    if group.len() > 1 {
+                        // Hard links: the whole group again, its other names linked to this one
+                        // (names that held something else first give it up).
+                        for name in group {
+                            let p = drive_path(folder, name);
+                            match remote.get(name) {
+                                Some(Item::File { .. } | Item::Link { .. }) => ops.push((p, OwnedOp::Del)),
+                                Some(Item::Special { .. }) => ops.push((p, OwnedOp::DelSpecial)),
+                                _ => {}
+                            }
+                            linked.insert(name.clone());
+                        }
+                        ops.push((path.clone(), OwnedOp::Put(entry)));
+                        for name in group.iter().filter(|n| **n != c.rel) {
+                            ops.push((path.clone(), OwnedOp::Link(drive_path(folder, name))));
+                        }
+                        continue;
+                    }
+                    ops.push((path, OwnedOp::Put(entry)));
                 }
                 (_, Item::Link { target, meta }) => {
                     let metadata = meta.map(|m| m.to_json(None));
@@ -213,13 +249,20 @@ pub fn import(
             if let Some(old) = remote.get(&c.rel) {
                 let path = drive_path(folder, &c.rel);
                 match (old, &c.item) {
-                    (Item::Dir { meta: Some(_) }, Item::File { .. } | Item::Link { .. })
+                    (Item::Dir { meta: Some(_) }, Item::File { .. } | Item::Link { .. } | Item::Special { .. })
                         if c.action == Action::Change =>
                     {
                         ops.push((path, OwnedOp::Rmdir))
                     }
-                    (Item::File { .. } | Item::Link { .. }, Item::Dir { .. }) if c.action == Action::Change => {
+                    (Item::File { .. } | Item::Link { .. }, Item::Dir { .. } | Item::Special { .. })
+                        if c.action == Action::Change =>
+                    {
                         ops.push((path, OwnedOp::Del))
+                    }
+                    (Item::Special { .. }, Item::Dir { .. } | Item::File { .. } | Item::Link { .. })
+                        if c.action == Action::Change =>
+                    {
+                        ops.push((path, OwnedOp::DelSpecial))
                     }
                     _ => {}
                 }
@@ -233,6 +276,9 @@ pub fn import(
                 OwnedOp::Mkdir(e) => Op::Mkdir(p, e),
                 OwnedOp::Del => Op::Del(p),
                 OwnedOp::Rmdir => Op::Rmdir(p),
+                OwnedOp::Mknod(e) => Op::Mknod(p, e),
+                OwnedOp::DelSpecial => Op::DelSpecial(p),
+                OwnedOp::Link(to) => Op::Link(p, to),
             })
             .collect();
         if !borrowed.is_empty() {
@@ -377,6 +423,32 @@ pub fn export(
                 }
                 dirs.push((c.rel.clone(), *meta));
             }
+            Item::File { group, .. } if group.len() > 1 && group[0] != c.rel => {
+                // A further name of a file written under its first name (earlier in path order).
+                out.hard_link(&group[0], &c.rel).with_context(|| format!("linking {}", shown(&c.rel)))?;
+                tally.files += 1;
+            }
+            Item::Special { special, meta } => {
+                let dev = matches!(special, Special::Char(_) | Special::Block(_));
+                if dev && !is_root() {
+                    tally.skipped.push(format!("{}: a device node, which only root can make", shown(&c.rel)));
+                    continue;
+                }
+                let kind = match special {
+                    Special::Fifo => libc::S_IFIFO,
+                    Special::Socket => libc::S_IFSOCK,
+                    Special::Char(_) => libc::S_IFCHR,
+                    Special::Block(_) => libc::S_IFBLK,
+                };
+                let mode = meta.map_or(0o644, |m| m.mode);
+                out.mknod(&c.rel, kind | mode, special.rdev())
+                    .with_context(|| format!("creating {}", shown(&c.rel)))?;
+                if let Some(m) = meta {
+                    out.set_owner_and_times(&c.rel, owners.then_some((m.uid, m.gid)), timespec(m.mtime))
+                        .with_context(|| format!("setting the owner and times of {}", shown(&c.rel)))?;
+                }
+                tally.files += 1;
+            }
             Item::File { entry: Some(entry), meta, executable, .. } => {
                 if progress.cancelled {
                     bail!("the client went away; the export stopped (run it again to finish)");
@@ -428,6 +500,10 @@ enum OwnedOp {
     Mkdir(Entry),
     Del,
     Rmdir,
+    Mknod(Entry),
+    DelSpecial,
+    /// A further name (the op's path is the file linked to).
+    Link(String),
 }
 
 /// A reader that counts the bytes it yields into the progress.
@@ -545,7 +621,10 @@ fn same(s: &Item, t: &Item, owners: bool) -> bool {
         _ => false,
     };
     match (s, t) {
-        (Item::File { size: a, meta: ma, .. }, Item::File { size: b, meta: mb, .. }) => a == b && meta_same(ma, mb),
+        (Item::File { size: a, meta: ma, group: ga, .. }, Item::File { size: b, meta: mb, group: gb, .. }) => {
+            a == b && meta_same(ma, mb) && ga == gb
+        }
+        (Item::Special { special: a, meta: ma }, Item::Special { special: b, meta: mb }) => a == b && meta_same(ma, mb),
         (Item::Link { target: a, meta: ma }, Item::Link { target: b, meta: mb }) => {
             a == b && ma.zip(*mb).is_none_or(|(x, y)| x.mtime == y.mtime)
         }
@@ -577,8 +656,8 @@ fn same_content(drive: &SharedDrive, entry: &Entry, mut f: std::fs::File) -> Res
 const SMALL_RUN: usize = 256;
 
 fn is_small_file(c: &Change) -> bool {
-    matches!(&c.item, Item::File { entry: Some(e), .. }
-        if e.blob.is_none_or(|b| !b.block_map && b.byte_length <= READ_WINDOW))
+    matches!(&c.item, Item::File { entry: Some(e), group, .. }
+        if group.is_empty() && e.blob.is_none_or(|b| !b.block_map && b.byte_length <= READ_WINDOW))
 }
 
 /// Writes one exported file: a replacement beside its place, then renamed over the old file (which
@@ -792,9 +871,10 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Every name under `dir` (and `dir` itself as ""), by relative path. Names that are not UTF-8
-/// and special files (sockets, devices, pipes) are skipped with a note.
+/// Every name under `dir` (and `dir` itself as ""), by relative path, hard links grouped. Names
+/// that are not UTF-8 are skipped with a note.
 fn scan_local(dir: &Path, out: &mut BTreeMap<String, Item>, skipped: &mut Vec<String>) -> Result<()> {
+    let mut inodes: std::collections::HashMap<(u64, u64), Vec<String>> = std::collections::HashMap::new();
     let m = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
     out.insert(String::new(), Item::Dir { meta: Some(meta_of(&m)) });
     let mut stack = vec![(dir.to_path_buf(), String::new())];
@@ -818,7 +898,21 @@ fn scan_local(dir: &Path, out: &mut BTreeMap<String, Item>, skipped: &mut Vec<St
             let ft = m.file_type();
             let meta = Some(meta_of(&m));
             let item = if ft.is_file() {
-                Item::File { size: m.len(), executable: m.mode() & 0o100 != 0, meta, entry: None }
+                if m.nlink() > 1 {
+                    inodes.entry((m.dev(), m.ino())).or_insert_with(Vec::new).push(child.clone());
+                }
+                Item::File { size: m.len(), executable: m.mode() & 0o100 != 0, meta, entry: None, group: Vec::new() }
+            } else if ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
+                let special = if ft.is_fifo() {
+                    Special::Fifo
+                } else if ft.is_socket() {
+                    Special::Socket
+                } else if ft.is_char_device() {
+                    Special::Char(m.rdev())
+                } else {
+                    Special::Block(m.rdev())
+                };
+                Item::Special { special, meta }
             } else if ft.is_symlink() {
                 match std::fs::read_link(&full).map(|t| t.to_str().map(str::to_owned)) {
                     Ok(Some(target)) => Item::Link { target, meta },
@@ -835,12 +929,13 @@ fn scan_local(dir: &Path, out: &mut BTreeMap<String, Item>, skipped: &mut Vec<St
                 stack.push((full, child.clone()));
                 Item::Dir { meta }
             } else {
-                skipped.push(format!("{}: not a file, directory or symlink", full.display()));
+                skipped.push(format!("{}: not a file, directory, symlink or special file", full.display()));
                 continue;
             };
             out.insert(child, item);
         }
     }
+    set_groups(out, inodes.into_values());
     Ok(())
 }
 
@@ -888,6 +983,7 @@ fn scan_drive(
         })
     };
     let walk = view.walk(folder)?;
+    let mut groups: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     for r in &walk.rejected {
         skipped.push(format!("{}: {}", r.path, r.why));
     }
@@ -919,12 +1015,39 @@ fn scan_drive(
                     Some(b) => d.blob_size(&b)?,
                     None => 0,
                 };
-                Item::File { size, executable: e.executable, meta, entry: Some(e) }
+                if let Some(id) = e.link_id() {
+                    groups.entry(id.to_owned()).or_insert_with(Vec::new).push(rel.clone());
+                }
+                Item::File { size, executable: e.executable, meta, entry: Some(e), group: Vec::new() }
             }
         };
         out.insert(rel, item);
     }
+    set_groups(&mut out, groups.into_values());
+    for (path, e) in walk.specials {
+        let Some(special) = Special::of(&e) else { continue };
+        let rel = rel_of(&path);
+        for a in Path::new(&rel).ancestors().skip(1) {
+            let a = a.to_string_lossy();
+            if !a.is_empty() && !out.contains_key(a.as_ref()) {
+                out.insert(a.into_owned(), Item::Dir { meta: None });
+            }
+        }
+        out.insert(rel, Item::Special { special, meta: meta_of(&e) });
+    }
     Ok(out)
+}
+
+/// Gives every name of each group of more than one name (hard links) the group's sorted names.
+fn set_groups(out: &mut BTreeMap<String, Item>, groups: impl Iterator<Item = Vec<String>>) {
+    for mut names in groups.filter(|g| g.len() > 1) {
+        names.sort();
+        for n in &names {
+            if let Some(Item::File { group, .. }) = out.get_mut(n) {
+                group.clone_from(&names);
+            }
+        }
+    }
 }
 
 fn default_meta(e: &Entry) -> Meta {

@@ -1,6 +1,7 @@
 //! The control socket's commands: each request's handler, by its `cmd`.
 
 use super::*;
+use hyperfs_engine::drive::Special;
 
 /// Answers one request; the reply is the type [`crate::api`] gives that command.
 pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -> bool) -> Result<Value> {
@@ -97,8 +98,22 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             let drive = open_drive(state, drive)?;
             let d = drive.snapshot();
             let view = d.checkout(version.unwrap_or(d.version()))?;
-            let describe = |name: String, entry: Option<&Entry>, dir_record: Option<Entry>| -> Result<api::LsEntry> {
+            let describe = |name: String,
+                            entry: Option<&Entry>,
+                            dir_record: Option<Entry>,
+                            special: bool|
+             -> Result<api::LsEntry> {
+                let special = entry.filter(|_| special).and_then(Special::of);
                 let (kind, size) = match entry {
+                    _ if special.is_some() => (
+                        match special {
+                            Some(Special::Fifo) => api::Kind::Fifo,
+                            Some(Special::Socket) => api::Kind::Socket,
+                            Some(Special::Char(_)) => api::Kind::CharDevice,
+                            _ => api::Kind::BlockDevice,
+                        },
+                        None,
+                    ),
                     Some(e) if e.linkname.is_some() => (api::Kind::Symlink, None),
                     Some(e) => (
                         api::Kind::File,
@@ -127,11 +142,15 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                     mtime: metadata.and_then(|m| m["mtime"].as_i64()),
                     executable: entry.map(|e| e.executable),
                     linkname: entry.and_then(|e| e.linkname.clone()),
+                    rdev: special.map(Special::rdev).filter(|&d| d != 0),
                 })
             };
             let root = hyperfs_engine::drive::path::folder(path)?.is_empty();
             if let Some(st) = if root { None } else { view.stat(path)? } {
-                return reply([describe(path.to_owned(), Some(&st.entry), None)?]);
+                return reply([describe(path.to_owned(), Some(&st.entry), None, false)?]);
+            }
+            if let Some(e) = if root { None } else { view.special(path)? } {
+                return reply([describe(path.to_owned(), Some(&e), None, true)?]);
             }
             if !view.is_dir(path)? {
                 bail!("no file or folder at {path}");
@@ -144,7 +163,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                     let name = format!("{prefix}{}", c.name);
                     let full = format!("{folder}/{}", c.name);
                     let record = if c.entry.is_none() { view.dir_entry(&full)? } else { None };
-                    out.push(describe(name.clone(), c.entry.as_ref(), record)?);
+                    out.push(describe(name.clone(), c.entry.as_ref(), record, c.special)?);
                     if c.entry.is_none() && *recursive {
                         below.push((full, format!("{name}/")));
                     }

@@ -13,6 +13,7 @@ mod mount_stress;
 mod mount_tools;
 mod node_cli;
 mod posix;
+mod posix_files;
 mod power_cut;
 mod proof_interop;
 mod relay;
