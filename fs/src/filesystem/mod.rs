@@ -1039,7 +1039,8 @@ impl Fs {
             }
         };
         let nlink = match (&entry, kind) {
-            (_, Kind::Dir) => self.dir_nlink(d, path)?,
+            // A count is cosmetic: a folder whose listing fails (a damaged tree) still stats.
+            (_, Kind::Dir) => self.dir_nlink(d, path).unwrap_or(2),
             (Some(e), _) if e.link_id().is_some() => view!(self, d, |v| v.nlink(path, e)?),
             _ => 1,
         };
