@@ -51,6 +51,12 @@ impl<B: Blocks> DriveView<'_, B> {
         Ok(self.db.get(&key_in(FILES, &path::file(path)?))?.is_some())
     }
 
+    /// The file or symlink entry stored at `path`, as stored (not decoded: a damaged entry still
+    /// exists, and can be removed).
+    pub fn stored_entry(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(&key_in(FILES, &path::file(path)?))?.map(|e| e.value))
+    }
+
     /// The entry at `path` with the size of its file.
     pub fn stat(&self, path: &str) -> Result<Option<Stat>> {
         let Some((seq, entry)) = self.entry(path)? else { return Ok(None) };

@@ -51,6 +51,7 @@ impl Fs {
         }
         let now = SystemTime::now();
         let meta = Meta { mode: mode & 0o7777, uid, gid, mtime: now, ctime: now, atime: now };
+        let folder = parent_of(&path).to_owned();
         let file = OpenFile { staged: None, size: 0, meta, dirty: true };
         let ino = {
             let mut nodes = self.nodes();
@@ -73,9 +74,10 @@ impl Fs {
             }
             nodes.map.insert(ino, node);
             nodes.pending.insert(path);
-            nodes.touched.insert(parent, now);
             ino
         };
+        // A name made in the folder: its times move now.
+        self.touch(&[&folder], now);
         let fh = self.new_handle(ino, true, flags & flags::APPEND != 0);
         Ok((Attr { ino, kind: Kind::File, size: 0, meta, nlink: 1 }, fh))
     }
@@ -299,9 +301,7 @@ impl Fs {
         };
         let metadata = Some(f.meta.to_json(old.as_ref().and_then(|e| e.metadata.as_ref())));
         let entry = Entry { executable: f.meta.mode & 0o111 != 0, linkname: None, blob: Some(blob), metadata };
-        // A file's first record is the change of its folder's names.
-        let dirs: &[&str] = if pending { &[parent_of(&path)] } else { &[] };
-        self.apply_in(&mut d, &[Op::Put(&path, &entry)], dirs)?;
+        d.apply(&[Op::Put(&path, &entry)])?;
         drop(d);
         f.dirty = false;
         lock(&self.atimes).remove(&ino);

@@ -181,12 +181,13 @@ pub struct Fs {
     /// search and two JSON decodes.
     dir_epoch: AtomicU64,
     /// Access times moved on by reads (as `relatime` does) and not yet recorded: written in one
-    /// version at a sync, with the file's next change, or once [`ATIMES_MAX`] gather (as Linux's
-    /// `lazytime` keeps them in memory). A crash loses them, and nothing else.
+    /// version with the folder times ([`Nodes::touched`]) at a sync, with the file's next change,
+    /// or once [`ATIMES_MAX`] of either gather (as Linux's `lazytime` keeps times in memory). A
+    /// crash loses them, and nothing else.
     atimes: Mutex<HashMap<Ino, SystemTime>>,
 }
 
-/// Unrecorded access times that make [`Fs::accessed`] record them all.
+/// Unrecorded access times (or folder times) that make them all recorded.
 const ATIMES_MAX: usize = 1024;
 
 /// The drive, held for a change: on release, a change made on top of what the kernel was shown
@@ -206,7 +207,7 @@ impl Changing<'_> {
     }
 
     /// [`Changing::apply`] of `ops` and of `touched`, folder records whose times alone change
-    /// (see [`Fs::touch`]), which leave [`Fs::dir_epoch`] as it is.
+    /// (see [`Fs::apply_in`]), which leave [`Fs::dir_epoch`] as it is.
     fn apply_touching(&mut self, ops: &[Op<'_>], touched: &[(String, Entry)]) -> hyperfs_engine::Result<()> {
         let mut all = ops.to_vec();
         all.extend(touched.iter().map(|(p, e)| Op::Mkdir(p, e)));
@@ -264,8 +265,8 @@ struct Nodes {
     /// Directories' attributes as last read, good while no folder record changed (see
     /// [`Fs::dir_epoch`]); beside the nodes, which stay small for the lookups of listings.
     known_dirs: HashMap<Ino, KnownDir>,
-    /// Folders a file not yet recorded was made in, and when: their mtime and ctime show it,
-    /// and are recorded with the file ([`Fs::apply_in`]).
+    /// Folders whose names changed, and when: their mtime and ctime show it at once and are
+    /// recorded lazily ([`Fs::record_times`]).
     touched: HashMap<Ino, SystemTime>,
     next: Ino,
 }
@@ -289,12 +290,14 @@ struct Node {
 }
 
 /// A directory's attributes as read at a [`Fs::dir_epoch`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct KnownDir {
     epoch: u64,
     attr: Attr,
     /// Recorded in the drive, not there only through its contents.
     recorded: bool,
+    /// The folder's record as read (its metadata, kept whole when its times change).
+    record: Option<Arc<Entry>>,
 }
 
 /// The content of a file while it is open for writing.
@@ -519,7 +522,7 @@ impl Fs {
 
     /// Makes every recorded change durable.
     pub fn sync(&self) -> Result<()> {
-        self.record_atimes()?;
+        self.record_times()?;
         Ok(self.drive().flush()?)
     }
 
@@ -542,16 +545,18 @@ impl Fs {
             atimes.len() >= ATIMES_MAX
         };
         if full {
-            if let Err(e) = self.record_atimes() {
+            if let Err(e) = self.record_times() {
                 tracing::warn!(error = ?e, "recording access times");
             }
         }
     }
 
-    /// Writes the access times reads moved on, in one version.
-    fn record_atimes(&self) -> Result<()> {
+    /// Writes the access times reads moved on and the folder times changes of names moved on,
+    /// in one version.
+    fn record_times(&self) -> Result<()> {
         let pending = std::mem::take(&mut *lock(&self.atimes));
-        if pending.is_empty() {
+        let folders = std::mem::take(&mut self.nodes().touched);
+        if pending.is_empty() && folders.is_empty() {
             return Ok(());
         }
         let mut changes = Vec::new();
@@ -572,9 +577,13 @@ impl Fs {
             let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e };
             changes.push((path, e, matches!(kind, Kind::Special(_))));
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
+        let folders: Vec<(String, SystemTime)> = {
+            let nodes = self.nodes();
+            folders
+                .into_iter()
+                .filter_map(|(ino, t)| Some((nodes.map.get(&ino).filter(|n| n.kind == Kind::Dir)?.path.clone()?, t)))
+                .collect()
+        };
         let mut d = self.drive_mut();
         let mut ops = Vec::new();
         for (path, e, special) in &changes {
@@ -587,15 +596,42 @@ impl Fs {
                 ops.push(if *special { Op::Mknod(path, e) } else { Op::Put(path, e) });
             }
         }
-        d.apply(&ops)?;
+        let mut records = Vec::new();
+        for (path, t) in &folders {
+            // Only folders that are still there; their record as last read, or from the drive.
+            let old = match self.known_dir(&d, path) {
+                Some(k) if k.recorded => k.record.map(|e| (*e).clone()),
+                Some(_) => None,
+                None => match self.find(&d, path)? {
+                    Found::Dir(record) => record,
+                    _ => continue,
+                },
+            };
+            let old_meta = old.as_ref().and_then(|e| e.metadata.as_ref());
+            let mut meta = Meta::from_json(old_meta, self.default_meta(Kind::Dir));
+            (meta.mtime, meta.ctime) = (*t, *t);
+            let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(old_meta)) };
+            records.push((path.clone(), e));
+        }
+        if !ops.is_empty() || !records.is_empty() {
+            d.apply_touching(&ops, &records)?;
+        }
         drop(d);
         let mut nodes = self.nodes();
+        let nodes = &mut *nodes;
         for (path, e, _) in changes {
             if let Some(n) = nodes.by_path.get(&path).copied().and_then(|i| nodes.map.get_mut(&i)) {
                 if n.file.is_none() {
                     n.entry = Some(e);
                 }
             }
+        }
+        // Known folders keep their link counts: only their times changed.
+        for (p, e) in records {
+            let Some(k) = nodes.by_path.get(&p).and_then(|ino| nodes.known_dirs.get_mut(ino)) else { continue };
+            k.attr.meta = self.shown(Meta::from_json(e.metadata.as_ref(), k.attr.meta));
+            k.recorded = true;
+            k.record = Some(Arc::new(e));
         }
         Ok(())
     }
@@ -899,39 +935,54 @@ impl Fs {
         Ok(view!(self, d, |v| v.children(path)?).is_empty())
     }
 
-    /// Applies `ops`, a change of the names in folders `dirs`, with those folders' mtime and
-    /// ctime moved to now (or to when a file made in one, not yet recorded, was created) in the
-    /// same version. A folder there only through its contents gets a record, so removing its
-    /// last name leaves it in place.
+    /// Applies `ops`, a change of the names in folders `dirs`: those folders' mtime and ctime
+    /// move to now. The new times show at once and are recorded as access times are (see
+    /// [`Fs::record_times`]): a record in every version a name changes cost creates and unlinks
+    /// a seventh of their rate.
     fn apply_in(&self, d: &mut Changing<'_>, ops: &[Op<'_>], dirs: &[&str]) -> Result<()> {
-        let now = SystemTime::now();
-        let mut touched: Vec<(String, Entry)> = Vec::new();
-        for &dir in dirs {
-            if touched.iter().any(|(p, _)| p == dir) {
-                continue;
-            }
-            let at = {
-                let mut nodes = self.nodes();
-                let ino = nodes.by_path.get(dir).copied();
-                ino.and_then(|i| nodes.touched.remove(&i)).unwrap_or(now)
-            };
-            let old = view!(self, d, |v| v.dir_entry(if dir.is_empty() { "/" } else { dir })?);
-            let old_meta = old.as_ref().and_then(|e| e.metadata.as_ref());
-            let mut meta = Meta::from_json(old_meta, self.default_meta(Kind::Dir));
-            (meta.mtime, meta.ctime) = (at, at);
-            let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(old_meta)) };
-            touched.push((dir.to_owned(), e));
-        }
-        d.apply_touching(ops, &touched)?;
-        // Known folders keep their link counts: only their times changed.
-        let mut nodes = self.nodes();
-        let nodes = &mut *nodes;
-        for (p, e) in &touched {
-            let Some(k) = nodes.by_path.get(p).and_then(|ino| nodes.known_dirs.get_mut(ino)) else { continue };
-            k.attr.meta = self.shown(Meta::from_json(e.metadata.as_ref(), k.attr.meta));
-            k.recorded = true;
-        }
+        d.apply(ops)?;
+        self.touch(dirs, SystemTime::now());
         Ok(())
+    }
+
+    /// Moves the mtime and ctime of folders `dirs` to `t` (shown at once, recorded lazily).
+    pub(super) fn touch(&self, dirs: &[&str], t: SystemTime) {
+        let full = {
+            let mut nodes = self.nodes();
+            for dir in dirs {
+                if let Some(&ino) = nodes.by_path.get(*dir) {
+                    nodes.touched.insert(ino, t);
+                }
+            }
+            nodes.touched.len() >= ATIMES_MAX
+        };
+        if full {
+            if let Err(e) = self.record_times() {
+                tracing::warn!(error = ?e, "recording folder times");
+            }
+        }
+    }
+
+    /// When removing `path` (or moving it to `moved_to`) would leave its parent directory
+    /// empty and that directory exists only through its contents, the record that keeps it.
+    fn keep_parent(&self, d: &Drive, path: &str, moved_to: Option<&str>) -> Result<Option<(String, Entry)>> {
+        let parent = parent_of(path);
+        if parent.is_empty() || moved_to.is_some_and(|t| t.starts_with(&format!("{parent}/"))) {
+            return Ok(None);
+        }
+        // A recorded directory stays by itself; only one that exists through its contents is
+        // listed (the costlier check).
+        if self.known_dir(d, parent).is_some_and(|k| k.recorded) || view!(self, d, |v| v.dir_entry(parent)?).is_some() {
+            return Ok(None);
+        }
+        if view!(self, d, |v| v.children(parent)?).len() > 1 {
+            return Ok(None);
+        }
+        let meta = self.default_meta(Kind::Dir);
+        Ok(Some((
+            parent.to_owned(),
+            Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(None)) },
+        )))
     }
 
     fn default_meta(&self, kind: Kind) -> Meta {
@@ -1007,7 +1058,7 @@ impl Fs {
     fn known_dir(&self, d: &Drive, path: &str) -> Option<KnownDir> {
         let k = {
             let nodes = self.nodes();
-            *nodes.known_dirs.get(nodes.by_path.get(path)?)?
+            nodes.known_dirs.get(nodes.by_path.get(path)?)?.clone()
         };
         (self.dir_epoch_in(d) == Some(k.epoch)).then_some(k)
     }
@@ -1017,10 +1068,12 @@ impl Fs {
         let epoch = self.dir_epoch_in(d);
         let found = self.find(d, path)?;
         let mut recorded = false;
+        let mut dir_record = None;
         let (kind, size, meta, entry) = match found {
             Found::Nothing => return Err(Errno(libc::ENOENT)),
             Found::Dir(record) => {
                 recorded = record.is_some();
+                dir_record = record.clone().map(Arc::new);
                 let meta = match record {
                     Some(e) => self.shown(Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir))),
                     None => self.default_meta(Kind::Dir),
@@ -1063,7 +1116,7 @@ impl Fs {
             }
         }
         match epoch.filter(|_| kind == Kind::Dir) {
-            Some(epoch) => nodes.known_dirs.insert(ino, KnownDir { epoch, attr, recorded }),
+            Some(epoch) => nodes.known_dirs.insert(ino, KnownDir { epoch, attr, recorded, record: dir_record }),
             None => nodes.known_dirs.remove(&ino),
         };
         Ok(attr)

@@ -51,13 +51,17 @@ impl Fs {
         let mut d = self.drive_mut();
         let pending = self.nodes().pending.contains(&path);
         // A stored entry is removed without being decoded (a damaged one too).
-        let (file, special) = view!(self, d, |v| (v.exists(&path)?, v.special(&path).ok().flatten()));
+        let stored = view!(self, d, |v| v.stored_entry(&path)?);
+        let file = stored.is_some();
+        let special = if file { None } else { view!(self, d, |v| v.special(&path).ok().flatten()) };
         let mut others = Vec::new();
         if file || special.is_some() {
             // The file's other names keep it, with the link count (a metadata change) newer.
-            let entry = match &special {
-                Some(e) => Some(e.clone()),
-                None => view!(self, d, |v| v.entry(&path).ok().flatten().map(|(_, e)| e)),
+            // Only an entry that may name a group is decoded.
+            let entry = match (&special, &stored) {
+                (Some(e), _) => Some(e.clone()),
+                (None, Some(raw)) if Entry::link_id_of(raw).is_some() => Entry::decode(raw).ok(),
+                _ => None,
             };
             let mut survivor = None;
             if let Some(e) = entry.filter(|e| e.link_id().is_some()) {
@@ -71,9 +75,13 @@ impl Fs {
                     survivor = Some((first.clone(), Entry { metadata, ..e }));
                 }
             }
+            let keep = self.keep_parent(&d, &path, None)?;
             let mut ops = vec![if file { Op::Del(&path) } else { Op::DelSpecial(&path) }];
             if let Some((p, e)) = &survivor {
                 ops.push(if file { Op::Put(p, e) } else { Op::Mknod(p, e) });
+            }
+            if let Some((p, e)) = &keep {
+                ops.push(Op::Mkdir(p, e));
             }
             self.apply_in(&mut d, &ops, &[parent_of(&path)])?;
         } else if !pending {
@@ -181,7 +189,12 @@ impl Fs {
         if !self.is_empty_dir(&d, &path)? {
             return Err(Errno(libc::ENOTEMPTY));
         }
-        self.apply_in(&mut d, &[Op::Rmdir(&path)], &[parent_of(&path)])?;
+        let keep = self.keep_parent(&d, &path, None)?;
+        let mut ops = vec![Op::Rmdir(&path)];
+        if let Some((p, e)) = &keep {
+            ops.push(Op::Mkdir(p, e));
+        }
+        self.apply_in(&mut d, &ops, &[parent_of(&path)])?;
         drop(d);
         self.detach(&path);
         Ok(())
@@ -292,6 +305,10 @@ impl Fs {
         };
         if let Some((p, e, special)) = &survivor {
             ops.push(if *special { Op::Mknod(p, e) } else { Op::Put(p, e) });
+        }
+        let keep = if parent_of(&from) != parent_of(&to) { self.keep_parent(&d, &from, Some(&to))? } else { None };
+        if let Some((p, e)) = &keep {
+            ops.push(Op::Mkdir(p, e));
         }
         self.apply_in(&mut d, &ops, &[parent_of(&from), parent_of(&to)])?;
         drop(d);

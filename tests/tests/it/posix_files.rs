@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use hyperfs_tests::{repo_root, MountedDrive};
+use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, repo_root, MountedDrive};
 
 fn c(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).expect("no NUL")
@@ -178,6 +178,37 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
     let v: serde_json::Value = serde_json::from_str(second.lines().last().expect("reply")).expect("json");
     assert_eq!((v["added"].as_u64(), v["changed"].as_u64()), (Some(0), Some(0)), "{second}");
     m.ok(&["unmount", again.to_str().expect("utf-8")]);
+
+    // And across replication: a second node clones the drive and mounts its copy.
+    let shared: serde_json::Value =
+        serde_json::from_str(&m.ok(&["share", "t", "--listen", "127.0.0.1:0", "--json"])).expect("json");
+    let (link, addr) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
+    let b = m.tmp.path().join("b");
+    let _stop = Stop(&b);
+    hyperfs_in_ok(
+        &b,
+        &["clone", link, "--peer", addr, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+    );
+    let replica = m.tmp.path().join("replica");
+    fs::create_dir(&replica).expect("dir");
+    hyperfs_in_ok(&b, &["mount", "copy", replica.to_str().expect("utf-8")]);
+    let mut shown = kinds(&replica);
+    // Someone else's drive shows as the mounting user's, set-id and sticky bits masked: the
+    // kinds, device numbers and link counts are what travel.
+    for (k, w) in shown.iter_mut().zip(&want) {
+        k.2 = w.2;
+    }
+    assert_eq!(shown, want, "a replica keeps every kind");
+    hyperfs_in_ok(&b, &["unmount", replica.to_str().expect("utf-8")]);
+}
+
+/// Stops a node when dropped.
+struct Stop<'a>(&'a Path);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let _ = hyperfs_in(self.0, &["stop"]);
+    }
 }
 
 #[test]
@@ -310,6 +341,10 @@ fn access_times_link_counts_and_ctime_follow_posix() {
         change();
         assert!(mtime(&top) > m0 && ctime(&top) > c0, "{what} moves the folder's mtime and ctime");
     }
+    // Folder times are recorded by the unmount.
+    let shown = (mtime(&top), ctime(&top));
+    remount(&m);
+    assert_eq!((mtime(&top), ctime(&top)), shown, "a folder's times survive a remount");
 }
 
 #[test]
