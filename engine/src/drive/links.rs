@@ -14,10 +14,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::entry::LINK_KEY;
-use std::ops::Bound;
-
 use super::{key_in, Entry, FILES, SPECIAL};
-use crate::hyperbee::Range;
 use crate::hyperbee::View;
 use crate::hypercore::Hypercore;
 use crate::{Error, Result};
@@ -43,15 +40,9 @@ pub(super) struct Plan<'v> {
 }
 
 impl<'v> Plan<'v> {
-    pub(super) fn new(view: &'v View<&'v Hypercore>, links: bool) -> Result<Plan<'v>> {
-        let range = Range {
-            lower: Bound::Excluded(LINKS.to_vec()),
-            upper: Bound::Excluded(b"links\x01".to_vec()),
-            limit: Some(1),
-            ..Range::default()
-        };
-        let linked = links || view.range(&range).next().transpose()?.is_some();
-        Ok(Plan { view, linked, files: HashMap::new(), records: HashMap::new(), writes: Vec::new() })
+    /// A plan against `view`; `linked` says whether any group may be touched.
+    pub(super) fn new(view: &'v View<&'v Hypercore>, linked: bool) -> Plan<'v> {
+        Plan { view, linked, files: HashMap::new(), records: HashMap::new(), writes: Vec::new() }
     }
 
     /// A key written as is (folder records, special files).

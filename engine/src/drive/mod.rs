@@ -161,6 +161,32 @@ pub struct Drive {
     /// Per-file chunk offsets, keyed by blob: random access without reading what comes before.
     /// Shared with the drive's frozen copies (a blob's offsets never change).
     pieces: Arc<Mutex<PieceCache>>,
+    /// Whether versions of the drive hold any special file or link record (see
+    /// [`DriveView::holds_any`]); shared with frozen copies (a version never changes).
+    spaces: Arc<Mutex<Spaces>>,
+}
+
+/// Whether the `special` and `links` sub-databases hold anything, by (fork, version) and
+/// sub-database, for the last few versions asked about: most drives hold neither, and their
+/// lookups, listings and batches then skip those sub-databases.
+#[derive(Default)]
+struct Spaces {
+    seen: std::collections::VecDeque<((u64, u64, &'static [u8]), bool)>,
+}
+
+impl Spaces {
+    const KEPT: usize = 16;
+
+    fn get(&self, at: (u64, u64, &'static [u8])) -> Option<bool> {
+        self.seen.iter().find(|(k, _)| *k == at).map(|&(_, v)| v)
+    }
+
+    fn insert(&mut self, at: (u64, u64, &'static [u8]), any: bool) {
+        if self.seen.len() >= Self::KEPT {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((at, any));
+    }
 }
 
 impl std::fmt::Debug for Drive {
@@ -239,7 +265,7 @@ impl Drive {
     }
 
     fn assemble(db: Hyperbee, blobs: Hypercore) -> Drive {
-        Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Arc::default() }
+        Drive { db, blobs, preset: HYPERFS_CDC_V1, fetch: None, pieces: Arc::default(), spaces: Arc::default() }
     }
 
     /// A read-only copy of the drive as it is now: reads of it never wait on, and never see,
@@ -252,6 +278,7 @@ impl Drive {
             preset: self.preset,
             fetch: self.fetch.clone(),
             pieces: self.pieces.clone(),
+            spaces: self.spaces.clone(),
         }
     }
 
@@ -370,8 +397,8 @@ impl Drive {
         // What the batch writes, worked out first: hard-link groups follow their names.
         let writes = {
             let view = self.db.view();
-            let links = ops.iter().any(|op| matches!(op, Op::Link(..)));
-            let mut plan = links::Plan::new(&view, links)?;
+            let links = ops.iter().any(|op| matches!(op, Op::Link(..))) || self.view().holds_any(links::LINKS)?;
+            let mut plan = links::Plan::new(&view, links);
             for op in ops {
                 match *op {
                     Op::Put(p, e) => plan.put(FILES, &path::file(p)?, e.encode(), true)?,

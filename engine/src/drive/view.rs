@@ -24,8 +24,33 @@ impl<B: Blocks> DriveView<'_, B> {
         }
     }
 
+    /// Whether sub-database `prefix` (`special` or `links`) holds anything in this version,
+    /// remembered by the drive per (fork, version).
+    pub(super) fn holds_any(&self, prefix: &'static [u8]) -> Result<bool> {
+        let at = (self.drive.db.core().fork(), self.db.version(), prefix);
+        if let Some(any) = self.drive.spaces.lock().unwrap_or_else(|e| e.into_inner()).get(at) {
+            return Ok(any);
+        }
+        let mut upper = prefix.to_vec();
+        if let Some(last) = upper.last_mut() {
+            *last += 1;
+        }
+        let range = Range {
+            lower: Bound::Excluded(prefix.to_vec()),
+            upper: Bound::Excluded(upper),
+            limit: Some(1),
+            ..Range::default()
+        };
+        let any = self.db.range(&range).next().transpose()?.is_some();
+        self.drive.spaces.lock().unwrap_or_else(|e| e.into_inner()).insert(at, any);
+        Ok(any)
+    }
+
     /// The special file (FIFO, socket, device) recorded at `path`.
     pub fn special(&self, path: &str) -> Result<Option<Entry>> {
+        if !self.holds_any(SPECIAL)? {
+            return Ok(None);
+        }
         match self.db.get(&key_in(SPECIAL, &path::file(path)?))? {
             Some(e) => Ok(Some(Entry::decode(&e.value)?)),
             None => Ok(None),
@@ -107,7 +132,11 @@ impl<B: Blocks> DriveView<'_, B> {
         let mut rejected = Vec::new();
         let mut files = self.stored(FILES, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
         let mut dirs = self.stored(DIRS, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
-        let mut specials = self.stored(SPECIAL, folder, |p, why| rejected.push(Rejected { path: p, why }))?;
+        let mut specials = if self.holds_any(SPECIAL)? {
+            self.stored(SPECIAL, folder, |p, why| rejected.push(Rejected { path: p, why }))?
+        } else {
+            Vec::new()
+        };
         specials.retain(|(p, e)| {
             let known = Special::of(e).is_some();
             if !known {
@@ -170,7 +199,9 @@ impl<B: Blocks> DriveView<'_, B> {
         let folder = path::folder(folder)?;
         let mut names = self.children_names(FILES, &folder)?;
         let mut dirs = self.children_names(DIRS, &folder)?;
-        dirs.extend(self.children_names(SPECIAL, &folder)?);
+        if self.holds_any(SPECIAL)? {
+            dirs.extend(self.children_names(SPECIAL, &folder)?);
+        }
         if !dirs.is_empty() {
             names.extend(dirs);
             names.sort();
@@ -212,7 +243,7 @@ impl<B: Blocks> DriveView<'_, B> {
         let listed = |v: Option<T>| v.map_or(Listed::Folder, Listed::File);
         let mut out: Vec<_> = self.shallow(FILES, &folder, &mut f)?.into_iter().map(|(n, v)| (n, listed(v))).collect();
         let dirs = self.shallow(DIRS, &folder, |_| Ok(()))?;
-        let specials = self.shallow(SPECIAL, &folder, &mut f)?;
+        let specials = if self.holds_any(SPECIAL)? { self.shallow(SPECIAL, &folder, &mut f)? } else { Vec::new() };
         if !dirs.is_empty() || !specials.is_empty() {
             out.extend(dirs.into_iter().map(|(name, _)| (name, Listed::Folder)));
             out.extend(specials.into_iter().map(|(name, v)| (name, v.map_or(Listed::Folder, Listed::Special))));
@@ -251,6 +282,9 @@ impl<B: Blocks> DriveView<'_, B> {
     /// Whether anything is stored under `folder`.
     fn holds_entries(&self, folder: &str) -> Result<bool> {
         for prefix in [FILES, DIRS, SPECIAL] {
+            if prefix == SPECIAL && !self.holds_any(SPECIAL)? {
+                continue;
+            }
             let range = Range { limit: Some(1), ..under(prefix, folder, "/") };
             if self.db.range(&range).next().transpose()?.is_some() {
                 return Ok(true);
