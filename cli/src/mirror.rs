@@ -899,7 +899,7 @@ fn scan_local(dir: &Path, out: &mut BTreeMap<String, Item>, skipped: &mut Vec<St
             let meta = Some(meta_of(&m));
             let item = if ft.is_file() {
                 if m.nlink() > 1 {
-                    inodes.entry((m.dev(), m.ino())).or_insert_with(Vec::new).push(child.clone());
+                    inodes.entry((m.dev(), m.ino())).or_default().push(child.clone());
                 }
                 Item::File { size: m.len(), executable: m.mode() & 0o100 != 0, meta, entry: None, group: Vec::new() }
             } else if ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
@@ -1016,7 +1016,7 @@ fn scan_drive(
                     None => 0,
                 };
                 if let Some(id) = e.link_id() {
-                    groups.entry(id.to_owned()).or_insert_with(Vec::new).push(rel.clone());
+                    groups.entry(id.to_owned()).or_default().push(rel.clone());
                 }
                 Item::File { size, executable: e.executable, meta, entry: Some(e), group: Vec::new() }
             }

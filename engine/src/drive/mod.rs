@@ -171,17 +171,20 @@ pub struct Drive {
 /// lookups, listings and batches then skip those sub-databases.
 #[derive(Default)]
 struct Spaces {
-    seen: std::collections::VecDeque<((u64, u64, &'static [u8]), bool)>,
+    seen: std::collections::VecDeque<(SpaceAt, bool)>,
 }
+
+/// A sub-database of a drive at a (fork, version).
+type SpaceAt = (u64, u64, &'static [u8]);
 
 impl Spaces {
     const KEPT: usize = 16;
 
-    fn get(&self, at: (u64, u64, &'static [u8])) -> Option<bool> {
+    fn get(&self, at: SpaceAt) -> Option<bool> {
         self.seen.iter().find(|(k, _)| *k == at).map(|&(_, v)| v)
     }
 
-    fn insert(&mut self, at: (u64, u64, &'static [u8]), any: bool) {
+    fn insert(&mut self, at: SpaceAt, any: bool) {
         if self.seen.len() >= Self::KEPT {
             self.seen.pop_front();
         }

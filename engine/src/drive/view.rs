@@ -67,7 +67,7 @@ impl<B: Blocks> DriveView<'_, B> {
         let Some(id) = e.link_id() else { return Ok(1) };
         let names = self.link_names(id)?;
         let path = path::file(path)?;
-        Ok(if names.iter().any(|n| *n == path) { names.len() as u32 } else { 1 })
+        Ok(if names.contains(&path) { names.len() as u32 } else { 1 })
     }
 
     /// Whether a file or symlink entry is stored at `path` (read, not decoded: a damaged entry
