@@ -34,6 +34,19 @@ pub fn hyperfs_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// `path` as a C string, for libc calls.
+pub fn c_path(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).expect("no NUL")
+}
+
+/// The errno of a failed call (0 when it succeeded).
+pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
 /// Runs `hyperfs --data-dir DIR args…`; the output whatever the exit status.
 pub fn hyperfs_in(dir: &Path, args: &[&str]) -> Output {
     let mut all = vec!["--data-dir", dir.to_str().expect("a UTF-8 data directory")];
@@ -49,8 +62,6 @@ pub fn hyperfs_in_ok(dir: &Path, args: &[&str]) -> String {
     hyperfs_ok(&all)
 }
 
-/// The seed of a randomised test: `HYPERFS_TEST_SEED` if set, else a random one, printed so a
-/// failure can be run again.
 /// Runs `hyperfs` in data directory `dir` and parses its standard output as JSON, failing the
 /// test on a non-zero exit or other output.
 pub fn hyperfs_json(dir: &Path, args: &[&str]) -> serde_json::Value {
@@ -66,6 +77,8 @@ impl Drop for StopNode {
     }
 }
 
+/// The seed of a randomised test: `HYPERFS_TEST_SEED` if set, else a random one, printed so a
+/// failure can be run again.
 pub fn test_seed() -> u64 {
     let seed = std::env::var("HYPERFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("HYPERFS_TEST_SEED={seed}");

@@ -767,6 +767,11 @@ impl Fs {
                 let path = path.ok_or(Errno(libc::ENOENT))?;
                 let mut d = self.drive_mut();
                 let mut attr = self.attr_in(&d, &path)?;
+                // A folder's times moved by changes of its names and not yet recorded are its
+                // times now; what is set here goes over them and is recorded at once.
+                if let Some(t) = self.nodes().touched.remove(&ino) {
+                    (attr.meta.mtime, attr.meta.ctime) = (t, t);
+                }
                 change_meta(&mut attr.meta);
                 let entry = match kind {
                     Kind::Dir => {

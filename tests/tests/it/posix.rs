@@ -3,26 +3,13 @@
 //! unlink while open, truncate and extend, O_APPEND, sparse files, timestamps, symlinks, statfs,
 //! and the errno of every refused operation.
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use hyperfs_tests::MountedDrive;
-
-fn c(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("no NUL")
-}
-
-fn errno_of<T>(r: std::io::Result<T>) -> i32 {
-    match r {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    }
-}
+use hyperfs_tests::{c_path as c, errno_of, MountedDrive};
 
 fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
     let (a, b) = (c(from), c(to));

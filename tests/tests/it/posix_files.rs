@@ -3,28 +3,15 @@
 //! access times (`utimensat`, `relatime`), ctime and link counts; sticky and set-gid folders.
 //! The conformance suite run by others (pjdfstest) is run on a mount at the end.
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, repo_root, MountedDrive};
-
-fn c(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("no NUL")
-}
-
-fn errno_of<T>(r: std::io::Result<T>) -> i32 {
-    match r {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    }
-}
+use hyperfs_tests::{c_path as c, errno_of, hyperfs_in_ok, repo_root, MountedDrive, StopNode};
 
 fn mknod(path: &Path, mode: u32, dev: u64) {
     // SAFETY: a NUL-terminated path.
@@ -184,7 +171,7 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
         serde_json::from_str(&m.ok(&["share", "t", "--listen", "127.0.0.1:0", "--json"])).expect("json");
     let (link, addr) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
     let b = m.tmp.path().join("b");
-    let _stop = Stop(&b);
+    let _stop = StopNode(b.clone());
     hyperfs_in_ok(
         &b,
         &["clone", link, "--peer", addr, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
@@ -200,15 +187,6 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
     }
     assert_eq!(shown, want, "a replica keeps every kind");
     hyperfs_in_ok(&b, &["unmount", replica.to_str().expect("utf-8")]);
-}
-
-/// Stops a node when dropped.
-struct Stop<'a>(&'a Path);
-
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        let _ = hyperfs_in(self.0, &["stop"]);
-    }
 }
 
 #[test]

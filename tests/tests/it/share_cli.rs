@@ -6,26 +6,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, pseudo_random};
+use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, pseudo_random, StopNode};
 use serde_json::Value;
 
 fn json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
 }
 
-struct Stop<'a>(&'a Path);
-
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        let _ = hyperfs_in(self.0, &["stop"]);
-    }
-}
-
 #[test]
 fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (_sa, _sb) = (Stop(&a), Stop(&b));
+    let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
     hyperfs_in_ok(&a, &["create", "--name", "src"]);
     let big = pseudo_random(5 << 20, 42);
     let file = tmp.path().join("big.bin");
@@ -108,7 +100,7 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
 fn a_clone_serves_a_third_node_while_the_writer_is_stopped() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    let (_sa, _sb, _sc) = (Stop(&a), Stop(&b), Stop(&c));
+    let (_sa, _sb, _sc) = (StopNode(a.clone()), StopNode(b.clone()), StopNode(c.clone()));
     hyperfs_in_ok(&a, &["create", "--name", "src"]);
     let data = pseudo_random(3 << 20, 7);
     let file = tmp.path().join("f.bin");
@@ -139,7 +131,7 @@ fn a_clone_serves_a_third_node_while_the_writer_is_stopped() {
     // Unshared, B's copy is no longer offered: a fourth node finds nothing there.
     hyperfs_in_ok(&b, &["unshare", "copy"]);
     let d = tmp.path().join("d");
-    let _sd = Stop(&d);
+    let _sd = StopNode(d.clone());
     let out = hyperfs_in(&d, &["seed", &link, "--peer", &from_b, "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success(), "an unshared drive is not served");
     let out = hyperfs_in(&b, &["unshare", "copy"]);
@@ -175,7 +167,7 @@ const MAX_CHUNK: u64 = 256 << 10;
 fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    let (_sa, _sb, _sc) = (Stop(&a), Stop(&b), Stop(&c));
+    let (_sa, _sb, _sc) = (StopNode(a.clone()), StopNode(b.clone()), StopNode(c.clone()));
     hyperfs_in_ok(&a, &["create", "--name", "src"]);
     let file = tmp.path().join("big.bin");
     {
@@ -270,7 +262,7 @@ fn a_key_mounts_as_a_sparse_replica_that_reads_on_demand_and_follows() {
 fn the_daemon_takes_network_options_and_a_listen_it_cannot_take_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let a = tmp.path().join("a");
-    let _sa = Stop(&a);
+    let _sa = StopNode(a.clone());
     hyperfs_in_ok(&a, &["create", "--name", "src"]);
     hyperfs_in_ok(&a, &["stop"]);
     let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
