@@ -458,3 +458,24 @@ fn a_full_disk_is_enospc_by_its_errno_not_its_message() {
     let denied = hyperfs_engine::Error::io("opening blocks.log", std::io::Error::from_raw_os_error(libc::EACCES));
     assert_eq!(Errno::from(denied), Errno(libc::EIO), "the store's own troubles are not the caller's EACCES");
 }
+
+#[test]
+fn folder_times_recorded_in_bulk_never_wait_on_the_change_that_filled_them() {
+    // Changes of names in more folders than wait unrecorded: the change that fills the list
+    // records them with the drive it already holds (taking it again waited on itself, and the
+    // mount hung).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = setup();
+        let dirs: Vec<Ino> =
+            (0..1100).map(|i| t.fs.mkdir(ROOT, &format!("d{i}"), 0o755, 0, 0).expect("mkdir").ino).collect();
+        for d in &dirs {
+            t.fs.mkdir(*d, "sub", 0o755, 0, 0).expect("mkdir inside");
+        }
+        let v = t.version();
+        t.fs.sync().expect("sync");
+        let _ = tx.send(t.version() > v || v > 2200);
+    });
+    let recorded = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the changes finish");
+    assert!(recorded, "folder times were recorded");
+}

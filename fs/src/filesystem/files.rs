@@ -77,7 +77,11 @@ impl Fs {
             ino
         };
         // A name made in the folder: its times move now.
-        self.touch(&[&folder], now);
+        if self.touch(&[&folder], now) {
+            if let Err(e) = self.record_times() {
+                tracing::warn!(error = ?e, "recording folder times");
+            }
+        }
         let fh = self.new_handle(ino, true, flags & flags::APPEND != 0);
         Ok((Attr { ino, kind: Kind::File, size: 0, meta, nlink: 1 }, fh))
     }
@@ -299,12 +303,15 @@ impl Fs {
             (None, Some(b)) if !pending => b,
             (None, _) => d.write_blob(std::io::empty())?,
         };
+        // An access time a read moved on and not yet recorded goes with this change.
+        if let Some(t) = lock(&self.atimes).remove(&ino) {
+            f.meta.atime = t;
+        }
         let metadata = Some(f.meta.to_json(old.as_ref().and_then(|e| e.metadata.as_ref())));
         let entry = Entry { executable: f.meta.mode & 0o111 != 0, linkname: None, blob: Some(blob), metadata };
         d.apply(&[Op::Put(&path, &entry)])?;
         drop(d);
         f.dirty = false;
-        lock(&self.atimes).remove(&ino);
         let mut nodes = self.nodes();
         nodes.pending.remove(&path);
         if let Some(n) = nodes.map.get_mut(&ino) {

@@ -553,22 +553,30 @@ impl Fs {
 
     /// Writes the access times reads moved on and the folder times changes of names moved on,
     /// in one version.
-    fn record_times(&self) -> Result<()> {
+    pub(super) fn record_times(&self) -> Result<()> {
+        let mut d = self.drive_mut();
+        self.record_times_in(&mut d)
+    }
+
+    /// [`Fs::record_times`] with the drive already held for a change (which it joins in the
+    /// version after it). Takes no open file's lock: those come before the drive.
+    fn record_times_in(&self, d: &mut Changing<'_>) -> Result<()> {
         let pending = std::mem::take(&mut *lock(&self.atimes));
         let folders = std::mem::take(&mut self.nodes().touched);
         if pending.is_empty() && folders.is_empty() {
             return Ok(());
         }
         let mut changes = Vec::new();
+        let mut open = Vec::new();
         for (ino, t) in pending {
-            let (path, entry, file, kind) = {
+            let (path, entry, writing, kind) = {
                 let nodes = self.nodes();
                 let Some(n) = nodes.map.get(&ino) else { continue };
-                (n.path.clone(), n.entry.clone(), n.file.clone(), n.kind)
+                (n.path.clone(), n.entry.clone(), n.file.is_some(), n.kind)
             };
-            if let Some(file) = file {
-                // Open for writing: recorded with its next commit.
-                lock(&file).meta.atime = t;
+            if writing {
+                // Open for writing: its commit records it.
+                open.push((ino, t));
                 continue;
             }
             let (Some(path), Some(e)) = (path, entry) else { continue };
@@ -584,11 +592,11 @@ impl Fs {
                 .filter_map(|(ino, t)| Some((nodes.map.get(&ino).filter(|n| n.kind == Kind::Dir)?.path.clone()?, t)))
                 .collect()
         };
-        let mut d = self.drive_mut();
+        lock(&self.atimes).extend(open);
         let mut ops = Vec::new();
         for (path, e, special) in &changes {
             // Only names that still hold the entry read.
-            let same = match self.find(&d, path)? {
+            let same = match self.find(d, path)? {
                 Found::File(now, _) | Found::Symlink(now) | Found::Special(now) => now.blob == e.blob,
                 _ => false,
             };
@@ -599,10 +607,10 @@ impl Fs {
         let mut records = Vec::new();
         for (path, t) in &folders {
             // Only folders that are still there; their record as last read, or from the drive.
-            let old = match self.known_dir(&d, path) {
+            let old = match self.known_dir(d, path) {
                 Some(k) if k.recorded => k.record.map(|e| (*e).clone()),
                 Some(_) => None,
-                None => match self.find(&d, path)? {
+                None => match self.find(d, path)? {
                     Found::Dir(record) => record,
                     _ => continue,
                 },
@@ -616,7 +624,6 @@ impl Fs {
         if !ops.is_empty() || !records.is_empty() {
             d.apply_touching(&ops, &records)?;
         }
-        drop(d);
         let mut nodes = self.nodes();
         let nodes = &mut *nodes;
         for (path, e, _) in changes {
@@ -946,26 +953,25 @@ impl Fs {
     /// a seventh of their rate.
     fn apply_in(&self, d: &mut Changing<'_>, ops: &[Op<'_>], dirs: &[&str]) -> Result<()> {
         d.apply(ops)?;
-        self.touch(dirs, SystemTime::now());
-        Ok(())
-    }
-
-    /// Moves the mtime and ctime of folders `dirs` to `t` (shown at once, recorded lazily).
-    pub(super) fn touch(&self, dirs: &[&str], t: SystemTime) {
-        let full = {
-            let mut nodes = self.nodes();
-            for dir in dirs {
-                if let Some(&ino) = nodes.by_path.get(*dir) {
-                    nodes.touched.insert(ino, t);
-                }
-            }
-            nodes.touched.len() >= ATIMES_MAX
-        };
-        if full {
-            if let Err(e) = self.record_times() {
+        if self.touch(dirs, SystemTime::now()) {
+            // With the drive this change holds (taking it again here would wait on itself).
+            if let Err(e) = self.record_times_in(d) {
                 tracing::warn!(error = ?e, "recording folder times");
             }
         }
+        Ok(())
+    }
+
+    /// Moves the mtime and ctime of folders `dirs` to `t` (shown at once, recorded lazily);
+    /// returns whether enough times wait to be recorded now ([`Fs::record_times`]).
+    pub(super) fn touch(&self, dirs: &[&str], t: SystemTime) -> bool {
+        let mut nodes = self.nodes();
+        for dir in dirs {
+            if let Some(&ino) = nodes.by_path.get(*dir) {
+                nodes.touched.insert(ino, t);
+            }
+        }
+        nodes.touched.len() >= ATIMES_MAX
     }
 
     /// When removing `path` (or moving it to `moved_to`) would leave its parent directory
