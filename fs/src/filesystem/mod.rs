@@ -182,13 +182,13 @@ pub struct Fs {
     dir_epoch: AtomicU64,
     /// Access times moved on by reads (as `relatime` does) and not yet recorded: written in one
     /// version with the folder times ([`Nodes::touched`]) at a sync, with the file's next change,
-    /// or once [`ATIMES_MAX`] of either gather (as Linux's `lazytime` keeps times in memory). A
+    /// or once [`TIMES_MAX`] of either gather (as Linux's `lazytime` keeps times in memory). A
     /// crash loses them, and nothing else.
     atimes: Mutex<HashMap<Ino, SystemTime>>,
 }
 
 /// Unrecorded access times (or folder times) that make them all recorded.
-const ATIMES_MAX: usize = 1024;
+const TIMES_MAX: usize = 1024;
 
 /// The drive, held for a change: on release, a change made on top of what the kernel was shown
 /// is shown too.
@@ -542,7 +542,7 @@ impl Fs {
         let full = {
             let mut atimes = lock(&self.atimes);
             atimes.insert(ino, now);
-            atimes.len() >= ATIMES_MAX
+            atimes.len() >= TIMES_MAX
         };
         if full {
             if let Err(e) = self.record_times() {
@@ -580,9 +580,7 @@ impl Fs {
                 continue;
             }
             let (Some(path), Some(e)) = (path, entry) else { continue };
-            let mut meta = self.entry_meta(&e, kind);
-            meta.atime = t;
-            let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e };
+            let e = self.restamped(Some(&e), kind, |m| m.atime = t);
             changes.push((path, e, matches!(kind, Kind::Special(_))));
         }
         let folders: Vec<(String, SystemTime)> = {
@@ -615,11 +613,7 @@ impl Fs {
                     _ => continue,
                 },
             };
-            let old_meta = old.as_ref().and_then(|e| e.metadata.as_ref());
-            let mut meta = Meta::from_json(old_meta, self.default_meta(Kind::Dir));
-            (meta.mtime, meta.ctime) = (*t, *t);
-            let e = Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(old_meta)) };
-            records.push((path.clone(), e));
+            records.push((path.clone(), self.restamped(old.as_ref(), Kind::Dir, |m| (m.mtime, m.ctime) = (*t, *t))));
         }
         if !ops.is_empty() || !records.is_empty() {
             d.apply_touching(&ops, &records)?;
@@ -971,7 +965,7 @@ impl Fs {
                 nodes.touched.insert(ino, t);
             }
         }
-        nodes.touched.len() >= ATIMES_MAX
+        nodes.touched.len() >= TIMES_MAX
     }
 
     /// When removing `path` (or moving it to `moved_to`) would leave its parent directory
@@ -994,6 +988,33 @@ impl Fs {
             parent.to_owned(),
             Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(None)) },
         )))
+    }
+
+    /// `old` (a file's entry, a folder's record, or `None` for a folder that has none) with its
+    /// attributes changed by `change`; the rest of its metadata is kept.
+    fn restamped(&self, old: Option<&Entry>, kind: Kind, change: impl FnOnce(&mut Meta)) -> Entry {
+        let base = old.cloned().unwrap_or(Entry { executable: false, linkname: None, blob: None, metadata: None });
+        let mut meta = self.entry_meta(&base, kind);
+        change(&mut meta);
+        Entry { metadata: Some(meta.to_json(base.metadata.as_ref())), ..base }
+    }
+
+    /// When the name `gone` of a hard-link group whose entry is `e` goes (unlinked, or put over;
+    /// `also` is a name that goes with it), another name of the group and the entry it gets: the
+    /// link count changed, so the ctime moves to `now` (written to all the remaining names).
+    fn survivor(
+        &self,
+        d: &Drive,
+        e: &Entry,
+        gone: &str,
+        also: &str,
+        now: SystemTime,
+    ) -> Result<Option<(String, Entry)>> {
+        let Some(id) = e.link_id() else { return Ok(None) };
+        let names = view!(self, d, |v| v.link_names(id)?);
+        let Some(other) = names.into_iter().find(|n| n != gone && n != also) else { return Ok(None) };
+        let kind = if e.linkname.is_some() { Kind::Symlink } else { Kind::File };
+        Ok(Some((other, self.restamped(Some(e), kind, |m| m.ctime = now))))
     }
 
     fn default_meta(&self, kind: Kind) -> Meta {

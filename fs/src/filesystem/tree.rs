@@ -54,7 +54,7 @@ impl Fs {
         let stored = view!(self, d, |v| v.stored_entry(&path)?);
         let file = stored.is_some();
         let special = if file { None } else { view!(self, d, |v| v.special(&path).ok().flatten()) };
-        let mut others = Vec::new();
+        let mut other = None;
         if file || special.is_some() {
             // The file's other names keep it, with the link count (a metadata change) newer.
             // Only an entry that may name a group is decoded.
@@ -63,18 +63,11 @@ impl Fs {
                 (None, Some(raw)) if Entry::link_id_of(raw).is_some() => Entry::decode(raw).ok(),
                 _ => None,
             };
-            let mut survivor = None;
-            if let Some(e) = entry.filter(|e| e.link_id().is_some()) {
-                let id = e.link_id().unwrap_or_default().to_owned();
-                others = view!(self, d, |v| v.link_names(&id)?);
-                others.retain(|n| *n != path);
-                if let Some(first) = others.first() {
-                    let mut meta = self.entry_meta(&e, Kind::File);
-                    meta.ctime = SystemTime::now();
-                    let metadata = Some(meta.to_json(e.metadata.as_ref()));
-                    survivor = Some((first.clone(), Entry { metadata, ..e }));
-                }
-            }
+            let survivor = match &entry {
+                Some(e) => self.survivor(&d, e, &path, &path, SystemTime::now())?,
+                None => None,
+            };
+            other = survivor.as_ref().map(|(p, _)| p.clone());
             let keep = self.keep_parent(&d, &path, None)?;
             let mut ops = vec![if file { Op::Del(&path) } else { Op::DelSpecial(&path) }];
             if let Some((p, e)) = &survivor {
@@ -91,7 +84,7 @@ impl Fs {
                 libc::ENOENT
             }));
         }
-        self.nodes().unlink_name(&path, others.first().map(String::as_str));
+        self.nodes().unlink_name(&path, other.as_deref());
         Ok(())
     }
 
@@ -154,9 +147,8 @@ impl Fs {
                 return Err(Errno(libc::EMLINK));
             }
             // A new name is a change of the file's metadata (its link count): ctime moves.
-            let mut meta = self.entry_meta(&e, kind);
-            meta.ctime = SystemTime::now();
-            let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e };
+            let now = SystemTime::now();
+            let e = self.restamped(Some(&e), kind, |m| m.ctime = now);
             let put = if special { Op::Mknod(&from, &e) } else { Op::Put(&from, &e) };
             self.apply_in(&mut d, &[put, Op::Link(&from, &to)], &[parent_of(&to)])?;
             let linked = match self.find(&d, &from)? {
@@ -255,21 +247,9 @@ impl Fs {
         let now = SystemTime::now();
         let moved = match &src {
             _ if src_pending => None,
-            Found::File(e, _) | Found::Symlink(e) | Found::Special(e) => {
-                let kind = if src_special { Kind::Special(Special::Fifo) } else { Kind::File };
-                let mut meta = self.entry_meta(e, kind);
-                meta.ctime = now;
-                Some(Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e.clone() })
-            }
-            Found::Dir(record) => {
-                let mut meta = match record {
-                    Some(e) => Meta::from_json(e.metadata.as_ref(), self.default_meta(Kind::Dir)),
-                    None => self.default_meta(Kind::Dir),
-                };
-                meta.ctime = now;
-                let old = record.as_ref().and_then(|e| e.metadata.as_ref());
-                Some(Entry { executable: false, linkname: None, blob: None, metadata: Some(meta.to_json(old)) })
-            }
+            Found::File(e, _) | Found::Special(e) => Some(self.restamped(Some(e), Kind::File, |m| m.ctime = now)),
+            Found::Symlink(e) => Some(self.restamped(Some(e), Kind::Symlink, |m| m.ctime = now)),
+            Found::Dir(record) => Some(self.restamped(record.as_ref(), Kind::Dir, |m| m.ctime = now)),
             Found::Nothing => None,
         };
         match (&moved, src_dir) {
@@ -289,22 +269,11 @@ impl Fs {
         }
         // A file put over loses a name: its other names (if any) show the new link count and ctime.
         let survivor = match &dst {
-            Found::File(e, _) | Found::Symlink(e) | Found::Special(e) if e.link_id().is_some() => {
-                let names = view!(self, d, |v| v.link_names(e.link_id().unwrap_or_default())?);
-                match names.into_iter().find(|n| *n != to && *n != from) {
-                    Some(other) => {
-                        let mut meta = self.entry_meta(e, Kind::File);
-                        meta.ctime = now;
-                        let e = Entry { metadata: Some(meta.to_json(e.metadata.as_ref())), ..e.clone() };
-                        Some((other, e, matches!(dst, Found::Special(_))))
-                    }
-                    None => None,
-                }
-            }
+            Found::File(e, _) | Found::Symlink(e) | Found::Special(e) => self.survivor(&d, e, &to, &from, now)?,
             _ => None,
         };
-        if let Some((p, e, special)) = &survivor {
-            ops.push(if *special { Op::Mknod(p, e) } else { Op::Put(p, e) });
+        if let Some((p, e)) = &survivor {
+            ops.push(if matches!(dst, Found::Special(_)) { Op::Mknod(p, e) } else { Op::Put(p, e) });
         }
         let keep = if parent_of(&from) != parent_of(&to) { self.keep_parent(&d, &from, Some(&to))? } else { None };
         if let Some((p, e)) = &keep {
@@ -312,7 +281,7 @@ impl Fs {
         }
         self.apply_in(&mut d, &ops, &[parent_of(&from), parent_of(&to)])?;
         drop(d);
-        self.move_nodes(&from, &to, survivor.as_ref().map(|(p, _, _)| p.as_str()));
+        self.move_nodes(&from, &to, survivor.as_ref().map(|(p, _)| p.as_str()));
         if let Some(e) = moved.filter(|_| !src_dir) {
             let mut nodes = self.nodes();
             if let Some(n) = nodes.by_path.get(&to).copied().and_then(|ino| nodes.map.get_mut(&ino)) {

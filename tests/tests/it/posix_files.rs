@@ -130,7 +130,7 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
     drop((conn, listener));
     fs::remove_file(m.path("live.sock")).expect("unlink the socket");
 
-    // The null device made here is a device: it reads empty, though the mount is nodev.
+    // The mount is nodev: a device node on it is not opened.
     assert_eq!(errno_of(fs::File::open(m.path("null0"))), libc::EACCES, "nodev: a device is not opened");
 
     // Moved, chmodded, removed like files; names stay out of what JS lists.
@@ -139,8 +139,12 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
     assert_eq!(fs::symlink_metadata(m.path("sub/fifo2")).expect("lstat").mode() & 0o7777, 0o600);
     fs::rename(m.path("sub/fifo2"), m.path("fifo")).expect("rename back");
     fs::set_permissions(m.path("fifo"), fs::Permissions::from_mode(0o640)).expect("chmod");
-    let ls = m.ok(&["ls", "-l", "t", "--json"]);
-    assert!(ls.contains("\"fifo\""), "ls shows special files: {ls}");
+    // The CLI tells each kind, and a device's number.
+    let ls: Vec<serde_json::Value> = serde_json::from_str(&m.ok(&["ls", "-l", "t", "--json"])).expect("json");
+    let of = |name: &str| ls.iter().find(|e| e["name"] == name).cloned().unwrap_or_else(|| panic!("{name} listed"));
+    assert_eq!((of("fifo")["type"].as_str(), of("sock")["type"].as_str()), (Some("fifo"), Some("socket")), "{ls:?}");
+    assert_eq!((of("null0")["type"].as_str(), of("null0")["rdev"].as_u64()), (Some("char"), Some(libc::makedev(1, 3))));
+    assert_eq!(of("loop9")["type"].as_str(), Some("block"));
 
     // Kept across a remount.
     remount(&m);
