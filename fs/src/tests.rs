@@ -482,3 +482,14 @@ fn folder_times_recorded_in_bulk_never_wait_on_the_change_that_filled_them() {
     let recorded = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the changes finish");
     assert!(recorded, "the first folders' times were recorded in bulk");
 }
+
+#[test]
+fn a_special_file_is_never_opened_as_a_file() {
+    let t = setup();
+    let fifo = t.fs.mknod(ROOT, "p", libc::S_IFIFO | 0o644, 0, 0, 0).expect("mkfifo");
+    assert_eq!(t.fs.open(fifo.ino, flags::WRONLY).map(|_| ()), Err(Errno(libc::ENXIO)));
+    // A create that finds it (not exclusive) opens nothing either, and writes no file entry.
+    assert_eq!(t.fs.create(ROOT, "p", 0o644, flags::WRONLY, 0, 0).map(|_| ()), Err(Errno(libc::ENXIO)));
+    assert_eq!(t.drive_bytes("/p"), None);
+    assert_eq!(t.fs.lookup(ROOT, "p").expect("lookup").kind, Kind::Special(hyperfs_engine::drive::Special::Fifo));
+}

@@ -13,6 +13,11 @@ impl Fs {
         if kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
         }
+        if matches!(kind, Kind::Special(_)) {
+            // The kernel opens FIFOs, sockets and devices itself; one asked of the drive (a
+            // create that raced a mknod) must not become a file written over its entry.
+            return Err(Errno(libc::ENXIO));
+        }
         if write {
             self.writable()?;
             let file = self.open_file(ino)?;
