@@ -17,6 +17,7 @@ pub mod drive;
 pub mod encoding;
 mod error;
 pub mod fetch;
+pub mod gc;
 pub mod hyperbee;
 pub mod hypercore;
 pub mod recover;

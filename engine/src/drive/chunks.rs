@@ -46,6 +46,7 @@ impl Drive {
             staged: std::collections::HashSet::new(),
             seen: (blobs.fork(), blobs.length()),
             core: *blobs.key(),
+            _pin: store.pin(),
         };
         if feed.done {
             let hashes = first.hash(Some(&*store));
@@ -122,7 +123,7 @@ impl Drive {
         let mut new: Vec<(Hash, u64, Option<Staged>)> = Vec::new();
         for c in prepared.chunks {
             let known = match c.known {
-                Some(i) if same => Some(i),
+                Some(i) if same && self.blobs.has(i) => Some(i),
                 _ if grown => self.blobs.find_block(&c.leaf)?,
                 _ => None,
             };
@@ -132,6 +133,13 @@ impl Drive {
                     i
                 }
                 None => {
+                    // A chunk the snapshot had and the drive no longer has (truncated or
+                    // pruned since) has no staged bytes: the store must still hold them.
+                    if c.staged.is_none() && !self.blobs.store().reuse_block(&c.leaf)? {
+                        return Err(Error::InvalidRequest(
+                            "the drive's history was cut while this file was being written; write it again".into(),
+                        ));
+                    }
                     let i = start_length + new.len() as u64;
                     batch.fresh.insert(c.leaf, i);
                     new.push((c.leaf, c.len, c.staged));
@@ -210,6 +218,8 @@ pub struct PreparedBlob {
     seen: (u64, u64),
     /// The blobs core's key.
     core: CoreKey,
+    /// Blocks the store held when staging are referenced until the commit (see `crate::gc`).
+    _pin: crate::store::Pin,
 }
 
 #[derive(Debug, Clone, Copy)]

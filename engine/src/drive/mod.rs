@@ -20,6 +20,7 @@ pub mod keys;
 pub mod links;
 pub mod meta;
 pub mod path;
+pub mod prune;
 pub mod shared;
 mod view;
 

@@ -59,7 +59,7 @@ fn encode_group<'b, B: AsRef<[u8]>>(
             None => computed[k],
         };
         let leaf = Node { index: 2 * (first + k as u64), size: b.as_ref().len() as u64, hash };
-        let new = !store.contains(Table::Blocks, &leaf.hash)?;
+        let new = !store.reuse_block(&leaf.hash)?;
         let form = || match forms {
             Some(f) => match &f[k] {
                 Some(packed) => stored::Encoded::Packed(packed[..].into()),
@@ -402,6 +402,31 @@ impl Hypercore {
         b.put(Table::Heads, id.to_be_bytes().to_vec(), encode_head(&core.head));
         core.store.write(b)?;
         Ok(core)
+    }
+
+    /// Removes the core of `key` from the store, secret key included: its record, head, tree,
+    /// bitfield, dedup hints and atomic spans, in one durable batch. Its blocks stay until a
+    /// garbage collection finds nothing else holds them. Returns whether the store had it.
+    /// Instances of the core still open must not be used for writing afterwards.
+    pub fn remove(store: &dyn Store, key: &CoreKey) -> Result<bool> {
+        let Some(rec) = store.get(Table::Cores, &key.0)? else {
+            return Ok(false);
+        };
+        let mut d = Decoder::new(&rec);
+        let e = record_err("core");
+        d.uint("version").map_err(&e)?;
+        let id = d.uint("id").map_err(&e)?;
+        let mut b = Batch { sync: true, ..Batch::default() };
+        b.delete(Table::Cores, key.0.to_vec());
+        b.delete(Table::Heads, id.to_be_bytes().to_vec());
+        for t in [Table::Nodes, Table::Bitfield] {
+            b.delete_range(t, node_key(id, 0).to_vec(), node_key(id + 1, 0).to_vec());
+        }
+        b.delete_range(Table::Chunks, chunk_key(id, &[0; 32]).to_vec(), chunk_key(id + 1, &[0; 32]).to_vec());
+        b.delete_range(Table::Meta, atomic_key(id, 0).to_vec(), atomic_key(id + 1, 0).to_vec());
+        b.delete(Table::Meta, conflict_key(id).to_vec());
+        store.write(b)?;
+        Ok(true)
     }
 
     /// Opens the core of `key` if this store has it.
@@ -821,6 +846,8 @@ impl Hypercore {
             return Ok(self.head.length);
         }
         let start = self.head.length;
+        // Blocks found stored are referenced from here to the commit (see `crate::gc`).
+        let _pin = self.store.pin();
         let prepared = stage(&*self.store, blocks, start, hashes, forms, past_cache)?;
         self.commit_staged(start, prepared, atomic)
     }
@@ -1323,8 +1350,9 @@ impl Hypercore {
             applied.truncated_to = Some(ancestors);
         }
         let mut present = None;
+        let _pin = self.store.pin();
         if let Some((index, value, leaf)) = &v.block {
-            if !self.store.contains(Table::Blocks, leaf)? {
+            if !self.store.reuse_block(leaf)? {
                 // Its tag and bytes go to the block log in one vectored write, not joined first.
                 let encoded = stored::encode_parts(value);
                 if let Some(&staged) = self.store.stage_blocks(&[encoded.parts()])?.first() {
@@ -1384,9 +1412,10 @@ impl Hypercore {
             let (mut nodes, mut present, mut indices) = (Vec::new(), Vec::with_capacity(n), Vec::with_capacity(n));
             let mut seen = std::collections::HashSet::with_capacity(n);
             let mut encoded = Vec::new();
+            let _pin = self.store.pin();
             for v in &run {
                 let Some((index, value, leaf)) = &v.block else { continue };
-                if seen.insert(*leaf) && !self.store.contains(Table::Blocks, leaf)? {
+                if seen.insert(*leaf) && !self.store.reuse_block(leaf)? {
                     encoded.push((*leaf, stored::encode_parts(value)));
                 }
                 nodes.extend_from_slice(&v.nodes);

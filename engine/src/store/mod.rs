@@ -185,6 +185,122 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn forget_lost(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether block `key` is stored, asked by a writer that will reference it instead of
+    /// writing its bytes again (under a [`Store::pin`] held until that commit): a garbage
+    /// collection running meanwhile keeps it.
+    fn reuse_block(&self, key: &[u8]) -> Result<bool> {
+        self.contains(Table::Blocks, key)
+    }
+    /// Held from a writer's [`Store::reuse_block`] decisions until its commit: a garbage
+    /// collection waits for the pins older than it before it looks at what is referenced.
+    fn pin(&self) -> Pin {
+        Pin::none()
+    }
+    /// Removes every block `mark` does not find referenced and gives their space back (see
+    /// [`crate::gc`]). `mark` reads the tables as they were at one instant and returns the keys
+    /// of the referenced blocks, sorted.
+    fn collect_garbage(
+        &self,
+        mark: &dyn Fn(&dyn SnapshotRead) -> Result<Vec<crate::crypto::Hash>>,
+    ) -> Result<Collected> {
+        let _ = mark;
+        Err(crate::Error::InvalidRequest("this store does not collect garbage".into()))
+    }
+    /// What the store takes on disk.
+    fn disk_usage(&self) -> Result<DiskUsage> {
+        Ok(DiskUsage::default())
+    }
+}
+
+/// What [`SnapshotRead::each`] calls with each key and value.
+pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
+
+/// The tables as they were at one instant, for [`Store::collect_garbage`]'s mark.
+pub trait SnapshotRead {
+    /// Calls `f` with every pair with `start <= key < end`, in key order.
+    fn each(&self, table: Table, start: &[u8], end: &[u8], f: Visit<'_>) -> Result<()>;
+}
+
+/// What a garbage collection did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collected {
+    /// Blocks referenced by some core, kept.
+    pub blocks_kept: u64,
+    /// Blocks no core referenced, removed.
+    pub blocks_removed: u64,
+    /// Their stored bytes.
+    pub bytes_removed: u64,
+    /// Bytes of the block log given back to the file system.
+    pub bytes_freed: u64,
+}
+
+/// What a store takes on disk, in bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskUsage {
+    /// The block log's allocated space.
+    pub block_log: u64,
+    /// The stored bytes of the blocks the index holds (the rest of the log is garbage, or
+    /// space allocated ahead).
+    pub blocks: u64,
+    /// The database's files (index, trees, bitfields).
+    pub database: u64,
+}
+
+/// Two counts of holders, one per epoch: [`Gate::wait_older`] waits until every holder that
+/// came before it has let go, while newer ones come and go (no writer starves it, and it
+/// starves no writer).
+#[derive(Debug, Default)]
+pub struct Gate {
+    epoch: std::sync::atomic::AtomicUsize,
+    held: [std::sync::atomic::AtomicUsize; 2],
+}
+
+impl Gate {
+    /// One more holder, counted in the current epoch.
+    pub fn enter(self: &std::sync::Arc<Self>) -> Pin {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let e = self.epoch.load(SeqCst);
+            self.held[e & 1].fetch_add(1, SeqCst);
+            if self.epoch.load(SeqCst) == e {
+                return Pin(Some((self.clone(), e & 1)));
+            }
+            // The epoch moved between the two loads: counted in the new one instead.
+            self.held[e & 1].fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Starts a new epoch and waits until every holder of the one before has let go. One
+    /// caller at a time.
+    pub fn wait_older(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let old = self.epoch.fetch_add(1, SeqCst) & 1;
+        while self.held[old].load(SeqCst) > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+/// A holder of a [`Gate`] (or of nothing), let go when dropped.
+#[derive(Debug)]
+#[must_use]
+pub struct Pin(Option<(std::sync::Arc<Gate>, usize)>);
+
+impl Pin {
+    /// A pin of nothing, for stores that need none.
+    pub fn none() -> Pin {
+        Pin(None)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some((gate, slot)) = &self.0 {
+            gate.held[*slot].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// Checks or records the format version of a store.

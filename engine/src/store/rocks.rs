@@ -34,7 +34,7 @@ use rocksdb::{
     SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
-use super::{Batch, Op, Staged, Store, Table};
+use super::{Batch, Collected, DiskUsage, Gate, Op, Pin, SnapshotRead, Staged, Store, Table};
 use crate::{Error, Result};
 
 #[derive(Debug)]
@@ -57,6 +57,14 @@ pub struct RocksStore {
     /// The block log opened for direct I/O, for streamed writes ([`Store::stage_streamed`]);
     /// `None` when the file system refuses it.
     direct: Option<File>,
+    /// Held by readers of the block log (from the index look-up to the read) and by writers
+    /// from their [`Store::reuse_block`] decisions to their commit ([`Store::pin`]).
+    gate: std::sync::Arc<Gate>,
+    /// Garbage collection: one at a time, and while one runs the blocks writers decided to
+    /// reuse ([`Store::reuse_block`]), which it keeps.
+    collecting: Mutex<()>,
+    reused: Mutex<Option<std::collections::HashSet<Vec<u8>>>>,
+    tracking: std::sync::atomic::AtomicBool,
 }
 
 /// What the block log's writer keeps between writes.
@@ -133,6 +141,10 @@ impl RocksStore {
             reserved: AtomicU64::new(0),
             writing: Mutex::new(Writing::default()),
             direct: open_direct(&log_path),
+            gate: Default::default(),
+            collecting: Mutex::new(()),
+            reused: Mutex::new(None),
+            tracking: Default::default(),
         };
         super::check_format(&store, path, fresh)?;
         let tail = match store.db.get_cf(store.cf(Table::Meta)?, TAIL_KEY).map_err(|e| store.err(e))? {
@@ -241,6 +253,7 @@ fn classify(path: &Path, e: rocksdb::Error) -> Error {
 
 impl Store for RocksStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _reading = (table == Table::Blocks).then(|| self.gate.enter());
         let v = self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))?;
         match (table, v) {
             (Table::Blocks, Some(place)) => self.read_log(&place).map(Some),
@@ -323,6 +336,7 @@ impl Store for RocksStore {
     }
 
     fn read_block_into(&self, key: &[u8], bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<Option<usize>> {
+        let _reading = self.gate.enter();
         let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
@@ -361,6 +375,7 @@ impl Store for RocksStore {
     }
 
     fn read_block_range(&self, key: &[u8], stored_len: usize, at: usize, out: &mut [u8]) -> Result<Option<usize>> {
+        let _reading = self.gate.enter();
         let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
@@ -454,7 +469,10 @@ impl Store for RocksStore {
         let blocks = self.cf(Table::Blocks)?;
         let mut wb = WriteBatch::default();
         let mut found = 0usize;
-        for item in self.db.iterator_cf(blocks, IteratorMode::Start) {
+        let mut ro = rocksdb::ReadOptions::default();
+        // The blocks table is hashed by key prefix: a scan across prefixes needs total order.
+        ro.set_total_order_seek(true);
+        for item in self.db.iterator_cf_opt(blocks, ro, IteratorMode::Start) {
             let (k, place) = item.map_err(|e| self.err(e))?;
             let (offset, len) = self.place(&place)?;
             if offset + len as u64 <= from {
@@ -488,6 +506,188 @@ impl Store for RocksStore {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))
+    }
+
+    fn reuse_block(&self, key: &[u8]) -> Result<bool> {
+        if !self.tracking.load(Ordering::SeqCst) {
+            return self.contains(Table::Blocks, key);
+        }
+        // Looked up and noted in one step, so a collection's sweep (which takes the set under
+        // this lock) either sees the note or ran before the look-up and removed the block.
+        let mut reused = self.reused.lock().unwrap_or_else(|e| e.into_inner());
+        let there = self.contains(Table::Blocks, key)?;
+        if let Some(r) = reused.as_mut().filter(|_| there) {
+            r.insert(key.to_vec());
+        }
+        Ok(there)
+    }
+
+    fn pin(&self) -> Pin {
+        self.gate.enter()
+    }
+
+    /// Mark and sweep, beside readers and writers:
+    /// 1. note every block writers decide to reuse from now on, and wait for the writers that
+    ///    decided before (their pins) to commit;
+    /// 2. mark: the blocks referenced in a snapshot of the tables;
+    /// 3. sweep: drop the index entries of the others (unless noted in 1, or moved since) in
+    ///    one durable batch;
+    /// 4. wait for the readers that may have looked up a dropped entry before it went, then
+    ///    punch holes in the block log where only dropped blocks lay (whole pages only: a page
+    ///    shared with a live block or a staged one stays).
+    ///
+    /// A crash anywhere leaves a consistent store: before 3 nothing changed; after it the
+    /// dropped blocks are unreferenced bytes, given back by the punch or, if the crash came
+    /// first, left as garbage.
+    fn collect_garbage(
+        &self,
+        mark: &dyn Fn(&dyn SnapshotRead) -> Result<Vec<crate::crypto::Hash>>,
+    ) -> Result<Collected> {
+        let _one = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        *self.reused.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
+        self.tracking.store(true, Ordering::SeqCst);
+        let result = self.collect_tracked(mark);
+        self.tracking.store(false, Ordering::SeqCst);
+        *self.reused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        result
+    }
+
+    fn disk_usage(&self) -> Result<DiskUsage> {
+        use std::os::unix::fs::MetadataExt;
+        let log = self.log.metadata().map_err(|e| Error::io(LOG_NAME, e))?.blocks() * 512;
+        let mut blocks = 0u64;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_total_order_seek(true);
+        for item in self.db.iterator_cf_opt(self.cf(Table::Blocks)?, ro, IteratorMode::Start) {
+            let (_, place) = item.map_err(|e| self.err(e))?;
+            blocks += self.place(&place)?.1 as u64;
+        }
+        let mut database = 0u64;
+        let entries = std::fs::read_dir(&self.path).map_err(|e| Error::io(self.path.display().to_string(), e))?;
+        for entry in entries.flatten() {
+            if entry.file_name() != LOG_NAME {
+                database += entry.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+            }
+        }
+        Ok(DiskUsage { block_log: log, blocks, database })
+    }
+}
+
+/// A RocksDB snapshot as [`SnapshotRead`].
+struct Snap<'a> {
+    store: &'a RocksStore,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl SnapshotRead for Snap<'_> {
+    fn each(&self, table: Table, start: &[u8], end: &[u8], f: super::Visit<'_>) -> Result<()> {
+        let mut ro = rocksdb::ReadOptions::default();
+        // The blocks table is hashed by key prefix: a scan across prefixes needs total order.
+        ro.set_total_order_seek(true);
+        let it = self.snap.iterator_cf_opt(self.store.cf(table)?, ro, IteratorMode::From(start, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(|e| self.store.err(e))?;
+            if &*k >= end {
+                break;
+            }
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+}
+
+impl RocksStore {
+    /// [`Store::collect_garbage`] once reuse decisions are being noted.
+    fn collect_tracked(
+        &self,
+        mark: &dyn Fn(&dyn SnapshotRead) -> Result<Vec<crate::crypto::Hash>>,
+    ) -> Result<Collected> {
+        self.gate.wait_older();
+        let snap = Snap { store: self, snap: self.db.snapshot() };
+        let live = mark(&snap)?;
+        // The index at the same instant, merged with the sorted referenced keys.
+        let mut dead: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut kept = 0u64;
+        let mut next = live.iter().peekable();
+        snap.each(Table::Blocks, &[], &[0xff; 33], &mut |k, place| {
+            while next.peek().is_some_and(|l| l.as_slice() < k) {
+                next.next();
+            }
+            if next.peek().is_some_and(|l| l.as_slice() == k) {
+                kept += 1;
+            } else {
+                dead.push((k.to_vec(), place.to_vec()));
+            }
+            Ok(())
+        })?;
+        drop(snap);
+        let mut out = Collected { blocks_kept: kept, ..Collected::default() };
+        let mut freed: Vec<(u64, u64)> = Vec::new();
+        {
+            let reused = self.reused.lock().unwrap_or_else(|e| e.into_inner());
+            let noted = reused.as_ref();
+            // Under the tail: no commit lands between the check of an entry and its removal.
+            let _tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            let blocks = self.cf(Table::Blocks)?;
+            let mut wb = WriteBatch::default();
+            for (k, place) in &dead {
+                if noted.is_some_and(|n| n.contains(k)) {
+                    out.blocks_kept += 1;
+                    continue;
+                }
+                let now = self.db.get_pinned_cf(blocks, k).map_err(|e| self.err(e))?;
+                if now.as_deref() != Some(place.as_slice()) {
+                    continue;
+                }
+                let (offset, len) = self.place(place)?;
+                wb.delete_cf(blocks, k);
+                freed.push((offset, offset + len as u64));
+                out.blocks_removed += 1;
+                out.bytes_removed += len as u64;
+            }
+            if out.blocks_removed > 0 {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+            }
+        }
+        if freed.is_empty() {
+            return Ok(out);
+        }
+        // Readers that found a removed entry before it went have read it once these are done.
+        self.gate.wait_older();
+        freed.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (from, to) in freed {
+            match runs.last_mut() {
+                Some(last) if from == last.1 => last.1 = to,
+                _ => runs.push((from, to)),
+            }
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.log);
+        for (from, to) in runs {
+            let (from, to) = (from.next_multiple_of(PAGE), to / PAGE * PAGE);
+            if to <= from {
+                continue;
+            }
+            // SAFETY: fallocate on our own descriptor; it frees only the given range, which no
+            // index entry points into any more.
+            let r = unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    from as libc::off_t,
+                    (to - from) as libc::off_t,
+                )
+            };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(error = %e, "{LOG_NAME}: the file system gives no space back (hole punching)");
+                break;
+            }
+            out.bytes_freed += to - from;
+        }
+        Ok(out)
     }
 }
 
