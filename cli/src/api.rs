@@ -30,6 +30,23 @@ pub enum Request {
         name: Option<String>,
     },
     Drives,
+    /// Removes a drive or a replica (an own drive only with `yes`).
+    DrivesRm {
+        drive: String,
+        yes: bool,
+    },
+    /// Collects the store's garbage now.
+    Gc,
+    /// Clears the contents only older versions of a drive hold.
+    Prune {
+        drive: String,
+        keep_last: u64,
+        dry_run: bool,
+    },
+    /// What the store and each drive take on disk.
+    Du {
+        drive: Option<String>,
+    },
     Put {
         drive: String,
         path: String,
@@ -379,6 +396,71 @@ pub struct Sharing {
     pub key: String,
     pub link: String,
     pub address: String,
+}
+
+/// The reply of `drives rm`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Removed {
+    pub name: Option<String>,
+    pub key: String,
+    /// Whether it was a drive this node wrote (its secret went with it).
+    pub own: bool,
+}
+
+/// The reply of `gc`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collected {
+    pub blocks_kept: u64,
+    pub blocks_removed: u64,
+    /// Stored bytes of the blocks removed.
+    pub bytes_removed: u64,
+    /// Bytes of the block log given back to the file system.
+    pub bytes_freed: u64,
+    pub seconds: f64,
+}
+
+/// The reply of `prune`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pruned {
+    pub version: u64,
+    pub kept_from: u64,
+    pub versions_kept: u64,
+    pub blocks_cleared: u64,
+    pub bytes_cleared: u64,
+    pub dry_run: bool,
+}
+
+/// The reply of `du`: bytes on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// The block log's allocated space.
+    pub block_log: u64,
+    /// Stored bytes of the blocks the index holds.
+    pub blocks: u64,
+    /// The block log's space that no block uses (garbage, or space allocated ahead).
+    pub unused: u64,
+    /// The database (index, trees, bitfields).
+    pub database: u64,
+    /// Everything.
+    pub total: u64,
+    pub drives: Vec<DriveUsage>,
+}
+
+/// One drive's part of `du`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriveUsage {
+    pub name: Option<String>,
+    pub key: String,
+    pub own: bool,
+    /// Blocks held locally, and their bytes before compression (blocks shared with other
+    /// drives count in each).
+    pub blocks: u64,
+    pub bytes: u64,
 }
 
 /// A reply that says only that it was done.

@@ -82,8 +82,50 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List this node's drives.
+    /// List this node's drives, or remove one.
+    ///
+    /// Examples:
+    ///   hyperfs drives
+    ///   hyperfs drives rm old-replica
+    #[command(verbatim_doc_comment)]
     Drives {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: Option<DrivesCommand>,
+    },
+    /// Give back the space of blocks no drive holds any more (after `rm`, `prune`, `truncate`,
+    /// `drives rm`). Safe while drives are mounted, written and shared.
+    Gc {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear the contents that only older versions of a drive of yours hold; `gc` then gives
+    /// their space back. The history (the signed tree) stays: the drive still verifies, and a
+    /// checkout of a pruned version reads what peers still have.
+    ///
+    /// Example:
+    ///   hyperfs prune photos --keep-last 10 --dry-run
+    #[command(verbatim_doc_comment)]
+    Prune {
+        /// The drive.
+        drive: String,
+        /// Keep the contents of the last N versions (the current one is always kept).
+        #[arg(long, value_name = "N")]
+        keep_last: u64,
+        /// Only show what would be cleared.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the store and each drive take on disk.
+    Du {
+        /// Only this drive.
+        drive: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -418,6 +460,22 @@ pub(crate) enum Command {
         dir: PathBuf,
         /// The mount's id in /proc/self/mountinfo.
         mount_id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DrivesCommand {
+    /// Remove a drive from this node: a replica, or (with --yes) a drive you write, whose
+    /// secret key goes with it. Its space comes back at the next `gc`.
+    Rm {
+        /// The drive's name or key.
+        drive: String,
+        /// Confirm the removal of a drive you write: nobody can write it again.
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

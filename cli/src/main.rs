@@ -24,7 +24,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use api::Request;
-use args::{BeeCommand, Cli, Command, CoreCommand, KeysCommand};
+use args::{BeeCommand, Cli, Command, CoreCommand, DrivesCommand, KeysCommand};
+use client::human_bytes;
 use hyperfs_engine::drive::printable;
 use serde_json::Value;
 
@@ -84,7 +85,70 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Drives { json } => dir().and_then(|d| {
+        Command::Drives { cmd: Some(DrivesCommand::Rm { ref drive, yes, json }), .. } => dir().and_then(|d| {
+            let r: api::Removed = client::call(&d, &Request::DrivesRm { drive: drive.clone(), yes }, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                let what = if r.own { "drive" } else { "replica" };
+                println!("removed {what} {} ({}); `hyperfs gc` gives its space back", r.name.unwrap_or_default(), r.key);
+            }
+            Ok(())
+        }),
+        Command::Gc { json } => dir().and_then(|d| {
+            let r: api::Collected = client::call(&d, &Request::Gc, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "removed {} blocks ({}), gave back {} of the block log; {} blocks kept ({:.1} s)",
+                    r.blocks_removed,
+                    human_bytes(r.bytes_removed),
+                    human_bytes(r.bytes_freed),
+                    r.blocks_kept,
+                    r.seconds
+                );
+            }
+            Ok(())
+        }),
+        Command::Prune { ref drive, keep_last, dry_run, json } => dir().and_then(|d| {
+            let req = Request::Prune { drive: drive.clone(), keep_last, dry_run };
+            let r: api::Pruned = client::call(&d, &req, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                let verb = if r.dry_run { "would clear" } else { "cleared" };
+                println!(
+                    "{verb} {} blocks ({}) that only versions before {} hold; kept {} versions",
+                    r.blocks_cleared,
+                    human_bytes(r.bytes_cleared),
+                    r.kept_from,
+                    r.versions_kept
+                );
+            }
+            Ok(())
+        }),
+        Command::Du { ref drive, json } => dir().and_then(|d| {
+            let r: api::Usage = client::call(&d, &Request::Du { drive: drive.clone() }, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                for u in &r.drives {
+                    let name = u.name.clone().unwrap_or_else(|| u.key.clone());
+                    let own = if u.own { "own" } else { "replica" };
+                    println!("{}\t{own}\t{} blocks\t{}", name, u.blocks, human_bytes(u.bytes));
+                }
+                println!(
+                    "store\t{} on disk: blocks {}, unused log space {}, database {}",
+                    human_bytes(r.total),
+                    human_bytes(r.blocks),
+                    human_bytes(r.unused),
+                    human_bytes(r.database)
+                );
+            }
+            Ok(())
+        }),
+        Command::Drives { json, cmd: None } => dir().and_then(|d| {
             let r: Vec<api::DriveListing> = client::call(&d, &Request::Drives, true)?;
             if json {
                 print_json(&r);

@@ -254,6 +254,19 @@ impl Net {
         slot
     }
 
+    /// Stops replicating the drive of cores `db` and `blobs` (before its removal from the
+    /// store): its channels close, its topic is left and nothing of it is offered or followed.
+    pub fn drop_replica(&self, db: &CoreKey, blobs: &CoreKey) {
+        let keys = [*db, *blobs];
+        lock(&self.slots).retain(|c| !keys.contains(&c.key));
+        lock(&self.offer.0).retain(|c| !keys.contains(&c.key()));
+        lock(&self.replicas).retain(|f| f.0.key() != db);
+        for k in &keys {
+            self.endpoint.close(k);
+        }
+        self.swarm.leave(db);
+    }
+
     /// A sparse replica core becomes a full one: everything it lacks is downloaded from now on.
     pub fn set_full(&self, key: &CoreKey) {
         if self.slot(key).is_some_and(|s| !s.full.swap(true, std::sync::atomic::Ordering::SeqCst)) {

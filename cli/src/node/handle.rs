@@ -38,6 +38,35 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                     .collect::<Vec<_>>(),
             )
         }
+        Request::DrivesRm { drive, yes } => reply(remove_drive(state, drive, *yes)?),
+        Request::Gc => {
+            let started = std::time::Instant::now();
+            let c = hyperfs_engine::gc::collect(&*state.store)?;
+            reply(api::Collected {
+                blocks_kept: c.blocks_kept,
+                blocks_removed: c.blocks_removed,
+                bytes_removed: c.bytes_removed,
+                bytes_freed: c.bytes_freed,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Request::Prune { drive: which, keep_last, dry_run } => {
+            let drive = open_drive(state, which)?;
+            let mut d = drive.write();
+            if !d.db().core().writable() {
+                bail!("{which} is a replica: prune clears history of drives you write (`drives rm` removes a replica)");
+            }
+            let p = d.prune(*keep_last, *dry_run)?;
+            reply(api::Pruned {
+                version: d.version(),
+                kept_from: p.kept_from,
+                versions_kept: p.versions_kept,
+                blocks_cleared: p.blocks_cleared,
+                bytes_cleared: p.bytes_cleared,
+                dry_run: *dry_run,
+            })
+        }
+        Request::Du { drive } => reply(usage(state, drive.as_deref())?),
         Request::Put { drive, path, file } => {
             let drive = open_drive(state, drive)?;
             let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;

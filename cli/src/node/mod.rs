@@ -419,12 +419,109 @@ fn create(state: &State, name: Option<&str>) -> Result<api::Named> {
         None => (1..).map(|i| format!("drive-{i}")).find(|n| !names.contains_key(n)).expect("an unused name"),
     };
     let kp = keys::drive_key_pair(&state.primary, Some(&name));
+    let removed: BTreeSet<String> = read_json(&state.dir, "removed.json")?;
+    if removed.contains(&hex::encode(kp.public_key())) {
+        bail!("a drive named {name:?} was removed: its key cannot be used again (readers hold its history); pick another name");
+    }
     let drive = Drive::create(state.store.clone(), kp)?;
     let key = *drive.key();
     names.insert(name.clone(), hex::encode(key));
     write_names(&state.dir, &names)?;
     state.drives.lock().unwrap_or_else(|e| e.into_inner()).insert(key, SharedDrive::new(drive));
     Ok(api::Named { name, key: hex::encode(key), link: Some(format!("hyper://{}", z32_encode(&key.0))) })
+}
+
+/// Removes a drive or a replica from the node and its store (`drives rm`): it must not be
+/// mounted; it stops being shared or followed, its name goes, and a drive of ours is
+/// remembered as removed so that its name never makes its key again (a new history under the
+/// old key would be a fork of the one peers hold).
+fn remove_drive(state: &State, which: &str, yes: bool) -> Result<api::Removed> {
+    let key = drive_key(state, which)?;
+    let mounted = mounts_of(state, &key);
+    if let Some(m) = mounted.first() {
+        bail!("{which} is mounted at {}: unmount it first", m.dir.display());
+    }
+    let store: Arc<dyn Store> = state.store.clone();
+    let drive = match state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned() {
+        Some(d) => d,
+        None => match Drive::open(store.clone(), &key)? {
+            Some(d) => SharedDrive::new(d),
+            None => bail!("no drive {which} on this node"),
+        },
+    };
+    let (own, signer, blobs) = {
+        let d = drive.snapshot();
+        let signer = d.db().core().key_pair().map(|kp| hex::encode(kp.public_key()));
+        (d.db().core().writable(), signer, *d.blobs().key())
+    };
+    if own && !yes {
+        bail!(
+            "{which} is a drive you write: removing it deletes its secret key, and nobody can write it again \
+             (its readers keep what they have). Run again with --yes to remove it"
+        );
+    }
+    if let Some(n) = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        n.unshare(&drive);
+        n.drop_replica(&key, &blobs);
+    }
+    remember_share(state, &key, None)?;
+    {
+        let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = read_replicas(&state.dir)?;
+        if all.remove(&hex::encode(key)).is_some() {
+            write_json(&state.dir, "replicas.json", &all)?;
+        }
+    }
+    state.drives.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    drop(drive);
+    if let Some(signer) = signer {
+        // By the signing key: the name derives it again, whatever the key of the core.
+        let mut removed: BTreeSet<String> = read_json(&state.dir, "removed.json")?;
+        removed.insert(signer);
+        write_json(&state.dir, "removed.json", &removed)?;
+    }
+    Drive::remove(&store, &key)?;
+    let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
+    let name = local_name(&names, &key);
+    names.retain(|_, k| *k != hex::encode(key));
+    write_names(&state.dir, &names)?;
+    tracing::info!(drive = %log_id(&hex::encode(key)), own, "drive removed");
+    Ok(api::Removed { name, key: hex::encode(key), own })
+}
+
+/// What the store and its drives take on disk (`du`).
+fn usage(state: &State, only: Option<&str>) -> Result<api::Usage> {
+    let du = state.store.disk_usage()?;
+    let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let keys: Vec<CoreKey> = match only {
+        Some(which) => vec![drive_key(state, which)?],
+        None => names.values().filter_map(|k| crate::local::parse_key(k).ok()).collect(),
+    };
+    let mut drives = Vec::new();
+    for key in keys {
+        let drive = match open_drive(state, &hex::encode(key)) {
+            Ok(d) => d,
+            Err(e) if only.is_some() => return Err(e),
+            Err(_) => continue,
+        };
+        let d = drive.snapshot();
+        let (db, blobs) = (d.db().core(), d.blobs());
+        drives.push(api::DriveUsage {
+            name: local_name(&names, &key),
+            key: hex::encode(key),
+            own: db.writable(),
+            blocks: db.local_blocks() + blobs.local_blocks(),
+            bytes: db.local_bytes()? + blobs.local_bytes()?,
+        });
+    }
+    Ok(api::Usage {
+        block_log: du.block_log,
+        blocks: du.blocks,
+        unused: du.block_log.saturating_sub(du.blocks),
+        database: du.database,
+        total: du.block_log + du.database,
+        drives,
+    })
 }
 
 /// The local name of the drive with `key`, if it has one.

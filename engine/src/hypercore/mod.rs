@@ -699,6 +699,18 @@ impl Hypercore {
         self.bitfield.next(from, end.min(self.head.length), stored)
     }
 
+    /// Bytes of the blocks stored locally (their length as blocks, before compression).
+    pub fn local_bytes(&self) -> Result<u64> {
+        let (mut total, mut from) = (0u64, 0u64);
+        while let Some(start) = self.next_local(from, self.head.length, true) {
+            let end = self.next_local(start, self.head.length, false).unwrap_or(self.head.length);
+            let end_byte = if end == self.head.length { self.head.byte_length } else { self.byte_offset(end)? };
+            total += end_byte.saturating_sub(self.byte_offset(start)?);
+            from = end;
+        }
+        Ok(total)
+    }
+
     /// Number of blocks stored locally.
     pub fn local_blocks(&self) -> u64 {
         self.bitfield.count(self.head.length)

@@ -7,6 +7,7 @@ mod core_interop;
 mod crash;
 mod drive_dedup;
 mod drive_interop;
+mod gc_cli;
 mod keys_cli;
 mod mirror_cli;
 mod mount_stress;

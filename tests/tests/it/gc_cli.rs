@@ -1,0 +1,119 @@
+//! Storage that gives space back, through the command line and a real store: a removed file's
+//! history pruned and collected, a drive removed and its blocks collected while another drive
+//! keeps the blocks they share.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use hyperfs_tests::{hyperfs_in, hyperfs_in_ok, hyperfs_json, pseudo_random, StopNode};
+
+/// Bytes a directory takes on disk (allocated blocks, as `du` counts them).
+fn disk_use(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let md = entry.metadata().expect("metadata");
+        total += if md.is_dir() { disk_use(&entry.path()) } else { md.blocks() * 512 };
+    }
+    total
+}
+
+/// A file of `mib` MiB of pseudo-random bytes (incompressible), written a MiB at a time.
+fn random_file(path: &Path, mib: u64, seed: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for i in 0..mib {
+        f.write_all(&pseudo_random(1 << 20, seed * 10_000 + i)).expect("write");
+    }
+    f.flush().expect("flush");
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_removed_file_pruned_and_collected_gives_its_space_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let _stop = StopNode(dir.clone());
+    hyperfs_in_ok(&dir, &["create", "--name", "t"]);
+    let keep = tmp.path().join("keep.bin");
+    random_file(&keep, 3, 1);
+    std::fs::write(tmp.path().join("note.txt"), b"a note that stays").expect("write");
+    hyperfs_in_ok(&dir, &["put", keep.to_str().expect("utf-8"), "t:/keep.bin"]);
+    hyperfs_in_ok(&dir, &["put", tmp.path().join("note.txt").to_str().expect("utf-8"), "t:/note.txt"]);
+    hyperfs_in_ok(&dir, &["stop"]);
+    let before = disk_use(&dir);
+
+    let big = tmp.path().join("big.bin");
+    random_file(&big, 256, 2);
+    hyperfs_in_ok(&dir, &["put", big.to_str().expect("utf-8"), "t:/big.bin"]);
+    std::fs::remove_file(&big).expect("rm");
+    hyperfs_in_ok(&dir, &["rm", "t:/big.bin"]);
+    // Removing the name alone frees nothing: older versions still hold the file.
+    let first = hyperfs_json(&dir, &["gc", "--json"]);
+    assert_eq!(first["blocksRemoved"], 0, "{first}");
+
+    let dry = hyperfs_json(&dir, &["prune", "t", "--keep-last", "1", "--dry-run", "--json"]);
+    assert!(dry["bytesCleared"].as_u64().expect("bytes") >= 256 * MIB, "{dry}");
+    let pruned = hyperfs_json(&dir, &["prune", "t", "--keep-last", "1", "--json"]);
+    assert_eq!(pruned["bytesCleared"], dry["bytesCleared"], "the dry run told what goes: {pruned}");
+    let du = hyperfs_json(&dir, &["du", "--json"]);
+    assert!(du["unused"].as_u64().expect("unused") < 8 * MIB, "nothing is garbage before gc runs: {du}");
+    let gc = hyperfs_json(&dir, &["gc", "--json"]);
+    assert!(gc["bytesRemoved"].as_u64().expect("bytes") >= 256 * MIB, "{gc}");
+    assert!(gc["bytesFreed"].as_u64().expect("bytes") >= 255 * MIB, "{gc}");
+
+    // The drive verifies, its other files read back, and a second collection finds nothing.
+    assert!(hyperfs_in_ok(&dir, &["verify", "t"]).contains("verifies"));
+    let got = hyperfs_in(&dir, &["cat", "t:/keep.bin"]);
+    assert!(got.status.success() && got.stdout == std::fs::read(&keep).expect("read"), "keep.bin reads back");
+    assert_eq!(hyperfs_in_ok(&dir, &["cat", "t:/note.txt"]), "a note that stays");
+    assert_eq!(hyperfs_json(&dir, &["gc", "--json"])["blocksRemoved"], 0);
+    let du = hyperfs_json(&dir, &["du", "t", "--json"]);
+    let t = &du["drives"][0];
+    assert!(t["own"] == true && t["bytes"].as_u64().expect("bytes") < 4 * MIB, "{du}");
+
+    hyperfs_in_ok(&dir, &["stop"]);
+    let after = disk_use(&dir);
+    assert!(after < before + 32 * MIB, "the data directory is back within 32 MiB: {before} → {after}");
+    // And the store opens again with all of it.
+    assert!(hyperfs_in_ok(&dir, &["verify", "t"]).contains("verifies"));
+}
+
+#[test]
+fn a_removed_drive_goes_and_what_it_shared_with_another_stays() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let _stop = StopNode(dir.clone());
+    for name in ["a", "b"] {
+        hyperfs_in_ok(&dir, &["create", "--name", name]);
+    }
+    let (shared, own) = (tmp.path().join("shared.bin"), tmp.path().join("own.bin"));
+    random_file(&shared, 8, 3);
+    random_file(&own, 4, 4);
+    let s = shared.to_str().expect("utf-8");
+    hyperfs_in_ok(&dir, &["put", s, "a:/shared.bin"]);
+    hyperfs_in_ok(&dir, &["put", own.to_str().expect("utf-8"), "a:/own.bin"]);
+    hyperfs_in_ok(&dir, &["put", s, "b:/shared.bin"]);
+
+    // A drive of yours goes only when asked twice: its secret key goes with it.
+    let refused = hyperfs_in(&dir, &["drives", "rm", "a"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "the refusal says how");
+    assert!(hyperfs_in_ok(&dir, &["drives"]).lines().any(|l| l.starts_with("a\t")), "still there");
+    let removed = hyperfs_json(&dir, &["drives", "rm", "a", "--yes", "--json"]);
+    assert_eq!((removed["name"].as_str(), removed["own"].as_bool()), (Some("a"), Some(true)));
+    assert!(!hyperfs_in_ok(&dir, &["drives"]).lines().any(|l| l.starts_with("a\t")), "gone from the list");
+    assert!(!hyperfs_in(&dir, &["ls", "a"]).status.success(), "and from the node");
+
+    let gc = hyperfs_json(&dir, &["gc", "--json"]);
+    let bytes = gc["bytesRemoved"].as_u64().expect("bytes");
+    assert!((4 * MIB..5 * MIB).contains(&bytes), "only what a alone held goes: {gc}");
+    let got = hyperfs_in(&dir, &["cat", "b:/shared.bin"]);
+    assert!(got.status.success() && got.stdout == std::fs::read(&shared).expect("read"), "b keeps the shared file");
+    assert!(hyperfs_in_ok(&dir, &["verify", "b"]).contains("verifies"));
+
+    // The removed drive's name never makes its key again: a new history under it would fork
+    // the one its readers hold.
+    let again = hyperfs_in(&dir, &["create", "--name", "a"]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("was removed"));
+}
