@@ -141,3 +141,46 @@ fn a_node_whose_block_log_lost_its_tail_starts_and_rolls_back() {
     assert_eq!(hyperfs_in(&dir, &["cat", "d:/big.bin"]).stdout.len(), 16 << 20);
     hyperfs_in_ok(&dir, &["stop"]);
 }
+
+/// Garbage collection killed at random moments (it runs without pause beside appends and
+/// truncations of three cores sharing blocks): the store reopens, and every block each core
+/// holds is there and verifies. `HYPERFS_GC_KILLS` sets the count (default 100).
+#[test]
+fn sigkill_during_garbage_collection_loses_no_block_a_core_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = rand::thread_rng();
+    let kills = std::env::var("HYPERFS_GC_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let mut rounds_seen = 0usize;
+    for kill in 0..kills {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gc-loop"))
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the collector");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // Killed after some changes, at a random moment of the collection running beside them.
+        let changes = rng.gen_range(5..60);
+        for _ in 0..changes {
+            match lines.next() {
+                Some(Ok(_)) => rounds_seen += 1,
+                other => panic!("kill {kill}: the victim stopped on its own: {other:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_micros(rng.gen_range(0..20_000)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+
+        let store = Arc::new(RocksStore::open(dir.path()).expect("reopen after SIGKILL"));
+        let store: Arc<dyn hyperfs_engine::store::Store> = store;
+        hyperfs_engine::recover::recover(&store).expect("recover");
+        for seed in [51u8, 52, 53] {
+            let core = Hypercore::create(store.clone(), KeyPair::from_seed(&[seed; 32]), false).expect("core");
+            let bad = core.verify_local().expect("head and tree verify");
+            assert!(bad.is_empty(), "kill {kill}: core {seed} lost blocks {bad:?}");
+            for i in 0..core.length() {
+                core.get(i).unwrap_or_else(|e| panic!("kill {kill}: core {seed} block {i}: {e}"));
+            }
+        }
+    }
+    assert!(rounds_seen > kills, "the victim made changes between kills");
+}
