@@ -17,6 +17,8 @@ pub struct NetOptions {
     pub bootstrap: Vec<String>,
     pub no_dht: bool,
     pub no_lan: bool,
+    /// The bound of the cache of sparse replicas' blocks, in bytes (remembered).
+    pub cache_size: Option<u64>,
 }
 
 /// One request to the node.
@@ -448,6 +450,8 @@ pub struct Usage {
     /// Everything.
     pub total: u64,
     pub drives: Vec<DriveUsage>,
+    /// The cache of sparse replicas' blocks, while the network runs.
+    pub cache: Option<crate::cache::Use>,
 }
 
 /// One drive's part of `du`.

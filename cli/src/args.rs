@@ -35,6 +35,15 @@ pub(crate) struct NetArgs {
     /// Do not use LAN discovery.
     #[arg(long)]
     pub(crate) no_lan: bool,
+    /// Bound the blocks kept of drives read on demand (sparse replicas; not clones or seeds)
+    /// to SIZE (like 64MiB or 20G; remembered; default a tenth of the disk): least recently
+    /// used blocks go first, and are fetched again when read.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) cache_size: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::cache::parse_size(s).map_err(|e| e.to_string())
 }
 
 impl NetArgs {
@@ -46,6 +55,7 @@ impl NetArgs {
             bootstrap: self.bootstrap.clone(),
             no_dht: self.no_dht,
             no_lan: self.no_lan,
+            cache_size: self.cache_size,
         }
     }
 }

@@ -8,6 +8,7 @@ mod api;
 mod args;
 mod bee;
 mod beneath;
+mod cache;
 mod chunk;
 mod client;
 mod control;
@@ -145,6 +146,9 @@ fn main() -> ExitCode {
                     human_bytes(r.unused),
                     human_bytes(r.database)
                 );
+                if let Some(c) = r.cache {
+                    println!("cache\t{} of {} (drives read on demand)", human_bytes(c.used), human_bytes(c.limit));
+                }
             }
             Ok(())
         }),

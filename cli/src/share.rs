@@ -60,9 +60,9 @@ impl SharedCore for DriveCore {
 /// The network's instance of a replica core: it downloads everything (a clone, a seed) or what
 /// readers ask for (a sparse replica).
 pub struct ReplicaCore {
-    core: Mutex<Hypercore>,
-    key: CoreKey,
-    full: std::sync::atomic::AtomicBool,
+    pub(crate) core: Mutex<Hypercore>,
+    pub(crate) key: CoreKey,
+    pub(crate) full: std::sync::atomic::AtomicBool,
     /// Told when a proof changed the core (a new length, a stored block): the refresher wakes.
     changed: std::sync::mpsc::Sender<()>,
 }
@@ -136,6 +136,9 @@ pub struct Net {
     slots: Mutex<Vec<Arc<ReplicaCore>>>,
     /// What replica cores tell the refresher.
     changed: std::sync::mpsc::Sender<()>,
+    /// The bounded cache of sparse replicas' blocks.
+    pub cache: crate::cache::Cache,
+    store: Arc<dyn hyperfs_engine::store::Store>,
 }
 
 impl Net {
@@ -162,7 +165,7 @@ impl Net {
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
         let endpoint = Arc::new(endpoint);
-        let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store, discovery);
+        let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store.clone(), discovery);
         let (changed, wake) = std::sync::mpsc::channel();
         let net = Arc::new(Net {
             endpoint,
@@ -172,6 +175,8 @@ impl Net {
             replicas: Mutex::new(Vec::new()),
             slots: Mutex::new(Vec::new()),
             changed,
+            cache: crate::cache::Cache::new(dir),
+            store,
         });
         let refresher = Arc::downgrade(&net);
         // Sleeps until a replica core changes: an idle node does nothing here.
@@ -279,6 +284,18 @@ impl Net {
         (self.slot(db), self.slot(blobs))
     }
 
+    /// Sets the cache's limit (remembered); what it holds beyond goes at once.
+    pub fn set_cache_limit(&self, bytes: u64) -> Result<()> {
+        self.cache.set_limit(bytes)?;
+        let _ = self.changed.send(());
+        Ok(())
+    }
+
+    /// The network's instances of the cores of sparse replicas: what the cache holds.
+    pub fn sparse_cores(&self) -> Vec<Arc<ReplicaCore>> {
+        lock(&self.slots).iter().filter(|c| !c.full.load(std::sync::atomic::Ordering::SeqCst)).cloned().collect()
+    }
+
     /// The network's instance of replica core `key`.
     fn slot(&self, key: &CoreKey) -> Option<Arc<ReplicaCore>> {
         lock(&self.slots).iter().find(|c| c.key == *key).cloned()
@@ -313,6 +330,8 @@ impl Net {
     /// and publish it. Only the refresh waits for the drive's owner; readers go on reading the
     /// snapshot before.
     fn refresh_replicas(&self) {
+        // The cache first: what it evicts is then taken in with the rest.
+        self.cache.enforce(&self.sparse_cores(), &*self.store);
         for (drive, cores, seen) in lock(&self.replicas).iter_mut() {
             let now: Vec<CoreState> = cores.iter().map(|c| c.state()).collect();
             if now == *seen {
@@ -387,6 +406,14 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
     fn hint(&self, core: &CoreKey, indices: &[u64]) {
         if let Some((net, missing)) = self.missing(core, indices) {
             net.endpoint.fetch_later(core, &missing);
+        }
+    }
+
+    fn used(&self, core: &CoreKey, index: u64) {
+        if let Ok((net, slot)) = self.parts(core) {
+            if !slot.full.load(std::sync::atomic::Ordering::Relaxed) {
+                net.cache.touch(core, index);
+            }
         }
     }
 

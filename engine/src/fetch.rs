@@ -108,6 +108,12 @@ pub trait Fetch: Send + Sync {
         let _ = (core, indices);
     }
 
+    /// Block `index` of core `core` was read from the local copy (a cache keeps the blocks
+    /// read last). The default does nothing.
+    fn used(&self, core: &CoreKey, index: u64) {
+        let _ = (core, index);
+    }
+
     /// The block of core `core` holding byte `bytes` and the offset inside it, located from a
     /// verified seek proof, for readers whose local tree lacks the nodes to find it.
     fn seek(&self, core: &CoreKey, bytes: u64) -> Result<(u64, u64)> {
@@ -120,7 +126,7 @@ pub trait Fetch: Send + Sync {
 pub fn read_block(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64) -> Result<Vec<u8>> {
     match (blocks.block(index), fetch) {
         (Err(Error::MissingBlock { .. }), Some(f)) => f.fetch(blocks.core_key(), index),
-        (local, _) => local,
+        (local, f) => used(local, f, blocks, index),
     }
 }
 
@@ -138,7 +144,7 @@ pub fn read_block_part(
         (Err(Error::MissingBlock { .. }), Some(f)) => {
             copy_part(index, &f.fetch(blocks.core_key(), index)?, size, from, out)
         }
-        (local, _) => local,
+        (local, f) => used(local, f, blocks, index),
     }
 }
 
@@ -146,6 +152,14 @@ pub fn read_block_part(
 pub fn read_block_into(blocks: &dyn Blocks, fetch: Option<&dyn Fetch>, index: u64, out: &mut [u8]) -> Result<()> {
     match (blocks.block_into(index, out), fetch) {
         (Err(Error::MissingBlock { .. }), Some(f)) => copy_block(index, &f.fetch(blocks.core_key(), index)?, out),
-        (local, _) => local,
+        (local, f) => used(local, f, blocks, index),
     }
+}
+
+/// `local`, a read of the local copy, told to the fetcher when it succeeded.
+fn used<T>(local: Result<T>, fetch: Option<&dyn Fetch>, blocks: &dyn Blocks, index: u64) -> Result<T> {
+    if let (Ok(_), Some(f)) = (&local, fetch) {
+        f.used(blocks.core_key(), index);
+    }
+    local
 }

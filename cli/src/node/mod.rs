@@ -381,6 +381,9 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
                 );
             }
         }
+        if let Some(size) = r.cache_size {
+            n.set_cache_limit(size)?;
+        }
         return Ok(n.clone());
     }
     let asked = !r.bootstrap.is_empty() || r.no_dht || r.no_lan;
@@ -392,6 +395,11 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         read_json(&state.dir, "discovery.json")?
     };
     let n = crate::share::Net::start(&state.dir, listen, &discovery, state.store.clone())?;
+    if let Some(size) = r.cache_size {
+        n.set_cache_limit(size)?;
+    }
+    // A small cache is not to be outgrown by the block log's space allocated ahead.
+    state.store.limit_allocate_ahead(n.cache.limit() / 16);
     *slot = Some(n.clone());
     Ok(n)
 }
@@ -521,6 +529,7 @@ fn usage(state: &State, only: Option<&str>) -> Result<api::Usage> {
         database: du.database,
         total: du.block_log + du.database,
         drives,
+        cache: state.net.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| n.cache.usage(&n.sparse_cores())),
     })
 }
 
@@ -563,6 +572,16 @@ fn read_names(dir: &Path) -> Result<BTreeMap<String, String>> {
 
 fn write_names(dir: &Path, names: &BTreeMap<String, String>) -> Result<()> {
     write_json(dir, "drives.json", names)
+}
+
+/// [`read_json`] for the rest of the binary.
+pub(crate) fn read_state_json<T: serde::de::DeserializeOwned + Default>(dir: &Path, file: &str) -> Result<T> {
+    read_json(dir, file)
+}
+
+/// [`write_json`] for the rest of the binary.
+pub(crate) fn write_state_json(dir: &Path, file: &str, value: &impl serde::Serialize) -> Result<()> {
+    write_json(dir, file, value)
 }
 
 /// Replaces the JSON state file `file` of the data directory ([`write_state`]).

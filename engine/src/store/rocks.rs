@@ -65,6 +65,9 @@ pub struct RocksStore {
     collecting: Mutex<()>,
     reused: Mutex<Option<std::collections::HashSet<Vec<u8>>>>,
     tracking: std::sync::atomic::AtomicBool,
+    /// How far ahead of its end the block log's space is allocated ([`ALLOCATE_AHEAD`] unless
+    /// limited).
+    ahead: AtomicU64,
 }
 
 /// What the block log's writer keeps between writes.
@@ -145,6 +148,7 @@ impl RocksStore {
             collecting: Mutex::new(()),
             reused: Mutex::new(None),
             tracking: Default::default(),
+            ahead: AtomicU64::new(ALLOCATE_AHEAD),
         };
         super::check_format(&store, path, fresh)?;
         let tail = match store.db.get_cf(store.cf(Table::Meta)?, TAIL_KEY).map_err(|e| store.err(e))? {
@@ -193,6 +197,12 @@ impl RocksStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Allocates the block log's space at most `bytes` ahead of its end (a node whose disk use
+    /// is bounded keeps the space allocated ahead small beside the bound).
+    pub fn limit_allocate_ahead(&self, bytes: u64) {
+        self.ahead.fetch_min(bytes, Ordering::Relaxed);
     }
 
     fn cf(&self, t: Table) -> Result<&rocksdb::ColumnFamily> {
@@ -759,8 +769,9 @@ impl RocksStore {
         if free < ALLOCATE_WHILE_FREE {
             return;
         }
-        let from = (*allocated).max(end.saturating_sub(ALLOCATE_AHEAD));
-        let len = end - from + ALLOCATE_AHEAD;
+        let ahead = self.ahead.load(Ordering::Relaxed);
+        let from = (*allocated).max(end.saturating_sub(ahead));
+        let len = end - from + ahead;
         // SAFETY: fallocate on our own open file descriptor; KEEP_SIZE leaves its length alone.
         let r = unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, from as libc::off_t, len as libc::off_t) };
         if r == 0 {

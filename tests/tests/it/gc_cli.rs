@@ -117,3 +117,70 @@ fn a_removed_drive_goes_and_what_it_shared_with_another_stays() {
     let again = hyperfs_in(&dir, &["create", "--name", "a"]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("was removed"));
 }
+
+/// B mounts A's drive by key with a 64 MiB cache and reads a 256 MiB file whole, byte-exact:
+/// B's data directory stays under 96 MiB throughout (sampled while the read runs), and a second
+/// read is served from A again where blocks were evicted.
+#[test]
+fn a_bounded_cache_reads_a_file_four_times_its_size_and_stays_bounded() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    let file = tmp.path().join("big.bin");
+    random_file(&file, 256, 5);
+    hyperfs_in_ok(&a, &["put", file.to_str().expect("utf-8"), "src:/big.bin"]);
+    let shared = hyperfs_json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--json"]);
+    let (link, from_a) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let args = ["mount", link, mnt.to_str().expect("utf-8"), "--peer", from_a, "--listen", "127.0.0.1:0"];
+    hyperfs_in_ok(&b, &[&args[..], &["--cache-size", "64MiB"]].concat());
+    let most = Arc::new(AtomicU64::new(0));
+    let reading = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (most, reading, b) = (most.clone(), reading.clone(), b.clone());
+        std::thread::spawn(move || {
+            while reading.load(Ordering::SeqCst) {
+                most.fetch_max(disk_use(&b), Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let read_all = || {
+        let mut f = std::fs::File::open(mnt.join("big.bin")).expect("open");
+        let mut want = std::fs::File::open(&file).expect("open the original");
+        let (mut got_buf, mut want_buf) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        let mut total = 0u64;
+        loop {
+            let n = f.read(&mut got_buf).expect("read through the mount");
+            if n == 0 {
+                break;
+            }
+            want.read_exact(&mut want_buf[..n]).expect("the original");
+            assert!(got_buf[..n] == want_buf[..n], "bytes {total}..+{n} differ");
+            total += n as u64;
+        }
+        total
+    };
+    assert_eq!(read_all(), 256 * MIB, "the whole file reads back");
+    let first = hyperfs_json(&b, &["peers", "--json"])[0]["bytesDown"].as_u64().expect("bytes down");
+    // The kernel's page cache would answer a second read without asking the mount.
+    std::process::Command::new("sh").args(["-c", "echo 1 > /proc/sys/vm/drop_caches"]).status().expect("drop caches");
+    assert_eq!(read_all(), 256 * MIB, "and again");
+    reading.store(false, Ordering::SeqCst);
+    sampler.join().expect("sampler");
+    let most = most.load(Ordering::SeqCst);
+    assert!(most < 96 * MIB, "B's data directory reached {most} bytes");
+    let second = hyperfs_json(&b, &["peers", "--json"])[0]["bytesDown"].as_u64().expect("bytes down");
+    assert!(second - first >= 128 * MIB, "evicted blocks came from A again: {first} then {second}");
+    let du = hyperfs_json(&b, &["du", "--json"]);
+    let cache = &du["cache"];
+    assert!(cache["limit"] == 64 * MIB && cache["used"].as_u64().expect("used") <= 64 * MIB, "{du}");
+    eprintln!("a 256 MiB file read twice through a 64 MiB cache: data directory at most {most} bytes");
+    hyperfs_in_ok(&b, &["unmount", mnt.to_str().expect("utf-8")]);
+}
