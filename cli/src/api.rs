@@ -316,6 +316,9 @@ pub struct Info {
     pub mounts: Vec<MountInfo>,
     pub bytes_uploaded: u64,
     pub bytes_downloaded: u64,
+    /// What the drive's local blocks take in the store (blocks shared with other drives count
+    /// in each).
+    pub bytes_on_disk: u64,
 }
 
 /// One core of a drive, in `info`.
@@ -465,6 +468,8 @@ pub struct DriveUsage {
     /// drives count in each).
     pub blocks: u64,
     pub bytes: u64,
+    /// What those blocks take in the store.
+    pub bytes_on_disk: u64,
 }
 
 /// A reply that says only that it was done.

@@ -137,7 +137,13 @@ fn main() -> ExitCode {
                 for u in &r.drives {
                     let name = u.name.clone().unwrap_or_else(|| u.key.clone());
                     let own = if u.own { "own" } else { "replica" };
-                    println!("{}\t{own}\t{} blocks\t{}", name, u.blocks, human_bytes(u.bytes));
+                    println!(
+                        "{}\t{own}\t{} blocks\t{}\t{} on disk",
+                        name,
+                        u.blocks,
+                        human_bytes(u.bytes),
+                        human_bytes(u.bytes_on_disk)
+                    );
                 }
                 println!(
                     "store\t{} on disk: blocks {}, unused log space {}, database {}",

@@ -57,6 +57,9 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 bail!("{which} is a replica: prune clears history of drives you write (`drives rm` removes a replica)");
             }
             let p = d.prune(*keep_last, *dry_run)?;
+            if !*dry_run {
+                garbage_made(state, p.bytes_cleared);
+            }
             reply(api::Pruned {
                 version: d.version(),
                 kept_from: p.kept_from,
@@ -287,8 +290,13 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             if version > d.version() {
                 bail!("{which} has no version {version} (it is at {})", d.version());
             }
+            let before = d.blobs().local_bytes()?;
             d.truncate(version)?;
-            reply(api::Truncated { version: d.version(), fork: d.db().core().fork() })
+            let cut = before.saturating_sub(d.blobs().local_bytes()?);
+            let reply_with = api::Truncated { version: d.version(), fork: d.db().core().fork() };
+            drop(d);
+            garbage_made(state, cut);
+            reply(reply_with)
         }
         Request::Diff { drive, v1, v2 } => {
             let drive = open_drive(state, drive)?;
@@ -332,6 +340,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 mounts: mounts_of(state, d.key()),
                 bytes_uploaded: up,
                 bytes_downloaded: down,
+                bytes_on_disk: d.db().core().local_stored_bytes()? + d.blobs().local_stored_bytes()?,
             })
         }
         Request::Verify { drive } => {

@@ -171,6 +171,50 @@ struct State {
     /// Serialises read-modify-write changes to `replicas.json` and `shared.json`.
     state_files: Mutex<()>,
     stopping: AtomicBool,
+    /// Bytes made garbage since the last collection (by `prune`, `truncate`, `drives rm`), as
+    /// far as the node knows; past [`GC_AFTER`] a collection runs in the background.
+    garbage: std::sync::atomic::AtomicU64,
+    collect: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Garbage that starts a collection in the background.
+const GC_AFTER: u64 = 64 << 20;
+
+/// `bytes` were made garbage: a collection runs in the background once enough is.
+fn garbage_made(state: &State, bytes: u64) {
+    let total = state.garbage.fetch_add(bytes, Ordering::SeqCst) + bytes;
+    if total >= GC_AFTER {
+        // A collection already waiting takes this garbage too.
+        let _ = state.collect.try_send(());
+    }
+}
+
+/// Runs the node's collections in the background, one at a time: mounts, writes and peers go on
+/// beside them (see `hyperfs_engine::gc`).
+fn collect_in_the_background(state: &Arc<State>, wake: std::sync::mpsc::Receiver<()>) {
+    let state = Arc::downgrade(state);
+    let spawned = std::thread::Builder::new().name("hyperfs-gc".into()).spawn(move || {
+        while wake.recv().is_ok() {
+            let Some(state) = state.upgrade() else { return };
+            if state.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            state.garbage.store(0, Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            match hyperfs_engine::gc::collect(&*state.store) {
+                Ok(c) => tracing::info!(
+                    blocks = c.blocks_removed,
+                    freed = c.bytes_freed,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "garbage collected in the background"
+                ),
+                Err(e) => tracing::warn!(error = %e, "collecting garbage in the background"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting the garbage collector");
+    }
 }
 
 /// Runs the node in the foreground until `stop`, SIGINT or SIGTERM; with `net_options` (those
@@ -200,6 +244,7 @@ pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
     }
     let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     let (mount_changed, mount_changes) = std::sync::mpsc::channel();
+    let (collect, collect_wake) = std::sync::mpsc::sync_channel(1);
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     let state = Arc::new(State {
         dir: dir.to_path_buf(),
@@ -212,6 +257,8 @@ pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
         net: Mutex::new(None),
         state_files: Mutex::new(()),
         stopping: AtomicBool::new(false),
+        garbage: Default::default(),
+        collect,
     });
     // The daemon's own network options come first: the shares and replicas resumed next then
     // use its network rather than start one on the remembered address.
@@ -223,6 +270,7 @@ pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
         }
     }
     sync_in_the_background(&state);
+    collect_in_the_background(&state, collect_wake);
     resume_replicas(&state);
     resume_shares(&state);
     watch_mounts(&state, mount_changes)?;
@@ -457,10 +505,11 @@ fn remove_drive(state: &State, which: &str, yes: bool) -> Result<api::Removed> {
             None => bail!("no drive {which} on this node"),
         },
     };
-    let (own, signer, blobs) = {
+    let (own, signer, blobs, held) = {
         let d = drive.snapshot();
+        let held = d.db().core().local_bytes().unwrap_or(0) + d.blobs().local_bytes().unwrap_or(0);
         let signer = d.db().core().key_pair().map(|kp| hex::encode(kp.public_key()));
-        (d.db().core().writable(), signer, *d.blobs().key())
+        (d.db().core().writable(), signer, *d.blobs().key(), held)
     };
     if own && !yes {
         bail!(
@@ -489,6 +538,7 @@ fn remove_drive(state: &State, which: &str, yes: bool) -> Result<api::Removed> {
         write_json(&state.dir, "removed.json", &removed)?;
     }
     Drive::remove(&store, &key)?;
+    garbage_made(state, held);
     let mut names = state.names.lock().unwrap_or_else(|e| e.into_inner());
     let name = local_name(&names, &key);
     names.retain(|_, k| *k != hex::encode(key));
@@ -520,6 +570,7 @@ fn usage(state: &State, only: Option<&str>) -> Result<api::Usage> {
             own: db.writable(),
             blocks: db.local_blocks() + blobs.local_blocks(),
             bytes: db.local_bytes()? + blobs.local_bytes()?,
+            bytes_on_disk: db.local_stored_bytes()? + blobs.local_stored_bytes()?,
         });
     }
     Ok(api::Usage {

@@ -711,6 +711,22 @@ impl Hypercore {
         Ok(total)
     }
 
+    /// Bytes the blocks stored locally take in the store (compressed where they were), each
+    /// distinct block once; a block shared with another core counts here too.
+    pub fn local_stored_bytes(&self) -> Result<u64> {
+        let (mut total, mut seen) = (0u64, std::collections::HashSet::new());
+        let mut next = self.next_local(0, self.head.length, true);
+        while let Some(i) = next {
+            if let Some(leaf) = self.leaf(i)? {
+                if seen.insert(leaf.hash) {
+                    total += self.store.stored_len(&leaf.hash)?.unwrap_or(0) as u64;
+                }
+            }
+            next = self.next_local(i + 1, self.head.length, true);
+        }
+        Ok(total)
+    }
+
     /// Number of blocks stored locally.
     pub fn local_blocks(&self) -> u64 {
         self.bitfield.count(self.head.length)

@@ -185,6 +185,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn forget_lost(&self) -> Result<()> {
         Ok(())
     }
+    /// The stored length of block `key` (compressed or raw, as kept), `None` when absent.
+    fn stored_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        Ok(self.get(Table::Blocks, key)?.map(|v| v.len()))
+    }
     /// Whether block `key` is stored, asked by a writer that will reference it instead of
     /// writing its bytes again (under a [`Store::pin`] held until that commit): a garbage
     /// collection running meanwhile keeps it.

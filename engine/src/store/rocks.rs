@@ -518,6 +518,13 @@ impl Store for RocksStore {
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))
     }
 
+    fn stored_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        match self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? {
+            Some(place) => Ok(Some(self.place(&place)?.1)),
+            None => Ok(None),
+        }
+    }
+
     fn reuse_block(&self, key: &[u8]) -> Result<bool> {
         if !self.tracking.load(Ordering::SeqCst) {
             return self.contains(Table::Blocks, key);
