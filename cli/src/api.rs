@@ -42,7 +42,9 @@ pub enum Request {
     /// Clears the contents only older versions of a drive hold.
     Prune {
         drive: String,
-        keep_last: u64,
+        keep_last: Option<u64>,
+        keep_within_ms: Option<i64>,
+        keep_daily: Option<u64>,
         dry_run: bool,
     },
     /// What the store and each drive take on disk.

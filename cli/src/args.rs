@@ -42,6 +42,33 @@ pub(crate) struct NetArgs {
     pub(crate) cache_size: Option<u64>,
 }
 
+/// A duration as `1d12h`: numbers each followed by s, m or min, h, d, w or y; in milliseconds.
+fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not a duration (like 36h, 7d or 1d12h)");
+    let (mut total, mut rest) = (0i64, s.trim());
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit: i64 = match &rest[..unit_len] {
+            "s" => 1_000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::cache::parse_size(s).map_err(|e| e.to_string())
 }
@@ -116,15 +143,24 @@ pub(crate) enum Command {
     /// their space back. The history (the signed tree) stays: the drive still verifies, and a
     /// checkout of a pruned version reads what peers still have.
     ///
-    /// Example:
+    /// Examples:
     ///   hyperfs prune photos --keep-last 10 --dry-run
+    ///   hyperfs prune photos --keep-within 7d --keep-daily 30
     #[command(verbatim_doc_comment)]
+    #[command(group(clap::ArgGroup::new("rules").required(true).multiple(true)))]
     Prune {
         /// The drive.
         drive: String,
         /// Keep the contents of the last N versions (the current one is always kept).
-        #[arg(long, value_name = "N")]
-        keep_last: u64,
+        #[arg(long, value_name = "N", group = "rules")]
+        keep_last: Option<u64>,
+        /// Keep the versions made within DURATION before now (like 36h, 7d, 2w, 1y; s, m(in), h,
+        /// d, w and y can be combined: 1d12h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms, group = "rules")]
+        keep_within: Option<i64>,
+        /// Keep the last version of each of the last N days that have versions.
+        #[arg(long, value_name = "N", group = "rules")]
+        keep_daily: Option<u64>,
         /// Only show what would be cleared.
         #[arg(long)]
         dry_run: bool,
@@ -575,4 +611,18 @@ pub(crate) enum BeeCommand {
         /// The script file; `-` reads standard input.
         script: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_parse_as_restic_and_borg_users_write_them() {
+        const H: i64 = 3_600_000;
+        for (s, ms) in [("36h", 36 * H), ("7d", 168 * H), ("1d12h", 36 * H), ("2w", 336 * H), ("90m", 90 * 60_000)] {
+            assert_eq!(super::parse_duration_ms(s), Ok(ms), "{s}");
+        }
+        for bad in ["", "7", "d", "7x", "1d 2h", "99999999999999y"] {
+            assert!(super::parse_duration_ms(bad).is_err(), "{bad}");
+        }
+    }
 }

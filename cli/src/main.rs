@@ -112,8 +112,9 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Prune { ref drive, keep_last, dry_run, json } => dir().and_then(|d| {
-            let req = Request::Prune { drive: drive.clone(), keep_last, dry_run };
+        Command::Prune { ref drive, keep_last, keep_within, keep_daily, dry_run, json } => dir().and_then(|d| {
+            let req =
+                Request::Prune { drive: drive.clone(), keep_last, keep_within_ms: keep_within, keep_daily, dry_run };
             let r: api::Pruned = client::call(&d, &req, true)?;
             if json {
                 print_json(&r);

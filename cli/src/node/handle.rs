@@ -50,13 +50,21 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 seconds: started.elapsed().as_secs_f64(),
             })
         }
-        Request::Prune { drive: which, keep_last, dry_run } => {
+        Request::Prune { drive: which, keep_last, keep_within_ms, keep_daily, dry_run } => {
             let drive = open_drive(state, which)?;
             let mut d = drive.write();
             if !d.db().core().writable() {
                 bail!("{which} is a replica: prune clears history of drives you write (`drives rm` removes a replica)");
             }
-            let p = d.prune(*keep_last, *dry_run)?;
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let keep = hyperfs_engine::drive::prune::Keep {
+                last: keep_last.unwrap_or(0),
+                within_ms: *keep_within_ms,
+                daily: keep_daily.unwrap_or(0),
+                now_ms,
+            };
+            let p = d.prune_with(&keep, *dry_run)?;
             if !*dry_run {
                 garbage_made(state, p.bytes_cleared);
             }

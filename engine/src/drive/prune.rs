@@ -19,6 +19,51 @@ pub struct Pruned {
     pub bytes_cleared: u64,
 }
 
+/// Which versions keep their contents (restic's and borg's vocabulary): the union of what each
+/// rule keeps; the current version always stays.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// The last N versions.
+    pub last: u64,
+    /// Versions made within this many milliseconds before `now_ms`.
+    pub within_ms: Option<i64>,
+    /// The last version of each of the last N days (UTC) that have versions.
+    pub daily: u64,
+    /// The time the rules count back from (ms since the epoch).
+    pub now_ms: i64,
+}
+
+impl Keep {
+    /// The versions of `versions` (oldest first, with their times) these rules keep.
+    pub fn choose(&self, versions: &[(u64, Option<i64>)]) -> Vec<u64> {
+        let mut out: Vec<u64> = versions.iter().rev().take(self.last as usize).map(|v| v.0).collect();
+        if let Some(within) = self.within_ms {
+            let since = self.now_ms.saturating_sub(within);
+            out.extend(versions.iter().filter(|v| v.1.is_some_and(|t| t >= since)).map(|v| v.0));
+        }
+        if self.daily > 0 {
+            const DAY_MS: i64 = 86_400_000;
+            let mut days = 0;
+            let mut last_day = None;
+            for &(v, t) in versions.iter().rev() {
+                let Some(t) = t else { continue };
+                let day = t.div_euclid(DAY_MS);
+                if last_day != Some(day) {
+                    if days == self.daily {
+                        break;
+                    }
+                    days += 1;
+                    last_day = Some(day);
+                    out.push(v);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// Blocks cleared per bitfield change, so memory stays bounded whatever the drive's size.
 const CLEAR_AT_ONCE: usize = 1 << 16;
 
@@ -26,17 +71,44 @@ impl Drive {
     /// Keeps the contents of the last `keep_last` versions (at least one: the current) and
     /// clears every other local contents block. With `dry_run`, only counts.
     pub fn prune(&mut self, keep_last: u64, dry_run: bool) -> Result<Pruned> {
-        let keep_last = keep_last.max(1);
-        let spans = self.db.core().atomic_spans()?;
-        let inside = |v: u64| spans.iter().any(|&(s, e)| s < v && v < e);
-        let mut versions = Vec::new();
-        let mut v = self.version();
-        while v > 0 && (versions.len() as u64) < keep_last {
-            if !inside(v) {
-                versions.push(v);
+        self.prune_with(&Keep { last: keep_last, ..Keep::default() }, dry_run)
+    }
+
+    /// Keeps the contents of the versions `keep` chooses (always the current one) and clears
+    /// every other local contents block. With `dry_run`, only counts.
+    pub fn prune_with(&mut self, keep: &Keep, dry_run: bool) -> Result<Pruned> {
+        let versions = keep.choose(&self.versions()?);
+        let versions: Vec<u64> =
+            if versions.contains(&self.version()) { versions } else { [vec![self.version()], versions].concat() };
+        self.prune_keeping(&versions, dry_run)
+    }
+
+    /// Every version of the drive, oldest first, with the time it was made as far as its entry
+    /// tells it (the `ctime`, else `mtime`, hyperfs writes; a deletion, or an entry without
+    /// times, takes the time of the version before).
+    pub fn versions(&self) -> Result<Vec<(u64, Option<i64>)>> {
+        let mut out: Vec<(u64, Option<i64>)> = Vec::new();
+        let mut last = None;
+        for c in self.history(0)? {
+            let t = c
+                .entry
+                .as_ref()
+                .and_then(|e| e.metadata.as_ref())
+                .and_then(|m| m["ctime"].as_i64().or(m["mtime"].as_i64()));
+            last = t.or(last);
+            match out.last_mut() {
+                Some(v) if v.0 == c.version => v.1 = last,
+                _ => out.push((c.version, last)),
             }
-            v -= 1;
         }
+        Ok(out)
+    }
+
+    /// Keeps the contents of `versions` and clears every other local contents block.
+    fn prune_keeping(&mut self, versions: &[u64], dry_run: bool) -> Result<Pruned> {
+        let mut versions = versions.to_vec();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        versions.dedup();
         let length = self.blobs.length();
         let mut held = vec![false; usize::try_from(length).map_err(|_| Error::InvalidRequest("too long".into()))?];
         for &v in &versions {
@@ -124,5 +196,33 @@ impl<B: Blocks> DriveView<'_, B> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keep;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn the_rules_keep_what_restic_and_borg_would() {
+        // Versions 1..=10: two a day over five days, the last at day 10 noon.
+        let versions: Vec<(u64, Option<i64>)> =
+            (1..=10u64).map(|v| (v, Some(5 * DAY + (v as i64 - 1) / 2 * DAY + (1 - v as i64 % 2) * 1000))).collect();
+        let now = versions[9].1.expect("time") + 1000;
+        let keep = |k: Keep| k.choose(&versions);
+        assert_eq!(keep(Keep { last: 3, now_ms: now, ..Keep::default() }), vec![8, 9, 10]);
+        assert_eq!(keep(Keep { within_ms: Some(DAY), now_ms: now, ..Keep::default() }), vec![9, 10]);
+        // The newest version of each of the last three days.
+        assert_eq!(keep(Keep { daily: 3, now_ms: now, ..Keep::default() }), vec![6, 8, 10]);
+        assert_eq!(keep(Keep { last: 1, daily: 2, now_ms: now, ..Keep::default() }), vec![8, 10]);
+        // A version without a time is kept by `last` only.
+        let untimed = vec![(1, None), (2, None)];
+        assert_eq!(
+            Keep { daily: 5, within_ms: Some(DAY), now_ms: now, ..Keep::default() }.choose(&untimed),
+            Vec::<u64>::new()
+        );
+        assert_eq!(Keep { last: 1, ..Keep::default() }.choose(&untimed), vec![2]);
     }
 }

@@ -55,6 +55,9 @@ fn a_removed_file_pruned_and_collected_gives_its_space_back() {
     let first = hyperfs_json(&dir, &["gc", "--json"]);
     assert_eq!(first["blocksRemoved"], 0, "{first}");
 
+    let none = hyperfs_json(&dir, &["prune", "t", "--keep-within", "1h", "--dry-run", "--json"]);
+    assert_eq!(none["bytesCleared"], 0, "every version was made within the hour: {none}");
+    assert!(!hyperfs_in(&dir, &["prune", "t"]).status.success(), "a prune says what it keeps");
     let dry = hyperfs_json(&dir, &["prune", "t", "--keep-last", "1", "--dry-run", "--json"]);
     assert!(dry["bytesCleared"].as_u64().expect("bytes") >= 256 * MIB, "{dry}");
     let pruned = hyperfs_json(&dir, &["prune", "t", "--keep-last", "1", "--json"]);

@@ -314,7 +314,7 @@ fn run(cuts: usize, seed: u64) -> Tally {
 
 #[test]
 fn power_cuts_at_random_points_lose_nothing_synced_and_never_brick_the_store() {
-    let cuts = std::env::var("HYPERFS_POWER_CUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(700);
+    let cuts = std::env::var("HYPERFS_POWER_CUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(800);
     let seed = hyperfs_tests::test_seed();
     let tally = run(cuts, seed);
     eprintln!(
