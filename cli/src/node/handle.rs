@@ -112,7 +112,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             // The file goes out a window at a time, from the version it was found in.
             let mut offset = 0u64;
             loop {
-                let chunk = d.read_blob(&blob, offset, 4 << 20)?;
+                let chunk = d.read_blob(&blob, offset, 4 << 20).map_err(|e| pruned(&d, *version, e))?;
                 if chunk.is_empty() {
                     return reply(api::Sent { bytes: offset });
                 }
@@ -132,7 +132,8 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             let drive = open_drive(state, drive)?;
             let dir = crate::mirror::check_dir_arg(dir)?;
             let mut progress = |p: api::MirrorProgress| emit(Out::Progress(json!(p)));
-            reply(crate::mirror::export(&drive, *version, path, &dir, *dry_run, *owners, &mut progress)?)
+            let exported = crate::mirror::export(&drive, *version, path, &dir, *dry_run, *owners, &mut progress);
+            reply(exported.map_err(|e| pruned(&drive.snapshot(), *version, e))?)
         }
         Request::Ls { drive, path, version, recursive } => {
             let drive = open_drive(state, drive)?;
@@ -490,4 +491,18 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             reply(entries)
         }
     }
+}
+
+/// `e` from reading version `version` of drive `d`, said plainly where a block of a drive of
+/// this node is gone: `prune` cleared it (or a power cut took it).
+fn pruned<E: Into<anyhow::Error>>(d: &hyperfs_engine::Drive, version: Option<u64>, e: E) -> anyhow::Error {
+    let e = e.into();
+    let missing = e.chain().any(|c| matches!(c.downcast_ref(), Some(hyperfs_engine::Error::MissingBlock { .. })));
+    if missing && d.writable() {
+        let which = version.map_or("this version".to_string(), |v| format!("version {v}"));
+        return e.context(format!(
+            "the contents of {which} are no longer on this node: `hyperfs prune` cleared them (`hyperfs log` shows the versions)"
+        ));
+    }
+    e
 }

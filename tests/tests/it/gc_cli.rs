@@ -80,6 +80,14 @@ fn a_removed_file_pruned_and_collected_gives_its_space_back() {
     assert_eq!(hyperfs_in_ok(&dir, &["cat", "t:/note.txt"]), "a note that stays");
     assert_eq!(hyperfs_json(&dir, &["gc", "--json"])["blocksRemoved"], 0);
     assert!(on_disk(&dir) < 4 * MIB, "the drive holds only its current files");
+    // A version whose contents were pruned says so.
+    let log = hyperfs_json(&dir, &["log", "t", "--json"]);
+    let put =
+        log.as_array().expect("log").iter().find(|c| c["path"] == "/big.bin" && c["op"] == "put").expect("the put");
+    let v = put["version"].as_u64().expect("version").to_string();
+    let old = hyperfs_in(&dir, &["cat", "t:/big.bin", "--version", &v]);
+    let err = String::from_utf8_lossy(&old.stderr);
+    assert!(!old.status.success() && err.contains("hyperfs prune"), "{err}");
     let du = hyperfs_json(&dir, &["du", "t", "--json"]);
     let t = &du["drives"][0];
     assert!(t["own"] == true && t["bytes"].as_u64().expect("bytes") < 4 * MIB, "{du}");
