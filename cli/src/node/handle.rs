@@ -67,6 +67,11 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             let p = d.prune_with(&keep, *dry_run)?;
             if !*dry_run {
                 garbage_made(state, p.bytes_cleared);
+                // Remembered, so a read of a version it cleared can say so.
+                let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
+                let mut all: BTreeMap<String, u64> = read_json(&state.dir, "pruned.json")?;
+                all.insert(hex::encode(d.key()), p.kept_from);
+                write_json(&state.dir, "pruned.json", &all)?;
             }
             reply(api::Pruned {
                 version: d.version(),
@@ -112,7 +117,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             // The file goes out a window at a time, from the version it was found in.
             let mut offset = 0u64;
             loop {
-                let chunk = d.read_blob(&blob, offset, 4 << 20).map_err(|e| pruned(&d, *version, e))?;
+                let chunk = d.read_blob(&blob, offset, 4 << 20).map_err(|e| pruned(state, &d, *version, e))?;
                 if chunk.is_empty() {
                     return reply(api::Sent { bytes: offset });
                 }
@@ -133,7 +138,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             let dir = crate::mirror::check_dir_arg(dir)?;
             let mut progress = |p: api::MirrorProgress| emit(Out::Progress(json!(p)));
             let exported = crate::mirror::export(&drive, *version, path, &dir, *dry_run, *owners, &mut progress);
-            reply(exported.map_err(|e| pruned(&drive.snapshot(), *version, e))?)
+            reply(exported.map_err(|e| pruned(state, &drive.snapshot(), *version, e))?)
         }
         Request::Ls { drive, path, version, recursive } => {
             let drive = open_drive(state, drive)?;
@@ -495,13 +500,23 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
 
 /// `e` from reading version `version` of drive `d`, said plainly where a block of a drive of
 /// this node is gone: `prune` cleared it (or a power cut took it).
-fn pruned<E: Into<anyhow::Error>>(d: &hyperfs_engine::Drive, version: Option<u64>, e: E) -> anyhow::Error {
+fn pruned<E: Into<anyhow::Error>>(
+    state: &State,
+    d: &hyperfs_engine::Drive,
+    version: Option<u64>,
+    e: E,
+) -> anyhow::Error {
     let e = e.into();
     let missing = e.chain().any(|c| matches!(c.downcast_ref(), Some(hyperfs_engine::Error::MissingBlock { .. })));
     if missing && d.writable() {
         let which = version.map_or("this version".to_string(), |v| format!("version {v}"));
+        let all: BTreeMap<String, u64> = read_json(&state.dir, "pruned.json").unwrap_or_default();
+        let kept = match all.get(&hex::encode(d.key())) {
+            Some(k) => format!(" (the oldest version it kept is {k})"),
+            None => String::new(),
+        };
         return e.context(format!(
-            "the contents of {which} are no longer on this node: `hyperfs prune` cleared them (`hyperfs log` shows the versions)"
+            "the contents of {which} are no longer on this node: `hyperfs prune` cleared them{kept}"
         ));
     }
     e
