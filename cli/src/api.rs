@@ -472,6 +472,8 @@ pub struct DriveUsage {
     pub bytes: u64,
     /// What those blocks take in the store.
     pub bytes_on_disk: u64,
+    /// The part of it other drives hold too (stored once for all of them).
+    pub shared_bytes: u64,
 }
 
 /// A reply that says only that it was done.

@@ -53,6 +53,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter.add_directive(quiet_fuser))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: the node's log is a file (`node.log`) read with grep.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
         .init();
     let dir = || local::data_dir(cli.data_dir.as_deref());
@@ -139,11 +141,12 @@ fn main() -> ExitCode {
                     let name = u.name.clone().unwrap_or_else(|| u.key.clone());
                     let own = if u.own { "own" } else { "replica" };
                     println!(
-                        "{}\t{own}\t{} blocks\t{}\t{} on disk",
+                        "{}\t{own}\t{} blocks\t{}\t{} on disk ({} shared with other drives)",
                         name,
                         u.blocks,
                         human_bytes(u.bytes),
-                        human_bytes(u.bytes_on_disk)
+                        human_bytes(u.bytes_on_disk),
+                        human_bytes(u.shared_bytes)
                     );
                 }
                 println!(

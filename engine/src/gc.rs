@@ -13,8 +13,25 @@ use crate::store::{Collected, SnapshotRead, Store, Table};
 use crate::{Error, Result};
 
 /// Collects the store's garbage now. Safe beside readers and writers of every core.
+///
+/// Runs on a thread of its own at the lowest priority (nice 19): mounts, writers and peers come
+/// first when the cores are busy (a thread's niceness cannot be lowered again without
+/// privilege, so the caller's thread is left as it was).
 pub fn collect(store: &dyn Store) -> Result<Collected> {
-    store.collect_garbage(&referenced)
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new().name("hyperfs-gc-work".into()).spawn_scoped(s, || {
+            // SAFETY: setpriority on this thread's own id; it changes only its scheduling.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+            }
+            store.collect_garbage(&referenced)
+        });
+        match worker {
+            Ok(w) => w.join().unwrap_or_else(|_| Err(Error::Storage("the garbage collection failed".into()))),
+            // No thread to spare: the caller's own does the work.
+            Err(_) => store.collect_garbage(&referenced),
+        }
+    })
 }
 
 /// The keys of every block some core holds, sorted and without repeats.

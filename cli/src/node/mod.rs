@@ -177,13 +177,23 @@ struct State {
     collect: std::sync::mpsc::SyncSender<()>,
 }
 
-/// Garbage that starts a collection in the background.
+/// Garbage that starts a collection in the background, unless `HYPERFS_GC_AFTER` says
+/// otherwise (a size, or `off`).
 const GC_AFTER: u64 = 64 << 20;
+
+fn gc_after() -> u64 {
+    static AFTER: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *AFTER.get_or_init(|| match std::env::var("HYPERFS_GC_AFTER") {
+        Ok(v) if v == "off" => u64::MAX,
+        Ok(v) => crate::cache::parse_size(&v).unwrap_or(GC_AFTER),
+        Err(_) => GC_AFTER,
+    })
+}
 
 /// `bytes` were made garbage: a collection runs in the background once enough is.
 fn garbage_made(state: &State, bytes: u64) {
     let total = state.garbage.fetch_add(bytes, Ordering::SeqCst) + bytes;
-    if total >= GC_AFTER {
+    if total >= gc_after() {
         // A collection already waiting takes this garbage too.
         let _ = state.collect.try_send(());
     }
@@ -551,26 +561,47 @@ fn remove_drive(state: &State, which: &str, yes: bool) -> Result<api::Removed> {
 fn usage(state: &State, only: Option<&str>) -> Result<api::Usage> {
     let du = state.store.disk_usage()?;
     let names = state.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let keys: Vec<CoreKey> = match only {
-        Some(which) => vec![drive_key(state, which)?],
-        None => names.values().filter_map(|k| crate::local::parse_key(k).ok()).collect(),
-    };
-    let mut drives = Vec::new();
-    for key in keys {
+    let shown: Option<CoreKey> = only.map(|which| drive_key(state, which)).transpose()?;
+    let all: Vec<CoreKey> = names.values().filter_map(|k| crate::local::parse_key(k).ok()).collect();
+    // Every drive's blocks, to tell those shared with another drive (stored once for both).
+    let mut held: Vec<(CoreKey, Arc<Drive>, std::collections::HashSet<hyperfs_engine::crypto::Hash>)> = Vec::new();
+    let mut holders: std::collections::HashMap<hyperfs_engine::crypto::Hash, u32> = std::collections::HashMap::new();
+    for key in shown.iter().chain(all.iter().filter(|k| Some(**k) != shown)) {
         let drive = match open_drive(state, &hex::encode(key)) {
             Ok(d) => d,
-            Err(e) if only.is_some() => return Err(e),
+            Err(e) if shown == Some(*key) => return Err(e),
             Err(_) => continue,
         };
         let d = drive.snapshot();
+        let mut leaves = d.db().core().local_leaves()?;
+        leaves.extend(d.blobs().local_leaves()?);
+        for l in &leaves {
+            *holders.entry(*l).or_default() += 1;
+        }
+        held.push((*key, d, leaves));
+    }
+    let mut drives = Vec::new();
+    for (key, d, leaves) in &held {
+        if shown.is_some_and(|s| s != *key) {
+            continue;
+        }
         let (db, blobs) = (d.db().core(), d.blobs());
+        let (mut on_disk, mut shared) = (0u64, 0u64);
+        for l in leaves {
+            let n = state.store.stored_len(l)?.unwrap_or(0) as u64;
+            on_disk += n;
+            if holders.get(l).copied().unwrap_or(0) > 1 {
+                shared += n;
+            }
+        }
         drives.push(api::DriveUsage {
-            name: local_name(&names, &key),
+            name: local_name(&names, key),
             key: hex::encode(key),
             own: db.writable(),
             blocks: db.local_blocks() + blobs.local_blocks(),
             bytes: db.local_bytes()? + blobs.local_bytes()?,
-            bytes_on_disk: db.local_stored_bytes()? + blobs.local_stored_bytes()?,
+            bytes_on_disk: on_disk,
+            shared_bytes: shared,
         });
     }
     Ok(api::Usage {

@@ -714,17 +714,24 @@ impl Hypercore {
     /// Bytes the blocks stored locally take in the store (compressed where they were), each
     /// distinct block once; a block shared with another core counts here too.
     pub fn local_stored_bytes(&self) -> Result<u64> {
-        let (mut total, mut seen) = (0u64, std::collections::HashSet::new());
+        let mut total = 0u64;
+        for leaf in self.local_leaves()? {
+            total += self.store.stored_len(&leaf)?.unwrap_or(0) as u64;
+        }
+        Ok(total)
+    }
+
+    /// The keys (leaf hashes) of the blocks stored locally, each once.
+    pub fn local_leaves(&self) -> Result<std::collections::HashSet<Hash>> {
+        let mut seen = std::collections::HashSet::new();
         let mut next = self.next_local(0, self.head.length, true);
         while let Some(i) = next {
             if let Some(leaf) = self.leaf(i)? {
-                if seen.insert(leaf.hash) {
-                    total += self.store.stored_len(&leaf.hash)?.unwrap_or(0) as u64;
-                }
+                seen.insert(leaf.hash);
             }
             next = self.next_local(i + 1, self.head.length, true);
         }
-        Ok(total)
+        Ok(seen)
     }
 
     /// Number of blocks stored locally.

@@ -548,7 +548,7 @@ impl Store for RocksStore {
     ///    decided before (their pins) to commit;
     /// 2. mark: the blocks referenced in a snapshot of the tables;
     /// 3. sweep: drop the index entries of the others (unless noted in 1, or moved since) in
-    ///    one durable batch;
+    ///    one batch, made durable (the write-ahead log synced) before anything else;
     /// 4. wait for the readers that may have looked up a dropped entry before it went, then
     ///    punch holes in the block log where only dropped blocks lay (whole pages only: a page
     ///    shared with a live block or a staged one stays).
@@ -663,14 +663,14 @@ impl RocksStore {
                 out.bytes_removed += len as u64;
             }
             if out.blocks_removed > 0 {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+                self.db.write(wb).map_err(|e| self.err(e))?;
             }
         }
         if freed.is_empty() {
             return Ok(out);
         }
+        // Durable before any space goes; synced here, not under the tail, so commits go on.
+        self.db.flush_wal(true).map_err(|e| self.err(e))?;
         // Readers that found a removed entry before it went have read it once these are done.
         self.gate.wait_older();
         freed.sort_unstable();

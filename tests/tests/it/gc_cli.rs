@@ -115,6 +115,12 @@ fn a_removed_drive_goes_and_what_it_shared_with_another_stays() {
     hyperfs_in_ok(&dir, &["put", own.to_str().expect("utf-8"), "a:/own.bin"]);
     hyperfs_in_ok(&dir, &["put", s, "b:/shared.bin"]);
 
+    // du tells what the two drives share (stored once).
+    let du = hyperfs_json(&dir, &["du", "--json"]);
+    for d in du["drives"].as_array().expect("drives") {
+        let shared = d["sharedBytes"].as_u64().expect("sharedBytes");
+        assert!((8 * MIB..9 * MIB).contains(&shared), "{du}");
+    }
     // A drive of yours goes only when asked twice: its secret key goes with it.
     let refused = hyperfs_in(&dir, &["drives", "rm", "a"]);
     assert!(!refused.status.success());
