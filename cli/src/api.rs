@@ -415,28 +415,22 @@ pub struct Removed {
     pub own: bool,
 }
 
-/// The reply of `gc`.
+/// The reply of `gc`: what the collection did, and how long it took.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Collected {
-    pub blocks_kept: u64,
-    pub blocks_removed: u64,
-    /// Stored bytes of the blocks removed.
-    pub bytes_removed: u64,
-    /// Bytes of the block log given back to the file system.
-    pub bytes_freed: u64,
+    #[serde(flatten)]
+    pub done: hyperfs_engine::store::Collected,
     pub seconds: f64,
 }
 
-/// The reply of `prune`.
+/// The reply of `prune`: what it cleared, the drive's version, and whether it was a dry run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pruned {
+    #[serde(flatten)]
+    pub done: hyperfs_engine::drive::prune::Pruned,
     pub version: u64,
-    pub kept_from: u64,
-    pub versions_kept: u64,
-    pub blocks_cleared: u64,
-    pub bytes_cleared: u64,
     pub dry_run: bool,
 }
 

@@ -103,12 +103,13 @@ fn main() -> ExitCode {
             if json {
                 print_json(&r);
             } else {
+                let c = r.done;
                 println!(
                     "removed {} blocks ({}), gave back {} of the block log; {} blocks kept ({:.1} s)",
-                    r.blocks_removed,
-                    human_bytes(r.bytes_removed),
-                    human_bytes(r.bytes_freed),
-                    r.blocks_kept,
+                    c.blocks_removed,
+                    human_bytes(c.bytes_removed),
+                    human_bytes(c.bytes_freed),
+                    c.blocks_kept,
                     r.seconds
                 );
             }
@@ -122,12 +123,13 @@ fn main() -> ExitCode {
                 print_json(&r);
             } else {
                 let verb = if r.dry_run { "would clear" } else { "cleared" };
+                let p = r.done;
                 println!(
                     "{verb} {} blocks ({}) that only versions before {} hold; kept {} versions",
-                    r.blocks_cleared,
-                    human_bytes(r.bytes_cleared),
-                    r.kept_from,
-                    r.versions_kept
+                    p.blocks_cleared,
+                    human_bytes(p.bytes_cleared),
+                    p.kept_from,
+                    p.versions_kept
                 );
             }
             Ok(())

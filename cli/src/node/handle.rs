@@ -41,14 +41,8 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
         Request::DrivesRm { drive, yes } => reply(remove_drive(state, drive, *yes)?),
         Request::Gc => {
             let started = std::time::Instant::now();
-            let c = hyperfs_engine::gc::collect(&*state.store)?;
-            reply(api::Collected {
-                blocks_kept: c.blocks_kept,
-                blocks_removed: c.blocks_removed,
-                bytes_removed: c.bytes_removed,
-                bytes_freed: c.bytes_freed,
-                seconds: started.elapsed().as_secs_f64(),
-            })
+            let done = hyperfs_engine::gc::collect(&*state.store)?;
+            reply(api::Collected { done, seconds: started.elapsed().as_secs_f64() })
         }
         Request::Prune { drive: which, keep_last, keep_within_ms, keep_daily, dry_run } => {
             let drive = open_drive(state, which)?;
@@ -73,14 +67,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 all.insert(hex::encode(d.key()), p.kept_from);
                 write_json(&state.dir, "pruned.json", &all)?;
             }
-            reply(api::Pruned {
-                version: d.version(),
-                kept_from: p.kept_from,
-                versions_kept: p.versions_kept,
-                blocks_cleared: p.blocks_cleared,
-                bytes_cleared: p.bytes_cleared,
-                dry_run: *dry_run,
-            })
+            reply(api::Pruned { done: p, version: d.version(), dry_run: *dry_run })
         }
         Request::Du { drive } => reply(usage(state, drive.as_deref())?),
         Request::Put { drive, path, file } => {

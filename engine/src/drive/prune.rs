@@ -6,7 +6,7 @@
 use super::*;
 
 /// What [`Drive::prune`] did (or, for a dry run, would do).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pruned {
     /// The oldest version kept whole; versions before it may lack contents.

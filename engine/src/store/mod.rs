@@ -226,7 +226,7 @@ pub trait SnapshotRead {
 }
 
 /// What a garbage collection did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Collected {
     /// Blocks referenced by some core, kept.

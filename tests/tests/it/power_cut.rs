@@ -89,6 +89,18 @@ struct Promise {
     replica_blocks: Vec<u64>,
 }
 
+impl Promise {
+    /// What the store holds now: promised once it is synced.
+    fn now(drive: &Drive, files: &BTreeMap<String, Vec<u8>>, replica: &Hypercore) -> Promise {
+        Promise {
+            version: drive.version(),
+            files: files.clone(),
+            replica_length: replica.length(),
+            replica_blocks: (0..replica.length()).filter(|&i| replica.has(i)).collect(),
+        }
+    }
+}
+
 /// The drive and the replica a workload writes, and the remote core the replica follows.
 #[derive(Clone, Copy)]
 struct Subjects<'a> {
@@ -261,12 +273,7 @@ fn run(cuts: usize, seed: u64) -> Tally {
                     let done = hyperfs_engine::gc::collect(&*store).expect("gc");
                     tally.collected += done.blocks_removed as usize;
                     store.flush().expect("flush");
-                    promise = Promise {
-                        version: drive.version(),
-                        files: files.clone(),
-                        replica_length: replica.length(),
-                        replica_blocks: (0..replica.length()).filter(|&i| replica.has(i)).collect(),
-                    };
+                    promise = Promise::now(&drive, &files, &replica);
                     synced = snapshot(&dir);
                     let mut image = synced.clone();
                     if let (Some(old), Some(now)) = (before.get("blocks.log"), image.get_mut("blocks.log")) {
@@ -284,12 +291,7 @@ fn run(cuts: usize, seed: u64) -> Tally {
                 }
                 _ => {
                     store.flush().expect("flush");
-                    promise = Promise {
-                        version: drive.version(),
-                        files: files.clone(),
-                        replica_length: replica.length(),
-                        replica_blocks: (0..replica.length()).filter(|&i| replica.has(i)).collect(),
-                    };
+                    promise = Promise::now(&drive, &files, &replica);
                     synced = snapshot(&dir);
                 }
             }
