@@ -142,29 +142,29 @@ impl Cache {
             }
         }
         held.sort_unstable();
-        let mut chosen: Vec<Vec<u64>> = vec![Vec::new(); cores.len()];
+        // Per core: the blocks chosen, and their bytes.
+        let mut chosen: Vec<(Vec<u64>, u64)> = vec![(Vec::new(), 0); cores.len()];
         let mut bytes = 0;
         for &(_, k, i, size) in &held {
             if bytes >= want {
                 break;
             }
-            chosen[k].push(i);
+            chosen[k].0.push(i);
+            chosen[k].1 += size;
             bytes += size;
         }
         let mut done = 0;
-        for (slot, indexes) in cores.iter().zip(chosen) {
+        for (slot, (indexes, size)) in cores.iter().zip(chosen) {
             if indexes.is_empty() {
                 continue;
             }
-            let size_of: HashMap<u64, u64> =
-                held.iter().filter(|h| Arc::ptr_eq(&cores[h.1], slot)).map(|h| (h.2, h.3)).collect();
             match lock(&slot.core).forget(&indexes) {
                 Ok(()) => {
                     let mut s = lock(&self.state);
                     for i in &indexes {
                         s.used.remove(&(slot.key, *i));
-                        done += size_of.get(i).copied().unwrap_or(0);
                     }
+                    done += size;
                 }
                 Err(e) => tracing::warn!(error = %e, "cache: evicting blocks"),
             }

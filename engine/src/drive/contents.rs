@@ -13,6 +13,11 @@ pub(super) struct Piece {
 }
 
 impl Piece {
+    /// The blobs block holding this piece.
+    pub(super) fn index(&self) -> u64 {
+        self.index
+    }
+
     /// A file's chunks laid end to end from its start; a file over 2^64 bytes is malformed
     /// (the sum wrapped in release builds, and a read then split its buffer where it had none).
     pub(super) fn laid_out(blocks: impl IntoIterator<Item = MapBlock>) -> Result<Vec<Piece>> {
@@ -206,7 +211,7 @@ impl Drive {
     }
 
     /// The chunks of a blob with their offsets in the file (cached).
-    fn pieces(&self, blob: &Blob) -> Result<Arc<Vec<Piece>>> {
+    pub(super) fn pieces(&self, blob: &Blob) -> Result<Arc<Vec<Piece>>> {
         if let Some(p) = self.pieces.lock().unwrap_or_else(|e| e.into_inner()).get(blob) {
             return Ok(p);
         }

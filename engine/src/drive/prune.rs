@@ -118,8 +118,9 @@ impl Drive {
                     held[i as usize] = true;
                 }
                 if blob.block_map {
-                    for m in self.map_of(&blob)? {
-                        if let Some(h) = held.get_mut(m.index as usize) {
+                    // The chunks the map lists, as reads lay them out (cached across versions).
+                    for p in self.pieces(&blob)?.iter() {
+                        if let Some(h) = held.get_mut(p.index() as usize) {
                             *h = true;
                         }
                     }
@@ -165,16 +166,6 @@ impl Drive {
             Hypercore::remove(&**store, &b)?;
         }
         Hypercore::remove(&**store, key)
-    }
-
-    /// The chunks a block-mapped blob lists.
-    fn map_of(&self, blob: &Blob) -> Result<Vec<MapBlock>> {
-        if blob.block_length > entry::MAX_MAP_BLOCKS {
-            return Err(Error::InvalidRequest("a block map larger than Hyperdrive reads".into()));
-        }
-        let end = blob.block_offset.saturating_add(blob.block_length).min(self.blobs.length());
-        let parts = (blob.block_offset..end).map(|i| self.blobs.get(i)).collect::<Result<Vec<_>>>()?;
-        entry::decode_block_map(&parts, self.blobs.length())
     }
 }
 

@@ -262,14 +262,21 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// One more holder, counted in the current epoch.
+    /// One more holder, counted in the current epoch, for as long as the pin lives.
     pub fn enter(self: &std::sync::Arc<Self>) -> Pin {
+        let slot = self.hold().slot();
+        Pin(Some((self.clone(), slot)))
+    }
+
+    /// One more holder for a moment (a read): [`Gate::enter`] without the shared handle a pin
+    /// that outlives its caller needs.
+    pub fn hold(&self) -> Held<'_> {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
             let e = self.epoch.load(SeqCst);
             self.held[e & 1].fetch_add(1, SeqCst);
             if self.epoch.load(SeqCst) == e {
-                return Pin(Some((self.clone(), e & 1)));
+                return Held(self, e & 1);
             }
             // The epoch moved between the two loads: counted in the new one instead.
             self.held[e & 1].fetch_sub(1, SeqCst);
@@ -284,6 +291,25 @@ impl Gate {
         while self.held[old].load(SeqCst) > 0 {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
+    }
+}
+
+/// A holder of a [`Gate`] for a moment, let go when dropped.
+#[must_use]
+pub struct Held<'a>(&'a Gate, usize);
+
+impl Held<'_> {
+    /// Hands the count over to a [`Pin`]: the slot it was counted in, no longer let go here.
+    fn slot(self) -> usize {
+        let slot = self.1;
+        std::mem::forget(self);
+        slot
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held[self.1].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

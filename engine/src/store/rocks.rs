@@ -263,7 +263,7 @@ fn classify(path: &Path, e: rocksdb::Error) -> Error {
 
 impl Store for RocksStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let _reading = (table == Table::Blocks).then(|| self.gate.enter());
+        let _reading = (table == Table::Blocks).then(|| self.gate.hold());
         let v = self.db.get_cf(self.cf(table)?, key).map_err(|e| self.err(e))?;
         match (table, v) {
             (Table::Blocks, Some(place)) => self.read_log(&place).map(Some),
@@ -346,7 +346,7 @@ impl Store for RocksStore {
     }
 
     fn read_block_into(&self, key: &[u8], bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<Option<usize>> {
-        let _reading = self.gate.enter();
+        let _reading = self.gate.hold();
         let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
@@ -385,7 +385,7 @@ impl Store for RocksStore {
     }
 
     fn read_block_range(&self, key: &[u8], stored_len: usize, at: usize, out: &mut [u8]) -> Result<Option<usize>> {
-        let _reading = self.gate.enter();
+        let _reading = self.gate.hold();
         let Some(place) = self.db.get_pinned_cf(self.cf(Table::Blocks)?, key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
