@@ -23,7 +23,7 @@ use hyperfs_engine::Hypercore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::identity::{peer_id_of, Identity, PeerId, PeerVerifier, ALPN};
-use crate::session::{Event, Output, Session};
+use crate::session::{Claims, Event, Output, Session};
 use crate::wire::{Control, Frame, Message, PROTOCOL};
 use crate::NetError;
 
@@ -139,6 +139,9 @@ struct Inner {
     /// Peers dropped for breaking the rules, by id and by address, until when ([`BAN`]): a
     /// flooder that is dropped does not get a fresh budget by connecting again.
     banned: Mutex<(HashMap<PeerId, Instant>, HashMap<SocketAddr, Instant>)>,
+    /// What each core's sessions (one per peer) have asked for, so a download from several peers
+    /// splits its blocks among them ([`Claims`]). Held by the sessions; gone with the last.
+    claims: Mutex<HashMap<CoreKey, std::sync::Weak<Claims>>>,
 }
 
 impl Inner {
@@ -152,6 +155,18 @@ impl Inner {
             b.0.insert(id, until);
             b.1.insert(address, until);
         }
+    }
+
+    /// The claims shared by the sessions of `core`.
+    fn claims(&self, core: &CoreKey) -> Arc<Claims> {
+        let mut all = lock(&self.claims);
+        if let Some(c) = all.get(core).and_then(std::sync::Weak::upgrade) {
+            return c;
+        }
+        all.retain(|_, c| c.strong_count() > 0);
+        let c = Arc::new(Claims::default());
+        all.insert(*core, Arc::downgrade(&c));
+        c
     }
 
     fn is_banned(&self, id: Option<&PeerId>, address: &SocketAddr) -> bool {
@@ -268,6 +283,7 @@ impl Endpoint {
             turn: 0.into(),
             incoming: Mutex::new(HashMap::new()),
             banned: Mutex::new((HashMap::new(), HashMap::new())),
+            claims: Mutex::new(HashMap::new()),
         });
         let acceptor = inner.clone();
         runtime.spawn(async move {
@@ -887,6 +903,7 @@ impl ConnState {
                 if let Some((mut session, out)) = opened {
                     let ms = inner.request_timeout_ms.load(std::sync::atomic::Ordering::SeqCst);
                     session.set_request_timeout(Duration::from_millis(ms));
+                    session.share_claims(inner.claims(&key));
                     ch.session = Some(session);
                     lock(&self.cores).push(key);
                     self.emit(i, out);

@@ -14,6 +14,7 @@
 //! out to be stored).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyperfs_engine::hypercore::proof::Request;
@@ -122,6 +123,72 @@ impl Arrival {
 #[derive(Debug)]
 pub struct Receipt(Option<InFlight>);
 
+/// The blocks of one core asked of some peer, shared by every session of that core (one per
+/// peer), so that a full download from several peers splits the blocks among them instead of
+/// asking each for all of them. A session claims a block when it asks for it and lets go when
+/// the answer is stored or given up; a faster peer answers sooner, frees its window sooner and
+/// so claims more: the split follows the measured rates. At the end (every missing block
+/// claimed), a session with room asks for blocks another peer holds, once more each, so a slow
+/// peer does not hold up the last blocks (BitTorrent's end game).
+#[derive(Debug, Default)]
+pub struct Claims(Mutex<ClaimState>);
+
+#[derive(Debug, Default)]
+struct ClaimState {
+    /// Sessions asking for each claimed block.
+    asked: HashMap<u64, u32>,
+    /// Sessions sharing these claims.
+    sessions: usize,
+    /// Counts claims let go without their block (a give-up): a session that skipped a claimed
+    /// block looks again when this moves.
+    released: u64,
+}
+
+impl Claims {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClaimState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many sessions ask for block `index` now.
+    pub fn asked(&self, index: u64) -> u32 {
+        self.state().asked.get(&index).copied().unwrap_or(0)
+    }
+
+    /// How many blocks are claimed.
+    pub fn len(&self) -> usize {
+        self.state().asked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn claim(&self, index: u64) {
+        *self.state().asked.entry(index).or_default() += 1;
+    }
+
+    fn release(&self, index: u64, stored: bool) {
+        let mut s = self.state();
+        if let Some(n) = s.asked.get_mut(&index) {
+            *n -= 1;
+            if *n == 0 {
+                s.asked.remove(&index);
+            }
+        }
+        if !stored {
+            s.released += 1;
+        }
+    }
+
+    fn released(&self) -> u64 {
+        self.state().released
+    }
+
+    fn others(&self) -> bool {
+        self.state().sessions > 1
+    }
+}
+
 /// Sorted, disjoint ranges `[start, end)` of blocks.
 #[derive(Debug, Default, Clone)]
 struct Ranges(BTreeMap<u64, u64>);
@@ -218,9 +285,10 @@ pub struct Session {
     /// Every block below this one is local (where a full download looks next).
     download_from: u64,
     /// Where a full download's next look starts: every block between `download_from` and here
-    /// is local, asked for, or lacked by the peer when looked at. Anything that could change
-    /// that (the peer's word on what it has, a request given up, a new fork) starts the look
-    /// over from `download_from`; the look is then O(new requests) per answer, not O(window).
+    /// is local, asked for (of this peer or, when looked at, another), or lacked by the peer
+    /// when looked at. Anything that could change that (the peer's word on what it has, a
+    /// request given up here or by another peer's session, a new fork) starts the look over
+    /// from `download_from`; the look is then O(new requests) per answer, not O(window).
     scan_from: u64,
     /// What the peer may still make us do: (messages, requests) at `budget_at`.
     budget: (f64, f64),
@@ -231,6 +299,13 @@ pub struct Session {
     missed: u32,
     /// Whether a writer asked this peer for its whole tree (see `maybe_upgrade`).
     probed: bool,
+    /// The core's blocks asked of any peer ([`Claims`]), and those this session claimed.
+    claims: Arc<Claims>,
+    claimed: HashSet<u64>,
+    /// [`Claims::released`] when the last look skipped a block another peer was asked for.
+    released_seen: u64,
+    /// Where the end game's next look for blocks to ask a second time starts.
+    dup_from: u64,
 }
 
 impl Session {
@@ -256,7 +331,12 @@ impl Session {
             timeout: REQUEST_TIMEOUT,
             missed: 0,
             probed: false,
+            claims: Arc::default(),
+            claimed: HashSet::new(),
+            released_seen: 0,
+            dup_from: 0,
         };
+        s.claims.state().sessions += 1;
         let mut out = Output::default();
         s.sync(core, &mut out);
         out.messages.extend(have_ranges(core, 0, core.length()));
@@ -266,6 +346,13 @@ impl Session {
     /// How long requests sent from now on wait for an answer (default [`REQUEST_TIMEOUT`]).
     pub fn set_request_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Shares the claims of the core's other sessions (see [`Claims`]); before any request.
+    pub fn share_claims(&mut self, claims: Arc<Claims>) {
+        self.claims.state().sessions -= 1;
+        claims.state().sessions += 1;
+        self.claims = claims;
     }
 
     /// Switches to downloading everything (a sparse replica becomes a full copy) or back; the
@@ -400,6 +487,7 @@ impl Session {
                 if fork > self.remote_fork {
                     // What it had on the old fork may be gone.
                     self.remote_has = Ranges::default();
+                    self.dup_from = 0;
                 }
                 self.remote_fork = fork;
                 self.remote_length = length;
@@ -554,9 +642,13 @@ impl Session {
         }
         match result {
             Ok(applied) => {
+                if let Some(index) = asked.block {
+                    self.release(index, applied.block.is_some());
+                }
                 if let Some(t) = applied.truncated_to {
                     self.download_from = self.download_from.min(t);
                     self.scan_from = 0;
+                    self.dup_from = 0;
                 }
                 if let Some(index) = applied.block {
                     out.events.push(Event::Block { index });
@@ -597,6 +689,7 @@ impl Session {
     fn gave_up(&mut self, r: &InFlight, out: &mut Output) {
         self.scan_from = 0;
         if let Some(index) = r.block {
+            self.release(index, false);
             out.events.push(Event::Missing { index });
         }
         if let Some(bytes) = r.seek {
@@ -778,10 +871,50 @@ impl Session {
         let limit = core.length().min(self.remote_length);
         self.download_from = self.download_from.min(core.length());
         self.download_from = core.next_local(self.download_from, limit, false).unwrap_or(limit);
+        // A block skipped as another peer's may have been given up since.
+        let released = self.claims.released();
+        if released != self.released_seen {
+            self.released_seen = released;
+            self.scan_from = 0;
+        }
         // Jumps from a block we lack to the next the peer has and back: the cost follows the
         // runs of both, never the length (which a writer may sign as anything up to 2^55).
         let mut index = self.download_from.max(self.scan_from);
         let window = download_window(core);
+        let mut exhausted = false;
+        for _ in 0..TOP_UP_STEPS {
+            if self.in_flight.len() >= window {
+                break;
+            }
+            let missing = (index < limit).then(|| core.next_local(index, limit, false)).flatten();
+            let Some((missing, theirs)) =
+                missing.and_then(|m| Some((m, self.remote_has.next_from(m).filter(|&i| i < limit)?)))
+            else {
+                exhausted = true;
+                break;
+            };
+            if theirs != missing {
+                index = theirs;
+                continue;
+            }
+            // Blocks another peer was asked for are left to it.
+            let free = !self.blocks_in_flight.contains(&missing) && self.claims.asked(missing) == 0;
+            if free && !self.request_block(core, missing, now, out) {
+                break;
+            }
+            index = missing + 1;
+            self.scan_from = index;
+        }
+        if exhausted && self.in_flight.len() < window && self.claims.others() {
+            self.end_game(core, limit, window, now, out);
+        }
+    }
+
+    /// Every missing block this peer has is asked of some peer: with room in the window, ask
+    /// this one too for blocks only one other peer was asked for, so the last blocks come from
+    /// whichever answers first.
+    fn end_game(&mut self, core: &Hypercore, limit: u64, window: usize, now: Instant, out: &mut Output) {
+        let mut index = self.download_from.max(self.dup_from);
         for _ in 0..TOP_UP_STEPS {
             if self.in_flight.len() >= window || index >= limit {
                 break;
@@ -792,11 +925,21 @@ impl Session {
                 index = theirs;
                 continue;
             }
-            if !self.blocks_in_flight.contains(&missing) && !self.request_block(core, missing, now, out) {
+            if !self.blocks_in_flight.contains(&missing)
+                && self.claims.asked(missing) == 1
+                && !self.request_block(core, missing, now, out)
+            {
                 break;
             }
             index = missing + 1;
-            self.scan_from = index;
+            self.dup_from = index;
+        }
+    }
+
+    /// Lets go of this session's claim on block `index` (`stored`: it is here now).
+    fn release(&mut self, index: u64, stored: bool) {
+        if self.claimed.remove(&index) {
+            self.claims.release(index, stored);
         }
     }
 
@@ -804,6 +947,9 @@ impl Session {
     fn put(&mut self, id: u64, r: InFlight) {
         if let Some(index) = r.block {
             self.blocks_in_flight.insert(index);
+            if self.claimed.insert(index) {
+                self.claims.claim(index);
+            }
         }
         self.upgrades_in_flight += usize::from(r.upgrade);
         self.by_deadline.insert((r.deadline, id));
@@ -829,6 +975,17 @@ impl Session {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         id
+    }
+}
+
+impl Drop for Session {
+    /// A session that ends (its peer left or broke the rules) lets go of its claims, for the
+    /// core's other sessions to ask their peers.
+    fn drop(&mut self) {
+        for index in std::mem::take(&mut self.claimed) {
+            self.claims.release(index, false);
+        }
+        self.claims.state().sessions -= 1;
     }
 }
 

@@ -528,3 +528,68 @@ fn the_download_window_follows_the_mean_block_size() {
     }
     assert!(asked >= 500, "{asked} requests in flight for 4 KiB blocks");
 }
+
+/// A replica downloading from several peers at once, their sessions sharing one [`Claims`]:
+/// `speeds[i]` is how many rounds peer `i` takes to answer (0: never). Returns the blocks each
+/// peer sent and the replica.
+fn download_from_peers(blocks: usize, speeds: &[usize]) -> (Vec<usize>, Hypercore) {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let mut w = Hypercore::create(store, KeyPair::from_seed(&[5; 32]), false).expect("create");
+    w.append_batch(&(0..blocks).map(|i| vec![i as u8; 4096]).collect::<Vec<_>>()).expect("append");
+    let mut r = replica(&w);
+    let now = Instant::now();
+    let claims = Arc::new(Claims::default());
+    let mut seeds = Vec::new();
+    let mut readers = Vec::new();
+    // Messages on their way to each peer, and back to the replica.
+    let (mut to_seed, mut to_reader) = (Vec::new(), Vec::new());
+    for _ in speeds {
+        let (s, so) = Session::open(&w, false, now);
+        let (mut rs, ro) = Session::open(&r, true, now);
+        rs.share_claims(claims.clone());
+        seeds.push(s);
+        readers.push(rs);
+        to_seed.push(ro.messages);
+        to_reader.push(so.messages);
+    }
+    let mut sent = vec![0; speeds.len()];
+    for round in 1..100_000 {
+        if r.local_blocks() == blocks as u64 {
+            break;
+        }
+        for (i, &speed) in speeds.iter().enumerate() {
+            if speed == 0 || round % speed != 0 {
+                continue;
+            }
+            for m in std::mem::take(&mut to_seed[i]) {
+                let out = deliver(&mut seeds[i], &mut w, m, now).expect("seed");
+                sent[i] += out.messages.iter().filter(|m| matches!(m, Message::Data { .. })).count();
+                to_reader[i].extend(out.messages);
+            }
+            for m in std::mem::take(&mut to_reader[i]) {
+                to_seed[i].extend(deliver(&mut readers[i], &mut r, m, now).expect("replica").messages);
+            }
+        }
+    }
+    (sent, r)
+}
+
+/// Three peers hold a core: a full download asks each block of one of them (the sessions share
+/// their claims), a faster peer serves more, and only the end game asks twice — a download from
+/// three was three downloads. A peer that never answers holds nothing up: the end game asks
+/// another for what it was asked.
+#[test]
+fn peers_split_a_download_by_their_rates_and_a_silent_one_is_covered() {
+    let blocks = 12_000;
+    let (sent, r) = download_from_peers(blocks, &[1, 1, 2]);
+    assert_eq!(r.local_blocks(), blocks as u64, "{sent:?}");
+    assert!(r.verify_local().expect("verify").is_empty());
+    let total: usize = sent.iter().sum();
+    assert!(total <= blocks + 2 * 512, "{sent:?}: asked twice only at the end");
+    assert!(sent.iter().all(|&n| n > 0), "every peer helps: {sent:?}");
+    assert!(sent[0] > sent[2] && sent[1] > sent[2], "the slow peer serves least: {sent:?}");
+
+    let (sent, r) = download_from_peers(blocks, &[1, 0]);
+    assert_eq!(r.local_blocks(), blocks as u64, "{sent:?}");
+    assert_eq!(sent[1], 0);
+}

@@ -288,3 +288,52 @@ fn the_daemon_takes_network_options_and_a_listen_it_cannot_take_is_refused() {
     hyperfs_in_ok(&a, &["stop"]);
     daemon.wait().expect("the daemon exits");
 }
+
+/// A clone from three seeds at once takes each block from one of them (their sessions share
+/// what was asked), not the whole drive from each: what comes down is the drive once, with a
+/// little end-game overlap, split among the seeds.
+#[test]
+fn a_clone_from_three_seeds_downloads_the_drive_once_split_among_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let nodes: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| tmp.path().join(n)).collect();
+    let _stop: Vec<_> = nodes.iter().map(|n| StopNode(n.clone())).collect();
+    let (a, d) = (&nodes[0], &nodes[3]);
+    hyperfs_in_ok(a, &["create", "--name", "src"]);
+    let size = 48u64 << 20;
+    let data = pseudo_random(size as usize, 11);
+    let file = tmp.path().join("f.bin");
+    std::fs::write(&file, &data).expect("write");
+    hyperfs_in_ok(a, &["put", file.to_str().expect("utf-8"), "src:/f.bin"]);
+    let shared = json(a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let link = shared["link"].as_str().expect("link").to_owned();
+    let mut seeds = vec![shared["address"].as_str().expect("address").to_owned()];
+    for n in &nodes[1..3] {
+        let args =
+            ["clone", &link, "--peer", &seeds[0], "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"];
+        hyperfs_in_ok(n, &args);
+        seeds.push(std::fs::read_to_string(n.join("listen.addr")).expect("its address").trim().to_owned());
+    }
+    let uploaded =
+        |n: &Path, drive: &str| json(n, &["info", drive, "--json"])["bytesUploaded"].as_u64().expect("bytes");
+    let before: Vec<u64> =
+        nodes[..3].iter().zip(["src", "copy", "copy"]).map(|(n, drive)| uploaded(n, drive)).collect();
+    let mut args = vec!["clone", &link, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"];
+    for s in &seeds {
+        args.extend(["--peer", s]);
+    }
+    hyperfs_in_ok(d, &args);
+    let out = hyperfs_in(d, &["cat", "copy:/f.bin"]);
+    assert!(out.status.success() && out.stdout == data, "the clone reads the same bytes");
+    assert!(hyperfs_in_ok(d, &["verify", "copy"]).contains("verifies"));
+    let down = bytes_down(d, "copy");
+    let served: Vec<u64> = nodes[..3]
+        .iter()
+        .zip(["src", "copy", "copy"])
+        .zip(&before)
+        .map(|((n, drive), b)| uploaded(n, drive) - b)
+        .collect();
+    eprintln!("downloaded {down} bytes; the seeds served {served:?}");
+    assert!(down < size + size / 4, "the drive came down about once: {down} of {size}");
+    assert_eq!(served.iter().sum::<u64>(), down, "what the seeds uploaded is what came down");
+    assert!(served.iter().filter(|&&s| s > 0).count() >= 2, "the seeds shared the work: {served:?}");
+}
