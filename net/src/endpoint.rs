@@ -262,6 +262,8 @@ impl Endpoint {
         transport.max_idle_timeout(Some(
             Duration::from_secs(10).try_into().map_err(|_| NetError::Io("idle timeout".into()))?,
         ));
+        // Cubic's window on clean paths, BBR's on lossy ones (see `congestion`).
+        transport.congestion_controller_factory(Arc::new(crate::congestion::BothConfig::default()));
         let transport = Arc::new(transport);
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         server_config.transport_config(transport.clone());

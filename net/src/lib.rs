@@ -12,6 +12,7 @@
 //! capabilities, fetches that hedge across peers) and [`discovery`] (topics, the LAN protocol,
 //! the Mainline DHT). The swarm that decides whom to dial lives with the node (`cli/src/swarm.rs`).
 
+pub mod congestion;
 pub mod discovery;
 pub mod endpoint;
 pub mod identity;
