@@ -229,46 +229,7 @@ impl Endpoint {
             .enable_all()
             .build()
             .map_err(|e| NetError::Io(format!("starting the network runtime: {e}")))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (cert, key) = identity.certificate()?;
-        let tls = |e: rustls::Error| NetError::Tls(e.to_string());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_client_cert_verifier(PeerVerifier::new(provider.clone()))
-            .with_single_cert(vec![cert.clone()], key.clone_key())
-            .map_err(tls)?;
-        server.alpn_protocols = vec![ALPN.to_vec()];
-        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .dangerous()
-            .with_custom_certificate_verifier(PeerVerifier::new(provider))
-            .with_client_auth_cert(vec![cert], key)
-            .map_err(tls)?;
-        client.alpn_protocols = vec![ALPN.to_vec()];
-        let quic_server =
-            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| NetError::Tls(e.to_string()))?;
-        let quic_client =
-            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| NetError::Tls(e.to_string()))?;
-        let mut transport = quinn::TransportConfig::default();
-        // A peer that vanishes without closing (killed, cut off) is noticed within the idle
-        // timeout; keep-alives hold healthy connections open.
-        transport.keep_alive_interval(Some(Duration::from_secs(2)));
-        // One stream of frames per connection, opened by the dialer: a peer cannot make this
-        // side buffer data on streams nobody reads.
-        transport.max_concurrent_bidi_streams(1u32.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        transport.max_idle_timeout(Some(
-            Duration::from_secs(10).try_into().map_err(|_| NetError::Io("idle timeout".into()))?,
-        ));
-        // Cubic's window on clean paths, BBR's on lossy ones (see `congestion`).
-        transport.congestion_controller_factory(Arc::new(crate::congestion::BothConfig::default()));
-        let transport = Arc::new(transport);
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-        server_config.transport_config(transport.clone());
-        let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
-        client_config.transport_config(transport);
+        let (server_config, client_config) = quic_configs(identity)?;
         let endpoint = {
             let _guard = runtime.enter();
             quinn::Endpoint::server(server_config, listen)
@@ -570,6 +531,53 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         self.inner.endpoint.close(0u32.into(), b"bye");
     }
+}
+
+/// The QUIC configurations every connection of `identity` uses, as a server and as a client:
+/// TLS 1.3 with both sides' certificates checked against their peer ids, one stream each way,
+/// keep-alives, the idle timeout and the congestion controller. Public for the benchmark of raw
+/// QUIC throughput.
+pub fn quic_configs(identity: &Identity) -> Result<(quinn::ServerConfig, quinn::ClientConfig), NetError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (cert, key) = identity.certificate()?;
+    let tls = |e: rustls::Error| NetError::Tls(e.to_string());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(PeerVerifier::new(provider.clone()))
+        .with_single_cert(vec![cert.clone()], key.clone_key())
+        .map_err(tls)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(PeerVerifier::new(provider))
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(tls)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let quic_server =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| NetError::Tls(e.to_string()))?;
+    let quic_client =
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    // A peer that vanishes without closing (killed, cut off) is noticed within the idle
+    // timeout; keep-alives hold healthy connections open.
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    // One stream of frames per connection, opened by the dialer: a peer cannot make this
+    // side buffer data on streams nobody reads.
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport
+        .max_idle_timeout(Some(Duration::from_secs(10).try_into().map_err(|_| NetError::Io("idle timeout".into()))?));
+    // Cubic's window on clean paths, BBR's on lossy ones (see `congestion`).
+    transport.congestion_controller_factory(Arc::new(crate::congestion::BothConfig::default()));
+    let transport = Arc::new(transport);
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+    server_config.transport_config(transport.clone());
+    let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
+    client_config.transport_config(transport);
+    Ok((server_config, client_config))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -257,7 +257,15 @@ struct InFlight {
     /// An upgrade from length 0 asked after one from our length failed to verify: does the
     /// peer hold another history of the same fork (the writer equivocated), or is it lying?
     probe: bool,
+    /// A seek asked as [`Message::SeekBlock`]: answered with the block the byte is in.
+    seek_block: bool,
     deadline: Instant,
+}
+
+impl InFlight {
+    fn new(block: Option<u64>, seek: Option<u64>, upgrade: bool, deadline: Instant) -> InFlight {
+        InFlight { block, seek, upgrade, probe: false, seek_block: false, deadline }
+    }
 }
 
 /// One core's replication with one peer.
@@ -302,6 +310,9 @@ pub struct Session {
     /// The core's blocks asked of any peer ([`Claims`]), and those this session claimed.
     claims: Arc<Claims>,
     claimed: HashSet<u64>,
+    /// A byte whose seek-and-block the peer could not answer: its next seek asks for the tree
+    /// nodes only (the peer may lack the block, or be a peer that does not know the message).
+    plain_seek: Option<u64>,
     /// [`Claims::released`] when the last look skipped a block another peer was asked for.
     released_seen: u64,
     /// Where the end game's next look for blocks to ask a second time starts.
@@ -333,6 +344,7 @@ impl Session {
             probed: false,
             claims: Arc::default(),
             claimed: HashSet::new(),
+            plain_seek: None,
             released_seen: 0,
             dup_from: 0,
         };
@@ -417,11 +429,16 @@ impl Session {
             Err(_) => return false,
         };
         let id = self.take_id();
-        self.put(
-            id,
-            InFlight { block: None, seek: Some(bytes), upgrade: false, probe: false, deadline: now + self.timeout },
-        );
-        out.messages.push(Message::Request { id, request, priority: None });
+        let mut asked = InFlight::new(None, Some(bytes), false, now + self.timeout);
+        if self.plain_seek.take() == Some(bytes) {
+            out.messages.push(Message::Request { id, request, priority: None });
+        } else {
+            // One round trip: the peer seeks and sends the block with its proof; the reader
+            // then seeks locally and finds the block here.
+            asked.seek_block = true;
+            out.messages.push(Message::SeekBlock { id, fork: core.fork(), length: core.length(), bytes });
+        }
+        self.put(id, asked);
         true
     }
 
@@ -503,6 +520,17 @@ impl Session {
                 self.charge_request(now)?;
                 out.messages.push(answer(core, id, &request));
             }
+            Message::SeekBlock { id, fork, length, bytes } => {
+                self.charge_request(now)?;
+                let not_available = Message::NoData { request: id, reason: Some(NoDataReason::NotAvailable) };
+                out.messages.push(match (fork == core.fork()).then(|| core.seek_block_proof(bytes, length)) {
+                    Some(Ok(proof)) => Message::Data { request: id, proof },
+                    Some(Err(Error::InvalidRequest(_) | Error::OutOfBounds(_))) => {
+                        Message::NoData { request: id, reason: Some(NoDataReason::InvalidRequest) }
+                    }
+                    _ => not_available,
+                });
+            }
             Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } => {}
             Message::Data { request, proof } => {
                 self.missed = 0;
@@ -510,7 +538,9 @@ impl Session {
                     // JS ignores data for requests it does not know (a late answer).
                     return Ok(out);
                 };
-                if !asked.probe && proof.block.as_ref().map(|b| b.index) != asked.block && proof.block.is_some() {
+                // A seek-and-block is answered with whichever block the byte is in.
+                let any_block = asked.probe || asked.seek_block;
+                if !any_block && proof.block.as_ref().map(|b| b.index) != asked.block && proof.block.is_some() {
                     return Err(Misbehaviour(format!(
                         "the peer answered request {request} with block {:?} where {:?} was asked",
                         proof.block.as_ref().map(|b| b.index),
@@ -573,6 +603,9 @@ impl Session {
                     if let Some(index) = r.block {
                         // It does not have it after all.
                         self.remote_has.remove(index, index + 1);
+                    }
+                    if r.seek_block {
+                        self.plain_seek = r.seek;
                     }
                     self.gave_up(&r, &mut out);
                 }
@@ -781,7 +814,7 @@ impl Session {
             ..Request::default()
         };
         let id = self.take_id();
-        self.put(id, InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: now + self.timeout });
+        self.put(id, InFlight::new(None, None, true, now + self.timeout));
         out.messages.push(Message::Request { id, request, priority: None });
     }
 
@@ -816,10 +849,7 @@ impl Session {
         }
         for request in requests {
             let id = self.take_id();
-            self.put(
-                id,
-                InFlight { block: None, seek: None, upgrade: true, probe: true, deadline: now + self.timeout },
-            );
+            self.put(id, InFlight { probe: true, ..InFlight::new(None, None, true, now + self.timeout) });
             out.messages.push(Message::Request { id, request, priority: None });
         }
     }
@@ -843,7 +873,7 @@ impl Session {
             return true;
         }
         let id = self.take_id();
-        self.put(id, InFlight { block: Some(index), seek: None, upgrade, probe: false, deadline: now + self.timeout });
+        self.put(id, InFlight::new(Some(index), None, upgrade, now + self.timeout));
         self.wanted.remove(&index);
         out.messages.push(Message::Request { id, request, priority: None });
         true

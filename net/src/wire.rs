@@ -41,16 +41,61 @@ pub enum NoDataReason {
 /// One message of a core's channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Sync { flags: u64, fork: u64, length: u64, remote_length: u64 },
-    Request { id: u64, request: Request, priority: Option<u64> },
-    Cancel { request: u64 },
-    Data { request: u64, proof: Proof },
-    NoData { request: u64, reason: Option<NoDataReason> },
-    Want { start: u64, length: u64, any: bool },
-    Unwant { start: u64, length: u64 },
-    Bitfield { start: u64, bitfield: Vec<u32> },
-    Range { drop: bool, start: u64, length: u64 },
-    Extension { name: String, message: Vec<u8> },
+    Sync {
+        flags: u64,
+        fork: u64,
+        length: u64,
+        remote_length: u64,
+    },
+    Request {
+        id: u64,
+        request: Request,
+        priority: Option<u64>,
+    },
+    Cancel {
+        request: u64,
+    },
+    Data {
+        request: u64,
+        proof: Proof,
+    },
+    NoData {
+        request: u64,
+        reason: Option<NoDataReason>,
+    },
+    Want {
+        start: u64,
+        length: u64,
+        any: bool,
+    },
+    Unwant {
+        start: u64,
+        length: u64,
+    },
+    Bitfield {
+        start: u64,
+        bitfield: Vec<u32>,
+    },
+    Range {
+        drop: bool,
+        start: u64,
+        length: u64,
+    },
+    Extension {
+        name: String,
+        message: Vec<u8>,
+    },
+    /// hyperfs peers only (type 64, which Hypercore does not use): the block holding byte
+    /// `bytes` of the core, found by the peer, proven against the asker's tree at `length`
+    /// (answered by `Data` with that block and its path to one of those roots, or `NoData`).
+    /// A random read of a sparse replica takes one round trip where a seek and then a request
+    /// took two.
+    SeekBlock {
+        id: u64,
+        fork: u64,
+        length: u64,
+        bytes: u64,
+    },
 }
 
 /// A control message (channel 0).
@@ -99,6 +144,9 @@ fn read_nodes(d: &mut Decoder<'_>) -> Result<Vec<Node>, DecodeError> {
         .collect()
 }
 
+/// The type of [`Message::SeekBlock`].
+const SEEK_BLOCK: u64 = 64;
+
 impl Message {
     pub fn kind(&self) -> u64 {
         match self {
@@ -112,6 +160,7 @@ impl Message {
             Message::Bitfield { .. } => 7,
             Message::Range { .. } => 8,
             Message::Extension { .. } => 9,
+            Message::SeekBlock { .. } => SEEK_BLOCK,
         }
     }
 
@@ -213,6 +262,9 @@ impl Message {
             }
             Message::Extension { name, message } => {
                 e.string(name).fixed(message);
+            }
+            Message::SeekBlock { id, fork, length, bytes } => {
+                e.uint(*id).uint(*fork).uint(*length).uint(*bytes);
             }
         }
     }
@@ -327,6 +379,12 @@ impl Message {
                 Message::Range { drop: flags & 1 != 0, start, length }
             }
             9 => Message::Extension { name: d.string("extension name")?, message: d.rest().to_vec() },
+            SEEK_BLOCK => Message::SeekBlock {
+                id: d.uint("request id")?,
+                fork: d.uint("fork")?,
+                length: d.uint("length")?,
+                bytes: d.uint("seek bytes")?,
+            },
             _ => return Err(DecodeError::Invalid("message type")),
         })
     }

@@ -3,8 +3,12 @@
 // Usage: node bench-replicate.js serve WORK FILE   -> prints {"key", "port"} once the drive holds
 //                                                     FILE as /big.bin (a folder: its files under
 //                                                     their paths), then serves until killed
-//        node bench-replicate.js clone WORK KEY PORT -> {"seconds"}: every block of the drive
+//        node bench-replicate.js clone WORK KEY PORT -> {"seconds", "peakRssMiB"}: every block of
+//                                                     the drive
 //        node bench-replicate.js read WORK KEY PORT  -> {"seconds"}: /big.bin streamed, sparse
+//        node bench-replicate.js randread WORK KEY PORT N -> {"p50Ms", "p99Ms", "maxMs"}: N reads
+//                                                     of 4 KiB at random offsets of /big.bin
+// HOST (default 127.0.0.1) is the address served on and dialed.
 'use strict'
 const fs = require('fs')
 const net = require('net')
@@ -13,9 +17,10 @@ const Corestore = require('corestore')
 const Hyperdrive = require('hyperdrive')
 
 const secs = (start) => Number(process.hrtime.bigint() - start) / 1e9
+const host = process.env.HOST || '127.0.0.1'
 
 async function main () {
-  const [mode, work, a, b] = process.argv.slice(2)
+  const [mode, work, a, b, n] = process.argv.slice(2)
   if (mode === 'serve') {
     fs.rmSync(work, { recursive: true, force: true })
     const store = new Corestore(path.join(work, 'store'))
@@ -43,7 +48,7 @@ async function main () {
       sock.pipe(s).pipe(sock)
       sock.on('error', () => {}); s.on('error', () => {})
     })
-    server.listen(0, '127.0.0.1', () => {
+    server.listen(0, host, () => {
       console.log(JSON.stringify({ key: drive.key.toString('hex'), port: server.address().port }))
     })
     return
@@ -53,7 +58,7 @@ async function main () {
   const drive = new Hyperdrive(store, Buffer.from(a, 'hex'))
   await drive.ready()
   const start = process.hrtime.bigint()
-  const sock = net.connect(+b, '127.0.0.1')
+  const sock = net.connect(+b, host)
   const s = store.replicate(true)
   sock.pipe(s).pipe(sock)
   const done = drive.findingPeers()
@@ -61,6 +66,27 @@ async function main () {
   await drive.update({ wait: true })
   if (mode === 'clone') {
     await drive.download('/').done()
+  } else if (mode === 'randread') {
+    // The same xorshift offsets as hyperfs-bench randread, each read timed alone.
+    const size = (await drive.entry('/big.bin')).value.blob.byteLength
+    const lat = []
+    let seed = 0x9e3779b97f4a7c15n
+    const mask = (1n << 64n) - 1n
+    for (let i = 0; i < +n; i++) {
+      seed ^= (seed << 13n) & mask; seed ^= seed >> 7n; seed ^= (seed << 17n) & mask
+      const at = Number(seed % BigInt(Math.floor(size / 4096))) * 4096
+      const t = process.hrtime.bigint()
+      let got = 0
+      for await (const chunk of drive.createReadStream('/big.bin', { start: at, length: 4096 })) got += chunk.length
+      if (got !== 4096) throw new Error('short read')
+      lat.push(secs(t) * 1e3)
+    }
+    lat.sort((x, y) => x - y)
+    const pct = (p) => lat[Math.min(lat.length - 1, Math.floor(lat.length * p))]
+    sock.destroy()
+    await drive.close(); await store.close()
+    console.log(JSON.stringify({ reads: +n, p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: lat[lat.length - 1] }))
+    return
   } else {
     const rs = drive.createReadStream('/big.bin')
     let n = 0
@@ -70,7 +96,8 @@ async function main () {
   const seconds = secs(start)
   sock.destroy()
   await drive.close(); await store.close()
-  console.log(JSON.stringify({ seconds }))
+  // ru_maxrss is in KiB on Linux.
+  console.log(JSON.stringify({ seconds, peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }))
 }
 
 main().catch((e) => { console.error(e); process.exit(1) })

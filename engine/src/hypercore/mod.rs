@@ -1209,6 +1209,37 @@ impl Hypercore {
         Ok(p)
     }
 
+    /// Answers a hyperfs peer's seek-and-block request: the block holding byte `bytes`, with
+    /// its path up to a root of this tree as it was at `length` blocks (the asker's length on
+    /// this fork), so it verifies against the asker's roots with no upgrade. Block offsets do not
+    /// change as a core grows, so the seek at today's length finds the same block. Fails where
+    /// this core cannot answer: shorter than `length`, the byte past it, or the block not here.
+    pub fn seek_block_proof(&self, bytes: u64, length: u64) -> Result<Proof> {
+        if length == 0 || length > self.head.length {
+            return Err(Error::OutOfBounds(format!("a seek at length {length} of {}", self.head.length)));
+        }
+        let (index, _) = self.seek(bytes)?;
+        if index >= length {
+            return Err(Error::OutOfBounds(format!("byte {bytes} is past block {length}")));
+        }
+        let full = flat::full_roots(2 * length);
+        let roots = full
+            .iter()
+            .map(|&i| self.node(TreeIndex(i))?.ok_or(Error::MissingNode { index: i }))
+            .collect::<Result<Vec<_>>>()?;
+        // The whole path: as many levels as lie between the block and its root.
+        let leaf = 2 * index;
+        let root = full.iter().find(|&&r| flat::left_span(r) <= leaf && leaf <= flat::right_span(r));
+        let nodes = u64::from(root.map_or(0, |&r| flat::depth(r)));
+        let req =
+            Request { fork: self.head.fork, block: Some(proof::RequestIndexed { index, nodes }), ..Request::default() };
+        let mut p = proof::generate(self, &roots, length, self.head.fork, &[], &req)?;
+        if let Some(b) = &mut p.block {
+            b.value = self.get(b.index)?;
+        }
+        Ok(p)
+    }
+
     /// Verifies a proof received from a peer and stores what it proves: new signed length,
     /// nodes and the block. Nothing is stored from a proof that does not verify.
     pub fn apply_proof(&mut self, p: &Proof) -> Result<Applied> {

@@ -167,24 +167,44 @@ fn proofs_come_out_verified_for_the_driver_to_store_and_a_stale_one_is_asked_aga
     assert!(done.events.contains(&Event::Missing { index: 20 }), "{:?}", done.events);
 }
 
+/// A random read of a sparse replica: one message (`SeekBlock`) and its answer bring the block
+/// that holds the byte with its path, after which the replica seeks locally and has the block —
+/// one round trip where a seek and then a request took two.
 #[test]
-fn a_replica_seeks_a_byte_without_downloading_blocks() {
+fn a_replica_seeks_a_byte_in_one_round_trip_that_brings_its_block() {
     let mut p = Pair::opened(300, false);
     let total = p.a.byte_length();
-    for bytes in [0, 1, total / 3, total / 2 + 7, total - 1] {
-        for _ in 0..2 {
-            let mut out = Output::default();
-            assert!(p.sb.seek(&p.b, bytes, p.now, &mut out), "the writer can answer a seek");
-            p.events.extend(out.events);
-            p.run(Vec::new(), out.messages).expect("seek");
-            assert!(p.events.contains(&Event::Sought { bytes, ok: true }));
-            if p.b.seek_request(bytes).expect("request").is_none() {
-                break;
-            }
-        }
-        assert_eq!(p.b.seek(bytes).expect("the replica seeks locally"), p.a.seek(bytes).expect("seek"));
+    // Bytes in blocks far apart (a byte of a block whose path is here seeks without asking).
+    for bytes in [1, total / 3, total / 2 + 7, total - 1] {
+        let mut out = Output::default();
+        assert!(p.sb.seek(&p.b, bytes, p.now, &mut out), "the writer can answer a seek");
+        let [m @ Message::SeekBlock { .. }] = &out.messages[..] else { panic!("one seek-and-block: {out:?}") };
+        let answer = deliver(&mut p.sa, &mut p.a, m.clone(), p.now).expect("writer").messages;
+        assert!(matches!(answer[..], [Message::Data { .. }]), "{answer:?}");
+        let back = deliver(&mut p.sb, &mut p.b, answer[0].clone(), p.now).expect("replica");
+        assert!(back.events.contains(&Event::Sought { bytes, ok: true }), "{:?}", back.events);
+        let (index, skip) = p.b.seek(bytes).expect("the replica seeks locally");
+        assert_eq!((index, skip), p.a.seek(bytes).expect("seek"));
+        assert!(back.events.contains(&Event::Block { index }) && p.b.has(index), "the block came with it");
     }
-    assert_eq!(p.b.local_blocks(), 0, "seeks carry tree nodes, not blocks");
+    assert!(p.b.verify_local().expect("verify").is_empty());
+
+    // A peer that cannot answer one (here a replica without the block) says so; the next seek
+    // of that byte asks for tree nodes only.
+    let Pair { a, b, .. } = p;
+    let (mut q, to_b, to_a) = Pair::new(b, replica(&a), false);
+    q.run(to_b, to_a).expect("open");
+    let bytes = total / 4;
+    let mut out = Output::default();
+    q.sb.seek(&q.b, bytes, q.now, &mut out);
+    assert!(matches!(out.messages[..], [Message::SeekBlock { .. }]));
+    let answer = deliver(&mut q.sa, &mut q.a, out.messages.remove(0), q.now).expect("relay").messages;
+    assert!(matches!(answer[..], [Message::NoData { .. }]), "{answer:?}");
+    let back = deliver(&mut q.sb, &mut q.b, answer[0].clone(), q.now).expect("replica");
+    assert!(back.events.contains(&Event::Sought { bytes, ok: false }));
+    let mut out = Output::default();
+    q.sb.seek(&q.b, bytes, q.now, &mut out);
+    assert!(matches!(out.messages[..], [Message::Request { .. }]), "{:?}", out.messages);
 }
 
 #[test]
@@ -272,10 +292,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
         let mut s = Session::open(&p.b, false, p.now).0;
         deliver(&mut s, &mut p.b, Message::Sync { flags: 3, fork: 0, length: 40, remote_length: 0 }, p.now)
             .expect("sync");
-        s.put(
-            id,
-            InFlight { block: Some(9), seek: None, upgrade: false, probe: false, deadline: p.now + REQUEST_TIMEOUT },
-        );
+        s.put(id, InFlight::new(Some(9), None, false, p.now + REQUEST_TIMEOUT));
         let r = deliver(&mut s, &mut p.b, Message::Data { request: id, proof }, p.now);
         assert!(r.is_err(), "{what} is caught");
         assert!(!p.b.has(9), "{what}: nothing stored");
@@ -289,7 +306,7 @@ fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     let mut proof = p.a.proof(&upgrade_req).expect("proof");
     proof.upgrade.as_mut().expect("upgrade").signature[5] ^= 1;
     proof.manifest = p.a.manifest().map(|m| m.encode());
-    s.put(1, InFlight { block: None, seek: None, upgrade: true, probe: false, deadline: p.now + REQUEST_TIMEOUT });
+    s.put(1, InFlight::new(None, None, true, p.now + REQUEST_TIMEOUT));
     assert!(deliver(&mut s, &mut forged, Message::Data { request: 1, proof }, p.now).is_err());
     assert_eq!(forged.length(), 0);
     // The honest answer still works.

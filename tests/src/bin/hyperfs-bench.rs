@@ -37,10 +37,11 @@ fn main() {
         Some("randread") => randread(&args[2], args[3].parse().expect("a count")),
         Some("close") => close(&args[2], &args[3]),
         Some("write") => write_files(&args[2], &args[3], args[4].parse().expect("a count")),
+        Some("quic") => quic(args[2].parse().expect("MiB")),
         Some("flood") => flood(&args[2], &args[3..args.len() - 1], args[args.len() - 1].parse().expect("seconds")),
         _ => {
             eprintln!(
-                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS"
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS | quic MIB"
             );
             std::process::exit(2);
         }
@@ -526,4 +527,53 @@ fn flood(addr: &str, keys: &[String], seconds: u64) {
         endpoint.shutdown();
     }
     println!("{}", serde_json::json!({"connects": connects, "batches": batches}));
+}
+
+/// Raw QUIC on loopback with the node's own configuration (TLS, transport, congestion control):
+/// one process dials another's endpoint (two runtimes of two workers, as two nodes), and the
+/// listener sends `mib` MiB on the dialer's stream, as a seed answers a clone. What quinn alone
+/// carries, the ceiling of a clone.
+fn quic(mib: u64) {
+    use hyperfs_net::identity::Identity;
+    let runtime =
+        || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let (serving, dialing) = (runtime(), runtime());
+    let (server, _) = hyperfs_net::endpoint::quic_configs(&Identity::from_seed(&[1; 32])).expect("configs");
+    let (_, client) = hyperfs_net::endpoint::quic_configs(&Identity::from_seed(&[2; 32])).expect("configs");
+    let listener = {
+        let _g = serving.enter();
+        quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("address")).expect("listen")
+    };
+    let addr = listener.local_addr().expect("address");
+    let total = mib << 20;
+    serving.spawn(async move {
+        let conn = listener.accept().await.expect("a dialer").await.expect("a connection");
+        let (mut send, mut recv) = conn.accept_bi().await.expect("a stream");
+        let mut one = [0u8; 1];
+        recv.read_exact(&mut one).await.expect("the first byte");
+        let block = vec![7u8; 64 << 10];
+        let mut sent = 0;
+        while sent < total {
+            send.write_all(&block).await.expect("send");
+            sent += block.len() as u64;
+        }
+        send.finish().expect("finish");
+        conn.closed().await;
+    });
+    let seconds = dialing.block_on(async move {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let t = Instant::now();
+        let conn = ep.connect_with(client, addr, "hyperfs").expect("dial").await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&[1]).await.expect("the first byte");
+        let mut got = 0u64;
+        while let Some(c) = recv.read_chunk(1 << 20, true).await.expect("read") {
+            got += c.bytes.len() as u64;
+        }
+        assert_eq!(got, total);
+        let seconds = t.elapsed().as_secs_f64();
+        conn.close(0u32.into(), b"done");
+        seconds
+    });
+    println!("{}", serde_json::json!({"seconds": seconds, "MiBps": mib as f64 / seconds}));
 }
