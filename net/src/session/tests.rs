@@ -189,6 +189,14 @@ fn a_replica_seeks_a_byte_in_one_round_trip_that_brings_its_block() {
     }
     assert!(p.b.verify_local().expect("verify").is_empty());
 
+    // Whatever length and byte a peer names, the writer answers with a proof or says no.
+    let mut ws = Session::open(&p.a, false, p.now).0;
+    for (length, bytes) in [(0, 0), (1, 0), (1, 9), (7, total), (300, u64::MAX), (301, 5), (u64::MAX, 1), (64, 300)] {
+        let m = Message::SeekBlock { id: 1, fork: 0, length, bytes };
+        let out = ws.on_message(&p.a, m, p.now).expect("answered");
+        assert!(matches!(out.messages[..], [Message::Data { .. } | Message::NoData { .. }]), "{length} {bytes}");
+    }
+
     // A peer that cannot answer one (here a replica without the block) says so; the next seek
     // of that byte asks for tree nodes only.
     let Pair { a, b, .. } = p;
@@ -463,7 +471,7 @@ proptest::proptest! {
     /// is dropped.
     #[test]
     fn mutated_messages_never_panic_a_session(
-        ops in proptest::collection::vec((0u8..8, proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), proptest::prelude::any::<u8>(), 0usize..64), 1..40),
+        ops in proptest::collection::vec((0u8..9, proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), proptest::prelude::any::<u8>(), 0usize..64), 1..40),
     ) {
         let w = writer(20);
         let mut r = replica(&w);
@@ -481,6 +489,7 @@ proptest::proptest! {
                 Message::Data { request: 1, proof },
                 Message::NoData { request: 2, reason: None },
                 Message::Cancel { request: 1 },
+                Message::SeekBlock { id: 3, fork: 0, length: 20, bytes: 40 },
             ]
         };
         for (which, a, b, flip, at) in ops {
@@ -500,6 +509,7 @@ proptest::proptest! {
                 Message::Range { drop, .. } => Message::Range { drop, start: a, length: b },
                 Message::Want { any, .. } => Message::Want { start: a, length: b, any },
                 Message::Sync { flags, .. } => Message::Sync { fork: a % 3, length: b, remote_length: 0, flags },
+                Message::SeekBlock { id, fork, .. } => Message::SeekBlock { id, fork, length: a % 64, bytes: b % 512 },
                 m => m,
             };
             if deliver(&mut s, &mut r, decoded, now).is_err() {
