@@ -33,6 +33,8 @@ pub struct Cache {
     limit: AtomicU64,
     dir: PathBuf,
     state: Mutex<State>,
+    /// Held through an enforcement: the refresher and readers making room take turns.
+    enforcing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -66,7 +68,12 @@ impl Cache {
     pub fn new(dir: &Path) -> Cache {
         let settings: Settings = crate::node::read_state_json(dir, "cache.json").unwrap_or_default();
         let limit = settings.size.unwrap_or_else(|| default_limit(dir));
-        Cache { limit: AtomicU64::new(limit), dir: dir.to_path_buf(), state: Mutex::default() }
+        Cache {
+            limit: AtomicU64::new(limit),
+            dir: dir.to_path_buf(),
+            state: Mutex::default(),
+            enforcing: Mutex::default(),
+        }
     }
 
     pub fn limit(&self) -> u64 {
@@ -96,6 +103,7 @@ impl Cache {
     /// hold more than the limit or the disk has less than [`MIN_FREE`] free, and collects
     /// garbage in `store` once enough was evicted. Returns the bytes evicted.
     pub fn enforce(&self, cores: &[Arc<ReplicaCore>], store: &dyn Store) -> u64 {
+        let _turn = lock(&self.enforcing);
         let used = Cache::used(cores);
         let free = free_bytes(&self.dir);
         let budget = self.limit().min((used + free).saturating_sub(MIN_FREE));

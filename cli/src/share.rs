@@ -368,13 +368,24 @@ impl NetFetch {
 
 impl NetFetch {
     /// Those of `indices` the network's instance of `core` lacks (`None`: none, or no network).
-    fn missing(&self, core: &CoreKey, indices: &[u64]) -> Option<(Arc<Net>, Vec<u64>)> {
+    /// Before a sparse replica asks for a window of blocks: the cache makes room first, in the
+    /// reader's thread. The refresher evicts as blocks arrive, but a busy machine starved it
+    /// while a sequential reader's windows kept coming (a 64 MiB cache's data directory reached
+    /// 151 MiB with a compiler running beside); here the reader waits for the room it fills.
+    fn make_room(net: &Net, slot: &ReplicaCore) {
+        if !slot.full.load(std::sync::atomic::Ordering::Relaxed) {
+            net.cache.enforce(&net.sparse_cores(), &*net.store);
+        }
+    }
+
+    /// The blocks of `indices` not here yet, with the network and the core's instance.
+    fn missing(&self, core: &CoreKey, indices: &[u64]) -> Option<(Arc<Net>, Arc<ReplicaCore>, Vec<u64>)> {
         let (net, slot) = self.parts(core).ok()?;
         let missing: Vec<u64> = {
             let c = lock(&slot.core);
             indices.iter().copied().filter(|&i| !c.has(i)).collect()
         };
-        (!missing.is_empty()).then_some((net, missing))
+        (!missing.is_empty()).then_some((net, slot, missing))
     }
 }
 
@@ -398,13 +409,15 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
     }
 
     fn prefetch(&self, core: &CoreKey, indices: &[u64]) {
-        if let Some((net, missing)) = self.missing(core, indices) {
+        if let Some((net, slot, missing)) = self.missing(core, indices) {
+            NetFetch::make_room(&net, &slot);
             net.endpoint.fetch_many(core, &missing, FETCH_TIMEOUT);
         }
     }
 
     fn hint(&self, core: &CoreKey, indices: &[u64]) {
-        if let Some((net, missing)) = self.missing(core, indices) {
+        if let Some((net, slot, missing)) = self.missing(core, indices) {
+            NetFetch::make_room(&net, &slot);
             net.endpoint.fetch_later(core, &missing);
         }
     }
