@@ -194,13 +194,14 @@ impl Net {
 
     /// Offers a drive this node writes (or has whole) to every peer, and joins its topic
     /// (announced unless `announce` is false; on the LAN only with `lan_only`).
-    pub fn share(&self, drive: &Arc<SharedDrive>, announce: bool, lan_only: bool) {
+    pub fn share(self: &Arc<Self>, drive: &Arc<SharedDrive>, announce: bool, lan_only: bool) {
         let (db, blobs) = (*drive.key(), *drive.snapshot().blobs().key());
         {
             let mut cores = lock(&self.offer.0);
             if cores.iter().any(|c| c.key() == db) {
                 return;
             }
+
             cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: false, key: db }));
             cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: true, key: blobs }));
         }
@@ -213,6 +214,10 @@ impl Net {
             }
         }));
         lock(&self.own).push((drive.clone(), listener));
+        if drive.snapshot().fetcher().is_none() {
+            // Blocks `prune` cleared here are read from peers that still hold them.
+            drive.write().set_fetch(Arc::new(OwnFetch { net: Arc::downgrade(self) }));
+        }
         self.endpoint.refresh();
         self.swarm.join(&db, announce, lan_only);
     }
@@ -446,6 +451,21 @@ impl hyperfs_engine::fetch::Fetch for NetFetch {
         }
         let found = lock(&slot.core).seek(bytes);
         found
+    }
+}
+
+/// The [`Fetch`](hyperfs_engine::fetch::Fetch) of a drive this node writes: a block `prune`
+/// cleared here (or a power cut took) is read from a connected peer that still holds it,
+/// verified against the drive's own tree and handed to the reader without being stored — the
+/// owner alone changes an own drive, and the space stays given back.
+pub struct OwnFetch {
+    net: std::sync::Weak<Net>,
+}
+
+impl hyperfs_engine::fetch::Fetch for OwnFetch {
+    fn fetch(&self, core: &CoreKey, index: u64) -> hyperfs_engine::Result<Vec<u8>> {
+        let net = self.net.upgrade().ok_or(hyperfs_engine::Error::MissingBlock { index })?;
+        net.endpoint.fetch_bytes(core, index, FETCH_TIMEOUT).ok_or(hyperfs_engine::Error::MissingBlock { index })
     }
 }
 

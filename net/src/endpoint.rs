@@ -95,6 +95,8 @@ enum Wanted {
 enum Command {
     /// Ask for a block or a seek; the answer says whether it is now stored.
     Want { core: CoreKey, what: Wanted, reply: oneshot::Sender<bool> },
+    /// Ask for a block's bytes, verified, whether or not the core stores them.
+    WantBytes { core: CoreKey, index: u64, reply: oneshot::Sender<Option<Vec<u8>>> },
     /// A local core changed: tell the peer.
     Changed { core: CoreKey },
     /// Open channels for cores shared since the connection began.
@@ -359,6 +361,35 @@ impl Endpoint {
         }
     }
 
+    /// Block `index` of `core` from the first peer that has it, verified against the local tree
+    /// and handed over whether or not the core stores it: how an own drive reads a block
+    /// `prune` cleared here from a peer that still holds it (its owner alone changes the core,
+    /// so the bytes are not stored). Nearer peers are asked first, one at a time.
+    pub fn fetch_bytes(&self, core: &CoreKey, index: u64, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut peers: Vec<(Duration, mpsc::UnboundedSender<Command>)> = lock(&self.inner.conns)
+            .iter()
+            .filter(|c| lock(&c.cores).contains(core))
+            .map(|c| (c.connection.rtt(), c.tx.clone()))
+            .collect();
+        peers.sort_by_key(|(rtt, _)| *rtt);
+        let core = *core;
+        self.runtime.block_on(async move {
+            for (_, tx) in peers {
+                let (reply, rx) = oneshot::channel();
+                if tx.send(Command::WantBytes { core, index, reply }).is_err() {
+                    continue;
+                }
+                match tokio::time::timeout_at(deadline.into(), rx).await {
+                    Ok(Ok(Some(bytes))) => return Some(bytes),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+            None
+        })
+    }
+
     /// The tree nodes of `core` that locate byte `bytes`, from the first peer that answers a
     /// seek, verified and stored by the time this returns true. The caller seeks locally again
     /// (a byte at a node boundary can take a second round).
@@ -609,6 +640,8 @@ struct Channel {
     session: Option<Session>,
     /// Readers waiting for blocks and seeks.
     waiting: HashMap<Wanted, Vec<oneshot::Sender<bool>>>,
+    /// Readers waiting for a block's verified bytes (see [`Endpoint::fetch_bytes`]).
+    waiting_bytes: HashMap<u64, Vec<oneshot::Sender<Option<Vec<u8>>>>>,
 }
 
 /// Drives one connection until it ends: frames in, sessions, frames out.
@@ -760,6 +793,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                 cmd = rx.recv() => {
                     match cmd {
                         Some(Command::Want { core, what, reply }) => state.want(core, what, reply),
+                        Some(Command::WantBytes { core, index, reply }) => state.want_bytes(core, index, reply),
                         Some(Command::Changed { core }) => state.changed(core),
                         Some(Command::Gained { core, upgraded, runs }) => state.gained(core, upgraded, &runs),
                         Some(Command::Close { core }) => state.close(core),
@@ -871,6 +905,7 @@ impl ConnState {
                     remote_id: None,
                     session: None,
                     waiting: HashMap::new(),
+                    waiting_bytes: HashMap::new(),
                 });
                 self.channels.len() - 1
             }
@@ -958,6 +993,16 @@ impl ConnState {
                 // What verified waits for the rest of this read, then is stored through the
                 // core's owner in one go (`store_arrivals`).
                 let arrivals = std::mem::take(&mut out.store);
+                // Readers of a block's bytes have them as soon as they verify.
+                let ch = &mut self.channels[i];
+                if !ch.waiting_bytes.is_empty() {
+                    for a in &arrivals {
+                        let Some(index) = a.verified.block() else { continue };
+                        for w in ch.waiting_bytes.remove(&index).unwrap_or_default() {
+                            let _ = w.send(a.verified.block_bytes().map(<[u8]>::to_vec));
+                        }
+                    }
+                }
                 if !arrivals.is_empty() {
                     let id = self.channels[i].local_id;
                     match self.arrivals.iter_mut().find(|a| a.0 == id) {
@@ -1012,6 +1057,18 @@ impl ConnState {
                 Event::Block { index } => note_gained(&mut self.gained, ch.key, Some(index)),
                 _ => {}
             }
+            if let Event::Block { index } | Event::Missing { index } = e {
+                let waiters = ch.waiting_bytes.remove(&index).unwrap_or_default();
+                if !waiters.is_empty() {
+                    let mut bytes = None;
+                    if matches!(e, Event::Block { .. }) {
+                        ch.core.read(&mut |c| bytes = c.get(index).ok());
+                    }
+                    for w in waiters {
+                        let _ = w.send(bytes.clone());
+                    }
+                }
+            }
             let (what, ok) = match e {
                 Event::Block { index } => (Wanted::Block(index), true),
                 Event::Missing { index } => (Wanted::Block(index), false),
@@ -1048,6 +1105,25 @@ impl ConnState {
                 Wanted::Block(index) => Event::Missing { index },
                 Wanted::Seek(bytes) => Event::Sought { bytes, ok: false },
             });
+        }
+        self.emit(i, out);
+    }
+
+    fn want_bytes(&mut self, core: CoreKey, index: u64, reply: oneshot::Sender<Option<Vec<u8>>>) {
+        let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else {
+            let _ = reply.send(None);
+            return;
+        };
+        let ch = &mut self.channels[i];
+        ch.waiting_bytes.entry(index).or_default().push(reply);
+        let mut out = Output::default();
+        let mut asked = false;
+        if let Some(session) = ch.session.as_mut() {
+            let now = Instant::now();
+            ch.core.read(&mut |c| asked = session.ask(c, index, now, &mut out));
+        }
+        if !asked && out.events.is_empty() {
+            out.events.push(Event::Missing { index });
         }
         self.emit(i, out);
     }

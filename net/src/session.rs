@@ -410,6 +410,17 @@ impl Session {
         self.request_block(core, index, now, out)
     }
 
+    /// Asks the peer for block `index` now, whether or not it said it has it: a peer does not
+    /// say what it got from us, and an own drive looking for a block `prune` cleared asks its
+    /// peers in turn (one that lacks it says so). Returns false when this peer cannot be asked:
+    /// the block is past its length.
+    pub fn ask(&mut self, core: &Hypercore, index: u64, now: Instant, out: &mut Output) -> bool {
+        if self.blocks_in_flight.contains(&index) {
+            return true;
+        }
+        index < self.remote_length && self.request_block(core, index, now, out)
+    }
+
     /// Asks the peer for the tree nodes that locate byte `bytes` (a hash and seek request).
     /// Returns false when this peer cannot help: it is on another fork or behind us.
     pub fn seek(&mut self, core: &Hypercore, bytes: u64, now: Instant, out: &mut Output) -> bool {
@@ -712,6 +723,9 @@ impl Session {
     fn not_taken(&mut self, asked: &InFlight, e: &Error, doing: &str, out: &mut Output) {
         match e {
             Error::Equivocation { .. } => tracing::warn!(error = %e, "the writer equivocated; the proof is kept"),
+            // An own core's block fetched for its bytes (`Endpoint::fetch_bytes`): only its
+            // owner changes the core.
+            Error::NotWritable => tracing::debug!("a block of an own core handed over, not stored"),
             _ => tracing::warn!(error = %e, "{doing}"),
         }
         self.gave_up(asked, out);

@@ -499,11 +499,11 @@ fn pruned<E: Into<anyhow::Error>>(
         let which = version.map_or("this version".to_string(), |v| format!("version {v}"));
         let all: BTreeMap<String, u64> = read_json(&state.dir, "pruned.json").unwrap_or_default();
         let kept = match all.get(&hex::encode(d.key())) {
-            Some(k) => format!(" (the oldest version it kept is {k})"),
+            Some(k) => format!("; the oldest version it kept is {k}"),
             None => String::new(),
         };
         return e.context(format!(
-            "the contents of {which} are no longer on this node: `hyperfs prune` cleared them{kept}"
+            "the contents of {which} are no longer on this node (`hyperfs prune` cleared them{kept}) and no connected peer that has the drive gave them"
         ));
     }
     e

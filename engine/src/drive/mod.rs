@@ -323,9 +323,14 @@ impl Drive {
 
     /// Where blocks that are not local are asked for (both cores).
     pub fn with_fetch(mut self, fetch: Arc<dyn Fetch>) -> Self {
-        self.db = self.db.with_fetch(fetch.clone());
-        self.fetch = Some(fetch);
+        self.set_fetch(fetch);
         self
+    }
+
+    /// [`Drive::with_fetch`] on a drive in place (an own drive, once its network starts).
+    pub fn set_fetch(&mut self, fetch: Arc<dyn Fetch>) {
+        self.db.set_fetch(fetch.clone());
+        self.fetch = Some(fetch);
     }
 
     pub fn key(&self) -> &CoreKey {

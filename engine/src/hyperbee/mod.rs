@@ -94,8 +94,12 @@ impl Hyperbee {
 
     /// Where blocks that are not local are asked for.
     pub fn with_fetch(mut self, fetch: Arc<dyn Fetch>) -> Self {
-        self.fetch = Some(fetch);
+        self.set_fetch(fetch);
         self
+    }
+
+    pub fn set_fetch(&mut self, fetch: Arc<dyn Fetch>) {
+        self.fetch = Some(fetch);
     }
 
     pub fn core(&self) -> &Hypercore {

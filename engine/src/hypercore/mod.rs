@@ -183,6 +183,11 @@ impl Verified {
         self.block.as_ref().map(|b| b.0)
     }
 
+    /// The verified bytes of the block it carries, if any.
+    pub fn block_bytes(&self) -> Option<&[u8]> {
+        self.block.as_ref().map(|b| b.1.as_slice())
+    }
+
     /// Whether it is a block of the current fork and nothing more (no upgrade, no manifest,
     /// no conflict): one of a run [`Hypercore::store_verified_all`] commits together.
     fn is_plain_block(&self) -> bool {

@@ -210,3 +210,40 @@ fn a_bounded_cache_reads_a_file_four_times_its_size_and_stays_bounded() {
     eprintln!("a 256 MiB file read twice through a 64 MiB cache: data directory at most {most} bytes");
     hyperfs_in_ok(&b, &["unmount", mnt.to_str().expect("utf-8")]);
 }
+
+/// A pruned version of an own drive reads back from a peer that still holds its contents: A
+/// prunes and collects the old file; B, which cloned the drive before, gives the blocks (checked
+/// against A's own tree) and `cat` of the old version is byte-exact, while A's store stays
+/// small. With B gone, the read says what happened.
+#[test]
+fn a_pruned_version_reads_back_from_a_peer_that_holds_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
+    hyperfs_in_ok(&a, &["create", "--name", "t"]);
+    let (old, new) = (tmp.path().join("old.bin"), tmp.path().join("new.bin"));
+    random_file(&old, 16, 21);
+    random_file(&new, 2, 22);
+    hyperfs_in_ok(&a, &["put", old.to_str().expect("utf-8"), "t:/f.bin"]);
+    let shared = hyperfs_json(&a, &["share", "t", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let (link, from_a) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
+    hyperfs_in_ok(&b, &["clone", link, "--peer", from_a, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]);
+    let v = hyperfs_json(&a, &["info", "t", "--json"])["version"].as_u64().expect("version").to_string();
+    hyperfs_in_ok(&a, &["put", new.to_str().expect("utf-8"), "t:/f.bin"]);
+    let pruned = hyperfs_json(&a, &["prune", "t", "--keep-last", "1", "--json"]);
+    assert!(pruned["bytesCleared"].as_u64().expect("bytes") >= 16 * MIB, "{pruned}");
+    hyperfs_in_ok(&a, &["gc"]);
+    let own = hyperfs_json(&a, &["du", "t", "--json"])["drives"][0]["bytes"].as_u64().expect("bytes");
+    assert!(own < 4 * MIB, "A keeps only the current file: {own}");
+
+    let back = hyperfs_in(&a, &["cat", "t:/f.bin", "--version", &v]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    assert!(back.stdout == std::fs::read(&old).expect("read"), "the pruned version reads back byte-exact from B");
+    let own = hyperfs_json(&a, &["du", "t", "--json"])["drives"][0]["bytes"].as_u64().expect("bytes");
+    assert!(own < 4 * MIB, "what came from B was not stored again: {own}");
+
+    hyperfs_in_ok(&b, &["stop"]);
+    let gone = hyperfs_in(&a, &["cat", "t:/f.bin", "--version", &v]);
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(!gone.status.success() && err.contains("hyperfs prune") && err.contains("peer"), "{err}");
+}

@@ -192,9 +192,12 @@ fn files_written_through_the_mount_are_versions_in_the_log() {
     let v0 = m.version();
     std::fs::write(m.path("a.txt"), b"one").expect("write");
     std::fs::write(m.path("a.txt"), b"two").expect("write");
-    assert_eq!(m.version(), v0 + 2, "each close of a changed file is one version");
+    // Each close of a changed file is one version. (A `sync` anywhere on the machine — another
+    // test's — may also record the folder's times as a version of their own, as Linux's
+    // lazytime writes them at a sync: the log's versions of the file are what is exact.)
+    assert!(m.version() >= v0 + 2, "each close of a changed file is a version");
     let log = m.ok(&["log", "t"]);
-    assert_eq!(log.lines().filter(|l| l.contains("/a.txt")).count(), 2, "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("/a.txt")).count(), 2, "one version per close: {log}");
     assert_eq!(m.ok(&["cat", "t:/a.txt"]), "two");
     // What the CLI writes shows in the mount.
     let local = m.tmp.path().join("from-cli");
