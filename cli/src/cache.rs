@@ -8,8 +8,10 @@
 //! fetcher) or, for one never read, when the cache first saw it (a sequential reader's window
 //! read ahead is newer than what it read long ago); among equals, lower indexes first. An
 //! evicted block is cleared in the network's instance of its core (`Hypercore::forget`), so a
-//! later read fetches it from a peer again; a read already under way reads it before the space
-//! goes, or fetches it again (the store's garbage collection waits for readers that found it).
+//! later read fetches it from a peer again; the most recently used blocks ([`IN_USE`]: what
+//! readers are reading and what just arrived for them) are never evicted, and a read already
+//! under way of an older one reads it before the space goes or fetches it again (the store's
+//! garbage collection waits for readers that found it).
 //! The space comes back in a garbage collection, run once enough was evicted.
 
 use std::collections::HashMap;
@@ -27,6 +29,11 @@ use crate::share::ReplicaCore;
 pub const MIN_FREE: u64 = 1 << 30;
 /// Eviction goes down to this share of the limit (in tenths), so it runs in rounds, not per block.
 const DOWN_TO_TENTHS: u64 = 9;
+/// The most recently used blocks are never evicted, whatever the limit: the ones a reader is
+/// reading now and the read-ahead that just arrived for it (two windows of a sequential
+/// reader). A cache smaller than a reader's window would otherwise evict what the reader was
+/// about to read, to fetch it again. (Blocks still on their way are not stored, so not held.)
+const IN_USE: usize = 128;
 
 /// The cache's limit and what it knows of its blocks' use.
 pub struct Cache {
@@ -150,6 +157,7 @@ impl Cache {
             }
         }
         held.sort_unstable();
+        held.truncate(held.len().saturating_sub(IN_USE));
         // Per core: the blocks chosen, and their bytes.
         let mut chosen: Vec<(Vec<u64>, u64)> = vec![(Vec::new(), 0); cores.len()];
         let mut bytes = 0;

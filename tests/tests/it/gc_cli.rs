@@ -247,3 +247,41 @@ fn a_pruned_version_reads_back_from_a_peer_that_holds_it() {
     let err = String::from_utf8_lossy(&gone.stderr);
     assert!(!gone.status.success() && err.contains("hyperfs prune") && err.contains("peer"), "{err}");
 }
+
+/// A cache far smaller than a reader's window: what the reader is reading and the read-ahead
+/// that just arrived for it are never evicted, so the file comes down once, not block by block
+/// again after each window was evicted under it.
+#[test]
+fn a_cache_smaller_than_a_read_keeps_what_the_reader_is_reading() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    let file = tmp.path().join("f.bin");
+    random_file(&file, 24, 9);
+    hyperfs_in_ok(&a, &["put", file.to_str().expect("utf-8"), "src:/f.bin"]);
+    let shared = hyperfs_json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let (link, from_a) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let m = mnt.to_str().expect("utf-8");
+    hyperfs_in_ok(
+        &b,
+        &[
+            "mount",
+            link,
+            m,
+            "--peer",
+            from_a,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-lan",
+            "--no-dht",
+            "--cache-size",
+            "1MiB",
+        ],
+    );
+    assert!(std::fs::read(mnt.join("f.bin")).expect("read") == std::fs::read(&file).expect("read"), "byte-exact");
+    let down = hyperfs_json(&b, &["peers", "--json"])[0]["bytesDown"].as_u64().expect("bytes down");
+    assert!(down < 30 * MIB, "24 MiB came down about once through a 1 MiB cache: {down}");
+}
