@@ -126,11 +126,12 @@ pub fn wait_exit(pid: i32, dir: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let proc = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
     loop {
-        // Gone, or a zombie nobody has reaped yet: either way it holds nothing any more.
-        let alive = std::fs::read_to_string(&proc)
-            .ok()
-            .and_then(|s| s.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
-            .unwrap_or(false);
+        // Gone, or a zombie nobody has reaped yet: either way it holds nothing any more. A
+        // zombie leader whose other threads are still exiting still holds the store (its files
+        // close with the last thread): a command run right after was refused the store's lock.
+        let zombie = |stat: String| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+        let alive = std::fs::read_to_string(&proc).is_ok_and(|s| !zombie(s) || threads > 1);
         if pid <= 0 || !alive {
             return Ok(());
         }

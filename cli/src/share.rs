@@ -201,7 +201,6 @@ impl Net {
             if cores.iter().any(|c| c.key() == db) {
                 return;
             }
-
             cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: false, key: db }));
             cores.push(Arc::new(DriveCore { drive: drive.clone(), blobs: true, key: blobs }));
         }
@@ -372,7 +371,6 @@ impl NetFetch {
 }
 
 impl NetFetch {
-    /// Those of `indices` the network's instance of `core` lacks (`None`: none, or no network).
     /// Before a sparse replica asks for a window of blocks: the cache makes room first, in the
     /// reader's thread. The refresher evicts as blocks arrive, but a busy machine starved it
     /// while a sequential reader's windows kept coming (a 64 MiB cache's data directory reached
@@ -383,7 +381,8 @@ impl NetFetch {
         }
     }
 
-    /// The blocks of `indices` not here yet, with the network and the core's instance.
+    /// Those of `indices` the network's instance of `core` lacks, with the network and that
+    /// instance (`None`: none, or no network).
     fn missing(&self, core: &CoreKey, indices: &[u64]) -> Option<(Arc<Net>, Arc<ReplicaCore>, Vec<u64>)> {
         let (net, slot) = self.parts(core).ok()?;
         let missing: Vec<u64> = {

@@ -361,18 +361,24 @@ impl Endpoint {
         }
     }
 
+    /// The connected peers that replicate `core`, nearest first (by RTT), with their commands.
+    fn peers_of(&self, core: &CoreKey) -> Vec<(Duration, mpsc::UnboundedSender<Command>)> {
+        let mut peers: Vec<_> = lock(&self.inner.conns)
+            .iter()
+            .filter(|c| lock(&c.cores).contains(core))
+            .map(|c| (c.connection.rtt(), c.tx.clone()))
+            .collect();
+        peers.sort_by_key(|(rtt, _)| *rtt);
+        peers
+    }
+
     /// Block `index` of `core` from the first peer that has it, verified against the local tree
     /// and handed over whether or not the core stores it: how an own drive reads a block
     /// `prune` cleared here from a peer that still holds it (its owner alone changes the core,
     /// so the bytes are not stored). Nearer peers are asked first, one at a time.
     pub fn fetch_bytes(&self, core: &CoreKey, index: u64, timeout: Duration) -> Option<Vec<u8>> {
         let deadline = Instant::now() + timeout;
-        let mut peers: Vec<(Duration, mpsc::UnboundedSender<Command>)> = lock(&self.inner.conns)
-            .iter()
-            .filter(|c| lock(&c.cores).contains(core))
-            .map(|c| (c.connection.rtt(), c.tx.clone()))
-            .collect();
-        peers.sort_by_key(|(rtt, _)| *rtt);
+        let peers = self.peers_of(core);
         let core = *core;
         self.runtime.block_on(async move {
             for (_, tx) in peers {
@@ -403,12 +409,7 @@ impl Endpoint {
     /// the request timeout. Returns what no peer gave within `timeout`.
     fn ask(&self, core: &CoreKey, wanted: Vec<Wanted>, timeout: Duration) -> Vec<Wanted> {
         let deadline = Instant::now() + timeout;
-        let mut peers: Vec<(Duration, mpsc::UnboundedSender<Command>)> = lock(&self.inner.conns)
-            .iter()
-            .filter(|c| lock(&c.cores).contains(core))
-            .map(|c| (c.connection.rtt(), c.tx.clone()))
-            .collect();
-        peers.sort_by_key(|(rtt, _)| *rtt);
+        let mut peers = self.peers_of(core);
         if peers.is_empty() || wanted.is_empty() {
             return wanted;
         }
@@ -1082,48 +1083,52 @@ impl ConnState {
     }
 
     fn want(&mut self, core: CoreKey, what: Wanted, reply: oneshot::Sender<bool>) {
-        let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else {
+        let Some(i) = self.channel_of(&core) else {
             let _ = reply.send(false);
             return;
         };
-        let ch = &mut self.channels[i];
-        ch.waiting.entry(what).or_default().push(reply);
-        let mut out = Output::default();
-        let mut asked = false;
-        if let Some(session) = ch.session.as_mut() {
-            let now = Instant::now();
-            ch.core.read(&mut |c| {
-                asked = match what {
-                    Wanted::Block(index) => session.want(c, index, now, &mut out),
-                    Wanted::Seek(bytes) => session.seek(c, bytes, now, &mut out),
-                }
-            });
-        }
-        if !asked && out.events.is_empty() {
-            // This peer cannot help: say so now rather than at the timeout.
-            out.events.push(match what {
-                Wanted::Block(index) => Event::Missing { index },
-                Wanted::Seek(bytes) => Event::Sought { bytes, ok: false },
-            });
-        }
-        self.emit(i, out);
+        self.channels[i].waiting.entry(what).or_default().push(reply);
+        let cannot = match what {
+            Wanted::Block(index) => Event::Missing { index },
+            Wanted::Seek(bytes) => Event::Sought { bytes, ok: false },
+        };
+        self.ask_peer(i, cannot, |session, c, now, out| match what {
+            Wanted::Block(index) => session.want(c, index, now, out),
+            Wanted::Seek(bytes) => session.seek(c, bytes, now, out),
+        });
     }
 
     fn want_bytes(&mut self, core: CoreKey, index: u64, reply: oneshot::Sender<Option<Vec<u8>>>) {
-        let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else {
+        let Some(i) = self.channel_of(&core) else {
             let _ = reply.send(None);
             return;
         };
+        self.channels[i].waiting_bytes.entry(index).or_default().push(reply);
+        self.ask_peer(i, Event::Missing { index }, |session, c, now, out| session.ask(c, index, now, out));
+    }
+
+    /// The channel of `core` with a session.
+    fn channel_of(&self, core: &CoreKey) -> Option<usize> {
+        self.channels.iter().position(|c| c.key == *core && c.session.is_some())
+    }
+
+    /// Has channel `i`'s session ask its peer (`ask`); a peer that cannot help says so now
+    /// (`cannot`) rather than at the timeout.
+    fn ask_peer(
+        &mut self,
+        i: usize,
+        cannot: Event,
+        mut ask: impl FnMut(&mut Session, &Hypercore, Instant, &mut Output) -> bool,
+    ) {
         let ch = &mut self.channels[i];
-        ch.waiting_bytes.entry(index).or_default().push(reply);
         let mut out = Output::default();
         let mut asked = false;
         if let Some(session) = ch.session.as_mut() {
             let now = Instant::now();
-            ch.core.read(&mut |c| asked = session.ask(c, index, now, &mut out));
+            ch.core.read(&mut |c| asked = ask(session, c, now, &mut out));
         }
         if !asked && out.events.is_empty() {
-            out.events.push(Event::Missing { index });
+            out.events.push(cannot);
         }
         self.emit(i, out);
     }
@@ -1146,7 +1151,7 @@ impl ConnState {
 
     /// Tells the peer of a new length (`upgraded`) and of blocks this node now has.
     fn gained(&mut self, core: CoreKey, upgraded: bool, runs: &[(u64, u64)]) {
-        let Some(i) = self.channels.iter().position(|c| c.key == core && c.session.is_some()) else { return };
+        let Some(i) = self.channel_of(&core) else { return };
         let ch = &mut self.channels[i];
         let mut out = Output::default();
         if let Some(session) = ch.session.as_mut() {

@@ -150,17 +150,8 @@ impl Claims {
     }
 
     /// How many sessions ask for block `index` now.
-    pub fn asked(&self, index: u64) -> u32 {
+    fn asked(&self, index: u64) -> u32 {
         self.state().asked.get(&index).copied().unwrap_or(0)
-    }
-
-    /// How many blocks are claimed.
-    pub fn len(&self) -> usize {
-        self.state().asked.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn claim(&self, index: u64) {
