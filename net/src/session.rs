@@ -921,10 +921,7 @@ impl Session {
             if self.in_flight.len() >= window {
                 break;
             }
-            let missing = (index < limit).then(|| core.next_local(index, limit, false)).flatten();
-            let Some((missing, theirs)) =
-                missing.and_then(|m| Some((m, self.remote_has.next_from(m).filter(|&i| i < limit)?)))
-            else {
+            let Some((missing, theirs)) = self.lacked_and_theirs(core, index, limit) else {
                 exhausted = true;
                 break;
             };
@@ -951,11 +948,10 @@ impl Session {
     fn end_game(&mut self, core: &Hypercore, limit: u64, window: usize, now: Instant, out: &mut Output) {
         let mut index = self.download_from.max(self.dup_from);
         for _ in 0..TOP_UP_STEPS {
-            if self.in_flight.len() >= window || index >= limit {
+            if self.in_flight.len() >= window {
                 break;
             }
-            let Some(missing) = core.next_local(index, limit, false) else { break };
-            let Some(theirs) = self.remote_has.next_from(missing).filter(|&i| i < limit) else { break };
+            let Some((missing, theirs)) = self.lacked_and_theirs(core, index, limit) else { break };
             if theirs != missing {
                 index = theirs;
                 continue;
@@ -969,6 +965,18 @@ impl Session {
             index = missing + 1;
             self.dup_from = index;
         }
+    }
+
+    /// From `index` on (below `limit`): the first block we lack, and the first the peer has
+    /// from there (the same block when it has it; `None` when either runs out). A download
+    /// jumps between the two, so its cost follows the runs of both, never the length.
+    fn lacked_and_theirs(&self, core: &Hypercore, index: u64, limit: u64) -> Option<(u64, u64)> {
+        if index >= limit {
+            return None;
+        }
+        let missing = core.next_local(index, limit, false)?;
+        let theirs = self.remote_has.next_from(missing).filter(|&i| i < limit)?;
+        Some((missing, theirs))
     }
 
     /// Lets go of this session's claim on block `index` (`stored`: it is here now).
