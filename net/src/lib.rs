@@ -16,6 +16,8 @@ pub mod congestion;
 pub mod discovery;
 pub mod endpoint;
 pub mod identity;
+pub mod noise;
+pub mod secretstream;
 pub mod session;
 pub mod swarm;
 pub mod wire;
