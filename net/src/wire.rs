@@ -406,6 +406,25 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0; ROOM]);
         let mut body = Encoder::appending(std::mem::take(out));
+        self.encode_body(&mut body);
+        let mut buf = body.finish();
+        let len = (buf.len() - start - ROOM) as u64;
+        let mut prefix = Encoder::with_capacity(9);
+        prefix.uint(len);
+        let prefix = prefix.finish();
+        // A body of 4 GiB or more needs more room than was left; frames never come near it.
+        assert!(prefix.len() <= ROOM, "a frame body of {len} bytes");
+        let at = start + ROOM - prefix.len();
+        buf[at..start + ROOM].copy_from_slice(&prefix);
+        if at > start {
+            buf.copy_within(at.., start);
+            buf.truncate(buf.len() - (at - start));
+        }
+        *out = buf;
+    }
+
+    /// The body: `uint channel` ‖ `uint type` ‖ payload, a protomux message.
+    fn encode_body(&self, body: &mut Encoder) {
         match self {
             Frame::Control(c) => {
                 body.uint(0);
@@ -425,23 +444,89 @@ impl Frame {
             }
             Frame::Channel { channel, message } => {
                 body.uint(*channel).uint(message.kind());
-                message.encode_payload(&mut body);
+                message.encode_payload(body);
             }
         }
-        let mut buf = body.finish();
-        let len = (buf.len() - start - ROOM) as u64;
-        let mut prefix = Encoder::with_capacity(9);
-        prefix.uint(len);
-        let prefix = prefix.finish();
-        // A body of 4 GiB or more needs more room than was left; frames never come near it.
-        assert!(prefix.len() <= ROOM, "a frame body of {len} bytes");
-        let at = start + ROOM - prefix.len();
-        buf[at..start + ROOM].copy_from_slice(&prefix);
-        if at > start {
-            buf.copy_within(at.., start);
-            buf.truncate(buf.len() - (at - start));
+    }
+
+    /// Appends the frame as a protomux message (reference holepunch-wire §3), for JS peers: the
+    /// body alone, as the secret-stream frame around it delimits it.
+    pub fn encode_message(&self, out: &mut Vec<u8>) {
+        let mut body = Encoder::appending(std::mem::take(out));
+        self.encode_body(&mut body);
+        *out = body.finish();
+    }
+
+    /// Decodes one protomux message from a JS peer into `frames` (with the bytes each took): a
+    /// single message or a batch (channel 0, type 0). As lenient as protomux: an empty message
+    /// (a keep-alive) holds nothing, bytes after a message's fields are ignored, a message
+    /// type this side does not know is skipped, and the open of another protocol is kept with
+    /// no capability (the endpoint rejects it). Only hypercore's own fields must decode.
+    pub fn decode_message(msg: &[u8], frames: &mut Vec<(Frame, usize)>) -> Result<(), DecodeError> {
+        if msg.is_empty() {
+            return Ok(());
         }
-        *out = buf;
+        let mut d = Decoder::new(msg);
+        let channel = d.uint("channel")?;
+        let kind = d.uint("message type")?;
+        if channel != 0 || kind != 0 {
+            if let Some(f) = Frame::decode_entry(channel, kind, &mut d)? {
+                frames.push((f, msg.len()));
+            }
+            return Ok(());
+        }
+        // A batch: `uint firstChannel`, then `uint len` ‖ (type ‖ payload), where a length of
+        // zero switches to the channel that follows.
+        let mut channel = d.uint("batch channel")?;
+        while !d.is_empty() {
+            let len = d.len("batch entry")?;
+            if len == 0 {
+                channel = d.uint("batch channel")?;
+                continue;
+            }
+            let entry = d.take(len, "batch entry")?;
+            let mut e = Decoder::new(entry);
+            let kind = e.uint("message type")?;
+            if channel == 0 && kind == 0 {
+                return Err(DecodeError::Invalid("a batch inside a batch"));
+            }
+            if let Some(f) = Frame::decode_entry(channel, kind, &mut e)? {
+                frames.push((f, len));
+            }
+        }
+        Ok(())
+    }
+
+    /// One protomux message of type `kind` on `channel`, leniently (see [`Frame::decode_message`]).
+    fn decode_entry(channel: u64, kind: u64, d: &mut Decoder<'_>) -> Result<Option<Frame>, DecodeError> {
+        if channel != 0 {
+            // hyperfs's own message type is not taken from JS peers.
+            if kind > 9 {
+                return Ok(None);
+            }
+            return Ok(Some(Frame::Channel { channel, message: Message::decode(kind, d)? }));
+        }
+        Ok(Some(Frame::Control(match kind {
+            1 => {
+                let local_id = d.uint("open id")?;
+                let mut protocol = d.string("open protocol")?;
+                let id = d.buffer("open id")?;
+                let id = (!id.is_empty()).then(|| id.to_vec());
+                // Hypercore registers "hypercore" as an alias of its protocol.
+                if protocol == "hypercore" {
+                    protocol = PROTOCOL.into();
+                }
+                let (flags, capability) = if protocol == PROTOCOL {
+                    (d.uint("open flags")?, d.array("open capability")?)
+                } else {
+                    (0, [0; 32])
+                };
+                Control::Open { local_id, protocol, id, flags, capability }
+            }
+            2 => Control::Reject { remote_id: d.uint("reject")? },
+            3 => Control::Close { local_id: d.uint("close")? },
+            _ => return Ok(None),
+        })))
     }
 
     /// Decodes one frame body (without its length).
@@ -616,11 +701,63 @@ mod tests {
         assert_eq!(req.encode()[1..], [0x01, 0x01, 0x19, 0x01, 0x00, 0x00, 0x00, 0x00, 0x03]);
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    fn decoded(msg: &[u8]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        Frame::decode_message(msg, &mut frames).expect("decodes");
+        frames.into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// Protomux messages of the JS session in reference holepunch-wire §4.7 (b): the opens with
+    /// their capabilities, a batch of sync and range, a request and the data that answers it —
+    /// decoded, and encoded back to the same bytes.
+    #[test]
+    fn protomux_messages_match_the_js_session() {
+        let open = hex("0001010f6879706572636f72652f616c70686120fb892b1c77fdcb05dcbd234607208b7036e00a13e7f2cc0bbaa463924e57865a01416f4a62703073e3c60c15660bc3fe755af34572d656ceeb35c822b81543be33");
+        let frames = decoded(&open);
+        assert!(matches!(&frames[..], [Frame::Control(Control::Open { local_id: 1, flags: 1, .. })]));
+        let mut again = Vec::new();
+        frames[0].encode_message(&mut again);
+        assert_eq!(again, open);
+        // A batch on channel 1: sync {0x0f, 0, 3, 0} and range {0, 3}.
+        let batch = decoded(&hex("00000105000f0003000408000003"));
+        assert_eq!(
+            batch,
+            vec![
+                Frame::Channel { channel: 1, message: Message::Sync { flags: 15, fork: 0, length: 3, remote_length: 0 } },
+                Frame::Channel { channel: 1, message: Message::Range { drop: false, start: 0, length: 3 } },
+            ]
+        );
+        for m in [
+            "01000e000303",
+            "0101210100010101",
+            "01030101000105776f726c64010005f2391083cfaa8043205fed76cdff843902146ca92aebcd7a196814ec45d8c8f8",
+        ] {
+            let frames = decoded(&hex(m));
+            assert_eq!(frames.len(), 1, "{m}");
+            let mut again = Vec::new();
+            frames[0].encode_message(&mut again);
+            assert_eq!(again, hex(m));
+        }
+        // The open of a protocol hyperfs does not speak (its bytes from §3.6), then a switch to
+        // channel 1 in the same batch: the open is kept, to be rejected.
+        let other = decoded(&hex("0000000e01020770726f746f2d7900026832000104080000030001"));
+        assert!(matches!(&other[0], Frame::Control(Control::Open { local_id: 2, protocol, .. }) if protocol == "proto-y"));
+        assert_eq!(other[1], Frame::Channel { channel: 1, message: Message::Range { drop: false, start: 0, length: 3 } });
+        // A keep-alive holds nothing; an unknown type on a channel is skipped.
+        assert!(decoded(&[]).is_empty());
+        assert!(decoded(&[1, 40, 1, 2, 3]).is_empty());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Frame::take(&bytes);
             let _ = Frame::decode(&bytes);
+            let _ = Frame::decode_message(&bytes, &mut Vec::new());
         }
 
         #[test]
