@@ -23,9 +23,11 @@ use hyperfs_engine::Hypercore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::identity::{peer_id_of, Identity, PeerId, PeerVerifier, ALPN};
+use crate::secretstream;
 use crate::session::{Claims, Event, Output, Session};
 use crate::wire::{Control, Frame, Message, PROTOCOL};
 use crate::NetError;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The most bytes one read takes from a connection's stream.
 const READ_CHUNK: usize = 256 << 10;
@@ -46,6 +48,16 @@ const STALLED: Duration = Duration::from_secs(30);
 const BAN: Duration = Duration::from_secs(30);
 /// The label of the TLS exporter secret capabilities are derived from.
 const EXPORTER_LABEL: &[u8] = b"hyperfs replication capability v1";
+/// The protomux protocol a hyperfs node opens on a JS-wire connection: a peer that opens it too
+/// is a hyperfs node (JS peers reject it), and gets hyperfs's own messages.
+const HELLO: &str = "hyperfs/hello";
+/// How long a JS-wire handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A JS-wire connection that wrote nothing this long sends an empty message, as secret-stream's
+/// keep-alive does (Hypercore's `replicate` sets 5 s)…
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// …and one that heard nothing this long (keep-alives included) is let go: the peer is gone.
+const SILENT: Duration = Duration::from_secs(20);
 
 /// A core the node replicates, reached through its owner's lock.
 pub trait SharedCore: Send + Sync {
@@ -81,6 +93,68 @@ pub struct PeerInfo {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub rtt: Duration,
+    /// How the peer is reached.
+    pub transport: Transport,
+    /// Whether the peer is a hyperfs node (on QUIC always; on the JS wire, when it opened
+    /// hyperfs's hello channel) rather than a JS Hypercore peer.
+    pub hyperfs: bool,
+}
+
+/// The transport of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// hyperfs's own: QUIC with TLS 1.3 and the node identities.
+    Quic,
+    /// The JS stack's: Noise and secret-stream over TCP, protomux.
+    Tcp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// What a connection runs on, and how to end it.
+#[derive(Clone)]
+enum Link {
+    Quic(quinn::Connection),
+    /// A byte stream with secret-stream on it: its handshake's round trip, and the signal that
+    /// ends it.
+    Stream { rtt: Duration, end: Arc<tokio::sync::Notify>, hyperfs: Arc<std::sync::atomic::AtomicBool> },
+}
+
+impl Link {
+    fn rtt(&self) -> Duration {
+        match self {
+            Link::Quic(c) => c.rtt(),
+            Link::Stream { rtt, .. } => *rtt,
+        }
+    }
+
+    fn close(&self, reason: &'static [u8]) {
+        match self {
+            Link::Quic(c) => c.close(3u32.into(), reason),
+            Link::Stream { end, .. } => end.notify_one(),
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        match self {
+            Link::Quic(_) => Transport::Quic,
+            Link::Stream { .. } => Transport::Tcp,
+        }
+    }
+
+    fn hyperfs(&self) -> bool {
+        match self {
+            Link::Quic(_) => true,
+            Link::Stream { hyperfs, .. } => hyperfs.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 /// What a reader waits for on a channel.
@@ -119,7 +193,7 @@ struct Conn {
     dialer: bool,
     address: SocketAddr,
     tx: mpsc::UnboundedSender<Command>,
-    connection: quinn::Connection,
+    link: Link,
     cores: Arc<Mutex<Vec<CoreKey>>>,
     stats: Arc<Mutex<(u64, u64)>>,
 }
@@ -130,6 +204,12 @@ struct Inner {
     shared: Arc<dyn Shared>,
     conns: Mutex<Vec<Conn>>,
     me: PeerId,
+    /// This node's key as the JS wire's Noise static key (the same Ed25519 key as `me`).
+    noise: crate::noise::KeyPair,
+    /// Addresses dialed over TCP (`--peer tcp://…`): dialed so again when the swarm redials.
+    tcp_peers: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
+    next_stable: std::sync::atomic::AtomicUsize,
     /// Bytes of block data sent and received per core, over every connection.
     transferred: Mutex<HashMap<CoreKey, (u64, u64)>>,
     /// How long a request to a peer may go unanswered (ms).
@@ -243,6 +323,9 @@ impl Endpoint {
             shared,
             conns: Mutex::new(Vec::new()),
             me: identity.peer_id(),
+            noise: identity.noise_key_pair(),
+            tcp_peers: Mutex::new(std::collections::HashSet::new()),
+            next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
             turn: 0.into(),
@@ -291,7 +374,11 @@ impl Endpoint {
     }
 
     /// Connects to a peer (if not connected yet) and returns its id once its channels are open.
+    /// An address once dialed with [`Endpoint::connect_tcp`] is dialed over TCP.
     pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, NetError> {
+        if lock(&self.inner.tcp_peers).contains(&addr) {
+            return self.connect_tcp(addr);
+        }
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
@@ -325,6 +412,82 @@ impl Endpoint {
             }
             Ok(id)
         })
+    }
+
+    /// Connects over TCP with the JS stack's wire (Noise XX as initiator, secret-stream,
+    /// protomux): to a JS peer serving `store.replicate(socket)`, or a node that listens with
+    /// [`Endpoint::listen_tcp`]. Returns the peer's Noise key once its channels are open.
+    pub fn connect_tcp(&self, addr: SocketAddr) -> Result<PeerId, NetError> {
+        let inner = self.inner.clone();
+        lock(&inner.tcp_peers).insert(addr);
+        self.runtime.block_on(async move {
+            if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
+                return Ok(c.id);
+            }
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| NetError::Io(format!("{addr} did not answer within 10 s")))?
+                .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            let (stream, opened) = open_secret_stream(stream, true, inner.noise.clone()).await?;
+            let id = PeerId(opened.0.handshake.remote_static);
+            if id == inner.me {
+                return Err(NetError::SelfDial(addr));
+            }
+            let task = inner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = run_stream(task, stream, addr, true, opened).await {
+                    tracing::info!(error = %e, "a TCP peer we dialed left");
+                }
+            });
+            for _ in 0..200 {
+                if lock(&inner.conns).iter().any(|c| c.id == id) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(id)
+        })
+    }
+
+    /// Also accepts peers over TCP on `addr` with the JS stack's wire (they are the Noise
+    /// initiators): JS peers that dial it and `store.replicate(socket)`, and nodes that dial it
+    /// with [`Endpoint::connect_tcp`]. Returns the address bound.
+    pub fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, NetError> {
+        let inner = self.inner.clone();
+        let listener = self.runtime.block_on(async move {
+            let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+                .map_err(|e| NetError::Io(e.to_string()))?;
+            socket.set_reuseaddr(true).map_err(|e| NetError::Io(e.to_string()))?;
+            socket.bind(addr).map_err(|e| NetError::Io(format!("listening on tcp {addr}: {e}")))?;
+            socket.listen(128).map_err(|e| NetError::Io(format!("listening on tcp {addr}: {e}")))
+        })?;
+        let bound = listener.local_addr().map_err(|e| NetError::Io(e.to_string()))?;
+        self.runtime.spawn(async move {
+            loop {
+                let Ok((stream, address)) = listener.accept().await else { continue };
+                if inner.is_banned(None, &address) {
+                    continue;
+                }
+                let Some(admitted) = Admitted::admit(&inner, address.ip()) else {
+                    tracing::info!(%address, "refused a TCP connection: too many held");
+                    continue;
+                };
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let _admitted = admitted;
+                    let _ = stream.set_nodelay(true);
+                    let result = match open_secret_stream(stream, false, inner.noise.clone()).await {
+                        Ok((stream, opened)) => run_stream(inner, stream, address, false, opened).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        tracing::info!(%address, error = %e, "an incoming TCP peer left");
+                    }
+                });
+            }
+        });
+        Ok(bound)
     }
 
     /// Block `index` of `core` from the first connected peer that has it, verified and stored
@@ -366,7 +529,7 @@ impl Endpoint {
         let mut peers: Vec<_> = lock(&self.inner.conns)
             .iter()
             .filter(|c| lock(&c.cores).contains(core))
-            .map(|c| (c.connection.rtt(), c.tx.clone()))
+            .map(|c| (c.link.rtt(), c.tx.clone()))
             .collect();
         peers.sort_by_key(|(rtt, _)| *rtt);
         peers
@@ -540,7 +703,9 @@ impl Endpoint {
                     cores: lock(&c.cores).clone(),
                     bytes_up: up,
                     bytes_down: down,
-                    rtt: c.connection.rtt(),
+                    rtt: c.link.rtt(),
+                    transport: c.link.transport(),
+                    hyperfs: c.link.hyperfs(),
                 }
             })
             .collect()
@@ -645,7 +810,98 @@ struct Channel {
     waiting_bytes: HashMap<u64, Vec<oneshot::Sender<Option<Vec<u8>>>>>,
 }
 
-/// Drives one connection until it ends: frames in, sessions, frames out.
+/// How a connection's bytes become frames and back.
+enum Codec {
+    /// hyperfs's framing on a QUIC stream: `uint length` ‖ protomux message.
+    Quic,
+    /// The JS stack's: one secret-stream frame per protomux message (or batch).
+    Js(Box<secretstream::Stream>),
+}
+
+impl Codec {
+    fn encode(&mut self, f: &Frame, out: &mut Vec<u8>) {
+        match self {
+            Codec::Quic => f.encode_into(out),
+            Codec::Js(s) => s.send_with(out, |o| f.encode_message(o)),
+        }
+    }
+
+    /// Takes the next whole unit off `buf` into `frames` (each with the bytes it took); the
+    /// bytes used, or `None` while more are needed.
+    fn take(&mut self, buf: &mut [u8], frames: &mut Vec<(Frame, usize)>) -> Result<Option<usize>, NetError> {
+        let malformed = |e: hyperfs_engine::encoding::DecodeError| NetError::Protocol(format!("a malformed frame: {e}"));
+        match self {
+            Codec::Quic => Ok(Frame::take(buf).map_err(malformed)?.map(|(f, len)| {
+                frames.push((f, len));
+                len
+            })),
+            Codec::Js(s) => {
+                let Some((body, used)) = secretstream::take_frame(buf) else { return Ok(None) };
+                let body = &mut buf[body];
+                let m = s.open(body).map_err(|e| NetError::Protocol(e.to_string()))?;
+                Frame::decode_message(&body[m], frames).map_err(malformed)?;
+                Ok(Some(used))
+            }
+        }
+    }
+}
+
+/// Runs secret-stream's handshake on `stream` (Noise XX, then the header frames): the stream,
+/// the open secret stream, the handshake's round trip and what came after the peer's header.
+async fn open_secret_stream(
+    mut stream: tokio::net::TcpStream,
+    initiator: bool,
+    me: crate::noise::KeyPair,
+) -> Result<(tokio::net::TcpStream, (secretstream::Stream, Duration, Vec<u8>)), NetError> {
+    let fail = |e: secretstream::SecretStreamError| NetError::Protocol(format!("secret-stream handshake: {e}"));
+    let io = |e: std::io::Error| NetError::Io(format!("secret-stream handshake: {e}"));
+    let work = async {
+        let mut out = Vec::new();
+        let mut opening = secretstream::Opening::start(initiator, me, &mut out).map_err(fail)?;
+        let mut sent_at = Instant::now();
+        let mut rtt = None;
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            if !out.is_empty() {
+                stream.write_all(&out).await.map_err(io)?;
+                out.clear();
+                sent_at = Instant::now();
+            }
+            if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                return Err(NetError::Io("the peer closed during the secret-stream handshake".into()));
+            }
+            if rtt.is_none() {
+                rtt = Some(sent_at.elapsed());
+            }
+            let mut at = 0;
+            loop {
+                // Handshake frames are 32 to 96 bytes: a longer one is not waited for.
+                if let [a, b, c, ..] = buf[at..] {
+                    if u32::from_le_bytes([a, b, c, 0]) > 96 {
+                        return Err(NetError::Protocol("secret-stream handshake: an oversized frame".into()));
+                    }
+                }
+                let Some((body, used)) = secretstream::take_frame(&buf[at..]) else { break };
+                let body = at + body.start..at + body.end;
+                at += used;
+                if let Some(open) = opening.on_frame(&buf[body], &mut out).map_err(fail)? {
+                    if !out.is_empty() {
+                        stream.write_all(&out).await.map_err(io)?;
+                    }
+                    let rest = buf[at..].to_vec();
+                    return Ok((open, rtt.unwrap_or_default(), rest));
+                }
+            }
+            buf.drain(..at);
+        }
+    };
+    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+        .await
+        .map_err(|_| NetError::Io("the secret-stream handshake took over 10 s".into()))??;
+    Ok((stream, opened))
+}
+
+/// Drives a QUIC connection until it ends.
 async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer: bool) -> Result<(), NetError> {
     let id = remote_id(&connection)?;
     let address = connection.remote_address();
@@ -657,7 +913,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     connection
         .export_keying_material(&mut secret, EXPORTER_LABEL, b"")
         .map_err(|_| NetError::Tls("no exporter secret".into()))?;
-    let (mut send, mut recv) = if dialer {
+    let (send, recv) = if dialer {
         let (mut s, r) = connection.open_bi().await.map_err(|e| NetError::Io(e.to_string()))?;
         s.write_all(&[STREAM_VERSION]).await.map_err(|e| NetError::Io(e.to_string()))?;
         (s, r)
@@ -671,10 +927,59 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         }
         (s, r)
     };
+    let link = Link::Quic(connection.clone());
+    let peer = Peer { id, address, dialer, stable: connection.stable_id(), secret };
+    let result = drive(&inner, link, peer, (recv, send), Codec::Quic, Vec::new()).await;
+    if let Err(e) = &result {
+        connection.close(2u32.into(), e.to_string().as_bytes());
+    }
+    result
+}
+
+/// Drives a JS-wire connection (secret-stream over TCP) until it ends.
+async fn run_stream(
+    inner: Arc<Inner>,
+    stream: tokio::net::TcpStream,
+    address: SocketAddr,
+    dialer: bool,
+    (open, rtt, rest): (secretstream::Stream, Duration, Vec<u8>),
+) -> Result<(), NetError> {
+    let id = PeerId(open.handshake.remote_static);
+    if inner.is_banned(Some(&id), &address) {
+        return Err(NetError::Io(format!("peer {} was dropped for breaking the rules lately", hex_id(&id))));
+    }
+    let stable = inner.next_stable.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let link = Link::Stream { rtt, end: Arc::new(tokio::sync::Notify::new()), hyperfs: Arc::default() };
+    // Capabilities come from the Noise handshake hash, as Hypercore's do.
+    let peer = Peer { id, address, dialer, stable, secret: open.handshake.hash };
+    let (read, write) = stream.into_split();
+    drive(&inner, link, peer, (read, write), Codec::Js(Box::new(open)), rest).await
+}
+
+/// Who a connection is with.
+struct Peer {
+    id: PeerId,
+    address: SocketAddr,
+    dialer: bool,
+    stable: usize,
+    /// What capabilities are keyed with: QUIC's exporter secret, or the Noise handshake hash.
+    secret: [u8; 64],
+}
+
+/// Drives one connection until it ends: frames in, sessions, frames out.
+async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    link: Link,
+    peer: Peer,
+    (mut recv, mut send): (R, W),
+    mut codec: Codec,
+    mut buf: Vec<u8>,
+) -> Result<(), NetError> {
+    let Peer { id, address, dialer, stable, secret } = peer;
+    let js = matches!(codec, Codec::Js(_));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cores = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(Mutex::new((0u64, 0u64)));
-    let stable = connection.stable_id();
     {
         // Two nodes that dial each other at once end up with two connections: both keep the
         // one dialed by the node with the smaller peer id (each side reaches the same answer).
@@ -682,10 +987,10 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         let preferred = |we_dialed: bool| crate::swarm::keeps(&inner.me, &id, we_dialed);
         for other in conns.iter().filter(|c| c.id == id) {
             if other.dialer != dialer && preferred(dialer) {
-                other.connection.close(3u32.into(), b"duplicate");
+                other.link.close(b"duplicate");
             } else {
                 drop(conns);
-                connection.close(3u32.into(), b"duplicate");
+                link.close(b"duplicate");
                 tracing::debug!(peer = %hex_id(&id), "a second connection to a peer: closed");
                 return Ok(());
             }
@@ -698,11 +1003,11 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         dialer,
         address,
         tx,
-        connection: connection.clone(),
+        link: link.clone(),
         cores: cores.clone(),
         stats: stats.clone(),
     });
-    tracing::info!(peer = %hex_id(&id), %address, dialer, "peer connected");
+    tracing::info!(peer = %hex_id(&id), %address, dialer, transport = link.transport().name(), "peer connected");
     let mut state = ConnState {
         channels: Vec::new(),
         out: Vec::new(),
@@ -712,19 +1017,49 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         cores,
         next_local: 1,
         gained: Vec::new(),
+        js,
+        hyperfs_flag: None,
+        frames: Vec::new(),
     };
+    if js {
+        // Our hello first: a hyperfs node opens it too, a JS peer rejects it.
+        state.out.push(Frame::Control(Control::Open {
+            local_id: state.next_local,
+            protocol: HELLO.into(),
+            id: None,
+            flags: 0,
+            capability: [0; 32],
+        }));
+        state.next_local += 1;
+    }
     for core in inner.shared.cores() {
         state.open(core);
     }
+    let ended = match &link {
+        Link::Stream { end, .. } => end.clone(),
+        Link::Quic(_) => Arc::new(tokio::sync::Notify::new()),
+    };
+    if let Link::Stream { hyperfs, .. } = &link {
+        state.hyperfs_flag = Some(hyperfs.clone());
+    }
     let result: Result<(), NetError> = async {
-        let mut buf: Vec<u8> = Vec::new();
         // Bytes to send and how many of them went: writing never stops the reading (a peer that
         // reads nothing while it floods had both sides wait on each other's reads), and reading
         // pauses only while more than `MAX_PENDING` bytes wait to go.
         let mut pending: Vec<u8> = Vec::new();
         let mut sent = 0usize;
         let mut moved = Instant::now();
+        let mut heard = Instant::now();
+        let mut wrote = Instant::now();
+        // What came with the handshake is read first.
+        take_in(inner, &mut state, &mut codec, &mut buf, stable)?;
         loop {
+            if js && state.out.is_empty() && pending.is_empty() && wrote.elapsed() >= KEEP_ALIVE {
+                // secret-stream's keep-alive: an empty message.
+                if let Codec::Js(s) = &mut codec {
+                    s.send(&mut pending, &[]);
+                }
+            }
             if !state.out.is_empty() {
                 let before = pending.len();
                 if before == 0 {
@@ -734,7 +1069,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                 for f in state.out.drain(..) {
                     // Written straight into what goes out: a block's bytes are copied once.
                     let at = pending.len();
-                    f.encode_into(&mut pending);
+                    codec.encode(&f, &mut pending);
                     if let Frame::Channel { channel, message: Message::Data { .. } } = &f {
                         if let Some(ch) = state.channels.iter().find(|c| c.local_id == *channel) {
                             lock(&inner.transferred).entry(ch.key).or_default().0 += (pending.len() - at) as u64;
@@ -747,13 +1082,21 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
             if waiting > 0 && moved.elapsed() > STALLED {
                 return Err(NetError::Io(format!("the peer read nothing for {} s", STALLED.as_secs())));
             }
-            let deadline = state.deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            if js && heard.elapsed() > SILENT {
+                return Err(NetError::Io(format!("the peer sent nothing for {} s", SILENT.as_secs())));
+            }
+            let mut deadline = state.deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            if js {
+                deadline = deadline.min(wrote + KEEP_ALIVE).min(heard + SILENT + Duration::from_millis(10));
+            }
+            buf.reserve(READ_CHUNK);
             tokio::select! {
                 // Sending first when both can go: a batch of answers leaves whole, as before.
                 biased;
                 w = send.write(&pending[sent..]), if waiting > 0 => {
                     sent += w.map_err(|e| NetError::Io(e.to_string()))?;
                     moved = Instant::now();
+                    wrote = Instant::now();
                     if sent == pending.len() {
                         pending.clear();
                         sent = 0;
@@ -764,32 +1107,14 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                         sent = 0;
                     }
                 }
-                c = recv.read_chunk(READ_CHUNK, true), if waiting <= MAX_PENDING => {
-                    // quinn's own buffer, appended once to what waits to be parsed.
-                    let Some(c) = c.map_err(|e| NetError::Io(e.to_string()))? else { return Ok(()) };
-                    lock(&stats).1 += c.bytes.len() as u64;
-                    buf.extend_from_slice(&c.bytes);
-                    let mut used = 0;
-                    while let Some((frame, len)) = Frame::take(&buf[used..]).map_err(|e| NetError::Protocol(format!("a malformed frame: {e}")))? {
-                        used += len;
-                        if let Frame::Channel { channel, message: Message::Data { .. } } = &frame {
-                            if let Some(ch) = state.channels.iter().find(|c| c.remote_id == Some(*channel)) {
-                                lock(&inner.transferred).entry(ch.key).or_default().1 += len as u64;
-                            }
-                        }
-                        state.on_frame(&inner, frame)?;
+                n = recv.read_buf(&mut buf), if waiting <= MAX_PENDING => {
+                    let n = n.map_err(|e| NetError::Io(e.to_string()))?;
+                    if n == 0 {
+                        return Ok(());
                     }
-                    buf.drain(..used);
-                    state.store_arrivals();
-                    // What this peer gave, every other peer hears of (not this one: it knows).
-                    if !state.gained.is_empty() {
-                        let gained = std::mem::take(&mut state.gained);
-                        for c in lock(&inner.conns).iter().filter(|c| c.stable != stable) {
-                            for g in &gained {
-                                let _ = c.tx.send(Command::Gained { core: g.core, upgraded: g.upgraded, runs: g.runs.clone() });
-                            }
-                        }
-                    }
+                    heard = Instant::now();
+                    lock(&stats).1 += n as u64;
+                    take_in(inner, &mut state, &mut codec, &mut buf, stable)?;
                 }
                 cmd = rx.recv() => {
                     match cmd {
@@ -819,6 +1144,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
                         None => return Ok(()),
                     }
                 }
+                _ = ended.notified() => return Ok(()),
                 _ = tokio::time::sleep_until(deadline.into()) => state.tick()?,
             }
         }
@@ -831,7 +1157,6 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     lock(&inner.conns).retain(|c| c.stable != stable);
     if let Err(e) = &result {
         tracing::warn!(peer = %hex_id(&id), error = %e, "dropping the peer");
-        connection.close(2u32.into(), e.to_string().as_bytes());
     }
     // Readers still waiting hear that this peer will not answer.
     for ch in state.channels {
@@ -842,6 +1167,37 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         }
     }
     result
+}
+
+/// Takes in every whole frame `buf` holds: each goes to its channel, what verified is stored,
+/// and the other connections hear what this peer gave.
+fn take_in(inner: &Inner, state: &mut ConnState, codec: &mut Codec, buf: &mut Vec<u8>, stable: usize) -> Result<(), NetError> {
+    let mut used = 0;
+    let mut frames = std::mem::take(&mut state.frames);
+    while let Some(len) = codec.take(&mut buf[used..], &mut frames)? {
+        used += len;
+        for (frame, len) in frames.drain(..) {
+            if let Frame::Channel { channel, message: Message::Data { .. } } = &frame {
+                if let Some(ch) = state.channels.iter().find(|c| c.remote_id == Some(*channel)) {
+                    lock(&inner.transferred).entry(ch.key).or_default().1 += len as u64;
+                }
+            }
+            state.on_frame(inner, frame)?;
+        }
+    }
+    state.frames = frames;
+    buf.drain(..used);
+    state.store_arrivals();
+    // What this peer gave, every other peer hears of (not this one: it knows).
+    if !state.gained.is_empty() {
+        let gained = std::mem::take(&mut state.gained);
+        for c in lock(&inner.conns).iter().filter(|c| c.stable != stable) {
+            for g in &gained {
+                let _ = c.tx.send(Command::Gained { core: g.core, upgraded: g.upgraded, runs: g.runs.clone() });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Notes that a peer gave a new length (`block: None`) or block `block` of `core`: a block
@@ -879,6 +1235,14 @@ struct ConnState {
     next_local: u64,
     /// What this connection's peer gave since the other connections last heard of it.
     gained: Vec<Gained>,
+    /// Whether this is a JS-wire connection: protomux's leniency (messages on channels not
+    /// open are ignored, as protomux ignores them) and no hyperfs-only messages unless the
+    /// peer opened the hello channel.
+    js: bool,
+    /// Set once a JS-wire peer opened the hello channel: a hyperfs node.
+    hyperfs_flag: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Decoded frames, reused between reads.
+    frames: Vec<(Frame, usize)>,
 }
 
 /// A verified new length or new blocks of one core, from one peer.
@@ -890,6 +1254,11 @@ struct Gained {
 }
 
 impl ConnState {
+    /// Whether the peer is a hyperfs node (it may be sent hyperfs's own messages).
+    fn hyperfs_peer(&self) -> bool {
+        !self.js || self.hyperfs_flag.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Sends `open` for a core, unless ours stands already.
     fn open(&mut self, core: Arc<dyn SharedCore>) -> usize {
         let key = core.key();
@@ -927,6 +1296,17 @@ impl ConnState {
 
     fn on_frame(&mut self, inner: &Inner, frame: Frame) -> Result<(), NetError> {
         match frame {
+            Frame::Control(Control::Open { protocol, .. }) if protocol == HELLO => {
+                // A hyperfs node on the JS wire: it gets hyperfs's own messages too.
+                if let Some(flag) = &self.hyperfs_flag {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                for ch in &mut self.channels {
+                    if let Some(s) = ch.session.as_mut() {
+                        s.set_seek_blocks(true);
+                    }
+                }
+            }
             Frame::Control(Control::Open { local_id: remote_id, protocol, id, capability: cap, .. }) => {
                 let dk: Option<DiscoveryKey> = id.as_deref().and_then(|d| d.try_into().ok()).map(DiscoveryKey);
                 let found = dk.filter(|_| protocol == PROTOCOL).and_then(|dk| inner.shared.find(&dk));
@@ -939,6 +1319,7 @@ impl ConnState {
                     return Err(NetError::Protocol("a channel opened with a wrong capability".into()));
                 }
                 let i = self.open(core);
+                let hyperfs_peer = self.hyperfs_peer();
                 let ch = &mut self.channels[i];
                 if ch.remote_id.is_some() {
                     return Err(NetError::Protocol("a channel opened twice".into()));
@@ -950,6 +1331,7 @@ impl ConnState {
                     let ms = inner.request_timeout_ms.load(std::sync::atomic::Ordering::SeqCst);
                     session.set_request_timeout(Duration::from_millis(ms));
                     session.share_claims(inner.claims(&key));
+                    session.set_seek_blocks(hyperfs_peer);
                     ch.session = Some(session);
                     lock(&self.cores).push(key);
                     self.emit(i, out);
@@ -974,6 +1356,11 @@ impl ConnState {
             }
             Frame::Channel { channel, message } => {
                 let Some(i) = self.channels.iter().position(|c| c.remote_id == Some(channel)) else {
+                    if self.js {
+                        // As protomux does: a channel closed here may still hear the peer's
+                        // last messages.
+                        return Ok(());
+                    }
                     return Err(NetError::Protocol(format!("a message on channel {channel}, which is not open")));
                 };
                 let ch = &mut self.channels[i];

@@ -60,6 +60,13 @@ impl Identity {
         self
     }
 
+    /// The same key as the JS wire's Noise static key (`noise-curve-ed`).
+    pub fn noise_key_pair(&self) -> crate::noise::KeyPair {
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&self.key_pair.secret_key()[..32]);
+        crate::noise::KeyPair::from_seed(&seed)
+    }
+
     /// The public key other nodes know this one by.
     pub fn peer_id(&self) -> PeerId {
         PeerId(self.key_pair.public_key())

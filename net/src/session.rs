@@ -304,6 +304,9 @@ pub struct Session {
     /// A byte whose seek-and-block the peer could not answer: its next seek asks for the tree
     /// nodes only (the peer may lack the block, or be a peer that does not know the message).
     plain_seek: Option<u64>,
+    /// Whether seeks go as [`Message::SeekBlock`] (a hyperfs peer) or as Hypercore's seek
+    /// requests (a JS peer, which does not know that message).
+    seek_blocks: bool,
     /// [`Claims::released`] when the last look skipped a block another peer was asked for.
     released_seen: u64,
     /// Where the end game's next look for blocks to ask a second time starts.
@@ -336,6 +339,7 @@ impl Session {
             claims: Arc::default(),
             claimed: HashSet::new(),
             plain_seek: None,
+            seek_blocks: true,
             released_seen: 0,
             dup_from: 0,
         };
@@ -344,6 +348,11 @@ impl Session {
         s.sync(core, &mut out);
         out.messages.extend(have_ranges(core, 0, core.length()));
         (s, out)
+    }
+
+    /// Whether the peer takes [`Message::SeekBlock`] (default: yes; JS peers do not).
+    pub fn set_seek_blocks(&mut self, on: bool) {
+        self.seek_blocks = on;
     }
 
     /// How long requests sent from now on wait for an answer (default [`REQUEST_TIMEOUT`]).
@@ -432,7 +441,7 @@ impl Session {
         };
         let id = self.take_id();
         let mut asked = InFlight::new(None, Some(bytes), false, now + self.timeout);
-        if self.plain_seek.take() == Some(bytes) {
+        if self.plain_seek.take() == Some(bytes) || !self.seek_blocks {
             out.messages.push(Message::Request { id, request, priority: None });
         } else {
             // One round trip: the peer seeks and sends the block with its proof; the reader

@@ -467,3 +467,140 @@ fn a_ninth_connection_from_one_address_is_refused() {
     wait("the signed length", || lock(&first.core).length() == 10);
     assert!(peers[0].fetch(&key, 3, Duration::from_secs(5)), "those admitted are served");
 }
+
+/// The JS stack's wire between two nodes: Noise XX over TCP, secret-stream, protomux. A replica
+/// reads on demand, follows appends, and each side knows the other for a hyperfs node (its
+/// hello channel), so seeks go in one round trip.
+#[test]
+fn two_nodes_replicate_over_the_js_wire() {
+    let w = writer(300);
+    let key = w.key();
+    let a = node(41, vec![w.clone()]);
+    let tcp = a.listen_tcp("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let r = replica(key, false);
+    let b = node(42, vec![r.clone()]);
+    let peer = b.connect_tcp(tcp).expect("connect");
+    assert_eq!(peer, Identity::from_seed(&[41; 32]).peer_id(), "the Noise key is the node's key");
+    wait("the signed length", || lock(&r.core).length() == 300);
+    assert!(b.fetch(&key, 250, Duration::from_secs(5)));
+    assert_eq!(lock(&r.core).get(250).expect("stored"), b"block 250");
+    assert_eq!(lock(&r.core).local_blocks(), 1, "only what was read travels");
+    lock(&w.core).append(b"fresh").expect("append");
+    a.changed(&key);
+    wait("the append", || lock(&r.core).length() == 301);
+    assert!(b.fetch(&key, 300, Duration::from_secs(5)));
+    assert_eq!(lock(&r.core).get(300).expect("stored"), b"fresh");
+    wait("the hello", || b.peers().first().is_some_and(|p| p.hyperfs));
+    let p = &b.peers()[0];
+    assert_eq!((p.transport, p.hyperfs), (Transport::Tcp, true));
+    assert!(lock(&r.core).verify_local().expect("verify").is_empty());
+    // The swarm redials a TCP peer over TCP.
+    assert_eq!(b.connect(tcp).expect("again"), peer);
+}
+
+/// Writes `bytes` to a fresh TCP connection to `addr` after an honest secret-stream handshake
+/// as initiator (or instead of one), and returns whether the node closed it within 5 s.
+fn closed_after(addr: SocketAddr, handshake: bool, send: impl FnOnce(&mut secretstream::Stream) -> Vec<u8>) -> bool {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("tcp");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut out = Vec::new();
+    let me = crate::noise::KeyPair::generate();
+    let mut opening = secretstream::Opening::start(true, me, &mut out).expect("start");
+    s.write_all(&out).expect("msg1");
+    let mut stream = None;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while handshake && stream.is_none() {
+        let n = s.read(&mut chunk).expect("handshake reply");
+        assert!(n > 0, "closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while let Some((body, used)) = secretstream::take_frame(&buf[at..]) {
+            let body = at + body.start..at + body.end;
+            at += used;
+            let mut o = Vec::new();
+            if let Some(open) = opening.on_frame(&buf[body], &mut o).expect("frame") {
+                stream = Some(open);
+            }
+            s.write_all(&o).expect("write");
+            if stream.is_some() {
+                // What follows the header is the node's encrypted messages: not read here.
+                break;
+            }
+        }
+        buf.drain(..at);
+    }
+    let bytes = match stream.as_mut() {
+        Some(st) => send(st),
+        None => b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    };
+    let _ = s.write_all(&bytes);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// What a hostile JS-wire peer gets: a wrong capability, garbage after the handshake, a frame
+/// that does not authenticate, or a bad handshake each close the connection, and nothing is
+/// stored.
+#[test]
+fn a_hostile_peer_on_the_js_wire_is_closed_with_nothing_stored() {
+    let w = writer(10);
+    let key = w.key();
+    let r = replica(key, true);
+    let a = node(43, vec![r.clone()]);
+    let tcp = a.listen_tcp("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let open = |cap: [u8; 32]| {
+        let mut m = Vec::new();
+        Frame::Control(Control::Open {
+            local_id: 1,
+            protocol: PROTOCOL.into(),
+            id: Some(crypto::discovery_key(&key).0.to_vec()),
+            flags: 1,
+            capability: cap,
+        })
+        .encode_message(&mut m);
+        m
+    };
+    assert!(
+        closed_after(tcp, true, |s| {
+            let mut out = Vec::new();
+            s.send(&mut out, &open([7; 32]));
+            out
+        }),
+        "a wrong capability closes the connection"
+    );
+    let garbage: Vec<u8> = [40, 0, 0].into_iter().chain((0..40).map(|i| (i * 37) as u8)).collect();
+    assert!(closed_after(tcp, true, |_| garbage), "garbage after the handshake");
+    assert!(closed_after(tcp, true, |_| vec![3, 0, 0, 1, 2, 3]), "a frame too short for a message");
+    assert!(
+        closed_after(tcp, true, |s| {
+            let mut out = Vec::new();
+            s.send(&mut out, b"\x01\x00\x07\x00\x00\x00");
+            let n = out.len();
+            out[n - 1] ^= 1;
+            out
+        }),
+        "a frame that does not authenticate"
+    );
+    assert!(closed_after(tcp, false, |_| Vec::new()), "a bad handshake");
+    // A right capability on an honest connection is kept (the writer's side of the test).
+    let honest = closed_after(tcp, true, |s| {
+        let mut out = Vec::new();
+        let cap = capability(&s.handshake.hash, true, &key);
+        s.send(&mut out, &open(cap));
+        out
+    });
+    assert!(!honest, "an honest open is not closed");
+    assert_eq!(lock(&r.core).length(), 0);
+    assert_eq!(lock(&r.core).local_blocks(), 0, "nothing stored");
+    // Wrong capabilities and bad frames do not ban the address: the honest one came through.
+}
