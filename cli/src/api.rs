@@ -19,6 +19,8 @@ pub struct NetOptions {
     pub no_lan: bool,
     /// The bound of the cache of sparse replicas' blocks, in bytes (remembered).
     pub cache_size: Option<u64>,
+    /// Also accept peers over TCP with the JS stack's wire on this address (remembered).
+    pub tcp: Option<String>,
 }
 
 /// One request to the node.
@@ -403,6 +405,9 @@ pub struct Sharing {
     pub key: String,
     pub link: String,
     pub address: String,
+    /// The TCP address JS peers dial (`store.replicate(socket)`), when the node listens on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
 }
 
 /// The reply of `drives rm`.
@@ -540,6 +545,13 @@ pub struct PeerEntry {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub rtt_ms: f64,
+    /// `quic` (hyperfs's own transport) or `tcp` (the JS stack's wire: Noise, secret-stream,
+    /// protomux).
+    #[serde(default)]
+    pub transport: String,
+    /// `hyperfs` or `js`.
+    #[serde(default)]
+    pub kind: String,
 }
 
 #[cfg(test)]

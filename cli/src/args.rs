@@ -20,9 +20,16 @@ pub(crate) struct Cli {
 /// node's network starts (and are remembered for its next start).
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct NetArgs {
-    /// A peer to connect to (HOST:PORT; repeatable).
+    /// A peer to connect to (repeatable): HOST:PORT for a hyperfs node (QUIC), or
+    /// tcp://HOST:PORT for a peer on the JS stack's wire (a JS app serving
+    /// `store.replicate(socket)` on a TCP server, or a node listening with --tcp).
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub(crate) peers: Vec<String>,
+    /// Also accept peers over TCP on ADDR:PORT with the JS stack's wire (Noise, secret-stream,
+    /// protomux, hypercore/alpha): JS peers that dial it and `store.replicate(socket)`
+    /// (remembered for the node's next start).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) tcp: Option<String>,
     /// The UDP address to listen on (default: the one used last time, else any free port).
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) listen: Option<String>,
@@ -83,6 +90,7 @@ impl NetArgs {
             no_dht: self.no_dht,
             no_lan: self.no_lan,
             cache_size: self.cache_size,
+            tcp: self.tcp.clone(),
         }
     }
 }

@@ -201,7 +201,10 @@ fn main() -> ExitCode {
             if json {
                 print_json(&r);
             } else {
-                println!("sharing {} on {}", r.link, r.address);
+                match &r.tcp {
+                    Some(tcp) => println!("sharing {} on {} (quic) and {tcp} (tcp)", r.link, r.address),
+                    None => println!("sharing {} on {}", r.link, r.address),
+                }
             }
             Ok(())
         }),
@@ -234,8 +237,8 @@ fn main() -> ExitCode {
                 for p in &r {
                     let drives = if p.drives.is_empty() { "-".to_owned() } else { p.drives.join(",") };
                     println!(
-                        "{}\t{}\t{}\t{drives}\tup {}\tdown {}\t{:.1} ms",
-                        p.id, p.address, p.found, p.bytes_up, p.bytes_down, p.rtt_ms
+                        "{}\t{}\t{}\t{} {}\t{drives}\tup {}\tdown {}\t{:.1} ms",
+                        p.id, p.address, p.found, p.kind, p.transport, p.bytes_up, p.bytes_down, p.rtt_ms
                     );
                 }
             }

@@ -138,6 +138,8 @@ pub struct Net {
     changed: std::sync::mpsc::Sender<()>,
     /// The bounded cache of sparse replicas' blocks.
     pub cache: crate::cache::Cache,
+    /// Where the network accepts peers on the JS wire over TCP (`--tcp`).
+    tcp: Mutex<Option<SocketAddr>>,
     store: Arc<dyn hyperfs_engine::store::Store>,
 }
 
@@ -176,6 +178,7 @@ impl Net {
             slots: Mutex::new(Vec::new()),
             changed,
             cache: crate::cache::Cache::new(dir),
+            tcp: Mutex::new(None),
             store,
         });
         let refresher = Arc::downgrade(&net);
@@ -311,21 +314,60 @@ impl Net {
         lock(&self.replicas).push((drive, cores, states));
     }
 
-    /// Connects to each of `peers`.
+    /// Connects to each of `peers` (`tcp://HOST:PORT`: over TCP with the JS stack's wire).
     pub fn connect(&self, peers: &[String]) -> Result<()> {
         for p in peers {
-            let addr = resolve(p)?;
+            let addr = self.peer_address(p)?;
             self.endpoint.connect(addr).map_err(|e| anyhow!("{p}: {e}"))?;
             self.swarm.note(addr, hyperfs_net::discovery::Source::Static);
         }
         Ok(())
     }
 
+    /// The address of peer `p` as given (HOST:PORT, or tcp://HOST:PORT, which the endpoint
+    /// then dials over TCP with the JS stack's wire).
+    pub fn peer_address(&self, p: &str) -> Result<SocketAddr> {
+        match p.strip_prefix("tcp://") {
+            Some(tcp) => {
+                let addr = resolve(tcp)?;
+                self.endpoint.dial_over_tcp(addr);
+                Ok(addr)
+            }
+            None => resolve(p),
+        }
+    }
+
+    /// Also accepts peers on the JS stack's wire over TCP on `addr` (HOST:PORT), remembered in
+    /// `dir` for the next start. A network that listens on TCP already keeps its address, and
+    /// says so when another is asked.
+    pub fn listen_tcp(&self, dir: &Path, addr: &str) -> Result<SocketAddr> {
+        let want = resolve(addr)?;
+        let mut tcp = lock(&self.tcp);
+        if let Some(runs) = *tcp {
+            let same = (want.port() == 0 || want.port() == runs.port())
+                && (want.ip() == runs.ip() || runs.ip().is_unspecified());
+            if !same {
+                anyhow::bail!("the node's network already accepts TCP peers on {runs}; --tcp {want} takes effect when it starts: run `hyperfs stop`, then this command again");
+            }
+            return Ok(runs);
+        }
+        let bound = self.endpoint.listen_tcp(want).with_context(|| format!("--tcp {addr}"))?;
+        crate::node::write_state(dir, "tcp.addr", format!("{bound}\n").as_bytes())?;
+        tracing::info!(%bound, "accepting peers on the JS wire over TCP");
+        *tcp = Some(bound);
+        Ok(bound)
+    }
+
+    /// The TCP address JS peers dial, when the network listens on one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.tcp)
+    }
+
     /// Connects to each of `peers` for drive `key`, and again whenever the connection drops.
     pub fn connect_for(&self, key: &CoreKey, peers: &[String]) -> Result<()> {
         self.connect(peers)?;
         for p in peers {
-            self.swarm.add_peer(key, resolve(p)?);
+            self.swarm.add_peer(key, self.peer_address(p)?);
         }
         Ok(())
     }

@@ -124,7 +124,11 @@ enum Link {
     Quic(quinn::Connection),
     /// A byte stream with secret-stream on it: its handshake's round trip, and the signal that
     /// ends it.
-    Stream { rtt: Duration, end: Arc<tokio::sync::Notify>, hyperfs: Arc<std::sync::atomic::AtomicBool> },
+    Stream {
+        rtt: Duration,
+        end: Arc<tokio::sync::Notify>,
+        hyperfs: Arc<std::sync::atomic::AtomicBool>,
+    },
 }
 
 impl Link {
@@ -412,6 +416,11 @@ impl Endpoint {
             }
             Ok(id)
         })
+    }
+
+    /// Dials `addr` over TCP with the JS stack's wire from now on (see [`Endpoint::connect_tcp`]).
+    pub fn dial_over_tcp(&self, addr: SocketAddr) {
+        lock(&self.inner.tcp_peers).insert(addr);
     }
 
     /// Connects over TCP with the JS stack's wire (Noise XX as initiator, secret-stream,
@@ -829,7 +838,8 @@ impl Codec {
     /// Takes the next whole unit off `buf` into `frames` (each with the bytes it took); the
     /// bytes used, or `None` while more are needed.
     fn take(&mut self, buf: &mut [u8], frames: &mut Vec<(Frame, usize)>) -> Result<Option<usize>, NetError> {
-        let malformed = |e: hyperfs_engine::encoding::DecodeError| NetError::Protocol(format!("a malformed frame: {e}"));
+        let malformed =
+            |e: hyperfs_engine::encoding::DecodeError| NetError::Protocol(format!("a malformed frame: {e}"));
         match self {
             Codec::Quic => Ok(Frame::take(buf).map_err(malformed)?.map(|(f, len)| {
                 frames.push((f, len));
@@ -1171,7 +1181,13 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 
 /// Takes in every whole frame `buf` holds: each goes to its channel, what verified is stored,
 /// and the other connections hear what this peer gave.
-fn take_in(inner: &Inner, state: &mut ConnState, codec: &mut Codec, buf: &mut Vec<u8>, stable: usize) -> Result<(), NetError> {
+fn take_in(
+    inner: &Inner,
+    state: &mut ConnState,
+    codec: &mut Codec,
+    buf: &mut Vec<u8>,
+    stable: usize,
+) -> Result<(), NetError> {
     let mut used = 0;
     let mut frames = std::mem::take(&mut state.frames);
     while let Some(len) = codec.take(&mut buf[used..], &mut frames)? {

@@ -196,7 +196,13 @@ impl std::fmt::Debug for Handshake {
 impl Handshake {
     /// A handshake of `pattern` with static key `s`. IK needs the responder's key on the
     /// initiator's side (`remote_static`).
-    pub fn new(pattern: Pattern, initiator: bool, s: KeyPair, prologue: &[u8], remote_static: Option<[u8; 32]>) -> Self {
+    pub fn new(
+        pattern: Pattern,
+        initiator: bool,
+        s: KeyPair,
+        prologue: &[u8],
+        remote_static: Option<[u8; 32]>,
+    ) -> Self {
         let name = format!("Noise_{}_Ed25519_ChaChaPoly_BLAKE2b", pattern.name());
         let mut h = [0u8; HASHLEN];
         h[..name.len()].copy_from_slice(name.as_bytes());
@@ -237,7 +243,7 @@ impl Handshake {
 
     /// Whether it is this side's turn to send.
     pub fn my_turn(&self) -> bool {
-        self.done.is_none() && (self.step % 2 == 0) == self.initiator
+        self.done.is_none() && self.step.is_multiple_of(2) == self.initiator
     }
 
     /// The result, once the last message went or came.
@@ -373,7 +379,8 @@ impl Handshake {
         for &t in tokens {
             match t {
                 Token::E => {
-                    let re: [u8; 32] = msg.get(at..at + 32).ok_or(short.clone())?.try_into().map_err(|_| short.clone())?;
+                    let re: [u8; 32] =
+                        msg.get(at..at + 32).ok_or(short.clone())?.try_into().map_err(|_| short.clone())?;
                     at += 32;
                     self.mix_hash(&re);
                     self.re = Some(re);
@@ -459,8 +466,7 @@ mod tests {
     fn ik_matches_the_js_transcript() {
         let prologue = h("14d6d4b49214ab1033ed204976caa258bae9e1e8543b9ad1fd996a910b0c4e3a");
         let b = pair(0x22);
-        let mut i =
-            Handshake::new(Pattern::IK, true, pair(0x11), &prologue, Some(b.public)).with_ephemeral(pair(0xe0));
+        let mut i = Handshake::new(Pattern::IK, true, pair(0x11), &prologue, Some(b.public)).with_ephemeral(pair(0xe0));
         let mut r = Handshake::new(Pattern::IK, false, b, &prologue, None).with_ephemeral(pair(0xe1));
         assert_eq!(i.h.to_vec(), h("a387a50336b348c1ea03e3c30cd6774dc5f39a836c62ceb524f5bb4c5e0a0db5ecae2ce37186a750c2eef67bbe8e02f82f38e0ad10e434d09bd18e2a0f2a4e4e"));
         let client = h("011a000001c0a8010a49c20100fe040302010001");

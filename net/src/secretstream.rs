@@ -125,8 +125,8 @@ impl State {
     }
 
     fn advance(&mut self, mac: &[u8; 16], tag: u8) {
-        for i in 0..8 {
-            self.nonce[4 + i] ^= mac[i];
+        for (n, m) in self.nonce[4..].iter_mut().zip(mac) {
+            *n ^= m;
         }
         let counter = u32::from_le_bytes([self.nonce[0], self.nonce[1], self.nonce[2], self.nonce[3]]).wrapping_add(1);
         self.nonce[..4].copy_from_slice(&counter.to_le_bytes());

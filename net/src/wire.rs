@@ -727,7 +727,10 @@ mod tests {
         assert_eq!(
             batch,
             vec![
-                Frame::Channel { channel: 1, message: Message::Sync { flags: 15, fork: 0, length: 3, remote_length: 0 } },
+                Frame::Channel {
+                    channel: 1,
+                    message: Message::Sync { flags: 15, fork: 0, length: 3, remote_length: 0 }
+                },
                 Frame::Channel { channel: 1, message: Message::Range { drop: false, start: 0, length: 3 } },
             ]
         );
@@ -745,8 +748,13 @@ mod tests {
         // The open of a protocol hyperfs does not speak (its bytes from §3.6), then a switch to
         // channel 1 in the same batch: the open is kept, to be rejected.
         let other = decoded(&hex("0000000e01020770726f746f2d7900026832000104080000030001"));
-        assert!(matches!(&other[0], Frame::Control(Control::Open { local_id: 2, protocol, .. }) if protocol == "proto-y"));
-        assert_eq!(other[1], Frame::Channel { channel: 1, message: Message::Range { drop: false, start: 0, length: 3 } });
+        assert!(
+            matches!(&other[0], Frame::Control(Control::Open { local_id: 2, protocol, .. }) if protocol == "proto-y")
+        );
+        assert_eq!(
+            other[1],
+            Frame::Channel { channel: 1, message: Message::Range { drop: false, start: 0, length: 3 } }
+        );
         // A keep-alive holds nothing; an unknown type on a channel is skipped.
         assert!(decoded(&[]).is_empty());
         assert!(decoded(&[1, 40, 1, 2, 3]).is_empty());

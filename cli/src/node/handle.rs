@@ -428,6 +428,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 key: hex::encode(key),
                 link: format!("hyper://{}", z32_encode(&key.0)),
                 address: net.endpoint.local_addr()?.to_string(),
+                tcp: net.tcp_addr().map(|a| a.to_string()),
             })
         }
         Request::Unshare { drive: which } => {
@@ -477,6 +478,8 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                         bytes_up: p.bytes_up,
                         bytes_down: p.bytes_down,
                         rtt_ms: p.rtt.as_secs_f64() * 1000.0,
+                        transport: p.transport.name().to_owned(),
+                        kind: if p.hyperfs { "hyperfs" } else { "js" }.to_owned(),
                     }
                 })
                 .collect();

@@ -442,6 +442,9 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         if let Some(size) = r.cache_size {
             n.set_cache_limit(size)?;
         }
+        if let Some(tcp) = &r.tcp {
+            n.listen_tcp(&state.dir, tcp)?;
+        }
         return Ok(n.clone());
     }
     let asked = !r.bootstrap.is_empty() || r.no_dht || r.no_lan;
@@ -455,6 +458,12 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
     let n = crate::share::Net::start(&state.dir, listen, &discovery, state.store.clone())?;
     if let Some(size) = r.cache_size {
         n.set_cache_limit(size)?;
+    }
+    // TCP for JS peers: as asked, else as the last start had it.
+    let tcp =
+        r.tcp.clone().or_else(|| std::fs::read_to_string(state.dir.join("tcp.addr")).ok().map(|s| s.trim().to_owned()));
+    if let Some(tcp) = tcp.filter(|t| !t.is_empty()) {
+        n.listen_tcp(&state.dir, &tcp)?;
     }
     // A small cache is not to be outgrown by the block log's space allocated ahead.
     state.store.limit_allocate_ahead(n.cache.limit() / 16);

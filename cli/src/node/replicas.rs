@@ -82,7 +82,7 @@ pub(super) fn resume_replicas(state: &Arc<State>) {
     let Ok(net) = net(state, &NetOptions::default()) else { return };
     // The swarm dials them (and again when they leave).
     for (key, p) in all_peers {
-        match crate::share::resolve(&p) {
+        match net.peer_address(&p) {
             Ok(addr) => net.swarm.add_peer(&key, addr),
             Err(e) => tracing::info!(peer = %p, error = %e, "a replica's peer"),
         }

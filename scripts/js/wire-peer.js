@@ -1,0 +1,146 @@
+// A JS Hyperdrive peer on the JS stack's own wire (Noise, secret-stream, protomux over TCP), for
+// the tests and the benchmark that put hyperfs beside it.
+//
+//   node wire-peer.js serve DIR SPEC.json   JS writes a drive (SPEC as drive-interop.js's:
+//       {ops: [{put, file, executable?} | {symlink, target} | {del}]}), serves it on a TCP server
+//       on 127.0.0.1 (each socket: store.replicate(false), the dialer is the Noise initiator)
+//       and prints {key, port, version, blobs}. Then one JSON command per stdin line, each
+//       answered on a line: {put, file|text} → {version}; {truncate: version} → {version, fork};
+//       {stats: true} → {blobsUploadedBlocks, blobsUploadedBytes, connections}.
+//   node wire-peer.js read DIR HOST:PORT KEY   JS dials HOST:PORT (store.replicate(true), the
+//       Noise initiator), opens the drive KEY, downloads and reads every file and prints
+//       {version, entries: [{path, executable, linkname, size, hash}]}. Then per stdin line
+//       {wait: version}: waits until the drive reaches that version live, prints it again.
+//   node wire-peer.js get DIR HOST:PORT KEY PATH   reads one file through drive.get and prints
+//       {size, hash, ms}: the benchmark's download.
+// A stream that errors (the other side closed it for breaking a rule) is reported on stderr.
+'use strict'
+const fs = require('fs')
+const net = require('net')
+const readline = require('readline')
+const Corestore = require('corestore')
+const Hyperdrive = require('hyperdrive')
+const crypto = require('hypercore-crypto')
+
+const hex = (b) => Buffer.from(b).toString('hex')
+const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+
+function pipe (store, socket, initiator) {
+  const s = store.replicate(initiator)
+  socket.on('error', (e) => process.stderr.write('socket: ' + e.message + '\n'))
+  s.on('error', (e) => process.stderr.write('stream: ' + e.message + '\n'))
+  socket.pipe(s).pipe(socket)
+  return s
+}
+
+async function apply (drive, op) {
+  if (op.put) {
+    const data = op.file ? fs.readFileSync(op.file) : Buffer.from(op.text)
+    await drive.put(op.put, data, { executable: !!op.executable })
+  } else if (op.symlink) {
+    await drive.symlink(op.symlink, op.target)
+  } else if (op.del) {
+    await drive.del(op.del)
+  }
+}
+
+async function describe (drive) {
+  const entries = []
+  for await (const e of drive.list('/')) {
+    const v = e.value
+    const data = v.blob ? await drive.get(e.key) : Buffer.alloc(0)
+    entries.push({ path: e.key, executable: v.executable, linkname: v.linkname, size: data.length, hash: hex(crypto.hash(data)) })
+  }
+  return { version: drive.version, entries }
+}
+
+async function serve (dir, spec) {
+  const store = new Corestore(dir)
+  const drive = new Hyperdrive(store)
+  await drive.ready()
+  for (const op of spec.ops) await apply(drive, op)
+  const blobs = await drive.getBlobs()
+  const stats = { blobsUploadedBlocks: 0, blobsUploadedBytes: 0, connections: 0 }
+  blobs.core.on('upload', (index, bytes) => { stats.blobsUploadedBlocks++; stats.blobsUploadedBytes += bytes })
+  const server = net.createServer((socket) => {
+    stats.connections++
+    pipe(store, socket, false)
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  say({ key: hex(drive.key), port: server.address().port, version: drive.version, blobs: hex(blobs.core.key) })
+  const lines = readline.createInterface({ input: process.stdin })
+  for await (const line of lines) {
+    const cmd = JSON.parse(line)
+    if (cmd.truncate !== undefined) {
+      await drive.truncate(cmd.truncate)
+      say({ version: drive.version, fork: drive.core.fork })
+    } else if (cmd.stats) {
+      say(stats)
+    } else {
+      await apply(drive, cmd)
+      say({ version: drive.version })
+    }
+  }
+  server.close()
+  await drive.close()
+  await store.close()
+}
+
+async function dial (dir, addr, key) {
+  const [host, port] = addr.split(':')
+  const store = new Corestore(dir)
+  const socket = net.connect(Number(port), host)
+  pipe(store, socket, true)
+  const drive = new Hyperdrive(store, Buffer.from(key, 'hex'))
+  await drive.ready()
+  // The first version: wait until the peer's length arrived.
+  while (drive.version === 0 || drive.core.length === 0) await drive.core.update({ wait: true })
+  return { store, drive, socket }
+}
+
+async function read (dir, addr, key) {
+  const { store, drive, socket } = await dial(dir, addr, key)
+  say(await describe(drive))
+  const lines = readline.createInterface({ input: process.stdin })
+  for await (const line of lines) {
+    const cmd = JSON.parse(line)
+    const start = Date.now()
+    while (drive.version < cmd.wait) {
+      if (Date.now() - start > 10000) throw new Error('version ' + cmd.wait + ' did not arrive')
+      await Promise.race([drive.core.update({ wait: true }), new Promise((resolve) => setTimeout(resolve, 100))])
+    }
+    say({ ...(await describe(drive)), ms: Date.now() - start })
+  }
+  socket.destroy()
+  await drive.close()
+  await store.close()
+}
+
+async function get (dir, addr, key, file) {
+  const start = process.hrtime.bigint()
+  const { store, drive, socket } = await dial(dir, addr, key)
+  const h = require('crypto').createHash('sha256')
+  let size = 0
+  for await (const chunk of drive.createReadStream(file)) {
+    h.update(chunk)
+    size += chunk.length
+  }
+  const ms = Number(process.hrtime.bigint() - start) / 1e6
+  say({ size, sha256: h.digest('hex'), ms })
+  socket.destroy()
+  await drive.close()
+  await store.close()
+}
+
+async function main () {
+  const [mode, dir, a, b, c] = process.argv.slice(2)
+  if (mode === 'serve') await serve(dir, JSON.parse(fs.readFileSync(a, 'utf8')))
+  else if (mode === 'read') await read(dir, a, b)
+  else if (mode === 'get') await get(dir, a, b, c)
+  else throw new Error('mode: serve, read or get')
+}
+
+main().then(() => process.exit(0), (err) => {
+  process.stderr.write(String(err && err.stack ? err.stack : err) + '\n')
+  process.exit(1)
+})
