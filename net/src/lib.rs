@@ -20,6 +20,7 @@ pub mod noise;
 pub mod secretstream;
 pub mod session;
 pub mod swarm;
+pub mod udx;
 pub mod wire;
 
 pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore};
