@@ -21,6 +21,8 @@ pub struct NetOptions {
     pub cache_size: Option<u64>,
     /// Also accept peers over TCP with the JS stack's wire on this address (remembered).
     pub tcp: Option<String>,
+    /// … and over UDX (remembered).
+    pub udx: Option<String>,
 }
 
 /// One request to the node.
@@ -408,6 +410,9 @@ pub struct Sharing {
     /// The TCP address JS peers dial (`store.replicate(socket)`), when the node listens on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
+    /// The UDX address JS peers dial, when the node listens on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udx: Option<String>,
 }
 
 /// The reply of `drives rm`.
@@ -545,8 +550,8 @@ pub struct PeerEntry {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub rtt_ms: f64,
-    /// `quic` (hyperfs's own transport) or `tcp` (the JS stack's wire: Noise, secret-stream,
-    /// protomux).
+    /// `quic` (hyperfs's own transport), `tcp` or `udx` (the JS stack's wire: Noise,
+    /// secret-stream, protomux).
     #[serde(default)]
     pub transport: String,
     /// `hyperfs` or `js`.

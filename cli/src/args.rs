@@ -21,8 +21,9 @@ pub(crate) struct Cli {
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct NetArgs {
     /// A peer to connect to (repeatable): HOST:PORT for a hyperfs node (QUIC), or
-    /// tcp://HOST:PORT for a peer on the JS stack's wire (a JS app serving
-    /// `store.replicate(socket)` on a TCP server, or a node listening with --tcp).
+    /// tcp://HOST:PORT or udx://HOST:PORT for a peer on the JS stack's wire (a JS app serving
+    /// `store.replicate(stream)` on a TCP server or a UDX socket, or a node listening with
+    /// --tcp or --udx).
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub(crate) peers: Vec<String>,
     /// Also accept peers over TCP on ADDR:PORT with the JS stack's wire (Noise, secret-stream,
@@ -30,6 +31,10 @@ pub(crate) struct NetArgs {
     /// (remembered for the node's next start).
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) tcp: Option<String>,
+    /// The same over UDX on ADDR:PORT (UDP): a stream a peer starts on an id the node does not
+    /// know is taken as a new connection, with that id both ways (remembered).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) udx: Option<String>,
     /// The UDP address to listen on (default: the one used last time, else any free port).
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) listen: Option<String>,
@@ -91,6 +96,7 @@ impl NetArgs {
             no_lan: self.no_lan,
             cache_size: self.cache_size,
             tcp: self.tcp.clone(),
+            udx: self.udx.clone(),
         }
     }
 }

@@ -201,10 +201,16 @@ fn main() -> ExitCode {
             if json {
                 print_json(&r);
             } else {
-                match &r.tcp {
-                    Some(tcp) => println!("sharing {} on {} (quic) and {tcp} (tcp)", r.link, r.address),
-                    None => println!("sharing {} on {}", r.link, r.address),
+                let mut on = r.address.clone();
+                if r.tcp.is_some() || r.udx.is_some() {
+                    on.push_str(" (quic)");
                 }
+                for (addr, name) in [(&r.tcp, "tcp"), (&r.udx, "udx")] {
+                    if let Some(a) = addr {
+                        on.push_str(&format!(", {a} ({name})"));
+                    }
+                }
+                println!("sharing {} on {on}", r.link);
             }
             Ok(())
         }),

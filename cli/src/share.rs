@@ -140,6 +140,8 @@ pub struct Net {
     pub cache: crate::cache::Cache,
     /// Where the network accepts peers on the JS wire over TCP (`--tcp`).
     tcp: Mutex<Option<SocketAddr>>,
+    /// Where it accepts them over UDX (`--udx`).
+    udx: Mutex<Option<SocketAddr>>,
     store: Arc<dyn hyperfs_engine::store::Store>,
 }
 
@@ -179,6 +181,7 @@ impl Net {
             changed,
             cache: crate::cache::Cache::new(dir),
             tcp: Mutex::new(None),
+            udx: Mutex::new(None),
             store,
         });
         let refresher = Arc::downgrade(&net);
@@ -324,17 +327,21 @@ impl Net {
         Ok(())
     }
 
-    /// The address of peer `p` as given (HOST:PORT, or tcp://HOST:PORT, which the endpoint
-    /// then dials over TCP with the JS stack's wire).
+    /// The address of peer `p` as given (HOST:PORT; tcp://HOST:PORT or udx://HOST:PORT, which
+    /// the endpoint then dials with the JS stack's wire over TCP or UDX).
     pub fn peer_address(&self, p: &str) -> Result<SocketAddr> {
-        match p.strip_prefix("tcp://") {
-            Some(tcp) => {
-                let addr = resolve(tcp)?;
-                self.endpoint.dial_over_tcp(addr);
-                Ok(addr)
+        use hyperfs_net::Transport;
+        for (scheme, transport) in [("tcp://", Transport::Tcp), ("udx://", Transport::Udx)] {
+            if let Some(rest) = p.strip_prefix(scheme) {
+                let addr = resolve(rest)?;
+                self.endpoint.dial_as(addr, transport);
+                return Ok(addr);
             }
-            None => resolve(p),
         }
+        if p.contains("://") {
+            anyhow::bail!("{p:?}: a peer is HOST:PORT, tcp://HOST:PORT or udx://HOST:PORT");
+        }
+        resolve(p)
     }
 
     /// Also accepts peers on the JS stack's wire over TCP on `addr` (HOST:PORT), remembered in
@@ -361,6 +368,30 @@ impl Net {
     /// The TCP address JS peers dial, when the network listens on one.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         *lock(&self.tcp)
+    }
+
+    /// Also accepts peers on the JS stack's wire over UDX on `addr`, as [`Net::listen_tcp`].
+    pub fn listen_udx(&self, dir: &Path, addr: &str) -> Result<SocketAddr> {
+        let want = resolve(addr)?;
+        let mut udx = lock(&self.udx);
+        if let Some(runs) = *udx {
+            let same = (want.port() == 0 || want.port() == runs.port())
+                && (want.ip() == runs.ip() || runs.ip().is_unspecified());
+            if !same {
+                anyhow::bail!("the node's network already accepts UDX peers on {runs}; --udx {want} takes effect when it starts: run `hyperfs stop`, then this command again");
+            }
+            return Ok(runs);
+        }
+        let bound = self.endpoint.listen_udx(want).with_context(|| format!("--udx {addr}"))?;
+        crate::node::write_state(dir, "udx.addr", format!("{bound}\n").as_bytes())?;
+        tracing::info!(%bound, "accepting peers on the JS wire over UDX");
+        *udx = Some(bound);
+        Ok(bound)
+    }
+
+    /// The UDX address JS peers dial, when the network listens on one.
+    pub fn udx_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.udx)
     }
 
     /// Connects to each of `peers` for drive `key`, and again whenever the connection drops.

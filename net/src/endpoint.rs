@@ -107,6 +107,8 @@ pub enum Transport {
     Quic,
     /// The JS stack's: Noise and secret-stream over TCP, protomux.
     Tcp,
+    /// The same over UDX (reliable streams over UDP, as `udx-native`).
+    Udx,
 }
 
 impl Transport {
@@ -114,6 +116,7 @@ impl Transport {
         match self {
             Transport::Quic => "quic",
             Transport::Tcp => "tcp",
+            Transport::Udx => "udx",
         }
     }
 }
@@ -128,6 +131,7 @@ enum Link {
         rtt: Duration,
         end: Arc<tokio::sync::Notify>,
         hyperfs: Arc<std::sync::atomic::AtomicBool>,
+        transport: Transport,
     },
 }
 
@@ -149,7 +153,7 @@ impl Link {
     fn transport(&self) -> Transport {
         match self {
             Link::Quic(_) => Transport::Quic,
-            Link::Stream { .. } => Transport::Tcp,
+            Link::Stream { transport, .. } => *transport,
         }
     }
 
@@ -210,8 +214,11 @@ struct Inner {
     me: PeerId,
     /// This node's key as the JS wire's Noise static key (the same Ed25519 key as `me`).
     noise: crate::noise::KeyPair,
-    /// Addresses dialed over TCP (`--peer tcp://…`): dialed so again when the swarm redials.
-    tcp_peers: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Addresses dialed over TCP or UDX (`--peer tcp://…`, `udx://…`): dialed so again when the
+    /// swarm redials.
+    dial_as: Mutex<HashMap<SocketAddr, Transport>>,
+    /// The UDX socket: the one accepting peers (`listen_udx`), else one for dialing.
+    udx: tokio::sync::Mutex<Option<(Arc<crate::udx_socket::UdxSocket>, bool)>>,
     /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
     next_stable: std::sync::atomic::AtomicUsize,
     /// Bytes of block data sent and received per core, over every connection.
@@ -328,7 +335,8 @@ impl Endpoint {
             conns: Mutex::new(Vec::new()),
             me: identity.peer_id(),
             noise: identity.noise_key_pair(),
-            tcp_peers: Mutex::new(std::collections::HashSet::new()),
+            dial_as: Mutex::new(HashMap::new()),
+            udx: tokio::sync::Mutex::new(None),
             next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
@@ -380,8 +388,11 @@ impl Endpoint {
     /// Connects to a peer (if not connected yet) and returns its id once its channels are open.
     /// An address once dialed with [`Endpoint::connect_tcp`] is dialed over TCP.
     pub fn connect(&self, addr: SocketAddr) -> Result<PeerId, NetError> {
-        if lock(&self.inner.tcp_peers).contains(&addr) {
-            return self.connect_tcp(addr);
+        let transport = lock(&self.inner.dial_as).get(&addr).copied();
+        match transport {
+            Some(Transport::Tcp) => return self.connect_tcp(addr),
+            Some(Transport::Udx) => return self.connect_udx(addr),
+            _ => {}
         }
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
@@ -418,9 +429,10 @@ impl Endpoint {
         })
     }
 
-    /// Dials `addr` over TCP with the JS stack's wire from now on (see [`Endpoint::connect_tcp`]).
-    pub fn dial_over_tcp(&self, addr: SocketAddr) {
-        lock(&self.inner.tcp_peers).insert(addr);
+    /// Dials `addr` with the JS stack's wire over `transport` from now on (see
+    /// [`Endpoint::connect_tcp`], [`Endpoint::connect_udx`]).
+    pub fn dial_as(&self, addr: SocketAddr, transport: Transport) {
+        lock(&self.inner.dial_as).insert(addr, transport);
     }
 
     /// Connects over TCP with the JS stack's wire (Noise XX as initiator, secret-stream,
@@ -428,7 +440,7 @@ impl Endpoint {
     /// [`Endpoint::listen_tcp`]. Returns the peer's Noise key once its channels are open.
     pub fn connect_tcp(&self, addr: SocketAddr) -> Result<PeerId, NetError> {
         let inner = self.inner.clone();
-        lock(&inner.tcp_peers).insert(addr);
+        self.dial_as(addr, Transport::Tcp);
         self.runtime.block_on(async move {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
                 return Ok(c.id);
@@ -439,23 +451,82 @@ impl Endpoint {
                 .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
             let (stream, opened) = open_secret_stream(stream, true, inner.noise.clone()).await?;
-            let id = PeerId(opened.0.handshake.remote_static);
-            if id == inner.me {
-                return Err(NetError::SelfDial(addr));
+            start_stream(&inner, stream.into_split(), addr, opened, Transport::Tcp).await
+        })
+    }
+
+    /// Connects over UDX with the JS stack's wire, as over TCP ([`Endpoint::connect_tcp`]): a
+    /// stream on a random id, the same both ways, to a peer that accepts streams on `addr`
+    /// (`listen_udx`, or a JS peer with `udx-native` doing the same).
+    pub fn connect_udx(&self, addr: SocketAddr) -> Result<PeerId, NetError> {
+        let inner = self.inner.clone();
+        self.dial_as(addr, Transport::Udx);
+        self.runtime.block_on(async move {
+            if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
+                return Ok(c.id);
             }
-            let task = inner.clone();
+            let socket = {
+                let mut udx = inner.udx.lock().await;
+                match &*udx {
+                    Some((s, _)) => s.clone(),
+                    None => {
+                        let any: SocketAddr = if addr.is_ipv4() {
+                            ([0, 0, 0, 0], 0).into()
+                        } else {
+                            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                        };
+                        let s = crate::udx_socket::UdxSocket::bind(any, None)
+                            .await
+                            .map_err(|e| NetError::Io(format!("a UDX socket: {e}")))?;
+                        *udx = Some((s.clone(), false));
+                        s
+                    }
+                }
+            };
+            let pipe = socket.dial(addr);
+            let (pipe, opened) = open_secret_stream(pipe, true, inner.noise.clone()).await?;
+            start_stream(&inner, tokio::io::split(pipe), addr, opened, Transport::Udx).await
+        })
+    }
+
+    /// Also accepts peers over UDX on `addr` with the JS stack's wire (see
+    /// [`Endpoint::listen_tcp`]; how streams start: `udx_socket`). Returns the address bound.
+    pub fn listen_udx(&self, addr: SocketAddr) -> Result<SocketAddr, NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let mut udx = inner.udx.lock().await;
+            if let Some((s, true)) = &*udx {
+                return s.local_addr().map_err(|e| NetError::Io(e.to_string()));
+            }
+            let (tx, mut accepted) = mpsc::channel(64);
+            let socket = crate::udx_socket::UdxSocket::bind(addr, Some(tx))
+                .await
+                .map_err(|e| NetError::Io(format!("listening on udx {addr}: {e}")))?;
+            let bound = socket.local_addr().map_err(|e| NetError::Io(e.to_string()))?;
+            *udx = Some((socket, true));
+            let acceptor = inner.clone();
             tokio::spawn(async move {
-                if let Err(e) = run_stream(task, stream, addr, true, opened).await {
-                    tracing::info!(error = %e, "a TCP peer we dialed left");
+                while let Some((pipe, address)) = accepted.recv().await {
+                    if acceptor.is_banned(None, &address) {
+                        continue;
+                    }
+                    let Some(admitted) = Admitted::admit(&acceptor, address.ip()) else { continue };
+                    let inner = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _admitted = admitted;
+                        let result = match open_secret_stream(pipe, false, inner.noise.clone()).await {
+                            Ok((pipe, opened)) => {
+                                run_stream(inner, tokio::io::split(pipe), address, false, opened, Transport::Udx).await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = result {
+                            tracing::info!(%address, error = %e, "an incoming UDX peer left");
+                        }
+                    });
                 }
             });
-            for _ in 0..200 {
-                if lock(&inner.conns).iter().any(|c| c.id == id) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Ok(id)
+            Ok(bound)
         })
     }
 
@@ -487,7 +558,9 @@ impl Endpoint {
                     let _admitted = admitted;
                     let _ = stream.set_nodelay(true);
                     let result = match open_secret_stream(stream, false, inner.noise.clone()).await {
-                        Ok((stream, opened)) => run_stream(inner, stream, address, false, opened).await,
+                        Ok((stream, opened)) => {
+                            run_stream(inner, stream.into_split(), address, false, opened, Transport::Tcp).await
+                        }
                         Err(e) => Err(e),
                     };
                     if let Err(e) = result {
@@ -858,11 +931,11 @@ impl Codec {
 
 /// Runs secret-stream's handshake on `stream` (Noise XX, then the header frames): the stream,
 /// the open secret stream, the handshake's round trip and what came after the peer's header.
-async fn open_secret_stream(
-    mut stream: tokio::net::TcpStream,
+async fn open_secret_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     initiator: bool,
     me: crate::noise::KeyPair,
-) -> Result<(tokio::net::TcpStream, (secretstream::Stream, Duration, Vec<u8>)), NetError> {
+) -> Result<(S, Opened), NetError> {
     let fail = |e: secretstream::SecretStreamError| NetError::Protocol(format!("secret-stream handshake: {e}"));
     let io = |e: std::io::Error| NetError::Io(format!("secret-stream handshake: {e}"));
     let work = async {
@@ -946,24 +1019,59 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
     result
 }
 
-/// Drives a JS-wire connection (secret-stream over TCP) until it ends.
-async fn run_stream(
+/// An open secret stream, the handshake's round trip and what came after the peer's header.
+type Opened = (secretstream::Stream, Duration, Vec<u8>);
+
+/// Runs a JS-wire connection we dialed in its own task; returns the peer's id once it is
+/// registered (its channels opening).
+async fn start_stream<R, W>(
+    inner: &Arc<Inner>,
+    io: (R, W),
+    addr: SocketAddr,
+    opened: Opened,
+    transport: Transport,
+) -> Result<PeerId, NetError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = PeerId(opened.0.handshake.remote_static);
+    if id == inner.me {
+        return Err(NetError::SelfDial(addr));
+    }
+    let task = inner.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run_stream(task, io, addr, true, opened, transport).await {
+            tracing::info!(error = %e, transport = transport.name(), "a peer we dialed left");
+        }
+    });
+    for _ in 0..200 {
+        if lock(&inner.conns).iter().any(|c| c.id == id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(id)
+}
+
+/// Drives a JS-wire connection (secret-stream over TCP or UDX) until it ends.
+async fn run_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     inner: Arc<Inner>,
-    stream: tokio::net::TcpStream,
+    io: (R, W),
     address: SocketAddr,
     dialer: bool,
-    (open, rtt, rest): (secretstream::Stream, Duration, Vec<u8>),
+    (open, rtt, rest): Opened,
+    transport: Transport,
 ) -> Result<(), NetError> {
     let id = PeerId(open.handshake.remote_static);
     if inner.is_banned(Some(&id), &address) {
         return Err(NetError::Io(format!("peer {} was dropped for breaking the rules lately", hex_id(&id))));
     }
     let stable = inner.next_stable.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let link = Link::Stream { rtt, end: Arc::new(tokio::sync::Notify::new()), hyperfs: Arc::default() };
+    let link = Link::Stream { rtt, end: Arc::new(tokio::sync::Notify::new()), hyperfs: Arc::default(), transport };
     // Capabilities come from the Noise handshake hash, as Hypercore's do.
     let peer = Peer { id, address, dialer, stable, secret: open.handshake.hash };
-    let (read, write) = stream.into_split();
-    drive(&inner, link, peer, (read, write), Codec::Js(Box::new(open)), rest).await
+    drive(&inner, link, peer, io, Codec::Js(Box::new(open)), rest).await
 }
 
 /// Who a connection is with.

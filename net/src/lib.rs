@@ -21,9 +21,10 @@ pub mod secretstream;
 pub mod session;
 pub mod swarm;
 pub mod udx;
+pub mod udx_socket;
 pub mod wire;
 
-pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore};
+pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore, Transport};
 pub use identity::Identity;
 pub use identity::PeerId;
 

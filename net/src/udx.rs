@@ -65,7 +65,8 @@ impl Header {
             return None;
         }
         let u32_at = |i: usize| u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
-        let h = Header { kind: d[2], data_offset: d[3], id: u32_at(4), rwnd: u32_at(8), seq: u32_at(12), ack: u32_at(16) };
+        let h =
+            Header { kind: d[2], data_offset: d[3], id: u32_at(4), rwnd: u32_at(8), seq: u32_at(12), ack: u32_at(16) };
         let body = d.get(HEADER + usize::from(h.data_offset)..)?;
         Some((h, body))
     }
@@ -207,6 +208,13 @@ impl Stream {
         if self.error.is_none() {
             self.error = Some(UdxError::Reset);
         }
+    }
+
+    /// Sends a HEARTBEAT before anything else: a peer that learns of new streams from packets
+    /// for ids it does not know (as `wire-peer.js` does with `udx-native`) takes this one, so the
+    /// first DATA packet reaches the stream it opened.
+    pub fn probe(&mut self) {
+        self.heartbeat_due = true;
     }
 
     /// Sends an unreliable datagram on the stream.
@@ -368,7 +376,7 @@ impl Stream {
                 self.rttvar = r / 2;
             }
             Some(s) => {
-                let delta = if s > r { s - r } else { r - s };
+                let delta = s.abs_diff(r);
                 self.rttvar = (self.rttvar * 3 + delta) / 4;
                 self.srtt = Some((s * 7 + r) / 8);
             }
@@ -456,8 +464,8 @@ impl Stream {
         }
     }
 
-    /// The next datagram to send, if any: messages, ACKs (with SACK blocks while packets are
-    /// missing), lost packets again, new ones while the windows allow, a window probe.
+    /// The next datagram to send, if any: messages, a heartbeat (a probe), ACKs (with SACK
+    /// blocks while packets are missing), lost packets again, new ones while the windows allow.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         out.clear();
         if let Some(e) = &self.error {
@@ -471,6 +479,11 @@ impl Stream {
         if let Some(m) = self.outgoing_messages.pop_front() {
             self.header(kind::MESSAGE, self.next_seq).write(out);
             out.extend_from_slice(&m);
+            return true;
+        }
+        if self.heartbeat_due {
+            self.heartbeat_due = false;
+            self.header(kind::HEARTBEAT, self.next_seq).write(out);
             return true;
         }
         // Every DATA or END packet received gets its ACK at once, ahead of anything else.
@@ -520,12 +533,16 @@ impl Stream {
             self.inflight_bytes += payload.len();
             self.tx += 1;
             let tx = self.tx;
-            self.inflight.push_back(Sent { seq, kind: k, payload, sent_at: now, again: false, sacked: false, lost: false, tx });
-            return true;
-        }
-        if self.heartbeat_due {
-            self.heartbeat_due = false;
-            self.header(kind::HEARTBEAT, self.next_seq).write(out);
+            self.inflight.push_back(Sent {
+                seq,
+                kind: k,
+                payload,
+                sent_at: now,
+                again: false,
+                sacked: false,
+                lost: false,
+                tx,
+            });
             return true;
         }
         false
@@ -649,7 +666,15 @@ mod tests {
             b.on_timeout(now);
             assert!(a.error().is_none(), "{:?}", a.error());
         }
-        assert!(b.remote_ended(), "the END arrived: {} of {} bytes, {} in flight, cwnd {}, {:?}", got.len(), data.len(), a.inflight.len(), a.cwnd, a.error());
+        assert!(
+            b.remote_ended(),
+            "the END arrived: {} of {} bytes, {} in flight, cwnd {}, {:?}",
+            got.len(),
+            data.len(),
+            a.inflight.len(),
+            a.cwnd,
+            a.error()
+        );
         assert_eq!(got.len(), data.len());
         assert!(got == data, "the bytes arrived in order");
     }

@@ -4,11 +4,12 @@
 //   node wire-peer.js serve DIR SPEC.json   JS writes a drive (SPEC as drive-interop.js's:
 //       {ops: [{put, file, executable?} | {symlink, target} | {del}]}), serves it on a TCP server
 //       on 127.0.0.1 (each socket: store.replicate(false), the dialer is the Noise initiator)
-//       and prints {key, port, version, blobs}. Then one JSON command per stdin line, each
+//       and on a UDX socket (udx-native: a stream a peer starts on an id not seen before is
+//       taken with that id both ways), and prints {key, port, udxPort, version, blobs}. Then one JSON command per stdin line, each
 //       answered on a line: {put, file|text} → {version}; {truncate: version} → {version, fork};
 //       {stats: true} → {blobsUploadedBlocks, blobsUploadedBytes, connections}.
-//   node wire-peer.js read DIR HOST:PORT KEY   JS dials HOST:PORT (store.replicate(true), the
-//       Noise initiator), opens the drive KEY, downloads and reads every file and prints
+//   node wire-peer.js read DIR ADDR KEY   JS dials ADDR, HOST:PORT over TCP or udx://HOST:PORT
+//       over UDX on a random id used both ways (store.replicate(true), the Noise initiator), opens the drive KEY, downloads and reads every file and prints
 //       {version, entries: [{path, executable, linkname, size, hash}]}. Then per stdin line
 //       {wait: version}: waits until the drive reaches that version live, prints it again.
 //   node wire-peer.js get DIR HOST:PORT KEY PATH   reads one file through drive.get and prints
@@ -21,6 +22,7 @@ const readline = require('readline')
 const Corestore = require('corestore')
 const Hyperdrive = require('hyperdrive')
 const crypto = require('hypercore-crypto')
+const UDX = require('udx-native')
 
 const hex = (b) => Buffer.from(b).toString('hex')
 const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
@@ -67,7 +69,23 @@ async function serve (dir, spec) {
     pipe(store, socket, false)
   })
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  say({ key: hex(drive.key), port: server.address().port, version: drive.version, blobs: hex(blobs.core.key) })
+  const udx = new UDX()
+  const socket = udx.createSocket()
+  socket.bind(0, '127.0.0.1')
+  const seen = new Set()
+  // A UDX packet for an id no stream has: a peer starting a stream on that id.
+  socket.on('message', (buf, from) => {
+    if (buf.length < 20 || buf[0] !== 0xff || buf[1] !== 1) return
+    const id = buf.readUInt32LE(4)
+    const who = id + '@' + from.host + ':' + from.port
+    if (seen.has(who)) return
+    seen.add(who)
+    stats.connections++
+    const stream = udx.createStream(id)
+    stream.connect(socket, id, from.port, from.host)
+    pipe(store, stream, false)
+  })
+  say({ key: hex(drive.key), port: server.address().port, udxPort: socket.address().port, version: drive.version, blobs: hex(blobs.core.key) })
   const lines = readline.createInterface({ input: process.stdin })
   for await (const line of lines) {
     const cmd = JSON.parse(line)
@@ -87,9 +105,20 @@ async function serve (dir, spec) {
 }
 
 async function dial (dir, addr, key) {
-  const [host, port] = addr.split(':')
+  const udxAddr = addr.startsWith('udx://') ? addr.slice(6) : null
+  const [host, port] = (udxAddr || addr).split(':')
   const store = new Corestore(dir)
-  const socket = net.connect(Number(port), host)
+  let socket
+  if (udxAddr) {
+    const udx = new UDX()
+    const sock = udx.createSocket()
+    sock.bind(0, '127.0.0.1')
+    const id = (Math.random() * 0x100000000) >>> 0
+    socket = udx.createStream(id)
+    socket.connect(sock, id, Number(port), host)
+  } else {
+    socket = net.connect(Number(port), host)
+  }
   pipe(store, socket, true)
   const drive = new Hyperdrive(store, Buffer.from(key, 'hex'))
   await drive.ready()

@@ -445,6 +445,9 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         if let Some(tcp) = &r.tcp {
             n.listen_tcp(&state.dir, tcp)?;
         }
+        if let Some(udx) = &r.udx {
+            n.listen_udx(&state.dir, udx)?;
+        }
         return Ok(n.clone());
     }
     let asked = !r.bootstrap.is_empty() || r.no_dht || r.no_lan;
@@ -464,6 +467,11 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         r.tcp.clone().or_else(|| std::fs::read_to_string(state.dir.join("tcp.addr")).ok().map(|s| s.trim().to_owned()));
     if let Some(tcp) = tcp.filter(|t| !t.is_empty()) {
         n.listen_tcp(&state.dir, &tcp)?;
+    }
+    let udx =
+        r.udx.clone().or_else(|| std::fs::read_to_string(state.dir.join("udx.addr")).ok().map(|s| s.trim().to_owned()));
+    if let Some(udx) = udx.filter(|t| !t.is_empty()) {
+        n.listen_udx(&state.dir, &udx)?;
     }
     // A small cache is not to be outgrown by the block log's space allocated ahead.
     state.store.limit_allocate_ahead(n.cache.limit() / 16);

@@ -604,3 +604,25 @@ fn a_hostile_peer_on_the_js_wire_is_closed_with_nothing_stored() {
     assert_eq!(lock(&r.core).local_blocks(), 0, "nothing stored");
     // Wrong capabilities and bad frames do not ban the address: the honest one came through.
 }
+
+/// The JS wire over UDX between two nodes: the same replication as over TCP, on UDX streams
+/// (the dialer's random id used both ways).
+#[test]
+fn two_nodes_replicate_over_udx() {
+    let w = writer(2000);
+    let key = w.key();
+    let a = node(44, vec![w.clone()]);
+    let udx = a.listen_udx("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let r = replica(key, true);
+    let b = node(45, vec![r.clone()]);
+    let peer = b.connect_udx(udx).expect("connect");
+    assert_eq!(peer, Identity::from_seed(&[44; 32]).peer_id());
+    wait("the full download", || lock(&r.core).local_blocks() == 2000);
+    assert_eq!(lock(&r.core).get(1999).expect("stored"), b"block 1999");
+    lock(&w.core).append(b"fresh").expect("append");
+    a.changed(&key);
+    wait("the append", || lock(&r.core).local_blocks() == 2001);
+    let p = &b.peers()[0];
+    assert_eq!((p.transport, p.hyperfs), (Transport::Udx, true));
+    assert!(lock(&r.core).verify_local().expect("verify").is_empty());
+}

@@ -1,5 +1,5 @@
 //! hyperfs and JS peers on the JS stack's own wire: Noise XX, secret-stream, protomux and
-//! `hypercore/alpha` over TCP, against hypercore 11 / hyperdrive 13 / corestore 7 from npm
+//! `hypercore/alpha` over TCP and over UDX (`udx-native`), against hypercore 11 / hyperdrive 13 / corestore 7 from npm
 //! (`scripts/js/wire-peer.js`). A drive JS writes mounts by key with the JS peer as the only
 //! peer, reads byte-exact and sparsely, and follows JS's appends and truncation; a drive
 //! hyperfs writes is downloaded and read by JS Hyperdrive, which follows its new versions.
@@ -87,6 +87,16 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Dura
 /// shows within a second; JS's truncation is followed.
 #[test]
 fn a_drive_js_writes_mounts_by_key_from_a_js_peer_over_tcp() {
+    js_serves_hyperfs_mounts("tcp");
+}
+
+/// The same over UDX: `udx-native` on JS's side, hyperfs's own UDX on this one.
+#[test]
+fn a_drive_js_writes_mounts_by_key_from_a_js_peer_over_udx() {
+    js_serves_hyperfs_mounts("udx");
+}
+
+fn js_serves_hyperfs_mounts(transport: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = tmp.path().join("node");
     let _stop = StopNode(node.clone());
@@ -110,7 +120,8 @@ fn a_drive_js_writes_mounts_by_key_from_a_js_peer_over_tcp() {
     let (mut js, served) =
         JsPeer::start(&["serve", tmp.path().join("js").to_str().expect("utf-8"), spec.to_str().expect("utf-8")]);
     let key = served["key"].as_str().expect("key").to_owned();
-    let peer = format!("tcp://127.0.0.1:{}", served["port"]);
+    let port = if transport == "udx" { &served["udxPort"] } else { &served["port"] };
+    let peer = format!("{transport}://127.0.0.1:{port}");
 
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
@@ -121,7 +132,7 @@ fn a_drive_js_writes_mounts_by_key_from_a_js_peer_over_tcp() {
     );
     let peers = json_of(&node, &["peers", "--json"]);
     assert_eq!(peers.as_array().map(Vec::len), Some(1), "the JS peer is the only peer: {peers}");
-    assert_eq!((peers[0]["kind"].as_str(), peers[0]["transport"].as_str()), (Some("js"), Some("tcp")), "{peers}");
+    assert_eq!((peers[0]["kind"].as_str(), peers[0]["transport"].as_str()), (Some("js"), Some(transport)), "{peers}");
 
     // Sparse: 4 KiB in the middle of the big file moves a few blocks of it.
     let off = 13_000_001u64;
@@ -173,6 +184,16 @@ fn a_drive_js_writes_mounts_by_key_from_a_js_peer_over_tcp() {
 /// live.
 #[test]
 fn a_drive_hyperfs_writes_is_read_by_a_js_peer_over_tcp() {
+    hyperfs_serves_js_reads("tcp");
+}
+
+/// The same over UDX.
+#[test]
+fn a_drive_hyperfs_writes_is_read_by_a_js_peer_over_udx() {
+    hyperfs_serves_js_reads("udx");
+}
+
+fn hyperfs_serves_js_reads(transport: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = tmp.path().join("node");
     let _stop = StopNode(node.clone());
@@ -192,14 +213,16 @@ fn a_drive_hyperfs_writes_is_read_by_a_js_peer_over_tcp() {
         std::fs::write(&f, data).expect("write");
         hyperfs_in_ok(&node, &["put", f.to_str().expect("utf-8"), &format!("src:{path}")]);
     }
+    let listen = format!("--{transport}");
     let shared = json_of(
         &node,
-        &["share", "src", "--tcp", "127.0.0.1:0", "--no-dht", "--no-lan", "--listen", "127.0.0.1:0", "--json"],
+        &["share", "src", &listen, "127.0.0.1:0", "--no-dht", "--no-lan", "--listen", "127.0.0.1:0", "--json"],
     );
     let key = shared["key"].as_str().expect("key").to_owned();
-    let tcp = shared["tcp"].as_str().expect("the TCP address").to_owned();
+    let addr = shared[transport].as_str().expect("the address JS dials").to_owned();
+    let addr = if transport == "udx" { format!("udx://{addr}") } else { addr };
 
-    let (mut js, read) = JsPeer::start(&["read", tmp.path().join("js").to_str().expect("utf-8"), &tcp, &key]);
+    let (mut js, read) = JsPeer::start(&["read", tmp.path().join("js").to_str().expect("utf-8"), &addr, &key]);
     let expect = |files: &[(&str, Vec<u8>)]| -> Vec<(String, String, u64)> {
         let mut v: Vec<_> = files.iter().map(|(p, d)| (p.to_string(), blake2b(d), d.len() as u64)).collect();
         v.sort();
@@ -223,7 +246,7 @@ fn a_drive_hyperfs_writes_is_read_by_a_js_peer_over_tcp() {
     };
     assert_eq!(got(&read), expect(&files), "what JS read");
     let peers = json_of(&node, &["peers", "--json"]);
-    assert_eq!((peers[0]["kind"].as_str(), peers[0]["transport"].as_str()), (Some("js"), Some("tcp")), "{peers}");
+    assert_eq!((peers[0]["kind"].as_str(), peers[0]["transport"].as_str()), (Some("js"), Some(transport)), "{peers}");
     // The copies are block-mapped onto the big file's chunks: the blobs core holds the big file
     // and the edited chunk, not 20 MiB.
     let blobs = json_of(&node, &["info", "src", "--json"])["blobs"]["byteLength"].as_u64().expect("byteLength");

@@ -1,0 +1,195 @@
+//! UDX streams on a tokio UDP socket: one task reads the socket and routes each packet by its
+//! stream id; each stream has a task that drives its [`udx::Stream`] and hands the bytes to the
+//! connection through an in-memory pipe (any `AsyncRead + AsyncWrite`, as a TCP stream is).
+//!
+//! How a stream starts: UDX has no handshake, so ids are agreed out of band (HyperDHT carries
+//! them in its Noise payload). Without HyperDHT, a dialer picks a random id and uses it for both
+//! ends; a socket that accepts streams takes the first DATA or HEARTBEAT packet for an id it does
+//! not know as a new stream with that id both ways, answering where it came from. JS peers
+//! (`udx-native`) dial and accept the same way in `scripts/js/wire-peer.js`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::udx::{self, Header};
+
+/// Bytes the connection may write ahead of what the peer acknowledged.
+const SEND_BUFFER: usize = 4 << 20;
+/// The in-memory pipe between a stream's task and its connection.
+const PIPE: usize = 1 << 20;
+/// How long a stream whose connection let go waits for the peer's END.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+/// Streams one socket holds at once.
+const MAX_STREAMS: usize = 1024;
+
+type Routes = Mutex<HashMap<(u32, SocketAddr), mpsc::UnboundedSender<Vec<u8>>>>;
+
+/// A UDP socket carrying UDX streams.
+pub struct UdxSocket {
+    socket: UdpSocket,
+    routes: Routes,
+}
+
+impl std::fmt::Debug for UdxSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UdxSocket({:?})", self.socket.local_addr().ok())
+    }
+}
+
+/// A stream a peer started: its pipe, and where it came from.
+pub type Accepted = (DuplexStream, SocketAddr);
+
+impl UdxSocket {
+    /// Binds `addr` and starts routing. With `accept`, streams peers start come out of it.
+    pub async fn bind(addr: SocketAddr, accept: Option<mpsc::Sender<Accepted>>) -> std::io::Result<Arc<UdxSocket>> {
+        let socket = UdpSocket::bind(addr).await?;
+        let s = Arc::new(UdxSocket { socket, routes: Mutex::new(HashMap::new()) });
+        let reader = Arc::downgrade(&s);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Some(s) = reader.upgrade() else { return };
+                let Ok((n, from)) = s.socket.recv_from(&mut buf).await else { continue };
+                let d = &buf[..n];
+                let Some((h, _)) = Header::parse(d) else { continue };
+                let route = lock(&s.routes).get(&(h.id, from)).cloned();
+                match route {
+                    Some(tx) => {
+                        let _ = tx.send(d.to_vec());
+                    }
+                    None => {
+                        let Some(accept) = &accept else { continue };
+                        let starts = h.kind & (udx::kind::DATA | udx::kind::HEARTBEAT) != 0 && h.seq == 0;
+                        if !starts || lock(&s.routes).len() >= MAX_STREAMS {
+                            continue;
+                        }
+                        let pipe = s.open(h.id, h.id, from);
+                        if let Some(tx) = lock(&s.routes).get(&(h.id, from)) {
+                            let _ = tx.send(d.to_vec());
+                        }
+                        if accept.try_send((pipe, from)).is_err() {
+                            lock(&s.routes).remove(&(h.id, from));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(s)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Starts stream `local_id` to the peer's stream `remote_id` at `remote`; returns the pipe
+    /// the connection reads and writes.
+    pub fn open(self: &Arc<Self>, local_id: u32, remote_id: u32, remote: SocketAddr) -> DuplexStream {
+        self.start(local_id, remote_id, remote, false)
+    }
+
+    fn start(self: &Arc<Self>, local_id: u32, remote_id: u32, remote: SocketAddr, probe: bool) -> DuplexStream {
+        let (app, ours) = tokio::io::duplex(PIPE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.routes).insert((local_id, remote), tx);
+        let payload = if remote.is_ipv4() { udx::MAX_PAYLOAD_V4 } else { udx::MAX_PAYLOAD_V6 };
+        let mut stream = udx::Stream::new(local_id, remote_id, payload);
+        if probe {
+            stream.probe();
+        }
+        let socket = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = drive(&socket, stream, remote, rx, ours).await {
+                tracing::debug!(%remote, error = %e, "a UDX stream ended");
+            }
+            lock(&socket.routes).remove(&(local_id, remote));
+        });
+        app
+    }
+
+    /// Dials `remote` on a fresh random id (the same both ways), a heartbeat first.
+    pub fn dial(self: &Arc<Self>, remote: SocketAddr) -> DuplexStream {
+        let id = rand::random::<u32>();
+        self.start(id, id, remote, true)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drives one stream until both sides ended, it failed, or the connection let go of its pipe.
+async fn drive(
+    socket: &UdxSocket,
+    mut stream: udx::Stream,
+    remote: SocketAddr,
+    mut packets: mpsc::UnboundedReceiver<Vec<u8>>,
+    pipe: DuplexStream,
+) -> Result<(), String> {
+    let (mut from_app, mut to_app) = tokio::io::split(pipe);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut out = Vec::with_capacity(2048);
+    let mut app_ended = false;
+    let mut told_end = false;
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        while stream.poll_transmit(now, &mut out) {
+            socket.socket.send_to(&out, remote).await.map_err(|e| e.to_string())?;
+        }
+        let got = stream.take_received();
+        if !got.is_empty() {
+            to_app.write_all(&got).await.map_err(|e| e.to_string())?;
+        }
+        if stream.remote_ended() && !told_end {
+            told_end = true;
+            let _ = to_app.shutdown().await;
+        }
+        if let Some(e) = stream.error() {
+            return Err(e.to_string());
+        }
+        if stream.finished() {
+            return Ok(());
+        }
+        if app_ended && stream.buffered() == 0 && ended_at.get_or_insert_with(Instant::now).elapsed() > LINGER {
+            // Ours went and was acknowledged; a peer that never ends its side is not waited on.
+            return Ok(());
+        }
+        let room = !app_ended && stream.buffered() < SEND_BUFFER;
+        let mut deadline = stream.deadline();
+        if let Some(at) = ended_at {
+            deadline = Some(deadline.map_or(at + LINGER, |d| d.min(at + LINGER)));
+        }
+        tokio::select! {
+            p = packets.recv() => {
+                let Some(p) = p else { return Ok(()) };
+                if let Some((h, body)) = Header::parse(&p) {
+                    stream.on_packet(&h, body, Instant::now());
+                }
+                // What else came in the meantime, before answering.
+                while let Ok(p) = packets.try_recv() {
+                    if let Some((h, body)) = Header::parse(&p) {
+                        stream.on_packet(&h, body, Instant::now());
+                    }
+                }
+            }
+            n = from_app.read(&mut buf), if room => {
+                match n {
+                    Ok(0) | Err(_) => {
+                        app_ended = true;
+                        stream.end();
+                    }
+                    Ok(n) => stream.write(&buf[..n]),
+                }
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                stream.on_timeout(Instant::now());
+            }
+        }
+    }
+}
