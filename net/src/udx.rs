@@ -520,7 +520,12 @@ impl Stream {
         let end_now = self.end_wanted && !self.end_sent && self.unsent.len() <= self.max_payload;
         if window_ok && (!self.unsent.is_empty() || end_now) {
             let n = self.unsent.len().min(self.max_payload);
-            let payload: Vec<u8> = self.unsent.drain(..n).collect();
+            let mut payload = Vec::with_capacity(n);
+            let (front, back) = self.unsent.as_slices();
+            let from_front = n.min(front.len());
+            payload.extend_from_slice(&front[..from_front]);
+            payload.extend_from_slice(&back[..n - from_front]);
+            self.unsent.drain(..n);
             let mut k = if n > 0 { kind::DATA } else { 0 };
             if end_now {
                 k |= kind::END;

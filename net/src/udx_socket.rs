@@ -167,14 +167,21 @@ async fn drive(
         }
         tokio::select! {
             p = packets.recv() => {
-                let Some(p) = p else { return Ok(()) };
-                if let Some((h, body)) = Header::parse(&p) {
-                    stream.on_packet(&h, body, Instant::now());
-                }
-                // What else came in the meantime, before answering.
-                while let Ok(p) = packets.try_recv() {
+                let Some(mut p) = p else { return Ok(()) };
+                // Each packet answered before the next is taken: every ACK carries the ack as of
+                // its packet (a burst of ACKs all at the final ack looks like duplicate ACKs, and
+                // libudx's loss detection takes them so).
+                loop {
                     if let Some((h, body)) = Header::parse(&p) {
-                        stream.on_packet(&h, body, Instant::now());
+                        let now = Instant::now();
+                        stream.on_packet(&h, body, now);
+                        while stream.poll_transmit(now, &mut out) {
+                            socket.socket.send_to(&out, remote).await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                    match packets.try_recv() {
+                        Ok(next) => p = next,
+                        Err(_) => break,
                     }
                 }
             }

@@ -12,8 +12,8 @@
 //       over UDX on a random id used both ways (store.replicate(true), the Noise initiator), opens the drive KEY, downloads and reads every file and prints
 //       {version, entries: [{path, executable, linkname, size, hash}]}. Then per stdin line
 //       {wait: version}: waits until the drive reaches that version live, prints it again.
-//   node wire-peer.js get DIR HOST:PORT KEY PATH   reads one file through drive.get and prints
-//       {size, hash, ms}: the benchmark's download.
+//   node wire-peer.js clone DIR ADDR KEY   downloads the whole drive (drive.download('/')) and
+//       prints {seconds}: the benchmark's clone, over TCP or UDX.
 // A stream that errors (the other side closed it for breaking a rule) is reported on stderr.
 'use strict'
 const fs = require('fs')
@@ -145,28 +145,19 @@ async function read (dir, addr, key) {
   await store.close()
 }
 
-async function get (dir, addr, key, file) {
+async function clone (dir, addr, key) {
   const start = process.hrtime.bigint()
-  const { store, drive, socket } = await dial(dir, addr, key)
-  const h = require('crypto').createHash('sha256')
-  let size = 0
-  for await (const chunk of drive.createReadStream(file)) {
-    h.update(chunk)
-    size += chunk.length
-  }
-  const ms = Number(process.hrtime.bigint() - start) / 1e6
-  say({ size, sha256: h.digest('hex'), ms })
-  socket.destroy()
-  await drive.close()
-  await store.close()
+  const { drive } = await dial(dir, addr, key)
+  await drive.download('/').done()
+  say({ seconds: Number(process.hrtime.bigint() - start) / 1e9 })
 }
 
 async function main () {
-  const [mode, dir, a, b, c] = process.argv.slice(2)
+  const [mode, dir, a, b] = process.argv.slice(2)
   if (mode === 'serve') await serve(dir, JSON.parse(fs.readFileSync(a, 'utf8')))
   else if (mode === 'read') await read(dir, a, b)
-  else if (mode === 'get') await get(dir, a, b, c)
-  else throw new Error('mode: serve, read or get')
+  else if (mode === 'clone') await clone(dir, a, b)
+  else throw new Error('mode: serve, read or clone')
 }
 
 main().then(() => process.exit(0), (err) => {
