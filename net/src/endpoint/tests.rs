@@ -626,3 +626,57 @@ fn two_nodes_replicate_over_udx() {
     assert_eq!((p.transport, p.hyperfs), (Transport::Udx, true));
     assert!(lock(&r.core).verify_local().expect("verify").is_empty());
 }
+
+/// Over UDX as over TCP: a wrong capability or garbage after the handshake closes the stream
+/// (an END comes back), and nothing is stored.
+#[test]
+fn a_hostile_peer_over_udx_is_closed_with_nothing_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = writer(10);
+    let key = w.key();
+    let r = replica(key, true);
+    let a = node(46, vec![r.clone()]);
+    let udx = a.listen_udx("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let sock = crate::udx_socket::UdxSocket::bind("127.0.0.1:0".parse().expect("addr"), None).await.expect("bind");
+        let wrong_cap = |s: &mut secretstream::Stream| {
+            let mut m = Vec::new();
+            Frame::Control(Control::Open {
+                local_id: 1,
+                protocol: PROTOCOL.into(),
+                id: Some(crypto::discovery_key(&key).0.to_vec()),
+                flags: 1,
+                capability: [9; 32],
+            })
+            .encode_message(&mut m);
+            let mut out = Vec::new();
+            s.send(&mut out, &m);
+            out
+        };
+        let garbage = |_: &mut secretstream::Stream| -> Vec<u8> {
+            [40, 0, 0].into_iter().chain((0..40).map(|i| (i * 53) as u8)).collect()
+        };
+        let cases: [(&str, &dyn Fn(&mut secretstream::Stream) -> Vec<u8>); 2] =
+            [("a wrong capability", &wrong_cap), ("garbage after the handshake", &garbage)];
+        for (what, bytes) in cases {
+            let pipe = sock.dial(udx);
+            let (mut pipe, (mut stream, _, _)) =
+                open_secret_stream(pipe, true, crate::noise::KeyPair::generate()).await.expect("handshake");
+            pipe.write_all(&bytes(&mut stream)).await.expect("write");
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match pipe.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => continue,
+                    }
+                }
+            })
+            .await;
+            assert!(closed.is_ok(), "{what}: the stream was not closed");
+        }
+    });
+    assert_eq!(lock(&r.core).length(), 0);
+    assert_eq!(lock(&r.core).local_blocks(), 0, "nothing stored");
+}
