@@ -545,7 +545,11 @@ impl Endpoint {
         let bound = listener.local_addr().map_err(|e| NetError::Io(e.to_string()))?;
         self.runtime.spawn(async move {
             loop {
-                let Ok((stream, address)) = listener.accept().await else { continue };
+                let Ok((stream, address)) = listener.accept().await else {
+                    // Out of descriptors, say: not a reason to spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 if inner.is_banned(None, &address) {
                     continue;
                 }

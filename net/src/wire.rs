@@ -500,8 +500,9 @@ impl Frame {
     /// One protomux message of type `kind` on `channel`, leniently (see [`Frame::decode_message`]).
     fn decode_entry(channel: u64, kind: u64, d: &mut Decoder<'_>) -> Result<Option<Frame>, DecodeError> {
         if channel != 0 {
-            // hyperfs's own message type is not taken from JS peers.
-            if kind > 9 {
+            // Types Hypercore does not register are skipped, as protomux skips them; hyperfs's
+            // own `SeekBlock` is taken (a hyperfs node on the JS wire sends it).
+            if kind > 9 && kind != SEEK_BLOCK {
                 return Ok(None);
             }
             return Ok(Some(Frame::Channel { channel, message: Message::decode(kind, d)? }));

@@ -491,6 +491,10 @@ fn two_nodes_replicate_over_the_js_wire() {
     assert!(b.fetch(&key, 300, Duration::from_secs(5)));
     assert_eq!(lock(&r.core).get(300).expect("stored"), b"fresh");
     wait("the hello", || b.peers().first().is_some_and(|p| p.hyperfs));
+    // A seek goes as hyperfs's one-round-trip SeekBlock between nodes, on this wire too.
+    let t = Instant::now();
+    assert!(b.seek(&key, 2000, Duration::from_secs(5)), "the seek was answered");
+    assert!(t.elapsed() < Duration::from_secs(1), "answered in {:?}", t.elapsed());
     let p = &b.peers()[0];
     assert_eq!((p.transport, p.hyperfs), (Transport::Tcp, true));
     assert!(lock(&r.core).verify_local().expect("verify").is_empty());
@@ -657,8 +661,8 @@ fn a_hostile_peer_over_udx_is_closed_with_nothing_stored() {
         let garbage = |_: &mut secretstream::Stream| -> Vec<u8> {
             [40, 0, 0].into_iter().chain((0..40).map(|i| (i * 53) as u8)).collect()
         };
-        let cases: [(&str, &dyn Fn(&mut secretstream::Stream) -> Vec<u8>); 2] =
-            [("a wrong capability", &wrong_cap), ("garbage after the handshake", &garbage)];
+        type Bytes<'a> = &'a dyn Fn(&mut secretstream::Stream) -> Vec<u8>;
+        let cases: [(&str, Bytes); 2] = [("a wrong capability", &wrong_cap), ("garbage after the handshake", &garbage)];
         for (what, bytes) in cases {
             let pipe = sock.dial(udx);
             let (mut pipe, (mut stream, _, _)) =
