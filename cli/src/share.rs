@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use hyperfs_engine::crypto::CoreKey;
 use hyperfs_engine::{Hypercore, SharedDrive};
-use hyperfs_net::{Endpoint, Identity, Shared, SharedCore};
+use hyperfs_net::{Endpoint, Identity, Shared, SharedCore, Transport};
 
 /// After a replica's drive took in what its cores stored, the next refresh waits this long at
 /// least, taking in everything that arrived meanwhile at once (a clone stores thousands of
@@ -138,10 +138,8 @@ pub struct Net {
     changed: std::sync::mpsc::Sender<()>,
     /// The bounded cache of sparse replicas' blocks.
     pub cache: crate::cache::Cache,
-    /// Where the network accepts peers on the JS wire over TCP (`--tcp`).
-    tcp: Mutex<Option<SocketAddr>>,
-    /// Where it accepts them over UDX (`--udx`).
-    udx: Mutex<Option<SocketAddr>>,
+    /// Where the network accepts peers on the JS wire (`--tcp`, `--udx`).
+    wire: Mutex<std::collections::HashMap<Transport, SocketAddr>>,
     store: Arc<dyn hyperfs_engine::store::Store>,
 }
 
@@ -180,8 +178,7 @@ impl Net {
             slots: Mutex::new(Vec::new()),
             changed,
             cache: crate::cache::Cache::new(dir),
-            tcp: Mutex::new(None),
-            udx: Mutex::new(None),
+            wire: Mutex::new(std::collections::HashMap::new()),
             store,
         });
         let refresher = Arc::downgrade(&net);
@@ -330,7 +327,6 @@ impl Net {
     /// The address of peer `p` as given (HOST:PORT; tcp://HOST:PORT or udx://HOST:PORT, which
     /// the endpoint then dials with the JS stack's wire over TCP or UDX).
     pub fn peer_address(&self, p: &str) -> Result<SocketAddr> {
-        use hyperfs_net::Transport;
         for (scheme, transport) in [("tcp://", Transport::Tcp), ("udx://", Transport::Udx)] {
             if let Some(rest) = p.strip_prefix(scheme) {
                 let addr = resolve(rest)?;
@@ -344,54 +340,35 @@ impl Net {
         resolve(p)
     }
 
-    /// Also accepts peers on the JS stack's wire over TCP on `addr` (HOST:PORT), remembered in
-    /// `dir` for the next start. A network that listens on TCP already keeps its address, and
-    /// says so when another is asked.
-    pub fn listen_tcp(&self, dir: &Path, addr: &str) -> Result<SocketAddr> {
+    /// Also accepts peers on the JS stack's wire over `transport` (TCP or UDX) on `addr`
+    /// (HOST:PORT), remembered in `dir` for the next start. A network that listens so already
+    /// keeps its address, and says so when another is asked.
+    pub fn listen_wire(&self, dir: &Path, transport: Transport, addr: &str) -> Result<SocketAddr> {
         let want = resolve(addr)?;
-        let mut tcp = lock(&self.tcp);
-        if let Some(runs) = *tcp {
+        let name = transport.name();
+        let mut listening = lock(&self.wire);
+        if let Some(&runs) = listening.get(&transport) {
             let same = (want.port() == 0 || want.port() == runs.port())
                 && (want.ip() == runs.ip() || runs.ip().is_unspecified());
             if !same {
-                anyhow::bail!("the node's network already accepts TCP peers on {runs}; --tcp {want} takes effect when it starts: run `hyperfs stop`, then this command again");
+                anyhow::bail!("the node's network already accepts {name} peers on {runs}; --{name} {want} takes effect when it starts: run `hyperfs stop`, then this command again");
             }
             return Ok(runs);
         }
-        let bound = self.endpoint.listen_tcp(want).with_context(|| format!("--tcp {addr}"))?;
-        crate::node::write_state(dir, "tcp.addr", format!("{bound}\n").as_bytes())?;
-        tracing::info!(%bound, "accepting peers on the JS wire over TCP");
-        *tcp = Some(bound);
-        Ok(bound)
-    }
-
-    /// The TCP address JS peers dial, when the network listens on one.
-    pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        *lock(&self.tcp)
-    }
-
-    /// Also accepts peers on the JS stack's wire over UDX on `addr`, as [`Net::listen_tcp`].
-    pub fn listen_udx(&self, dir: &Path, addr: &str) -> Result<SocketAddr> {
-        let want = resolve(addr)?;
-        let mut udx = lock(&self.udx);
-        if let Some(runs) = *udx {
-            let same = (want.port() == 0 || want.port() == runs.port())
-                && (want.ip() == runs.ip() || runs.ip().is_unspecified());
-            if !same {
-                anyhow::bail!("the node's network already accepts UDX peers on {runs}; --udx {want} takes effect when it starts: run `hyperfs stop`, then this command again");
-            }
-            return Ok(runs);
+        let bound = match transport {
+            Transport::Udx => self.endpoint.listen_udx(want),
+            _ => self.endpoint.listen_tcp(want),
         }
-        let bound = self.endpoint.listen_udx(want).with_context(|| format!("--udx {addr}"))?;
-        crate::node::write_state(dir, "udx.addr", format!("{bound}\n").as_bytes())?;
-        tracing::info!(%bound, "accepting peers on the JS wire over UDX");
-        *udx = Some(bound);
+        .with_context(|| format!("--{name} {addr}"))?;
+        crate::node::write_state(dir, &format!("{name}.addr"), format!("{bound}\n").as_bytes())?;
+        tracing::info!(%bound, transport = name, "accepting peers on the JS wire");
+        listening.insert(transport, bound);
         Ok(bound)
     }
 
-    /// The UDX address JS peers dial, when the network listens on one.
-    pub fn udx_addr(&self) -> Option<SocketAddr> {
-        *lock(&self.udx)
+    /// Where JS peers dial this node over `transport`, when it listens so.
+    pub fn wire_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        lock(&self.wire).get(&transport).copied()
     }
 
     /// Connects to each of `peers` for drive `key`, and again whenever the connection drops.

@@ -101,7 +101,7 @@ pub struct PeerInfo {
 }
 
 /// The transport of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// hyperfs's own: QUIC with TLS 1.3 and the node identities.
     Quic,

@@ -135,6 +135,8 @@ pub struct Stream {
     tx: u64,
     rto: Duration,
     timeouts: u32,
+    /// A tail-loss probe went for what is in flight (until the next ack).
+    probed: bool,
     remote_rwnd: u32,
     // Receiving.
     ack: u32,
@@ -173,6 +175,7 @@ impl Stream {
             tx: 0,
             rto: MIN_RTO,
             timeouts: 0,
+            probed: false,
             remote_rwnd: RECV_WINDOW,
             ack: 0,
             ahead: BTreeMap::new(),
@@ -353,6 +356,7 @@ impl Stream {
             return;
         }
         self.timeouts = 0;
+        self.probed = false;
         if let Some(end) = self.recovery {
             if diff(ack, end) >= 0 {
                 self.recovery = None;
@@ -435,14 +439,41 @@ impl Stream {
         if self.error.is_some() {
             return None;
         }
-        self.inflight.iter().filter(|p| !p.sacked).map(|p| p.sent_at + self.rto).min()
+        let rto = self.inflight.iter().filter(|p| !p.sacked).map(|p| p.sent_at + self.rto).min();
+        match (rto, self.probe_deadline()) {
+            (Some(r), Some(p)) => Some(r.min(p)),
+            (r, p) => r.or(p),
+        }
     }
 
-    /// The retransmission timer: the oldest unacknowledged packet goes again, the window
-    /// collapses, the timer backs off; six in a row end the stream.
+    /// When the tail-loss probe goes: two round trips after the last packet sent, if nothing
+    /// was acknowledged meanwhile (RFC 8985's PTO), so a lost last packet costs a round trip or
+    /// two rather than the retransmission timer's second.
+    fn probe_deadline(&self) -> Option<Instant> {
+        let srtt = self.srtt?;
+        if self.probed {
+            return None;
+        }
+        let last = self.inflight.iter().filter(|p| !p.sacked && !p.lost).map(|p| p.sent_at).max()?;
+        Some(last + (srtt * 2).max(Duration::from_millis(10)))
+    }
+
+    /// The timers: the tail-loss probe (see `probe_deadline`), then the retransmission timer:
+    /// the oldest unacknowledged packet goes again, the window collapses, the timer backs off;
+    /// six in a row end the stream.
     pub fn on_timeout(&mut self, now: Instant) {
         let Some(deadline) = self.deadline() else { return };
         if now < deadline {
+            return;
+        }
+        let rto = self.inflight.iter().filter(|p| !p.sacked).map(|p| p.sent_at + self.rto).min();
+        if rto.is_none_or(|r| now < r) {
+            // The probe: the newest packet in flight goes again, the window untouched; its ACK
+            // (with SACK blocks) shows what else is missing.
+            self.probed = true;
+            if let Some(p) = self.inflight.iter_mut().rev().find(|p| !p.sacked && !p.lost) {
+                p.lost = true;
+            }
             return;
         }
         self.timeouts += 1;

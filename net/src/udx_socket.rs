@@ -25,6 +25,8 @@ const SEND_BUFFER: usize = 4 << 20;
 const PIPE: usize = 1 << 20;
 /// How long a stream whose connection let go waits for the peer's END.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+/// The socket's kernel buffers, each way.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Streams one socket holds at once.
 const MAX_STREAMS: usize = 1024;
 
@@ -48,7 +50,14 @@ pub type Accepted = (DuplexStream, SocketAddr);
 impl UdxSocket {
     /// Binds `addr` and starts routing. With `accept`, streams peers start come out of it.
     pub async fn bind(addr: SocketAddr, accept: Option<mpsc::Sender<Accepted>>) -> std::io::Result<Arc<UdxSocket>> {
-        let socket = UdpSocket::bind(addr).await?;
+        // Buffers that hold a window's burst: with the default ~200 KiB a busy receiver drops
+        // datagrams on loopback, and each drop costs a recovery.
+        let raw = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+        let _ = raw.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = raw.set_send_buffer_size(SOCKET_BUFFER);
+        raw.set_nonblocking(true)?;
+        raw.bind(&addr.into())?;
+        let socket = UdpSocket::from_std(raw.into())?;
         let s = Arc::new(UdxSocket { socket, routes: Mutex::new(HashMap::new()) });
         let reader = Arc::downgrade(&s);
         tokio::spawn(async move {

@@ -442,11 +442,10 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         if let Some(size) = r.cache_size {
             n.set_cache_limit(size)?;
         }
-        if let Some(tcp) = &r.tcp {
-            n.listen_tcp(&state.dir, tcp)?;
-        }
-        if let Some(udx) = &r.udx {
-            n.listen_udx(&state.dir, udx)?;
+        for (transport, addr) in wire_listens(r) {
+            if let Some(addr) = addr {
+                n.listen_wire(&state.dir, transport, addr)?;
+            }
         }
         return Ok(n.clone());
     }
@@ -462,21 +461,29 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
     if let Some(size) = r.cache_size {
         n.set_cache_limit(size)?;
     }
-    // TCP for JS peers: as asked, else as the last start had it.
-    let tcp =
-        r.tcp.clone().or_else(|| std::fs::read_to_string(state.dir.join("tcp.addr")).ok().map(|s| s.trim().to_owned()));
-    if let Some(tcp) = tcp.filter(|t| !t.is_empty()) {
-        n.listen_tcp(&state.dir, &tcp)?;
-    }
-    let udx =
-        r.udx.clone().or_else(|| std::fs::read_to_string(state.dir.join("udx.addr")).ok().map(|s| s.trim().to_owned()));
-    if let Some(udx) = udx.filter(|t| !t.is_empty()) {
-        n.listen_udx(&state.dir, &udx)?;
+    // The JS wire over TCP and UDX: as asked, else as the last start had it (its port, or any
+    // port when that one is taken now, as for QUIC).
+    for (transport, addr) in wire_listens(r) {
+        if let Some(addr) = addr {
+            n.listen_wire(&state.dir, transport, addr)?;
+            continue;
+        }
+        let remembered = std::fs::read_to_string(state.dir.join(format!("{}.addr", transport.name())));
+        let Some(last) = remembered.ok().and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok()) else { continue };
+        if n.listen_wire(&state.dir, transport, &last.to_string()).is_err() {
+            let any = std::net::SocketAddr::new(last.ip(), 0);
+            n.listen_wire(&state.dir, transport, &any.to_string())?;
+        }
     }
     // A small cache is not to be outgrown by the block log's space allocated ahead.
     state.store.limit_allocate_ahead(n.cache.limit() / 16);
     *slot = Some(n.clone());
     Ok(n)
+}
+
+/// The JS-wire listens asked for (`--tcp`, `--udx`).
+fn wire_listens(r: &NetOptions) -> [(hyperfs_net::Transport, Option<&String>); 2] {
+    [(hyperfs_net::Transport::Tcp, r.tcp.as_ref()), (hyperfs_net::Transport::Udx, r.udx.as_ref())]
 }
 
 /// The JSON state file `file` of the data directory (`drives.json`, `replicas.json`, …): its

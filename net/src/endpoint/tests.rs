@@ -473,13 +473,8 @@ fn a_ninth_connection_from_one_address_is_refused() {
 /// hello channel), so seeks go in one round trip.
 #[test]
 fn two_nodes_replicate_over_the_js_wire() {
-    let w = writer(300);
+    let (w, a, r, b, peer) = js_wire_pair(41, Transport::Tcp, 300, false);
     let key = w.key();
-    let a = node(41, vec![w.clone()]);
-    let tcp = a.listen_tcp("127.0.0.1:0".parse().expect("addr")).expect("listen");
-    let r = replica(key, false);
-    let b = node(42, vec![r.clone()]);
-    let peer = b.connect_tcp(tcp).expect("connect");
     assert_eq!(peer, Identity::from_seed(&[41; 32]).peer_id(), "the Noise key is the node's key");
     wait("the signed length", || lock(&r.core).length() == 300);
     assert!(b.fetch(&key, 250, Duration::from_secs(5)));
@@ -498,8 +493,32 @@ fn two_nodes_replicate_over_the_js_wire() {
     let p = &b.peers()[0];
     assert_eq!((p.transport, p.hyperfs), (Transport::Tcp, true));
     assert!(lock(&r.core).verify_local().expect("verify").is_empty());
-    // The swarm redials a TCP peer over TCP.
-    assert_eq!(b.connect(tcp).expect("again"), peer);
+}
+
+/// A writer of `blocks` blocks on node `seed`, listening on the JS wire over `transport`, and a
+/// replica (downloading everything with `all`) on node `seed + 1` that dialed it: the writer,
+/// its node, the replica, its node, and the writer's id as the replica's node knows it.
+fn js_wire_pair(
+    seed: u8,
+    transport: Transport,
+    blocks: usize,
+    all: bool,
+) -> (Arc<Slot>, Endpoint, Arc<Slot>, Endpoint, PeerId) {
+    let w = writer(blocks);
+    let a = node(seed, vec![w.clone()]);
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let at = match transport {
+        Transport::Udx => a.listen_udx(any),
+        _ => a.listen_tcp(any),
+    }
+    .expect("listen");
+    let r = replica(w.key(), all);
+    let b = node(seed + 1, vec![r.clone()]);
+    // As the swarm dials it: by address, the transport noted.
+    b.dial_as(at, transport);
+    let peer = b.connect(at).expect("connect");
+    assert_eq!(b.connect(at).expect("again"), peer, "dialed again, the connection there is the answer");
+    (w, a, r, b, peer)
 }
 
 /// Writes `bytes` to a fresh TCP connection to `addr` after an honest secret-stream handshake
@@ -613,13 +632,8 @@ fn a_hostile_peer_on_the_js_wire_is_closed_with_nothing_stored() {
 /// (the dialer's random id used both ways).
 #[test]
 fn two_nodes_replicate_over_udx() {
-    let w = writer(2000);
+    let (w, a, r, b, peer) = js_wire_pair(44, Transport::Udx, 2000, true);
     let key = w.key();
-    let a = node(44, vec![w.clone()]);
-    let udx = a.listen_udx("127.0.0.1:0".parse().expect("addr")).expect("listen");
-    let r = replica(key, true);
-    let b = node(45, vec![r.clone()]);
-    let peer = b.connect_udx(udx).expect("connect");
     assert_eq!(peer, Identity::from_seed(&[44; 32]).peer_id());
     wait("the full download", || lock(&r.core).local_blocks() == 2000);
     assert_eq!(lock(&r.core).get(1999).expect("stored"), b"block 1999");

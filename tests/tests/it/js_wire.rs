@@ -21,21 +21,25 @@ struct JsPeer {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Where its standard error goes, shown when it ends early.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl JsPeer {
     fn start(args: &[&str]) -> (JsPeer, Value) {
+        let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
         let mut child = Command::new("node")
             .arg(js_dir().join("wire-peer.js"))
             .args(args)
             .current_dir(js_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr.reopen().expect("stderr file")))
             .spawn()
             .expect("spawn node");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut peer = JsPeer { child, stdin, stdout };
+        let mut peer = JsPeer { child, stdin, stdout, stderr };
         let first = peer.line();
         (peer, first)
     }
@@ -43,7 +47,10 @@ impl JsPeer {
     fn line(&mut self) -> Value {
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("read");
-        assert!(!line.is_empty(), "wire-peer.js ended early (see its stderr above)");
+        if line.is_empty() {
+            let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            panic!("wire-peer.js ended early: {err}");
+        }
         serde_json::from_str(&line).expect("a JSON line")
     }
 
