@@ -13,6 +13,7 @@
 //! the Mainline DHT). The swarm that decides whom to dial lives with the node (`cli/src/swarm.rs`).
 
 pub mod congestion;
+pub mod dht;
 pub mod discovery;
 pub mod endpoint;
 pub mod identity;

@@ -444,3 +444,59 @@ impl Drop for Hosts {
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
     }
 }
+
+/// A script of `scripts/js` run as a peer: a JSON command per line in, a JSON answer per line
+/// out; killed when dropped.
+pub struct JsProcess {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Where its standard error goes, shown when it ends early.
+    stderr: tempfile::NamedTempFile,
+    script: String,
+}
+
+impl JsProcess {
+    /// Starts `node scripts/js/<script> args…` and returns it with its first line.
+    pub fn start(script: &str, args: &[&str]) -> (JsProcess, serde_json::Value) {
+        let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
+        let mut child = std::process::Command::new("node")
+            .arg(js_dir().join(script))
+            .args(args)
+            .current_dir(js_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::from(stderr.reopen().expect("stderr file")))
+            .spawn()
+            .expect("spawn node");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut peer = JsProcess { child, stdin, stdout, stderr, script: script.to_owned() };
+        let first = peer.line();
+        (peer, first)
+    }
+
+    /// Its next line.
+    pub fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut line).expect("read");
+        if line.is_empty() {
+            let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            panic!("{} ended early: {err}", self.script);
+        }
+        serde_json::from_str(&line).expect("a JSON line")
+    }
+
+    /// Sends a command and returns the answer.
+    pub fn ask(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        std::io::Write::write_all(&mut self.stdin, format!("{cmd}\n").as_bytes()).expect("write");
+        self.line()
+    }
+}
+
+impl Drop for JsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,67 +4,14 @@
 //! peer, reads byte-exact and sparsely, and follows JS's appends and truncation; a drive
 //! hyperfs writes is downloaded and read by JS Hyperdrive, which follows its new versions.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperfs_tests::{hyperfs_in_ok, js_dir, pseudo_random, StopNode};
+use hyperfs_tests::{hyperfs_in_ok, pseudo_random, JsProcess, StopNode};
 use serde_json::{json, Value};
 
 fn json_of(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
-}
-
-/// A `wire-peer.js` process: a command per line in, an answer per line out.
-struct JsPeer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    /// Where its standard error goes, shown when it ends early.
-    stderr: tempfile::NamedTempFile,
-}
-
-impl JsPeer {
-    fn start(args: &[&str]) -> (JsPeer, Value) {
-        let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
-        let mut child = Command::new("node")
-            .arg(js_dir().join("wire-peer.js"))
-            .args(args)
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr.reopen().expect("stderr file")))
-            .spawn()
-            .expect("spawn node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut peer = JsPeer { child, stdin, stdout, stderr };
-        let first = peer.line();
-        (peer, first)
-    }
-
-    fn line(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read");
-        if line.is_empty() {
-            let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
-            panic!("wire-peer.js ended early: {err}");
-        }
-        serde_json::from_str(&line).expect("a JSON line")
-    }
-
-    fn ask(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").expect("write");
-        self.line()
-    }
-}
-
-impl Drop for JsPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn pread(path: &Path, offset: u64, len: usize) -> Vec<u8> {
@@ -124,8 +71,10 @@ fn js_serves_hyperfs_mounts(transport: &str) {
     ops.push(json!({"symlink": "/link", "target": "/hello.txt"}));
     let spec = tmp.path().join("spec.json");
     std::fs::write(&spec, json!({ "ops": ops }).to_string()).expect("spec");
-    let (mut js, served) =
-        JsPeer::start(&["serve", tmp.path().join("js").to_str().expect("utf-8"), spec.to_str().expect("utf-8")]);
+    let (mut js, served) = JsProcess::start(
+        "wire-peer.js",
+        &["serve", tmp.path().join("js").to_str().expect("utf-8"), spec.to_str().expect("utf-8")],
+    );
     let key = served["key"].as_str().expect("key").to_owned();
     let port = if transport == "udx" { &served["udxPort"] } else { &served["port"] };
     let peer = format!("{transport}://127.0.0.1:{port}");
@@ -229,7 +178,8 @@ fn hyperfs_serves_js_reads(transport: &str) {
     let addr = shared[transport].as_str().expect("the address JS dials").to_owned();
     let addr = if transport == "udx" { format!("udx://{addr}") } else { addr };
 
-    let (mut js, read) = JsPeer::start(&["read", tmp.path().join("js").to_str().expect("utf-8"), &addr, &key]);
+    let (mut js, read) =
+        JsProcess::start("wire-peer.js", &["read", tmp.path().join("js").to_str().expect("utf-8"), &addr, &key]);
     let expect = |files: &[(&str, Vec<u8>)]| -> Vec<(String, String, u64)> {
         let mut v: Vec<_> = files.iter().map(|(p, d)| (p.to_string(), blake2b(d), d.len() as u64)).collect();
         v.sort();

@@ -8,6 +8,7 @@ mod crash;
 mod drive_dedup;
 mod drive_interop;
 mod gc_cli;
+mod hyperdht;
 mod js_wire;
 mod keys_cli;
 mod mirror_cli;

@@ -1,0 +1,580 @@
+//! dht-rpc's datagrams and HyperDHT's records (reference holepunch-wire §6, §7.1–7.2), and a
+//! client that looks topics up and announces on a HyperDHT network: the discovery half of
+//! reaching JS peers (connecting through their NATs is the other half, not built yet).
+//!
+//! A dht-rpc datagram is a request (`03`) or a response (`13`): flags, a 16-bit transaction id,
+//! the address the sender sent to (a response's tells the requester how it is seen: NAT
+//! discovery), then the fields its flags announce. A node's id is BLAKE2b-256 of its public
+//! `ip:port`, so ids cannot be chosen; a claimed id that is not the hash of the datagram's source
+//! is taken as no id. The client here is ephemeral, as a fresh JS node is: it sends no id, is put
+//! in no routing table and stores nothing, and walks towards a target through the nodes each
+//! reply names closer to it.
+//!
+//! Invariant: decoding never panics and allocates at most what the datagram holds; a reply is
+//! taken only from the address its request went to, with the request's transaction id.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyperfs_engine::crypto::{self, KeyPair};
+use hyperfs_engine::encoding::{Decoder, Encoder};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+pub const REQUEST: u8 = 0x03;
+pub const RESPONSE: u8 = 0x13;
+
+/// dht-rpc's own commands (sent with the internal flag).
+pub mod internal {
+    pub const PING: u64 = 0;
+    pub const PING_NAT: u64 = 1;
+    pub const FIND_NODE: u64 = 2;
+    pub const DOWN_HINT: u64 = 3;
+}
+
+/// HyperDHT's commands.
+pub mod command {
+    pub const PEER_HANDSHAKE: u64 = 0;
+    pub const PEER_HOLEPUNCH: u64 = 1;
+    pub const FIND_PEER: u64 = 2;
+    pub const LOOKUP: u64 = 3;
+    pub const ANNOUNCE: u64 = 4;
+    pub const UNANNOUNCE: u64 = 5;
+}
+
+/// The public bootstrap nodes of HyperDHT.
+pub const BOOTSTRAP: [&str; 3] = ["88.99.3.86:49737", "142.93.90.113:49737", "138.68.147.8:49737"];
+
+/// Replication factor: the nodes nearest a target that a walk looks for.
+const K: usize = 20;
+/// Requests in flight during a walk.
+const CONCURRENCY: usize = 10;
+/// Per-request timeout and retries, as dht-rpc's defaults.
+const TIMEOUT: Duration = Duration::from_secs(1);
+const RETRIES: usize = 3;
+/// Most peers a lookup reply's records are read for.
+const MAX_PEERS: usize = 20;
+
+/// A request datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub tid: u16,
+    pub to: SocketAddrV4,
+    pub id: Option<[u8; 32]>,
+    pub token: Option<[u8; 32]>,
+    pub internal: bool,
+    pub command: u64,
+    pub target: Option<[u8; 32]>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A response datagram.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Response {
+    pub tid: u16,
+    pub to: Option<SocketAddrV4>,
+    pub id: Option<[u8; 32]>,
+    pub token: Option<[u8; 32]>,
+    pub closer_nodes: Vec<SocketAddrV4>,
+    pub error: u64,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A datagram of dht-rpc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+fn put_addr(e: &mut Encoder, a: &SocketAddrV4) {
+    e.fixed(&a.ip().octets()).fixed(&a.port().to_le_bytes());
+}
+
+fn take_addr(d: &mut Decoder<'_>) -> Option<SocketAddrV4> {
+    let b: [u8; 6] = d.array("address").ok()?;
+    Some(SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), u16::from_le_bytes([b[4], b[5]])))
+}
+
+fn take_addrs(d: &mut Decoder<'_>) -> Option<Vec<SocketAddrV4>> {
+    let n = d.count("addresses", 6).ok()?;
+    (0..n).map(|_| take_addr(d)).collect()
+}
+
+/// A node's id: BLAKE2b-256 of its address as `ipv4Address` encodes it.
+pub fn node_id(addr: &SocketAddrV4) -> [u8; 32] {
+    let mut e = Encoder::new();
+    put_addr(&mut e, addr);
+    crypto::hash(&[&e.finish()])
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        match self {
+            Message::Request(r) => {
+                let flags = u64::from(r.id.is_some())
+                    | u64::from(r.token.is_some()) << 1
+                    | u64::from(r.internal) << 2
+                    | u64::from(r.target.is_some()) << 3
+                    | u64::from(r.value.is_some()) << 4;
+                e.u8(REQUEST).uint(flags).fixed(&r.tid.to_le_bytes());
+                put_addr(&mut e, &r.to);
+                if let Some(id) = &r.id {
+                    e.fixed(id);
+                }
+                if let Some(t) = &r.token {
+                    e.fixed(t);
+                }
+                e.uint(r.command);
+                if let Some(t) = &r.target {
+                    e.fixed(t);
+                }
+                if let Some(v) = &r.value {
+                    e.buffer(v);
+                }
+            }
+            Message::Response(r) => {
+                let flags = u64::from(r.id.is_some())
+                    | u64::from(r.token.is_some()) << 1
+                    | u64::from(!r.closer_nodes.is_empty()) << 2
+                    | u64::from(r.error > 0) << 3
+                    | u64::from(r.value.is_some()) << 4;
+                e.u8(RESPONSE).uint(flags).fixed(&r.tid.to_le_bytes());
+                put_addr(&mut e, &r.to.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
+                if let Some(id) = &r.id {
+                    e.fixed(id);
+                }
+                if let Some(t) = &r.token {
+                    e.fixed(t);
+                }
+                if !r.closer_nodes.is_empty() {
+                    e.uint(r.closer_nodes.len() as u64);
+                    for a in &r.closer_nodes {
+                        put_addr(&mut e, a);
+                    }
+                }
+                if r.error > 0 {
+                    e.uint(r.error);
+                }
+                if let Some(v) = &r.value {
+                    e.buffer(v);
+                }
+            }
+        }
+        e.finish()
+    }
+
+    /// Decodes a datagram; `None` for anything that is not dht-rpc's.
+    pub fn decode(b: &[u8]) -> Option<Message> {
+        let mut d = Decoder::new(b);
+        let kind = d.u8("type").ok()?;
+        let flags = d.uint("flags").ok()?;
+        let tid = u16::from_le_bytes(d.array("tid").ok()?);
+        let to = take_addr(&mut d)?;
+        let id = if flags & 1 != 0 { Some(d.array("id").ok()?) } else { None };
+        let token = if flags & 2 != 0 { Some(d.array("token").ok()?) } else { None };
+        match kind {
+            REQUEST => {
+                let command = d.uint("command").ok()?;
+                let target = if flags & 8 != 0 { Some(d.array("target").ok()?) } else { None };
+                let value = if flags & 16 != 0 { Some(d.buffer("value").ok()?.to_vec()) } else { None };
+                Some(Message::Request(Request { tid, to, id, token, internal: flags & 4 != 0, command, target, value }))
+            }
+            RESPONSE => {
+                let closer_nodes = if flags & 4 != 0 { take_addrs(&mut d)? } else { Vec::new() };
+                let error = if flags & 8 != 0 { d.uint("error").ok()? } else { 0 };
+                let value = if flags & 16 != 0 { Some(d.buffer("value").ok()?.to_vec()) } else { None };
+                Some(Message::Response(Response { tid, to: Some(to), id, token, closer_nodes, error, value }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A HyperDHT peer record: a public key and the relays it can be reached through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub public_key: [u8; 32],
+    pub relay_addresses: Vec<SocketAddrV4>,
+}
+
+impl Peer {
+    pub fn encode(&self, e: &mut Encoder) {
+        e.fixed(&self.public_key).uint(self.relay_addresses.len() as u64);
+        for a in &self.relay_addresses {
+            put_addr(e, a);
+        }
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Option<Peer> {
+        Some(Peer { public_key: d.array("public key").ok()?, relay_addresses: take_addrs(d)? })
+    }
+}
+
+/// The peers of a LOOKUP reply (`lookupRawReply`: the records, then an optional bump).
+pub fn decode_lookup_reply(value: &[u8]) -> Option<Vec<Peer>> {
+    let mut d = Decoder::new(value);
+    let n = d.count("peers", 33).ok()?;
+    (0..n.min(MAX_PEERS)).map(|_| Peer::decode(&mut d)).collect()
+}
+
+/// What an announce (or unannounce) of `peer` under `target` signs, for the node `node_id` that
+/// handed out `token`: `ns ‖ BLAKE2b-256(target ‖ node id ‖ token ‖ peer)`.
+pub fn signable(ns: &[u8; 32], target: &[u8; 32], node_id: &[u8; 32], token: &[u8; 32], peer: &Peer) -> [u8; 64] {
+    let mut e = Encoder::new();
+    peer.encode(&mut e);
+    let h = crypto::hash(&[target, node_id, token, &e.finish()]);
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(ns);
+    out[32..].copy_from_slice(&h);
+    out
+}
+
+/// HyperDHT's namespaces: `namespace('hyperswarm/dht', [4, 5, 6, 0, 1, 10])` by command number.
+pub fn namespace(command: u64) -> [u8; 32] {
+    let base = crypto::hash(&[b"hyperswarm/dht"]);
+    crypto::hash(&[&base, &[command as u8]])
+}
+
+/// An `announce` value: the peer and its signature.
+pub fn announce_value(peer: &Peer, signature: &[u8; 64]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.uint(1 | 4);
+    peer.encode(&mut e);
+    e.fixed(signature);
+    e.finish()
+}
+
+/// A node that answered during a walk: its address, id and the token it gave.
+#[derive(Debug, Clone)]
+pub struct Replied {
+    pub node: SocketAddrV4,
+    pub id: [u8; 32],
+    pub token: Option<[u8; 32]>,
+    pub value: Option<Vec<u8>>,
+}
+
+type Pending = Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Response>)>>;
+
+/// An ephemeral HyperDHT client on its own UDP socket.
+pub struct Client {
+    socket: Arc<UdpSocket>,
+    pending: Arc<Pending>,
+    next_tid: Mutex<u16>,
+    bootstrap: Vec<SocketAddrV4>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dht::Client({:?})", self.socket.local_addr().ok())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+fn xor_distance(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for i in 0..32 {
+        out[i] = a[i] ^ b[i];
+    }
+    out
+}
+
+impl Client {
+    /// Binds a socket on `bind` (port 0: any) and talks to the network through `bootstrap`.
+    pub async fn bind(bind: SocketAddr, bootstrap: Vec<SocketAddrV4>) -> std::io::Result<Client> {
+        let socket = Arc::new(UdpSocket::bind(bind).await?);
+        let pending: Arc<Pending> = Arc::default();
+        let (s, p) = (socket.clone(), pending.clone());
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, from)) = s.recv_from(&mut buf).await else { continue };
+                let Some(Message::Response(mut r)) = Message::decode(&buf[..n]) else { continue };
+                // A claimed id is the hash of the address it came from, or none.
+                if r.id.is_some() && v4(from).map(|a| node_id(&a)) != r.id {
+                    r.id = None;
+                }
+                let mut pending = p.lock().unwrap_or_else(|e| e.into_inner());
+                // Only the address the request went to answers it.
+                if pending.get(&r.tid).is_some_and(|(to, _)| *to == from) {
+                    if let Some((_, tx)) = pending.remove(&r.tid) {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+        });
+        let tid = rand::random::<u16>();
+        Ok(Client { socket, pending, next_tid: Mutex::new(tid), bootstrap, reader })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends a request to `to` and waits for its response, with dht-rpc's retries.
+    pub async fn request(&self, to: SocketAddrV4, mut req: Request) -> Option<Response> {
+        let tid = {
+            let mut t = self.next_tid.lock().unwrap_or_else(|e| e.into_inner());
+            *t = t.wrapping_add(1);
+            *t
+        };
+        req.tid = tid;
+        req.to = to;
+        let bytes = Message::Request(req).encode();
+        let (tx, mut rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(tid, (SocketAddr::V4(to), tx));
+        let mut answer = None;
+        for _ in 0..RETRIES {
+            if self.socket.send_to(&bytes, to).await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(TIMEOUT, &mut rx).await {
+                Ok(Ok(r)) => {
+                    answer = Some(r);
+                    break;
+                }
+                Ok(Err(_)) => break,
+                Err(_) => continue,
+            }
+        }
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
+        answer
+    }
+
+    /// Walks towards `target` asking `command` (with `value`) of each node on the way, and
+    /// returns the nodes that answered, nearest first.
+    pub async fn walk(&self, target: [u8; 32], internal_cmd: bool, cmd: u64, value: Option<Vec<u8>>) -> Vec<Replied> {
+        let mut candidates: BTreeMap<[u8; 32], SocketAddrV4> =
+            self.bootstrap.iter().map(|a| (xor_distance(&node_id(a), &target), *a)).collect();
+        let mut asked: HashSet<SocketAddrV4> = HashSet::new();
+        let mut replied: BTreeMap<[u8; 32], Replied> = BTreeMap::new();
+        loop {
+            // The nearest candidates not asked yet, while they can still be among the k nearest.
+            let kth = replied.keys().nth(K - 1).copied();
+            let next: Vec<SocketAddrV4> = candidates
+                .iter()
+                .filter(|(d, a)| !asked.contains(a) && kth.is_none_or(|k| **d < k))
+                .take(CONCURRENCY)
+                .map(|(_, a)| *a)
+                .collect();
+            if next.is_empty() {
+                break;
+            }
+            let asks = next.iter().map(|&node| {
+                asked.insert(node);
+                let req = Request {
+                    tid: 0,
+                    to: node,
+                    id: None,
+                    token: None,
+                    internal: internal_cmd,
+                    command: cmd,
+                    target: Some(target),
+                    value: value.clone(),
+                };
+                async move { (node, self.request(node, req).await) }
+            });
+            let answers = futures_join_all(asks).await;
+            for (node, answer) in answers {
+                let Some(r) = answer else { continue };
+                for a in r.closer_nodes.iter().take(K) {
+                    if !asked.contains(a) && a.port() != 0 {
+                        candidates.insert(xor_distance(&node_id(a), &target), *a);
+                    }
+                }
+                if r.error == 0 {
+                    if let Some(id) = r.id {
+                        replied
+                            .insert(xor_distance(&id, &target), Replied { node, id, token: r.token, value: r.value });
+                    }
+                }
+            }
+        }
+        replied.into_values().take(K).collect()
+    }
+
+    /// The peers announced under `topic`, from the nodes nearest it.
+    pub async fn lookup(&self, topic: [u8; 32]) -> Vec<Peer> {
+        let mut seen = HashSet::new();
+        let mut peers = Vec::new();
+        for r in self.walk(topic, false, command::LOOKUP, None).await {
+            for p in r.value.as_deref().and_then(decode_lookup_reply).unwrap_or_default() {
+                if seen.insert(p.public_key) {
+                    peers.push(p);
+                }
+            }
+        }
+        peers
+    }
+
+    /// Announces `key_pair`'s public key under `topic` (with `relays`) on the nodes nearest it
+    /// that gave a token; returns how many took it.
+    pub async fn announce(&self, topic: [u8; 32], key_pair: &KeyPair, relays: Vec<SocketAddrV4>) -> usize {
+        let peer = Peer { public_key: key_pair.public_key(), relay_addresses: relays };
+        let ns = namespace(command::ANNOUNCE);
+        let mut took = 0;
+        for r in self.walk(topic, false, command::LOOKUP, None).await {
+            let Some(token) = r.token else { continue };
+            let signature = key_pair.sign(&signable(&ns, &topic, &r.id, &token, &peer));
+            let req = Request {
+                tid: 0,
+                to: r.node,
+                id: None,
+                token: Some(token),
+                internal: false,
+                command: command::ANNOUNCE,
+                target: Some(topic),
+                value: Some(announce_value(&peer, &signature)),
+            };
+            if self.request(r.node, req).await.is_some_and(|a| a.error == 0) {
+                took += 1;
+            }
+        }
+        took
+    }
+}
+
+/// Runs futures at once and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    // Polled together: each future runs while the others wait on the network.
+    let mut slots: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in set.iter_mut().enumerate() {
+            if slots[i].is_some() {
+                continue;
+            }
+            match f.as_mut().poll(cx) {
+                std::task::Poll::Ready(v) => slots[i] = Some(v),
+                std::task::Poll::Pending => all = false,
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(slots.into_iter().flatten());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    fn a(s: &str) -> SocketAddrV4 {
+        s.parse().expect("address")
+    }
+
+    /// Reference §6.6: datagrams built by hand and the answers of a real JS node.
+    #[test]
+    fn datagrams_match_dht_rpc() {
+        let node = a("127.0.0.1:49738");
+        assert_eq!(node_id(&node).to_vec(), h("ea50f55683100864aa622153cff29c6f99eea9e753f8e211d6b01e0a8af2ac6c"));
+        let ping = Request {
+            tid: 1,
+            to: node,
+            id: None,
+            token: None,
+            internal: true,
+            command: internal::PING,
+            target: None,
+            value: None,
+        };
+        assert_eq!(Message::Request(ping).encode(), h("030401007f0000014ac200"));
+        let find = Message::Request(Request {
+            tid: 2,
+            to: node,
+            id: None,
+            token: None,
+            internal: true,
+            command: internal::FIND_NODE,
+            target: Some([0x42; 32]),
+            value: None,
+        });
+        assert_eq!(
+            find.encode(),
+            h("030c02007f0000014ac2024242424242424242424242424242424242424242424242424242424242424242")
+        );
+        let reply =
+            h("130502007f000001edc6ea50f55683100864aa622153cff29c6f99eea9e753f8e211d6b01e0a8af2ac6c017f0000014bc2");
+        let Some(Message::Response(r)) = Message::decode(&reply) else { panic!("a response") };
+        assert_eq!((r.tid, r.to, r.closer_nodes.clone()), (2, Some(a("127.0.0.1:50925")), vec![a("127.0.0.1:49739")]));
+        assert_eq!(
+            r.id.map(|i| i.to_vec()),
+            Some(h("ea50f55683100864aa622153cff29c6f99eea9e753f8e211d6b01e0a8af2ac6c"))
+        );
+        assert_eq!(Message::Response(r).encode(), reply, "encoded back the same");
+        let err = h("130904007f000001edc6ea50f55683100864aa622153cff29c6f99eea9e753f8e211d6b01e0a8af2ac6c01");
+        assert!(matches!(Message::decode(&err), Some(Message::Response(Response { error: 1, .. }))));
+        // The lookup reply after the announce: one peer with one relay.
+        let value = h("0117cb79fb2b4120f2b1ec65e4198d6e08b28e813feb01e4a400839b85e18080ce010a000001a00f00");
+        let peers = decode_lookup_reply(&value).expect("peers");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].relay_addresses, vec![a("10.0.0.1:4000")]);
+    }
+
+    /// The announce of §6.6: its signable, and the JS-made signature verifies over it.
+    #[test]
+    fn an_announce_signs_what_hyperdht_signs() {
+        let ns = namespace(command::ANNOUNCE);
+        assert_eq!(ns.to_vec(), h("36386adddf9f6fd60db83a6f42fc159d1146aa8644037664230aaa1f0179d497"));
+        let pk: [u8; 32] =
+            h("17cb79fb2b4120f2b1ec65e4198d6e08b28e813feb01e4a400839b85e18080ce").try_into().expect("32");
+        let peer = Peer { public_key: pk, relay_addresses: vec![a("10.0.0.1:4000")] };
+        let node: [u8; 32] = node_id(&a("127.0.0.1:49738"));
+        let token: [u8; 32] =
+            h("437d0ef540d45806ab9369c295bcf1bd2a863822600b3a8d1fb92004048c2501").try_into().expect("32");
+        let s = signable(&ns, &[0x77; 32], &node, &token, &peer);
+        assert_eq!(s[32..].to_vec(), h("27b9c155fe2a9e37f7c03dce79818c64579e34f122f22ac3c78ce54f1edb7a49"));
+        let datagram = h("031a06007f0000014ac2437d0ef540d45806ab9369c295bcf1bd2a863822600b3a8d1fb92004048c2501047777777777777777777777777777777777777777777777777777777777777777680517cb79fb2b4120f2b1ec65e4198d6e08b28e813feb01e4a400839b85e18080ce010a000001a00fe53ff11e1d22c78980d43997d7f89a8d5adc234504eccbfbd41985fdceae37e52d15846844fee547c086f9bd4848d0c7e5d4dec0442b1bdbcbda772eb832c50b");
+        let Some(Message::Request(r)) = Message::decode(&datagram) else { panic!("a request") };
+        let value = r.value.clone().expect("value");
+        let signature: [u8; 64] = value[value.len() - 64..].try_into().expect("64");
+        assert!(crypto::verify(&pk, &s, &signature), "JS's signature verifies over our signable");
+        assert_eq!(announce_value(&peer, &signature), value, "and the value is the one JS sent");
+        assert_eq!(Message::Request(r).encode(), datagram);
+    }
+
+    /// Bytes that are not dht-rpc's, or are cut short, decode to nothing and never panic.
+    #[test]
+    fn hostile_datagrams_decode_to_nothing() {
+        let reply =
+            h("130502007f000001edc6ea50f55683100864aa622153cff29c6f99eea9e753f8e211d6b01e0a8af2ac6c017f0000014bc2");
+        for cut in 0..reply.len() {
+            assert!(Message::decode(&reply[..cut]).is_none(), "cut at {cut}");
+        }
+        assert!(Message::decode(&[0xff, 1, 0, 0]).is_none());
+        let mut many = h("1305020000000000000000");
+        many.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(Message::decode(&many).is_none(), "a count past the bytes");
+        assert!(decode_lookup_reply(&[0xfe, 0xff, 0xff, 0xff, 0xff]).is_none());
+    }
+}
