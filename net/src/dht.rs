@@ -248,6 +248,220 @@ pub fn announce_value(peer: &Peer, signature: &[u8; 64]) -> Vec<u8> {
     e.finish()
 }
 
+/// NAT kinds as HyperDHT names them.
+pub mod firewall {
+    pub const UNKNOWN: u64 = 0;
+    pub const OPEN: u64 = 1;
+    pub const CONSISTENT: u64 = 2;
+    pub const RANDOM: u64 = 3;
+}
+
+/// The UDX part of a Noise payload: the sender's stream id for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdxInfo {
+    pub version: u64,
+    /// Bit 0: the sender's socket can be reused.
+    pub features: u64,
+    pub id: u64,
+    pub seq: u64,
+}
+
+/// A relay through a third peer (`blind-relay`), as a Noise payload names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayThrough {
+    pub version: u64,
+    pub flags: u64,
+    pub public_key: [u8; 32],
+    pub token: [u8; 32],
+}
+
+/// What each side of HyperDHT's Noise IK handshake carries (`noisePayload`, §7.5).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NoisePayload {
+    pub version: u64,
+    pub error: u64,
+    pub firewall: u64,
+    /// The handshake slot for later PEER_HOLEPUNCH messages, and the server's relays as
+    /// `(relay, the server's address as that relay sees it)`.
+    pub holepunch: Option<(u64, Vec<(SocketAddrV4, SocketAddrV4)>)>,
+    pub addresses4: Vec<SocketAddrV4>,
+    pub addresses6: Vec<std::net::SocketAddrV6>,
+    pub udx: Option<UdxInfo>,
+    pub secret_stream: Option<u64>,
+    pub relay_through: Option<RelayThrough>,
+    pub relay_addresses: Vec<SocketAddrV4>,
+}
+
+impl NoisePayload {
+    pub fn encode(&self) -> Vec<u8> {
+        let flags = u64::from(self.holepunch.is_some())
+            | u64::from(!self.addresses4.is_empty()) << 1
+            | u64::from(!self.addresses6.is_empty()) << 2
+            | u64::from(self.udx.is_some()) << 3
+            | u64::from(self.secret_stream.is_some()) << 4
+            | u64::from(self.relay_through.is_some()) << 5
+            | u64::from(!self.relay_addresses.is_empty()) << 6;
+        let mut e = Encoder::new();
+        e.uint(self.version).uint(flags).uint(self.error).uint(self.firewall);
+        if let Some((id, relays)) = &self.holepunch {
+            e.uint(*id).uint(relays.len() as u64);
+            for (relay, peer) in relays {
+                put_addr(&mut e, relay);
+                put_addr(&mut e, peer);
+            }
+        }
+        let addrs = |e: &mut Encoder, list: &[SocketAddrV4]| {
+            e.uint(list.len() as u64);
+            for a in list {
+                put_addr(e, a);
+            }
+        };
+        if !self.addresses4.is_empty() {
+            addrs(&mut e, &self.addresses4);
+        }
+        if !self.addresses6.is_empty() {
+            e.uint(self.addresses6.len() as u64);
+            for a in &self.addresses6 {
+                e.fixed(&a.ip().octets()).fixed(&a.port().to_le_bytes());
+            }
+        }
+        if let Some(u) = &self.udx {
+            e.uint(u.version).uint(u.features).uint(u.id).uint(u.seq);
+        }
+        if let Some(v) = self.secret_stream {
+            e.uint(v);
+        }
+        if let Some(r) = &self.relay_through {
+            e.uint(r.version).uint(r.flags).fixed(&r.public_key).fixed(&r.token);
+        }
+        if !self.relay_addresses.is_empty() {
+            addrs(&mut e, &self.relay_addresses);
+        }
+        e.finish()
+    }
+
+    /// Decodes a payload; one of another version comes back with its version alone, as JS
+    /// returns it (the other side then answers that it is incompatible).
+    pub fn decode(b: &[u8]) -> Option<NoisePayload> {
+        let mut d = Decoder::new(b);
+        let version = d.uint("version").ok()?;
+        if version != 1 {
+            return Some(NoisePayload { version, ..NoisePayload::default() });
+        }
+        let flags = d.uint("flags").ok()?;
+        let mut p = NoisePayload {
+            version,
+            error: d.uint("error").ok()?,
+            firewall: d.uint("firewall").ok()?,
+            ..NoisePayload::default()
+        };
+        if flags & 1 != 0 {
+            let id = d.uint("holepunch id").ok()?;
+            let n = d.count("relays", 12).ok()?;
+            let relays = (0..n).map(|_| Some((take_addr(&mut d)?, take_addr(&mut d)?))).collect::<Option<Vec<_>>>()?;
+            p.holepunch = Some((id, relays));
+        }
+        if flags & 2 != 0 {
+            p.addresses4 = take_addrs(&mut d)?;
+        }
+        if flags & 4 != 0 {
+            let n = d.count("addresses6", 18).ok()?;
+            p.addresses6 = (0..n)
+                .map(|_| {
+                    let ip: [u8; 16] = d.array("ipv6").ok()?;
+                    let port: [u8; 2] = d.array("port").ok()?;
+                    Some(std::net::SocketAddrV6::new(ip.into(), u16::from_le_bytes(port), 0, 0))
+                })
+                .collect::<Option<Vec<_>>>()?;
+        }
+        if flags & 8 != 0 {
+            p.udx = Some(UdxInfo {
+                version: d.uint("udx version").ok()?,
+                features: d.uint("udx features").ok()?,
+                id: d.uint("udx id").ok()?,
+                seq: d.uint("udx seq").ok()?,
+            });
+        }
+        if flags & 16 != 0 {
+            p.secret_stream = Some(d.uint("secret stream version").ok()?);
+        }
+        if flags & 32 != 0 {
+            p.relay_through = Some(RelayThrough {
+                version: d.uint("relay version").ok()?,
+                flags: d.uint("relay flags").ok()?,
+                public_key: d.array("relay key").ok()?,
+                token: d.array("relay token").ok()?,
+            });
+        }
+        if flags & 64 != 0 {
+            p.relay_addresses = take_addrs(&mut d)?;
+        }
+        Some(p)
+    }
+}
+
+/// PEER_HANDSHAKE's value (§7.4): who relays what where, and the Noise message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// 0 from the client, 1 from the server, 2 from a relay, 3 from a second relay, 4 a reply.
+    pub mode: u64,
+    pub noise: Vec<u8>,
+    pub peer_address: Option<SocketAddrV4>,
+    pub relay_address: Option<SocketAddrV4>,
+}
+
+impl Handshake {
+    pub fn encode(&self) -> Vec<u8> {
+        let flags = u64::from(self.peer_address.is_some()) | u64::from(self.relay_address.is_some()) << 1;
+        let mut e = Encoder::new();
+        e.uint(flags).uint(self.mode).buffer(&self.noise);
+        for a in [&self.peer_address, &self.relay_address].into_iter().flatten() {
+            put_addr(&mut e, a);
+        }
+        e.finish()
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Handshake> {
+        let mut d = Decoder::new(b);
+        let flags = d.uint("flags").ok()?;
+        let mode = d.uint("mode").ok()?;
+        let noise = d.buffer("noise").ok()?.to_vec();
+        let peer_address = if flags & 1 != 0 { Some(take_addr(&mut d)?) } else { None };
+        let relay_address = if flags & 2 != 0 { Some(take_addr(&mut d)?) } else { None };
+        Some(Handshake { mode, noise, peer_address, relay_address })
+    }
+}
+
+/// PEER_HOLEPUNCH's value (§7.7): the handshake slot and the sealed punch payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holepunch {
+    pub mode: u64,
+    pub id: u64,
+    pub payload: Vec<u8>,
+    pub peer_address: Option<SocketAddrV4>,
+}
+
+impl Holepunch {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.uint(u64::from(self.peer_address.is_some())).uint(self.mode).uint(self.id).buffer(&self.payload);
+        if let Some(a) = &self.peer_address {
+            put_addr(&mut e, a);
+        }
+        e.finish()
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Holepunch> {
+        let mut d = Decoder::new(b);
+        let flags = d.uint("flags").ok()?;
+        let mode = d.uint("mode").ok()?;
+        let id = d.uint("id").ok()?;
+        let payload = d.buffer("payload").ok()?.to_vec();
+        let peer_address = if flags & 1 != 0 { Some(take_addr(&mut d)?) } else { None };
+        Some(Holepunch { mode, id, payload, peer_address })
+    }
+}
+
 /// A node that answered during a walk: its address, id and the token it gave.
 #[derive(Debug, Clone)]
 pub struct Replied {
@@ -561,6 +775,41 @@ mod tests {
         assert!(crypto::verify(&pk, &s, &signature), "JS's signature verifies over our signable");
         assert_eq!(announce_value(&peer, &signature), value, "and the value is the one JS sent");
         assert_eq!(Message::Request(r).encode(), datagram);
+    }
+
+    /// Reference §1.6: the Noise payloads of HyperDHT's IK handshake, client's and server's.
+    #[test]
+    fn noise_payloads_match_hyperdht() {
+        let client = NoisePayload {
+            version: 1,
+            firewall: firewall::UNKNOWN,
+            addresses4: vec![a("192.168.1.10:49737")],
+            udx: Some(UdxInfo { version: 1, features: 0, id: 0x0102_0304, seq: 0 }),
+            secret_stream: Some(1),
+            ..NoisePayload::default()
+        };
+        assert_eq!(client.encode(), h("011a000001c0a8010a49c20100fe040302010001"));
+        let server_bytes = h("0159000200010102030449c205060708a00f0100fe0d0c0b0a0001010102030449c2");
+        let server = NoisePayload::decode(&server_bytes).expect("decodes");
+        assert_eq!(server.firewall, firewall::CONSISTENT);
+        assert_eq!(server.holepunch, Some((0, vec![(a("1.2.3.4:49737"), a("5.6.7.8:4000"))])));
+        assert_eq!(server.udx.map(|u| u.id), Some(0x0a0b_0c0d));
+        assert_eq!(server.relay_addresses, vec![a("1.2.3.4:49737")]);
+        assert_eq!(server.encode(), server_bytes, "encoded back the same");
+        assert_eq!(NoisePayload::decode(&client.encode()), Some(client));
+        // Another version is returned with its version alone; cut payloads decode to nothing.
+        assert_eq!(NoisePayload::decode(&[2, 0xff]).map(|p| p.version), Some(2));
+        for cut in 1..server_bytes.len() {
+            assert!(NoisePayload::decode(&server_bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        // The handshake and holepunch messages around them, both ways.
+        let hs =
+            Handshake { mode: 2, noise: vec![7; 109], peer_address: Some(a("127.0.0.1:5000")), relay_address: None };
+        assert_eq!(hs.encode().len(), 118, "FROM_RELAY with a 109-byte Noise message is 118 bytes (§7.11 b)");
+        assert_eq!(Handshake::decode(&hs.encode()), Some(hs));
+        let hp = Holepunch { mode: 0, id: 0, payload: vec![1; 50], peer_address: Some(a("127.0.0.1:5001")) };
+        assert_eq!(hp.encode().len(), 60, "FROM_CLIENT with a 50-byte payload is 60 bytes (§7.11 b)");
+        assert_eq!(Holepunch::decode(&hp.encode()), Some(hp));
     }
 
     /// Bytes that are not dht-rpc's, or are cut short, decode to nothing and never panic.
