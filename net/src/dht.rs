@@ -664,6 +664,72 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The Noise IK handshake with the server of `public_key`, through the nodes that hold its
+    /// registration (FIND_PEER, then PEER_HANDSHAKE relayed by one of them): the handshake's
+    /// result, the server's payload, its UDX stream id, and the address it answered from.
+    pub async fn handshake(
+        &self,
+        public_key: [u8; 32],
+        me: crate::noise::KeyPair,
+        udx_id: u32,
+    ) -> Result<(crate::noise::Done, NoisePayload, u64, SocketAddrV4), String> {
+        let target = crypto::hash(&[&public_key]);
+        let relays: Vec<Replied> = self
+            .walk(target, false, command::FIND_PEER, None)
+            .await
+            .into_iter()
+            .filter(|r| r.value.is_some())
+            .collect();
+        if relays.is_empty() {
+            return Err("no DHT node holds its registration".into());
+        }
+        let ours = NoisePayload {
+            version: 1,
+            firewall: firewall::UNKNOWN,
+            udx: Some(UdxInfo { version: 1, features: 0, id: u64::from(udx_id), seq: 0 }),
+            secret_stream: Some(1),
+            ..NoisePayload::default()
+        };
+        let mut noise = crate::noise::Handshake::new(
+            crate::noise::Pattern::IK,
+            true,
+            me,
+            &namespace(command::PEER_HANDSHAKE),
+            Some(public_key),
+        );
+        let msg1 = noise.send(&ours.encode()).map_err(|e| e.to_string())?;
+        let value = Handshake { mode: 0, noise: msg1, peer_address: None, relay_address: None }.encode();
+        for relay in relays.iter().take(3) {
+            let req = Request {
+                tid: 0,
+                to: relay.node,
+                id: None,
+                token: None,
+                internal: false,
+                command: command::PEER_HANDSHAKE,
+                target: Some(target),
+                value: Some(value.clone()),
+            };
+            let Some(reply) = self.request(relay.node, req).await else { continue };
+            let Some(hs) = reply.value.as_deref().and_then(Handshake::decode) else { continue };
+            if hs.mode != 4 {
+                continue;
+            }
+            let payload = noise.recv(&hs.noise).map_err(|e| e.to_string())?;
+            let theirs = NoisePayload::decode(&payload).ok_or("an undecodable server payload")?;
+            if theirs.version != 1 || theirs.error != 0 {
+                return Err(format!("the server refused: version {}, error {}", theirs.version, theirs.error));
+            }
+            let udx = theirs.udx.ok_or("the server offered no UDX stream")?;
+            let done = noise.done().cloned().ok_or("the handshake did not finish")?;
+            let at = hs.peer_address.or_else(|| theirs.addresses4.first().copied()).unwrap_or(relay.node);
+            return Ok((done, theirs, udx.id, at));
+        }
+        Err("no relay answered the handshake".into())
+    }
+}
+
 /// Runs futures at once and collects their outputs in order.
 async fn futures_join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut set = Vec::new();

@@ -465,27 +465,38 @@ impl Endpoint {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
                 return Ok(c.id);
             }
-            let socket = {
-                let mut udx = inner.udx.lock().await;
-                match &*udx {
-                    Some((s, _)) => s.clone(),
-                    None => {
-                        let any: SocketAddr = if addr.is_ipv4() {
-                            ([0, 0, 0, 0], 0).into()
-                        } else {
-                            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                        };
-                        let s = crate::udx_socket::UdxSocket::bind(any, None)
-                            .await
-                            .map_err(|e| NetError::Io(format!("a UDX socket: {e}")))?;
-                        *udx = Some((s.clone(), false));
-                        s
-                    }
-                }
-            };
+            let socket = udx_socket(&inner).await?;
             let pipe = socket.dial(addr);
             let (pipe, opened) = open_secret_stream(pipe, true, inner.noise.clone()).await?;
             start_stream(&inner, tokio::io::split(pipe), addr, opened, Transport::Udx).await
+        })
+    }
+
+    /// Connects to the HyperDHT server of `public_key` through the DHT of `bootstrap`: its
+    /// registration is found (FIND_PEER), the Noise IK handshake goes through a node that relays
+    /// for it (PEER_HANDSHAKE), then a UDX stream to the address the server answered from, and
+    /// secret-stream keyed from that handshake. Without NATs between the two (no hole punching
+    /// is done yet). Returns the peer's id.
+    pub fn connect_dht(
+        &self,
+        public_key: [u8; 32],
+        bootstrap: Vec<std::net::SocketAddrV4>,
+    ) -> Result<PeerId, NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let socket = udx_socket(&inner).await?;
+            let client = crate::dht::Client::bind(([0, 0, 0, 0], 0).into(), bootstrap)
+                .await
+                .map_err(|e| NetError::Io(format!("a DHT socket: {e}")))?;
+            let udx_id = rand::random::<u32>();
+            let (done, _payload, udx, at) = client
+                .handshake(public_key, inner.noise.clone(), udx_id)
+                .await
+                .map_err(|e| NetError::Io(format!("connecting to {}: {e}", crypto::to_hex(&public_key))))?;
+            let remote = SocketAddr::V4(at);
+            let pipe = socket.open(udx_id, udx as u32, remote);
+            let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(done)).await?;
+            start_stream(&inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await
         })
     }
 
@@ -936,15 +947,29 @@ impl Codec {
 /// Runs secret-stream's handshake on `stream` (Noise XX, then the header frames): the stream,
 /// the open secret stream, the handshake's round trip and what came after the peer's header.
 async fn open_secret_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    initiator: bool,
+    me: crate::noise::KeyPair,
+) -> Result<(S, Opened), NetError> {
+    open_secret_stream_after(stream, initiator, me, None).await
+}
+
+/// As [`open_secret_stream`]; with `done`, the Noise handshake happened already (HyperDHT's IK)
+/// and only the header frames pass.
+async fn open_secret_stream_after<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     initiator: bool,
     me: crate::noise::KeyPair,
+    done: Option<crate::noise::Done>,
 ) -> Result<(S, Opened), NetError> {
     let fail = |e: secretstream::SecretStreamError| NetError::Protocol(format!("secret-stream handshake: {e}"));
     let io = |e: std::io::Error| NetError::Io(format!("secret-stream handshake: {e}"));
     let work = async {
         let mut out = Vec::new();
-        let mut opening = secretstream::Opening::start(initiator, me, &mut out).map_err(fail)?;
+        let mut opening = match done {
+            Some(done) => secretstream::Opening::established(initiator, done, me, &mut out),
+            None => secretstream::Opening::start(initiator, me, &mut out).map_err(fail)?,
+        };
         let mut sent_at = Instant::now();
         let mut rtt = None;
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -1021,6 +1046,19 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         connection.close(2u32.into(), e.to_string().as_bytes());
     }
     result
+}
+
+/// The node's UDX socket: the one accepting peers, else one bound for dialing (IPv4).
+async fn udx_socket(inner: &Inner) -> Result<Arc<crate::udx_socket::UdxSocket>, NetError> {
+    let mut udx = inner.udx.lock().await;
+    if let Some((s, _)) = &*udx {
+        return Ok(s.clone());
+    }
+    let s = crate::udx_socket::UdxSocket::bind(([0, 0, 0, 0], 0).into(), None)
+        .await
+        .map_err(|e| NetError::Io(format!("a UDX socket: {e}")))?;
+    *udx = Some((s.clone(), false));
+    Ok(s)
 }
 
 /// An open secret stream, the handshake's round trip and what came after the peer's header.

@@ -255,6 +255,20 @@ impl Opening {
         Ok(Opening { initiator, noise, header, done: None, push: None })
     }
 
+    /// A stream whose Noise handshake happened elsewhere (HyperDHT carries an IK handshake in
+    /// its own messages, §2.6): our header goes at once, into `out`.
+    pub fn established(initiator: bool, done: Done, me: KeyPair, out: &mut Vec<u8>) -> Opening {
+        let mut header = [0u8; HEADERBYTES];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut header);
+        length(out, 56);
+        out.extend_from_slice(&stream_id(&done.hash, initiator));
+        out.extend_from_slice(&header);
+        let push = Some(State::new(&done.tx, &header));
+        // The Noise state is done with; a placeholder keeps the type whole.
+        let noise = Handshake::new(Pattern::XX, initiator, me, &[], None);
+        Opening { initiator, noise, header, done: Some(done), push }
+    }
+
     /// Takes one frame from the peer; writes any answer to `out`. Returns the open stream once
     /// the peer's header came.
     pub fn on_frame(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<Option<Stream>, SecretStreamError> {

@@ -4,10 +4,16 @@
 //       one JSON command per stdin line, each answered on a line:
 //       {announce: TOPIC} → a fresh key pair announced under TOPIC (hex) by a JS node: {publicKey}
 //       {lookup: TOPIC}   → the public keys a JS node finds under TOPIC: {peers: [hex]}
+//       {serve: {PATH: TEXT, …}, dir: DIR} → a Hyperdrive in DIR with those files, served by a
+//                           HyperDHT server (each connection: store.replicate(connection)):
+//                           {publicKey (the server's), key (the drive's), version}
+//       {put: PATH, text: TEXT} → written to that drive: {version}
 'use strict'
 const readline = require('readline')
 const createTestnet = require('hyperdht/testnet')
 const DHT = require('hyperdht')
+const Corestore = require('corestore')
+const Hyperdrive = require('hyperdrive')
 
 const hex = (b) => Buffer.from(b).toString('hex')
 const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
@@ -19,6 +25,7 @@ async function main () {
   say({ bootstrap: testnet.bootstrap.map((b) => b.host + ':' + b.port) })
   const node = testnet.createNode()
   await node.fullyBootstrapped()
+  let drive = null
   const lines = readline.createInterface({ input: process.stdin })
   for await (const line of lines) {
     const cmd = JSON.parse(line)
@@ -26,6 +33,21 @@ async function main () {
       const keyPair = DHT.keyPair()
       await node.announce(Buffer.from(cmd.announce, 'hex'), keyPair).finished()
       say({ publicKey: hex(keyPair.publicKey) })
+    } else if (cmd.serve) {
+      const store = new Corestore(cmd.dir)
+      drive = new Hyperdrive(store)
+      await drive.ready()
+      for (const [path, text] of Object.entries(cmd.serve)) await drive.put(path, Buffer.from(text))
+      const server = node.createServer((conn) => {
+        conn.on('error', (e) => process.stderr.write('connection: ' + e.message + '\n'))
+        store.replicate(conn)
+      })
+      const keyPair = DHT.keyPair()
+      await server.listen(keyPair)
+      say({ publicKey: hex(keyPair.publicKey), key: hex(drive.key), version: drive.version })
+    } else if (cmd.put) {
+      await drive.put(cmd.put, Buffer.from(cmd.text))
+      say({ version: drive.version })
     } else if (cmd.lookup) {
       const peers = new Set()
       for await (const r of node.lookup(Buffer.from(cmd.lookup, 'hex'))) {

@@ -42,3 +42,89 @@ fn announces_and_lookups_meet_js_nodes_on_a_hyperdht_network() {
     // Nobody announced this one.
     assert!(rt.block_on(client.lookup([0x73; 32])).is_empty());
 }
+
+/// A core of the test's node, behind a lock.
+struct Slot(std::sync::Mutex<hyperfs_engine::Hypercore>);
+
+impl hyperfs_net::SharedCore for Slot {
+    fn key(&self) -> hyperfs_engine::crypto::CoreKey {
+        *self.lock().key()
+    }
+    fn read(&self, f: &mut dyn FnMut(&hyperfs_engine::Hypercore)) {
+        f(&self.lock());
+    }
+    fn write(&self, f: &mut dyn FnMut(&mut hyperfs_engine::Hypercore)) {
+        f(&mut self.lock());
+    }
+    fn download_all(&self) -> bool {
+        true
+    }
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, hyperfs_engine::Hypercore> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Cores(Vec<std::sync::Arc<Slot>>);
+
+impl hyperfs_net::Shared for Cores {
+    fn cores(&self) -> Vec<std::sync::Arc<dyn hyperfs_net::SharedCore>> {
+        self.0.iter().map(|c| c.clone() as std::sync::Arc<dyn hyperfs_net::SharedCore>).collect()
+    }
+}
+
+/// A JS Hyperdrive served by a HyperDHT server (`server.listen(keyPair)`, `store.replicate`):
+/// hyperfs connects by the server's public key alone — its registration found on the DHT, the
+/// Noise IK handshake relayed by a DHT node, then UDX and secret-stream keyed from it — and
+/// downloads the drive's db core whole, verified, and follows JS's next version.
+#[test]
+fn a_js_hyperdht_server_is_reached_by_its_key_and_replicates() {
+    use std::time::{Duration, Instant};
+    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
+    let bootstrap: Vec<SocketAddrV4> = net["bootstrap"]
+        .as_array()
+        .expect("bootstrap")
+        .iter()
+        .map(|b| b.as_str().expect("address").parse().expect("an IPv4 address"))
+        .collect();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let served = js
+        .ask(json!({"serve": {"/hello.txt": "hi over hyperdht", "/a/b.txt": "nested"}, "dir": tmp.path().join("js")}));
+    let public_key: [u8; 32] =
+        hex::decode(served["publicKey"].as_str().expect("key")).expect("hex").try_into().expect("32 bytes");
+    let key: [u8; 32] = hex::decode(served["key"].as_str().expect("key")).expect("hex").try_into().expect("32 bytes");
+    let version = served["version"].as_u64().expect("version");
+
+    let store: std::sync::Arc<dyn hyperfs_engine::store::Store> =
+        std::sync::Arc::new(hyperfs_engine::store::MemStore::new());
+    let core =
+        hyperfs_engine::Hypercore::open_replica(store, hyperfs_engine::crypto::CoreKey(key), None).expect("replica");
+    let slot = std::sync::Arc::new(Slot(std::sync::Mutex::new(core)));
+    let identity = hyperfs_net::Identity::from_seed(&[0x27; 32]);
+    let endpoint = hyperfs_net::Endpoint::start(
+        &identity,
+        "127.0.0.1:0".parse().expect("addr"),
+        std::sync::Arc::new(Cores(vec![slot.clone()])),
+    )
+    .expect("endpoint");
+    let started = Instant::now();
+    let peer = endpoint.connect_dht(public_key, bootstrap).expect("connected by key");
+    eprintln!("connected through the DHT in {:?}", started.elapsed());
+    assert_eq!(peer.0, public_key, "the peer is the server's key");
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("the drive's db core", &|| slot.lock().length() == version && slot.lock().local_blocks() == version);
+    assert!(slot.lock().verify_local().expect("verify").is_empty());
+    let p = endpoint.peers();
+    assert_eq!((p[0].transport, p[0].hyperfs), (hyperfs_net::Transport::Udx, false), "a JS peer over UDX");
+    // Live: JS writes; the new version arrives.
+    let next = js.ask(json!({"put": "/late.txt", "text": "later"}))["version"].as_u64().expect("version");
+    wait("JS's next version", &|| slot.lock().length() == next);
+}
