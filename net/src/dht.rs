@@ -477,6 +477,8 @@ type Pending = Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Response>)>>;
 pub struct Client {
     socket: Arc<UdpSocket>,
     pending: Arc<Pending>,
+    /// Where requests to this client go (a HyperDHT server's relayed handshakes), when served.
+    requests: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>>,
     next_tid: Mutex<u16>,
     bootstrap: Vec<SocketAddrV4>,
     reader: tokio::task::JoinHandle<()>,
@@ -514,12 +516,22 @@ impl Client {
     pub async fn bind(bind: SocketAddr, bootstrap: Vec<SocketAddrV4>) -> std::io::Result<Client> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let pending: Arc<Pending> = Arc::default();
-        let (s, p) = (socket.clone(), pending.clone());
+        let requests: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>> = Arc::default();
+        let (s, p, q) = (socket.clone(), pending.clone(), requests.clone());
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, from)) = s.recv_from(&mut buf).await else { continue };
-                let Some(Message::Response(mut r)) = Message::decode(&buf[..n]) else { continue };
+                let mut r = match Message::decode(&buf[..n]) {
+                    Some(Message::Response(r)) => r,
+                    Some(Message::Request(req)) => {
+                        if let Some(tx) = q.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                            let _ = tx.send((req, from));
+                        }
+                        continue;
+                    }
+                    None => continue,
+                };
                 // A claimed id is the hash of the address it came from, or none.
                 if r.id.is_some() && v4(from).map(|a| node_id(&a)) != r.id {
                     r.id = None;
@@ -534,7 +546,7 @@ impl Client {
             }
         });
         let tid = rand::random::<u16>();
-        Ok(Client { socket, pending, next_tid: Mutex::new(tid), bootstrap, reader })
+        Ok(Client { socket, pending, requests, next_tid: Mutex::new(tid), bootstrap, reader })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -665,6 +677,50 @@ impl Client {
 }
 
 impl Client {
+    /// Hands every request this client's socket receives to the returned channel (a server's
+    /// relayed handshakes).
+    pub fn serve(&self) -> tokio::sync::mpsc::UnboundedReceiver<(Request, SocketAddr)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Sends a datagram as it is.
+    pub async fn send(&self, message: &Message, to: SocketAddr) {
+        let _ = self.socket.send_to(&message.encode(), to).await;
+    }
+
+    /// Registers `key_pair` as a HyperDHT server reachable through this client's socket: its
+    /// record is announced at `BLAKE2b-256(public key)` to the three nodes nearest it that gave a
+    /// token, which then relay handshakes for it. Returns those nodes.
+    pub async fn register(&self, key_pair: &KeyPair) -> Vec<SocketAddrV4> {
+        let target = crypto::hash(&[&key_pair.public_key()]);
+        let peer = Peer { public_key: key_pair.public_key(), relay_addresses: Vec::new() };
+        let ns = namespace(command::ANNOUNCE);
+        let mut relays = Vec::new();
+        for r in self.walk(target, false, command::FIND_PEER, None).await {
+            if relays.len() == 3 {
+                break;
+            }
+            let Some(token) = r.token else { continue };
+            let signature = key_pair.sign(&signable(&ns, &target, &r.id, &token, &peer));
+            let req = Request {
+                tid: 0,
+                to: r.node,
+                id: None,
+                token: Some(token),
+                internal: false,
+                command: command::ANNOUNCE,
+                target: Some(target),
+                value: Some(announce_value(&peer, &signature)),
+            };
+            if self.request(r.node, req).await.is_some_and(|a| a.error == 0) {
+                relays.push(r.node);
+            }
+        }
+        relays
+    }
+
     /// The Noise IK handshake with the server of `public_key`, through the nodes that hold its
     /// registration (FIND_PEER, then PEER_HANDSHAKE relayed by one of them): the handshake's
     /// result, the server's payload, its UDX stream id, and the address it answered from.

@@ -214,6 +214,8 @@ struct Inner {
     me: PeerId,
     /// This node's key as the JS wire's Noise static key (the same Ed25519 key as `me`).
     noise: crate::noise::KeyPair,
+    /// … and as the key that signs its HyperDHT records.
+    signing: hyperfs_engine::crypto::KeyPair,
     /// Addresses dialed over TCP or UDX (`--peer tcp://…`, `udx://…`): dialed so again when the
     /// swarm redials.
     dial_as: Mutex<HashMap<SocketAddr, Transport>>,
@@ -335,6 +337,7 @@ impl Endpoint {
             conns: Mutex::new(Vec::new()),
             me: identity.peer_id(),
             noise: identity.noise_key_pair(),
+            signing: identity.key_pair(),
             dial_as: Mutex::new(HashMap::new()),
             udx: tokio::sync::Mutex::new(None),
             next_stable: usize::MAX.into(),
@@ -497,6 +500,46 @@ impl Endpoint {
             let pipe = socket.open(udx_id, udx as u32, remote);
             let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(done)).await?;
             start_stream(&inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await
+        })
+    }
+
+    /// Makes this node a HyperDHT server reachable by its key (the peer id) through the DHT of
+    /// `bootstrap`: its registration goes to the nodes nearest `BLAKE2b-256(key)`, which relay
+    /// clients' Noise IK handshakes to it; each handshake is answered with a UDX stream id, and
+    /// the stream binds to wherever its first packet comes from (no hole punching yet). The
+    /// registration is renewed every five minutes. Returns the nodes that took it.
+    pub fn listen_dht(&self, bootstrap: Vec<std::net::SocketAddrV4>) -> Result<Vec<std::net::SocketAddrV4>, NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let udx = udx_socket(&inner).await?;
+            let client = Arc::new(
+                crate::dht::Client::bind(([0, 0, 0, 0], 0).into(), bootstrap)
+                    .await
+                    .map_err(|e| NetError::Io(format!("a DHT socket: {e}")))?,
+            );
+            let mut requests = client.serve();
+            let relays = client.register(&inner.signing).await;
+            if relays.is_empty() {
+                return Err(NetError::Io("no DHT node took this node's registration".into()));
+            }
+            let renew = Arc::downgrade(&client);
+            let signing = inner.signing.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(300)).await;
+                    let Some(client) = renew.upgrade() else { return };
+                    client.register(&signing).await;
+                }
+            });
+            let server = inner.clone();
+            tokio::spawn(async move {
+                // The client lives as long as requests come to it.
+                let _client = client;
+                while let Some((req, from)) = requests.recv().await {
+                    server_handshake(&server, &udx, req, from).await;
+                }
+            });
+            Ok(relays)
         })
     }
 
@@ -1046,6 +1089,96 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         connection.close(2u32.into(), e.to_string().as_bytes());
     }
     result
+}
+
+/// Answers a PEER_HANDSHAKE for this node's key (relayed by a DHT node, or sent straight to
+/// it): the Noise IK handshake as responder, then the UDX stream the client will open, secret-
+/// stream keyed from the handshake, and the connection. Anything else is ignored.
+async fn server_handshake(
+    inner: &Arc<Inner>,
+    udx: &Arc<crate::udx_socket::UdxSocket>,
+    req: crate::dht::Request,
+    from: SocketAddr,
+) {
+    use crate::dht::{command, namespace, Handshake, NoisePayload, UdxInfo};
+    let target = crypto::hash(&[&inner.me.0]);
+    if req.internal || req.command != command::PEER_HANDSHAKE || req.target != Some(target) {
+        return;
+    }
+    let Some(hs) = req.value.as_deref().and_then(Handshake::decode) else { return };
+    if hs.mode != 0 && hs.mode != 2 {
+        return;
+    }
+    let mut noise = crate::noise::Handshake::new(
+        crate::noise::Pattern::IK,
+        false,
+        inner.noise.clone(),
+        &namespace(command::PEER_HANDSHAKE),
+        None,
+    );
+    let Ok(theirs) = noise.recv(&hs.noise) else { return };
+    let Some(theirs) = NoisePayload::decode(&theirs) else { return };
+    let (error, their_udx) = match (theirs.version, theirs.udx) {
+        (1, Some(u)) => (0, Some(u)),
+        (1, None) => (1, None),
+        _ => (2, None),
+    };
+    let our_id = rand::random::<u32>();
+    let ours = NoisePayload {
+        version: 1,
+        error,
+        firewall: crate::dht::firewall::UNKNOWN,
+        udx: Some(UdxInfo { version: 1, features: 0, id: if error == 0 { u64::from(our_id) } else { 0 }, seq: 0 }),
+        secret_stream: Some(1),
+        ..NoisePayload::default()
+    };
+    let Ok(msg2) = noise.send(&ours.encode()) else { return };
+    let (Some(done), Some(their_udx)) = (noise.done().cloned(), their_udx) else { return };
+    let bound = udx.expect(our_id, their_udx.id as u32);
+    // The answer leaves from the UDX socket: the client opens its stream to where it came from.
+    let message = if hs.mode == 2 {
+        crate::dht::Message::Request(crate::dht::Request {
+            tid: req.tid,
+            to: match from {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => return,
+            },
+            id: None,
+            token: None,
+            internal: false,
+            command: command::PEER_HANDSHAKE,
+            target: Some(target),
+            value: Some(
+                Handshake { mode: 1, noise: msg2, peer_address: hs.peer_address, relay_address: None }.encode(),
+            ),
+        })
+    } else {
+        crate::dht::Message::Response(crate::dht::Response {
+            tid: req.tid,
+            to: match from {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(_) => return,
+            },
+            value: Some(Handshake { mode: 4, noise: msg2, peer_address: None, relay_address: None }.encode()),
+            ..crate::dht::Response::default()
+        })
+    };
+    if udx.send_raw(&message.encode(), from).await.is_err() {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let Ok(Ok((pipe, address))) = tokio::time::timeout(HANDSHAKE_TIMEOUT, bound).await else { return };
+        let result = match open_secret_stream_after(pipe, false, inner.noise.clone(), Some(done)).await {
+            Ok((pipe, opened)) => {
+                run_stream(inner, tokio::io::split(pipe), address, false, opened, Transport::Udx).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::info!(%address, error = %e, "a peer that came through the DHT left");
+        }
+    });
 }
 
 /// The node's UDX socket: the one accepting peers, else one bound for dialing (IPv4).

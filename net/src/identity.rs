@@ -60,6 +60,11 @@ impl Identity {
         self
     }
 
+    /// The key pair itself: what signs this node's HyperDHT records.
+    pub fn key_pair(&self) -> KeyPair {
+        self.key_pair.clone()
+    }
+
     /// The same key as the JS wire's Noise static key (`noise-curve-ed`).
     pub fn noise_key_pair(&self) -> crate::noise::KeyPair {
         let mut seed = [0u8; 32];

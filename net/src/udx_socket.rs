@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::udx::{self, Header};
 
@@ -36,6 +36,9 @@ type Routes = Mutex<HashMap<(u32, SocketAddr), mpsc::UnboundedSender<Vec<u8>>>>;
 pub struct UdxSocket {
     socket: UdpSocket,
     routes: Routes,
+    /// Streams agreed out of band (HyperDHT's handshake) that bind to wherever their first
+    /// packet comes from: by local id, the remote id and where the stream goes.
+    expected: Mutex<HashMap<u32, (u32, oneshot::Sender<Accepted>)>>,
 }
 
 impl std::fmt::Debug for UdxSocket {
@@ -58,7 +61,8 @@ impl UdxSocket {
         raw.set_nonblocking(true)?;
         raw.bind(&addr.into())?;
         let socket = UdpSocket::from_std(raw.into())?;
-        let s = Arc::new(UdxSocket { socket, routes: Mutex::new(HashMap::new()) });
+        let s =
+            Arc::new(UdxSocket { socket, routes: Mutex::new(HashMap::new()), expected: Mutex::new(HashMap::new()) });
         let reader = Arc::downgrade(&s);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
@@ -73,6 +77,16 @@ impl UdxSocket {
                         let _ = tx.send(d.to_vec());
                     }
                     None => {
+                        let expected = lock(&s.expected).remove(&h.id);
+                        if let Some((remote_id, tx)) = expected {
+                            // The stream agreed in a handshake: it binds to this address.
+                            let pipe = s.open(h.id, remote_id, from);
+                            if let Some(route) = lock(&s.routes).get(&(h.id, from)) {
+                                let _ = route.send(d.to_vec());
+                            }
+                            let _ = tx.send((pipe, from));
+                            continue;
+                        }
                         let Some(accept) = &accept else { continue };
                         let starts = h.kind & (udx::kind::DATA | udx::kind::HEARTBEAT) != 0 && h.seq == 0;
                         if !starts || lock(&s.routes).len() >= MAX_STREAMS {
@@ -119,6 +133,24 @@ impl UdxSocket {
             lock(&socket.routes).remove(&(local_id, remote));
         });
         app
+    }
+
+    /// A stream `local_id` to the peer's `remote_id` that binds to the address its first packet
+    /// comes from (as HyperDHT's servers do): its pipe once that packet came.
+    pub fn expect(&self, local_id: u32, remote_id: u32) -> oneshot::Receiver<Accepted> {
+        let (tx, rx) = oneshot::channel();
+        let mut expected = lock(&self.expected);
+        expected.retain(|_, (_, tx)| !tx.is_closed());
+        if expected.len() < MAX_STREAMS {
+            expected.insert(local_id, (remote_id, tx));
+        }
+        rx
+    }
+
+    /// Sends a datagram that is not UDX's from this socket (a DHT message the peer should
+    /// answer towards this socket).
+    pub async fn send_raw(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        self.socket.send_to(bytes, to).await.map(drop)
     }
 
     /// Dials `remote` on a fresh random id (the same both ways), a heartbeat first.

@@ -8,6 +8,9 @@
 //                           HyperDHT server (each connection: store.replicate(connection)):
 //                           {publicKey (the server's), key (the drive's), version}
 //       {put: PATH, text: TEXT} → written to that drive: {version}
+//       {connect: PUBLICKEY, core: KEY, dir: DIR, length: N} → a JS node connects to that
+//                           HyperDHT server, replicates (store.replicate(connection)) and reads
+//                           blocks 0..N of core KEY: {blocks: [utf-8 text], ms}
 'use strict'
 const readline = require('readline')
 const createTestnet = require('hyperdht/testnet')
@@ -48,6 +51,18 @@ async function main () {
     } else if (cmd.put) {
       await drive.put(cmd.put, Buffer.from(cmd.text))
       say({ version: drive.version })
+    } else if (cmd.connect) {
+      const start = Date.now()
+      const store = new Corestore(cmd.dir)
+      const conn = node.connect(Buffer.from(cmd.connect, 'hex'))
+      conn.on('error', (e) => process.stderr.write('connection: ' + e.message + '\n'))
+      store.replicate(conn)
+      const core = store.get({ key: Buffer.from(cmd.core, 'hex') })
+      await core.ready()
+      while (core.length < cmd.length) await core.update({ wait: true })
+      const blocks = []
+      for (let i = 0; i < cmd.length; i++) blocks.push((await core.get(i)).toString())
+      say({ blocks, ms: Date.now() - start })
     } else if (cmd.lookup) {
       const peers = new Set()
       for await (const r of node.lookup(Buffer.from(cmd.lookup, 'hex'))) {

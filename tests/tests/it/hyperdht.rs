@@ -128,3 +128,40 @@ fn a_js_hyperdht_server_is_reached_by_its_key_and_replicates() {
     let next = js.ask(json!({"put": "/late.txt", "text": "later"}))["version"].as_u64().expect("version");
     wait("JS's next version", &|| slot.lock().length() == next);
 }
+
+/// hyperfs as a HyperDHT server: its registration on the DHT, a JS node's `dht.connect(key)`
+/// relayed to it, answered, and a core replicated to JS over the UDX stream that follows.
+#[test]
+fn a_js_node_reaches_a_hyperfs_node_by_its_key() {
+    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
+    let bootstrap: Vec<SocketAddrV4> = net["bootstrap"]
+        .as_array()
+        .expect("bootstrap")
+        .iter()
+        .map(|b| b.as_str().expect("address").parse().expect("an IPv4 address"))
+        .collect();
+    let store: std::sync::Arc<dyn hyperfs_engine::store::Store> =
+        std::sync::Arc::new(hyperfs_engine::store::MemStore::new());
+    let mut core = hyperfs_engine::Hypercore::create(store, KeyPair::from_seed(&[0x28; 32]), false).expect("core");
+    let blocks: Vec<Vec<u8>> = (0..50).map(|i| format!("block {i}").into_bytes()).collect();
+    core.append_batch(&blocks).expect("append");
+    let key = *core.key();
+    let slot = std::sync::Arc::new(Slot(std::sync::Mutex::new(core)));
+    let identity = hyperfs_net::Identity::from_seed(&[0x29; 32]);
+    let endpoint = hyperfs_net::Endpoint::start(
+        &identity,
+        "127.0.0.1:0".parse().expect("addr"),
+        std::sync::Arc::new(Cores(vec![slot])),
+    )
+    .expect("endpoint");
+    let relays = endpoint.listen_dht(bootstrap).expect("registered on the DHT");
+    assert!(!relays.is_empty());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let got = js.ask(json!({"connect": hex::encode(identity.peer_id().0), "core": hex::encode(key.0), "dir": tmp.path().join("js"), "length": 50}));
+    let texts: Vec<&str> = got["blocks"].as_array().expect("blocks").iter().filter_map(|b| b.as_str()).collect();
+    assert_eq!(texts.len(), 50, "{got}");
+    assert_eq!(texts[49], "block 49");
+    eprintln!("JS connected by key and read 50 blocks in {} ms", got["ms"]);
+    let p = endpoint.peers();
+    assert_eq!((p[0].transport, p[0].hyperfs), (hyperfs_net::Transport::Udx, false), "a JS peer over UDX");
+}
