@@ -47,6 +47,15 @@ pub(crate) struct NetArgs {
     /// Do not use LAN discovery.
     #[arg(long)]
     pub(crate) no_lan: bool,
+    /// A HyperDHT bootstrap node (HOST:PORT; repeatable; remembered): shared drives are then
+    /// announced on HyperDHT under their discovery keys, as Hyperswarm does, and drives mounted
+    /// or cloned by key are looked up there and their peers reached by key (without NAT
+    /// traversal yet).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) hyperdht_bootstrap: Vec<String>,
+    /// Do not use HyperDHT.
+    #[arg(long)]
+    pub(crate) no_hyperdht: bool,
     /// Bound the blocks kept of drives read on demand (sparse replicas; not clones or seeds)
     /// to SIZE (like 64MiB or 20G; remembered; default a tenth of the disk): least recently
     /// used blocks go first, and are fetched again when read.
@@ -94,6 +103,8 @@ impl NetArgs {
             bootstrap: self.bootstrap.clone(),
             no_dht: self.no_dht,
             no_lan: self.no_lan,
+            hyperdht_bootstrap: self.hyperdht_bootstrap.clone(),
+            no_hyperdht: self.no_hyperdht,
             cache_size: self.cache_size,
             tcp: self.tcp.clone(),
             udx: self.udx.clone(),

@@ -167,6 +167,9 @@ impl Net {
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
         let endpoint = Arc::new(endpoint);
+        if discovery.hyperdht() {
+            start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap)?;
+        }
         let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store.clone(), discovery);
         let (changed, wake) = std::sync::mpsc::channel();
         let net = Arc::new(Net {
@@ -519,6 +522,28 @@ impl hyperfs_engine::fetch::Fetch for OwnFetch {
 }
 
 /// `HOST:PORT` to a socket address.
+/// Starts HyperDHT on `endpoint` through `bootstrap`, and registers the node there in the
+/// background (so peers reach it by its key).
+fn start_hyperdht(endpoint: &Arc<Endpoint>, bootstrap: &[String]) -> Result<()> {
+    let mut nodes = Vec::new();
+    for b in bootstrap {
+        match resolve(b)? {
+            SocketAddr::V4(a) => nodes.push(a),
+            SocketAddr::V6(a) => anyhow::bail!("--hyperdht-bootstrap {a}: HyperDHT speaks IPv4"),
+        }
+    }
+    endpoint.start_dht(nodes).context("starting HyperDHT")?;
+    let endpoint = Arc::downgrade(endpoint);
+    std::thread::Builder::new().name("hyperfs-hyperdht".into()).spawn(move || {
+        let Some(endpoint) = endpoint.upgrade() else { return };
+        match endpoint.listen_dht() {
+            Ok(relays) => tracing::info!(relays = relays.len(), "registered on HyperDHT"),
+            Err(e) => tracing::warn!(error = %e, "registering on HyperDHT"),
+        }
+    })?;
+    Ok(())
+}
+
 pub fn resolve(peer: &str) -> Result<SocketAddr> {
     use std::net::ToSocketAddrs;
     peer.to_socket_addrs()

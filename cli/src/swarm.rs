@@ -32,7 +32,24 @@ pub struct Discovery {
     pub no_dht: bool,
     #[serde(default)]
     pub no_lan: bool,
+    /// HyperDHT bootstrap nodes (`HOST:PORT`): HyperDHT is used when some are given.
+    #[serde(default)]
+    pub hyperdht_bootstrap: Vec<String>,
+    #[serde(default)]
+    pub no_hyperdht: bool,
 }
+
+impl Discovery {
+    /// Whether HyperDHT is used: bootstrap nodes given and not turned off.
+    pub fn hyperdht(&self) -> bool {
+        !self.no_hyperdht && !self.hyperdht_bootstrap.is_empty()
+    }
+}
+
+/// How often a joined topic is looked up on HyperDHT (the first rounds sooner), and announced.
+const HYPERDHT_LOOKUP: Duration = Duration::from_secs(60);
+const HYPERDHT_FIRST_LOOKUPS: Duration = Duration::from_secs(3);
+const HYPERDHT_ANNOUNCE: Duration = Duration::from_secs(300);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -58,6 +75,9 @@ pub struct Swarm {
     lan: Option<Lan>,
     dht: Option<Arc<Dht>>,
     shared: Arc<Shared>,
+    /// Topics (discovery keys) joined on HyperDHT, when it is on; each has a thread that
+    /// announces and looks up while it is here.
+    hyperdht: Option<Arc<Mutex<std::collections::HashSet<[u8; 32]>>>>,
 }
 
 impl Swarm {
@@ -87,7 +107,8 @@ impl Swarm {
                 .ok()
         };
         *lock(&shared.state) = State::new(Mechanisms { lan: lan.is_some(), dht: dht.is_some() });
-        let swarm = Arc::new(Swarm { endpoint: Arc::downgrade(endpoint), store, lan, dht, shared });
+        let hyperdht = d.hyperdht().then(Arc::default);
+        let swarm = Arc::new(Swarm { endpoint: Arc::downgrade(endpoint), store, lan, dht, shared, hyperdht });
         let weak = Arc::downgrade(&swarm);
         let spawned = std::thread::Builder::new().name("hyperfs-swarm".into()).spawn(move || {
             while let Some(s) = weak.upgrade() {
@@ -191,10 +212,54 @@ impl Swarm {
         if let (true, Some(lan)) = (new, &self.lan) {
             lan.join(t, announce);
         }
+        if let Some(joined) = &self.hyperdht {
+            self.join_hyperdht(joined, crypto::discovery_key(key).0, announce && !lan_only);
+        }
+    }
+
+    /// Joins a topic on HyperDHT as Hyperswarm does (the topic is the drive's discovery key):
+    /// announced when `announce`, looked up, and the peers found dialed by their keys.
+    fn join_hyperdht(&self, joined: &Arc<Mutex<std::collections::HashSet<[u8; 32]>>>, topic: [u8; 32], announce: bool) {
+        if !lock(joined).insert(topic) {
+            return;
+        }
+        let (endpoint, joined) = (self.endpoint.clone(), joined.clone());
+        let spawned = std::thread::Builder::new().name("hyperfs-hyperdht".into()).spawn(move || {
+            let started = Instant::now();
+            let mut announced: Option<Instant> = None;
+            while lock(&joined).contains(&topic) {
+                let Some(endpoint) = endpoint.upgrade() else { return };
+                if announce && announced.is_none_or(|t| t.elapsed() >= HYPERDHT_ANNOUNCE) {
+                    let took = endpoint.dht_announce(topic);
+                    tracing::info!(took, "announced on HyperDHT");
+                    announced = Some(Instant::now());
+                }
+                let connected: Vec<[u8; 32]> = endpoint.peers().iter().map(|p| p.id.0).collect();
+                for key in endpoint.dht_lookup(topic) {
+                    if connected.contains(&key) {
+                        continue;
+                    }
+                    match endpoint.connect_dht(key) {
+                        Ok(_) => tracing::info!(peer = %hex::encode(&key[..6]), "connected to a peer HyperDHT found"),
+                        Err(e) => tracing::info!(error = %e, "dialing a peer HyperDHT found"),
+                    }
+                }
+                drop(endpoint);
+                let pause =
+                    if started.elapsed() < Duration::from_secs(30) { HYPERDHT_FIRST_LOOKUPS } else { HYPERDHT_LOOKUP };
+                std::thread::sleep(pause);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "joining a topic on HyperDHT");
+        }
     }
 
     /// Leaves the topic of core `key`: no longer announced or looked for.
     pub fn leave(&self, key: &CoreKey) {
+        if let Some(joined) = &self.hyperdht {
+            lock(joined).remove(&crypto::discovery_key(key).0);
+        }
         let t = discovery::topic(&crypto::discovery_key(key));
         self.shared.with(|st| st.leave(&t));
         if let Some(lan) = &self.lan {

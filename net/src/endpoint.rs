@@ -219,6 +219,9 @@ struct Inner {
     /// Addresses dialed over TCP or UDX (`--peer tcp://…`, `udx://…`): dialed so again when the
     /// swarm redials.
     dial_as: Mutex<HashMap<SocketAddr, Transport>>,
+    /// The HyperDHT client (`start_dht`), and the nodes holding this node's registration.
+    dht: tokio::sync::Mutex<Option<Arc<crate::dht::Client>>>,
+    dht_relays: Mutex<Vec<std::net::SocketAddrV4>>,
     /// The UDX socket: the one accepting peers (`listen_udx`), else one for dialing.
     udx: tokio::sync::Mutex<Option<(Arc<crate::udx_socket::UdxSocket>, bool)>>,
     /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
@@ -340,6 +343,8 @@ impl Endpoint {
             signing: identity.key_pair(),
             dial_as: Mutex::new(HashMap::new()),
             udx: tokio::sync::Mutex::new(None),
+            dht: tokio::sync::Mutex::new(None),
+            dht_relays: Mutex::new(Vec::new()),
             next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
@@ -480,17 +485,14 @@ impl Endpoint {
     /// for it (PEER_HANDSHAKE), then a UDX stream to the address the server answered from, and
     /// secret-stream keyed from that handshake. Without NATs between the two (no hole punching
     /// is done yet). Returns the peer's id.
-    pub fn connect_dht(
-        &self,
-        public_key: [u8; 32],
-        bootstrap: Vec<std::net::SocketAddrV4>,
-    ) -> Result<PeerId, NetError> {
+    pub fn connect_dht(&self, public_key: [u8; 32]) -> Result<PeerId, NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
+            if let Some(c) = lock(&inner.conns).iter().find(|c| c.id.0 == public_key) {
+                return Ok(c.id);
+            }
             let socket = udx_socket(&inner).await?;
-            let client = crate::dht::Client::bind(([0, 0, 0, 0], 0).into(), bootstrap)
-                .await
-                .map_err(|e| NetError::Io(format!("a DHT socket: {e}")))?;
+            let client = dht_client(&inner).await?;
             let udx_id = rand::random::<u32>();
             let (done, _payload, udx, at) = client
                 .handshake(public_key, inner.noise.clone(), udx_id)
@@ -508,20 +510,17 @@ impl Endpoint {
     /// clients' Noise IK handshakes to it; each handshake is answered with a UDX stream id, and
     /// the stream binds to wherever its first packet comes from (no hole punching yet). The
     /// registration is renewed every five minutes. Returns the nodes that took it.
-    pub fn listen_dht(&self, bootstrap: Vec<std::net::SocketAddrV4>) -> Result<Vec<std::net::SocketAddrV4>, NetError> {
+    pub fn listen_dht(&self) -> Result<Vec<std::net::SocketAddrV4>, NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
             let udx = udx_socket(&inner).await?;
-            let client = Arc::new(
-                crate::dht::Client::bind(([0, 0, 0, 0], 0).into(), bootstrap)
-                    .await
-                    .map_err(|e| NetError::Io(format!("a DHT socket: {e}")))?,
-            );
+            let client = dht_client(&inner).await?;
             let mut requests = client.serve();
             let relays = client.register(&inner.signing).await;
             if relays.is_empty() {
                 return Err(NetError::Io("no DHT node took this node's registration".into()));
             }
+            *lock(&inner.dht_relays) = relays.clone();
             let renew = Arc::downgrade(&client);
             let signing = inner.signing.clone();
             tokio::spawn(async move {
@@ -533,13 +532,45 @@ impl Endpoint {
             });
             let server = inner.clone();
             tokio::spawn(async move {
-                // The client lives as long as requests come to it.
-                let _client = client;
                 while let Some((req, from)) = requests.recv().await {
                     server_handshake(&server, &udx, req, from).await;
                 }
             });
             Ok(relays)
+        })
+    }
+
+    /// Starts this node's HyperDHT client on a socket of its own, talking to the network
+    /// through `bootstrap` ([`crate::dht::BOOTSTRAP`] for the public one): what
+    /// [`Endpoint::listen_dht`], [`Endpoint::connect_dht`] and the announces and lookups use.
+    pub fn start_dht(&self, bootstrap: Vec<std::net::SocketAddrV4>) -> Result<(), NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let client = crate::dht::Client::bind(([0, 0, 0, 0], 0).into(), bootstrap)
+                .await
+                .map_err(|e| NetError::Io(format!("a DHT socket: {e}")))?;
+            *inner.dht.lock().await = Some(Arc::new(client));
+            Ok(())
+        })
+    }
+
+    /// Announces this node under `topic` on HyperDHT (with the nodes holding its registration
+    /// as relays, as Hyperswarm announces); returns how many nodes took it.
+    pub fn dht_announce(&self, topic: [u8; 32]) -> usize {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let Ok(client) = dht_client(&inner).await else { return 0 };
+            let relays = lock(&inner.dht_relays).clone();
+            client.announce(topic, &inner.signing, relays).await
+        })
+    }
+
+    /// The public keys announced under `topic` on HyperDHT, this node's own left out.
+    pub fn dht_lookup(&self, topic: [u8; 32]) -> Vec<[u8; 32]> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let Ok(client) = dht_client(&inner).await else { return Vec::new() };
+            client.lookup(topic).await.into_iter().map(|p| p.public_key).filter(|k| *k != inner.me.0).collect()
         })
     }
 
@@ -1179,6 +1210,11 @@ async fn server_handshake(
             tracing::info!(%address, error = %e, "a peer that came through the DHT left");
         }
     });
+}
+
+/// The node's HyperDHT client, once started.
+async fn dht_client(inner: &Inner) -> Result<Arc<crate::dht::Client>, NetError> {
+    inner.dht.lock().await.clone().ok_or_else(|| NetError::Io("HyperDHT is off on this node".into()))
 }
 
 /// The node's UDX socket: the one accepting peers, else one bound for dialing (IPv4).

@@ -4,8 +4,10 @@
 //       one JSON command per stdin line, each answered on a line:
 //       {announce: TOPIC} → a fresh key pair announced under TOPIC (hex) by a JS node: {publicKey}
 //       {lookup: TOPIC}   → the public keys a JS node finds under TOPIC: {peers: [hex]}
-//       {serve: {PATH: TEXT, …}, dir: DIR} → a Hyperdrive in DIR with those files, served by a
-//                           HyperDHT server (each connection: store.replicate(connection)):
+//       {serve: {PATH: TEXT, …}, dir: DIR, swarm?} → a Hyperdrive in DIR with those files,
+//                           served by a HyperDHT server (each connection: store.replicate
+//                           (connection)), with `swarm` also announced under the drive's
+//                           discovery key as Hyperswarm does:
 //                           {publicKey (the server's), key (the drive's), version}
 //       {put: PATH, text: TEXT} → written to that drive: {version}
 //       {connect: PUBLICKEY, core: KEY, dir: DIR, length: N} → a JS node connects to that
@@ -47,6 +49,8 @@ async function main () {
       })
       const keyPair = DHT.keyPair()
       await server.listen(keyPair)
+      // As Hyperswarm serves a drive: announced under its discovery key, with the relays.
+      if (cmd.swarm) await node.announce(drive.discoveryKey, keyPair, server.relayAddresses).finished()
       say({ publicKey: hex(keyPair.publicKey), key: hex(drive.key), version: drive.version })
     } else if (cmd.put) {
       await drive.put(cmd.put, Buffer.from(cmd.text))

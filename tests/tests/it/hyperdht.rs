@@ -110,7 +110,8 @@ fn a_js_hyperdht_server_is_reached_by_its_key_and_replicates() {
     )
     .expect("endpoint");
     let started = Instant::now();
-    let peer = endpoint.connect_dht(public_key, bootstrap).expect("connected by key");
+    endpoint.start_dht(bootstrap).expect("the DHT client");
+    let peer = endpoint.connect_dht(public_key).expect("connected by key");
     eprintln!("connected through the DHT in {:?}", started.elapsed());
     assert_eq!(peer.0, public_key, "the peer is the server's key");
     let wait = |what: &str, ok: &dyn Fn() -> bool| {
@@ -154,7 +155,8 @@ fn a_js_node_reaches_a_hyperfs_node_by_its_key() {
         std::sync::Arc::new(Cores(vec![slot])),
     )
     .expect("endpoint");
-    let relays = endpoint.listen_dht(bootstrap).expect("registered on the DHT");
+    endpoint.start_dht(bootstrap).expect("the DHT client");
+    let relays = endpoint.listen_dht().expect("registered on the DHT");
     assert!(!relays.is_empty());
     let tmp = tempfile::tempdir().expect("tempdir");
     let got = js.ask(json!({"connect": hex::encode(identity.peer_id().0), "core": hex::encode(key.0), "dir": tmp.path().join("js"), "length": 50}));
@@ -164,4 +166,61 @@ fn a_js_node_reaches_a_hyperfs_node_by_its_key() {
     eprintln!("JS connected by key and read 50 blocks in {} ms", got["ms"]);
     let p = endpoint.peers();
     assert_eq!((p[0].transport, p[0].hyperfs), (hyperfs_net::Transport::Udx, false), "a JS peer over UDX");
+}
+
+/// Through the command line, HyperDHT alone (no --peer, the LAN and the Mainline DHT off): a
+/// drive a JS HyperDHT server announces under its discovery key mounts by key and reads; a
+/// drive one hyperfs node shares mounts on another by key.
+#[test]
+fn drives_mount_by_key_through_hyperdht_alone() {
+    use hyperfs_tests::{hyperfs_in_ok, StopNode};
+    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
+    let boot = net["bootstrap"][0].as_str().expect("bootstrap").to_owned();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
+    let only_hyperdht = ["--hyperdht-bootstrap", &boot, "--no-dht", "--no-lan", "--listen", "127.0.0.1:0"];
+    let json = |dir: &std::path::Path, args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&hyperfs_in_ok(dir, args)).expect("JSON output")
+    };
+
+    // A JS drive, found by topic.
+    let served =
+        js.ask(json!({"serve": {"/hello.txt": "hi from a JS swarm"}, "dir": tmp.path().join("js"), "swarm": true}));
+    let key = served["key"].as_str().expect("key").to_owned();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mnt_s = mnt.to_str().expect("utf-8");
+    let mut args = vec!["mount", key.as_str(), mnt_s, "--json"];
+    args.extend_from_slice(&only_hyperdht);
+    json(&b, &args);
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(mnt.join("hello.txt")).ok().as_deref() != Some("hi from a JS swarm") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "the JS drive did not show");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("the JS drive showed through HyperDHT in {:?}", t.elapsed());
+    let peers = json(&b, &["peers", "--json"]);
+    assert_eq!(peers[0]["transport"], "udx", "{peers}");
+    hyperfs_in_ok(&b, &["unmount", mnt_s]);
+
+    // A hyperfs drive, shared on one node and mounted on another.
+    hyperfs_in_ok(&a, &["create", "--name", "src"]);
+    let f = tmp.path().join("note.txt");
+    std::fs::write(&f, "hi from hyperfs").expect("write");
+    hyperfs_in_ok(&a, &["put", f.to_str().expect("utf-8"), "src:/note.txt"]);
+    let mut args = vec!["share", "src", "--json"];
+    args.extend_from_slice(&only_hyperdht);
+    let shared = json(&a, &args);
+    let key = shared["key"].as_str().expect("key").to_owned();
+    let mnt2 = tmp.path().join("mnt2");
+    std::fs::create_dir(&mnt2).expect("mkdir");
+    hyperfs_in_ok(&b, &["mount", &key, mnt2.to_str().expect("utf-8")]);
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(mnt2.join("note.txt")).ok().as_deref() != Some("hi from hyperfs") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "the hyperfs drive did not show");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("the hyperfs drive showed through HyperDHT in {:?}", t.elapsed());
+    hyperfs_in_ok(&b, &["unmount", mnt2.to_str().expect("utf-8")]);
 }
