@@ -472,13 +472,15 @@ pub struct Replied {
 }
 
 type Pending = Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Response>)>>;
+/// Where a served client's requests go.
+type Requests = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>>;
 
 /// An ephemeral HyperDHT client on its own UDP socket.
 pub struct Client {
     socket: Arc<UdpSocket>,
     pending: Arc<Pending>,
     /// Where requests to this client go (a HyperDHT server's relayed handshakes), when served.
-    requests: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>>,
+    requests: Requests,
     next_tid: Mutex<u16>,
     bootstrap: Vec<SocketAddrV4>,
     reader: tokio::task::JoinHandle<()>,
@@ -516,7 +518,7 @@ impl Client {
     pub async fn bind(bind: SocketAddr, bootstrap: Vec<SocketAddrV4>) -> std::io::Result<Client> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let pending: Arc<Pending> = Arc::default();
-        let requests: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>> = Arc::default();
+        let requests: Requests = Arc::default();
         let (s, p, q) = (socket.clone(), pending.clone(), requests.clone());
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
