@@ -655,26 +655,31 @@ impl Client {
     /// that gave a token; returns how many took it.
     pub async fn announce(&self, topic: [u8; 32], key_pair: &KeyPair, relays: Vec<SocketAddrV4>) -> usize {
         let peer = Peer { public_key: key_pair.public_key(), relay_addresses: relays };
-        let ns = namespace(command::ANNOUNCE);
         let mut took = 0;
         for r in self.walk(topic, false, command::LOOKUP, None).await {
-            let Some(token) = r.token else { continue };
-            let signature = key_pair.sign(&signable(&ns, &topic, &r.id, &token, &peer));
-            let req = Request {
-                tid: 0,
-                to: r.node,
-                id: None,
-                token: Some(token),
-                internal: false,
-                command: command::ANNOUNCE,
-                target: Some(topic),
-                value: Some(announce_value(&peer, &signature)),
-            };
-            if self.request(r.node, req).await.is_some_and(|a| a.error == 0) {
+            if self.announce_to(&r, topic, key_pair, &peer).await {
                 took += 1;
             }
         }
         took
+    }
+
+    /// Sends node `r` the signed announce of `peer` under `target`, with the token it gave;
+    /// whether it took it.
+    async fn announce_to(&self, r: &Replied, target: [u8; 32], key_pair: &KeyPair, peer: &Peer) -> bool {
+        let Some(token) = r.token else { return false };
+        let signature = key_pair.sign(&signable(&namespace(command::ANNOUNCE), &target, &r.id, &token, peer));
+        let req = Request {
+            tid: 0,
+            to: r.node,
+            id: None,
+            token: Some(token),
+            internal: false,
+            command: command::ANNOUNCE,
+            target: Some(target),
+            value: Some(announce_value(peer, &signature)),
+        };
+        self.request(r.node, req).await.is_some_and(|a| a.error == 0)
     }
 }
 
@@ -687,36 +692,18 @@ impl Client {
         rx
     }
 
-    /// Sends a datagram as it is.
-    pub async fn send(&self, message: &Message, to: SocketAddr) {
-        let _ = self.socket.send_to(&message.encode(), to).await;
-    }
-
     /// Registers `key_pair` as a HyperDHT server reachable through this client's socket: its
     /// record is announced at `BLAKE2b-256(public key)` to the three nodes nearest it that gave a
     /// token, which then relay handshakes for it. Returns those nodes.
     pub async fn register(&self, key_pair: &KeyPair) -> Vec<SocketAddrV4> {
         let target = crypto::hash(&[&key_pair.public_key()]);
         let peer = Peer { public_key: key_pair.public_key(), relay_addresses: Vec::new() };
-        let ns = namespace(command::ANNOUNCE);
         let mut relays = Vec::new();
         for r in self.walk(target, false, command::FIND_PEER, None).await {
             if relays.len() == 3 {
                 break;
             }
-            let Some(token) = r.token else { continue };
-            let signature = key_pair.sign(&signable(&ns, &target, &r.id, &token, &peer));
-            let req = Request {
-                tid: 0,
-                to: r.node,
-                id: None,
-                token: Some(token),
-                internal: false,
-                command: command::ANNOUNCE,
-                target: Some(target),
-                value: Some(announce_value(&peer, &signature)),
-            };
-            if self.request(r.node, req).await.is_some_and(|a| a.error == 0) {
+            if self.announce_to(&r, target, key_pair, &peer).await {
                 relays.push(r.node);
             }
         }

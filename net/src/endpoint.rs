@@ -1449,7 +1449,7 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     match cmd {
                         Some(Command::Want { core, what, reply }) => state.want(core, what, reply),
                         Some(Command::WantBytes { core, index, reply }) => state.want_bytes(core, index, reply),
-                        Some(Command::Changed { core }) => state.changed(core),
+                        Some(Command::Changed { core }) => state.changed(inner, core),
                         Some(Command::Gained { core, upgraded, runs }) => state.gained(core, upgraded, &runs),
                         Some(Command::Close { core }) => state.close(core),
                         Some(Command::Raw { core, messages }) => {
@@ -1681,6 +1681,7 @@ impl ConnState {
             Frame::Control(Control::Close { local_id }) => {
                 if let Some(i) = self.channels.iter().position(|c| c.remote_id == Some(local_id)) {
                     let ch = self.channels.remove(i);
+                    tracing::debug!(core = %crypto::to_hex(&ch.key.0[..6]), "the peer closed a channel");
                     lock(&self.cores).retain(|k| *k != ch.key);
                     for (_, waiters) in ch.waiting {
                         for w in waiters {
@@ -1867,19 +1868,31 @@ impl ConnState {
         }
     }
 
-    fn changed(&mut self, core: CoreKey) {
+    fn changed(&mut self, inner: &Inner, core: CoreKey) {
+        if self.js && self.channel_of(&core).is_none() {
+            // A JS peer closes a channel both sides idle on (Hypercore's `closeIfIdle`) and
+            // opens it again only for what it wants; news of ours opens it again from here.
+            if let Some(c) = inner.shared.cores().into_iter().find(|c| c.key() == core) {
+                self.open(c);
+            }
+            return;
+        }
         self.gained(core, true, &[]);
     }
 
     /// Tells the peer of a new length (`upgraded`) and of blocks this node now has.
     fn gained(&mut self, core: CoreKey, upgraded: bool, runs: &[(u64, u64)]) {
-        let Some(i) = self.channel_of(&core) else { return };
+        let Some(i) = self.channel_of(&core) else {
+            tracing::trace!(core = %crypto::to_hex(&core.0[..6]), "news of a core with no channel open");
+            return;
+        };
         let ch = &mut self.channels[i];
         let mut out = Output::default();
         if let Some(session) = ch.session.as_mut() {
             ch.core.read(&mut |c| {
                 if upgraded {
                     session.local_changed(c, &mut out);
+                    tracing::trace!(length = c.length(), messages = out.messages.len(), "news of a core told");
                 }
                 for &(start, length) in runs {
                     session.local_have(c, start, length, &mut out);

@@ -23,15 +23,18 @@ const Corestore = require('corestore')
 const Hyperdrive = require('hyperdrive')
 const crypto = require('hypercore-crypto')
 const UDX = require('udx-native')
+const NoiseSecretStream = require('@hyperswarm/secret-stream')
 
 const hex = (b) => Buffer.from(b).toString('hex')
 const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
 
+// The byte stream (a TCP socket, a UDX stream) wrapped in a secret stream and handed to the
+// store, as Hyperswarm does.
 function pipe (store, socket, initiator) {
-  const s = store.replicate(initiator)
+  const s = new NoiseSecretStream(initiator, socket)
   socket.on('error', (e) => process.stderr.write('socket: ' + e.message + '\n'))
   s.on('error', (e) => process.stderr.write('stream: ' + e.message + '\n'))
-  socket.pipe(s).pipe(socket)
+  store.replicate(s)
   return s
 }
 
@@ -123,8 +126,20 @@ async function dial (dir, addr, key) {
   const drive = new Hyperdrive(store, Buffer.from(key, 'hex'))
   await drive.ready()
   // The first version: wait until the peer's length arrived.
-  while (drive.version === 0 || drive.core.length === 0) await drive.core.update({ wait: true })
+  while (drive.version === 0 || drive.core.length === 0) await nextVersion(drive)
   return { store, drive, socket }
+}
+
+// Asks for the peer's newest length and waits for an append, at most 100 ms. A timer, not only
+// the update's promise: an update that settles at once made a loop of microtasks that never let
+// the event loop read the socket.
+async function nextVersion (drive) {
+  let onappend, timer
+  const appended = new Promise((resolve) => { onappend = resolve; drive.core.once('append', resolve) })
+  drive.core.update({ wait: true }).catch(() => {})
+  await Promise.race([appended, new Promise((resolve) => { timer = setTimeout(resolve, 100) })])
+  clearTimeout(timer)
+  drive.core.off('append', onappend)
 }
 
 async function read (dir, addr, key) {
@@ -136,7 +151,7 @@ async function read (dir, addr, key) {
     const start = Date.now()
     while (drive.version < cmd.wait) {
       if (Date.now() - start > 10000) throw new Error('version ' + cmd.wait + ' did not arrive')
-      await Promise.race([drive.core.update({ wait: true }), new Promise((resolve) => setTimeout(resolve, 100))])
+      await nextVersion(drive)
     }
     say({ ...(await describe(drive)), ms: Date.now() - start })
   }

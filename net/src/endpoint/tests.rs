@@ -571,6 +571,20 @@ fn closed_after(addr: SocketAddr, handshake: bool, send: impl FnOnce(&mut secret
     false
 }
 
+/// The protomux message that opens `key`'s channel with capability `cap`.
+fn open_message(key: &CoreKey, cap: [u8; 32]) -> Vec<u8> {
+    let mut m = Vec::new();
+    Frame::Control(Control::Open {
+        local_id: 1,
+        protocol: PROTOCOL.into(),
+        id: Some(crypto::discovery_key(key).0.to_vec()),
+        flags: 1,
+        capability: cap,
+    })
+    .encode_message(&mut m);
+    m
+}
+
 /// What a hostile JS-wire peer gets: a wrong capability, garbage after the handshake, a frame
 /// that does not authenticate, or a bad handshake each close the connection, and nothing is
 /// stored.
@@ -581,18 +595,7 @@ fn a_hostile_peer_on_the_js_wire_is_closed_with_nothing_stored() {
     let r = replica(key, true);
     let a = node(43, vec![r.clone()]);
     let tcp = a.listen_tcp("127.0.0.1:0".parse().expect("addr")).expect("listen");
-    let open = |cap: [u8; 32]| {
-        let mut m = Vec::new();
-        Frame::Control(Control::Open {
-            local_id: 1,
-            protocol: PROTOCOL.into(),
-            id: Some(crypto::discovery_key(&key).0.to_vec()),
-            flags: 1,
-            capability: cap,
-        })
-        .encode_message(&mut m);
-        m
-    };
+    let open = |cap: [u8; 32]| open_message(&key, cap);
     assert!(
         closed_after(tcp, true, |s| {
             let mut out = Vec::new();
@@ -659,17 +662,8 @@ fn a_hostile_peer_over_udx_is_closed_with_nothing_stored() {
     rt.block_on(async {
         let sock = crate::udx_socket::UdxSocket::bind("127.0.0.1:0".parse().expect("addr"), None).await.expect("bind");
         let wrong_cap = |s: &mut secretstream::Stream| {
-            let mut m = Vec::new();
-            Frame::Control(Control::Open {
-                local_id: 1,
-                protocol: PROTOCOL.into(),
-                id: Some(crypto::discovery_key(&key).0.to_vec()),
-                flags: 1,
-                capability: [9; 32],
-            })
-            .encode_message(&mut m);
             let mut out = Vec::new();
-            s.send(&mut out, &m);
+            s.send(&mut out, &open_message(&key, [9; 32]));
             out
         };
         let garbage = |_: &mut secretstream::Stream| -> Vec<u8> {

@@ -9,15 +9,22 @@ use hyperfs_net::dht::Client;
 use hyperfs_tests::JsProcess;
 use serde_json::json;
 
-#[test]
-fn announces_and_lookups_meet_js_nodes_on_a_hyperdht_network() {
-    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
-    let bootstrap: Vec<SocketAddrV4> = net["bootstrap"]
+/// `hyperdht`'s 10-node testnet on loopback, and a JS node on it: the process and the
+/// bootstrap address.
+fn testnet() -> (JsProcess, Vec<SocketAddrV4>) {
+    let (js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
+    let bootstrap = net["bootstrap"]
         .as_array()
         .expect("bootstrap")
         .iter()
         .map(|b| b.as_str().expect("address").parse().expect("an IPv4 address"))
         .collect();
+    (js, bootstrap)
+}
+
+#[test]
+fn announces_and_lookups_meet_js_nodes_on_a_hyperdht_network() {
+    let (mut js, bootstrap) = testnet();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt.block_on(Client::bind("127.0.0.1:0".parse().expect("addr"), bootstrap)).expect("a socket");
 
@@ -82,13 +89,7 @@ impl hyperfs_net::Shared for Cores {
 #[test]
 fn a_js_hyperdht_server_is_reached_by_its_key_and_replicates() {
     use std::time::{Duration, Instant};
-    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
-    let bootstrap: Vec<SocketAddrV4> = net["bootstrap"]
-        .as_array()
-        .expect("bootstrap")
-        .iter()
-        .map(|b| b.as_str().expect("address").parse().expect("an IPv4 address"))
-        .collect();
+    let (mut js, bootstrap) = testnet();
     let tmp = tempfile::tempdir().expect("tempdir");
     let served = js
         .ask(json!({"serve": {"/hello.txt": "hi over hyperdht", "/a/b.txt": "nested"}, "dir": tmp.path().join("js")}));
@@ -134,13 +135,7 @@ fn a_js_hyperdht_server_is_reached_by_its_key_and_replicates() {
 /// relayed to it, answered, and a core replicated to JS over the UDX stream that follows.
 #[test]
 fn a_js_node_reaches_a_hyperfs_node_by_its_key() {
-    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
-    let bootstrap: Vec<SocketAddrV4> = net["bootstrap"]
-        .as_array()
-        .expect("bootstrap")
-        .iter()
-        .map(|b| b.as_str().expect("address").parse().expect("an IPv4 address"))
-        .collect();
+    let (mut js, bootstrap) = testnet();
     let store: std::sync::Arc<dyn hyperfs_engine::store::Store> =
         std::sync::Arc::new(hyperfs_engine::store::MemStore::new());
     let mut core = hyperfs_engine::Hypercore::create(store, KeyPair::from_seed(&[0x28; 32]), false).expect("core");
@@ -174,8 +169,8 @@ fn a_js_node_reaches_a_hyperfs_node_by_its_key() {
 #[test]
 fn drives_mount_by_key_through_hyperdht_alone() {
     use hyperfs_tests::{hyperfs_in_ok, StopNode};
-    let (mut js, net) = JsProcess::start("dht-peer.js", &["testnet", "10"]);
-    let boot = net["bootstrap"][0].as_str().expect("bootstrap").to_owned();
+    let (mut js, bootstrap) = testnet();
+    let boot = bootstrap[0].to_string();
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let (_sa, _sb) = (StopNode(a.clone()), StopNode(b.clone()));
