@@ -23,6 +23,8 @@ use crate::udx::{self, Header};
 const SEND_BUFFER: usize = 4 << 20;
 /// The in-memory pipe between a stream's task and its connection.
 const PIPE: usize = 1 << 20;
+/// Datagrams waiting for a stream's task; past this many, more are dropped.
+const QUEUE: usize = 4096;
 /// How long a stream whose connection let go waits for the peer's END.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 /// The socket's kernel buffers, each way.
@@ -30,7 +32,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Streams one socket holds at once.
 const MAX_STREAMS: usize = 1024;
 
-type Routes = Mutex<HashMap<(u32, SocketAddr), mpsc::UnboundedSender<Vec<u8>>>>;
+type Routes = Mutex<HashMap<(u32, SocketAddr), mpsc::Sender<Vec<u8>>>>;
 
 /// A UDP socket carrying UDX streams.
 pub struct UdxSocket {
@@ -74,7 +76,8 @@ impl UdxSocket {
                 let route = lock(&s.routes).get(&(h.id, from)).cloned();
                 match route {
                     Some(tx) => {
-                        let _ = tx.send(d.to_vec());
+                        // A stream that cannot keep up loses datagrams, as UDP would.
+                        let _ = tx.try_send(d.to_vec());
                     }
                     None => {
                         let expected = lock(&s.expected).remove(&h.id);
@@ -82,7 +85,7 @@ impl UdxSocket {
                             // The stream agreed in a handshake: it binds to this address.
                             let pipe = s.open(h.id, remote_id, from);
                             if let Some(route) = lock(&s.routes).get(&(h.id, from)) {
-                                let _ = route.send(d.to_vec());
+                                let _ = route.try_send(d.to_vec());
                             }
                             let _ = tx.send((pipe, from));
                             continue;
@@ -94,7 +97,7 @@ impl UdxSocket {
                         }
                         let pipe = s.open(h.id, h.id, from);
                         if let Some(tx) = lock(&s.routes).get(&(h.id, from)) {
-                            let _ = tx.send(d.to_vec());
+                            let _ = tx.try_send(d.to_vec());
                         }
                         if accept.try_send((pipe, from)).is_err() {
                             lock(&s.routes).remove(&(h.id, from));
@@ -118,7 +121,7 @@ impl UdxSocket {
 
     fn start(self: &Arc<Self>, local_id: u32, remote_id: u32, remote: SocketAddr, probe: bool) -> DuplexStream {
         let (app, ours) = tokio::io::duplex(PIPE);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         lock(&self.routes).insert((local_id, remote), tx);
         let payload = if remote.is_ipv4() { udx::MAX_PAYLOAD_V4 } else { udx::MAX_PAYLOAD_V6 };
         let mut stream = udx::Stream::new(local_id, remote_id, payload);
@@ -169,7 +172,7 @@ async fn drive(
     socket: &UdxSocket,
     mut stream: udx::Stream,
     remote: SocketAddr,
-    mut packets: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut packets: mpsc::Receiver<Vec<u8>>,
     pipe: DuplexStream,
 ) -> Result<(), String> {
     let (mut from_app, mut to_app) = tokio::io::split(pipe);
