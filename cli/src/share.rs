@@ -166,6 +166,14 @@ impl Net {
         crate::node::write_state(dir, "listen.addr", format!("{addr}\n").as_bytes())
             .with_context(|| format!("writing {}", remembered.display()))?;
         tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
+        // Between hyperfs nodes TCP is the faster transport: the node accepts it on its QUIC
+        // port number and dials it first (HYPERFS_TRANSPORT=quic keeps to QUIC, for comparing).
+        if std::env::var("HYPERFS_TRANSPORT").as_deref() != Ok("quic") {
+            endpoint.prefer_tcp(true);
+            if let Err(e) = endpoint.listen_tcp(addr) {
+                tracing::warn!(error = %e, "TCP on the node's port: peers reach it over QUIC only");
+            }
+        }
         let endpoint = Arc::new(endpoint);
         if discovery.hyperdht() {
             start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap)?;

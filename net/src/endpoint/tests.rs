@@ -648,6 +648,36 @@ fn two_nodes_replicate_over_udx() {
     assert!(lock(&r.core).verify_local().expect("verify").is_empty());
 }
 
+/// Nodes that prefer TCP meet over it on the QUIC port number when the peer listens there
+/// (hyperfs's own messages on, as over QUIC), and reach a node that accepts QUIC only over QUIC.
+#[test]
+fn a_node_preferring_tcp_dials_it_and_falls_back_to_quic() {
+    let w = writer(500);
+    let key = w.key();
+    let a = node(47, vec![w.clone()]);
+    let at = a.local_addr().expect("addr");
+    assert_eq!(a.listen_tcp(at).expect("tcp on the QUIC port"), at);
+    assert_eq!(a.listen_tcp(at).expect("again"), at, "the listener there is the answer");
+    let r = replica(key, true);
+    let b = node(48, vec![r.clone()]);
+    b.prefer_tcp(true);
+    b.connect(at).expect("connect");
+    wait("the full download", || lock(&r.core).local_blocks() == 500);
+    wait("the hello", || b.peers().first().is_some_and(|p| p.hyperfs));
+    assert_eq!(b.peers()[0].transport, Transport::Tcp);
+    assert_eq!(a.peers()[0].transport, Transport::Tcp);
+    // A node with no TCP listener on its port: QUIC.
+    let quic_only = node(49, vec![w]);
+    let r2 = replica(key, true);
+    let c = node(50, vec![r2.clone()]);
+    c.prefer_tcp(true);
+    c.connect(quic_only.local_addr().expect("addr")).expect("connect");
+    wait("the full download over QUIC", || lock(&r2.core).local_blocks() == 500);
+    assert_eq!(c.peers()[0].transport, Transport::Quic);
+    assert!(lock(&r.core).verify_local().expect("verify").is_empty());
+    assert!(lock(&r2.core).verify_local().expect("verify").is_empty());
+}
+
 /// Over UDX as over TCP: a wrong capability or garbage after the handshake closes the stream
 /// (an END comes back), and nothing is stored.
 #[test]
