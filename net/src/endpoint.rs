@@ -660,6 +660,8 @@ impl Endpoint {
             let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
                 .map_err(|e| NetError::Io(e.to_string()))?;
             socket.set_reuseaddr(true).map_err(|e| NetError::Io(e.to_string()))?;
+            // Dials go out from the listening port too (`dial_tcp`).
+            socket.set_reuseport(true).map_err(|e| NetError::Io(e.to_string()))?;
             socket.bind(addr).map_err(|e| NetError::Io(format!("listening on tcp {addr}: {e}")))?;
             socket.listen(128).map_err(|e| NetError::Io(format!("listening on tcp {addr}: {e}")))
         })?;
@@ -1048,7 +1050,12 @@ impl Codec {
                 let Some((body, used)) = secretstream::take_frame(buf) else { return Ok(None) };
                 let body = &mut buf[body];
                 let m = s.open(body).map_err(|e| NetError::Protocol(e.to_string()))?;
+                let before = frames.len();
                 Frame::decode_message(&body[m], frames).map_err(malformed)?;
+                if frames.len() == before + 1 {
+                    // A message alone in its frame took the whole frame, as its sender counts it.
+                    frames[before].1 = used;
+                }
                 Ok(Some(used))
             }
         }
@@ -1271,8 +1278,45 @@ async fn udx_socket(inner: &Inner) -> Result<Arc<crate::udx_socket::UdxSocket>, 
 type Opened = (secretstream::Stream, Duration, Vec<u8>);
 
 /// Dials `addr` over TCP with the JS stack's wire, giving the port `answer` to accept.
+/// The connection goes out from the node's own TCP port when it listens on its QUIC port number,
+/// as QUIC's do: the peer sees the address it would dial (and which discovery found), and a dial
+/// towards a node already connected that way finds the connection. Where that port cannot be
+/// used for this peer (the same pair of addresses still closing), from any port.
 async fn dial_tcp(inner: &Arc<Inner>, addr: SocketAddr, answer: Duration) -> Result<PeerId, NetError> {
-    let stream = tokio::time::timeout(answer, tokio::net::TcpStream::connect(addr))
+    let quic_port = inner.endpoint.local_addr().map(|a| a.port()).ok();
+    let own = lock(&inner.tcp).iter().copied().find(|t| Some(t.port()) == quic_port);
+    let from = own.and_then(|own| match own.ip() {
+        ip if ip.is_unspecified() => {
+            let any: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            Some(SocketAddr::new(any, own.port()))
+        }
+        ip if ip.is_ipv4() == addr.is_ipv4() && ip.is_loopback() == addr.ip().is_loopback() => Some(own),
+        _ => None,
+    });
+    let connect = |from: Option<SocketAddr>| async move {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+        if let Some(from) = from {
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(from)?;
+        }
+        socket.connect(addr).await
+    };
+    let dialed = tokio::time::timeout(answer, async {
+        match from {
+            Some(from) => match connect(Some(from)).await {
+                Ok(s) => Ok(s),
+                Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => connect(None).await,
+                Err(e) => Err(e),
+            },
+            None => connect(None).await,
+        }
+    });
+    let stream = dialed
         .await
         .map_err(|_| NetError::Io(format!("{addr} did not answer over TCP within {answer:?}")))?
         .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;

@@ -13,6 +13,8 @@
 //!                                     (new versions of the same drive): latency percentiles (JSON)
 //!   hyperfs-bench write DIR SRC N     N files, each SRC's bytes rotated differently, written into
 //!                                     DIR in 1 MiB writes and closed: MiB/s (JSON)
+//!   hyperfs-bench quic MIB | tcp MIB  what raw QUIC, or the JS wire's secret-stream over TCP,
+//!                                     carries on loopback with the node's configuration (JSON)
 //!   hyperfs-bench flood ADDR KEY... S a hostile peer: for S seconds, floods the node at ADDR with
 //!                                     bitfield, range, request and want messages on the channels
 //!                                     of the cores KEY..., reconnecting whenever dropped (JSON)
@@ -38,10 +40,11 @@ fn main() {
         Some("close") => close(&args[2], &args[3]),
         Some("write") => write_files(&args[2], &args[3], args[4].parse().expect("a count")),
         Some("quic") => quic(args[2].parse().expect("MiB")),
+        Some("tcp") => tcp(args[2].parse().expect("MiB")),
         Some("flood") => flood(&args[2], &args[3..args.len() - 1], args[args.len() - 1].parse().expect("seconds")),
         _ => {
             eprintln!(
-                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS | quic MIB"
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS | quic MIB | tcp MIB"
             );
             std::process::exit(2);
         }
@@ -527,6 +530,83 @@ fn flood(addr: &str, keys: &[String], seconds: u64) {
         endpoint.shutdown();
     }
     println!("{}", serde_json::json!({"connects": connects, "batches": batches}));
+}
+
+/// The JS wire's secret-stream over TCP on loopback, as hyperfs nodes meet: a Noise handshake,
+/// then the listener sends `mib` MiB in messages of 64 KiB, each encrypted, and the dialer
+/// authenticates and decrypts every one (two threads, as two nodes). What a clone over TCP
+/// cannot exceed.
+fn tcp(mib: u64) {
+    use hyperfs_net::noise::KeyPair as NoiseKeys;
+    use hyperfs_net::secretstream::{take_frame, Opening, Stream};
+    use std::io::{Read, Write};
+    // Runs the handshake on `s`; what came after it stays in `buf`.
+    fn open(s: &mut std::net::TcpStream, initiator: bool, seed: u8, buf: &mut Vec<u8>) -> Stream {
+        let mut out = Vec::new();
+        let mut opening = Opening::start(initiator, NoiseKeys::from_seed(&[seed; 32]), &mut out).expect("start");
+        s.write_all(&out).expect("write");
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            while let Some((body, used)) = take_frame(buf) {
+                let mut o = Vec::new();
+                let frame = buf[body].to_vec();
+                buf.drain(..used);
+                let done = opening.on_frame(&frame, &mut o).expect("handshake");
+                s.write_all(&o).expect("write");
+                if let Some(stream) = done {
+                    return stream;
+                }
+            }
+            let n = s.read(&mut chunk).expect("read");
+            assert!(n > 0, "closed in the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let addr = listener.local_addr().expect("address");
+    let total = mib << 20;
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("a dialer");
+        s.set_nodelay(true).expect("nodelay");
+        let mut stream = open(&mut s, false, 1, &mut Vec::new());
+        let block = vec![7u8; 64 << 10];
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut sent = 0;
+        while sent < total {
+            for _ in 0..16 {
+                stream.send(&mut out, &block);
+            }
+            s.write_all(&out).expect("send");
+            out.clear();
+            sent += 16 * block.len() as u64;
+        }
+    });
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("dial");
+    s.set_nodelay(true).expect("nodelay");
+    let mut buf = Vec::new();
+    let mut stream = open(&mut s, true, 2, &mut buf);
+    let mut got = 0u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    while got < total {
+        let mut at = 0;
+        while let Some((body, used)) = take_frame(&buf[at..]) {
+            let body = at + body.start..at + body.end;
+            got += stream.open(&mut buf[body]).expect("authentic").len() as u64;
+            at += used;
+        }
+        buf.drain(..at);
+        if got >= total {
+            break;
+        }
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    server.join().expect("the sender");
+    assert_eq!(got, total);
+    println!("{}", serde_json::json!({"seconds": seconds, "MiBps": mib as f64 / seconds}));
 }
 
 /// Raw QUIC on loopback with the node's own configuration (TLS, transport, congestion control):
