@@ -16,6 +16,7 @@ pub mod congestion;
 pub mod dht;
 pub mod discovery;
 pub mod endpoint;
+pub mod holepunch;
 pub mod identity;
 pub mod noise;
 pub mod secretstream;
