@@ -542,7 +542,8 @@ impl Session {
                     _ => not_available,
                 });
             }
-            Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } => {}
+            // A cipher switch belongs to the connection, which takes it before any session.
+            Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } | Message::CipherSwitch => {}
             Message::Data { request, proof } => {
                 self.missed = 0;
                 let Some(asked) = self.take(request) else {

@@ -96,6 +96,10 @@ pub enum Message {
         length: u64,
         bytes: u64,
     },
+    /// hyperfs peers on the JS wire only (type 65, on the `hyperfs/hello` channel, empty): every
+    /// frame after this one in this direction is sealed with AES-256-GCM instead of
+    /// secret-stream (see `endpoint`'s `JsCodec`).
+    CipherSwitch,
 }
 
 /// A control message (channel 0).
@@ -146,6 +150,8 @@ fn read_nodes(d: &mut Decoder<'_>) -> Result<Vec<Node>, DecodeError> {
 
 /// The type of [`Message::SeekBlock`].
 const SEEK_BLOCK: u64 = 64;
+/// The type of [`Message::CipherSwitch`].
+const CIPHER_SWITCH: u64 = 65;
 
 impl Message {
     pub fn kind(&self) -> u64 {
@@ -161,6 +167,7 @@ impl Message {
             Message::Range { .. } => 8,
             Message::Extension { .. } => 9,
             Message::SeekBlock { .. } => SEEK_BLOCK,
+            Message::CipherSwitch => CIPHER_SWITCH,
         }
     }
 
@@ -266,6 +273,7 @@ impl Message {
             Message::SeekBlock { id, fork, length, bytes } => {
                 e.uint(*id).uint(*fork).uint(*length).uint(*bytes);
             }
+            Message::CipherSwitch => {}
         }
     }
 
@@ -385,6 +393,7 @@ impl Message {
                 length: d.uint("length")?,
                 bytes: d.uint("seek bytes")?,
             },
+            CIPHER_SWITCH => Message::CipherSwitch,
             _ => return Err(DecodeError::Invalid("message type")),
         })
     }
@@ -501,8 +510,9 @@ impl Frame {
     fn decode_entry(channel: u64, kind: u64, d: &mut Decoder<'_>) -> Result<Option<Frame>, DecodeError> {
         if channel != 0 {
             // Types Hypercore does not register are skipped, as protomux skips them; hyperfs's
-            // own `SeekBlock` is taken (a hyperfs node on the JS wire sends it).
-            if kind > 9 && kind != SEEK_BLOCK {
+            // own `SeekBlock` and `CipherSwitch` are taken (a hyperfs node on the JS wire sends
+            // them).
+            if kind > 9 && kind != SEEK_BLOCK && kind != CIPHER_SWITCH {
                 return Ok(None);
             }
             return Ok(Some(Frame::Channel { channel, message: Message::decode(kind, d)? }));

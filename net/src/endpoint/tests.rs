@@ -722,3 +722,72 @@ fn a_hostile_peer_over_udx_is_closed_with_nothing_stored() {
     assert_eq!(lock(&r.core).length(), 0);
     assert_eq!(lock(&r.core).local_blocks(), 0, "nothing stored");
 }
+
+/// Both ends of a secret stream, its handshake run in memory.
+fn secret_stream_pair() -> (secretstream::Stream, secretstream::Stream) {
+    use crate::noise::KeyPair as NoiseKeys;
+    let mut out = [Vec::new(), Vec::new()];
+    let [oa, ob] = &mut out;
+    let mut opening = [
+        secretstream::Opening::start(true, NoiseKeys::from_seed(&[1; 32]), oa).expect("start"),
+        secretstream::Opening::start(false, NoiseKeys::from_seed(&[2; 32]), ob).expect("start"),
+    ];
+    let mut streams: [Option<secretstream::Stream>; 2] = [None, None];
+    for _ in 0..8 {
+        for from in 0..2 {
+            let to = 1 - from;
+            let bytes = std::mem::take(&mut out[from]);
+            let mut at = 0;
+            while let Some((body, used)) = secretstream::take_frame(&bytes[at..]) {
+                let frame = bytes[at + body.start..at + body.end].to_vec();
+                at += used;
+                if let Some(s) = opening[to].on_frame(&frame, &mut out[to]).expect("handshake") {
+                    streams[to] = Some(s);
+                }
+            }
+        }
+    }
+    let [a, b] = streams;
+    (a.expect("the initiator's stream"), b.expect("the responder's stream"))
+}
+
+/// Between hyperfs nodes the JS wire moves to AES-256-GCM: the frames after a side's
+/// `CipherSwitch` decode to the same messages in order (a keep-alive to none), and a flipped bit
+/// in one fails it.
+#[test]
+fn frames_after_a_cipher_switch_are_sealed_with_aes_and_authenticated() {
+    let (a, b) = secret_stream_pair();
+    let mut send = Codec::Js(Box::new(JsCodec::new(a)));
+    let mut receive = Codec::Js(Box::new(JsCodec::new(b)));
+    let range = |start: u64| Frame::Channel { channel: 2, message: Message::Range { drop: false, start, length: 3 } };
+    let switch = Frame::Channel { channel: 1, message: Message::CipherSwitch };
+    let mut wire = Vec::new();
+    send.encode(&range(1), &mut wire);
+    send.encode(&switch, &mut wire);
+    let sealed = wire.len();
+    send.encode(&range(2), &mut wire);
+    if let Codec::Js(s) = &mut send {
+        s.send_with(&mut wire, |_| {});
+    }
+    send.encode(&range(3), &mut wire);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some(n) = receive.take(&mut wire[at..], &mut frames).expect("every frame opens") {
+        at += n;
+    }
+    assert_eq!(at, wire.len());
+    let got: Vec<Frame> = frames.into_iter().map(|f| f.0).collect();
+    assert_eq!(got, vec![range(1), switch.clone(), range(2), range(3)]);
+
+    let (a, b) = secret_stream_pair();
+    let (mut send, mut receive) = (Codec::Js(Box::new(JsCodec::new(a))), Codec::Js(Box::new(JsCodec::new(b))));
+    let mut tampered = Vec::new();
+    for f in [range(1), switch, range(2)] {
+        send.encode(&f, &mut tampered);
+    }
+    tampered[sealed + 6] ^= 1;
+    let mut frames = Vec::new();
+    let first = receive.take(&mut tampered, &mut frames).expect("before the switch").expect("whole");
+    let second = receive.take(&mut tampered[first..], &mut frames).expect("the switch").expect("whole");
+    assert!(receive.take(&mut tampered[first + second..], &mut frames).is_err(), "a flipped bit fails");
+}
