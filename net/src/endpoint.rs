@@ -1038,8 +1038,8 @@ enum Codec {
 /// clone's CPU.
 struct JsCodec {
     stream: secretstream::Stream,
-    send_aes: Option<Aes>,
-    recv_aes: Option<Aes>,
+    send_aes: Option<secretstream::AesFrames>,
+    recv_aes: Option<secretstream::AesFrames>,
 }
 
 impl JsCodec {
@@ -1057,71 +1057,19 @@ impl JsCodec {
     fn open(&mut self, body: &mut [u8]) -> Result<std::ops::Range<usize>, NetError> {
         match &mut self.recv_aes {
             Some(aes) => aes.open(body),
-            None => self.stream.open(body).map_err(|e| NetError::Protocol(e.to_string())),
+            None => self.stream.open(body),
         }
+        .map_err(|e| NetError::Protocol(e.to_string()))
     }
 
     /// What goes from now on is sealed with AES (after our switch went).
     fn switch_send(&mut self) {
-        self.send_aes = Some(Aes::new(&self.stream.handshake.tx));
+        self.send_aes = Some(secretstream::AesFrames::new(&self.stream.handshake.tx));
     }
 
     /// What comes from now on is sealed with AES (the peer's switch came).
     fn switch_recv(&mut self) {
-        self.recv_aes = Some(Aes::new(&self.stream.handshake.rx));
-    }
-}
-
-/// One direction of AES-256-GCM frames.
-struct Aes {
-    key: ring::aead::LessSafeKey,
-    /// Frames sealed so far: the nonce of the next.
-    counter: u64,
-}
-
-impl Aes {
-    /// Keyed from a direction's secret-stream key, for this use only.
-    fn new(secret: &[u8; 32]) -> Aes {
-        let derived = blake2b_simd::Params::new().hash_length(32).key(secret).hash(b"hyperfs aes-256-gcm frames v1");
-        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, derived.as_bytes())
-            .expect("a 32-byte key is an AES-256 key");
-        Aes { key: ring::aead::LessSafeKey::new(key), counter: 0 }
-    }
-
-    fn nonce(&mut self) -> ring::aead::Nonce {
-        let mut n = [0u8; 12];
-        n[4..].copy_from_slice(&self.counter.to_le_bytes());
-        self.counter += 1;
-        ring::aead::Nonce::assume_unique_for_key(n)
-    }
-
-    /// Appends the frame of the message `write` appends, sealed in place.
-    fn seal(&mut self, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = out.len();
-        out.extend_from_slice(&[0; 3]);
-        write(out);
-        let nonce = self.nonce();
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), &mut out[start + 3..])
-            .expect("a frame is far below AES-GCM's limit");
-        out.extend_from_slice(tag.as_ref());
-        let len = (out.len() - start - 3) as u32;
-        out[start..start + 3].copy_from_slice(&len.to_le_bytes()[..3]);
-    }
-
-    /// Opens a frame's body in place; the message's range within it.
-    fn open(&mut self, body: &mut [u8]) -> Result<std::ops::Range<usize>, NetError> {
-        let Some(n) = body.len().checked_sub(16) else {
-            return Err(NetError::Protocol(format!("an AES frame of {} bytes", body.len())));
-        };
-        let (text, tag) = body.split_at_mut(n);
-        let tag = ring::aead::Tag::try_from(&tag[..]).map_err(|_| NetError::Protocol("an AES tag".into()))?;
-        let nonce = self.nonce();
-        self.key
-            .open_in_place_separate_tag(nonce, ring::aead::Aad::empty(), tag, text, 0..)
-            .map_err(|_| NetError::Protocol("an AES frame that does not authenticate".into()))?;
-        Ok(0..n)
+        self.recv_aes = Some(secretstream::AesFrames::new(&self.stream.handshake.rx));
     }
 }
 

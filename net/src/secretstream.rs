@@ -181,6 +181,61 @@ impl State {
     }
 }
 
+/// One direction of the JS wire's frames between hyperfs nodes after a cipher switch:
+/// AES-256-GCM in secret-stream's framing (`u24 length` ‖ ciphertext ‖ 16-byte tag), keyed
+/// from that direction's secret-stream key, a frame counter as nonce.
+pub struct AesFrames {
+    key: ring::aead::LessSafeKey,
+    /// Frames sealed so far: the nonce of the next.
+    counter: u64,
+}
+
+impl AesFrames {
+    /// Keyed from a direction's secret-stream key, for this use only.
+    pub fn new(secret: &[u8; 32]) -> AesFrames {
+        let derived = blake2b_simd::Params::new().hash_length(32).key(secret).hash(b"hyperfs aes-256-gcm frames v1");
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, derived.as_bytes())
+            .expect("a 32-byte key is an AES-256 key");
+        AesFrames { key: ring::aead::LessSafeKey::new(key), counter: 0 }
+    }
+
+    fn nonce(&mut self) -> ring::aead::Nonce {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.counter.to_le_bytes());
+        self.counter += 1;
+        ring::aead::Nonce::assume_unique_for_key(n)
+    }
+
+    /// Appends the frame of the message `write` appends, sealed in place.
+    pub fn seal(&mut self, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 3]);
+        write(out);
+        let nonce = self.nonce();
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), &mut out[start + 3..])
+            .expect("a frame is far below AES-GCM's limit");
+        out.extend_from_slice(tag.as_ref());
+        let len = (out.len() - start - 3) as u32;
+        out[start..start + 3].copy_from_slice(&len.to_le_bytes()[..3]);
+    }
+
+    /// Opens a frame's body in place; the message's range within it.
+    pub fn open(&mut self, body: &mut [u8]) -> Result<std::ops::Range<usize>, SecretStreamError> {
+        let Some(n) = body.len().checked_sub(16) else {
+            return Err(SecretStreamError::Short(body.len()));
+        };
+        let (text, tag) = body.split_at_mut(n);
+        let tag = ring::aead::Tag::try_from(&tag[..]).map_err(|_| SecretStreamError::Authentication)?;
+        let nonce = self.nonce();
+        self.key
+            .open_in_place_separate_tag(nonce, ring::aead::Aad::empty(), tag, text, 0..)
+            .map_err(|_| SecretStreamError::Authentication)?;
+        Ok(0..n)
+    }
+}
+
 /// Why a secret stream ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretStreamError {

@@ -13,7 +13,9 @@
 //!                                     (new versions of the same drive): latency percentiles (JSON)
 //!   hyperfs-bench write DIR SRC N     N files, each SRC's bytes rotated differently, written into
 //!                                     DIR in 1 MiB writes and closed: MiB/s (JSON)
-//!   hyperfs-bench quic MIB | tcp MIB  what raw QUIC, or the JS wire's secret-stream over TCP,
+//!   hyperfs-bench quic MIB | tcp MIB [aes]
+//!                                     what raw QUIC, or the JS wire over TCP (secret-stream, or
+//!                                     with aes the AES-256-GCM frames hyperfs nodes switch to),
 //!                                     carries on loopback with the node's configuration (JSON)
 //!   hyperfs-bench flood ADDR KEY... S a hostile peer: for S seconds, floods the node at ADDR with
 //!                                     bitfield, range, request and want messages on the channels
@@ -40,11 +42,11 @@ fn main() {
         Some("close") => close(&args[2], &args[3]),
         Some("write") => write_files(&args[2], &args[3], args[4].parse().expect("a count")),
         Some("quic") => quic(args[2].parse().expect("MiB")),
-        Some("tcp") => tcp(args[2].parse().expect("MiB")),
+        Some("tcp") => tcp(args[2].parse().expect("MiB"), args.get(3).is_some_and(|a| a == "aes")),
         Some("flood") => flood(&args[2], &args[3..args.len() - 1], args[args.len() - 1].parse().expect("seconds")),
         _ => {
             eprintln!(
-                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS | quic MIB | tcp MIB"
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS | quic MIB | tcp MIB [aes]"
             );
             std::process::exit(2);
         }
@@ -532,13 +534,13 @@ fn flood(addr: &str, keys: &[String], seconds: u64) {
     println!("{}", serde_json::json!({"connects": connects, "batches": batches}));
 }
 
-/// The JS wire's secret-stream over TCP on loopback, as hyperfs nodes meet: a Noise handshake,
-/// then the listener sends `mib` MiB in messages of 64 KiB, each encrypted, and the dialer
-/// authenticates and decrypts every one (two threads, as two nodes). What a clone over TCP
-/// cannot exceed.
-fn tcp(mib: u64) {
+/// The JS wire over TCP on loopback: a Noise handshake, then the listener sends `mib` MiB in
+/// messages of 64 KiB, each sealed (secret-stream, or with `aes` the AES-256-GCM frames hyperfs
+/// nodes switch to), and the dialer authenticates and opens every one (two threads, as two
+/// nodes). What a clone over TCP cannot exceed.
+fn tcp(mib: u64, aes: bool) {
     use hyperfs_net::noise::KeyPair as NoiseKeys;
-    use hyperfs_net::secretstream::{take_frame, Opening, Stream};
+    use hyperfs_net::secretstream::{take_frame, AesFrames, Opening, Stream};
     use std::io::{Read, Write};
     // Runs the handshake on `s`; what came after it stays in `buf`.
     fn open(s: &mut std::net::TcpStream, initiator: bool, seed: u8, buf: &mut Vec<u8>) -> Stream {
@@ -569,12 +571,16 @@ fn tcp(mib: u64) {
         let (mut s, _) = listener.accept().expect("a dialer");
         s.set_nodelay(true).expect("nodelay");
         let mut stream = open(&mut s, false, 1, &mut Vec::new());
+        let mut sealer = aes.then(|| AesFrames::new(&stream.handshake.tx));
         let block = vec![7u8; 64 << 10];
         let mut out = Vec::with_capacity(1 << 20);
         let mut sent = 0;
         while sent < total {
             for _ in 0..16 {
-                stream.send(&mut out, &block);
+                match &mut sealer {
+                    Some(a) => a.seal(&mut out, |o| o.extend_from_slice(&block)),
+                    None => stream.send(&mut out, &block),
+                }
             }
             s.write_all(&out).expect("send");
             out.clear();
@@ -586,13 +592,18 @@ fn tcp(mib: u64) {
     s.set_nodelay(true).expect("nodelay");
     let mut buf = Vec::new();
     let mut stream = open(&mut s, true, 2, &mut buf);
+    let mut opener = aes.then(|| AesFrames::new(&stream.handshake.rx));
     let mut got = 0u64;
     let mut chunk = vec![0u8; 1 << 20];
     while got < total {
         let mut at = 0;
         while let Some((body, used)) = take_frame(&buf[at..]) {
             let body = at + body.start..at + body.end;
-            got += stream.open(&mut buf[body]).expect("authentic").len() as u64;
+            let opened = match &mut opener {
+                Some(a) => a.open(&mut buf[body]),
+                None => stream.open(&mut buf[body]),
+            };
+            got += opened.expect("authentic").len() as u64;
             at += used;
         }
         buf.drain(..at);
