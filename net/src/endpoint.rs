@@ -59,6 +59,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// With TCP preferred ([`Endpoint::prefer_tcp`]), how long a dial waits for the peer's TCP port
 /// to answer before it takes QUIC; a refused port falls back at once.
 const TCP_FIRST: Duration = Duration::from_millis(500);
+/// …and a peer whose TCP handshake took longer than this is dialed over QUIC instead: TCP wins
+/// on a LAN (the kernel carries the bytes), QUIC on a long path (a 4 KiB read at 50 ms RTT had a
+/// p99 of 286 ms over TCP with BBR, whose RTT probes shrink its window, against 123 ms over QUIC).
+const TCP_NEAR: Duration = Duration::from_millis(15);
 /// The TCP congestion controller asked for (BBR keeps a lossy link full where Cubic halves its
 /// rate at each loss); where the kernel lacks it, its default stays.
 const TCP_CONGESTION: &[u8] = b"bbr";
@@ -428,7 +432,8 @@ impl Endpoint {
             }
             if tcp_first {
                 // A port that accepts but never completes the handshake is not waited on long.
-                let tried = tokio::time::timeout(TCP_FIRST * 6, dial_tcp(&inner, addr, TCP_FIRST)).await;
+                let tried =
+                    tokio::time::timeout(TCP_FIRST * 6, dial_tcp(&inner, addr, TCP_FIRST, Some(TCP_NEAR))).await;
                 match tried.unwrap_or_else(|_| Err(NetError::Io("no secret-stream handshake within 3 s".into()))) {
                     Ok(id) => return Ok(id),
                     Err(e @ NetError::SelfDial(_)) => return Err(e),
@@ -481,14 +486,14 @@ impl Endpoint {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
                 return Ok(c.id);
             }
-            dial_tcp(&inner, addr, HANDSHAKE_TIMEOUT).await
+            dial_tcp(&inner, addr, HANDSHAKE_TIMEOUT, None).await
         })
     }
 
     /// Whether addresses are dialed over TCP first (see [`Endpoint::connect`]). Between two
-    /// hyperfs nodes TCP is the faster transport: the kernel carries the bytes (a 256 MiB clone
-    /// on loopback took 1.03 s over TCP against 1.81 s over QUIC), and BBR keeps lossy links
-    /// full as QUIC's controllers do.
+    /// hyperfs nodes near each other TCP is the faster transport: the kernel carries the bytes (a
+    /// 256 MiB clone on loopback took 1.14 s over TCP against 1.85 s over QUIC, before the AES
+    /// switch). A peer farther than [`TCP_NEAR`] is dialed over QUIC.
     pub fn prefer_tcp(&self, on: bool) {
         self.inner.prefer_tcp.store(on, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1332,12 +1337,19 @@ async fn udx_socket(inner: &Inner) -> Result<Arc<crate::udx_socket::UdxSocket>, 
 /// An open secret stream, the handshake's round trip and what came after the peer's header.
 type Opened = (secretstream::Stream, Duration, Vec<u8>);
 
-/// Dials `addr` over TCP with the JS stack's wire, giving the port `answer` to accept.
+/// Dials `addr` over TCP with the JS stack's wire, giving the port `answer` to accept; with
+/// `near`, a port that took longer to accept is let go before the handshake (the peer sees a
+/// connection closed with nothing said) and the dial fails.
 /// The connection goes out from the node's own TCP port when it listens on its QUIC port number,
 /// as QUIC's do: the peer sees the address it would dial (and which discovery found), and a dial
 /// towards a node already connected that way finds the connection. Where that port cannot be
 /// used for this peer (the same pair of addresses still closing), from any port.
-async fn dial_tcp(inner: &Arc<Inner>, addr: SocketAddr, answer: Duration) -> Result<PeerId, NetError> {
+async fn dial_tcp(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    answer: Duration,
+    near: Option<Duration>,
+) -> Result<PeerId, NetError> {
     let quic_port = inner.endpoint.local_addr().map(|a| a.port()).ok();
     let own = lock(&inner.tcp).iter().copied().find(|t| Some(t.port()) == quic_port);
     let from = own.and_then(|own| match own.ip() {
@@ -1361,6 +1373,7 @@ async fn dial_tcp(inner: &Arc<Inner>, addr: SocketAddr, answer: Duration) -> Res
         }
         socket.connect(addr).await
     };
+    let started = Instant::now();
     let dialed = tokio::time::timeout(answer, async {
         match from {
             Some(from) => match connect(Some(from)).await {
@@ -1375,6 +1388,9 @@ async fn dial_tcp(inner: &Arc<Inner>, addr: SocketAddr, answer: Duration) -> Res
         .await
         .map_err(|_| NetError::Io(format!("{addr} did not answer over TCP within {answer:?}")))?
         .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
+    if let Some(near) = near.filter(|&near| started.elapsed() > near) {
+        return Err(NetError::Io(format!("{addr} is farther than {near:?} over TCP")));
+    }
     tune_tcp(&stream);
     let (stream, opened) = open_secret_stream(stream, true, inner.noise.clone()).await?;
     start_stream(inner, stream.into_split(), addr, opened, Transport::Tcp).await
