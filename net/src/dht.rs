@@ -89,16 +89,16 @@ pub enum Message {
     Response(Response),
 }
 
-fn put_addr(e: &mut Encoder, a: &SocketAddrV4) {
+pub(crate) fn put_addr(e: &mut Encoder, a: &SocketAddrV4) {
     e.fixed(&a.ip().octets()).fixed(&a.port().to_le_bytes());
 }
 
-fn take_addr(d: &mut Decoder<'_>) -> Option<SocketAddrV4> {
+pub(crate) fn take_addr(d: &mut Decoder<'_>) -> Option<SocketAddrV4> {
     let b: [u8; 6] = d.array("address").ok()?;
     Some(SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), u16::from_le_bytes([b[4], b[5]])))
 }
 
-fn take_addrs(d: &mut Decoder<'_>) -> Option<Vec<SocketAddrV4>> {
+pub(crate) fn take_addrs(d: &mut Decoder<'_>) -> Option<Vec<SocketAddrV4>> {
     let n = d.count("addresses", 6).ok()?;
     (0..n).map(|_| take_addr(d)).collect()
 }

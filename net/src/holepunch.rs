@@ -397,5 +397,147 @@ impl Puncher {
     }
 }
 
+/// What a PEER_HOLEPUNCH message carries, sealed (HyperDHT's `holepunchPayload`, §7.7): the
+/// sender's NAT, its public addresses, the round, and the tokens that prove an address is held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub error: u64,
+    pub firewall: u64,
+    pub round: u64,
+    pub connected: bool,
+    pub punching: bool,
+    pub addresses: Option<Vec<SocketAddrV4>>,
+    pub remote_address: Option<SocketAddrV4>,
+    pub token: Option<[u8; 32]>,
+    pub remote_token: Option<[u8; 32]>,
+}
+
+/// At most this many addresses are taken from a peer's payload.
+const MAX_ADDRESSES: usize = 16;
+
+impl Payload {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = hyperfs_engine::encoding::Encoder::new();
+        let flags = u64::from(self.connected)
+            | u64::from(self.punching) << 1
+            | u64::from(self.addresses.is_some()) << 2
+            | u64::from(self.remote_address.is_some()) << 3
+            | u64::from(self.token.is_some()) << 4
+            | u64::from(self.remote_token.is_some()) << 5;
+        e.uint(flags).uint(self.error).uint(self.firewall).uint(self.round);
+        if let Some(a) = &self.addresses {
+            e.uint(a.len() as u64);
+            for a in a {
+                crate::dht::put_addr(&mut e, a);
+            }
+        }
+        if let Some(a) = &self.remote_address {
+            crate::dht::put_addr(&mut e, a);
+        }
+        for t in [&self.token, &self.remote_token].into_iter().flatten() {
+            e.fixed(t);
+        }
+        e.finish()
+    }
+
+    /// The payload in `b`, or `None` for anything malformed (or with too many addresses).
+    pub fn decode(b: &[u8]) -> Option<Payload> {
+        let mut d = hyperfs_engine::encoding::Decoder::new(b);
+        let flags = d.uint("flags").ok()?;
+        let mut p = Payload {
+            error: d.uint("error").ok()?,
+            firewall: d.uint("firewall").ok()?,
+            round: d.uint("round").ok()?,
+            connected: flags & 1 != 0,
+            punching: flags & 2 != 0,
+            ..Payload::default()
+        };
+        if flags & 4 != 0 {
+            let a = crate::dht::take_addrs(&mut d)?;
+            if a.len() > MAX_ADDRESSES {
+                return None;
+            }
+            p.addresses = Some(a);
+        }
+        if flags & 8 != 0 {
+            p.remote_address = Some(crate::dht::take_addr(&mut d)?);
+        }
+        if flags & 16 != 0 {
+            p.token = Some(d.array("token").ok()?);
+        }
+        if flags & 32 != 0 {
+            p.remote_token = Some(d.array("remote token").ok()?);
+        }
+        Some(p)
+    }
+}
+
+/// The key both sides seal holepunch payloads with: BLAKE2b-256 keyed by the Noise handshake
+/// hash, of the PEER_HOLEPUNCH namespace.
+pub fn holepunch_secret(handshake_hash: &[u8; 64]) -> [u8; 32] {
+    let ns = crate::dht::namespace(crate::dht::command::PEER_HOLEPUNCH);
+    let h = blake2b_simd::Params::new().hash_length(32).key(handshake_hash).hash(&ns);
+    h.as_bytes().try_into().expect("32 bytes")
+}
+
+/// Sealing and opening holepunch payloads (libsodium's `crypto_secretbox_easy`: XSalsa20 and
+/// Poly1305, `nonce(24) ‖ MAC(16) ‖ ciphertext`), and the tokens that prove an address.
+pub struct SecurePayload {
+    shared: [u8; 32],
+    /// This side's secret for its tokens.
+    local: [u8; 32],
+}
+
+impl SecurePayload {
+    pub fn new(shared: [u8; 32], local: [u8; 32]) -> SecurePayload {
+        SecurePayload { shared, local }
+    }
+
+    /// `payload` sealed under `nonce` (random in use).
+    pub fn seal(&self, payload: &Payload, nonce: [u8; 24]) -> Vec<u8> {
+        let mut msg = payload.encode();
+        let mac = secretbox(&self.shared, &nonce, &mut msg, true).expect("sealing never fails");
+        [&nonce[..], &mac, &msg].concat()
+    }
+
+    /// The payload sealed in `b`, if it authenticates and decodes.
+    pub fn open(&self, b: &[u8]) -> Option<Payload> {
+        if b.len() <= 24 + 16 {
+            return None;
+        }
+        let nonce: [u8; 24] = b[..24].try_into().ok()?;
+        let mac: [u8; 16] = b[24..40].try_into().ok()?;
+        let mut msg = b[40..].to_vec();
+        secretbox(&self.shared, &nonce, &mut msg, false).filter(|m| *m == mac)?;
+        Payload::decode(&msg)
+    }
+
+    /// The token of an address's IP (echoed back by the peer that holds it).
+    pub fn token(&self, addr: &SocketAddrV4) -> [u8; 32] {
+        let h = blake2b_simd::Params::new().hash_length(32).key(&self.local).hash(addr.ip().to_string().as_bytes());
+        h.as_bytes().try_into().expect("32 bytes")
+    }
+}
+
+/// XSalsa20-Poly1305 as secretbox does it, in place: with `seal`, encrypts `msg` and returns the
+/// MAC of the ciphertext; else returns the MAC of the ciphertext `msg` and decrypts it (the
+/// caller compares the MAC; the bytes decrypted are then only used if it matched).
+fn secretbox(key: &[u8; 32], nonce: &[u8; 24], msg: &mut [u8], seal: bool) -> Option<[u8; 16]> {
+    use poly1305::universal_hash::KeyInit as _;
+    use salsa20::cipher::{KeyIvInit, StreamCipher};
+    let mut cipher = salsa20::XSalsa20::new(key.into(), nonce.into());
+    let mut block0 = [0u8; 32];
+    cipher.apply_keystream(&mut block0);
+    let mac_of = |c: &[u8]| -> [u8; 16] { poly1305::Poly1305::new(&block0.into()).compute_unpadded(c).into() };
+    if seal {
+        cipher.apply_keystream(msg);
+        Some(mac_of(msg))
+    } else {
+        let mac = mac_of(msg);
+        cipher.apply_keystream(msg);
+        Some(mac)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -298,3 +298,83 @@ fn nat_sampling_tells_open_consistent_and_random() {
     assert_eq!(two.firewall(), Firewall::Consistent);
     assert_eq!(two.addresses().len(), 2);
 }
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// `holepunchPayload` as hyperdht 6's `messages.js` encodes it, both ways.
+#[test]
+fn payloads_match_hyperdht() {
+    let full = Payload {
+        error: 0,
+        firewall: 2,
+        round: 1,
+        connected: false,
+        punching: true,
+        addresses: Some(vec![addr(Ipv4Addr::new(203, 0, 113, 5), 4000), addr(Ipv4Addr::new(198, 51, 100, 7), 4001)]),
+        remote_address: Some(addr(Ipv4Addr::new(192, 0, 2, 9), 49737)),
+        token: Some([0xaa; 32]),
+        remote_token: Some([0xbb; 32]),
+    };
+    let js = hex(concat!(
+        "3e00020102cb007105a00fc6336407a10fc000020949c2",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+    ));
+    assert_eq!(full.encode(), js);
+    assert_eq!(Payload::decode(&js), Some(full));
+    let small = Payload { error: 3, firewall: 3, connected: true, ..Payload::default() };
+    assert_eq!(small.encode(), hex("01030300"));
+    assert_eq!(Payload::decode(&hex("01030300")), Some(small));
+    // Truncated or overlong address lists are refused, not panicked on.
+    for n in 0..js.len() {
+        let _ = Payload::decode(&js[..n]);
+    }
+    let mut many = vec![4, 0, 2, 0, 200];
+    many.extend(std::iter::repeat_n(7u8, 6 * 200));
+    assert_eq!(Payload::decode(&many), None, "200 addresses");
+}
+
+/// `crypto_secretbox_easy` as sodium-universal seals a payload (key 0x42…, nonce 0, 1, … 23),
+/// opened here; a flipped bit anywhere fails.
+#[test]
+fn sealed_payloads_match_sodium() {
+    let sealed = hex(concat!(
+        "000102030405060708090a0b0c0d0e0f1011121314151617",
+        "df0f34433005b143b31c9c8a6c8582555b2ed7fe6742e565ef32738534027865cef2da09d2d8e0eb8252a17b30352ebd8c277a5b",
+        "8005b2b05aa830daae959595a9711803a70e0bbfc64702681e78116677edfa2083b307a9240dc3966781a02616d21d5c9cb1e4"
+    ));
+    let box_ = SecurePayload::new([0x42; 32], [0x07; 32]);
+    let p = box_.open(&sealed).expect("opens");
+    assert_eq!(p.round, 1);
+    assert!(p.punching);
+    let nonce: [u8; 24] = sealed[..24].try_into().expect("24");
+    assert_eq!(box_.seal(&p, nonce), sealed, "sealed as sodium seals");
+    for bit in [0, 24 * 8, 40 * 8 + 3, sealed.len() * 8 - 1] {
+        let mut bad = sealed.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(box_.open(&bad), None, "bit {bit}");
+    }
+    assert_eq!(SecurePayload::new([0x43; 32], [0; 32]).open(&sealed), None, "another key");
+    // The token of an address's IP, keyed by the local secret.
+    assert_eq!(
+        box_.token(&addr(Ipv4Addr::new(203, 0, 113, 5), 1)).to_vec(),
+        hex("79d0b9ac3a69841333285c5cb448d5d3d29e38e7bfaf399e878733a5dd6c2ba5")
+    );
+}
+
+/// Reference §1.6: holepunchSecret from the IK trace's handshake hash.
+#[test]
+fn the_holepunch_secret_matches_the_reference() {
+    let hash: [u8; 64] = hex(concat!(
+        "7ce3e92b7e1cf09ba5f180c6785d8b4714cf2e00933514aca10cb59988b927a3",
+        "238606651847e03d99204f7e63c943bfceb6a446fec4fd3511ae606281a7c4e3"
+    ))
+    .try_into()
+    .expect("64");
+    assert_eq!(
+        holepunch_secret(&hash).to_vec(),
+        hex("b416d212cb6db92c31d6b6f89f43da1d841b3feede7e6ca0775d2af8f0c7da55")
+    );
+}
