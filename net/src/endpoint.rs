@@ -652,9 +652,8 @@ impl Endpoint {
 
     /// Also accepts peers over TCP on `addr` with the JS stack's wire (they are the Noise
     /// initiators): JS peers that dial it and `store.replicate(socket)`, and nodes that dial it
-    /// with [`Endpoint::connect_tcp`]. Returns the address bound.
-    /// A listener already bound to `addr`'s port (on its address or on every address) is
-    /// returned as it is.
+    /// with [`Endpoint::connect_tcp`]. Returns the address bound; a listener already bound to
+    /// `addr`'s port (on its address or on every address) is returned as it is.
     pub fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, NetError> {
         let inner = self.inner.clone();
         let bound = lock(&inner.tcp)
@@ -1340,6 +1339,7 @@ type Opened = (secretstream::Stream, Duration, Vec<u8>);
 /// Dials `addr` over TCP with the JS stack's wire, giving the port `answer` to accept; with
 /// `near`, a port that took longer to accept is let go before the handshake (the peer sees a
 /// connection closed with nothing said) and the dial fails.
+///
 /// The connection goes out from the node's own TCP port when it listens on its QUIC port number,
 /// as QUIC's do: the peer sees the address it would dial (and which discovery found), and a dial
 /// towards a node already connected that way finds the connection. Where that port cannot be
