@@ -1038,8 +1038,8 @@ enum Codec {
 /// The JS wire's frames: secret-stream's, and between hyperfs nodes, after each side's
 /// [`Message::CipherSwitch`], AES-256-GCM's in the same framing (`u24 length` ‖ ciphertext ‖
 /// 16-byte tag), each direction keyed from its secret-stream key with a counter as nonce. AES
-/// has the CPU's instructions where ChaCha20-Poly1305 has none: the cipher was a quarter of a
-/// clone's CPU.
+/// has the CPU's instructions where ChaCha20-Poly1305 has none: the cipher took a third of a
+/// clone's busy CPU.
 struct JsCodec {
     stream: secretstream::Stream,
     send_aes: Option<secretstream::AesFrames>,
@@ -1336,14 +1336,16 @@ async fn udx_socket(inner: &Inner) -> Result<Arc<crate::udx_socket::UdxSocket>, 
 /// An open secret stream, the handshake's round trip and what came after the peer's header.
 type Opened = (secretstream::Stream, Duration, Vec<u8>);
 
-/// Dials `addr` over TCP with the JS stack's wire, giving the port `answer` to accept; with
-/// `near`, a port that took longer to accept is let go before the handshake (the peer sees a
-/// connection closed with nothing said) and the dial fails.
+/// Dials `addr` over TCP with the JS stack's wire, giving the port `answer` to accept. With
+/// `near` (a node dialing a node), a port that took longer to accept is let go before the
+/// handshake (the peer sees a connection closed with nothing said) and the dial fails.
 ///
 /// The connection goes out from the node's own TCP port when it listens on its QUIC port number,
 /// as QUIC's do: the peer sees the address it would dial (and which discovery found), and a dial
 /// towards a node already connected that way finds the connection. Where that port cannot be
-/// used for this peer (the same pair of addresses still closing), from any port.
+/// used for this peer (the two nodes dialing each other at once, or the same pair of addresses
+/// still closing), a dial to a node fails (QUIC, from the node's port, goes next) and any
+/// other dial goes from any port.
 async fn dial_tcp(
     inner: &Arc<Inner>,
     addr: SocketAddr,
@@ -1373,12 +1375,15 @@ async fn dial_tcp(
         }
         socket.connect(addr).await
     };
+    if near.is_some() && from.is_none() {
+        return Err(NetError::Io("no TCP listener on the node's port to dial from".into()));
+    }
     let started = Instant::now();
     let dialed = tokio::time::timeout(answer, async {
         match from {
             Some(from) => match connect(Some(from)).await {
                 Ok(s) => Ok(s),
-                Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => connect(None).await,
+                Err(e) if near.is_none() && e.kind() != std::io::ErrorKind::ConnectionRefused => connect(None).await,
                 Err(e) => Err(e),
             },
             None => connect(None).await,

@@ -660,16 +660,21 @@ fn a_node_preferring_tcp_dials_it_and_falls_back_to_quic() {
     assert_eq!(a.listen_tcp(at).expect("again"), at, "the listener there is the answer");
     let r = replica(key, true);
     let b = node(48, vec![r.clone()]);
+    // As a node does: TCP on its QUIC port number, from which it dials.
+    b.listen_tcp(b.local_addr().expect("addr")).expect("tcp");
     b.prefer_tcp(true);
     b.connect(at).expect("connect");
     wait("the full download", || lock(&r.core).local_blocks() == 500);
     wait("the hello", || b.peers().first().is_some_and(|p| p.hyperfs));
     assert_eq!(b.peers()[0].transport, Transport::Tcp);
     assert_eq!(a.peers()[0].transport, Transport::Tcp);
+    // From b's own port: a sees the address it would dial b at.
+    assert_eq!(a.peers()[0].address, b.local_addr().expect("addr"));
     // A node with no TCP listener on its port: QUIC.
     let quic_only = node(49, vec![w]);
     let r2 = replica(key, true);
     let c = node(50, vec![r2.clone()]);
+    c.listen_tcp(c.local_addr().expect("addr")).expect("tcp");
     c.prefer_tcp(true);
     c.connect(quic_only.local_addr().expect("addr")).expect("connect");
     wait("the full download over QUIC", || lock(&r2.core).local_blocks() == 500);
