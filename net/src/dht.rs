@@ -23,6 +23,8 @@ use hyperfs_engine::encoding::{Decoder, Encoder};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
+use crate::holepunch::Firewall;
+
 pub const REQUEST: u8 = 0x03;
 pub const RESPONSE: u8 = 0x13;
 
@@ -246,14 +248,6 @@ pub fn announce_value(peer: &Peer, signature: &[u8; 64]) -> Vec<u8> {
     peer.encode(&mut e);
     e.fixed(signature);
     e.finish()
-}
-
-/// NAT kinds as HyperDHT names them.
-pub mod firewall {
-    pub const UNKNOWN: u64 = 0;
-    pub const OPEN: u64 = 1;
-    pub const CONSISTENT: u64 = 2;
-    pub const RANDOM: u64 = 3;
 }
 
 /// The UDX part of a Noise payload: the sender's stream id for the connection.
@@ -731,7 +725,7 @@ impl Client {
         }
         let ours = NoisePayload {
             version: 1,
-            firewall: firewall::UNKNOWN,
+            firewall: Firewall::Unknown as u64,
             udx: Some(UdxInfo { version: 1, features: 0, id: u64::from(udx_id), seq: 0 }),
             secret_stream: Some(1),
             ..NoisePayload::default()
@@ -893,7 +887,7 @@ mod tests {
     fn noise_payloads_match_hyperdht() {
         let client = NoisePayload {
             version: 1,
-            firewall: firewall::UNKNOWN,
+            firewall: Firewall::Unknown as u64,
             addresses4: vec![a("192.168.1.10:49737")],
             udx: Some(UdxInfo { version: 1, features: 0, id: 0x0102_0304, seq: 0 }),
             secret_stream: Some(1),
@@ -902,7 +896,7 @@ mod tests {
         assert_eq!(client.encode(), h("011a000001c0a8010a49c20100fe040302010001"));
         let server_bytes = h("0159000200010102030449c205060708a00f0100fe0d0c0b0a0001010102030449c2");
         let server = NoisePayload::decode(&server_bytes).expect("decodes");
-        assert_eq!(server.firewall, firewall::CONSISTENT);
+        assert_eq!(server.firewall, Firewall::Consistent as u64);
         assert_eq!(server.holepunch, Some((0, vec![(a("1.2.3.4:49737"), a("5.6.7.8:4000"))])));
         assert_eq!(server.udx.map(|u| u.id), Some(0x0a0b_0c0d));
         assert_eq!(server.relay_addresses, vec![a("1.2.3.4:49737")]);

@@ -1261,7 +1261,7 @@ async fn server_handshake(
     let ours = NoisePayload {
         version: 1,
         error,
-        firewall: crate::dht::firewall::UNKNOWN,
+        firewall: crate::holepunch::Firewall::Unknown as u64,
         udx: Some(UdxInfo { version: 1, features: 0, id: if error == 0 { u64::from(our_id) } else { 0 }, seq: 0 }),
         secret_stream: Some(1),
         ..NoisePayload::default()

@@ -25,6 +25,8 @@
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use salsa20::cipher::StreamCipher;
+
 /// How reachable a node is (HyperDHT's `FIREWALL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Firewall {
@@ -495,9 +497,11 @@ impl SecurePayload {
 
     /// `payload` sealed under `nonce` (random in use).
     pub fn seal(&self, payload: &Payload, nonce: [u8; 24]) -> Vec<u8> {
+        let (mut cipher, mac) = secretbox(&self.shared, &nonce);
         let mut msg = payload.encode();
-        let mac = secretbox(&self.shared, &nonce, &mut msg, true).expect("sealing never fails");
-        [&nonce[..], &mac, &msg].concat()
+        cipher.apply_keystream(&mut msg);
+        let tag: [u8; 16] = mac.compute_unpadded(&msg).into();
+        [&nonce[..], &tag, &msg].concat()
     }
 
     /// The payload sealed in `b`, if it authenticates and decodes.
@@ -506,9 +510,14 @@ impl SecurePayload {
             return None;
         }
         let nonce: [u8; 24] = b[..24].try_into().ok()?;
-        let mac: [u8; 16] = b[24..40].try_into().ok()?;
+        let (mut cipher, mac) = secretbox(&self.shared, &nonce);
+        let expected: [u8; 16] = mac.compute_unpadded(&b[40..]).into();
+        // Constant time: a MAC is compared whole.
+        if expected.iter().zip(&b[24..40]).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0 {
+            return None;
+        }
         let mut msg = b[40..].to_vec();
-        secretbox(&self.shared, &nonce, &mut msg, false).filter(|m| *m == mac)?;
+        cipher.apply_keystream(&mut msg);
         Payload::decode(&msg)
     }
 
@@ -519,24 +528,14 @@ impl SecurePayload {
     }
 }
 
-/// XSalsa20-Poly1305 as secretbox does it, in place: with `seal`, encrypts `msg` and returns the
-/// MAC of the ciphertext; else returns the MAC of the ciphertext `msg` and decrypts it (the
-/// caller compares the MAC; the bytes decrypted are then only used if it matched).
-fn secretbox(key: &[u8; 32], nonce: &[u8; 24], msg: &mut [u8], seal: bool) -> Option<[u8; 16]> {
+/// secretbox's XSalsa20 stream past its first 32 bytes, and the Poly1305 those bytes key.
+fn secretbox(key: &[u8; 32], nonce: &[u8; 24]) -> (salsa20::XSalsa20, poly1305::Poly1305) {
     use poly1305::universal_hash::KeyInit as _;
-    use salsa20::cipher::{KeyIvInit, StreamCipher};
+    use salsa20::cipher::KeyIvInit;
     let mut cipher = salsa20::XSalsa20::new(key.into(), nonce.into());
     let mut block0 = [0u8; 32];
     cipher.apply_keystream(&mut block0);
-    let mac_of = |c: &[u8]| -> [u8; 16] { poly1305::Poly1305::new(&block0.into()).compute_unpadded(c).into() };
-    if seal {
-        cipher.apply_keystream(msg);
-        Some(mac_of(msg))
-    } else {
-        let mac = mac_of(msg);
-        cipher.apply_keystream(msg);
-        Some(mac)
-    }
+    (cipher, poly1305::Poly1305::new(&block0.into()))
 }
 
 #[cfg(test)]

@@ -323,6 +323,7 @@ fn payloads_match_hyperdht() {
         "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
     ));
     assert_eq!(full.encode(), js);
+    assert_eq!(Payload::decode(&js).map(|p| Firewall::from_u64(p.firewall)), Some(Firewall::Consistent));
     assert_eq!(Payload::decode(&js), Some(full));
     let small = Payload { error: 3, firewall: 3, connected: true, ..Payload::default() };
     assert_eq!(small.encode(), hex("01030300"));

@@ -50,6 +50,8 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
     assert_eq!(up, down, "what A uploaded is what B downloaded");
     let peers = json(&b, &["peers", "--json"]);
     assert_eq!(peers.as_array().map(Vec::len), Some(1));
+    // Two nodes near each other meet over TCP (the JS wire, then AES frames), not QUIC.
+    assert_eq!((peers[0]["transport"].as_str(), peers[0]["kind"].as_str()), (Some("tcp"), Some("hyperfs")));
     assert!(peers[0]["bytesDown"].as_u64().expect("bytes") >= 5 << 20);
 
     // Live: A writes, B shows it within a second or so.
