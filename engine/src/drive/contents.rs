@@ -39,10 +39,16 @@ impl Piece {
 /// The chunk offsets of recently used blobs, up to [`PIECE_CACHE_PIECES`] pieces in all (then it
 /// starts again empty). A block map is read once, not at every stat of its file (a listing of
 /// many deduplicated files stats each).
+///
+/// A sparse replica lacks the tree leaves of the blocks it has not fetched; for a plain blob it
+/// keeps the leaves it found so far (`partial`), and the next look resumes after them. Before,
+/// every read of a sequential reader walked the leaves from the blob's start to the first
+/// missing one again: 15% of a 256 MiB sparse read's CPU was those lookups.
 #[derive(Default)]
 pub(super) struct PieceCache {
     map: HashMap<Blob, Arc<Vec<Piece>>>,
     pieces: usize,
+    partial: HashMap<Blob, Vec<MapBlock>>,
 }
 
 /// About 24 MiB of offsets.
@@ -66,6 +72,30 @@ impl PieceCache {
 
     pub(super) fn clear(&mut self) {
         *self = PieceCache::default();
+    }
+
+    /// The leaves of plain blob `blob` found before (taken: they come back with
+    /// [`PieceCache::keep_partial`] if still incomplete).
+    fn take_partial(&mut self, blob: &Blob) -> Vec<MapBlock> {
+        let found = self.partial.remove(blob).unwrap_or_default();
+        self.pieces -= found.len();
+        found
+    }
+
+    /// Keeps the leaves found so far of a blob whose next leaf is missing; the prefixes kept
+    /// count in the cache's bound.
+    fn keep_partial(&mut self, blob: Blob, found: Vec<MapBlock>) {
+        if found.is_empty() {
+            return;
+        }
+        let n = found.len();
+        if self.pieces + n > PIECE_CACHE_PIECES {
+            self.clear();
+        }
+        if let Some(old) = self.partial.insert(blob, found) {
+            self.pieces -= old.len();
+        }
+        self.pieces += n;
     }
 }
 
@@ -185,17 +215,19 @@ impl Drive {
             // Block sizes are unknown here: ask at once for as many as the blob's mean block
             // size says the range spans.
             let mean = (blob.byte_length / blob.block_length.max(1)).max(1);
-            let span = (remaining as u64 + skip as u64).div_ceil(mean).min(READ_WINDOW_BLOCKS as u64);
+            let range = (remaining as u64 + skip as u64).div_ceil(mean);
+            let span = range.min(READ_WINDOW_BLOCKS as u64);
             let missing: Vec<u64> = (index..end.min(index + span)).filter(|&i| !self.blobs.has(i)).collect();
             if missing.len() > 1 {
                 f.prefetch(self.blobs.key(), &missing);
             }
-            // A long read is a sequential reader's window: the next as many blocks are asked
-            // for now, so they travel while this range is used. (Short reads are random ones:
-            // they fetch only what they read.)
+            // A long read is a sequential reader's window: the rest of the range, and as many
+            // blocks after it, are asked for now, so they travel while this range is used and
+            // the next read finds its start in flight. (Short reads are random ones: they fetch
+            // only what they read.)
             if len >= HINT_FROM && span > 1 {
                 let next: Vec<u64> =
-                    (index + span..end.min(index + 2 * span)).filter(|&i| !self.blobs.has(i)).collect();
+                    (index + span..end.min(index + 2 * range)).filter(|&i| !self.blobs.has(i)).collect();
                 f.hint(self.blobs.key(), &next);
             }
         }
@@ -233,12 +265,18 @@ impl Drive {
                 .collect::<Result<Vec<_>>>()?;
             entry::decode_block_map(&parts, self.blobs.length())?
         } else {
-            (blob.block_offset..end)
-                .map(|index| {
-                    let node = self.blobs.leaf(index)?.ok_or(Error::MissingNode { index: 2 * index })?;
-                    Ok(MapBlock { index, byte_length: node.size })
-                })
-                .collect::<Result<_>>()?
+            let mut found = self.pieces.lock().unwrap_or_else(|e| e.into_inner()).take_partial(blob);
+            for index in blob.block_offset + found.len() as u64..end {
+                match self.blobs.leaf(index) {
+                    Ok(Some(node)) => found.push(MapBlock { index, byte_length: node.size }),
+                    Ok(None) => {
+                        self.pieces.lock().unwrap_or_else(|e| e.into_inner()).keep_partial(*blob, found);
+                        return Err(Error::MissingNode { index: 2 * index });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            found
         };
         let pieces = Arc::new(Piece::laid_out(blocks)?);
         self.pieces.lock().unwrap_or_else(|e| e.into_inner()).insert(*blob, pieces.clone());
