@@ -123,14 +123,27 @@ impl Fs {
             ra.next = offset + len;
             return Ok(out);
         }
-        let sequential = offset != 0 && (offset == ra.next || offset == held.end);
+        // The kernel's own read-ahead sends a sequential reader's next reads at once, on several
+        // threads: they arrive out of order. One that lands near where the reader was expected
+        // keeps the window (before, each such read reset it to nothing, and a 256 MiB read
+        // spent a third of its windows growing it back from 256 KiB).
+        let near = |at: u64| at.abs_diff(ra.next) <= REORDER || (at >= held.start && at <= held.end + REORDER);
+        let sequential = offset != 0 && near(offset);
+        if sequential && offset < held.start {
+            // A read behind the buffer, overtaken by the ones after it: read alone.
+            return Ok(self.drive().read_blob(&blob, offset, len)?);
+        }
         ra.window = if sequential { (ra.window * 2).clamp(256 << 10, MAX_READ_AHEAD) } else { 0 };
-        let want = len.max(ra.window);
-        let data = self.drive().read_blob(&blob, offset, want)?;
-        let out = data[..data.len().min(len as usize)].to_vec();
+        // A read past the buffer's end, whose predecessors are still on their way, fetches from
+        // that end: they then find their bytes in the buffer.
+        let from = if sequential && !ra.data.is_empty() && offset > held.end { held.end } else { offset };
+        let want = (offset + len - from).max(ra.window);
+        let data = self.drive().read_blob(&blob, from, want)?;
+        let skip = ((offset - from) as usize).min(data.len());
+        let out = data[skip..data.len().min(skip + len as usize)].to_vec();
         ra.next = offset + out.len() as u64;
         if data.len() as u64 > len {
-            ra.start = offset;
+            ra.start = from;
             ra.data = data;
         }
         Ok(out)

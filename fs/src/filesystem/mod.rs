@@ -69,6 +69,10 @@ const COPY_BYTES: u64 = 8 << 20;
 /// Sequential reads fetch ahead up to this many bytes.
 const MAX_READ_AHEAD: u64 = 8 << 20;
 
+/// How far from where a sequential reader was expected its read may land and still count as
+/// sequential: twice the kernel's read-ahead (`max_readahead`), whose reads arrive out of order.
+const REORDER: u64 = 2 << 20;
+
 const S_ISGID: u32 = 0o2000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
