@@ -493,3 +493,34 @@ fn a_special_file_is_never_opened_as_a_file() {
     assert_eq!(t.drive_bytes("/p"), None);
     assert_eq!(t.fs.lookup(ROOT, "p").expect("lookup").kind, Kind::Special(hyperfs_engine::drive::Special::Fifo));
 }
+
+#[test]
+fn reads_that_overtake_each_other_as_the_kernels_read_ahead_sends_them_return_their_bytes() {
+    let t = setup();
+    let data: Vec<u8> = (0..24_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let ino = t.write_file(ROOT, "big", &data);
+    let fh = t.fs.open(ino, libc::O_RDONLY).expect("open");
+    // Reads of 256 KiB, as kernel threads deliver them: mostly in order, some pairs swapped
+    // (one past the window's end before the one at it), some late by several reads (behind
+    // the window), and a jump away and back.
+    const R: u64 = 256 << 10;
+    let n = data.len() as u64 / R + 1;
+    let mut order: Vec<u64> = (0..n).collect();
+    // Every pair swapped in the first half: at whichever read a window ends, the read past
+    // the end comes first, or the one before it comes after the window moved on.
+    for i in (2..n as usize / 2).step_by(2) {
+        order.swap(i, i + 1);
+    }
+    for i in (n as usize / 2..n as usize - 5).step_by(13) {
+        let late = order.remove(i);
+        order.insert(i + 4, late);
+    }
+    order.insert(40, n - 2);
+    for k in order {
+        let got = t.fs.read(fh, k * R, R as u32).expect("read");
+        let from = ((k * R) as usize).min(data.len());
+        let to = (from + R as usize).min(data.len());
+        assert!(got == data[from..to], "the read at {} returned other bytes", k * R);
+    }
+    t.fs.release(fh).expect("release");
+}
