@@ -221,8 +221,11 @@ fn a_read_through_a_mount_survives_peers_joining_and_leaving() {
                     return Err(std::io::Error::other(format!("bytes differ near offset {total}")));
                 }
                 total += n as u64;
-                // A reader slower than the network, so the churn happens under it.
-                std::thread::sleep(Duration::from_millis(25));
+                // A reader slower than the network, so the churn happens under it: 256 reads
+                // take over 12 s, time for four departures and returns. (At 25 ms a read, once
+                // the read-ahead kept its window through reordered reads, the read ended within
+                // two.)
+                std::thread::sleep(Duration::from_millis(50));
             }
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok::<u64, std::io::Error>(total)
