@@ -495,7 +495,7 @@ impl Filesystem for Adapter {
         let _ = config
             .add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_ATOMIC_O_TRUNC | FUSE_PARALLEL_DIROPS);
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(crate::filesystem::KERNEL_READ_AHEAD);
         let _ = config.set_max_background(64);
         Ok(())
     }

@@ -69,9 +69,13 @@ const COPY_BYTES: u64 = 8 << 20;
 /// Sequential reads fetch ahead up to this many bytes.
 const MAX_READ_AHEAD: u64 = 8 << 20;
 
+/// How far ahead of a reader the kernel reads on its own (FUSE's `max_readahead`, asked for at
+/// mount), its reads sent at once on several threads.
+pub(crate) const KERNEL_READ_AHEAD: u32 = 1 << 20;
+
 /// How far from where a sequential reader was expected its read may land and still count as
-/// sequential: twice the kernel's read-ahead (`max_readahead`), whose reads arrive out of order.
-const REORDER: u64 = 2 << 20;
+/// sequential: twice the kernel's read-ahead, whose reads arrive out of order.
+const REORDER: u64 = 2 * KERNEL_READ_AHEAD as u64;
 
 const S_ISGID: u32 = 0o2000;
 
