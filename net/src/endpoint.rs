@@ -29,6 +29,8 @@ use crate::wire::{Control, Frame, Message, PROTOCOL};
 use crate::NetError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// At most this many commands are taken in one go before the connection reads and writes again.
+const COMMAND_BATCH: usize = 1024;
 /// The most bytes one read takes from a connection's stream.
 const READ_CHUNK: usize = 256 << 10;
 /// Bytes sent from the front of a connection's send buffer that are dropped without waiting
@@ -51,6 +53,9 @@ const EXPORTER_LABEL: &[u8] = b"hyperfs replication capability v1";
 /// The protomux protocol a hyperfs node opens on a JS-wire connection: a peer that opens it too
 /// is a hyperfs node (JS peers reject it), and gets hyperfs's own messages.
 const HELLO: &str = "hyperfs/hello";
+/// The channel a hyperfs node opens to say it answers [`Message::RangeRequest`] (every link,
+/// QUIC too): a node that does not know it rejects the open, and is asked a block a request.
+const RANGES: &str = "hyperfs/ranges";
 /// What a hyperfs node's hello carries as its id when it can take frames sealed with
 /// AES-256-GCM after a [`Message::CipherSwitch`].
 const HELLO_AES: &[u8] = b"aes-256-gcm";
@@ -1523,6 +1528,7 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         js,
         hyperfs_flag: None,
         hello: None,
+        ranges: false,
         frames: Vec::new(),
     };
     if js {
@@ -1537,6 +1543,14 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         state.hello = Some(state.next_local);
         state.next_local += 1;
     }
+    state.out.push(Frame::Control(Control::Open {
+        local_id: state.next_local,
+        protocol: RANGES.into(),
+        id: None,
+        flags: 0,
+        capability: [0; 32],
+    }));
+    state.next_local += 1;
     for core in inner.shared.cores() {
         state.open(core);
     }
@@ -1622,31 +1636,22 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     take_in(inner, &mut state, &mut codec, &mut buf, stable)?;
                 }
                 cmd = rx.recv() => {
-                    match cmd {
-                        Some(Command::Want { core, what, reply }) => state.want(core, what, reply),
-                        Some(Command::WantBytes { core, index, reply }) => state.want_bytes(core, index, reply),
-                        Some(Command::Changed { core }) => state.changed(inner, core),
-                        Some(Command::Gained { core, upgraded, runs }) => state.gained(core, upgraded, &runs),
-                        Some(Command::Close { core }) => state.close(core),
-                        Some(Command::Raw { core, messages }) => {
-                            if let Some(ch) = state.channels.iter().find(|c| c.key == core && c.remote_id.is_some()) {
-                                let channel = ch.local_id;
-                                state.out.extend(messages.into_iter().map(|message| Frame::Channel { channel, message }));
-                            }
+                    // The commands waiting are taken together: a reader's window of wants
+                    // goes out as range requests (`flush`), not a request a block.
+                    let mut cmd = cmd;
+                    let mut batch = 0;
+                    while let Some(c) = cmd.take() {
+                        if !state.command(inner, c)? {
+                            return Ok(());
                         }
-                        Some(Command::Refresh) => {
-                            for core in inner.shared.cores() {
-                                state.open(core);
-                            }
-                            for ch in &mut state.channels {
-                                let all = ch.core.download_all();
-                                if let Some(s) = ch.session.as_mut() {
-                                    s.set_download_all(all);
-                                }
-                            }
-                            state.tick()?;
+                        batch += 1;
+                        if batch < COMMAND_BATCH {
+                            cmd = rx.try_recv().ok();
                         }
-                        None => return Ok(()),
+                    }
+                    state.flush();
+                    if batch == 0 {
+                        return Ok(());
                     }
                 }
                 _ = ended.notified() => return Ok(()),
@@ -1754,6 +1759,8 @@ struct ConnState {
     hyperfs_flag: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Our hello channel, until the peer's hello came (then it may carry our cipher switch).
     hello: Option<u64>,
+    /// Whether the peer opened the ranges channel: it answers range requests.
+    ranges: bool,
     /// Decoded frames, reused between reads.
     frames: Vec<(Frame, usize)>,
 }
@@ -1820,7 +1827,15 @@ impl ConnState {
                 }
                 for ch in &mut self.channels {
                     if let Some(s) = ch.session.as_mut() {
-                        s.set_seek_blocks(true);
+                        s.set_hyperfs_peer(true);
+                    }
+                }
+            }
+            Frame::Control(Control::Open { protocol, .. }) if protocol == RANGES => {
+                self.ranges = true;
+                for ch in &mut self.channels {
+                    if let Some(s) = ch.session.as_mut() {
+                        s.set_ranges(true);
                     }
                 }
             }
@@ -1848,7 +1863,8 @@ impl ConnState {
                     let ms = inner.request_timeout_ms.load(std::sync::atomic::Ordering::SeqCst);
                     session.set_request_timeout(Duration::from_millis(ms));
                     session.share_claims(inner.claims(&key));
-                    session.set_seek_blocks(hyperfs_peer);
+                    session.set_hyperfs_peer(hyperfs_peer);
+                    session.set_ranges(self.ranges);
                     ch.session = Some(session);
                     lock(&self.cores).push(key);
                     self.emit(i, out);
@@ -1932,7 +1948,10 @@ impl ConnState {
             let ch = &mut self.channels[i];
             let mut verified = Some(verified);
             let mut results = Vec::new();
-            ch.core.write(&mut |c| results = verified.take().map(|v| c.store_verified_all(v)).unwrap_or_default());
+            // A whole-core download's bytes go past the page cache: nothing reads them back soon.
+            let past_cache = ch.core.download_all();
+            ch.core
+                .write(&mut |c| results = verified.take().map(|v| c.store_arrivals(v, past_cache)).unwrap_or_default());
             let mut out = Output::default();
             if let Some(session) = ch.session.as_mut() {
                 let mut done = Some(receipts.into_iter().zip(results));
@@ -1983,6 +2002,51 @@ impl ConnState {
             };
             for w in ch.waiting.remove(&what).unwrap_or_default() {
                 let _ = w.send(ok);
+            }
+        }
+    }
+
+    /// Does what a command asks; false when the connection is to end.
+    fn command(&mut self, inner: &Inner, cmd: Command) -> Result<bool, NetError> {
+        match cmd {
+            Command::Want { core, what, reply } => self.want(core, what, reply),
+            Command::WantBytes { core, index, reply } => self.want_bytes(core, index, reply),
+            Command::Changed { core } => self.changed(inner, core),
+            Command::Gained { core, upgraded, runs } => self.gained(core, upgraded, &runs),
+            Command::Close { core } => self.close(core),
+            Command::Raw { core, messages } => {
+                if let Some(ch) = self.channels.iter().find(|c| c.key == core && c.remote_id.is_some()) {
+                    let channel = ch.local_id;
+                    self.out.extend(messages.into_iter().map(|message| Frame::Channel { channel, message }));
+                }
+            }
+            Command::Refresh => {
+                for core in inner.shared.cores() {
+                    self.open(core);
+                }
+                for ch in &mut self.channels {
+                    let all = ch.core.download_all();
+                    if let Some(s) = ch.session.as_mut() {
+                        s.set_download_all(all);
+                    }
+                }
+                self.tick()?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a batch of commands: the blocks they wanted are asked for, in runs.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.channels.len() {
+            let ch = &mut self.channels[i];
+            let mut out = Output::default();
+            if let Some(session) = ch.session.as_mut() {
+                ch.core.read(&mut |c| session.flush(c, now, &mut out));
+            }
+            if !out.messages.is_empty() || !out.events.is_empty() {
+                self.emit(i, out);
             }
         }
     }

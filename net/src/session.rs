@@ -56,6 +56,14 @@ const MAX_REMOTE_RUNS: usize = 1 << 16;
 const RANGE_COST: f64 = 1.0 / 16.0;
 /// A `bitfield` message costs one request of the budget per this many 32-bit words.
 const BITFIELD_WORDS_PER_REQUEST: usize = 256;
+/// A range request ([`Message::RangeRequest`], hyperfs peers) asks for about this many bytes of
+/// a core's blocks (by their mean size), so a window holds several…
+const RANGE_BYTES: u64 = WINDOW_BYTES / 4;
+/// …and for at most this many blocks; a peer is asked for no more than this at once either.
+pub const MAX_RANGE_BLOCKS: u64 = 256;
+/// A range answer stops after the block that brings it to this many bytes (the asker asks
+/// again for the rest): a frame stays well under [`crate::wire::MAX_FRAME`].
+const RANGE_ANSWER_BYTES: u64 = 2 << 20;
 /// Steps one top-up may take over blocks it cannot ask for (the peer lacks them, or they are
 /// in flight) before it waits for the next message.
 const TOP_UP_STEPS: usize = 4096;
@@ -64,8 +72,18 @@ const TOP_UP_STEPS: usize = 4096;
 /// of its blocks by their mean size, so a core of small blocks is not held to a round trip per
 /// 32 of them.
 fn download_window(core: &Hypercore) -> usize {
-    let mean = core.byte_length().checked_div(core.length()).unwrap_or(0).max(1);
-    usize::try_from(WINDOW_BYTES / mean).unwrap_or(MAX_DOWNLOAD_WINDOW).clamp(DOWNLOAD_WINDOW, MAX_DOWNLOAD_WINDOW)
+    usize::try_from(WINDOW_BYTES / mean_block(core))
+        .unwrap_or(MAX_DOWNLOAD_WINDOW)
+        .clamp(DOWNLOAD_WINDOW, MAX_DOWNLOAD_WINDOW)
+}
+
+/// How many blocks one range request asks for: [`RANGE_BYTES`] of them by their mean size.
+fn range_blocks(core: &Hypercore) -> u64 {
+    (RANGE_BYTES / mean_block(core)).clamp(1, MAX_RANGE_BLOCKS)
+}
+
+fn mean_block(core: &Hypercore) -> u64 {
+    core.byte_length().checked_div(core.length()).unwrap_or(0).max(1)
 }
 
 /// Why the peer is to be dropped.
@@ -242,6 +260,8 @@ impl Ranges {
 #[derive(Debug)]
 struct InFlight {
     block: Option<u64>,
+    /// A range request's blocks, `start..end` ([`Message::RangeRequest`]).
+    range: Option<(u64, u64)>,
     /// The byte a seek request locates.
     seek: Option<u64>,
     upgrade: bool,
@@ -255,7 +275,13 @@ struct InFlight {
 
 impl InFlight {
     fn new(block: Option<u64>, seek: Option<u64>, upgrade: bool, deadline: Instant) -> InFlight {
-        InFlight { block, seek, upgrade, probe: false, seek_block: false, deadline }
+        InFlight { block, range: None, seek, upgrade, probe: false, seek_block: false, deadline }
+    }
+
+    /// The blocks it asks for: its block or its range.
+    fn blocks(&self) -> impl Iterator<Item = u64> {
+        let (start, end) = self.range.unwrap_or((0, 0));
+        self.block.into_iter().chain(start..end)
     }
 }
 
@@ -304,9 +330,14 @@ pub struct Session {
     /// A byte whose seek-and-block the peer could not answer: its next seek asks for the tree
     /// nodes only (the peer may lack the block, or be a peer that does not know the message).
     plain_seek: Option<u64>,
-    /// Whether seeks go as [`Message::SeekBlock`] (a hyperfs peer) or as Hypercore's seek
-    /// requests (a JS peer, which does not know that message).
-    seek_blocks: bool,
+    /// Whether the peer is a hyperfs node: seeks go as [`Message::SeekBlock`]; a JS peer, which
+    /// does not know it, gets Hypercore's seek requests.
+    hyperfs_peer: bool,
+    /// Whether the peer answers [`Message::RangeRequest`] (a hyperfs node that said so).
+    ranges: bool,
+    /// Blocks readers want were added to `wanted` since the last top-up: the driver calls
+    /// [`Session::flush`] after a batch of wants, which asks for them in runs.
+    unflushed: bool,
     /// [`Claims::released`] when the last look skipped a block another peer was asked for.
     released_seen: u64,
     /// Where the end game's next look for blocks to ask a second time starts.
@@ -339,7 +370,9 @@ impl Session {
             claims: Arc::default(),
             claimed: HashSet::new(),
             plain_seek: None,
-            seek_blocks: true,
+            hyperfs_peer: true,
+            ranges: true,
+            unflushed: false,
             released_seen: 0,
             dup_from: 0,
         };
@@ -350,9 +383,16 @@ impl Session {
         (s, out)
     }
 
-    /// Whether the peer takes [`Message::SeekBlock`] (default: yes; JS peers do not).
-    pub fn set_seek_blocks(&mut self, on: bool) {
-        self.seek_blocks = on;
+    /// Whether the peer is a hyperfs node, which takes [`Message::SeekBlock`] (default: yes;
+    /// JS peers do not).
+    pub fn set_hyperfs_peer(&mut self, on: bool) {
+        self.hyperfs_peer = on;
+    }
+
+    /// Whether the peer answers [`Message::RangeRequest`] (default: yes; JS peers and hyperfs
+    /// nodes from before range requests do not).
+    pub fn set_ranges(&mut self, on: bool) {
+        self.ranges = on;
     }
 
     /// How long requests sent from now on wait for an answer (default [`REQUEST_TIMEOUT`]).
@@ -407,7 +447,28 @@ impl Session {
             self.wanted.insert(index, ());
             return false;
         }
+        if self.ranges_possible(core) && index < core.length() {
+            // Asked with the rest of the batch of wants it came in, in runs
+            // ([`Session::flush`]).
+            self.wanted.insert(index, ());
+            self.unflushed = true;
+            return true;
+        }
         self.request_block(core, index, now, out)
+    }
+
+    /// Asks for the blocks wanted since the last call, consecutive ones in one range request
+    /// each. The driver calls it after every batch of [`Session::want`]s.
+    pub fn flush(&mut self, core: &Hypercore, now: Instant, out: &mut Output) {
+        if std::mem::take(&mut self.unflushed) {
+            self.top_up(core, now, out);
+        }
+    }
+
+    /// Whether runs of blocks can be asked of this peer as ranges now: a hyperfs peer on our
+    /// fork, as long as ours (a range is proven against our tree at our length).
+    fn ranges_possible(&self, core: &Hypercore) -> bool {
+        self.ranges && self.remote_fork == core.fork() && self.remote_length >= core.length()
     }
 
     /// Asks the peer for block `index` now, whether or not it said it has it: a peer does not
@@ -441,7 +502,7 @@ impl Session {
         };
         let id = self.take_id();
         let mut asked = InFlight::new(None, Some(bytes), false, now + self.timeout);
-        if self.plain_seek.take() == Some(bytes) || !self.seek_blocks {
+        if self.plain_seek.take() == Some(bytes) || !self.hyperfs_peer {
             out.messages.push(Message::Request { id, request, priority: None });
         } else {
             // One round trip: the peer seeks and sends the block with its proof; the reader
@@ -542,6 +603,57 @@ impl Session {
                     _ => not_available,
                 });
             }
+            Message::RangeRequest { id, fork, length, start, count } => {
+                let count = count.min(MAX_RANGE_BLOCKS);
+                self.charge_requests(now, count.max(1) as f64)?;
+                out.messages.push(
+                    match (fork == core.fork()).then(|| core.range_proof(start, count, length, RANGE_ANSWER_BYTES)) {
+                        Some(Ok(proof)) => Message::RangeData { request: id, proof },
+                        Some(Err(Error::InvalidRequest(_) | Error::OutOfBounds(_))) => {
+                            Message::NoData { request: id, reason: Some(NoDataReason::InvalidRequest) }
+                        }
+                        _ => Message::NoData { request: id, reason: Some(NoDataReason::NotAvailable) },
+                    },
+                );
+            }
+            Message::RangeData { request, proof } => {
+                self.missed = 0;
+                let Some(asked) = self.take(request) else { return Ok(out) };
+                let Some((start, end)) = asked.range else {
+                    return Err(Misbehaviour(format!("the peer answered request {request} with a range")));
+                };
+                let given = proof.blocks.len() as u64;
+                if proof.start != start || given == 0 || given > end - start {
+                    return Err(Misbehaviour(format!(
+                        "the peer answered a request for blocks {start}..{end} with {given} from {}",
+                        proof.start
+                    )));
+                }
+                match core.verify_range(proof) {
+                    Ok(verified) => {
+                        // Each block is stored and reported as a request of its own would be.
+                        for v in verified {
+                            let Some(index) = v.block() else { continue };
+                            self.blocks_in_flight.insert(index);
+                            let one = InFlight::new(Some(index), None, false, asked.deadline);
+                            out.store.push(Arrival { verified: v, asked: Some(one) });
+                        }
+                        // What the answer left out (past its byte budget, or not at the peer)
+                        // is asked for again.
+                        for index in start + given..end {
+                            self.release(index, false);
+                            self.wanted.insert(index, ());
+                        }
+                        self.scan_from = 0;
+                        return Ok(out);
+                    }
+                    Err(e @ (Error::Verification(_) | Error::Decode { .. } | Error::OutOfBounds(_))) => {
+                        return Err(Misbehaviour(format!("the peer sent a range proof that does not verify: {e}")));
+                    }
+                    Err(e) => self.not_taken(&asked, &e, "verifying a range proof", &mut out),
+                }
+                self.top_up(core, now, &mut out);
+            }
             // A cipher switch belongs to the connection, which takes it before any session.
             Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } | Message::CipherSwitch => {}
             Message::Data { request, proof } => {
@@ -550,6 +662,9 @@ impl Session {
                     // JS ignores data for requests it does not know (a late answer).
                     return Ok(out);
                 };
+                if asked.range.is_some() {
+                    return Err(Misbehaviour(format!("the peer answered range request {request} with a block")));
+                }
                 // A seek-and-block is answered with whichever block the byte is in.
                 let any_block = asked.probe || asked.seek_block;
                 if !any_block && proof.block.as_ref().map(|b| b.index) != asked.block && proof.block.is_some() {
@@ -612,14 +727,25 @@ impl Session {
             Message::NoData { request, .. } => {
                 self.missed = 0;
                 if let Some(r) = self.take(request) {
-                    if let Some(index) = r.block {
-                        // It does not have it after all.
+                    // It does not have it (a range's first block) after all.
+                    if let Some(index) = r.blocks().next() {
                         self.remote_has.remove(index, index + 1);
                     }
                     if r.seek_block {
                         self.plain_seek = r.seek;
                     }
-                    self.gave_up(&r, &mut out);
+                    match r.range {
+                        Some((start, end)) => {
+                            // Only its first block is known to be lacking: the rest are asked
+                            // for again.
+                            for index in start + 1..end {
+                                self.release(index, false);
+                                self.wanted.insert(index, ());
+                            }
+                            self.gave_up(&InFlight { block: Some(start), range: None, ..r }, &mut out);
+                        }
+                        None => self.gave_up(&r, &mut out),
+                    }
                 }
                 self.top_up(core, now, &mut out);
             }
@@ -736,7 +862,7 @@ impl Session {
     /// for it, are reported missing so readers can ask elsewhere.
     fn gave_up(&mut self, r: &InFlight, out: &mut Output) {
         self.scan_from = 0;
-        if let Some(index) = r.block {
+        for index in r.blocks() {
             self.release(index, false);
             out.events.push(Event::Missing { index });
         }
@@ -763,11 +889,16 @@ impl Session {
 
     /// Spends one of the peer's budget of requests for blocks.
     fn charge_request(&mut self, now: Instant) -> Result<(), Misbehaviour> {
+        self.charge_requests(now, 1.0)
+    }
+
+    /// Spends `n` of the peer's budget of requests for blocks (a range costs one a block).
+    fn charge_requests(&mut self, now: Instant, n: f64) -> Result<(), Misbehaviour> {
         self.refill(now);
-        if self.budget.1 < 1.0 {
+        if self.budget.1 < n {
             return Err(Misbehaviour("the peer floods requests".into()));
         }
-        self.budget.1 -= 1.0;
+        self.budget.1 -= n;
         Ok(())
     }
 
@@ -901,14 +1032,32 @@ impl Session {
             return;
         }
         self.maybe_upgrade(core, now, out);
+        self.unflushed = false;
         let ready: Vec<u64> = self.wanted.keys().copied().filter(|&i| self.remote_has.contains(i)).collect();
+        let mut run: Option<(u64, u64)> = None;
         for index in ready {
             if core.has(index) {
                 self.wanted.remove(&index);
                 out.events.push(Event::Block { index });
             } else if !self.blocks_in_flight.contains(&index) {
-                self.request_block(core, index, now, out);
+                if !self.ranges_possible(core) || index >= core.length() {
+                    self.request_block(core, index, now, out);
+                    continue;
+                }
+                // Consecutive wanted blocks go as one range request.
+                match &mut run {
+                    Some((_, end)) if *end == index => *end += 1,
+                    _ => {
+                        if let Some((start, end)) = run.take() {
+                            self.request_blocks(core, start, end, now, out);
+                        }
+                        run = Some((index, index + 1));
+                    }
+                }
             }
+        }
+        if let Some((start, end)) = run {
+            self.request_blocks(core, start, end, now, out);
         }
         if !self.download_all {
             return;
@@ -926,9 +1075,11 @@ impl Session {
         // runs of both, never the length (which a writer may sign as anything up to 2^55).
         let mut index = self.download_from.max(self.scan_from);
         let window = download_window(core);
+        let ranges = self.ranges_possible(core);
+        let per_range = range_blocks(core);
         let mut exhausted = false;
         for _ in 0..TOP_UP_STEPS {
-            if self.in_flight.len() >= window {
+            if self.asked() >= window {
                 break;
             }
             let Some((missing, theirs)) = self.lacked_and_theirs(core, index, limit) else {
@@ -940,14 +1091,33 @@ impl Session {
                 continue;
             }
             // Blocks another peer was asked for are left to it.
-            let free = !self.blocks_in_flight.contains(&missing) && self.claims.asked(missing) == 0;
-            if free && !self.request_block(core, missing, now, out) {
+            let free = |s: &Self, i: u64| !s.blocks_in_flight.contains(&i) && s.claims.asked(i) == 0;
+            if !free(self, missing) {
+                index = missing + 1;
+                self.scan_from = index;
+                continue;
+            }
+            let mut end = missing + 1;
+            if ranges && missing < core.length() {
+                // The free blocks after it that the peer has and we lack go with it. A window
+                // with room for less than half a range waits for more: a block stored at a time
+                // would otherwise be asked for again a block at a time.
+                let room = (window - self.asked()) as u64;
+                if room < per_range / 2 && self.asked() > 0 {
+                    break;
+                }
+                let stop = limit.min(core.length()).min(missing + per_range.min(room.max(1)));
+                while end < stop && !core.has(end) && self.remote_has.contains(end) && free(self, end) {
+                    end += 1;
+                }
+            }
+            if !self.request_blocks(core, missing, end, now, out) {
                 break;
             }
-            index = missing + 1;
+            index = end;
             self.scan_from = index;
         }
-        if exhausted && self.in_flight.len() < window && self.claims.others() {
+        if exhausted && self.asked() < window && self.claims.others() {
             self.end_game(core, limit, window, now, out);
         }
     }
@@ -958,7 +1128,7 @@ impl Session {
     fn end_game(&mut self, core: &Hypercore, limit: u64, window: usize, now: Instant, out: &mut Output) {
         let mut index = self.download_from.max(self.dup_from);
         for _ in 0..TOP_UP_STEPS {
-            if self.in_flight.len() >= window {
+            if self.asked() >= window {
                 break;
             }
             let Some((missing, theirs)) = self.lacked_and_theirs(core, index, limit) else { break };
@@ -989,6 +1159,49 @@ impl Session {
         Some((missing, theirs))
     }
 
+    /// How much is asked of the peer: requests, or the blocks they ask for (a range asks for
+    /// several), whichever is more; blocks that came and wait to be stored count too.
+    fn asked(&self) -> usize {
+        self.in_flight.len().max(self.blocks_in_flight.len())
+    }
+
+    /// Asks for blocks `start..end` (consecutive, below our length when more than one): a
+    /// range request at a time of up to [`MAX_RANGE_BLOCKS`], or a request for one block.
+    /// Returns false when the first could not be asked.
+    fn request_blocks(&mut self, core: &Hypercore, start: u64, end: u64, now: Instant, out: &mut Output) -> bool {
+        if end <= start + 1 || !self.ranges_possible(core) || end > core.length() {
+            let first = self.request_block(core, start, now, out);
+            for i in start + 1..end {
+                self.request_block(core, i, now, out);
+            }
+            return first;
+        }
+        let mut at = start;
+        while at < end {
+            let next = end.min(at + MAX_RANGE_BLOCKS);
+            if next == at + 1 {
+                self.request_block(core, at, now, out);
+            } else {
+                let id = self.take_id();
+                let asked =
+                    InFlight { range: Some((at, next)), ..InFlight::new(None, None, false, now + self.timeout) };
+                self.put(id, asked);
+                out.messages.push(Message::RangeRequest {
+                    id,
+                    fork: core.fork(),
+                    length: core.length(),
+                    start: at,
+                    count: next - at,
+                });
+            }
+            for i in at..next {
+                self.wanted.remove(&i);
+            }
+            at = next;
+        }
+        true
+    }
+
     /// Lets go of this session's claim on block `index` (`stored`: it is here now).
     fn release(&mut self, index: u64, stored: bool) {
         if self.claimed.remove(&index) {
@@ -998,7 +1211,7 @@ impl Session {
 
     /// Request `id` sent: in flight until answered or given up.
     fn put(&mut self, id: u64, r: InFlight) {
-        if let Some(index) = r.block {
+        for index in r.blocks() {
             self.blocks_in_flight.insert(index);
             if self.claimed.insert(index) {
                 self.claims.claim(index);
@@ -1012,7 +1225,7 @@ impl Session {
     /// The request `id` answered or given up: no longer in flight.
     fn take(&mut self, id: u64) -> Option<InFlight> {
         let r = self.in_flight.remove(&id)?;
-        if let Some(index) = r.block {
+        for index in r.blocks() {
             self.blocks_in_flight.remove(&index);
         }
         self.upgrades_in_flight -= usize::from(r.upgrade);

@@ -12,7 +12,8 @@
 
 use hyperfs_engine::encoding::{DecodeError, Decoder, Encoder};
 use hyperfs_engine::hypercore::proof::{
-    BlockProof, HashProof, Proof, Request, RequestIndexed, RequestSeek, RequestUpgrade, SeekProof, UpgradeProof,
+    BlockProof, HashProof, Proof, RangeProof, Request, RequestIndexed, RequestSeek, RequestUpgrade, SeekProof,
+    UpgradeProof,
 };
 use hyperfs_engine::hypercore::Node;
 
@@ -96,6 +97,22 @@ pub enum Message {
         length: u64,
         bytes: u64,
     },
+    /// hyperfs peers only (type 66): blocks `start..start + count` of the core, proven against
+    /// the asker's tree at `length` by one list of nodes (answered by [`Message::RangeData`],
+    /// possibly with fewer blocks, or `NoData`). A clone or a sequential read asks a run of
+    /// blocks in one round trip and verifies it with one proof.
+    RangeRequest {
+        id: u64,
+        fork: u64,
+        length: u64,
+        start: u64,
+        count: u64,
+    },
+    /// hyperfs peers only (type 67): the answer to [`Message::RangeRequest`] `request`.
+    RangeData {
+        request: u64,
+        proof: RangeProof,
+    },
     /// hyperfs peers on the JS wire only (type 65, on the `hyperfs/hello` channel, empty): every
     /// frame after this one in this direction is sealed with AES-256-GCM instead of
     /// secret-stream (see `endpoint`'s `JsCodec`).
@@ -152,6 +169,9 @@ fn read_nodes(d: &mut Decoder<'_>) -> Result<Vec<Node>, DecodeError> {
 const SEEK_BLOCK: u64 = 64;
 /// The type of [`Message::CipherSwitch`].
 const CIPHER_SWITCH: u64 = 65;
+/// The types of [`Message::RangeRequest`] and [`Message::RangeData`].
+const RANGE_REQUEST: u64 = 66;
+const RANGE_DATA: u64 = 67;
 
 impl Message {
     pub fn kind(&self) -> u64 {
@@ -168,6 +188,8 @@ impl Message {
             Message::Extension { .. } => 9,
             Message::SeekBlock { .. } => SEEK_BLOCK,
             Message::CipherSwitch => CIPHER_SWITCH,
+            Message::RangeRequest { .. } => RANGE_REQUEST,
+            Message::RangeData { .. } => RANGE_DATA,
         }
     }
 
@@ -274,6 +296,16 @@ impl Message {
                 e.uint(*id).uint(*fork).uint(*length).uint(*bytes);
             }
             Message::CipherSwitch => {}
+            Message::RangeRequest { id, fork, length, start, count } => {
+                e.uint(*id).uint(*fork).uint(*length).uint(*start).uint(*count);
+            }
+            Message::RangeData { request, proof: p } => {
+                e.uint(*request).uint(p.fork).uint(p.length).uint(p.start).uint(p.blocks.len() as u64);
+                for b in &p.blocks {
+                    e.buffer(b);
+                }
+                nodes(e, &p.nodes);
+            }
         }
     }
 
@@ -394,6 +426,24 @@ impl Message {
                 bytes: d.uint("seek bytes")?,
             },
             CIPHER_SWITCH => Message::CipherSwitch,
+            RANGE_REQUEST => Message::RangeRequest {
+                id: d.uint("range request id")?,
+                fork: d.uint("range request fork")?,
+                length: d.uint("range request length")?,
+                start: d.uint("range request start")?,
+                count: d.uint("range request count")?,
+            },
+            RANGE_DATA => {
+                let request = d.uint("range data request")?;
+                let fork = d.uint("range data fork")?;
+                let length = d.uint("range data length")?;
+                let start = d.uint("range data start")?;
+                // Every block takes at least its length's byte.
+                let n = d.count("range data blocks", 1)?;
+                let blocks =
+                    (0..n).map(|_| d.buffer("range data block").map(<[u8]>::to_vec)).collect::<Result<_, _>>()?;
+                Message::RangeData { request, proof: RangeProof { fork, length, start, blocks, nodes: read_nodes(d)? } }
+            }
             _ => return Err(DecodeError::Invalid("message type")),
         })
     }
@@ -510,9 +560,8 @@ impl Frame {
     fn decode_entry(channel: u64, kind: u64, d: &mut Decoder<'_>) -> Result<Option<Frame>, DecodeError> {
         if channel != 0 {
             // Types Hypercore does not register are skipped, as protomux skips them; hyperfs's
-            // own `SeekBlock` and `CipherSwitch` are taken (a hyperfs node on the JS wire sends
-            // them).
-            if kind > 9 && kind != SEEK_BLOCK && kind != CIPHER_SWITCH {
+            // own messages are taken (a hyperfs node on the JS wire sends them).
+            if kind > 9 && !matches!(kind, SEEK_BLOCK | CIPHER_SWITCH | RANGE_REQUEST | RANGE_DATA) {
                 return Ok(None);
             }
             return Ok(Some(Frame::Channel { channel, message: Message::decode(kind, d)? }));
@@ -651,6 +700,17 @@ mod tests {
             ch(Message::Range { drop: false, start: 0, length: 1 }),
             ch(Message::Range { drop: true, start: 5, length: 100 }),
             ch(Message::Extension { name: "x".into(), message: vec![1, 2, 3] }),
+            ch(Message::RangeRequest { id: 9, fork: 1, length: 300, start: 17, count: 16 }),
+            ch(Message::RangeData {
+                request: 9,
+                proof: RangeProof {
+                    fork: 1,
+                    length: 300,
+                    start: 17,
+                    blocks: vec![b"one".to_vec(), Vec::new(), vec![5; 700]],
+                    nodes: vec![sample_node(32), sample_node(39)],
+                },
+            }),
         ]
     }
 
@@ -780,7 +840,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_frames_never_panic(i in 0usize..16, at in 0usize..4096, byte in any::<u8>()) {
+        fn mutated_frames_never_panic(i in 0usize..32, at in 0usize..4096, byte in any::<u8>()) {
             let samples = samples();
             let mut bytes = samples[i % samples.len()].encode();
             let n = bytes.len();

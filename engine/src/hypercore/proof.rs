@@ -82,6 +82,18 @@ pub struct Proof {
     pub manifest: Option<Vec<u8>>,
 }
 
+/// Blocks `start..start + blocks.len()` of a tree of `length` blocks with the nodes beside
+/// them ([`range_nodes`]): a hyperfs peer's answer to a request for a range of blocks, proven
+/// against the asker's roots at `length` by one list of nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeProof {
+    pub fork: u64,
+    pub length: u64,
+    pub start: u64,
+    pub blocks: Vec<Vec<u8>>,
+    pub nodes: Vec<Node>,
+}
+
 /// Read access to the prover's tree.
 pub trait NodeSource {
     fn node(&self, index: u64) -> Result<Option<Node>>;
@@ -574,4 +586,95 @@ fn check_indexes(proof: &Proof) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The nodes a holder sends beside blocks `start..end` of its tree at `length` blocks, for a
+/// replica that hashes those blocks to reach every root of that tree they lie under: the
+/// largest subtrees beside the range, left to right (at most two a level). A contiguous
+/// range of blocks is proven by one such list, where a proof a block carries up to four
+/// dozen nodes of its own.
+pub(crate) fn range_nodes(length: u64, start: u64, end: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    if start >= end || end > length {
+        return out;
+    }
+    let (lo, hi) = (2 * start, 2 * (end - 1));
+    for root in flat::full_roots(2 * length) {
+        if flat::right_span(root) >= lo && flat::left_span(root) <= hi {
+            beside(root, lo, hi, &mut out);
+        }
+    }
+    out
+}
+
+/// The subtrees under `node` (which overlaps leaves `lo..=hi`) that lie outside those leaves.
+fn beside(node: u64, lo: u64, hi: u64, out: &mut Vec<u64>) {
+    let (l, r) = (flat::left_span(node), flat::right_span(node));
+    if r < lo || l > hi {
+        out.push(node);
+    } else if !(lo <= l && r <= hi) {
+        // Partly inside, so not a leaf: both children.
+        let half = 1u64 << (flat::depth(node) - 1);
+        beside(node - half, lo, hi, out);
+        beside(node + half, lo, hi, out);
+    }
+}
+
+/// Folds the leaves of a contiguous range of blocks (`leaves`, block `start` first) and the
+/// nodes beside it (as [`range_nodes`] lists them) into the roots of the tree at `length`
+/// blocks that the range lies under, left to right; every node met (leaves, the parents
+/// computed, the nodes given) goes to `met`. Fails when the nodes given are not the ones
+/// listed. The caller matches the roots against those it trusts.
+pub(crate) fn fold_range(
+    length: u64,
+    start: u64,
+    leaves: &[Node],
+    given: &[Node],
+    met: &mut Vec<Node>,
+) -> Result<Vec<Node>> {
+    let end = start.checked_add(leaves.len() as u64).filter(|&e| e <= length && e > start).ok_or_else(|| {
+        Error::Verification(format!("a range of {} blocks from {start} at length {length}", leaves.len()))
+    })?;
+    let (lo, hi) = (2 * start, 2 * (end - 1));
+    let mut given = given.iter();
+    let mut roots = Vec::new();
+    for root in flat::full_roots(2 * length) {
+        if flat::right_span(root) >= lo && flat::left_span(root) <= hi {
+            roots.push(fold(root, lo, hi, leaves, &mut given, met)?);
+        }
+    }
+    if given.next().is_some() {
+        return Err(Error::Verification("a range proof with more nodes than it needs".into()));
+    }
+    Ok(roots)
+}
+
+fn fold(
+    node: u64,
+    lo: u64,
+    hi: u64,
+    leaves: &[Node],
+    given: &mut std::slice::Iter<Node>,
+    met: &mut Vec<Node>,
+) -> Result<Node> {
+    let (l, r) = (flat::left_span(node), flat::right_span(node));
+    let n = if r < lo || l > hi {
+        match given.next() {
+            Some(n) if n.index == node => *n,
+            Some(n) => {
+                return Err(Error::Verification(format!("a range proof gave node {} where {node} belongs", n.index)))
+            }
+            None => return Err(Error::Verification(format!("a range proof lacks node {node}"))),
+        }
+    } else if node.is_multiple_of(2) {
+        // A leaf inside the range.
+        leaves[((node - lo) / 2) as usize]
+    } else {
+        let half = 1u64 << (flat::depth(node) - 1);
+        let a = fold(node - half, lo, hi, leaves, given, met)?;
+        let b = fold(node + half, lo, hi, leaves, given, met)?;
+        Node::parent(node, &a, &b)
+    };
+    met.push(n);
+    Ok(n)
 }

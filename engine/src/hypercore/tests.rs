@@ -536,3 +536,117 @@ fn verified_blocks_are_stored_together_in_order() {
     }
     assert!(!r.has(5));
 }
+
+/// A replica of `w` that holds its signed length and nothing else (an upgrade from 0).
+fn upgraded_replica(w: &Hypercore) -> Hypercore {
+    let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
+    let up = Request {
+        upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
+        manifest: true,
+        ..Request::default()
+    };
+    r.apply_proof(&w.proof(&up).expect("upgrade")).expect("the upgrade verifies");
+    r
+}
+
+/// Every contiguous range of a tree of every length up to 19 blocks is proven by one list of
+/// nodes beside it: the replica stores the blocks, reads them back, and its tree then proves
+/// anything the writer's does (its nodes are the writer's).
+#[test]
+fn a_range_of_blocks_is_proven_by_one_list_of_nodes() {
+    for length in 1..=19u64 {
+        let mut w = writer(false);
+        let blocks: Vec<Vec<u8>> = (0..length).map(|i| vec![i as u8; (i as usize * 13) % 40 + 1]).collect();
+        w.append_batch(&blocks).expect("append");
+        for start in 0..length {
+            for end in start + 1..=length {
+                let mut r = upgraded_replica(&w);
+                let p = w.range_proof(start, end - start, length, u64::MAX).expect("the writer proves it");
+                assert_eq!(p.blocks.len() as u64, end - start);
+                // At most two nodes a level beside the range.
+                assert!(p.nodes.len() <= 2 * 6, "{} nodes for {start}..{end} of {length}", p.nodes.len());
+                let verified = r.verify_range(p).unwrap_or_else(|e| panic!("{start}..{end} of {length}: {e}"));
+                for result in r.store_verified_all(verified) {
+                    result.expect("stored");
+                }
+                for i in 0..length {
+                    assert_eq!(r.has(i), (start..end).contains(&i), "block {i} after {start}..{end} of {length}");
+                }
+                for i in start..end {
+                    assert_eq!(r.get(i).expect("stored"), blocks[i as usize]);
+                    assert_eq!(r.leaf(i).expect("leaf"), w.leaf(i).expect("leaf"));
+                }
+                assert!(r.verify_local().expect("verifies").is_empty());
+            }
+        }
+    }
+}
+
+/// What a peer could change in a range proof — a block's byte, a node's hash or size, the
+/// start, a node left out or added — is refused, and nothing of it is stored.
+#[test]
+fn a_range_proof_that_lies_is_refused() {
+    let mut w = writer(false);
+    let blocks: Vec<Vec<u8>> = (0..23u8).map(|i| vec![i; 50 + i as usize]).collect();
+    w.append_batch(&blocks).expect("append");
+    let honest = w.range_proof(5, 9, 23, u64::MAX).expect("proof");
+    assert!(!honest.nodes.is_empty());
+    let lies: Vec<(&str, RangeLie)> = vec![
+        ("a block byte", Box::new(|p| p.blocks[3][7] ^= 1)),
+        ("a block one byte longer", Box::new(|p| p.blocks[8].push(0))),
+        ("a node's hash", Box::new(|p| p.nodes[0].hash[0] ^= 1)),
+        ("a node's size", Box::new(|p| p.nodes[0].size += 1)),
+        ("the start", Box::new(|p| p.start += 1)),
+        ("a node left out", Box::new(|p| p.nodes.truncate(p.nodes.len() - 1))),
+        ("a node added", Box::new(|p| p.nodes.push(p.nodes[0]))),
+        ("two blocks swapped", Box::new(|p| p.blocks.swap(0, 1))),
+        ("a block left out", Box::new(|p| p.blocks.truncate(p.blocks.len() - 1))),
+        ("a block added", Box::new(|p| p.blocks.push(vec![1, 2, 3]))),
+        ("a range past the length", Box::new(|p| p.start = 20)),
+    ];
+    for (what, lie) in lies {
+        let r = upgraded_replica(&w);
+        let mut p = honest.clone();
+        lie(&mut p);
+        match r.verify_range(p) {
+            Err(Error::Verification(_)) => {}
+            other => panic!("{what}: {:?}", other.map(|v| v.len())),
+        }
+        assert_eq!(r.local_blocks(), 0, "{what}");
+    }
+    // A proof for a longer tree than the replica's is not the peer's lie: it is asked again.
+    let mut r = upgraded_replica(&w);
+    let mut p = honest.clone();
+    p.length = 24;
+    assert!(matches!(r.verify_range(p), Err(Error::StaleSnapshot { .. })));
+    let v = r.verify_range(honest).expect("the honest proof verifies");
+    assert!(r.store_verified_all(v).into_iter().all(|x| x.is_ok()));
+    assert_eq!(r.local_blocks(), 9);
+}
+
+/// A holder sends a range up to a byte budget, and only the blocks it has from the start: the
+/// prefix verifies on its own; a range whose first block is missing is refused.
+#[test]
+fn a_range_answer_stops_at_its_byte_budget_and_at_a_missing_block() {
+    let mut w = writer(false);
+    let blocks: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 100]).collect();
+    w.append_batch(&blocks).expect("append");
+    let p = w.range_proof(2, 10, 16, 250).expect("proof");
+    assert_eq!(p.blocks.len(), 3, "the block that reaches the budget is the last");
+    let mut r = upgraded_replica(&w);
+    let v = r.verify_range(p).expect("a prefix verifies");
+    assert!(r.store_verified_all(v).into_iter().all(|x| x.is_ok()));
+    // The replica, holding blocks 2..5 only, serves what it has from the start asked for.
+    let held = r.range_proof(3, 10, 16, u64::MAX).expect("the nodes it was given prove its blocks");
+    assert_eq!((held.start, held.blocks.len()), (3, 2));
+    let mut r2 = upgraded_replica(&w);
+    let v = r2.verify_range(held).expect("a replica's range verifies");
+    assert!(r2.store_verified_all(v).into_iter().all(|x| x.is_ok()));
+    assert!(matches!(r.range_proof(6, 2, 16, u64::MAX), Err(Error::MissingBlock { .. })));
+    assert!(matches!(w.range_proof(0, 1, 17, u64::MAX), Err(Error::OutOfBounds(_))));
+    assert!(matches!(w.range_proof(16, 1, 16, u64::MAX), Err(Error::OutOfBounds(_))));
+    assert!(matches!(w.range_proof(0, 0, 16, u64::MAX), Err(Error::OutOfBounds(_))));
+}
+
+/// A change a lying peer makes to an honest range proof.
+type RangeLie = Box<dyn Fn(&mut RangeProof)>;

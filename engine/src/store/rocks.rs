@@ -723,7 +723,7 @@ impl Drop for RocksStore {
 
 /// Streamed writes ([`Store::stage_streamed`]) of at least this many bytes go to the block log
 /// past the page cache (`O_DIRECT`).
-const DIRECT_FROM: u64 = 1 << 20;
+const DIRECT_FROM: u64 = 256 << 10;
 
 /// Blocks this close together in the block log are read ahead as one range.
 const READ_GAP: u64 = 128 << 10;

@@ -197,8 +197,10 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
             while let Some((frame, len)) = Frame::take(&buf).map_err(|e| e.to_string())? {
                 buf.drain(..len);
                 match frame {
-                    Frame::Control(Control::Open { local_id, .. }) => {
-                        let to = |message| Frame::Channel { channel: local_id, message }.encode();
+                    // The core's channel (the victim opens others too: its ranges channel).
+                    Frame::Control(Control::Open { protocol, .. }) if protocol == PROTOCOL => {
+                        // On its own channel (1, opened above).
+                        let to = |message| Frame::Channel { channel: 1, message }.encode();
                         let sync = Message::Sync {
                             flags: crate::wire::sync_flags::CAN_UPGRADE | crate::wire::sync_flags::UPLOADING,
                             fork: 0,
@@ -225,7 +227,7 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
                             _ => {}
                         }
                     }
-                    Frame::Channel { channel, message: Message::Request { id, request, .. } } => {
+                    Frame::Channel { message: Message::Request { id, request, .. }, .. } => {
                         if lie == Lie::Silent {
                             continue;
                         }
@@ -248,8 +250,9 @@ fn hostile(h: &Endpoint, victim: SocketAddr, writer: &Hypercore, lie: Lie) -> Re
                             }
                             _ => {}
                         }
-                        reply
-                            .extend(Frame::Channel { channel, message: Message::Data { request: id, proof } }.encode());
+                        reply.extend(
+                            Frame::Channel { channel: 1, message: Message::Data { request: id, proof } }.encode(),
+                        );
                     }
                     _ => {}
                 }

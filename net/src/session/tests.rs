@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use hyperfs_engine::crypto::KeyPair;
 use hyperfs_engine::hypercore::proof::Proof;
+use hyperfs_engine::hypercore::RangeProof;
 use hyperfs_engine::store::{MemStore, Store};
 use hyperfs_engine::Hypercore;
 
@@ -39,6 +40,24 @@ fn deliver(s: &mut Session, core: &mut Hypercore, m: Message, now: Instant) -> R
         out.events.extend(more.events);
     }
     Ok(out)
+}
+
+/// What the endpoint does with a reader's want: the session takes it, and asks for it (with
+/// the batch of wants it came in) when the batch ends.
+fn want(s: &mut Session, core: &Hypercore, index: u64, now: Instant, out: &mut Output) -> bool {
+    let ok = s.want(core, index, now, out);
+    s.flush(core, now, out);
+    ok
+}
+
+/// The blocks a message asks for or carries: one a request or a proof, a range's count.
+fn blocks_in(m: &Message) -> u64 {
+    match m {
+        Message::Request { .. } | Message::Data { .. } => 1,
+        Message::RangeRequest { count, .. } => *count,
+        Message::RangeData { proof, .. } => proof.blocks.len() as u64,
+        _ => 0,
+    }
 }
 
 /// Both ends of one channel.
@@ -93,7 +112,7 @@ impl Pair {
 
     fn want(&mut self, index: u64) -> Result<(), Misbehaviour> {
         let mut out = Output::default();
-        self.sb.want(&self.b, index, self.now, &mut out);
+        want(&mut self.sb, &self.b, index, self.now, &mut out);
         self.events.extend(out.events);
         self.run(Vec::new(), out.messages)
     }
@@ -121,7 +140,7 @@ fn proofs_come_out_verified_for_the_driver_to_store_and_a_stale_one_is_asked_aga
     let mut p = Pair::opened(40, false);
     let answer = |p: &mut Pair, index: u64| {
         let mut out = Output::default();
-        p.sb.want(&p.b, index, p.now, &mut out);
+        want(&mut p.sb, &p.b, index, p.now, &mut out);
         let Some(Message::Request { id, request, .. }) = out.messages.pop() else { panic!("a request") };
         Message::Data { request: id, proof: p.a.proof(&request).expect("proof") }
     };
@@ -274,7 +293,7 @@ fn a_block_the_peer_lacks_is_reported_missing() {
 fn a_lying_peer_is_caught_and_nothing_it_sent_is_stored() {
     let mut p = Pair::opened(40, false);
     let mut out = Output::default();
-    p.sb.want(&p.b, 9, p.now, &mut out);
+    want(&mut p.sb, &p.b, 9, p.now, &mut out);
     let Some(Message::Request { id, request, .. }) = out.messages.pop() else { panic!("a request") };
     let honest = p.a.proof(&request).expect("proof");
     let cases: Vec<(&str, Proof)> = vec![
@@ -355,7 +374,7 @@ fn requests_time_out_and_are_reported() {
     deliver(&mut s, &mut r, Message::Sync { flags: 3, fork: 0, length: 10, remote_length: 0 }, now).expect("sync");
     deliver(&mut s, &mut r, Message::Range { drop: false, start: 0, length: 10 }, now).expect("range");
     let mut out = Output::default();
-    assert!(s.want(&r, 4, now, &mut out));
+    assert!(want(&mut s, &r, 4, now, &mut out));
     assert!(s.busy());
     let out = s.tick(&r, now + REQUEST_TIMEOUT + Duration::from_millis(1)).expect("one miss is forgiven");
     assert!(out.events.contains(&Event::Missing { index: 4 }));
@@ -365,7 +384,7 @@ fn requests_time_out_and_are_reported() {
     let mut at = now + REQUEST_TIMEOUT;
     for (i, index) in [5u64, 6, 7].into_iter().enumerate() {
         let mut out = Output::default();
-        assert!(s.want(&r, index, at, &mut out));
+        assert!(want(&mut s, &r, index, at, &mut out));
         at += REQUEST_TIMEOUT + Duration::from_millis(1);
         let ticked = s.tick(&r, at);
         if i < 2 {
@@ -419,7 +438,7 @@ fn a_signed_length_of_2_pow_54_costs_nothing_per_message() {
     // The peer says it has two runs far apart: the download asks for blocks of both at once.
     deliver(&mut s, &mut r, Message::Range { drop: false, start: length - 10, length: 10 }, now).expect("range");
     let out = deliver(&mut s, &mut r, Message::Range { drop: false, start: 0, length: 3 }, now).expect("range");
-    let asked: Vec<u64> = s.in_flight.values().filter_map(|f| f.block).collect();
+    let asked: Vec<u64> = s.in_flight.values().flat_map(InFlight::blocks).collect();
     assert!(asked.contains(&0) && asked.contains(&(length - 10)), "{asked:?} {:?}", out.messages.len());
     assert!(s.in_flight.len() <= MAX_DOWNLOAD_WINDOW);
 }
@@ -545,7 +564,7 @@ fn the_download_window_follows_the_mean_block_size() {
         let mut next_a = Vec::new();
         for m in to_b.drain(..) {
             let out = deliver(&mut p.sb, &mut p.b, m, p.now).expect("replica");
-            asked = asked.max(out.messages.iter().filter(|m| matches!(m, Message::Request { .. })).count());
+            asked = asked.max(out.messages.iter().map(blocks_in).sum::<u64>());
             next_a.extend(out.messages);
         }
         for m in to_a.drain(..) {
@@ -553,7 +572,7 @@ fn the_download_window_follows_the_mean_block_size() {
         }
         to_a = next_a;
     }
-    assert!(asked >= 500, "{asked} requests in flight for 4 KiB blocks");
+    assert!(asked >= 500, "{asked} blocks asked at once for 4 KiB blocks");
 }
 
 /// A replica downloading from several peers at once, their sessions sharing one [`Claims`]:
@@ -590,7 +609,12 @@ fn download_from_peers(blocks: usize, speeds: &[usize]) -> (Vec<usize>, Hypercor
             }
             for m in std::mem::take(&mut to_seed[i]) {
                 let out = deliver(&mut seeds[i], &mut w, m, now).expect("seed");
-                sent[i] += out.messages.iter().filter(|m| matches!(m, Message::Data { .. })).count();
+                sent[i] += out
+                    .messages
+                    .iter()
+                    .filter(|m| matches!(m, Message::Data { .. } | Message::RangeData { .. }))
+                    .map(blocks_in)
+                    .sum::<u64>() as usize;
                 to_reader[i].extend(out.messages);
             }
             for m in std::mem::take(&mut to_reader[i]) {
@@ -620,3 +644,189 @@ fn peers_split_a_download_by_their_rates_and_a_silent_one_is_covered() {
     assert_eq!(r.local_blocks(), blocks as u64, "{sent:?}");
     assert_eq!(sent[1], 0);
 }
+
+/// A reader's window of wants, taken as one batch, goes out as range requests — consecutive
+/// blocks in one — and each block arrives verified and is reported; a JS peer, which knows no
+/// ranges, is asked a block a request.
+#[test]
+fn a_batch_of_wants_goes_as_range_requests_to_a_hyperfs_peer_and_block_by_block_to_js() {
+    for hyperfs in [true, false] {
+        let mut p = Pair::opened(100, false);
+        p.sb.set_hyperfs_peer(hyperfs);
+        p.sb.set_ranges(hyperfs);
+        let mut out = Output::default();
+        for index in (10..40).chain(60..64).chain([70]) {
+            assert!(p.sb.want(&p.b, index, p.now, &mut out));
+        }
+        p.sb.flush(&p.b, p.now, &mut out);
+        let requests: Vec<(u64, u64)> = out
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::RangeRequest { start, count, .. } => Some((*start, *count)),
+                Message::Request { request, .. } => request.block.map(|b| (b.index, 1)),
+                _ => None,
+            })
+            .collect();
+        if hyperfs {
+            assert_eq!(requests, [(10, 30), (60, 4), (70, 1)]);
+        } else {
+            assert_eq!(requests.len(), 35);
+            assert!(requests.iter().all(|&(_, n)| n == 1));
+        }
+        p.run(Vec::new(), out.messages).expect("answered");
+        for index in (10..40).chain(60..64).chain([70]) {
+            assert_eq!(p.b.get(index).expect("block"), format!("block {index}").into_bytes());
+            assert!(p.events.contains(&Event::Block { index }), "block {index} reported");
+        }
+        assert_eq!(p.b.local_blocks(), 35, "only what was wanted travels");
+        assert!(p.b.verify_local().expect("verify").is_empty());
+    }
+}
+
+/// A full download from a hyperfs peer asks in ranges: a few hundred requests for 3,000
+/// blocks, not 3,000.
+#[test]
+fn a_full_download_asks_for_ranges() {
+    let w = writer(3000);
+    let r = replica(&w);
+    let (mut p, mut to_b, mut to_a) = Pair::new(w, r, true);
+    let mut requests = 0;
+    for _ in 0..10_000 {
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        let mut next_a = Vec::new();
+        for m in to_b.drain(..) {
+            let out = deliver(&mut p.sb, &mut p.b, m, p.now).expect("replica");
+            requests += out.messages.iter().filter(|m| blocks_in(m) > 0).count();
+            next_a.extend(out.messages);
+        }
+        for m in to_a.drain(..) {
+            to_b.extend(deliver(&mut p.sa, &mut p.a, m, p.now).expect("writer").messages);
+        }
+        to_a = next_a;
+    }
+    assert_eq!(p.b.local_blocks(), 3000);
+    assert!(p.b.verify_local().expect("verify").is_empty());
+    assert!(requests <= 3000 / 16, "{requests} requests for 3,000 small blocks");
+}
+
+/// A range answer that stops early (the holder's byte budget, or a block it lacks) leaves the
+/// rest to be asked again; a range the holder cannot start is reported missing for its first
+/// block only, and the rest asked again.
+#[test]
+fn what_a_range_answer_leaves_out_is_asked_again() {
+    let mut p = Pair::opened(64, false);
+    let mut out = Output::default();
+    for index in 0..64 {
+        p.sb.want(&p.b, index, p.now, &mut out);
+    }
+    p.sb.flush(&p.b, p.now, &mut out);
+    let Some(Message::RangeRequest { id, start, count, length, .. }) = out.messages.pop() else { panic!("a range") };
+    assert_eq!((start, count), (0, 64));
+    // The holder sends three blocks of it.
+    let proof = p.a.range_proof(start, 3, length, u64::MAX).expect("proof");
+    let out = deliver(&mut p.sb, &mut p.b, Message::RangeData { request: id, proof }, p.now).expect("verifies");
+    assert_eq!(p.b.local_blocks(), 3);
+    let again: Vec<(u64, u64)> = out
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::RangeRequest { start, count, .. } => Some((*start, *count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, [(3, 61)], "the rest asked again");
+    p.run(Vec::new(), out.messages).expect("the rest");
+    assert_eq!(p.b.local_blocks(), 64);
+
+    // A middle peer that claimed a block it lacks, at the start of a range: that block is
+    // reported missing, the rest of the range comes.
+    let w = writer(20);
+    let mid = replica(&w);
+    let (mut q, to_b, to_a) = Pair::new(w, replica(&mid), false);
+    q.run(to_b, to_a).expect("open");
+    for i in 5..10 {
+        q.want(i).expect("want");
+    }
+    let (mut m, to_b, to_a) = Pair::new(q.b, replica(&q.a), false);
+    m.run(to_b, to_a).expect("open the middle peer");
+    m.sb.remote_has.insert(4, 10);
+    let mut out = Output::default();
+    for i in 4..10 {
+        m.sb.want(&m.b, i, m.now, &mut out);
+    }
+    m.sb.flush(&m.b, m.now, &mut out);
+    assert!(matches!(out.messages[..], [Message::RangeRequest { start: 4, count: 6, .. }]), "{:?}", out.messages);
+    m.run(Vec::new(), out.messages).expect("answered");
+    assert!(m.events.contains(&Event::Missing { index: 4 }));
+    for i in 5..10 {
+        assert_eq!(m.b.get(i).expect("block"), format!("block {i}").into_bytes());
+        assert!(!m.events.contains(&Event::Missing { index: i }));
+    }
+    assert!(!m.b.has(4));
+}
+
+/// A peer that answers a range with something else, or lies inside it, is dropped and nothing
+/// it sent is stored; range requests are charged a block each against the request budget.
+#[test]
+fn a_peer_that_lies_in_a_range_or_floods_ranges_is_dropped() {
+    let lies: Vec<(&str, RangeLie)> = vec![
+        ("a changed byte", Box::new(|x| x.blocks[2][0] ^= 1)),
+        ("another start", Box::new(|x| x.start += 1)),
+        ("a block more than asked", Box::new(|x| x.blocks.push(b"block 50".to_vec()))),
+        ("no blocks", Box::new(|x| x.blocks.clear())),
+        ("a node's hash", Box::new(|x| x.nodes[0].hash[1] ^= 1)),
+    ];
+    for (what, lie) in lies {
+        let mut p = Pair::opened(60, false);
+        let mut out = Output::default();
+        for index in 20..30 {
+            p.sb.want(&p.b, index, p.now, &mut out);
+        }
+        p.sb.flush(&p.b, p.now, &mut out);
+        let Some(Message::RangeRequest { id, start, count, length, .. }) = out.messages.pop() else {
+            panic!("a range")
+        };
+        let mut proof = p.a.range_proof(start, count, length, u64::MAX).expect("proof");
+        lie(&mut proof);
+        let e = deliver(&mut p.sb, &mut p.b, Message::RangeData { request: id, proof }, p.now).expect_err(what);
+        assert!(!e.0.is_empty(), "{what}");
+        assert_eq!(p.b.local_blocks(), 0, "{what}: nothing stored");
+    }
+    // A block where a range was asked.
+    let mut p = Pair::opened(60, false);
+    let mut out = Output::default();
+    for index in 20..30 {
+        p.sb.want(&p.b, index, p.now, &mut out);
+    }
+    p.sb.flush(&p.b, p.now, &mut out);
+    let Some(Message::RangeRequest { id, .. }) = out.messages.pop() else { panic!("a range") };
+    let block = p.a.proof(&p.b.block_request(20, 60).expect("request")).expect("proof");
+    assert!(deliver(&mut p.sb, &mut p.b, Message::Data { request: id, proof: block }, p.now).is_err());
+
+    // A flood of range requests for the most blocks each: dropped within the request budget.
+    let mut w = writer(300);
+    let now = Instant::now();
+    let (mut s, _) = Session::open(&w, false, now);
+    let mut dropped = None;
+    for i in 0..10_000u64 {
+        let at = now + Duration::from_micros(i);
+        let m = Message::RangeRequest { id: i + 1, fork: 0, length: 300, start: 0, count: u64::MAX };
+        match deliver(&mut s, &mut w, m, at) {
+            Ok(out) => assert!(out.messages.iter().all(|m| blocks_in(m) <= MAX_RANGE_BLOCKS)),
+            Err(e) => {
+                dropped = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, e) = dropped.expect("a flood of ranges is caught");
+    assert!(i >= REQUEST_BURST as u64 / MAX_RANGE_BLOCKS - 1, "a burst is served ({i})");
+    assert!(i < 2 * REQUEST_BURST as u64 / MAX_RANGE_BLOCKS, "each range costs its blocks ({i})");
+    assert!(e.0.contains("floods"));
+}
+
+/// A change a lying peer makes to an honest range proof.
+type RangeLie = Box<dyn Fn(&mut RangeProof)>;
