@@ -1589,7 +1589,7 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     // Written straight into what goes out: a block's bytes are copied once.
                     let at = pending.len();
                     codec.encode(&f, &mut pending);
-                    if let Frame::Channel { channel, message: Message::Data { .. } } = &f {
+                    if let Frame::Channel { channel, message: Message::Data { .. } | Message::RangeData { .. } } = &f {
                         if let Some(ch) = state.channels.iter().find(|c| c.local_id == *channel) {
                             lock(&inner.transferred).entry(ch.key).or_default().0 += (pending.len() - at) as u64;
                         }
@@ -1693,7 +1693,7 @@ fn take_in(
     while let Some(len) = codec.take(&mut buf[used..], &mut frames)? {
         used += len;
         for (frame, len) in frames.drain(..) {
-            if let Frame::Channel { channel, message: Message::Data { .. } } = &frame {
+            if let Frame::Channel { channel, message: Message::Data { .. } | Message::RangeData { .. } } = &frame {
                 if let Some(ch) = state.channels.iter().find(|c| c.remote_id == Some(*channel)) {
                     lock(&inner.transferred).entry(ch.key).or_default().1 += len as u64;
                 }
