@@ -102,7 +102,7 @@ fn spawn_and_connect(dir: &Path) -> Result<UnixStream> {
         if Instant::now() > deadline {
             bail!("the node did not start within 15 s; see {}", dir.join("node.log").display());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

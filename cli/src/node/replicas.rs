@@ -222,7 +222,9 @@ pub(super) fn clone(
         } else if last.1.elapsed() > Duration::from_secs(30) {
             bail!("the download stalled at {have} of {} blocks (the peer stopped answering)", dl + bl);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // A look is a lock of each core for a moment: looking often ends the command soon
+        // after the last block (every 50 ms added 25 ms to a 0.5 s clone on average).
+        std::thread::sleep(Duration::from_millis(5));
     }
     let version = {
         let mut d = drive.write();
