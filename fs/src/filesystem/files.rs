@@ -192,7 +192,13 @@ impl Fs {
     /// The last close of a handle.
     pub fn release(&self, fh: Fh) -> Result<()> {
         let Some(h) = lock(&self.handles).remove(&fh) else { return Err(Errno(libc::EBADF)) };
-        let result = if h.write { self.commit(h.ino) } else { Ok(()) };
+        // Its close (`flush`) recorded what it wrote. While another descriptor has the file
+        // open for writing, that one's close records the file: this release, which the kernel
+        // sends asynchronously, may come after the other truncated it or began to rewrite it,
+        // and recorded that half-written state as a version of its own (a file written twice in
+        // a row showed a version of 0 bytes between its two).
+        let others = h.write && self.nodes().map.get(&h.ino).is_some_and(|n| n.writers > 1);
+        let result = if h.write && !others { self.commit(h.ino) } else { Ok(()) };
         // The open count drops before the file state is looked at, so an unlink racing this
         // release (the kernel sends releases asynchronously) sees a closed file and frees it.
         if let Some(n) = self.nodes().map.get_mut(&h.ino) {
