@@ -224,6 +224,27 @@ fn each_close_of_a_changed_file_is_one_version() {
     assert_eq!((attr.size, attr.meta.mode, attr.meta.uid, attr.meta.gid), (11, 0o644, 1000, 100));
 }
 
+/// The kernel sends a descriptor's release asynchronously: one that comes after a second
+/// descriptor opened the file and truncated it (`open(O_TRUNC)`) records nothing, and the
+/// second's close records the file once.
+#[test]
+fn a_late_release_records_nothing_while_another_descriptor_writes_the_file() {
+    let t = setup();
+    let (attr, a) = t.fs.create(ROOT, "a.txt", 0o644, flags::WRONLY, 1000, 100).expect("create");
+    t.fs.write(a, 0, b"one").expect("write");
+    t.fs.flush(a).expect("close");
+    let v1 = t.version();
+    let b = t.fs.open(attr.ino, flags::WRONLY).expect("open");
+    t.fs.setattr(attr.ino, SetAttr { size: Some(0), ..Default::default() }).expect("truncate");
+    t.fs.release(a).expect("the first descriptor's late release");
+    assert_eq!(t.version(), v1, "the file half rewritten is no version");
+    t.fs.write(b, 0, b"two").expect("write");
+    t.fs.flush(b).expect("close");
+    t.fs.release(b).expect("release");
+    assert_eq!(t.version(), v1 + 1, "one version for the second close");
+    assert_eq!(t.drive_bytes("/a.txt").as_deref(), Some(&b"two"[..]));
+}
+
 #[test]
 fn writes_past_the_end_leave_holes_of_zeros_and_truncate_extends_and_cuts() {
     let t = setup();
