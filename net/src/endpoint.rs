@@ -1641,9 +1641,7 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     let mut cmd = cmd;
                     let mut batch = 0;
                     while let Some(c) = cmd.take() {
-                        if !state.command(inner, c)? {
-                            return Ok(());
-                        }
+                        state.command(inner, c)?;
                         batch += 1;
                         if batch < COMMAND_BATCH {
                             cmd = rx.try_recv().ok();
@@ -2006,8 +2004,8 @@ impl ConnState {
         }
     }
 
-    /// Does what a command asks; false when the connection is to end.
-    fn command(&mut self, inner: &Inner, cmd: Command) -> Result<bool, NetError> {
+    /// Does what a command asks.
+    fn command(&mut self, inner: &Inner, cmd: Command) -> Result<(), NetError> {
         match cmd {
             Command::Want { core, what, reply } => self.want(core, what, reply),
             Command::WantBytes { core, index, reply } => self.want_bytes(core, index, reply),
@@ -2033,7 +2031,7 @@ impl ConnState {
                 self.tick()?;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// After a batch of commands: the blocks they wanted are asked for, in runs.
