@@ -173,15 +173,8 @@ fn a_sparse_replica_seeks_through_seek_requests() {
     let blocks: Vec<Vec<u8>> = (0..37u8).map(|i| vec![i; (i as usize * 7) % 50 + 1]).collect();
     w.append_batch(&blocks).expect("append");
     let total: u64 = blocks.iter().map(|b| b.len() as u64).sum();
-    let upgrade = Request {
-        upgrade: Some(RequestUpgrade { start: 0, length: w.length() }),
-        manifest: true,
-        ..Request::default()
-    };
-    let up = w.proof(&upgrade).expect("upgrade");
     for bytes in 0..total {
-        let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
-        r.apply_proof(&up).expect("upgrade");
+        let mut r = upgraded_replica(&w);
         let mut rounds = 0;
         while let Some(req) = r.seek_request(bytes).expect("request") {
             rounds += 1;
@@ -194,8 +187,7 @@ fn a_sparse_replica_seeks_through_seek_requests() {
         assert_eq!(r.local_blocks(), 0);
     }
     // A seek proof that lies about a node is refused.
-    let mut r = Hypercore::open_replica(mem(), *w.key(), None).expect("replica");
-    r.apply_proof(&up).expect("upgrade");
+    let mut r = upgraded_replica(&w);
     let req = r.seek_request(total / 2).expect("request").expect("needs nodes");
     let mut p = w.proof(&req).expect("proof");
     let s = p.seek.as_mut().expect("a seek part");
