@@ -33,6 +33,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const COMMAND_BATCH: usize = 1024;
 /// The most bytes one read takes from a connection's stream.
 const READ_CHUNK: usize = 256 << 10;
+/// Reads a connection's reader may take ahead of the connection (each at most about
+/// [`READ_CHUNK`], or one frame).
+const READ_AHEAD: usize = 4;
 /// Bytes sent from the front of a connection's send buffer that are dropped without waiting
 /// for the rest to go.
 const COMPACT_SENT: usize = 4 << 20;
@@ -1083,6 +1086,15 @@ impl JsCodec {
 }
 
 impl Codec {
+    /// A copy for the connection's reader, made before anything was sent or received under the
+    /// codec: the reader only takes frames with it, and this one only encodes.
+    fn for_reader(&self) -> Codec {
+        match self {
+            Codec::Quic => Codec::Quic,
+            Codec::Js(s) => Codec::Js(Box::new(JsCodec::new(s.stream.clone()))),
+        }
+    }
+
     fn encode(&mut self, f: &Frame, out: &mut Vec<u8>) {
         match self {
             Codec::Quic => f.encode_into(out),
@@ -1445,7 +1457,7 @@ where
 }
 
 /// Drives a JS-wire connection (secret-stream over TCP or UDX) until it ends.
-async fn run_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+async fn run_stream<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     inner: Arc<Inner>,
     io: (R, W),
     address: SocketAddr,
@@ -1475,13 +1487,13 @@ struct Peer {
 }
 
 /// Drives one connection until it ends: frames in, sessions, frames out.
-async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+async fn drive<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     inner: &Arc<Inner>,
     link: Link,
     peer: Peer,
-    (mut recv, mut send): (R, W),
+    (recv, mut send): (R, W),
     mut codec: Codec,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
 ) -> Result<(), NetError> {
     let Peer { id, address, dialer, stable, secret } = peer;
     let js = matches!(codec, Codec::Js(_));
@@ -1529,7 +1541,6 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         hyperfs_flag: None,
         hello: None,
         ranges: false,
-        frames: Vec::new(),
     };
     if js {
         // Our hello first: a hyperfs node opens it too, a JS peer rejects it.
@@ -1570,8 +1581,12 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let mut moved = Instant::now();
         let mut heard = Instant::now();
         let mut wrote = Instant::now();
-        // What came with the handshake is read first.
-        take_in(inner, &mut state, &mut codec, &mut buf, stable)?;
+        // The reader takes frames off the wire, what came with the handshake first, beside this
+        // task: their bytes are decrypted and a range's blocks hashed while this one verifies
+        // and stores the ones before (a clone's receiving thread was busy all the time alone).
+        let (arrived, mut arrivals) = mpsc::channel(READ_AHEAD);
+        let reader = tokio::spawn(read_frames(recv, codec.for_reader(), buf, arrived));
+        let _reader = AbortOnDrop(reader);
         loop {
             if js && state.out.is_empty() && pending.is_empty() && wrote.elapsed() >= KEEP_ALIVE {
                 // secret-stream's keep-alive: an empty message.
@@ -1608,7 +1623,6 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             if js {
                 deadline = deadline.min(wrote + KEEP_ALIVE).min(heard + SILENT + Duration::from_millis(10));
             }
-            buf.reserve(READ_CHUNK);
             tokio::select! {
                 // Sending first when both can go: a batch of answers leaves whole, as before.
                 biased;
@@ -1626,14 +1640,13 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         sent = 0;
                     }
                 }
-                n = recv.read_buf(&mut buf), if waiting <= MAX_PENDING => {
-                    let n = n.map_err(|e| NetError::Io(e.to_string()))?;
-                    if n == 0 {
-                        return Ok(());
-                    }
+                arrival = arrivals.recv(), if waiting <= MAX_PENDING => {
+                    // None: the peer closed, and everything it sent before was taken.
+                    let Some(arrival) = arrival else { return Ok(()) };
+                    let Arrival { frames, bytes } = arrival?;
                     heard = Instant::now();
-                    lock(&stats).1 += n as u64;
-                    take_in(inner, &mut state, &mut codec, &mut buf, stable)?;
+                    lock(&stats).1 += bytes as u64;
+                    take_in(inner, &mut state, frames, stable)?;
                 }
                 cmd = rx.recv() => {
                     // The commands waiting are taken together: a reader's window of wants
@@ -1677,30 +1690,95 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     result
 }
 
-/// Takes in every whole frame `buf` holds: each goes to its channel, what verified is stored,
-/// and the other connections hear what this peer gave.
-fn take_in(
-    inner: &Inner,
-    state: &mut ConnState,
-    codec: &mut Codec,
-    buf: &mut Vec<u8>,
-    stable: usize,
-) -> Result<(), NetError> {
-    let mut used = 0;
-    let mut frames = std::mem::take(&mut state.frames);
-    while let Some(len) = codec.take(&mut buf[used..], &mut frames)? {
-        used += len;
-        for (frame, len) in frames.drain(..) {
-            if let Frame::Channel { channel, message: Message::Data { .. } | Message::RangeData { .. } } = &frame {
-                if let Some(ch) = state.channels.iter().find(|c| c.remote_id == Some(*channel)) {
-                    lock(&inner.transferred).entry(ch.key).or_default().1 += len as u64;
+/// What a connection's reader took off the wire at once: whole frames, each with the bytes it
+/// took, and how many bytes came.
+struct Arrival {
+    frames: Vec<(Frame, usize)>,
+    bytes: usize,
+}
+
+/// A task that is stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection's reader: takes whole frames off `recv` (`buf` first: what came with the
+/// handshake) with its own copy of the codec, hashes the blocks of range answers
+/// ([`hyperfs_engine::hypercore::RangeProof::hash_leaves`]), and hands each read's frames to the connection in order.
+/// Reading waits while `arrived` is full (the connection reads nothing while much waits to
+/// go), so what waits here is bounded. It ends when the peer closes (dropping `arrived`), on
+/// an error (sent first), or when the connection is gone.
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut recv: R,
+    mut codec: Codec,
+    mut buf: Vec<u8>,
+    arrived: mpsc::Sender<Result<Arrival, NetError>>,
+) {
+    let mut bytes = buf.len();
+    loop {
+        let mut frames = Vec::new();
+        let mut used = 0;
+        loop {
+            match codec.take(&mut buf[used..], &mut frames) {
+                Ok(Some(len)) => used += len,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = arrived.send(Err(e)).await;
+                    return;
                 }
             }
-            state.on_frame(inner, frame)?;
         }
+        buf.drain(..used);
+        let ranges = |f: &(Frame, usize)| matches!(f.0, Frame::Channel { message: Message::RangeData { .. }, .. });
+        if frames.iter().any(ranges) {
+            // On a thread of its own: the task that verifies runs on this one's worker thread
+            // (a task it wakes runs next where it was woken).
+            let hashed = tokio::task::spawn_blocking(move || {
+                for (frame, _) in &mut frames {
+                    if let Frame::Channel { message: Message::RangeData { proof, .. }, .. } = frame {
+                        proof.hash_leaves();
+                    }
+                }
+                frames
+            });
+            frames = match hashed.await {
+                Ok(frames) => frames,
+                Err(e) => {
+                    let _ = arrived.send(Err(NetError::Io(format!("hashing what came: {e}")))).await;
+                    return;
+                }
+            };
+        }
+        if bytes > 0 && arrived.send(Ok(Arrival { frames, bytes })).await.is_err() {
+            return;
+        }
+        buf.reserve(READ_CHUNK);
+        bytes = match recv.read_buf(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = arrived.send(Err(NetError::Io(e.to_string()))).await;
+                return;
+            }
+        };
     }
-    state.frames = frames;
-    buf.drain(..used);
+}
+
+/// Takes in the frames a read brought: each goes to its channel, what verified is stored, and
+/// the other connections hear what this peer gave.
+fn take_in(inner: &Inner, state: &mut ConnState, frames: Vec<(Frame, usize)>, stable: usize) -> Result<(), NetError> {
+    for (frame, len) in frames {
+        if let Frame::Channel { channel, message: Message::Data { .. } | Message::RangeData { .. } } = &frame {
+            if let Some(ch) = state.channels.iter().find(|c| c.remote_id == Some(*channel)) {
+                lock(&inner.transferred).entry(ch.key).or_default().1 += len as u64;
+            }
+        }
+        state.on_frame(inner, frame)?;
+    }
     state.store_arrivals();
     // What this peer gave, every other peer hears of (not this one: it knows).
     if !state.gained.is_empty() {
@@ -1759,8 +1837,6 @@ struct ConnState {
     hello: Option<u64>,
     /// Whether the peer opened the ranges channel: it answers range requests.
     ranges: bool,
-    /// Decoded frames, reused between reads.
-    frames: Vec<(Frame, usize)>,
 }
 
 /// A verified new length or new blocks of one core, from one peer.

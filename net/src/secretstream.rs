@@ -277,8 +277,9 @@ pub struct Opening {
     push: Option<State>,
 }
 
-/// An open secret stream: encrypts what goes, decrypts what comes.
-#[derive(Debug)]
+/// An open secret stream: encrypts what goes, decrypts what comes. A copy carries both
+/// directions' states: a connection gives one to its reader and keeps one for what it sends.
+#[derive(Debug, Clone)]
 pub struct Stream {
     pub initiator: bool,
     pub handshake: Done,

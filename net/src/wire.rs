@@ -442,7 +442,10 @@ impl Message {
                 let n = d.count("range data blocks", 1)?;
                 let blocks =
                     (0..n).map(|_| d.buffer("range data block").map(<[u8]>::to_vec)).collect::<Result<_, _>>()?;
-                Message::RangeData { request, proof: RangeProof { fork, length, start, blocks, nodes: read_nodes(d)? } }
+                Message::RangeData {
+                    request,
+                    proof: RangeProof { fork, length, start, blocks, nodes: read_nodes(d)?, hashed: Vec::new() },
+                }
             }
             _ => return Err(DecodeError::Invalid("message type")),
         })
@@ -709,6 +712,7 @@ mod tests {
                     start: 17,
                     blocks: vec![b"one".to_vec(), Vec::new(), vec![5; 700]],
                     nodes: vec![sample_node(32), sample_node(39)],
+                    hashed: Vec::new(),
                 },
             }),
         ]

@@ -121,7 +121,9 @@ pub(super) fn replicate(
                 if peers.is_empty() { " (give one with --peer HOST:PORT)" } else { ", nor at the peers given" }
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Looked for often: the blobs core is asked for only after this (a look every 20 ms
+        // left the link idle for 10 ms of a 0.5 s clone on average).
+        std::thread::sleep(Duration::from_millis(2));
     }
     let existing = state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
     if let Some(d) = existing {
@@ -140,7 +142,7 @@ pub(super) fn replicate(
     // The blobs core's signed length comes in its own sync; files cannot be read before it.
     let deadline = Instant::now() + Duration::from_secs(5);
     while blobs.state().1 == 0 && Instant::now() < deadline && drive.blobs().length() == 0 {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
     let mut drive = drive;
     drive.refresh()?;

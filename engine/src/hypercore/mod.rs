@@ -38,31 +38,6 @@ pub use tree::{Node, TreeIndex};
 
 /// Below this many bytes a batch's leaves are hashed on the calling thread.
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
-/// A range proof's blocks are hashed on every core from this many bytes on (a range is about
-/// 512 KiB; the network thread waits while the pool hashes).
-const RANGE_PARALLEL_HASH_BYTES: usize = 256 << 10;
-
-/// The threads that hash a range proof's blocks beside the network thread that waits for
-/// them: one a core but that one, and none on a machine of two cores or fewer (there the other
-/// core already runs the reader, the peer or the next range; paired 256 MiB clones took 0.60 s
-/// hashing on two threads against 0.53 s on the network thread alone). Apart from rayon's
-/// global pool: the caller holds the core's lock, and the global pool's workers may be readers
-/// waiting for that lock or for a block the caller's network thread would bring (a sparse read
-/// through a 64 MiB cache deadlocked so). These threads only hash.
-fn hash_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores > 2).then(|| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(cores - 1)
-                .thread_name(|i| format!("hyperfs-hash-{i}"))
-                .build()
-                .ok()
-        })?
-    })
-    .as_ref()
-}
 /// Leaves of a group of appended blocks, with where their bytes were staged if they are new.
 type Prepared = Vec<(Node, Option<Staged>)>;
 
@@ -1301,7 +1276,7 @@ impl Hypercore {
             .into_iter()
             .map(|i| self.node(TreeIndex(i))?.ok_or(Error::MissingNode { index: i }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(RangeProof { fork: self.head.fork, length, start, blocks, nodes })
+        Ok(RangeProof { fork: self.head.fork, length, start, blocks, nodes, hashed: Vec::new() })
     }
 
     /// Verifies a peer's [`RangeProof`] against this core, reading only: the blocks' leaves
@@ -1320,12 +1295,14 @@ impl Hypercore {
         if p.fork != self.head.fork || p.length > self.head.length {
             return Err(Error::StaleSnapshot { index: p.start });
         }
-        let hash = |(i, b): (usize, &Vec<u8>)| Node::leaf(p.start + i as u64, b);
-        let bytes: usize = p.blocks.iter().map(Vec::len).sum();
-        let leaves: Vec<Node> = match hash_pool().filter(|_| bytes >= RANGE_PARALLEL_HASH_BYTES) {
-            Some(pool) => pool.install(|| p.blocks.par_iter().enumerate().map(hash).collect()),
-            None => p.blocks.iter().enumerate().map(hash).collect(),
-        };
+        let mut p = p;
+        // Leaves hashed on arrival are the same hashes of the same bytes: this node computed
+        // them ([`RangeProof::hash_leaves`]); a count or start that does not fit is hashed anew.
+        let fits = p.hashed.len() == p.blocks.len() && !matches!(p.hashed.first(), Some(l) if l.index != 2 * p.start);
+        if !fits {
+            p.hash_leaves();
+        }
+        let leaves = std::mem::take(&mut p.hashed);
         let mut met = Vec::with_capacity(2 * leaves.len() + 2 * 64);
         let roots = proof::fold_range(p.length, p.start, &leaves, &p.nodes, &mut met)?;
         for r in roots {

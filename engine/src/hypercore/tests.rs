@@ -553,7 +553,11 @@ fn a_range_of_blocks_is_proven_by_one_list_of_nodes() {
         for start in 0..length {
             for end in start + 1..=length {
                 let mut r = upgraded_replica(&w);
-                let p = w.range_proof(start, end - start, length, u64::MAX).expect("the writer proves it");
+                let mut p = w.range_proof(start, end - start, length, u64::MAX).expect("the writer proves it");
+                if (start + end) % 2 == 1 {
+                    // Hashed on arrival, as a connection's reader does: the same leaves.
+                    p.hash_leaves();
+                }
                 assert_eq!(p.blocks.len() as u64, end - start);
                 // At most two nodes a level beside the range.
                 assert!(p.nodes.len() <= 2 * 6, "{} nodes for {start}..{end} of {length}", p.nodes.len());
@@ -596,13 +600,17 @@ fn a_range_proof_that_lies_is_refused() {
         ("a block added", Box::new(|p| p.blocks.push(vec![1, 2, 3]))),
         ("a range past the length", Box::new(|p| p.start = 20)),
     ];
-    for (what, lie) in lies {
+    // Each as it came, and with its blocks hashed on arrival as a connection's reader does.
+    for ((what, lie), on_arrival) in lies.iter().flat_map(|l| [(l, false), (l, true)]) {
         let r = upgraded_replica(&w);
         let mut p = honest.clone();
         lie(&mut p);
+        if on_arrival {
+            p.hash_leaves();
+        }
         match r.verify_range(p) {
             Err(Error::Verification(_)) => {}
-            other => panic!("{what}: {:?}", other.map(|v| v.len())),
+            other => panic!("{what} (hashed on arrival: {on_arrival}): {:?}", other.map(|v| v.len())),
         }
         assert_eq!(r.local_blocks(), 0, "{what}");
     }

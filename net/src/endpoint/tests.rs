@@ -117,6 +117,37 @@ fn a_seed_downloads_everything_and_serves_it_onwards() {
     assert_eq!(lock(&r.core).get(499).expect("stored"), b"block 499");
 }
 
+/// Two nodes open the ranges channel and a full download asks for runs of blocks: over QUIC
+/// and over the JS wire (where each connection's reader hashes the answers before they are
+/// verified), 3,000 blocks arrive whole and verified for a few requests' bytes. Asked a block
+/// a request, the replica would send at least 8 bytes a block (24 KB).
+#[test]
+fn a_full_download_between_nodes_asks_in_ranges() {
+    for transport in [Transport::Quic, Transport::Tcp] {
+        // The writer's node (`_a`) serves until the end of each round.
+        let (_a, s, b) = match transport {
+            Transport::Quic => {
+                let w = writer(3000);
+                let a = node(60, vec![w.clone()]);
+                let s = replica(w.key(), true);
+                let b = node(61, vec![s.clone()]);
+                b.connect(a.local_addr().expect("addr")).expect("connect");
+                (a, s, b)
+            }
+            _ => {
+                let (_, a, s, b, _) = js_wire_pair(62, Transport::Tcp, 3000, true);
+                (a, s, b)
+            }
+        };
+        wait("the full download", || lock(&s.core).local_blocks() == 3000);
+        let c = lock(&s.core);
+        assert!(c.verify_local().expect("verify").is_empty(), "{transport:?}");
+        assert_eq!(c.get(2999).expect("stored"), b"block 2999");
+        let up = b.peers()[0].bytes_up;
+        assert!(up < 4096, "{transport:?}: the replica sent {up} bytes to ask for 3,000 blocks");
+    }
+}
+
 #[test]
 fn a_node_without_the_key_gets_nothing() {
     let w = writer(10);
