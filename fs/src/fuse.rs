@@ -645,7 +645,17 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.pool.run(move || answer!(reply, fs.read(Fh(fh), offset.max(0) as u64, size), |d| reply.data(&d)));
+        self.pool.run(move || {
+            let mut reply = Some(reply);
+            let read = fs.read_with(Fh(fh), offset.max(0) as u64, size, &mut |d| {
+                if let Some(r) = reply.take() {
+                    r.data(d);
+                }
+            });
+            if let (Err(Errno(e)), Some(r)) = (read, reply.take()) {
+                r.error(e);
+            }
+        });
     }
 
     fn write(

@@ -124,9 +124,7 @@ impl Drive {
         let pieces = match self.pieces(blob) {
             // A sparse replica without the chunk sizes of a plain blob finds its start by seeking.
             Err(Error::MissingNode { .. }) if !blob.block_map && self.fetch.is_some() => {
-                let bytes = self.read_plain_by_seek(blob, offset, len)?;
-                out[..bytes.len()].copy_from_slice(&bytes);
-                return Ok(bytes.len());
+                return self.read_plain_by_seek(blob, offset, out);
             }
             other => other?,
         };
@@ -193,13 +191,15 @@ impl Drive {
         Ok((stop - offset) as usize)
     }
 
-    /// Reads a plain blob from the block holding `offset`, located through the fetcher's seek.
-    fn read_plain_by_seek(&self, blob: &Blob, offset: u64, len: u64) -> Result<Vec<u8>> {
+    /// Reads a plain blob into `out` from the block holding `offset`, located through the
+    /// fetcher's seek; how many bytes there were.
+    fn read_plain_by_seek(&self, blob: &Blob, offset: u64, out: &mut [u8]) -> Result<usize> {
+        let len = out.len() as u64;
         let offset = offset.min(blob.byte_length);
         let mut remaining = len.min(blob.byte_length - offset) as usize;
-        let mut out = Vec::with_capacity(remaining);
+        let mut filled = 0;
         if remaining == 0 {
-            return Ok(out);
+            return Ok(0);
         }
         let at = blob.byte_offset + offset;
         let (mut index, skip) = match self.blobs.seek(at) {
@@ -234,12 +234,13 @@ impl Drive {
         while remaining > 0 && index < end {
             let block = fetch::read_block(&self.blobs, self.fetch.as_deref(), index)?;
             let take = block.len().saturating_sub(skip).min(remaining);
-            out.extend_from_slice(&block[skip.min(block.len())..skip.min(block.len()) + take]);
+            out[filled..filled + take].copy_from_slice(&block[skip.min(block.len())..skip.min(block.len()) + take]);
+            filled += take;
             remaining -= take;
             skip = 0;
             index += 1;
         }
-        Ok(out)
+        Ok(filled)
     }
 
     /// The chunks of a blob with their offsets in the file (cached).

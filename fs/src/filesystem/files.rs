@@ -92,6 +92,14 @@ impl Fs {
     }
 
     pub fn read(&self, fh: Fh, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_with(fh, offset, len, &mut |d| out = d.to_vec())?;
+        Ok(out)
+    }
+
+    /// Reads up to `len` bytes at `offset` and hands them to `f` (a reply is written straight
+    /// from the read-ahead window, not copied out of it first).
+    pub fn read_with(&self, fh: Fh, offset: u64, len: u32, f: &mut dyn FnMut(&[u8])) -> Result<()> {
         let h = self.handle(fh)?;
         let (file, entry) = {
             let nodes = self.nodes();
@@ -102,26 +110,30 @@ impl Fs {
             self.accessed(h.ino);
         }
         if let Some(file) = file {
-            let f = lock(&file);
-            if let Some(staged) = &f.staged {
-                let end = f.size.min(offset.saturating_add(u64::from(len)));
+            let f_ = lock(&file);
+            if let Some(staged) = &f_.staged {
+                let end = f_.size.min(offset.saturating_add(u64::from(len)));
                 let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
                 staged.read_at(&mut buf, offset)?;
-                return Ok(buf);
+                f(&buf);
+                return Ok(());
             }
         }
-        let Some(blob) = entry.and_then(|e| e.blob) else { return Ok(Vec::new()) };
+        let Some(blob) = entry.and_then(|e| e.blob) else {
+            f(&[]);
+            return Ok(());
+        };
         let mut ra = lock(&h.ahead);
         let len = u64::from(len);
         if ra.blob != Some(blob) {
             *ra = ReadAhead { blob: Some(blob), ..ReadAhead::default() };
         }
-        let held = ra.start..ra.start + ra.data.len() as u64;
+        let held = ra.start..ra.start + ra.held as u64;
         if offset >= held.start && offset + len <= held.end {
             let from = (offset - held.start) as usize;
-            let out = ra.data[from..from + len as usize].to_vec();
             ra.next = offset + len;
-            return Ok(out);
+            f(&ra.buf[from..from + len as usize]);
+            return Ok(());
         }
         // A read where the last one ended starts or continues a sequential run. Within a run,
         // the kernel's own read-ahead sends the next reads at once on several threads, and they
@@ -135,22 +147,34 @@ impl Fs {
         let sequential = offset != 0 && (follows || (ra.window > 0 && near(offset)));
         if sequential && offset < held.start {
             // A read behind the buffer, overtaken by the ones after it: read alone.
-            return Ok(self.drive().read_blob(&blob, offset, len)?);
+            f(&self.drive().read_blob(&blob, offset, len)?);
+            return Ok(());
         }
         ra.window = if sequential { (ra.window * 2).clamp(256 << 10, MAX_READ_AHEAD) } else { 0 };
         // A read past the buffer's end, whose predecessors are still on their way, fetches from
         // that end: they then find their bytes in the buffer.
-        let from = if sequential && !ra.data.is_empty() && offset > held.end { held.end } else { offset };
+        let from = if sequential && ra.held > 0 && offset > held.end { held.end } else { offset };
         let want = (offset + len - from).max(ra.window);
-        let data = self.drive().read_blob(&blob, from, want)?;
-        let skip = ((offset - from) as usize).min(data.len());
-        let out = data[skip..data.len().min(skip + len as usize)].to_vec();
-        ra.next = offset + out.len() as u64;
-        if data.len() as u64 > len {
-            ra.start = from;
-            ra.data = data;
+        if want <= len {
+            // A read alone (not a window): its own buffer, the window left as it is.
+            let data = self.drive().read_blob(&blob, from, want)?;
+            ra.next = offset + data.len() as u64;
+            f(&data);
+            return Ok(());
         }
-        Ok(out)
+        let ReadAhead { buf, held, start, next, .. } = &mut *ra;
+        if buf.len() < want as usize {
+            buf.resize(want as usize, 0);
+        }
+        // Emptied first: a failed read leaves no window behind.
+        *held = 0;
+        let n = self.drive().read_blob_into(&blob, from, &mut buf[..want as usize])?;
+        (*start, *held) = (from, n);
+        let skip = ((offset - from) as usize).min(n);
+        let out = &buf[skip..n.min(skip + len as usize)];
+        *next = offset + out.len() as u64;
+        f(out);
+        Ok(())
     }
 
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {

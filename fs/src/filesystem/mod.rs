@@ -416,7 +416,10 @@ struct Handle {
 struct ReadAhead {
     blob: Option<Blob>,
     start: u64,
-    data: Vec<u8>,
+    /// The window's bytes: the first `held` of `buf`, which is reused from window to window
+    /// (it only grows, so its bytes are not cleared for each).
+    buf: Vec<u8>,
+    held: usize,
     /// Where a sequential reader reads next.
     next: u64,
     window: u64,
