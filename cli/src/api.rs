@@ -492,6 +492,9 @@ pub struct Cloned {
     pub name: String,
     pub key: String,
     pub version: u64,
+    /// Seconds from the node taking the command (its store open) to the last block stored.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// How far a clone has come.

@@ -232,7 +232,7 @@ fn main() -> ExitCode {
             if json {
                 print_json(&r);
             } else {
-                println!("cloned {} as {} (version {})", r.key, r.name, r.version);
+                println!("cloned {} as {} (version {}) in {:.2} s", r.key, r.name, r.version, r.seconds);
             }
             Ok(())
         }),

@@ -180,6 +180,7 @@ pub(super) fn clone(
     emit: &mut dyn FnMut(Out<'_>) -> bool,
 ) -> Result<api::Cloned> {
     use std::time::{Duration, Instant};
+    let began = Instant::now();
     let key = crate::local::parse_key(which)?;
     let ours =
         state.drives.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|d| d.snapshot().writable());
@@ -233,6 +234,7 @@ pub(super) fn clone(
         d.refresh()?;
         d.version()
     };
+    let seconds = began.elapsed().as_secs_f64();
     let name = name_replica(state, &key, as_name, "clone")?;
-    Ok(api::Cloned { name, key: hex::encode(key), version })
+    Ok(api::Cloned { name, key: hex::encode(key), version, seconds })
 }

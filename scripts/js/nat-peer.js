@@ -1,0 +1,65 @@
+// JS HyperDHT peers for the NAT topologies (network namespaces: homes behind MASQUERADE
+// routers, a "public" network with a DHT), the JS side of what hyperfs is measured beside.
+//
+//   node nat-peer.js testnet HOST N        N DHT nodes bound to HOST (hyperdht's testnet):
+//                                          prints {bootstrap: ["HOST:PORT", …]}, runs until killed
+//   node nat-peer.js serve BOOTSTRAP       a HyperDHT server on a fresh key pair (BOOTSTRAP: comma-
+//                                          separated HOST:PORT): prints {publicKey, firewalled,
+//                                          host, port} once listening; each connection gets an echo
+//   node nat-peer.js connect BOOTSTRAP KEY connects to server KEY, writes a byte and waits for its
+//                                          echo: prints {ok, ms, error?, remote?} (ms: from the
+//                                          connect call to the echo; given up after 30 s)
+'use strict'
+const createTestnet = require('hyperdht/testnet')
+const DHT = require('hyperdht')
+
+const hex = (b) => Buffer.from(b).toString('hex')
+const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+const parse = (list) => list.split(',').map((a) => {
+  const [host, port] = a.split(':')
+  return { host, port: Number(port) }
+})
+
+async function main () {
+  const [mode, a, b] = process.argv.slice(2)
+  if (mode === 'testnet') {
+    const testnet = await createTestnet(Number(b || 5), { host: a })
+    say({ bootstrap: testnet.bootstrap.map((x) => x.host + ':' + x.port) })
+    await new Promise(() => {})
+  } else if (mode === 'serve') {
+    const node = new DHT({ bootstrap: parse(a) })
+    await node.fullyBootstrapped()
+    const server = node.createServer((conn) => {
+      conn.on('error', () => {})
+      conn.on('data', (d) => conn.write(d))
+    })
+    const keyPair = DHT.keyPair()
+    await server.listen(keyPair)
+    const addr = server.address() || {}
+    say({ publicKey: hex(keyPair.publicKey), firewalled: node.firewalled, host: addr.host, port: addr.port })
+    await new Promise(() => {})
+  } else if (mode === 'connect') {
+    const node = new DHT({ bootstrap: parse(a) })
+    await node.fullyBootstrapped()
+    const start = process.hrtime.bigint()
+    const ms = () => Number(process.hrtime.bigint() - start) / 1e6
+    const result = await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ ok: false, ms: ms(), error: 'no connection within 30 s' }), 30000)
+      const conn = node.connect(Buffer.from(b, 'hex'))
+      conn.on('error', (e) => { clearTimeout(timer); resolve({ ok: false, ms: ms(), error: e.code || e.message }) })
+      conn.on('open', () => conn.write(Buffer.from([7])))
+      conn.on('data', () => {
+        clearTimeout(timer)
+        const remote = conn.rawStream && conn.rawStream.remoteHost
+        resolve({ ok: true, ms: ms(), remote: remote ? remote + ':' + conn.rawStream.remotePort : null })
+      })
+    })
+    say(result)
+    await node.destroy()
+    process.exit(0)
+  } else {
+    throw new Error('mode: testnet | serve | connect')
+  }
+}
+
+main().catch((e) => { process.stderr.write(String(e && e.stack || e) + '\n'); process.exit(1) })
