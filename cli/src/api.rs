@@ -171,6 +171,21 @@ pub enum Request {
         #[serde(flatten)]
         net: NetOptions,
     },
+    Nat {
+        #[serde(flatten)]
+        net: NetOptions,
+    },
+}
+
+/// The reply of `nat`: what HyperDHT's nodes see of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatReport {
+    /// `unknown` (too few answers yet), `open`, `consistent` or `random`.
+    pub firewall: String,
+    /// The public addresses a peer is told (a random NAT's: its IP, port 0).
+    pub addresses: Vec<String>,
+    /// How many DHT nodes' answers the verdict rests on.
+    pub samples: u32,
 }
 
 /// The reply of `ping`.

@@ -318,6 +318,16 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What HyperDHT's nodes see of this node: its NAT's kind (open, consistent: one public
+    /// port whoever it sends to, random: a new port for each destination) and its public
+    /// addresses, from the addresses the nodes that answered it saw.
+    Nat {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a file of a drive.
     ///
     /// Example:

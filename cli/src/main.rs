@@ -239,6 +239,16 @@ fn main() -> ExitCode {
         Command::Unshare { ref drive } => dir().and_then(|d| {
             client::call::<api::Done>(&d, &Request::Unshare { drive: drive.clone() }, true).map(drop)
         }),
+        Command::Nat { ref net, json } => dir().and_then(|d| {
+            let r: api::NatReport = client::call(&d, &Request::Nat { net: net.options() }, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                let at = if r.addresses.is_empty() { "-".to_owned() } else { r.addresses.join(", ") };
+                println!("{} NAT, public address {at} ({} DHT nodes answered)", r.firewall, r.samples);
+            }
+            Ok(())
+        }),
         Command::Peers { ref net, json } => dir().and_then(|d| {
             let r: Vec<api::PeerEntry> = client::call(&d, &Request::Peers { net: net.options() }, true)?;
             if json {

@@ -478,6 +478,9 @@ pub struct Client {
     next_tid: Mutex<u16>,
     bootstrap: Vec<SocketAddrV4>,
     reader: tokio::task::JoinHandle<()>,
+    /// What the nodes that answered saw of this client's socket (each reply's `to`): HyperDHT's
+    /// NAT verdict. The socket is taken as firewalled: nothing here proves it reachable.
+    nat: Arc<Mutex<crate::holepunch::Nat>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -513,7 +516,8 @@ impl Client {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let pending: Arc<Pending> = Arc::default();
         let requests: Requests = Arc::default();
-        let (s, p, q) = (socket.clone(), pending.clone(), requests.clone());
+        let nat = Arc::new(Mutex::new(crate::holepunch::Nat::new(true)));
+        let (s, p, q, seen) = (socket.clone(), pending.clone(), requests.clone(), nat.clone());
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -535,6 +539,11 @@ impl Client {
                 let mut pending = p.lock().unwrap_or_else(|e| e.into_inner());
                 // Only the address the request went to answers it.
                 if pending.get(&r.tid).is_some_and(|(to, _)| *to == from) {
+                    if let (Some(to), Some(from)) = (r.to, v4(from)) {
+                        // Where that node saw us: a sample of the NAT, whatever the address's
+                        // range (a private "public" network is still the one peers meet on).
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).add(to, from);
+                    }
                     if let Some((_, tx)) = pending.remove(&r.tid) {
                         let _ = tx.send(r);
                     }
@@ -542,7 +551,27 @@ impl Client {
             }
         });
         let tid = rand::random::<u16>();
-        Ok(Client { socket, pending, requests, next_tid: Mutex::new(tid), bootstrap, reader })
+        Ok(Client { socket, pending, requests, next_tid: Mutex::new(tid), bootstrap, reader, nat })
+    }
+
+    /// Samples this client's NAT until the verdict can be acted on ([`crate::holepunch::Nat::settled`])
+    /// or a walk towards a random target found no more nodes to ask: each node that answers
+    /// says where it saw the request come from.
+    pub async fn sample_nat(&self) {
+        for _ in 0..3 {
+            if self.nat.lock().unwrap_or_else(|e| e.into_inner()).settled() {
+                return;
+            }
+            self.walk(rand::random(), true, internal::FIND_NODE, None).await;
+        }
+    }
+
+    /// HyperDHT's verdict on this client's NAT from the nodes that answered it so far: the
+    /// firewall kind, the public addresses to tell a peer (a random NAT's IP with port 0), and
+    /// how many nodes' samples it rests on.
+    pub fn nat(&self) -> (crate::holepunch::Firewall, Vec<SocketAddrV4>, u32) {
+        let nat = self.nat.lock().unwrap_or_else(|e| e.into_inner());
+        (nat.firewall(), nat.addresses(), nat.sampled())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -608,6 +608,18 @@ impl Endpoint {
         })
     }
 
+    /// What HyperDHT's nodes see of this node ([`crate::dht::Client::nat`], sampled further
+    /// first while the verdict is not settled): its NAT's kind, its public addresses and the
+    /// samples they rest on; `None` while HyperDHT is off.
+    pub fn dht_nat(&self) -> Option<(crate::holepunch::Firewall, Vec<std::net::SocketAddrV4>, u32)> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let client = dht_client(&inner).await.ok()?;
+            client.sample_nat().await;
+            Some(client.nat())
+        })
+    }
+
     /// The public keys announced under `topic` on HyperDHT, this node's own left out.
     pub fn dht_lookup(&self, topic: [u8; 32]) -> Vec<[u8; 32]> {
         let inner = self.inner.clone();

@@ -49,6 +49,16 @@ impl Firewall {
         }
     }
 
+    /// The kind's name as users see it: `unknown`, `open`, `consistent` or `random`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firewall::Unknown => "unknown",
+            Firewall::Open => "open",
+            Firewall::Consistent => "consistent",
+            Firewall::Random => "random",
+        }
+    }
+
     /// OPEN is punched as CONSISTENT.
     fn coerced(self) -> Firewall {
         if self == Firewall::Open {

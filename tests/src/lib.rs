@@ -390,6 +390,44 @@ impl Hosts {
         host
     }
 
+    /// How the NAT of [`Hosts::behind_nat`] maps its host's ports: kept (as most home routers
+    /// do, MASQUERADE's default) or a new random one for each destination (`--random-fully`).
+    pub fn nat_random(&self, random: bool) {
+        let router = format!("{}r", self.bridge);
+        let (nat_src, public_if) = (format!("192.168.{}.0/24", self.subnet), format!("{router}i"));
+        in_ns(&router, &["iptables", "-t", "nat", "-F", "POSTROUTING"]);
+        let mut rule =
+            vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", &nat_src, "-o", &public_if, "-j", "MASQUERADE"];
+        if random {
+            rule.push("--random-fully");
+        }
+        in_ns(&router, &rule);
+    }
+
+    /// Starts hyperdht's testnet of `n` JS nodes on host `i` (`scripts/js/nat-peer.js`);
+    /// returns it (killed when dropped) and its bootstrap addresses.
+    pub fn hyperdht(&self, i: usize, n: usize) -> (KillOnDrop, Vec<String>) {
+        use std::io::BufRead;
+        let dir = js_dir();
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.names[i]))
+            .arg("node")
+            .arg(dir.join("nat-peer.js"))
+            .args(["testnet", &self.ip(i), &n.to_string()])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the HyperDHT testnet");
+        let out = child.stdout.take().expect("stdout");
+        let child = KillOnDrop(child);
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).expect("the testnet's addresses");
+        let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
+        let bootstrap =
+            v["bootstrap"].as_array().expect("bootstrap").iter().map(|b| b.as_str().expect("addr").to_owned());
+        (child, bootstrap.collect())
+    }
+
     /// Runs `hyperfs --data-dir DIR args…` on host namespace `ns`.
     pub fn hyperfs(ns: &str, dir: &Path, args: &[&str]) -> Output {
         Command::new("nsenter")
@@ -433,6 +471,16 @@ impl Hosts {
         std::io::BufReader::new(out).read_line(&mut line).expect("the testnet's addresses");
         let bootstrap: Vec<String> = serde_json::from_str(line.trim()).expect("a JSON list of addresses");
         (child, bootstrap)
+    }
+}
+
+/// A child process killed when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

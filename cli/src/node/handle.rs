@@ -442,6 +442,17 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             reply(api::Done {})
         }
         Request::Clone { key, name, net } => reply(clone(state, key, name.as_deref(), net, emit)?),
+        Request::Nat { net: options } => {
+            let net = net(state, options)?;
+            let Some((firewall, addresses, samples)) = net.endpoint.dht_nat() else {
+                bail!("HyperDHT is off on this node (give --hyperdht-bootstrap HOST:PORT)")
+            };
+            reply(api::NatReport {
+                firewall: firewall.name().to_owned(),
+                addresses: addresses.iter().map(ToString::to_string).collect(),
+                samples,
+            })
+        }
         Request::Peers { net: options } => {
             if !options.peers.is_empty() {
                 net(state, options)?.connect(&options.peers)?;

@@ -248,3 +248,41 @@ fn a_read_through_a_mount_survives_peers_joining_and_leaving() {
     eprintln!("read 256 MiB through {cycles} departures and returns");
     Hosts::hyperfs_ok(r, &dirs[3], &["unmount", mnt.to_str().expect("utf-8")]);
 }
+
+/// HyperDHT's nodes tell a node what its NAT is, from where each saw its requests come from
+/// (JS nodes of hyperdht's testnet on a public host): behind a NAT that keeps a socket's port
+/// whoever it sends to, "consistent" at the router's public address; behind one that picks a
+/// new port for each destination (`--random-fully`), "random", and the router's IP alone. The
+/// public network here is a private range (10.x), as in cloud networks, and counts as public.
+#[test]
+fn hyperdht_tells_a_node_behind_a_nat_what_its_nat_is() {
+    let mut hosts = Hosts::new(1);
+    let home = hosts.behind_nat();
+    let (public_ip, _) = hosts.nat_ips();
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for random in [false, true] {
+        hosts.nat_random(random);
+        let dir = tmp.path().join(if random { "random" } else { "keeping" });
+        let _stop = Stop(&dir);
+        let nat = json(
+            &home,
+            &dir,
+            &["nat", "--json", "--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"],
+        );
+        assert!(nat["samples"].as_u64().expect("samples") >= 3, "{nat}");
+        let addresses: Vec<&str> =
+            nat["addresses"].as_array().expect("addresses").iter().filter_map(Value::as_str).collect();
+        if random {
+            assert_eq!(nat["firewall"], "random", "{nat}");
+            assert_eq!(addresses, vec![format!("{public_ip}:0")], "{nat}");
+        } else {
+            assert_eq!(nat["firewall"], "consistent", "{nat}");
+            assert!(!addresses.is_empty(), "{nat}");
+            for a in &addresses {
+                assert!(a.starts_with(&format!("{public_ip}:")) && !a.ends_with(":0"), "{nat}");
+            }
+        }
+        let _ = Hosts::hyperfs(&home, &dir, &["stop"]);
+    }
+}
