@@ -481,6 +481,8 @@ pub struct Client {
     /// What the nodes that answered saw of this client's socket (each reply's `to`): HyperDHT's
     /// NAT verdict. The socket is taken as firewalled: nothing here proves it reachable.
     nat: Arc<Mutex<crate::holepunch::Nat>>,
+    /// Whether reachability was checked.
+    checked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -551,19 +553,94 @@ impl Client {
             }
         });
         let tid = rand::random::<u16>();
-        Ok(Client { socket, pending, requests, next_tid: Mutex::new(tid), bootstrap, reader, nat })
+        Ok(Client {
+            socket,
+            pending,
+            requests,
+            next_tid: Mutex::new(tid),
+            bootstrap,
+            reader,
+            nat,
+            checked: Default::default(),
+        })
     }
 
     /// Samples this client's NAT until the verdict can be acted on ([`crate::holepunch::Nat::settled`])
     /// or a walk towards a random target found no more nodes to ask: each node that answers
     /// says where it saw the request come from.
     pub async fn sample_nat(&self) {
+        let mut answered = Vec::new();
         for _ in 0..3 {
             if self.nat.lock().unwrap_or_else(|e| e.into_inner()).settled() {
-                return;
+                break;
             }
-            self.walk(rand::random(), true, internal::FIND_NODE, None).await;
+            answered = self.walk(rand::random(), true, internal::FIND_NODE, None).await;
         }
+        if !self.checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let mut nodes: Vec<SocketAddrV4> = answered.iter().map(|r| r.node).collect();
+            for b in &self.bootstrap {
+                if !nodes.contains(b) {
+                    nodes.push(*b);
+                }
+            }
+            nodes.truncate(5);
+            if self.reached_from_outside(&nodes).await {
+                self.nat.lock().unwrap_or_else(|e| e.into_inner()).reachable();
+            }
+        }
+    }
+
+    /// Whether nodes reach this host unasked (dht-rpc's PING_NAT): each of `nodes` is asked to
+    /// answer to the port of a second, fresh socket at the address it saw the request come from.
+    /// No packet ever left that socket, so a NAT or firewall has nothing to let its answers in
+    /// by (answers to the client's own socket would come in on the mappings its requests made);
+    /// a host open to the world takes them. Three answers of five are needed, or one of fewer
+    /// (dht-rpc's rule).
+    async fn reached_from_outside(&self, nodes: &[SocketAddrV4]) -> bool {
+        let bind = match self.socket.local_addr() {
+            Ok(SocketAddr::V4(a)) => SocketAddr::V4(SocketAddrV4::new(*a.ip(), 0)),
+            _ => return false,
+        };
+        let Ok(fresh) = UdpSocket::bind(bind).await else { return false };
+        let Ok(port) = fresh.local_addr().map(|a| a.port()) else { return false };
+        let mut asked = Vec::new();
+        for &node in nodes {
+            let tid = {
+                let mut t = self.next_tid.lock().unwrap_or_else(|e| e.into_inner());
+                *t = t.wrapping_add(1);
+                *t
+            };
+            let req = Request {
+                tid,
+                to: node,
+                id: None,
+                token: None,
+                internal: true,
+                command: internal::PING_NAT,
+                target: None,
+                value: Some(port.to_le_bytes().to_vec()),
+            };
+            if self.socket.send_to(&Message::Request(req).encode(), node).await.is_ok() {
+                asked.push((tid, node));
+            }
+        }
+        // One wait for all of them: behind a NAT none comes.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let mut reached = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        while reached.len() < asked.len() {
+            let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, fresh.recv_from(&mut buf)).await else { break };
+            if let Some(Message::Response(r)) = Message::decode(&buf[..n]) {
+                // Only the node asked answers its request.
+                if asked.iter().any(|&(tid, node)| tid == r.tid && SocketAddr::V4(node) == from)
+                    && !reached.contains(&r.tid)
+                {
+                    reached.push(r.tid);
+                }
+            }
+        }
+        tracing::debug!(asked = asked.len(), reached = reached.len(), "reachability check (PING_NAT)");
+        reached.len() >= if asked.len() >= 5 { 3 } else { 1 }
     }
 
     /// HyperDHT's verdict on this client's NAT from the nodes that answered it so far: the

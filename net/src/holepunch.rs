@@ -114,6 +114,12 @@ impl Nat {
         }
     }
 
+    /// Outside nodes reached the socket unasked (dht-rpc's PING_NAT): it is open.
+    pub fn reachable(&mut self) {
+        self.firewalled = false;
+        self.update();
+    }
+
     fn update(&mut self) {
         if !self.firewalled {
             self.firewall = Firewall::Open;

@@ -250,26 +250,34 @@ fn a_read_through_a_mount_survives_peers_joining_and_leaving() {
 }
 
 /// HyperDHT's nodes tell a node what its NAT is, from where each saw its requests come from
-/// (JS nodes of hyperdht's testnet on a public host): behind a NAT that keeps a socket's port
-/// whoever it sends to, "consistent" at the router's public address; behind one that picks a
-/// new port for each destination (`--random-fully`), "random", and the router's IP alone. The
-/// public network here is a private range (10.x), as in cloud networks, and counts as public.
+/// (JS nodes of hyperdht's testnet on a public host): a node on the public network is "open"
+/// (the nodes' answers to its port reach it unasked, dht-rpc's PING_NAT), at its own address;
+/// behind a NAT that keeps a socket's port whoever it sends to, "consistent" at the router's
+/// public address; behind one that picks a new port for each destination (`--random-fully`),
+/// "random", and the router's IP alone. The public network here is a private range (10.x), as
+/// in cloud networks, and counts as public.
 #[test]
 fn hyperdht_tells_a_node_behind_a_nat_what_its_nat_is() {
-    let mut hosts = Hosts::new(1);
+    let mut hosts = Hosts::new(2);
     let home = hosts.behind_nat();
     let (public_ip, _) = hosts.nat_ips();
     let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
     let tmp = tempfile::tempdir().expect("tempdir");
+    let dht = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let public = tmp.path().join("public");
+    let _stop = Stop(&public);
+    let mut args = vec!["nat", "--json"];
+    args.extend_from_slice(&dht);
+    let nat = json(&hosts.names[1], &public, &args);
+    assert_eq!(nat["firewall"], "open", "{nat}");
+    let addresses: Vec<&str> =
+        nat["addresses"].as_array().expect("addresses").iter().filter_map(Value::as_str).collect();
+    assert!(!addresses.is_empty() && addresses.iter().all(|a| a.starts_with(&format!("{}:", hosts.ip(1)))), "{nat}");
     for random in [false, true] {
         hosts.nat_random(random);
         let dir = tmp.path().join(if random { "random" } else { "keeping" });
         let _stop = Stop(&dir);
-        let nat = json(
-            &home,
-            &dir,
-            &["nat", "--json", "--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"],
-        );
+        let nat = json(&home, &dir, &args);
         assert!(nat["samples"].as_u64().expect("samples") >= 3, "{nat}");
         let addresses: Vec<&str> =
             nat["addresses"].as_array().expect("addresses").iter().filter_map(Value::as_str).collect();
