@@ -479,9 +479,9 @@ pub struct Client {
     bootstrap: Vec<SocketAddrV4>,
     reader: tokio::task::JoinHandle<()>,
     /// What the nodes that answered saw of this client's socket (each reply's `to`): HyperDHT's
-    /// NAT verdict. The socket is taken as firewalled: nothing here proves it reachable.
+    /// NAT verdict. Firewalled until nodes reach the host unasked ([`Client::sample_nat`]).
     nat: Arc<Mutex<crate::holepunch::Nat>>,
-    /// Whether reachability was checked.
+    /// Whether the host's reachability was checked (with nodes to ask).
     checked: std::sync::atomic::AtomicBool,
 }
 
@@ -565,9 +565,10 @@ impl Client {
         })
     }
 
-    /// Samples this client's NAT until the verdict can be acted on ([`crate::holepunch::Nat::settled`])
-    /// or a walk towards a random target found no more nodes to ask: each node that answers
-    /// says where it saw the request come from.
+    /// Samples this client's NAT until the verdict can be acted on
+    /// ([`crate::holepunch::Nat::settled`]), in up to three walks towards random targets (each
+    /// node that answers says where it saw the request come from), and once checks whether the
+    /// host is reachable from outside ([`Client::reached_from_outside`]): an open one.
     pub async fn sample_nat(&self) {
         let mut answered = Vec::new();
         for _ in 0..3 {
@@ -584,7 +585,10 @@ impl Client {
                 }
             }
             nodes.truncate(5);
-            if self.reached_from_outside(&nodes).await {
+            if nodes.is_empty() {
+                // Nobody to ask yet: the next call checks.
+                self.checked.store(false, std::sync::atomic::Ordering::Relaxed);
+            } else if self.reached_from_outside(&nodes).await {
                 self.nat.lock().unwrap_or_else(|e| e.into_inner()).reachable();
             }
         }

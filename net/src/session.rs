@@ -30,8 +30,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DOWNLOAD_WINDOW: usize = 32;
 /// …and at most this many (a core of small blocks: 512 of 4 KiB).
 pub const MAX_DOWNLOAD_WINDOW: usize = 1024;
-/// The bytes a full download keeps asked for from one peer.
+/// The bytes a full download keeps asked for from one peer at least…
 const WINDOW_BYTES: u64 = 2 << 20;
+/// …and at most: the window grows to twice the bytes the peer's measured rate brings in the
+/// shortest time an answer took ([`Pace`]), the link's bandwidth-delay product with room.
+const MAX_WINDOW_BYTES: u64 = 32 << 20;
+/// The rate is measured over spans of at least this long.
+const RATE_SPAN: Duration = Duration::from_millis(100);
 /// A peer may send this many messages that make work here (wants, ranges, bitfields) at once…
 const MESSAGE_BURST: f64 = 4096.0;
 /// …and this many a second after that.
@@ -68,13 +73,53 @@ const RANGE_ANSWER_BYTES: u64 = 2 << 20;
 /// in flight) before it waits for the next message.
 const TOP_UP_STEPS: usize = 4096;
 
-/// How many requests a full download of `core` keeps in flight to one peer: [`WINDOW_BYTES`]
-/// of its blocks by their mean size, so a core of small blocks is not held to a round trip per
-/// 32 of them.
-fn download_window(core: &Hypercore) -> usize {
-    usize::try_from(WINDOW_BYTES / mean_block(core))
-        .unwrap_or(MAX_DOWNLOAD_WINDOW)
-        .clamp(DOWNLOAD_WINDOW, MAX_DOWNLOAD_WINDOW)
+/// How many requests a full download of `core` keeps in flight to one peer: `bytes` of its
+/// blocks by their mean size, so a core of small blocks is not held to a round trip per 32 of
+/// them.
+fn download_window(core: &Hypercore, bytes: u64) -> usize {
+    usize::try_from(bytes / mean_block(core)).unwrap_or(MAX_DOWNLOAD_WINDOW).clamp(DOWNLOAD_WINDOW, MAX_DOWNLOAD_WINDOW)
+}
+
+/// What a peer's answers show of the link: the bytes they bring a second and the shortest time
+/// one took from its request (the round trip with nothing queued before it). A full download
+/// keeps twice their product asked for ([`Pace::window`]): a window that holds less leaves the
+/// link idle for part of each round trip, and the rate it measures grows with it until the
+/// link is full.
+#[derive(Debug, Clone)]
+struct Pace {
+    /// Bytes of answers since `since`.
+    bytes: u64,
+    since: Option<Instant>,
+    /// Bytes a second, over the last span.
+    rate: f64,
+    min_latency: Option<Duration>,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace { bytes: 0, since: None, rate: 0.0, min_latency: None }
+    }
+
+    /// An answer of `bytes` came at `now` to a request sent at `sent` (its deadline less the
+    /// request timeout).
+    fn answered(&mut self, bytes: u64, sent: Instant, now: Instant) {
+        let latency = now.saturating_duration_since(sent);
+        self.min_latency = Some(self.min_latency.map_or(latency, |m| m.min(latency)));
+        let since = *self.since.get_or_insert(sent);
+        self.bytes += bytes;
+        let span = now.saturating_duration_since(since);
+        if span >= RATE_SPAN {
+            self.rate = self.bytes as f64 / span.as_secs_f64();
+            (self.bytes, self.since) = (0, Some(now));
+        }
+    }
+
+    /// The bytes to keep asked for: twice the rate times the shortest latency, within
+    /// [`WINDOW_BYTES`]..=[`MAX_WINDOW_BYTES`].
+    fn window(&self) -> u64 {
+        let bdp = self.rate * self.min_latency.map_or(0.0, |l| l.as_secs_f64());
+        ((2.0 * bdp) as u64).clamp(WINDOW_BYTES, MAX_WINDOW_BYTES)
+    }
 }
 
 /// How many blocks one range request asks for: [`RANGE_BYTES`] of them by their mean size.
@@ -342,6 +387,8 @@ pub struct Session {
     released_seen: u64,
     /// Where the end game's next look for blocks to ask a second time starts.
     dup_from: u64,
+    /// The peer's measured rate and round trip, which size a full download's window.
+    pace: Pace,
 }
 
 impl Session {
@@ -375,6 +422,7 @@ impl Session {
             unflushed: false,
             released_seen: 0,
             dup_from: 0,
+            pace: Pace::new(),
         };
         s.claims.state().sessions += 1;
         let mut out = Output::default();
@@ -629,8 +677,10 @@ impl Session {
                         proof.start
                     )));
                 }
+                let bytes: u64 = proof.blocks.iter().map(|b| b.len() as u64).sum();
                 match core.verify_range(proof) {
                     Ok(verified) => {
+                        self.pace.answered(bytes, asked.deadline - self.timeout, now);
                         // Each block is stored and reported as a request of its own would be.
                         for v in verified {
                             let Some(index) = v.block() else { continue };
@@ -699,12 +749,14 @@ impl Session {
                     && core.length() > 0
                     && self.remote_length > 0
                     && proof.upgrade.as_ref().is_some_and(|u| u.start > 0);
+                let bytes = proof.block.as_ref().map_or(0, |b| b.value.len() as u64);
                 match core.verify_proof(proof) {
                     // The driver stores it and hands the result back (`stored`); till then its
                     // block is not asked for again.
                     Ok(verified) => {
                         if let Some(index) = asked.block {
                             self.blocks_in_flight.insert(index);
+                            self.pace.answered(bytes, asked.deadline - self.timeout, now);
                         }
                         out.store.push(Arrival { verified, asked: Some(asked) });
                         return Ok(out);
@@ -1074,7 +1126,7 @@ impl Session {
         // Jumps from a block we lack to the next the peer has and back: the cost follows the
         // runs of both, never the length (which a writer may sign as anything up to 2^55).
         let mut index = self.download_from.max(self.scan_from);
-        let window = download_window(core);
+        let window = download_window(core, self.pace.window());
         let ranges = self.ranges_possible(core);
         let per_range = range_blocks(core);
         let mut exhausted = false;

@@ -97,9 +97,9 @@ impl Fs {
         Ok(out)
     }
 
-    /// Reads up to `len` bytes at `offset` and hands them to `f` (a reply is written straight
+    /// Reads up to `len` bytes at `offset` and hands them to `give` (a reply is written straight
     /// from the read-ahead window, not copied out of it first).
-    pub fn read_with(&self, fh: Fh, offset: u64, len: u32, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+    pub fn read_with(&self, fh: Fh, offset: u64, len: u32, give: &mut dyn FnMut(&[u8])) -> Result<()> {
         let h = self.handle(fh)?;
         let (file, entry) = {
             let nodes = self.nodes();
@@ -110,17 +110,17 @@ impl Fs {
             self.accessed(h.ino);
         }
         if let Some(file) = file {
-            let f_ = lock(&file);
-            if let Some(staged) = &f_.staged {
-                let end = f_.size.min(offset.saturating_add(u64::from(len)));
+            let f = lock(&file);
+            if let Some(staged) = &f.staged {
+                let end = f.size.min(offset.saturating_add(u64::from(len)));
                 let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
                 staged.read_at(&mut buf, offset)?;
-                f(&buf);
+                give(&buf);
                 return Ok(());
             }
         }
         let Some(blob) = entry.and_then(|e| e.blob) else {
-            f(&[]);
+            give(&[]);
             return Ok(());
         };
         let mut ra = lock(&h.ahead);
@@ -132,7 +132,7 @@ impl Fs {
         if offset >= held.start && offset + len <= held.end {
             let from = (offset - held.start) as usize;
             ra.next = offset + len;
-            f(&ra.buf[from..from + len as usize]);
+            give(&ra.buf[from..from + len as usize]);
             return Ok(());
         }
         // A read where the last one ended starts or continues a sequential run. Within a run,
@@ -147,7 +147,7 @@ impl Fs {
         let sequential = offset != 0 && (follows || (ra.window > 0 && near(offset)));
         if sequential && offset < held.start {
             // A read behind the buffer, overtaken by the ones after it: read alone.
-            f(&self.drive().read_blob(&blob, offset, len)?);
+            give(&self.drive().read_blob(&blob, offset, len)?);
             return Ok(());
         }
         ra.window = if sequential { (ra.window * 2).clamp(256 << 10, MAX_READ_AHEAD) } else { 0 };
@@ -159,7 +159,7 @@ impl Fs {
             // A read alone (not a window): its own buffer, the window left as it is.
             let data = self.drive().read_blob(&blob, from, want)?;
             ra.next = offset + data.len() as u64;
-            f(&data);
+            give(&data);
             return Ok(());
         }
         let ReadAhead { buf, held, start, next, .. } = &mut *ra;
@@ -173,7 +173,7 @@ impl Fs {
         let skip = ((offset - from) as usize).min(n);
         let out = &buf[skip..n.min(skip + len as usize)];
         *next = offset + out.len() as u64;
-        f(out);
+        give(out);
         Ok(())
     }
 

@@ -551,9 +551,9 @@ fn the_download_window_follows_the_mean_block_size() {
         core.append_batch(&vec![vec![1u8; size]; blocks]).expect("append");
         core
     };
-    assert_eq!(download_window(&core_of(64 << 10, 4)), DOWNLOAD_WINDOW);
-    assert_eq!(download_window(&core_of(4 << 10, 8)), 512);
-    assert_eq!(download_window(&core_of(16, 8)), MAX_DOWNLOAD_WINDOW);
+    assert_eq!(download_window(&core_of(64 << 10, 4), WINDOW_BYTES), DOWNLOAD_WINDOW);
+    assert_eq!(download_window(&core_of(4 << 10, 8), WINDOW_BYTES), 512);
+    assert_eq!(download_window(&core_of(16, 8), WINDOW_BYTES), MAX_DOWNLOAD_WINDOW);
     let w = core_of(4 << 10, 2000);
     let r = replica(&w);
     let (mut p, mut to_b, mut to_a) = Pair::new(w, r, true);
@@ -830,3 +830,31 @@ fn a_peer_that_lies_in_a_range_or_floods_ranges_is_dropped() {
 
 /// A change a lying peer makes to an honest range proof.
 type RangeLie = Box<dyn Fn(&mut RangeProof)>;
+
+/// A full download's window follows the link: twice the bytes the peer's answers bring in the
+/// shortest round trip. On loopback (1 ms, 600 MB/s) it stays at its 2 MiB floor; on a link of
+/// 125 MB/s and 50 ms it grows to twice that product (12.5 MB), and past 32 MiB it stops. A
+/// window-bound download's rate grows with its window, so it reaches the link's: here an 8 MB
+/// window over 50 ms measures 160 MB/s and asks for 16 MB.
+#[test]
+fn the_download_window_grows_to_the_links_bandwidth_delay_product() {
+    let t0 = Instant::now();
+    let window_after = |rate: f64, rtt: Duration| {
+        let mut pace = Pace::new();
+        // Answers of 512 KiB arriving at `rate`, each sent a round trip before it came.
+        let every = Duration::from_secs_f64((512 << 10) as f64 / rate);
+        let mut now = t0 + rtt;
+        for _ in 0..200 {
+            pace.answered(512 << 10, now - rtt, now);
+            now += every;
+        }
+        pace.window()
+    };
+    assert_eq!(window_after(600e6, Duration::from_millis(1)), WINDOW_BYTES);
+    let far = window_after(125e6, Duration::from_millis(50));
+    assert!((12_000_000..13_000_000).contains(&far), "{far}");
+    assert_eq!(window_after(1e9, Duration::from_millis(100)), MAX_WINDOW_BYTES);
+    assert!((15_000_000..17_000_000).contains(&window_after(160e6, Duration::from_millis(50))));
+    // Nothing measured yet: the floor.
+    assert_eq!(Pace::new().window(), WINDOW_BYTES);
+}
