@@ -609,11 +609,7 @@ impl Client {
         let Ok(port) = fresh.local_addr().map(|a| a.port()) else { return false };
         let mut asked = Vec::new();
         for &node in nodes {
-            let tid = {
-                let mut t = self.next_tid.lock().unwrap_or_else(|e| e.into_inner());
-                *t = t.wrapping_add(1);
-                *t
-            };
+            let tid = self.take_tid();
             let req = Request {
                 tid,
                 to: node,
@@ -659,13 +655,16 @@ impl Client {
         self.socket.local_addr()
     }
 
+    /// The next transaction id.
+    fn take_tid(&self) -> u16 {
+        let mut t = self.next_tid.lock().unwrap_or_else(|e| e.into_inner());
+        *t = t.wrapping_add(1);
+        *t
+    }
+
     /// Sends a request to `to` and waits for its response, with dht-rpc's retries.
     pub async fn request(&self, to: SocketAddrV4, mut req: Request) -> Option<Response> {
-        let tid = {
-            let mut t = self.next_tid.lock().unwrap_or_else(|e| e.into_inner());
-            *t = t.wrapping_add(1);
-            *t
-        };
+        let tid = self.take_tid();
         req.tid = tid;
         req.to = to;
         let bytes = Message::Request(req).encode();

@@ -407,25 +407,33 @@ impl Hosts {
     /// Starts hyperdht's testnet of `n` JS nodes on host `i` (`scripts/js/nat-peer.js`);
     /// returns it (killed when dropped) and its bootstrap addresses.
     pub fn hyperdht(&self, i: usize, n: usize) -> (KillOnDrop, Vec<String>) {
-        use std::io::BufRead;
         let dir = js_dir();
+        let mut node = Command::new("node");
+        node.arg(dir.join("nat-peer.js")).args(["testnet", &self.ip(i), &n.to_string()]).current_dir(&dir);
+        let (child, first) = self.start_in(i, node);
+        let bootstrap =
+            first["bootstrap"].as_array().expect("bootstrap").iter().map(|b| b.as_str().expect("addr").to_owned());
+        (KillOnDrop(child), bootstrap.collect())
+    }
+
+    /// Starts `cmd` on host `i` (through `nsenter`, standard input and output piped) and
+    /// returns it with the JSON of its first line of output.
+    fn start_in(&self, i: usize, cmd: Command) -> (std::process::Child, serde_json::Value) {
+        use std::io::BufRead;
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.names[i]))
-            .arg("node")
-            .arg(dir.join("nat-peer.js"))
-            .args(["testnet", &self.ip(i), &n.to_string()])
-            .current_dir(&dir)
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")))
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("start the HyperDHT testnet");
-        let out = child.stdout.take().expect("stdout");
-        let child = KillOnDrop(child);
+            .unwrap_or_else(|e| panic!("start {:?} on host {i}: {e}", cmd.get_program()));
         let mut line = String::new();
-        std::io::BufReader::new(out).read_line(&mut line).expect("the testnet's addresses");
-        let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
-        let bootstrap =
-            v["bootstrap"].as_array().expect("bootstrap").iter().map(|b| b.as_str().expect("addr").to_owned());
-        (child, bootstrap.collect())
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(out).read_line(&mut line).expect("a first line of output");
+        let first = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        (child, first)
     }
 
     /// Runs `hyperfs --data-dir DIR args…` on host namespace `ns`.
@@ -455,22 +463,10 @@ impl Hosts {
     /// Starts a private Mainline DHT of `n` nodes on host `i` (the `dht-testnet` helper);
     /// returns it (it stops when dropped) and its bootstrap addresses.
     pub fn dht(&self, i: usize, n: usize) -> (std::process::Child, Vec<String>) {
-        use std::io::BufRead;
-        let helper = hyperfs_bin().with_file_name("dht-testnet");
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.names[i]))
-            .arg(helper)
-            .arg(self.ip(i))
-            .arg(n.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the DHT testnet");
-        let mut line = String::new();
-        let out = child.stdout.take().expect("stdout");
-        std::io::BufReader::new(out).read_line(&mut line).expect("the testnet's addresses");
-        let bootstrap: Vec<String> = serde_json::from_str(line.trim()).expect("a JSON list of addresses");
-        (child, bootstrap)
+        let mut helper = Command::new(hyperfs_bin().with_file_name("dht-testnet"));
+        helper.arg(self.ip(i)).arg(n.to_string());
+        let (child, first) = self.start_in(i, helper);
+        (child, serde_json::from_value(first).expect("a JSON list of addresses"))
     }
 }
 
