@@ -45,22 +45,44 @@ fn exchange(
         node::check_private(dir)?;
     }
     let sock = node::socket_path(dir);
-    let conn = match UnixStream::connect(&sock) {
-        Ok(c) => c,
-        Err(_) if start => spawn_and_connect(dir)?,
-        Err(_) => bail!("no node runs on {}", dir.display()),
-    };
-    let mut w = conn.try_clone()?;
-    writeln!(w, "{request}").context("sending to the node")?;
-    let mut conn = BufReader::with_capacity(1 << 20, conn);
-    loop {
-        match crate::control::read_frame(&mut conn)? {
-            None => bail!("the node closed the connection without replying (see {})", dir.join("node.log").display()),
-            Some(Frame::Reply(Ok(v))) => return Ok(v),
-            Some(Frame::Reply(Err(e))) => return Err(anyhow!("{e}")),
-            Some(f) => on_frame(f)?,
+    // A node killed a moment ago may still hold its socket while its threads exit: it takes
+    // the connection and then drops it unread (a reset). The request was never read, so it is
+    // sent again, to the node started in its place.
+    let mut resets = 0;
+    'connect: loop {
+        let conn = match UnixStream::connect(&sock) {
+            Ok(c) => c,
+            Err(_) if start => spawn_and_connect(dir)?,
+            Err(_) => bail!("no node runs on {}", dir.display()),
+        };
+        let mut w = conn.try_clone()?;
+        writeln!(w, "{request}").context("sending to the node")?;
+        let mut conn = BufReader::with_capacity(1 << 20, conn);
+        let mut first = true;
+        loop {
+            let frame = match crate::control::read_frame(&mut conn) {
+                Err(e) if first && start && resets < 50 && is_reset(&e) => {
+                    resets += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue 'connect;
+                }
+                f => f?,
+            };
+            first = false;
+            match frame {
+                None => {
+                    bail!("the node closed the connection without replying (see {})", dir.join("node.log").display())
+                }
+                Some(Frame::Reply(Ok(v))) => return Ok(v),
+                Some(Frame::Reply(Err(e))) => return Err(anyhow!("{e}")),
+                Some(f) => on_frame(f)?,
+            }
         }
     }
+}
+
+fn is_reset(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 /// Starts `hyperfs daemon` for `dir` in the background (its own session, output to

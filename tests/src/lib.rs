@@ -56,10 +56,23 @@ pub fn hyperfs_in(dir: &Path, args: &[&str]) -> Output {
 
 /// Runs `hyperfs --data-dir DIR args…` and returns its standard output, failing the test on a
 /// non-zero exit.
+/// On failure the message carries the end of the node's log, which the test's directory takes
+/// with it.
 pub fn hyperfs_in_ok(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--data-dir", dir.to_str().expect("a UTF-8 data directory")];
-    all.extend_from_slice(args);
-    hyperfs_ok(&all)
+    let out = hyperfs_in(dir, args);
+    if !out.status.success() {
+        let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "hyperfs --data-dir {} {args:?} failed: {}\n{}\nthe end of node.log:\n{}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n")
+        );
+    }
+    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 /// Runs `hyperfs` in data directory `dir` and parses its standard output as JSON, failing the
@@ -228,9 +241,11 @@ pub fn is_mounted(dir: &Path) -> bool {
 }
 
 /// Whether process `pid` still runs: neither gone nor a zombie waiting for whoever inherited it
-/// to reap it.
+/// to reap it. A zombie leader whose other threads are still exiting runs: its files (a
+/// listening socket, a store's lock) close with its last thread.
 pub fn process_alive(pid: i32) -> bool {
-    process_state(pid).is_some_and(|s| s != "Z")
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    process_state(pid).is_some_and(|s| s != "Z" || threads > 1)
 }
 
 /// Process `pid`'s state letter (`R`, `S`, `D`, `Z`, …), or None once it is gone.

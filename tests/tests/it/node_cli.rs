@@ -173,3 +173,32 @@ fn completions_and_the_man_page_come_from_the_command_definitions() {
     let man = hyperfs_tests::hyperfs_ok(&["man"]);
     assert!(man.contains(".TH hyperfs") && man.contains("daemon"));
 }
+
+/// A node killed a moment ago can still hold its socket while its threads exit: it takes a
+/// command's connection and drops it unread. The command then goes to a node started in its
+/// place, instead of failing with "connection reset by peer" (seen after a SIGKILL on a busy
+/// machine).
+#[test]
+fn a_command_that_meets_a_dying_node_goes_to_the_next_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(&dir, &["create", "--name", "d"]);
+    ok(&dir, &["stop"]);
+    let sock = dir.join("node.sock");
+    let dying = std::os::unix::net::UnixListener::bind(&sock).expect("bind the dying node's socket");
+    let node = std::thread::spawn(move || {
+        let (conn, _) = dying.accept().expect("accept");
+        // The request has arrived; the node dies before reading it.
+        let mut peek = [0u8; 1];
+        // SAFETY: a valid descriptor and a one-byte buffer that outlives the call.
+        let n =
+            unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&conn), peek.as_mut_ptr().cast(), 1, libc::MSG_PEEK) };
+        assert_eq!(n, 1, "the command sent its request");
+        drop(dying);
+        std::fs::remove_file(&sock).expect("the socket goes with the node");
+    });
+    let info: Value = serde_json::from_str(&ok(&dir, &["info", "d", "--json"])).expect("json");
+    node.join().expect("the dying node");
+    assert_eq!(info["writable"], true, "{info}");
+    ok(&dir, &["stop"]);
+}
