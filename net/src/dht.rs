@@ -467,20 +467,119 @@ pub struct Replied {
 
 type Pending = Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Response>)>>;
 /// Where a served client's requests go.
-type Requests = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>>;
+type Requests = Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>;
+/// Punches waiting for holepunch probes, by the remote's IP.
+type Probes = Mutex<Vec<(Ipv4Addr, tokio::sync::mpsc::Sender<SocketAddrV4>)>>;
+/// Probes a punch may have waiting; more are dropped (a flood of them is no work).
+const PROBE_QUEUE: usize = 64;
 
-/// An ephemeral HyperDHT client on its own UDP socket.
-pub struct Client {
-    socket: Arc<UdpSocket>,
-    pending: Arc<Pending>,
+/// The socket a client talks through: one of its own, or a UDX socket it shares with the
+/// streams HyperDHT connects (as JS does: the address DHT nodes see is the one peers punch to).
+enum Wire {
+    Udp(Arc<UdpSocket>),
+    Udx(Arc<crate::udx_socket::UdxSocket>),
+}
+
+impl Wire {
+    async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        match self {
+            Wire::Udp(s) => s.send_to(bytes, to).await.map(drop),
+            Wire::Udx(s) => s.send_raw(bytes, to).await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Wire::Udp(s) => s.local_addr(),
+            Wire::Udx(s) => s.local_addr(),
+        }
+    }
+}
+
+/// What the client's reader shares with it.
+struct Shared {
+    pending: Pending,
     /// Where requests to this client go (a HyperDHT server's relayed handshakes), when served.
     requests: Requests,
+    probes: Probes,
+    /// What the nodes that answered saw of this client's socket (each reply's `to`): HyperDHT's
+    /// NAT verdict. Firewalled until nodes reach the host unasked ([`Client::sample_nat`]).
+    nat: Mutex<crate::holepunch::Nat>,
+    /// The address each node that answered last saw this socket at (at most [`MAX_SEEN`]).
+    seen_by: Mutex<HashMap<SocketAddrV4, SocketAddrV4>>,
+}
+
+/// Nodes whose view of this socket is kept.
+const MAX_SEEN: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            pending: Mutex::default(),
+            requests: Mutex::default(),
+            probes: Mutex::default(),
+            nat: Mutex::new(crate::holepunch::Nat::new(true)),
+            seen_by: Mutex::default(),
+        })
+    }
+
+    /// One datagram that came in from `from`.
+    fn on_datagram(&self, d: &[u8], from: SocketAddr) {
+        if d.len() == 1 {
+            // A holepunch probe: for the punch towards its IP, if one runs.
+            let Some(from) = v4(from) else { return };
+            let mut probes = lock(&self.probes);
+            probes.retain(|(_, tx)| !tx.is_closed());
+            if let Some((_, tx)) = probes.iter().find(|(ip, _)| ip == from.ip()) {
+                let _ = tx.try_send(from);
+            }
+            return;
+        }
+        let mut r = match Message::decode(d) {
+            Some(Message::Response(r)) => r,
+            Some(Message::Request(req)) => {
+                if let Some(tx) = lock(&self.requests).as_ref() {
+                    let _ = tx.send((req, from));
+                }
+                return;
+            }
+            None => return,
+        };
+        // A claimed id is the hash of the address it came from, or none.
+        if r.id.is_some() && v4(from).map(|a| node_id(&a)) != r.id {
+            r.id = None;
+        }
+        let mut pending = lock(&self.pending);
+        // Only the address the request went to answers it.
+        if pending.get(&r.tid).is_some_and(|(to, _)| *to == from) {
+            if let (Some(to), Some(from)) = (r.to, v4(from)) {
+                // Where that node saw us: a sample of the NAT, whatever the address's range (a
+                // private "public" network is still the one peers meet on).
+                lock(&self.nat).add(to, from);
+                let mut seen = lock(&self.seen_by);
+                if seen.len() >= MAX_SEEN && !seen.contains_key(&from) {
+                    seen.clear();
+                }
+                seen.insert(from, to);
+            }
+            if let Some((_, tx)) = pending.remove(&r.tid) {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// An ephemeral HyperDHT client.
+pub struct Client {
+    socket: Wire,
+    shared: Arc<Shared>,
     next_tid: Mutex<u16>,
     bootstrap: Vec<SocketAddrV4>,
     reader: tokio::task::JoinHandle<()>,
-    /// What the nodes that answered saw of this client's socket (each reply's `to`): HyperDHT's
-    /// NAT verdict. Firewalled until nodes reach the host unasked ([`Client::sample_nat`]).
-    nat: Arc<Mutex<crate::holepunch::Nat>>,
     /// Whether the host's reachability was checked (with nodes to ask).
     checked: std::sync::atomic::AtomicBool,
 }
@@ -513,56 +612,75 @@ fn xor_distance(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
 }
 
 impl Client {
-    /// Binds a socket on `bind` (port 0: any) and talks to the network through `bootstrap`.
+    /// Binds a socket of its own on `bind` (port 0: any) and talks to the network through
+    /// `bootstrap`.
     pub async fn bind(bind: SocketAddr, bootstrap: Vec<SocketAddrV4>) -> std::io::Result<Client> {
         let socket = Arc::new(UdpSocket::bind(bind).await?);
-        let pending: Arc<Pending> = Arc::default();
-        let requests: Requests = Arc::default();
-        let nat = Arc::new(Mutex::new(crate::holepunch::Nat::new(true)));
-        let (s, p, q, seen) = (socket.clone(), pending.clone(), requests.clone(), nat.clone());
+        let shared = Shared::new();
+        let (s, sh) = (socket.clone(), shared.clone());
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, from)) = s.recv_from(&mut buf).await else { continue };
-                let mut r = match Message::decode(&buf[..n]) {
-                    Some(Message::Response(r)) => r,
-                    Some(Message::Request(req)) => {
-                        if let Some(tx) = q.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                            let _ = tx.send((req, from));
-                        }
-                        continue;
-                    }
-                    None => continue,
-                };
-                // A claimed id is the hash of the address it came from, or none.
-                if r.id.is_some() && v4(from).map(|a| node_id(&a)) != r.id {
-                    r.id = None;
-                }
-                let mut pending = p.lock().unwrap_or_else(|e| e.into_inner());
-                // Only the address the request went to answers it.
-                if pending.get(&r.tid).is_some_and(|(to, _)| *to == from) {
-                    if let (Some(to), Some(from)) = (r.to, v4(from)) {
-                        // Where that node saw us: a sample of the NAT, whatever the address's
-                        // range (a private "public" network is still the one peers meet on).
-                        seen.lock().unwrap_or_else(|e| e.into_inner()).add(to, from);
-                    }
-                    if let Some((_, tx)) = pending.remove(&r.tid) {
-                        let _ = tx.send(r);
-                    }
-                }
+                sh.on_datagram(&buf[..n], from);
             }
         });
-        let tid = rand::random::<u16>();
-        Ok(Client {
+        Ok(Client::with(Wire::Udp(socket), shared, reader, bootstrap))
+    }
+
+    /// A client on `socket`, a UDX socket whose streams it connects: it takes the socket's
+    /// datagrams that are not UDX's.
+    pub fn on_udx(socket: Arc<crate::udx_socket::UdxSocket>, bootstrap: Vec<SocketAddrV4>) -> Client {
+        let shared = Shared::new();
+        let mut plain = socket.plain();
+        let sh = shared.clone();
+        let reader = tokio::spawn(async move {
+            while let Some((d, from)) = plain.recv().await {
+                sh.on_datagram(&d, from);
+            }
+        });
+        Client::with(Wire::Udx(socket), shared, reader, bootstrap)
+    }
+
+    fn with(
+        socket: Wire,
+        shared: Arc<Shared>,
+        reader: tokio::task::JoinHandle<()>,
+        bootstrap: Vec<SocketAddrV4>,
+    ) -> Client {
+        Client {
             socket,
-            pending,
-            requests,
-            next_tid: Mutex::new(tid),
+            shared,
+            next_tid: Mutex::new(rand::random::<u16>()),
             bootstrap,
             reader,
-            nat,
             checked: Default::default(),
-        })
+        }
+    }
+
+    /// Holepunch probes (one-byte datagrams) that come from `ip`, while the receiver lives.
+    pub fn probes_from(&self, ip: Ipv4Addr) -> tokio::sync::mpsc::Receiver<SocketAddrV4> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PROBE_QUEUE);
+        lock(&self.shared.probes).push((ip, tx));
+        rx
+    }
+
+    /// Where node `node` last saw this client's socket, if it answered.
+    pub fn seen_by(&self, node: SocketAddrV4) -> Option<SocketAddrV4> {
+        lock(&self.shared.seen_by).get(&node).copied()
+    }
+
+    /// The UDX socket this client shares, if it does.
+    pub fn udx(&self) -> Option<Arc<crate::udx_socket::UdxSocket>> {
+        match &self.socket {
+            Wire::Udx(s) => Some(s.clone()),
+            Wire::Udp(_) => None,
+        }
+    }
+
+    /// Sends a datagram from this client's socket (a holepunch probe, a relayed message).
+    pub async fn send_raw(&self, bytes: &[u8], to: SocketAddrV4) -> std::io::Result<()> {
+        self.socket.send_to(bytes, SocketAddr::V4(to)).await
     }
 
     /// Samples this client's NAT until the verdict can be acted on
@@ -572,7 +690,7 @@ impl Client {
     pub async fn sample_nat(&self) {
         let mut answered = Vec::new();
         for _ in 0..3 {
-            if self.nat.lock().unwrap_or_else(|e| e.into_inner()).settled() {
+            if lock(&self.shared.nat).settled() {
                 break;
             }
             answered = self.walk(rand::random(), true, internal::FIND_NODE, None).await;
@@ -589,7 +707,7 @@ impl Client {
                 // Nobody to ask yet: the next call checks.
                 self.checked.store(false, std::sync::atomic::Ordering::Relaxed);
             } else if self.reached_from_outside(&nodes).await {
-                self.nat.lock().unwrap_or_else(|e| e.into_inner()).reachable();
+                lock(&self.shared.nat).reachable();
             }
         }
     }
@@ -620,7 +738,7 @@ impl Client {
                 target: None,
                 value: Some(port.to_le_bytes().to_vec()),
             };
-            if self.socket.send_to(&Message::Request(req).encode(), node).await.is_ok() {
+            if self.socket.send_to(&Message::Request(req).encode(), SocketAddr::V4(node)).await.is_ok() {
                 asked.push((tid, node));
             }
         }
@@ -647,7 +765,7 @@ impl Client {
     /// firewall kind, the public addresses to tell a peer (a random NAT's IP with port 0), and
     /// how many nodes' samples it rests on.
     pub fn nat(&self) -> (crate::holepunch::Firewall, Vec<SocketAddrV4>, u32) {
-        let nat = self.nat.lock().unwrap_or_else(|e| e.into_inner());
+        let nat = lock(&self.shared.nat);
         (nat.firewall(), nat.addresses(), nat.sampled())
     }
 
@@ -669,10 +787,10 @@ impl Client {
         req.to = to;
         let bytes = Message::Request(req).encode();
         let (tx, mut rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(tid, (SocketAddr::V4(to), tx));
+        lock(&self.shared.pending).insert(tid, (SocketAddr::V4(to), tx));
         let mut answer = None;
         for _ in 0..RETRIES {
-            if self.socket.send_to(&bytes, to).await.is_err() {
+            if self.socket.send_to(&bytes, SocketAddr::V4(to)).await.is_err() {
                 break;
             }
             match tokio::time::timeout(TIMEOUT, &mut rx).await {
@@ -684,7 +802,7 @@ impl Client {
                 Err(_) => continue,
             }
         }
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
+        lock(&self.shared.pending).remove(&tid);
         answer
     }
 
@@ -791,7 +909,7 @@ impl Client {
     /// relayed handshakes).
     pub fn serve(&self) -> tokio::sync::mpsc::UnboundedReceiver<(Request, SocketAddr)> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *lock(&self.shared.requests) = Some(tx);
         rx
     }
 
@@ -814,14 +932,16 @@ impl Client {
     }
 
     /// The Noise IK handshake with the server of `public_key`, through the nodes that hold its
-    /// registration (FIND_PEER, then PEER_HANDSHAKE relayed by one of them): the handshake's
-    /// result, the server's payload, its UDX stream id, and the address it answered from.
+    /// registration (FIND_PEER, then PEER_HANDSHAKE relayed by one of them), telling it this
+    /// client's NAT (`firewall`, public `addresses`).
     pub async fn handshake(
         &self,
         public_key: [u8; 32],
         me: crate::noise::KeyPair,
         udx_id: u32,
-    ) -> Result<(crate::noise::Done, NoisePayload, u64, SocketAddrV4), String> {
+        firewall: Firewall,
+        addresses: Vec<SocketAddrV4>,
+    ) -> Result<Shaken, String> {
         let target = crypto::hash(&[&public_key]);
         let relays: Vec<Replied> = self
             .walk(target, false, command::FIND_PEER, None)
@@ -834,7 +954,8 @@ impl Client {
         }
         let ours = NoisePayload {
             version: 1,
-            firewall: Firewall::Unknown as u64,
+            firewall: firewall as u64,
+            addresses4: addresses,
             udx: Some(UdxInfo { version: 1, features: 0, id: u64::from(udx_id), seq: 0 }),
             secret_stream: Some(1),
             ..NoisePayload::default()
@@ -869,13 +990,52 @@ impl Client {
             if theirs.version != 1 || theirs.error != 0 {
                 return Err(format!("the server refused: version {}, error {}", theirs.version, theirs.error));
             }
-            let udx = theirs.udx.ok_or("the server offered no UDX stream")?;
+            let udx = theirs.udx.ok_or("the server offered no UDX stream")?.id;
             let done = noise.done().cloned().ok_or("the handshake did not finish")?;
-            let at = hs.peer_address.or_else(|| theirs.addresses4.first().copied()).unwrap_or(relay.node);
-            return Ok((done, theirs, udx.id, at));
+            let server = hs.peer_address.unwrap_or(relay.node);
+            return Ok(Shaken { done, payload: theirs, udx, server, relay: relay.node, target });
         }
         Err("no relay answered the handshake".into())
     }
+
+    /// One round of PEER_HOLEPUNCH through `relay` to the server at `server` (its handshake
+    /// slot `id`): the sealed `payload` goes, the server's sealed answer comes back with the
+    /// address the relay saw the server at.
+    pub async fn holepunch(
+        &self,
+        relay: SocketAddrV4,
+        target: [u8; 32],
+        id: u64,
+        payload: Vec<u8>,
+        server: SocketAddrV4,
+    ) -> Option<(Vec<u8>, SocketAddrV4)> {
+        let value = Holepunch { mode: 0, id, payload, peer_address: Some(server) }.encode();
+        let req = Request {
+            tid: 0,
+            to: relay,
+            id: None,
+            token: None,
+            internal: false,
+            command: command::PEER_HOLEPUNCH,
+            target: Some(target),
+            value: Some(value),
+        };
+        let reply = self.request(relay, req).await?;
+        let hp = reply.value.as_deref().and_then(Holepunch::decode)?;
+        (hp.mode == 4).then(|| (hp.payload, hp.peer_address.unwrap_or(relay)))
+    }
+}
+
+/// A finished handshake with a HyperDHT server: its result, the server's payload and UDX
+/// stream id, the server's address as the relaying node saw it, that node, and the target.
+#[derive(Debug)]
+pub struct Shaken {
+    pub done: crate::noise::Done,
+    pub payload: NoisePayload,
+    pub udx: u64,
+    pub server: SocketAddrV4,
+    pub relay: SocketAddrV4,
+    pub target: [u8; 32],
 }
 
 /// Runs futures at once and collects their outputs in order.

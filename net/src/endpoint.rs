@@ -247,6 +247,8 @@ struct Inner {
     /// The HyperDHT client (`start_dht`), and the nodes holding this node's registration.
     dht: tokio::sync::Mutex<Option<Arc<crate::dht::Client>>>,
     dht_relays: Mutex<Vec<std::net::SocketAddrV4>>,
+    /// The handshake slots of this node's HyperDHT server, for the punches that follow.
+    dht_slots: hyperdht::Slots,
     /// The UDX socket: the one accepting peers (`listen_udx`), else one for dialing.
     udx: tokio::sync::Mutex<Option<(Arc<crate::udx_socket::UdxSocket>, bool)>>,
     /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
@@ -372,6 +374,7 @@ impl Endpoint {
             udx: tokio::sync::Mutex::new(None),
             dht: tokio::sync::Mutex::new(None),
             dht_relays: Mutex::new(Vec::new()),
+            dht_slots: hyperdht::Slots::default(),
             next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
@@ -523,28 +526,24 @@ impl Endpoint {
         })
     }
 
-    /// Connects to the HyperDHT server of `public_key` through the DHT of `bootstrap`: its
-    /// registration is found (FIND_PEER), the Noise IK handshake goes through a node that relays
-    /// for it (PEER_HANDSHAKE), then a UDX stream to the address the server answered from, and
-    /// secret-stream keyed from that handshake. Without NATs between the two (no hole punching
-    /// is done yet). Returns the peer's id.
+    /// Connects to the HyperDHT server of `public_key`: its registration is found (FIND_PEER),
+    /// the Noise IK handshake goes through a node that relays for it (PEER_HANDSHAKE), then a
+    /// UDX stream, straight to an open server or through both NATs after a punch
+    /// ([`hyperdht`]), and secret-stream keyed from that handshake. Returns the peer's id.
     pub fn connect_dht(&self, public_key: [u8; 32]) -> Result<PeerId, NetError> {
+        self.connect_dht_path(public_key).map(|(id, _)| id)
+    }
+
+    /// As [`Endpoint::connect_dht`], also saying how the connection was made (`None`: one to
+    /// the peer already ran).
+    pub fn connect_dht_path(&self, public_key: [u8; 32]) -> Result<(PeerId, Option<hyperdht::Path>), NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.id.0 == public_key) {
-                return Ok(c.id);
+                return Ok((c.id, None));
             }
-            let socket = udx_socket(&inner).await?;
-            let client = dht_client(&inner).await?;
-            let udx_id = rand::random::<u32>();
-            let (done, _payload, udx, at) = client
-                .handshake(public_key, inner.noise.clone(), udx_id)
-                .await
-                .map_err(|e| NetError::Io(format!("connecting to {}: {e}", crypto::to_hex(&public_key))))?;
-            let remote = SocketAddr::V4(at);
-            let pipe = socket.open(udx_id, udx as u32, remote);
-            let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(done)).await?;
-            start_stream(&inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await
+            let (id, path) = hyperdht::connect(&inner, public_key).await?;
+            Ok((id, Some(path)))
         })
     }
 
@@ -556,13 +555,15 @@ impl Endpoint {
     pub fn listen_dht(&self) -> Result<Vec<std::net::SocketAddrV4>, NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
-            let udx = udx_socket(&inner).await?;
             let client = dht_client(&inner).await?;
+            let udx = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
             let mut requests = client.serve();
             let relays = client.register(&inner.signing).await;
             if relays.is_empty() {
                 return Err(NetError::Io("no DHT node took this node's registration".into()));
             }
+            // What its NAT is, for the handshakes to say.
+            client.sample_nat().await;
             *lock(&inner.dht_relays) = relays.clone();
             let renew = Arc::downgrade(&client);
             let signing = inner.signing.clone();
@@ -573,10 +574,19 @@ impl Endpoint {
                     client.register(&signing).await;
                 }
             });
-            let server = inner.clone();
+            let (server, serving) = (inner.clone(), client.clone());
             tokio::spawn(async move {
                 while let Some((req, from)) = requests.recv().await {
-                    server_handshake(&server, &udx, req, from).await;
+                    match req.command {
+                        _ if req.internal => {}
+                        crate::dht::command::PEER_HANDSHAKE => {
+                            server_handshake(&server, &serving, &udx, req, from).await
+                        }
+                        crate::dht::command::PEER_HOLEPUNCH => {
+                            hyperdht::on_holepunch(&server, &serving, req, from).await
+                        }
+                        _ => {}
+                    }
                 }
             });
             Ok(relays)
@@ -589,10 +599,10 @@ impl Endpoint {
     pub fn start_dht(&self, bootstrap: Vec<std::net::SocketAddrV4>) -> Result<(), NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
-            let client = crate::dht::Client::bind(([0, 0, 0, 0], 0).into(), bootstrap)
-                .await
-                .map_err(|e| NetError::Io(format!("a DHT socket: {e}")))?;
-            *inner.dht.lock().await = Some(Arc::new(client));
+            // The DHT's datagrams share the UDX socket, as in JS: the address DHT nodes see is
+            // the one a punch opens and the stream runs on.
+            let udx = udx_socket(&inner).await?;
+            *inner.dht.lock().await = Some(Arc::new(crate::dht::Client::on_udx(udx, bootstrap)));
             Ok(())
         })
     }
@@ -1259,15 +1269,17 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
 /// stream keyed from the handshake, and the connection. Anything else is ignored.
 async fn server_handshake(
     inner: &Arc<Inner>,
+    client: &crate::dht::Client,
     udx: &Arc<crate::udx_socket::UdxSocket>,
     req: crate::dht::Request,
     from: SocketAddr,
 ) {
-    use crate::dht::{command, namespace, Handshake, NoisePayload, UdxInfo};
+    use crate::dht::{command, namespace, Handshake, NoisePayload};
     let target = crypto::hash(&[&inner.me.0]);
     if req.internal || req.command != command::PEER_HANDSHAKE || req.target != Some(target) {
         return;
     }
+    let SocketAddr::V4(from4) = from else { return };
     let Some(hs) = req.value.as_deref().and_then(Handshake::decode) else { return };
     if hs.mode != 0 && hs.mode != 2 {
         return;
@@ -1287,25 +1299,33 @@ async fn server_handshake(
         _ => (2, None),
     };
     let our_id = rand::random::<u32>();
-    let ours = NoisePayload {
-        version: 1,
-        error,
-        firewall: crate::holepunch::Firewall::Unknown as u64,
-        udx: Some(UdxInfo { version: 1, features: 0, id: if error == 0 { u64::from(our_id) } else { 0 }, seq: 0 }),
-        secret_stream: Some(1),
-        ..NoisePayload::default()
+    // Behind a NAT, a slot for the holepunch rounds that may follow, with the relays to send
+    // them through (a handshake that came straight needs none).
+    let client_open = crate::holepunch::Firewall::from_u64(theirs.firewall) == crate::holepunch::Firewall::Open;
+    let nat = hyperdht::server_nat(inner, client, (hs.mode == 2 && !client_open).then_some(from4));
+    let slot = nat.2.as_ref().map(|(id, _)| *id);
+    let ours = hyperdht::server_payload(error, our_id, nat);
+    let (Ok(msg2), Some(done), Some(their_udx)) = (noise.send(&ours.encode()), noise.done().cloned(), their_udx) else {
+        if let Some(id) = slot {
+            inner.dht_slots.free(id);
+        }
+        return;
     };
-    let Ok(msg2) = noise.send(&ours.encode()) else { return };
-    let (Some(done), Some(their_udx)) = (noise.done().cloned(), their_udx) else { return };
-    let bound = udx.expect(our_id, their_udx.id as u32);
+    if let Some(id) = slot {
+        inner.dht_slots.finished(id, &done);
+    }
+    // An open client, or one that came straight, is connected to at once (as HyperDHT's
+    // servers do); otherwise the stream binds to wherever the client's first packet comes from.
+    let bound = match (hs.mode, hs.peer_address) {
+        (0, _) => Err(from),
+        (_, Some(a)) if client_open => Err(SocketAddr::V4(a)),
+        _ => Ok(udx.expect(our_id, their_udx.id as u32)),
+    };
     // The answer leaves from the UDX socket: the client opens its stream to where it came from.
     let message = if hs.mode == 2 {
         crate::dht::Message::Request(crate::dht::Request {
             tid: req.tid,
-            to: match from {
-                SocketAddr::V4(a) => a,
-                SocketAddr::V6(_) => return,
-            },
+            to: from4,
             id: None,
             token: None,
             internal: false,
@@ -1318,10 +1338,7 @@ async fn server_handshake(
     } else {
         crate::dht::Message::Response(crate::dht::Response {
             tid: req.tid,
-            to: match from {
-                SocketAddr::V4(a) => Some(a),
-                SocketAddr::V6(_) => return,
-            },
+            to: Some(from4),
             value: Some(Handshake { mode: 4, noise: msg2, peer_address: None, relay_address: None }.encode()),
             ..crate::dht::Response::default()
         })
@@ -1329,9 +1346,21 @@ async fn server_handshake(
     if udx.send_raw(&message.encode(), from).await.is_err() {
         return;
     }
-    let inner = inner.clone();
+    let (inner, udx) = (inner.clone(), udx.clone());
     tokio::spawn(async move {
-        let Ok(Ok((pipe, address))) = tokio::time::timeout(HANDSHAKE_TIMEOUT, bound).await else { return };
+        let (pipe, address) = match bound {
+            Err(to) => (udx.open(our_id, their_udx.id as u32, to), to),
+            Ok(bound) => {
+                // A punch takes up to its rounds before the stream comes.
+                let waited = tokio::time::timeout(HANDSHAKE_TIMEOUT + hyperdht::PUNCH_TIMEOUT, bound).await;
+                // The stream came (or never will): the punch for it stops.
+                if let Some(p) = slot.and_then(|id| inner.dht_slots.puncher(id)) {
+                    lock(&p).stop();
+                }
+                let Ok(Ok(came)) = waited else { return };
+                came
+            }
+        };
         let result = match open_secret_stream_after(pipe, false, inner.noise.clone(), Some(done)).await {
             Ok((pipe, opened)) => {
                 run_stream(inner, tokio::io::split(pipe), address, false, opened, Transport::Udx).await
@@ -2256,6 +2285,8 @@ impl ConnState {
         Ok(())
     }
 }
+
+pub mod hyperdht;
 
 #[cfg(test)]
 mod tests;

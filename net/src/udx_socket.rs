@@ -41,7 +41,15 @@ pub struct UdxSocket {
     /// Streams agreed out of band (HyperDHT's handshake) that bind to wherever their first
     /// packet comes from: by local id, the remote id and where the stream goes.
     expected: Mutex<HashMap<u32, (u32, oneshot::Sender<Accepted>)>>,
+    /// Where datagrams that are not UDX's go (dht-rpc's messages, holepunch probes: the
+    /// socket is HyperDHT's too, as in JS), when someone takes them ([`UdxSocket::plain`]).
+    plain: Mutex<Option<mpsc::Sender<Plain>>>,
 }
+
+/// A datagram that is not a UDX packet, and where it came from.
+pub type Plain = (Vec<u8>, SocketAddr);
+/// Plain datagrams waiting for their taker; past this many, more are dropped.
+const PLAIN_QUEUE: usize = 1024;
 
 impl std::fmt::Debug for UdxSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,8 +71,12 @@ impl UdxSocket {
         raw.set_nonblocking(true)?;
         raw.bind(&addr.into())?;
         let socket = UdpSocket::from_std(raw.into())?;
-        let s =
-            Arc::new(UdxSocket { socket, routes: Mutex::new(HashMap::new()), expected: Mutex::new(HashMap::new()) });
+        let s = Arc::new(UdxSocket {
+            socket,
+            routes: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
+            plain: Mutex::new(None),
+        });
         let reader = Arc::downgrade(&s);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
@@ -72,7 +84,13 @@ impl UdxSocket {
                 let Some(s) = reader.upgrade() else { return };
                 let Ok((n, from)) = s.socket.recv_from(&mut buf).await else { continue };
                 let d = &buf[..n];
-                let Some((h, _)) = Header::parse(d) else { continue };
+                let Some((h, _)) = Header::parse(d) else {
+                    if let Some(tx) = lock(&s.plain).as_ref() {
+                        // A taker that cannot keep up loses datagrams, as UDP would.
+                        let _ = tx.try_send((d.to_vec(), from));
+                    }
+                    continue;
+                };
                 let route = lock(&s.routes).get(&(h.id, from)).cloned();
                 match route {
                     Some(tx) => {
@@ -154,6 +172,14 @@ impl UdxSocket {
     /// answer towards this socket).
     pub async fn send_raw(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
         self.socket.send_to(bytes, to).await.map(drop)
+    }
+
+    /// Hands every datagram this socket receives that is not a UDX packet to the returned
+    /// channel (the one taker; a second call replaces the first).
+    pub fn plain(&self) -> mpsc::Receiver<Plain> {
+        let (tx, rx) = mpsc::channel(PLAIN_QUEUE);
+        *lock(&self.plain) = Some(tx);
+        rx
     }
 
     /// Dials `remote` on a fresh random id (the same both ways), a heartbeat first.

@@ -1,0 +1,423 @@
+//! Connections through HyperDHT, both sides (reference holepunch-wire §7.4–7.7).
+//!
+//! The client: its handshake goes to a node holding the server's registration, which relays it;
+//! then the path. An open server, or one that answered straight, is dialed at its address. A
+//! server behind a NAT gave a handshake slot and its relays: two PEER_HOLEPUNCH rounds through
+//! the relay tell each side the other's NAT and addresses (sealed with the handshake's holepunch
+//! secret, tokens proving the addresses the relay saw), then both send probes
+//! ([`crate::holepunch::Puncher`]) and the client's stream goes to where the first probe it
+//! hears came from.
+//!
+//! The server: every relayed handshake gets a slot (bounded, short-lived) holding the sealing
+//! keys and a responder's puncher; holepunch rounds update it, and once the client says it
+//! punches, the server punches back until the client's stream arrives.
+//!
+//! Everything runs on the one UDX socket that carries the DHT client's datagrams: the address
+//! DHT nodes see is the one peers punch to and the stream runs on.
+
+use std::net::SocketAddrV4;
+
+use super::*;
+use crate::dht::{command, Client, Holepunch, NoisePayload, Request, Shaken};
+use crate::holepunch::{holepunch_secret, Action, Firewall, Payload, Puncher, RemoteAddress, SecurePayload};
+
+/// How long a punch may take before the connection is given up (the consistent strategy's
+/// ten rounds, a second apart, with room).
+pub(super) const PUNCH_TIMEOUT: Duration = Duration::from_secs(14);
+/// Handshake slots a server keeps for punches, and how long one lives.
+const SLOTS: usize = 64;
+const SLOT_LIFE: Duration = Duration::from_secs(60);
+
+/// How a HyperDHT connection was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Straight to the other side's address (it is open, or answered straight).
+    Direct,
+    /// Through both NATs, after a punch.
+    Punched,
+}
+
+/// One relayed handshake a server keeps for the holepunch rounds that may follow.
+struct Slot {
+    /// Set once the handshake finished (its hash keys the seal).
+    secure: Option<SecurePayload>,
+    round: u64,
+    puncher: Arc<Mutex<Puncher>>,
+    created: Instant,
+    punching: bool,
+}
+
+/// A server's handshake slots, by the id its Noise payload gave.
+#[derive(Default)]
+pub(super) struct Slots(Mutex<Vec<Option<Slot>>>);
+
+impl Slots {
+    /// A free slot for a handshake in progress; `None` when all are taken.
+    fn take(&self, local: Firewall) -> Option<u64> {
+        let mut slots = lock(&self.0);
+        for s in slots.iter_mut() {
+            if s.as_ref().is_some_and(|s| s.created.elapsed() > SLOT_LIFE) {
+                *s = None;
+            }
+        }
+        let slot = Slot {
+            secure: None,
+            round: 0,
+            puncher: Arc::new(Mutex::new(Puncher::new(false, local, rand::random()))),
+            created: Instant::now(),
+            punching: false,
+        };
+        let at = match slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if slots.len() < SLOTS => {
+                slots.push(None);
+                slots.len() - 1
+            }
+            None => return None,
+        };
+        slots[at] = Some(slot);
+        Some(at as u64)
+    }
+
+    /// The handshake of slot `id` finished with `done`: its holepunch rounds can be opened.
+    pub(super) fn finished(&self, id: u64, done: &crate::noise::Done) {
+        if let Some(Some(s)) = lock(&self.0).get_mut(id as usize) {
+            s.secure = Some(SecurePayload::new(holepunch_secret(&done.hash), rand::random()));
+        }
+    }
+
+    /// Frees slot `id` (its handshake failed).
+    pub(super) fn free(&self, id: u64) {
+        if let Some(s) = lock(&self.0).get_mut(id as usize) {
+            *s = None;
+        }
+    }
+
+    pub(super) fn puncher(&self, id: u64) -> Option<Arc<Mutex<Puncher>>> {
+        lock(&self.0).get(id as usize)?.as_ref().map(|s| s.puncher.clone())
+    }
+}
+
+/// Connects to the HyperDHT server of `public_key`: the handshake through a node that holds its
+/// registration, then the path (direct or punched), the UDX stream and secret-stream.
+pub(super) async fn connect(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<(PeerId, Path), NetError> {
+    let client = dht_client(inner).await?;
+    let socket = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
+    let fail = |e: String| NetError::Io(format!("connecting to {}: {e}", crypto::to_hex(&public_key)));
+    client.sample_nat().await;
+    let (firewall, addresses, _) = client.nat();
+    let udx_id = rand::random::<u32>();
+    let shaken =
+        client.handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses.clone()).await.map_err(fail)?;
+    let relayed = shaken.server != shaken.relay;
+    let holepunch = shaken.payload.holepunch.as_ref().filter(|(_, relays)| !relays.is_empty());
+    let server_open = Firewall::from_u64(shaken.payload.firewall) == Firewall::Open;
+    let (pipe, remote, path) = if server_open || !relayed || holepunch.is_none() {
+        // Straight to the server: it is open, answered from where it is, or cannot be punched
+        // to (then its first address is all there is to try).
+        let to = if relayed { shaken.payload.addresses4.first().copied() } else { None };
+        let remote = SocketAddr::V4(to.unwrap_or(shaken.server));
+        (socket.open(udx_id, shaken.udx as u32, remote), remote, Path::Direct)
+    } else if firewall == Firewall::Open {
+        // We are open: the server connects to us, as HyperDHT's servers do.
+        let bound = socket.expect(udx_id, shaken.udx as u32);
+        let (pipe, remote) = tokio::time::timeout(HANDSHAKE_TIMEOUT, bound)
+            .await
+            .map_err(|_| fail("the server did not connect back within 10 s".into()))?
+            .map_err(|_| fail("the UDX socket closed".into()))?;
+        (pipe, remote, Path::Direct)
+    } else {
+        let to = SocketAddr::V4(punch(&client, &shaken, firewall, addresses).await.map_err(fail)?);
+        (socket.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
+    };
+    let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(shaken.done)).await?;
+    let id = start_stream(inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await?;
+    Ok((id, path))
+}
+
+/// The client's punch: two holepunch rounds through the server's relay, then probes until one
+/// comes back. Returns the address the stream goes to.
+async fn punch(
+    client: &Arc<Client>,
+    shaken: &Shaken,
+    firewall: Firewall,
+    addresses: Vec<SocketAddrV4>,
+) -> Result<SocketAddrV4, String> {
+    let Some((id, relays)) = &shaken.payload.holepunch else { return Err("the server cannot be punched to".into()) };
+    // The relay that carried the handshake, if the server listed it; else its first.
+    let (relay, server) =
+        relays.iter().find(|(r, _)| *r == shaken.relay).or(relays.first()).copied().ok_or("no relay")?;
+    let secure = SecurePayload::new(holepunch_secret(&shaken.done.hash), rand::random());
+    let mut probes = client.probes_from(*server.ip());
+    // A probe towards the server opens our NAT for its answer ("fast mode").
+    let _ = client.send_raw(&[0], server).await;
+    let seal = |p: &Payload| secure.seal(p, rand::random());
+    let mut round = 0;
+    let mut theirs = None;
+    let mut peer = server;
+    // The first round tells each side the other's NAT; a server that does not know its own
+    // yet gets a second chance a second later.
+    for attempt in 0..2 {
+        let ours = Payload {
+            firewall: firewall as u64,
+            round,
+            addresses: Some(addresses.clone()),
+            remote_address: Some(server),
+            ..Payload::default()
+        };
+        round += 1;
+        let (sealed, seen) = client
+            .holepunch(relay, shaken.target, *id, seal(&ours), server)
+            .await
+            .ok_or("the server's relay did not answer the holepunch round")?;
+        let p = secure.open(&sealed).ok_or("a holepunch answer that does not open")?;
+        if p.error != 0 {
+            return Err(format!("the server refused to punch (error {})", p.error));
+        }
+        peer = seen;
+        let known = Firewall::from_u64(p.firewall) != Firewall::Unknown;
+        theirs = Some(p);
+        if known {
+            break;
+        }
+        if attempt == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let theirs = theirs.ok_or("no holepunch answer")?;
+    let remote = Firewall::from_u64(theirs.firewall);
+    if remote == Firewall::Unknown || firewall == Firewall::Unknown {
+        return Err("a NAT whose kind is not known cannot be punched".into());
+    }
+    if remote == Firewall::Random && firewall == Firewall::Random {
+        return Err("both NATs give each destination a new port: only a relay connects them".into());
+    }
+    let token = secure.token(&peer);
+    let ours = Payload {
+        firewall: firewall as u64,
+        round,
+        punching: true,
+        addresses: Some(addresses),
+        token: Some(token),
+        remote_token: theirs.token,
+        ..Payload::default()
+    };
+    let (sealed, _) = client
+        .holepunch(relay, shaken.target, *id, seal(&ours), server)
+        .await
+        .ok_or("the server's relay did not answer the punch round")?;
+    let answer = secure.open(&sealed).ok_or("a holepunch answer that does not open")?;
+    if answer.error != 0 {
+        return Err(format!("the server refused to punch (error {})", answer.error));
+    }
+    // The server echoed our token of the address the relay saw it at: that address is its.
+    let echoed = answer.remote_token == Some(token);
+    let remote_addresses = answer
+        .addresses
+        .clone()
+        .or(theirs.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|addr| RemoteAddress { addr, verified: echoed && addr.ip() == peer.ip() })
+        .collect();
+    let mut puncher = Puncher::new(true, firewall, rand::random());
+    puncher.update_remote(Firewall::from_u64(answer.firewall), remote_addresses);
+    let started = Instant::now();
+    if !puncher.punch(started) {
+        return Err("no punch fits these two NATs".into());
+    }
+    let mut out = Vec::new();
+    loop {
+        puncher.poll(Instant::now(), &mut out);
+        for a in out.drain(..) {
+            match a {
+                Action::Probe { to, .. } => {
+                    let _ = client.send_raw(&[0], to).await;
+                }
+                Action::Connected { to, .. } => return Ok(to),
+                Action::Abort => return Err("the punch ran out of rounds".into()),
+                Action::OpenSocket => {}
+            }
+        }
+        let wake = puncher.deadline().unwrap_or(started + PUNCH_TIMEOUT).min(started + PUNCH_TIMEOUT);
+        tokio::select! {
+            probe = probes.recv() => match probe {
+                Some(from) => puncher.on_probe(0, from, &mut out),
+                None => return Err("the probes stopped".into()),
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if Instant::now() >= started + PUNCH_TIMEOUT {
+                    return Err(format!("no probe came back within {} s", PUNCH_TIMEOUT.as_secs()));
+                }
+            }
+        }
+    }
+}
+
+/// What a server's handshake answer says of its NAT, for a handshake relayed by `via` (`None`:
+/// it came straight, or the client is open and is connected to): its firewall, its public
+/// addresses, and, behind a NAT, a holepunch slot with its relays.
+pub(super) fn server_nat(
+    inner: &Inner,
+    client: &Client,
+    via: Option<SocketAddrV4>,
+) -> (Firewall, Vec<SocketAddrV4>, Option<(u64, Vec<(SocketAddrV4, SocketAddrV4)>)>) {
+    let (firewall, addresses, _) = client.nat();
+    if firewall == Firewall::Open {
+        return (firewall, addresses, None);
+    }
+    let Some(via) = via else { return (firewall, addresses, None) };
+    let mut relays = Vec::new();
+    for r in std::iter::once(via).chain(lock(&inner.dht_relays).iter().copied()) {
+        if relays.iter().any(|(n, _)| *n == r) {
+            continue;
+        }
+        if let Some(seen) = client.seen_by(r) {
+            relays.push((r, seen));
+        }
+    }
+    let slot = if relays.is_empty() { None } else { inner.dht_slots.take(firewall) };
+    (firewall, addresses, slot.map(|id| (id, relays)))
+}
+
+/// The server side of a holepunch round (PEER_HOLEPUNCH relayed to it by node `from`): the
+/// client's payload updates the slot, the server's goes back through the node, and once the
+/// client punches, the server does too.
+pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: Request, from: SocketAddr) {
+    let SocketAddr::V4(node) = from else { return };
+    let target = crypto::hash(&[&inner.me.0]);
+    let Some(hp) = req.value.as_deref().and_then(Holepunch::decode) else { return };
+    // Only a relay's message names the client (as the relay saw it).
+    let (2, Some(peer)) = (hp.mode, hp.peer_address) else { return };
+    let (firewall, addresses, _) = client.nat();
+    let (reply, start) = {
+        let mut slots = lock(&inner.dht_slots.0);
+        let Some(Some(slot)) = slots.get_mut(hp.id as usize) else { return };
+        let Some(secure) = &slot.secure else { return };
+        let Some(theirs) = secure.open(&hp.payload) else { return };
+        if theirs.error != 0 {
+            slots[hp.id as usize] = None;
+            return;
+        }
+        let token = secure.token(&peer);
+        let echoed = theirs.remote_token == Some(token);
+        let mut start = false;
+        let mut drop_slot = false;
+        {
+            let mut puncher = lock(&slot.puncher);
+            if theirs.round >= slot.round {
+                slot.round = theirs.round;
+                let remote = theirs
+                    .addresses
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|addr| RemoteAddress { addr, verified: echoed && addr.ip() == peer.ip() })
+                    .collect();
+                puncher.update_remote(Firewall::from_u64(theirs.firewall), remote);
+            }
+            if theirs.punching && !slot.punching {
+                slot.punching = puncher.punch(Instant::now());
+                start = slot.punching;
+                // No punch fits: the slot goes, and the client hears nothing more.
+                drop_slot = !slot.punching;
+            }
+        }
+        if drop_slot {
+            slots[hp.id as usize] = None;
+            return;
+        }
+        let ours = Payload {
+            firewall: firewall as u64,
+            round: slot.round,
+            punching: slot.punching,
+            addresses: Some(addresses.clone()),
+            token: Some(token),
+            remote_token: theirs.token,
+            ..Payload::default()
+        };
+        // Fast mode: the client opened its NAT towards one of our addresses; a probe back now
+        // may already pass.
+        let fast = theirs.remote_address.is_some_and(|a| addresses.contains(&a));
+        (secure.seal(&ours, rand::random()), start.then_some(slot.puncher.clone()).ok_or(fast))
+    };
+    let message = crate::dht::Message::Request(Request {
+        tid: req.tid,
+        to: node,
+        id: None,
+        token: None,
+        internal: false,
+        command: command::PEER_HOLEPUNCH,
+        target: Some(target),
+        value: Some(Holepunch { mode: 1, id: 0, payload: reply, peer_address: Some(peer) }.encode()),
+    });
+    match start {
+        Err(true) => {
+            let _ = client.send_raw(&[0], peer).await;
+        }
+        Err(false) => {}
+        Ok(puncher) => {
+            let client = client.clone();
+            tokio::spawn(async move { punch_back(&client, puncher, peer).await });
+        }
+    }
+    let _ = client.send_raw(&message.encode(), node).await;
+}
+
+/// The server's punch: probes as its puncher says, each probe from the client answered, until
+/// the client's stream arrives (the slot's puncher is stopped) or the rounds run out.
+async fn punch_back(client: &Client, puncher: Arc<Mutex<Puncher>>, peer: SocketAddrV4) {
+    let mut probes = client.probes_from(*peer.ip());
+    let started = Instant::now();
+    let mut out = Vec::new();
+    loop {
+        let wake = {
+            let mut p = lock(&puncher);
+            p.poll(Instant::now(), &mut out);
+            if p.done() && out.is_empty() {
+                return;
+            }
+            p.deadline()
+        };
+        for a in out.drain(..) {
+            if let Action::Probe { to, .. } = a {
+                let _ = client.send_raw(&[0], to).await;
+            }
+        }
+        if started.elapsed() > PUNCH_TIMEOUT {
+            return;
+        }
+        let wake = wake.unwrap_or(started + PUNCH_TIMEOUT).min(started + PUNCH_TIMEOUT);
+        tokio::select! {
+            probe = probes.recv() => match probe {
+                Some(from) => lock(&puncher).on_probe(0, from, &mut out),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// A handshake answer's payload for the server: `error`, its NAT and slot, its UDX stream id.
+pub(super) fn server_payload(
+    error: u64,
+    udx_id: u32,
+    nat: (Firewall, Vec<SocketAddrV4>, Option<(u64, Vec<(SocketAddrV4, SocketAddrV4)>)>),
+) -> NoisePayload {
+    let (firewall, addresses4, holepunch) = nat;
+    NoisePayload {
+        version: 1,
+        error,
+        firewall: firewall as u64,
+        holepunch,
+        addresses4,
+        udx: Some(crate::dht::UdxInfo {
+            version: 1,
+            features: 0,
+            id: if error == 0 { u64::from(udx_id) } else { 0 },
+            seq: 0,
+        }),
+        secret_stream: Some(1),
+        ..NoisePayload::default()
+    }
+}
