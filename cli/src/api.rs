@@ -577,6 +577,9 @@ pub struct PeerEntry {
     /// `hyperfs` or `js`.
     #[serde(default)]
     pub kind: String,
+    /// How the connection's path was made: `direct`, or `punched` through NATs.
+    #[serde(default)]
+    pub path: String,
 }
 
 #[cfg(test)]

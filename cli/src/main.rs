@@ -257,8 +257,8 @@ fn main() -> ExitCode {
                 for p in &r {
                     let drives = if p.drives.is_empty() { "-".to_owned() } else { p.drives.join(",") };
                     println!(
-                        "{}\t{}\t{}\t{} {}\t{drives}\tup {}\tdown {}\t{:.1} ms",
-                        p.id, p.address, p.found, p.kind, p.transport, p.bytes_up, p.bytes_down, p.rtt_ms
+                        "{}\t{}\t{}\t{} {} {}\t{drives}\tup {}\tdown {}\t{:.1} ms",
+                        p.id, p.address, p.found, p.kind, p.transport, p.path, p.bytes_up, p.bytes_down, p.rtt_ms
                     );
                 }
             }

@@ -119,6 +119,27 @@ pub struct PeerInfo {
     /// Whether the peer is a hyperfs node (on QUIC always; on the JS wire, when it opened
     /// hyperfs's hello channel) rather than a JS Hypercore peer.
     pub hyperfs: bool,
+    /// How the connection's path was made.
+    pub path: Path,
+}
+
+/// How a connection's path was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Straight to the other side's address: it was reachable (or it reached us).
+    Direct,
+    /// Through NATs, after a hole punch (HyperDHT's).
+    Punched,
+}
+
+impl Path {
+    /// As `peers` shows it: `direct` or `punched`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+        }
+    }
 }
 
 /// The transport of a connection.
@@ -249,6 +270,8 @@ struct Inner {
     dht_relays: Mutex<Vec<std::net::SocketAddrV4>>,
     /// The handshake slots of this node's HyperDHT server, for the punches that follow.
     dht_slots: hyperdht::Slots,
+    /// Connections whose path was not direct, by the peer's address.
+    paths: Mutex<HashMap<SocketAddr, Path>>,
     /// The UDX socket: the one accepting peers (`listen_udx`), else one for dialing.
     udx: tokio::sync::Mutex<Option<(Arc<crate::udx_socket::UdxSocket>, bool)>>,
     /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
@@ -375,6 +398,7 @@ impl Endpoint {
             dht: tokio::sync::Mutex::new(None),
             dht_relays: Mutex::new(Vec::new()),
             dht_slots: hyperdht::Slots::default(),
+            paths: Mutex::new(HashMap::new()),
             next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
@@ -536,7 +560,7 @@ impl Endpoint {
 
     /// As [`Endpoint::connect_dht`], also saying how the connection was made (`None`: one to
     /// the peer already ran).
-    pub fn connect_dht_path(&self, public_key: [u8; 32]) -> Result<(PeerId, Option<hyperdht::Path>), NetError> {
+    pub fn connect_dht_path(&self, public_key: [u8; 32]) -> Result<(PeerId, Option<Path>), NetError> {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
             if let Some(c) = lock(&inner.conns).iter().find(|c| c.id.0 == public_key) {
@@ -940,6 +964,7 @@ impl Endpoint {
 
     /// The connected peers.
     pub fn peers(&self) -> Vec<PeerInfo> {
+        let paths = lock(&self.inner.paths).clone();
         lock(&self.inner.conns)
             .iter()
             .map(|c| {
@@ -953,6 +978,7 @@ impl Endpoint {
                     rtt: c.link.rtt(),
                     transport: c.link.transport(),
                     hyperfs: c.link.hyperfs(),
+                    path: paths.get(&c.address).copied().unwrap_or(Path::Direct),
                 }
             })
             .collect()
@@ -1358,6 +1384,9 @@ async fn server_handshake(
                     lock(&p).stop();
                 }
                 let Ok(Ok(came)) = waited else { return };
+                if slot.and_then(|id| inner.dht_slots.punched(id)) == Some(true) {
+                    inner.took_path(came.1, Path::Punched);
+                }
                 came
             }
         };
@@ -1371,6 +1400,17 @@ async fn server_handshake(
             tracing::info!(%address, error = %e, "a peer that came through the DHT left");
         }
     });
+}
+
+impl Inner {
+    /// The connection to `address` about to start took `path`; paths of connections gone are
+    /// forgotten.
+    fn took_path(&self, address: SocketAddr, path: Path) {
+        let live: Vec<SocketAddr> = lock(&self.conns).iter().map(|c| c.address).collect();
+        let mut paths = lock(&self.paths);
+        paths.retain(|a, _| live.contains(a));
+        paths.insert(address, path);
+    }
 }
 
 /// The node's HyperDHT client, once started.

@@ -26,7 +26,7 @@ pub mod udx;
 pub mod udx_socket;
 pub mod wire;
 
-pub use endpoint::{Endpoint, PeerInfo, Shared, SharedCore, Transport};
+pub use endpoint::{Endpoint, Path, PeerInfo, Shared, SharedCore, Transport};
 pub use identity::Identity;
 pub use identity::PeerId;
 

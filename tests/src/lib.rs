@@ -61,18 +61,22 @@ pub fn hyperfs_in(dir: &Path, args: &[&str]) -> Output {
 pub fn hyperfs_in_ok(dir: &Path, args: &[&str]) -> String {
     let out = hyperfs_in(dir, args);
     if !out.status.success() {
-        let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
             "hyperfs --data-dir {} {args:?} failed: {}\n{}\nthe end of node.log:\n{}",
             dir.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            tail.join("\n")
+            node_log_tail(dir)
         );
     }
     String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The last lines of the node.log in data directory `dir`.
+pub fn node_log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Runs `hyperfs` in data directory `dir` and parses its standard output as JSON, failing the
@@ -303,6 +307,8 @@ pub struct Hosts {
     subnet: u8,
     /// Extra namespaces (routers, NATed hosts) to remove on drop.
     extra: Vec<String>,
+    /// Homes behind NATs made so far ([`Hosts::behind_nat`]).
+    homes: u8,
 }
 
 fn ip_cmd(args: &[&str]) {
@@ -333,7 +339,7 @@ impl Hosts {
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         ip_cmd(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", "0"]);
         ip_cmd(&["link", "set", &bridge, "up"]);
-        let mut hosts = Hosts { names: Vec::new(), bridge, subnet, extra: Vec::new() };
+        let mut hosts = Hosts { names: Vec::new(), bridge, subnet, extra: Vec::new(), homes: 0 };
         for i in 0..n {
             let ns = format!("h{tag}{i}");
             // Named before it is made, so a failure half-way still removes it on drop.
@@ -362,19 +368,45 @@ impl Hosts {
         format!("10.{}.0.{}", self.subnet, i + 1)
     }
 
-    /// The NAT router's public address and the private address of the host behind it (see
-    /// [`Hosts::behind_nat`]).
+    /// The first NAT router's public address and the private address of the host behind it
+    /// (see [`Hosts::behind_nat`]).
     pub fn nat_ips(&self) -> (String, String) {
-        (format!("10.{}.0.254", self.subnet), format!("192.168.{}.2", self.subnet))
+        self.home_ips(0)
     }
 
-    /// A host behind a NAT: a router namespace on the bridge (address `10.S.0.254`) that
-    /// masquerades a private link (`192.168.S.0/24`) to the new host. Returns the host's
-    /// namespace. The private host reaches the bridge's hosts; they cannot reach it.
+    /// Home `k`'s router's public address (`10.S.0.(254 − k)`) and its host's private one
+    /// (`192.168.S.2` for the first home, `172.(16 + k).S.2` for the others).
+    pub fn home_ips(&self, k: u8) -> (String, String) {
+        (format!("10.{}.0.{}", self.subnet, 254 - k), self.private(k, 2))
+    }
+
+    fn private(&self, k: u8, host: u8) -> String {
+        if k == 0 {
+            format!("192.168.{}.{host}", self.subnet)
+        } else {
+            format!("172.{}.{}.{host}", 16 + k, self.subnet)
+        }
+    }
+
+    /// Home `k`'s router namespace.
+    fn router(&self, k: u8) -> String {
+        if k == 0 {
+            format!("{}r", self.bridge)
+        } else {
+            format!("{}r{k}", self.bridge)
+        }
+    }
+
+    /// A host behind a NAT, in a home of its own: a router namespace on the bridge that
+    /// masquerades a private link to the new host ([`Hosts::home_ips`]), keeping ports as most
+    /// home routers do. Returns the host's namespace. The private host reaches the bridge's
+    /// hosts; they cannot reach it unless its NAT has a mapping for them.
     pub fn behind_nat(&mut self) -> String {
-        let router = format!("{}r", self.bridge);
-        let host = format!("{}n", self.bridge);
-        self.attach(&router, 254);
+        let k = self.homes;
+        self.homes += 1;
+        let router = self.router(k);
+        let host = if k == 0 { format!("{}n", self.bridge) } else { format!("{}n{k}", self.bridge) };
+        self.attach(&router, 254 - k);
         let _ = Command::new("ip").args(["netns", "del", &host]).output();
         ip_cmd(&["netns", "add", &host]);
         self.extra.push(router.clone());
@@ -383,33 +415,38 @@ impl Hosts {
         ip_cmd(&["link", "add", &r_if, "type", "veth", "peer", "name", &h_if]);
         ip_cmd(&["link", "set", &r_if, "netns", &router]);
         ip_cmd(&["link", "set", &h_if, "netns", &host]);
-        let private = |h: u8| format!("192.168.{}.{h}", self.subnet);
-        in_ns(&router, &["ip", "addr", "add", &format!("{}/24", private(1)), "dev", &r_if]);
+        in_ns(&router, &["ip", "addr", "add", &format!("{}/24", self.private(k, 1)), "dev", &r_if]);
         in_ns(&router, &["ip", "link", "set", &r_if, "up"]);
         in_ns(&router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        // Nothing from outside reaches the private side, or the router itself, unless it answers
+        // a connection from inside (OpenWrt's defaults for its WAN zone). A router that took
+        // unasked packets in would keep a conntrack entry for each, and a NAT mapping its host
+        // makes to the same address later would be given another port.
         let public_if = format!("{router}i");
-        let nat_src = format!("192.168.{}.0/24", self.subnet);
-        in_ns(
-            &router,
-            &["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", &nat_src, "-o", &public_if, "-j", "MASQUERADE"],
-        );
-        // Nothing from outside reaches the private side unless it answers a connection from it.
-        in_ns(
-            &router,
-            &["iptables", "-A", "FORWARD", "-i", &public_if, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
-        );
+        for chain in ["FORWARD", "INPUT"] {
+            in_ns(
+                &router,
+                &["iptables", "-A", chain, "-i", &public_if, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
+            );
+        }
+        self.home_random(k, false);
         in_ns(&host, &["ip", "link", "set", "lo", "up"]);
-        in_ns(&host, &["ip", "addr", "add", &format!("{}/24", private(2)), "dev", &h_if]);
+        in_ns(&host, &["ip", "addr", "add", &format!("{}/24", self.private(k, 2)), "dev", &h_if]);
         in_ns(&host, &["ip", "link", "set", &h_if, "up"]);
-        in_ns(&host, &["ip", "route", "add", "default", "via", &private(1)]);
+        in_ns(&host, &["ip", "route", "add", "default", "via", &self.private(k, 1)]);
         host
     }
 
-    /// How the NAT of [`Hosts::behind_nat`] maps its host's ports: kept (as most home routers
-    /// do, MASQUERADE's default) or a new random one for each destination (`--random-fully`).
+    /// How the first home's NAT maps its host's ports (see [`Hosts::home_random`]).
     pub fn nat_random(&self, random: bool) {
-        let router = format!("{}r", self.bridge);
-        let (nat_src, public_if) = (format!("192.168.{}.0/24", self.subnet), format!("{router}i"));
+        self.home_random(0, random);
+    }
+
+    /// How home `k`'s NAT maps its host's ports: kept (as most home routers do, MASQUERADE's
+    /// default) or a new random one for each destination (`--random-fully`).
+    pub fn home_random(&self, k: u8, random: bool) {
+        let router = self.router(k);
+        let (nat_src, public_if) = (format!("{}/24", self.private(k, 0)), format!("{router}i"));
         in_ns(&router, &["iptables", "-t", "nat", "-F", "POSTROUTING"]);
         let mut rule =
             vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", &nat_src, "-o", &public_if, "-j", "MASQUERADE"];
@@ -417,6 +454,8 @@ impl Hosts {
             rule.push("--random-fully");
         }
         in_ns(&router, &rule);
+        // Mappings made under the old rule go.
+        let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{router}")).args(["conntrack", "-F"]).output();
     }
 
     /// Starts hyperdht's testnet of `n` JS nodes on host `i` (`scripts/js/nat-peer.js`);
@@ -468,9 +507,10 @@ impl Hosts {
         let out = Hosts::hyperfs(ns, dir, args);
         assert!(
             out.status.success(),
-            "hyperfs {args:?} on {ns} failed: {}\n{}",
+            "hyperfs {args:?} on {ns} failed: {}\n{}\nthe end of node.log:\n{}",
             out.status,
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            node_log_tail(dir)
         );
         String::from_utf8(out.stdout).expect("utf-8 output")
     }

@@ -492,6 +492,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                         rtt_ms: p.rtt.as_secs_f64() * 1000.0,
                         transport: p.transport.name().to_owned(),
                         kind: if p.hyperfs { "hyperfs" } else { "js" }.to_owned(),
+                        path: p.path.name().to_owned(),
                     }
                 })
                 .collect();

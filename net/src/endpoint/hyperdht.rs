@@ -28,15 +28,6 @@ pub(super) const PUNCH_TIMEOUT: Duration = Duration::from_secs(14);
 const SLOTS: usize = 64;
 const SLOT_LIFE: Duration = Duration::from_secs(60);
 
-/// How a HyperDHT connection was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// Straight to the other side's address (it is open, or answered straight).
-    Direct,
-    /// Through both NATs, after a punch.
-    Punched,
-}
-
 /// One relayed handshake a server keeps for the holepunch rounds that may follow.
 struct Slot {
     /// Set once the handshake finished (its hash keys the seal).
@@ -93,6 +84,11 @@ impl Slots {
         }
     }
 
+    /// Whether slot `id`'s client punched.
+    pub(super) fn punched(&self, id: u64) -> Option<bool> {
+        lock(&self.0).get(id as usize)?.as_ref().map(|s| s.punching)
+    }
+
     pub(super) fn puncher(&self, id: u64) -> Option<Arc<Mutex<Puncher>>> {
         lock(&self.0).get(id as usize)?.as_ref().map(|s| s.puncher.clone())
     }
@@ -131,6 +127,9 @@ pub(super) async fn connect(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<
         (socket.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
     };
     let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(shaken.done)).await?;
+    if path != Path::Direct {
+        inner.took_path(remote, path);
+    }
     let id = start_stream(inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await?;
     Ok((id, path))
 }

@@ -294,3 +294,52 @@ fn hyperdht_tells_a_node_behind_a_nat_what_its_nat_is() {
         let _ = Hosts::hyperfs(&home, &dir, &["stop"]);
     }
 }
+
+/// Two homes, each behind its own port-keeping MASQUERADE router, and a public network holding
+/// hyperdht's JS testnet. A drive shared in one home is cloned in the other by its key alone
+/// (HyperDHT only): neither can dial the other, so the handshake goes through a DHT node, the
+/// two holepunch rounds through the server's relay, and the stream runs where the probes met.
+/// Both sides say the connection was punched; the clone has the drive's bytes and follows it.
+#[test]
+fn two_homes_behind_nats_connect_by_key_through_a_punch() {
+    let mut hosts = Hosts::new(1);
+    let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (Stop(&da), Stop(&db));
+    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let key = shared_drive(&home_a, &da, "from a home behind a NAT", &only);
+    let started = Instant::now();
+    let mut args = vec!["clone", key.as_str(), "--name", "c", "--json"];
+    args.extend_from_slice(&only);
+    json(&home_b, &db, &args);
+    eprintln!("cloned across two NATs in {:?}", started.elapsed());
+    assert_eq!(Hosts::hyperfs_ok(&home_b, &db, &["cat", "c:/hello.txt"]), "from a home behind a NAT");
+    let (public_a, _) = hosts.home_ips(0);
+    let (public_b, _) = hosts.home_ips(1);
+    for (ns, dir, other) in [(&home_b, &db, &public_a), (&home_a, &da, &public_b)] {
+        let peers = json(ns, dir, &["peers", "--json"]);
+        let peer = peers
+            .as_array()
+            .expect("peers")
+            .iter()
+            .find(|p| p["address"].as_str().is_some_and(|a| a.starts_with(&format!("{other}:"))))
+            .unwrap_or_else(|| panic!("no peer at the other home's router {other}: {peers}"));
+        assert_eq!(peer["path"], "punched", "{peers}");
+        assert_eq!(peer["transport"], "udx", "{peers}");
+    }
+    // The punched connection carries what comes next.
+    let file = tmp.path().join("next.txt");
+    std::fs::write(&file, "written after the punch").expect("write");
+    Hosts::hyperfs_ok(&home_a, &da, &["put", file.to_str().expect("utf-8"), "d:/next.txt"]);
+    let t = Instant::now();
+    loop {
+        let out = Hosts::hyperfs(&home_b, &db, &["cat", "c:/next.txt"]);
+        if out.status.success() && out.stdout == b"written after the punch" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the next version did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
