@@ -19,6 +19,8 @@ pub struct NetOptions {
     pub no_lan: bool,
     pub hyperdht_bootstrap: Vec<String>,
     pub no_hyperdht: bool,
+    /// Relay for peers that cannot punch through to each other (remembered).
+    pub relay: bool,
     /// The bound of the cache of sparse replicas' blocks, in bytes (remembered).
     pub cache_size: Option<u64>,
     /// Also accept peers over TCP with the JS stack's wire on this address (remembered).

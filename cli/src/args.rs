@@ -56,6 +56,12 @@ pub(crate) struct NetArgs {
     /// Do not use HyperDHT.
     #[arg(long)]
     pub(crate) no_hyperdht: bool,
+    /// Relay for peers that cannot reach each other, even by hole punching (two NATs that give
+    /// each destination a new port): the node announces itself as a relay on HyperDHT, and
+    /// forwards such pairs' encrypted streams, which it cannot read (JS's blind-relay
+    /// protocol). Needs HyperDHT and a reachable address; remembered.
+    #[arg(long)]
+    pub(crate) relay: bool,
     /// Bound the blocks kept of drives read on demand (sparse replicas; not clones or seeds)
     /// to SIZE (like 64MiB or 20G; remembered; default a tenth of the disk): least recently
     /// used blocks go first, and are fetched again when read.
@@ -105,6 +111,7 @@ impl NetArgs {
             no_lan: self.no_lan,
             hyperdht_bootstrap: self.hyperdht_bootstrap.clone(),
             no_hyperdht: self.no_hyperdht,
+            relay: self.relay,
             cache_size: self.cache_size,
             tcp: self.tcp.clone(),
             udx: self.udx.clone(),

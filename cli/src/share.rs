@@ -176,7 +176,9 @@ impl Net {
         }
         let endpoint = Arc::new(endpoint);
         if discovery.hyperdht() {
-            start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap)?;
+            start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap, discovery.relay)?;
+        } else if discovery.relay {
+            anyhow::bail!("--relay needs HyperDHT (--hyperdht-bootstrap HOST:PORT): relays are found there");
         }
         let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store.clone(), discovery);
         let (changed, wake) = std::sync::mpsc::channel();
@@ -530,9 +532,13 @@ impl hyperfs_engine::fetch::Fetch for OwnFetch {
 }
 
 /// `HOST:PORT` to a socket address.
+/// How often a relay announces itself on HyperDHT.
+const RELAY_ANNOUNCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Starts HyperDHT on `endpoint` through `bootstrap`, and registers the node there in the
-/// background (so peers reach it by its key).
-fn start_hyperdht(endpoint: &Arc<Endpoint>, bootstrap: &[String]) -> Result<()> {
+/// background (so peers reach it by its key); with `relay`, it relays for others and announces
+/// so every five minutes.
+fn start_hyperdht(endpoint: &Arc<Endpoint>, bootstrap: &[String], relay: bool) -> Result<()> {
     let mut nodes = Vec::new();
     for b in bootstrap {
         match resolve(b)? {
@@ -541,12 +547,27 @@ fn start_hyperdht(endpoint: &Arc<Endpoint>, bootstrap: &[String]) -> Result<()> 
         }
     }
     endpoint.start_dht(nodes).context("starting HyperDHT")?;
+    if relay {
+        endpoint.serve_relay().context("relaying")?;
+    }
     let endpoint = Arc::downgrade(endpoint);
     std::thread::Builder::new().name("hyperfs-hyperdht".into()).spawn(move || {
-        let Some(endpoint) = endpoint.upgrade() else { return };
-        match endpoint.listen_dht() {
-            Ok(relays) => tracing::info!(relays = relays.len(), "registered on HyperDHT"),
-            Err(e) => tracing::warn!(error = %e, "registering on HyperDHT"),
+        {
+            let Some(endpoint) = endpoint.upgrade() else { return };
+            match endpoint.listen_dht() {
+                Ok(relays) => tracing::info!(relays = relays.len(), "registered on HyperDHT"),
+                Err(e) => tracing::warn!(error = %e, "registering on HyperDHT"),
+            }
+        }
+        if !relay {
+            return;
+        }
+        loop {
+            let Some(endpoint) = endpoint.upgrade() else { return };
+            let took = endpoint.dht_announce(hyperfs_net::endpoint::hyperdht::relay_topic());
+            tracing::info!(took, "announced as a relay on HyperDHT");
+            drop(endpoint);
+            std::thread::sleep(RELAY_ANNOUNCE);
         }
     })?;
     Ok(())

@@ -37,6 +37,9 @@ pub struct Discovery {
     pub hyperdht_bootstrap: Vec<String>,
     #[serde(default)]
     pub no_hyperdht: bool,
+    /// Whether this node relays for others (on HyperDHT).
+    #[serde(default)]
+    pub relay: bool,
 }
 
 impl Discovery {

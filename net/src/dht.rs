@@ -941,6 +941,7 @@ impl Client {
         udx_id: u32,
         firewall: Firewall,
         addresses: Vec<SocketAddrV4>,
+        relay_through: Option<RelayThrough>,
     ) -> Result<Shaken, String> {
         let target = crypto::hash(&[&public_key]);
         let relays: Vec<Replied> = self
@@ -958,6 +959,7 @@ impl Client {
             addresses4: addresses,
             udx: Some(UdxInfo { version: 1, features: 0, id: u64::from(udx_id), seq: 0 }),
             secret_stream: Some(1),
+            relay_through,
             ..NoisePayload::default()
         };
         let mut noise = crate::noise::Handshake::new(

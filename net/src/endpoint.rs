@@ -130,6 +130,8 @@ pub enum Path {
     Direct,
     /// Through NATs, after a hole punch (HyperDHT's).
     Punched,
+    /// Through a blind relay both sides reached (the relay sees ciphertext only).
+    Relayed,
 }
 
 impl Path {
@@ -138,6 +140,7 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::Punched => "punched",
+            Path::Relayed => "relayed",
         }
     }
 }
@@ -229,6 +232,11 @@ enum Command {
     Close { core: CoreKey },
     /// Send messages as given on a core's channel (see [`Endpoint::send_raw`]).
     Raw { core: CoreKey, messages: Vec<Message> },
+    /// Send a frame as it is (a blind relay's answer to a pairing).
+    Send(Frame),
+    /// Pair a UDX stream through this connection's peer, a blind relay (see [`relay`]); the
+    /// reply is the relay's stream id.
+    RelayPair { pair: relay::Pair, reply: oneshot::Sender<u32> },
     /// Another connection's peer gave this node a verified new length (`upgraded`) or blocks
     /// (`runs`, as `(start, length)`) of `core`: pass them on, so versions travel along chains
     /// of replicas.
@@ -270,8 +278,10 @@ struct Inner {
     dht_relays: Mutex<Vec<std::net::SocketAddrV4>>,
     /// The handshake slots of this node's HyperDHT server, for the punches that follow.
     dht_slots: hyperdht::Slots,
-    /// Connections whose path was not direct, by the peer's address.
-    paths: Mutex<HashMap<SocketAddr, Path>>,
+    /// Connections whose path was not direct, by peer (a relayed one has the relay's address).
+    paths: Mutex<HashMap<PeerId, Path>>,
+    /// This node's blind relay, when it relays for others ([`Endpoint::serve_relay`]).
+    relay: Mutex<Option<Arc<relay::RelayServer>>>,
     /// The UDX socket: the one accepting peers (`listen_udx`), else one for dialing.
     udx: tokio::sync::Mutex<Option<(Arc<crate::udx_socket::UdxSocket>, bool)>>,
     /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
@@ -399,6 +409,7 @@ impl Endpoint {
             dht_relays: Mutex::new(Vec::new()),
             dht_slots: hyperdht::Slots::default(),
             paths: Mutex::new(HashMap::new()),
+            relay: Mutex::new(None),
             next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
@@ -627,6 +638,19 @@ impl Endpoint {
             // the one a punch opens and the stream runs on.
             let udx = udx_socket(&inner).await?;
             *inner.dht.lock().await = Some(Arc::new(crate::dht::Client::on_udx(udx, bootstrap)));
+            Ok(())
+        })
+    }
+
+    /// Makes this node a blind relay for others (HyperDHT must run): peers that cannot punch
+    /// through to each other pair their streams here, and it forwards their packets, which it
+    /// cannot read. It is found under [`hyperdht::relay_topic`] (the caller announces it).
+    pub fn serve_relay(&self) -> Result<(), NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let client = dht_client(&inner).await?;
+            let socket = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
+            *lock(&inner.relay) = Some(Arc::new(relay::RelayServer::new(socket)));
             Ok(())
         })
     }
@@ -978,7 +1002,7 @@ impl Endpoint {
                     rtt: c.link.rtt(),
                     transport: c.link.transport(),
                     hyperfs: c.link.hyperfs(),
-                    path: paths.get(&c.address).copied().unwrap_or(Path::Direct),
+                    path: paths.get(&c.id).copied().unwrap_or(Path::Direct),
                 }
             })
             .collect()
@@ -1100,11 +1124,13 @@ struct JsCodec {
     stream: secretstream::Stream,
     send_aes: Option<secretstream::AesFrames>,
     recv_aes: Option<secretstream::AesFrames>,
+    /// The peer's channels of other protocols (blind-relay's), whose messages are kept whole.
+    other: Vec<u64>,
 }
 
 impl JsCodec {
     fn new(stream: secretstream::Stream) -> JsCodec {
-        JsCodec { stream, send_aes: None, recv_aes: None }
+        JsCodec { stream, send_aes: None, recv_aes: None, other: Vec::new() }
     }
 
     fn send_with(&mut self, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
@@ -1170,7 +1196,7 @@ impl Codec {
                 let body = &mut buf[body];
                 let m = s.open(body)?;
                 let before = frames.len();
-                Frame::decode_message(&body[m], frames).map_err(malformed)?;
+                Frame::decode_message_on(&body[m], frames, &mut s.other).map_err(malformed)?;
                 if frames.len() == before + 1 {
                     // A message alone in its frame took the whole frame, as its sender counts it.
                     frames[before].1 = used;
@@ -1328,7 +1354,9 @@ async fn server_handshake(
     // Behind a NAT, a slot for the holepunch rounds that may follow, with the relays to send
     // them through (a handshake that came straight needs none).
     let client_open = crate::holepunch::Firewall::from_u64(theirs.firewall) == crate::holepunch::Firewall::Open;
-    let nat = hyperdht::server_nat(inner, client, (hs.mode == 2 && !client_open).then_some(from4));
+    let relayed = theirs.relay_through.filter(|r| r.version == 1);
+    let punch = hs.mode == 2 && !client_open && relayed.is_none();
+    let nat = hyperdht::server_nat(inner, client, punch.then_some(from4));
     let slot = nat.2.as_ref().map(|(id, _)| *id);
     let ours = hyperdht::server_payload(error, our_id, nat);
     let (Ok(msg2), Some(done), Some(their_udx)) = (noise.send(&ours.encode()), noise.done().cloned(), their_udx) else {
@@ -1340,6 +1368,8 @@ async fn server_handshake(
     if let Some(id) = slot {
         inner.dht_slots.finished(id, &done);
     }
+    // The client asked for a relay: the stream goes through it, once both paired there.
+    let relay = relayed.map(|r| (r, done.clone()));
     // An open client, or one that came straight, is connected to at once (as HyperDHT's
     // servers do); otherwise the stream binds to wherever the client's first packet comes from.
     let bound = match (hs.mode, hs.peer_address) {
@@ -1372,6 +1402,10 @@ async fn server_handshake(
     if udx.send_raw(&message.encode(), from).await.is_err() {
         return;
     }
+    if let Some((through, done)) = relay {
+        hyperdht::serve_relayed(inner, through, our_id, done);
+        return;
+    }
     let (inner, udx) = (inner.clone(), udx.clone());
     tokio::spawn(async move {
         let (pipe, address) = match bound {
@@ -1385,7 +1419,7 @@ async fn server_handshake(
                 }
                 let Ok(Ok(came)) = waited else { return };
                 if slot.and_then(|id| inner.dht_slots.punched(id)) == Some(true) {
-                    inner.took_path(came.1, Path::Punched);
+                    inner.took_path(PeerId(done.remote_static), Path::Punched);
                 }
                 came
             }
@@ -1403,13 +1437,12 @@ async fn server_handshake(
 }
 
 impl Inner {
-    /// The connection to `address` about to start took `path`; paths of connections gone are
-    /// forgotten.
-    fn took_path(&self, address: SocketAddr, path: Path) {
-        let live: Vec<SocketAddr> = lock(&self.conns).iter().map(|c| c.address).collect();
+    /// The connection to `peer` about to start took `path`; paths of peers gone are forgotten.
+    fn took_path(&self, peer: PeerId, path: Path) {
+        let live: Vec<PeerId> = lock(&self.conns).iter().map(|c| c.id).collect();
         let mut paths = lock(&self.paths);
-        paths.retain(|a, _| live.contains(a));
-        paths.insert(address, path);
+        paths.retain(|p, _| live.contains(p));
+        paths.insert(peer, path);
     }
 }
 
@@ -1603,7 +1636,7 @@ async fn drive<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
         stable,
         dialer,
         address,
-        tx,
+        tx: tx.clone(),
         link: link.clone(),
         cores: cores.clone(),
         stats: stats.clone(),
@@ -1622,6 +1655,8 @@ async fn drive<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
         hyperfs_flag: None,
         hello: None,
         ranges: false,
+        relays: Vec::new(),
+        me_tx: tx,
     };
     if js {
         // Our hello first: a hyperfs node opens it too, a JS peer rejects it.
@@ -1918,6 +1953,10 @@ struct ConnState {
     hello: Option<u64>,
     /// Whether the peer opened the ranges channel: it answers range requests.
     ranges: bool,
+    /// Blind-relay channels, ours and the peer's.
+    relays: Vec<relay::RelayChannel>,
+    /// Commands to this connection (a relay answers a pairing through them).
+    me_tx: mpsc::UnboundedSender<Command>,
 }
 
 /// A verified new length or new blocks of one core, from one peer.
@@ -1985,6 +2024,12 @@ impl ConnState {
                         s.set_hyperfs_peer(true);
                     }
                 }
+            }
+            Frame::Control(Control::Open { local_id, protocol, id, .. }) if protocol == crate::wire::BLIND_RELAY => {
+                self.relay_opened(inner, local_id, id);
+            }
+            Frame::Channel { channel, message: Message::Other { kind, payload } } => {
+                self.relay_message(inner, channel, kind, &payload);
             }
             Frame::Control(Control::Open { protocol, .. }) if protocol == RANGES => {
                 self.ranges = true;
@@ -2175,6 +2220,8 @@ impl ConnState {
                     self.out.extend(messages.into_iter().map(|message| Frame::Channel { channel, message }));
                 }
             }
+            Command::Send(frame) => self.out.push(frame),
+            Command::RelayPair { pair, reply } => self.relay_pair(&inner.me, pair, reply),
             Command::Refresh => {
                 for core in inner.shared.cores() {
                     self.open(core);
@@ -2327,6 +2374,7 @@ impl ConnState {
 }
 
 pub mod hyperdht;
+mod relay;
 
 #[cfg(test)]
 mod tests;

@@ -705,7 +705,11 @@ impl Session {
                 self.top_up(core, now, &mut out);
             }
             // A cipher switch belongs to the connection, which takes it before any session.
-            Message::Cancel { .. } | Message::Extension { .. } | Message::Unwant { .. } | Message::CipherSwitch => {}
+            Message::Cancel { .. }
+            | Message::Extension { .. }
+            | Message::Unwant { .. }
+            | Message::CipherSwitch
+            | Message::Other { .. } => {}
             Message::Data { request, proof } => {
                 self.missed = 0;
                 let Some(asked) = self.take(request) else {

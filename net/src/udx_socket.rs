@@ -44,7 +44,22 @@ pub struct UdxSocket {
     /// Where datagrams that are not UDX's go (dht-rpc's messages, holepunch probes: the
     /// socket is HyperDHT's too, as in JS), when someone takes them ([`UdxSocket::plain`]).
     plain: Mutex<Option<mpsc::Sender<Plain>>>,
+    /// Stream ids this socket relays (a blind relay's links), by id.
+    relays: Mutex<HashMap<u32, RelayEnd>>,
 }
+
+/// One end of a relayed link: the peer's stream (bound to where its first packet came from),
+/// and the id of the other end.
+struct RelayEnd {
+    bound: Option<SocketAddr>,
+    stream: u32,
+    other: u32,
+    last: Instant,
+}
+
+/// Links a socket relays at once, and how long an idle one is kept.
+pub const MAX_RELAYED: usize = 64;
+const RELAY_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A datagram that is not a UDX packet, and where it came from.
 pub type Plain = (Vec<u8>, SocketAddr);
@@ -76,6 +91,7 @@ impl UdxSocket {
             routes: Mutex::new(HashMap::new()),
             expected: Mutex::new(HashMap::new()),
             plain: Mutex::new(None),
+            relays: Mutex::new(HashMap::new()),
         });
         let reader = Arc::downgrade(&s);
         tokio::spawn(async move {
@@ -91,6 +107,9 @@ impl UdxSocket {
                     }
                     continue;
                 };
+                if s.relay(h.id, from, d).await {
+                    continue;
+                }
                 let route = lock(&s.routes).get(&(h.id, from)).cloned();
                 match route {
                     Some(tx) => {
@@ -172,6 +191,56 @@ impl UdxSocket {
     /// answer towards this socket).
     pub async fn send_raw(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
         self.socket.send_to(bytes, to).await.map(drop)
+    }
+
+    /// Relays a link between the peers' streams `a` and `b`: returns the ids each is to
+    /// connect its stream to here (`None` past [`MAX_RELAYED`] links). Each end binds to where
+    /// its first packet comes from; every packet of one goes to the other with its stream id
+    /// changed, and nothing else (the peers' UDX runs end to end).
+    pub fn relay_between(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        let mut relays = lock(&self.relays);
+        relays.retain(|_, e| e.last.elapsed() < RELAY_IDLE);
+        if relays.len() / 2 >= MAX_RELAYED {
+            return None;
+        }
+        let routes = lock(&self.routes);
+        let fresh = || loop {
+            let id = rand::random::<u32>();
+            if !relays.contains_key(&id) && !routes.keys().any(|(r, _)| *r == id) {
+                break id;
+            }
+        };
+        let (ra, rb) = (fresh(), fresh());
+        let now = Instant::now();
+        relays.insert(ra, RelayEnd { bound: None, stream: a, other: rb, last: now });
+        relays.insert(rb, RelayEnd { bound: None, stream: b, other: ra, last: now });
+        Some((ra, rb))
+    }
+
+    /// Links relayed now.
+    pub fn relayed(&self) -> usize {
+        lock(&self.relays).len() / 2
+    }
+
+    /// Forwards packet `d` from `from` if its stream id is one this socket relays.
+    async fn relay(&self, id: u32, from: SocketAddr, d: &[u8]) -> bool {
+        let to = {
+            let mut relays = lock(&self.relays);
+            let Some(end) = relays.get_mut(&id) else { return false };
+            if *end.bound.get_or_insert(from) != from {
+                // Another address on a bound end: not the peer's.
+                return true;
+            }
+            end.last = Instant::now();
+            let other = end.other;
+            relays.get(&other).and_then(|o| o.bound.map(|at| (at, o.stream)))
+        };
+        if let Some((at, stream)) = to {
+            let mut p = d.to_vec();
+            p[4..8].copy_from_slice(&stream.to_le_bytes());
+            let _ = self.socket.send_to(&p, at).await;
+        }
+        true
     }
 
     /// Hands every datagram this socket receives that is not a UDX packet to the returned

@@ -117,7 +117,19 @@ pub enum Message {
     /// frame after this one in this direction is sealed with AES-256-GCM instead of
     /// secret-stream (see `endpoint`'s `JsCodec`).
     CipherSwitch,
+    /// A message on a channel of another protocol (`blind-relay`'s, see
+    /// [`Frame::decode_message_on`]), its type and payload as they came.
+    Other {
+        kind: u64,
+        payload: Vec<u8>,
+    },
 }
+
+/// The protocol of blind relays (JS's `blind-relay`): its channels carry [`Message::Other`],
+/// and their open carries no handshake.
+pub const BLIND_RELAY: &str = "blind-relay";
+/// Channels of other protocols a peer may hold open at once on one connection.
+pub const MAX_OTHER_CHANNELS: usize = 16;
 
 /// A control message (channel 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +200,7 @@ impl Message {
             Message::Extension { .. } => 9,
             Message::SeekBlock { .. } => SEEK_BLOCK,
             Message::CipherSwitch => CIPHER_SWITCH,
+            Message::Other { kind, .. } => *kind,
             Message::RangeRequest { .. } => RANGE_REQUEST,
             Message::RangeData { .. } => RANGE_DATA,
         }
@@ -296,6 +309,9 @@ impl Message {
                 e.uint(*id).uint(*fork).uint(*length).uint(*bytes);
             }
             Message::CipherSwitch => {}
+            Message::Other { payload, .. } => {
+                e.fixed(payload);
+            }
             Message::RangeRequest { id, fork, length, start, count } => {
                 e.uint(*id).uint(*fork).uint(*length).uint(*start).uint(*count);
             }
@@ -494,7 +510,9 @@ impl Frame {
                     Control::Open { local_id, protocol, id, flags, capability } => {
                         body.uint(1).uint(*local_id).string(protocol);
                         body.buffer(id.as_deref().unwrap_or_default());
-                        body.uint(*flags).fixed(capability);
+                        if protocol != BLIND_RELAY {
+                            body.uint(*flags).fixed(capability);
+                        }
                     }
                     Control::Reject { remote_id } => {
                         body.uint(2).uint(*remote_id);
@@ -525,6 +543,17 @@ impl Frame {
     /// type this side does not know is skipped, and the open of another protocol is kept with
     /// no capability (the endpoint rejects it). Only hypercore's own fields must decode.
     pub fn decode_message(msg: &[u8], frames: &mut Vec<(Frame, usize)>) -> Result<(), DecodeError> {
+        Frame::decode_message_on(msg, frames, &mut Vec::new())
+    }
+
+    /// As [`Frame::decode_message`], keeping in `other` the peer's channels of other protocols
+    /// (opened with [`BLIND_RELAY`], at most [`MAX_OTHER_CHANNELS`]): their messages come as
+    /// [`Message::Other`]. The same `other` goes with every message of a connection, in order.
+    pub fn decode_message_on(
+        msg: &[u8],
+        frames: &mut Vec<(Frame, usize)>,
+        other: &mut Vec<u64>,
+    ) -> Result<(), DecodeError> {
         if msg.is_empty() {
             return Ok(());
         }
@@ -532,7 +561,7 @@ impl Frame {
         let channel = d.uint("channel")?;
         let kind = d.uint("message type")?;
         if channel != 0 || kind != 0 {
-            if let Some(f) = Frame::decode_entry(channel, kind, &mut d)? {
+            if let Some(f) = Frame::decode_entry(channel, kind, &mut d, other)? {
                 frames.push((f, msg.len()));
             }
             return Ok(());
@@ -552,7 +581,7 @@ impl Frame {
             if channel == 0 && kind == 0 {
                 return Err(DecodeError::Invalid("a batch inside a batch"));
             }
-            if let Some(f) = Frame::decode_entry(channel, kind, &mut e)? {
+            if let Some(f) = Frame::decode_entry(channel, kind, &mut e, other)? {
                 frames.push((f, len));
             }
         }
@@ -560,7 +589,16 @@ impl Frame {
     }
 
     /// One protomux message of type `kind` on `channel`, leniently (see [`Frame::decode_message`]).
-    fn decode_entry(channel: u64, kind: u64, d: &mut Decoder<'_>) -> Result<Option<Frame>, DecodeError> {
+    fn decode_entry(
+        channel: u64,
+        kind: u64,
+        d: &mut Decoder<'_>,
+        other: &mut Vec<u64>,
+    ) -> Result<Option<Frame>, DecodeError> {
+        if channel != 0 && other.contains(&channel) {
+            let payload = d.take(d.remaining(), "payload")?.to_vec();
+            return Ok(Some(Frame::Channel { channel, message: Message::Other { kind, payload } }));
+        }
         if channel != 0 {
             // Types Hypercore does not register are skipped, as protomux skips them; hyperfs's
             // own messages are taken (a hyperfs node on the JS wire sends them).
@@ -584,10 +622,20 @@ impl Frame {
                 } else {
                     (0, [0; 32])
                 };
+                if protocol == BLIND_RELAY && !other.contains(&local_id) {
+                    if other.len() >= MAX_OTHER_CHANNELS {
+                        return Err(DecodeError::Invalid("too many blind-relay channels"));
+                    }
+                    other.push(local_id);
+                }
                 Control::Open { local_id, protocol, id, flags, capability }
             }
             2 => Control::Reject { remote_id: d.uint("reject")? },
-            3 => Control::Close { local_id: d.uint("close")? },
+            3 => {
+                let local_id = d.uint("close")?;
+                other.retain(|c| *c != local_id);
+                Control::Close { local_id }
+            }
             _ => return Ok(None),
         })))
     }
@@ -604,13 +652,12 @@ impl Frame {
                     let protocol = d.string("open protocol")?;
                     let id = d.buffer("open discovery key")?;
                     let id = (!id.is_empty()).then(|| id.to_vec());
-                    Control::Open {
-                        local_id,
-                        protocol,
-                        id,
-                        flags: d.uint("open flags")?,
-                        capability: d.array("open capability")?,
-                    }
+                    let (flags, capability) = if protocol == BLIND_RELAY {
+                        (0, [0; 32])
+                    } else {
+                        (d.uint("open flags")?, d.array("open capability")?)
+                    };
+                    Control::Open { local_id, protocol, id, flags, capability }
                 }
                 2 => Control::Reject { remote_id: d.uint("reject")? },
                 3 => Control::Close { local_id: d.uint("close")? },

@@ -454,8 +454,13 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             })
         }
         Request::Peers { net: options } => {
-            if !options.peers.is_empty() {
-                net(state, options)?.connect(&options.peers)?;
+            // Network options start the node's network with them (`peers --relay` starts a
+            // relay), and peers given are connected to.
+            if *options != api::NetOptions::default() {
+                let n = net(state, options)?;
+                if !options.peers.is_empty() {
+                    n.connect(&options.peers)?;
+                }
             }
             let net = state.net.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let peers: Vec<(hyperfs_net::PeerInfo, &str)> = net

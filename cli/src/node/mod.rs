@@ -449,7 +449,8 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         }
         return Ok(n.clone());
     }
-    let asked = !r.bootstrap.is_empty() || r.no_dht || r.no_lan || !r.hyperdht_bootstrap.is_empty() || r.no_hyperdht;
+    let asked =
+        !r.bootstrap.is_empty() || r.no_dht || r.no_lan || !r.hyperdht_bootstrap.is_empty() || r.no_hyperdht || r.relay;
     let discovery: crate::swarm::Discovery = if asked {
         let d = crate::swarm::Discovery {
             bootstrap: r.bootstrap.clone(),
@@ -457,6 +458,7 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
             no_lan: r.no_lan,
             hyperdht_bootstrap: r.hyperdht_bootstrap.clone(),
             no_hyperdht: r.no_hyperdht,
+            relay: r.relay,
         };
         write_json(&state.dir, "discovery.json", &d)?;
         d

@@ -94,17 +94,65 @@ impl Slots {
     }
 }
 
+/// The topic hyperfs nodes that relay (`--relay`) announce themselves under on HyperDHT.
+pub fn relay_topic() -> [u8; 32] {
+    crypto::hash(&[b"hyperfs/relay/1"])
+}
+
 /// Connects to the HyperDHT server of `public_key`: the handshake through a node that holds its
-/// registration, then the path (direct or punched), the UDX stream and secret-stream.
+/// registration, then the path (direct or punched), the UDX stream and secret-stream. When no
+/// punch can join the two NATs, or the punch fails, the connection goes through a relay.
 pub(super) async fn connect(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<(PeerId, Path), NetError> {
-    let client = dht_client(inner).await?;
-    let socket = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
+    match connect_without_relay(inner, public_key).await {
+        Err(Unpunched(e)) => {
+            tracing::info!(error = %e, "no punch: trying a relay");
+            Box::pin(connect_relayed(inner, public_key))
+                .await
+                .map_err(|r| NetError::Io(format!("{e}; and through a relay: {r}")))
+        }
+        Ok(done) => done,
+    }
+}
+
+/// A connection that failed for want of a punch (a relay may still join the two).
+struct Unpunched(NetError);
+
+async fn connect_without_relay(
+    inner: &Arc<Inner>,
+    public_key: [u8; 32],
+) -> Result<Result<(PeerId, Path), NetError>, Unpunched> {
+    let client = match dht_client(inner).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(socket) = client.udx() else {
+        return Ok(Err(NetError::Io("HyperDHT runs without a UDX socket".into())));
+    };
     let fail = |e: String| NetError::Io(format!("connecting to {}: {e}", crypto::to_hex(&public_key)));
     client.sample_nat().await;
     let (firewall, addresses, _) = client.nat();
     let udx_id = rand::random::<u32>();
     let shaken =
-        client.handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses.clone()).await.map_err(fail)?;
+        match client.handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses.clone(), None).await {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(fail(e))),
+        };
+    finish(inner, &client, &socket, shaken, udx_id, firewall, addresses, fail).await
+}
+
+/// After the handshake: the path, the stream, secret-stream and the connection. A punch that
+/// cannot work or did not comes back as [`Unpunched`].
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    inner: &Arc<Inner>,
+    client: &Arc<Client>,
+    socket: &Arc<crate::udx_socket::UdxSocket>,
+    shaken: Shaken,
+    udx_id: u32,
+    firewall: Firewall,
+    addresses: Vec<SocketAddrV4>,
+    fail: impl Fn(String) -> NetError,
+) -> Result<Result<(PeerId, Path), NetError>, Unpunched> {
     let relayed = shaken.server != shaken.relay;
     let holepunch = shaken.payload.holepunch.as_ref().filter(|(_, relays)| !relays.is_empty());
     let server_open = Firewall::from_u64(shaken.payload.firewall) == Firewall::Open;
@@ -117,21 +165,153 @@ pub(super) async fn connect(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<
     } else if firewall == Firewall::Open {
         // We are open: the server connects to us, as HyperDHT's servers do.
         let bound = socket.expect(udx_id, shaken.udx as u32);
-        let (pipe, remote) = tokio::time::timeout(HANDSHAKE_TIMEOUT, bound)
-            .await
-            .map_err(|_| fail("the server did not connect back within 10 s".into()))?
-            .map_err(|_| fail("the UDX socket closed".into()))?;
-        (pipe, remote, Path::Direct)
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, bound).await {
+            Ok(Ok((pipe, remote))) => (pipe, remote, Path::Direct),
+            Ok(Err(_)) => return Ok(Err(fail("the UDX socket closed".into()))),
+            Err(_) => return Err(Unpunched(fail("the server did not connect back within 10 s".into()))),
+        }
     } else {
-        let to = SocketAddr::V4(punch(&client, &shaken, firewall, addresses).await.map_err(fail)?);
-        (socket.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
+        match punch(client, &shaken, firewall, addresses).await {
+            Ok(to) => {
+                let to = SocketAddr::V4(to);
+                (socket.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
+            }
+            Err(e) => return Err(Unpunched(fail(e))),
+        }
     };
-    let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(shaken.done)).await?;
+    Ok(stream(inner, pipe, remote, path, shaken.done).await)
+}
+
+/// Secret-stream as the initiator over `pipe`, keyed by the HyperDHT handshake, and the
+/// connection that runs on it.
+async fn stream(
+    inner: &Arc<Inner>,
+    pipe: tokio::io::DuplexStream,
+    remote: SocketAddr,
+    path: Path,
+    done: crate::noise::Done,
+) -> Result<(PeerId, Path), NetError> {
+    let peer = PeerId(done.remote_static);
+    let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(done)).await?;
     if path != Path::Direct {
-        inner.took_path(remote, path);
+        inner.took_path(peer, path);
     }
     let id = start_stream(inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await?;
     Ok((id, path))
+}
+
+/// Connects to `public_key` through a blind relay: a hyperfs node that relays (found under
+/// [`relay_topic`]), the token in the handshake's `relayThrough` so the server pairs there too.
+async fn connect_relayed(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<(PeerId, Path), NetError> {
+    let client = dht_client(inner).await?;
+    let socket = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
+    let mut relays: Vec<[u8; 32]> = client
+        .lookup(relay_topic())
+        .await
+        .into_iter()
+        .map(|p| p.public_key)
+        .filter(|k| *k != inner.me.0 && *k != public_key)
+        .collect();
+    relays.dedup();
+    let mut last = NetError::Io("no relay announced on HyperDHT".into());
+    for relay in relays.into_iter().take(3) {
+        match through(inner, &client, &socket, public_key, relay).await {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                tracing::info!(relay = %crypto::to_hex(&relay[..6]), error = %e, "a relay did not join us");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The connection to `public_key` through relay `relay`.
+async fn through(
+    inner: &Arc<Inner>,
+    client: &Arc<Client>,
+    socket: &Arc<crate::udx_socket::UdxSocket>,
+    public_key: [u8; 32],
+    relay: [u8; 32],
+) -> Result<(PeerId, Path), NetError> {
+    let (relay_conn, relay_at) = relay_connection(inner, relay).await?;
+    let token: [u8; 32] = rand::random();
+    let (firewall, addresses, _) = client.nat();
+    let udx_id = rand::random::<u32>();
+    let through = crate::dht::RelayThrough { version: 1, flags: 0, public_key: relay, token };
+    let shaken = client
+        .handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses, Some(through))
+        .await
+        .map_err(NetError::Io)?;
+    let relay_stream = pair(&relay_conn, true, token, udx_id).await?;
+    let pipe = socket.open(udx_id, relay_stream, relay_at);
+    stream(inner, pipe, relay_at, Path::Relayed, shaken.done).await
+}
+
+/// The connection to relay `relay` (made through HyperDHT unless one runs): its commands and
+/// its address.
+async fn relay_connection(
+    inner: &Arc<Inner>,
+    relay: [u8; 32],
+) -> Result<(mpsc::UnboundedSender<Command>, SocketAddr), NetError> {
+    let find = || lock(&inner.conns).iter().find(|c| c.id.0 == relay).map(|c| (c.tx.clone(), c.address));
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    Box::pin(connect_without_relay(inner, relay))
+        .await
+        .map_err(|Unpunched(e)| e)?
+        .map_err(|e| NetError::Io(format!("reaching the relay: {e}")))?;
+    find().ok_or_else(|| NetError::Io("the relay's connection closed".into()))
+}
+
+/// Pairs our UDX stream `udx_id` under `token` at the relay `conn` leads to; the relay's stream
+/// id to connect it to.
+async fn pair(
+    conn: &mpsc::UnboundedSender<Command>,
+    initiator: bool,
+    token: [u8; 32],
+    udx_id: u32,
+) -> Result<u32, NetError> {
+    let (reply, answer) = oneshot::channel();
+    let pair = super::relay::Pair { initiator, token, id: u64::from(udx_id), seq: 0 };
+    conn.send(Command::RelayPair { pair, reply }).map_err(|_| NetError::Io("the relay's connection closed".into()))?;
+    match tokio::time::timeout(RELAY_WAIT, answer).await {
+        Ok(Ok(id)) => Ok(id),
+        Ok(Err(_)) => Err(NetError::Io("the relay's connection closed".into())),
+        Err(_) => Err(NetError::Io(format!("the relay paired nobody within {} s", RELAY_WAIT.as_secs()))),
+    }
+}
+
+/// How long a pairing at a relay may wait for the other side.
+const RELAY_WAIT: Duration = Duration::from_secs(15);
+
+/// The server's side of a connection a client asked to go through a relay (its Noise payload's
+/// `relayThrough`): to the relay, pair there as the other half, and the stream through it.
+pub(super) fn serve_relayed(
+    inner: &Arc<Inner>,
+    through: crate::dht::RelayThrough,
+    our_id: u32,
+    done: crate::noise::Done,
+) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let result = async {
+            let client = dht_client(&inner).await?;
+            let socket = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
+            let (relay_conn, relay_at) = relay_connection(&inner, through.public_key).await?;
+            let relay_stream = pair(&relay_conn, false, through.token, our_id).await?;
+            let pipe = socket.open(our_id, relay_stream, relay_at);
+            let peer = PeerId(done.remote_static);
+            let (pipe, opened) = open_secret_stream_after(pipe, false, inner.noise.clone(), Some(done)).await?;
+            inner.took_path(peer, Path::Relayed);
+            run_stream(inner.clone(), tokio::io::split(pipe), relay_at, false, opened, Transport::Udx).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::info!(error = %e, "a peer that came through a relay left");
+        }
+    });
 }
 
 /// The client's punch: two holepunch rounds through the server's relay, then probes until one
@@ -188,8 +368,10 @@ async fn punch(
     if remote == Firewall::Unknown || firewall == Firewall::Unknown {
         return Err("a NAT whose kind is not known cannot be punched".into());
     }
-    if remote == Firewall::Random && firewall == Firewall::Random {
-        return Err("both NATs give each destination a new port: only a relay connects them".into());
+    if remote == Firewall::Random || firewall == Firewall::Random {
+        // Both random: no punch joins them. One random: the punch needs a few hundred sockets
+        // on the random side ("birthday" sockets), which this node does not open yet.
+        return Err("a NAT gives each destination a new port: a relay joins the two".into());
     }
     let token = secure.token(&peer);
     let ours = Payload {
@@ -253,14 +435,14 @@ async fn punch(
     }
 }
 
+/// A server's NAT as its handshake answer tells it: its kind, its public addresses, and a
+/// holepunch slot with its relays as `(relay, the server's address as that relay sees it)`.
+pub(super) type ServerNat = (Firewall, Vec<SocketAddrV4>, Option<(u64, Vec<(SocketAddrV4, SocketAddrV4)>)>);
+
 /// What a server's handshake answer says of its NAT, for a handshake relayed by `via` (`None`:
 /// it came straight, or the client is open and is connected to): its firewall, its public
 /// addresses, and, behind a NAT, a holepunch slot with its relays.
-pub(super) fn server_nat(
-    inner: &Inner,
-    client: &Client,
-    via: Option<SocketAddrV4>,
-) -> (Firewall, Vec<SocketAddrV4>, Option<(u64, Vec<(SocketAddrV4, SocketAddrV4)>)>) {
+pub(super) fn server_nat(inner: &Inner, client: &Client, via: Option<SocketAddrV4>) -> ServerNat {
     let (firewall, addresses, _) = client.nat();
     if firewall == Firewall::Open {
         return (firewall, addresses, None);
@@ -398,11 +580,7 @@ async fn punch_back(client: &Client, puncher: Arc<Mutex<Puncher>>, peer: SocketA
 }
 
 /// A handshake answer's payload for the server: `error`, its NAT and slot, its UDX stream id.
-pub(super) fn server_payload(
-    error: u64,
-    udx_id: u32,
-    nat: (Firewall, Vec<SocketAddrV4>, Option<(u64, Vec<(SocketAddrV4, SocketAddrV4)>)>),
-) -> NoisePayload {
+pub(super) fn server_payload(error: u64, udx_id: u32, nat: ServerNat) -> NoisePayload {
     let (firewall, addresses4, holepunch) = nat;
     NoisePayload {
         version: 1,

@@ -343,3 +343,59 @@ fn two_homes_behind_nats_connect_by_key_through_a_punch() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Homes whose NATs give each destination a new port (`--random-fully`) cannot be punched
+/// through here: a relay on the public network (a hyperfs node started with `--relay`, found on
+/// HyperDHT) joins them. With one such NAT, then with both, a drive shared in one home is
+/// cloned in the other by its key alone, and both sides say the connection is relayed.
+#[test]
+fn a_relay_joins_homes_whose_nats_randomise_ports() {
+    let mut hosts = Hosts::new(2);
+    let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let relay = tmp.path().join("relay");
+    let _sr = Stop(&relay);
+    let mut args = vec!["peers", "--json", "--relay"];
+    args.extend_from_slice(&only);
+    json(&hosts.names[1], &relay, &args);
+    let relay_ip = hosts.ip(1);
+    for both in [false, true] {
+        hosts.home_random(1, true);
+        hosts.home_random(0, both);
+        let tag = if both { "both" } else { "one" };
+        let (da, db) = (tmp.path().join(format!("a-{tag}")), tmp.path().join(format!("b-{tag}")));
+        let (_sa, _sb) = (Stop(&da), Stop(&db));
+        let key = shared_drive(&home_a, &da, "relayed between two homes", &only);
+        let started = Instant::now();
+        let mut args = vec!["clone", key.as_str(), "--name", "c", "--json"];
+        args.extend_from_slice(&only);
+        let out = Hosts::hyperfs(&home_b, &db, &args);
+        assert!(
+            out.status.success(),
+            "{tag} random NAT(s): the clone failed: {}\nthe relay's log:\n{}\nthe server's log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            hyperfs_tests::node_log_tail(&relay),
+            hyperfs_tests::node_log_tail(&da)
+        );
+        eprintln!("{tag} random NAT(s): cloned through the relay in {:?}", started.elapsed());
+        assert_eq!(Hosts::hyperfs_ok(&home_b, &db, &["cat", "c:/hello.txt"]), "relayed between two homes");
+        for (ns, dir) in [(&home_b, &db), (&home_a, &da)] {
+            let peers = json(ns, dir, &["peers", "--json"]);
+            let through = peers
+                .as_array()
+                .expect("peers")
+                .iter()
+                .filter(|p| p["path"] == "relayed")
+                .map(|p| p["address"].as_str().expect("address").to_owned())
+                .collect::<Vec<_>>();
+            assert!(
+                through.len() == 1 && through[0].starts_with(&format!("{relay_ip}:")),
+                "one connection through the relay at {relay_ip}: {peers}"
+            );
+        }
+        Hosts::hyperfs_ok(&home_b, &db, &["stop"]);
+        Hosts::hyperfs_ok(&home_a, &da, &["stop"]);
+    }
+}
