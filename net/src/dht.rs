@@ -806,6 +806,21 @@ impl Client {
         answer
     }
 
+    /// Whether node `to` answers a PING.
+    pub async fn ping(&self, to: SocketAddrV4) -> bool {
+        let req = Request {
+            tid: 0,
+            to,
+            id: None,
+            token: None,
+            internal: true,
+            command: internal::PING,
+            target: None,
+            value: None,
+        };
+        self.request(to, req).await.is_some()
+    }
+
     /// Walks towards `target` asking `command` (with `value`) of each node on the way, and
     /// returns the nodes that answered, nearest first.
     pub async fn walk(&self, target: [u8; 32], internal_cmd: bool, cmd: u64, value: Option<Vec<u8>>) -> Vec<Replied> {

@@ -64,6 +64,9 @@ const RANGES: &str = "hyperfs/ranges";
 const HELLO_AES: &[u8] = b"aes-256-gcm";
 /// How long a JS-wire handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a HyperDHT server pings the nodes holding its registration (as HyperDHT does, a
+/// few seconds apart: mobile NATs forget mappings fast).
+const RELAY_KEEPALIVE: Duration = Duration::from_secs(5);
 /// With TCP preferred ([`Endpoint::prefer_tcp`]), how long a dial waits for the peer's TCP port
 /// to answer before it takes QUIC; a refused port falls back at once.
 const TCP_FIRST: Duration = Duration::from_millis(500);
@@ -601,12 +604,28 @@ impl Endpoint {
             client.sample_nat().await;
             *lock(&inner.dht_relays) = relays.clone();
             let renew = Arc::downgrade(&client);
-            let signing = inner.signing.clone();
+            let (signing, keeper) = (inner.signing.clone(), inner.clone());
             tokio::spawn(async move {
+                // The nodes holding the registration relay handshakes to this node through the
+                // mappings its NAT keeps for them: they are pinged every few seconds so those
+                // stay (a NAT forgets an idle UDP mapping in 30 s to a few minutes), and when
+                // fewer answer than took it, or every five minutes, it goes out again.
+                let mut renewed = Instant::now();
                 loop {
-                    tokio::time::sleep(Duration::from_secs(300)).await;
+                    tokio::time::sleep(RELAY_KEEPALIVE).await;
                     let Some(client) = renew.upgrade() else { return };
-                    client.register(&signing).await;
+                    let relays = lock(&keeper.dht_relays).clone();
+                    let mut answered = 0;
+                    for r in &relays {
+                        answered += usize::from(client.ping(*r).await);
+                    }
+                    if answered < relays.len().min(3) || renewed.elapsed() >= Duration::from_secs(300) {
+                        let relays = client.register(&signing).await;
+                        if !relays.is_empty() {
+                            *lock(&keeper.dht_relays) = relays;
+                        }
+                        renewed = Instant::now();
+                    }
                 }
             });
             let (server, serving) = (inner.clone(), client.clone());

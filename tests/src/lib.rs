@@ -458,6 +458,15 @@ impl Hosts {
         let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{router}")).args(["conntrack", "-F"]).output();
     }
 
+    /// Home `k`'s NAT forgets a UDP mapping after `secs` seconds without packets (one that saw
+    /// packets both ways after `secs` + 3), as mobile and some home NATs do; Linux's defaults
+    /// are 30 and 120.
+    pub fn home_udp_timeout(&self, k: u8, secs: u32) {
+        let router = self.router(k);
+        in_ns(&router, &["sysctl", "-q", "-w", &format!("net.netfilter.nf_conntrack_udp_timeout={secs}")]);
+        in_ns(&router, &["sysctl", "-q", "-w", &format!("net.netfilter.nf_conntrack_udp_timeout_stream={}", secs + 3)]);
+    }
+
     /// Starts hyperdht's testnet of `n` JS nodes on host `i` (`scripts/js/nat-peer.js`);
     /// returns it (killed when dropped) and its bootstrap addresses.
     pub fn hyperdht(&self, i: usize, n: usize) -> (KillOnDrop, Vec<String>) {
