@@ -482,16 +482,42 @@ impl Hosts {
     /// Starts `cmd` on host `i` (through `nsenter`, standard input and output piped) and
     /// returns it with the JSON of its first line of output.
     fn start_in(&self, i: usize, cmd: Command) -> (std::process::Child, serde_json::Value) {
+        Hosts::start_on(&self.names[i], cmd)
+    }
+
+    /// Starts `scripts/js/SCRIPT args…` on namespace `ns`; returns it (killed when dropped)
+    /// with the JSON of its first line of output.
+    pub fn start_js(ns: &str, script: &str, args: &[&str]) -> (KillOnDrop, serde_json::Value) {
+        let dir = js_dir();
+        let mut node = Command::new("node");
+        node.arg(dir.join(script)).args(args).current_dir(&dir);
+        let (child, first) = Hosts::start_on(ns, node);
+        (KillOnDrop(child), first)
+    }
+
+    /// Runs `scripts/js/SCRIPT args…` on namespace `ns` to its end; the JSON of its last line.
+    pub fn run_js(ns: &str, script: &str, args: &[&str]) -> serde_json::Value {
+        let dir = js_dir();
+        let mut all = vec!["node".to_owned(), dir.join(script).display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = in_ns(ns, &all);
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{script}: {last:?}: {e}"))
+    }
+
+    /// Starts `cmd` on namespace `ns` (as [`Hosts::start_in`]).
+    fn start_on(ns: &str, cmd: Command) -> (std::process::Child, serde_json::Value) {
         use std::io::BufRead;
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.names[i]))
+            .arg(format!("--net=/run/netns/{ns}"))
             .arg(cmd.get_program())
             .args(cmd.get_args())
             .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("start {:?} on host {i}: {e}", cmd.get_program()));
+            .unwrap_or_else(|e| panic!("start {:?} on {ns}: {e}", cmd.get_program()));
         let mut line = String::new();
         let out = child.stdout.take().expect("stdout");
         std::io::BufReader::new(out).read_line(&mut line).expect("a first line of output");

@@ -404,3 +404,53 @@ fn a_relay_joins_homes_whose_nats_randomise_ports() {
         Hosts::hyperfs_ok(&home_a, &da, &["stop"]);
     }
 }
+
+/// JS apps on the public network and hyperfs behind a NAT reach each other through HyperDHT by
+/// a drive's key alone: a JS Hyperswarm peer serving a Hyperdrive is mounted from the home and
+/// read through the mount; a drive hyperfs shares from the home is read by a JS Hyperswarm peer.
+#[test]
+fn js_swarm_peers_and_hyperfs_behind_a_nat_reach_each_other() {
+    let mut hosts = Hosts::new(2);
+    let home = hosts.behind_nat();
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let boot = bootstrap.join(",");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let js_dir = tmp.path().join("js");
+    let (_js, served) = Hosts::start_js(
+        &hosts.names[1],
+        "swarm-peer.js",
+        &["serve", &boot, js_dir.to_str().expect("utf-8"), "/hello.txt", "from a JS swarm"],
+    );
+    let key = served["key"].as_str().expect("key").to_owned();
+    let dir = tmp.path().join("home");
+    let _stop = Stop(&dir);
+    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mnt_s = mnt.to_str().expect("utf-8");
+    let started = Instant::now();
+    let mut args = vec!["mount", key.as_str(), mnt_s];
+    args.extend_from_slice(&only);
+    Hosts::hyperfs_ok(&home, &dir, &args);
+    while std::fs::read_to_string(mnt.join("hello.txt")).ok().as_deref() != Some("from a JS swarm") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the JS drive did not show through the mount\n{}",
+            hyperfs_tests::node_log_tail(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("a JS swarm's drive read through a mount behind a NAT in {:?}", started.elapsed());
+    Hosts::hyperfs_ok(&home, &dir, &["unmount", mnt_s]);
+
+    let key = shared_drive(&home, &dir, "from hyperfs behind a NAT", &only);
+    let read_dir = tmp.path().join("js-read");
+    let read = Hosts::run_js(
+        &hosts.names[1],
+        "swarm-peer.js",
+        &["read", &boot, read_dir.to_str().expect("utf-8"), &key, "/hello.txt"],
+    );
+    assert_eq!(read["ok"], true, "{read}\n{}", hyperfs_tests::node_log_tail(&dir));
+    assert_eq!(read["text"], "from hyperfs behind a NAT", "{read}");
+    eprintln!("a JS swarm read a drive shared from behind a NAT in {} ms", read["ms"]);
+}
