@@ -458,6 +458,26 @@ impl Hosts {
         let _ = Command::new("nsenter").arg(format!("--net=/run/netns/{router}")).args(["conntrack", "-F"]).output();
     }
 
+    /// Whether home `k`'s router drops unasked packets to itself (as it does at first, like
+    /// OpenWrt) or takes them in (then it keeps a conntrack entry for each, and a mapping its
+    /// host makes to the same address later is given another port).
+    pub fn home_guarded(&self, k: u8, guarded: bool) {
+        let router = self.router(k);
+        let public_if = format!("{router}i");
+        let rule = ["INPUT", "-i", &public_if, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"];
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{router}"))
+            .arg("iptables")
+            .arg("-D")
+            .args(rule)
+            .output();
+        if guarded {
+            let mut add = vec!["iptables", "-A"];
+            add.extend_from_slice(&rule);
+            in_ns(&router, &add);
+        }
+    }
+
     /// Home `k`'s NAT forgets a UDP mapping after `secs` seconds without packets (one that saw
     /// packets both ways after `secs` + 3), as mobile and some home NATs do; Linux's defaults
     /// are 30 and 120.

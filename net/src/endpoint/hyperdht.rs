@@ -99,19 +99,49 @@ pub fn relay_topic() -> [u8; 32] {
     crypto::hash(&[b"hyperfs/relay/1"])
 }
 
+/// How long a punch goes alone before a relay races it.
+const RELAY_AFTER: Duration = Duration::from_secs(3);
+
 /// Connects to the HyperDHT server of `public_key`: the handshake through a node that holds its
 /// registration, then the path (direct or punched), the UDX stream and secret-stream. When no
-/// punch can join the two NATs, or the punch fails, the connection goes through a relay.
+/// punch can join the two NATs the connection goes through a relay; a punch that has not
+/// joined them within [`RELAY_AFTER`] races one (a router that took the other side's first
+/// probe in keeps the punch from ever working), and the first to connect is kept.
 pub(super) async fn connect(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<(PeerId, Path), NetError> {
-    match connect_without_relay(inner, public_key).await {
-        Err(Unpunched(e)) => {
-            tracing::info!(error = %e, "no punch: trying a relay");
-            Box::pin(connect_relayed(inner, public_key))
-                .await
-                .map_err(|r| NetError::Io(format!("{e}; and through a relay: {r}")))
+    let mut direct = Box::pin(connect_without_relay(inner, public_key));
+    let relay_after = tokio::time::sleep(RELAY_AFTER);
+    tokio::pin!(relay_after);
+    let punch_error = tokio::select! {
+        r = &mut direct => match r {
+            Ok(done) => return done,
+            Err(Unpunched(e)) => e,
+        },
+        _ = &mut relay_after => {
+            let mut relayed = Box::pin(connect_relayed(inner, public_key));
+            tokio::select! {
+                r = &mut direct => match r {
+                    Ok(Ok(done)) => return Ok(done),
+                    Ok(Err(e)) | Err(Unpunched(e)) => {
+                        return relayed.await.map_err(|r| NetError::Io(format!("{e}; and through a relay: {r}")));
+                    }
+                },
+                r = &mut relayed => match r {
+                    Ok(done) => return Ok(done),
+                    // No relay: the punch may still come through.
+                    Err(r) => {
+                        return match direct.await {
+                            Ok(done) => done,
+                            Err(Unpunched(e)) => Err(NetError::Io(format!("{e}; and through a relay: {r}"))),
+                        };
+                    }
+                },
+            }
         }
-        Ok(done) => done,
-    }
+    };
+    tracing::info!(error = %punch_error, "no punch: trying a relay");
+    Box::pin(connect_relayed(inner, public_key))
+        .await
+        .map_err(|r| NetError::Io(format!("{punch_error}; and through a relay: {r}")))
 }
 
 /// A connection that failed for want of a punch (a relay may still join the two).
@@ -129,14 +159,17 @@ async fn connect_without_relay(
         return Ok(Err(NetError::Io("HyperDHT runs without a UDX socket".into())));
     };
     let fail = |e: String| NetError::Io(format!("connecting to {}: {e}", crypto::to_hex(&public_key)));
+    let started = Instant::now();
     client.sample_nat().await;
     let (firewall, addresses, _) = client.nat();
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, firewall = firewall.name(), "NAT known");
     let udx_id = rand::random::<u32>();
     let shaken =
         match client.handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses.clone(), None).await {
             Ok(s) => s,
             Err(e) => return Ok(Err(fail(e))),
         };
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "handshake done");
     finish(inner, &client, &socket, shaken, udx_id, firewall, addresses, fail).await
 }
 
@@ -173,6 +206,7 @@ async fn finish(
     } else {
         match punch(client, &shaken, firewall, addresses).await {
             Ok(to) => {
+                tracing::debug!(%to, "punched");
                 let to = SocketAddr::V4(to);
                 (socket.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
             }
@@ -355,6 +389,7 @@ async fn punch(
         }
         peer = seen;
         let known = Firewall::from_u64(p.firewall) != Firewall::Unknown;
+        tracing::debug!(round, firewall = Firewall::from_u64(p.firewall).name(), "holepunch round answered");
         theirs = Some(p);
         if known {
             break;
