@@ -47,10 +47,10 @@ pub(crate) struct NetArgs {
     /// Do not use LAN discovery.
     #[arg(long)]
     pub(crate) no_lan: bool,
-    /// A HyperDHT bootstrap node (HOST:PORT; repeatable; remembered): shared drives are then
-    /// announced on HyperDHT under their discovery keys, as Hyperswarm does, and drives mounted
-    /// or cloned by key are looked up there and their peers reached by key (without NAT
-    /// traversal yet).
+    /// A HyperDHT bootstrap node (HOST:PORT; repeatable; remembered; default: the public ones).
+    /// Shared drives are announced on HyperDHT under their discovery keys, as Hyperswarm does,
+    /// and drives mounted or cloned by key are looked up there and their peers reached by key,
+    /// through NATs (hole punching, else a relay).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) hyperdht_bootstrap: Vec<String>,
     /// Do not use HyperDHT.

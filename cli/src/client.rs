@@ -46,8 +46,8 @@ fn exchange(
     }
     let sock = node::socket_path(dir);
     // A node killed a moment ago may still hold its socket while its threads exit: it takes
-    // the connection and then drops it unread (a reset). The request was never read, so it is
-    // sent again, to the node started in its place.
+    // the connection and then drops it unread (a reset, or a broken pipe as the request goes).
+    // The request was never read, so it is sent again, to the node started in its place.
     let mut resets = 0;
     'connect: loop {
         let conn = match UnixStream::connect(&sock) {
@@ -56,7 +56,15 @@ fn exchange(
             Err(_) => bail!("no node runs on {}", dir.display()),
         };
         let mut w = conn.try_clone()?;
-        writeln!(w, "{request}").context("sending to the node")?;
+        if let Err(e) = writeln!(w, "{request}") {
+            let dropped = matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset);
+            if dropped && start && resets < 50 {
+                resets += 1;
+                std::thread::sleep(Duration::from_millis(100));
+                continue 'connect;
+            }
+            return Err(anyhow::Error::new(e).context("sending to the node"));
+        }
         let mut conn = BufReader::with_capacity(1 << 20, conn);
         let mut first = true;
         loop {

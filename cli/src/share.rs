@@ -178,7 +178,7 @@ impl Net {
         if discovery.hyperdht() {
             start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap, discovery.relay)?;
         } else if discovery.relay {
-            anyhow::bail!("--relay needs HyperDHT (--hyperdht-bootstrap HOST:PORT): relays are found there");
+            anyhow::bail!("--relay needs HyperDHT (it is off: --no-hyperdht): relays are found there");
         }
         let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store.clone(), discovery);
         let (changed, wake) = std::sync::mpsc::channel();
@@ -539,6 +539,8 @@ const RELAY_ANNOUNCE: std::time::Duration = std::time::Duration::from_secs(300);
 /// background (so peers reach it by its key); with `relay`, it relays for others and announces
 /// so every five minutes.
 fn start_hyperdht(endpoint: &Arc<Endpoint>, bootstrap: &[String], relay: bool) -> Result<()> {
+    let public: Vec<String> = hyperfs_net::dht::BOOTSTRAP.iter().map(|b| b.to_string()).collect();
+    let bootstrap = if bootstrap.is_empty() { &public[..] } else { bootstrap };
     let mut nodes = Vec::new();
     for b in bootstrap {
         match resolve(b)? {

@@ -32,7 +32,7 @@ pub struct Discovery {
     pub no_dht: bool,
     #[serde(default)]
     pub no_lan: bool,
-    /// HyperDHT bootstrap nodes (`HOST:PORT`): HyperDHT is used when some are given.
+    /// HyperDHT bootstrap nodes (`HOST:PORT`); empty: the public ones.
     #[serde(default)]
     pub hyperdht_bootstrap: Vec<String>,
     #[serde(default)]
@@ -43,9 +43,9 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Whether HyperDHT is used: bootstrap nodes given and not turned off.
+    /// Whether HyperDHT is used: unless turned off.
     pub fn hyperdht(&self) -> bool {
-        !self.no_hyperdht && !self.hyperdht_bootstrap.is_empty()
+        !self.no_hyperdht
     }
 }
 

@@ -51,7 +51,10 @@ impl Attacker {
             craft(&mut drive);
             drive.flush().expect("flush");
         }
-        let shared = json_of(&dir, &["share", "evil", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+        let shared = json_of(
+            &dir,
+            &["share", "evil", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"],
+        );
         let addr = shared["address"].as_str().expect("address").to_owned();
         (Attacker { _stop: Stop(dir), key }, addr)
     }
@@ -62,7 +65,19 @@ fn victim_clones(root: &Path, key: &str, addr: &str) -> (PathBuf, Stop, std::pro
     let dir = root.join("victim");
     let out = hyperfs_in(
         &dir,
-        &["clone", key, "--peer", addr, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+        &[
+            "clone",
+            key,
+            "--peer",
+            addr,
+            "--name",
+            "copy",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-lan",
+            "--no-dht",
+            "--no-hyperdht",
+        ],
     );
     (dir.clone(), Stop(dir), out)
 }
@@ -397,9 +412,10 @@ fn a_header_naming_another_drives_core_is_refused() {
     let drives = json_of(&dir, &["drives", "--json"]);
     assert_eq!(drives.as_array().map(Vec::len), Some(1), "only the user's own drive: {drives}");
     let evil = hex::encode(Hypercore::create(Arc::new(MemStore::new()), kp, false).expect("core").key());
-    for cmd in
-        [vec!["info", evil.as_str()], vec!["share", evil.as_str(), "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]]
-    {
+    for cmd in [
+        vec!["info", evil.as_str()],
+        vec!["share", evil.as_str(), "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht"],
+    ] {
         let out = hyperfs_in(&dir, &cmd);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("content feed"), "{cmd:?}: {err}");
@@ -428,7 +444,8 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
     hyperfs_in_ok(&a, &["put", &file("one.txt", "first"), "src:/one.txt"]);
     let keyfile = root.join("src.key");
     hyperfs_in_ok(&a, &["keys", "export", "src", keyfile.to_str().expect("utf-8")]);
-    let shared = json_of(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared =
+        json_of(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"]);
     let (key, addr_a) =
         (shared["key"].as_str().expect("key").to_owned(), shared["address"].as_str().expect("addr").to_owned());
     // B holds the same key with another history, longer than A's.
@@ -439,12 +456,25 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
     for (i, text) in ["other", "history", "here"].iter().enumerate() {
         hyperfs_in_ok(&b, &["put", &file(&format!("b{i}.txt"), text), &format!("{name_b}:/b{i}.txt")]);
     }
-    let shared_b = json_of(&b, &["share", &name_b, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared_b =
+        json_of(&b, &["share", &name_b, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"]);
     let addr_b = shared_b["address"].as_str().expect("addr").to_owned();
     // C follows A, then meets B.
     hyperfs_in_ok(
         &c,
-        &["clone", &key, "--peer", &addr_a, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+        &[
+            "clone",
+            &key,
+            "--peer",
+            &addr_a,
+            "--name",
+            "copy",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-lan",
+            "--no-dht",
+            "--no-hyperdht",
+        ],
     );
     let before = json_of(&c, &["info", "copy", "--json"]);
     hyperfs_in_ok(&c, &["peers", "--peer", &addr_b]);
@@ -580,7 +610,10 @@ fn a_signed_length_near_2_pow_55_costs_the_victim_nothing() {
         hyperfs_engine::store::Store::flush(store.as_ref()).expect("flush");
     }
     let key_hex = hex::encode(key);
-    let shared = json_of(&dir, &["share", &key_hex, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared = json_of(
+        &dir,
+        &["share", &key_hex, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"],
+    );
     let addr = shared["address"].as_str().expect("address").to_owned();
 
     // The victim mounts it, sparse, beside a drive of its own.
@@ -602,6 +635,7 @@ fn a_signed_length_near_2_pow_55_costs_the_victim_nothing() {
             "127.0.0.1:0",
             "--no-lan",
             "--no-dht",
+            "--no-hyperdht",
         ],
     );
     assert_eq!(std::fs::read_link(mnt.join("hello")).expect("the link shows").to_str(), Some("target"));

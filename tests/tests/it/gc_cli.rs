@@ -225,9 +225,13 @@ fn a_pruned_version_reads_back_from_a_peer_that_holds_it() {
     random_file(&old, 16, 21);
     random_file(&new, 2, 22);
     hyperfs_in_ok(&a, &["put", old.to_str().expect("utf-8"), "t:/f.bin"]);
-    let shared = hyperfs_json(&a, &["share", "t", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared =
+        hyperfs_json(&a, &["share", "t", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"]);
     let (link, from_a) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
-    hyperfs_in_ok(&b, &["clone", link, "--peer", from_a, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]);
+    hyperfs_in_ok(
+        &b,
+        &["clone", link, "--peer", from_a, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht"],
+    );
     let v = hyperfs_json(&a, &["info", "t", "--json"])["version"].as_u64().expect("version").to_string();
     hyperfs_in_ok(&a, &["put", new.to_str().expect("utf-8"), "t:/f.bin"]);
     let pruned = hyperfs_json(&a, &["prune", "t", "--keep-last", "1", "--json"]);
@@ -260,7 +264,10 @@ fn a_cache_smaller_than_a_read_keeps_what_the_reader_is_reading() {
     let file = tmp.path().join("f.bin");
     random_file(&file, 24, 9);
     hyperfs_in_ok(&a, &["put", file.to_str().expect("utf-8"), "src:/f.bin"]);
-    let shared = hyperfs_json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared = hyperfs_json(
+        &a,
+        &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"],
+    );
     let (link, from_a) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
@@ -277,6 +284,7 @@ fn a_cache_smaller_than_a_read_keeps_what_the_reader_is_reading() {
             "127.0.0.1:0",
             "--no-lan",
             "--no-dht",
+            "--no-hyperdht",
             "--cache-size",
             "1MiB",
         ],

@@ -84,7 +84,19 @@ fn js_serves_hyperfs_mounts(transport: &str) {
     let mnt_s = mnt.to_str().expect("utf-8");
     json_of(
         &node,
-        &["mount", &key, mnt_s, "--peer", &peer, "--no-dht", "--no-lan", "--listen", "127.0.0.1:0", "--json"],
+        &[
+            "mount",
+            &key,
+            mnt_s,
+            "--peer",
+            &peer,
+            "--no-dht",
+            "--no-hyperdht",
+            "--no-lan",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+        ],
     );
     let peers = json_of(&node, &["peers", "--json"]);
     assert_eq!(peers.as_array().map(Vec::len), Some(1), "the JS peer is the only peer: {peers}");
@@ -172,7 +184,18 @@ fn hyperfs_serves_js_reads(transport: &str) {
     let listen = format!("--{transport}");
     let shared = json_of(
         &node,
-        &["share", "src", &listen, "127.0.0.1:0", "--no-dht", "--no-lan", "--listen", "127.0.0.1:0", "--json"],
+        &[
+            "share",
+            "src",
+            &listen,
+            "127.0.0.1:0",
+            "--no-dht",
+            "--no-hyperdht",
+            "--no-lan",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+        ],
     );
     let key = shared["key"].as_str().expect("key").to_owned();
     let addr = shared[transport].as_str().expect("the address JS dials").to_owned();

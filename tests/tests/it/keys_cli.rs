@@ -54,11 +54,13 @@ fn a_drive_key_moves_safely_refused_where_the_drive_is_not_held_and_writable_aft
     let err = fails(&b, &["keys", "import", keyfile.to_str().expect("utf-8")]);
     assert!(err.contains("does not hold drive") && err.contains("clone it first"), "{err}");
     // The safe path: clone the drive from its writer, then import the key.
-    let shared: Value =
-        serde_json::from_str(&ok(&a, &["share", &key, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]))
-            .expect("json");
+    let shared: Value = serde_json::from_str(&ok(
+        &a,
+        &["share", &key, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"],
+    ))
+    .expect("json");
     let addr = shared["address"].as_str().expect("address");
-    ok(&b, &["clone", &key, "--peer", addr, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]);
+    ok(&b, &["clone", &key, "--peer", addr, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht"]);
     ok(&a, &["stop"]);
     let imported = ok(&b, &["keys", "import", keyfile.to_str().expect("utf-8")]);
     assert_eq!(imported.trim(), key);

@@ -178,7 +178,19 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
     let _stop = StopNode(b.clone());
     hyperfs_in_ok(
         &b,
-        &["clone", link, "--peer", addr, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+        &[
+            "clone",
+            link,
+            "--peer",
+            addr,
+            "--name",
+            "copy",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-lan",
+            "--no-dht",
+            "--no-hyperdht",
+        ],
     );
     let replica = m.tmp.path().join("replica");
     fs::create_dir(&replica).expect("dir");

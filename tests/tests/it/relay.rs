@@ -44,8 +44,10 @@ impl Chain {
         let writer = root.join("writer");
         let mut stops = vec![StopNode(writer.clone())];
         hyperfs_in_ok(&writer, &["create", "--name", "src"]);
-        let shared =
-            hyperfs_json(&writer, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+        let shared = hyperfs_json(
+            &writer,
+            &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"],
+        );
         let link = shared["link"].as_str().expect("link").to_owned();
         let mut chain = Chain {
             root: root.to_owned(),
@@ -64,7 +66,19 @@ impl Chain {
             let from = address(&previous);
             hyperfs_in_ok(
                 &seed,
-                &["clone", &link, "--peer", &from, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+                &[
+                    "clone",
+                    &link,
+                    "--peer",
+                    &from,
+                    "--name",
+                    "copy",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--no-lan",
+                    "--no-dht",
+                    "--no-hyperdht",
+                ],
             );
             previous = seed.clone();
             chain.seeds.push(seed);
@@ -75,7 +89,18 @@ impl Chain {
         let mnt = chain.mnt.to_str().expect("utf-8").to_owned();
         hyperfs_in_ok(
             &chain.reader,
-            &["mount", &link, &mnt, "--peer", &from, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"],
+            &[
+                "mount",
+                &link,
+                &mnt,
+                "--peer",
+                &from,
+                "--listen",
+                "127.0.0.1:0",
+                "--no-lan",
+                "--no-dht",
+                "--no-hyperdht",
+            ],
         );
         assert_eq!(std::fs::read_to_string(chain.mnt.join("first.txt")).expect("read"), "first");
         chain._stops = stops;

@@ -30,7 +30,7 @@ fn a_cloned_drive_has_the_same_bytes_and_follows_its_writer() {
     let link = shared["link"].as_str().expect("link");
 
     // With discovery off and no peer to ask, a clone says what it needs (after its wait).
-    let out = hyperfs_in(&b, &["clone", link, "--no-lan", "--no-dht"]);
+    let out = hyperfs_in(&b, &["clone", link, "--no-lan", "--no-dht", "--no-hyperdht"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--peer") && err.trim().lines().count() == 1, "{err}");
 
@@ -289,7 +289,16 @@ fn the_daemon_takes_network_options_and_a_listen_it_cannot_take_is_refused() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let fixed = format!("127.0.0.1:{port}");
     let mut daemon = std::process::Command::new(hyperfs_tests::hyperfs_bin())
-        .args(["--data-dir", a.to_str().expect("utf-8"), "daemon", "--listen", &fixed, "--no-lan", "--no-dht"])
+        .args([
+            "--data-dir",
+            a.to_str().expect("utf-8"),
+            "daemon",
+            "--listen",
+            &fixed,
+            "--no-lan",
+            "--no-dht",
+            "--no-hyperdht",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn the daemon");
@@ -325,12 +334,24 @@ fn a_clone_from_three_seeds_downloads_the_drive_once_split_among_them() {
     let file = tmp.path().join("f.bin");
     std::fs::write(&file, &data).expect("write");
     hyperfs_in_ok(a, &["put", file.to_str().expect("utf-8"), "src:/f.bin"]);
-    let shared = json(a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared =
+        json(a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"]);
     let link = shared["link"].as_str().expect("link").to_owned();
     let mut seeds = vec![shared["address"].as_str().expect("address").to_owned()];
     for n in &nodes[1..3] {
-        let args =
-            ["clone", &link, "--peer", &seeds[0], "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"];
+        let args = [
+            "clone",
+            &link,
+            "--peer",
+            &seeds[0],
+            "--name",
+            "copy",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-lan",
+            "--no-dht",
+            "--no-hyperdht",
+        ];
         hyperfs_in_ok(n, &args);
         seeds.push(std::fs::read_to_string(n.join("listen.addr")).expect("its address").trim().to_owned());
     }
@@ -338,7 +359,8 @@ fn a_clone_from_three_seeds_downloads_the_drive_once_split_among_them() {
         |n: &Path, drive: &str| json(n, &["info", drive, "--json"])["bytesUploaded"].as_u64().expect("bytes");
     let before: Vec<u64> =
         nodes[..3].iter().zip(["src", "copy", "copy"]).map(|(n, drive)| uploaded(n, drive)).collect();
-    let mut args = vec!["clone", &link, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"];
+    let mut args =
+        vec!["clone", &link, "--name", "copy", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht"];
     for s in &seeds {
         args.extend(["--peer", s]);
     }

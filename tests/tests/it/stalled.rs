@@ -33,13 +33,19 @@ fn a_stalled_peer_never_freezes_the_mount() {
     let note = tmp.path().join("note.txt");
     std::fs::write(&note, "local").expect("write");
     hyperfs_in_ok(&a, &["put", note.to_str().expect("utf-8"), "src:/note.txt"]);
-    let shared = hyperfs_json(&a, &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--json"]);
+    let shared = hyperfs_json(
+        &a,
+        &["share", "src", "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"],
+    );
     let (key, addr) =
         (shared["key"].as_str().expect("key").to_owned(), shared["address"].as_str().expect("addr").to_owned());
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let m = mnt.to_str().expect("utf-8").to_owned();
-    hyperfs_in_ok(&b, &["mount", &key, &m, "--peer", &addr, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht"]);
+    hyperfs_in_ok(
+        &b,
+        &["mount", &key, &m, "--peer", &addr, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht"],
+    );
     assert_eq!(std::fs::read_to_string(mnt.join("note.txt")).expect("read"), "local");
 
     // A sequential reader of the big file; A stops answering once it is under way.

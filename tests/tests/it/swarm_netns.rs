@@ -120,11 +120,11 @@ fn with_the_dht_off_the_lan_alone_connects_two_hosts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
     let (_sa, _sb) = (Stop(&da), Stop(&db));
-    let key = shared_drive(a, &da, "from a, found on the lan", &["--no-dht"]);
+    let key = shared_drive(a, &da, "from a, found on the lan", &["--no-dht", "--no-hyperdht"]);
     let mnt = tmp.path().join("mnt-b");
     std::fs::create_dir(&mnt).expect("mkdir");
     let start = Instant::now();
-    Hosts::hyperfs_ok(b, &db, &["mount", &key, mnt.to_str().expect("utf-8"), "--no-dht"]);
+    Hosts::hyperfs_ok(b, &db, &["mount", &key, mnt.to_str().expect("utf-8"), "--no-dht", "--no-hyperdht"]);
     let took = start.elapsed();
     eprintln!("found on the LAN and mounted in {took:?}");
     assert!(took < Duration::from_secs(2), "LAN discovery took {took:?}");
@@ -140,7 +140,7 @@ fn with_the_dht_off_the_lan_alone_connects_two_hosts() {
     std::fs::create_dir(&mnt2).expect("mkdir");
     let dq = tmp.path().join("q");
     let _sq = Stop(&dq);
-    let out = Hosts::hyperfs(b, &dq, &["mount", &quiet, mnt2.to_str().expect("utf-8"), "--no-dht"]);
+    let out = Hosts::hyperfs(b, &dq, &["mount", &quiet, mnt2.to_str().expect("utf-8"), "--no-dht", "--no-hyperdht"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no peer gave drive"), "{err}");
 }
@@ -196,13 +196,16 @@ fn a_read_through_a_mount_survives_peers_joining_and_leaving() {
     }
     Hosts::hyperfs_ok(w, &dirs[0], &["create", "--name", "d"]);
     Hosts::hyperfs_ok(w, &dirs[0], &["put", file.to_str().expect("utf-8"), "d:/big.bin"]);
-    let key = json(w, &dirs[0], &["share", "d", "--no-dht", "--json"])["key"].as_str().expect("key").to_owned();
+    let key = json(w, &dirs[0], &["share", "d", "--no-dht", "--no-hyperdht", "--json"])["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
     for (ns, dir) in hosts.names.iter().zip(&dirs).skip(1).take(2) {
-        Hosts::hyperfs_ok(ns, dir, &["clone", &key, "--no-dht"]);
+        Hosts::hyperfs_ok(ns, dir, &["clone", &key, "--no-dht", "--no-hyperdht"]);
     }
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
-    Hosts::hyperfs_ok(r, &dirs[3], &["mount", &key, mnt.to_str().expect("utf-8"), "--no-dht"]);
+    Hosts::hyperfs_ok(r, &dirs[3], &["mount", &key, mnt.to_str().expect("utf-8"), "--no-dht", "--no-hyperdht"]);
 
     let done = std::sync::atomic::AtomicBool::new(false);
     let (result, cycles) = std::thread::scope(|s| {
