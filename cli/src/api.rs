@@ -188,6 +188,9 @@ pub struct NatReport {
     pub addresses: Vec<String>,
     /// How many DHT nodes' answers the verdict rests on.
     pub samples: u32,
+    /// The key peers reach this node by on HyperDHT (hex).
+    #[serde(default)]
+    pub key: String,
 }
 
 /// The reply of `ping`.

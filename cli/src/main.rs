@@ -246,6 +246,7 @@ fn main() -> ExitCode {
             } else {
                 let at = if r.addresses.is_empty() { "-".to_owned() } else { r.addresses.join(", ") };
                 println!("{} NAT, public address {at} ({} DHT nodes answered)", r.firewall, r.samples);
+                println!("reached on HyperDHT by key {}", r.key);
             }
             Ok(())
         }),

@@ -457,6 +457,11 @@ impl Endpoint {
     }
 
     /// The address peers reach this node on.
+    /// This node's id: its public key, the one peers reach it by on HyperDHT.
+    pub fn id(&self) -> PeerId {
+        self.inner.me
+    }
+
     pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
         self.inner.endpoint.local_addr().map_err(|e| NetError::Io(e.to_string()))
     }
@@ -1384,9 +1389,8 @@ async fn server_handshake(
         }
         return;
     };
-    if let Some(id) = slot {
-        inner.dht_slots.finished(id, &done);
-    }
+    // A stream that comes on one of the punch's birthday sockets comes out of `birthday`.
+    let birthday = slot.and_then(|id| inner.dht_slots.finished(id, &done, (our_id, their_udx.id as u32)));
     // The client asked for a relay: the stream goes through it, once both paired there.
     let relay = relayed.map(|r| (r, done.clone()));
     // An open client, or one that came straight, is connected to at once (as HyperDHT's
@@ -1430,8 +1434,21 @@ async fn server_handshake(
         let (pipe, address) = match bound {
             Err(to) => (udx.open(our_id, their_udx.id as u32, to), to),
             Ok(bound) => {
-                // A punch takes up to its rounds before the stream comes.
-                let waited = tokio::time::timeout(HANDSHAKE_TIMEOUT + hyperdht::PUNCH_TIMEOUT, bound).await;
+                // A punch takes up to its rounds before the stream comes, here or on one of the
+                // punch's birthday sockets.
+                let on_birthday = async move {
+                    match birthday {
+                        Some(mut b) => b.recv().await.ok_or(()),
+                        None => std::future::pending().await,
+                    }
+                };
+                let either = async move {
+                    tokio::select! {
+                        here = bound => here.map_err(drop),
+                        there = on_birthday => there,
+                    }
+                };
+                let waited = tokio::time::timeout(HANDSHAKE_TIMEOUT + hyperdht::PUNCH_TIMEOUT, either).await;
                 // The stream came (or never will): the punch for it stops.
                 if let Some(p) = slot.and_then(|id| inner.dht_slots.puncher(id)) {
                     lock(&p).stop();
@@ -1675,6 +1692,7 @@ async fn drive<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
         hello: None,
         ranges: false,
         relays: Vec::new(),
+        relay_opens: Vec::new(),
         me_tx: tx,
     };
     if js {
@@ -1974,6 +1992,8 @@ struct ConnState {
     ranges: bool,
     /// Blind-relay channels, ours and the peer's.
     relays: Vec<relay::RelayChannel>,
+    /// The peer's blind-relay opens that wait for ours (`(remote id, id)`).
+    relay_opens: Vec<(u64, Option<Vec<u8>>)>,
     /// Commands to this connection (a relay answers a pairing through them).
     me_tx: mpsc::UnboundedSender<Command>,
 }

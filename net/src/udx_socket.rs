@@ -46,6 +46,8 @@ pub struct UdxSocket {
     plain: Mutex<Option<mpsc::Sender<Plain>>>,
     /// Stream ids this socket relays (a blind relay's links), by id.
     relays: Mutex<HashMap<u32, RelayEnd>>,
+    /// Ends the reader ([`UdxSocket::close`]): the socket goes once its streams did too.
+    closed: tokio::sync::Notify,
 }
 
 /// One end of a relayed link: the peer's stream (bound to where its first packet came from),
@@ -92,13 +94,18 @@ impl UdxSocket {
             expected: Mutex::new(HashMap::new()),
             plain: Mutex::new(None),
             relays: Mutex::new(HashMap::new()),
+            closed: tokio::sync::Notify::new(),
         });
         let reader = Arc::downgrade(&s);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
                 let Some(s) = reader.upgrade() else { return };
-                let Ok((n, from)) = s.socket.recv_from(&mut buf).await else { continue };
+                let got = tokio::select! {
+                    got = s.socket.recv_from(&mut buf) => got,
+                    _ = s.closed.notified() => return,
+                };
+                let Ok((n, from)) = got else { continue };
                 let d = &buf[..n];
                 let Some((h, _)) = Header::parse(d) else {
                     if let Some(tx) = lock(&s.plain).as_ref() {
@@ -215,6 +222,28 @@ impl UdxSocket {
         relays.insert(ra, RelayEnd { bound: None, stream: a, other: rb, last: now });
         relays.insert(rb, RelayEnd { bound: None, stream: b, other: ra, last: now });
         Some((ra, rb))
+    }
+
+    /// Stops taking datagrams (streams on it end): the socket is freed once nothing holds it.
+    pub fn close(&self) {
+        self.closed.notify_one();
+    }
+
+    /// Sends a holepunch probe (one zero byte) to `to`; with `ttl`, at that TTL (a probe meant
+    /// to open this side's NAT without reaching the other's).
+    pub async fn send_probe(&self, to: SocketAddr, ttl: Option<u32>) -> std::io::Result<()> {
+        let Some(ttl) = ttl else { return self.socket.send_to(&[0], to).await.map(drop) };
+        let raw = socket2::SockRef::from(&self.socket);
+        let before = raw.ttl_v4()?;
+        raw.set_ttl_v4(ttl)?;
+        let sent = self.socket.send_to(&[0], to).await.map(drop);
+        raw.set_ttl_v4(before)?;
+        sent
+    }
+
+    /// Whether a stream runs or is expected on this socket.
+    pub fn busy(&self) -> bool {
+        !lock(&self.routes).is_empty() || lock(&self.expected).values().any(|(_, tx)| !tx.is_closed())
     }
 
     /// Links relayed now.

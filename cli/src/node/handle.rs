@@ -445,12 +445,13 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
         Request::Nat { net: options } => {
             let net = net(state, options)?;
             let Some((firewall, addresses, samples)) = net.endpoint.dht_nat() else {
-                bail!("HyperDHT is off on this node (give --hyperdht-bootstrap HOST:PORT)")
+                bail!("HyperDHT is off on this node (--no-hyperdht)")
             };
             reply(api::NatReport {
                 firewall: firewall.name().to_owned(),
                 addresses: addresses.iter().map(ToString::to_string).collect(),
                 samples,
+                key: hex::encode(net.endpoint.id().0),
             })
         }
         Request::Peers { net: options } => {

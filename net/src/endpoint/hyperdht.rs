@@ -20,10 +20,11 @@ use std::net::SocketAddrV4;
 use super::*;
 use crate::dht::{command, Client, Holepunch, NoisePayload, Request, Shaken};
 use crate::holepunch::{holepunch_secret, Action, Firewall, Payload, Puncher, RemoteAddress, SecurePayload};
+use crate::udx_socket::UdxSocket;
 
-/// How long a punch may take before the connection is given up (the consistent strategy's
-/// ten rounds, a second apart, with room).
-pub(super) const PUNCH_TIMEOUT: Duration = Duration::from_secs(14);
+/// How long a punch may take before the connection is given up (the random strategies' 1,750
+/// probes 20 ms apart, with room; the consistent one ends after its ten rounds a second apart).
+pub(super) const PUNCH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Handshake slots a server keeps for punches, and how long one lives.
 const SLOTS: usize = 64;
 const SLOT_LIFE: Duration = Duration::from_secs(60);
@@ -36,6 +37,8 @@ struct Slot {
     puncher: Arc<Mutex<Puncher>>,
     created: Instant,
     punching: bool,
+    /// The streams' ids, and where one that comes on a birthday socket goes.
+    came: Option<((u32, u32), mpsc::Sender<crate::udx_socket::Accepted>)>,
 }
 
 /// A server's handshake slots, by the id its Noise payload gave.
@@ -57,6 +60,7 @@ impl Slots {
             puncher: Arc::new(Mutex::new(Puncher::new(false, local, rand::random()))),
             created: Instant::now(),
             punching: false,
+            came: None,
         };
         let at = match slots.iter().position(Option::is_none) {
             Some(i) => i,
@@ -71,10 +75,20 @@ impl Slots {
     }
 
     /// The handshake of slot `id` finished with `done`: its holepunch rounds can be opened.
-    pub(super) fn finished(&self, id: u64, done: &crate::noise::Done) {
-        if let Some(Some(s)) = lock(&self.0).get_mut(id as usize) {
-            s.secure = Some(SecurePayload::new(holepunch_secret(&done.hash), rand::random()));
-        }
+    /// Its streams are `ids` (ours, the client's): one that comes on a birthday socket of the
+    /// punch comes out of the returned receiver.
+    pub(super) fn finished(
+        &self,
+        id: u64,
+        done: &crate::noise::Done,
+        ids: (u32, u32),
+    ) -> Option<mpsc::Receiver<crate::udx_socket::Accepted>> {
+        let mut slots = lock(&self.0);
+        let s = slots.get_mut(id as usize)?.as_mut()?;
+        s.secure = Some(SecurePayload::new(holepunch_secret(&done.hash), rand::random()));
+        let (tx, rx) = mpsc::channel(1);
+        s.came = Some((ids, tx));
+        Some(rx)
     }
 
     /// Frees slot `id` (its handshake failed).
@@ -205,10 +219,10 @@ async fn finish(
         }
     } else {
         match punch(client, &shaken, firewall, addresses).await {
-            Ok(to) => {
+            Ok((through, to)) => {
                 tracing::debug!(%to, "punched");
                 let to = SocketAddr::V4(to);
-                (socket.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
+                (through.open(udx_id, shaken.udx as u32, to), to, Path::Punched)
             }
             Err(e) => return Err(Unpunched(fail(e))),
         }
@@ -310,8 +324,12 @@ async fn pair(
     let (reply, answer) = oneshot::channel();
     let pair = super::relay::Pair { initiator, token, id: u64::from(udx_id), seq: 0 };
     conn.send(Command::RelayPair { pair, reply }).map_err(|_| NetError::Io("the relay's connection closed".into()))?;
+    tracing::debug!(initiator, udx_id, "pairing at a relay");
     match tokio::time::timeout(RELAY_WAIT, answer).await {
-        Ok(Ok(id)) => Ok(id),
+        Ok(Ok(id)) => {
+            tracing::debug!(initiator, relay_stream = id, "paired at the relay");
+            Ok(id)
+        }
         Ok(Err(_)) => Err(NetError::Io("the relay's connection closed".into())),
         Err(_) => Err(NetError::Io(format!("the relay paired nobody within {} s", RELAY_WAIT.as_secs()))),
     }
@@ -348,6 +366,89 @@ pub(super) fn serve_relayed(
     });
 }
 
+/// The sockets a punch probes from: the node's own (0, whose probes come through the DHT
+/// client) and the "birthday" sockets a punch from behind a random NAT opens (1..), each with
+/// its probes from the IP punched to. Birthday sockets carry no stream unless one is kept
+/// ([`PunchSockets::keep`]); the others are closed when the punch ends.
+struct PunchSockets {
+    client: Arc<Client>,
+    main: Arc<UdxSocket>,
+    extra: Vec<Arc<UdxSocket>>,
+    ip: std::net::Ipv4Addr,
+    tx: mpsc::Sender<(usize, SocketAddrV4)>,
+    probes: mpsc::Receiver<(usize, SocketAddrV4)>,
+    kept: Option<usize>,
+    forward: AbortOnDrop,
+}
+
+impl PunchSockets {
+    fn new(client: &Arc<Client>, ip: std::net::Ipv4Addr) -> Result<PunchSockets, String> {
+        let main = client.udx().ok_or("HyperDHT runs without a UDX socket")?;
+        let (tx, probes) = mpsc::channel(64);
+        let mut from_main = client.probes_from(ip);
+        let to_punch = tx.clone();
+        let forward = AbortOnDrop(tokio::spawn(async move {
+            while let Some(from) = from_main.recv().await {
+                let _ = to_punch.try_send((0, from));
+            }
+        }));
+        Ok(PunchSockets { client: client.clone(), main, extra: Vec::new(), ip, tx, probes, kept: None, forward })
+    }
+
+    /// Opens the next birthday socket.
+    async fn open(&mut self) {
+        let index = self.extra.len() + 1;
+        let Ok(s) = UdxSocket::bind(([0, 0, 0, 0], 0).into(), None).await else { return };
+        let mut plain = s.plain();
+        let (tx, ip) = (self.tx.clone(), self.ip);
+        tokio::spawn(async move {
+            while let Some((d, from)) = plain.recv().await {
+                if let (1, SocketAddr::V4(from)) = (d.len(), from) {
+                    if *from.ip() == ip && tx.try_send((index, from)).is_err() && tx.is_closed() {
+                        return;
+                    }
+                }
+            }
+        });
+        self.extra.push(s);
+    }
+
+    fn socket(&self, index: usize) -> Option<&Arc<UdxSocket>> {
+        if index == 0 {
+            Some(&self.main)
+        } else {
+            self.extra.get(index - 1)
+        }
+    }
+
+    /// A probe from socket `index` (at a TTL that dies before the other NAT when `low_ttl`).
+    async fn send(&self, index: usize, to: SocketAddrV4, low_ttl: bool) {
+        if index == 0 && !low_ttl {
+            let _ = self.client.send_raw(&[0], to).await;
+        } else if let Some(s) = self.socket(index) {
+            let _ = s.send_probe(SocketAddr::V4(to), low_ttl.then_some(crate::holepunch::LOW_TTL)).await;
+        }
+    }
+
+    /// Socket `index` carries the stream: it stays open.
+    fn keep(&mut self, index: usize) -> Arc<UdxSocket> {
+        self.kept = Some(index);
+        self.socket(index).cloned().unwrap_or_else(|| self.main.clone())
+    }
+}
+
+impl Drop for PunchSockets {
+    fn drop(&mut self) {
+        let _ = &self.forward;
+        for (i, s) in self.extra.iter().enumerate() {
+            // One a stream came on (the server's) or that was kept stays.
+            if self.kept != Some(i + 1) && !s.busy() {
+                s.close();
+            }
+        }
+    }
+}
+
 /// The client's punch: two holepunch rounds through the server's relay, then probes until one
 /// comes back. Returns the address the stream goes to.
 async fn punch(
@@ -355,15 +456,15 @@ async fn punch(
     shaken: &Shaken,
     firewall: Firewall,
     addresses: Vec<SocketAddrV4>,
-) -> Result<SocketAddrV4, String> {
+) -> Result<(Arc<UdxSocket>, SocketAddrV4), String> {
     let Some((id, relays)) = &shaken.payload.holepunch else { return Err("the server cannot be punched to".into()) };
     // The relay that carried the handshake, if the server listed it; else its first.
     let (relay, server) =
         relays.iter().find(|(r, _)| *r == shaken.relay).or(relays.first()).copied().ok_or("no relay")?;
     let secure = SecurePayload::new(holepunch_secret(&shaken.done.hash), rand::random());
-    let mut probes = client.probes_from(*server.ip());
+    let mut sockets = PunchSockets::new(client, *server.ip())?;
     // A probe towards the server opens our NAT for its answer ("fast mode").
-    let _ = client.send_raw(&[0], server).await;
+    sockets.send(0, server, false).await;
     let seal = |p: &Payload| secure.seal(p, rand::random());
     let mut round = 0;
     let mut theirs = None;
@@ -403,10 +504,8 @@ async fn punch(
     if remote == Firewall::Unknown || firewall == Firewall::Unknown {
         return Err("a NAT whose kind is not known cannot be punched".into());
     }
-    if remote == Firewall::Random || firewall == Firewall::Random {
-        // Both random: no punch joins them. One random: the punch needs a few hundred sockets
-        // on the random side ("birthday" sockets), which this node does not open yet.
-        return Err("a NAT gives each destination a new port: a relay joins the two".into());
+    if remote == Firewall::Random && firewall == Firewall::Random {
+        return Err("both NATs give each destination a new port: no punch joins them".into());
     }
     let token = secure.token(&peer);
     let ours = Payload {
@@ -447,18 +546,16 @@ async fn punch(
         puncher.poll(Instant::now(), &mut out);
         for a in out.drain(..) {
             match a {
-                Action::Probe { to, .. } => {
-                    let _ = client.send_raw(&[0], to).await;
-                }
-                Action::Connected { to, .. } => return Ok(to),
+                Action::Probe { socket, to, low_ttl } => sockets.send(socket, to, low_ttl).await,
+                Action::Connected { socket, to } => return Ok((sockets.keep(socket), to)),
                 Action::Abort => return Err("the punch ran out of rounds".into()),
-                Action::OpenSocket => {}
+                Action::OpenSocket => sockets.open().await,
             }
         }
         let wake = puncher.deadline().unwrap_or(started + PUNCH_TIMEOUT).min(started + PUNCH_TIMEOUT);
         tokio::select! {
-            probe = probes.recv() => match probe {
-                Some(from) => puncher.on_probe(0, from, &mut out),
+            probe = sockets.probes.recv() => match probe {
+                Some((socket, from)) => puncher.on_probe(socket, from, &mut out),
                 None => return Err("the probes stopped".into()),
             },
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -555,7 +652,7 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
         // Fast mode: the client opened its NAT towards one of our addresses; a probe back now
         // may already pass.
         let fast = theirs.remote_address.is_some_and(|a| addresses.contains(&a));
-        (secure.seal(&ours, rand::random()), start.then_some(slot.puncher.clone()).ok_or(fast))
+        (secure.seal(&ours, rand::random()), start.then(|| (slot.puncher.clone(), slot.came.clone())).ok_or(fast))
     };
     let message = crate::dht::Message::Request(Request {
         tid: req.tid,
@@ -572,18 +669,25 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
             let _ = client.send_raw(&[0], peer).await;
         }
         Err(false) => {}
-        Ok(puncher) => {
+        Ok((puncher, came)) => {
             let client = client.clone();
-            tokio::spawn(async move { punch_back(&client, puncher, peer).await });
+            tokio::spawn(async move { punch_back(&client, puncher, peer, came).await });
         }
     }
     let _ = client.send_raw(&message.encode(), node).await;
 }
 
 /// The server's punch: probes as its puncher says, each probe from the client answered, until
-/// the client's stream arrives (the slot's puncher is stopped) or the rounds run out.
-async fn punch_back(client: &Client, puncher: Arc<Mutex<Puncher>>, peer: SocketAddrV4) {
-    let mut probes = client.probes_from(*peer.ip());
+/// the client's stream arrives (the slot's puncher is stopped) or the rounds run out. A
+/// birthday socket that answers a probe expects the client's stream too (`came`).
+async fn punch_back(
+    client: &Arc<Client>,
+    puncher: Arc<Mutex<Puncher>>,
+    peer: SocketAddrV4,
+    came: Option<((u32, u32), mpsc::Sender<crate::udx_socket::Accepted>)>,
+) {
+    let Ok(mut sockets) = PunchSockets::new(client, *peer.ip()) else { return };
+    let mut expecting = std::collections::HashSet::new();
     let started = Instant::now();
     let mut out = Vec::new();
     loop {
@@ -596,8 +700,24 @@ async fn punch_back(client: &Client, puncher: Arc<Mutex<Puncher>>, peer: SocketA
             p.deadline()
         };
         for a in out.drain(..) {
-            if let Action::Probe { to, .. } = a {
-                let _ = client.send_raw(&[0], to).await;
+            match a {
+                Action::Probe { socket, to, low_ttl } => {
+                    if let (true, Some(((ours, theirs), tx)), Some(s)) = (socket > 0, &came, sockets.socket(socket)) {
+                        // The client may punch through to this socket: its stream is expected
+                        // here too.
+                        if expecting.insert(socket) {
+                            let (bound, tx) = (s.expect(*ours, *theirs), tx.clone());
+                            tokio::spawn(async move {
+                                if let Ok(Ok(accepted)) = tokio::time::timeout(PUNCH_TIMEOUT, bound).await {
+                                    let _ = tx.try_send(accepted);
+                                }
+                            });
+                        }
+                    }
+                    sockets.send(socket, to, low_ttl).await;
+                }
+                Action::OpenSocket => sockets.open().await,
+                Action::Connected { .. } | Action::Abort => {}
             }
         }
         if started.elapsed() > PUNCH_TIMEOUT {
@@ -605,8 +725,8 @@ async fn punch_back(client: &Client, puncher: Arc<Mutex<Puncher>>, peer: SocketA
         }
         let wake = wake.unwrap_or(started + PUNCH_TIMEOUT).min(started + PUNCH_TIMEOUT);
         tokio::select! {
-            probe = probes.recv() => match probe {
-                Some(from) => lock(&puncher).on_probe(0, from, &mut out),
+            probe = sockets.probes.recv() => match probe {
+                Some((socket, from)) => lock(&puncher).on_probe(socket, from, &mut out),
                 None => return,
             },
             _ = tokio::time::sleep_until(wake.into()) => {}

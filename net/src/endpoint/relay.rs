@@ -143,7 +143,17 @@ impl ConnState {
             }
             return;
         }
-        if lock(&inner.relay).is_none() || self.relays.len() >= crate::wire::MAX_OTHER_CHANNELS {
+        if lock(&inner.relay).is_none() {
+            // Not a relay: the peer may be one, opening its side before we ask (JS's relay
+            // opens as the connection comes). It waits for ours, as protomux keeps it.
+            if self.relay_opens.len() < crate::wire::MAX_OTHER_CHANNELS {
+                self.relay_opens.push((remote_id, id));
+            } else {
+                self.out.push(Frame::Control(Control::Reject { remote_id }));
+            }
+            return;
+        }
+        if self.relays.len() >= crate::wire::MAX_OTHER_CHANNELS {
             self.out.push(Frame::Control(Control::Reject { remote_id }));
             return;
         }
@@ -213,9 +223,12 @@ impl ConnState {
                     flags: 0,
                     capability: [0; 32],
                 }));
+                // The peer's side may be open already.
+                let opened = self.relay_opens.iter().position(|(_, i)| *i == id);
+                let remote_id = opened.map(|at| self.relay_opens.remove(at).0);
                 self.relays.push(RelayChannel {
                     local_id,
-                    remote_id: None,
+                    remote_id,
                     id,
                     serving: false,
                     queued: Vec::new(),

@@ -463,3 +463,105 @@ fn js_swarm_peers_and_hyperfs_behind_a_nat_reach_each_other() {
     assert_eq!(read["text"], "from hyperfs behind a NAT", "{read}");
     eprintln!("a JS swarm read a drive shared from behind a NAT in {} ms", read["ms"]);
 }
+
+/// hyperfs's relay and JS's `blind-relay` are one protocol: between two homes behind
+/// `--random-fully` NATs (no punch joins them), two hyperfs nodes connect through a JS blind
+/// relay announced where hyperfs looks for relays, and two JS HyperDHT peers connect through a
+/// hyperfs relay (the JS client names it in `relayThrough`).
+#[test]
+fn js_and_hyperfs_relay_for_each_other() {
+    let mut hosts = Hosts::new(3);
+    let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
+    hosts.home_random(0, true);
+    hosts.home_random(1, true);
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let boot = bootstrap.join(",");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+
+    // hyperfs ↔ hyperfs through a JS blind relay.
+    let topic = hex::encode(hyperfs_net::endpoint::hyperdht::relay_topic());
+    let (_js_relay, _) = Hosts::start_js(&hosts.names[2], "nat-peer.js", &["relay", &boot, &topic]);
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (Stop(&da), Stop(&db));
+    let key = shared_drive(&home_a, &da, "through a JS relay", &only);
+    let mut args = vec!["clone", key.as_str(), "--name", "c"];
+    args.extend_from_slice(&only);
+    let out = Hosts::hyperfs(&home_b, &db, &args);
+    assert!(
+        out.status.success(),
+        "the clone through a JS relay failed: {}\nthe client's log:\n{}\nthe server's log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hyperfs_tests::node_log_tail(&db),
+        hyperfs_tests::node_log_tail(&da)
+    );
+    assert_eq!(Hosts::hyperfs_ok(&home_b, &db, &["cat", "c:/hello.txt"]), "through a JS relay");
+    let peers = json(&home_b, &db, &["peers", "--json"]);
+    let relayed = peers.as_array().expect("peers").iter().find(|p| p["path"] == "relayed").expect("a relayed peer");
+    assert!(relayed["address"].as_str().expect("address").starts_with(&format!("{}:", hosts.ip(2))), "{peers}");
+
+    // JS ↔ JS through a hyperfs relay.
+    let relay = tmp.path().join("relay");
+    let _sr = Stop(&relay);
+    let mut args = vec!["nat", "--json", "--relay"];
+    args.extend_from_slice(&only);
+    let relay_key = json(&hosts.names[1], &relay, &args)["key"].as_str().expect("key").to_owned();
+    let (_server, served) = Hosts::start_js(&home_a, "nat-peer.js", &["serve", &boot]);
+    let server_key = served["publicKey"].as_str().expect("key").to_owned();
+    let plain = Hosts::run_js(&home_b, "nat-peer.js", &["connect", &boot, &server_key]);
+    assert_eq!(plain["ok"], false, "two random NATs, no relay: JS cannot connect ({plain})");
+    let through = Hosts::run_js(&home_b, "nat-peer.js", &["connect", &boot, &server_key, &relay_key]);
+    assert_eq!(
+        through["ok"],
+        true,
+        "JS through the hyperfs relay: {through}\n{}",
+        hyperfs_tests::node_log_tail(&relay)
+    );
+    eprintln!("JS to JS through a hyperfs relay in {} ms", through["ms"]);
+}
+
+/// One home behind a NAT that gives each destination a new port (`--random-fully`), the other
+/// behind a port-keeping one, and no relay anywhere: the random side opens 256 "birthday"
+/// sockets, the other probes random ports of its IP 20 ms apart, and a probe meets one of them
+/// (HyperDHT's odds: 99.9% within 35 s). The random NAT at the client's home, then at the
+/// server's; both sides say the connection was punched.
+#[test]
+fn a_punch_meets_a_nat_that_randomises_ports_through_birthday_sockets() {
+    let mut hosts = Hosts::new(1);
+    let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    for (tag, random_server) in [("random client", false), ("random server", true)] {
+        hosts.home_random(0, random_server);
+        hosts.home_random(1, !random_server);
+        let (da, db) = (tmp.path().join(format!("a-{tag}")), tmp.path().join(format!("b-{tag}")));
+        let (_sa, _sb) = (Stop(&da), Stop(&db));
+        let key = shared_drive(&home_a, &da, "punched through a random NAT", &only);
+        let mnt = tmp.path().join(format!("mnt-{tag}"));
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let mnt_s = mnt.to_str().expect("utf-8");
+        let started = Instant::now();
+        let mut args = vec!["mount", key.as_str(), mnt_s];
+        args.extend_from_slice(&only);
+        Hosts::hyperfs_ok(&home_b, &db, &args);
+        // Up to the punch's 35 s of probes.
+        while std::fs::read_to_string(mnt.join("hello.txt")).ok().as_deref() != Some("punched through a random NAT") {
+            assert!(
+                started.elapsed() < Duration::from_secs(45),
+                "{tag}: nothing came\nthe client's log:\n{}\nthe server's log:\n{}",
+                hyperfs_tests::node_log_tail(&db),
+                hyperfs_tests::node_log_tail(&da)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{tag}: punched and read through the mount in {:?}", started.elapsed());
+        for (ns, dir) in [(&home_b, &db), (&home_a, &da)] {
+            let peers = json(ns, dir, &["peers", "--json"]);
+            assert!(peers.as_array().expect("peers").iter().any(|p| p["path"] == "punched"), "{tag}: {peers}");
+        }
+        Hosts::hyperfs_ok(&home_b, &db, &["unmount", mnt_s]);
+        Hosts::hyperfs_ok(&home_b, &db, &["stop"]);
+        Hosts::hyperfs_ok(&home_a, &da, &["stop"]);
+    }
+}
