@@ -281,6 +281,8 @@ struct Inner {
     dht_relays: Mutex<Vec<std::net::SocketAddrV4>>,
     /// The handshake slots of this node's HyperDHT server, for the punches that follow.
     dht_slots: hyperdht::Slots,
+    /// Punches through a random NAT running now (each costs hundreds of sockets or probes).
+    random_punches: hyperdht::RandomPunches,
     /// Connections whose path was not direct, by peer (a relayed one has the relay's address).
     paths: Mutex<HashMap<PeerId, Path>>,
     /// This node's blind relay, when it relays for others ([`Endpoint::serve_relay`]).
@@ -411,6 +413,7 @@ impl Endpoint {
             dht: tokio::sync::Mutex::new(None),
             dht_relays: Mutex::new(Vec::new()),
             dht_slots: hyperdht::Slots::default(),
+            random_punches: hyperdht::RandomPunches::default(),
             paths: Mutex::new(HashMap::new()),
             relay: Mutex::new(None),
             next_stable: usize::MAX.into(),

@@ -25,6 +25,33 @@ use crate::udx_socket::UdxSocket;
 /// How long a punch may take before the connection is given up (the random strategies' 1,750
 /// probes 20 ms apart, with room; the consistent one ends after its ten rounds a second apart).
 pub(super) const PUNCH_TIMEOUT: Duration = Duration::from_secs(40);
+/// Punches with a random NAT on either side that run at once (each opens up to 256 sockets or
+/// sends 1,750 probes); past this, a server answers TRY_LATER and a client takes a relay.
+const MAX_RANDOM_PUNCHES: usize = 2;
+/// HyperDHT's error for "too many punches now".
+const TRY_LATER: u64 = 3;
+
+/// The random punches running (see [`MAX_RANDOM_PUNCHES`]).
+#[derive(Default)]
+pub(super) struct RandomPunches(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One of them, given back when dropped.
+pub(super) struct RandomPunch(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RandomPunches {
+    pub(super) fn take(&self) -> Option<RandomPunch> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.fetch_update(SeqCst, SeqCst, |n| (n < MAX_RANDOM_PUNCHES).then_some(n + 1)).ok()?;
+        Some(RandomPunch(self.0.clone()))
+    }
+}
+
+impl Drop for RandomPunch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Handshake slots a server keeps for punches, and how long one lives.
 const SLOTS: usize = 64;
 const SLOT_LIFE: Duration = Duration::from_secs(60);
@@ -218,7 +245,7 @@ async fn finish(
             Err(_) => return Err(Unpunched(fail("the server did not connect back within 10 s".into()))),
         }
     } else {
-        match punch(client, &shaken, firewall, addresses).await {
+        match punch(client, &inner.random_punches, &shaken, firewall, addresses).await {
             Ok((through, to)) => {
                 tracing::debug!(%to, "punched");
                 let to = SocketAddr::V4(to);
@@ -453,6 +480,7 @@ impl Drop for PunchSockets {
 /// comes back. Returns the address the stream goes to.
 async fn punch(
     client: &Arc<Client>,
+    random_punches: &RandomPunches,
     shaken: &Shaken,
     firewall: Firewall,
     addresses: Vec<SocketAddrV4>,
@@ -507,6 +535,11 @@ async fn punch(
     if remote == Firewall::Random && firewall == Firewall::Random {
         return Err("both NATs give each destination a new port: no punch joins them".into());
     }
+    let _budget = if remote == Firewall::Random || firewall == Firewall::Random {
+        Some(random_punches.take().ok_or("too many punches through random NATs at once")?)
+    } else {
+        None
+    };
     let token = secure.token(&peer);
     let ours = Payload {
         firewall: firewall as u64,
@@ -616,6 +649,8 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
         let echoed = theirs.remote_token == Some(token);
         let mut start = false;
         let mut drop_slot = false;
+        let mut budget = None;
+        let mut error = 0;
         {
             let mut puncher = lock(&slot.puncher);
             if theirs.round >= slot.round {
@@ -629,11 +664,18 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
                     .collect();
                 puncher.update_remote(Firewall::from_u64(theirs.firewall), remote);
             }
+            let random = firewall == Firewall::Random || Firewall::from_u64(theirs.firewall) == Firewall::Random;
             if theirs.punching && !slot.punching {
-                slot.punching = puncher.punch(Instant::now());
-                start = slot.punching;
-                // No punch fits: the slot goes, and the client hears nothing more.
-                drop_slot = !slot.punching;
+                budget = if random { inner.random_punches.take() } else { None };
+                if random && budget.is_none() {
+                    // A few at once: the client may come back, or take a relay.
+                    error = TRY_LATER;
+                } else {
+                    slot.punching = puncher.punch(Instant::now());
+                    start = slot.punching;
+                    // No punch fits: the slot goes, and the client hears nothing more.
+                    drop_slot = !slot.punching;
+                }
             }
         }
         if drop_slot {
@@ -641,6 +683,7 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
             return;
         }
         let ours = Payload {
+            error,
             firewall: firewall as u64,
             round: slot.round,
             punching: slot.punching,
@@ -652,7 +695,10 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
         // Fast mode: the client opened its NAT towards one of our addresses; a probe back now
         // may already pass.
         let fast = theirs.remote_address.is_some_and(|a| addresses.contains(&a));
-        (secure.seal(&ours, rand::random()), start.then(|| (slot.puncher.clone(), slot.came.clone())).ok_or(fast))
+        (
+            secure.seal(&ours, rand::random()),
+            start.then(|| (slot.puncher.clone(), slot.came.clone(), budget)).ok_or(fast),
+        )
     };
     let message = crate::dht::Message::Request(Request {
         tid: req.tid,
@@ -669,9 +715,12 @@ pub(super) async fn on_holepunch(inner: &Arc<Inner>, client: &Arc<Client>, req: 
             let _ = client.send_raw(&[0], peer).await;
         }
         Err(false) => {}
-        Ok((puncher, came)) => {
+        Ok((puncher, came, budget)) => {
             let client = client.clone();
-            tokio::spawn(async move { punch_back(&client, puncher, peer, came).await });
+            tokio::spawn(async move {
+                punch_back(&client, puncher, peer, came).await;
+                drop(budget);
+            });
         }
     }
     let _ = client.send_raw(&message.encode(), node).await;

@@ -830,3 +830,16 @@ fn frames_after_a_cipher_switch_are_sealed_with_aes_and_authenticated() {
     let second = receive.take(&mut tampered[first..], &mut frames).expect("the switch").expect("whole");
     assert!(receive.take(&mut tampered[first + second..], &mut frames).is_err(), "a flipped bit fails");
 }
+
+/// Punches through a random NAT cost hundreds of sockets or probes each: a node runs two at
+/// once, and a third waits until one ends (a server answers TRY_LATER, a client takes a relay).
+#[test]
+fn random_punches_are_two_at_once() {
+    let punches = hyperdht::RandomPunches::default();
+    let (a, b) = (punches.take().expect("a first"), punches.take().expect("a second"));
+    assert!(punches.take().is_none(), "a third while two run");
+    drop(a);
+    let c = punches.take().expect("one ended: another may start");
+    assert!(punches.take().is_none());
+    drop((b, c));
+}
