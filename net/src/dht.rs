@@ -72,6 +72,20 @@ pub struct Request {
     pub value: Option<Vec<u8>>,
 }
 
+impl Request {
+    /// A request of `command` to `to` (its transaction id set when it is sent), with no id or
+    /// token: what an ephemeral client asks.
+    pub fn to(
+        to: SocketAddrV4,
+        internal: bool,
+        command: u64,
+        target: Option<[u8; 32]>,
+        value: Option<Vec<u8>>,
+    ) -> Request {
+        Request { tid: 0, to, id: None, token: None, internal, command, target, value }
+    }
+}
+
 /// A response datagram.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Response {
@@ -808,17 +822,7 @@ impl Client {
 
     /// Whether node `to` answers a PING.
     pub async fn ping(&self, to: SocketAddrV4) -> bool {
-        let req = Request {
-            tid: 0,
-            to,
-            id: None,
-            token: None,
-            internal: true,
-            command: internal::PING,
-            target: None,
-            value: None,
-        };
-        self.request(to, req).await.is_some()
+        self.request(to, Request::to(to, true, internal::PING, None, None)).await.is_some()
     }
 
     /// Walks towards `target` asking `command` (with `value`) of each node on the way, and
@@ -842,16 +846,7 @@ impl Client {
             }
             let asks = next.iter().map(|&node| {
                 asked.insert(node);
-                let req = Request {
-                    tid: 0,
-                    to: node,
-                    id: None,
-                    token: None,
-                    internal: internal_cmd,
-                    command: cmd,
-                    target: Some(target),
-                    value: value.clone(),
-                };
+                let req = Request::to(node, internal_cmd, cmd, Some(target), value.clone());
                 async move { (node, self.request(node, req).await) }
             });
             let answers = futures_join_all(asks).await;
@@ -987,16 +982,7 @@ impl Client {
         let msg1 = noise.send(&ours.encode()).map_err(|e| e.to_string())?;
         let value = Handshake { mode: 0, noise: msg1, peer_address: None, relay_address: None }.encode();
         for relay in relays.iter().take(3) {
-            let req = Request {
-                tid: 0,
-                to: relay.node,
-                id: None,
-                token: None,
-                internal: false,
-                command: command::PEER_HANDSHAKE,
-                target: Some(target),
-                value: Some(value.clone()),
-            };
+            let req = Request::to(relay.node, false, command::PEER_HANDSHAKE, Some(target), Some(value.clone()));
             let Some(reply) = self.request(relay.node, req).await else { continue };
             let Some(hs) = reply.value.as_deref().and_then(Handshake::decode) else { continue };
             if hs.mode != 4 {
@@ -1027,16 +1013,7 @@ impl Client {
         server: SocketAddrV4,
     ) -> Option<(Vec<u8>, SocketAddrV4)> {
         let value = Holepunch { mode: 0, id, payload, peer_address: Some(server) }.encode();
-        let req = Request {
-            tid: 0,
-            to: relay,
-            id: None,
-            token: None,
-            internal: false,
-            command: command::PEER_HOLEPUNCH,
-            target: Some(target),
-            value: Some(value),
-        };
+        let req = Request::to(relay, false, command::PEER_HOLEPUNCH, Some(target), Some(value));
         let reply = self.request(relay, req).await?;
         let hp = reply.value.as_deref().and_then(Holepunch::decode)?;
         (hp.mode == 4).then(|| (hp.payload, hp.peer_address.unwrap_or(relay)))

@@ -20,8 +20,7 @@ const DHT = require('hyperdht')
 const Corestore = require('corestore')
 const Hyperdrive = require('hyperdrive')
 
-const hex = (b) => Buffer.from(b).toString('hex')
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+const { hex, say } = require('./lines')
 
 async function main () {
   const [mode, n] = process.argv.slice(2)

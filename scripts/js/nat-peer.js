@@ -20,12 +20,7 @@ const createTestnet = require('hyperdht/testnet')
 const DHT = require('hyperdht')
 const RelayServer = require('blind-relay').Server
 
-const hex = (b) => Buffer.from(b).toString('hex')
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
-const parse = (list) => list.split(',').map((a) => {
-  const [host, port] = a.split(':')
-  return { host, port: Number(port) }
-})
+const { hex, say, parse } = require('./lines')
 
 async function main () {
   const [mode, a, b, c] = process.argv.slice(2)

@@ -16,12 +16,7 @@ const Hyperswarm = require('hyperswarm')
 const Corestore = require('corestore')
 const Hyperdrive = require('hyperdrive')
 
-const hex = (b) => Buffer.from(b).toString('hex')
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
-const parse = (list) => list.split(',').map((a) => {
-  const [host, port] = a.split(':')
-  return { host, port: Number(port) }
-})
+const { hex, say, parse } = require('./lines')
 
 async function main () {
   const [mode, bootstrap, dir, a, b] = process.argv.slice(2)

@@ -25,8 +25,7 @@ const crypto = require('hypercore-crypto')
 const UDX = require('udx-native')
 const NoiseSecretStream = require('@hyperswarm/secret-stream')
 
-const hex = (b) => Buffer.from(b).toString('hex')
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+const { hex, say } = require('./lines')
 
 // The byte stream (a TCP socket, a UDX stream) wrapped in a secret stream and handed to the
 // store, as Hyperswarm does.

@@ -47,6 +47,17 @@ pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// Network options that keep a node on loopback with no discovery of its own (no LAN, Mainline
+/// DHT or HyperDHT): it meets only the peers a test gives it.
+pub const LOOPBACK_ONLY: [&str; 5] = ["--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht"];
+
+/// `args` followed by [`LOOPBACK_ONLY`].
+pub fn loopback_only<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&LOOPBACK_ONLY);
+    all
+}
+
 /// Runs `hyperfs --data-dir DIR args…`; the output whatever the exit status.
 pub fn hyperfs_in(dir: &Path, args: &[&str]) -> Output {
     let mut all = vec!["--data-dir", dir.to_str().expect("a UTF-8 data directory")];

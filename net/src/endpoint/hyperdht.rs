@@ -493,7 +493,6 @@ async fn punch(
     let mut sockets = PunchSockets::new(client, *server.ip())?;
     // A probe towards the server opens our NAT for its answer ("fast mode").
     sockets.send(0, server, false).await;
-    let seal = |p: &Payload| secure.seal(p, rand::random());
     let mut round = 0;
     let mut theirs = None;
     let mut peer = server;
@@ -508,14 +507,7 @@ async fn punch(
             ..Payload::default()
         };
         round += 1;
-        let (sealed, seen) = client
-            .holepunch(relay, shaken.target, *id, seal(&ours), server)
-            .await
-            .ok_or("the server's relay did not answer the holepunch round")?;
-        let p = secure.open(&sealed).ok_or("a holepunch answer that does not open")?;
-        if p.error != 0 {
-            return Err(format!("the server refused to punch (error {})", p.error));
-        }
+        let (p, seen) = exchange(client, (relay, server), shaken.target, *id, &secure, &ours).await?;
         peer = seen;
         let known = Firewall::from_u64(p.firewall) != Firewall::Unknown;
         tracing::debug!(round, firewall = Firewall::from_u64(p.firewall).name(), "holepunch round answered");
@@ -550,14 +542,7 @@ async fn punch(
         remote_token: theirs.token,
         ..Payload::default()
     };
-    let (sealed, _) = client
-        .holepunch(relay, shaken.target, *id, seal(&ours), server)
-        .await
-        .ok_or("the server's relay did not answer the punch round")?;
-    let answer = secure.open(&sealed).ok_or("a holepunch answer that does not open")?;
-    if answer.error != 0 {
-        return Err(format!("the server refused to punch (error {})", answer.error));
-    }
+    let (answer, _) = exchange(client, (relay, server), shaken.target, *id, &secure, &ours).await?;
     // The server echoed our token of the address the relay saw it at: that address is its.
     let echoed = answer.remote_token == Some(token);
     let remote_addresses = answer
@@ -598,6 +583,29 @@ async fn punch(
             }
         }
     }
+}
+
+/// One holepunch round with the server at `to.1` (slot `id`) through its relay `to.0`: `ours`
+/// sealed, its answer opened, and where the relay saw the server.
+async fn exchange(
+    client: &Client,
+    to: (SocketAddrV4, SocketAddrV4),
+    target: [u8; 32],
+    id: u64,
+    secure: &SecurePayload,
+    ours: &Payload,
+) -> Result<(Payload, SocketAddrV4), String> {
+    let (relay, server) = to;
+    let sealed = secure.seal(ours, rand::random());
+    let (sealed, seen) = client
+        .holepunch(relay, target, id, sealed, server)
+        .await
+        .ok_or("the server's relay did not answer a holepunch round")?;
+    let theirs = secure.open(&sealed).ok_or("a holepunch answer that does not open")?;
+    if theirs.error != 0 {
+        return Err(format!("the server refused to punch (error {})", theirs.error));
+    }
+    Ok((theirs, seen))
 }
 
 /// A server's NAT as its handshake answer tells it: its kind, its public addresses, and a

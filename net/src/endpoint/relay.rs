@@ -157,6 +157,12 @@ impl ConnState {
             self.out.push(Frame::Control(Control::Reject { remote_id }));
             return;
         }
+        self.open_relay_channel(id, Some(remote_id), true);
+    }
+
+    /// Opens our blind-relay channel of `id` (the peer's side `remote_id` when it is open
+    /// already); the index of the new channel.
+    fn open_relay_channel(&mut self, id: Option<Vec<u8>>, remote_id: Option<u64>, serving: bool) -> usize {
         let local_id = self.next_local;
         self.next_local += 1;
         self.out.push(Frame::Control(Control::Open {
@@ -166,14 +172,8 @@ impl ConnState {
             flags: 0,
             capability: [0; 32],
         }));
-        self.relays.push(RelayChannel {
-            local_id,
-            remote_id: Some(remote_id),
-            id,
-            serving: true,
-            queued: Vec::new(),
-            sent: Vec::new(),
-        });
+        self.relays.push(RelayChannel { local_id, remote_id, id, serving, queued: Vec::new(), sent: Vec::new() });
+        self.relays.len() - 1
     }
 
     /// A message on the peer's blind-relay channel `channel`; false when it is not one.
@@ -211,32 +211,16 @@ impl ConnState {
     /// relay's stream id to connect it to.
     pub(super) fn relay_pair(&mut self, me: &PeerId, pair: Pair, reply: oneshot::Sender<u32>) {
         let id = Some(me.0.to_vec());
-        let ch = match self.relays.iter().position(|c| !c.serving && c.id == id) {
-            Some(i) => &mut self.relays[i],
+        let i = match self.relays.iter().position(|c| !c.serving && c.id == id) {
+            Some(i) => i,
             None => {
-                let local_id = self.next_local;
-                self.next_local += 1;
-                self.out.push(Frame::Control(Control::Open {
-                    local_id,
-                    protocol: BLIND_RELAY.into(),
-                    id: id.clone(),
-                    flags: 0,
-                    capability: [0; 32],
-                }));
                 // The peer's side may be open already.
                 let opened = self.relay_opens.iter().position(|(_, i)| *i == id);
                 let remote_id = opened.map(|at| self.relay_opens.remove(at).0);
-                self.relays.push(RelayChannel {
-                    local_id,
-                    remote_id,
-                    id,
-                    serving: false,
-                    queued: Vec::new(),
-                    sent: Vec::new(),
-                });
-                self.relays.last_mut().expect("just pushed")
+                self.open_relay_channel(id, remote_id, false)
             }
         };
+        let ch = &mut self.relays[i];
         if ch.remote_id.is_some() {
             self.out.push(Frame::Channel {
                 channel: ch.local_id,

@@ -63,22 +63,7 @@ impl Attacker {
 /// A victim node that clones the attacker's drive as `copy`; the clone's output.
 fn victim_clones(root: &Path, key: &str, addr: &str) -> (PathBuf, Stop, std::process::Output) {
     let dir = root.join("victim");
-    let out = hyperfs_in(
-        &dir,
-        &[
-            "clone",
-            key,
-            "--peer",
-            addr,
-            "--name",
-            "copy",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-lan",
-            "--no-dht",
-            "--no-hyperdht",
-        ],
-    );
+    let out = hyperfs_in(&dir, &hyperfs_tests::loopback_only(&["clone", key, "--peer", addr, "--name", "copy"]));
     (dir.clone(), Stop(dir), out)
 }
 
@@ -460,22 +445,7 @@ fn a_writer_signing_two_histories_is_caught_by_a_replica_through_the_binary() {
         json_of(&b, &["share", &name_b, "--listen", "127.0.0.1:0", "--no-lan", "--no-dht", "--no-hyperdht", "--json"]);
     let addr_b = shared_b["address"].as_str().expect("addr").to_owned();
     // C follows A, then meets B.
-    hyperfs_in_ok(
-        &c,
-        &[
-            "clone",
-            &key,
-            "--peer",
-            &addr_a,
-            "--name",
-            "copy",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-lan",
-            "--no-dht",
-            "--no-hyperdht",
-        ],
-    );
+    hyperfs_in_ok(&c, &hyperfs_tests::loopback_only(&["clone", &key, "--peer", &addr_a, "--name", "copy"]));
     let before = json_of(&c, &["info", "copy", "--json"]);
     hyperfs_in_ok(&c, &["peers", "--peer", &addr_b]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -625,18 +595,7 @@ fn a_signed_length_near_2_pow_55_costs_the_victim_nothing() {
     let started = Instant::now();
     hyperfs_in_ok(
         &victim,
-        &[
-            "mount",
-            &key_hex,
-            mnt.to_str().expect("utf-8"),
-            "--peer",
-            &addr,
-            "--listen",
-            "127.0.0.1:0",
-            "--no-lan",
-            "--no-dht",
-            "--no-hyperdht",
-        ],
+        &hyperfs_tests::loopback_only(&["mount", &key_hex, mnt.to_str().expect("utf-8"), "--peer", &addr]),
     );
     assert_eq!(std::fs::read_link(mnt.join("hello")).expect("the link shows").to_str(), Some("target"));
     let info = json_of(&victim, &["info", &key_hex, "--json"]);

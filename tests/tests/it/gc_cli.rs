@@ -272,23 +272,7 @@ fn a_cache_smaller_than_a_read_keeps_what_the_reader_is_reading() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let m = mnt.to_str().expect("utf-8");
-    hyperfs_in_ok(
-        &b,
-        &[
-            "mount",
-            link,
-            m,
-            "--peer",
-            from_a,
-            "--listen",
-            "127.0.0.1:0",
-            "--no-lan",
-            "--no-dht",
-            "--no-hyperdht",
-            "--cache-size",
-            "1MiB",
-        ],
-    );
+    hyperfs_in_ok(&b, &hyperfs_tests::loopback_only(&["mount", link, m, "--peer", from_a, "--cache-size", "1MiB"]));
     assert!(std::fs::read(mnt.join("f.bin")).expect("read") == std::fs::read(&file).expect("read"), "byte-exact");
     let down = hyperfs_json(&b, &["peers", "--json"])[0]["bytesDown"].as_u64().expect("bytes down");
     assert!(down < 30 * MIB, "24 MiB came down about once through a 1 MiB cache: {down}");

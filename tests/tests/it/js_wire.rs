@@ -82,22 +82,7 @@ fn js_serves_hyperfs_mounts(transport: &str) {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let mnt_s = mnt.to_str().expect("utf-8");
-    json_of(
-        &node,
-        &[
-            "mount",
-            &key,
-            mnt_s,
-            "--peer",
-            &peer,
-            "--no-dht",
-            "--no-hyperdht",
-            "--no-lan",
-            "--listen",
-            "127.0.0.1:0",
-            "--json",
-        ],
-    );
+    json_of(&node, &hyperfs_tests::loopback_only(&["mount", &key, mnt_s, "--peer", &peer, "--json"]));
     let peers = json_of(&node, &["peers", "--json"]);
     assert_eq!(peers.as_array().map(Vec::len), Some(1), "the JS peer is the only peer: {peers}");
     assert_eq!((peers[0]["kind"].as_str(), peers[0]["transport"].as_str()), (Some("js"), Some(transport)), "{peers}");

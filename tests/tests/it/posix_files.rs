@@ -176,22 +176,7 @@ fn fifos_sockets_and_devices_are_made_used_and_kept() {
     let (link, addr) = (shared["link"].as_str().expect("link"), shared["address"].as_str().expect("address"));
     let b = m.tmp.path().join("b");
     let _stop = StopNode(b.clone());
-    hyperfs_in_ok(
-        &b,
-        &[
-            "clone",
-            link,
-            "--peer",
-            addr,
-            "--name",
-            "copy",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-lan",
-            "--no-dht",
-            "--no-hyperdht",
-        ],
-    );
+    hyperfs_in_ok(&b, &hyperfs_tests::loopback_only(&["clone", link, "--peer", addr, "--name", "copy"]));
     let replica = m.tmp.path().join("replica");
     fs::create_dir(&replica).expect("dir");
     hyperfs_in_ok(&b, &["mount", "copy", replica.to_str().expect("utf-8")]);

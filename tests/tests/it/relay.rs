@@ -64,22 +64,7 @@ impl Chain {
             let seed = root.join(format!("seed{i}"));
             stops.push(StopNode(seed.clone()));
             let from = address(&previous);
-            hyperfs_in_ok(
-                &seed,
-                &[
-                    "clone",
-                    &link,
-                    "--peer",
-                    &from,
-                    "--name",
-                    "copy",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--no-lan",
-                    "--no-dht",
-                    "--no-hyperdht",
-                ],
-            );
+            hyperfs_in_ok(&seed, &hyperfs_tests::loopback_only(&["clone", &link, "--peer", &from, "--name", "copy"]));
             previous = seed.clone();
             chain.seeds.push(seed);
         }
@@ -87,21 +72,7 @@ impl Chain {
         std::fs::create_dir(&chain.mnt).expect("mkdir");
         let from = address(&previous);
         let mnt = chain.mnt.to_str().expect("utf-8").to_owned();
-        hyperfs_in_ok(
-            &chain.reader,
-            &[
-                "mount",
-                &link,
-                &mnt,
-                "--peer",
-                &from,
-                "--listen",
-                "127.0.0.1:0",
-                "--no-lan",
-                "--no-dht",
-                "--no-hyperdht",
-            ],
-        );
+        hyperfs_in_ok(&chain.reader, &hyperfs_tests::loopback_only(&["mount", &link, &mnt, "--peer", &from]));
         assert_eq!(std::fs::read_to_string(chain.mnt.join("first.txt")).expect("read"), "first");
         chain._stops = stops;
         chain

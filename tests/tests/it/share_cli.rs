@@ -339,19 +339,7 @@ fn a_clone_from_three_seeds_downloads_the_drive_once_split_among_them() {
     let link = shared["link"].as_str().expect("link").to_owned();
     let mut seeds = vec![shared["address"].as_str().expect("address").to_owned()];
     for n in &nodes[1..3] {
-        let args = [
-            "clone",
-            &link,
-            "--peer",
-            &seeds[0],
-            "--name",
-            "copy",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-lan",
-            "--no-dht",
-            "--no-hyperdht",
-        ];
+        let args = hyperfs_tests::loopback_only(&["clone", &link, "--peer", &seeds[0], "--name", "copy"]);
         hyperfs_in_ok(n, &args);
         seeds.push(std::fs::read_to_string(n.join("listen.addr")).expect("its address").trim().to_owned());
     }
