@@ -21,6 +21,9 @@ pub struct NetOptions {
     pub no_hyperdht: bool,
     /// Relay for peers that cannot punch through to each other (remembered).
     pub relay: bool,
+    /// Blind relays (their keys, hex) to go through first when no punch joins two NATs
+    /// (remembered).
+    pub relay_through: Vec<String>,
     /// The bound of the cache of sparse replicas' blocks, in bytes (remembered).
     pub cache_size: Option<u64>,
     /// Also accept peers over TCP with the JS stack's wire on this address (remembered).

@@ -62,6 +62,11 @@ pub(crate) struct NetArgs {
     /// protocol). Needs HyperDHT and a reachable address; remembered.
     #[arg(long)]
     pub(crate) relay: bool,
+    /// A blind relay to go through when no hole punch joins this node and a peer (KEY: the
+    /// relay's HyperDHT key, hex; repeatable; remembered): a hyperfs node started with --relay,
+    /// or a JS peer serving `blind-relay`, tried before the relays found on HyperDHT.
+    #[arg(long, value_name = "KEY", value_parser = parse_relay_key)]
+    pub(crate) relay_through: Vec<String>,
     /// Bound the blocks kept of drives read on demand (sparse replicas; not clones or seeds)
     /// to SIZE (like 64MiB or 20G; remembered; default a tenth of the disk): least recently
     /// used blocks go first, and are fetched again when read.
@@ -96,6 +101,14 @@ fn parse_duration_ms(s: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// A relay's key: 64 hex digits (refused here, before the node remembers it).
+fn parse_relay_key(s: &str) -> Result<String, String> {
+    match hex::decode(s) {
+        Ok(b) if b.len() == 32 => Ok(s.to_lowercase()),
+        _ => Err(format!("{s:?} is not a relay's key (64 hex digits)")),
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::cache::parse_size(s).map_err(|e| e.to_string())
 }
@@ -112,6 +125,7 @@ impl NetArgs {
             hyperdht_bootstrap: self.hyperdht_bootstrap.clone(),
             no_hyperdht: self.no_hyperdht,
             relay: self.relay,
+            relay_through: self.relay_through.clone(),
             cache_size: self.cache_size,
             tcp: self.tcp.clone(),
             udx: self.udx.clone(),

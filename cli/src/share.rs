@@ -175,10 +175,19 @@ impl Net {
             }
         }
         let endpoint = Arc::new(endpoint);
+        let mut through = Vec::new();
+        for k in &discovery.relay_through {
+            let key: [u8; 32] = hex::decode(k)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow!("--relay-through {k:?}: a relay's key is 64 hex digits"))?;
+            through.push(key);
+        }
         if discovery.hyperdht() {
             start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap, discovery.relay)?;
-        } else if discovery.relay {
-            anyhow::bail!("--relay needs HyperDHT (it is off: --no-hyperdht): relays are found there");
+            endpoint.relay_through(through);
+        } else if discovery.relay || !through.is_empty() {
+            anyhow::bail!("--relay and --relay-through need HyperDHT (it is off: --no-hyperdht)");
         }
         let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store.clone(), discovery);
         let (changed, wake) = std::sync::mpsc::channel();

@@ -40,6 +40,9 @@ pub struct Discovery {
     /// Whether this node relays for others (on HyperDHT).
     #[serde(default)]
     pub relay: bool,
+    /// Blind relays to try first (hex keys).
+    #[serde(default)]
+    pub relay_through: Vec<String>,
 }
 
 impl Discovery {

@@ -287,6 +287,8 @@ struct Inner {
     paths: Mutex<HashMap<PeerId, Path>>,
     /// This node's blind relay, when it relays for others ([`Endpoint::serve_relay`]).
     relay: Mutex<Option<Arc<relay::RelayServer>>>,
+    /// Relays to go through first when no punch works ([`Endpoint::relay_through`]).
+    relay_keys: Mutex<Vec<[u8; 32]>>,
     /// The UDX socket: the one accepting peers (`listen_udx`), else one for dialing.
     udx: tokio::sync::Mutex<Option<(Arc<crate::udx_socket::UdxSocket>, bool)>>,
     /// Stable ids of JS-wire connections (QUIC's come from quinn): counted down from the top.
@@ -416,6 +418,7 @@ impl Endpoint {
             random_punches: hyperdht::RandomPunches::default(),
             paths: Mutex::new(HashMap::new()),
             relay: Mutex::new(None),
+            relay_keys: Mutex::new(Vec::new()),
             next_stable: usize::MAX.into(),
             transferred: Mutex::new(HashMap::new()),
             request_timeout_ms: (crate::session::REQUEST_TIMEOUT.as_millis() as u64).into(),
@@ -680,6 +683,12 @@ impl Endpoint {
             *lock(&inner.relay) = Some(Arc::new(relay::RelayServer::new(socket)));
             Ok(())
         })
+    }
+
+    /// Blind relays (by their HyperDHT keys) to go through first when no punch joins this node
+    /// and a peer, before those found under [`hyperdht::relay_topic`].
+    pub fn relay_through(&self, keys: Vec<[u8; 32]>) {
+        *lock(&self.inner.relay_keys) = keys;
     }
 
     /// Announces this node under `topic` on HyperDHT (with the nodes holding its registration

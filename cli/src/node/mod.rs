@@ -449,8 +449,13 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         }
         return Ok(n.clone());
     }
-    let asked =
-        !r.bootstrap.is_empty() || r.no_dht || r.no_lan || !r.hyperdht_bootstrap.is_empty() || r.no_hyperdht || r.relay;
+    let asked = !r.bootstrap.is_empty()
+        || r.no_dht
+        || r.no_lan
+        || !r.hyperdht_bootstrap.is_empty()
+        || r.no_hyperdht
+        || r.relay
+        || !r.relay_through.is_empty();
     let discovery: crate::swarm::Discovery = if asked {
         let d = crate::swarm::Discovery {
             bootstrap: r.bootstrap.clone(),
@@ -459,6 +464,7 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
             hyperdht_bootstrap: r.hyperdht_bootstrap.clone(),
             no_hyperdht: r.no_hyperdht,
             relay: r.relay,
+            relay_through: r.relay_through.clone(),
         };
         write_json(&state.dir, "discovery.json", &d)?;
         d

@@ -280,15 +280,15 @@ async fn stream(
 async fn connect_relayed(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<(PeerId, Path), NetError> {
     let client = dht_client(inner).await?;
     let socket = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
-    let mut relays: Vec<[u8; 32]> = client
-        .lookup(relay_topic())
-        .await
-        .into_iter()
-        .map(|p| p.public_key)
-        .filter(|k| *k != inner.me.0 && *k != public_key)
-        .collect();
-    relays.dedup();
-    let mut last = NetError::Io("no relay announced on HyperDHT".into());
+    // The relays named first, then those announced.
+    let mut relays: Vec<[u8; 32]> = lock(&inner.relay_keys).clone();
+    for p in client.lookup(relay_topic()).await {
+        if !relays.contains(&p.public_key) {
+            relays.push(p.public_key);
+        }
+    }
+    relays.retain(|k| *k != inner.me.0 && *k != public_key);
+    let mut last = NetError::Io("no relay named (--relay-through) or announced on HyperDHT".into());
     for relay in relays.into_iter().take(3) {
         match through(inner, &client, &socket, public_key, relay).await {
             Ok(done) => return Ok(done),

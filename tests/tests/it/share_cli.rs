@@ -286,6 +286,10 @@ fn the_daemon_takes_network_options_and_a_listen_it_cannot_take_is_refused() {
     let _sa = StopNode(a.clone());
     hyperfs_in_ok(&a, &["create", "--name", "src"]);
     hyperfs_in_ok(&a, &["stop"]);
+    // A relay named by something that is not a key is refused before anything is remembered.
+    let bad = hyperfs_in(&a, &["peers", "--relay-through", "not-a-key"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("64 hex digits"), "{bad:?}");
+    assert!(!a.join("discovery.json").exists(), "nothing remembered");
     let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let fixed = format!("127.0.0.1:{port}");
     let mut daemon = std::process::Command::new(hyperfs_tests::hyperfs_bin())

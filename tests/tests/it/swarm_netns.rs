@@ -466,8 +466,8 @@ fn js_swarm_peers_and_hyperfs_behind_a_nat_reach_each_other() {
 
 /// hyperfs's relay and JS's `blind-relay` are one protocol: between two homes behind
 /// `--random-fully` NATs (no punch joins them), two hyperfs nodes connect through a JS blind
-/// relay announced where hyperfs looks for relays, and two JS HyperDHT peers connect through a
-/// hyperfs relay (the JS client names it in `relayThrough`).
+/// relay (announced nowhere hyperfs looks: named with `--relay-through KEY`), and two JS
+/// HyperDHT peers connect through a hyperfs relay (the JS client names it in `relayThrough`).
 #[test]
 fn js_and_hyperfs_relay_for_each_other() {
     let mut hosts = Hosts::new(3);
@@ -480,12 +480,13 @@ fn js_and_hyperfs_relay_for_each_other() {
     let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
 
     // hyperfs ↔ hyperfs through a JS blind relay.
-    let topic = hex::encode(hyperfs_net::endpoint::hyperdht::relay_topic());
-    let (_js_relay, _) = Hosts::start_js(&hosts.names[2], "nat-peer.js", &["relay", &boot, &topic]);
+    let elsewhere = hex::encode([0x5a; 32]);
+    let (_js_relay, js_relay) = Hosts::start_js(&hosts.names[2], "nat-peer.js", &["relay", &boot, &elsewhere]);
+    let js_relay = js_relay["publicKey"].as_str().expect("key").to_owned();
     let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
     let (_sa, _sb) = (Stop(&da), Stop(&db));
     let key = shared_drive(&home_a, &da, "through a JS relay", &only);
-    let mut args = vec!["clone", key.as_str(), "--name", "c"];
+    let mut args = vec!["clone", key.as_str(), "--name", "c", "--relay-through", &js_relay];
     args.extend_from_slice(&only);
     let out = Hosts::hyperfs(&home_b, &db, &args);
     assert!(
