@@ -789,7 +789,7 @@ impl Client {
 
     /// The next transaction id.
     fn take_tid(&self) -> u16 {
-        let mut t = self.next_tid.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = lock(&self.next_tid);
         *t = t.wrapping_add(1);
         *t
     }

@@ -44,8 +44,10 @@ pub struct UdxSocket {
     /// Where datagrams that are not UDX's go (dht-rpc's messages, holepunch probes: the
     /// socket is HyperDHT's too, as in JS), when someone takes them ([`UdxSocket::plain`]).
     plain: Mutex<Option<mpsc::Sender<Plain>>>,
-    /// Stream ids this socket relays (a blind relay's links), by id.
+    /// Stream ids this socket relays (a blind relay's links), by id; `relaying` once it has
+    /// any, so a socket that never relays takes no lock per packet for it.
     relays: Mutex<HashMap<u32, RelayEnd>>,
+    relaying: std::sync::atomic::AtomicBool,
     /// Ends the reader ([`UdxSocket::close`]): the socket goes once its streams did too.
     closed: tokio::sync::Notify,
 }
@@ -94,6 +96,7 @@ impl UdxSocket {
             expected: Mutex::new(HashMap::new()),
             plain: Mutex::new(None),
             relays: Mutex::new(HashMap::new()),
+            relaying: std::sync::atomic::AtomicBool::new(false),
             closed: tokio::sync::Notify::new(),
         });
         let reader = Arc::downgrade(&s);
@@ -114,7 +117,7 @@ impl UdxSocket {
                     }
                     continue;
                 };
-                if s.relay(h.id, from, d).await {
+                if s.relaying.load(std::sync::atomic::Ordering::Relaxed) && s.relay(h.id, from, d).await {
                     continue;
                 }
                 let route = lock(&s.routes).get(&(h.id, from)).cloned();
@@ -221,6 +224,7 @@ impl UdxSocket {
         let now = Instant::now();
         relays.insert(ra, RelayEnd { bound: None, stream: a, other: rb, last: now });
         relays.insert(rb, RelayEnd { bound: None, stream: b, other: ra, last: now });
+        self.relaying.store(true, std::sync::atomic::Ordering::Relaxed);
         Some((ra, rb))
     }
 

@@ -149,40 +149,31 @@ const RELAY_AFTER: Duration = Duration::from_secs(3);
 /// joined them within [`RELAY_AFTER`] races one (a router that took the other side's first
 /// probe in keeps the punch from ever working), and the first to connect is kept.
 pub(super) async fn connect(inner: &Arc<Inner>, public_key: [u8; 32]) -> Result<(PeerId, Path), NetError> {
+    let both = |e: NetError, r: NetError| NetError::Io(format!("{e}; and through a relay: {r}"));
     let mut direct = Box::pin(connect_without_relay(inner, public_key));
-    let relay_after = tokio::time::sleep(RELAY_AFTER);
-    tokio::pin!(relay_after);
-    let punch_error = tokio::select! {
-        r = &mut direct => match r {
-            Ok(done) => return done,
-            Err(Unpunched(e)) => e,
-        },
-        _ = &mut relay_after => {
-            let mut relayed = Box::pin(connect_relayed(inner, public_key));
-            tokio::select! {
-                r = &mut direct => match r {
-                    Ok(Ok(done)) => return Ok(done),
-                    Ok(Err(e)) | Err(Unpunched(e)) => {
-                        return relayed.await.map_err(|r| NetError::Io(format!("{e}; and through a relay: {r}")));
-                    }
-                },
-                r = &mut relayed => match r {
-                    Ok(done) => return Ok(done),
-                    // No relay: the punch may still come through.
-                    Err(r) => {
-                        return match direct.await {
-                            Ok(done) => done,
-                            Err(Unpunched(e)) => Err(NetError::Io(format!("{e}; and through a relay: {r}"))),
-                        };
-                    }
-                },
-            }
+    match tokio::time::timeout(RELAY_AFTER, &mut direct).await {
+        Ok(Ok(done)) => return done,
+        Ok(Err(Unpunched(e))) => {
+            tracing::info!(error = %e, "no punch: trying a relay");
+            return Box::pin(connect_relayed(inner, public_key)).await.map_err(|r| both(e, r));
         }
-    };
-    tracing::info!(error = %punch_error, "no punch: trying a relay");
-    Box::pin(connect_relayed(inner, public_key))
-        .await
-        .map_err(|r| NetError::Io(format!("{punch_error}; and through a relay: {r}")))
+        Err(_) => {}
+    }
+    let mut relayed = Box::pin(connect_relayed(inner, public_key));
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) | Err(Unpunched(e)) => relayed.await.map_err(|r| both(e, r)),
+        },
+        r = &mut relayed => match r {
+            Ok(done) => Ok(done),
+            // No relay: the punch may still come through.
+            Err(r) => match direct.await {
+                Ok(done) => done,
+                Err(Unpunched(e)) => Err(both(e, r)),
+            },
+        },
+    }
 }
 
 /// A connection that failed for want of a punch (a relay may still join the two).
@@ -405,7 +396,8 @@ struct PunchSockets {
     tx: mpsc::Sender<(usize, SocketAddrV4)>,
     probes: mpsc::Receiver<(usize, SocketAddrV4)>,
     kept: Option<usize>,
-    forward: AbortOnDrop,
+    /// Hands the node socket's probes on; ends with the punch.
+    _forward: AbortOnDrop,
 }
 
 impl PunchSockets {
@@ -414,12 +406,12 @@ impl PunchSockets {
         let (tx, probes) = mpsc::channel(64);
         let mut from_main = client.probes_from(ip);
         let to_punch = tx.clone();
-        let forward = AbortOnDrop(tokio::spawn(async move {
+        let _forward = AbortOnDrop(tokio::spawn(async move {
             while let Some(from) = from_main.recv().await {
                 let _ = to_punch.try_send((0, from));
             }
         }));
-        Ok(PunchSockets { client: client.clone(), main, extra: Vec::new(), ip, tx, probes, kept: None, forward })
+        Ok(PunchSockets { client: client.clone(), main, extra: Vec::new(), ip, tx, probes, kept: None, _forward })
     }
 
     /// Opens the next birthday socket.
@@ -466,7 +458,6 @@ impl PunchSockets {
 
 impl Drop for PunchSockets {
     fn drop(&mut self) {
-        let _ = &self.forward;
         for (i, s) in self.extra.iter().enumerate() {
             // One a stream came on (the server's) or that was kept stays.
             if self.kept != Some(i + 1) && !s.busy() {

@@ -32,6 +32,42 @@ fn dht_only(bootstrap: &[String]) -> Vec<&str> {
     args
 }
 
+/// Discovery options for the HyperDHT at `bootstrap` alone (no LAN, no Mainline DHT).
+fn hyperdht_only(bootstrap: &str) -> [&str; 6] {
+    ["--hyperdht-bootstrap", bootstrap, "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"]
+}
+
+/// Mounts `key` at `mnt` on `node` (a host's namespace and a data directory, with `options`)
+/// and waits up to `limit` for its `/hello.txt` to read `text` through the mount; how long that
+/// took. A wait that runs out shows the end of the logs of `node` and of `others`.
+fn mount_and_read(
+    node: (&str, &Path),
+    key: &str,
+    mnt: &Path,
+    options: &[&str],
+    text: &str,
+    limit: Duration,
+    others: &[&Path],
+) -> Duration {
+    let (ns, dir) = node;
+    std::fs::create_dir(mnt).expect("mkdir");
+    let started = Instant::now();
+    let mut args = vec!["mount", key, mnt.to_str().expect("utf-8")];
+    args.extend_from_slice(options);
+    Hosts::hyperfs_ok(ns, dir, &args);
+    while std::fs::read_to_string(mnt.join("hello.txt")).ok().as_deref() != Some(text) {
+        if started.elapsed() > limit {
+            let logs: Vec<String> = std::iter::once(dir)
+                .chain(others.iter().copied())
+                .map(|n| format!("{}:\n{}", n.display(), hyperfs_tests::node_log_tail(n)))
+                .collect();
+            panic!("{text:?} did not show through the mount within {limit:?}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
 /// A drive on host `ns` holding `/hello.txt`, shared; returns its key.
 fn shared_drive(ns: &str, dir: &Path, text: &str, extra: &[&str]) -> String {
     Hosts::hyperfs_ok(ns, dir, &["create", "--name", "d"]);
@@ -266,7 +302,7 @@ fn hyperdht_tells_a_node_behind_a_nat_what_its_nat_is() {
     let (public_ip, _) = hosts.nat_ips();
     let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dht = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let dht = hyperdht_only(&bootstrap[0]);
     let public = tmp.path().join("public");
     let _stop = Stop(&public);
     let mut args = vec!["nat", "--json"];
@@ -315,7 +351,7 @@ fn two_homes_behind_nats_connect_by_key_through_a_punch() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
     let (_sa, _sb) = (Stop(&da), Stop(&db));
-    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let only = hyperdht_only(&bootstrap[0]);
     let key = shared_drive(&home_a, &da, "from a home behind a NAT", &only);
     std::thread::sleep(Duration::from_secs(40));
     let started = Instant::now();
@@ -365,7 +401,7 @@ fn a_relay_joins_homes_whose_nats_randomise_ports() {
     let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
     let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let only = hyperdht_only(&bootstrap[0]);
     let relay = tmp.path().join("relay");
     let _sr = Stop(&relay);
     let mut args = vec!["peers", "--json", "--relay"];
@@ -433,24 +469,11 @@ fn js_swarm_peers_and_hyperfs_behind_a_nat_reach_each_other() {
     let key = served["key"].as_str().expect("key").to_owned();
     let dir = tmp.path().join("home");
     let _stop = Stop(&dir);
-    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let only = hyperdht_only(&bootstrap[0]);
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mnt_s = mnt.to_str().expect("utf-8");
-    let started = Instant::now();
-    let mut args = vec!["mount", key.as_str(), mnt_s];
-    args.extend_from_slice(&only);
-    Hosts::hyperfs_ok(&home, &dir, &args);
-    while std::fs::read_to_string(mnt.join("hello.txt")).ok().as_deref() != Some("from a JS swarm") {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the JS drive did not show through the mount\n{}",
-            hyperfs_tests::node_log_tail(&dir)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("a JS swarm's drive read through a mount behind a NAT in {:?}", started.elapsed());
-    Hosts::hyperfs_ok(&home, &dir, &["unmount", mnt_s]);
+    let took = mount_and_read((&home, &dir), &key, &mnt, &only, "from a JS swarm", Duration::from_secs(30), &[]);
+    eprintln!("a JS swarm's drive read through a mount behind a NAT in {took:?}");
+    Hosts::hyperfs_ok(&home, &dir, &["unmount", mnt.to_str().expect("utf-8")]);
 
     let key = shared_drive(&home, &dir, "from hyperfs behind a NAT", &only);
     let read_dir = tmp.path().join("js-read");
@@ -477,7 +500,7 @@ fn js_and_hyperfs_relay_for_each_other() {
     let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
     let boot = bootstrap.join(",");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let only = hyperdht_only(&bootstrap[0]);
 
     // hyperfs ↔ hyperfs through a JS blind relay.
     let elsewhere = hex::encode([0x5a; 32]);
@@ -532,7 +555,7 @@ fn a_punch_meets_a_nat_that_randomises_ports_through_birthday_sockets() {
     let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
     let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let only = ["--hyperdht-bootstrap", &bootstrap[0], "--no-dht", "--no-lan", "--listen", "0.0.0.0:0"];
+    let only = hyperdht_only(&bootstrap[0]);
     for (tag, random_server) in [("random client", false), ("random server", true)] {
         hosts.home_random(0, random_server);
         hosts.home_random(1, !random_server);
@@ -540,23 +563,11 @@ fn a_punch_meets_a_nat_that_randomises_ports_through_birthday_sockets() {
         let (_sa, _sb) = (Stop(&da), Stop(&db));
         let key = shared_drive(&home_a, &da, "punched through a random NAT", &only);
         let mnt = tmp.path().join(format!("mnt-{tag}"));
-        std::fs::create_dir(&mnt).expect("mkdir");
-        let mnt_s = mnt.to_str().expect("utf-8");
-        let started = Instant::now();
-        let mut args = vec!["mount", key.as_str(), mnt_s];
-        args.extend_from_slice(&only);
-        Hosts::hyperfs_ok(&home_b, &db, &args);
         // Up to the punch's 35 s of probes.
-        while std::fs::read_to_string(mnt.join("hello.txt")).ok().as_deref() != Some("punched through a random NAT") {
-            assert!(
-                started.elapsed() < Duration::from_secs(45),
-                "{tag}: nothing came\nthe client's log:\n{}\nthe server's log:\n{}",
-                hyperfs_tests::node_log_tail(&db),
-                hyperfs_tests::node_log_tail(&da)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{tag}: punched and read through the mount in {:?}", started.elapsed());
+        let text = "punched through a random NAT";
+        let took = mount_and_read((&home_b, &db), &key, &mnt, &only, text, Duration::from_secs(45), &[&da]);
+        eprintln!("{tag}: punched and read through the mount in {took:?}");
+        let mnt_s = mnt.to_str().expect("utf-8");
         for (ns, dir) in [(&home_b, &db), (&home_a, &da)] {
             let peers = json(ns, dir, &["peers", "--json"]);
             assert!(peers.as_array().expect("peers").iter().any(|p| p["path"] == "punched"), "{tag}: {peers}");
