@@ -432,6 +432,9 @@ pub struct Sharing {
     pub key: String,
     pub link: String,
     pub address: String,
+    /// The node's IPv6 address (every IPv6 address, the same port), where the host has IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
     /// The TCP address JS peers dial (`store.replicate(socket)`), when the node listens on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,

@@ -206,6 +206,9 @@ fn main() -> ExitCode {
                 print_json(&r);
             } else {
                 let mut on = r.address.clone();
+                if let Some(a6) = &r.address6 {
+                    on.push_str(&format!(", {a6}"));
+                }
                 if r.tcp.is_some() || r.udx.is_some() {
                     on.push_str(" (quic)");
                 }

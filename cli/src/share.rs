@@ -165,13 +165,19 @@ impl Net {
         let addr = endpoint.local_addr()?;
         crate::node::write_state(dir, "listen.addr", format!("{addr}\n").as_bytes())
             .with_context(|| format!("writing {}", remembered.display()))?;
-        tracing::info!(%addr, peer = %hex::encode(identity.peer_id()), "network started");
+        let addr6 = endpoint.local_addr6().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, addr6, peer = %hex::encode(identity.peer_id()), "network started");
         // Between hyperfs nodes TCP is the faster transport: the node accepts it on its QUIC
         // port number and dials it first (HYPERFS_TRANSPORT=quic keeps to QUIC, for comparing).
         if std::env::var("HYPERFS_TRANSPORT").as_deref() != Ok("quic") {
             endpoint.prefer_tcp(true);
             if let Err(e) = endpoint.listen_tcp(addr) {
                 tracing::warn!(error = %e, "TCP on the node's port: peers reach it over QUIC only");
+            }
+            if let Some(addr6) = endpoint.local_addr6() {
+                if let Err(e) = endpoint.listen_tcp(addr6) {
+                    tracing::warn!(error = %e, "TCP on the node's IPv6 port: IPv6 peers reach it over QUIC only");
+                }
             }
         }
         let endpoint = Arc::new(endpoint);

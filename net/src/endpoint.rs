@@ -260,7 +260,10 @@ struct Conn {
 }
 
 struct Inner {
+    /// The QUIC socket on the address the node listens on…
     endpoint: quinn::Endpoint,
+    /// …and, listening on every IPv4 address, its twin on every IPv6 address.
+    endpoint6: Option<quinn::Endpoint>,
     client: quinn::ClientConfig,
     shared: Arc<dyn Shared>,
     conns: Mutex<Vec<Conn>>,
@@ -310,6 +313,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// The node's QUIC sockets.
+    fn quics(&self) -> impl Iterator<Item = &quinn::Endpoint> {
+        std::iter::once(&self.endpoint).chain(&self.endpoint6)
+    }
+
+    /// The QUIC socket that dials `addr`: the IPv6 one for an IPv6 address, where there is one.
+    fn quic_for(&self, addr: &SocketAddr) -> &quinn::Endpoint {
+        match &self.endpoint6 {
+            Some(e) if addr.is_ipv6() => e,
+            _ => &self.endpoint,
+        }
+    }
+
     fn ban(&self, id: PeerId, address: SocketAddr) {
         let until = Instant::now() + BAN;
         let mut b = lock(&self.banned);
@@ -373,6 +389,41 @@ impl Drop for Admitted {
     }
 }
 
+/// Accepts QUIC peers on `quic` (one of the node's sockets) until it closes.
+async fn accept_quic(inner: Arc<Inner>, quic: quinn::Endpoint) {
+    while let Some(incoming) = quic.accept().await {
+        let inner = inner.clone();
+        if inner.is_banned(None, &incoming.remote_address()) {
+            incoming.refuse();
+            continue;
+        }
+        let Some(admitted) = Admitted::admit(&inner, incoming.remote_address().ip()) else {
+            tracing::info!(address = %incoming.remote_address(), "refused a connection: too many held");
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            match incoming.await {
+                Ok(connection) => {
+                    if let Err(e) = run_connection(inner, connection, false).await {
+                        tracing::info!(error = %e, "an incoming peer left");
+                    }
+                }
+                Err(e) => tracing::info!(error = %e, "an incoming connection failed"),
+            }
+        });
+    }
+}
+
+/// A UDP socket on `port` of every IPv6 address, IPv6 only (the IPv4 socket has the port there).
+fn bind_v6_only(port: u16) -> std::io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(s.into())
+}
+
 /// A running endpoint. Dropping it closes every connection.
 pub struct Endpoint {
     runtime: tokio::runtime::Runtime,
@@ -395,13 +446,36 @@ impl Endpoint {
             .build()
             .map_err(|e| NetError::Io(format!("starting the network runtime: {e}")))?;
         let (server_config, client_config) = quic_configs(identity)?;
-        let endpoint = {
+        let (endpoint, endpoint6) = {
             let _guard = runtime.enter();
-            quinn::Endpoint::server(server_config, listen)
-                .map_err(|e| NetError::Io(format!("listening on {listen}: {e}")))?
+            let endpoint = quinn::Endpoint::server(server_config.clone(), listen)
+                .map_err(|e| NetError::Io(format!("listening on {listen}: {e}")))?;
+            // On every IPv4 address, the node takes the same port on every IPv6 address too,
+            // where the host has IPv6 (a socket of its own: IPv4 peers keep plain addresses).
+            let port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
+            let endpoint6 = if listen.is_ipv4() && listen.ip().is_unspecified() {
+                match bind_v6_only(port).and_then(|socket| {
+                    quinn::Endpoint::new(
+                        quinn::EndpointConfig::default(),
+                        Some(server_config),
+                        socket,
+                        Arc::new(quinn::TokioRuntime),
+                    )
+                }) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::info!(error = %e, port, "no IPv6: peers reach this node over IPv4 only");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            (endpoint, endpoint6)
         };
         let inner = Arc::new(Inner {
             endpoint,
+            endpoint6,
             client: client_config,
             shared,
             conns: Mutex::new(Vec::new()),
@@ -427,32 +501,9 @@ impl Endpoint {
             banned: Mutex::new((HashMap::new(), HashMap::new())),
             claims: Mutex::new(HashMap::new()),
         });
-        let acceptor = inner.clone();
-        runtime.spawn(async move {
-            while let Some(incoming) = acceptor.endpoint.accept().await {
-                let inner = acceptor.clone();
-                if inner.is_banned(None, &incoming.remote_address()) {
-                    incoming.refuse();
-                    continue;
-                }
-                let Some(admitted) = Admitted::admit(&inner, incoming.remote_address().ip()) else {
-                    tracing::info!(address = %incoming.remote_address(), "refused a connection: too many held");
-                    incoming.refuse();
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let _admitted = admitted;
-                    match incoming.await {
-                        Ok(connection) => {
-                            if let Err(e) = run_connection(inner, connection, false).await {
-                                tracing::info!(error = %e, "an incoming peer left");
-                            }
-                        }
-                        Err(e) => tracing::info!(error = %e, "an incoming connection failed"),
-                    }
-                });
-            }
-        });
+        for quic in inner.quics() {
+            runtime.spawn(accept_quic(inner.clone(), quic.clone()));
+        }
         Ok(Endpoint { runtime, inner })
     }
 
@@ -472,6 +523,12 @@ impl Endpoint {
         self.inner.endpoint.local_addr().map_err(|e| NetError::Io(e.to_string()))
     }
 
+    /// The node's IPv6 socket's address, when it listens on every address and the host has IPv6
+    /// (the same port number as [`Endpoint::local_addr`]).
+    pub fn local_addr6(&self) -> Option<SocketAddr> {
+        self.inner.endpoint6.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
     /// Connects to a peer (if not connected yet) and returns its id once its channels are open.
     /// An address once dialed with [`Endpoint::connect_tcp`] is dialed over TCP. With TCP
     /// preferred ([`Endpoint::prefer_tcp`]), a node's address is tried over TCP first — the
@@ -486,48 +543,7 @@ impl Endpoint {
         }
         let inner = self.inner.clone();
         let tcp_first = transport.is_none() && inner.prefer_tcp.load(std::sync::atomic::Ordering::Relaxed);
-        self.runtime.block_on(async move {
-            if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
-                return Ok(c.id);
-            }
-            if tcp_first {
-                // A port that accepts but never completes the handshake is not waited on long.
-                let tried =
-                    tokio::time::timeout(TCP_FIRST * 6, dial_tcp(&inner, addr, TCP_FIRST, Some(TCP_NEAR))).await;
-                match tried.unwrap_or_else(|_| Err(NetError::Io("no secret-stream handshake within 3 s".into()))) {
-                    Ok(id) => return Ok(id),
-                    Err(e @ NetError::SelfDial(_)) => return Err(e),
-                    Err(e) => tracing::debug!(%addr, error = %e, "no TCP peer there: dialing QUIC"),
-                }
-            }
-            let connecting = inner
-                .endpoint
-                .connect_with(inner.client.clone(), addr, "hyperfs")
-                .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
-            let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
-                .await
-                .map_err(|_| NetError::Io(format!("{addr} did not answer within 10 s")))?
-                .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
-            let id = remote_id(&connection)?;
-            if id == inner.me {
-                connection.close(0u32.into(), b"self");
-                return Err(NetError::SelfDial(addr));
-            }
-            let task = inner.clone();
-            tokio::spawn(async move {
-                if let Err(e) = run_connection(task, connection, true).await {
-                    tracing::info!(error = %e, "a peer we dialed left");
-                }
-            });
-            // The connection registers itself before it sends anything.
-            for _ in 0..200 {
-                if lock(&inner.conns).iter().any(|c| c.id == id) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Ok(id)
-        })
+        self.runtime.block_on(dial_node(&inner, addr, tcp_first))
     }
 
     /// Dials `addr` with the JS stack's wire over `transport` from now on (see
@@ -773,13 +789,21 @@ impl Endpoint {
         let bound = lock(&inner.tcp)
             .iter()
             .copied()
-            .find(|b| addr.port() != 0 && b.port() == addr.port() && (b.ip() == addr.ip() || b.ip().is_unspecified()));
+            .find(|b| {
+                let same_port = addr.port() != 0 && b.port() == addr.port() && b.is_ipv4() == addr.is_ipv4();
+                same_port && (b.ip() == addr.ip() || b.ip().is_unspecified())
+            });
         if let Some(bound) = bound {
             return Ok(bound);
         }
+        let v6_only = inner.endpoint6.is_some();
         let listener = self.runtime.block_on(async move {
             let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
                 .map_err(|e| NetError::Io(e.to_string()))?;
+            if addr.is_ipv6() && v6_only {
+                // Beside the IPv4 listener on the port, as the QUIC sockets are.
+                socket2::SockRef::from(&socket).set_only_v6(true).map_err(|e| NetError::Io(e.to_string()))?;
+            }
             socket.set_reuseaddr(true).map_err(|e| NetError::Io(e.to_string()))?;
             // Dials go out from the listening port too (`dial_tcp`).
             socket.set_reuseport(true).map_err(|e| NetError::Io(e.to_string()))?;
@@ -1049,17 +1073,26 @@ impl Endpoint {
     /// Closes every connection and waits (up to a second) until peers were told, so they turn
     /// to other peers at once rather than after the idle timeout.
     pub fn shutdown(&self) {
-        self.inner.endpoint.close(0u32.into(), b"bye");
-        let endpoint = self.inner.endpoint.clone();
+        let quics: Vec<quinn::Endpoint> = self.inner.quics().cloned().collect();
+        for e in &quics {
+            e.close(0u32.into(), b"bye");
+        }
         self.runtime.block_on(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            let idle = async {
+                for e in &quics {
+                    e.wait_idle().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
         });
     }
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        self.inner.endpoint.close(0u32.into(), b"bye");
+        for e in self.inner.quics() {
+            e.close(0u32.into(), b"bye");
+        }
     }
 }
 
@@ -1499,6 +1532,52 @@ async fn dht_client(inner: &Inner) -> Result<Arc<crate::dht::Client>, NetError> 
     inner.dht.lock().await.clone().ok_or_else(|| NetError::Io("HyperDHT is off on this node".into()))
 }
 
+/// Dials a hyperfs node at `addr` (over TCP first with `tcp_first`, then QUIC from the socket
+/// of `addr`'s family) unless a connection to that address runs; returns its id once the
+/// connection is registered.
+async fn dial_node(inner: &Arc<Inner>, addr: SocketAddr, tcp_first: bool) -> Result<PeerId, NetError> {
+    if let Some(c) = lock(&inner.conns).iter().find(|c| c.address == addr) {
+        return Ok(c.id);
+    }
+    if tcp_first {
+        // A port that accepts but never completes the handshake is not waited on long.
+        let tried =
+            tokio::time::timeout(TCP_FIRST * 6, dial_tcp(inner, addr, TCP_FIRST, Some(TCP_NEAR))).await;
+        match tried.unwrap_or_else(|_| Err(NetError::Io("no secret-stream handshake within 3 s".into()))) {
+            Ok(id) => return Ok(id),
+            Err(e @ NetError::SelfDial(_)) => return Err(e),
+            Err(e) => tracing::debug!(%addr, error = %e, "no TCP peer there: dialing QUIC"),
+        }
+    }
+    let connecting = inner
+        .quic_for(&addr)
+        .connect_with(inner.client.clone(), addr, "hyperfs")
+        .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
+    let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| NetError::Io(format!("{addr} did not answer within 10 s")))?
+        .map_err(|e| NetError::Io(format!("connecting to {addr}: {e}")))?;
+    let id = remote_id(&connection)?;
+    if id == inner.me {
+        connection.close(0u32.into(), b"self");
+        return Err(NetError::SelfDial(addr));
+    }
+    let task = inner.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run_connection(task, connection, true).await {
+            tracing::info!(error = %e, "a peer we dialed left");
+        }
+    });
+    // The connection registers itself before it sends anything.
+    for _ in 0..200 {
+        if lock(&inner.conns).iter().any(|c| c.id == id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(id)
+}
+
 /// The node's UDX socket: the one accepting peers, else one bound for dialing (IPv4).
 async fn udx_socket(inner: &Inner) -> Result<Arc<crate::udx_socket::UdxSocket>, NetError> {
     let mut udx = inner.udx.lock().await;
@@ -1532,7 +1611,11 @@ async fn dial_tcp(
     near: Option<Duration>,
 ) -> Result<PeerId, NetError> {
     let quic_port = inner.endpoint.local_addr().map(|a| a.port()).ok();
-    let own = lock(&inner.tcp).iter().copied().find(|t| Some(t.port()) == quic_port);
+    let own = {
+        let tcp = lock(&inner.tcp);
+        let on_port = || tcp.iter().copied().filter(|t| Some(t.port()) == quic_port);
+        on_port().find(|t| t.is_ipv4() == addr.is_ipv4()).or_else(|| on_port().next())
+    };
     let from = own.and_then(|own| match own.ip() {
         ip if ip.is_unspecified() => {
             let any: std::net::IpAddr = if addr.is_ipv4() {

@@ -428,6 +428,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 key: hex::encode(key),
                 link: format!("hyper://{}", z32_encode(&key.0)),
                 address: net.endpoint.local_addr()?.to_string(),
+                address6: net.endpoint.local_addr6().map(|a| a.to_string()),
                 tcp: net.wire_addr(hyperfs_net::Transport::Tcp).map(|a| a.to_string()),
                 udx: net.wire_addr(hyperfs_net::Transport::Udx).map(|a| a.to_string()),
             })
