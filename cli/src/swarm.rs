@@ -183,9 +183,16 @@ impl Swarm {
                 let shared = Arc::downgrade(&self.shared);
                 let spawned = std::thread::Builder::new().name("hyperfs-dial".into()).spawn(move || {
                     let how = match endpoint.connect(address) {
-                        Ok(_) => {
-                            tracing::info!(%address, via = source.name(), "connected to a peer discovery found");
-                            Dialed::Connected
+                        Ok(id) => {
+                            let peers = endpoint.peers();
+                            let here = peers.iter().any(|p| p.id == id && p.address == address);
+                            if !here && peers.iter().any(|p| p.id == id) {
+                                tracing::debug!(%address, "a peer discovery found is connected at another address");
+                                Dialed::Elsewhere
+                            } else {
+                                tracing::info!(%address, via = source.name(), "connected to a peer discovery found");
+                                Dialed::Connected
+                            }
                         }
                         Err(hyperfs_net::NetError::SelfDial(_)) => Dialed::Ourselves,
                         Err(e) => {

@@ -6,7 +6,8 @@
 //! never the key or the discovery key itself. A peer that finds us still has to prove it knows
 //! the key before a channel opens (the capability of [`crate::endpoint`]).
 //!
-//! LAN datagrams (UDP to 239.255.72.70:49737): `"HFSL"` ‖ version 1 ‖ kind (1 query, 2
+//! LAN datagrams (UDP to 239.255.72.70:49737, and to [ff02::4846:534c]:49737 on every
+//! interface with IPv6): `"HFSL"` ‖ version 1 ‖ kind (1 query, 2
 //! announce) ‖ the sender's peer id (32) ‖ its QUIC port (u16, big-endian) ‖ a count ‖ that many
 //! 32-byte topics. A query asks who serves the topics; a node serving one answers with an
 //! announce (multicast, so every node looking learns at once). A datagram that does not parse
@@ -15,7 +16,7 @@
 //! Knows nothing of drives or the node: it reports `(topic, address)` pairs.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use crate::NetError;
 
 /// The LAN multicast group and port.
 pub const LAN_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 72, 70);
+/// The LAN's IPv6 multicast group (link-local scope), on the same port.
+pub const LAN_GROUP6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x4846, 0x534c);
 pub const LAN_PORT: u16 = 49737;
 const MAGIC: &[u8; 4] = b"HFSL";
 const VERSION: u8 = 1;
@@ -121,49 +124,177 @@ struct LanState {
     topics: HashMap<Hash, bool>,
 }
 
-/// LAN discovery: one multicast socket, a receiving thread.
+/// LAN discovery: a multicast socket for IPv4 and one for IPv6 (where the host has it), a
+/// receiving thread each.
 pub struct Lan {
-    socket: UdpSocket,
+    sockets: Vec<LanSocket>,
     peer: PeerId,
     port: u16,
     state: Arc<Mutex<LanState>>,
 }
 
+/// One of the LAN's sockets: IPv4's joins [`LAN_GROUP`]; IPv6's joins [`LAN_GROUP6`] on every
+/// interface with IPv6, and sends on each of them (a link-local group belongs to one link).
+struct LanSocket {
+    socket: UdpSocket,
+    /// The interfaces IPv6's socket has joined the group on (empty for IPv4's), shared by its
+    /// clones (the membership is the socket's).
+    joined: Arc<Mutex<Vec<u32>>>,
+    v6: bool,
+}
+
+impl LanSocket {
+    fn bind(v6: bool) -> std::io::Result<LanSocket> {
+        let domain = if v6 { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        // Several nodes on one host share the port; each gets every datagram.
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if v6 {
+            s.set_only_v6(true)?;
+            s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, LAN_PORT)).into())?;
+            s.set_multicast_loop_v6(true)?;
+            s.set_multicast_hops_v6(1)?;
+        } else {
+            s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LAN_PORT).into())?;
+            s.join_multicast_v4(&LAN_GROUP, &Ipv4Addr::UNSPECIFIED)?;
+            s.set_multicast_loop_v4(true)?;
+            s.set_multicast_ttl_v4(1)?;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let socket = LanSocket { socket: s.into(), joined: Arc::default(), v6 };
+        if v6 && socket.links().is_empty() {
+            return Err(std::io::Error::other("no interface has IPv6"));
+        }
+        Ok(socket)
+    }
+
+    /// The interfaces to send on: IPv4's one default; for IPv6, every interface with IPv6
+    /// (joining the group on any new since the last time).
+    fn links(&self) -> Vec<u32> {
+        if !self.v6 {
+            return vec![0];
+        }
+        let links = ipv6_links();
+        let mut joined = lock(&self.joined);
+        joined.retain(|i| links.contains(i));
+        for &i in &links {
+            if joined.contains(&i) {
+                continue;
+            }
+            match self.socket.join_multicast_v6(&LAN_GROUP6, i) {
+                Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+                    tracing::debug!(error = %e, link = i, "LAN discovery: joining IPv6's group")
+                }
+                _ => joined.push(i),
+            }
+        }
+        joined.clone()
+    }
+
+    fn send(&self, bytes: &[u8]) {
+        for link in self.links() {
+            let to = if self.v6 {
+                SocketAddr::V6(SocketAddrV6::new(LAN_GROUP6, LAN_PORT, 0, link))
+            } else {
+                SocketAddr::V4(SocketAddrV4::new(LAN_GROUP, LAN_PORT))
+            };
+            if let Err(e) = self.socket.send_to(bytes, to) {
+                tracing::debug!(error = %e, %to, "LAN discovery: sending");
+            }
+        }
+    }
+}
+
+/// The interfaces with IPv6 that multicast can use: those with a link-local address
+/// (`/proc/net/if_inet6`: address, interface index, prefix, scope, flags, name).
+fn ipv6_links() -> Vec<u32> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/if_inet6") else { return Vec::new() };
+    let mut links = Vec::new();
+    for line in table.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[0].starts_with("fe80") {
+            continue;
+        }
+        if let Ok(i) = u32::from_str_radix(f[1], 16) {
+            if !links.contains(&i) {
+                links.push(i);
+            }
+        }
+    }
+    links
+}
+
+/// This host's IPv6 addresses that other hosts can reach: global scope (ULAs included, as test
+/// networks and many LANs use them), not tentative, deprecated or temporary.
+pub fn ipv6_addresses() -> Vec<Ipv6Addr> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/if_inet6") else { return Vec::new() };
+    // IFA_F_TEMPORARY 0x01, IFA_F_DADFAILED 0x08, IFA_F_DEPRECATED 0x20, IFA_F_TENTATIVE 0x40.
+    const UNFIT: u32 = 0x01 | 0x08 | 0x20 | 0x40;
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(hex), Some(scope), Some(flags)) = (f.first(), f.get(3), f.get(4)) else { continue };
+        let scope = u32::from_str_radix(scope, 16).unwrap_or(u32::MAX);
+        let flags = u32::from_str_radix(flags, 16).unwrap_or(UNFIT);
+        let Ok(bits) = u128::from_str_radix(hex, 16) else { continue };
+        if hex.len() == 32 && scope == 0 && flags & UNFIT == 0 {
+            out.push(Ipv6Addr::from(bits));
+        }
+    }
+    out
+}
+
 impl Lan {
-    /// Joins the multicast group as the node `peer` whose QUIC endpoint is on `port`; what it
-    /// hears about joined topics goes to `found`.
+    /// Joins the multicast groups as the node `peer` whose QUIC endpoint is on `port`; what it
+    /// hears about joined topics goes to `found`. Fails only when neither IPv4 nor IPv6 works.
     pub fn start(peer: PeerId, port: u16, found: Found) -> Result<Lan, NetError> {
         let io = |e: std::io::Error| NetError::Io(format!("LAN discovery: {e}"));
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-            .map_err(io)?;
-        // Several nodes on one host share the port; each gets every datagram.
-        s.set_reuse_address(true).map_err(io)?;
-        s.set_reuse_port(true).map_err(io)?;
-        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, LAN_PORT).into()).map_err(io)?;
-        let socket: UdpSocket = s.into();
-        socket.join_multicast_v4(&LAN_GROUP, &Ipv4Addr::UNSPECIFIED).map_err(io)?;
-        socket.set_multicast_loop_v4(true).map_err(io)?;
-        socket.set_multicast_ttl_v4(1).map_err(io)?;
-        socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(io)?;
+        let mut sockets = Vec::new();
+        let mut failed = Vec::new();
+        for v6 in [false, true] {
+            match LanSocket::bind(v6) {
+                Ok(s) => sockets.push(s),
+                Err(e) => failed.push(format!("IPv{}: {e}", if v6 { 6 } else { 4 })),
+            }
+        }
+        if sockets.is_empty() {
+            return Err(NetError::Io(format!("LAN discovery: {}", failed.join("; "))));
+        }
+        for f in &failed {
+            tracing::info!("LAN discovery without {f}");
+        }
         let state = Arc::new(Mutex::new(LanState { topics: HashMap::new() }));
-        let lan = Lan { socket: socket.try_clone().map_err(io)?, peer, port, state: state.clone() };
-        let answer = Lan { socket: socket.try_clone().map_err(io)?, peer, port, state: state.clone() };
-        let weak = Arc::downgrade(&state);
-        std::thread::Builder::new()
-            .name("hyperfs-lan".into())
-            .spawn(move || {
-                let mut buf = [0u8; 2048];
-                // Ends when the Lan (the last other holder of the state) is dropped.
-                while weak.strong_count() > 1 {
-                    let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
-                    let Some(d) = Datagram::decode(&buf[..n]) else { continue };
-                    if d.peer == peer {
-                        continue;
+        let clone = |s: &LanSocket| -> Result<LanSocket, NetError> {
+            Ok(LanSocket { socket: s.socket.try_clone().map_err(io)?, joined: s.joined.clone(), v6: s.v6 })
+        };
+        let mut receivers = Vec::new();
+        for s in &sockets {
+            receivers.push(clone(s)?);
+        }
+        let lan = Lan { sockets, peer, port, state: state.clone() };
+        // The state's holders: the Lan and each receiving thread.
+        let holders = receivers.len() + 1;
+        for receiver in receivers {
+            let answer = Lan { sockets: vec![clone(&receiver)?], peer, port, state: state.clone() };
+            let weak = Arc::downgrade(&state);
+            let found = found.clone();
+            std::thread::Builder::new()
+                .name("hyperfs-lan".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    // Ends when the Lan (the last other holder of the state) is dropped.
+                    while weak.strong_count() >= holders {
+                        let Ok((n, from)) = receiver.socket.recv_from(&mut buf) else { continue };
+                        let Some(d) = Datagram::decode(&buf[..n]) else { continue };
+                        if d.peer == peer {
+                            continue;
+                        }
+                        answer.heard(&d, from, &found);
                     }
-                    answer.heard(&d, from, &found);
-                }
-            })
-            .map_err(io)?;
+                })
+                .map_err(io)?;
+        }
         Ok(lan)
     }
 
@@ -177,7 +308,11 @@ impl Lan {
         match d.kind {
             QUERY if !ours.is_empty() => self.send(ANNOUNCE, &ours),
             ANNOUNCE => {
-                let addr = SocketAddr::new(from.ip(), d.port);
+                // A link-local sender is reached through the interface it was heard on.
+                let addr = match from {
+                    SocketAddr::V6(f) => SocketAddr::V6(SocketAddrV6::new(*f.ip(), d.port, 0, f.scope_id())),
+                    SocketAddr::V4(f) => SocketAddr::V4(SocketAddrV4::new(*f.ip(), d.port)),
+                };
                 for t in joined {
                     found(t, addr, Source::Lan);
                 }
@@ -189,8 +324,9 @@ impl Lan {
     fn send(&self, kind: u8, topics: &[Hash]) {
         for part in topics.chunks(MAX_TOPICS) {
             let d = Datagram { kind, peer: self.peer, port: self.port, topics: part.to_vec() };
-            if let Err(e) = self.socket.send_to(&d.encode(), SocketAddrV4::new(LAN_GROUP, LAN_PORT)) {
-                tracing::debug!(error = %e, "LAN discovery: sending");
+            let bytes = d.encode();
+            for s in &self.sockets {
+                s.send(&bytes);
             }
         }
     }

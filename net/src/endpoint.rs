@@ -786,13 +786,10 @@ impl Endpoint {
     /// `addr`'s port (on its address or on every address) is returned as it is.
     pub fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, NetError> {
         let inner = self.inner.clone();
-        let bound = lock(&inner.tcp)
-            .iter()
-            .copied()
-            .find(|b| {
-                let same_port = addr.port() != 0 && b.port() == addr.port() && b.is_ipv4() == addr.is_ipv4();
-                same_port && (b.ip() == addr.ip() || b.ip().is_unspecified())
-            });
+        let bound = lock(&inner.tcp).iter().copied().find(|b| {
+            let same_port = addr.port() != 0 && b.port() == addr.port() && b.is_ipv4() == addr.is_ipv4();
+            same_port && (b.ip() == addr.ip() || b.ip().is_unspecified())
+        });
         if let Some(bound) = bound {
             return Ok(bound);
         }
@@ -1541,8 +1538,7 @@ async fn dial_node(inner: &Arc<Inner>, addr: SocketAddr, tcp_first: bool) -> Res
     }
     if tcp_first {
         // A port that accepts but never completes the handshake is not waited on long.
-        let tried =
-            tokio::time::timeout(TCP_FIRST * 6, dial_tcp(inner, addr, TCP_FIRST, Some(TCP_NEAR))).await;
+        let tried = tokio::time::timeout(TCP_FIRST * 6, dial_tcp(inner, addr, TCP_FIRST, Some(TCP_NEAR))).await;
         match tried.unwrap_or_else(|_| Err(NetError::Io("no secret-stream handshake within 3 s".into()))) {
             Ok(id) => return Ok(id),
             Err(e @ NetError::SelfDial(_)) => return Err(e),

@@ -35,6 +35,8 @@ pub const DHT_ANNOUNCE_EVERY: Duration = Duration::from_secs(600);
 pub const MAX_CANDIDATES: usize = 1024;
 /// A connected address is not dialed again for this long after it connected.
 const AFTER_CONNECT: Duration = Duration::from_secs(1);
+/// An address of a peer connected at another address is not dialed again for this long.
+const ELSEWHERE: Duration = Duration::from_secs(60);
 /// Backoff after `n` failures: 2^n seconds, at most this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// An address that failed and is heard of again is tried within this.
@@ -96,6 +98,9 @@ pub enum Dialed {
     Connected,
     /// The address is this node's own.
     Ourselves,
+    /// The peer there was connected already, at another of its addresses (IPv4 and IPv6, or
+    /// two interfaces): the connection there is kept and this address is let be a while.
+    Elsewhere,
     Failed,
 }
 
@@ -300,6 +305,10 @@ impl Swarm {
                 self.sources.insert(address, c.source);
             }
             Dialed::Ourselves => c.next_try = now + NEVER,
+            Dialed::Elsewhere => {
+                c.failures = 0;
+                c.next_try = now + ELSEWHERE;
+            }
             Dialed::Failed => {
                 c.failures += 1;
                 c.next_try = now + backoff(c.failures);

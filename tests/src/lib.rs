@@ -379,6 +379,31 @@ impl Hosts {
         format!("10.{}.0.{}", self.subnet, i + 1)
     }
 
+    /// Host `i`'s IPv6 address, once [`Hosts::with_ipv6`] gave it one.
+    pub fn ip6(&self, i: usize) -> String {
+        format!("fd48:{}::{}", self.subnet, i + 1)
+    }
+
+    /// Gives every host an IPv6 address on the bridge ([`Hosts::ip6`], a unique local one), and
+    /// with `only` takes their IPv4 addresses away: an IPv6-only LAN. Returns once the hosts'
+    /// addresses, link-local ones included, are usable (past duplicate address detection).
+    pub fn with_ipv6(&self, only: bool) {
+        for (i, ns) in self.names.iter().enumerate() {
+            let inside = format!("{ns}i");
+            in_ns(ns, &["ip", "-6", "addr", "add", &format!("{}/64", self.ip6(i)), "dev", &inside, "nodad"]);
+            if only {
+                in_ns(ns, &["ip", "-4", "addr", "flush", "dev", &inside]);
+            }
+        }
+        let started = std::time::Instant::now();
+        for ns in &self.names {
+            while !in_ns(ns, &["ip", "-6", "addr", "show", "tentative"]).trim().is_empty() {
+                assert!(started.elapsed() < std::time::Duration::from_secs(10), "IPv6 addresses still tentative");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+
     /// The first NAT router's public address and the private address of the host behind it
     /// (see [`Hosts::behind_nat`]).
     pub fn nat_ips(&self) -> (String, String) {

@@ -260,3 +260,26 @@ fn a_connected_peer_never_makes_the_driver_spin() {
     s.dialed(addr(2), Dialed::Failed, later);
     assert!(s.next_timeout(later).is_some_and(|t| t > later));
 }
+
+/// A peer heard of at two addresses (IPv4 and IPv6 on one LAN): the dial of the second finds it
+/// connected at the first, and that address is let be for a minute, not dialed every second.
+#[test]
+fn a_second_address_of_a_connected_peer_is_let_be() {
+    let now = Instant::now();
+    let mut s = Swarm::new(both());
+    s.join(T, CORE, false, false, &[], now);
+    let v6: SocketAddr = "[fe80::1%2]:4000".parse().expect("an address");
+    s.add(T, addr(1), Source::Lan, now);
+    s.add(T, v6, Source::Lan, now);
+    assert_eq!(dials(&s.poll(now, &[])), vec![addr(1), v6]);
+    s.dialed(addr(1), Dialed::Connected, now);
+    s.dialed(v6, Dialed::Elsewhere, now);
+    let connected = [peer(1)];
+    for secs in [1, 2, 10, 59] {
+        let t = now + Duration::from_secs(secs);
+        assert!(dials(&s.poll(t, &connected)).is_empty(), "dialed again after {secs} s");
+    }
+    assert!(s.next_timeout(now + Duration::from_secs(59)).is_some_and(|t| t <= now + Duration::from_secs(60)));
+    // After a minute it is tried again, as any address of a topic still short of peers.
+    assert_eq!(dials(&s.poll(now + Duration::from_secs(60), &connected)), vec![v6]);
+}

@@ -167,7 +167,9 @@ fn with_the_dht_off_the_lan_alone_connects_two_hosts() {
     assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).expect("read"), "from a, found on the lan");
     let peers = json(b, &db, &["peers", "--json"]);
     assert_eq!(peers[0]["found"], "lan", "{peers}");
-    assert!(peers[0]["address"].as_str().expect("address").starts_with(&format!("{}:", hosts.ip(0))));
+    // Heard on IPv4's group or on IPv6's (each host's link-local address): either is A.
+    let at = peers[0]["address"].as_str().expect("address");
+    assert!(at.starts_with(&format!("{}:", hosts.ip(0))) || at.starts_with("[fe80::"), "{peers}");
 
     // `--no-announce`: a drive shared that way is not answered for on the LAN.
     Hosts::hyperfs_ok(a, &da, &["create", "--name", "quiet"]);
@@ -179,6 +181,67 @@ fn with_the_dht_off_the_lan_alone_connects_two_hosts() {
     let out = Hosts::hyperfs(b, &dq, &["mount", &quiet, mnt2.to_str().expect("utf-8"), "--no-dht", "--no-hyperdht"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no peer gave drive"), "{err}");
+}
+
+/// On a LAN with IPv6 alone, LAN discovery finds the drive through IPv6's multicast group and
+/// the mount reads over the link-local address it was heard from; a peer given by its IPv6
+/// address (`--peer [ADDR]:PORT`) is reached too, over TCP and over QUIC.
+#[test]
+fn an_ipv6_only_lan_finds_and_reads_a_drive() {
+    let hosts = Hosts::new(2);
+    hosts.with_ipv6(true);
+    let (a, b) = (&hosts.names[0], &hosts.names[1]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (da, db, dc, dq) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"), tmp.path().join("q"));
+    let _stop = [Stop(&da), Stop(&db), Stop(&dc), Stop(&dq)];
+    let key = shared_drive(a, &da, "from a, over IPv6", &["--no-dht", "--no-hyperdht"]);
+    let port = json(a, &da, &["share", "d", "--json"])["address6"].as_str().expect("an IPv6 address").to_owned();
+    let port = port.rsplit(':').next().expect("a port").to_owned();
+
+    let mnt = tmp.path().join("mnt-b");
+    let took = mount_and_read(
+        (b, &db),
+        &key,
+        &mnt,
+        &["--no-dht", "--no-hyperdht"],
+        "from a, over IPv6",
+        Duration::from_secs(10),
+        &[&da],
+    );
+    eprintln!("found on an IPv6 LAN and read in {took:?}");
+    let peers = json(b, &db, &["peers", "--json"]);
+    assert_eq!(peers.as_array().map(Vec::len), Some(1), "one connection to A, whatever it heard: {peers}");
+    assert_eq!(peers[0]["found"], "lan", "{peers}");
+    assert!(peers[0]["address"].as_str().expect("address").starts_with("[fe80::"), "{peers}");
+
+    // By its address, no discovery at all, over TCP (a node's first choice) and over QUIC.
+    let at = format!("[{}]:{port}", hosts.ip6(0));
+    let alone = ["--no-dht", "--no-hyperdht", "--no-lan", "--peer", at.as_str()];
+    for (dir, quic) in [(&dc, false), (&dq, true)] {
+        let mut args = vec!["clone", key.as_str(), "--name", "c"];
+        args.extend_from_slice(&alone);
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{b}"))
+            .arg(hyperfs_tests::hyperfs_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(&args);
+        if quic {
+            cmd.env("HYPERFS_TRANSPORT", "quic");
+        }
+        let out = cmd.output().expect("run hyperfs");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            hyperfs_tests::node_log_tail(dir)
+        );
+        let got = Hosts::hyperfs_ok(b, dir, &["cat", "c:/hello.txt"]);
+        assert_eq!(got, "from a, over IPv6");
+        let peers = json(b, dir, &["peers", "--json"]);
+        assert_eq!(peers[0]["address"], at.as_str(), "{peers}");
+        assert_eq!(peers[0]["transport"], if quic { "quic" } else { "tcp" }, "{peers}");
+    }
 }
 
 #[test]
