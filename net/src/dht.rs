@@ -942,17 +942,17 @@ impl Client {
     }
 
     /// The Noise IK handshake with the server of `public_key`, through the nodes that hold its
-    /// registration (FIND_PEER, then PEER_HANDSHAKE relayed by one of them), telling it this
-    /// client's NAT (`firewall`, public `addresses`).
+    /// registration (FIND_PEER, then PEER_HANDSHAKE relayed by one of them), telling it where
+    /// this client is (`reach`).
     pub async fn handshake(
         &self,
         public_key: [u8; 32],
         me: crate::noise::KeyPair,
         udx_id: u32,
-        firewall: Firewall,
-        addresses: Vec<SocketAddrV4>,
+        reach: Reach,
         relay_through: Option<RelayThrough>,
     ) -> Result<Shaken, String> {
+        let Reach { firewall, addresses, addresses6 } = reach;
         let target = crypto::hash(&[&public_key]);
         let relays: Vec<Replied> = self
             .walk(target, false, command::FIND_PEER, None)
@@ -967,6 +967,7 @@ impl Client {
             version: 1,
             firewall: firewall as u64,
             addresses4: addresses,
+            addresses6,
             udx: Some(UdxInfo { version: 1, features: 0, id: u64::from(udx_id), seq: 0 }),
             secret_stream: Some(1),
             relay_through,
@@ -1018,6 +1019,15 @@ impl Client {
         let hp = reply.value.as_deref().and_then(Holepunch::decode)?;
         (hp.mode == 4).then(|| (hp.payload, hp.peer_address.unwrap_or(relay)))
     }
+}
+
+/// Where a client says it is in its handshake: its NAT's kind, its public IPv4 addresses, and
+/// the IPv6 addresses hyperfs servers may dial it on (JS servers ignore them).
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub firewall: Firewall,
+    pub addresses: Vec<SocketAddrV4>,
+    pub addresses6: Vec<std::net::SocketAddrV6>,
 }
 
 /// A finished handshake with a HyperDHT server: its result, the server's payload and UDX

@@ -63,6 +63,10 @@ const RANGES: &str = "hyperfs/ranges";
 /// AES-256-GCM after a [`Message::CipherSwitch`].
 const HELLO_AES: &[u8] = b"aes-256-gcm";
 /// How long a JS-wire handshake may take.
+/// IPv6 addresses a HyperDHT handshake answer offers at most (and a client tries).
+const MAX_ADDRESSES6: usize = 4;
+/// How long a client's straight dial of one of them may take.
+const DIAL6_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a HyperDHT server pings the nodes holding its registration (as HyperDHT does, a
 /// few seconds apart: mobile NATs forget mappings fast).
@@ -316,6 +320,16 @@ impl Inner {
     /// The node's QUIC sockets.
     fn quics(&self) -> impl Iterator<Item = &quinn::Endpoint> {
         std::iter::once(&self.endpoint).chain(&self.endpoint6)
+    }
+
+    /// Where peers reach this node over IPv6: its IPv6 socket's port on each of the host's IPv6
+    /// addresses that other hosts can reach (none without an IPv6 socket).
+    fn addresses6(&self) -> Vec<std::net::SocketAddrV6> {
+        let Some(port) = self.endpoint6.as_ref().and_then(|e| e.local_addr().ok()).map(|a| a.port()) else {
+            return Vec::new();
+        };
+        let ips = crate::discovery::ipv6_addresses();
+        ips.into_iter().take(MAX_ADDRESSES6).map(|ip| std::net::SocketAddrV6::new(ip, port, 0, 0)).collect()
     }
 
     /// The QUIC socket that dials `addr`: the IPv6 one for an IPv6 address, where there is one.
@@ -1424,7 +1438,9 @@ async fn server_handshake(
     let punch = hs.mode == 2 && !client_open && relayed.is_none();
     let nat = hyperdht::server_nat(inner, client, punch.then_some(from4));
     let slot = nat.2.as_ref().map(|(id, _)| *id);
-    let ours = hyperdht::server_payload(error, our_id, nat);
+    let mut ours = hyperdht::server_payload(error, our_id, nat);
+    // hyperfs clients with IPv6 dial these straight (JS's ignore them).
+    ours.addresses6 = inner.addresses6();
     let (Ok(msg2), Some(done), Some(their_udx)) = (noise.send(&ours.encode()), noise.done().cloned(), their_udx) else {
         if let Some(id) = slot {
             inner.dht_slots.free(id);
@@ -1467,6 +1483,7 @@ async fn server_handshake(
     if udx.send_raw(&message.encode(), from).await.is_err() {
         return;
     }
+    hyperdht::dial_back_v6(inner, done.remote_static, &theirs.addresses6);
     if let Some((through, done)) = relay {
         hyperdht::serve_relayed(inner, through, our_id, done);
         return;

@@ -441,7 +441,7 @@ impl Hosts {
         let k = self.homes;
         self.homes += 1;
         let router = self.router(k);
-        let host = if k == 0 { format!("{}n", self.bridge) } else { format!("{}n{k}", self.bridge) };
+        let host = self.home_host(k);
         self.attach(&router, 254 - k);
         let _ = Command::new("ip").args(["netns", "del", &host]).output();
         ip_cmd(&["netns", "add", &host]);
@@ -471,6 +471,63 @@ impl Hosts {
         in_ns(&host, &["ip", "link", "set", &h_if, "up"]);
         in_ns(&host, &["ip", "route", "add", "default", "via", &self.private(k, 1)]);
         host
+    }
+
+    /// Home `k`'s host namespace.
+    fn home_host(&self, k: u8) -> String {
+        if k == 0 {
+            format!("{}n", self.bridge)
+        } else {
+            format!("{}n{k}", self.bridge)
+        }
+    }
+
+    /// Home `k`'s host's IPv6 address (`fd48:S:(k+1)::2`), once [`Hosts::homes_with_ipv6`] gave
+    /// it one.
+    pub fn home_ip6(&self, k: u8) -> String {
+        format!("fd48:{}:{}::2", self.subnet, k + 1)
+    }
+
+    /// IPv6 everywhere, routed and never translated, beside the homes' IPv4 NATs: the bridge's
+    /// hosts get [`Hosts::ip6`], each home's router `fd48:S::(254 − k)` outside and
+    /// `fd48:S:(k+1)::1` inside, its host [`Hosts::home_ip6`], and every namespace on the bridge
+    /// a route to each home's prefix through its router. With `guarded`, the routers drop
+    /// unasked IPv6 packets coming in, as home routers' IPv6 firewalls do.
+    pub fn homes_with_ipv6(&self, guarded: bool) {
+        self.with_ipv6(false);
+        let routers: Vec<String> = (0..self.homes).map(|k| self.router(k)).collect();
+        for k in 0..self.homes {
+            let (router, host) = (self.router(k), self.home_host(k));
+            let outside = format!("fd48:{}::{}/64", self.subnet, 254 - k);
+            in_ns(&router, &["ip", "-6", "addr", "add", &outside, "dev", &format!("{router}i"), "nodad"]);
+            let inside = format!("fd48:{}:{}::1/64", self.subnet, k + 1);
+            in_ns(&router, &["ip", "-6", "addr", "add", &inside, "dev", &format!("{router}p"), "nodad"]);
+            in_ns(&router, &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+            if guarded {
+                let public_if = format!("{router}i");
+                let drop = ["-A", "FORWARD", "-i", &public_if, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"];
+                let mut rule = vec!["ip6tables"];
+                rule.extend_from_slice(&drop);
+                in_ns(&router, &rule);
+            }
+            in_ns(
+                &host,
+                &["ip", "-6", "addr", "add", &format!("{}/64", self.home_ip6(k)), "dev", &format!("{host}p"), "nodad"],
+            );
+            in_ns(
+                &host,
+                &["ip", "-6", "route", "add", "default", "via", &format!("fd48:{}:{}::1", self.subnet, k + 1)],
+            );
+        }
+        for ns in self.names.iter().chain(&routers) {
+            for j in 0..self.homes {
+                if *ns == self.router(j) {
+                    continue;
+                }
+                let prefix = format!("fd48:{}:{}::/64", self.subnet, j + 1);
+                in_ns(ns, &["ip", "-6", "route", "add", &prefix, "via", &format!("fd48:{}::{}", self.subnet, 254 - j)]);
+            }
+        }
     }
 
     /// How the first home's NAT maps its host's ports (see [`Hosts::home_random`]).

@@ -15,7 +15,7 @@
 //! Everything runs on the one UDX socket that carries the DHT client's datagrams: the address
 //! DHT nodes see is the one peers punch to and the stream runs on.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use super::*;
 use crate::dht::{command, Client, Holepunch, NoisePayload, Request, Shaken};
@@ -196,13 +196,140 @@ async fn connect_without_relay(
     let (firewall, addresses, _) = client.nat();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, firewall = firewall.name(), "NAT known");
     let udx_id = rand::random::<u32>();
-    let shaken =
-        match client.handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses.clone(), None).await {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(fail(e))),
-        };
+    let shaken = match client
+        .handshake(public_key, inner.noise.clone(), udx_id, inner.reach(firewall, &addresses), None)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(fail(e))),
+    };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "handshake done");
-    finish(inner, &client, &socket, shaken, udx_id, firewall, addresses, fail).await
+    let v6: Vec<SocketAddrV6> =
+        if inner.addresses6().is_empty() { Vec::new() } else { shaken.payload.addresses6.clone() };
+    let over_ipv4 = finish(inner, &client, &socket, shaken, udx_id, firewall, addresses, fail);
+    if v6.is_empty() {
+        return over_ipv4.await;
+    }
+    // Both have IPv6: no NAT there (as a rule), so the server's IPv6 addresses are dialed
+    // straight while the IPv4 path is made, and the first connection wins.
+    let mut over_ipv4 = Box::pin(over_ipv4);
+    let mut over_ipv6 = Box::pin(dial_v6(inner, public_key, v6));
+    tokio::select! {
+        r = &mut over_ipv4 => match r {
+            Ok(Ok(done)) => Ok(Ok(done)),
+            failed => match over_ipv6.await {
+                Ok(id) => Ok(Ok((id, Path::Direct))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no IPv6 path either");
+                    failed
+                }
+            },
+        },
+        r = &mut over_ipv6 => match r {
+            Ok(id) => Ok(Ok((id, Path::Direct))),
+            Err(e) => {
+                tracing::debug!(error = %e, "no IPv6 path: IPv4's goes on");
+                over_ipv4.await
+            }
+        },
+    }
+}
+
+impl Inner {
+    /// Where this node says it is in a HyperDHT handshake as a client.
+    fn reach(&self, firewall: Firewall, addresses: &[SocketAddrV4]) -> crate::dht::Reach {
+        crate::dht::Reach { firewall, addresses: addresses.to_vec(), addresses6: self.addresses6() }
+    }
+}
+
+/// Whether an IPv6 address a peer gave is one to dial: a unicast address other hosts can have
+/// (not loopback, unspecified, multicast, link-local or IPv4-mapped).
+pub(super) fn dialable6(a: &SocketAddrV6) -> bool {
+    let ip = a.ip();
+    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+    a.port() != 0
+        && !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)
+        && ip.to_ipv4_mapped().is_none()
+}
+
+/// A HyperDHT server with IPv6 dials a client's IPv6 addresses (from its handshake) while the
+/// client dials the server's: each side's packets open its own firewall for the other's, so two
+/// hosts whose routers drop unasked IPv6 packets still meet. The dials are this node's only
+/// work for it, at most [`MAX_ADDRESSES6`] of them.
+pub(super) fn dial_back_v6(inner: &Arc<Inner>, client_key: [u8; 32], addresses: &[SocketAddrV6]) {
+    if inner.addresses6().is_empty() {
+        return;
+    }
+    for a in addresses.iter().filter(|a| dialable6(a)).take(MAX_ADDRESSES6) {
+        let (inner, to) = (inner.clone(), *a);
+        tokio::spawn(async move {
+            match dial_key_at(&inner, client_key, to).await {
+                Ok(_) => tracing::info!(address = %to, "dialed a HyperDHT client over IPv6"),
+                Err(e) => tracing::debug!(address = %to, error = %e, "dialing a HyperDHT client over IPv6"),
+            }
+        });
+    }
+}
+
+/// Dials the node of `key` at `to` (an IPv6 address a handshake named) as any hyperfs node's
+/// address is dialed, within [`DIAL6_TIMEOUT`]. Another node found there is let go.
+async fn dial_key_at(inner: &Arc<Inner>, key: [u8; 32], to: SocketAddrV6) -> Result<PeerId, NetError> {
+    let to = SocketAddr::V6(to);
+    let tcp_first = inner.prefer_tcp.load(std::sync::atomic::Ordering::Relaxed);
+    match tokio::time::timeout(DIAL6_TIMEOUT, dial_node(inner, to, tcp_first)).await {
+        Ok(Ok(id)) if id.0 == key => Ok(id),
+        Ok(Ok(id)) => {
+            if let Some(c) = lock(&inner.conns).iter().find(|c| c.id == id && c.address == to) {
+                c.link.close(b"not the key dialed");
+            }
+            Err(NetError::Io(format!("{to} is another node ({})", crypto::to_hex(&id.0))))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(NetError::Io(format!("{to} did not answer within {DIAL6_TIMEOUT:?}"))),
+    }
+}
+
+/// Dials the IPv6 addresses a HyperDHT server's answer gave, one after another, as any
+/// hyperfs node's address is dialed; the node there must be the one of `public_key`. The
+/// server dials this node's too ([`dial_back_v6`]): its connection, coming in, does as well.
+async fn dial_v6(inner: &Arc<Inner>, public_key: [u8; 32], addresses: Vec<SocketAddrV6>) -> Result<PeerId, NetError> {
+    let came = || lock(&inner.conns).iter().find(|c| c.id.0 == public_key && c.address.is_ipv6()).map(|c| c.id);
+    let watch = async {
+        loop {
+            if let Some(id) = came() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let dials = dial_each_v6(inner, public_key, addresses);
+    tokio::pin!(watch);
+    tokio::select! {
+        id = &mut watch => Ok(id),
+        r = dials => match r {
+            Ok(id) => Ok(id),
+            // The server's dial may still come through.
+            Err(e) => tokio::time::timeout(DIAL6_TIMEOUT, watch).await.map_err(|_| e),
+        },
+    }
+}
+
+async fn dial_each_v6(
+    inner: &Arc<Inner>,
+    public_key: [u8; 32],
+    addresses: Vec<SocketAddrV6>,
+) -> Result<PeerId, NetError> {
+    let mut errors = Vec::new();
+    for a in addresses.into_iter().filter(dialable6).take(MAX_ADDRESSES6) {
+        match dial_key_at(inner, public_key, a).await {
+            Ok(id) => {
+                tracing::info!(address = %a, "connected over IPv6");
+                return Ok(id);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(NetError::Io(format!("over IPv6: {}", errors.join("; "))))
 }
 
 /// After the handshake: the path, the stream, secret-stream and the connection. A punch that
@@ -306,7 +433,7 @@ async fn through(
     let udx_id = rand::random::<u32>();
     let through = crate::dht::RelayThrough { version: 1, flags: 0, public_key: relay, token };
     let shaken = client
-        .handshake(public_key, inner.noise.clone(), udx_id, firewall, addresses, Some(through))
+        .handshake(public_key, inner.noise.clone(), udx_id, inner.reach(firewall, &addresses), Some(through))
         .await
         .map_err(NetError::Io)?;
     let relay_stream = pair(&relay_conn, true, token, udx_id).await?;

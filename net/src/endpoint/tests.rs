@@ -843,3 +843,37 @@ fn random_punches_are_two_at_once() {
     assert!(punches.take().is_none());
     drop((b, c));
 }
+
+/// A node listening on every IPv4 address takes the same port on every IPv6 address: a peer
+/// dials it at `[::1]` and replicates, over QUIC, and the connection is the IPv6 address's.
+#[test]
+fn a_node_on_every_address_is_reached_over_ipv6_too() {
+    let w = writer(20);
+    let key = w.key();
+    let id = Identity::from_seed(&[1; 32]);
+    let a = Endpoint::start(&id, "0.0.0.0:0".parse().expect("addr"), Arc::new(Cores(vec![w]))).expect("endpoint");
+    let v6 = a.local_addr6().expect("an IPv6 socket beside the IPv4 one");
+    assert_eq!(v6.port(), a.local_addr().expect("addr").port(), "the same port number");
+    assert!(node(3, vec![]).local_addr6().is_none(), "a node on one IPv4 address has no IPv6 socket");
+    let r = replica(key, false);
+    let id_b = Identity::from_seed(&[2; 32]);
+    let b = Endpoint::start(&id_b, "0.0.0.0:0".parse().expect("addr"), Arc::new(Cores(vec![r.clone()]))).expect("b");
+    let at: SocketAddr = format!("[::1]:{}", v6.port()).parse().expect("addr");
+    let peer = b.connect(at).expect("connect over IPv6");
+    assert_eq!(peer, id.peer_id());
+    assert!(b.fetch(&key, 7, Duration::from_secs(5)), "block 7 arrives over IPv6");
+    assert_eq!(lock(&r.core).get(7).expect("stored"), b"block 7");
+    assert_eq!(b.peers()[0].address, at);
+}
+
+#[test]
+fn only_unicast_ipv6_addresses_other_hosts_can_have_are_dialed() {
+    let dialable = |s: &str| hyperdht::dialable6(&s.parse().expect("an IPv6 socket address"));
+    assert!(dialable("[2001:db8::7]:4000"));
+    assert!(dialable("[fd48:1::2]:4000"), "unique local addresses are how LANs and tests meet");
+    for junk in
+        ["[::1]:4000", "[::]:4000", "[ff02::1]:4000", "[fe80::1]:4000", "[::ffff:10.0.0.1]:4000", "[2001:db8::7]:0"]
+    {
+        assert!(!dialable(junk), "{junk}");
+    }
+}

@@ -451,6 +451,62 @@ fn two_homes_behind_nats_connect_by_key_through_a_punch() {
     }
 }
 
+/// Two homes whose IPv4 NATs both randomise ports, with no relay anywhere: IPv4 alone cannot
+/// join them (JS's HyperDHT, IPv4 only, fails here). Both homes have IPv6, routed and never
+/// translated, and their routers drop unasked IPv6 packets coming in. The drive is cloned by
+/// its key alone: the handshake through HyperDHT tells each side the other's IPv6 addresses,
+/// both dial, each dial opening its own router for the other's, and the connection runs over
+/// IPv6, direct, on both sides; the next version arrives over it.
+#[test]
+fn homes_with_ipv6_connect_by_key_where_ipv4_cannot() {
+    let mut hosts = Hosts::new(1);
+    let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
+    hosts.home_random(0, true);
+    hosts.home_random(1, true);
+    hosts.homes_with_ipv6(true);
+    let (_testnet, bootstrap) = hosts.hyperdht(0, 5);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_sa, _sb) = (Stop(&da), Stop(&db));
+    let only = hyperdht_only(&bootstrap[0]);
+    let key = shared_drive(&home_a, &da, "from a home, over IPv6", &only);
+    let started = Instant::now();
+    let mut args = vec!["clone", key.as_str(), "--name", "c", "--json"];
+    args.extend_from_slice(&only);
+    let out = Hosts::hyperfs(&home_b, &db, &args);
+    assert!(
+        out.status.success(),
+        "{}\nA:\n{}\nB:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hyperfs_tests::node_log_tail(&da),
+        hyperfs_tests::node_log_tail(&db)
+    );
+    eprintln!("cloned over IPv6 in {:?}", started.elapsed());
+    assert_eq!(Hosts::hyperfs_ok(&home_b, &db, &["cat", "c:/hello.txt"]), "from a home, over IPv6");
+    for (ns, dir, other) in [(&home_b, &db, hosts.home_ip6(0)), (&home_a, &da, hosts.home_ip6(1))] {
+        let peers = json(ns, dir, &["peers", "--json"]);
+        let peer = peers
+            .as_array()
+            .expect("peers")
+            .iter()
+            .find(|p| p["address"].as_str().is_some_and(|a| a.starts_with(&format!("[{other}]:"))))
+            .unwrap_or_else(|| panic!("no peer at the other home's IPv6 address {other}: {peers}"));
+        assert_eq!(peer["path"], "direct", "{peers}");
+    }
+    let file = tmp.path().join("next.txt");
+    std::fs::write(&file, "written later").expect("write");
+    Hosts::hyperfs_ok(&home_a, &da, &["put", file.to_str().expect("utf-8"), "d:/next.txt"]);
+    let t = Instant::now();
+    loop {
+        let out = Hosts::hyperfs(&home_b, &db, &["cat", "c:/next.txt"]);
+        if out.status.success() && out.stdout == b"written later" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the next version did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Homes whose NATs give each destination a new port (`--random-fully`) cannot be punched
 /// through here: a relay on the public network (a hyperfs node started with `--relay`, found on
 /// HyperDHT) joins them. With one such NAT, then with both, a drive shared in one home is
