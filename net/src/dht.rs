@@ -225,7 +225,7 @@ impl Peer {
         }
     }
 
-    fn decode(d: &mut Decoder<'_>) -> Option<Peer> {
+    pub(crate) fn decode(d: &mut Decoder<'_>) -> Option<Peer> {
         Some(Peer { public_key: d.array("public key").ok()?, relay_addresses: take_addrs(d)? })
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod congestion;
 pub mod dht;
+pub mod dht_node;
 pub mod discovery;
 pub mod endpoint;
 pub mod holepunch;
