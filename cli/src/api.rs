@@ -24,6 +24,8 @@ pub struct NetOptions {
     /// Blind relays (their keys, hex) to go through first when no punch joins two NATs
     /// (remembered).
     pub relay_through: Vec<String>,
+    /// Be a persistent HyperDHT node on this UDP address (remembered).
+    pub hyperdht_node: Option<String>,
     /// The bound of the cache of sparse replicas' blocks, in bytes (remembered).
     pub cache_size: Option<u64>,
     /// Also accept peers over TCP with the JS stack's wire on this address (remembered).
@@ -194,6 +196,17 @@ pub struct NatReport {
     /// The key peers reach this node by on HyperDHT (hex).
     #[serde(default)]
     pub key: String,
+    /// As a persistent HyperDHT node (`--hyperdht-node`): its node id (hex, once its address
+    /// is known) and the nodes its routing table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<DhtNodeReport>,
+}
+
+/// A persistent HyperDHT node's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DhtNodeReport {
+    pub id: Option<String>,
+    pub table: usize,
 }
 
 /// The reply of `ping`.

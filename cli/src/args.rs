@@ -67,6 +67,13 @@ pub(crate) struct NetArgs {
     /// or a JS peer serving `blind-relay`, tried before the relays found on HyperDHT.
     #[arg(long, value_name = "KEY", value_parser = parse_relay_key)]
     pub(crate) relay_through: Vec<String>,
+    /// Be a persistent HyperDHT node on ADDR:PORT (UDP; remembered), for a host others can
+    /// reach: JS and hyperfs nodes bootstrap from it, keep their records and registrations on
+    /// it and meet through it (it relays their handshakes). With ADDR 0.0.0.0 the address is
+    /// the one other DHT nodes see, once they reach it unasked. The node's HyperDHT traffic and
+    /// its UDX peers use this socket.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) hyperdht_node: Option<String>,
     /// Bound the blocks kept of drives read on demand (sparse replicas; not clones or seeds)
     /// to SIZE (like 64MiB or 20G; remembered; default a tenth of the disk): least recently
     /// used blocks go first, and are fetched again when read.
@@ -126,6 +133,7 @@ impl NetArgs {
             no_hyperdht: self.no_hyperdht,
             relay: self.relay,
             relay_through: self.relay_through.clone(),
+            hyperdht_node: self.hyperdht_node.clone(),
             cache_size: self.cache_size,
             tcp: self.tcp.clone(),
             udx: self.udx.clone(),

@@ -250,6 +250,10 @@ fn main() -> ExitCode {
                 let at = if r.addresses.is_empty() { "-".to_owned() } else { r.addresses.join(", ") };
                 println!("{} NAT, public address {at} ({} DHT nodes answered)", r.firewall, r.samples);
                 println!("reached on HyperDHT by key {}", r.key);
+                if let Some(n) = &r.node {
+                    let id = n.id.as_deref().unwrap_or("not known yet (its address is not)");
+                    println!("a HyperDHT node, id {id}, {} nodes in its table", n.table);
+                }
             }
             Ok(())
         }),

@@ -190,10 +190,21 @@ impl Net {
             through.push(key);
         }
         if discovery.hyperdht() {
-            start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap, discovery.relay)?;
+            let node = match &discovery.hyperdht_node {
+                Some(a) => match resolve(a)? {
+                    SocketAddr::V4(a) => Some(a),
+                    SocketAddr::V6(a) => anyhow::bail!("--hyperdht-node {a}: HyperDHT speaks IPv4"),
+                },
+                None => None,
+            };
+            if let Some(a) = node {
+                // HyperDHT runs on the UDX socket: bound where the node is to be reached.
+                endpoint.listen_udx(SocketAddr::V4(a)).with_context(|| format!("--hyperdht-node {a}"))?;
+            }
+            start_hyperdht(&endpoint, &discovery.hyperdht_bootstrap, discovery.relay, node)?;
             endpoint.relay_through(through);
-        } else if discovery.relay || !through.is_empty() {
-            anyhow::bail!("--relay and --relay-through need HyperDHT (it is off: --no-hyperdht)");
+        } else if discovery.relay || !through.is_empty() || discovery.hyperdht_node.is_some() {
+            anyhow::bail!("--relay, --relay-through and --hyperdht-node need HyperDHT (it is off: --no-hyperdht)");
         }
         let swarm = crate::swarm::Swarm::start(&endpoint, identity.peer_id(), store.clone(), discovery);
         let (changed, wake) = std::sync::mpsc::channel();
@@ -553,17 +564,29 @@ const RELAY_ANNOUNCE: std::time::Duration = std::time::Duration::from_secs(300);
 /// Starts HyperDHT on `endpoint` through `bootstrap`, and registers the node there in the
 /// background (so peers reach it by its key); with `relay`, it relays for others and announces
 /// so every five minutes.
-fn start_hyperdht(endpoint: &Arc<Endpoint>, bootstrap: &[String], relay: bool) -> Result<()> {
+/// Starts HyperDHT through `bootstrap` (else the public nodes); relays for others with
+/// `relay`; is a persistent node at `node` when given (it is not its own bootstrap node).
+fn start_hyperdht(
+    endpoint: &Arc<Endpoint>,
+    bootstrap: &[String],
+    relay: bool,
+    node: Option<std::net::SocketAddrV4>,
+) -> Result<()> {
     let public: Vec<String> = hyperfs_net::dht::BOOTSTRAP.iter().map(|b| b.to_string()).collect();
     let bootstrap = if bootstrap.is_empty() { &public[..] } else { bootstrap };
     let mut nodes = Vec::new();
     for b in bootstrap {
         match resolve(b)? {
+            SocketAddr::V4(a) if Some(a) == node => {}
             SocketAddr::V4(a) => nodes.push(a),
             SocketAddr::V6(a) => anyhow::bail!("--hyperdht-bootstrap {a}: HyperDHT speaks IPv4"),
         }
     }
     endpoint.start_dht(nodes).context("starting HyperDHT")?;
+    if let Some(a) = node {
+        let public = (!a.ip().is_unspecified()).then_some(a);
+        endpoint.serve_dht_node(public).context("being a HyperDHT node")?;
+    }
     if relay {
         endpoint.serve_relay().context("relaying")?;
     }

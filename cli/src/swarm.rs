@@ -43,6 +43,9 @@ pub struct Discovery {
     /// Blind relays to try first (hex keys).
     #[serde(default)]
     pub relay_through: Vec<String>,
+    /// Where this node is a persistent HyperDHT node (UDP `ADDR:PORT`), if it is one.
+    #[serde(default)]
+    pub hyperdht_node: Option<String>,
 }
 
 impl Discovery {

@@ -481,7 +481,9 @@ pub struct Replied {
 
 type Pending = Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Response>)>>;
 /// Where a served client's requests go.
-type Requests = Mutex<Option<tokio::sync::mpsc::UnboundedSender<(Request, SocketAddr)>>>;
+type Requests = Mutex<Option<tokio::sync::mpsc::Sender<(Request, SocketAddr)>>>;
+/// Requests waiting to be answered; more are dropped (their senders retry, a flood is no work).
+const REQUEST_QUEUE: usize = 1024;
 /// Punches waiting for holepunch probes, by the remote's IP.
 type Probes = Mutex<Vec<(Ipv4Addr, tokio::sync::mpsc::Sender<SocketAddrV4>)>>;
 /// Probes a punch may have waiting; more are dropped (a flood of them is no work).
@@ -521,6 +523,8 @@ struct Shared {
     nat: Mutex<crate::holepunch::Nat>,
     /// The address each node that answered last saw this socket at (at most [`MAX_SEEN`]).
     seen_by: Mutex<HashMap<SocketAddrV4, SocketAddrV4>>,
+    /// The persistent node this client also is, if it is one ([`Client::make_persistent`]).
+    node: Mutex<Option<crate::dht_node::Node>>,
 }
 
 /// Nodes whose view of this socket is kept.
@@ -538,6 +542,7 @@ impl Shared {
             probes: Mutex::default(),
             nat: Mutex::new(crate::holepunch::Nat::new(true)),
             seen_by: Mutex::default(),
+            node: Mutex::default(),
         })
     }
 
@@ -557,7 +562,7 @@ impl Shared {
             Some(Message::Response(r)) => r,
             Some(Message::Request(req)) => {
                 if let Some(tx) = lock(&self.requests).as_ref() {
-                    let _ = tx.send((req, from));
+                    let _ = tx.try_send((req, from));
                 }
                 return;
             }
@@ -570,6 +575,12 @@ impl Shared {
         let mut pending = lock(&self.pending);
         // Only the address the request went to answers it.
         if pending.get(&r.tid).is_some_and(|(to, _)| *to == from) {
+            // A persistent node that answered goes into this node's table.
+            if let (Some(id), Some(from)) = (r.id, v4(from)) {
+                if let Some(node) = lock(&self.node).as_mut() {
+                    node.heard(from, id, std::time::Instant::now());
+                }
+            }
             if let (Some(to), Some(from)) = (r.to, v4(from)) {
                 // Where that node saw us: a sample of the NAT, whatever the address's range (a
                 // private "public" network is still the one peers meet on).
@@ -799,6 +810,8 @@ impl Client {
         let tid = self.take_tid();
         req.tid = tid;
         req.to = to;
+        // A persistent node says its id, so others put it in their tables.
+        req.id = req.id.or_else(|| self.node_id());
         let bytes = Message::Request(req).encode();
         let (tx, mut rx) = oneshot::channel();
         lock(&self.shared.pending).insert(tid, (SocketAddr::V4(to), tx));
@@ -828,9 +841,20 @@ impl Client {
     /// Walks towards `target` asking `command` (with `value`) of each node on the way, and
     /// returns the nodes that answered, nearest first.
     pub async fn walk(&self, target: [u8; 32], internal_cmd: bool, cmd: u64, value: Option<Vec<u8>>) -> Vec<Replied> {
-        let mut candidates: BTreeMap<[u8; 32], SocketAddrV4> =
-            self.bootstrap.iter().map(|a| (xor_distance(&node_id(a), &target), *a)).collect();
-        let mut asked: HashSet<SocketAddrV4> = HashSet::new();
+        // From the bootstrap nodes and, for a persistent node, the nearest in its table; never
+        // towards itself.
+        let (known, me) = match lock(&self.shared.node).as_ref() {
+            Some(n) => (n.closest(&target, K), n.address()),
+            None => (Vec::new(), None),
+        };
+        let mut candidates: BTreeMap<[u8; 32], SocketAddrV4> = self
+            .bootstrap
+            .iter()
+            .chain(&known)
+            .filter(|a| Some(**a) != me)
+            .map(|a| (xor_distance(&node_id(a), &target), *a))
+            .collect();
+        let mut asked: HashSet<SocketAddrV4> = me.into_iter().collect();
         let mut replied: BTreeMap<[u8; 32], Replied> = BTreeMap::new();
         loop {
             // The nearest candidates not asked yet, while they can still be among the k nearest.
@@ -915,10 +939,68 @@ impl Client {
 }
 
 impl Client {
+    /// Makes this client a persistent HyperDHT node too ([`crate::dht_node`]): others may
+    /// store records and registrations on it and bootstrap from it. `public` is the address
+    /// others reach it at, when known (else [`Client::learn_address`] finds it).
+    pub fn make_persistent(&self, public: Option<SocketAddrV4>) {
+        let mut node = lock(&self.shared.node);
+        if node.is_none() {
+            *node = Some(crate::dht_node::Node::new(public, std::time::Instant::now()));
+        }
+    }
+
+    /// A persistent node's id, once its address is known.
+    pub fn node_id(&self) -> Option<[u8; 32]> {
+        lock(&self.shared.node).as_ref().and_then(|n| n.id())
+    }
+
+    /// How many nodes a persistent node's table holds (`None`: not one).
+    pub fn table_len(&self) -> Option<usize> {
+        lock(&self.shared.node).as_ref().map(|n| n.table_len())
+    }
+
+    /// A persistent node without a known address takes the one DHT nodes see it at, once they
+    /// reach it unasked and see its own port (an open host, or a NAT forwarding the port).
+    pub async fn learn_address(&self) {
+        if lock(&self.shared.node).as_ref().is_none_or(|n| n.id().is_some()) {
+            return;
+        }
+        self.sample_nat().await;
+        let (firewall, addresses, _) = self.nat();
+        let port = self.local_addr().map(|a| a.port()).unwrap_or(0);
+        if firewall == Firewall::Open {
+            if let Some(a) = addresses.into_iter().find(|a| a.port() == port) {
+                if let Some(node) = lock(&self.shared.node).as_mut() {
+                    node.set_address(a);
+                }
+            }
+        }
+    }
+
+    /// Answers a request as the persistent node (nothing if this client is not one).
+    pub async fn answer(&self, req: &Request, from: SocketAddr) {
+        let Some(from) = v4(from) else { return };
+        let outs = match lock(&self.shared.node).as_mut() {
+            Some(node) => node.on_request(req, from, std::time::Instant::now()),
+            None => return,
+        };
+        for (message, to) in outs {
+            let _ = self.socket.send_to(&message.encode(), SocketAddr::V4(to)).await;
+        }
+    }
+
+    /// A persistent node's walk towards its own id (and, later, towards random ones): the nodes
+    /// that answer fill its table, as dht-rpc's bootstrap and refresh do.
+    pub async fn refresh_table(&self) {
+        let target = self.node_id().unwrap_or_else(rand::random);
+        self.walk(target, true, internal::FIND_NODE, None).await;
+        self.walk(rand::random(), true, internal::FIND_NODE, None).await;
+    }
+
     /// Hands every request this client's socket receives to the returned channel (a server's
     /// relayed handshakes).
-    pub fn serve(&self) -> tokio::sync::mpsc::UnboundedReceiver<(Request, SocketAddr)> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    pub fn serve(&self) -> tokio::sync::mpsc::Receiver<(Request, SocketAddr)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(REQUEST_QUEUE);
         *lock(&self.shared.requests) = Some(tx);
         rx
     }

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use hyperfs_engine::crypto;
 use hyperfs_engine::encoding::{Decoder, Encoder};
 
-use crate::dht::{command, internal, namespace, node_id, signable, Handshake, Holepunch, Message, Peer, Request, Response};
+use crate::dht::{
+    command, internal, namespace, node_id, signable, Handshake, Holepunch, Message, Peer, Request, Response,
+};
 
 /// Nodes a bucket holds, and a reply names.
 pub const K: usize = 20;
@@ -116,6 +118,11 @@ impl Node {
         for e in entries {
             self.add(e.addr, e.id, e.seen);
         }
+    }
+
+    /// This node's public address, once known.
+    pub fn address(&self) -> Option<SocketAddrV4> {
+        self.me.map(|(a, _)| a)
     }
 
     /// This node's id, once its address is known.
@@ -337,7 +344,8 @@ impl Node {
         };
         match hs.mode {
             FROM_CLIENT => {
-                let value = Handshake { mode: FROM_RELAY, noise: hs.noise, peer_address: Some(from), relay_address: None };
+                let value =
+                    Handshake { mode: FROM_RELAY, noise: hs.noise, peer_address: Some(from), relay_address: None };
                 vec![(Message::Request(self.relayed(req, route.relay, value.encode())), route.relay)]
             }
             FROM_SERVER => {

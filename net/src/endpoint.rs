@@ -63,6 +63,8 @@ const RANGES: &str = "hyperfs/ranges";
 /// AES-256-GCM after a [`Message::CipherSwitch`].
 const HELLO_AES: &[u8] = b"aes-256-gcm";
 /// How long a JS-wire handshake may take.
+/// How often a persistent HyperDHT node walks to refresh its table.
+const DHT_NODE_REFRESH: Duration = Duration::from_secs(300);
 /// IPv6 addresses a HyperDHT handshake answer offers at most (and a client tries).
 const MAX_ADDRESSES6: usize = 4;
 /// How long a client's straight dial of one of them may take.
@@ -283,6 +285,8 @@ struct Inner {
     prefer_tcp: std::sync::atomic::AtomicBool,
     /// The TCP listeners' addresses ([`Endpoint::listen_tcp`]).
     tcp: Mutex<Vec<SocketAddr>>,
+    /// Whether this node answers handshakes for its key on HyperDHT ([`Endpoint::listen_dht`]).
+    dht_listening: std::sync::atomic::AtomicBool,
     /// The HyperDHT client (`start_dht`), and the nodes holding this node's registration.
     dht: tokio::sync::Mutex<Option<Arc<crate::dht::Client>>>,
     dht_relays: Mutex<Vec<std::net::SocketAddrV4>>,
@@ -501,6 +505,7 @@ impl Endpoint {
             tcp: Mutex::new(Vec::new()),
             udx: tokio::sync::Mutex::new(None),
             dht: tokio::sync::Mutex::new(None),
+            dht_listening: false.into(),
             dht_relays: Mutex::new(Vec::new()),
             dht_slots: hyperdht::Slots::default(),
             random_punches: hyperdht::RandomPunches::default(),
@@ -635,8 +640,7 @@ impl Endpoint {
         let inner = self.inner.clone();
         self.runtime.block_on(async move {
             let client = dht_client(&inner).await?;
-            let udx = client.udx().ok_or_else(|| NetError::Io("HyperDHT runs without a UDX socket".into()))?;
-            let mut requests = client.serve();
+            inner.dht_listening.store(true, std::sync::atomic::Ordering::SeqCst);
             let relays = client.register(&inner.signing).await;
             if relays.is_empty() {
                 return Err(NetError::Io("no DHT node took this node's registration".into()));
@@ -669,21 +673,6 @@ impl Endpoint {
                     }
                 }
             });
-            let (server, serving) = (inner.clone(), client.clone());
-            tokio::spawn(async move {
-                while let Some((req, from)) = requests.recv().await {
-                    match req.command {
-                        _ if req.internal => {}
-                        crate::dht::command::PEER_HANDSHAKE => {
-                            server_handshake(&server, &serving, &udx, req, from).await
-                        }
-                        crate::dht::command::PEER_HOLEPUNCH => {
-                            hyperdht::on_holepunch(&server, &serving, req, from).await
-                        }
-                        _ => {}
-                    }
-                }
-            });
             Ok(relays)
         })
     }
@@ -697,8 +686,48 @@ impl Endpoint {
             // The DHT's datagrams share the UDX socket, as in JS: the address DHT nodes see is
             // the one a punch opens and the stream runs on.
             let udx = udx_socket(&inner).await?;
-            *inner.dht.lock().await = Some(Arc::new(crate::dht::Client::on_udx(udx, bootstrap)));
+            let client = Arc::new(crate::dht::Client::on_udx(udx.clone(), bootstrap));
+            *inner.dht.lock().await = Some(client.clone());
+            tokio::spawn(dht_requests(Arc::downgrade(&inner), client, udx));
             Ok(())
+        })
+    }
+
+    /// Makes this node a persistent HyperDHT node as well ([`crate::dht_node`]), on the UDX
+    /// socket HyperDHT runs on (`listen_udx` first for a fixed port): JS and hyperfs nodes
+    /// bootstrap from it and keep records and registrations on it. `public` is the address
+    /// others reach it at; `None`: the one DHT nodes see it at, once they reach it unasked.
+    /// Its table fills from a walk towards its own id, renewed every five minutes.
+    pub fn serve_dht_node(&self, public: Option<std::net::SocketAddrV4>) -> Result<(), NetError> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let client = dht_client(&inner).await?;
+            client.make_persistent(public);
+            let weak = Arc::downgrade(&client);
+            tokio::spawn(async move {
+                loop {
+                    let Some(client) = weak.upgrade() else { return };
+                    client.learn_address().await;
+                    client.refresh_table().await;
+                    tracing::info!(
+                        nodes = client.table_len().unwrap_or(0),
+                        id = client.node_id().is_some(),
+                        "HyperDHT node's table"
+                    );
+                    drop(client);
+                    tokio::time::sleep(DHT_NODE_REFRESH).await;
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// A persistent HyperDHT node's id and the nodes its table holds (`None`: not one).
+    pub fn dht_node(&self) -> Option<(Option<[u8; 32]>, usize)> {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let client = dht_client(&inner).await.ok()?;
+            Some((client.node_id(), client.table_len()?))
         })
     }
 
@@ -1394,6 +1423,36 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         connection.close(2u32.into(), e.to_string().as_bytes());
     }
     result
+}
+
+/// Every request HyperDHT's socket receives: a handshake or a holepunch round for this node's
+/// own key goes to its server (once it listens); anything else to the persistent node it may
+/// be (nothing happens if it is not one).
+async fn dht_requests(
+    inner: std::sync::Weak<Inner>,
+    client: Arc<crate::dht::Client>,
+    udx: Arc<crate::udx_socket::UdxSocket>,
+) {
+    use crate::dht::command;
+    let mut requests = client.serve();
+    while let Some((req, from)) = requests.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let ours = req.target == Some(crypto::hash(&[&inner.me.0]))
+            && inner.dht_listening.load(std::sync::atomic::Ordering::SeqCst)
+            && !req.internal;
+        let mode = req.value.as_deref().and_then(|v| {
+            let mut d = hyperfs_engine::encoding::Decoder::new(v);
+            d.uint("flags").ok()?;
+            d.uint("mode").ok()
+        });
+        // To the server: a client's message straight to it, or one relayed to it.
+        let to_server = matches!(mode, Some(0) | Some(2));
+        match req.command {
+            command::PEER_HANDSHAKE if ours && to_server => server_handshake(&inner, &client, &udx, req, from).await,
+            command::PEER_HOLEPUNCH if ours && to_server => hyperdht::on_holepunch(&inner, &client, req, from).await,
+            _ => client.answer(&req, from).await,
+        }
+    }
 }
 
 /// Answers a PEER_HANDSHAKE for this node's key (relayed by a DHT node, or sent straight to

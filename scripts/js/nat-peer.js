@@ -1,8 +1,10 @@
 // JS HyperDHT peers for the NAT topologies (network namespaces: homes behind MASQUERADE
 // routers, a "public" network with a DHT), the JS side of what hyperfs is measured beside.
 //
-//   node nat-peer.js testnet HOST N        N DHT nodes bound to HOST (hyperdht's testnet):
-//                                          prints {bootstrap: ["HOST:PORT", …]}, runs until killed
+//   node nat-peer.js testnet HOST N [BOOTSTRAP]
+//                                          N DHT nodes bound to HOST (hyperdht's testnet), joining
+//                                          the DHT of BOOTSTRAP when given: prints {bootstrap:
+//                                          ["HOST:PORT", …]}, runs until killed
 //   node nat-peer.js serve BOOTSTRAP       a HyperDHT server on a fresh key pair (BOOTSTRAP: comma-
 //                                          separated HOST:PORT): prints {publicKey, firewalled,
 //                                          host, port} once listening; each connection gets an echo
@@ -25,7 +27,7 @@ const { hex, say, parse } = require('./lines')
 async function main () {
   const [mode, a, b, c] = process.argv.slice(2)
   if (mode === 'testnet') {
-    const testnet = await createTestnet(Number(b || 5), { host: a })
+    const testnet = await createTestnet(Number(b || 5), c ? { host: a, bootstrap: parse(c) } : { host: a })
     say({ bootstrap: testnet.bootstrap.map((x) => x.host + ':' + x.port) })
     await new Promise(() => {})
   } else if (mode === 'serve') {

@@ -583,9 +583,18 @@ impl Hosts {
     /// Starts hyperdht's testnet of `n` JS nodes on host `i` (`scripts/js/nat-peer.js`);
     /// returns it (killed when dropped) and its bootstrap addresses.
     pub fn hyperdht(&self, i: usize, n: usize) -> (KillOnDrop, Vec<String>) {
+        self.hyperdht_joining(i, n, None)
+    }
+
+    /// As [`Hosts::hyperdht`], the nodes joining the DHT of `bootstrap` when given (whose
+    /// addresses are then the ones returned).
+    pub fn hyperdht_joining(&self, i: usize, n: usize, bootstrap: Option<&str>) -> (KillOnDrop, Vec<String>) {
         let dir = js_dir();
         let mut node = Command::new("node");
         node.arg(dir.join("nat-peer.js")).args(["testnet", &self.ip(i), &n.to_string()]).current_dir(&dir);
+        if let Some(b) = bootstrap {
+            node.arg(b);
+        }
         let (child, first) = self.start_in(i, node);
         let bootstrap =
             first["bootstrap"].as_array().expect("bootstrap").iter().map(|b| b.as_str().expect("addr").to_owned());

@@ -453,6 +453,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                 addresses: addresses.iter().map(ToString::to_string).collect(),
                 samples,
                 key: hex::encode(net.endpoint.id().0),
+                node: net.endpoint.dht_node().map(|(id, table)| api::DhtNodeReport { id: id.map(hex::encode), table }),
             })
         }
         Request::Peers { net: options } => {

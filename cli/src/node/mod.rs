@@ -455,7 +455,8 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
         || !r.hyperdht_bootstrap.is_empty()
         || r.no_hyperdht
         || r.relay
-        || !r.relay_through.is_empty();
+        || !r.relay_through.is_empty()
+        || r.hyperdht_node.is_some();
     let discovery: crate::swarm::Discovery = if asked {
         let d = crate::swarm::Discovery {
             bootstrap: r.bootstrap.clone(),
@@ -465,6 +466,7 @@ fn net(state: &State, r: &NetOptions) -> Result<Arc<crate::share::Net>> {
             no_hyperdht: r.no_hyperdht,
             relay: r.relay,
             relay_through: r.relay_through.clone(),
+            hyperdht_node: r.hyperdht_node.clone(),
         };
         write_json(&state.dir, "discovery.json", &d)?;
         d

@@ -145,8 +145,11 @@ fn handshakes_and_holepunches_are_relayed_to_a_registered_server_and_back() {
     let (r, to) = response(&outs);
     assert_eq!((to, r.value.is_none()), (client, true));
     // And a server's message for one not registered here goes nowhere.
-    let back = Handshake { mode: FROM_SERVER, noise: vec![9], peer_address: Some(a("192.0.2.1:1")), relay_address: None };
-    assert!(n.on_request(&request(command::PEER_HANDSHAKE, Some([1; 32]), None, Some(back.encode())), puncher, now).is_empty());
+    let back =
+        Handshake { mode: FROM_SERVER, noise: vec![9], peer_address: Some(a("192.0.2.1:1")), relay_address: None };
+    assert!(n
+        .on_request(&request(command::PEER_HANDSHAKE, Some([1; 32]), None, Some(back.encode())), puncher, now)
+        .is_empty());
     // A registration is forgotten after its age.
     let old = now + MAX_AGE + Duration::from_secs(61);
     let found = n.on_request(&request(command::FIND_PEER, Some(target), None, None), client, old);
@@ -201,7 +204,11 @@ fn ping_nat_answers_to_the_port_it_names_and_an_ephemeral_node_keeps_no_records(
     assert_eq!((r.id, r.value.is_none()), (None, true));
     let peer = Peer { public_key: key.public_key(), relay_addresses: Vec::new() };
     let sig = key.sign(&signable(&namespace(command::ANNOUNCE), &[1; 32], &[0; 32], &r.token.expect("t"), &peer));
-    e.on_request(&request(command::ANNOUNCE, Some([1; 32]), r.token, Some(announce_value(&peer, &sig))), a("10.0.0.2:1"), now);
+    e.on_request(
+        &request(command::ANNOUNCE, Some([1; 32]), r.token, Some(announce_value(&peer, &sig))),
+        a("10.0.0.2:1"),
+        now,
+    );
     assert!(e.records.is_empty());
 }
 

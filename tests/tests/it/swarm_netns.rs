@@ -507,6 +507,68 @@ fn homes_with_ipv6_connect_by_key_where_ipv4_cannot() {
     }
 }
 
+/// HyperDHT made of hyperfs nodes too: three hyperfs nodes on the public network run as
+/// persistent HyperDHT nodes (`--hyperdht-node`), the first the others' bootstrap, and
+/// hyperdht's JS testnet of five nodes joins through the first. Behind two port-keeping NATs,
+/// hyperfs peers (by key, each home through another hyperfs node) and JS peers (hyperdht's
+/// server and connect) meet through this DHT and punch. Then the JS nodes go: servers
+/// register again on the hyperfs nodes, and both pairs meet again through hyperfs nodes alone
+/// (records, registrations and the handshake and holepunch relaying all theirs).
+#[test]
+fn hyperfs_nodes_make_a_hyperdht_that_js_and_hyperfs_peers_meet_through() {
+    let mut hosts = Hosts::new(2);
+    let (home_a, home_b) = (hosts.behind_nat(), hosts.behind_nat());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let public = hosts.names[0].clone();
+    let nodes: Vec<String> = (0..3).map(|k| format!("{}:{}", hosts.ip(0), 49737 + k)).collect();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|k| tmp.path().join(format!("node{k}"))).collect();
+    let _stop_nodes: Vec<Stop> = dirs.iter().map(|d| Stop(d)).collect();
+    for (addr, dir) in nodes.iter().zip(&dirs) {
+        let args = ["peers", "--hyperdht-node", addr, "--hyperdht-bootstrap", &nodes[0], "--no-dht", "--no-lan"];
+        Hosts::hyperfs_ok(&public, dir, &args);
+    }
+    let (testnet, _) = hosts.hyperdht_joining(1, 5, Some(&nodes[0]));
+    let table = |dir: &Path| json(&public, dir, &["nat", "--json"])["node"]["table"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    while table(&dirs[0]) < 7 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the first node's table: {}", table(&dirs[0]));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let nat = json(&public, &dirs[1], &["nat", "--json"]);
+    assert_eq!(nat["node"]["id"].as_str().map(str::len), Some(64), "a persistent node has an id: {nat}");
+
+    let da = tmp.path().join("a");
+    let _sa = Stop(&da);
+    let key = shared_drive(&home_a, &da, "met through hyperfs's DHT", &hyperdht_only(&nodes[1]));
+    let (_js_server, served) = Hosts::start_js(&home_a, "nat-peer.js", &["serve", &nodes[0]]);
+    let js_key = served["publicKey"].as_str().expect("a key").to_owned();
+    let meet = |round: &str| {
+        let db = tmp.path().join(format!("b-{round}"));
+        let _sb = Stop(&db);
+        let mut args = vec!["clone", key.as_str(), "--name", "c", "--json"];
+        args.extend_from_slice(&hyperdht_only(&nodes[2]));
+        let out = Hosts::hyperfs(&home_b, &db, &args);
+        assert!(
+            out.status.success(),
+            "{round}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            hyperfs_tests::node_log_tail(&db)
+        );
+        assert_eq!(Hosts::hyperfs_ok(&home_b, &db, &["cat", "c:/hello.txt"]), "met through hyperfs's DHT");
+        let peers = json(&home_b, &db, &["peers", "--json"]);
+        assert_eq!(peers[0]["path"], "punched", "{round}: {peers}");
+        let js = Hosts::run_js(&home_b, "nat-peer.js", &["connect", &nodes[2], &js_key]);
+        assert_eq!(js["ok"], true, "{round}: JS through hyperfs's DHT: {js}");
+        eprintln!("{round}: JS connected in {} ms", js["ms"]);
+    };
+    meet("beside JS nodes");
+    drop(testnet);
+    // Servers ping the nodes holding their registration every few seconds and register again
+    // when those stop answering.
+    std::thread::sleep(Duration::from_secs(15));
+    meet("hyperfs nodes alone");
+}
+
 /// Homes whose NATs give each destination a new port (`--random-fully`) cannot be punched
 /// through here: a relay on the public network (a hyperfs node started with `--relay`, found on
 /// HyperDHT) joins them. With one such NAT, then with both, a drive shared in one home is
