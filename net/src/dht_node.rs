@@ -171,7 +171,7 @@ impl Node {
             all.select_nth_unstable_by(k, |a, b| a.0.cmp(&b.0));
             all.truncate(k);
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|a| a.0);
         all.into_iter().map(|(_, a)| a).collect()
     }
 
