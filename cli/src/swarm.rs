@@ -255,8 +255,11 @@ impl Swarm {
                     if connected.contains(&key) {
                         continue;
                     }
-                    match endpoint.connect_dht(key) {
-                        Ok(_) => tracing::info!(peer = %hex::encode(&key[..6]), "connected to a peer HyperDHT found"),
+                    match endpoint.connect_dht_path(key) {
+                        Ok((_, path)) => {
+                            let path = path.map_or("already", |p| p.name());
+                            tracing::info!(peer = %hex::encode(&key[..6]), path, "connected to a peer HyperDHT found")
+                        }
                         Err(e) => tracing::info!(error = %e, "dialing a peer HyperDHT found"),
                     }
                 }

@@ -1,14 +1,16 @@
 //! dht-rpc's datagrams and HyperDHT's records (reference holepunch-wire §6, §7.1–7.2), and a
 //! client that looks topics up and announces on a HyperDHT network: the discovery half of
-//! reaching JS peers (connecting through their NATs is the other half, not built yet).
+//! reaching JS peers (connecting through their NATs is the other half, `endpoint::hyperdht`).
 //!
 //! A dht-rpc datagram is a request (`03`) or a response (`13`): flags, a 16-bit transaction id,
 //! the address the sender sent to (a response's tells the requester how it is seen: NAT
 //! discovery), then the fields its flags announce. A node's id is BLAKE2b-256 of its public
 //! `ip:port`, so ids cannot be chosen; a claimed id that is not the hash of the datagram's source
 //! is taken as no id. The client here is ephemeral, as a fresh JS node is: it sends no id, is put
-//! in no routing table and stores nothing, and walks towards a target through the nodes each
-//! reply names closer to it.
+//! in no routing table and stores nothing (it answers PINGs alone), and walks towards a target
+//! through the nodes each reply names closer to it — unless it is made a persistent node too
+//! ([`Client::make_persistent`], [`crate::dht_node`]): then it says its id, answers every
+//! request as JS's persistent nodes do, and starts its walks from its table as well.
 //!
 //! Invariant: decoding never panics and allocates at most what the datagram holds; a reply is
 //! taken only from the address its request went to, with the request's transaction id.
@@ -806,7 +808,17 @@ impl Client {
     }
 
     /// Sends a request to `to` and waits for its response, with dht-rpc's retries.
-    pub async fn request(&self, to: SocketAddrV4, mut req: Request) -> Option<Response> {
+    pub async fn request(&self, to: SocketAddrV4, req: Request) -> Option<Response> {
+        self.request_with(to, req, RETRIES, TIMEOUT).await
+    }
+
+    /// Whether `to` answers one PING within `wait` (a quick check of an address, no retries).
+    pub async fn ping_once(&self, to: SocketAddrV4, wait: Duration) -> bool {
+        self.request_with(to, Request::to(to, true, internal::PING, None, None), 1, wait).await.is_some()
+    }
+
+    /// Sends a request up to `tries` times, waiting `wait` for its response each time.
+    async fn request_with(&self, to: SocketAddrV4, mut req: Request, tries: usize, wait: Duration) -> Option<Response> {
         let tid = self.take_tid();
         req.tid = tid;
         req.to = to;
@@ -816,11 +828,11 @@ impl Client {
         let (tx, mut rx) = oneshot::channel();
         lock(&self.shared.pending).insert(tid, (SocketAddr::V4(to), tx));
         let mut answer = None;
-        for _ in 0..RETRIES {
+        for _ in 0..tries {
             if self.socket.send_to(&bytes, SocketAddr::V4(to)).await.is_err() {
                 break;
             }
-            match tokio::time::timeout(TIMEOUT, &mut rx).await {
+            match tokio::time::timeout(wait, &mut rx).await {
                 Ok(Ok(r)) => {
                     answer = Some(r);
                     break;
@@ -977,11 +989,16 @@ impl Client {
         }
     }
 
-    /// Answers a request as the persistent node (nothing if this client is not one).
+    /// Answers a request as the persistent node; one that is not answers PINGs alone (a peer
+    /// on its LAN checks its address so).
     pub async fn answer(&self, req: &Request, from: SocketAddr) {
         let Some(from) = v4(from) else { return };
         let outs = match lock(&self.shared.node).as_mut() {
             Some(node) => node.on_request(req, from, std::time::Instant::now()),
+            None if req.internal && req.command == internal::PING => {
+                let pong = Response { tid: req.tid, to: Some(from), ..Response::default() };
+                vec![(Message::Response(pong), from)]
+            }
             None => return,
         };
         for (message, to) in outs {

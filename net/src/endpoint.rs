@@ -1500,6 +1500,15 @@ async fn server_handshake(
     let mut ours = hyperdht::server_payload(error, our_id, nat);
     // hyperfs clients with IPv6 dial these straight (JS's ignore them).
     ours.addresses6 = inner.addresses6();
+    // A client behind the same NAT (the relay saw it at our public IP) is told our LAN address
+    // too, as HyperDHT's servers do: neither side need punch.
+    if let (2, Some(c)) = (hs.mode, hs.peer_address) {
+        if client.seen_by(from4).is_some_and(|me| me.ip() == c.ip()) {
+            if let Some(lan) = hyperdht::lan_address(udx, from4).filter(|l| !ours.addresses4.contains(l)) {
+                ours.addresses4.push(lan);
+            }
+        }
+    }
     let (Ok(msg2), Some(done), Some(their_udx)) = (noise.send(&ours.encode()), noise.done().cloned(), their_udx) else {
         if let Some(id) = slot {
             inner.dht_slots.free(id);

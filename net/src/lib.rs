@@ -9,8 +9,10 @@
 //!
 //! Modules: [`wire`] (the message set and its framing), [`session`] (one core with one peer,
 //! sans IO), [`identity`] (the node's key and certificate), [`endpoint`] (QUIC, channels with
-//! capabilities, fetches that hedge across peers) and [`discovery`] (topics, the LAN protocol,
-//! the Mainline DHT). The swarm that decides whom to dial lives with the node (`cli/src/swarm.rs`).
+//! capabilities, fetches that hedge across peers), [`discovery`] (topics, the LAN protocol,
+//! the Mainline DHT), [`dht`] and [`dht_node`] (HyperDHT's client and persistent node),
+//! [`holepunch`] (NATs and punching, sans IO) and [`udx`]/[`udx_socket`] (the JS stack's UDP
+//! transport). The swarm that decides whom to dial lives with the node (`cli/src/swarm.rs`).
 
 pub mod congestion;
 pub mod dht;

@@ -649,12 +649,19 @@ impl Hosts {
 
     /// Runs `hyperfs --data-dir DIR args…` on host namespace `ns`.
     pub fn hyperfs(ns: &str, dir: &Path, args: &[&str]) -> Output {
+        Hosts::hyperfs_env(ns, dir, args, &[])
+    }
+
+    /// As [`Hosts::hyperfs`] with environment variables set (a node the command starts takes
+    /// them: `RUST_LOG`, `HYPERFS_TRANSPORT`).
+    pub fn hyperfs_env(ns: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(hyperfs_bin())
             .arg("--data-dir")
             .arg(dir)
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("spawn hyperfs in a namespace")
     }

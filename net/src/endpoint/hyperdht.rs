@@ -362,6 +362,8 @@ async fn finish(
             Ok(Err(_)) => return Ok(Err(fail("the UDX socket closed".into()))),
             Err(_) => return Err(Unpunched(fail("the server did not connect back within 10 s".into()))),
         }
+    } else if let Some((pipe, remote)) = lan_shortcut(client, socket, &shaken, &addresses, udx_id).await {
+        (pipe, remote, Path::Direct)
     } else {
         match punch(client, &inner.random_punches, &shaken, firewall, addresses).await {
             Ok((through, to)) => {
@@ -373,6 +375,46 @@ async fn finish(
         }
     };
     Ok(stream(inner, pipe, remote, path, shaken.done).await)
+}
+
+/// How long a LAN address of the server is given to answer a PING.
+const LAN_PING: Duration = Duration::from_millis(500);
+
+/// Two nodes behind one NAT (the same public IP): the server's handshake answer names its LAN
+/// address beside its public one, and when that answers a PING the stream goes there, with no
+/// punch (a NAT rarely takes its own hosts' packets back in towards themselves). Returns the
+/// stream and where it goes.
+async fn lan_shortcut(
+    client: &Client,
+    socket: &Arc<UdxSocket>,
+    shaken: &Shaken,
+    ours: &[SocketAddrV4],
+    udx_id: u32,
+) -> Option<(tokio::io::DuplexStream, SocketAddr)> {
+    if !ours.iter().any(|a| a.ip() == shaken.server.ip()) {
+        return None;
+    }
+    let lan = shaken.payload.addresses4.iter().filter(|a| a.ip() != shaken.server.ip() && a.port() != 0);
+    for a in lan.take(2) {
+        if client.ping_once(*a, LAN_PING).await {
+            tracing::debug!(address = %a, "the server is on this node's LAN");
+            let to = SocketAddr::V4(*a);
+            return Some((socket.open(udx_id, shaken.udx as u32, to), to));
+        }
+    }
+    None
+}
+
+/// This node's address on its LAN, as the UDX socket `socket` is reached there: the IP the
+/// host sends from towards `towards` (a DHT node), with the socket's port.
+pub(super) fn lan_address(socket: &UdxSocket, towards: SocketAddrV4) -> Option<SocketAddrV4> {
+    let port = socket.local_addr().ok()?.port();
+    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    probe.connect(towards).ok()?;
+    match probe.local_addr().ok()? {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(SocketAddrV4::new(*a.ip(), port)),
+        _ => None,
+    }
 }
 
 /// Secret-stream as the initiator over `pipe`, keyed by the HyperDHT handshake, and the
