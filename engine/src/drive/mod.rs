@@ -18,6 +18,7 @@ mod contents;
 pub mod entry;
 pub mod keys;
 pub mod links;
+pub mod merge;
 pub mod meta;
 pub mod path;
 pub mod prune;
