@@ -167,7 +167,7 @@ impl<V> Merge<V> {
             writers.values().filter_map(|log| log.iter().rev().find(|c| self.taken(c))).collect();
         let mut latest: Vec<&Change<V>> =
             last.iter().copied().filter(|c| !last.iter().any(|d| !std::ptr::eq(*c, *d) && c.before(d))).collect();
-        latest.sort_by(|a, b| b.rank().cmp(&a.rank()));
+        latest.sort_by_key(|c| std::cmp::Reverse(c.rank()));
         latest
     }
 
