@@ -277,7 +277,21 @@ impl Swarm {
     /// Leaves the topic of core `key`: no longer announced or looked for.
     pub fn leave(&self, key: &CoreKey) {
         if let Some(joined) = &self.hyperdht {
-            lock(joined).remove(&crypto::discovery_key(key).0);
+            let topic = crypto::discovery_key(key).0;
+            if lock(joined).remove(&topic) {
+                // Taken back from HyperDHT, so peers stop finding this node under it (a walk:
+                // on a thread of its own).
+                let endpoint = self.endpoint.clone();
+                let spawned = std::thread::Builder::new().name("hyperfs-hyperdht".into()).spawn(move || {
+                    if let Some(e) = endpoint.upgrade() {
+                        let took = e.dht_unannounce(topic);
+                        tracing::info!(took, "unannounced on HyperDHT");
+                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "unannouncing on HyperDHT");
+                }
+            }
         }
         let t = discovery::topic(&crypto::discovery_key(key));
         self.shared.with(|st| st.leave(&t));

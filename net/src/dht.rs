@@ -924,25 +924,38 @@ impl Client {
         let peer = Peer { public_key: key_pair.public_key(), relay_addresses: relays };
         let mut took = 0;
         for r in self.walk(topic, false, command::LOOKUP, None).await {
-            if self.announce_to(&r, topic, key_pair, &peer).await {
+            if self.announce_to(&r, topic, key_pair, &peer, command::ANNOUNCE).await {
                 took += 1;
             }
         }
         took
     }
 
-    /// Sends node `r` the signed announce of `peer` under `target`, with the token it gave;
-    /// whether it took it.
-    async fn announce_to(&self, r: &Replied, target: [u8; 32], key_pair: &KeyPair, peer: &Peer) -> bool {
+    /// Takes `key_pair`'s announce under `topic` back from the nodes nearest it (UNANNOUNCE,
+    /// signed as an announce is); returns how many said they did.
+    pub async fn unannounce(&self, topic: [u8; 32], key_pair: &KeyPair) -> usize {
+        let peer = Peer { public_key: key_pair.public_key(), relay_addresses: Vec::new() };
+        let mut took = 0;
+        for r in self.walk(topic, false, command::LOOKUP, None).await {
+            if self.announce_to(&r, topic, key_pair, &peer, command::UNANNOUNCE).await {
+                took += 1;
+            }
+        }
+        took
+    }
+
+    /// Sends node `r` the signed announce (or, with `cmd` UNANNOUNCE, its withdrawal) of
+    /// `peer` under `target`, with the token it gave; whether it took it.
+    async fn announce_to(&self, r: &Replied, target: [u8; 32], key_pair: &KeyPair, peer: &Peer, cmd: u64) -> bool {
         let Some(token) = r.token else { return false };
-        let signature = key_pair.sign(&signable(&namespace(command::ANNOUNCE), &target, &r.id, &token, peer));
+        let signature = key_pair.sign(&signable(&namespace(cmd), &target, &r.id, &token, peer));
         let req = Request {
             tid: 0,
             to: r.node,
             id: None,
             token: Some(token),
             internal: false,
-            command: command::ANNOUNCE,
+            command: cmd,
             target: Some(target),
             value: Some(announce_value(peer, &signature)),
         };
@@ -1033,7 +1046,7 @@ impl Client {
             if relays.len() == 3 {
                 break;
             }
-            if self.announce_to(&r, target, key_pair, &peer).await {
+            if self.announce_to(&r, target, key_pair, &peer, command::ANNOUNCE).await {
                 relays.push(r.node);
             }
         }

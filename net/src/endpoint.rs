@@ -761,6 +761,16 @@ impl Endpoint {
         })
     }
 
+    /// Takes this node's announce under `topic` back from HyperDHT; returns how many nodes
+    /// said they did.
+    pub fn dht_unannounce(&self, topic: [u8; 32]) -> usize {
+        let inner = self.inner.clone();
+        self.runtime.block_on(async move {
+            let Ok(client) = dht_client(&inner).await else { return 0 };
+            client.unannounce(topic, &inner.signing).await
+        })
+    }
+
     /// What HyperDHT's nodes see of this node ([`crate::dht::Client::nat`], sampled further
     /// first while the verdict is not settled): its NAT's kind, its public addresses and the
     /// samples they rest on; `None` while HyperDHT is off.

@@ -48,6 +48,13 @@ fn announces_and_lookups_meet_js_nodes_on_a_hyperdht_network() {
 
     // Nobody announced this one.
     assert!(rt.block_on(client.lookup([0x73; 32])).is_empty());
+
+    // hyperfs takes its announce back; JS no longer finds it.
+    let withdrawn = rt.block_on(client.unannounce(topic, &ours));
+    assert!(withdrawn >= 3, "{withdrawn} nodes took the unannounce");
+    let found = js.ask(json!({"lookup": hex::encode(topic)}));
+    let keys: Vec<&str> = found["peers"].as_array().expect("peers").iter().filter_map(|p| p.as_str()).collect();
+    assert!(!keys.contains(&hex::encode(ours.public_key()).as_str()), "JS still finds it: {keys:?}");
 }
 
 /// A core of the test's node, behind a lock.
