@@ -18,8 +18,10 @@ mod contents;
 pub mod entry;
 pub mod keys;
 pub mod links;
+pub mod members;
 pub mod merge;
 pub mod meta;
+pub mod multi;
 pub mod path;
 pub mod prune;
 pub mod shared;
@@ -382,6 +384,19 @@ impl Drive {
 
     /// Applies several changes as one new version (one db batch): all of them or none.
     pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<()> {
+        self.apply_with(ops, &[])
+    }
+
+    /// As [`Drive::apply`], with `tail` (keys outside what Hyperdrive lists, and their values,
+    /// or `None` to delete) written at the end of the same batch: a multi-writer member's
+    /// markers ([`members`]).
+    pub fn apply_with(&mut self, ops: &[Op<'_>], tail: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        if let Some((k, _)) = tail.iter().find(|(k, _)| [FILES, DIRS, SPECIAL].iter().any(|s| k.starts_with(s))) {
+            return Err(Error::InvalidRequest(format!(
+                "{} is a key of the drive's tree",
+                printable(&String::from_utf8_lossy(k))
+            )));
+        }
         // An entry never names bytes the blobs core does not hold yet (a batch not finished).
         for op in ops {
             if let Op::Put(p, Entry { blob: Some(b), .. }) = *op {
@@ -440,7 +455,7 @@ impl Drive {
             plan.finish()
         };
         let mut b = self.db.batch();
-        for (key, value) in writes {
+        for (key, value) in writes.into_iter().chain(tail.iter().cloned()) {
             match value {
                 Some(v) => b.put(&key, &v)?,
                 None => {

@@ -861,6 +861,7 @@ fn a_node_on_every_address_is_reached_over_ipv6_too() {
     let at: SocketAddr = format!("[::1]:{}", v6.port()).parse().expect("addr");
     let peer = b.connect(at).expect("connect over IPv6");
     assert_eq!(peer, id.peer_id());
+    wait("the signed length", || lock(&r.core).length() == 20);
     assert!(b.fetch(&key, 7, Duration::from_secs(5)), "block 7 arrives over IPv6");
     assert_eq!(lock(&r.core).get(7).expect("stored"), b"block 7");
     assert_eq!(b.peers()[0].address, at);

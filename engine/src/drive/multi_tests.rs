@@ -1,0 +1,133 @@
+//! Three members of one multi-writer drive, each with its own drive in one store, holding the
+//! others' drives as of their last sync (frozen copies): what each writes, and the one tree all
+//! of them hold once they have synced.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::crypto::KeyPair;
+use crate::store::{MemStore, Store};
+
+fn members(n: u8) -> Vec<MultiDrive> {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let drives: Vec<Drive> =
+        (0..n).map(|i| Drive::create(store.clone(), KeyPair::from_seed(&[i + 1; 32])).expect("drive")).collect();
+    let copies: Vec<Drive> = drives.iter().map(Drive::frozen_copy).collect();
+    drives
+        .into_iter()
+        .enumerate()
+        .map(|(i, own)| {
+            let others = copies.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.frozen_copy()).collect();
+            MultiDrive::new(own, others)
+        })
+        .collect()
+}
+
+/// Member `a` takes in what member `b` holds: `b`'s own drive and the others as `b` has them,
+/// where that is further than `a`'s.
+fn sync(all: &mut [MultiDrive], a: usize, b: usize) {
+    let theirs: Vec<Drive> = all[b].drives().map(Drive::frozen_copy).collect();
+    let me = all[a].writer();
+    for d in theirs {
+        if d.key().0 == me.0 {
+            continue;
+        }
+        let slot = all[a].others_mut().iter_mut().find(|o| o.key() == d.key()).expect("a member");
+        if d.db().version() > slot.db().version() {
+            *slot = d;
+        }
+    }
+}
+
+fn sync_all(all: &mut [MultiDrive]) {
+    for _ in 0..2 {
+        for a in 0..all.len() {
+            for b in 0..all.len() {
+                if a != b {
+                    sync(all, a, b);
+                }
+            }
+        }
+    }
+}
+
+fn at(mtime_ms: u64) -> PutOptions {
+    PutOptions { executable: false, metadata: Some(serde_json::json!({ "mtime": mtime_ms })) }
+}
+
+/// Each member's tree as paths, bytes and whether a conflict copy.
+fn contents(m: &MultiDrive) -> BTreeMap<String, (Vec<u8>, bool)> {
+    m.tree()
+        .expect("tree")
+        .into_iter()
+        .map(|(p, h)| {
+            let bytes = m.content(&h).expect("content");
+            (p, (bytes, h.conflict))
+        })
+        .collect()
+}
+
+fn same_everywhere(all: &[MultiDrive]) -> BTreeMap<String, (Vec<u8>, bool)> {
+    let first = contents(&all[0]);
+    for m in &all[1..] {
+        assert_eq!(contents(m), first, "members differ");
+    }
+    first
+}
+
+#[test]
+fn three_members_write_and_converge_on_one_tree() {
+    let mut all = members(3);
+    for (i, m) in all.iter_mut().enumerate() {
+        m.put(&format!("/from-{i}.txt"), format!("written by {i}").as_bytes(), &at(1_000)).expect("put");
+    }
+    sync_all(&mut all);
+    let tree = same_everywhere(&all);
+    assert_eq!(tree.len(), 3);
+    assert_eq!(tree["/from-1.txt"], (b"written by 1".to_vec(), false));
+    // Each member's own drive is an ordinary drive holding what it wrote.
+    assert_eq!(all[2].own().get("/from-2.txt").expect("get"), Some(b"written by 2".to_vec()));
+    assert_eq!(all[2].own().get("/from-1.txt").expect("get"), None);
+}
+
+#[test]
+fn an_edit_on_two_members_apart_keeps_both_and_a_delete_loses_to_a_modify() {
+    let mut all = members(3);
+    all[0].put("/notes.md", b"first", &at(1_000)).expect("put");
+    sync_all(&mut all);
+    // Apart: member 1 edits later (by mtime) than member 2; member 0 deletes.
+    all[1].put("/notes.md", b"from one", &at(3_000)).expect("put");
+    all[2].put("/notes.md", b"from two", &at(2_000)).expect("put");
+    sync_all(&mut all);
+    let tree = same_everywhere(&all);
+    let copy = super::super::merge::conflict_name("/notes.md", 2_000, &all[2].writer());
+    assert_eq!(tree["/notes.md"], (b"from one".to_vec(), false));
+    assert_eq!(tree[&copy], (b"from two".to_vec(), true));
+    assert_eq!(tree.len(), 2);
+
+    all[0].put("/gone-or-not", b"v1", &at(1_000)).expect("put");
+    sync_all(&mut all);
+    assert!(all[0].delete("/gone-or-not").expect("delete"));
+    all[1].put("/gone-or-not", b"v2", &at(1_500)).expect("put");
+    sync_all(&mut all);
+    assert_eq!(same_everywhere(&all)["/gone-or-not"], (b"v2".to_vec(), false), "the modify wins");
+    // A delete that saw the modify takes it away, on every member.
+    assert!(all[2].delete("/gone-or-not").expect("delete"));
+    sync_all(&mut all);
+    assert!(!same_everywhere(&all).contains_key("/gone-or-not"));
+}
+
+#[test]
+fn a_rename_of_another_members_file_moves_its_content() {
+    let mut all = members(2);
+    all[0].put("/a/old.bin", &[7u8; 100_000], &at(1_000)).expect("put");
+    sync_all(&mut all);
+    all[1].rename("/a/old.bin", "/b/new.bin").expect("rename");
+    sync_all(&mut all);
+    let tree = same_everywhere(&all);
+    assert_eq!(tree.keys().collect::<Vec<_>>(), vec!["/b/new.bin"]);
+    assert_eq!(tree["/b/new.bin"].0, vec![7u8; 100_000]);
+    // Member 0's own drive still has the old file: its bytes are where they were.
+    assert!(all[0].own().exists("/a/old.bin").expect("exists"));
+}
