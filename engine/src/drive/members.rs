@@ -129,7 +129,7 @@ pub fn changes(writer: Writer, history: impl IntoIterator<Item = HistoryEntry>) 
 }
 
 /// A member's key from its 64 hex digits.
-fn member_key(hex: &[u8]) -> Option<Writer> {
+pub(super) fn member_key(hex: &[u8]) -> Option<Writer> {
     let s = std::str::from_utf8(hex).ok()?;
     if s.len() != 64 {
         return None;

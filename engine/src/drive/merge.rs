@@ -11,8 +11,10 @@
 //! - if a latest change puts content, the path holds the winner among the latest puts, the
 //!   later `mtime` first, then the larger writer key, then the later place in its log; a
 //!   modify beats a concurrent delete;
-//! - every other latest put whose content differs keeps it as a conflict copy beside the
-//!   winner, named as Syncthing names them (`NAME.sync-conflict-YYYYMMDD-HHMMSS-WRITER.EXT`);
+//! - every put that lost to a concurrent put of other content keeps it as a conflict copy
+//!   beside the path, named as Syncthing names them (`NAME.sync-conflict-YYYYMMDD-HHMMSS-
+//!   WRITER.EXT`), from then on: as Syncthing's copies, it stays until a member who had seen
+//!   that put deletes or rewrites the copy;
 //! - if all the latest changes delete, the path is gone.
 //!
 //! So every content a member saved is in the tree, in a conflict copy, or was overwritten or
@@ -179,23 +181,55 @@ impl<V> Merge<V> {
         let mut copies = Vec::new();
         for path in self.paths.keys() {
             let latest = self.latest(path);
-            let mut puts = latest.iter().filter(|c| matches!(c.op, Op::Put { .. }));
-            let Some(winner) = puts.next() else { continue };
-            tree.insert(path.clone(), Resolved { change: *winner, conflict: false });
-            let mut kept: Vec<&Change<V>> = vec![winner];
-            for loser in puts {
-                let Op::Put { value: l, .. } = &loser.op else { continue };
-                let duplicate = kept.iter().any(|k| matches!(&k.op, Op::Put { value: v, .. } if same(v, l)));
-                if !duplicate {
+            let winner = latest.iter().copied().find(|c| matches!(c.op, Op::Put { .. }));
+            if let Some(w) = winner {
+                tree.insert(path.clone(), Resolved { change: w, conflict: false });
+            }
+            let mut kept: Vec<&Change<V>> = winner.into_iter().collect();
+            for loser in self.losers(path, &same) {
+                let duplicate = kept.iter().any(|k| same_put(k, loser, &same));
+                if !duplicate && !kept.iter().any(|k| std::ptr::eq(*k, loser)) {
                     kept.push(loser);
-                    copies.push((conflict_name(path, loser.mtime(), &loser.writer), *loser));
+                    copies.push((conflict_name(path, loser.mtime(), &loser.writer), loser));
                 }
             }
         }
+        // One writer's puts within one second share a copy's name: the latest of them (which
+        // saw the others) keeps it.
+        copies.sort_by(|(a, x), (b, y)| a.cmp(b).then(y.rank().cmp(&x.rank())));
+        copies.dedup_by(|later, first| later.0 == first.0);
         for (name, change) in copies {
-            tree.entry(name).or_insert(Resolved { change, conflict: true });
+            // A member that had seen the conflicting put and then deleted or rewrote its copy
+            // decided it.
+            let decided = self
+                .paths
+                .get(&name)
+                .is_some_and(|ws| ws.values().flatten().any(|c| self.taken(c) && change.before(c)));
+            if !decided {
+                tree.entry(name).or_insert(Resolved { change, conflict: true });
+            }
         }
         tree
+    }
+
+    /// The puts on `path` that lost to a concurrent put of other content (ranked above them):
+    /// each keeps its content in a conflict copy from then on, as Syncthing's copies stay until
+    /// someone deletes them.
+    fn losers<'a>(&'a self, path: &str, same: &impl Fn(&V, &V) -> bool) -> Vec<&'a Change<V>> {
+        let Some(writers) = self.paths.get(path) else { return Vec::new() };
+        let mut puts: Vec<&Change<V>> =
+            writers.values().flatten().filter(|c| self.taken(c) && matches!(c.op, Op::Put { .. })).collect();
+        // In rank order, highest first: of two losers with one content, the higher keeps the
+        // copy, on every member alike.
+        puts.sort_by_key(|c| std::cmp::Reverse(c.rank()));
+        puts.iter()
+            .copied()
+            .filter(|p| {
+                puts.iter().any(|q| {
+                    q.writer != p.writer && !p.before(q) && !q.before(p) && q.rank() > p.rank() && !same_put(q, p, same)
+                })
+            })
+            .collect()
     }
 
     /// How many changes are taken in.
@@ -205,6 +239,14 @@ impl<V> Merge<V> {
 
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
+    }
+}
+
+/// Whether two changes put the same content.
+fn same_put<V>(a: &Change<V>, b: &Change<V>, same: &impl Fn(&V, &V) -> bool) -> bool {
+    match (&a.op, &b.op) {
+        (Op::Put { value: x, .. }, Op::Put { value: y, .. }) => same(x, y),
+        _ => false,
     }
 }
 

@@ -102,10 +102,24 @@ fn concurrent_edits_keep_one_winner_and_a_conflict_copy_named_as_syncthing_does(
     assert_eq!(world.tree(0), want);
     assert_eq!(world.tree(1), want);
     assert_eq!(b.writer.short().len(), 7);
-    // A change that saw both resolves it: the copy goes, having been seen.
+    // A change that saw both edits the file again: the copy stays, as Syncthing's do…
     world.write(1, "/docs/report.txt", put(4, 1_796_646_898_000));
     world.sync(0, 1);
-    assert_eq!(world.tree(0), BTreeMap::from([("/docs/report.txt".to_owned(), (4, false))]));
+    let want = BTreeMap::from([("/docs/report.txt".to_owned(), (4, false)), (copy.clone(), (3, true))]);
+    assert_eq!(world.tree(0), want);
+    // …until a member that had seen it deletes it.
+    world.write(0, &copy, Op::Delete);
+    world.sync(1, 0);
+    assert_eq!(world.tree(1), BTreeMap::from([("/docs/report.txt".to_owned(), (4, false))]));
+    // One who had not seen it does not take it away.
+    let mut apart = World::new(3);
+    apart.write(0, "/f", put(1, 2_000));
+    let lost = apart.write(1, "/f", put(2, 1_000));
+    apart.write(2, &conflict_name("/f", 1_000, &lost.writer), Op::Delete);
+    for (a, b) in [(0, 1), (0, 2), (1, 0), (2, 0)] {
+        apart.sync(a, b);
+    }
+    assert_eq!(apart.tree(0).get(&conflict_name("/f", 1_000, &lost.writer)), Some(&(2, true)));
 }
 
 #[test]
@@ -220,8 +234,10 @@ proptest! {
                     next += 1;
                 }
                 Step::Delete { member, path } => {
-                    if world.tree(member).contains_key(PATHS[path]) {
-                        world.write(member, PATHS[path], Op::Delete);
+                    // Any path the member holds, conflict copies too.
+                    let held: Vec<String> = world.tree(member).into_keys().collect();
+                    if !held.is_empty() {
+                        world.write(member, &held[path % held.len()], Op::Delete);
                     }
                 }
                 Step::Rename { member, from, to } => {
@@ -257,7 +273,10 @@ proptest! {
         let held: BTreeSet<u64> = tree.values().map(|(v, _)| *v).collect();
         for s in &saved {
             let Op::Put { value, .. } = s.op else { continue };
-            let seen_over = all.iter().any(|c| c.path == s.path && s.before(c));
+            // Overwritten or deleted, at its path or at its conflict copy's, by a change that
+            // had seen it.
+            let copy = conflict_name(&s.path, s.mtime(), &s.writer);
+            let seen_over = all.iter().any(|c| (c.path == s.path || c.path == copy) && s.before(c));
             prop_assert!(held.contains(&value) || seen_over, "content {} of {:?} was lost", value, s);
         }
         // And nothing the tree holds at its own path was seen overwritten or deleted there.

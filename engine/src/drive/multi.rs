@@ -10,12 +10,12 @@
 //! Does not know: how the other members' drives arrive (replication), membership rules beyond
 //! the merge's (who may add whom), the node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{Error, Result};
 
 use super::members::{self, Value};
-use super::merge::{Clock, Merge, Op as Change, Writer};
+use super::merge::{self, Change, Clock, Merge, Writer};
 use super::{Drive, Entry, Op, PutOptions};
 
 /// What the merged tree holds at a path: the member whose drive has the content, its entry,
@@ -27,16 +27,51 @@ pub struct Held {
     pub conflict: bool,
 }
 
+/// Every change held, the members, and where each removed writer is cut.
+type Membership = (Vec<Change<Value>>, BTreeSet<Writer>, BTreeMap<Writer, u64>);
+
 /// One member's multi-writer drive; see the module doc.
 pub struct MultiDrive {
+    /// The member that made the drive: a member until a member removes it.
+    founder: Writer,
     own: Drive,
     others: Vec<Drive>,
 }
 
 impl MultiDrive {
-    /// The member writing `own`, holding `others` (each as far as it has it).
-    pub fn new(own: Drive, others: Vec<Drive>) -> MultiDrive {
-        MultiDrive { own, others }
+    /// The member writing `own` in the drive `founder` made, holding `others` (each as far as
+    /// it has it; a drive of a writer that is no member is held but not taken).
+    pub fn new(founder: Writer, own: Drive, others: Vec<Drive>) -> MultiDrive {
+        MultiDrive { founder, own, others }
+    }
+
+    /// Who may write, with their names: the founder unless removed, and whom members added
+    /// and no member removed since.
+    pub fn members(&self) -> Result<Vec<(Writer, String)>> {
+        let (all, members, _) = self.membership()?;
+        let names = membership_tree(&all, &members, self.founder);
+        Ok(members
+            .into_iter()
+            .map(|w| {
+                let name = names.get(&w).cloned().unwrap_or_default();
+                (w, name)
+            })
+            .collect())
+    }
+
+    /// Makes `member` a member, named `name`.
+    pub fn add_member(&mut self, member: Writer, name: &str) -> Result<()> {
+        let key = [members::MEMBER, crate::crypto::to_hex(&member.0).as_bytes()].concat();
+        let tail = [(key, Some(name.as_bytes().to_vec())), self.marker()];
+        self.own.apply_with(&[], &tail)
+    }
+
+    /// Removes `member`: what it writes from now on (what this member has not seen of it) is
+    /// not taken by any member.
+    pub fn remove_member(&mut self, member: Writer) -> Result<()> {
+        let key = [members::REMOVED, crate::crypto::to_hex(&member.0).as_bytes()].concat();
+        let tail = [(key, Some(Vec::new())), self.marker()];
+        self.own.apply_with(&[], &tail)
     }
 
     pub fn own(&self) -> &Drive {
@@ -65,15 +100,47 @@ impl MultiDrive {
         clock
     }
 
-    /// Every member's changes held here, merged.
-    pub fn merge(&self) -> Result<Merge<Value>> {
-        let mut merge = Merge::new();
+    /// Every change held here, the members (to a fixed point: a writer is one when the
+    /// membership merged from the members' changes says so, starting from the founder), and
+    /// where each removed writer is cut (what its removals had seen of it).
+    fn membership(&self) -> Result<Membership> {
+        let mut all = Vec::new();
         for d in self.drives() {
             let view = d.db().view();
             let history: Vec<_> = view.history(&members::HistoryRange::default()).collect::<Result<_>>()?;
-            for c in members::changes(Writer(d.key().0), history) {
+            all.extend(members::changes(Writer(d.key().0), history));
+        }
+        let mut members = BTreeSet::from([self.founder]);
+        // Each round adds or drops at least one writer, or ends.
+        for _ in 0..=self.others.len() + 1 {
+            let now: BTreeSet<Writer> = membership_tree(&all, &members, self.founder).into_keys().collect();
+            if now == members {
+                break;
+            }
+            members = now;
+        }
+        let mut cuts = BTreeMap::new();
+        for c in all.iter().filter(|c| members.contains(&c.writer) && matches!(c.op, merge::Op::Delete)) {
+            if let Some(w) = member_of_path(&c.path).filter(|w| !members.contains(w)) {
+                let seen = c.clock.get(&w);
+                let cut = cuts.entry(w).or_insert(seen);
+                *cut = (*cut).min(seen);
+            }
+        }
+        Ok((all, members, cuts))
+    }
+
+    /// The changes of members (and of removed members, up to their cut), merged.
+    pub fn merge(&self) -> Result<Merge<Value>> {
+        let (all, members, cuts) = self.membership()?;
+        let mut merge = Merge::new();
+        for c in all {
+            if members.contains(&c.writer) || cuts.contains_key(&c.writer) {
                 merge.add(c);
             }
+        }
+        for (w, cut) in cuts {
+            merge.ignore_from(w, cut);
         }
         Ok(merge)
     }
@@ -86,7 +153,7 @@ impl MultiDrive {
         let tree = merge.tree(|a, b| a == b);
         let mut out = BTreeMap::new();
         for (path, r) in tree {
-            if let Change::Put { value: Value::File(entry), .. } = &r.change.op {
+            if let merge::Op::Put { value: Value::File(entry), .. } = &r.change.op {
                 out.insert(path, Held { writer: r.change.writer, entry: entry.clone(), conflict: r.conflict });
             }
         }
@@ -152,6 +219,34 @@ impl MultiDrive {
     fn marker(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         (members::CLOCK.to_vec(), Some(members::encode_clock(&self.clock())))
     }
+}
+
+/// The membership that the membership changes of `members` make: each member with its name
+/// (the founder, whom nobody added, without one), the founder unless its latest changes
+/// there remove it.
+fn membership_tree(all: &[Change<Value>], members: &BTreeSet<Writer>, founder: Writer) -> BTreeMap<Writer, String> {
+    let mut m = Merge::new();
+    for c in all.iter().filter(|c| members.contains(&c.writer) && member_of_path(&c.path).is_some()) {
+        m.add(c.clone());
+    }
+    let mut out = BTreeMap::new();
+    for (path, r) in m.tree(|a, b| a == b) {
+        if let (Some(w), merge::Op::Put { value: Value::Member(name), .. }, false) =
+            (member_of_path(&path), &r.change.op, r.conflict)
+        {
+            out.insert(w, name.clone());
+        }
+    }
+    let removed = m.latest(&members::member_path(&founder)).iter().any(|c| matches!(c.op, merge::Op::Delete));
+    if !removed {
+        out.entry(founder).or_default();
+    }
+    out
+}
+
+/// The writer a membership path names.
+fn member_of_path(path: &str) -> Option<Writer> {
+    members::member_key(path.strip_prefix("member:")?.as_bytes())
 }
 
 #[cfg(test)]

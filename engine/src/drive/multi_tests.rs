@@ -9,17 +9,30 @@ use super::*;
 use crate::crypto::KeyPair;
 use crate::store::{MemStore, Store};
 
+/// `n` members (the first the founder, who adds the others), each holding nothing of the
+/// others yet.
 fn members(n: u8) -> Vec<MultiDrive> {
+    let mut all = strangers(n);
+    for i in 1..n as usize {
+        let w = all[i].writer();
+        all[0].add_member(w, &format!("member {i}")).expect("add");
+    }
+    all
+}
+
+/// `n` drives of one multi-writer drive made by the first, none added yet.
+fn strangers(n: u8) -> Vec<MultiDrive> {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let drives: Vec<Drive> =
         (0..n).map(|i| Drive::create(store.clone(), KeyPair::from_seed(&[i + 1; 32])).expect("drive")).collect();
     let copies: Vec<Drive> = drives.iter().map(Drive::frozen_copy).collect();
+    let founder = Writer(drives[0].key().0);
     drives
         .into_iter()
         .enumerate()
         .map(|(i, own)| {
             let others = copies.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.frozen_copy()).collect();
-            MultiDrive::new(own, others)
+            MultiDrive::new(founder, own, others)
         })
         .collect()
 }
@@ -79,6 +92,7 @@ fn same_everywhere(all: &[MultiDrive]) -> BTreeMap<String, (Vec<u8>, bool)> {
 #[test]
 fn three_members_write_and_converge_on_one_tree() {
     let mut all = members(3);
+    sync_all(&mut all);
     for (i, m) in all.iter_mut().enumerate() {
         m.put(&format!("/from-{i}.txt"), format!("written by {i}").as_bytes(), &at(1_000)).expect("put");
     }
@@ -94,6 +108,7 @@ fn three_members_write_and_converge_on_one_tree() {
 #[test]
 fn an_edit_on_two_members_apart_keeps_both_and_a_delete_loses_to_a_modify() {
     let mut all = members(3);
+    sync_all(&mut all);
     all[0].put("/notes.md", b"first", &at(1_000)).expect("put");
     sync_all(&mut all);
     // Apart: member 1 edits later (by mtime) than member 2; member 0 deletes.
@@ -121,6 +136,7 @@ fn an_edit_on_two_members_apart_keeps_both_and_a_delete_loses_to_a_modify() {
 #[test]
 fn a_rename_of_another_members_file_moves_its_content() {
     let mut all = members(2);
+    sync_all(&mut all);
     all[0].put("/a/old.bin", &[7u8; 100_000], &at(1_000)).expect("put");
     sync_all(&mut all);
     all[1].rename("/a/old.bin", "/b/new.bin").expect("rename");
@@ -130,4 +146,33 @@ fn a_rename_of_another_members_file_moves_its_content() {
     assert_eq!(tree["/b/new.bin"].0, vec![7u8; 100_000]);
     // Member 0's own drive still has the old file: its bytes are where they were.
     assert!(all[0].own().exists("/a/old.bin").expect("exists"));
+}
+
+#[test]
+fn only_members_write_and_a_removed_member_s_later_writes_are_not_taken() {
+    let mut all = strangers(3);
+    all[1].put("/uninvited", b"x", &at(1_000)).expect("put");
+    sync_all(&mut all);
+    assert!(same_everywhere(&all).is_empty(), "a writer nobody added is not taken");
+    let (one, two) = (all[1].writer(), all[2].writer());
+    all[0].add_member(one, "laptop").expect("add");
+    sync_all(&mut all);
+    assert_eq!(same_everywhere(&all).keys().collect::<Vec<_>>(), vec!["/uninvited"]);
+    // A member adds another.
+    all[1].add_member(two, "desktop").expect("add");
+    all[2].put("/from-two", b"y", &at(1_000)).expect("put");
+    sync_all(&mut all);
+    let names: Vec<String> = all[2].members().expect("members").into_iter().map(|(_, n)| n).collect();
+    assert_eq!(names.len(), 3);
+    assert!(names.contains(&"laptop".to_owned()) && names.contains(&"desktop".to_owned()), "{names:?}");
+    assert_eq!(same_everywhere(&all).len(), 2);
+
+    // Removed: what it wrote before stays, what it writes after is not taken.
+    all[0].remove_member(two).expect("remove");
+    all[2].put("/after-removal", b"z", &at(9_000)).expect("put");
+    all[2].delete("/uninvited").expect("delete");
+    sync_all(&mut all);
+    let tree = same_everywhere(&all);
+    assert_eq!(tree.keys().collect::<Vec<_>>(), vec!["/from-two", "/uninvited"]);
+    assert_eq!(all[0].members().expect("members").len(), 2);
 }
