@@ -17,6 +17,9 @@
 //!                                     what raw QUIC, or the JS wire over TCP (secret-stream, or
 //!                                     with aes the AES-256-GCM frames hyperfs nodes switch to),
 //!                                     carries on loopback with the node's configuration (JSON)
+//!   hyperfs-bench merge DIR N         a multi-writer drive's member comes back with N changes
+//!                                     made offline (1 KiB files, half of them overwrites): the
+//!                                     seconds the other member takes to merge them (JSON)
 //!   hyperfs-bench flood ADDR KEY... S a hostile peer: for S seconds, floods the node at ADDR with
 //!                                     bitfield, range, request and want messages on the channels
 //!                                     of the cores KEY..., reconnecting whenever dropped (JSON)
@@ -43,10 +46,11 @@ fn main() {
         Some("write") => write_files(&args[2], &args[3], args[4].parse().expect("a count")),
         Some("quic") => quic(args[2].parse().expect("MiB")),
         Some("tcp") => tcp(args[2].parse().expect("MiB"), args.get(3).is_some_and(|a| a == "aes")),
+        Some("merge") => merge(&args[2], args.get(3).and_then(|n| n.parse().ok()).unwrap_or(10_000)),
         Some("flood") => flood(&args[2], &args[3..args.len() - 1], args[args.len() - 1].parse().expect("seconds")),
         _ => {
             eprintln!(
-                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | flood ADDR KEY... SECONDS | quic MIB | tcp MIB [aes]"
+                "usage: hyperfs-bench chunk FILE | append DIR [64k|4k] | dedup OLD NEW | bee DIR [KEYS] | drive DIR | randread FILE N | close MNT BIG | write DIR SRC N | merge DIR [N] | flood ADDR KEY... SECONDS | quic MIB | tcp MIB [aes]"
             );
             std::process::exit(2);
         }
@@ -667,4 +671,45 @@ fn quic(mib: u64) {
         seconds
     });
     println!("{}", serde_json::json!({"seconds": seconds, "MiBps": mib as f64 / seconds}));
+}
+
+/// Two members of a multi-writer drive in one RocksDB store: B makes `n` changes offline (1 KiB
+/// files on `n / 2` paths, so half overwrite), A 100 of its own; then A takes B's drive in and
+/// merges. The merge reads every member's log from its start: the figure is a whole merge.
+fn merge(dir: &str, n: usize) {
+    use hyperfs_engine::drive::merge::Writer;
+    use hyperfs_engine::drive::multi::MultiDrive;
+    use hyperfs_engine::drive::{Drive, PutOptions};
+    let store: Arc<dyn hyperfs_engine::store::Store> =
+        Arc::new(RocksStore::open(std::path::Path::new(dir)).expect("store"));
+    let a = Drive::create(store.clone(), KeyPair::from_seed(&[1; 32])).expect("drive");
+    let b = Drive::create(store.clone(), KeyPair::from_seed(&[2; 32])).expect("drive");
+    let founder = Writer(a.key().0);
+    let (a_copy, b_copy) = (a.frozen_copy(), b.frozen_copy());
+    let mut ma = MultiDrive::new(founder, a, vec![b_copy]);
+    let mut mb = MultiDrive::new(founder, b, vec![a_copy]);
+    ma.add_member(mb.writer(), "b").expect("add");
+    mb.others_mut()[0] = ma.own().frozen_copy();
+    let opts = |t: u64| PutOptions { executable: false, metadata: Some(serde_json::json!({ "mtime": t })) };
+    let data = vec![7u8; 1024];
+    let started = Instant::now();
+    for i in 0..n {
+        mb.put(&format!("/offline/{}.txt", i % (n / 2).max(1)), &data, &opts(i as u64)).expect("put");
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    for i in 0..100 {
+        ma.put(&format!("/online/{i}.txt"), &data, &opts(i)).expect("put");
+    }
+    ma.others_mut()[0] = mb.own().frozen_copy();
+    let started = Instant::now();
+    let tree = ma.tree().expect("tree");
+    let merge_secs = started.elapsed().as_secs_f64();
+    assert_eq!(tree.len(), (n / 2).max(1) + 100, "every path merged");
+    let json = serde_json::json!({
+        "changes": n,
+        "mergeSeconds": merge_secs,
+        "changesPerSecond": n as f64 / merge_secs,
+        "offlineWriteSeconds": write_secs,
+    });
+    println!("{json}");
 }
