@@ -261,24 +261,8 @@ pub fn conflict_name(path: &str, mtime_ms: u64, writer: &Writer) -> String {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    let (y, mo, d, h, mi, s) = civil(mtime_ms / 1000);
+    let (y, mo, d, h, mi, s) = super::meta::utc((mtime_ms / 1000) as i64);
     format!("{dir}{stem}.sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}{ext}", writer.short())
-}
-
-/// Seconds since 1970 as a UTC date and time (Howard Hinnant's days-to-civil).
-fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as u64, m as u64, d as u64, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

@@ -62,6 +62,22 @@ impl Meta {
     }
 }
 
+/// Seconds since 1970 as a UTC date and time: (year, month, day, hour, minute, second), by
+/// Howard Hinnant's days-to-civil.
+pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 fn time_of(m: &Map<String, Value>, key: &str) -> Option<SystemTime> {
     let ms = m.get(key)?.as_i64()?;
     let ns = m.get(&format!("{key}Ns")).and_then(Value::as_u64).filter(|&n| n < 1_000_000).unwrap_or(0);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hyperfs_tests::Hosts;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn json(ns: &str, dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&Hosts::hyperfs_ok(ns, dir, args)).expect("JSON output")
@@ -66,6 +66,32 @@ fn mount_and_read(
         std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
+}
+
+/// The peer the node of `dir` on host `ns` has at an address starting with `prefix` (`IP:` or
+/// `[IPv6]:`); the test fails with every peer it has if there is none.
+fn peer_at(ns: &str, dir: &Path, prefix: &str) -> Value {
+    let peers = json(ns, dir, &["peers", "--json"]);
+    let found =
+        peers.as_array().expect("peers").iter().find(|p| p["address"].as_str().is_some_and(|a| a.starts_with(prefix)));
+    found.cloned().unwrap_or_else(|| panic!("no peer at {prefix}…: {peers}"))
+}
+
+/// The writer (a host and data directory holding drive `d`) puts `/next.txt` holding `text`;
+/// within 20 s the clone (holding it as `c`) reads it.
+fn a_next_version_arrives(writer: (&str, &Path), clone: (&str, &Path), text: &str) {
+    let file = writer.1.parent().expect("parent").join("next.txt");
+    std::fs::write(&file, text).expect("write");
+    Hosts::hyperfs_ok(writer.0, writer.1, &["put", file.to_str().expect("utf-8"), "d:/next.txt"]);
+    let t = Instant::now();
+    loop {
+        let out = Hosts::hyperfs(clone.0, clone.1, &["cat", "c:/next.txt"]);
+        if out.status.success() && out.stdout == text.as_bytes() {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the next version did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A drive on host `ns` holding `/hello.txt`, shared; returns its key.
@@ -418,29 +444,12 @@ fn two_homes_behind_nats_connect_by_key_through_a_punch() {
     let (public_a, _) = hosts.home_ips(0);
     let (public_b, _) = hosts.home_ips(1);
     for (ns, dir, other) in [(&home_b, &db, &public_a), (&home_a, &da, &public_b)] {
-        let peers = json(ns, dir, &["peers", "--json"]);
-        let peer = peers
-            .as_array()
-            .expect("peers")
-            .iter()
-            .find(|p| p["address"].as_str().is_some_and(|a| a.starts_with(&format!("{other}:"))))
-            .unwrap_or_else(|| panic!("no peer at the other home's router {other}: {peers}"));
-        assert_eq!(peer["path"], "punched", "{peers}");
-        assert_eq!(peer["transport"], "udx", "{peers}");
+        // At the other home's router.
+        let peer = peer_at(ns, dir, &format!("{other}:"));
+        assert_eq!((&peer["path"], &peer["transport"]), (&json!("punched"), &json!("udx")), "{peer}");
     }
     // The punched connection carries what comes next.
-    let file = tmp.path().join("next.txt");
-    std::fs::write(&file, "written after the punch").expect("write");
-    Hosts::hyperfs_ok(&home_a, &da, &["put", file.to_str().expect("utf-8"), "d:/next.txt"]);
-    let t = Instant::now();
-    loop {
-        let out = Hosts::hyperfs(&home_b, &db, &["cat", "c:/next.txt"]);
-        if out.status.success() && out.stdout == b"written after the punch" {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "the next version did not arrive");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    a_next_version_arrives((&home_a, &da), (&home_b, &db), "written after the punch");
 }
 
 /// Two homes whose IPv4 NATs both randomise ports, with no relay anywhere: IPv4 alone cannot
@@ -476,27 +485,11 @@ fn homes_with_ipv6_connect_by_key_where_ipv4_cannot() {
     eprintln!("cloned over IPv6 in {:?}", started.elapsed());
     assert_eq!(Hosts::hyperfs_ok(&home_b, &db, &["cat", "c:/hello.txt"]), "from a home, over IPv6");
     for (ns, dir, other) in [(&home_b, &db, hosts.home_ip6(0)), (&home_a, &da, hosts.home_ip6(1))] {
-        let peers = json(ns, dir, &["peers", "--json"]);
-        let peer = peers
-            .as_array()
-            .expect("peers")
-            .iter()
-            .find(|p| p["address"].as_str().is_some_and(|a| a.starts_with(&format!("[{other}]:"))))
-            .unwrap_or_else(|| panic!("no peer at the other home's IPv6 address {other}: {peers}"));
-        assert_eq!(peer["path"], "direct", "{peers}");
+        // At the other home's IPv6 address.
+        let peer = peer_at(ns, dir, &format!("[{other}]:"));
+        assert_eq!(peer["path"], "direct", "{peer}");
     }
-    let file = tmp.path().join("next.txt");
-    std::fs::write(&file, "written later").expect("write");
-    Hosts::hyperfs_ok(&home_a, &da, &["put", file.to_str().expect("utf-8"), "d:/next.txt"]);
-    let t = Instant::now();
-    loop {
-        let out = Hosts::hyperfs(&home_b, &db, &["cat", "c:/next.txt"]);
-        if out.status.success() && out.stdout == b"written later" {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "the next version did not arrive");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    a_next_version_arrives((&home_a, &da), (&home_b, &db), "written later");
 }
 
 /// HyperDHT made of hyperfs nodes too: three hyperfs nodes on the public network run as
@@ -580,16 +573,10 @@ fn two_nodes_behind_one_nat_meet_on_their_lan_by_key() {
     let out = Hosts::hyperfs(&home, &db, &args);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), hyperfs_tests::node_log_tail(&db));
     assert_eq!(Hosts::hyperfs_ok(&home, &db, &["cat", "c:/hello.txt"]), "from the same home");
+    // At the home's LAN address.
     let (_, private) = hosts.home_ips(0);
-    let peers = json(&home, &db, &["peers", "--json"]);
-    let peer = peers
-        .as_array()
-        .expect("peers")
-        .iter()
-        .find(|p| p["address"].as_str().is_some_and(|a| a.starts_with(&format!("{private}:"))))
-        .unwrap_or_else(|| panic!("no peer at the home's LAN address {private}: {peers}"));
-    assert_eq!(peer["path"], "direct", "{peers}");
-    assert_eq!(peer["transport"], "udx", "{peers}");
+    let peer = peer_at(&home, &db, &format!("{private}:"));
+    assert_eq!((&peer["path"], &peer["transport"]), (&json!("direct"), &json!("udx")), "{peer}");
 }
 
 /// Homes whose NATs give each destination a new port (`--random-fully`) cannot be punched
