@@ -81,12 +81,23 @@ pub fn decode_clock(bytes: &[u8]) -> Option<Clock> {
 /// closed its batch. What is not a change is skipped; an undecodable entry or marker drops its
 /// batch (a member log is anyone's data).
 pub fn changes(writer: Writer, history: impl IntoIterator<Item = HistoryEntry>) -> Vec<Change<Value>> {
+    changes_and_next(writer, history).0
+}
+
+/// As [`changes`], with where to read from next time: the block after the last marker (a
+/// batch not closed yet is read again then).
+pub fn changes_and_next(
+    writer: Writer,
+    history: impl IntoIterator<Item = HistoryEntry>,
+) -> (Vec<Change<Value>>, Option<u64>) {
+    let mut next = None;
     let mut out = Vec::new();
     let mut batch: Vec<(u64, String, Op<Value>)> = Vec::new();
     let mut broken = false;
     for h in history {
         let (key, seq) = (&h.entry.key, h.entry.seq);
         if key.as_slice() == CLOCK && !h.deletion {
+            next = Some(seq + 1);
             match decode_clock(&h.entry.value) {
                 Some(clock) if !broken => {
                     for (seq, path, op) in batch.drain(..) {
@@ -125,7 +136,7 @@ pub fn changes(writer: Writer, history: impl IntoIterator<Item = HistoryEntry>) 
             batch.push((seq, path, op));
         }
     }
-    out
+    (out, next)
 }
 
 /// A member's key from its 64 hex digits.

@@ -36,13 +36,16 @@ pub struct MultiDrive {
     founder: Writer,
     own: Drive,
     others: Vec<Drive>,
+    /// Each member's changes read so far, and the block to read from next: a merge reads only
+    /// what was added since.
+    read: std::sync::Mutex<std::collections::HashMap<Writer, (u64, Vec<Change<Value>>)>>,
 }
 
 impl MultiDrive {
     /// The member writing `own` in the drive `founder` made, holding `others` (each as far as
     /// it has it; a drive of a writer that is no member is held but not taken).
     pub fn new(founder: Writer, own: Drive, others: Vec<Drive>) -> MultiDrive {
-        MultiDrive { founder, own, others }
+        MultiDrive { founder, own, others, read: Default::default() }
     }
 
     /// Who may write, with their names: the founder unless removed, and whom members added
@@ -105,11 +108,25 @@ impl MultiDrive {
     /// where each removed writer is cut (what its removals had seen of it).
     fn membership(&self) -> Result<Membership> {
         let mut all = Vec::new();
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
         for d in self.drives() {
-            let view = d.db().view();
-            let history: Vec<_> = view.history(&members::HistoryRange::default()).collect::<Result<_>>()?;
-            all.extend(members::changes(Writer(d.key().0), history));
+            let writer = Writer(d.key().0);
+            let (from, held) = read.entry(writer).or_insert((1, Vec::new()));
+            if d.db().version() < *from {
+                // Another history than the one read (a drive replaced by an older copy):
+                // read it again.
+                (*from, *held) = (1, Vec::new());
+            }
+            if d.db().version() > *from {
+                let range = members::HistoryRange { gte: Some(*from as i64), ..Default::default() };
+                let history: Vec<_> = d.db().view().history(&range).collect::<Result<_>>()?;
+                let (new, next) = members::changes_and_next(writer, history);
+                held.extend(new);
+                *from = next.unwrap_or(*from);
+            }
+            all.extend(held.iter().cloned());
         }
+        drop(read);
         let mut members = BTreeSet::from([self.founder]);
         // Each round adds or drops at least one writer, or ends.
         for _ in 0..=self.others.len() + 1 {
