@@ -27,6 +27,9 @@ pub struct Held {
     pub conflict: bool,
 }
 
+/// Where a member's log is read from next, and its changes read so far.
+type Read = (u64, Vec<Change<Value>>);
+
 /// Every change held, the members, and where each removed writer is cut.
 type Membership = (Vec<Change<Value>>, BTreeSet<Writer>, BTreeMap<Writer, u64>);
 
@@ -38,7 +41,7 @@ pub struct MultiDrive {
     others: Vec<Drive>,
     /// Each member's changes read so far, and the block to read from next: a merge reads only
     /// what was added since.
-    read: std::sync::Mutex<std::collections::HashMap<Writer, (u64, Vec<Change<Value>>)>>,
+    read: std::sync::Mutex<std::collections::HashMap<Writer, Read>>,
 }
 
 impl MultiDrive {
