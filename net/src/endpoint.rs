@@ -259,6 +259,8 @@ struct Conn {
     /// Whether we dialed it.
     dialer: bool,
     address: SocketAddr,
+    /// How it was made (a relayed one has the relay's address).
+    path: Path,
     tx: mpsc::UnboundedSender<Command>,
     link: Link,
     cores: Arc<Mutex<Vec<CoreKey>>>,
@@ -294,8 +296,6 @@ struct Inner {
     dht_slots: hyperdht::Slots,
     /// Punches through a random NAT running now (each costs hundreds of sockets or probes).
     random_punches: hyperdht::RandomPunches,
-    /// Connections whose path was not direct, by peer (a relayed one has the relay's address).
-    paths: Mutex<HashMap<PeerId, Path>>,
     /// This node's blind relay, when it relays for others ([`Endpoint::serve_relay`]).
     relay: Mutex<Option<Arc<relay::RelayServer>>>,
     /// Relays to go through first when no punch works ([`Endpoint::relay_through`]).
@@ -509,7 +509,6 @@ impl Endpoint {
             dht_relays: Mutex::new(Vec::new()),
             dht_slots: hyperdht::Slots::default(),
             random_punches: hyperdht::RandomPunches::default(),
-            paths: Mutex::new(HashMap::new()),
             relay: Mutex::new(None),
             relay_keys: Mutex::new(Vec::new()),
             next_stable: usize::MAX.into(),
@@ -606,7 +605,7 @@ impl Endpoint {
             let socket = udx_socket(&inner).await?;
             let pipe = socket.dial(addr);
             let (pipe, opened) = open_secret_stream(pipe, true, inner.noise.clone()).await?;
-            start_stream(&inner, tokio::io::split(pipe), addr, opened, Transport::Udx).await
+            start_stream(&inner, tokio::io::split(pipe), addr, opened, Transport::Udx, Path::Direct).await
         })
     }
 
@@ -819,7 +818,8 @@ impl Endpoint {
                         let _admitted = admitted;
                         let result = match open_secret_stream(pipe, false, inner.noise.clone()).await {
                             Ok((pipe, opened)) => {
-                                run_stream(inner, tokio::io::split(pipe), address, false, opened, Transport::Udx).await
+                                let io = tokio::io::split(pipe);
+                                run_stream(inner, io, address, false, opened, Transport::Udx, Path::Direct).await
                             }
                             Err(e) => Err(e),
                         };
@@ -882,7 +882,8 @@ impl Endpoint {
                     tune_tcp(&stream);
                     let result = match open_secret_stream(stream, false, inner.noise.clone()).await {
                         Ok((stream, opened)) => {
-                            run_stream(inner, stream.into_split(), address, false, opened, Transport::Tcp).await
+                            let io = stream.into_split();
+                            run_stream(inner, io, address, false, opened, Transport::Tcp, Path::Direct).await
                         }
                         Err(e) => Err(e),
                     };
@@ -1098,7 +1099,6 @@ impl Endpoint {
 
     /// The connected peers.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        let paths = lock(&self.inner.paths).clone();
         lock(&self.inner.conns)
             .iter()
             .map(|c| {
@@ -1112,7 +1112,7 @@ impl Endpoint {
                     rtt: c.link.rtt(),
                     transport: c.link.transport(),
                     hyperfs: c.link.hyperfs(),
-                    path: paths.get(&c.id).copied().unwrap_or(Path::Direct),
+                    path: c.path,
                 }
             })
             .collect()
@@ -1427,7 +1427,7 @@ async fn run_connection(inner: Arc<Inner>, connection: quinn::Connection, dialer
         (s, r)
     };
     let link = Link::Quic(connection.clone());
-    let peer = Peer { id, address, dialer, stable: connection.stable_id(), secret };
+    let peer = Peer { id, address, dialer, stable: connection.stable_id(), secret, path: Path::Direct };
     let result = drive(&inner, link, peer, (recv, send), Codec::Quic, Vec::new()).await;
     if let Err(e) = &result {
         connection.close(2u32.into(), e.to_string().as_bytes());
@@ -1568,8 +1568,8 @@ async fn server_handshake(
     }
     let (inner, udx) = (inner.clone(), udx.clone());
     tokio::spawn(async move {
-        let (pipe, address) = match bound {
-            Err(to) => (udx.open(our_id, their_udx.id as u32, to), to),
+        let (pipe, address, path) = match bound {
+            Err(to) => (udx.open(our_id, their_udx.id as u32, to), to, Path::Direct),
             Ok(bound) => {
                 // A punch takes up to its rounds before the stream comes, here or on one of the
                 // punch's birthday sockets.
@@ -1590,16 +1590,14 @@ async fn server_handshake(
                 if let Some(p) = slot.and_then(|id| inner.dht_slots.puncher(id)) {
                     lock(&p).stop();
                 }
-                let Ok(Ok(came)) = waited else { return };
-                if slot.and_then(|id| inner.dht_slots.punched(id)) == Some(true) {
-                    inner.took_path(PeerId(done.remote_static), Path::Punched);
-                }
-                came
+                let Ok(Ok((pipe, address))) = waited else { return };
+                let punched = slot.and_then(|id| inner.dht_slots.punched(id)) == Some(true);
+                (pipe, address, if punched { Path::Punched } else { Path::Direct })
             }
         };
         let result = match open_secret_stream_after(pipe, false, inner.noise.clone(), Some(done)).await {
             Ok((pipe, opened)) => {
-                run_stream(inner, tokio::io::split(pipe), address, false, opened, Transport::Udx).await
+                run_stream(inner, tokio::io::split(pipe), address, false, opened, Transport::Udx, path).await
             }
             Err(e) => Err(e),
         };
@@ -1607,16 +1605,6 @@ async fn server_handshake(
             tracing::info!(%address, error = %e, "a peer that came through the DHT left");
         }
     });
-}
-
-impl Inner {
-    /// The connection to `peer` about to start took `path`; paths of peers gone are forgotten.
-    fn took_path(&self, peer: PeerId, path: Path) {
-        let live: Vec<PeerId> = lock(&self.conns).iter().map(|c| c.id).collect();
-        let mut paths = lock(&self.paths);
-        paths.retain(|p, _| live.contains(p));
-        paths.insert(peer, path);
-    }
 }
 
 /// The node's HyperDHT client, once started.
@@ -1751,7 +1739,7 @@ async fn dial_tcp(
     }
     tune_tcp(&stream);
     let (stream, opened) = open_secret_stream(stream, true, inner.noise.clone()).await?;
-    start_stream(inner, stream.into_split(), addr, opened, Transport::Tcp).await
+    start_stream(inner, stream.into_split(), addr, opened, Transport::Tcp, Path::Direct).await
 }
 
 /// No Nagle delay (replication's messages are its own batches), and BBR where the kernel has it.
@@ -1768,6 +1756,7 @@ async fn start_stream<R, W>(
     addr: SocketAddr,
     opened: Opened,
     transport: Transport,
+    path: Path,
 ) -> Result<PeerId, NetError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -1779,7 +1768,7 @@ where
     }
     let task = inner.clone();
     tokio::spawn(async move {
-        if let Err(e) = run_stream(task, io, addr, true, opened, transport).await {
+        if let Err(e) = run_stream(task, io, addr, true, opened, transport, path).await {
             tracing::info!(error = %e, transport = transport.name(), "a peer we dialed left");
         }
     });
@@ -1800,6 +1789,7 @@ async fn run_stream<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin
     dialer: bool,
     (open, rtt, rest): Opened,
     transport: Transport,
+    path: Path,
 ) -> Result<(), NetError> {
     let id = PeerId(open.handshake.remote_static);
     if inner.is_banned(Some(&id), &address) {
@@ -1808,8 +1798,40 @@ async fn run_stream<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin
     let stable = inner.next_stable.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let link = Link::Stream { rtt, end: Arc::new(tokio::sync::Notify::new()), hyperfs: Arc::default(), transport };
     // Capabilities come from the Noise handshake hash, as Hypercore's do.
-    let peer = Peer { id, address, dialer, stable, secret: open.handshake.hash };
+    let peer = Peer { id, address, dialer, stable, secret: open.handshake.hash, path };
     drive(&inner, link, peer, io, Codec::Js(Box::new(JsCodec::new(open))), rest).await
+}
+
+/// Which of two connections to one peer to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Old,
+    New,
+    /// Both, for now: the side that dialed both decides, and this one follows when it closes.
+    Both,
+}
+
+/// Which of two connections with peer `id` node `me` keeps, each given as (whether we dialed
+/// it, its path): the one that is not relayed (a relay is a third party's cost and a detour);
+/// else the one dialed by the node with the smaller peer id; of two dialed by one node, that
+/// node keeps the first and the other side keeps both until it closes one. Both sides reach
+/// the same answer: each sees the same paths, and the dialers mirrored.
+fn keep(me: &PeerId, id: &PeerId, old: (bool, Path), new: (bool, Path)) -> Keep {
+    let relayed = |p: Path| p == Path::Relayed;
+    if relayed(old.1) != relayed(new.1) {
+        return if relayed(old.1) { Keep::New } else { Keep::Old };
+    }
+    match (old.0, new.0) {
+        (true, true) => Keep::Old,
+        (false, false) => Keep::Both,
+        (_, we_dialed_new) => {
+            if crate::swarm::keeps(me, id, we_dialed_new) {
+                Keep::New
+            } else {
+                Keep::Old
+            }
+        }
+    }
 }
 
 /// Who a connection is with.
@@ -1820,6 +1842,7 @@ struct Peer {
     stable: usize,
     /// What capabilities are keyed with: QUIC's exporter secret, or the Noise handshake hash.
     secret: [u8; 64],
+    path: Path,
 }
 
 /// Drives one connection until it ends: frames in, sessions, frames out.
@@ -1831,33 +1854,41 @@ async fn drive<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     mut codec: Codec,
     buf: Vec<u8>,
 ) -> Result<(), NetError> {
-    let Peer { id, address, dialer, stable, secret } = peer;
+    let Peer { id, address, dialer, stable, secret, path } = peer;
     let js = matches!(codec, Codec::Js(_));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cores = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(Mutex::new((0u64, 0u64)));
     {
-        // Two nodes that dial each other at once end up with two connections: both keep the
-        // one dialed by the node with the smaller peer id (each side reaches the same answer).
+        // A second connection to a peer: both sides keep the same one (see `Keep`).
         let mut conns = lock(&inner.conns);
-        let preferred = |we_dialed: bool| crate::swarm::keeps(&inner.me, &id, we_dialed);
+        let mut closing = Vec::new();
         for other in conns.iter().filter(|c| c.id == id) {
-            if other.dialer != dialer && preferred(dialer) {
-                other.link.close(b"duplicate");
-            } else {
-                drop(conns);
-                link.close(b"duplicate");
-                tracing::debug!(peer = %hex_id(&id), "a second connection to a peer: closed");
-                return Ok(());
+            match keep(&inner.me, &id, (other.dialer, other.path), (dialer, path)) {
+                Keep::New => closing.push(other.stable),
+                Keep::Old => {
+                    drop(conns);
+                    link.close(b"duplicate");
+                    tracing::debug!(peer = %hex_id(&id), "a second connection to a peer: closed");
+                    return Ok(());
+                }
+                Keep::Both => {}
             }
         }
-        conns.retain(|c| !(c.id == id && c.dialer != dialer && preferred(dialer)));
+        conns.retain(|c| {
+            let closed = closing.contains(&c.stable) && c.id == id;
+            if closed {
+                c.link.close(b"duplicate");
+            }
+            !closed
+        });
     }
     lock(&inner.conns).push(Conn {
         id,
         stable,
         dialer,
         address,
+        path,
         tx: tx.clone(),
         link: link.clone(),
         cores: cores.clone(),

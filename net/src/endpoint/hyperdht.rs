@@ -426,12 +426,8 @@ async fn stream(
     path: Path,
     done: crate::noise::Done,
 ) -> Result<(PeerId, Path), NetError> {
-    let peer = PeerId(done.remote_static);
     let (pipe, opened) = open_secret_stream_after(pipe, true, inner.noise.clone(), Some(done)).await?;
-    if path != Path::Direct {
-        inner.took_path(peer, path);
-    }
-    let id = start_stream(inner, tokio::io::split(pipe), remote, opened, Transport::Udx).await?;
+    let id = start_stream(inner, tokio::io::split(pipe), remote, opened, Transport::Udx, path).await?;
     Ok((id, path))
 }
 
@@ -541,10 +537,9 @@ pub(super) fn serve_relayed(
             let (relay_conn, relay_at) = relay_connection(&inner, through.public_key).await?;
             let relay_stream = pair(&relay_conn, false, through.token, our_id).await?;
             let pipe = socket.open(our_id, relay_stream, relay_at);
-            let peer = PeerId(done.remote_static);
             let (pipe, opened) = open_secret_stream_after(pipe, false, inner.noise.clone(), Some(done)).await?;
-            inner.took_path(peer, Path::Relayed);
-            run_stream(inner.clone(), tokio::io::split(pipe), relay_at, false, opened, Transport::Udx).await
+            let io = tokio::io::split(pipe);
+            run_stream(inner.clone(), io, relay_at, false, opened, Transport::Udx, Path::Relayed).await
         }
         .await;
         if let Err(e) = result {

@@ -878,3 +878,30 @@ fn only_unicast_ipv6_addresses_other_hosts_can_have_are_dialed() {
         assert!(!dialable(junk), "{junk}");
     }
 }
+
+/// Whatever two connections a pair of nodes holds, both sides keep the same one: never one
+/// side the old and the other the new, never both waiting on the other; and a relayed one
+/// gives way to one that is not.
+#[test]
+fn both_sides_keep_the_same_one_of_two_connections() {
+    let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+    let paths = [Path::Direct, Path::Punched, Path::Relayed];
+    for (me, them) in [(a, b), (b, a)] {
+        for old in [true, false].into_iter().flat_map(|d| paths.map(|p| (d, p))) {
+            for new in [true, false].into_iter().flat_map(|d| paths.map(|p| (d, p))) {
+                let ours = keep(&me, &them, old, new);
+                let theirs = keep(&them, &me, (!old.0, old.1), (!new.0, new.1));
+                let agree = match (ours, theirs) {
+                    (Keep::Both, Keep::Both) => false,
+                    (Keep::Both, _) | (_, Keep::Both) => true,
+                    (x, y) => x == y,
+                };
+                assert!(agree, "{old:?} then {new:?}: we keep {ours:?}, they {theirs:?}");
+                let relayed = |c: (bool, Path)| c.1 == Path::Relayed;
+                if relayed(old) != relayed(new) {
+                    assert_eq!(ours, if relayed(old) { Keep::New } else { Keep::Old });
+                }
+            }
+        }
+    }
+}
