@@ -217,19 +217,31 @@ impl<V> Merge<V> {
     /// someone deletes them.
     fn losers<'a>(&'a self, path: &str, same: &impl Fn(&V, &V) -> bool) -> Vec<&'a Change<V>> {
         let Some(writers) = self.paths.get(path) else { return Vec::new() };
-        let mut puts: Vec<&Change<V>> =
-            writers.values().flatten().filter(|c| self.taken(c) && matches!(c.op, Op::Put { .. })).collect();
+        // Each writer's puts, in log order.
+        let per: Vec<(Writer, Vec<&Change<V>>)> = writers
+            .iter()
+            .map(|(w, log)| (*w, log.iter().filter(|c| self.taken(c) && matches!(c.op, Op::Put { .. })).collect()))
+            .collect();
+        let mut lost: Vec<&Change<V>> = Vec::new();
+        for (wa, puts) in &per {
+            for p in puts {
+                let beaten = per.iter().filter(|(wb, _)| wb != wa).any(|(wb, theirs)| {
+                    // Another writer's puts concurrent with `p` are a run of its log: from the
+                    // first `p` had not seen to the last that had not seen `p` (clocks only
+                    // grow along a log).
+                    let from = theirs.partition_point(|q| q.seq < p.clock.get(wb));
+                    let to = theirs.partition_point(|q| q.clock.get(wa) <= p.seq).max(from);
+                    theirs[from..to].iter().rev().any(|q| q.rank() > p.rank() && !same_put(q, p, same))
+                });
+                if beaten {
+                    lost.push(p);
+                }
+            }
+        }
         // In rank order, highest first: of two losers with one content, the higher keeps the
         // copy, on every member alike.
-        puts.sort_by_key(|c| std::cmp::Reverse(c.rank()));
-        puts.iter()
-            .copied()
-            .filter(|p| {
-                puts.iter().any(|q| {
-                    q.writer != p.writer && !p.before(q) && !q.before(p) && q.rank() > p.rank() && !same_put(q, p, same)
-                })
-            })
-            .collect()
+        lost.sort_by_key(|c| std::cmp::Reverse(c.rank()));
+        lost
     }
 
     /// How many changes are taken in.
