@@ -118,3 +118,53 @@ fn an_undecodable_entry_drops_its_batch_and_a_bad_member_key_is_no_change() {
     let paths: Vec<String> = changes(me, history(&b)).into_iter().map(|c| c.path).collect();
     assert_eq!(paths, vec!["/next".to_owned()]);
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::hyperbee::Entry as BeeEntry;
+
+    /// Keys a member log may hold, and junk.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        let tail = proptest::collection::vec(any::<u8>(), 0..80);
+        (0usize..6, tail).prop_map(|(k, tail)| {
+            let prefix: &[u8] = [b"files\0/".as_slice(), GONE, MEMBER, REMOVED, CLOCK, b"junk"][k];
+            if k == 4 {
+                prefix.to_vec()
+            } else {
+                [prefix, &tail].concat()
+            }
+        })
+    }
+
+    /// Values: junk, an empty clock, or a file's entry.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![proptest::collection::vec(any::<u8>(), 0..200), Just(vec![0]), Just(file(5).encode()),]
+    }
+
+    proptest! {
+        /// Whatever another member's log holds, reading it never panics, and every change it
+        /// yields sits before a marker whose clock decoded, at a place in the log it came from.
+        #[test]
+        fn any_log_reads_without_panicking(
+            ops in proptest::collection::vec((key(), value(), any::<bool>()), 0..60)
+        ) {
+            let history: Vec<HistoryEntry> = ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, value, deletion))| HistoryEntry { deletion, entry: BeeEntry { seq: i as u64 + 1, key, value } })
+                .collect();
+            let last_marker = history
+                .iter()
+                .filter(|h| !h.deletion && h.entry.key == CLOCK && decode_clock(&h.entry.value).is_some())
+                .map(|h| h.entry.seq)
+                .max();
+            let (changes, _) = changes_and_next(Writer([1; 32]), history.clone());
+            for c in &changes {
+                prop_assert!(last_marker.is_some_and(|m| c.seq < m), "a change after the last good marker: {:?}", c.seq);
+                prop_assert!(history.iter().any(|h| h.entry.seq == c.seq && !h.deletion));
+            }
+        }
+    }
+}
