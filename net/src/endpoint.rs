@@ -65,6 +65,8 @@ const HELLO_AES: &[u8] = b"aes-256-gcm";
 /// How long a JS-wire handshake may take.
 /// How often a persistent HyperDHT node walks to refresh its table.
 const DHT_NODE_REFRESH: Duration = Duration::from_secs(300);
+/// …and how often while it does not know its own address yet.
+const DHT_NODE_LEARN: Duration = Duration::from_secs(5);
 /// IPv6 addresses a HyperDHT handshake answer offers at most (and a client tries).
 const MAX_ADDRESSES6: usize = 4;
 /// How long a client's straight dial of one of them may take.
@@ -708,13 +710,11 @@ impl Endpoint {
                     let Some(client) = weak.upgrade() else { return };
                     client.learn_address().await;
                     client.refresh_table().await;
-                    tracing::info!(
-                        nodes = client.table_len().unwrap_or(0),
-                        id = client.node_id().is_some(),
-                        "HyperDHT node's table"
-                    );
+                    let known = client.node_id().is_some();
+                    tracing::info!(nodes = client.table_len().unwrap_or(0), id = known, "HyperDHT node's table");
                     drop(client);
-                    tokio::time::sleep(DHT_NODE_REFRESH).await;
+                    // Until other nodes have told it its address, it asks again soon.
+                    tokio::time::sleep(if known { DHT_NODE_REFRESH } else { DHT_NODE_LEARN }).await;
                 }
             });
             Ok(())
@@ -1561,7 +1561,9 @@ async fn server_handshake(
     if udx.send_raw(&message.encode(), from).await.is_err() {
         return;
     }
-    hyperdht::dial_back_v6(inner, done.remote_static, &theirs.addresses6);
+    if !ours.addresses6.is_empty() {
+        hyperdht::dial_back_v6(inner, done.remote_static, &theirs.addresses6);
+    }
     if let Some((through, done)) = relay {
         hyperdht::serve_relayed(inner, through, our_id, done);
         return;

@@ -23,8 +23,6 @@
 use crate::encoding::{Decoder, Encoder};
 use crate::hyperbee::HistoryEntry;
 
-pub use crate::hyperbee::HistoryRange;
-
 use super::merge::{Change, Clock, Op, Writer};
 use super::meta::Meta;
 use super::Entry;

@@ -121,7 +121,7 @@ impl MultiDrive {
                 (*from, *held) = (1, Vec::new());
             }
             if d.db().version() > *from {
-                let range = members::HistoryRange { gte: Some(*from as i64), ..Default::default() };
+                let range = crate::hyperbee::HistoryRange { gte: Some(*from as i64), ..Default::default() };
                 let history: Vec<_> = d.db().view().history(&range).collect::<Result<_>>()?;
                 let (new, next) = members::changes_and_next(writer, history);
                 held.extend(new);

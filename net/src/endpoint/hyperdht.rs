@@ -196,16 +196,14 @@ async fn connect_without_relay(
     let (firewall, addresses, _) = client.nat();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, firewall = firewall.name(), "NAT known");
     let udx_id = rand::random::<u32>();
-    let shaken = match client
-        .handshake(public_key, inner.noise.clone(), udx_id, inner.reach(firewall, &addresses), None)
-        .await
-    {
+    let reach = inner.reach(firewall, &addresses);
+    let have6 = !reach.addresses6.is_empty();
+    let shaken = match client.handshake(public_key, inner.noise.clone(), udx_id, reach, None).await {
         Ok(s) => s,
         Err(e) => return Ok(Err(fail(e))),
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "handshake done");
-    let v6: Vec<SocketAddrV6> =
-        if inner.addresses6().is_empty() { Vec::new() } else { shaken.payload.addresses6.clone() };
+    let v6: Vec<SocketAddrV6> = if have6 { shaken.payload.addresses6.clone() } else { Vec::new() };
     let over_ipv4 = finish(inner, &client, &socket, shaken, udx_id, firewall, addresses, fail);
     if v6.is_empty() {
         return over_ipv4.await;
@@ -252,14 +250,11 @@ pub(super) fn dialable6(a: &SocketAddrV6) -> bool {
         && ip.to_ipv4_mapped().is_none()
 }
 
-/// A HyperDHT server with IPv6 dials a client's IPv6 addresses (from its handshake) while the
-/// client dials the server's: each side's packets open its own firewall for the other's, so two
-/// hosts whose routers drop unasked IPv6 packets still meet. The dials are this node's only
-/// work for it, at most [`MAX_ADDRESSES6`] of them.
+/// A HyperDHT server with IPv6 (the caller checks) dials a client's IPv6 addresses (from its
+/// handshake) while the client dials the server's: each side's packets open its own firewall
+/// for the other's, so two hosts whose routers drop unasked IPv6 packets still meet. The dials
+/// are this node's only work for it, at most [`MAX_ADDRESSES6`] of them.
 pub(super) fn dial_back_v6(inner: &Arc<Inner>, client_key: [u8; 32], addresses: &[SocketAddrV6]) {
-    if inner.addresses6().is_empty() {
-        return;
-    }
     for a in addresses.iter().filter(|a| dialable6(a)).take(MAX_ADDRESSES6) {
         let (inner, to) = (inner.clone(), *a);
         tokio::spawn(async move {

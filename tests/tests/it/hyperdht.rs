@@ -225,4 +225,21 @@ fn drives_mount_by_key_through_hyperdht_alone() {
     }
     eprintln!("the hyperfs drive showed through HyperDHT in {:?}", t.elapsed());
     hyperfs_in_ok(&b, &["unmount", mnt2.to_str().expect("utf-8")]);
+
+    // A drive no longer shared is taken back from HyperDHT: a JS lookup of its discovery key
+    // stops finding the node that shared it.
+    let core: [u8; 32] = hex::decode(&key).expect("hex").try_into().expect("32 bytes");
+    let topic = hex::encode(hyperfs_engine::crypto::discovery_key(&hyperfs_engine::crypto::CoreKey(core)).0);
+    let node_a = json(&a, &["nat", "--json"])["key"].as_str().expect("key").to_owned();
+    let finds_a = |js: &mut JsProcess| {
+        let found = js.ask(json!({ "lookup": topic }));
+        found["peers"].as_array().expect("peers").iter().any(|p| p.as_str() == Some(node_a.as_str()))
+    };
+    assert!(finds_a(&mut js), "JS finds the sharing node before it unshares");
+    hyperfs_in_ok(&a, &["unshare", "src"]);
+    let t = std::time::Instant::now();
+    while finds_a(&mut js) {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "JS still finds the node after unshare");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -508,8 +508,10 @@ fn hyperfs_nodes_make_a_hyperdht_that_js_and_hyperfs_peers_meet_through() {
     let nodes: Vec<String> = (0..3).map(|k| format!("{}:{}", hosts.ip(0), 49737 + k)).collect();
     let dirs: Vec<std::path::PathBuf> = (0..3).map(|k| tmp.path().join(format!("node{k}"))).collect();
     let _stop_nodes: Vec<Stop> = dirs.iter().map(|d| Stop(d)).collect();
-    for (addr, dir) in nodes.iter().zip(&dirs) {
-        let args = ["peers", "--hyperdht-node", addr, "--hyperdht-bootstrap", &nodes[0], "--no-dht", "--no-lan"];
+    for (k, (addr, dir)) in nodes.iter().zip(&dirs).enumerate() {
+        // The second binds every address and learns the one others reach it at.
+        let bind = if k == 1 { format!("0.0.0.0:{}", 49737 + k) } else { addr.clone() };
+        let args = ["peers", "--hyperdht-node", &bind, "--hyperdht-bootstrap", &nodes[0], "--no-dht", "--no-lan"];
         Hosts::hyperfs_ok(&public, dir, &args);
     }
     let (testnet, _) = hosts.hyperdht_joining(1, 5, Some(&nodes[0]));
@@ -519,8 +521,16 @@ fn hyperfs_nodes_make_a_hyperdht_that_js_and_hyperfs_peers_meet_through() {
         assert!(started.elapsed() < Duration::from_secs(30), "the first node's table: {}", table(&dirs[0]));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let nat = json(&public, &dirs[1], &["nat", "--json"]);
-    assert_eq!(nat["node"]["id"].as_str().map(str::len), Some(64), "a persistent node has an id: {nat}");
+    // The node on every address has an id once it knows its address: the one the others
+    // reach it at.
+    let learned = || json(&public, &dirs[1], &["nat", "--json"]);
+    while learned()["node"]["id"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the node never learned its address: {}", learned());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let nat = learned();
+    assert_eq!(nat["addresses"][0], nodes[1].as_str(), "{nat}");
+    assert_eq!(nat["node"]["id"].as_str().map(str::len), Some(64), "{nat}");
 
     let da = tmp.path().join("a");
     let _sa = Stop(&da);
