@@ -13,6 +13,11 @@
 //!   member's db (`uint count ‖ (fixed32 key ‖ uint length)…`, its own db as it was before the
 //!   batch). Every operation since the previous marker is a change with that clock.
 //!
+//! - `mw\0view`: closes a batch that is not a change: the member's own `files\0` made to show
+//!   the merged tree (others' files copied in, files the merge took away deleted), with the
+//!   clock of what the merge had of the other members' dbs. A member's drive is so the whole
+//!   merged tree as that member last saw it: it mounts, lists and exports as any drive.
+//!
 //! A change's place (`seq`) is its block in the member's db; a clock counts blocks. Operations
 //! after the last marker (a batch not finished) are not changes yet. A deletion of a `files\0`
 //! key is not a change (its `mw\0gone\0` marker is); neither is anything else in the db.
@@ -32,7 +37,8 @@ pub const GONE: &[u8] = b"mw\0gone\0";
 pub const MEMBER: &[u8] = b"mw\0member\0";
 pub const REMOVED: &[u8] = b"mw\0removed\0";
 pub const CLOCK: &[u8] = b"mw\0clock";
-const FILES: &[u8] = b"files\0";
+pub const VIEW: &[u8] = b"mw\0view";
+pub(super) const FILES: &[u8] = b"files\0";
 /// Members a clock names at most (a larger one is not read: a member's log is anyone's).
 pub const MAX_MEMBERS: usize = 1024;
 
@@ -104,6 +110,13 @@ pub fn changes_and_next(
                 }
                 _ => batch.clear(),
             }
+            broken = false;
+            continue;
+        }
+        if key.as_slice() == VIEW && !h.deletion {
+            // What came since the last marker showed the merge: no change of this member's.
+            next = Some(seq + 1);
+            batch.clear();
             broken = false;
             continue;
         }

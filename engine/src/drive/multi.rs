@@ -7,6 +7,13 @@
 //! (its bytes stay in that member's drive); a rename is a delete and a put of the same content,
 //! copied into this member's blobs (only chunks it lacks are stored).
 //!
+//! The member's own drive also *shows* the merged tree ([`MultiDrive::view_steps`],
+//! [`MultiDrive::apply_view`]): its `files\0` are made what the merge holds, in batches closed
+//! by a `view` marker that are no change of its own. What a mount, `put` or `rm` then changes
+//! in it is closed as a change by [`closing`], with the clock of the view it was made on. So
+//! every command that reads a drive reads a multi-writer one, and a reader who is no member
+//! reads the merged tree from any member's drive.
+//!
 //! Does not know: how the other members' drives arrive (replication), membership rules beyond
 //! the merge's (who may add whom), the node.
 
@@ -42,13 +49,176 @@ pub struct MultiDrive {
     /// Each member's changes read so far, and the block to read from next: a merge reads only
     /// what was added since.
     read: std::sync::Mutex<std::collections::HashMap<Writer, Read>>,
+    /// What the own drive's files were last made from, per path copied from another member:
+    /// the merged tree's entry and the own entry that shows it.
+    shown: Shown,
+}
+
+/// One step that makes the member's own files show the merged tree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Show `held` at `path` (its content copied into the member's blobs unless its own).
+    Put { path: String, held: Held },
+    /// Nothing is at `path` in the merged tree.
+    Del { path: String },
+}
+
+/// What closes the changes a member made through its own drive since its last marker (a
+/// mount's writes, `put`, `rm`, `mv`), as a tail for [`Drive::apply_with`]: a `gone` marker
+/// for each file whose last change there deleted it, then a clock marker with the clock of the
+/// view they were made on. `None` when no file changed since.
+pub fn closing(own: &Drive) -> Result<Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>> {
+    let db = own.db();
+    let mut last = 0;
+    let mut view = Clock::default();
+    for key in [members::CLOCK, members::VIEW] {
+        if let Some(e) = db.get(key)? {
+            last = last.max(e.seq);
+            if key == members::VIEW {
+                view = members::decode_clock(&e.value).unwrap_or_default();
+            }
+        }
+    }
+    if db.version() <= last + 1 {
+        return Ok(None);
+    }
+    let range = crate::hyperbee::HistoryRange { gte: Some(last as i64 + 1), ..Default::default() };
+    let (mut changed, mut gone) = (false, BTreeSet::new());
+    for h in db.view().history(&range) {
+        let h = h?;
+        let Some(path) = h.entry.key.strip_prefix(members::FILES) else { continue };
+        let path = String::from_utf8_lossy(path).into_owned();
+        changed = true;
+        if h.deletion {
+            gone.insert(path);
+        } else {
+            gone.remove(&path);
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    view.set(Writer(own.key().0), db.version());
+    let mut tail: Vec<_> = gone.into_iter().map(|p| ([members::GONE, p.as_bytes()].concat(), Some(Vec::new()))).collect();
+    tail.push((members::CLOCK.to_vec(), Some(members::encode_clock(&view))));
+    Ok(Some(tail))
+}
+
+/// Reads a blob a window at a time (a file copied from another member's drive).
+struct BlobReader<'a> {
+    drive: &'a Drive,
+    blob: super::Blob,
+    offset: u64,
+}
+
+impl std::io::Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (buf.len() as u64).min(4 << 20);
+        let got = self.drive.read_blob(&self.blob, self.offset, want).map_err(std::io::Error::other)?;
+        buf[..got.len()].copy_from_slice(&got);
+        self.offset += got.len() as u64;
+        Ok(got.len())
+    }
 }
 
 impl MultiDrive {
     /// The member writing `own` in the drive `founder` made, holding `others` (each as far as
     /// it has it; a drive of a writer that is no member is held but not taken).
     pub fn new(founder: Writer, own: Drive, others: Vec<Drive>) -> MultiDrive {
-        MultiDrive { founder, own, others, read: Default::default() }
+        MultiDrive { founder, own, others, read: Default::default(), shown: Default::default() }
+    }
+
+    /// The founder: the drive's key, by which readers find it.
+    pub fn founder(&self) -> Writer {
+        self.founder
+    }
+
+    /// Takes a newer state of the member's own drive (a frozen copy of it, for reading).
+    pub fn set_own(&mut self, own: Drive) {
+        self.own = own;
+    }
+
+    /// The steps that make the own drive's files what the merged tree holds, and the clock of
+    /// the other members' dbs the merge was made of. A path no drive can hold (another
+    /// member's log is its data) is left out.
+    pub fn view_steps(&self) -> Result<(Vec<Step>, Clock)> {
+        let tree = self.tree()?;
+        let me = self.writer();
+        let mut clock = Clock::default();
+        for d in &self.others {
+            clock.set(Writer(d.key().0), d.db().version());
+        }
+        let current: BTreeMap<String, Entry> = self.own.list("/")?.into_iter().collect();
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut steps = Vec::new();
+        let held_paths: BTreeSet<String> = tree.keys().cloned().collect();
+        for (path, held) in tree {
+            if super::path::file(&path).ok().as_deref() != Some(path.as_str()) {
+                continue;
+            }
+            let cur = current.get(&path);
+            let same = match cur {
+                None => false,
+                Some(c) if held.writer == me => *c == held.entry,
+                Some(c) => match shown.get(&path) {
+                    Some((w, src, applied)) if *w == held.writer && *src == held.entry => applied == c,
+                    _ if self.same_content(c, &held)? => {
+                        shown.insert(path.clone(), (held.writer, held.entry.clone(), c.clone()));
+                        true
+                    }
+                    _ => false,
+                },
+            };
+            if !same {
+                steps.push(Step::Put { path, held });
+            }
+        }
+        steps.extend(current.into_keys().filter(|p| !held_paths.contains(p)).map(|path| Step::Del { path }));
+        Ok((steps, clock))
+    }
+
+    /// Whether the own entry `own` shows `held` (a cold start, before this member noted what it
+    /// copied): the same kind, mode, metadata and bytes.
+    fn same_content(&self, own: &Entry, held: &Held) -> Result<bool> {
+        if (own.executable, &own.linkname, &own.metadata) != (held.entry.executable, &held.entry.linkname, &held.entry.metadata) {
+            return Ok(false);
+        }
+        let Some(from) = self.drives().find(|d| d.key().0 == held.writer.0) else { return Ok(false) };
+        match (&own.blob, &held.entry.blob) {
+            (None, None) => Ok(true),
+            (Some(a), Some(b)) => {
+                let size = self.own.blob_size(a)?;
+                if size != from.blob_size(b)? {
+                    return Ok(false);
+                }
+                let mut offset = 0;
+                while offset < size {
+                    let x = self.own.read_blob(a, offset, 4 << 20)?;
+                    if x.is_empty() || x != from.read_blob(b, offset, 4 << 20)? {
+                        return Ok(false);
+                    }
+                    offset += x.len() as u64;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Makes `own` (the member's drive, of which this holds a copy) show the merged tree: the
+    /// `steps` of [`MultiDrive::view_steps`], in one batch closed by a view marker of `clock`.
+    pub fn apply_view(&self, own: &mut Drive, steps: &[Step], clock: &Clock) -> Result<()> {
+        show(&self.others, &self.shown, own, steps, clock)
+    }
+
+    /// Makes the own drive this holds show the merged tree ([`MultiDrive::apply_view`] on it);
+    /// returns how many steps that took.
+    pub fn show(&mut self) -> Result<usize> {
+        let (steps, clock) = self.view_steps()?;
+        if !steps.is_empty() {
+            show(&self.others, &self.shown, &mut self.own, &steps, &clock)?;
+        }
+        Ok(steps.len())
     }
 
     /// Who may write, with their names: the founder unless removed, and whom members added
@@ -239,6 +409,45 @@ impl MultiDrive {
     fn marker(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         (members::CLOCK.to_vec(), Some(members::encode_clock(&self.clock())))
     }
+}
+
+/// What a member copied to show the merged tree: per path, the other member, its entry and the
+/// own entry showing it.
+type Shown = std::sync::Mutex<std::collections::HashMap<String, (Writer, Entry, Entry)>>;
+
+/// [`MultiDrive::apply_view`], on the fields it needs (the own drive may be the one it holds).
+fn show(others: &[Drive], shown: &Shown, own: &mut Drive, steps: &[Step], clock: &Clock) -> Result<()> {
+    let me = Writer(own.key().0);
+    let mut entries = Vec::new();
+    for s in steps {
+        if let Step::Put { path, held } = s {
+            let entry = match &held.entry.blob {
+                Some(b) if held.writer != me => {
+                    let from = others
+                        .iter()
+                        .find(|d| d.key().0 == held.writer.0)
+                        .ok_or_else(|| Error::InvalidRequest("the member holding it is gone".into()))?;
+                    let blob = own.write_blob(BlobReader { drive: from, blob: *b, offset: 0 })?;
+                    Entry { blob: Some(blob), ..held.entry.clone() }
+                }
+                _ => held.entry.clone(),
+            };
+            entries.push((path.as_str(), held, entry));
+        }
+    }
+    let mut ops: Vec<Op<'_>> = entries.iter().map(|(p, _, e)| Op::Put(p, e)).collect();
+    ops.extend(steps.iter().filter_map(|s| match s {
+        Step::Del { path } => Some(Op::Del(path)),
+        Step::Put { .. } => None,
+    }));
+    own.apply_with(&ops, &[(members::VIEW.to_vec(), Some(members::encode_clock(clock)))])?;
+    let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
+    for (path, held, entry) in entries {
+        if held.writer != me {
+            shown.insert(path.to_owned(), (held.writer, held.entry.clone(), entry));
+        }
+    }
+    Ok(())
 }
 
 /// The membership that the membership changes of `members` make: each member with its name

@@ -181,3 +181,91 @@ fn only_members_write_and_a_removed_member_s_later_writes_are_not_taken() {
     assert_eq!(tree.keys().collect::<Vec<_>>(), vec!["/from-two", "/uninvited"]);
     assert_eq!(all[0].members().expect("members").len(), 2);
 }
+
+/// The files an ordinary reader of a member's own drive sees.
+fn files(d: &Drive) -> BTreeMap<String, Vec<u8>> {
+    d.list("/").expect("list").into_iter().map(|(p, _)| (p.clone(), d.get(&p).expect("get").expect("bytes"))).collect()
+}
+
+/// Changes made through the member's drive itself, as a mount or `put` makes them, then closed.
+fn close(m: &mut MultiDrive) {
+    let tail = closing(&m.own).expect("closing").expect("changes open");
+    m.own.apply_with(&[], &tail).expect("close");
+    assert_eq!(closing(&m.own).expect("closing"), None, "closed");
+}
+
+#[test]
+fn each_member_s_drive_shows_the_merged_tree_and_edits_made_in_it_are_changes() {
+    let mut all = members(3);
+    sync_all(&mut all);
+    all[0].put("/a.txt", b"from zero", &at(1_000)).expect("put");
+    all[1].put("/b/b.txt", b"from one", &at(1_000)).expect("put");
+    sync_all(&mut all);
+    for m in all.iter_mut() {
+        m.show().expect("show");
+    }
+    let both = BTreeMap::from([("/a.txt".to_owned(), b"from zero".to_vec()), ("/b/b.txt".to_owned(), b"from one".to_vec())]);
+    for m in &all {
+        assert_eq!(files(m.own()), both);
+    }
+    // Showing the tree is no change: the merge is what it was, and nothing is left to show.
+    sync_all(&mut all);
+    assert_eq!(same_everywhere(&all).len(), 2);
+    for m in all.iter_mut() {
+        assert_eq!(m.show().expect("show"), 0);
+    }
+
+    // Edits through member 2's own drive (a new file, another member's file deleted), closed.
+    let meta = at(2_000);
+    all[2].own.put("/c.txt", b"from two", &meta).expect("put");
+    assert!(all[2].own.del("/a.txt").expect("del"));
+    close(&mut all[2]);
+    sync_all(&mut all);
+    for m in all.iter_mut() {
+        m.show().expect("show");
+    }
+    let now = BTreeMap::from([("/b/b.txt".to_owned(), b"from one".to_vec()), ("/c.txt".to_owned(), b"from two".to_vec())]);
+    for m in &all {
+        assert_eq!(files(m.own()), now);
+    }
+    assert_eq!(same_everywhere(&all).len(), 2);
+
+    // The same file edited in two members' drives apart: both drives then hold the winner and
+    // the conflict copy, with the same bytes.
+    all[0].own.put("/b/b.txt", b"zero's edit", &at(5_000)).expect("put");
+    close(&mut all[0]);
+    all[1].own.put("/b/b.txt", b"one's edit", &at(4_000)).expect("put");
+    close(&mut all[1]);
+    sync_all(&mut all);
+    for m in all.iter_mut() {
+        m.show().expect("show");
+    }
+    let copy = super::super::merge::conflict_name("/b/b.txt", 4_000, &all[1].writer());
+    let shown = files(all[0].own());
+    assert_eq!(shown["/b/b.txt"], b"zero's edit");
+    assert_eq!(shown[&copy], b"one's edit");
+    for m in &all[1..] {
+        assert_eq!(files(m.own()), shown);
+    }
+
+    // A member started afresh (nothing noted of what it copied) finds its drive shows the tree.
+    let m = &all[1];
+    let fresh = MultiDrive::new(m.founder, m.own.frozen_copy(), m.others.iter().map(Drive::frozen_copy).collect());
+    assert_eq!(fresh.view_steps().expect("steps").0, Vec::new());
+}
+
+#[test]
+fn a_path_no_drive_can_hold_is_not_shown() {
+    let mut all = members(2);
+    // Member 1 writes a hostile key straight into its db, closed as a change.
+    let entry = Entry { executable: false, linkname: None, blob: None, metadata: None };
+    let mut b = all[1].own.db_mut().batch();
+    b.put(b"files\0/../escape", &entry.encode()).expect("put");
+    b.flush().expect("flush");
+    close(&mut all[1]);
+    all[1].put("/fine", b"ok", &at(1)).expect("put");
+    sync_all(&mut all);
+    assert!(contents(&all[0]).contains_key("/../escape"), "the merge holds it");
+    all[0].show().expect("show");
+    assert_eq!(files(all[0].own()).into_keys().collect::<Vec<_>>(), vec!["/fine"]);
+}
