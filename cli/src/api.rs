@@ -43,6 +43,28 @@ pub enum Request {
     Sync,
     Create {
         name: Option<String>,
+        #[serde(default)]
+        multiwriter: bool,
+    },
+    /// An invite to a multi-writer drive.
+    Invite {
+        drive: String,
+    },
+    /// Joins a multi-writer drive, waiting up to `wait_ms` to be added.
+    Join {
+        invite: String,
+        name: Option<String>,
+        wait_ms: u64,
+        #[serde(flatten)]
+        net: NetOptions,
+    },
+    /// The members of a multi-writer drive.
+    Members {
+        drive: String,
+    },
+    MembersRm {
+        drive: String,
+        member: String,
     },
     Drives,
     /// Removes a drive or a replica (an own drive only with `yes`).
@@ -234,6 +256,39 @@ pub struct Named {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+}
+
+/// The reply of `invite`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invitation {
+    pub invite: String,
+    /// When it can no longer be used (ms since the epoch).
+    pub expires_ms: i64,
+}
+
+/// The reply of `join`: this node's drive of the multi-writer drive, and whether a member
+/// added it yet (else it goes on asking in the background).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    pub name: String,
+    pub key: String,
+    pub founder: String,
+    pub member: bool,
+}
+
+/// One member of `members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInfo {
+    pub key: String,
+    pub name: String,
+    /// This node.
+    pub me: bool,
+    pub founder: bool,
+    /// Its drive's version as this node holds it (none yet: not found so far).
+    pub version: Option<u64>,
 }
 
 /// One drive of `drives`.

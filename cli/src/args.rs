@@ -164,11 +164,17 @@ pub(crate) enum Command {
     /// Examples:
     ///   hyperfs create
     ///   hyperfs create --name photos --json
+    ///   hyperfs create --multiwriter --name notes
     #[command(verbatim_doc_comment)]
     Create {
         /// A local name for the drive (default: drive-N).
         #[arg(long)]
         name: Option<String>,
+        /// A drive several devices write (`invite` adds one): each writes its own drive, and
+        /// every member shows the one tree merged from all of them; edits of one file made
+        /// apart keep both (a Syncthing-named conflict copy beside the winner).
+        #[arg(long)]
+        multiwriter: bool,
         /// Print JSON: name, key (hex) and link.
         #[arg(long)]
         json: bool,
@@ -338,6 +344,56 @@ pub(crate) enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a one-line invite that makes another device a member of a multi-writer drive
+    /// (used once; it expires after a day).
+    ///
+    /// Example:
+    ///   hyperfs invite notes
+    #[command(verbatim_doc_comment)]
+    Invite {
+        /// The multi-writer drive.
+        drive: String,
+        /// Print JSON: invite, expiresMs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Become a member of a multi-writer drive with an invite from a member, and start syncing
+    /// it (this node's drive NAME is its copy: mount it, write it).
+    ///
+    /// Example:
+    ///   hyperfs join hyperfs-invite:... --name notes --peer 192.0.2.7:7400
+    #[command(verbatim_doc_comment)]
+    Join {
+        /// The invite `hyperfs invite` printed.
+        invite: String,
+        /// A local name for the drive (default: drive-N); also this member's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long to wait for the inviting member to add this node, in seconds (it goes on
+        /// in the background after).
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON: name, key, founder, member.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the members of a multi-writer drive, or remove one.
+    ///
+    /// Examples:
+    ///   hyperfs members notes
+    ///   hyperfs members rm notes laptop
+    #[command(verbatim_doc_comment)]
+    Members {
+        /// The multi-writer drive (for the list).
+        drive: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: Option<MembersCommand>,
     },
     /// The connected peers: id, address, drives, bytes up and down, round-trip time.
     Peers {
@@ -583,6 +639,20 @@ pub(crate) enum DrivesCommand {
         /// Confirm the removal of a drive you write: nobody can write it again.
         #[arg(long)]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MembersCommand {
+    /// Remove a member: what it writes from now on is not taken by any member.
+    Rm {
+        /// The multi-writer drive.
+        drive: String,
+        /// The member: its name or the start of its key.
+        member: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

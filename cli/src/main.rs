@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use api::Request;
-use args::{BeeCommand, Cli, Command, CoreCommand, DrivesCommand, KeysCommand};
+use args::{BeeCommand, Cli, Command, CoreCommand, DrivesCommand, KeysCommand, MembersCommand};
 use client::human_bytes;
 use hyperfs_engine::drive::printable;
 use serde_json::Value;
@@ -83,8 +83,8 @@ fn main() -> ExitCode {
             client::wait_exit(r.pid as i32, &d)
         }),
         Command::Sync => dir().and_then(|d| client::call::<api::Synced>(&d, &Request::Sync, true).map(drop)),
-        Command::Create { ref name, json } => dir().and_then(|d| {
-            let r: api::Named = client::call(&d, &Request::Create { name: name.clone() }, true)?;
+        Command::Create { ref name, multiwriter, json } => dir().and_then(|d| {
+            let r: api::Named = client::call(&d, &Request::Create { name: name.clone(), multiwriter }, true)?;
             if json {
                 print_json(&r);
             } else {
@@ -164,6 +164,61 @@ fn main() -> ExitCode {
                 );
                 if let Some(c) = r.cache {
                     println!("cache\t{} of {} (drives read on demand)", human_bytes(c.used), human_bytes(c.limit));
+                }
+            }
+            Ok(())
+        }),
+        Command::Invite { ref drive, json } => dir().and_then(|d| {
+            let r: api::Invitation = client::call(&d, &Request::Invite { drive: drive.clone() }, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                println!("{}", r.invite);
+            }
+            Ok(())
+        }),
+        Command::Join { ref invite, ref name, wait, ref net, json } => dir().and_then(|d| {
+            let req =
+                Request::Join { invite: invite.clone(), name: name.clone(), wait_ms: wait * 1000, net: net.options() };
+            let r: api::Joined = client::call(&d, &req, true)?;
+            if json {
+                print_json(&r);
+            } else if r.member {
+                println!("joined as {} ({})", r.name, r.key);
+            } else {
+                println!("{} ({}) is waiting for a member to add it; the node goes on asking", r.name, r.key);
+            }
+            Ok(())
+        }),
+        Command::Members { cmd: Some(MembersCommand::Rm { ref drive, ref member, json }), .. } => dir().and_then(|d| {
+            let req = Request::MembersRm { drive: drive.clone(), member: member.clone() };
+            let r: api::MemberInfo = client::call(&d, &req, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                println!("removed member {} ({})", r.name, r.key);
+            }
+            Ok(())
+        }),
+        Command::Members { ref drive, json, cmd: None } => dir().and_then(|d| {
+            let Some(drive) = drive else { anyhow::bail!("which drive? hyperfs members DRIVE") };
+            let r: Vec<api::MemberInfo> = client::call(&d, &Request::Members { drive: drive.clone() }, true)?;
+            if json {
+                print_json(&r);
+            } else {
+                for m in &r {
+                    let mut notes = Vec::new();
+                    if m.me {
+                        notes.push("this node".to_owned());
+                    }
+                    if m.founder {
+                        notes.push("founder".to_owned());
+                    }
+                    match m.version {
+                        Some(v) => notes.push(format!("version {v}")),
+                        None => notes.push("not reached yet".to_owned()),
+                    }
+                    println!("{}\t{}\t{}", m.key, m.name, notes.join(", "));
                 }
             }
             Ok(())

@@ -31,11 +31,14 @@ pub struct MountOptions {
     /// is gone (it calls [`crate::run_guard`]); `None` leaves that to `fusermount3`'s
     /// auto-unmount, which can miss when the process is killed (see the `guard` module).
     pub guard: Option<PathBuf>,
+    /// The drive also changes from elsewhere while mounted read-write (a multi-writer member's
+    /// drive, which shows the others' changes): names not found are not cached either.
+    pub changed_elsewhere: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { fsname: "hyperfs".into(), allow_other: false, threads: 8, guard: None }
+        MountOptions { fsname: "hyperfs".into(), allow_other: false, threads: 8, guard: None, changed_elsewhere: false }
     }
 }
 
@@ -122,7 +125,8 @@ pub fn mount(fs: Arc<Fs>, dir: &Path, opts: &MountOptions) -> std::io::Result<Mo
     // A live read-only mount changes only from elsewhere (a peer, the CLI): the kernel is told
     // to forget names it knows, but cannot be told of names it learnt are missing, so those are
     // not cached.
-    let negative_ttl = if fs.read_only() && !fs.is_checkout() { Duration::ZERO } else { ttl };
+    let live = fs.read_only() || opts.changed_elsewhere;
+    let negative_ttl = if live && !fs.is_checkout() { Duration::ZERO } else { ttl };
     let adapter = Adapter { fs: fs.clone(), pool: Pool::new(opts.threads.max(1)), ttl, negative_ttl };
     let session = fuser::spawn_mount2(adapter, dir, &options)?;
     let mut mounted = Mounted { dir: dir.to_path_buf(), session: Some(session), guard: None, fs };

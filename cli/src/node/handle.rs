@@ -11,7 +11,15 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
     match r {
         Request::Ping => reply(api::Pong { dir: state.dir.clone() }),
         Request::Stop => reply(api::Stopping { pid: std::process::id() }),
-        Request::Create { name } => reply(create(state, name.as_deref())?),
+        Request::Create { name, multiwriter: false } => reply(create(state, name.as_deref())?),
+        Request::Create { name, multiwriter: true } => reply(multi::create_multi(state, name.as_deref())?),
+        Request::Invite { drive } => reply(multi::invite(state, drive)?),
+        Request::Join { invite, name, wait_ms, net } => {
+            let wait = std::time::Duration::from_millis(*wait_ms);
+            reply(multi::join(state, invite, name.as_deref(), net, wait)?)
+        }
+        Request::Members { drive } => reply(multi::members(state, drive)?),
+        Request::MembersRm { drive, member } => reply(multi::remove_member(state, drive, member)?),
         Request::Sync => {
             let mounts: Vec<_> = state
                 .mounts

@@ -33,6 +33,7 @@ use crate::control::Out;
 
 mod handle;
 mod mounts;
+mod multi;
 mod replicas;
 
 use handle::*;
@@ -157,6 +158,8 @@ fn peer_uid(conn: &UnixStream) -> Option<u32> {
 }
 
 struct State {
+    /// The node's state itself, for the threads it starts.
+    me: std::sync::Weak<State>,
     dir: PathBuf,
     store: Arc<RocksStore>,
     primary: [u8; 32],
@@ -175,6 +178,8 @@ struct State {
     /// far as the node knows; past [`GC_AFTER`] a collection runs in the background.
     garbage: std::sync::atomic::AtomicU64,
     collect: std::sync::mpsc::SyncSender<()>,
+    /// The multi-writer drives this node is a member of, by its own drive's key.
+    multi: Mutex<BTreeMap<CoreKey, Arc<multi::Member>>>,
 }
 
 /// Garbage that starts a collection in the background, unless `HYPERFS_GC_AFTER` says
@@ -256,11 +261,13 @@ pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
     let (mount_changed, mount_changes) = std::sync::mpsc::channel();
     let (collect, collect_wake) = std::sync::mpsc::sync_channel(1);
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-    let state = Arc::new(State {
+    let (primary, names) = (primary_key(dir)?, read_names(dir)?);
+    let state = Arc::new_cyclic(|me| State {
+        me: me.clone(),
         dir: dir.to_path_buf(),
         store,
-        primary: primary_key(dir)?,
-        names: Mutex::new(read_names(dir)?),
+        primary,
+        names: Mutex::new(names),
         drives: Mutex::new(BTreeMap::new()),
         mounts: Mutex::new(BTreeMap::new()),
         mount_changed,
@@ -269,6 +276,7 @@ pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
         stopping: AtomicBool::new(false),
         garbage: Default::default(),
         collect,
+        multi: Mutex::new(BTreeMap::new()),
     });
     // The daemon's own network options come first: the shares and replicas resumed next then
     // use its network rather than start one on the remembered address.
@@ -283,6 +291,7 @@ pub fn run(dir: &Path, net_options: Option<NetOptions>) -> Result<()> {
     collect_in_the_background(&state, collect_wake);
     resume_replicas(&state);
     resume_shares(&state);
+    multi::resume_members(&state);
     watch_mounts(&state, mount_changes)?;
     write_state(dir, "node.pid", format!("{}\n", std::process::id()).as_bytes())?;
     tracing::info!(dir = %dir.display(), "node started");

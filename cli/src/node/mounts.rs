@@ -97,6 +97,7 @@ pub(super) fn mount(state: &State, r: MountRequest<'_>) -> Result<api::Mounted> 
         fsname: format!("hyperfs:{name}"),
         guard: Some(guard),
         allow_other,
+        changed_elsewhere: state.multi.lock().unwrap_or_else(|e| e.into_inner()).contains_key(drive.key()),
         ..Default::default()
     };
     let mounted =

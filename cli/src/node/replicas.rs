@@ -139,9 +139,11 @@ pub(super) fn replicate(
     let blobs_key = *drive.blobs().key();
     let blobs = hyperfs_engine::Hypercore::open_replica(store, blobs_key, None)?;
     let blobs = net.add_replica(blobs, full);
-    // The blobs core's signed length comes in its own sync; files cannot be read before it.
+    // The blobs core's signed length comes in its own sync; files cannot be read before it
+    // (a drive of no files, a new member's, has none to wait for).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while blobs.state().1 == 0 && Instant::now() < deadline && drive.blobs().length() == 0 {
+    let files = drive.view().has_files().unwrap_or(true);
+    while files && blobs.state().1 == 0 && Instant::now() < deadline && drive.blobs().length() == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }
     let mut drive = drive;

@@ -65,20 +65,19 @@ pub enum Step {
 
 /// What closes the changes a member made through its own drive since its last marker (a
 /// mount's writes, `put`, `rm`, `mv`), as a tail for [`Drive::apply_with`]: a `gone` marker
-/// for each file whose last change there deleted it, then a clock marker with the clock of the
-/// view they were made on. `None` when no file changed since.
-pub fn closing(own: &Drive) -> Result<Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>> {
+/// for each file whose last change there deleted it, then a clock marker: what the view they
+/// were made on had merged ([`view_clock`]), and `seen` (what the merge had when the drive last
+/// showed it whole, which a view marker is written for only when the tree changed). `None`
+/// when no file changed since.
+pub fn closing(own: &Drive, seen: &Clock) -> Result<Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>> {
     let db = own.db();
-    let mut last = 0;
-    let mut view = Clock::default();
-    for key in [members::CLOCK, members::VIEW] {
-        if let Some(e) = db.get(key)? {
-            last = last.max(e.seq);
-            if key == members::VIEW {
-                view = members::decode_clock(&e.value).unwrap_or_default();
-            }
-        }
-    }
+    let last = [members::CLOCK, members::VIEW]
+        .into_iter()
+        .map(|k| db.get(k).map(|e| e.map_or(0, |e| e.seq)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     if db.version() <= last + 1 {
         return Ok(None);
     }
@@ -98,10 +97,38 @@ pub fn closing(own: &Drive) -> Result<Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>> {
     if !changed {
         return Ok(None);
     }
-    view.set(Writer(own.key().0), db.version());
     let mut tail: Vec<_> = gone.into_iter().map(|p| ([members::GONE, p.as_bytes()].concat(), Some(Vec::new()))).collect();
-    tail.push((members::CLOCK.to_vec(), Some(members::encode_clock(&view))));
+    tail.push(clock_marker(own, seen)?);
     Ok(Some(tail))
+}
+
+/// What the merge had of the other members' dbs when a member's drive last changed to show
+/// it (its last view marker); empty before the first.
+pub fn view_clock(own: &Drive) -> Result<Clock> {
+    Ok(own.db().get(members::VIEW)?.and_then(|e| members::decode_clock(&e.value)).unwrap_or_default())
+}
+
+/// The clock marker closing a batch a member writes in its drive: its view's clock with `seen`.
+fn clock_marker(own: &Drive, seen: &Clock) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut clock = view_clock(own)?;
+    clock.merge(seen);
+    clock.set(Writer(own.key().0), own.db().version());
+    Ok((members::CLOCK.to_vec(), Some(members::encode_clock(&clock))))
+}
+
+/// Records in a member's drive `own` that `member` was added with its name, or removed
+/// (`None`), after closing what was open ([`closing`]; `seen` as there).
+pub fn change_membership(own: &mut Drive, seen: &Clock, member: Writer, name: Option<&str>) -> Result<()> {
+    if let Some(tail) = closing(own, seen)? {
+        own.apply_with(&[], &tail)?;
+    }
+    let hex = crate::crypto::to_hex(&member.0);
+    let record = match name {
+        Some(n) => ([members::MEMBER, hex.as_bytes()].concat(), Some(n.as_bytes().to_vec())),
+        None => ([members::REMOVED, hex.as_bytes()].concat(), Some(Vec::new())),
+    };
+    let marker = clock_marker(own, seen)?;
+    own.apply_with(&[], &[record, marker])
 }
 
 /// Reads a blob a window at a time (a file copied from another member's drive).

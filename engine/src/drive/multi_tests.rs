@@ -189,9 +189,9 @@ fn files(d: &Drive) -> BTreeMap<String, Vec<u8>> {
 
 /// Changes made through the member's drive itself, as a mount or `put` makes them, then closed.
 fn close(m: &mut MultiDrive) {
-    let tail = closing(&m.own).expect("closing").expect("changes open");
+    let tail = closing(&m.own, &Clock::default()).expect("closing").expect("changes open");
     m.own.apply_with(&[], &tail).expect("close");
-    assert_eq!(closing(&m.own).expect("closing"), None, "closed");
+    assert_eq!(closing(&m.own, &Clock::default()).expect("closing"), None, "closed");
 }
 
 #[test]

@@ -26,6 +26,11 @@ impl<B: Blocks> DriveView<'_, B> {
 
     /// Whether sub-database `prefix` (`special` or `links`) holds anything in this version,
     /// remembered by the drive per (fork, version).
+    /// Whether this version holds any file or symlink.
+    pub fn has_files(&self) -> Result<bool> {
+        self.holds_any(FILES)
+    }
+
     pub(super) fn holds_any(&self, prefix: &'static [u8]) -> Result<bool> {
         let at = (self.drive.db.core().fork(), self.db.version(), prefix);
         if let Some(any) = self.drive.spaces.lock().unwrap_or_else(|e| e.into_inner()).get(at) {
