@@ -353,17 +353,17 @@ pub(super) fn join(
     let [founder, inviter, token] = parts.as_slice() else { bail!("not an invite (hyperfs invite DRIVE prints one)") };
     let key32 = |b: &[u8]| -> Result<[u8; 32]> { b.try_into().map_err(|_| anyhow!("not an invite: a key is not 32 bytes")) };
     let (founder, inviter, token) = (key32(founder)?, key32(inviter)?, key32(token)?);
+    let (pair, rendezvous) = rendezvous(&token);
+    let removed: BTreeSet<String> = read_json(&state.dir, "removed.json")?;
+    let store: Arc<dyn Store> = state.store.clone();
+    if removed.contains(&hex::encode(pair.public_key())) || Drive::open(store.clone(), &rendezvous)?.is_some() {
+        bail!("this invite was used on this node already");
+    }
     let net = net(state, r)?;
     let named = create(state, name)?;
     let own = crate::local::parse_key(&named.key)?;
     // The rendezvous drive: this member's key and name, for the inviter to find.
-    let (pair, rendezvous) = rendezvous(&token);
-    let store: Arc<dyn Store> = state.store.clone();
-    let drive = match Drive::open(store.clone(), &rendezvous)? {
-        Some(_) => bail!("this invite was used on this node already"),
-        None => Drive::create(store, pair)?,
-    };
-    let mut drive = drive;
+    let mut drive = Drive::create(store, pair)?;
     if *drive.key() != rendezvous {
         bail!("the rendezvous drive's key is not the one the invite names");
     }

@@ -14,6 +14,7 @@ mod keys_cli;
 mod mirror_cli;
 mod mount_stress;
 mod mount_tools;
+mod multiwriter;
 mod node_cli;
 mod posix;
 mod posix_files;

@@ -1,0 +1,238 @@
+//! Multi-writer drives between three hosts (network namespaces on one bridge, finding each
+//! other on the LAN alone): invites, every member writing through its own mount, convergence
+//! to byte-identical trees, edits made apart (conflict copies, a modify beating a delete), a
+//! partition healed, a member removed, and a reader who is no member. Needs root.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyperfs_tests::{in_ns, Hosts};
+use serde_json::Value;
+
+/// LAN discovery only.
+const LAN: [&str; 4] = ["--no-dht", "--no-hyperdht", "--listen", "0.0.0.0:0"];
+
+fn json(ns: &str, dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&Hosts::hyperfs_ok(ns, dir, args)).expect("JSON output")
+}
+
+/// Stops a node when dropped (which unmounts its mounts).
+struct Stop(PathBuf);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = hyperfs_tests::hyperfs_in(&self.0, &["stop"]);
+    }
+}
+
+/// What a mount shows: every file's path, bytes and mode.
+type Tree = BTreeMap<String, (Vec<u8>, u32)>;
+
+fn tree(mnt: &Path) -> Tree {
+    let mut out = Tree::new();
+    let mut todo = vec![mnt.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            if m.is_dir() {
+                todo.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let rel = p.strip_prefix(mnt).expect("inside").to_string_lossy().into_owned();
+                out.insert(rel, (bytes, m.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    out
+}
+
+/// Three members of one multi-writer drive, each on its host with its mount.
+struct Members {
+    hosts: Hosts,
+    dirs: Vec<PathBuf>,
+    mounts: Vec<PathBuf>,
+    _stops: Vec<Stop>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Members {
+    /// Member 0 founds the drive and invites the others, who join finding it on the LAN.
+    fn new() -> Members {
+        let hosts = Hosts::new(3);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("node{i}"))).collect();
+        let stops = dirs.iter().map(|d| Stop(d.clone())).collect();
+        let mounts: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("mnt{i}"))).collect();
+        for (i, dir) in dirs.iter().enumerate() {
+            let mut args = vec!["peers"];
+            args.extend_from_slice(&LAN);
+            Hosts::hyperfs_ok(&hosts.names[i], dir, &args);
+        }
+        let made = json(&hosts.names[0], &dirs[0], &["create", "--multiwriter", "--name", "notes", "--json"]);
+        assert!(made["key"].is_string());
+        for i in 1..3 {
+            let invite = Hosts::hyperfs_ok(&hosts.names[0], &dirs[0], &["invite", "notes"]);
+            let started = Instant::now();
+            let joined = json(&hosts.names[i], &dirs[i], &["join", invite.trim(), "--name", "notes", "--json"]);
+            assert_eq!(joined["member"], true, "{joined}\n{}", hyperfs_tests::node_log_tail(&dirs[0]));
+            assert_eq!(joined["founder"], made["key"]);
+            eprintln!("member {i} joined in {:?}", started.elapsed());
+            // Used once.
+            let again = Hosts::hyperfs(&hosts.names[i], &dirs[i], &["join", invite.trim(), "--name", "again"]);
+            assert!(!again.status.success(), "an invite used twice on one node");
+        }
+        for (i, mnt) in mounts.iter().enumerate() {
+            std::fs::create_dir(mnt).expect("mkdir");
+            Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["mount", "notes", mnt.to_str().expect("utf-8")]);
+        }
+        Members { hosts, dirs, mounts, _stops: stops, _tmp: tmp }
+    }
+
+    fn path(&self, i: usize, rel: &str) -> PathBuf {
+        self.mounts[i].join(rel)
+    }
+
+    /// Waits up to `limit` for the members in `which` to show one tree, which it returns.
+    fn converge(&self, which: &[usize], limit: Duration) -> Tree {
+        let started = Instant::now();
+        loop {
+            let trees: Vec<Tree> = which.iter().map(|&i| tree(&self.mounts[i])).collect();
+            if trees.windows(2).all(|w| w[0] == w[1]) {
+                eprintln!("members {which:?} converged in {:?}", started.elapsed());
+                return trees.into_iter().next().expect("a member");
+            }
+            if started.elapsed() > limit {
+                let names: Vec<Vec<&String>> = trees.iter().map(|t| t.keys().collect()).collect();
+                let logs: Vec<String> = which.iter().map(|&i| hyperfs_tests::node_log_tail(&self.dirs[i])).collect();
+                panic!("members {which:?} did not converge: {names:?}\n{}", logs.join("\n----\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Cuts member `i` off the others (its host drops every packet but loopback's), or heals it.
+    fn cut(&self, i: usize, apart: bool) {
+        let ns = &self.hosts.names[i];
+        if apart {
+            in_ns(ns, &["iptables", "-A", "INPUT", "!", "-i", "lo", "-j", "DROP"]);
+            in_ns(ns, &["iptables", "-A", "OUTPUT", "!", "-o", "lo", "-j", "DROP"]);
+        } else {
+            in_ns(ns, &["iptables", "-F"]);
+        }
+    }
+
+    fn cli(&self, i: usize, args: &[&str]) -> String {
+        Hosts::hyperfs_ok(&self.hosts.names[i], &self.dirs[i], args)
+    }
+}
+
+#[test]
+fn three_members_converge_keep_both_sides_of_a_conflict_and_heal_after_a_partition() {
+    let m = Members::new();
+    // Each writes through its mount; a save shows on the others within a second.
+    for i in 0..3 {
+        std::fs::create_dir_all(m.path(i, &format!("from-{i}"))).expect("mkdir");
+        std::fs::write(m.path(i, &format!("from-{i}/note.txt")), format!("written on member {i}\n")).expect("write");
+    }
+    std::fs::write(m.path(1, "tool.sh"), "#!/bin/sh\necho hi\n").expect("write");
+    std::fs::set_permissions(m.path(1, "tool.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(m.path(0, "shared.txt"), "the first text\n").expect("write");
+    std::fs::write(m.path(0, "doomed.txt"), "to be deleted, or not\n").expect("write");
+    let all = m.converge(&[0, 1, 2], Duration::from_secs(10));
+    assert_eq!(all.len(), 6, "{:?}", all.keys().collect::<Vec<_>>());
+    assert_eq!(all["tool.sh"].1, 0o755, "modes travel");
+    assert_eq!(all["from-2/note.txt"].0, b"written on member 2\n");
+    let started = Instant::now();
+    std::fs::write(m.path(2, "quick.txt"), "there at once\n").expect("write");
+    while std::fs::read(m.path(0, "quick.txt")).ok().as_deref() != Some(b"there at once\n".as_slice()) {
+        assert!(started.elapsed() < Duration::from_secs(1), "a save took over a second to show on a LAN");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("a save on member 2 showed on member 0 in {:?}", started.elapsed());
+
+    // Member 2 apart: the same file edited on both sides (member 2 later), a file deleted on
+    // one side and modified on the other, new files on both.
+    m.cut(2, true);
+    std::fs::write(m.path(0, "shared.txt"), "member 0's edit, made apart\n").expect("write");
+    std::fs::remove_file(m.path(1, "doomed.txt")).expect("rm");
+    std::fs::write(m.path(0, "while-apart-0.txt"), "0\n").expect("write");
+    m.converge(&[0, 1], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(m.path(2, "shared.txt"), "member 2's edit, made apart and later\n").expect("write");
+    std::fs::write(m.path(2, "doomed.txt"), "member 2 kept working on it\n").expect("write");
+    std::fs::write(m.path(2, "while-apart-2.txt"), "2\n").expect("write");
+    assert!(!m.path(2, "while-apart-0.txt").exists(), "the partition let a change through");
+
+    m.cut(2, false);
+    let healed = m.converge(&[0, 1, 2], Duration::from_secs(30));
+    assert_eq!(healed["shared.txt"].0, b"member 2's edit, made apart and later\n", "the later edit wins");
+    let copies: Vec<(&String, &(Vec<u8>, u32))> =
+        healed.iter().filter(|(p, _)| p.starts_with("shared.sync-conflict-") && p.ends_with(".txt")).collect();
+    assert_eq!(copies.len(), 1, "one conflict copy: {:?}", healed.keys().collect::<Vec<_>>());
+    assert_eq!(copies[0].1 .0, b"member 0's edit, made apart\n", "the losing edit is kept");
+    assert_eq!(healed["doomed.txt"].0, b"member 2 kept working on it\n", "a modify beats a delete");
+    assert!(healed.contains_key("while-apart-0.txt") && healed.contains_key("while-apart-2.txt"));
+
+    // The conflict copy is an ordinary file: deleting it on one member deletes it everywhere.
+    std::fs::remove_file(m.mounts[1].join(copies[0].0)).expect("rm");
+    let tidy = m.converge(&[0, 1, 2], Duration::from_secs(10));
+    assert!(!tidy.keys().any(|p| p.contains("sync-conflict")));
+}
+
+#[test]
+fn a_removed_member_s_later_writes_are_ignored_and_readers_mount_the_merged_tree() {
+    let m = Members::new();
+    std::fs::write(m.path(2, "before.txt"), "written before the removal\n").expect("write");
+    m.converge(&[0, 1, 2], Duration::from_secs(10));
+    let members = json(&m.hosts.names[1], &m.dirs[1], &["members", "notes", "--json"]);
+    assert_eq!(members.as_array().map(Vec::len), Some(3), "{members}");
+    let two = members.as_array().expect("list").iter().find(|x| x["name"] == "notes" && x["me"] == false);
+    assert!(two.is_some(), "{members}");
+    let key2 = json(&m.hosts.names[2], &m.dirs[2], &["members", "notes", "--json"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|x| x["me"] == true)
+        .map(|x| x["key"].as_str().expect("key").to_owned())
+        .expect("member 2 lists itself");
+
+    // Member 0 removes member 2; once member 1 has heard, member 2's new writes go nowhere.
+    m.cli(0, &["members", "rm", "notes", &key2[..12]]);
+    let started = Instant::now();
+    loop {
+        let now = json(&m.hosts.names[1], &m.dirs[1], &["members", "notes", "--json"]);
+        if now.as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the removal did not reach member 1: {now}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(m.path(2, "after.txt"), "written after the removal\n").expect("write");
+    std::fs::remove_file(m.path(2, "before.txt")).expect("rm");
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = m.converge(&[0, 1], Duration::from_secs(5));
+    assert!(!kept.contains_key("after.txt"), "a removed member's write was taken");
+    assert_eq!(kept["before.txt"].0, b"written before the removal\n", "what it wrote before stays");
+
+    // A reader who is no member mounts the drive by its key and reads the merged tree.
+    let key = json(&m.hosts.names[0], &m.dirs[0], &["drives", "--json"])[0]["key"].as_str().expect("key").to_owned();
+    std::fs::write(m.path(1, "for-readers.txt"), "from member 1\n").expect("write");
+    m.converge(&[0, 1], Duration::from_secs(10));
+    let reader = m._tmp.path().join("reader");
+    let _stop = Stop(reader.clone());
+    let mnt = m._tmp.path().join("mnt-reader");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut args = vec!["mount", key.as_str(), mnt.to_str().expect("utf-8")];
+    args.extend_from_slice(&LAN);
+    Hosts::hyperfs_ok(&m.hosts.names[1], &reader, &args);
+    let started = Instant::now();
+    while tree(&mnt) != tree(&m.mounts[0]) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the reader's mount is not the merged tree");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(mnt.join("for-readers.txt")).expect("read"), b"from member 1\n");
+    assert!(std::fs::write(mnt.join("nope.txt"), "x").is_err(), "a reader writes");
+}
