@@ -236,3 +236,95 @@ fn a_removed_member_s_later_writes_are_ignored_and_readers_mount_the_merged_tree
     assert_eq!(std::fs::read(mnt.join("for-readers.txt")).expect("read"), b"from member 1\n");
     assert!(std::fs::write(mnt.join("nope.txt"), "x").is_err(), "a reader writes");
 }
+
+/// One operation of the randomised run.
+#[derive(Debug)]
+enum Op {
+    Put { member: usize, path: &'static str, content: Vec<u8> },
+    Delete { member: usize, path: &'static str },
+    Apart { member: usize, apart: bool },
+    Restart { member: usize },
+}
+
+/// Whether `name` is `path` or a conflict copy of it.
+fn is_copy_of(name: &str, path: &str) -> bool {
+    let (stem, ext) = match path.rfind('.') {
+        Some(i) => (&path[..i], &path[i..]),
+        None => (path, ""),
+    };
+    name == path || (name.starts_with(&format!("{stem}.sync-conflict-")) && name.ends_with(ext))
+}
+
+#[test]
+fn random_edits_on_random_members_under_partitions_and_restarts_lose_nothing() {
+    use rand::{Rng, SeedableRng};
+    const PATHS: [&str; 4] = ["a.txt", "dir/b.txt", "dir/sub/c.txt", "d.md"];
+    // A bounded run here; `HYPERFS_MW_ROUNDS` makes it longer (scripts/fuzz).
+    let rounds: usize = std::env::var("HYPERFS_MW_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let m = Members::new();
+    for round in 0..rounds {
+        let seed = hyperfs_tests::test_seed().wrapping_add(round as u64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut ops = Vec::new();
+        let mut apart = [false; 3];
+        for _ in 0..30 {
+            let member = rng.gen_range(0..3);
+            let op = match rng.gen_range(0..10) {
+                0..=4 => {
+                    let content = format!("seed {seed}, op {}, member {member}\n", ops.len()).into_bytes();
+                    Op::Put { member, path: PATHS[rng.gen_range(0..PATHS.len())], content }
+                }
+                5..=6 => Op::Delete { member, path: PATHS[rng.gen_range(0..PATHS.len())] },
+                7..=8 => Op::Apart { member, apart: !apart[member] },
+                _ => Op::Restart { member },
+            };
+            match &op {
+                Op::Put { member, path, content } => {
+                    let p = m.path(*member, path);
+                    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                    std::fs::write(&p, content).expect("write");
+                }
+                Op::Delete { member, path } => {
+                    if std::fs::remove_file(m.path(*member, path)).is_err() {
+                        continue;
+                    }
+                }
+                Op::Apart { member, apart: a } => {
+                    m.cut(*member, *a);
+                    apart[*member] = *a;
+                }
+                Op::Restart { member } => {
+                    m.cli(*member, &["stop"]);
+                    m.cli(*member, &["mount", "notes", m.mounts[*member].to_str().expect("utf-8")]);
+                }
+            }
+            ops.push(op);
+            // Edits a few milliseconds apart, sometimes long enough for a sync between them.
+            std::thread::sleep(Duration::from_millis(rng.gen_range(1..150)));
+        }
+        for (i, a) in apart.iter().enumerate() {
+            if *a {
+                m.cut(i, false);
+            }
+        }
+        let tree = m.converge(&[0, 1, 2], Duration::from_secs(60));
+        // Every content saved is in the tree or in a conflict copy, unless a later edit or
+        // delete of its path (the only changes that can have seen it) took it away.
+        for (k, op) in ops.iter().enumerate() {
+            let Op::Put { path, content, .. } = op else { continue };
+            let touched_later = ops[k + 1..].iter().any(|o| match o {
+                Op::Put { path: p, .. } | Op::Delete { path: p, .. } => p == path,
+                _ => false,
+            });
+            if touched_later {
+                continue;
+            }
+            let kept = tree.iter().any(|(name, (bytes, _))| is_copy_of(name, path) && bytes == content);
+            assert!(kept, "seed {seed}: op {k} {op:?} was lost; the tree holds {:?}\nops: {ops:#?}", tree.keys());
+        }
+        // Every file is one of the paths written or a conflict copy of one.
+        for name in tree.keys() {
+            assert!(PATHS.iter().any(|p| is_copy_of(name, p)), "seed {seed}: {name} came from nowhere");
+        }
+    }
+}
