@@ -116,11 +116,14 @@ impl Members {
     /// Cuts member `i` off the others (its host drops every packet but loopback's), or heals it.
     fn cut(&self, i: usize, apart: bool) {
         let ns = &self.hosts.names[i];
-        if apart {
-            in_ns(ns, &["iptables", "-A", "INPUT", "!", "-i", "lo", "-j", "DROP"]);
-            in_ns(ns, &["iptables", "-A", "OUTPUT", "!", "-o", "lo", "-j", "DROP"]);
-        } else {
-            in_ns(ns, &["iptables", "-F"]);
+        // IPv6 too: the hosts' link-local addresses carry LAN discovery and connections.
+        for tables in ["iptables", "ip6tables"] {
+            if apart {
+                in_ns(ns, &[tables, "-A", "INPUT", "!", "-i", "lo", "-j", "DROP"]);
+                in_ns(ns, &[tables, "-A", "OUTPUT", "!", "-o", "lo", "-j", "DROP"]);
+            } else {
+                in_ns(ns, &[tables, "-F"]);
+            }
         }
     }
 
@@ -267,6 +270,8 @@ fn random_edits_on_random_members_under_partitions_and_restarts_lose_nothing() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut ops = Vec::new();
         let mut apart = [false; 3];
+        // Who was cut off after each operation.
+        let mut apart_after: Vec<[bool; 3]> = Vec::new();
         for _ in 0..30 {
             let member = rng.gen_range(0..3);
             let op = match rng.gen_range(0..10) {
@@ -299,6 +304,7 @@ fn random_edits_on_random_members_under_partitions_and_restarts_lose_nothing() {
                 }
             }
             ops.push(op);
+            apart_after.push(apart);
             // Edits a few milliseconds apart, sometimes long enough for a sync between them.
             std::thread::sleep(Duration::from_millis(rng.gen_range(1..150)));
         }
@@ -309,18 +315,29 @@ fn random_edits_on_random_members_under_partitions_and_restarts_lose_nothing() {
         }
         let tree = m.converge(&[0, 1, 2], Duration::from_secs(60));
         // Every content saved is in the tree or in a conflict copy, unless a later edit or
-        // delete of its path (the only changes that can have seen it) took it away.
+        // delete of its path by a member that may have seen it took it away: the same member,
+        // or one that was, at some moment between, connected while the writer was too.
+        let member_of = |o: &Op| match o {
+            Op::Put { member, .. } | Op::Delete { member, .. } => *member,
+            Op::Apart { member, .. } | Op::Restart { member } => *member,
+        };
         for (k, op) in ops.iter().enumerate() {
-            let Op::Put { path, content, .. } = op else { continue };
-            let touched_later = ops[k + 1..].iter().any(|o| match o {
-                Op::Put { path: p, .. } | Op::Delete { path: p, .. } => p == path,
-                _ => false,
+            let Op::Put { path, content, member: i } = op else { continue };
+            let seen_later = ops.iter().enumerate().skip(k + 1).any(|(l, o)| {
+                let same_path = matches!(o, Op::Put { path: p, .. } | Op::Delete { path: p, .. } if p == path);
+                let j = member_of(o);
+                same_path && (j == *i || (k..l).any(|t| !apart_after[t][*i] && !apart_after[t][j]))
             });
-            if touched_later {
+            if seen_later {
                 continue;
             }
             let kept = tree.iter().any(|(name, (bytes, _))| is_copy_of(name, path) && bytes == content);
-            assert!(kept, "seed {seed}: op {k} {op:?} was lost; the tree holds {:?}\nops: {ops:#?}", tree.keys());
+            let near: Vec<(&String, String)> = tree
+                .iter()
+                .filter(|(name, _)| is_copy_of(name, path))
+                .map(|(name, (bytes, _))| (name, String::from_utf8_lossy(bytes).into_owned()))
+                .collect();
+            assert!(kept, "seed {seed}: op {k} {op:?} was lost; at its path: {near:?}\nops: {ops:#?}");
         }
         // Every file is one of the paths written or a conflict copy of one.
         for name in tree.keys() {
