@@ -171,10 +171,16 @@ impl MultiDrive {
     pub fn view_steps(&self) -> Result<(Vec<Step>, Clock)> {
         let tree = self.tree()?;
         let me = self.writer();
+        // What the merge took of each other member: up to its last closed batch (a batch that
+        // arrived without its marker yet is not seen; a clock saying so would put this
+        // member's next change after it unseen).
         let mut clock = Clock::default();
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
         for d in &self.others {
-            clock.set(Writer(d.key().0), d.db().version());
+            let w = Writer(d.key().0);
+            clock.set(w, read.get(&w).map_or(0, |r| r.0));
         }
+        drop(read);
         let current: BTreeMap<String, Entry> = self.own.list("/")?.into_iter().collect();
         let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
         let mut steps = Vec::new();

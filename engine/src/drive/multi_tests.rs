@@ -269,3 +269,22 @@ fn a_path_no_drive_can_hold_is_not_shown() {
     all[0].show().expect("show");
     assert_eq!(files(all[0].own()).into_keys().collect::<Vec<_>>(), vec!["/fine"]);
 }
+
+#[test]
+fn a_change_that_arrived_without_its_marker_is_not_seen() {
+    let mut all = members(2);
+    sync_all(&mut all);
+    // Member 1's put through its drive, copied to member 0 before the marker closing it.
+    all[1].own.put("/x.txt", b"not closed yet", &at(1_000)).expect("put");
+    let put_at = all[1].own.db().version() - 1;
+    sync_all(&mut all);
+    let one = all[1].writer();
+    let (steps, clock) = all[0].view_steps().expect("steps");
+    assert_eq!(steps, Vec::new(), "nothing to show yet");
+    assert!(clock.get(&one) <= put_at, "member 0's next change would be after a put it never showed");
+    close(&mut all[1]);
+    sync_all(&mut all);
+    let (steps, clock) = all[0].view_steps().expect("steps");
+    assert_eq!(steps.len(), 1);
+    assert!(clock.get(&one) > put_at);
+}
