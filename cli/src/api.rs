@@ -383,6 +383,10 @@ pub struct LogEntry {
     pub path: String,
     pub size: Option<u64>,
     pub time: Option<i64>,
+    /// On a multi-writer drive: the member who made the change (its name, else the start of
+    /// its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// The reply of `truncate`.

@@ -374,7 +374,8 @@ fn main() -> ExitCode {
                 for e in &r {
                     let size = e.size.map_or("-".to_owned(), |s| s.to_string());
                     let time = e.time.map_or("-".to_owned(), format_time);
-                    println!("{}\t{}\t{}\t{size}\t{}", e.version, e.op, time, printable(&e.path));
+                    let by = e.member.as_ref().map_or(String::new(), |m| format!("\t{}", printable(m)));
+                    println!("{}\t{}\t{}\t{size}\t{}{by}", e.version, e.op, time, printable(&e.path));
                 }
                 // A history the writer's key also signed otherwise is said where history is read.
                 let info: api::Info = client::call(&d, &Request::Info { drive }, true)?;

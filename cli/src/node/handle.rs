@@ -262,7 +262,10 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             let filter = Some(path.as_str()).filter(|p| *p != "/");
             let until = version.unwrap_or(u64::MAX);
             let mut out = Vec::new();
-            for c in d.history(0)?.into_iter().take_while(|c| c.version <= until) {
+            let history = d.history(0)?;
+            let authors = multi::authors(state, drive.key(), &d, &history)?;
+            for (i, c) in history.into_iter().enumerate().take_while(|(_, c)| c.version <= until) {
+                let member = authors.as_ref().and_then(|a| a[i].clone());
                 if filter.is_some_and(|f| c.path != f && !c.path.starts_with(&format!("{f}/"))) {
                     continue;
                 }
@@ -281,7 +284,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
                     Some(e) if e.linkname.is_some() => "symlink",
                     Some(_) => "put",
                 };
-                out.push(api::LogEntry { version: c.version, op: op.into(), path: c.path, size, time });
+                out.push(api::LogEntry { version: c.version, op: op.into(), path: c.path, size, time, member });
             }
             reply(out)
         }
@@ -289,6 +292,9 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             let drive = open_drive(state, which)?;
             let version = *version;
             let key = *drive.snapshot().key();
+            if state.multi.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
+                bail!("{which} is a multi-writer drive: its history is every member's, and is not cut back");
+            }
             if mounts_of(state, &key).iter().any(|m| !m.read_only) {
                 bail!("{which} is mounted read-write; unmount it first");
             }

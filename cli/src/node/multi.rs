@@ -15,6 +15,7 @@
 //! used yet, and the rendezvous drive of a join not answered yet.
 
 use super::*;
+use hyperfs_engine::drive::Change;
 use hyperfs_engine::crypto::KeyPair;
 use hyperfs_engine::drive::merge::{Clock, Writer};
 use hyperfs_engine::drive::members;
@@ -304,7 +305,9 @@ pub(super) fn create_multi(state: &State, name: Option<&str>) -> Result<api::Nam
         all.insert(named.key.clone(), Record { founder: named.key.clone(), ..Default::default() });
         write_json(&state.dir, "multi.json", &all)?;
     }
-    start_member(state, &key)?;
+    let m = start_member(state, &key)?;
+    // The founder's name, as the members it adds get theirs.
+    multi::change_membership(&mut m.own.write(), &Clock::default(), Writer(key.0), Some(&named.name))?;
     Ok(named)
 }
 
@@ -440,4 +443,59 @@ pub(super) fn remove_member(state: &State, which: &str, who: &str) -> Result<api
     let seen = m.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     multi::change_membership(&mut m.own.write(), &seen, Writer(crate::local::parse_key(&gone.key)?.0), None)?;
     Ok(gone)
+}
+
+/// For `log` of member drive `key`: who made each change of `history` (its drive's), by
+/// member name (or the start of its key): the member's own changes are its, and what its drive
+/// shows of the others (batches closed by a view marker) is the member's whose change it
+/// shows (the change at that path with that entry's metadata; `None` when none is held).
+/// `None` for a drive that is no member drive.
+pub(super) fn authors(state: &State, key: &CoreKey, d: &Drive, history: &[Change]) -> Result<Option<Vec<Option<String>>>> {
+    if record_of(state, key).is_none() {
+        return Ok(None);
+    }
+    let m = start_member(state, key)?;
+    let md = m.md.lock().unwrap_or_else(|e| e.into_inner());
+    let names: BTreeMap<Writer, String> = md.members()?.into_iter().collect();
+    let label = |w: &Writer| match names.get(w).filter(|n| !n.is_empty()) {
+        Some(n) => n.clone(),
+        None => hex::encode(w.0)[..8].to_owned(),
+    };
+    // Where each batch ends, and whether a view marker ends it.
+    let mut markers = Vec::new();
+    let range = hyperfs_engine::hyperbee::HistoryRange::default();
+    for h in d.db().view().history(&range) {
+        let h = h?;
+        let k = h.entry.key.as_slice();
+        if !h.deletion && (k == members::CLOCK || k == members::VIEW) {
+            markers.push((h.entry.seq, k == members::VIEW));
+        }
+    }
+    let mut shown: std::collections::HashMap<(String, Option<String>), Writer> = Default::default();
+    for c in md.changes()? {
+        let meta = match &c.op {
+            hyperfs_engine::drive::merge::Op::Put { value: members::Value::File(e), .. } => {
+                e.metadata.as_ref().map(|m| m.to_string())
+            }
+            _ => None,
+        };
+        shown.insert((c.path.clone(), meta), c.writer);
+    }
+    let me = md.writer();
+    Ok(Some(
+        history
+            .iter()
+            .map(|c| {
+                let at = markers.partition_point(|(seq, _)| *seq < c.seq);
+                match markers.get(at) {
+                    Some((_, false)) => Some(label(&me)),
+                    Some((_, true)) => {
+                        let meta = c.entry.as_ref().and_then(|e| e.metadata.as_ref()).map(|m| m.to_string());
+                        shown.get(&(c.path.clone(), meta)).map(&label)
+                    }
+                    None => None,
+                }
+            })
+            .collect(),
+    ))
 }

@@ -353,6 +353,16 @@ impl MultiDrive {
         Ok((all, members, cuts))
     }
 
+    /// Every change of a member (and of a removed member up to its cut) held here, in no
+    /// particular order: what `log` tells the members of.
+    pub fn changes(&self) -> Result<Vec<Change<Value>>> {
+        let (all, members, cuts) = self.membership()?;
+        Ok(all
+            .into_iter()
+            .filter(|c| members.contains(&c.writer) || cuts.get(&c.writer).is_some_and(|cut| c.seq < *cut))
+            .collect())
+    }
+
     /// The changes of members (and of removed members, up to their cut), merged.
     pub fn merge(&self) -> Result<Merge<Value>> {
         let (all, members, cuts) = self.membership()?;

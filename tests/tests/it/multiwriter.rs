@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use hyperfs_tests::{in_ns, Hosts};
 use serde_json::Value;
 
+/// Each member's name (its drive's local name on its node).
+const NAMES: [&str; 3] = ["notes", "laptop", "desktop"];
+
 /// LAN discovery only.
 const LAN: [&str; 4] = ["--no-dht", "--no-hyperdht", "--listen", "0.0.0.0:0"];
 
@@ -76,7 +79,7 @@ impl Members {
         for i in 1..3 {
             let invite = Hosts::hyperfs_ok(&hosts.names[0], &dirs[0], &["invite", "notes"]);
             let started = Instant::now();
-            let joined = json(&hosts.names[i], &dirs[i], &["join", invite.trim(), "--name", "notes", "--json"]);
+            let joined = json(&hosts.names[i], &dirs[i], &["join", invite.trim(), "--name", NAMES[i], "--json"]);
             assert_eq!(joined["member"], true, "{joined}\n{}", hyperfs_tests::node_log_tail(&dirs[0]));
             assert_eq!(joined["founder"], made["key"]);
             eprintln!("member {i} joined in {:?}", started.elapsed());
@@ -86,7 +89,7 @@ impl Members {
         }
         for (i, mnt) in mounts.iter().enumerate() {
             std::fs::create_dir(mnt).expect("mkdir");
-            Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["mount", "notes", mnt.to_str().expect("utf-8")]);
+            Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["mount", NAMES[i], mnt.to_str().expect("utf-8")]);
         }
         Members { hosts, dirs, mounts, _stops: stops, _tmp: tmp }
     }
@@ -155,6 +158,12 @@ fn three_members_converge_keep_both_sides_of_a_conflict_and_heal_after_a_partiti
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("a save on member 2 showed on member 0 in {:?}", started.elapsed());
+    // `log` on any member tells who made each change.
+    for (path, by) in [("from-2/note.txt", "desktop"), ("from-0/note.txt", "notes"), ("tool.sh", "laptop")] {
+        let log = json(&m.hosts.names[0], &m.dirs[0], &["log", &format!("notes:/{path}"), "--json"]);
+        let last = log.as_array().and_then(|l| l.last()).cloned().unwrap_or_default();
+        assert_eq!(last["member"], by, "{path}: {log}");
+    }
 
     // Member 2 apart: the same file edited on both sides (member 2 later), a file deleted on
     // one side and modified on the other, new files on both.
@@ -190,11 +199,11 @@ fn a_removed_member_s_later_writes_are_ignored_and_readers_mount_the_merged_tree
     let m = Members::new();
     std::fs::write(m.path(2, "before.txt"), "written before the removal\n").expect("write");
     m.converge(&[0, 1, 2], Duration::from_secs(10));
-    let members = json(&m.hosts.names[1], &m.dirs[1], &["members", "notes", "--json"]);
+    let members = json(&m.hosts.names[1], &m.dirs[1], &["members", "laptop", "--json"]);
     assert_eq!(members.as_array().map(Vec::len), Some(3), "{members}");
-    let two = members.as_array().expect("list").iter().find(|x| x["name"] == "notes" && x["me"] == false);
+    let two = members.as_array().expect("list").iter().find(|x| x["name"] == "desktop" && x["me"] == false);
     assert!(two.is_some(), "{members}");
-    let key2 = json(&m.hosts.names[2], &m.dirs[2], &["members", "notes", "--json"])
+    let key2 = json(&m.hosts.names[2], &m.dirs[2], &["members", "desktop", "--json"])
         .as_array()
         .expect("list")
         .iter()
@@ -202,11 +211,15 @@ fn a_removed_member_s_later_writes_are_ignored_and_readers_mount_the_merged_tree
         .map(|x| x["key"].as_str().expect("key").to_owned())
         .expect("member 2 lists itself");
 
+    // A member's drive is every member's history: it is not cut back.
+    let cut = Hosts::hyperfs(&m.hosts.names[0], &m.dirs[0], &["truncate", "notes", "1"]);
+    assert!(!cut.status.success() && String::from_utf8_lossy(&cut.stderr).contains("multi-writer"));
+
     // Member 0 removes member 2; once member 1 has heard, member 2's new writes go nowhere.
     m.cli(0, &["members", "rm", "notes", &key2[..12]]);
     let started = Instant::now();
     loop {
-        let now = json(&m.hosts.names[1], &m.dirs[1], &["members", "notes", "--json"]);
+        let now = json(&m.hosts.names[1], &m.dirs[1], &["members", "laptop", "--json"]);
         if now.as_array().map(Vec::len) == Some(2) {
             break;
         }
@@ -300,7 +313,7 @@ fn random_edits_on_random_members_under_partitions_and_restarts_lose_nothing() {
                 }
                 Op::Restart { member } => {
                     m.cli(*member, &["stop"]);
-                    m.cli(*member, &["mount", "notes", m.mounts[*member].to_str().expect("utf-8")]);
+                    m.cli(*member, &["mount", NAMES[*member], m.mounts[*member].to_str().expect("utf-8")]);
                 }
             }
             ops.push(op);
