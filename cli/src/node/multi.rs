@@ -19,7 +19,7 @@ use hyperfs_engine::drive::Change;
 use hyperfs_engine::crypto::KeyPair;
 use hyperfs_engine::drive::merge::{Clock, Writer};
 use hyperfs_engine::drive::members;
-use hyperfs_engine::drive::shared::state_of;
+use hyperfs_engine::drive::shared::{state_of, DriveState};
 use hyperfs_engine::drive::multi::{self, MultiDrive};
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +80,8 @@ pub(super) struct Member {
     /// Drives asked for (being found or followed), and those whose changes wake the worker.
     asked: Mutex<BTreeSet<CoreKey>>,
     watched: Mutex<BTreeSet<CoreKey>>,
+    /// The others' states when the drive last showed the whole tree.
+    clean: Mutex<Option<Vec<(CoreKey, Option<DriveState>)>>>,
 }
 
 fn now_ms() -> i64 {
@@ -128,6 +130,7 @@ fn start_member(state: &State, key: &CoreKey) -> Result<Arc<Member>> {
         seen: Mutex::new(Clock::default()),
         asked: Mutex::new(BTreeSet::new()),
         watched: Mutex::new(BTreeSet::new()),
+        clean: Mutex::new(None),
     });
     own.on_change(Arc::new(move |_| {
         let _ = wake.send(());
@@ -149,9 +152,22 @@ fn start_member(state: &State, key: &CoreKey) -> Result<Arc<Member>> {
             }
             drop(state);
             // Woken by any member drive's change; a look every second all the same (invites,
-            // members being found).
-            let _ = woken.recv_timeout(std::time::Duration::from_secs(1));
-            while woken.try_recv().is_ok() {}
+            // members being found). A burst of changes (a copy into the mount) is taken as
+            // one once it pauses for 10 ms, or every half second: each closing and each view
+            // is a version the mounts take in whole.
+            use std::sync::mpsc::RecvTimeoutError;
+            use std::time::Duration;
+            if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(Duration::from_secs(1)) {
+                return;
+            }
+            let burst = std::time::Instant::now();
+            while burst.elapsed() < Duration::from_millis(500) {
+                match woken.recv_timeout(Duration::from_millis(10)) {
+                    Ok(()) => continue,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
         }
     })?;
     Ok(member)
@@ -170,6 +186,13 @@ fn step(state: &State, m: &Member) -> Result<()> {
         }
     }
     let record = record_of(state, m.own.key()).unwrap_or_default();
+    // Only this member's drive changed since its drive last showed the whole tree: what it
+    // changed came after everything shown, so the tree is what the drive now holds.
+    let others_now = others_state(state, m);
+    let waiting = !record.invites.is_empty() || record.rendezvous.is_some();
+    if !waiting && m.clean.lock().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(&others_now) {
+        return Ok(());
+    }
     let mut md = m.md.lock().unwrap_or_else(|e| e.into_inner());
     let own_version = m.own.snapshot().version();
     md.set_own(m.own.snapshot().frozen_copy());
@@ -208,6 +231,7 @@ fn step(state: &State, m: &Member) -> Result<()> {
         tracing::debug!(steps = steps.len(), "showing the merged tree");
     }
     *m.seen.lock().unwrap_or_else(|e| e.into_inner()) = clock;
+    *m.clean.lock().unwrap_or_else(|e| e.into_inner()) = Some(others_now);
     let me = md.writer();
     let member_now = md.members()?.iter().any(|(w, _)| *w == me);
     drop(md);
@@ -220,6 +244,20 @@ fn step(state: &State, m: &Member) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The state of every other drive `m` follows or asks for, as this node holds it.
+fn others_state(state: &State, m: &Member) -> Vec<(CoreKey, Option<DriveState>)> {
+    let keys: BTreeSet<CoreKey> = m
+        .watched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .chain(m.asked.lock().unwrap_or_else(|e| e.into_inner()).iter())
+        .copied()
+        .collect();
+    let drives = state.drives.lock().unwrap_or_else(|e| e.into_inner());
+    keys.into_iter().map(|k| (k, drives.get(&k).map(|d| state_of(&d.snapshot())))).collect()
 }
 
 /// Wakes `m`'s worker whenever drive `d` changes.
