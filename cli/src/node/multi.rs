@@ -15,12 +15,12 @@
 //! used yet, and the rendezvous drive of a join not answered yet.
 
 use super::*;
-use hyperfs_engine::drive::Change;
 use hyperfs_engine::crypto::KeyPair;
-use hyperfs_engine::drive::merge::{Clock, Writer};
 use hyperfs_engine::drive::members;
-use hyperfs_engine::drive::shared::{state_of, DriveState};
+use hyperfs_engine::drive::merge::{Clock, Writer};
 use hyperfs_engine::drive::multi::{self, MultiDrive};
+use hyperfs_engine::drive::shared::{state_of, DriveState};
+use hyperfs_engine::drive::Change;
 use serde::{Deserialize, Serialize};
 
 /// How long an invite may be used.
@@ -28,7 +28,7 @@ pub(super) const INVITE_LIFE_MS: i64 = 24 * 3600 * 1000;
 /// The rendezvous drive's file: the joiner's writer key (32 bytes) and its name.
 const JOIN_FILE: &str = "/join";
 /// A member's name at most (another member's log is anyone's data).
-const MAX_NAME: usize = 64;
+const MAX_NAME: usize = members::MAX_NAME;
 const INVITE_PREFIX: &str = "hyperfs-invite:";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -70,6 +70,10 @@ fn record_of(state: &State, key: &CoreKey) -> Option<Record> {
     read_records(&state.dir).ok()?.remove(&hex::encode(key))
 }
 
+/// The other drives a member follows, with their states as the node holds them (none: not
+/// found yet).
+type Others = Vec<(CoreKey, Option<DriveState>)>;
+
 /// A member drive of this node, kept showing the merged tree by its worker.
 pub(super) struct Member {
     own: Arc<SharedDrive>,
@@ -81,7 +85,7 @@ pub(super) struct Member {
     asked: Mutex<BTreeSet<CoreKey>>,
     watched: Mutex<BTreeSet<CoreKey>>,
     /// The others' states when the drive last showed the whole tree.
-    clean: Mutex<Option<Vec<(CoreKey, Option<DriveState>)>>>,
+    clean: Mutex<Option<Others>>,
 }
 
 fn now_ms() -> i64 {
@@ -247,7 +251,7 @@ fn step(state: &State, m: &Member) -> Result<()> {
 }
 
 /// The state of every other drive `m` follows or asks for, as this node holds it.
-fn others_state(state: &State, m: &Member) -> Vec<(CoreKey, Option<DriveState>)> {
+fn others_state(state: &State, m: &Member) -> Others {
     let keys: BTreeSet<CoreKey> = m
         .watched
         .lock()
@@ -368,12 +372,8 @@ pub(super) fn invite(state: &State, which: &str) -> Result<api::Invitation> {
     let expires_ms = now_ms() + INVITE_LIFE_MS;
     update_record(state, m.own.key(), |r| r.invites.push(Invite { key: hex::encode(rendezvous), expires_ms }))?;
     let _ = m.wake.send(());
-    let invite = format!(
-        "{INVITE_PREFIX}{}.{}.{}",
-        z32_encode(&founder.0),
-        z32_encode(&m.own.key().0),
-        z32_encode(&token)
-    );
+    let invite =
+        format!("{INVITE_PREFIX}{}.{}.{}", z32_encode(&founder.0), z32_encode(&m.own.key().0), z32_encode(&token));
     Ok(api::Invitation { invite, expires_ms })
 }
 
@@ -392,13 +392,17 @@ pub(super) fn join(
         .map(|rest| rest.split('.').filter_map(hyperfs_engine::crypto::z32_decode).collect())
         .unwrap_or_default();
     let [founder, inviter, token] = parts.as_slice() else { bail!("not an invite (hyperfs invite DRIVE prints one)") };
-    let key32 = |b: &[u8]| -> Result<[u8; 32]> { b.try_into().map_err(|_| anyhow!("not an invite: a key is not 32 bytes")) };
+    let key32 =
+        |b: &[u8]| -> Result<[u8; 32]> { b.try_into().map_err(|_| anyhow!("not an invite: a key is not 32 bytes")) };
     let (founder, inviter, token) = (key32(founder)?, key32(inviter)?, key32(token)?);
     let (pair, rendezvous) = rendezvous(&token);
     let removed: BTreeSet<String> = read_json(&state.dir, "removed.json")?;
     let store: Arc<dyn Store> = state.store.clone();
     if removed.contains(&hex::encode(pair.public_key())) || Drive::open(store.clone(), &rendezvous)?.is_some() {
         bail!("this invite was used on this node already");
+    }
+    if name.is_some_and(|n| n.len() > MAX_NAME) {
+        bail!("a member's name is at most {MAX_NAME} bytes");
     }
     let net = net(state, r)?;
     let named = create(state, name)?;
@@ -488,7 +492,12 @@ pub(super) fn remove_member(state: &State, which: &str, who: &str) -> Result<api
 /// shows of the others (batches closed by a view marker) is the member's whose change it
 /// shows (the change at that path with that entry's metadata; `None` when none is held).
 /// `None` for a drive that is no member drive.
-pub(super) fn authors(state: &State, key: &CoreKey, d: &Drive, history: &[Change]) -> Result<Option<Vec<Option<String>>>> {
+pub(super) fn authors(
+    state: &State,
+    key: &CoreKey,
+    d: &Drive,
+    history: &[Change],
+) -> Result<Option<Vec<Option<String>>>> {
     if record_of(state, key).is_none() {
         return Ok(None);
     }

@@ -39,6 +39,8 @@ pub const REMOVED: &[u8] = b"mw\0removed\0";
 pub const CLOCK: &[u8] = b"mw\0clock";
 pub const VIEW: &[u8] = b"mw\0view";
 pub(super) const FILES: &[u8] = b"files\0";
+/// A member's name at most, in bytes (longer ones are cut).
+pub const MAX_NAME: usize = 64;
 /// Members a clock names at most (a larger one is not read: a member's log is anyone's).
 pub const MAX_MEMBERS: usize = 1024;
 
@@ -138,7 +140,12 @@ pub fn changes_and_next(
         } else if let Some(rest) = key.strip_prefix(GONE) {
             utf8(rest).map(|path| (path, Op::Delete))
         } else if let Some(member) = key.strip_prefix(MEMBER).and_then(member_key) {
-            let name = String::from_utf8_lossy(&h.entry.value).into_owned();
+            let mut name = String::from_utf8_lossy(&h.entry.value).into_owned();
+            let mut end = name.len().min(MAX_NAME);
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
             Some((member_path(&member), Op::Put { value: Value::Member(name), mtime_ms: 0 }))
         } else {
             key.strip_prefix(REMOVED).and_then(member_key).map(|m| (member_path(&m), Op::Delete))

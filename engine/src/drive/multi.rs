@@ -54,6 +54,9 @@ pub struct MultiDrive {
     shown: Shown,
 }
 
+/// A key of a member's db and its value (`None`: deleted), as [`Drive::apply_with`] takes them.
+pub type Record = (Vec<u8>, Option<Vec<u8>>);
+
 /// One step that makes the member's own files show the merged tree.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -69,7 +72,7 @@ pub enum Step {
 /// were made on had merged ([`view_clock`]), and `seen` (what the merge had when the drive last
 /// showed it whole, which a view marker is written for only when the tree changed). `None`
 /// when no file changed since.
-pub fn closing(own: &Drive, seen: &Clock) -> Result<Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>> {
+pub fn closing(own: &Drive, seen: &Clock) -> Result<Option<Vec<Record>>> {
     let db = own.db();
     let last = [members::CLOCK, members::VIEW]
         .into_iter()
@@ -97,7 +100,8 @@ pub fn closing(own: &Drive, seen: &Clock) -> Result<Option<Vec<(Vec<u8>, Option<
     if !changed {
         return Ok(None);
     }
-    let mut tail: Vec<_> = gone.into_iter().map(|p| ([members::GONE, p.as_bytes()].concat(), Some(Vec::new()))).collect();
+    let mut tail: Vec<_> =
+        gone.into_iter().map(|p| ([members::GONE, p.as_bytes()].concat(), Some(Vec::new()))).collect();
     tail.push(clock_marker(own, seen)?);
     Ok(Some(tail))
 }
@@ -109,7 +113,7 @@ pub fn view_clock(own: &Drive) -> Result<Clock> {
 }
 
 /// The clock marker closing a batch a member writes in its drive: its view's clock with `seen`.
-fn clock_marker(own: &Drive, seen: &Clock) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+fn clock_marker(own: &Drive, seen: &Clock) -> Result<Record> {
     let mut clock = view_clock(own)?;
     clock.merge(seen);
     clock.set(Writer(own.key().0), own.db().version());
@@ -213,7 +217,9 @@ impl MultiDrive {
     /// Whether the own entry `own` shows `held` (a cold start, before this member noted what it
     /// copied): the same kind, mode, metadata and bytes.
     fn same_content(&self, own: &Entry, held: &Held) -> Result<bool> {
-        if (own.executable, &own.linkname, &own.metadata) != (held.entry.executable, &held.entry.linkname, &held.entry.metadata) {
+        if (own.executable, &own.linkname, &own.metadata)
+            != (held.entry.executable, &held.entry.linkname, &held.entry.metadata)
+        {
             return Ok(false);
         }
         let Some(from) = self.drives().find(|d| d.key().0 == held.writer.0) else { return Ok(false) };
@@ -449,7 +455,7 @@ impl MultiDrive {
     }
 
     /// The clock marker that closes a batch.
-    fn marker(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    fn marker(&self) -> Record {
         (members::CLOCK.to_vec(), Some(members::encode_clock(&self.clock())))
     }
 }

@@ -204,7 +204,8 @@ fn each_member_s_drive_shows_the_merged_tree_and_edits_made_in_it_are_changes() 
     for m in all.iter_mut() {
         m.show().expect("show");
     }
-    let both = BTreeMap::from([("/a.txt".to_owned(), b"from zero".to_vec()), ("/b/b.txt".to_owned(), b"from one".to_vec())]);
+    let both =
+        BTreeMap::from([("/a.txt".to_owned(), b"from zero".to_vec()), ("/b/b.txt".to_owned(), b"from one".to_vec())]);
     for m in &all {
         assert_eq!(files(m.own()), both);
     }
@@ -224,7 +225,8 @@ fn each_member_s_drive_shows_the_merged_tree_and_edits_made_in_it_are_changes() 
     for m in all.iter_mut() {
         m.show().expect("show");
     }
-    let now = BTreeMap::from([("/b/b.txt".to_owned(), b"from one".to_vec()), ("/c.txt".to_owned(), b"from two".to_vec())]);
+    let now =
+        BTreeMap::from([("/b/b.txt".to_owned(), b"from one".to_vec()), ("/c.txt".to_owned(), b"from two".to_vec())]);
     for m in &all {
         assert_eq!(files(m.own()), now);
     }
