@@ -226,13 +226,17 @@ fn step(state: &State, m: &Member) -> Result<()> {
     // The merged tree, shown once nothing new was written in the drive meanwhile.
     let (steps, clock) = md.view_steps()?;
     if !steps.is_empty() {
+        // Copied content is read and chunked without the drive (a mount writes on meanwhile),
+        // which is held only for the commit.
+        let n = steps.len();
+        let view = md.prepare_view(steps)?;
         let mut own = m.own.write();
         if own.version() != own_version {
             let _ = m.wake.send(());
             return Ok(());
         }
-        md.apply_view(&mut own, &steps, &clock)?;
-        tracing::debug!(steps = steps.len(), "showing the merged tree");
+        md.apply_view(&mut own, view, &clock)?;
+        tracing::debug!(steps = n, "showing the merged tree");
     }
     *m.seen.lock().unwrap_or_else(|e| e.into_inner()) = clock;
     *m.clean.lock().unwrap_or_else(|e| e.into_inner()) = Some(others_now);

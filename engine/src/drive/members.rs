@@ -5,7 +5,10 @@
 //! A member's drive is an ordinary drive: its `files\0` holds the files it wrote, so JS's
 //! Hyperdrive reads it as it is. What the merge needs beside lives under keys JS does not list:
 //!
-//! - `mw\0gone\0PATH`: this member deleted `PATH` (whoever wrote it). A file of its own it
+//! - `dirs\0FOLDER`, hyperfs's folder records (an empty folder, a folder's attributes), are
+//!   changes too, merged on paths of their own ([`dir_path`]).
+//! - `mw\0gone\0PATH`: this member deleted `PATH` (whoever wrote it; a folder record's is
+//!   `dir:FOLDER`). A file of its own it
 //!   deletes goes from its `files\0` too; the marker is what the merge reads.
 //! - `mw\0member\0KEY` (64 hex digits) with the member's name: `KEY` became a member;
 //!   `mw\0removed\0KEY`: it was removed.
@@ -39,17 +42,26 @@ pub const REMOVED: &[u8] = b"mw\0removed\0";
 pub const CLOCK: &[u8] = b"mw\0clock";
 pub const VIEW: &[u8] = b"mw\0view";
 pub(super) const FILES: &[u8] = b"files\0";
+/// Folder records (an empty folder, a folder's attributes), kept beside `files\0`.
+pub(super) const DIRS: &[u8] = b"dirs\0";
 /// A member's name at most, in bytes (longer ones are cut).
 pub const MAX_NAME: usize = 64;
 /// Members a clock names at most (a larger one is not read: a member's log is anyone's).
 pub const MAX_MEMBERS: usize = 1024;
 
-/// What a member's change holds: a file's entry (its content is in that member's blobs), or a
-/// member added with its name.
+/// What a member's change holds: a file's entry (its content is in that member's blobs), a
+/// folder's record (merged on [`dir_path`]), or a member added with its name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     File(Entry),
+    Dir(Entry),
     Member(String),
+}
+
+/// The path a folder record is merged on: apart from the files' (a folder record and a file
+/// inside it are no conflict).
+pub fn dir_path(folder: &str) -> String {
+    format!("dir:{folder}")
 }
 
 /// The path a membership change is merged on: one no file path can be (files' start with `/`).
@@ -132,6 +144,14 @@ pub fn changes_and_next(
                     let mtime_ms = mtime_ms(&entry);
                     Some((path, Op::Put { value: Value::File(entry), mtime_ms }))
                 }
+                _ => {
+                    broken = true;
+                    None
+                }
+            }
+        } else if let Some(rest) = key.strip_prefix(DIRS).filter(|r| *r != b"/") {
+            match (utf8(rest), Entry::decode(&h.entry.value)) {
+                (Some(path), Ok(entry)) => Some((dir_path(&path), Op::Put { value: Value::Dir(entry), mtime_ms: 0 })),
                 _ => {
                     broken = true;
                     None

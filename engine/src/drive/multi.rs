@@ -57,6 +57,15 @@ pub struct MultiDrive {
 /// A key of a member's db and its value (`None`: deleted), as [`Drive::apply_with`] takes them.
 pub type Record = (Vec<u8>, Option<Vec<u8>>);
 
+/// The steps of a view made ready beside the drive's owner: each put with its content
+/// prepared (when copied from another member), and the deletions.
+pub struct PreparedView {
+    puts: Vec<(String, Held, Option<super::PreparedBlob>)>,
+    dels: Vec<String>,
+    /// Folder records to make (with their attributes) or forget.
+    dirs: Vec<(String, Option<Entry>)>,
+}
+
 /// One step that makes the member's own files show the merged tree.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -64,6 +73,10 @@ pub enum Step {
     Put { path: String, held: Held },
     /// Nothing is at `path` in the merged tree.
     Del { path: String },
+    /// The merged tree records folder `path` with these attributes.
+    Mkdir { path: String, entry: Entry },
+    /// … or has no record of it.
+    Rmdir { path: String },
 }
 
 /// What closes the changes a member made through its own drive since its last marker (a
@@ -88,8 +101,12 @@ pub fn closing(own: &Drive, seen: &Clock) -> Result<Option<Vec<Record>>> {
     let (mut changed, mut gone) = (false, BTreeSet::new());
     for h in db.view().history(&range) {
         let h = h?;
-        let Some(path) = h.entry.key.strip_prefix(members::FILES) else { continue };
-        let path = String::from_utf8_lossy(path).into_owned();
+        let key = h.entry.key.as_slice();
+        let path = match (key.strip_prefix(members::FILES), key.strip_prefix(members::DIRS)) {
+            (Some(file), _) => String::from_utf8_lossy(file).into_owned(),
+            (_, Some(folder)) if folder != b"/" => members::dir_path(&String::from_utf8_lossy(folder)),
+            _ => continue,
+        };
         changed = true;
         if h.deletion {
             gone.insert(path);
@@ -173,7 +190,7 @@ impl MultiDrive {
     /// the other members' dbs the merge was made of. A path no drive can hold (another
     /// member's log is its data) is left out.
     pub fn view_steps(&self) -> Result<(Vec<Step>, Clock)> {
-        let tree = self.tree()?;
+        let (tree, dirs) = self.resolved()?;
         let me = self.writer();
         // What the merge took of each other member: up to its last closed batch (a batch that
         // arrived without its marker yet is not seen; a clock saying so would put this
@@ -211,6 +228,14 @@ impl MultiDrive {
             }
         }
         steps.extend(current.into_keys().filter(|p| !held_paths.contains(p)).map(|path| Step::Del { path }));
+        let shown_dirs: BTreeMap<String, Entry> = self.own.view().list_dirs("/")?.into_iter().collect();
+        for (path, entry) in &dirs {
+            let plain = super::path::folder(path).ok().as_deref() == Some(path.as_str());
+            if plain && shown_dirs.get(path) != Some(entry) {
+                steps.push(Step::Mkdir { path: path.clone(), entry: entry.clone() });
+            }
+        }
+        steps.extend(shown_dirs.into_keys().filter(|p| !dirs.contains_key(p)).map(|path| Step::Rmdir { path }));
         Ok((steps, clock))
     }
 
@@ -244,20 +269,78 @@ impl MultiDrive {
         }
     }
 
-    /// Makes `own` (the member's drive, of which this holds a copy) show the merged tree: the
-    /// `steps` of [`MultiDrive::view_steps`], in one batch closed by a view marker of `clock`.
-    pub fn apply_view(&self, own: &mut Drive, steps: &[Step], clock: &Clock) -> Result<()> {
-        show(&self.others, &self.shown, own, steps, clock)
+    /// Reads and chunks, beside the member's drive (on the copy of it this holds), the content
+    /// the `steps` copy from other members: the slow part of showing the merged tree, which may
+    /// wait for blocks still on their way. [`MultiDrive::apply_view`] then commits it.
+    pub fn prepare_view(&self, steps: Vec<Step>) -> Result<PreparedView> {
+        let me = self.writer();
+        let mut out = PreparedView { puts: Vec::new(), dels: Vec::new(), dirs: Vec::new() };
+        for s in steps {
+            match s {
+                Step::Put { path, held } => {
+                    let blob = match &held.entry.blob {
+                        Some(b) if held.writer != me => {
+                            let from = self
+                                .others
+                                .iter()
+                                .find(|d| d.key().0 == held.writer.0)
+                                .ok_or_else(|| Error::InvalidRequest("the member holding it is gone".into()))?;
+                            Some(self.own.prepare_blob(BlobReader { drive: from, blob: *b, offset: 0 }, false)?)
+                        }
+                        _ => None,
+                    };
+                    out.puts.push((path, held, blob));
+                }
+                Step::Del { path } => out.dels.push(path),
+                Step::Mkdir { path, entry } => out.dirs.push((path, Some(entry))),
+                Step::Rmdir { path } => out.dirs.push((path, None)),
+            }
+        }
+        Ok(out)
     }
 
-    /// Makes the own drive this holds show the merged tree ([`MultiDrive::apply_view`] on it);
+    /// Makes `own` (the member's drive, of which this holds a copy) show the merged tree: what
+    /// [`MultiDrive::prepare_view`] made ready, in one batch closed by a view marker of `clock`.
+    pub fn apply_view(&self, own: &mut Drive, view: PreparedView, clock: &Clock) -> Result<()> {
+        let me = Writer(own.key().0);
+        let mut entries = Vec::new();
+        for (path, held, blob) in view.puts {
+            let entry = match blob {
+                Some(prepared) => Entry { blob: Some(own.write_prepared(prepared)?), ..held.entry.clone() },
+                None => held.entry.clone(),
+            };
+            entries.push((path, held, entry));
+        }
+        let mut ops: Vec<Op<'_>> = entries.iter().map(|(p, _, e)| Op::Put(p, e)).collect();
+        ops.extend(view.dels.iter().map(|p| Op::Del(p)));
+        ops.extend(view.dirs.iter().map(|(p, e)| match e {
+            Some(e) => Op::Mkdir(p, e),
+            None => Op::Rmdir(p),
+        }));
+        own.apply_with(&ops, &[(members::VIEW.to_vec(), Some(members::encode_clock(clock)))])?;
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, held, entry) in entries {
+            if held.writer != me {
+                shown.insert(path, (held.writer, held.entry, entry));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the own drive this holds show the merged tree (prepared and applied on it);
     /// returns how many steps that took.
     pub fn show(&mut self) -> Result<usize> {
         let (steps, clock) = self.view_steps()?;
-        if !steps.is_empty() {
-            show(&self.others, &self.shown, &mut self.own, &steps, &clock)?;
+        let n = steps.len();
+        if n > 0 {
+            let view = self.prepare_view(steps)?;
+            let mut own = self.own.frozen_copy();
+            std::mem::swap(&mut own, &mut self.own);
+            let applied = self.apply_view(&mut own, view, &clock);
+            std::mem::swap(&mut own, &mut self.own);
+            applied?;
         }
-        Ok(steps.len())
+        Ok(n)
     }
 
     /// Who may write, with their names: the founder unless removed, and whom members added
@@ -386,17 +469,31 @@ impl MultiDrive {
 
     /// The merged tree of files: each path's content, and the conflict copies beside them.
     pub fn tree(&self) -> Result<BTreeMap<String, Held>> {
+        Ok(self.resolved()?.0)
+    }
+
+    /// The merged tree's files (as [`MultiDrive::tree`]) and folder records (by folder).
+    fn resolved(&self) -> Result<(BTreeMap<String, Held>, BTreeMap<String, Entry>)> {
         let merge = self.merge()?;
         // The same content is the same entry: a member's copy of another's file is written to
-        // its own blobs, so identical bytes from two members still make a conflict copy.
-        let tree = merge.tree(|a, b| a == b);
-        let mut out = BTreeMap::new();
+        // its own blobs, so identical bytes from two members still make a conflict copy. Two
+        // records of one folder never do: the later wins.
+        let tree = merge.tree(|a, b| matches!((a, b), (Value::Dir(_), Value::Dir(_))) || a == b);
+        let (mut files, mut dirs) = (BTreeMap::new(), BTreeMap::new());
         for (path, r) in tree {
-            if let merge::Op::Put { value: Value::File(entry), .. } = &r.change.op {
-                out.insert(path, Held { writer: r.change.writer, entry: entry.clone(), conflict: r.conflict });
+            match &r.change.op {
+                merge::Op::Put { value: Value::File(entry), .. } => {
+                    files.insert(path, Held { writer: r.change.writer, entry: entry.clone(), conflict: r.conflict });
+                }
+                merge::Op::Put { value: Value::Dir(entry), .. } if !r.conflict => {
+                    if let Some(folder) = path.strip_prefix("dir:") {
+                        dirs.insert(folder.to_owned(), entry.clone());
+                    }
+                }
+                _ => {}
             }
         }
-        Ok(out)
+        Ok((files, dirs))
     }
 
     /// The bytes of what the tree holds at `path`.
@@ -463,41 +560,6 @@ impl MultiDrive {
 /// What a member copied to show the merged tree: per path, the other member, its entry and the
 /// own entry showing it.
 type Shown = std::sync::Mutex<std::collections::HashMap<String, (Writer, Entry, Entry)>>;
-
-/// [`MultiDrive::apply_view`], on the fields it needs (the own drive may be the one it holds).
-fn show(others: &[Drive], shown: &Shown, own: &mut Drive, steps: &[Step], clock: &Clock) -> Result<()> {
-    let me = Writer(own.key().0);
-    let mut entries = Vec::new();
-    for s in steps {
-        if let Step::Put { path, held } = s {
-            let entry = match &held.entry.blob {
-                Some(b) if held.writer != me => {
-                    let from = others
-                        .iter()
-                        .find(|d| d.key().0 == held.writer.0)
-                        .ok_or_else(|| Error::InvalidRequest("the member holding it is gone".into()))?;
-                    let blob = own.write_blob(BlobReader { drive: from, blob: *b, offset: 0 })?;
-                    Entry { blob: Some(blob), ..held.entry.clone() }
-                }
-                _ => held.entry.clone(),
-            };
-            entries.push((path.as_str(), held, entry));
-        }
-    }
-    let mut ops: Vec<Op<'_>> = entries.iter().map(|(p, _, e)| Op::Put(p, e)).collect();
-    ops.extend(steps.iter().filter_map(|s| match s {
-        Step::Del { path } => Some(Op::Del(path)),
-        Step::Put { .. } => None,
-    }));
-    own.apply_with(&ops, &[(members::VIEW.to_vec(), Some(members::encode_clock(clock)))])?;
-    let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
-    for (path, held, entry) in entries {
-        if held.writer != me {
-            shown.insert(path.to_owned(), (held.writer, held.entry.clone(), entry));
-        }
-    }
-    Ok(())
-}
 
 /// The membership that the membership changes of `members` make: each member with its name
 /// (the founder, whom nobody added, without one), the founder unless its latest changes

@@ -290,3 +290,27 @@ fn a_change_that_arrived_without_its_marker_is_not_seen() {
     assert_eq!(steps.len(), 1);
     assert!(clock.get(&one) > put_at);
 }
+
+#[test]
+fn empty_folders_made_and_removed_in_one_member_s_drive_show_on_the_others() {
+    let mut all = members(2);
+    sync_all(&mut all);
+    let meta = Some(serde_json::json!({ "mode": 0o40750, "mtime": 1_000 }));
+    all[0].own.mkdir("/empty/inner", meta.clone()).expect("mkdir");
+    close(&mut all[0]);
+    sync_all(&mut all);
+    all[1].show().expect("show");
+    let dirs = |m: &MultiDrive| m.own().view().list_dirs("/").expect("dirs");
+    assert_eq!(
+        dirs(&all[1]),
+        vec![("/empty/inner".to_owned(), Entry { executable: false, linkname: None, blob: None, metadata: meta })]
+    );
+    assert!(all[1].own().is_dir("/empty").expect("is_dir"));
+    // Removed on the other member: gone on both.
+    assert!(all[1].own.rmdir("/empty/inner").expect("rmdir"));
+    close(&mut all[1]);
+    sync_all(&mut all);
+    all[0].show().expect("show");
+    assert_eq!(dirs(&all[0]), Vec::new());
+    assert_eq!(all[0].show().expect("show"), 0);
+}

@@ -160,6 +160,18 @@ fn three_members_converge_keep_both_sides_of_a_conflict_and_heal_after_a_partiti
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("a save on member 2 showed on member 0 in {:?}", started.elapsed());
+    // Empty folders travel too, and go when removed.
+    std::fs::create_dir_all(m.path(1, "empty/inner")).expect("mkdir");
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("an empty folder did not show", &|| m.path(0, "empty/inner").is_dir() && m.path(2, "empty/inner").is_dir());
+    std::fs::remove_dir(m.path(2, "empty/inner")).expect("rmdir");
+    wait("a removed folder stayed", &|| !m.path(0, "empty/inner").exists() && m.path(0, "empty").is_dir());
     // `log` on any member tells who made each change.
     for (path, by) in [("from-2/note.txt", "desktop"), ("from-0/note.txt", "notes"), ("tool.sh", "laptop")] {
         let log = json(&m.hosts.names[0], &m.dirs[0], &["log", &format!("notes:/{path}"), "--json"]);
