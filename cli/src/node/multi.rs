@@ -157,7 +157,7 @@ fn start_member(state: &State, key: &CoreKey) -> Result<Arc<Member>> {
             drop(state);
             // Woken by any member drive's change; a look every second all the same (invites,
             // members being found). A burst of changes (a copy into the mount) is taken as
-            // one once it pauses for 10 ms, or every half second: each closing and each view
+            // one once it pauses for 3 ms, or every half second: each closing and each view
             // is a version the mounts take in whole.
             use std::sync::mpsc::RecvTimeoutError;
             use std::time::Duration;
@@ -166,7 +166,7 @@ fn start_member(state: &State, key: &CoreKey) -> Result<Arc<Member>> {
             }
             let burst = std::time::Instant::now();
             while burst.elapsed() < Duration::from_millis(500) {
-                match woken.recv_timeout(Duration::from_millis(10)) {
+                match woken.recv_timeout(Duration::from_millis(3)) {
                     Ok(()) => continue,
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return,

@@ -80,11 +80,12 @@ pub enum Step {
 }
 
 /// What closes the changes a member made through its own drive since its last marker (a
-/// mount's writes, `put`, `rm`, `mv`), as a tail for [`Drive::apply_with`]: a `gone` marker
-/// for each file whose last change there deleted it, then a clock marker: what the view they
+/// mount's writes, `put`, `rm`, `mv`, `mkdir`), as a tail for [`Drive::apply_with`]: a `gone`
+/// marker for each file or folder record whose last change there deleted it, then a clock
+/// marker: what the view they
 /// were made on had merged ([`view_clock`]), and `seen` (what the merge had when the drive last
 /// showed it whole, which a view marker is written for only when the tree changed). `None`
-/// when no file changed since.
+/// when no file or folder record changed since.
 pub fn closing(own: &Drive, seen: &Clock) -> Result<Option<Vec<Record>>> {
     let db = own.db();
     let last = [members::CLOCK, members::VIEW]
