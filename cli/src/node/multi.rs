@@ -224,12 +224,20 @@ fn step(state: &State, m: &Member) -> Result<()> {
         }
     }
     // The merged tree, shown once nothing new was written in the drive meanwhile.
-    let (steps, clock) = md.view_steps()?;
+    let (steps, mut clock) = md.view_steps()?;
+    let mut whole = true;
     if !steps.is_empty() {
         // Copied content is read and chunked without the drive (a mount writes on meanwhile),
         // which is held only for the commit.
         let n = steps.len();
         let view = md.prepare_view(steps)?;
+        // A file another member names but does not give is left out, and tried again next
+        // round; the others show meanwhile.
+        for (w, seq, e) in &view.skipped {
+            tracing::warn!(member = %hex::encode(w.0), seq, error = %e, "a member's file could not be read");
+        }
+        whole = view.skipped.is_empty();
+        clock = view.seen(&clock);
         let mut own = m.own.write();
         if own.version() != own_version {
             let _ = m.wake.send(());
@@ -239,7 +247,9 @@ fn step(state: &State, m: &Member) -> Result<()> {
         tracing::debug!(steps = n, "showing the merged tree");
     }
     *m.seen.lock().unwrap_or_else(|e| e.into_inner()) = clock;
-    *m.clean.lock().unwrap_or_else(|e| e.into_inner()) = Some(others_now);
+    if whole {
+        *m.clean.lock().unwrap_or_else(|e| e.into_inner()) = Some(others_now);
+    }
     let me = md.writer();
     let member_now = md.members()?.iter().any(|(w, _)| *w == me);
     drop(md);

@@ -30,6 +30,8 @@ use super::{Drive, Entry, Op, PutOptions};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
     pub writer: Writer,
+    /// The change's place in its writer's log.
+    pub seq: u64,
     pub entry: Entry,
     pub conflict: bool,
 }
@@ -60,10 +62,26 @@ pub type Record = (Vec<u8>, Option<Vec<u8>>);
 /// The steps of a view made ready beside the drive's owner: each put with its content
 /// prepared (when copied from another member), and the deletions.
 pub struct PreparedView {
+    /// Puts whose content could not be read (another member's entry naming blocks it does not
+    /// give, or not yet): left out of this view, with their writer and place.
+    pub skipped: Vec<(Writer, u64, Error)>,
     puts: Vec<(String, Held, Option<super::PreparedBlob>)>,
     dels: Vec<String>,
     /// Folder records to make (with their attributes) or forget.
     dirs: Vec<(String, Option<Entry>)>,
+}
+
+impl PreparedView {
+    /// What a view of `clock` with these puts left out has seen: each skipped put's writer
+    /// counted only up to it (a later change of this member's on that path must not pass for
+    /// one that saw it).
+    pub fn seen(&self, clock: &Clock) -> Clock {
+        let mut out = clock.clone();
+        for (w, seq, _) in &self.skipped {
+            out.set(*w, out.get(w).min(*seq));
+        }
+        out
+    }
 }
 
 /// One step that makes the member's own files show the merged tree.
@@ -275,7 +293,7 @@ impl MultiDrive {
     /// wait for blocks still on their way. [`MultiDrive::apply_view`] then commits it.
     pub fn prepare_view(&self, steps: Vec<Step>) -> Result<PreparedView> {
         let me = self.writer();
-        let mut out = PreparedView { puts: Vec::new(), dels: Vec::new(), dirs: Vec::new() };
+        let mut out = PreparedView { skipped: Vec::new(), puts: Vec::new(), dels: Vec::new(), dirs: Vec::new() };
         for s in steps {
             match s {
                 Step::Put { path, held } => {
@@ -285,8 +303,17 @@ impl MultiDrive {
                                 .others
                                 .iter()
                                 .find(|d| d.key().0 == held.writer.0)
-                                .ok_or_else(|| Error::InvalidRequest("the member holding it is gone".into()))?;
-                            Some(self.own.prepare_blob(BlobReader { drive: from, blob: *b, offset: 0 }, false)?)
+                                .ok_or_else(|| Error::InvalidRequest("the member holding it is gone".into()));
+                            let prepared = from.and_then(|from| {
+                                self.own.prepare_blob(BlobReader { drive: from, blob: *b, offset: 0 }, false)
+                            });
+                            match prepared {
+                                Ok(p) => Some(p),
+                                Err(e) => {
+                                    out.skipped.push((held.writer, held.seq, e));
+                                    continue;
+                                }
+                            }
                         }
                         _ => None,
                     };
@@ -301,7 +328,8 @@ impl MultiDrive {
     }
 
     /// Makes `own` (the member's drive, of which this holds a copy) show the merged tree: what
-    /// [`MultiDrive::prepare_view`] made ready, in one batch closed by a view marker of `clock`.
+    /// [`MultiDrive::prepare_view`] made ready, in one batch closed by a view marker of `clock`
+    /// — which must not count a skipped put as seen ([`PreparedView::seen`]).
     pub fn apply_view(&self, own: &mut Drive, view: PreparedView, clock: &Clock) -> Result<()> {
         let me = Writer(own.key().0);
         let mut entries = Vec::new();
@@ -335,6 +363,7 @@ impl MultiDrive {
         let n = steps.len();
         if n > 0 {
             let view = self.prepare_view(steps)?;
+            let clock = view.seen(&clock);
             let mut own = self.own.frozen_copy();
             std::mem::swap(&mut own, &mut self.own);
             let applied = self.apply_view(&mut own, view, &clock);
@@ -484,7 +513,8 @@ impl MultiDrive {
         for (path, r) in tree {
             match &r.change.op {
                 merge::Op::Put { value: Value::File(entry), .. } => {
-                    files.insert(path, Held { writer: r.change.writer, entry: entry.clone(), conflict: r.conflict });
+                    let (writer, seq) = (r.change.writer, r.change.seq);
+                    files.insert(path, Held { writer, seq, entry: entry.clone(), conflict: r.conflict });
                 }
                 merge::Op::Put { value: Value::Dir(entry), .. } if !r.conflict => {
                     if let Some(folder) = path.strip_prefix("dir:") {

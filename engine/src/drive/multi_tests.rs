@@ -314,3 +314,29 @@ fn empty_folders_made_and_removed_in_one_member_s_drive_show_on_the_others() {
     assert_eq!(dirs(&all[0]), Vec::new());
     assert_eq!(all[0].show().expect("show"), 0);
 }
+
+#[test]
+fn a_file_a_member_names_but_does_not_give_is_left_out_and_not_counted_as_seen() {
+    let mut all = members(2);
+    sync_all(&mut all);
+    // Member 1 names blobs blocks its blobs core does not have, beside a good file.
+    let blob =
+        super::super::Blob { block_offset: 1_000, byte_offset: 0, block_length: 1, byte_length: 10, block_map: false };
+    let entry = Entry { executable: false, linkname: None, blob: Some(blob), metadata: None };
+    let mut b = all[1].own.db_mut().batch();
+    b.put(b"files\0/missing.bin", &entry.encode()).expect("put");
+    b.flush().expect("flush");
+    let bad_at = all[1].own.db().version() - 1;
+    close(&mut all[1]);
+    all[1].put("/fine.txt", b"here", &at(1)).expect("put");
+    sync_all(&mut all);
+    let (steps, clock) = all[0].view_steps().expect("steps");
+    assert_eq!(steps.len(), 2);
+    let view = all[0].prepare_view(steps).expect("prepare");
+    assert_eq!(view.skipped.len(), 1);
+    let one = all[1].writer();
+    assert!(clock.get(&one) > bad_at && view.seen(&clock).get(&one) <= bad_at);
+    // The rest shows.
+    assert_eq!(all[0].show().expect("show"), 2);
+    assert_eq!(files(all[0].own()).into_keys().collect::<Vec<_>>(), vec!["/fine.txt"]);
+}
