@@ -8,8 +8,8 @@
 //! - `dirs\0FOLDER`, hyperfs's folder records (an empty folder, a folder's attributes), are
 //!   changes too, merged on paths of their own ([`dir_path`]).
 //! - `mw\0gone\0PATH`: this member deleted `PATH` (whoever wrote it; a folder record's is
-//!   `dir:FOLDER`). A file of its own it
-//!   deletes goes from its `files\0` too; the marker is what the merge reads.
+//!   `dir:FOLDER`). A file of its own it deletes goes from its `files\0` too; the marker is
+//!   what the merge reads.
 //! - `mw\0member\0KEY` (64 hex digits) with the member's name: `KEY` became a member;
 //!   `mw\0removed\0KEY`: it was removed.
 //! - `mw\0clock`: closes each batch of changes with what this member had seen of every
