@@ -183,12 +183,16 @@ fn start_member(state: &State, key: &CoreKey) -> Result<Arc<Member>> {
 fn step(state: &State, m: &Member) -> Result<()> {
     tracing::trace!(drive = %log_id(&hex::encode(m.own.key())), "multi-writer step");
     let seen = m.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    {
+    // The drive as it is once closed, taken under the same hold: a view worked out from a
+    // state holding edits not closed yet would find their files in no member's changes and
+    // delete them, and its marker would make them no change at all.
+    let (own_version, own_copy) = {
         let mut own = m.own.write();
         if let Some(tail) = multi::closing(&own, &seen)? {
             own.apply_with(&[], &tail)?;
         }
-    }
+        (own.version(), own.frozen_copy())
+    };
     let record = record_of(state, m.own.key()).unwrap_or_default();
     // Only this member's drive changed since its drive last showed the whole tree: what it
     // changed came after everything shown, so the tree is what the drive now holds.
@@ -198,8 +202,7 @@ fn step(state: &State, m: &Member) -> Result<()> {
         return Ok(());
     }
     let mut md = m.md.lock().unwrap_or_else(|e| e.into_inner());
-    let own_version = m.own.snapshot().version();
-    md.set_own(m.own.snapshot().frozen_copy());
+    md.set_own(own_copy);
     // The others, as this node holds them now.
     let mut wanted: BTreeSet<CoreKey> = md.members()?.into_iter().map(|(w, _)| CoreKey(w.0)).collect();
     for k in record.follow.iter().chain([&record.founder]) {

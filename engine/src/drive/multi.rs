@@ -209,6 +209,13 @@ impl MultiDrive {
     /// the other members' dbs the merge was made of. A path no drive can hold (another
     /// member's log is its data) is left out.
     pub fn view_steps(&self) -> Result<(Vec<Step>, Clock)> {
+        // Files of edits not closed yet are in no member's changes: a view would delete them
+        // (and its marker would make them no change at all).
+        if closing(&self.own, &Clock::default())?.is_some() {
+            return Err(Error::InvalidRequest(
+                "the member's drive holds edits not closed yet: close them first".into(),
+            ));
+        }
         let (tree, dirs) = self.resolved()?;
         let me = self.writer();
         // What the merge took of each other member: up to its last closed batch (a batch that

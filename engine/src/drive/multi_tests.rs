@@ -340,3 +340,14 @@ fn a_file_a_member_names_but_does_not_give_is_left_out_and_not_counted_as_seen()
     assert_eq!(all[0].show().expect("show"), 2);
     assert_eq!(files(all[0].own()).into_keys().collect::<Vec<_>>(), vec!["/fine.txt"]);
 }
+
+#[test]
+fn no_view_is_worked_out_over_edits_not_closed() {
+    let mut all = members(2);
+    sync_all(&mut all);
+    all[0].own.put("/fresh.txt", b"just saved", &at(1)).expect("put");
+    assert!(all[0].view_steps().is_err(), "a view would have deleted the fresh file");
+    close(&mut all[0]);
+    assert_eq!(all[0].show().expect("show"), 0);
+    assert_eq!(files(all[0].own()).into_keys().collect::<Vec<_>>(), vec!["/fresh.txt"]);
+}
