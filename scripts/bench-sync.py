@@ -101,10 +101,8 @@ def run_hyperfs():
         hyperfs(b, "sync")
         t = time.time()
         hyperfs(a, "mount", "sync", ma)
-        waited = wait_count(ma)
-        offline = time.time() - t
-        assert waited <= offline
-        return save, offline
+        wait_count(ma)
+        return save, time.time() - t
     finally:
         for n in (a, b):
             subprocess.run([HB, "--data-dir", n, "stop"], capture_output=True)
@@ -118,7 +116,7 @@ def free_port():
     return p
 
 
-def syncthing_config(home, me, devices, folder, port, gui):
+def syncthing_config(home, devices, folder, port, gui):
     device_xml = "".join(
         f'<device id="{d}" name="{n}" compression="metadata"><address>tcp://127.0.0.1:{p}</address></device>'
         for n, d, p in devices
@@ -167,7 +165,7 @@ def run_syncthing():
     ports, guis = [free_port(), free_port()], [free_port(), free_port()]
     devices = [("a", ids[0], ports[0]), ("b", ids[1], ports[1])]
     for i in range(2):
-        syncthing_config(homes[i], ids[i], devices, folders[i], ports[i], guis[i])
+        syncthing_config(homes[i], devices, folders[i], ports[i], guis[i])
     try:
         for i in range(2):
             procs[i] = syncthing_start(homes[i])

@@ -58,8 +58,7 @@ pub(super) fn handle(state: &State, r: &Request, emit: &mut dyn FnMut(Out<'_>) -
             if !d.db().core().writable() {
                 bail!("{which} is a replica: prune clears history of drives you write (`drives rm` removes a replica)");
             }
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let now_ms = multi::now_ms();
             let keep = hyperfs_engine::drive::prune::Keep {
                 last: keep_last.unwrap_or(0),
                 within_ms: *keep_within_ms,

@@ -55,11 +55,13 @@ fn read_records(dir: &Path) -> Result<Records> {
     read_json(dir, "multi.json")
 }
 
-/// Changes this node's record of member drive `key` (under the state files' lock).
-fn update_record(state: &State, key: &CoreKey, f: impl FnOnce(&mut Record)) -> Result<()> {
+/// Changes this node's record of member drive `m`: the one it keeps, and `multi.json` (under
+/// the state files' lock).
+fn update_record(state: &State, m: &Member, f: impl Fn(&mut Record)) -> Result<()> {
     let _g = state.state_files.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut m.record.lock().unwrap_or_else(|e| e.into_inner()));
     let mut all = read_records(&state.dir)?;
-    if let Some(r) = all.get_mut(&hex::encode(key)) {
+    if let Some(r) = all.get_mut(&hex::encode(m.own.key())) {
         f(r);
         write_json(&state.dir, "multi.json", &all)?;
     }
@@ -77,6 +79,8 @@ type Others = Vec<(CoreKey, Option<DriveState>)>;
 /// A member drive of this node, kept showing the merged tree by its worker.
 pub(super) struct Member {
     own: Arc<SharedDrive>,
+    /// Its record in `multi.json`, kept here (a round reads it; [`update_record`] changes both).
+    record: Mutex<Record>,
     md: Mutex<MultiDrive>,
     wake: std::sync::mpsc::Sender<()>,
     /// What the merge had of the others when the drive last showed the whole tree.
@@ -88,7 +92,8 @@ pub(super) struct Member {
     clean: Mutex<Option<Others>>,
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch, now.
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -129,6 +134,7 @@ fn start_member(state: &State, key: &CoreKey) -> Result<Arc<Member>> {
     let md = MultiDrive::new(founder, own.snapshot().frozen_copy(), Vec::new());
     let member = Arc::new(Member {
         own: own.clone(),
+        record: Mutex::new(record),
         md: Mutex::new(md),
         wake: wake.clone(),
         seen: Mutex::new(Clock::default()),
@@ -193,7 +199,7 @@ fn step(state: &State, m: &Member) -> Result<()> {
         }
         (own.version(), own.frozen_copy())
     };
-    let record = record_of(state, m.own.key()).unwrap_or_default();
+    let record = m.record.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // Only this member's drive changed since its drive last showed the whole tree: what it
     // changed came after everything shown, so the tree is what the drive now holds.
     let others_now = others_state(state, m);
@@ -203,8 +209,12 @@ fn step(state: &State, m: &Member) -> Result<()> {
     }
     let mut md = m.md.lock().unwrap_or_else(|e| e.into_inner());
     md.set_own(own_copy);
-    // The others, as this node holds them now.
-    let mut wanted: BTreeSet<CoreKey> = md.members()?.into_iter().map(|(w, _)| CoreKey(w.0)).collect();
+    // The others, as this node holds them now. (A view changes no membership: the members
+    // now are the members after it.)
+    let members = md.members()?;
+    let me = md.writer();
+    let member_now = members.iter().any(|(w, _)| *w == me);
+    let mut wanted: BTreeSet<CoreKey> = members.into_iter().map(|(w, _)| CoreKey(w.0)).collect();
     for k in record.follow.iter().chain([&record.founder]) {
         wanted.insert(crate::local::parse_key(k)?);
     }
@@ -253,13 +263,11 @@ fn step(state: &State, m: &Member) -> Result<()> {
     if whole {
         *m.clean.lock().unwrap_or_else(|e| e.into_inner()) = Some(others_now);
     }
-    let me = md.writer();
-    let member_now = md.members()?.iter().any(|(w, _)| *w == me);
     drop(md);
     answer_invites(state, m, &record)?;
     // A join answered: its rendezvous drive has done its work.
     if let (Some(r), true) = (&record.rendezvous, member_now) {
-        update_record(state, m.own.key(), |rec| rec.rendezvous = None)?;
+        update_record(state, m, |rec| rec.rendezvous = None)?;
         if let Err(e) = remove_drive(state, r, true) {
             tracing::info!(error = %e, "removing a rendezvous drive");
         }
@@ -341,7 +349,7 @@ fn answer_invites(state: &State, m: &Member, record: &Record) -> Result<()> {
             tracing::info!(member = %hex::encode(writer.0), %name, "a member joined");
         }
         if joined.is_some() || expired {
-            update_record(state, m.own.key(), |r| r.invites.retain(|i| i.key != invite.key))?;
+            update_record(state, m, |r| r.invites.retain(|i| i.key != invite.key))?;
             if held.is_some() {
                 if let Err(e) = remove_drive(state, &invite.key, false) {
                     tracing::info!(error = %e, "removing a rendezvous drive");
@@ -373,7 +381,8 @@ pub(super) fn create_multi(state: &State, name: Option<&str>) -> Result<api::Nam
 /// The member drive `which` of this node.
 fn member(state: &State, which: &str) -> Result<Arc<Member>> {
     let key = drive_key(state, which)?;
-    if record_of(state, &key).is_none() {
+    let started = state.multi.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key);
+    if !started && record_of(state, &key).is_none() {
         bail!("{which} is not a multi-writer drive (hyperfs create --multiwriter makes one)");
     }
     start_member(state, &key)
@@ -387,7 +396,7 @@ pub(super) fn invite(state: &State, which: &str) -> Result<api::Invitation> {
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut token);
     let (_, rendezvous) = rendezvous(&token);
     let expires_ms = now_ms() + INVITE_LIFE_MS;
-    update_record(state, m.own.key(), |r| r.invites.push(Invite { key: hex::encode(rendezvous), expires_ms }))?;
+    update_record(state, &m, |r| r.invites.push(Invite { key: hex::encode(rendezvous), expires_ms }))?;
     let _ = m.wake.send(());
     let invite =
         format!("{INVITE_PREFIX}{}.{}.{}", z32_encode(&founder.0), z32_encode(&m.own.key().0), z32_encode(&token));
@@ -515,10 +524,7 @@ pub(super) fn authors(
     d: &Drive,
     history: &[Change],
 ) -> Result<Option<Vec<Option<String>>>> {
-    if record_of(state, key).is_none() {
-        return Ok(None);
-    }
-    let m = start_member(state, key)?;
+    let Some(m) = state.multi.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned() else { return Ok(None) };
     let md = m.md.lock().unwrap_or_else(|e| e.into_inner());
     let names: BTreeMap<Writer, String> = md.members()?.into_iter().collect();
     let label = |w: &Writer| match names.get(w).filter(|n| !n.is_empty()) {

@@ -57,6 +57,8 @@ struct Members {
     hosts: Hosts,
     dirs: Vec<PathBuf>,
     mounts: Vec<PathBuf>,
+    /// The invites members 1 and 2 joined with (each used).
+    invites: Vec<String>,
     _stops: Vec<Stop>,
     _tmp: tempfile::TempDir,
 }
@@ -76,8 +78,10 @@ impl Members {
         }
         let made = json(&hosts.names[0], &dirs[0], &["create", "--multiwriter", "--name", "notes", "--json"]);
         assert!(made["key"].is_string());
+        let mut invites = Vec::new();
         for i in 1..3 {
             let invite = Hosts::hyperfs_ok(&hosts.names[0], &dirs[0], &["invite", "notes"]);
+            invites.push(invite.trim().to_owned());
             let started = Instant::now();
             let joined = json(&hosts.names[i], &dirs[i], &["join", invite.trim(), "--name", NAMES[i], "--json"]);
             assert_eq!(joined["member"], true, "{joined}\n{}", hyperfs_tests::node_log_tail(&dirs[0]));
@@ -91,7 +95,7 @@ impl Members {
             std::fs::create_dir(mnt).expect("mkdir");
             Hosts::hyperfs_ok(&hosts.names[i], &dirs[i], &["mount", NAMES[i], mnt.to_str().expect("utf-8")]);
         }
-        Members { hosts, dirs, mounts, _stops: stops, _tmp: tmp }
+        Members { hosts, dirs, mounts, invites, _stops: stops, _tmp: tmp }
     }
 
     fn path(&self, i: usize, rel: &str) -> PathBuf {
@@ -224,6 +228,16 @@ fn a_removed_member_s_later_writes_are_ignored_and_readers_mount_the_merged_tree
         .find(|x| x["me"] == true)
         .map(|x| x["key"].as_str().expect("key").to_owned())
         .expect("member 2 lists itself");
+
+    // An invite is used once: a stranger holding one already used is not added.
+    let stranger = m._tmp.path().join("stranger");
+    let _stop_stranger = Stop(stranger.clone());
+    let mut args = vec!["join", m.invites[0].as_str(), "--name", "stranger", "--wait", "3", "--json"];
+    args.extend_from_slice(&LAN);
+    let late = json(&m.hosts.names[0], &stranger, &args);
+    assert_eq!(late["member"], false, "{late}");
+    let now = json(&m.hosts.names[0], &m.dirs[0], &["members", "notes", "--json"]);
+    assert_eq!(now.as_array().map(Vec::len), Some(3), "{now}");
 
     // A member's drive is every member's history: it is not cut back.
     let cut = Hosts::hyperfs(&m.hosts.names[0], &m.dirs[0], &["truncate", "notes", "1"]);
